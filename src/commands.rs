@@ -1,0 +1,266 @@
+//! The CLI verbs as library functions: `validate`, `plan`, `apply`, `graph`, `schema`.
+//! `main.rs` only parses arguments, calls these and maps a [`Failure`] to its exit code.
+
+use crate::exit::Failure;
+use crate::plan::{self, PlanSource, ValidPlan};
+use crate::redact::Redactor;
+use crate::run::events::{Event, Events};
+use crate::run::executor::{self, ExecOptions, RunInfo};
+use crate::run::log::{LiveLog, LogFormat};
+use crate::run::preview::{self, PlanPreview, PreviewInput};
+use crate::run::report::{self, Mode, ReportBuilder, RunStatus};
+use crate::steps::{self, Builtin};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PreviewFormat {
+    Text,
+    Markdown,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GraphFormat {
+    Dot,
+    Mermaid,
+}
+
+/// What every verb that reads a plan gets from the command line.
+#[derive(Debug, Clone, Default)]
+pub struct PlanArgs {
+    pub file: PathBuf,
+    pub vars: Vec<(String, String)>,
+    pub confirm: Vec<String>,
+    /// Colour in error output.
+    pub color: bool,
+}
+
+/// A checked plan with everything needed to preview or run it.
+pub struct Prepared {
+    pub source: PlanSource,
+    pub plan: ValidPlan,
+    pub vars: BTreeMap<String, Value>,
+    pub env: BTreeMap<String, String>,
+    pub redactor: Redactor,
+}
+
+/// Loads, validates and checks the command-line overrides against the plan.
+pub fn prepare(args: &PlanArgs, env: BTreeMap<String, String>) -> Result<Prepared, Failure> {
+    let source = PlanSource::read(&args.file).map_err(Failure::Plan)?;
+    let (source, plan) = plan::check(source).map_err(Failure::Plan)?;
+    let overrides: BTreeMap<String, String> = args.vars.iter().cloned().collect();
+    plan::validate::check_overrides(&plan.plan, &overrides).map_err(Failure::Usage)?;
+    for name in &args.confirm {
+        if !plan.plan.targets.contains_key(name) {
+            let hint = crate::diag::did_you_mean(name, plan.plan.targets.keys().map(String::as_str))
+                .map(|h| format!("; {h}"))
+                .unwrap_or_default();
+            return Err(Failure::Usage(format!("--confirm {name}: the plan has no target `{name}`{hint}")));
+        }
+    }
+    let mut vars = plan.plan.vars.clone();
+    for (k, v) in overrides {
+        vars.insert(k, Value::String(v));
+    }
+    let redactor = Redactor::new();
+    for name in &plan.plan.secrets {
+        if let Some(value) = env.get(name) {
+            redactor.add(value);
+        }
+    }
+    // A password inside any environment variable the plan uses as a URL is a secret too.
+    for value in env.values() {
+        if value.contains("://") {
+            redactor.add_url_passwords(value);
+        }
+    }
+    Ok(Prepared { source, plan, vars, env, redactor })
+}
+
+pub fn process_env() -> BTreeMap<String, String> {
+    std::env::vars().collect()
+}
+
+pub fn validate(args: &PlanArgs) -> Result<String, Failure> {
+    let p = prepare(args, process_env())?;
+    Ok(format!(
+        "{}: valid plan `{}` with {} step{}\n",
+        p.source.display,
+        p.plan.plan.name,
+        p.plan.plan.steps.len(),
+        if p.plan.plan.steps.len() == 1 { "" } else { "s" }
+    ))
+}
+
+pub fn build_preview(p: &Prepared, confirm: &[String]) -> PlanPreview {
+    preview::build(
+        &PreviewInput { source: &p.source, plan: &p.plan, vars: &p.vars, env: &p.env, confirmed: confirm },
+        &p.redactor,
+    )
+}
+
+pub fn render_preview(preview: &PlanPreview, format: PreviewFormat) -> String {
+    match format {
+        PreviewFormat::Text => preview::render_text(preview),
+        PreviewFormat::Markdown => preview::render_markdown(preview),
+        PreviewFormat::Json => preview::render_json(preview),
+    }
+}
+
+/// `opsrunner plan`: the preview, to stdout or `out`.
+pub fn plan(args: &PlanArgs, format: PreviewFormat, out: Option<&Path>) -> Result<String, Failure> {
+    let p = prepare(args, process_env())?;
+    let text = render_preview(&build_preview(&p, &args.confirm), format);
+    match out {
+        Some(path) => {
+            write_atomically(path, &text)?;
+            Ok(String::new())
+        }
+        None => Ok(text),
+    }
+}
+
+fn write_atomically(path: &Path, text: &str) -> Result<(), Failure> {
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    std::fs::write(&tmp, text)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| Failure::Io(format!("cannot write {}: {e}", path.display())))
+}
+
+pub fn graph(args: &PlanArgs, format: GraphFormat) -> Result<String, Failure> {
+    let p = prepare(args, process_env())?;
+    let steps = &p.plan.plan.steps;
+    let label = |i: usize| (steps[i].id().to_string(), steps[i].kind.type_name().to_string());
+    Ok(match format {
+        GraphFormat::Dot => p.plan.dag.to_dot(&p.plan.plan.name, label),
+        GraphFormat::Mermaid => p.plan.dag.to_mermaid(label),
+    })
+}
+
+pub struct ApplyArgs {
+    pub plan: PlanArgs,
+    pub report: Option<PathBuf>,
+    pub dry_run: bool,
+    pub concurrency: usize,
+    pub log_format: LogFormat,
+    /// How long child processes get between SIGTERM and SIGKILL on timeout or Ctrl-C.
+    pub kill_grace: Duration,
+}
+
+/// Destructive steps on protected targets that lack `--confirm`.
+fn guard(p: &Prepared, confirm: &[String]) -> Result<(), String> {
+    let base_dir = p.source.base_dir();
+    let mut refused = Vec::new();
+    for step in &p.plan.plan.steps {
+        let Some(target) = step.kind.target() else { continue };
+        let protected = p.plan.plan.targets.get(target).is_some_and(|t| t.protected);
+        if protected && steps::destructive(&step.kind, &base_dir) && !confirm.iter().any(|c| c == target) {
+            refused.push(format!("step `{}` may destroy data on protected target `{target}`", step.id()));
+        }
+    }
+    if refused.is_empty() {
+        return Ok(());
+    }
+    let mut targets: Vec<&str> = p.plan.plan.steps.iter().filter_map(|s| s.kind.target()).filter(|t| p.plan.plan.targets[*t].protected).collect();
+    targets.dedup();
+    Err(format!(
+        "{}; nothing was run. Check the preview (`opsrunner plan`) and pass {} to go ahead.",
+        refused.join("; "),
+        targets.iter().map(|t| format!("--confirm {t}")).collect::<Vec<_>>().join(" ")
+    ))
+}
+
+/// `opsrunner apply`: runs the plan (or previews it with `--dry-run`) and writes the report.
+pub async fn apply(args: ApplyArgs) -> Result<(), Failure> {
+    let p = prepare(&args.plan, process_env())?;
+    let run = RunInfo::new(&p.plan.plan.name);
+    let write_report = |report: &report::RunReport| -> Result<(), Failure> {
+        match &args.report {
+            Some(path) => report::write(report, path).map_err(|e| Failure::Io(format!("cannot write report {}: {e}", path.display()))),
+            None => Ok(()),
+        }
+    };
+    if args.dry_run {
+        let preview = build_preview(&p, &args.plan.confirm);
+        print!("{}", render_preview(&preview, PreviewFormat::Text));
+        let builder = ReportBuilder::new(&p.source, &p.plan, &run.id, Mode::DryRun, run.started_at);
+        return write_report(&builder.finish(RunStatus::Planned));
+    }
+    if let Err(message) = guard(&p, &args.plan.confirm) {
+        let mut builder = ReportBuilder::new(&p.source, &p.plan, &run.id, Mode::Apply, run.started_at);
+        builder.refused(message.clone());
+        write_report(&builder.finish(RunStatus::Refused))?;
+        return Err(Failure::Refused(message));
+    }
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    let events = Events::new(tx, p.redactor.clone());
+    let mut builder = ReportBuilder::new(&p.source, &p.plan, &run.id, Mode::Apply, run.started_at);
+    let color = crate::run::log::stderr_wants_color();
+    let log_format = args.log_format;
+    let consumer = tokio::spawn(async move {
+        let mut log = LiveLog::new(std::io::stderr(), log_format, color);
+        while let Some(event) = rx.recv().await {
+            log.on_event(&event);
+            builder.on_event(&event);
+        }
+        builder
+    });
+
+    let cancel = CancellationToken::new();
+    let signals = tokio::spawn(cancel_on_signal(cancel.clone()));
+    let opts = ExecOptions {
+        concurrency: args.concurrency,
+        vars: p.vars.clone(),
+        env: p.env.clone(),
+        base_dir: p.source.base_dir(),
+        run,
+        kill_grace: args.kill_grace,
+    };
+    let summary = executor::execute(Arc::new(p.plan), opts, Arc::new(Builtin), events, cancel).await;
+    signals.abort();
+    let builder = consumer.await.expect("the reporter task does not panic");
+    let status = if summary.cancelled {
+        RunStatus::Cancelled
+    } else if summary.failed {
+        RunStatus::Failed
+    } else {
+        RunStatus::Succeeded
+    };
+    write_report(&builder.finish(status))?;
+    match status {
+        RunStatus::Cancelled => Err(Failure::Interrupted),
+        RunStatus::Failed => Err(Failure::StepsFailed),
+        _ => Ok(()),
+    }
+}
+
+async fn cancel_on_signal(cancel: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    eprintln!("opsrunner: interrupted; stopping running steps");
+    cancel.cancel();
+}
+
+pub fn schema(which: SchemaKind) -> String {
+    match which {
+        SchemaKind::Plan => crate::schema::plan_schema(),
+        SchemaKind::Report => crate::schema::report_schema(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SchemaKind {
+    Plan,
+    Report,
+}

@@ -1,0 +1,47 @@
+//! Exit codes, in one place. They are part of opsrunner's interface (README, "Exit codes"):
+//! systemd units and CI jobs branch on them.
+
+/// Everything that was asked for succeeded.
+pub const SUCCESS: i32 = 0;
+/// A step failed (or opsrunner could not write its output).
+pub const STEP_FAILED: i32 = 1;
+/// The plan is invalid, or the command line is (clap uses 2 for usage errors too).
+pub const INVALID: i32 = 2;
+/// A guard refused the run (a destructive step on a protected target without `--confirm`);
+/// nothing was touched.
+pub const REFUSED: i32 = 3;
+/// Interrupted by Ctrl-C or SIGTERM; running steps were cancelled.
+pub const INTERRUPTED: i32 = 130;
+
+/// Why a command did not succeed.
+#[derive(Debug)]
+pub enum Failure {
+    Plan(crate::plan::PlanError),
+    Usage(String),
+    Refused(String),
+    Io(String),
+    StepsFailed,
+    Interrupted,
+}
+
+impl Failure {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Failure::Plan(_) | Failure::Usage(_) => INVALID,
+            Failure::Refused(_) => REFUSED,
+            Failure::Io(_) | Failure::StepsFailed => STEP_FAILED,
+            Failure::Interrupted => INTERRUPTED,
+        }
+    }
+
+    /// What to print on stderr; empty when the live log already told the story.
+    pub fn message(&self, color: bool) -> String {
+        match self {
+            Failure::Plan(e) => e.render(color),
+            Failure::Usage(m) => format!("error: {m}\n"),
+            Failure::Refused(m) => format!("refused: {m}\n"),
+            Failure::Io(m) => format!("error: {m}\n"),
+            Failure::StepsFailed | Failure::Interrupted => String::new(),
+        }
+    }
+}

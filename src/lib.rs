@@ -1,0 +1,15 @@
+//! opsrunner: PostgreSQL operations declared as a YAML plan, checked, previewed and run as a
+//! DAG of typed steps.
+//!
+//! Pipeline: [`plan`] (YAML → validated DAG) → [`run`] (preview or execute, emitting events
+//! to the live log and the run report) → [`exit`] codes. [`commands`] holds the CLI verbs.
+
+pub mod commands;
+pub mod diag;
+pub mod exit;
+pub mod plan;
+pub mod process;
+pub mod redact;
+pub mod run;
+pub mod schema;
+pub mod steps;

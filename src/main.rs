@@ -1,0 +1,153 @@
+//! The `opsrunner` command line: parse arguments, call the library, map errors to exit codes.
+
+use clap::{Args, Parser, Subcommand};
+use opsrunner::commands::{self, ApplyArgs, GraphFormat, PlanArgs, PreviewFormat, SchemaKind};
+use opsrunner::exit::{self, Failure};
+use opsrunner::run::log::{LogFormat, stderr_wants_color};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const EXIT_CODES: &str = "Exit codes:
+  0    success
+  1    a step failed (or a report could not be written)
+  2    invalid plan or command line
+  3    refused by a guard (destructive step on a protected target without --confirm); nothing was touched
+  130  interrupted (Ctrl-C / SIGTERM); running steps were cancelled, the report is still written";
+
+#[derive(Parser)]
+#[command(name = "opsrunner", version, about = "Run PostgreSQL operations declared in a YAML plan: check, preview, apply.", after_help = EXIT_CODES)]
+struct Cli {
+    /// Format of the live log on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct PlanFileArgs {
+    /// The plan file (YAML).
+    file: PathBuf,
+    /// Override a plan variable: `--var keep_daily=7` (repeatable; the variable must be declared in `vars`).
+    #[arg(long = "var", value_name = "KEY=VALUE", value_parser = parse_var)]
+    vars: Vec<(String, String)>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check a plan: syntax, keys, references, cycles, templates. Exit 2 with every problem listed.
+    Validate(PlanFileArgs),
+    /// Preview what `apply` would do, step by step. Changes nothing.
+    Plan {
+        #[command(flatten)]
+        plan: PlanFileArgs,
+        /// Output format: text for terminals, markdown for pull-request comments, json for machines.
+        #[arg(long, value_enum, default_value = "text")]
+        format: PreviewFormat,
+        /// Write the preview to this file instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Preview as if `--confirm TARGET` were given to apply (repeatable).
+        #[arg(long, value_name = "TARGET")]
+        confirm: Vec<String>,
+    },
+    /// Run the plan: steps in dependency order, concurrently where possible, with retries and timeouts.
+    Apply {
+        #[command(flatten)]
+        plan: PlanFileArgs,
+        /// Write the JSON run report here (also when steps fail or the run is interrupted).
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+        /// Only preview, like `opsrunner plan`.
+        #[arg(long)]
+        dry_run: bool,
+        /// Run at most N steps at once (default: number of CPUs).
+        #[arg(long, value_name = "N")]
+        concurrency: Option<usize>,
+        /// Allow destructive steps on this protected target (repeatable).
+        #[arg(long, value_name = "TARGET")]
+        confirm: Vec<String>,
+        /// Time child processes get between SIGTERM and SIGKILL on timeout or interruption.
+        #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+        kill_grace: Duration,
+    },
+    /// Print the step DAG as Graphviz DOT or a Mermaid flowchart.
+    Graph {
+        #[command(flatten)]
+        plan: PlanFileArgs,
+        #[arg(long, value_enum, default_value = "dot")]
+        format: GraphFormat,
+    },
+    /// Print the JSON Schema of the plan file or of the run report.
+    Schema {
+        #[arg(value_enum)]
+        which: SchemaKind,
+    },
+}
+
+fn parse_var(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("`{s}` is not KEY=VALUE"))?;
+    if k.is_empty() {
+        return Err(format!("`{s}` has an empty KEY"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    opsrunner::plan::duration::parse(s)
+}
+
+fn plan_args(p: PlanFileArgs, confirm: Vec<String>, color: bool) -> PlanArgs {
+    PlanArgs { file: p.file, vars: p.vars, confirm, color }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let color = stderr_wants_color();
+    init_tracing(cli.log_format);
+    let result: Result<String, Failure> = match cli.command {
+        Command::Validate(p) => commands::validate(&plan_args(p, vec![], color)),
+        Command::Plan { plan, format, out, confirm } => commands::plan(&plan_args(plan, confirm, color), format, out.as_deref()),
+        Command::Graph { plan, format } => commands::graph(&plan_args(plan, vec![], color), format),
+        Command::Schema { which } => Ok(commands::schema(which)),
+        Command::Apply { plan, report, dry_run, concurrency, confirm, kill_grace } => {
+            let args = ApplyArgs {
+                plan: plan_args(plan, confirm, color),
+                report,
+                dry_run,
+                concurrency: concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                log_format: cli.log_format,
+                kill_grace,
+            };
+            let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
+            runtime.block_on(commands::apply(args)).map(|()| String::new())
+        }
+    };
+    let code = match result {
+        Ok(out) => {
+            let mut stdout = std::io::stdout().lock();
+            if stdout.write_all(out.as_bytes()).and_then(|_| stdout.flush()).is_err() {
+                exit::STEP_FAILED
+            } else {
+                exit::SUCCESS
+            }
+        }
+        Err(failure) => {
+            eprint!("{}", failure.message(color));
+            failure.exit_code()
+        }
+    };
+    std::process::exit(code);
+}
+
+/// Internal diagnostics (`OPSRUNNER_LOG=debug`), separate from the live log of events.
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OPSRUNNER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.without_time().try_init(),
+    };
+}

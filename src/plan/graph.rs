@@ -1,0 +1,179 @@
+//! The step DAG: edges from each need to the step that needs it, a deterministic execution
+//! order, and DOT / Mermaid renderings for `opsrunner graph`.
+
+use petgraph::graph::{DiGraph, NodeIndex};
+use std::collections::{BTreeSet, BinaryHeap};
+use std::cmp::Reverse;
+
+#[derive(Debug, Clone)]
+pub struct Dag {
+    graph: DiGraph<usize, ()>,
+    /// Direct needs of each step, by step index.
+    pub needs: Vec<Vec<usize>>,
+    /// Steps that directly need each step.
+    pub dependents: Vec<Vec<usize>>,
+    /// All transitive needs of each step.
+    pub upstream: Vec<BTreeSet<usize>>,
+    /// A topological order; among steps that could go in either order, plan order wins, so
+    /// previews read like the file.
+    pub order: Vec<usize>,
+}
+
+impl Dag {
+    /// Builds the DAG. Returns the steps of a cycle (first step repeated at the end) when
+    /// there is one.
+    pub fn build(needs: Vec<Vec<usize>>) -> Result<Dag, Vec<usize>> {
+        let n = needs.len();
+        let mut graph = DiGraph::with_capacity(n, n);
+        let nodes: Vec<NodeIndex> = (0..n).map(|i| graph.add_node(i)).collect();
+        let mut dependents = vec![Vec::new(); n];
+        for (step, step_needs) in needs.iter().enumerate() {
+            for &need in step_needs {
+                graph.add_edge(nodes[need], nodes[step], ());
+                dependents[need].push(step);
+            }
+        }
+        if let Some(cycle) = find_cycle(&graph) {
+            return Err(cycle);
+        }
+        let order = plan_ordered_toposort(&needs, &dependents);
+        let mut upstream: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
+        for &step in &order {
+            let mut all = BTreeSet::new();
+            for &need in &needs[step] {
+                all.insert(need);
+                all.extend(upstream[need].iter().copied());
+            }
+            upstream[step] = all;
+        }
+        Ok(Dag {
+            graph,
+            needs,
+            dependents,
+            upstream,
+            order,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.needs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.needs.is_empty()
+    }
+
+    pub fn edge_count(&self) -> usize {
+        self.graph.edge_count()
+    }
+
+    /// Graphviz DOT; `label(i)` names step `i`.
+    pub fn to_dot(&self, name: &str, label: impl Fn(usize) -> (String, String)) -> String {
+        let mut out = format!("digraph {} {{\n  rankdir=LR;\n  node [shape=box];\n", quote(name));
+        for &i in &self.order {
+            let (id, kind) = label(i);
+            out.push_str(&format!("  {} [label={}];\n", quote(&id), quote(&format!("{id}\n({kind})"))));
+        }
+        for &i in &self.order {
+            for &need in &self.needs[i] {
+                out.push_str(&format!("  {} -> {};\n", quote(&label(need).0), quote(&label(i).0)));
+            }
+        }
+        out.push_str("}\n");
+        out
+    }
+
+    /// A Mermaid flowchart.
+    pub fn to_mermaid(&self, label: impl Fn(usize) -> (String, String)) -> String {
+        let mut out = String::from("flowchart LR\n");
+        for &i in &self.order {
+            let (id, kind) = label(i);
+            out.push_str(&format!("  s{i}[\"{}<br/>({kind})\"]\n", id.replace('"', "#quot;")));
+        }
+        for &i in &self.order {
+            for &need in &self.needs[i] {
+                out.push_str(&format!("  s{need} --> s{i}\n"));
+            }
+        }
+        out
+    }
+}
+
+fn quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"))
+}
+
+/// Kahn's algorithm with the lowest plan index first among the ready steps.
+fn plan_ordered_toposort(needs: &[Vec<usize>], dependents: &[Vec<usize>]) -> Vec<usize> {
+    let mut remaining: Vec<usize> = needs.iter().map(Vec::len).collect();
+    let mut ready: BinaryHeap<Reverse<usize>> = (0..needs.len())
+        .filter(|&i| remaining[i] == 0)
+        .map(Reverse)
+        .collect();
+    let mut order = Vec::with_capacity(needs.len());
+    while let Some(Reverse(i)) = ready.pop() {
+        order.push(i);
+        for &d in &dependents[i] {
+            remaining[d] -= 1;
+            if remaining[d] == 0 {
+                ready.push(Reverse(d));
+            }
+        }
+    }
+    order
+}
+
+/// One cycle, as step indices in dependency order with the first repeated at the end.
+fn find_cycle(graph: &DiGraph<usize, ()>) -> Option<Vec<usize>> {
+    for scc in petgraph::algo::tarjan_scc(graph) {
+        let self_loop = scc.len() == 1 && graph.contains_edge(scc[0], scc[0]);
+        if scc.len() < 2 && !self_loop {
+            continue;
+        }
+        let members: BTreeSet<NodeIndex> = scc.iter().copied().collect();
+        let start = *members.iter().min_by_key(|n| graph[**n]).expect("non-empty");
+        // Walk inside the component until a node repeats: that walk closes a cycle.
+        let mut path = vec![start];
+        let mut current = start;
+        loop {
+            let next = graph
+                .neighbors(current)
+                .filter(|n| members.contains(n))
+                .min_by_key(|n| graph[*n])
+                .expect("a strongly connected component has an edge out of each node");
+            if let Some(pos) = path.iter().position(|&p| p == next) {
+                let mut cycle: Vec<usize> = path[pos..].iter().map(|n| graph[*n]).collect();
+                cycle.push(graph[next]);
+                return Some(cycle);
+            }
+            path.push(next);
+            current = next;
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orders_by_plan_position_among_ready_steps() {
+        // 0 <- 2, 1 independent, 3 needs 1 and 2
+        let dag = Dag::build(vec![vec![], vec![], vec![0], vec![1, 2]]).unwrap();
+        assert_eq!(dag.order, vec![0, 1, 2, 3]);
+        assert_eq!(dag.upstream[3], BTreeSet::from([0, 1, 2]));
+    }
+
+    #[test]
+    fn reports_a_cycle() {
+        let err = Dag::build(vec![vec![2], vec![0], vec![1]]).unwrap_err();
+        assert_eq!(err.len(), 4);
+        assert_eq!(err.first(), err.last());
+    }
+
+    #[test]
+    fn self_need_is_a_cycle() {
+        assert_eq!(Dag::build(vec![vec![0]]).unwrap_err(), vec![0, 0]);
+    }
+}

@@ -1,0 +1,98 @@
+//! The plan pipeline: YAML text → [`yaml`] nodes → [`load`]ed [`model::Plan`] →
+//! [`validate`]d [`ValidPlan`] with its [`graph::Dag`]. [`template`] renders values later,
+//! as the run reaches each step.
+
+pub mod duration;
+pub mod graph;
+pub mod load;
+pub mod model;
+pub mod template;
+pub mod validate;
+pub mod yaml;
+
+pub use validate::ValidPlan;
+
+use crate::diag::Diagnostic;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// A plan file as read from disk.
+#[derive(Debug, Clone)]
+pub struct PlanSource {
+    pub path: PathBuf,
+    /// The path as the user gave it, for messages.
+    pub display: String,
+    pub text: String,
+    pub sha256: String,
+}
+
+impl PlanSource {
+    pub fn read(path: &Path) -> Result<PlanSource, PlanError> {
+        let display = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|error| PlanError::Io {
+            display: display.clone(),
+            error,
+        })?;
+        let text = String::from_utf8(bytes.clone()).map_err(|_| PlanError::Io {
+            display: display.clone(),
+            error: std::io::Error::new(std::io::ErrorKind::InvalidData, "the file is not UTF-8 text"),
+        })?;
+        Ok(PlanSource {
+            path: path.to_path_buf(),
+            display,
+            text,
+            sha256: hex(&Sha256::digest(&bytes)),
+        })
+    }
+
+    pub fn from_text(display: &str, text: &str) -> PlanSource {
+        PlanSource {
+            path: PathBuf::from(display),
+            display: display.to_string(),
+            text: text.to_string(),
+            sha256: hex(&Sha256::digest(text.as_bytes())),
+        }
+    }
+
+    /// The directory relative paths in the plan (workdir, SQL files) are resolved against.
+    pub fn base_dir(&self) -> PathBuf {
+        match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Debug)]
+pub enum PlanError {
+    Io { display: String, error: std::io::Error },
+    Invalid { source: Box<PlanSource>, diagnostics: Vec<Diagnostic> },
+}
+
+impl PlanError {
+    pub fn render(&self, color: bool) -> String {
+        match self {
+            PlanError::Io { display, error } => format!("error: cannot read plan {display}: {error}\n"),
+            PlanError::Invalid { source, diagnostics } => {
+                crate::diag::render_all(diagnostics, &source.display, &source.text, color)
+            }
+        }
+    }
+}
+
+/// Loads and validates a plan: all problems, or a plan ready to preview and run.
+pub fn check(source: PlanSource) -> Result<(PlanSource, ValidPlan), PlanError> {
+    let result = load::load_str(&source.text)
+        .and_then(|(plan, root)| validate::validate(plan, &root, &source.text));
+    match result {
+        Ok(valid) => Ok((source, valid)),
+        Err(diagnostics) => Err(PlanError::Invalid {
+            source: Box::new(source),
+            diagnostics,
+        }),
+    }
+}

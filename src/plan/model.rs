@@ -1,0 +1,288 @@
+//! The plan file's types. They are what serde deserializes each section into and what the
+//! JSON Schema in `schemas/plan.schema.json` is generated from, so the schema editors use
+//! and the loader's checks cannot disagree.
+
+use super::duration::HumanDuration;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+/// The plan versions this build understands.
+pub const SUPPORTED_VERSIONS: &[u32] = &[1];
+
+/// A whole plan file.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "opsrunner plan")]
+pub struct Plan {
+    /// Plan language version; this build understands `1`.
+    pub version: u32,
+    /// A short name, used in logs, reports and previews.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Default values for `{{ vars.NAME }}`; `--var NAME=VALUE` overrides them.
+    #[serde(default)]
+    pub vars: BTreeMap<String, Value>,
+    /// Names of environment variables whose values are secrets: they are redacted as `***`
+    /// everywhere opsrunner writes.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// Databases the steps work on.
+    #[serde(default)]
+    pub targets: BTreeMap<String, Target>,
+    /// Places backups are kept.
+    #[serde(default)]
+    pub repositories: BTreeMap<String, Repository>,
+    pub steps: Vec<StepDef>,
+}
+
+/// A database server (and database) steps connect to.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// A libpq connection URL, usually `{{ env.DATABASE_URL }}`: keep passwords out of the file.
+    pub url: String,
+    /// Destructive steps on a protected target are refused unless `--confirm NAME` is given.
+    #[serde(default)]
+    pub protected: bool,
+}
+
+/// A backup repository.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Repository {
+    /// `file://path` or `s3://bucket/prefix`.
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+}
+
+/// One step: the keys every step has, plus its type's parameters.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepDef {
+    #[serde(flatten)]
+    pub common: Common,
+    #[serde(flatten)]
+    pub kind: StepKind,
+    /// The type's parameters exactly as written, templates unrendered; they are rendered
+    /// and deserialized again when the step starts.
+    #[serde(skip)]
+    pub raw_params: Value,
+}
+
+impl StepDef {
+    pub fn id(&self) -> &str {
+        &self.common.id
+    }
+}
+
+/// Keys every step type accepts.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Common {
+    /// Unique step id, used in `needs` and `{{ steps.ID.outputs.NAME }}`.
+    pub id: String,
+    /// Steps that must finish before this one starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub needs: Vec<String>,
+    /// When the step runs: `success()` (default: every need succeeded), `failure()` (some
+    /// upstream step failed) or `always()`.
+    #[serde(default, rename = "if")]
+    pub condition: Condition,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
+    /// Upper bound for one attempt; child processes are killed when it passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<HumanDuration>,
+    /// A failure of this step does not fail the run or skip its dependents.
+    #[serde(default)]
+    pub continue_on_error: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub enum Condition {
+    #[default]
+    #[serde(rename = "success()")]
+    Success,
+    #[serde(rename = "failure()")]
+    Failure,
+    #[serde(rename = "always()")]
+    Always,
+}
+
+impl Condition {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Condition::Success => "success()",
+            Condition::Failure => "failure()",
+            Condition::Always => "always()",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Retry {
+    /// Total attempts, the first included (1 = no retry).
+    pub attempts: u32,
+    /// Pause before the second attempt.
+    #[serde(default = "default_delay")]
+    pub delay: HumanDuration,
+    #[serde(default)]
+    pub backoff: Backoff,
+    /// Upper bound for the pause with exponential backoff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_delay: Option<HumanDuration>,
+    /// Randomise each pause between half and all of its length, so that many runners
+    /// retrying the same server do not retry in lockstep.
+    #[serde(default)]
+    pub jitter: bool,
+}
+
+fn default_delay() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(1))
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Backoff {
+    #[default]
+    Fixed,
+    Exponential,
+}
+
+/// The typed parameters of each step type.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StepKind {
+    Shell(ShellParams),
+    Sql(SqlParams),
+}
+
+/// The names of all step types, for "unknown step type" suggestions.
+pub const STEP_TYPES: &[&str] = &["shell", "sql"];
+
+impl StepKind {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            StepKind::Shell(_) => "shell",
+            StepKind::Sql(_) => "sql",
+        }
+    }
+
+    /// Deserializes a step type's parameters from their JSON form.
+    pub fn from_params(type_name: &str, params: &Value) -> Result<StepKind, ParamsError> {
+        fn de<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, ParamsError> {
+            serde_path_to_error::deserialize(v).map_err(ParamsError::Invalid)
+        }
+        Ok(match type_name {
+            "shell" => StepKind::Shell(de(params)?),
+            "sql" => StepKind::Sql(de(params)?),
+            _ => return Err(ParamsError::UnknownType),
+        })
+    }
+
+    /// The schema of one step type's parameters (inline, not a reference).
+    fn params_schema(type_name: &str, generator: &mut SchemaGenerator) -> Schema {
+        match type_name {
+            "shell" => ShellParams::json_schema(generator),
+            "sql" => SqlParams::json_schema(generator),
+            other => unreachable!("no schema for step type {other}"),
+        }
+    }
+
+    /// Names of the outputs a step of this type sets, for checking template references.
+    pub fn output_names(&self) -> &'static [&'static str] {
+        match self {
+            StepKind::Shell(_) => &["exit_code", "stdout"],
+            StepKind::Sql(_) => &["rows", "value"],
+        }
+    }
+
+    /// The target this step connects to, if any, for reference checks and guards.
+    pub fn target(&self) -> Option<&str> {
+        match self {
+            StepKind::Shell(_) => None,
+            StepKind::Sql(p) => Some(&p.target),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum ParamsError {
+    UnknownType,
+    Invalid(serde_path_to_error::Error<serde_json::Error>),
+}
+
+/// `shell`: runs a command with `sh -c`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShellParams {
+    /// The command line, run by `sh -c`.
+    pub command: String,
+    /// Extra environment variables for the command.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Working directory, relative to the plan file's directory (default: that directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+}
+
+/// `sql`: runs SQL against a target.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SqlParams {
+    /// Name of a target declared under `targets`.
+    pub target: String,
+    /// SQL text to run (give either `query` or `file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// A file of SQL, relative to the plan file's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+}
+
+/// The JSON Schema of a step: one alternative per step type, each with the common keys, a
+/// `type` constant and that type's parameters, and no other keys.
+impl JsonSchema for StepDef {
+    fn schema_name() -> Cow<'static, str> {
+        "Step".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let common = Common::json_schema(generator);
+        let mut variants = Vec::new();
+        for type_name in STEP_TYPES {
+            let params = StepKind::params_schema(type_name, generator);
+            let mut properties = serde_json::Map::new();
+            let mut required = vec![Value::from("id"), Value::from("type")];
+            for schema in [&common, &params] {
+                if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+                    properties.extend(props.clone());
+                }
+            }
+            if let Some(req) = params.get("required").and_then(Value::as_array) {
+                required.extend(req.iter().cloned());
+            }
+            properties.insert("type".into(), serde_json::json!({ "const": type_name }));
+            let description = params
+                .get("description")
+                .cloned()
+                .unwrap_or(Value::Null);
+            let mut variant = serde_json::json!({
+                "type": "object",
+                "properties": properties,
+                "required": required,
+                "additionalProperties": false,
+            });
+            if !description.is_null() {
+                variant["description"] = description;
+            }
+            variants.push(variant);
+        }
+        json_schema!({ "oneOf": variants })
+    }
+}

@@ -1,0 +1,192 @@
+//! Templates in plan values: `{{ vars.x }}`, `{{ env.NAME }}`, `{{ run.id }}`,
+//! `{{ steps.ID.outputs.NAME }}`. Rendering uses handlebars in strict mode (a missing value
+//! is an error, never an empty string) without HTML escaping; references are also
+//! extracted statically so that validation can reject unknown names before anything runs.
+
+use handlebars::Handlebars;
+use serde_json::Value;
+
+/// A `{{ … }}` reference found in a string, e.g. `steps.backup.outputs.backup_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reference {
+    /// The dotted path, split.
+    pub path: Vec<String>,
+    /// Byte offset of the path inside the string.
+    pub offset: usize,
+}
+
+impl Reference {
+    pub fn dotted(&self) -> String {
+        self.path.join(".")
+    }
+}
+
+pub fn has_template(text: &str) -> bool {
+    text.contains("{{")
+}
+
+/// Checks a string's template syntax and lists the paths it refers to.
+pub fn references(text: &str) -> Result<Vec<Reference>, String> {
+    if !has_template(text) {
+        return Ok(Vec::new());
+    }
+    handlebars::Template::compile(text).map_err(|e| {
+        let reason = e.reason().to_string();
+        format!("invalid template: {reason}")
+    })?;
+    let mut refs = Vec::new();
+    let mut pos = 0;
+    while let Some(start) = text[pos..].find("{{") {
+        let open = pos + start;
+        let Some(len) = text[open..].find("}}") else {
+            break;
+        };
+        let inner_start = open + 2;
+        let inner = &text[inner_start..open + len];
+        let mut tokens = Vec::new();
+        let mut offset = 0;
+        for token in inner.split_whitespace() {
+            let at = inner[offset..].find(token).map_or(0, |p| p + offset);
+            offset = at + token.len();
+            tokens.push((token, inner_start + at));
+        }
+        // `{{ path }}` names a value; `{{#helper a b}}` and `{{helper a b}}` pass paths as
+        // parameters after the helper's name.
+        let params = if tokens.len() > 1 || tokens.first().is_some_and(|(t, _)| t.starts_with(['#', '/', '~', '^', '!', '>'])) {
+            &tokens[1.min(tokens.len())..]
+        } else {
+            &tokens[..]
+        };
+        for (token, at) in params {
+            let token = token.trim_matches(|c| c == '~' || c == '(' || c == ')');
+            if is_path(token) {
+                refs.push(Reference {
+                    path: token.split('.').map(str::to_string).collect(),
+                    offset: *at,
+                });
+            }
+        }
+        pos = open + len + 2;
+    }
+    Ok(refs)
+}
+
+fn is_path(token: &str) -> bool {
+    token.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && token
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        && !matches!(token, "true" | "false" | "null" | "else" | "this")
+}
+
+/// Looks a reference up in a render context.
+pub fn lookup<'a>(context: &'a Value, path: &[String]) -> Option<&'a Value> {
+    path.iter().try_fold(context, |v, key| v.get(key))
+}
+
+/// The renderer. One per run; cheap to share.
+pub struct Templates {
+    registry: Handlebars<'static>,
+}
+
+impl Default for Templates {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Templates {
+    pub fn new() -> Self {
+        let mut registry = Handlebars::new();
+        registry.set_strict_mode(true);
+        registry.register_escape_fn(handlebars::no_escape);
+        Templates { registry }
+    }
+
+    /// Renders one string. Missing values are reported by their path, e.g.
+    /// "`env.DATABASE_URL` is not set".
+    pub fn render_str(&self, text: &str, context: &Value) -> Result<String, String> {
+        if !has_template(text) {
+            return Ok(text.to_string());
+        }
+        for reference in references(text)? {
+            if lookup(context, &reference.path).is_none() {
+                let dotted = reference.dotted();
+                return Err(match reference.path.first().map(String::as_str) {
+                    Some("env") => format!("`{dotted}` is not set: the environment has no variable {}", reference.path[1..].join(".")),
+                    _ => format!("`{dotted}` has no value"),
+                });
+            }
+        }
+        self.registry
+            .render_template(text, context)
+            .map_err(|e| format!("template error: {}", e.reason()))
+    }
+
+    /// Renders every string inside a JSON value.
+    pub fn render_value(&self, value: &Value, context: &Value) -> Result<Value, String> {
+        Ok(match value {
+            Value::String(s) => Value::String(self.render_str(s, context)?),
+            Value::Array(items) => Value::Array(
+                items
+                    .iter()
+                    .map(|v| self.render_value(v, context))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Value::Object(map) => {
+                let mut out = serde_json::Map::new();
+                for (k, v) in map {
+                    out.insert(k.clone(), self.render_value(v, context)?);
+                }
+                Value::Object(out)
+            }
+            other => other.clone(),
+        })
+    }
+}
+
+/// Every string inside a JSON value, for collecting references.
+pub fn strings(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::String(s) => out.push(s.clone()),
+        Value::Array(items) => items.iter().for_each(|v| strings(v, out)),
+        Value::Object(map) => map.values().for_each(|v| strings(v, out)),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn finds_references_with_offsets() {
+        let refs = references("x {{ steps.my-step.outputs.id }} y {{vars.a}}").unwrap();
+        assert_eq!(refs.len(), 2);
+        assert_eq!(refs[0].dotted(), "steps.my-step.outputs.id");
+        assert_eq!(refs[0].offset, 5);
+        assert_eq!(refs[1].dotted(), "vars.a");
+    }
+
+    #[test]
+    fn helper_parameters_are_references() {
+        let refs = references("{{#if vars.loud}}LOUD{{/if}}").unwrap();
+        assert_eq!(refs.iter().map(Reference::dotted).collect::<Vec<_>>(), ["vars.loud"]);
+    }
+
+    #[test]
+    fn syntax_errors_are_reported() {
+        assert!(references("{{ vars.a ").is_err());
+    }
+
+    #[test]
+    fn renders_strictly_without_escaping() {
+        let t = Templates::new();
+        let ctx = json!({"vars": {"a": "<&>"}, "steps": {"my-step": {"outputs": {"id": "42"}}}, "env": {}});
+        assert_eq!(t.render_str("{{ vars.a }}", &ctx).unwrap(), "<&>");
+        assert_eq!(t.render_str("{{ steps.my-step.outputs.id }}", &ctx).unwrap(), "42");
+        let err = t.render_str("{{ env.NOPE }}", &ctx).unwrap_err();
+        assert!(err.contains("`env.NOPE` is not set"), "{err}");
+    }
+}

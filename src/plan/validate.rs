@@ -1,0 +1,367 @@
+//! Semantic checks on a loaded plan: ids, needs, cycles, references to targets, conditions,
+//! template references. All problems are collected; a plan that passes is a [`ValidPlan`].
+
+use super::graph::Dag;
+use super::model::{Condition, Plan, StepKind};
+use super::template::{self, Reference};
+use super::yaml::{Node, PathSegment, format_path};
+use crate::diag::{Diagnostic, Span, did_you_mean};
+use std::collections::{BTreeMap, HashMap};
+
+/// What `{{ run.… }}` offers.
+pub const RUN_FIELDS: &[&str] = &["id", "started_at", "plan"];
+const TEMPLATE_ROOTS: &[&str] = &["vars", "env", "run", "steps"];
+
+/// A plan whose references resolve and whose steps form a DAG.
+#[derive(Debug, Clone)]
+pub struct ValidPlan {
+    pub plan: Plan,
+    pub dag: Dag,
+    pub index: HashMap<String, usize>,
+}
+
+impl ValidPlan {
+    pub fn step_index(&self, id: &str) -> Option<usize> {
+        self.index.get(id).copied()
+    }
+}
+
+pub fn validate(plan: Plan, root: &Node, source: &str) -> Result<ValidPlan, Vec<Diagnostic>> {
+    let mut v = Validator {
+        plan: &plan,
+        root,
+        source,
+        problems: Vec::new(),
+    };
+    let index = v.ids();
+    let needs = v.needs(&index);
+    v.conditions();
+    v.steps_params();
+    let dag = match needs {
+        Some(needs) => match Dag::build(needs) {
+            Ok(dag) => Some(dag),
+            Err(cycle) => {
+                v.cycle(&cycle);
+                None
+            }
+        },
+        None => None,
+    };
+    if let Some(dag) = &dag {
+        v.templates(&index, dag);
+    }
+    match dag {
+        Some(dag) if v.problems.is_empty() => Ok(ValidPlan { plan, dag, index }),
+        _ => Err(v.problems),
+    }
+}
+
+struct Validator<'a> {
+    plan: &'a Plan,
+    root: &'a Node,
+    source: &'a str,
+    problems: Vec<Diagnostic>,
+}
+
+fn step_path(i: usize, rest: &[PathSegment]) -> Vec<PathSegment> {
+    let mut p = vec![PathSegment::Key("steps".into()), PathSegment::Index(i)];
+    p.extend_from_slice(rest);
+    p
+}
+
+fn key(k: &str) -> PathSegment {
+    PathSegment::Key(k.into())
+}
+
+impl Validator<'_> {
+    fn span(&self, path: &[PathSegment]) -> Option<Span> {
+        (0..=path.len())
+            .rev()
+            .find_map(|n| self.root.lookup(&path[..n]).map(|(node, _)| node.span))
+    }
+
+    fn report(&mut self, path: &[PathSegment], message: String, len: usize, help: Option<String>) {
+        self.problems.push(
+            Diagnostic::new(message)
+                .at_opt(self.span(path))
+                .with_len(len)
+                .with_path(format_path(path))
+                .with_help_opt(help),
+        );
+    }
+
+    fn ids(&mut self) -> HashMap<String, usize> {
+        let mut index = HashMap::new();
+        for (i, step) in self.plan.steps.iter().enumerate() {
+            let id = step.id();
+            let path = step_path(i, &[key("id")]);
+            let valid = id.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !valid {
+                self.report(
+                    &path,
+                    format!("invalid step id `{id}`"),
+                    id.chars().count(),
+                    Some("ids start with a letter and use letters, digits, `_` and `-`".into()),
+                );
+            }
+            if let Some(&first) = index.get(id) {
+                let first_line = self.span(&step_path(first, &[key("id")])).map_or(0, |s| s.line);
+                self.report(
+                    &path,
+                    format!("duplicate step id `{id}`"),
+                    id.chars().count(),
+                    Some(format!("`{id}` is already the id of steps[{first}] (line {first_line}); step ids must be unique")),
+                );
+            } else {
+                index.insert(id.to_string(), i);
+            }
+        }
+        index
+    }
+
+    fn needs(&mut self, index: &HashMap<String, usize>) -> Option<Vec<Vec<usize>>> {
+        let mut all = Vec::new();
+        let mut ok = true;
+        for (i, step) in self.plan.steps.iter().enumerate() {
+            let mut step_needs = Vec::new();
+            for (j, need) in step.common.needs.iter().enumerate() {
+                let path = step_path(i, &[key("needs"), PathSegment::Index(j)]);
+                match index.get(need) {
+                    Some(&n) => {
+                        if !step_needs.contains(&n) {
+                            step_needs.push(n);
+                        }
+                    }
+                    None => {
+                        ok = false;
+                        let help = did_you_mean(need, index.keys().map(String::as_str))
+                            .unwrap_or_else(|| "`needs` lists ids of other steps in this plan".into());
+                        self.report(&path, format!("step `{}` needs unknown step `{need}`", step.id()), need.chars().count(), Some(help));
+                    }
+                }
+            }
+            all.push(step_needs);
+        }
+        ok.then_some(all)
+    }
+
+    fn cycle(&mut self, cycle: &[usize]) {
+        let names: Vec<&str> = cycle.iter().map(|&i| self.plan.steps[i].id()).collect();
+        let first = cycle[0];
+        self.report(
+            &step_path(first, &[key("needs")]),
+            format!("steps depend on each other in a cycle: {}", names.join(" → ")),
+            1,
+            Some("each step in the cycle waits for the one before it; remove one of these `needs`".into()),
+        );
+    }
+
+    fn conditions(&mut self) {
+        for (i, step) in self.plan.steps.iter().enumerate() {
+            if step.common.condition == Condition::Failure && step.common.needs.is_empty() {
+                self.report(
+                    &step_path(i, &[key("if")]),
+                    format!("step `{}` runs on `failure()` but needs no step, so it could never run", step.id()),
+                    "failure()".len(),
+                    Some("list the steps whose failure it reacts to in `needs`".into()),
+                );
+            }
+            if let Some(retry) = &step.common.retry {
+                if retry.attempts == 0 {
+                    self.report(
+                        &step_path(i, &[key("retry"), key("attempts")]),
+                        "`attempts` counts the first try too and must be at least 1".into(),
+                        1,
+                        None,
+                    );
+                }
+            }
+            if step.common.timeout.is_some_and(|t| t.0.is_zero()) {
+                self.report(&step_path(i, &[key("timeout")]), "a timeout of zero would fail every attempt".into(), 1, None);
+            }
+        }
+    }
+
+    fn steps_params(&mut self) {
+        let targets: Vec<&str> = self.plan.targets.keys().map(String::as_str).collect();
+        for (i, step) in self.plan.steps.iter().enumerate() {
+            if let Some(target) = step.kind.target() {
+                if !self.plan.targets.contains_key(target) {
+                    let help = did_you_mean(target, targets.iter().copied()).unwrap_or_else(|| {
+                        if targets.is_empty() {
+                            "declare it under `targets:` with a `url`".into()
+                        } else {
+                            format!("declared targets: {}", targets.join(", "))
+                        }
+                    });
+                    self.report(&step_path(i, &[key("target")]), format!("unknown target `{target}`"), target.chars().count(), Some(help));
+                }
+            }
+            if let StepKind::Sql(p) = &step.kind {
+                if p.query.is_some() == p.file.is_some() {
+                    self.report(
+                        &step_path(i, &[]),
+                        format!("step `{}` needs exactly one of `query` and `file`", step.id()),
+                        1,
+                        None,
+                    );
+                }
+            }
+        }
+        for (name, repo) in &self.plan.repositories {
+            if !(repo.url.starts_with("file://") || repo.url.starts_with("s3://")) {
+                self.report(
+                    &[key("repositories"), key(name), key("url")],
+                    format!("repository `{name}` has an unsupported URL `{}`", repo.url),
+                    repo.url.chars().count(),
+                    Some("use `file://path/to/dir` or `s3://bucket/prefix`".into()),
+                );
+            }
+        }
+    }
+
+    fn templates(&mut self, index: &HashMap<String, usize>, dag: &Dag) {
+        for (name, target) in &self.plan.targets {
+            let path = [key("targets"), key(name), key("url")];
+            self.check_string(&path, &target.url, None, index, dag);
+        }
+        for (i, step) in self.plan.steps.iter().enumerate() {
+            let mut fields = Vec::new();
+            collect_strings(&step.raw_params, &mut Vec::new(), &mut fields);
+            for (rel, text) in fields {
+                let path = step_path(i, &rel);
+                self.check_string(&path, &text, Some(i), index, dag);
+            }
+        }
+    }
+
+    fn check_string(&mut self, path: &[PathSegment], text: &str, step: Option<usize>, index: &HashMap<String, usize>, dag: &Dag) {
+        let refs = match template::references(text) {
+            Ok(r) => r,
+            Err(e) => {
+                self.report(path, e, 1, Some("templates look like `{{ vars.name }}`".into()));
+                return;
+            }
+        };
+        for r in refs {
+            if let Some((message, help)) = self.check_reference(&r, step, index, dag) {
+                let mut d = Diagnostic::new(message)
+                    .at_opt(self.span(path))
+                    .with_path(format_path(path))
+                    .with_help_opt(help);
+                // Point the caret at the reference itself when it is on the value's line.
+                if let Some(span) = d.span {
+                    let dotted = r.dotted();
+                    if let Some(line) = self.source.lines().nth(span.line - 1) {
+                        let from = line.char_indices().nth(span.col.saturating_sub(1)).map_or(0, |(b, _)| b);
+                        if let Some(pos) = line[from..].find(&dotted) {
+                            let col = line[..from + pos].chars().count() + 1;
+                            d.span = Some(Span { line: span.line, col, len: dotted.chars().count() });
+                        }
+                    }
+                }
+                self.problems.push(d);
+            }
+        }
+    }
+
+    fn check_reference(&self, r: &Reference, step: Option<usize>, index: &HashMap<String, usize>, dag: &Dag) -> Option<(String, Option<String>)> {
+        let dotted = r.dotted();
+        let root = r.path[0].as_str();
+        let second = r.path.get(1).map(String::as_str);
+        match root {
+            "vars" => {
+                let name = second?;
+                if !self.plan.vars.contains_key(name) {
+                    let help = did_you_mean(name, self.plan.vars.keys().map(String::as_str))
+                        .unwrap_or_else(|| format!("declare it under `vars:` (e.g. `vars: {{ {name}: … }}`); `--var {name}=…` can then override it"));
+                    return Some((format!("unknown variable `{dotted}`"), Some(help)));
+                }
+                None
+            }
+            "env" => {
+                if r.path.len() != 2 {
+                    return Some((format!("`{dotted}` is not an environment variable reference"), Some("write `{{ env.NAME }}`".into())));
+                }
+                None
+            }
+            "run" => {
+                let field = second.unwrap_or("");
+                if step.is_none() || !RUN_FIELDS.contains(&field) || r.path.len() != 2 {
+                    let help = did_you_mean(field, RUN_FIELDS.iter().copied())
+                        .unwrap_or_else(|| format!("`run` offers: {}", RUN_FIELDS.join(", ")));
+                    return Some((format!("unknown reference `{dotted}`"), Some(help)));
+                }
+                None
+            }
+            "steps" => {
+                let Some(current) = step else {
+                    return Some((format!("`{dotted}`: target URLs cannot use step outputs"), None));
+                };
+                let id = second.unwrap_or("");
+                let Some(&other) = index.get(id) else {
+                    let help = did_you_mean(id, index.keys().map(String::as_str));
+                    return Some((format!("`{dotted}` refers to unknown step `{id}`"), help));
+                };
+                if r.path.get(2).map(String::as_str) != Some("outputs") || r.path.len() != 4 {
+                    return Some((format!("`{dotted}` is not a step output reference"), Some(format!("write `{{{{ steps.{id}.outputs.NAME }}}}`"))));
+                }
+                let output = r.path[3].as_str();
+                let outputs = self.plan.steps[other].kind.output_names();
+                if !outputs.contains(&output) {
+                    let help = did_you_mean(output, outputs.iter().copied())
+                        .unwrap_or_else(|| format!("a `{}` step sets: {}", self.plan.steps[other].kind.type_name(), outputs.join(", ")));
+                    return Some((format!("step `{id}` has no output `{output}`"), Some(help)));
+                }
+                if !dag.upstream[current].contains(&other) {
+                    let me = self.plan.steps[current].id();
+                    return Some((
+                        format!("step `{me}` uses an output of `{id}` but does not need it"),
+                        Some(format!("add `{id}` to `needs` of `{me}` so that it runs first")),
+                    ));
+                }
+                None
+            }
+            other => {
+                let help = did_you_mean(other, TEMPLATE_ROOTS.iter().copied())
+                    .unwrap_or_else(|| "templates can use vars.NAME, env.NAME, run.id, run.started_at, run.plan and steps.ID.outputs.NAME".into());
+                Some((format!("unknown reference `{dotted}`"), Some(help)))
+            }
+        }
+    }
+}
+
+fn collect_strings(value: &serde_json::Value, path: &mut Vec<PathSegment>, out: &mut Vec<(Vec<PathSegment>, String)>) {
+    match value {
+        serde_json::Value::String(s) => out.push((path.clone(), s.clone())),
+        serde_json::Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                path.push(PathSegment::Index(i));
+                collect_strings(v, path, out);
+                path.pop();
+            }
+        }
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                path.push(PathSegment::Key(k.clone()));
+                collect_strings(v, path, out);
+                path.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Checks `--var NAME=VALUE` overrides against the plan's declared variables.
+pub fn check_overrides(plan: &Plan, overrides: &BTreeMap<String, String>) -> Result<(), String> {
+    for name in overrides.keys() {
+        if !plan.vars.contains_key(name) {
+            let hint = did_you_mean(name, plan.vars.keys().map(String::as_str))
+                .map(|h| format!("; {h}"))
+                .unwrap_or_default();
+            return Err(format!("--var {name}: the plan declares no variable `{name}`{hint}"));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! Typed events the executor emits while a run goes on. Reporters (the live log, the run
+//! report) consume them; nothing else learns what happened.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::redact::Redactor;
+
+pub type Outputs = BTreeMap<String, String>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Succeeded,
+    Failed,
+    Skipped,
+    Cancelled,
+    /// Dry-run only: the step would run.
+    Planned,
+}
+
+/// One attempt at running a step.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct Attempt {
+    /// 1 for the first try.
+    pub number: u32,
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: u64,
+    /// Why the attempt failed; absent when it succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Whether the failure was judged transient (worth retrying).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transient: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    RunStarted {
+        run_id: String,
+        plan: String,
+        steps: usize,
+        at: DateTime<Utc>,
+    },
+    StepStarted {
+        step: String,
+        at: DateTime<Utc>,
+    },
+    Output {
+        step: String,
+        stream: Stream,
+        line: String,
+    },
+    AttemptFailed {
+        step: String,
+        attempt: Attempt,
+        retry_in_ms: Option<u64>,
+    },
+    StepFinished {
+        step: String,
+        status: StepStatus,
+        at: DateTime<Utc>,
+        duration_ms: u64,
+        attempts: Vec<Attempt>,
+        outputs: Outputs,
+        error: Option<String>,
+    },
+    StepSkipped {
+        step: String,
+        reason: String,
+        at: DateTime<Utc>,
+    },
+    RunFinished {
+        cancelled: bool,
+        at: DateTime<Utc>,
+        duration_ms: u64,
+    },
+}
+
+impl Event {
+    fn redact(&mut self, r: &Redactor) {
+        let fix = |s: &mut String| *s = r.redact(s);
+        match self {
+            Event::Output { line, .. } => fix(line),
+            Event::AttemptFailed { attempt, .. } => {
+                if let Some(e) = &mut attempt.error {
+                    fix(e)
+                }
+            }
+            Event::StepFinished { attempts, outputs, error, .. } => {
+                for a in attempts {
+                    if let Some(e) = &mut a.error {
+                        fix(e)
+                    }
+                }
+                outputs.values_mut().for_each(fix);
+                if let Some(e) = error {
+                    fix(e)
+                }
+            }
+            Event::StepSkipped { reason, .. } => fix(reason),
+            Event::RunStarted { .. } | Event::StepStarted { .. } | Event::RunFinished { .. } => {}
+        }
+    }
+}
+
+/// Where steps and the executor send events. Every event is redacted on the way out, so no
+/// reporter can leak a secret by forgetting to.
+#[derive(Clone)]
+pub struct Events {
+    tx: UnboundedSender<Event>,
+    redactor: Redactor,
+}
+
+impl Events {
+    pub fn new(tx: UnboundedSender<Event>, redactor: Redactor) -> Self {
+        Events { tx, redactor }
+    }
+
+    pub fn emit(&self, mut event: Event) {
+        event.redact(&self.redactor);
+        // A closed channel means the reporters are gone (the process is exiting); there is
+        // nobody left to tell.
+        let _ = self.tx.send(event);
+    }
+
+    pub fn output(&self, step: &str, stream: Stream, line: String) {
+        self.emit(Event::Output {
+            step: step.to_string(),
+            stream,
+            line,
+        });
+    }
+
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+}

@@ -1,0 +1,372 @@
+//! The scheduler: starts each step when its needs have finished and its condition holds,
+//! at most `concurrency` at a time, renders its parameters with the outputs known so far,
+//! retries transient failures, enforces timeouts and stops everything on cancellation.
+
+use super::events::{Attempt, Event, Events, Outputs, StepStatus};
+use super::retry::delay_after;
+use crate::plan::model::{Condition, StepKind};
+use crate::plan::template::Templates;
+use crate::plan::ValidPlan;
+use crate::steps::{ErrorKind, StepContext, StepError, StepRunner};
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Identity of one run, available to templates as `run.*`.
+#[derive(Debug, Clone)]
+pub struct RunInfo {
+    pub id: String,
+    pub started_at: DateTime<Utc>,
+    pub plan: String,
+}
+
+impl RunInfo {
+    /// A new run id: sortable by time, unique enough, and valid inside SQL identifiers
+    /// (`verify_{{ run.id }}`).
+    pub fn new(plan: &str) -> RunInfo {
+        let now = Utc::now();
+        RunInfo {
+            id: format!("{}_{:06x}", now.format("%Y%m%d_%H%M%S"), fastrand::u32(..0x100_0000)),
+            started_at: now,
+            plan: plan.to_string(),
+        }
+    }
+}
+
+pub struct ExecOptions {
+    pub concurrency: usize,
+    /// Plan variables after `--var` overrides.
+    pub vars: BTreeMap<String, Value>,
+    pub env: BTreeMap<String, String>,
+    pub base_dir: PathBuf,
+    pub run: RunInfo,
+    pub kill_grace: Duration,
+}
+
+/// How each step ended, in plan order.
+#[derive(Debug, Clone)]
+pub struct ExecSummary {
+    pub statuses: Vec<StepStatus>,
+    pub cancelled: bool,
+    /// A step failed without `continue_on_error`.
+    pub failed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Waiting,
+    Running,
+    Done(StepStatus),
+}
+
+/// The base render context: everything but step outputs.
+pub fn base_context(opts: &ExecOptions) -> Value {
+    json!({
+        "vars": opts.vars,
+        "env": opts.env,
+        "run": { "id": opts.run.id, "started_at": opts.run.started_at.to_rfc3339(), "plan": opts.run.plan },
+        "steps": {},
+    })
+}
+
+struct Finished {
+    index: usize,
+    status: StepStatus,
+    outputs: Outputs,
+}
+
+pub async fn execute(
+    plan: Arc<ValidPlan>,
+    opts: ExecOptions,
+    runner: Arc<dyn StepRunner>,
+    events: Events,
+    cancel: CancellationToken,
+) -> ExecSummary {
+    let started = Instant::now();
+    let steps = &plan.plan.steps;
+    let n = steps.len();
+    events.emit(Event::RunStarted {
+        run_id: opts.run.id.clone(),
+        plan: plan.plan.name.clone(),
+        steps: n,
+        at: Utc::now(),
+    });
+    let templates = Arc::new(Templates::new());
+    let opts = Arc::new(opts);
+    let mut context = base_context(&opts);
+    let mut state = vec![State::Waiting; n];
+    let mut waiting_on: Vec<usize> = plan.dag.needs.iter().map(Vec::len).collect();
+    let mut ready: BinaryHeap<Reverse<usize>> =
+        (0..n).filter(|&i| waiting_on[i] == 0).map(Reverse).collect();
+    let mut running: JoinSet<Finished> = JoinSet::new();
+    let mut cancelled = false;
+    let concurrency = opts.concurrency.max(1);
+
+    loop {
+        while !cancelled && running.len() < concurrency {
+            let Some(Reverse(i)) = ready.pop() else { break };
+            match decide(&plan, &state, i) {
+                Ok(()) => {
+                    state[i] = State::Running;
+                    let task = StepTask {
+                        index: i,
+                        plan: plan.clone(),
+                        opts: opts.clone(),
+                        runner: runner.clone(),
+                        events: events.clone(),
+                        cancel: cancel.clone(),
+                        templates: templates.clone(),
+                        context: context.clone(),
+                    };
+                    running.spawn(task.run());
+                }
+                Err(reason) => {
+                    tracing::debug!(step = steps[i].id(), %reason, "skipping");
+                    state[i] = State::Done(StepStatus::Skipped);
+                    events.emit(Event::StepSkipped { step: steps[i].id().to_string(), reason, at: Utc::now() });
+                    release(&plan, i, &mut waiting_on, &mut ready);
+                }
+            }
+        }
+        if running.is_empty() {
+            break;
+        }
+        tokio::select! {
+            Some(joined) = running.join_next() => {
+                let done = joined.expect("step tasks do not panic");
+                state[done.index] = State::Done(done.status);
+                if done.status == StepStatus::Succeeded || !done.outputs.is_empty() {
+                    context["steps"][steps[done.index].id()] = json!({ "outputs": done.outputs });
+                }
+                release(&plan, done.index, &mut waiting_on, &mut ready);
+            }
+            _ = cancel.cancelled(), if !cancelled => {
+                // Running steps see the same token and stop; wait for them to report.
+                cancelled = true;
+            }
+        }
+    }
+    cancelled |= cancel.is_cancelled();
+    for (i, s) in state.iter_mut().enumerate() {
+        if *s == State::Waiting {
+            *s = State::Done(StepStatus::Skipped);
+            events.emit(Event::StepSkipped {
+                step: steps[i].id().to_string(),
+                reason: "the run was cancelled before this step started".into(),
+                at: Utc::now(),
+            });
+        }
+    }
+    let statuses: Vec<StepStatus> = state
+        .iter()
+        .map(|s| match s {
+            State::Done(st) => *st,
+            _ => StepStatus::Cancelled,
+        })
+        .collect();
+    let failed = statuses
+        .iter()
+        .zip(steps)
+        .any(|(s, step)| *s == StepStatus::Failed && !step.common.continue_on_error);
+    events.emit(Event::RunFinished {
+        cancelled,
+        at: Utc::now(),
+        duration_ms: started.elapsed().as_millis() as u64,
+    });
+    ExecSummary { statuses, cancelled, failed }
+}
+
+/// Marks step `i` finished for its dependents and queues those now free to start.
+fn release(plan: &ValidPlan, i: usize, waiting_on: &mut [usize], ready: &mut BinaryHeap<Reverse<usize>>) {
+    for &d in &plan.dag.dependents[i] {
+        waiting_on[d] -= 1;
+        if waiting_on[d] == 0 {
+            ready.push(Reverse(d));
+        }
+    }
+}
+
+/// Whether a step whose needs have all finished should run, or why it is skipped.
+fn decide(plan: &ValidPlan, state: &[State], i: usize) -> Result<(), String> {
+    let steps = &plan.plan.steps;
+    // A failed step with continue_on_error counts as passed for everything downstream.
+    let broke = |j: usize| match state[j] {
+        State::Done(StepStatus::Failed) => !steps[j].common.continue_on_error,
+        State::Done(StepStatus::Cancelled) => true,
+        _ => false,
+    };
+    match steps[i].common.condition {
+        Condition::Always => Ok(()),
+        Condition::Failure => {
+            if plan.dag.upstream[i].iter().any(|&j| broke(j)) {
+                Ok(())
+            } else {
+                Err("`if: failure()`: no upstream step failed".into())
+            }
+        }
+        Condition::Success => {
+            for &j in &plan.dag.needs[i] {
+                let id = steps[j].id();
+                match state[j] {
+                    State::Done(StepStatus::Succeeded) => {}
+                    State::Done(StepStatus::Failed) if steps[j].common.continue_on_error => {}
+                    State::Done(StepStatus::Failed) => return Err(format!("needs `{id}`, which failed")),
+                    State::Done(StepStatus::Cancelled) => return Err(format!("needs `{id}`, which was cancelled")),
+                    _ => return Err(format!("needs `{id}`, which was skipped")),
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+struct StepTask {
+    index: usize,
+    plan: Arc<ValidPlan>,
+    opts: Arc<ExecOptions>,
+    runner: Arc<dyn StepRunner>,
+    events: Events,
+    cancel: CancellationToken,
+    templates: Arc<Templates>,
+    context: Value,
+}
+
+impl StepTask {
+    async fn run(self) -> Finished {
+        let step = &self.plan.plan.steps[self.index];
+        let id = step.id().to_string();
+        let started_at = Utc::now();
+        let clock = Instant::now();
+        self.events.emit(Event::StepStarted { step: id.clone(), at: started_at });
+
+        let mut attempts = Vec::new();
+        let prepared = self.prepare();
+        let (status, outputs, error) = match prepared {
+            Err(e) => {
+                attempts.push(Attempt {
+                    number: 1,
+                    started_at,
+                    duration_ms: clock.elapsed().as_millis() as u64,
+                    error: Some(e.message.clone()),
+                    transient: Some(false),
+                });
+                (StepStatus::Failed, Outputs::new(), Some(e.message))
+            }
+            Ok((kind, ctx)) => self.attempts(&kind, ctx, &mut attempts).await,
+        };
+        self.events.emit(Event::StepFinished {
+            step: id,
+            status,
+            at: Utc::now(),
+            duration_ms: clock.elapsed().as_millis() as u64,
+            attempts,
+            outputs: outputs.clone(),
+            error,
+        });
+        Finished { index: self.index, status, outputs }
+    }
+
+    /// Renders the step's parameters and the targets it uses with the outputs known now.
+    fn prepare(&self) -> Result<(StepKind, StepContext), StepError> {
+        let step = &self.plan.plan.steps[self.index];
+        let redactor = self.events.redactor();
+        let rendered = self
+            .templates
+            .render_value(&step.raw_params, &self.context)
+            .map_err(StepError::permanent)?;
+        let mut rendered_strings = Vec::new();
+        crate::plan::template::strings(&rendered, &mut rendered_strings);
+        rendered_strings.iter().for_each(|s| redactor.add_url_passwords(s));
+        let kind = StepKind::from_params(step.kind.type_name(), &rendered)
+            .map_err(|_| StepError::permanent("parameters are invalid after rendering templates"))?;
+        let mut targets = BTreeMap::new();
+        if let Some(name) = kind.target() {
+            let target = &self.plan.plan.targets[name];
+            let url = self
+                .templates
+                .render_str(&target.url, &self.context)
+                .map_err(|e| StepError::permanent(format!("target `{name}`: {e}")))?;
+            redactor.add_url_passwords(&url);
+            targets.insert(name.to_string(), url);
+        }
+        let ctx = StepContext {
+            step_id: step.id().to_string(),
+            base_dir: self.opts.base_dir.clone(),
+            targets,
+            events: self.events.clone(),
+            cancel: self.cancel.child_token(),
+            kill_grace: self.opts.kill_grace,
+        };
+        Ok((kind, ctx))
+    }
+
+    async fn attempts(&self, kind: &StepKind, ctx: StepContext, attempts: &mut Vec<Attempt>) -> (StepStatus, Outputs, Option<String>) {
+        let step = &self.plan.plan.steps[self.index];
+        let max = step.common.retry.as_ref().map_or(1, |r| r.attempts.max(1));
+        let timeout = step.common.timeout.map(|t| t.0);
+        for number in 1..=max {
+            let started_at = Utc::now();
+            let clock = Instant::now();
+            let attempt_ctx = StepContext { cancel: self.cancel.child_token(), ..ctx.clone() };
+            let result = {
+                let fut = self.runner.run(kind, &attempt_ctx);
+                tokio::pin!(fut);
+                match timeout {
+                    None => fut.await,
+                    Some(limit) => tokio::select! {
+                        r = &mut fut => r,
+                        _ = tokio::time::sleep(limit) => {
+                            // Let the step stop its children, then report the timeout.
+                            attempt_ctx.cancel.cancel();
+                            let _ = fut.await;
+                            Err(StepError::transient(format!("timed out after {}", crate::plan::duration::format(limit))))
+                        }
+                    },
+                }
+            };
+            let duration_ms = clock.elapsed().as_millis() as u64;
+            match result {
+                Ok(outputs) => {
+                    attempts.push(Attempt { number, started_at, duration_ms, error: None, transient: None });
+                    return (StepStatus::Succeeded, outputs, None);
+                }
+                Err(e) => {
+                    let cancelled = self.cancel.is_cancelled() || e.kind == ErrorKind::Cancelled;
+                    let message = if self.cancel.is_cancelled() { "cancelled: the run was interrupted".to_string() } else { e.message.clone() };
+                    let transient = e.kind == ErrorKind::Transient;
+                    let attempt = Attempt { number, started_at, duration_ms, error: Some(message.clone()), transient: Some(transient) };
+                    if cancelled {
+                        attempts.push(attempt);
+                        return (StepStatus::Cancelled, Outputs::new(), Some(message));
+                    }
+                    if !transient || number == max {
+                        attempts.push(attempt);
+                        let message = if number > 1 { format!("{message} (after {number} attempts)") } else { message };
+                        return (StepStatus::Failed, Outputs::new(), Some(message));
+                    }
+                    let retry = step.common.retry.as_ref().expect("more than one attempt means retry is set");
+                    let pause = delay_after(retry, number);
+                    self.events.emit(Event::AttemptFailed {
+                        step: step.id().to_string(),
+                        attempt: attempt.clone(),
+                        retry_in_ms: Some(pause.as_millis() as u64),
+                    });
+                    attempts.push(attempt);
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = self.cancel.cancelled() => {
+                            return (StepStatus::Cancelled, Outputs::new(), Some("cancelled while waiting to retry".into()));
+                        }
+                    }
+                }
+            }
+        }
+        unreachable!("the loop returns on the last attempt")
+    }
+}

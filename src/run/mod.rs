@@ -1,0 +1,9 @@
+//! Running a plan: the [`executor`] emits [`events`]; the [`log`] and the [`report`] consume
+//! them; [`preview`] is the side-effect-free dry run.
+
+pub mod events;
+pub mod executor;
+pub mod log;
+pub mod preview;
+pub mod report;
+pub mod retry;

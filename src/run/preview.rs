@@ -1,0 +1,276 @@
+//! The dry-run preview: what each step will do, in execution order, with parameters
+//! resolved as far as they can be before anything runs. Values only a run can produce are
+//! shown as `(known after STEP)`, never guessed. Building a preview has no side effects.
+
+use crate::plan::model::StepKind;
+use crate::plan::template::{self, Templates};
+use crate::plan::{PlanSource, ValidPlan};
+use crate::redact::Redactor;
+use crate::steps;
+use schemars::JsonSchema;
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct PlanPreview {
+    pub plan: String,
+    pub path: String,
+    pub steps: Vec<StepPreview>,
+    /// Targets that `apply` will refuse to touch without `--confirm NAME`.
+    pub confirmations_needed: Vec<String>,
+    /// Things the preview could not resolve (e.g. unset environment variables).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct StepPreview {
+    /// 1-based position in execution order.
+    pub position: usize,
+    pub id: String,
+    #[serde(rename = "type")]
+    pub step_type: String,
+    /// What the step will do, in one line.
+    pub action: String,
+    /// Parameters with templates resolved and secrets redacted.
+    pub params: Value,
+    pub needs: Vec<String>,
+    #[serde(rename = "if")]
+    pub condition: String,
+    pub retry: Option<String>,
+    pub timeout: Option<String>,
+    pub continue_on_error: bool,
+    pub destructive: bool,
+    pub target: Option<String>,
+    pub protected_target: bool,
+}
+
+pub struct PreviewInput<'a> {
+    pub source: &'a PlanSource,
+    pub plan: &'a ValidPlan,
+    pub vars: &'a BTreeMap<String, Value>,
+    pub env: &'a BTreeMap<String, String>,
+    pub confirmed: &'a [String],
+}
+
+pub fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview {
+    let plan = &input.plan.plan;
+    let mut warnings = Vec::new();
+    let context = preview_context(input, &mut warnings);
+    let templates = Templates::new();
+    let base_dir = input.source.base_dir();
+    let mut confirmations = Vec::new();
+    let mut steps_out = Vec::new();
+    for (position, &i) in input.plan.dag.order.iter().enumerate() {
+        let step = &plan.steps[i];
+        let rendered = templates.render_value(&step.raw_params, &context);
+        let (params, kind) = match rendered {
+            Ok(v) => {
+                let mut strings = Vec::new();
+                template::strings(&v, &mut strings);
+                strings.iter().for_each(|s| redactor.add_url_passwords(s));
+                let kind = StepKind::from_params(step.kind.type_name(), &v).unwrap_or_else(|_| step.kind.clone());
+                (v, kind)
+            }
+            Err(e) => {
+                warnings.push(format!("step `{}`: {e}", step.id()));
+                (step.raw_params.clone(), step.kind.clone())
+            }
+        };
+        let target = kind.target().map(str::to_string);
+        let protected = target.as_ref().is_some_and(|t| plan.targets.get(t).is_some_and(|t| t.protected));
+        let destructive = steps::destructive(&kind, &base_dir);
+        if let Some(t) = &target {
+            if protected && destructive && !input.confirmed.contains(t) && !confirmations.contains(t) {
+                confirmations.push(t.clone());
+            }
+        }
+        let mut params = params;
+        redactor.redact_json(&mut params);
+        steps_out.push(StepPreview {
+            position: position + 1,
+            id: step.id().to_string(),
+            step_type: step.kind.type_name().to_string(),
+            action: redactor.redact(&steps::describe(&kind)),
+            params,
+            needs: step.common.needs.clone(),
+            condition: step.common.condition.as_str().to_string(),
+            retry: step.common.retry.as_ref().map(|r| {
+                let mut s = format!("{} attempts, {} {}", r.attempts, serde_json::to_value(r.backoff).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(), r.delay);
+                if let Some(max) = r.max_delay {
+                    let _ = write!(s, " up to {max}");
+                }
+                if r.jitter {
+                    s.push_str(" with jitter");
+                }
+                s
+            }),
+            timeout: step.common.timeout.map(|t| t.to_string()),
+            continue_on_error: step.common.continue_on_error,
+            destructive,
+            target,
+            protected_target: protected,
+        });
+    }
+    PlanPreview {
+        plan: plan.name.clone(),
+        path: input.source.display.clone(),
+        steps: steps_out,
+        confirmations_needed: confirmations,
+        warnings: warnings.into_iter().map(|w| redactor.redact(&w)).collect(),
+    }
+}
+
+/// The render context for a preview: real vars and environment, placeholders for what only
+/// a run knows.
+fn preview_context(input: &PreviewInput<'_>, warnings: &mut Vec<String>) -> Value {
+    let plan = &input.plan.plan;
+    let mut env = serde_json::Map::new();
+    let mut all_strings = Vec::new();
+    for step in &plan.steps {
+        template::strings(&step.raw_params, &mut all_strings);
+    }
+    all_strings.extend(plan.targets.values().map(|t| t.url.clone()));
+    for text in &all_strings {
+        for r in template::references(text).unwrap_or_default() {
+            if r.path.len() == 2 && r.path[0] == "env" {
+                let name = &r.path[1];
+                let value = match input.env.get(name) {
+                    Some(v) => v.clone(),
+                    None => {
+                        let w = format!("environment variable {name} is not set; `apply` will fail unless it is");
+                        if !warnings.contains(&w) {
+                            warnings.push(w);
+                        }
+                        format!("(env {name} not set)")
+                    }
+                };
+                env.insert(name.clone(), Value::String(value));
+            }
+        }
+    }
+    let mut steps = serde_json::Map::new();
+    for step in &plan.steps {
+        let outputs: serde_json::Map<String, Value> = step
+            .kind
+            .output_names()
+            .iter()
+            .map(|o| (o.to_string(), Value::String(format!("(known after {})", step.id()))))
+            .collect();
+        steps.insert(step.id().to_string(), json!({ "outputs": outputs }));
+    }
+    json!({
+        "vars": input.vars,
+        "env": env,
+        "run": { "id": "(known at apply)", "started_at": "(known at apply)", "plan": plan.name },
+        "steps": steps,
+    })
+}
+
+fn dash(list: &[String]) -> String {
+    if list.is_empty() { "-".into() } else { list.join(", ") }
+}
+
+fn destructive_note(s: &StepPreview) -> Option<String> {
+    if !s.destructive {
+        return None;
+    }
+    Some(match (&s.target, s.protected_target) {
+        (Some(t), true) => format!("DESTRUCTIVE on protected target `{t}` (apply needs --confirm {t})"),
+        (Some(t), false) => format!("DESTRUCTIVE on target `{t}`"),
+        _ => "DESTRUCTIVE".into(),
+    })
+}
+
+pub fn render_text(p: &PlanPreview) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "Plan `{}` ({}): {} step{}. Dry run: nothing has been changed.", p.plan, p.path, p.steps.len(), if p.steps.len() == 1 { "" } else { "s" });
+    for s in &p.steps {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "{:>2}. {} ({})", s.position, s.id, s.step_type);
+        if let Some(note) = destructive_note(s) {
+            let _ = writeln!(out, "    !! {note}");
+        }
+        let _ = writeln!(out, "    will {}", s.action);
+        if let Some(params) = s.params.as_object() {
+            for (k, v) in params {
+                let shown = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+                let _ = writeln!(out, "    {k}: {}", shown.replace('\n', "\n      "));
+            }
+        }
+        let _ = writeln!(out, "    needs: {}   if: {}", dash(&s.needs), s.condition);
+        let mut extras = Vec::new();
+        if let Some(r) = &s.retry {
+            extras.push(format!("retry: {r}"));
+        }
+        if let Some(t) = &s.timeout {
+            extras.push(format!("timeout: {t}"));
+        }
+        if s.continue_on_error {
+            extras.push("continue on error".into());
+        }
+        if !extras.is_empty() {
+            let _ = writeln!(out, "    {}", extras.join("   "));
+        }
+    }
+    footer(&mut out, p, "");
+    out
+}
+
+fn footer(out: &mut String, p: &PlanPreview, bullet: &str) {
+    if !p.confirmations_needed.is_empty() || !p.warnings.is_empty() {
+        let _ = writeln!(out);
+    }
+    for t in &p.confirmations_needed {
+        let _ = writeln!(out, "{bullet}apply will refuse to run without --confirm {t}");
+    }
+    for w in &p.warnings {
+        let _ = writeln!(out, "{bullet}warning: {w}");
+    }
+}
+
+pub fn render_markdown(p: &PlanPreview) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "### opsrunner plan `{}`\n", p.plan);
+    let _ = writeln!(out, "`{}`: {} steps. Dry run: nothing has been changed.\n", p.path, p.steps.len());
+    let _ = writeln!(out, "| # | Step | Type | Needs | If | Destructive |");
+    let _ = writeln!(out, "|---|------|------|-------|----|-------------|");
+    for s in &p.steps {
+        let needs = if s.needs.is_empty() { "–".to_string() } else { s.needs.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ") };
+        let destructive = match (s.destructive, s.protected_target) {
+            (true, true) => "⚠️ yes (protected)",
+            (true, false) => "⚠️ yes",
+            _ => "",
+        };
+        let _ = writeln!(out, "| {} | `{}` | {} | {} | `{}` | {} |", s.position, s.id, s.step_type, needs, s.condition, destructive);
+    }
+    for s in &p.steps {
+        let _ = writeln!(out, "\n#### {}. `{}` ({})\n", s.position, s.id, s.step_type);
+        if let Some(note) = destructive_note(s) {
+            let _ = writeln!(out, "> **{note}**\n");
+        }
+        let _ = writeln!(out, "Will {}.\n", md_escape(&s.action));
+        if let Some(r) = &s.retry {
+            let _ = writeln!(out, "- retry: {r}");
+        }
+        if let Some(t) = &s.timeout {
+            let _ = writeln!(out, "- timeout: {t}");
+        }
+        if s.continue_on_error {
+            let _ = writeln!(out, "- continue on error");
+        }
+        let params = serde_json::to_string_pretty(&s.params).unwrap_or_default();
+        let _ = writeln!(out, "\n<details><summary>parameters</summary>\n\n```json\n{params}\n```\n\n</details>");
+    }
+    footer(&mut out, p, "- ");
+    out
+}
+
+fn md_escape(s: &str) -> String {
+    s.replace('|', "\\|")
+}
+
+pub fn render_json(p: &PlanPreview) -> String {
+    serde_json::to_string_pretty(p).expect("previews serialize") + "\n"
+}

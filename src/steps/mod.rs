@@ -1,0 +1,121 @@
+//! Step types. Each file implements one; this module dispatches on [`StepKind`] and holds
+//! what they share: the context a step runs in and how errors are classified.
+
+pub mod shell;
+pub mod sql;
+
+use crate::plan::model::StepKind;
+use crate::redact::Redactor;
+use crate::run::events::{Events, Outputs};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Whether retrying can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Might pass on another try: a dropped connection, a busy server, a non-zero exit.
+    Transient,
+    /// Will fail the same way again: bad SQL, a missing file, a command that does not exist.
+    Permanent,
+    /// Stopped by a timeout or Ctrl-C.
+    Cancelled,
+}
+
+#[derive(Debug, Clone)]
+pub struct StepError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl StepError {
+    pub fn transient(message: impl Into<String>) -> Self {
+        StepError { kind: ErrorKind::Transient, message: message.into() }
+    }
+    pub fn permanent(message: impl Into<String>) -> Self {
+        StepError { kind: ErrorKind::Permanent, message: message.into() }
+    }
+    pub fn cancelled() -> Self {
+        StepError { kind: ErrorKind::Cancelled, message: "cancelled".into() }
+    }
+}
+
+impl fmt::Display for StepError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Everything a running step may use.
+#[derive(Clone)]
+pub struct StepContext {
+    pub step_id: String,
+    /// Relative paths in parameters are resolved against the plan file's directory.
+    pub base_dir: PathBuf,
+    /// Rendered connection URLs of the targets, by name.
+    pub targets: BTreeMap<String, String>,
+    pub events: Events,
+    /// Cancelled when the attempt times out or the run is interrupted; steps stop their
+    /// work and child processes when it fires.
+    pub cancel: CancellationToken,
+    /// How long child processes get between SIGTERM and SIGKILL.
+    pub kill_grace: Duration,
+}
+
+impl StepContext {
+    pub fn redactor(&self) -> &Redactor {
+        self.events.redactor()
+    }
+
+    pub fn target_url(&self, name: &str) -> Result<&str, StepError> {
+        self.targets
+            .get(name)
+            .map(String::as_str)
+            .ok_or_else(|| StepError::permanent(format!("target `{name}` is not available")))
+    }
+
+    pub fn resolve(&self, path: &str) -> PathBuf {
+        self.base_dir.join(path)
+    }
+}
+
+pub type StepFuture<'a> = Pin<Box<dyn Future<Output = Result<Outputs, StepError>> + Send + 'a>>;
+
+/// Runs rendered steps. The executor is generic over this so that benchmarks can measure
+/// its own overhead with steps that do nothing.
+pub trait StepRunner: Send + Sync + 'static {
+    fn run<'a>(&'a self, kind: &'a StepKind, ctx: &'a StepContext) -> StepFuture<'a>;
+}
+
+/// The real step implementations.
+pub struct Builtin;
+
+impl StepRunner for Builtin {
+    fn run<'a>(&'a self, kind: &'a StepKind, ctx: &'a StepContext) -> StepFuture<'a> {
+        match kind {
+            StepKind::Shell(p) => Box::pin(shell::run(p, ctx)),
+            StepKind::Sql(p) => Box::pin(sql::run(p, ctx)),
+        }
+    }
+}
+
+/// What a step will do, in one line, for previews.
+pub fn describe(kind: &StepKind) -> String {
+    match kind {
+        StepKind::Shell(p) => shell::describe(p),
+        StepKind::Sql(p) => sql::describe(p),
+    }
+}
+
+/// Whether a step may destroy data. Destructive steps are marked in previews and need
+/// `--confirm TARGET` on protected targets.
+pub fn destructive(kind: &StepKind, base_dir: &std::path::Path) -> bool {
+    match kind {
+        StepKind::Shell(_) => false,
+        StepKind::Sql(p) => sql::destructive(p, base_dir),
+    }
+}

@@ -1,0 +1,95 @@
+//! `shell`: a command run by `sh -c`, its output streamed to the log line by line.
+
+use super::{ErrorKind, StepContext, StepError};
+use crate::plan::model::ShellParams;
+use crate::process::ProcessGroup;
+use crate::run::events::{Events, Outputs, Stream};
+use std::process::Stdio;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+
+/// The `stdout` output keeps at most this much, so a chatty command cannot exhaust memory.
+const MAX_CAPTURED_STDOUT: usize = 1024 * 1024;
+
+pub fn describe(p: &ShellParams) -> String {
+    format!("run `{}` with sh -c", p.command)
+}
+
+pub async fn run(p: &ShellParams, ctx: &StepContext) -> Result<Outputs, StepError> {
+    let workdir = ctx.resolve(p.workdir.as_deref().unwrap_or("."));
+    if !workdir.is_dir() {
+        return Err(StepError::permanent(format!(
+            "working directory {} does not exist",
+            workdir.display()
+        )));
+    }
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(&p.command)
+        .current_dir(&workdir)
+        .envs(&p.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut group = ProcessGroup::spawn(&mut command)
+        .map_err(|e| StepError::permanent(format!("cannot start sh: {e}")))?;
+    let stdout = group.child_mut().stdout.take().expect("stdout is piped");
+    let stderr = group.child_mut().stderr.take().expect("stderr is piped");
+    let out_task = tokio::spawn(forward(stdout, ctx.events.clone(), ctx.step_id.clone(), Stream::Stdout));
+    let err_task = tokio::spawn(forward(stderr, ctx.events.clone(), ctx.step_id.clone(), Stream::Stderr));
+
+    let status = tokio::select! {
+        status = group.wait() => status.map_err(|e| StepError::transient(format!("waiting for sh failed: {e}")))?,
+        _ = ctx.cancel.cancelled() => {
+            group.terminate(ctx.kill_grace).await;
+            out_task.abort();
+            err_task.abort();
+            return Err(StepError::cancelled());
+        }
+    };
+    // Background processes the command left behind would keep the pipes open and the step
+    // running forever; they end with the step.
+    group.kill_leftovers();
+    let captured = out_task.await.unwrap_or_default();
+    let _ = err_task.await;
+
+    let code = status.code();
+    let mut outputs = Outputs::new();
+    outputs.insert("exit_code".into(), code.map_or_else(|| "signal".into(), |c| c.to_string()));
+    outputs.insert("stdout".into(), captured.trim_end().to_string());
+    if status.success() {
+        return Ok(outputs);
+    }
+    Err(match code {
+        // 126: found but not executable; 127: not found. Trying again changes nothing.
+        Some(c @ (126 | 127)) => StepError {
+            kind: ErrorKind::Permanent,
+            message: format!("command exited with status {c} (command not found or not executable)"),
+        },
+        Some(c) => StepError::transient(format!("command exited with status {c}")),
+        None => {
+            use std::os::unix::process::ExitStatusExt;
+            StepError::transient(format!(
+                "command was killed by signal {}",
+                status.signal().unwrap_or(0)
+            ))
+        }
+    })
+}
+
+/// Sends each line to the log and returns what was read (up to a limit).
+async fn forward(reader: impl AsyncRead + Unpin, events: Events, step: String, stream: Stream) -> String {
+    let mut lines = BufReader::new(reader).lines();
+    let mut captured = String::new();
+    // Lines that are not UTF-8 end the loop with an error; the rest of the output is then
+    // dropped rather than guessed at.
+    while let Ok(Some(line)) = lines.next_line().await {
+        if stream == Stream::Stdout && captured.len() + line.len() < MAX_CAPTURED_STDOUT {
+            captured.push_str(&line);
+            captured.push('\n');
+        }
+        events.output(&step, stream, line);
+    }
+    captured
+}

@@ -1,0 +1,104 @@
+//! `sql`: runs SQL text against a target through sqlx. The simple query protocol is used,
+//! so a file may hold several statements and every value comes back as text.
+
+use super::{StepContext, StepError};
+use crate::plan::model::SqlParams;
+use crate::run::events::Outputs;
+use sqlx::{Connection, PgConnection, Row, ValueRef};
+use std::path::Path;
+
+pub fn describe(p: &SqlParams) -> String {
+    match (&p.query, &p.file) {
+        (Some(q), _) => format!("run SQL on target `{}`: {}", p.target, one_line(q)),
+        (None, Some(f)) => format!("run SQL file {f} on target `{}`", p.target),
+        (None, None) => format!("run SQL on target `{}`", p.target),
+    }
+}
+
+fn one_line(sql: &str) -> String {
+    sql.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Statements that remove or rewrite data or schema. A heuristic on the text: it errs on
+/// the side of asking for confirmation.
+pub fn destructive(p: &SqlParams, base_dir: &Path) -> bool {
+    let text = match (&p.query, &p.file) {
+        (Some(q), _) => q.clone(),
+        (None, Some(f)) => std::fs::read_to_string(base_dir.join(f)).unwrap_or_default(),
+        _ => String::new(),
+    };
+    let upper = text.to_uppercase();
+    upper
+        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .any(|w| matches!(w, "DROP" | "TRUNCATE" | "DELETE" | "ALTER" | "UPDATE"))
+}
+
+pub async fn run(p: &SqlParams, ctx: &StepContext) -> Result<Outputs, StepError> {
+    let url = ctx.target_url(&p.target)?.to_string();
+    ctx.redactor().add_url_passwords(&url);
+    let text = match (&p.query, &p.file) {
+        (Some(q), _) => q.clone(),
+        (None, Some(f)) => {
+            let path = ctx.resolve(f);
+            tokio::fs::read_to_string(&path)
+                .await
+                .map_err(|e| StepError::permanent(format!("cannot read {}: {e}", path.display())))?
+        }
+        (None, None) => return Err(StepError::permanent("no `query` or `file` given")),
+    };
+    let work = async {
+        let mut conn = PgConnection::connect(&url)
+            .await
+            .map_err(|e| classify(&e, &format!("cannot connect to target `{}`", p.target)))?;
+        let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(text))
+            .fetch_all(&mut conn)
+            .await
+            .map_err(|e| classify(&e, "SQL failed"))?;
+        let _ = conn.close().await;
+        let mut outputs = Outputs::new();
+        outputs.insert("rows".into(), rows.len().to_string());
+        let value = match rows.first() {
+            Some(row) if !row.is_empty() => {
+                let raw = row.try_get_raw(0).map_err(|e| classify(&e, "reading the result failed"))?;
+                if raw.is_null() {
+                    String::new()
+                } else {
+                    raw.as_str().map(str::to_string).unwrap_or_default()
+                }
+            }
+            _ => String::new(),
+        };
+        outputs.insert("value".into(), value);
+        Ok(outputs)
+    };
+    tokio::select! {
+        result = work => result,
+        // Dropping the connection closes the socket; the server then cancels the query.
+        _ = ctx.cancel.cancelled() => Err(StepError::cancelled()),
+    }
+}
+
+/// Connection trouble, serialization failures, deadlocks and server shutdowns are worth
+/// another try; everything else (syntax, permissions, constraint violations) is not.
+pub fn classify(error: &sqlx::Error, context: &str) -> StepError {
+    let message = format!("{context}: {error}");
+    match error {
+        sqlx::Error::Database(db) => {
+            let code = db.code().map(|c| c.to_string()).unwrap_or_default();
+            let transient = code.starts_with("08")
+                || code.starts_with("40")
+                || code.starts_with("53")
+                || code.starts_with("57P");
+            let message = format!("{context}: {} (SQLSTATE {code})", db.message());
+            if transient {
+                StepError::transient(message)
+            } else {
+                StepError::permanent(message)
+            }
+        }
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_) => {
+            StepError::transient(message)
+        }
+        _ => StepError::permanent(message),
+    }
+}
