@@ -47,8 +47,9 @@ impl Diagnostic {
     }
 
     pub fn with_len(mut self, len: usize) -> Self {
-        if let Some(span) = &mut self.span {
-            span.len = len.max(1);
+        // Zero keeps the width the span already has (a scalar's own length).
+        if let (Some(span), true) = (&mut self.span, len > 0) {
+            span.len = len;
         }
         self
     }

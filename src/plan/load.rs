@@ -307,7 +307,9 @@ impl Loader<'_> {
             let help = did_you_mean(name, candidates.iter().copied()).unwrap_or_else(|| {
                 format!("expected one of: {}", candidates.join(", "))
             });
-            path.push(PathSegment::Key(name.into()));
+            if path.last() != Some(&PathSegment::Key(name.into())) {
+                path.push(PathSegment::Key(name.into()));
+            }
             let span = self.root.lookup(&path).and_then(|(_, k)| k.map(|k| k.span));
             return Diagnostic::new(format!("unknown key `{name}`"))
                 .at_opt(span.or_else(|| self.span_of(&path)))

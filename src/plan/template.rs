@@ -31,8 +31,11 @@ pub fn references(text: &str) -> Result<Vec<Reference>, String> {
         return Ok(Vec::new());
     }
     handlebars::Template::compile(text).map_err(|e| {
-        let reason = e.reason().to_string();
-        format!("invalid template: {reason}")
+        if text.matches("{{").count() != text.matches("}}").count() {
+            "invalid template: a `{{` is not closed by `}}`".to_string()
+        } else {
+            format!("invalid template: {}", e.reason())
+        }
     })?;
     let mut refs = Vec::new();
     let mut pos = 0;

@@ -172,13 +172,13 @@ impl Validator<'_> {
                     self.report(
                         &step_path(i, &[key("retry"), key("attempts")]),
                         "`attempts` counts the first try too and must be at least 1".into(),
-                        1,
+                        0,
                         None,
                     );
                 }
             }
             if step.common.timeout.is_some_and(|t| t.0.is_zero()) {
-                self.report(&step_path(i, &[key("timeout")]), "a timeout of zero would fail every attempt".into(), 1, None);
+                self.report(&step_path(i, &[key("timeout")]), "a timeout of zero would fail every attempt".into(), 0, None);
             }
         }
     }
@@ -200,11 +200,16 @@ impl Validator<'_> {
             }
             if let StepKind::Sql(p) = &step.kind {
                 if p.query.is_some() == p.file.is_some() {
+                    let (at, help) = if p.query.is_some() {
+                        (step_path(i, &[key("file")]), "remove `query` or `file`")
+                    } else {
+                        (step_path(i, &[]), "add `query: SQL` or `file: path/to/file.sql`")
+                    };
                     self.report(
-                        &step_path(i, &[]),
+                        &at,
                         format!("step `{}` needs exactly one of `query` and `file`", step.id()),
-                        1,
-                        None,
+                        0,
+                        Some(help.into()),
                     );
                 }
             }
@@ -240,7 +245,7 @@ impl Validator<'_> {
         let refs = match template::references(text) {
             Ok(r) => r,
             Err(e) => {
-                self.report(path, e, 1, Some("templates look like `{{ vars.name }}`".into()));
+                self.report(path, e, 0, Some("templates look like `{{ vars.name }}`".into()));
                 return;
             }
         };

@@ -141,7 +141,10 @@ pub fn parse(source: &str) -> Result<Node, Vec<Diagnostic>> {
     for item in Parser::new_from_str(source) {
         match item {
             Ok((event, span)) => {
-                let at = Span::new(span.start.line(), span.start.col() + 1);
+                let mut at = Span::new(span.start.line(), span.start.col() + 1);
+                if matches!(event, Event::Scalar(..)) && span.end.line() == span.start.line() {
+                    at.len = span.end.col().saturating_sub(span.start.col()).max(1);
+                }
                 builder.event(event, at);
             }
             Err(e) => {
