@@ -43,6 +43,8 @@ pub struct StepPreview {
     pub continue_on_error: bool,
     pub destructive: bool,
     pub target: Option<String>,
+    /// The target's connection URL as the step will use it, password redacted.
+    pub target_url: Option<String>,
     pub protected_target: bool,
 }
 
@@ -86,6 +88,11 @@ pub fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview {
                 confirmations.push(t.clone());
             }
         }
+        let target_url = target.as_ref().and_then(|t| plan.targets.get(t)).map(|t| {
+            let url = templates.render_str(&t.url, &context).unwrap_or_else(|_| t.url.clone());
+            redactor.add_url_passwords(&url);
+            redactor.redact(&url)
+        });
         let mut params = params;
         redactor.redact_json(&mut params);
         steps_out.push(StepPreview {
@@ -110,6 +117,7 @@ pub fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview {
             continue_on_error: step.common.continue_on_error,
             destructive,
             target,
+            target_url,
             protected_target: protected,
         });
     }
@@ -193,6 +201,9 @@ pub fn render_text(p: &PlanPreview) -> String {
             let _ = writeln!(out, "    !! {note}");
         }
         let _ = writeln!(out, "    will {}", s.action);
+        if let (Some(t), Some(url)) = (&s.target, &s.target_url) {
+            let _ = writeln!(out, "    target {t}: {url}");
+        }
         if let Some(params) = s.params.as_object() {
             for (k, v) in params {
                 let shown = v.as_str().map_or_else(|| v.to_string(), str::to_string);
@@ -251,6 +262,9 @@ pub fn render_markdown(p: &PlanPreview) -> String {
             let _ = writeln!(out, "> **{note}**\n");
         }
         let _ = writeln!(out, "Will {}.\n", md_escape(&s.action));
+        if let (Some(t), Some(url)) = (&s.target, &s.target_url) {
+            let _ = writeln!(out, "- target `{t}`: `{url}`");
+        }
         if let Some(r) = &s.retry {
             let _ = writeln!(out, "- retry: {r}");
         }
