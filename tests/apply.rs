@@ -1,0 +1,345 @@
+//! `opsrunner apply` end to end: the real binary, real processes, the JSON report.
+
+mod common;
+
+use chrono::{DateTime, Utc};
+use common::{Workspace, opsrunner};
+use std::time::{Duration, Instant};
+
+fn time(v: &serde_json::Value) -> DateTime<Utc> {
+    v.as_str().unwrap().parse().unwrap()
+}
+
+#[test]
+fn independent_steps_overlap() {
+    let ws = Workspace::new();
+    let run = ws.apply(
+        r#"
+version: 1
+name: overlap
+steps:
+  - { id: a, type: shell, command: sleep 1 }
+  - { id: b, type: shell, command: sleep 1 }
+  - { id: c, type: shell, command: sleep 1 }
+"#,
+        &["--concurrency", "3"],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let ids = ["a", "b", "c"];
+    let first_finish = ids.iter().map(|id| time(&run.step(id)["finished_at"])).min().unwrap();
+    for id in ids {
+        assert!(
+            time(&run.step(id)["started_at"]) < first_finish,
+            "{id} started after another step finished: {}",
+            run.report
+        );
+    }
+}
+
+#[test]
+fn concurrency_limit_serialises_steps() {
+    let ws = Workspace::new();
+    let run = ws.apply(
+        r#"
+version: 1
+name: serial
+steps:
+  - { id: a, type: shell, command: sleep 0.3 }
+  - { id: b, type: shell, command: sleep 0.3 }
+"#,
+        &["--concurrency", "1"],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(time(&run.step("b")["started_at"]) >= time(&run.step("a")["finished_at"]));
+}
+
+#[test]
+fn transient_failures_are_retried_up_to_attempts() {
+    let ws = Workspace::new();
+    let run = ws.apply(
+        r#"
+version: 1
+name: retry
+steps:
+  - id: always-fails
+    type: shell
+    command: echo trying; exit 1
+    retry: { attempts: 3, delay: 10ms, backoff: exponential }
+  - id: flaky
+    type: shell
+    # Fails on the first attempt, succeeds on the second.
+    command: if [ -f tried ]; then echo ok; else touch tried; exit 1; fi
+    retry: { attempts: 4, delay: 10ms }
+"#,
+        &[],
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(run.status("always-fails"), "failed");
+    assert_eq!(run.attempts("always-fails"), 3);
+    let attempts = run.step("always-fails")["attempts"].as_array().unwrap().clone();
+    assert!(attempts.iter().all(|a| a["error"].as_str().unwrap().contains("status 1")));
+    assert_eq!(run.status("flaky"), "succeeded");
+    assert_eq!(run.attempts("flaky"), 2);
+    assert_eq!(run.step("flaky")["outputs"]["stdout"], "ok");
+    assert!(run.stderr.contains("flaky attempt 1 failed"), "{}", run.stderr);
+}
+
+#[test]
+fn permanent_errors_are_not_retried() {
+    let ws = Workspace::new();
+    let run = ws.apply(
+        r#"
+version: 1
+name: permanent
+steps:
+  - id: missing-command
+    type: shell
+    command: definitely-not-a-command-opsrunner
+    retry: { attempts: 5, delay: 10ms }
+  - id: missing-env
+    type: shell
+    command: echo {{ env.OPSRUNNER_TEST_UNSET_VARIABLE }}
+    retry: { attempts: 5, delay: 10ms }
+"#,
+        &[],
+    );
+    assert_eq!(run.code, 1);
+    for id in ["missing-command", "missing-env"] {
+        assert_eq!(run.status(id), "failed");
+        assert_eq!(run.attempts(id), 1, "{id} was retried: {}", run.report);
+        assert_eq!(run.step(id)["attempts"][0]["transient"], false);
+    }
+    assert!(run.step("missing-env")["reason"].as_str().unwrap().contains("OPSRUNNER_TEST_UNSET_VARIABLE` is not set"));
+}
+
+fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // A zombie has exited; only its parent has yet to collect it.
+        Ok(stat) => !stat.split(") ").nth(1).is_some_and(|rest| rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn timeout_kills_the_whole_process_group_even_when_sigterm_is_ignored() {
+    let ws = Workspace::new();
+    let started = Instant::now();
+    let run = ws.apply(
+        r#"
+version: 1
+name: timeout
+steps:
+  - id: stubborn
+    type: shell
+    command: trap '' TERM; sleep 60 & echo $! > child.pid; wait
+    timeout: 1s
+"#,
+        &["--kill-grace", "300ms"],
+    );
+    assert!(started.elapsed() < Duration::from_secs(20), "the timeout did not stop the step");
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(run.status("stubborn"), "failed");
+    assert!(run.step("stubborn")["reason"].as_str().unwrap().contains("timed out after 1s"));
+    let pid: i32 = std::fs::read_to_string(ws.path("child.pid")).unwrap().trim().parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while process_alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!process_alive(pid), "the child {pid} that ignores SIGTERM survived the timeout");
+}
+
+#[test]
+fn a_failure_skips_dependents_but_not_unrelated_branches() {
+    let ws = Workspace::new();
+    let run = ws.apply(
+        r#"
+version: 1
+name: skips
+steps:
+  - { id: broken, type: shell, command: exit 3 }
+  - { id: after, type: shell, needs: [broken], command: touch after-ran }
+  - { id: after-after, type: shell, needs: [after], command: "true" }
+  - { id: unrelated, type: shell, command: sleep 0.2; touch unrelated-ran }
+  - { id: tolerant, type: shell, command: exit 1, continue_on_error: true }
+  - { id: after-tolerant, type: shell, needs: [tolerant], command: "true" }
+"#,
+        &[],
+    );
+    assert_eq!(run.code, 1);
+    assert_eq!(run.status("broken"), "failed");
+    assert_eq!(run.status("after"), "skipped");
+    assert_eq!(run.status("after-after"), "skipped");
+    assert!(run.step("after")["reason"].as_str().unwrap().contains("needs `broken`, which failed"));
+    assert!(!ws.path("after-ran").exists());
+    assert_eq!(run.status("unrelated"), "succeeded");
+    assert!(ws.path("unrelated-ran").exists());
+    assert_eq!(run.status("tolerant"), "failed");
+    assert_eq!(run.status("after-tolerant"), "succeeded");
+    assert_eq!(run.report["status"], "failed");
+}
+
+const ALERT_PLAN: &str = r#"
+version: 1
+name: alert
+vars: { outcome: "0" }
+steps:
+  - { id: work, type: shell, command: "exit {{ vars.outcome }}" }
+  - { id: next, type: shell, needs: [work], command: "true" }
+  - { id: alert, type: shell, needs: [next], if: failure(), command: echo alerting }
+  - { id: cleanup, type: shell, needs: [next], if: always(), command: echo cleaning }
+"#;
+
+#[test]
+fn failure_condition_runs_only_when_something_upstream_failed() {
+    let ws = Workspace::new();
+    let failed = ws.apply(ALERT_PLAN, &["--var", "outcome=1"]);
+    assert_eq!(failed.code, 1);
+    assert_eq!(failed.status("next"), "skipped");
+    assert_eq!(failed.status("alert"), "succeeded");
+    assert_eq!(failed.step("alert")["log_tail"][0], "alerting");
+    assert_eq!(failed.status("cleanup"), "succeeded");
+
+    let ok = ws.apply(ALERT_PLAN, &[]);
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    assert_eq!(ok.status("alert"), "skipped");
+    assert_eq!(ok.status("cleanup"), "succeeded");
+}
+
+#[test]
+fn outputs_flow_into_later_steps() {
+    let ws = Workspace::new();
+    let run = ws.apply(
+        r#"
+version: 1
+name: outputs
+steps:
+  - { id: make, type: shell, command: echo 42 }
+  - { id: use, type: shell, needs: [make], command: "echo got {{ steps.make.outputs.stdout }} run {{ run.id }}" }
+"#,
+        &[],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run_id = run.report["run_id"].as_str().unwrap();
+    assert_eq!(run.step("use")["outputs"]["stdout"], format!("got 42 run {run_id}"));
+}
+
+#[test]
+fn interruption_cancels_running_steps_and_still_writes_the_report() {
+    let ws = Workspace::new();
+    let plan = ws.write_plan(
+        r#"
+version: 1
+name: cancel
+steps:
+  - { id: long, type: shell, command: "trap '' TERM; touch started; sleep 60 & echo $! > child.pid; wait" }
+  - { id: later, type: shell, needs: [long], command: touch later-ran }
+"#,
+    );
+    let mut child = opsrunner()
+        .arg("apply")
+        .arg(&plan)
+        .arg("--report")
+        .arg(ws.report_path())
+        .args(["--kill-grace", "300ms"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ws.path("child.pid").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let output = child.wait_with_output().unwrap();
+    let run = common::Applied::from(output, &ws.report_path());
+    assert_eq!(run.code, 130, "{}", run.stderr);
+    assert_eq!(run.report["status"], "cancelled");
+    assert_eq!(run.status("long"), "cancelled");
+    assert_eq!(run.status("later"), "skipped");
+    assert!(!ws.path("later-ran").exists());
+    let pid: i32 = std::fs::read_to_string(ws.path("child.pid")).unwrap().trim().parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while process_alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!process_alive(pid), "the step's child survived cancellation");
+}
+
+#[test]
+fn secrets_are_redacted_in_log_and_report() {
+    let ws = Workspace::new();
+    let plan = ws.write_plan(
+        r#"
+version: 1
+name: secrets
+secrets: [OPSRUNNER_TEST_TOKEN]
+steps:
+  - id: leak
+    type: shell
+    command: "echo token=$OPSRUNNER_TEST_TOKEN; echo url=$OPSRUNNER_TEST_URL >&2; exit 1"
+"#,
+    );
+    let output = opsrunner()
+        .arg("apply")
+        .arg(&plan)
+        .arg("--report")
+        .arg(ws.report_path())
+        .env("OPSRUNNER_TEST_TOKEN", "sekr1t-t0ken")
+        .env("OPSRUNNER_TEST_URL", "postgres://u:hunter22@db/x")
+        .output()
+        .unwrap();
+    let run = common::Applied::from(output, &ws.report_path());
+    let all = run.everything();
+    assert!(!all.contains("sekr1t-t0ken"), "{all}");
+    assert!(!all.contains("hunter22"), "{all}");
+    assert!(run.stderr.contains("token=***"), "{}", run.stderr);
+    // stdout and stderr interleave in either order.
+    let tail = run.step("leak")["log_tail"].as_array().unwrap().clone();
+    assert!(tail.contains(&"token=***".into()), "{tail:?}");
+    assert!(tail.contains(&"stderr: url=postgres://u:***@db/x".into()), "{tail:?}");
+}
+
+#[test]
+fn dry_run_changes_nothing_and_reports_planned_steps() {
+    let ws = Workspace::new();
+    let run = ws.apply(
+        r#"
+version: 1
+name: dry
+steps:
+  - { id: touch, type: shell, command: touch should-not-exist }
+"#,
+        &["--dry-run"],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(!ws.path("should-not-exist").exists());
+    assert!(run.stdout.contains("will run `touch should-not-exist`"));
+    assert_eq!(run.report["mode"], "dry-run");
+    assert_eq!(run.status("touch"), "planned");
+}
+
+#[test]
+fn invalid_plans_exit_2_and_unknown_vars_are_usage_errors() {
+    let ws = Workspace::new();
+    let bad = ws.apply("version: 1\nname: x\nsteps:\n  - { id: a, type: shel, command: x }\n", &[]);
+    assert_eq!(bad.code, 2);
+    assert!(bad.stderr.contains("did you mean `shell`?"), "{}", bad.stderr);
+    assert!(bad.stderr.contains("plan.yaml:4:20"), "{}", bad.stderr);
+    let var = ws.apply("version: 1\nname: x\nvars: { keep: 1 }\nsteps:\n  - { id: a, type: shell, command: x }\n", &["--var", "kep=2"]);
+    assert_eq!(var.code, 2);
+    assert!(var.stderr.contains("did you mean `keep`?"), "{}", var.stderr);
+}
+
+#[test]
+fn json_log_format_emits_one_event_per_line() {
+    let ws = Workspace::new();
+    let run = ws.apply(
+        "version: 1\nname: j\nsteps:\n  - { id: a, type: shell, command: echo hi }\n",
+        &["--log-format", "json"],
+    );
+    assert_eq!(run.code, 0);
+    let events: Vec<serde_json::Value> = run.stderr.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["run_started", "step_started", "output", "step_finished", "run_finished"]);
+}

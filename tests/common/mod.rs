@@ -1,0 +1,94 @@
+//! Test harness: run the real `opsrunner` binary on plans written to a temporary directory,
+//! and start throwaway PostgreSQL clusters.
+#![allow(dead_code)]
+
+pub mod pg;
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    pub fn new() -> Workspace {
+        Workspace { dir: tempfile::tempdir().unwrap() }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn write_plan(&self, yaml: &str) -> PathBuf {
+        let path = self.path("plan.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        path
+    }
+
+    pub fn report_path(&self) -> PathBuf {
+        self.path("report.json")
+    }
+
+    /// `opsrunner apply plan.yaml --report report.json ARGS…`
+    pub fn apply(&self, yaml: &str, args: &[&str]) -> Applied {
+        let plan = self.write_plan(yaml);
+        let output = opsrunner()
+            .arg("apply")
+            .arg(&plan)
+            .arg("--report")
+            .arg(self.report_path())
+            .args(args)
+            .output()
+            .unwrap();
+        Applied::from(output, &self.report_path())
+    }
+}
+
+pub fn opsrunner() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_opsrunner"));
+    cmd.env("NO_COLOR", "1");
+    cmd
+}
+
+pub struct Applied {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub report: Value,
+}
+
+impl Applied {
+    pub fn from(output: Output, report: &Path) -> Applied {
+        let report = std::fs::read_to_string(report)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Value::Null);
+        Applied {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into(),
+            stderr: String::from_utf8_lossy(&output.stderr).into(),
+            report,
+        }
+    }
+
+    pub fn step(&self, id: &str) -> &Value {
+        self.report["steps"]
+            .as_array()
+            .and_then(|steps| steps.iter().find(|s| s["id"] == id))
+            .unwrap_or_else(|| panic!("no step {id} in report: {}\nstderr:\n{}", self.report, self.stderr))
+    }
+
+    pub fn status(&self, id: &str) -> String {
+        self.step(id)["status"].as_str().unwrap_or_default().to_string()
+    }
+
+    pub fn attempts(&self, id: &str) -> usize {
+        self.step(id)["attempts"].as_array().map_or(0, Vec::len)
+    }
+
+    pub fn everything(&self) -> String {
+        format!("{}\n{}\n{}", self.stdout, self.stderr, self.report)
+    }
+}

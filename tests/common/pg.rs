@@ -1,0 +1,151 @@
+//! Throwaway PostgreSQL clusters for tests: `initdb` into a temporary directory, a free
+//! port, the socket inside that directory, password authentication over TCP, and
+//! `pg_ctl stop` when dropped. As root the server runs as the `postgres` user, since
+//! PostgreSQL refuses to run as root.
+
+use std::ffi::CString;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub const PASSWORD: &str = "Tr0ub4dor&3-not-in-output";
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    bin: PathBuf,
+    user: Option<(u32, u32)>,
+}
+
+/// Finds the newest installed server binaries.
+fn server_bin() -> PathBuf {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_string_lossy().parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((v, bin))
+        })
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .map(|(_, b)| b)
+        .expect("PostgreSQL server binaries under /usr/lib/postgresql/*/bin (apt-get install postgresql)")
+}
+
+fn postgres_ids() -> Option<(u32, u32)> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let name = CString::new("postgres").unwrap();
+    // SAFETY: getpwnam returns null or a pointer to a static passwd entry, read at once.
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    assert!(!pw.is_null(), "running as root needs a `postgres` user to run the server");
+    // SAFETY: pw is non-null and points at a valid passwd struct.
+    unsafe { Some(((*pw).pw_uid, (*pw).pw_gid)) }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Cluster {
+    pub fn start() -> Cluster {
+        let bin = server_bin();
+        let dir = tempfile::tempdir().unwrap();
+        let user = postgres_ids();
+        if let Some((uid, gid)) = user {
+            chown(dir.path(), uid, gid);
+        }
+        let pwfile = dir.path().join("pw");
+        std::fs::write(&pwfile, PASSWORD).unwrap();
+        if let Some((uid, gid)) = user {
+            chown(&pwfile, uid, gid);
+        }
+        let data = dir.path().join("data");
+        let mut initdb = Command::new(bin.join("initdb"));
+        initdb
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8", "-N"])
+            .arg(format!("--pwfile={}", pwfile.display()));
+        run(initdb, user);
+        let mut last_err = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let mut ctl = Command::new(bin.join("pg_ctl"));
+            ctl.arg("-D")
+                .arg(&data)
+                .arg("-l")
+                .arg(dir.path().join("server.log"))
+                .arg("-w")
+                .arg("-o")
+                .arg(format!(
+                    "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+                    dir.path().display()
+                ))
+                .arg("start");
+            if let Some((uid, gid)) = user {
+                ctl.uid(uid).gid(gid);
+            }
+            let out = ctl.output().unwrap();
+            if out.status.success() {
+                return Cluster { dir, port, bin, user };
+            }
+            last_err = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+        }
+        panic!("PostgreSQL did not start:\n{last_err}");
+    }
+
+    /// A URL with the password, as a user would put in `DATABASE_URL`.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres:{}@127.0.0.1:{}/{database}", urlencode(PASSWORD), self.port)
+    }
+
+    /// Runs SQL as the superuser over the socket with psql; returns stdout.
+    pub fn psql(&self, database: &str, sql: &str) -> String {
+        let mut cmd = Command::new(self.bin.join("psql"));
+        cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-h"])
+            .arg(self.dir.path())
+            .args(["-p", &self.port.to_string(), "-d", database, "-c", sql]);
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "psql failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn run(mut cmd: Command, user: Option<(u32, u32)>) {
+    if let Some((uid, gid)) = user {
+        cmd.uid(uid).gid(gid);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{:?} failed: {}", cmd, String::from_utf8_lossy(&out.stderr));
+}
+
+fn chown(path: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let mut ctl = Command::new(self.bin.join("pg_ctl"));
+        ctl.arg("-D").arg(self.dir.path().join("data")).args(["-m", "immediate", "-w", "stop"]);
+        if let Some((uid, gid)) = self.user {
+            ctl.uid(uid).gid(gid);
+        }
+        let _ = ctl.output();
+    }
+}
