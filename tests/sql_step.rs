@@ -1,0 +1,108 @@
+//! The `sql` step against a real PostgreSQL cluster started by the test, with password
+//! authentication, so that the password's absence from all output means something.
+
+mod common;
+
+use common::pg::{Cluster, PASSWORD};
+use common::{Workspace, opsrunner};
+
+fn apply_with_db(ws: &Workspace, cluster: &Cluster, yaml: &str, args: &[&str]) -> common::Applied {
+    let plan = ws.write_plan(yaml);
+    let output = opsrunner()
+        .arg("apply")
+        .arg(&plan)
+        .arg("--report")
+        .arg(ws.report_path())
+        .args(args)
+        .env("DATABASE_URL", cluster.url("postgres"))
+        .output()
+        .unwrap();
+    common::Applied::from(output, &ws.report_path())
+}
+
+#[test]
+fn sql_steps_run_queries_and_files_and_never_show_the_password() {
+    let cluster = Cluster::start();
+    let ws = Workspace::new();
+    std::fs::write(
+        ws.path("setup.sql"),
+        "create table items (id int primary key, name text);\ninsert into items values (1, 'a'), (2, 'b');\ninsert into items values (3, 'c');\n",
+    )
+    .unwrap();
+    let run = apply_with_db(
+        &ws,
+        &cluster,
+        r#"
+version: 1
+name: sql
+targets:
+  db: { url: "{{ env.DATABASE_URL }}" }
+steps:
+  - { id: setup, type: sql, target: db, file: setup.sql }
+  - { id: count, type: sql, target: db, needs: [setup], query: "select count(*) from items" }
+  - { id: echo, type: shell, needs: [count], command: "echo {{ steps.count.outputs.value }} items" }
+  - { id: broken, type: sql, target: db, needs: [setup], query: "selec 1", retry: { attempts: 4, delay: 10ms } }
+"#,
+        &[],
+    );
+    assert_eq!(run.status("setup"), "succeeded", "{}", run.stderr);
+    assert_eq!(run.step("count")["outputs"]["value"], "3");
+    assert_eq!(run.step("echo")["outputs"]["stdout"], "3 items");
+    assert_eq!(cluster.psql("postgres", "select string_agg(name, ',' order by id) from items"), "a,b,c");
+    // A syntax error is permanent: one attempt, whatever `retry` says.
+    assert_eq!(run.status("broken"), "failed");
+    assert_eq!(run.attempts("broken"), 1);
+    assert!(run.step("broken")["reason"].as_str().unwrap().contains("SQLSTATE 42601"), "{}", run.report);
+    assert_eq!(run.code, 1);
+    assert!(!run.everything().contains(PASSWORD));
+}
+
+#[test]
+fn connection_errors_are_transient_and_keep_the_password_out_of_errors() {
+    let cluster = Cluster::start();
+    let ws = Workspace::new();
+    let plan = ws.write_plan(
+        r#"
+version: 1
+name: wrong-db
+targets:
+  db: { url: "{{ env.BAD_URL }}" }
+steps:
+  - { id: q, type: sql, target: db, query: "select 1", retry: { attempts: 2, delay: 10ms } }
+"#,
+    );
+    // Right password, a port nobody listens on.
+    let bad = cluster.url("postgres").replace(&format!(":{}/", cluster.port), ":1/");
+    let output = opsrunner().arg("apply").arg(&plan).arg("--report").arg(ws.report_path()).env("BAD_URL", &bad).output().unwrap();
+    let run = common::Applied::from(output, &ws.report_path());
+    assert_eq!(run.status("q"), "failed");
+    assert_eq!(run.attempts("q"), 2, "connection refused is worth a retry: {}", run.report);
+    assert!(!run.everything().contains(PASSWORD), "{}", run.everything());
+    assert!(!run.everything().contains("Tr0ub4dor%263"), "{}", run.everything());
+}
+
+#[test]
+fn destructive_steps_on_protected_targets_are_refused_without_confirm() {
+    let cluster = Cluster::start();
+    cluster.psql("postgres", "create table precious (id int); insert into precious values (1)");
+    let ws = Workspace::new();
+    let yaml = r#"
+version: 1
+name: guarded
+targets:
+  prod: { url: "{{ env.DATABASE_URL }}", protected: true }
+steps:
+  - { id: first, type: shell, command: touch first-ran }
+  - { id: wipe, type: sql, target: prod, needs: [first], query: "drop table precious" }
+"#;
+    let refused = apply_with_db(&ws, &cluster, yaml, &[]);
+    assert_eq!(refused.code, 3, "{}", refused.stderr);
+    assert!(refused.stderr.contains("--confirm prod"), "{}", refused.stderr);
+    assert_eq!(refused.report["status"], "refused");
+    assert!(!ws.path("first-ran").exists(), "nothing runs when a guard refuses");
+    assert_eq!(cluster.psql("postgres", "select count(*) from precious"), "1");
+
+    let confirmed = apply_with_db(&ws, &cluster, yaml, &["--confirm", "prod"]);
+    assert_eq!(confirmed.code, 0, "{}", confirmed.stderr);
+    assert_eq!(cluster.psql("postgres", "select count(*) from pg_tables where tablename = 'precious'"), "0");
+}
