@@ -57,10 +57,13 @@ pub fn prepare(args: &PlanArgs, env: BTreeMap<String, String>) -> Result<Prepare
     plan::validate::check_overrides(&plan.plan, &overrides).map_err(Failure::Usage)?;
     for name in &args.confirm {
         if !plan.plan.targets.contains_key(name) {
-            let hint = crate::diag::did_you_mean(name, plan.plan.targets.keys().map(String::as_str))
-                .map(|h| format!("; {h}"))
-                .unwrap_or_default();
-            return Err(Failure::Usage(format!("--confirm {name}: the plan has no target `{name}`{hint}")));
+            let hint =
+                crate::diag::did_you_mean(name, plan.plan.targets.keys().map(String::as_str))
+                    .map(|h| format!("; {h}"))
+                    .unwrap_or_default();
+            return Err(Failure::Usage(format!(
+                "--confirm {name}: the plan has no target `{name}`{hint}"
+            )));
         }
     }
     let mut vars = plan.plan.vars.clone();
@@ -79,7 +82,13 @@ pub fn prepare(args: &PlanArgs, env: BTreeMap<String, String>) -> Result<Prepare
             redactor.add_url_passwords(value);
         }
     }
-    Ok(Prepared { source, plan, vars, env, redactor })
+    Ok(Prepared {
+        source,
+        plan,
+        vars,
+        env,
+        redactor,
+    })
 }
 
 pub fn process_env() -> BTreeMap<String, String> {
@@ -93,13 +102,23 @@ pub fn validate(args: &PlanArgs) -> Result<String, Failure> {
         p.source.display,
         p.plan.plan.name,
         p.plan.plan.steps.len(),
-        if p.plan.plan.steps.len() == 1 { "" } else { "s" }
+        if p.plan.plan.steps.len() == 1 {
+            ""
+        } else {
+            "s"
+        }
     ))
 }
 
 pub fn build_preview(p: &Prepared, confirm: &[String]) -> PlanPreview {
     preview::build(
-        &PreviewInput { source: &p.source, plan: &p.plan, vars: &p.vars, env: &p.env, confirmed: confirm },
+        &PreviewInput {
+            source: &p.source,
+            plan: &p.plan,
+            vars: &p.vars,
+            env: &p.env,
+            confirmed: confirm,
+        },
         &p.redactor,
     )
 }
@@ -135,7 +154,12 @@ fn write_atomically(path: &Path, text: &str) -> Result<(), Failure> {
 pub fn graph(args: &PlanArgs, format: GraphFormat) -> Result<String, Failure> {
     let p = prepare(args, process_env())?;
     let steps = &p.plan.plan.steps;
-    let label = |i: usize| (steps[i].id().to_string(), steps[i].kind.type_name().to_string());
+    let label = |i: usize| {
+        (
+            steps[i].id().to_string(),
+            steps[i].kind.type_name().to_string(),
+        )
+    };
     Ok(match format {
         GraphFormat::Dot => p.plan.dag.to_dot(&p.plan.plan.name, label),
         GraphFormat::Mermaid => p.plan.dag.to_mermaid(label),
@@ -157,21 +181,40 @@ fn guard(p: &Prepared, confirm: &[String]) -> Result<(), String> {
     let base_dir = p.source.base_dir();
     let mut refused = Vec::new();
     for step in &p.plan.plan.steps {
-        let Some(target) = step.kind.target() else { continue };
+        let Some(target) = step.kind.target() else {
+            continue;
+        };
         let protected = p.plan.plan.targets.get(target).is_some_and(|t| t.protected);
-        if protected && steps::destructive(&step.kind, &base_dir) && !confirm.iter().any(|c| c == target) {
-            refused.push(format!("step `{}` may destroy data on protected target `{target}`", step.id()));
+        if protected
+            && steps::destructive(&step.kind, &base_dir)
+            && !confirm.iter().any(|c| c == target)
+        {
+            refused.push(format!(
+                "step `{}` may destroy data on protected target `{target}`",
+                step.id()
+            ));
         }
     }
     if refused.is_empty() {
         return Ok(());
     }
-    let mut targets: Vec<&str> = p.plan.plan.steps.iter().filter_map(|s| s.kind.target()).filter(|t| p.plan.plan.targets[*t].protected).collect();
+    let mut targets: Vec<&str> = p
+        .plan
+        .plan
+        .steps
+        .iter()
+        .filter_map(|s| s.kind.target())
+        .filter(|t| p.plan.plan.targets[*t].protected)
+        .collect();
     targets.dedup();
     Err(format!(
         "{}; nothing was run. Check the preview (`opsrunner plan`) and pass {} to go ahead.",
         refused.join("; "),
-        targets.iter().map(|t| format!("--confirm {t}")).collect::<Vec<_>>().join(" ")
+        targets
+            .iter()
+            .map(|t| format!("--confirm {t}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     ))
 }
 
@@ -181,7 +224,8 @@ pub async fn apply(args: ApplyArgs) -> Result<(), Failure> {
     let run = RunInfo::new(&p.plan.plan.name);
     let write_report = |report: &report::RunReport| -> Result<(), Failure> {
         match &args.report {
-            Some(path) => report::write(report, path).map_err(|e| Failure::Io(format!("cannot write report {}: {e}", path.display()))),
+            Some(path) => report::write(report, path)
+                .map_err(|e| Failure::Io(format!("cannot write report {}: {e}", path.display()))),
             None => Ok(()),
         }
     };
@@ -192,7 +236,8 @@ pub async fn apply(args: ApplyArgs) -> Result<(), Failure> {
         return write_report(&builder.finish(RunStatus::Planned));
     }
     if let Err(message) = guard(&p, &args.plan.confirm) {
-        let mut builder = ReportBuilder::new(&p.source, &p.plan, &run.id, Mode::Apply, run.started_at);
+        let mut builder =
+            ReportBuilder::new(&p.source, &p.plan, &run.id, Mode::Apply, run.started_at);
         builder.refused(message.clone());
         write_report(&builder.finish(RunStatus::Refused))?;
         return Err(Failure::Refused(message));
@@ -222,7 +267,8 @@ pub async fn apply(args: ApplyArgs) -> Result<(), Failure> {
         run,
         kill_grace: args.kill_grace,
     };
-    let summary = executor::execute(Arc::new(p.plan), opts, Arc::new(Builtin), events, cancel).await;
+    let summary =
+        executor::execute(Arc::new(p.plan), opts, Arc::new(Builtin), events, cancel).await;
     signals.abort();
     let builder = consumer.await.expect("the reporter task does not panic");
     let status = if summary.cancelled {

@@ -87,7 +87,9 @@ enum Command {
 }
 
 fn parse_var(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s.split_once('=').ok_or_else(|| format!("`{s}` is not KEY=VALUE"))?;
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))?;
     if k.is_empty() {
         return Err(format!("`{s}` has an empty KEY"));
     }
@@ -99,7 +101,12 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn plan_args(p: PlanFileArgs, confirm: Vec<String>, color: bool) -> PlanArgs {
-    PlanArgs { file: p.file, vars: p.vars, confirm, color }
+    PlanArgs {
+        file: p.file,
+        vars: p.vars,
+        confirm,
+        color,
+    }
 }
 
 fn main() {
@@ -108,26 +115,45 @@ fn main() {
     init_tracing(cli.log_format);
     let result: Result<String, Failure> = match cli.command {
         Command::Validate(p) => commands::validate(&plan_args(p, vec![], color)),
-        Command::Plan { plan, format, out, confirm } => commands::plan(&plan_args(plan, confirm, color), format, out.as_deref()),
+        Command::Plan {
+            plan,
+            format,
+            out,
+            confirm,
+        } => commands::plan(&plan_args(plan, confirm, color), format, out.as_deref()),
         Command::Graph { plan, format } => commands::graph(&plan_args(plan, vec![], color), format),
         Command::Schema { which } => Ok(commands::schema(which)),
-        Command::Apply { plan, report, dry_run, concurrency, confirm, kill_grace } => {
+        Command::Apply {
+            plan,
+            report,
+            dry_run,
+            concurrency,
+            confirm,
+            kill_grace,
+        } => {
             let args = ApplyArgs {
                 plan: plan_args(plan, confirm, color),
                 report,
                 dry_run,
-                concurrency: concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                concurrency: concurrency
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
                 log_format: cli.log_format,
                 kill_grace,
             };
             let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
-            runtime.block_on(commands::apply(args)).map(|()| String::new())
+            runtime
+                .block_on(commands::apply(args))
+                .map(|()| String::new())
         }
     };
     let code = match result {
         Ok(out) => {
             let mut stdout = std::io::stdout().lock();
-            if stdout.write_all(out.as_bytes()).and_then(|_| stdout.flush()).is_err() {
+            if stdout
+                .write_all(out.as_bytes())
+                .and_then(|_| stdout.flush())
+                .is_err()
+            {
                 exit::STEP_FAILED
             } else {
                 exit::SUCCESS
@@ -145,7 +171,9 @@ fn main() {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("OPSRUNNER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.without_time().try_init(),

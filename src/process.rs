@@ -59,8 +59,14 @@ impl ProcessGroup {
     /// Asks the whole group to stop (SIGTERM), waits up to `grace`, then kills it (SIGKILL).
     pub async fn terminate(&mut self, grace: Duration) {
         self.signal(libc::SIGTERM);
-        if tokio::time::timeout(grace, self.child.wait()).await.is_err() {
-            tracing::debug!(pgid = self.pgid, "process group ignored SIGTERM; sending SIGKILL");
+        if tokio::time::timeout(grace, self.child.wait())
+            .await
+            .is_err()
+        {
+            tracing::debug!(
+                pgid = self.pgid,
+                "process group ignored SIGTERM; sending SIGKILL"
+            );
         }
         // Even when the leader exited, members that ignore SIGTERM may still run.
         self.signal(libc::SIGKILL);

@@ -26,7 +26,11 @@ steps:
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
     let ids = ["a", "b", "c"];
-    let first_finish = ids.iter().map(|id| time(&run.step(id)["finished_at"])).min().unwrap();
+    let first_finish = ids
+        .iter()
+        .map(|id| time(&run.step(id)["finished_at"]))
+        .min()
+        .unwrap();
     for id in ids {
         assert!(
             time(&run.step(id)["started_at"]) < first_finish,
@@ -76,12 +80,23 @@ steps:
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert_eq!(run.status("always-fails"), "failed");
     assert_eq!(run.attempts("always-fails"), 3);
-    let attempts = run.step("always-fails")["attempts"].as_array().unwrap().clone();
-    assert!(attempts.iter().all(|a| a["error"].as_str().unwrap().contains("status 1")));
+    let attempts = run.step("always-fails")["attempts"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(
+        attempts
+            .iter()
+            .all(|a| a["error"].as_str().unwrap().contains("status 1"))
+    );
     assert_eq!(run.status("flaky"), "succeeded");
     assert_eq!(run.attempts("flaky"), 2);
     assert_eq!(run.step("flaky")["outputs"]["stdout"], "ok");
-    assert!(run.stderr.contains("flaky attempt 1 failed"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("flaky attempt 1 failed"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -109,13 +124,21 @@ steps:
         assert_eq!(run.attempts(id), 1, "{id} was retried: {}", run.report);
         assert_eq!(run.step(id)["attempts"][0]["transient"], false);
     }
-    assert!(run.step("missing-env")["reason"].as_str().unwrap().contains("OPSRUNNER_TEST_UNSET_VARIABLE` is not set"));
+    assert!(
+        run.step("missing-env")["reason"]
+            .as_str()
+            .unwrap()
+            .contains("OPSRUNNER_TEST_UNSET_VARIABLE` is not set")
+    );
 }
 
 fn process_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // A zombie has exited; only its parent has yet to collect it.
-        Ok(stat) => !stat.split(") ").nth(1).is_some_and(|rest| rest.starts_with('Z')),
+        Ok(stat) => !stat
+            .split(") ")
+            .nth(1)
+            .is_some_and(|rest| rest.starts_with('Z')),
         Err(_) => false,
     }
 }
@@ -136,16 +159,31 @@ steps:
 "#,
         &["--kill-grace", "300ms"],
     );
-    assert!(started.elapsed() < Duration::from_secs(20), "the timeout did not stop the step");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the timeout did not stop the step"
+    );
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert_eq!(run.status("stubborn"), "failed");
-    assert!(run.step("stubborn")["reason"].as_str().unwrap().contains("timed out after 1s"));
-    let pid: i32 = std::fs::read_to_string(ws.path("child.pid")).unwrap().trim().parse().unwrap();
+    assert!(
+        run.step("stubborn")["reason"]
+            .as_str()
+            .unwrap()
+            .contains("timed out after 1s")
+    );
+    let pid: i32 = std::fs::read_to_string(ws.path("child.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while process_alive(pid) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(!process_alive(pid), "the child {pid} that ignores SIGTERM survived the timeout");
+    assert!(
+        !process_alive(pid),
+        "the child {pid} that ignores SIGTERM survived the timeout"
+    );
 }
 
 #[test]
@@ -169,7 +207,12 @@ steps:
     assert_eq!(run.status("broken"), "failed");
     assert_eq!(run.status("after"), "skipped");
     assert_eq!(run.status("after-after"), "skipped");
-    assert!(run.step("after")["reason"].as_str().unwrap().contains("needs `broken`, which failed"));
+    assert!(
+        run.step("after")["reason"]
+            .as_str()
+            .unwrap()
+            .contains("needs `broken`, which failed")
+    );
     assert!(!ws.path("after-ran").exists());
     assert_eq!(run.status("unrelated"), "succeeded");
     assert!(ws.path("unrelated-ran").exists());
@@ -220,7 +263,10 @@ steps:
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
     let run_id = run.report["run_id"].as_str().unwrap();
-    assert_eq!(run.step("use")["outputs"]["stdout"], format!("got 42 run {run_id}"));
+    assert_eq!(
+        run.step("use")["outputs"]["stdout"],
+        format!("got 42 run {run_id}")
+    );
 }
 
 #[test]
@@ -235,7 +281,7 @@ steps:
   - { id: later, type: shell, needs: [long], command: touch later-ran }
 "#,
     );
-    let mut child = opsrunner()
+    let child = opsrunner()
         .arg("apply")
         .arg(&plan)
         .arg("--report")
@@ -258,12 +304,19 @@ steps:
     assert_eq!(run.status("long"), "cancelled");
     assert_eq!(run.status("later"), "skipped");
     assert!(!ws.path("later-ran").exists());
-    let pid: i32 = std::fs::read_to_string(ws.path("child.pid")).unwrap().trim().parse().unwrap();
+    let pid: i32 = std::fs::read_to_string(ws.path("child.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while process_alive(pid) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(!process_alive(pid), "the step's child survived cancellation");
+    assert!(
+        !process_alive(pid),
+        "the step's child survived cancellation"
+    );
 }
 
 #[test]
@@ -297,7 +350,10 @@ steps:
     // stdout and stderr interleave in either order.
     let tail = run.step("leak")["log_tail"].as_array().unwrap().clone();
     assert!(tail.contains(&"token=***".into()), "{tail:?}");
-    assert!(tail.contains(&"stderr: url=postgres://u:***@db/x".into()), "{tail:?}");
+    assert!(
+        tail.contains(&"stderr: url=postgres://u:***@db/x".into()),
+        "{tail:?}"
+    );
 }
 
 #[test]
@@ -322,13 +378,27 @@ steps:
 #[test]
 fn invalid_plans_exit_2_and_unknown_vars_are_usage_errors() {
     let ws = Workspace::new();
-    let bad = ws.apply("version: 1\nname: x\nsteps:\n  - { id: a, type: shel, command: x }\n", &[]);
+    let bad = ws.apply(
+        "version: 1\nname: x\nsteps:\n  - { id: a, type: shel, command: x }\n",
+        &[],
+    );
     assert_eq!(bad.code, 2);
-    assert!(bad.stderr.contains("did you mean `shell`?"), "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains("did you mean `shell`?"),
+        "{}",
+        bad.stderr
+    );
     assert!(bad.stderr.contains("plan.yaml:4:20"), "{}", bad.stderr);
-    let var = ws.apply("version: 1\nname: x\nvars: { keep: 1 }\nsteps:\n  - { id: a, type: shell, command: x }\n", &["--var", "kep=2"]);
+    let var = ws.apply(
+        "version: 1\nname: x\nvars: { keep: 1 }\nsteps:\n  - { id: a, type: shell, command: x }\n",
+        &["--var", "kep=2"],
+    );
     assert_eq!(var.code, 2);
-    assert!(var.stderr.contains("did you mean `keep`?"), "{}", var.stderr);
+    assert!(
+        var.stderr.contains("did you mean `keep`?"),
+        "{}",
+        var.stderr
+    );
 }
 
 #[test]
@@ -339,7 +409,23 @@ fn json_log_format_emits_one_event_per_line() {
         &["--log-format", "json"],
     );
     assert_eq!(run.code, 0);
-    let events: Vec<serde_json::Value> = run.stderr.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
-    let kinds: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["run_started", "step_started", "output", "step_finished", "run_finished"]);
+    let events: Vec<serde_json::Value> = run
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "run_started",
+            "step_started",
+            "output",
+            "step_finished",
+            "run_finished"
+        ]
+    );
 }

@@ -21,7 +21,11 @@ fn bad_plans_are_rejected_with_located_errors() {
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .collect();
     files.sort();
-    assert!(files.len() >= 20, "at least 20 bad plans, found {}", files.len());
+    assert!(
+        files.len() >= 20,
+        "at least 20 bad plans, found {}",
+        files.len()
+    );
     for file in files {
         let name = file.file_stem().unwrap().to_string_lossy().to_string();
         // Relative display path so the snapshots do not depend on the checkout location.
@@ -36,7 +40,14 @@ fn bad_plans_are_rejected_with_located_errors() {
 fn all_problems_are_reported_together() {
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bad_plans/several_problems.yaml");
     let rendered = render(&file);
-    for expected in ["invalid duration", "unknown step type `shel`", "unknown key `comand`"] {
-        assert!(rendered.contains(expected), "missing `{expected}` in:\n{rendered}");
+    for expected in [
+        "invalid duration",
+        "unknown step type `shel`",
+        "unknown key `comand`",
+    ] {
+        assert!(
+            rendered.contains(expected),
+            "missing `{expected}` in:\n{rendered}"
+        );
     }
 }

@@ -7,7 +7,10 @@ use std::path::PathBuf;
 
 fn fixture_env() -> BTreeMap<String, String> {
     BTreeMap::from([
-        ("DATABASE_URL".to_string(), "postgres://app:pa55word@db.internal:5432/app".to_string()),
+        (
+            "DATABASE_URL".to_string(),
+            "postgres://app:pa55word@db.internal:5432/app".to_string(),
+        ),
         ("API_TOKEN".to_string(), "tok-very-secret".to_string()),
     ])
 }

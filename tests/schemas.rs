@@ -5,7 +5,9 @@
 use std::path::Path;
 
 fn check(name: &str, generated: String) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("schemas")
+        .join(name);
     let stored = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         stored == generated,

@@ -48,11 +48,24 @@ steps:
     assert_eq!(run.status("setup"), "succeeded", "{}", run.stderr);
     assert_eq!(run.step("count")["outputs"]["value"], "3");
     assert_eq!(run.step("echo")["outputs"]["stdout"], "3 items");
-    assert_eq!(cluster.psql("postgres", "select string_agg(name, ',' order by id) from items"), "a,b,c");
+    assert_eq!(
+        cluster.psql(
+            "postgres",
+            "select string_agg(name, ',' order by id) from items"
+        ),
+        "a,b,c"
+    );
     // A syntax error is permanent: one attempt, whatever `retry` says.
     assert_eq!(run.status("broken"), "failed");
     assert_eq!(run.attempts("broken"), 1);
-    assert!(run.step("broken")["reason"].as_str().unwrap().contains("SQLSTATE 42601"), "{}", run.report);
+    assert!(
+        run.step("broken")["reason"]
+            .as_str()
+            .unwrap()
+            .contains("SQLSTATE 42601"),
+        "{}",
+        run.report
+    );
     assert_eq!(run.code, 1);
     assert!(!run.everything().contains(PASSWORD));
 }
@@ -72,19 +85,40 @@ steps:
 "#,
     );
     // Right password, a port nobody listens on.
-    let bad = cluster.url("postgres").replace(&format!(":{}/", cluster.port), ":1/");
-    let output = opsrunner().arg("apply").arg(&plan).arg("--report").arg(ws.report_path()).env("BAD_URL", &bad).output().unwrap();
+    let bad = cluster
+        .url("postgres")
+        .replace(&format!(":{}/", cluster.port), ":1/");
+    let output = opsrunner()
+        .arg("apply")
+        .arg(&plan)
+        .arg("--report")
+        .arg(ws.report_path())
+        .env("BAD_URL", &bad)
+        .output()
+        .unwrap();
     let run = common::Applied::from(output, &ws.report_path());
     assert_eq!(run.status("q"), "failed");
-    assert_eq!(run.attempts("q"), 2, "connection refused is worth a retry: {}", run.report);
+    assert_eq!(
+        run.attempts("q"),
+        2,
+        "connection refused is worth a retry: {}",
+        run.report
+    );
     assert!(!run.everything().contains(PASSWORD), "{}", run.everything());
-    assert!(!run.everything().contains("Tr0ub4dor%263"), "{}", run.everything());
+    assert!(
+        !run.everything().contains("Tr0ub4dor%263"),
+        "{}",
+        run.everything()
+    );
 }
 
 #[test]
 fn destructive_steps_on_protected_targets_are_refused_without_confirm() {
     let cluster = Cluster::start();
-    cluster.psql("postgres", "create table precious (id int); insert into precious values (1)");
+    cluster.psql(
+        "postgres",
+        "create table precious (id int); insert into precious values (1)",
+    );
     let ws = Workspace::new();
     let yaml = r#"
 version: 1
@@ -97,12 +131,28 @@ steps:
 "#;
     let refused = apply_with_db(&ws, &cluster, yaml, &[]);
     assert_eq!(refused.code, 3, "{}", refused.stderr);
-    assert!(refused.stderr.contains("--confirm prod"), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("--confirm prod"),
+        "{}",
+        refused.stderr
+    );
     assert_eq!(refused.report["status"], "refused");
-    assert!(!ws.path("first-ran").exists(), "nothing runs when a guard refuses");
-    assert_eq!(cluster.psql("postgres", "select count(*) from precious"), "1");
+    assert!(
+        !ws.path("first-ran").exists(),
+        "nothing runs when a guard refuses"
+    );
+    assert_eq!(
+        cluster.psql("postgres", "select count(*) from precious"),
+        "1"
+    );
 
     let confirmed = apply_with_db(&ws, &cluster, yaml, &["--confirm", "prod"]);
     assert_eq!(confirmed.code, 0, "{}", confirmed.stderr);
-    assert_eq!(cluster.psql("postgres", "select count(*) from pg_tables where tablename = 'precious'"), "0");
+    assert_eq!(
+        cluster.psql(
+            "postgres",
+            "select count(*) from pg_tables where tablename = 'precious'"
+        ),
+        "0"
+    );
 }

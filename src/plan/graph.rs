@@ -2,8 +2,8 @@
 //! order, and DOT / Mermaid renderings for `opsrunner graph`.
 
 use petgraph::graph::{DiGraph, NodeIndex};
-use std::collections::{BTreeSet, BinaryHeap};
 use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap};
 
 #[derive(Debug, Clone)]
 pub struct Dag {
@@ -69,14 +69,25 @@ impl Dag {
 
     /// Graphviz DOT; `label(i)` names step `i`.
     pub fn to_dot(&self, name: &str, label: impl Fn(usize) -> (String, String)) -> String {
-        let mut out = format!("digraph {} {{\n  rankdir=LR;\n  node [shape=box];\n", quote(name));
+        let mut out = format!(
+            "digraph {} {{\n  rankdir=LR;\n  node [shape=box];\n",
+            quote(name)
+        );
         for &i in &self.order {
             let (id, kind) = label(i);
-            out.push_str(&format!("  {} [label={}];\n", quote(&id), quote(&format!("{id}\n({kind})"))));
+            out.push_str(&format!(
+                "  {} [label={}];\n",
+                quote(&id),
+                quote(&format!("{id}\n({kind})"))
+            ));
         }
         for &i in &self.order {
             for &need in &self.needs[i] {
-                out.push_str(&format!("  {} -> {};\n", quote(&label(need).0), quote(&label(i).0)));
+                out.push_str(&format!(
+                    "  {} -> {};\n",
+                    quote(&label(need).0),
+                    quote(&label(i).0)
+                ));
             }
         }
         out.push_str("}\n");
@@ -88,7 +99,10 @@ impl Dag {
         let mut out = String::from("flowchart LR\n");
         for &i in &self.order {
             let (id, kind) = label(i);
-            out.push_str(&format!("  s{i}[\"{}<br/>({kind})\"]\n", id.replace('"', "#quot;")));
+            out.push_str(&format!(
+                "  s{i}[\"{}<br/>({kind})\"]\n",
+                id.replace('"', "#quot;")
+            ));
         }
         for &i in &self.order {
             for &need in &self.needs[i] {
@@ -100,7 +114,12 @@ impl Dag {
 }
 
 fn quote(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"))
+    format!(
+        "\"{}\"",
+        s.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    )
 }
 
 /// Kahn's algorithm with the lowest plan index first among the ready steps.
@@ -131,7 +150,10 @@ fn find_cycle(graph: &DiGraph<usize, ()>) -> Option<Vec<usize>> {
             continue;
         }
         let members: BTreeSet<NodeIndex> = scc.iter().copied().collect();
-        let start = *members.iter().min_by_key(|n| graph[**n]).expect("non-empty");
+        let start = *members
+            .iter()
+            .min_by_key(|n| graph[**n])
+            .expect("non-empty");
         // Walk inside the component until a node repeats: that walk closes a cycle.
         let mut path = vec![start];
         let mut current = start;

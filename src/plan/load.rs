@@ -22,7 +22,8 @@ const TOP_LEVEL_KEYS: &[&str] = &[
 ];
 
 /// Keys every step accepts besides its type's parameters.
-pub const COMMON_STEP_KEYS: &[&str] = &["id", "needs", "if", "retry", "timeout", "continue_on_error"];
+pub const COMMON_STEP_KEYS: &[&str] =
+    &["id", "needs", "if", "retry", "timeout", "continue_on_error"];
 
 /// Parses and type-checks a plan. On success the YAML tree is returned too, so that later
 /// checks can point at positions.
@@ -62,19 +63,21 @@ impl Loader<'_> {
             }
         }
         let version: Option<u32> = self.required("version");
-        if let Some(v) = version {
-            if !SUPPORTED_VERSIONS.contains(&v) {
-                let span = self.root.get("version").map(|n| n.span);
-                self.problems.push(
-                    Diagnostic::new(format!("plan version {v} is not supported by this opsrunner"))
-                        .at_opt(span)
-                        .with_path("version")
-                        .with_help(format!(
-                            "this build understands version {}; upgrade opsrunner or write `version: 1`",
-                            SUPPORTED_VERSIONS[SUPPORTED_VERSIONS.len() - 1]
-                        )),
-                );
-            }
+        if let Some(v) = version
+            && !SUPPORTED_VERSIONS.contains(&v)
+        {
+            let span = self.root.get("version").map(|n| n.span);
+            self.problems.push(
+                Diagnostic::new(format!(
+                    "plan version {v} is not supported by this opsrunner"
+                ))
+                .at_opt(span)
+                .with_path("version")
+                .with_help(format!(
+                    "this build understands version {}; upgrade opsrunner or write `version: 1`",
+                    SUPPORTED_VERSIONS[SUPPORTED_VERSIONS.len() - 1]
+                )),
+            );
         }
         let name: Option<String> = self.required("name");
         let description: Option<Option<String>> = self.optional("description");
@@ -102,7 +105,9 @@ impl Loader<'_> {
                 self.problems.push(
                     Diagnostic::new(format!("missing key `{key}`"))
                         .at(Span::new(1, 1))
-                        .with_help(format!("every plan needs `version`, `name` and `steps`; add `{key}:`")),
+                        .with_help(format!(
+                            "every plan needs `version`, `name` and `steps`; add `{key}:`"
+                        )),
                 );
                 None
             }
@@ -123,16 +128,22 @@ impl Loader<'_> {
         };
         let Some(entries) = node.as_map() else {
             self.problems.push(
-                Diagnostic::new(format!("`{key}` must be a mapping of names, found {}", node.type_name()))
-                    .at(node.span)
-                    .with_path(key),
+                Diagnostic::new(format!(
+                    "`{key}` must be a mapping of names, found {}",
+                    node.type_name()
+                ))
+                .at(node.span)
+                .with_path(key),
             );
             return None;
         };
         let mut out = BTreeMap::new();
         let mut ok = true;
         for (name, value) in entries {
-            let path = [PathSegment::Key(key.into()), PathSegment::Key(name.name.clone())];
+            let path = [
+                PathSegment::Key(key.into()),
+                PathSegment::Key(name.name.clone()),
+            ];
             match self.deserialize(&path, value, &[]) {
                 Some(v) => {
                     out.insert(name.name.clone(), v);
@@ -150,9 +161,12 @@ impl Loader<'_> {
         };
         let NodeKind::Seq(items) = &node.kind else {
             self.problems.push(
-                Diagnostic::new(format!("`steps` must be a list of steps, found {}", node.type_name()))
-                    .at(node.span)
-                    .with_path("steps"),
+                Diagnostic::new(format!(
+                    "`steps` must be a list of steps, found {}",
+                    node.type_name()
+                ))
+                .at(node.span)
+                .with_path("steps"),
             );
             return None;
         };
@@ -179,9 +193,12 @@ impl Loader<'_> {
         let path = format_path(&prefix);
         let Some(entries) = node.as_map() else {
             self.problems.push(
-                Diagnostic::new(format!("a step must be a mapping, found {}", node.type_name()))
-                    .at(node.span)
-                    .with_path(path),
+                Diagnostic::new(format!(
+                    "a step must be a mapping, found {}",
+                    node.type_name()
+                ))
+                .at(node.span)
+                .with_path(path),
             );
             return None;
         };
@@ -191,14 +208,18 @@ impl Loader<'_> {
                     Diagnostic::new("missing key `type`")
                         .at(node.span)
                         .with_path(path)
-                        .with_help(format!("every step has a type: one of {}", STEP_TYPES.join(", "))),
+                        .with_help(format!(
+                            "every step has a type: one of {}",
+                            STEP_TYPES.join(", ")
+                        )),
                 );
                 None
             }
             Some(t) => match t.as_str() {
                 Some(s) if STEP_TYPES.contains(&s) => Some(s.to_string()),
                 other => {
-                    let shown = other.map_or_else(|| t.type_name().to_string(), |s| format!("`{s}`"));
+                    let shown =
+                        other.map_or_else(|| t.type_name().to_string(), |s| format!("`{s}`"));
                     let help = other
                         .and_then(|s| did_you_mean(s, STEP_TYPES.iter().copied()))
                         .unwrap_or_else(|| format!("step types are: {}", STEP_TYPES.join(", ")));
@@ -288,8 +309,12 @@ impl Loader<'_> {
         let mut path = prefix.to_vec();
         for seg in err.path().iter() {
             match seg {
-                serde_path_to_error::Segment::Seq { index } => path.push(PathSegment::Index(*index)),
-                serde_path_to_error::Segment::Map { key } => path.push(PathSegment::Key(key.clone())),
+                serde_path_to_error::Segment::Seq { index } => {
+                    path.push(PathSegment::Index(*index))
+                }
+                serde_path_to_error::Segment::Map { key } => {
+                    path.push(PathSegment::Key(key.clone()))
+                }
                 serde_path_to_error::Segment::Enum { variant } => {
                     path.push(PathSegment::Key(variant.clone()))
                 }
@@ -304,9 +329,8 @@ impl Loader<'_> {
         {
             let mut candidates: Vec<&str> = expected.iter().map(String::as_str).collect();
             candidates.extend(extra_keys.iter().copied());
-            let help = did_you_mean(name, candidates.iter().copied()).unwrap_or_else(|| {
-                format!("expected one of: {}", candidates.join(", "))
-            });
+            let help = did_you_mean(name, candidates.iter().copied())
+                .unwrap_or_else(|| format!("expected one of: {}", candidates.join(", ")));
             if path.last() != Some(&PathSegment::Key(name.into())) {
                 path.push(PathSegment::Key(name.into()));
             }

@@ -35,7 +35,10 @@ impl PlanSource {
         })?;
         let text = String::from_utf8(bytes.clone()).map_err(|_| PlanError::Io {
             display: display.clone(),
-            error: std::io::Error::new(std::io::ErrorKind::InvalidData, "the file is not UTF-8 text"),
+            error: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the file is not UTF-8 text",
+            ),
         })?;
         Ok(PlanSource {
             path: path.to_path_buf(),
@@ -69,17 +72,26 @@ pub fn hex(bytes: &[u8]) -> String {
 
 #[derive(Debug)]
 pub enum PlanError {
-    Io { display: String, error: std::io::Error },
-    Invalid { source: Box<PlanSource>, diagnostics: Vec<Diagnostic> },
+    Io {
+        display: String,
+        error: std::io::Error,
+    },
+    Invalid {
+        source: Box<PlanSource>,
+        diagnostics: Vec<Diagnostic>,
+    },
 }
 
 impl PlanError {
     pub fn render(&self, color: bool) -> String {
         match self {
-            PlanError::Io { display, error } => format!("error: cannot read plan {display}: {error}\n"),
-            PlanError::Invalid { source, diagnostics } => {
-                crate::diag::render_all(diagnostics, &source.display, &source.text, color)
+            PlanError::Io { display, error } => {
+                format!("error: cannot read plan {display}: {error}\n")
             }
+            PlanError::Invalid {
+                source,
+                diagnostics,
+            } => crate::diag::render_all(diagnostics, &source.display, &source.text, color),
         }
     }
 }

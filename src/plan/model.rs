@@ -268,10 +268,7 @@ impl JsonSchema for StepDef {
                 required.extend(req.iter().cloned());
             }
             properties.insert("type".into(), serde_json::json!({ "const": type_name }));
-            let description = params
-                .get("description")
-                .cloned()
-                .unwrap_or(Value::Null);
+            let description = params.get("description").cloned().unwrap_or(Value::Null);
             let mut variant = serde_json::json!({
                 "type": "object",
                 "properties": properties,

@@ -55,7 +55,11 @@ pub fn references(text: &str) -> Result<Vec<Reference>, String> {
         }
         // `{{ path }}` names a value; `{{#helper a b}}` and `{{helper a b}}` pass paths as
         // parameters after the helper's name.
-        let params = if tokens.len() > 1 || tokens.first().is_some_and(|(t, _)| t.starts_with(['#', '/', '~', '^', '!', '>'])) {
+        let params = if tokens.len() > 1
+            || tokens
+                .first()
+                .is_some_and(|(t, _)| t.starts_with(['#', '/', '~', '^', '!', '>']))
+        {
             &tokens[1.min(tokens.len())..]
         } else {
             &tokens[..]
@@ -116,7 +120,10 @@ impl Templates {
             if lookup(context, &reference.path).is_none() {
                 let dotted = reference.dotted();
                 return Err(match reference.path.first().map(String::as_str) {
-                    Some("env") => format!("`{dotted}` is not set: the environment has no variable {}", reference.path[1..].join(".")),
+                    Some("env") => format!(
+                        "`{dotted}` is not set: the environment has no variable {}",
+                        reference.path[1..].join(".")
+                    ),
                     _ => format!("`{dotted}` has no value"),
                 });
             }
@@ -175,7 +182,10 @@ mod tests {
     #[test]
     fn helper_parameters_are_references() {
         let refs = references("{{#if vars.loud}}LOUD{{/if}}").unwrap();
-        assert_eq!(refs.iter().map(Reference::dotted).collect::<Vec<_>>(), ["vars.loud"]);
+        assert_eq!(
+            refs.iter().map(Reference::dotted).collect::<Vec<_>>(),
+            ["vars.loud"]
+        );
     }
 
     #[test]
@@ -188,7 +198,11 @@ mod tests {
         let t = Templates::new();
         let ctx = json!({"vars": {"a": "<&>"}, "steps": {"my-step": {"outputs": {"id": "42"}}}, "env": {}});
         assert_eq!(t.render_str("{{ vars.a }}", &ctx).unwrap(), "<&>");
-        assert_eq!(t.render_str("{{ steps.my-step.outputs.id }}", &ctx).unwrap(), "42");
+        assert_eq!(
+            t.render_str("{{ steps.my-step.outputs.id }}", &ctx)
+                .unwrap(),
+            "42"
+        );
         let err = t.render_str("{{ env.NOPE }}", &ctx).unwrap_err();
         assert!(err.contains("`env.NOPE` is not set"), "{err}");
     }

@@ -96,7 +96,9 @@ impl Validator<'_> {
             let id = step.id();
             let path = step_path(i, &[key("id")]);
             let valid = id.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-                && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                && id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
             if !valid {
                 self.report(
                     &path,
@@ -106,7 +108,9 @@ impl Validator<'_> {
                 );
             }
             if let Some(&first) = index.get(id) {
-                let first_line = self.span(&step_path(first, &[key("id")])).map_or(0, |s| s.line);
+                let first_line = self
+                    .span(&step_path(first, &[key("id")]))
+                    .map_or(0, |s| s.line);
                 self.report(
                     &path,
                     format!("duplicate step id `{id}`"),
@@ -136,8 +140,15 @@ impl Validator<'_> {
                     None => {
                         ok = false;
                         let help = did_you_mean(need, index.keys().map(String::as_str))
-                            .unwrap_or_else(|| "`needs` lists ids of other steps in this plan".into());
-                        self.report(&path, format!("step `{}` needs unknown step `{need}`", step.id()), need.chars().count(), Some(help));
+                            .unwrap_or_else(|| {
+                                "`needs` lists ids of other steps in this plan".into()
+                            });
+                        self.report(
+                            &path,
+                            format!("step `{}` needs unknown step `{need}`", step.id()),
+                            need.chars().count(),
+                            Some(help),
+                        );
                     }
                 }
             }
@@ -151,9 +162,15 @@ impl Validator<'_> {
         let first = cycle[0];
         self.report(
             &step_path(first, &[key("needs")]),
-            format!("steps depend on each other in a cycle: {}", names.join(" → ")),
+            format!(
+                "steps depend on each other in a cycle: {}",
+                names.join(" → ")
+            ),
             1,
-            Some("each step in the cycle waits for the one before it; remove one of these `needs`".into()),
+            Some(
+                "each step in the cycle waits for the one before it; remove one of these `needs`"
+                    .into(),
+            ),
         );
     }
 
@@ -162,23 +179,31 @@ impl Validator<'_> {
             if step.common.condition == Condition::Failure && step.common.needs.is_empty() {
                 self.report(
                     &step_path(i, &[key("if")]),
-                    format!("step `{}` runs on `failure()` but needs no step, so it could never run", step.id()),
+                    format!(
+                        "step `{}` runs on `failure()` but needs no step, so it could never run",
+                        step.id()
+                    ),
                     "failure()".len(),
                     Some("list the steps whose failure it reacts to in `needs`".into()),
                 );
             }
-            if let Some(retry) = &step.common.retry {
-                if retry.attempts == 0 {
-                    self.report(
-                        &step_path(i, &[key("retry"), key("attempts")]),
-                        "`attempts` counts the first try too and must be at least 1".into(),
-                        0,
-                        None,
-                    );
-                }
+            if let Some(retry) = &step.common.retry
+                && retry.attempts == 0
+            {
+                self.report(
+                    &step_path(i, &[key("retry"), key("attempts")]),
+                    "`attempts` counts the first try too and must be at least 1".into(),
+                    0,
+                    None,
+                );
             }
             if step.common.timeout.is_some_and(|t| t.0.is_zero()) {
-                self.report(&step_path(i, &[key("timeout")]), "a timeout of zero would fail every attempt".into(), 0, None);
+                self.report(
+                    &step_path(i, &[key("timeout")]),
+                    "a timeout of zero would fail every attempt".into(),
+                    0,
+                    None,
+                );
             }
         }
     }
@@ -186,32 +211,43 @@ impl Validator<'_> {
     fn steps_params(&mut self) {
         let targets: Vec<&str> = self.plan.targets.keys().map(String::as_str).collect();
         for (i, step) in self.plan.steps.iter().enumerate() {
-            if let Some(target) = step.kind.target() {
-                if !self.plan.targets.contains_key(target) {
-                    let help = did_you_mean(target, targets.iter().copied()).unwrap_or_else(|| {
-                        if targets.is_empty() {
-                            "declare it under `targets:` with a `url`".into()
-                        } else {
-                            format!("declared targets: {}", targets.join(", "))
-                        }
-                    });
-                    self.report(&step_path(i, &[key("target")]), format!("unknown target `{target}`"), target.chars().count(), Some(help));
-                }
-            }
-            if let StepKind::Sql(p) = &step.kind {
-                if p.query.is_some() == p.file.is_some() {
-                    let (at, help) = if p.query.is_some() {
-                        (step_path(i, &[key("file")]), "remove `query` or `file`")
+            if let Some(target) = step.kind.target()
+                && !self.plan.targets.contains_key(target)
+            {
+                let help = did_you_mean(target, targets.iter().copied()).unwrap_or_else(|| {
+                    if targets.is_empty() {
+                        "declare it under `targets:` with a `url`".into()
                     } else {
-                        (step_path(i, &[]), "add `query: SQL` or `file: path/to/file.sql`")
-                    };
-                    self.report(
-                        &at,
-                        format!("step `{}` needs exactly one of `query` and `file`", step.id()),
-                        0,
-                        Some(help.into()),
-                    );
-                }
+                        format!("declared targets: {}", targets.join(", "))
+                    }
+                });
+                self.report(
+                    &step_path(i, &[key("target")]),
+                    format!("unknown target `{target}`"),
+                    target.chars().count(),
+                    Some(help),
+                );
+            }
+            if let StepKind::Sql(p) = &step.kind
+                && p.query.is_some() == p.file.is_some()
+            {
+                let (at, help) = if p.query.is_some() {
+                    (step_path(i, &[key("file")]), "remove `query` or `file`")
+                } else {
+                    (
+                        step_path(i, &[]),
+                        "add `query: SQL` or `file: path/to/file.sql`",
+                    )
+                };
+                self.report(
+                    &at,
+                    format!(
+                        "step `{}` needs exactly one of `query` and `file`",
+                        step.id()
+                    ),
+                    0,
+                    Some(help.into()),
+                );
             }
         }
         for (name, repo) in &self.plan.repositories {
@@ -241,11 +277,23 @@ impl Validator<'_> {
         }
     }
 
-    fn check_string(&mut self, path: &[PathSegment], text: &str, step: Option<usize>, index: &HashMap<String, usize>, dag: &Dag) {
+    fn check_string(
+        &mut self,
+        path: &[PathSegment],
+        text: &str,
+        step: Option<usize>,
+        index: &HashMap<String, usize>,
+        dag: &Dag,
+    ) {
         let refs = match template::references(text) {
             Ok(r) => r,
             Err(e) => {
-                self.report(path, e, 0, Some("templates look like `{{ vars.name }}`".into()));
+                self.report(
+                    path,
+                    e,
+                    0,
+                    Some("templates look like `{{ vars.name }}`".into()),
+                );
                 return;
             }
         };
@@ -259,10 +307,17 @@ impl Validator<'_> {
                 if let Some(span) = d.span {
                     let dotted = r.dotted();
                     if let Some(line) = self.source.lines().nth(span.line - 1) {
-                        let from = line.char_indices().nth(span.col.saturating_sub(1)).map_or(0, |(b, _)| b);
+                        let from = line
+                            .char_indices()
+                            .nth(span.col.saturating_sub(1))
+                            .map_or(0, |(b, _)| b);
                         if let Some(pos) = line[from..].find(&dotted) {
                             let col = line[..from + pos].chars().count() + 1;
-                            d.span = Some(Span { line: span.line, col, len: dotted.chars().count() });
+                            d.span = Some(Span {
+                                line: span.line,
+                                col,
+                                len: dotted.chars().count(),
+                            });
                         }
                     }
                 }
@@ -271,7 +326,13 @@ impl Validator<'_> {
         }
     }
 
-    fn check_reference(&self, r: &Reference, step: Option<usize>, index: &HashMap<String, usize>, dag: &Dag) -> Option<(String, Option<String>)> {
+    fn check_reference(
+        &self,
+        r: &Reference,
+        step: Option<usize>,
+        index: &HashMap<String, usize>,
+        dag: &Dag,
+    ) -> Option<(String, Option<String>)> {
         let dotted = r.dotted();
         let root = r.path[0].as_str();
         let second = r.path.get(1).map(String::as_str);
@@ -287,7 +348,10 @@ impl Validator<'_> {
             }
             "env" => {
                 if r.path.len() != 2 {
-                    return Some((format!("`{dotted}` is not an environment variable reference"), Some("write `{{ env.NAME }}`".into())));
+                    return Some((
+                        format!("`{dotted}` is not an environment variable reference"),
+                        Some("write `{{ env.NAME }}`".into()),
+                    ));
                 }
                 None
             }
@@ -302,7 +366,10 @@ impl Validator<'_> {
             }
             "steps" => {
                 let Some(current) = step else {
-                    return Some((format!("`{dotted}`: target URLs cannot use step outputs"), None));
+                    return Some((
+                        format!("`{dotted}`: target URLs cannot use step outputs"),
+                        None,
+                    ));
                 };
                 let id = second.unwrap_or("");
                 let Some(&other) = index.get(id) else {
@@ -310,20 +377,30 @@ impl Validator<'_> {
                     return Some((format!("`{dotted}` refers to unknown step `{id}`"), help));
                 };
                 if r.path.get(2).map(String::as_str) != Some("outputs") || r.path.len() != 4 {
-                    return Some((format!("`{dotted}` is not a step output reference"), Some(format!("write `{{{{ steps.{id}.outputs.NAME }}}}`"))));
+                    return Some((
+                        format!("`{dotted}` is not a step output reference"),
+                        Some(format!("write `{{{{ steps.{id}.outputs.NAME }}}}`")),
+                    ));
                 }
                 let output = r.path[3].as_str();
                 let outputs = self.plan.steps[other].kind.output_names();
                 if !outputs.contains(&output) {
-                    let help = did_you_mean(output, outputs.iter().copied())
-                        .unwrap_or_else(|| format!("a `{}` step sets: {}", self.plan.steps[other].kind.type_name(), outputs.join(", ")));
+                    let help = did_you_mean(output, outputs.iter().copied()).unwrap_or_else(|| {
+                        format!(
+                            "a `{}` step sets: {}",
+                            self.plan.steps[other].kind.type_name(),
+                            outputs.join(", ")
+                        )
+                    });
                     return Some((format!("step `{id}` has no output `{output}`"), Some(help)));
                 }
                 if !dag.upstream[current].contains(&other) {
                     let me = self.plan.steps[current].id();
                     return Some((
                         format!("step `{me}` uses an output of `{id}` but does not need it"),
-                        Some(format!("add `{id}` to `needs` of `{me}` so that it runs first")),
+                        Some(format!(
+                            "add `{id}` to `needs` of `{me}` so that it runs first"
+                        )),
                     ));
                 }
                 None
@@ -337,7 +414,11 @@ impl Validator<'_> {
     }
 }
 
-fn collect_strings(value: &serde_json::Value, path: &mut Vec<PathSegment>, out: &mut Vec<(Vec<PathSegment>, String)>) {
+fn collect_strings(
+    value: &serde_json::Value,
+    path: &mut Vec<PathSegment>,
+    out: &mut Vec<(Vec<PathSegment>, String)>,
+) {
     match value {
         serde_json::Value::String(s) => out.push((path.clone(), s.clone())),
         serde_json::Value::Array(items) => {
@@ -365,7 +446,9 @@ pub fn check_overrides(plan: &Plan, overrides: &BTreeMap<String, String>) -> Res
             let hint = did_you_mean(name, plan.vars.keys().map(String::as_str))
                 .map(|h| format!("; {h}"))
                 .unwrap_or_default();
-            return Err(format!("--var {name}: the plan declares no variable `{name}`{hint}"));
+            return Err(format!(
+                "--var {name}: the plan declares no variable `{name}`{hint}"
+            ));
         }
     }
     Ok(())

@@ -17,7 +17,9 @@ pub enum Stream {
     Stderr,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
     Succeeded,
@@ -97,7 +99,12 @@ impl Event {
                     fix(e)
                 }
             }
-            Event::StepFinished { attempts, outputs, error, .. } => {
+            Event::StepFinished {
+                attempts,
+                outputs,
+                error,
+                ..
+            } => {
                 for a in attempts {
                     if let Some(e) = &mut a.error {
                         fix(e)

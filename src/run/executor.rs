@@ -4,9 +4,9 @@
 
 use super::events::{Attempt, Event, Events, Outputs, StepStatus};
 use super::retry::delay_after;
+use crate::plan::ValidPlan;
 use crate::plan::model::{Condition, StepKind};
 use crate::plan::template::Templates;
-use crate::plan::ValidPlan;
 use crate::steps::{ErrorKind, StepContext, StepError, StepRunner};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -32,7 +32,11 @@ impl RunInfo {
     pub fn new(plan: &str) -> RunInfo {
         let now = Utc::now();
         RunInfo {
-            id: format!("{}_{:06x}", now.format("%Y%m%d_%H%M%S"), fastrand::u32(..0x100_0000)),
+            id: format!(
+                "{}_{:06x}",
+                now.format("%Y%m%d_%H%M%S"),
+                fastrand::u32(..0x100_0000)
+            ),
             started_at: now,
             plan: plan.to_string(),
         }
@@ -102,8 +106,10 @@ pub async fn execute(
     let mut context = base_context(&opts);
     let mut state = vec![State::Waiting; n];
     let mut waiting_on: Vec<usize> = plan.dag.needs.iter().map(Vec::len).collect();
-    let mut ready: BinaryHeap<Reverse<usize>> =
-        (0..n).filter(|&i| waiting_on[i] == 0).map(Reverse).collect();
+    let mut ready: BinaryHeap<Reverse<usize>> = (0..n)
+        .filter(|&i| waiting_on[i] == 0)
+        .map(Reverse)
+        .collect();
     let mut running: JoinSet<Finished> = JoinSet::new();
     let mut cancelled = false;
     let concurrency = opts.concurrency.max(1);
@@ -129,7 +135,11 @@ pub async fn execute(
                 Err(reason) => {
                     tracing::debug!(step = steps[i].id(), %reason, "skipping");
                     state[i] = State::Done(StepStatus::Skipped);
-                    events.emit(Event::StepSkipped { step: steps[i].id().to_string(), reason, at: Utc::now() });
+                    events.emit(Event::StepSkipped {
+                        step: steps[i].id().to_string(),
+                        reason,
+                        at: Utc::now(),
+                    });
                     release(&plan, i, &mut waiting_on, &mut ready);
                 }
             }
@@ -179,11 +189,20 @@ pub async fn execute(
         at: Utc::now(),
         duration_ms: started.elapsed().as_millis() as u64,
     });
-    ExecSummary { statuses, cancelled, failed }
+    ExecSummary {
+        statuses,
+        cancelled,
+        failed,
+    }
 }
 
 /// Marks step `i` finished for its dependents and queues those now free to start.
-fn release(plan: &ValidPlan, i: usize, waiting_on: &mut [usize], ready: &mut BinaryHeap<Reverse<usize>>) {
+fn release(
+    plan: &ValidPlan,
+    i: usize,
+    waiting_on: &mut [usize],
+    ready: &mut BinaryHeap<Reverse<usize>>,
+) {
     for &d in &plan.dag.dependents[i] {
         waiting_on[d] -= 1;
         if waiting_on[d] == 0 {
@@ -216,8 +235,12 @@ fn decide(plan: &ValidPlan, state: &[State], i: usize) -> Result<(), String> {
                 match state[j] {
                     State::Done(StepStatus::Succeeded) => {}
                     State::Done(StepStatus::Failed) if steps[j].common.continue_on_error => {}
-                    State::Done(StepStatus::Failed) => return Err(format!("needs `{id}`, which failed")),
-                    State::Done(StepStatus::Cancelled) => return Err(format!("needs `{id}`, which was cancelled")),
+                    State::Done(StepStatus::Failed) => {
+                        return Err(format!("needs `{id}`, which failed"));
+                    }
+                    State::Done(StepStatus::Cancelled) => {
+                        return Err(format!("needs `{id}`, which was cancelled"));
+                    }
                     _ => return Err(format!("needs `{id}`, which was skipped")),
                 }
             }
@@ -243,7 +266,10 @@ impl StepTask {
         let id = step.id().to_string();
         let started_at = Utc::now();
         let clock = Instant::now();
-        self.events.emit(Event::StepStarted { step: id.clone(), at: started_at });
+        self.events.emit(Event::StepStarted {
+            step: id.clone(),
+            at: started_at,
+        });
 
         let mut attempts = Vec::new();
         let prepared = self.prepare();
@@ -269,7 +295,11 @@ impl StepTask {
             outputs: outputs.clone(),
             error,
         });
-        Finished { index: self.index, status, outputs }
+        Finished {
+            index: self.index,
+            status,
+            outputs,
+        }
     }
 
     /// Renders the step's parameters and the targets it uses with the outputs known now.
@@ -282,9 +312,12 @@ impl StepTask {
             .map_err(StepError::permanent)?;
         let mut rendered_strings = Vec::new();
         crate::plan::template::strings(&rendered, &mut rendered_strings);
-        rendered_strings.iter().for_each(|s| redactor.add_url_passwords(s));
-        let kind = StepKind::from_params(step.kind.type_name(), &rendered)
-            .map_err(|_| StepError::permanent("parameters are invalid after rendering templates"))?;
+        rendered_strings
+            .iter()
+            .for_each(|s| redactor.add_url_passwords(s));
+        let kind = StepKind::from_params(step.kind.type_name(), &rendered).map_err(|_| {
+            StepError::permanent("parameters are invalid after rendering templates")
+        })?;
         let mut targets = BTreeMap::new();
         if let Some(name) = kind.target() {
             let target = &self.plan.plan.targets[name];
@@ -306,14 +339,22 @@ impl StepTask {
         Ok((kind, ctx))
     }
 
-    async fn attempts(&self, kind: &StepKind, ctx: StepContext, attempts: &mut Vec<Attempt>) -> (StepStatus, Outputs, Option<String>) {
+    async fn attempts(
+        &self,
+        kind: &StepKind,
+        ctx: StepContext,
+        attempts: &mut Vec<Attempt>,
+    ) -> (StepStatus, Outputs, Option<String>) {
         let step = &self.plan.plan.steps[self.index];
         let max = step.common.retry.as_ref().map_or(1, |r| r.attempts.max(1));
         let timeout = step.common.timeout.map(|t| t.0);
         for number in 1..=max {
             let started_at = Utc::now();
             let clock = Instant::now();
-            let attempt_ctx = StepContext { cancel: self.cancel.child_token(), ..ctx.clone() };
+            let attempt_ctx = StepContext {
+                cancel: self.cancel.child_token(),
+                ..ctx.clone()
+            };
             let result = {
                 let fut = self.runner.run(kind, &attempt_ctx);
                 tokio::pin!(fut);
@@ -333,24 +374,48 @@ impl StepTask {
             let duration_ms = clock.elapsed().as_millis() as u64;
             match result {
                 Ok(outputs) => {
-                    attempts.push(Attempt { number, started_at, duration_ms, error: None, transient: None });
+                    attempts.push(Attempt {
+                        number,
+                        started_at,
+                        duration_ms,
+                        error: None,
+                        transient: None,
+                    });
                     return (StepStatus::Succeeded, outputs, None);
                 }
                 Err(e) => {
                     let cancelled = self.cancel.is_cancelled() || e.kind == ErrorKind::Cancelled;
-                    let message = if self.cancel.is_cancelled() { "cancelled: the run was interrupted".to_string() } else { e.message.clone() };
+                    let message = if self.cancel.is_cancelled() {
+                        "cancelled: the run was interrupted".to_string()
+                    } else {
+                        e.message.clone()
+                    };
                     let transient = e.kind == ErrorKind::Transient;
-                    let attempt = Attempt { number, started_at, duration_ms, error: Some(message.clone()), transient: Some(transient) };
+                    let attempt = Attempt {
+                        number,
+                        started_at,
+                        duration_ms,
+                        error: Some(message.clone()),
+                        transient: Some(transient),
+                    };
                     if cancelled {
                         attempts.push(attempt);
                         return (StepStatus::Cancelled, Outputs::new(), Some(message));
                     }
                     if !transient || number == max {
                         attempts.push(attempt);
-                        let message = if number > 1 { format!("{message} (after {number} attempts)") } else { message };
+                        let message = if number > 1 {
+                            format!("{message} (after {number} attempts)")
+                        } else {
+                            message
+                        };
                         return (StepStatus::Failed, Outputs::new(), Some(message));
                     }
-                    let retry = step.common.retry.as_ref().expect("more than one attempt means retry is set");
+                    let retry = step
+                        .common
+                        .retry
+                        .as_ref()
+                        .expect("more than one attempt means retry is set");
                     let pause = delay_after(retry, number);
                     self.events.emit(Event::AttemptFailed {
                         step: step.id().to_string(),

@@ -32,7 +32,11 @@ impl<W: Write> LiveLog<W> {
     }
 
     fn paint(&self, code: &str, text: &str) -> String {
-        if self.color { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_string() }
+        if self.color {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
     }
 
     pub fn on_event(&mut self, event: &Event) {
@@ -46,38 +50,84 @@ impl<W: Write> LiveLog<W> {
         }
         let ms = |m: u64| duration::format(Duration::from_millis(m));
         let line = match event {
-            Event::RunStarted { run_id, plan, steps, .. } => {
-                format!("{} plan `{plan}`, {steps} step{}, run {run_id}", self.paint("1", "opsrunner:"), if *steps == 1 { "" } else { "s" })
+            Event::RunStarted {
+                run_id,
+                plan,
+                steps,
+                ..
+            } => {
+                format!(
+                    "{} plan `{plan}`, {steps} step{}, run {run_id}",
+                    self.paint("1", "opsrunner:"),
+                    if *steps == 1 { "" } else { "s" }
+                )
             }
             Event::StepStarted { step, .. } => format!("{} {step} started", self.paint("36", "▶")),
             Event::Output { step, stream, line } => {
                 let sep = if *stream == Stream::Stderr { "!" } else { "|" };
                 format!("  {} {line}", self.paint("2", &format!("{step} {sep}")))
             }
-            Event::AttemptFailed { step, attempt, retry_in_ms } => format!(
+            Event::AttemptFailed {
+                step,
+                attempt,
+                retry_in_ms,
+            } => format!(
                 "{} {step} attempt {} failed: {}; retrying in {}",
                 self.paint("33", "↻"),
                 attempt.number,
                 attempt.error.as_deref().unwrap_or("error"),
                 ms(retry_in_ms.unwrap_or(0))
             ),
-            Event::StepFinished { step, status, duration_ms, error, attempts, .. } => match status {
-                StepStatus::Succeeded => format!("{} {step} succeeded in {}", self.paint("32", "✓"), ms(*duration_ms)),
-                StepStatus::Cancelled => format!("{} {step} cancelled after {}", self.paint("33", "■"), ms(*duration_ms)),
+            Event::StepFinished {
+                step,
+                status,
+                duration_ms,
+                error,
+                attempts,
+                ..
+            } => match status {
+                StepStatus::Succeeded => format!(
+                    "{} {step} succeeded in {}",
+                    self.paint("32", "✓"),
+                    ms(*duration_ms)
+                ),
+                StepStatus::Cancelled => format!(
+                    "{} {step} cancelled after {}",
+                    self.paint("33", "■"),
+                    ms(*duration_ms)
+                ),
                 _ => format!(
                     "{} {step} failed in {}{}: {}",
                     self.paint("31", "✗"),
                     ms(*duration_ms),
-                    if attempts.len() > 1 { format!(" ({} attempts)", attempts.len()) } else { String::new() },
+                    if attempts.len() > 1 {
+                        format!(" ({} attempts)", attempts.len())
+                    } else {
+                        String::new()
+                    },
                     error.as_deref().unwrap_or("error")
                 ),
             },
-            Event::StepSkipped { step, reason, .. } => format!("{} {step} skipped: {reason}", self.paint("2", "–")),
-            Event::RunFinished { cancelled, duration_ms, .. } => {
+            Event::StepSkipped { step, reason, .. } => {
+                format!("{} {step} skipped: {reason}", self.paint("2", "–"))
+            }
+            Event::RunFinished {
+                cancelled,
+                duration_ms,
+                ..
+            } => {
                 if *cancelled {
-                    format!("{} run cancelled after {}", self.paint("33", "opsrunner:"), ms(*duration_ms))
+                    format!(
+                        "{} run cancelled after {}",
+                        self.paint("33", "opsrunner:"),
+                        ms(*duration_ms)
+                    )
                 } else {
-                    format!("{} run finished in {}", self.paint("1", "opsrunner:"), ms(*duration_ms))
+                    format!(
+                        "{} run finished in {}",
+                        self.paint("1", "opsrunner:"),
+                        ms(*duration_ms)
+                    )
                 }
             }
         };

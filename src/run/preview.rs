@@ -72,7 +72,8 @@ pub fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview {
                 let mut strings = Vec::new();
                 template::strings(&v, &mut strings);
                 strings.iter().for_each(|s| redactor.add_url_passwords(s));
-                let kind = StepKind::from_params(step.kind.type_name(), &v).unwrap_or_else(|_| step.kind.clone());
+                let kind = StepKind::from_params(step.kind.type_name(), &v)
+                    .unwrap_or_else(|_| step.kind.clone());
                 (v, kind)
             }
             Err(e) => {
@@ -81,15 +82,22 @@ pub fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview {
             }
         };
         let target = kind.target().map(str::to_string);
-        let protected = target.as_ref().is_some_and(|t| plan.targets.get(t).is_some_and(|t| t.protected));
+        let protected = target
+            .as_ref()
+            .is_some_and(|t| plan.targets.get(t).is_some_and(|t| t.protected));
         let destructive = steps::destructive(&kind, &base_dir);
-        if let Some(t) = &target {
-            if protected && destructive && !input.confirmed.contains(t) && !confirmations.contains(t) {
-                confirmations.push(t.clone());
-            }
+        if let Some(t) = &target
+            && protected
+            && destructive
+            && !input.confirmed.contains(t)
+            && !confirmations.contains(t)
+        {
+            confirmations.push(t.clone());
         }
         let target_url = target.as_ref().and_then(|t| plan.targets.get(t)).map(|t| {
-            let url = templates.render_str(&t.url, &context).unwrap_or_else(|_| t.url.clone());
+            let url = templates
+                .render_str(&t.url, &context)
+                .unwrap_or_else(|_| t.url.clone());
             redactor.add_url_passwords(&url);
             redactor.redact(&url)
         });
@@ -104,7 +112,15 @@ pub fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview {
             needs: step.common.needs.clone(),
             condition: step.common.condition.as_str().to_string(),
             retry: step.common.retry.as_ref().map(|r| {
-                let mut s = format!("{} attempts, {} {}", r.attempts, serde_json::to_value(r.backoff).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(), r.delay);
+                let mut s = format!(
+                    "{} attempts, {} {}",
+                    r.attempts,
+                    serde_json::to_value(r.backoff)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    r.delay
+                );
                 if let Some(max) = r.max_delay {
                     let _ = write!(s, " up to {max}");
                 }
@@ -147,7 +163,9 @@ fn preview_context(input: &PreviewInput<'_>, warnings: &mut Vec<String>) -> Valu
                 let value = match input.env.get(name) {
                     Some(v) => v.clone(),
                     None => {
-                        let w = format!("environment variable {name} is not set; `apply` will fail unless it is");
+                        let w = format!(
+                            "environment variable {name} is not set; `apply` will fail unless it is"
+                        );
                         if !warnings.contains(&w) {
                             warnings.push(w);
                         }
@@ -164,7 +182,12 @@ fn preview_context(input: &PreviewInput<'_>, warnings: &mut Vec<String>) -> Valu
             .kind
             .output_names()
             .iter()
-            .map(|o| (o.to_string(), Value::String(format!("(known after {})", step.id()))))
+            .map(|o| {
+                (
+                    o.to_string(),
+                    Value::String(format!("(known after {})", step.id())),
+                )
+            })
             .collect();
         steps.insert(step.id().to_string(), json!({ "outputs": outputs }));
     }
@@ -177,7 +200,11 @@ fn preview_context(input: &PreviewInput<'_>, warnings: &mut Vec<String>) -> Valu
 }
 
 fn dash(list: &[String]) -> String {
-    if list.is_empty() { "-".into() } else { list.join(", ") }
+    if list.is_empty() {
+        "-".into()
+    } else {
+        list.join(", ")
+    }
 }
 
 fn destructive_note(s: &StepPreview) -> Option<String> {
@@ -185,7 +212,9 @@ fn destructive_note(s: &StepPreview) -> Option<String> {
         return None;
     }
     Some(match (&s.target, s.protected_target) {
-        (Some(t), true) => format!("DESTRUCTIVE on protected target `{t}` (apply needs --confirm {t})"),
+        (Some(t), true) => {
+            format!("DESTRUCTIVE on protected target `{t}` (apply needs --confirm {t})")
+        }
         (Some(t), false) => format!("DESTRUCTIVE on target `{t}`"),
         _ => "DESTRUCTIVE".into(),
     })
@@ -193,7 +222,14 @@ fn destructive_note(s: &StepPreview) -> Option<String> {
 
 pub fn render_text(p: &PlanPreview) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "Plan `{}` ({}): {} step{}. Dry run: nothing has been changed.", p.plan, p.path, p.steps.len(), if p.steps.len() == 1 { "" } else { "s" });
+    let _ = writeln!(
+        out,
+        "Plan `{}` ({}): {} step{}. Dry run: nothing has been changed.",
+        p.plan,
+        p.path,
+        p.steps.len(),
+        if p.steps.len() == 1 { "" } else { "s" }
+    );
     for s in &p.steps {
         let _ = writeln!(out);
         let _ = writeln!(out, "{:>2}. {} ({})", s.position, s.id, s.step_type);
@@ -234,7 +270,10 @@ fn footer(out: &mut String, p: &PlanPreview, bullet: &str) {
         let _ = writeln!(out);
     }
     for t in &p.confirmations_needed {
-        let _ = writeln!(out, "{bullet}apply will refuse to run without --confirm {t}");
+        let _ = writeln!(
+            out,
+            "{bullet}apply will refuse to run without --confirm {t}"
+        );
     }
     for w in &p.warnings {
         let _ = writeln!(out, "{bullet}warning: {w}");
@@ -244,17 +283,34 @@ fn footer(out: &mut String, p: &PlanPreview, bullet: &str) {
 pub fn render_markdown(p: &PlanPreview) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "### opsrunner plan `{}`\n", p.plan);
-    let _ = writeln!(out, "`{}`: {} steps. Dry run: nothing has been changed.\n", p.path, p.steps.len());
+    let _ = writeln!(
+        out,
+        "`{}`: {} steps. Dry run: nothing has been changed.\n",
+        p.path,
+        p.steps.len()
+    );
     let _ = writeln!(out, "| # | Step | Type | Needs | If | Destructive |");
     let _ = writeln!(out, "|---|------|------|-------|----|-------------|");
     for s in &p.steps {
-        let needs = if s.needs.is_empty() { "–".to_string() } else { s.needs.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ") };
+        let needs = if s.needs.is_empty() {
+            "–".to_string()
+        } else {
+            s.needs
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let destructive = match (s.destructive, s.protected_target) {
             (true, true) => "⚠️ yes (protected)",
             (true, false) => "⚠️ yes",
             _ => "",
         };
-        let _ = writeln!(out, "| {} | `{}` | {} | {} | `{}` | {} |", s.position, s.id, s.step_type, needs, s.condition, destructive);
+        let _ = writeln!(
+            out,
+            "| {} | `{}` | {} | {} | `{}` | {} |",
+            s.position, s.id, s.step_type, needs, s.condition, destructive
+        );
     }
     for s in &p.steps {
         let _ = writeln!(out, "\n#### {}. `{}` ({})\n", s.position, s.id, s.step_type);
@@ -275,7 +331,10 @@ pub fn render_markdown(p: &PlanPreview) -> String {
             let _ = writeln!(out, "- continue on error");
         }
         let params = serde_json::to_string_pretty(&s.params).unwrap_or_default();
-        let _ = writeln!(out, "\n<details><summary>parameters</summary>\n\n```json\n{params}\n```\n\n</details>");
+        let _ = writeln!(
+            out,
+            "\n<details><summary>parameters</summary>\n\n```json\n{params}\n```\n\n</details>"
+        );
     }
     footer(&mut out, p, "- ");
     out

@@ -88,7 +88,13 @@ pub struct ReportBuilder {
 }
 
 impl ReportBuilder {
-    pub fn new(source: &PlanSource, plan: &ValidPlan, run_id: &str, mode: Mode, started_at: DateTime<Utc>) -> Self {
+    pub fn new(
+        source: &PlanSource,
+        plan: &ValidPlan,
+        run_id: &str,
+        mode: Mode,
+        started_at: DateTime<Utc>,
+    ) -> Self {
         let steps = plan
             .plan
             .steps
@@ -96,7 +102,11 @@ impl ReportBuilder {
             .map(|s| StepReport {
                 id: s.id().to_string(),
                 step_type: s.kind.type_name().to_string(),
-                status: if mode == Mode::DryRun { StepStatus::Planned } else { StepStatus::Skipped },
+                status: if mode == Mode::DryRun {
+                    StepStatus::Planned
+                } else {
+                    StepStatus::Skipped
+                },
                 reason: None,
                 started_at: None,
                 finished_at: None,
@@ -119,7 +129,11 @@ impl ReportBuilder {
                     sha256: source.sha256.clone(),
                 },
                 mode,
-                status: if mode == Mode::DryRun { RunStatus::Planned } else { RunStatus::Succeeded },
+                status: if mode == Mode::DryRun {
+                    RunStatus::Planned
+                } else {
+                    RunStatus::Succeeded
+                },
                 started_at,
                 finished_at: started_at,
                 duration_ms: 0,
@@ -148,11 +162,23 @@ impl ReportBuilder {
                     if tail.len() == LOG_TAIL_LINES {
                         tail.pop_front();
                     }
-                    let prefix = if *stream == Stream::Stderr { "stderr: " } else { "" };
+                    let prefix = if *stream == Stream::Stderr {
+                        "stderr: "
+                    } else {
+                        ""
+                    };
                     tail.push_back(format!("{prefix}{line}"));
                 }
             }
-            Event::StepFinished { step, status, at, duration_ms, attempts, outputs, error } => {
+            Event::StepFinished {
+                step,
+                status,
+                at,
+                duration_ms,
+                attempts,
+                outputs,
+                error,
+            } => {
                 if let Some(s) = self.step(step) {
                     s.status = *status;
                     s.finished_at = Some(*at);
@@ -168,7 +194,9 @@ impl ReportBuilder {
                     s.reason = Some(reason.clone());
                 }
             }
-            Event::RunFinished { at, duration_ms, .. } => {
+            Event::RunFinished {
+                at, duration_ms, ..
+            } => {
                 self.report.finished_at = *at;
                 self.report.duration_ms = *duration_ms;
             }
@@ -192,7 +220,9 @@ impl ReportBuilder {
         }
         if self.report.finished_at == self.report.started_at {
             self.report.finished_at = Utc::now();
-            self.report.duration_ms = (self.report.finished_at - self.report.started_at).num_milliseconds().max(0) as u64;
+            self.report.duration_ms = (self.report.finished_at - self.report.started_at)
+                .num_milliseconds()
+                .max(0) as u64;
         }
         self.report
     }

@@ -34,13 +34,22 @@ pub struct StepError {
 
 impl StepError {
     pub fn transient(message: impl Into<String>) -> Self {
-        StepError { kind: ErrorKind::Transient, message: message.into() }
+        StepError {
+            kind: ErrorKind::Transient,
+            message: message.into(),
+        }
     }
     pub fn permanent(message: impl Into<String>) -> Self {
-        StepError { kind: ErrorKind::Permanent, message: message.into() }
+        StepError {
+            kind: ErrorKind::Permanent,
+            message: message.into(),
+        }
     }
     pub fn cancelled() -> Self {
-        StepError { kind: ErrorKind::Cancelled, message: "cancelled".into() }
+        StepError {
+            kind: ErrorKind::Cancelled,
+            message: "cancelled".into(),
+        }
     }
 }
 

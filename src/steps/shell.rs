@@ -36,8 +36,18 @@ pub async fn run(p: &ShellParams, ctx: &StepContext) -> Result<Outputs, StepErro
         .map_err(|e| StepError::permanent(format!("cannot start sh: {e}")))?;
     let stdout = group.child_mut().stdout.take().expect("stdout is piped");
     let stderr = group.child_mut().stderr.take().expect("stderr is piped");
-    let out_task = tokio::spawn(forward(stdout, ctx.events.clone(), ctx.step_id.clone(), Stream::Stdout));
-    let err_task = tokio::spawn(forward(stderr, ctx.events.clone(), ctx.step_id.clone(), Stream::Stderr));
+    let out_task = tokio::spawn(forward(
+        stdout,
+        ctx.events.clone(),
+        ctx.step_id.clone(),
+        Stream::Stdout,
+    ));
+    let err_task = tokio::spawn(forward(
+        stderr,
+        ctx.events.clone(),
+        ctx.step_id.clone(),
+        Stream::Stderr,
+    ));
 
     let status = tokio::select! {
         status = group.wait() => status.map_err(|e| StepError::transient(format!("waiting for sh failed: {e}")))?,
@@ -56,7 +66,10 @@ pub async fn run(p: &ShellParams, ctx: &StepContext) -> Result<Outputs, StepErro
 
     let code = status.code();
     let mut outputs = Outputs::new();
-    outputs.insert("exit_code".into(), code.map_or_else(|| "signal".into(), |c| c.to_string()));
+    outputs.insert(
+        "exit_code".into(),
+        code.map_or_else(|| "signal".into(), |c| c.to_string()),
+    );
     outputs.insert("stdout".into(), captured.trim_end().to_string());
     if status.success() {
         return Ok(outputs);
@@ -65,7 +78,9 @@ pub async fn run(p: &ShellParams, ctx: &StepContext) -> Result<Outputs, StepErro
         // 126: found but not executable; 127: not found. Trying again changes nothing.
         Some(c @ (126 | 127)) => StepError {
             kind: ErrorKind::Permanent,
-            message: format!("command exited with status {c} (command not found or not executable)"),
+            message: format!(
+                "command exited with status {c} (command not found or not executable)"
+            ),
         },
         Some(c) => StepError::transient(format!("command exited with status {c}")),
         None => {
@@ -79,7 +94,12 @@ pub async fn run(p: &ShellParams, ctx: &StepContext) -> Result<Outputs, StepErro
 }
 
 /// Sends each line to the log and returns what was read (up to a limit).
-async fn forward(reader: impl AsyncRead + Unpin, events: Events, step: String, stream: Stream) -> String {
+async fn forward(
+    reader: impl AsyncRead + Unpin,
+    events: Events,
+    step: String,
+    stream: Stream,
+) -> String {
     let mut lines = BufReader::new(reader).lines();
     let mut captured = String::new();
     // Lines that are not UTF-8 end the loop with an error; the rest of the output is then

@@ -59,7 +59,9 @@ pub async fn run(p: &SqlParams, ctx: &StepContext) -> Result<Outputs, StepError>
         outputs.insert("rows".into(), rows.len().to_string());
         let value = match rows.first() {
             Some(row) if !row.is_empty() => {
-                let raw = row.try_get_raw(0).map_err(|e| classify(&e, "reading the result failed"))?;
+                let raw = row
+                    .try_get_raw(0)
+                    .map_err(|e| classify(&e, "reading the result failed"))?;
                 if raw.is_null() {
                     String::new()
                 } else {
@@ -96,9 +98,10 @@ pub fn classify(error: &sqlx::Error, context: &str) -> StepError {
                 StepError::permanent(message)
             }
         }
-        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_) => {
-            StepError::transient(message)
-        }
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::Protocol(_) => StepError::transient(message),
         _ => StepError::permanent(message),
     }
 }

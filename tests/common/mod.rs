@@ -14,7 +14,9 @@ pub struct Workspace {
 
 impl Workspace {
     pub fn new() -> Workspace {
-        Workspace { dir: tempfile::tempdir().unwrap() }
+        Workspace {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -77,11 +79,19 @@ impl Applied {
         self.report["steps"]
             .as_array()
             .and_then(|steps| steps.iter().find(|s| s["id"] == id))
-            .unwrap_or_else(|| panic!("no step {id} in report: {}\nstderr:\n{}", self.report, self.stderr))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no step {id} in report: {}\nstderr:\n{}",
+                    self.report, self.stderr
+                )
+            })
     }
 
     pub fn status(&self, id: &str) -> String {
-        self.step(id)["status"].as_str().unwrap_or_default().to_string()
+        self.step(id)["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 
     pub fn attempts(&self, id: &str) -> usize {

@@ -30,10 +30,9 @@ fn server_bin() -> PathBuf {
         })
         .collect();
     found.sort();
-    found
-        .pop()
-        .map(|(_, b)| b)
-        .expect("PostgreSQL server binaries under /usr/lib/postgresql/*/bin (apt-get install postgresql)")
+    found.pop().map(|(_, b)| b).expect(
+        "PostgreSQL server binaries under /usr/lib/postgresql/*/bin (apt-get install postgresql)",
+    )
 }
 
 fn postgres_ids() -> Option<(u32, u32)> {
@@ -44,13 +43,20 @@ fn postgres_ids() -> Option<(u32, u32)> {
     let name = CString::new("postgres").unwrap();
     // SAFETY: getpwnam returns null or a pointer to a static passwd entry, read at once.
     let pw = unsafe { libc::getpwnam(name.as_ptr()) };
-    assert!(!pw.is_null(), "running as root needs a `postgres` user to run the server");
+    assert!(
+        !pw.is_null(),
+        "running as root needs a `postgres` user to run the server"
+    );
     // SAFETY: pw is non-null and points at a valid passwd struct.
     unsafe { Some(((*pw).pw_uid, (*pw).pw_gid)) }
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Cluster {
@@ -71,7 +77,16 @@ impl Cluster {
         initdb
             .arg("-D")
             .arg(&data)
-            .args(["-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8", "-N"])
+            .args([
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+                "-N",
+            ])
             .arg(format!("--pwfile={}", pwfile.display()));
         run(initdb, user);
         let mut last_err = String::new();
@@ -94,7 +109,12 @@ impl Cluster {
             }
             let out = ctl.output().unwrap();
             if out.status.success() {
-                return Cluster { dir, port, bin, user };
+                return Cluster {
+                    dir,
+                    port,
+                    bin,
+                    user,
+                };
             }
             last_err = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
         }
@@ -103,17 +123,35 @@ impl Cluster {
 
     /// A URL with the password, as a user would put in `DATABASE_URL`.
     pub fn url(&self, database: &str) -> String {
-        format!("postgres://postgres:{}@127.0.0.1:{}/{database}", urlencode(PASSWORD), self.port)
+        format!(
+            "postgres://postgres:{}@127.0.0.1:{}/{database}",
+            urlencode(PASSWORD),
+            self.port
+        )
     }
 
     /// Runs SQL as the superuser over the socket with psql; returns stdout.
     pub fn psql(&self, database: &str, sql: &str) -> String {
         let mut cmd = Command::new(self.bin.join("psql"));
-        cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-h"])
-            .arg(self.dir.path())
-            .args(["-p", &self.port.to_string(), "-d", database, "-c", sql]);
+        cmd.args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-U",
+            "postgres",
+            "-h",
+        ])
+        .arg(self.dir.path())
+        .args(["-p", &self.port.to_string(), "-d", database, "-c", sql]);
         let out = cmd.output().unwrap();
-        assert!(out.status.success(), "psql failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "psql failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 }
@@ -121,7 +159,9 @@ impl Cluster {
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -132,7 +172,12 @@ fn run(mut cmd: Command, user: Option<(u32, u32)>) {
         cmd.uid(uid).gid(gid);
     }
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{:?} failed: {}", cmd, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{:?} failed: {}",
+        cmd,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn chown(path: &Path, uid: u32, gid: u32) {
@@ -142,7 +187,9 @@ fn chown(path: &Path, uid: u32, gid: u32) {
 impl Drop for Cluster {
     fn drop(&mut self) {
         let mut ctl = Command::new(self.bin.join("pg_ctl"));
-        ctl.arg("-D").arg(self.dir.path().join("data")).args(["-m", "immediate", "-w", "stop"]);
+        ctl.arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "-w", "stop"]);
         if let Some((uid, gid)) = self.user {
             ctl.uid(uid).gid(gid);
         }
