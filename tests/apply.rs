@@ -429,3 +429,44 @@ fn json_log_format_emits_one_event_per_line() {
         ]
     );
 }
+
+#[test]
+fn secrets_never_reach_a_command_line() {
+    let ws = Workspace::new();
+    let plan = ws.write_plan(
+        r#"
+version: 1
+name: argv
+targets:
+  db: { url: "{{ env.OPSRUNNER_TEST_DB }}" }
+steps:
+  - id: via-argv
+    type: shell
+    command: "echo {{ env.OPSRUNNER_TEST_DB }} > argv-ran"
+  - id: via-env
+    type: shell
+    env: { URL: "{{ env.OPSRUNNER_TEST_DB }}" }
+    command: 'test -n "$URL" && touch env-ran'
+"#,
+    );
+    let output = opsrunner()
+        .arg("apply")
+        .arg(&plan)
+        .arg("--report")
+        .arg(ws.report_path())
+        .env("OPSRUNNER_TEST_DB", "postgres://app:n0t-in-ps@db/app")
+        .output()
+        .unwrap();
+    let run = common::Applied::from(output, &ws.report_path());
+    assert_eq!(run.status("via-argv"), "failed");
+    assert!(
+        run.step("via-argv")["reason"]
+            .as_str()
+            .unwrap()
+            .contains("command line would contain a secret")
+    );
+    assert!(!ws.path("argv-ran").exists());
+    assert_eq!(run.status("via-env"), "succeeded", "{}", run.stderr);
+    assert!(ws.path("env-ran").exists());
+    assert!(!run.everything().contains("n0t-in-ps"));
+}

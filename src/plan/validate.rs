@@ -228,6 +228,23 @@ impl Validator<'_> {
                     Some(help),
                 );
             }
+            if let StepKind::Shell(p) = &step.kind {
+                for r in template::references(&p.command).unwrap_or_default() {
+                    if r.path.len() == 2
+                        && r.path[0] == "env"
+                        && self.plan.secrets.contains(&r.path[1])
+                    {
+                        let name = &r.path[1];
+                        let path = step_path(i, &[key("command")]);
+                        let d = Diagnostic::new(format!("secret `env.{name}` in a command line, where every user on the machine can read it"))
+                            .at_opt(self.span(&path))
+                            .with_path(format_path(&path))
+                            .with_help(format!("pass it through the environment: `env: {{ {name}: \"{{{{ env.{name} }}}}\" }}` and use ${name} in the command"));
+                        let d = self.narrow_to(d, &r.dotted());
+                        self.problems.push(d);
+                    }
+                }
+            }
             if let StepKind::Sql(p) = &step.kind
                 && p.query.is_some() == p.file.is_some()
             {
@@ -299,31 +316,35 @@ impl Validator<'_> {
         };
         for r in refs {
             if let Some((message, help)) = self.check_reference(&r, step, index, dag) {
-                let mut d = Diagnostic::new(message)
+                let d = Diagnostic::new(message)
                     .at_opt(self.span(path))
                     .with_path(format_path(path))
                     .with_help_opt(help);
-                // Point the caret at the reference itself when it is on the value's line.
-                if let Some(span) = d.span {
-                    let dotted = r.dotted();
-                    if let Some(line) = self.source.lines().nth(span.line - 1) {
-                        let from = line
-                            .char_indices()
-                            .nth(span.col.saturating_sub(1))
-                            .map_or(0, |(b, _)| b);
-                        if let Some(pos) = line[from..].find(&dotted) {
-                            let col = line[..from + pos].chars().count() + 1;
-                            d.span = Some(Span {
-                                line: span.line,
-                                col,
-                                len: dotted.chars().count(),
-                            });
-                        }
-                    }
-                }
+                let d = self.narrow_to(d, &r.dotted());
                 self.problems.push(d);
             }
         }
+    }
+
+    /// Points the caret at `needle` itself when it stands on the diagnostic's line.
+    fn narrow_to(&self, mut d: Diagnostic, needle: &str) -> Diagnostic {
+        let Some(span) = d.span else { return d };
+        let Some(line) = self.source.lines().nth(span.line - 1) else {
+            return d;
+        };
+        let from = line
+            .char_indices()
+            .nth(span.col.saturating_sub(1))
+            .map_or(0, |(b, _)| b);
+        if let Some(pos) = line[from..].find(needle) {
+            let col = line[..from + pos].chars().count() + 1;
+            d.span = Some(Span {
+                line: span.line,
+                col,
+                len: needle.chars().count(),
+            });
+        }
+        d
     }
 
     fn check_reference(

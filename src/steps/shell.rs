@@ -16,6 +16,14 @@ pub fn describe(p: &ShellParams) -> String {
 }
 
 pub async fn run(p: &ShellParams, ctx: &StepContext) -> Result<Outputs, StepError> {
+    // Command lines are visible to every user on the machine (ps, /proc); secrets travel
+    // through the environment instead.
+    if ctx.redactor().redact(&p.command) != p.command {
+        return Err(StepError::permanent(
+            "the command line would contain a secret, which every user on this machine could read with ps; \
+             pass it through the step's `env:` (e.g. `env: { TOKEN: \"{{ env.TOKEN }}\" }`) and use $TOKEN in the command",
+        ));
+    }
     let workdir = ctx.resolve(p.workdir.as_deref().unwrap_or("."));
     if !workdir.is_dir() {
         return Err(StepError::permanent(format!(
