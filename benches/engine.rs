@@ -31,6 +31,7 @@ fn generate_plan() -> String {
         "version: 1\nname: generated\nvars:\n  greeting: hi\ntargets:\n  db: { url: \"postgres://app:pw@localhost/app\" }\nsteps:\n",
     );
     let mut group: Vec<String> = Vec::new();
+    let mut group_shell: Option<String> = None;
     let mut last_join: Option<String> = None;
     for i in 0..STEPS {
         let id = format!("s{i:04}");
@@ -38,7 +39,7 @@ fn generate_plan() -> String {
             let needs = group.join(", ");
             yaml.push_str(&format!(
                 "  - id: {id}\n    type: shell\n    needs: [{needs}]\n    command: echo {{{{ steps.{}.outputs.stdout }}}} {{{{ vars.greeting }}}}\n    retry: {{ attempts: 3, delay: 1s, backoff: exponential }}\n    timeout: 10m\n",
-                group[0]
+                group_shell.take().expect("every group has a shell step")
             ));
             group.clear();
             last_join = Some(id);
@@ -55,6 +56,7 @@ fn generate_plan() -> String {
                 yaml.push_str(&format!(
                     "  - id: {id}\n    type: shell\n{needs}    command: echo {i} {{{{ run.id }}}}\n"
                 ));
+                group_shell.get_or_insert_with(|| id.clone());
             }
             group.push(id);
         }
@@ -80,8 +82,15 @@ fn time<T>(mut f: impl FnMut() -> T) -> Duration {
 struct Noop;
 
 impl StepRunner for Noop {
-    fn run<'a>(&'a self, _kind: &'a StepKind, _ctx: &'a StepContext) -> StepFuture<'a> {
-        Box::pin(async { Ok(Outputs::new()) })
+    /// Does nothing but set the outputs the step type declares, so templates downstream render.
+    fn run<'a>(&'a self, kind: &'a StepKind, _ctx: &'a StepContext) -> StepFuture<'a> {
+        Box::pin(async move {
+            Ok(kind
+                .output_names()
+                .iter()
+                .map(|name| (name.to_string(), "x".to_string()))
+                .collect::<Outputs>())
+        })
     }
 }
 
@@ -106,7 +115,8 @@ fn main() {
             file: path.clone(),
             ..Default::default()
         };
-        let prepared = commands::prepare(&args, BTreeMap::new()).expect("generated plan is valid");
+        let prepared = commands::prepare(&args, BTreeMap::new())
+            .unwrap_or_else(|e| panic!("generated plan is invalid:\n{}", e.message(false)));
         let preview = commands::build_preview(&prepared, &[]);
         commands::render_preview(&preview, PreviewFormat::Text).len()
     });
@@ -116,6 +126,21 @@ fn main() {
         ms(parse_only),
         validate_preview.as_secs_f64() / parse_only.as_secs_f64()
     );
+
+    if std::env::var_os("BENCH_PHASES").is_some() {
+        let t = time(|| plan::load::load_str(&yaml).is_ok());
+        println!("  phase load: {:.2} ms", ms(t));
+        let (p, root) = plan::load::load_str(&yaml).unwrap();
+        let t = time(|| plan::validate::validate(p.clone(), &root, &yaml).is_ok());
+        println!("  phase validate: {:.2} ms", ms(t));
+        let args = PlanArgs {
+            file: path.clone(),
+            ..Default::default()
+        };
+        let prepared = commands::prepare(&args, BTreeMap::new()).ok().unwrap();
+        let t = time(|| commands::build_preview(&prepared, &[]).steps.len());
+        println!("  phase preview build: {:.2} ms", ms(t));
+    }
 
     // 2. executor overhead.
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -221,6 +221,16 @@ fn guard(p: &Prepared, confirm: &[String]) -> Result<(), String> {
 /// `opsrunner apply`: runs the plan (or previews it with `--dry-run`) and writes the report.
 pub async fn apply(args: ApplyArgs) -> Result<(), Failure> {
     let p = prepare(&args.plan, process_env())?;
+    // Finding out after an hour-long run that the report cannot be written helps nobody.
+    if let Some(dir) = args.report.as_deref().and_then(Path::parent)
+        && !dir.as_os_str().is_empty()
+        && !dir.is_dir()
+    {
+        return Err(Failure::Usage(format!(
+            "--report: directory {} does not exist",
+            dir.display()
+        )));
+    }
     let run = RunInfo::new(&p.plan.plan.name);
     let write_report = |report: &report::RunReport| -> Result<(), Failure> {
         match &args.report {

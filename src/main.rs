@@ -12,8 +12,29 @@ const EXIT_CODES: &str = "Exit codes:
   0    success
   1    a step failed (or a report could not be written)
   2    invalid plan or command line
-  3    refused by a guard (destructive step on a protected target without --confirm); nothing was touched
-  130  interrupted (Ctrl-C / SIGTERM); running steps were cancelled, the report is still written";
+  3    refused by a guard: destructive step on a protected target
+       without --confirm; nothing was touched
+  130  interrupted (Ctrl-C / SIGTERM): running steps were cancelled,
+       the report was still written";
+
+const APPLY_HELP: &str = "Examples:
+  opsrunner apply plans/nightly.yaml --report nightly.json
+  opsrunner apply plans/reset.yaml --confirm dev --var seed=small
+  opsrunner apply plans/nightly.yaml --dry-run
+
+Exit codes:
+  0    every step succeeded (or was skipped by its condition)
+  1    a step failed (or the report could not be written)
+  2    invalid plan or command line
+  3    refused by a guard: destructive step on a protected target
+       without --confirm; nothing was touched
+  130  interrupted (Ctrl-C / SIGTERM): running steps were cancelled,
+       the report was still written";
+
+const PLAN_HELP: &str = "Examples:
+  opsrunner plan plans/nightly.yaml
+  opsrunner plan plans/nightly.yaml --format markdown --out plan.md   # for a PR comment
+  opsrunner plan plans/nightly.yaml --format json | jq '.steps[].action'";
 
 #[derive(Parser)]
 #[command(name = "opsrunner", version, about = "Run PostgreSQL operations declared in a YAML plan: check, preview, apply.", after_help = EXIT_CODES)]
@@ -39,6 +60,7 @@ enum Command {
     /// Check a plan: syntax, keys, references, cycles, templates. Exit 2 with every problem listed.
     Validate(PlanFileArgs),
     /// Preview what `apply` would do, step by step. Changes nothing.
+    #[command(after_help = PLAN_HELP)]
     Plan {
         #[command(flatten)]
         plan: PlanFileArgs,
@@ -53,6 +75,7 @@ enum Command {
         confirm: Vec<String>,
     },
     /// Run the plan: steps in dependency order, concurrently where possible, with retries and timeouts.
+    #[command(after_help = APPLY_HELP)]
     Apply {
         #[command(flatten)]
         plan: PlanFileArgs,
@@ -63,8 +86,8 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
         /// Run at most N steps at once (default: number of CPUs).
-        #[arg(long, value_name = "N")]
-        concurrency: Option<usize>,
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+        concurrency: Option<u16>,
         /// Allow destructive steps on this protected target (repeatable).
         #[arg(long, value_name = "TARGET")]
         confirm: Vec<String>,
@@ -135,8 +158,10 @@ fn main() {
                 plan: plan_args(plan, confirm, color),
                 report,
                 dry_run,
-                concurrency: concurrency
-                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                concurrency: concurrency.map_or_else(
+                    || std::thread::available_parallelism().map_or(1, |n| n.get()),
+                    usize::from,
+                ),
                 log_format: cli.log_format,
                 kill_grace,
             };

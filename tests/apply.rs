@@ -322,7 +322,7 @@ steps:
 #[test]
 fn secrets_are_redacted_in_log_and_report() {
     let ws = Workspace::new();
-    let plan = ws.write_plan(
+    let run = ws.apply_env(
         r#"
 version: 1
 name: secrets
@@ -332,17 +332,12 @@ steps:
     type: shell
     command: "echo token=$OPSRUNNER_TEST_TOKEN; echo url=$OPSRUNNER_TEST_URL >&2; exit 1"
 "#,
+        &[],
+        &[
+            ("OPSRUNNER_TEST_TOKEN", "sekr1t-t0ken"),
+            ("OPSRUNNER_TEST_URL", "postgres://u:hunter22@db/x"),
+        ],
     );
-    let output = opsrunner()
-        .arg("apply")
-        .arg(&plan)
-        .arg("--report")
-        .arg(ws.report_path())
-        .env("OPSRUNNER_TEST_TOKEN", "sekr1t-t0ken")
-        .env("OPSRUNNER_TEST_URL", "postgres://u:hunter22@db/x")
-        .output()
-        .unwrap();
-    let run = common::Applied::from(output, &ws.report_path());
     let all = run.everything();
     assert!(!all.contains("sekr1t-t0ken"), "{all}");
     assert!(!all.contains("hunter22"), "{all}");
@@ -433,7 +428,7 @@ fn json_log_format_emits_one_event_per_line() {
 #[test]
 fn secrets_never_reach_a_command_line() {
     let ws = Workspace::new();
-    let plan = ws.write_plan(
+    let run = ws.apply_env(
         r#"
 version: 1
 name: argv
@@ -448,16 +443,9 @@ steps:
     env: { URL: "{{ env.OPSRUNNER_TEST_DB }}" }
     command: 'test -n "$URL" && touch env-ran'
 "#,
+        &[],
+        &[("OPSRUNNER_TEST_DB", "postgres://app:n0t-in-ps@db/app")],
     );
-    let output = opsrunner()
-        .arg("apply")
-        .arg(&plan)
-        .arg("--report")
-        .arg(ws.report_path())
-        .env("OPSRUNNER_TEST_DB", "postgres://app:n0t-in-ps@db/app")
-        .output()
-        .unwrap();
-    let run = common::Applied::from(output, &ws.report_path());
     assert_eq!(run.status("via-argv"), "failed");
     assert!(
         run.step("via-argv")["reason"]

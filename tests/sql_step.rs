@@ -3,21 +3,11 @@
 
 mod common;
 
+use common::Workspace;
 use common::pg::{Cluster, PASSWORD};
-use common::{Workspace, opsrunner};
 
 fn apply_with_db(ws: &Workspace, cluster: &Cluster, yaml: &str, args: &[&str]) -> common::Applied {
-    let plan = ws.write_plan(yaml);
-    let output = opsrunner()
-        .arg("apply")
-        .arg(&plan)
-        .arg("--report")
-        .arg(ws.report_path())
-        .args(args)
-        .env("DATABASE_URL", cluster.url("postgres"))
-        .output()
-        .unwrap();
-    common::Applied::from(output, &ws.report_path())
+    ws.apply_env(yaml, args, &[("DATABASE_URL", &cluster.url("postgres"))])
 }
 
 #[test]
@@ -74,7 +64,11 @@ steps:
 fn connection_errors_are_transient_and_keep_the_password_out_of_errors() {
     let cluster = Cluster::start();
     let ws = Workspace::new();
-    let plan = ws.write_plan(
+    // Right password, a port nobody listens on.
+    let bad = cluster
+        .url("postgres")
+        .replace(&format!(":{}/", cluster.port), ":1/");
+    let run = ws.apply_env(
         r#"
 version: 1
 name: wrong-db
@@ -83,20 +77,9 @@ targets:
 steps:
   - { id: q, type: sql, target: db, query: "select 1", retry: { attempts: 2, delay: 10ms } }
 "#,
+        &[],
+        &[("BAD_URL", &bad)],
     );
-    // Right password, a port nobody listens on.
-    let bad = cluster
-        .url("postgres")
-        .replace(&format!(":{}/", cluster.port), ":1/");
-    let output = opsrunner()
-        .arg("apply")
-        .arg(&plan)
-        .arg("--report")
-        .arg(ws.report_path())
-        .env("BAD_URL", &bad)
-        .output()
-        .unwrap();
-    let run = common::Applied::from(output, &ws.report_path());
     assert_eq!(run.status("q"), "failed");
     assert_eq!(
         run.attempts("q"),

@@ -37,6 +37,11 @@ pub fn references(text: &str) -> Result<Vec<Reference>, String> {
             format!("invalid template: {}", e.reason())
         }
     })?;
+    Ok(scan_references(text))
+}
+
+/// Lists the paths a string refers to without checking its syntax (validation did).
+pub fn scan_references(text: &str) -> Vec<Reference> {
     let mut refs = Vec::new();
     let mut pos = 0;
     while let Some(start) = text[pos..].find("{{") {
@@ -75,7 +80,7 @@ pub fn references(text: &str) -> Result<Vec<Reference>, String> {
         }
         pos = open + len + 2;
     }
-    Ok(refs)
+    refs
 }
 
 fn is_path(token: &str) -> bool {
@@ -112,12 +117,17 @@ impl Templates {
 
     /// Renders one string. Missing values are reported by their path, e.g.
     /// "`env.DATABASE_URL` is not set".
+    ///
+    /// Handlebars serializes the whole data it is given on every render; the context of a
+    /// large plan holds every step's outputs, so each string is rendered against a copy of
+    /// just the values it refers to.
     pub fn render_str(&self, text: &str, context: &Value) -> Result<String, String> {
         if !has_template(text) {
             return Ok(text.to_string());
         }
-        for reference in references(text)? {
-            if lookup(context, &reference.path).is_none() {
+        let mut needed = Value::Object(serde_json::Map::new());
+        for reference in scan_references(text) {
+            let Some(value) = lookup(context, &reference.path) else {
                 let dotted = reference.dotted();
                 return Err(match reference.path.first().map(String::as_str) {
                     Some("env") => format!(
@@ -126,10 +136,11 @@ impl Templates {
                     ),
                     _ => format!("`{dotted}` has no value"),
                 });
-            }
+            };
+            insert_path(&mut needed, &reference.path, value.clone());
         }
         self.registry
-            .render_template(text, context)
+            .render_template(text, &needed)
             .map_err(|e| format!("template error: {}", e.reason()))
     }
 
@@ -153,6 +164,47 @@ impl Templates {
             other => other.clone(),
         })
     }
+}
+
+/// A copy of `context` holding only the values at `paths` (those that exist).
+pub fn subset(context: &Value, paths: &[Vec<String>]) -> Value {
+    let mut out = Value::Object(serde_json::Map::new());
+    for path in paths {
+        if let Some(value) = lookup(context, path) {
+            insert_path(&mut out, path, value.clone());
+        }
+    }
+    out
+}
+
+/// Every reference path in the strings of a JSON value and in `extra` texts.
+pub fn reference_paths<'a>(
+    value: &Value,
+    extra: impl IntoIterator<Item = &'a str>,
+) -> Vec<Vec<String>> {
+    let mut texts = Vec::new();
+    strings(value, &mut texts);
+    texts.extend(extra.into_iter().map(str::to_string));
+    let mut paths: Vec<Vec<String>> = texts
+        .iter()
+        .flat_map(|t| scan_references(t))
+        .map(|r| r.path)
+        .collect();
+    paths.sort();
+    paths.dedup();
+    paths
+}
+
+/// Sets `path` inside `target`, creating objects on the way.
+fn insert_path(target: &mut Value, path: &[String], value: Value) {
+    let mut node = target;
+    for key in &path[..path.len() - 1] {
+        if !node.get(key).is_some_and(Value::is_object) {
+            node[key.as_str()] = Value::Object(serde_json::Map::new());
+        }
+        node = node.get_mut(key.as_str()).expect("just inserted");
+    }
+    node[path[path.len() - 1].as_str()] = value;
 }
 
 /// Every string inside a JSON value, for collecting references.

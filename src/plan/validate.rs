@@ -415,7 +415,7 @@ impl Validator<'_> {
                     });
                     return Some((format!("step `{id}` has no output `{output}`"), Some(help)));
                 }
-                if !dag.upstream[current].contains(&other) {
+                if !dag.upstream[current].contains(other) {
                     let me = self.plan.steps[current].id();
                     return Some((
                         format!("step `{me}` uses an output of `{id}` but does not need it"),

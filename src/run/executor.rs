@@ -11,7 +11,7 @@ use crate::steps::{ErrorKind, StepContext, StepError, StepRunner};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -110,7 +110,22 @@ pub async fn execute(
         .filter(|&i| waiting_on[i] == 0)
         .map(Reverse)
         .collect();
+    // What each step's templates refer to: a step is handed only those values, not the
+    // whole (growing) context, so that starting a step costs the same in a large plan.
+    let step_refs: Vec<Vec<Vec<String>>> = steps
+        .iter()
+        .map(|s| {
+            let target_url = s
+                .kind
+                .target()
+                .and_then(|t| plan.plan.targets.get(t))
+                .map(|t| t.url.as_str());
+            crate::plan::template::reference_paths(&s.raw_params, target_url)
+        })
+        .collect();
     let mut running: JoinSet<Finished> = JoinSet::new();
+    // Which step each task runs, so that a task that panics still gets its step marked.
+    let mut task_steps: HashMap<tokio::task::Id, usize> = HashMap::new();
     let mut cancelled = false;
     let concurrency = opts.concurrency.max(1);
 
@@ -128,9 +143,10 @@ pub async fn execute(
                         events: events.clone(),
                         cancel: cancel.clone(),
                         templates: templates.clone(),
-                        context: context.clone(),
+                        context: crate::plan::template::subset(&context, &step_refs[i]),
                     };
-                    running.spawn(task.run());
+                    let handle = running.spawn(task.run());
+                    task_steps.insert(handle.id(), i);
                 }
                 Err(reason) => {
                     tracing::debug!(step = steps[i].id(), %reason, "skipping");
@@ -148,10 +164,26 @@ pub async fn execute(
             break;
         }
         tokio::select! {
-            Some(joined) = running.join_next() => {
-                let done = joined.expect("step tasks do not panic");
+            Some(joined) = running.join_next_with_id() => {
+                let done = match joined {
+                    Ok((_, done)) => done,
+                    Err(e) => {
+                        // A bug in a step must not take the report down with it.
+                        let index = task_steps[&e.id()];
+                        events.emit(Event::StepFinished {
+                            step: steps[index].id().to_string(),
+                            status: StepStatus::Failed,
+                            at: Utc::now(),
+                            duration_ms: 0,
+                            attempts: Vec::new(),
+                            outputs: Outputs::new(),
+                            error: Some(format!("internal error in opsrunner: {e}")),
+                        });
+                        Finished { index, status: StepStatus::Failed, outputs: Outputs::new() }
+                    }
+                };
                 state[done.index] = State::Done(done.status);
-                if done.status == StepStatus::Succeeded || !done.outputs.is_empty() {
+                if done.status == StepStatus::Succeeded {
                     context["steps"][steps[done.index].id()] = json!({ "outputs": done.outputs });
                 }
                 release(&plan, done.index, &mut waiting_on, &mut ready);
@@ -223,7 +255,7 @@ fn decide(plan: &ValidPlan, state: &[State], i: usize) -> Result<(), String> {
     match steps[i].common.condition {
         Condition::Always => Ok(()),
         Condition::Failure => {
-            if plan.dag.upstream[i].iter().any(|&j| broke(j)) {
+            if plan.dag.upstream[i].ones().any(broke) {
                 Ok(())
             } else {
                 Err("`if: failure()`: no upstream step failed".into())

@@ -35,6 +35,11 @@ impl Workspace {
 
     /// `opsrunner apply plan.yaml --report report.json ARGS…`
     pub fn apply(&self, yaml: &str, args: &[&str]) -> Applied {
+        self.apply_env(yaml, args, &[])
+    }
+
+    /// Like [`Workspace::apply`], with extra environment variables.
+    pub fn apply_env(&self, yaml: &str, args: &[&str], env: &[(&str, &str)]) -> Applied {
         let plan = self.write_plan(yaml);
         let output = opsrunner()
             .arg("apply")
@@ -42,6 +47,7 @@ impl Workspace {
             .arg("--report")
             .arg(self.report_path())
             .args(args)
+            .envs(env.iter().copied())
             .output()
             .unwrap();
         Applied::from(output, &self.report_path())
