@@ -8,36 +8,37 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-const EXIT_CODES: &str = "Exit codes:
-  0    success
+/// The exit codes, as shown by `--help`; the constants live in `opsrunner::exit`.
+macro_rules! exit_codes_help {
+    () => {
+        "Exit codes:
+  0    success (every step succeeded or was skipped by its condition)
   1    a step failed (or a report could not be written)
   2    invalid plan or command line
   3    refused by a guard: destructive step on a protected target
        without --confirm; nothing was touched
   130  interrupted (Ctrl-C / SIGTERM): running steps were cancelled,
-       the report was still written";
+       the report was still written"
+    };
+}
 
-const APPLY_HELP: &str = "Examples:
-  opsrunner apply plans/nightly.yaml --report nightly.json
-  opsrunner apply plans/reset.yaml --confirm dev --var seed=small
-  opsrunner apply plans/nightly.yaml --dry-run
+const APPLY_HELP: &str = concat!(
+    "Examples:
+  opsrunner apply plans/maintenance.yaml --report maintenance.json
+  opsrunner apply plans/maintenance.yaml --confirm app --var top_tables=10
+  opsrunner apply plans/maintenance.yaml --dry-run
 
-Exit codes:
-  0    every step succeeded (or was skipped by its condition)
-  1    a step failed (or the report could not be written)
-  2    invalid plan or command line
-  3    refused by a guard: destructive step on a protected target
-       without --confirm; nothing was touched
-  130  interrupted (Ctrl-C / SIGTERM): running steps were cancelled,
-       the report was still written";
+",
+    exit_codes_help!()
+);
 
 const PLAN_HELP: &str = "Examples:
-  opsrunner plan plans/nightly.yaml
-  opsrunner plan plans/nightly.yaml --format markdown --out plan.md   # for a PR comment
-  opsrunner plan plans/nightly.yaml --format json | jq '.steps[].action'";
+  opsrunner plan plans/maintenance.yaml
+  opsrunner plan plans/maintenance.yaml --format markdown --out plan.md   # for a PR comment
+  opsrunner plan plans/maintenance.yaml --format json | jq '.steps[].action'";
 
 #[derive(Parser)]
-#[command(name = "opsrunner", version, about = "Run PostgreSQL operations declared in a YAML plan: check, preview, apply.", after_help = EXIT_CODES)]
+#[command(name = "opsrunner", version, about = "Run PostgreSQL operations declared in a YAML plan: check, preview, apply.", after_help = exit_codes_help!())]
 struct Cli {
     /// Format of the live log on stderr.
     #[arg(long, global = true, value_enum, default_value = "text")]

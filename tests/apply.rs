@@ -143,6 +143,21 @@ fn process_alive(pid: i32) -> bool {
     }
 }
 
+/// The process whose pid a step wrote to `child.pid` (one that ignores SIGTERM) must be gone
+/// shortly after the step was stopped.
+fn assert_child_gone(ws: &Workspace, after: &str) {
+    let pid: i32 = std::fs::read_to_string(ws.path("child.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while process_alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!process_alive(pid), "child {pid} survived the {after}");
+}
+
 #[test]
 fn timeout_kills_the_whole_process_group_even_when_sigterm_is_ignored() {
     let ws = Workspace::new();
@@ -171,19 +186,7 @@ steps:
             .unwrap()
             .contains("timed out after 1s")
     );
-    let pid: i32 = std::fs::read_to_string(ws.path("child.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while process_alive(pid) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(
-        !process_alive(pid),
-        "the child {pid} that ignores SIGTERM survived the timeout"
-    );
+    assert_child_gone(&ws, "timeout");
 }
 
 #[test]
@@ -304,19 +307,7 @@ steps:
     assert_eq!(run.status("long"), "cancelled");
     assert_eq!(run.status("later"), "skipped");
     assert!(!ws.path("later-ran").exists());
-    let pid: i32 = std::fs::read_to_string(ws.path("child.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while process_alive(pid) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(
-        !process_alive(pid),
-        "the step's child survived cancellation"
-    );
+    assert_child_gone(&ws, "cancellation");
 }
 
 #[test]
