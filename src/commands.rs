@@ -2,6 +2,7 @@
 //! `main.rs` only parses arguments, calls these and maps a [`Failure`] to its exit code.
 
 use crate::exit::Failure;
+use crate::pg::cluster::EphemeralCluster;
 use crate::plan::{self, PlanSource, ValidPlan};
 use crate::redact::Redactor;
 use crate::run::events::{Event, Events};
@@ -248,10 +249,34 @@ pub async fn apply(args: ApplyArgs) -> Result<(), Failure> {
     if let Err(message) = guard(&p, &args.plan.confirm) {
         let mut builder =
             ReportBuilder::new(&p.source, &p.plan, &run.id, Mode::Apply, run.started_at);
-        builder.refused(message.clone());
+        builder.not_started(RunStatus::Refused, message.clone());
         write_report(&builder.finish(RunStatus::Refused))?;
         return Err(Failure::Refused(message));
     }
+
+    let cancel = CancellationToken::new();
+    let signals = tokio::spawn(cancel_on_signal(cancel.clone()));
+    // Ephemeral clusters live exactly as long as this binding: dropping them (at the end of
+    // this function, whatever happened) stops the servers and removes their directories.
+    let clusters = match start_ephemeral_clusters(&p, &cancel).await {
+        Ok(clusters) => clusters,
+        Err(message) => {
+            signals.abort();
+            let mut builder =
+                ReportBuilder::new(&p.source, &p.plan, &run.id, Mode::Apply, run.started_at);
+            builder.not_started(RunStatus::Failed, message.clone());
+            write_report(&builder.finish(RunStatus::Failed))?;
+            return Err(if cancel.is_cancelled() {
+                Failure::Interrupted
+            } else {
+                Failure::Io(message)
+            });
+        }
+    };
+    let fixed_target_urls = clusters
+        .iter()
+        .map(|(name, c)| (name.clone(), c.url("postgres")))
+        .collect();
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
     let events = Events::new(tx, p.redactor.clone());
@@ -267,8 +292,6 @@ pub async fn apply(args: ApplyArgs) -> Result<(), Failure> {
         builder
     });
 
-    let cancel = CancellationToken::new();
-    let signals = tokio::spawn(cancel_on_signal(cancel.clone()));
     let opts = ExecOptions {
         concurrency: args.concurrency,
         vars: p.vars.clone(),
@@ -276,10 +299,12 @@ pub async fn apply(args: ApplyArgs) -> Result<(), Failure> {
         base_dir: p.source.base_dir(),
         run,
         kill_grace: args.kill_grace,
+        fixed_target_urls,
     };
     let summary =
         executor::execute(Arc::new(p.plan), opts, Arc::new(Builtin), events, cancel).await;
     signals.abort();
+    drop(clusters);
     let builder = consumer.await.expect("the reporter task does not panic");
     let status = if summary.cancelled {
         RunStatus::Cancelled
@@ -293,6 +318,54 @@ pub async fn apply(args: ApplyArgs) -> Result<(), Failure> {
         RunStatus::Cancelled => Err(Failure::Interrupted),
         RunStatus::Failed => Err(Failure::StepsFailed),
         _ => Ok(()),
+    }
+}
+
+/// Starts a cluster for every ephemeral target some step uses, all at once.
+async fn start_ephemeral_clusters(
+    p: &Prepared,
+    cancel: &CancellationToken,
+) -> Result<Vec<(String, EphemeralCluster)>, String> {
+    let mut names: Vec<&str> = p
+        .plan
+        .plan
+        .steps
+        .iter()
+        .flat_map(|s| s.kind.targets())
+        .collect();
+    names.sort();
+    names.dedup();
+    let mut starting = Vec::new();
+    for name in names {
+        let target = &p.plan.plan.targets[name];
+        if !target.ephemeral {
+            continue;
+        }
+        let run_as = target.run_as.clone().unwrap_or_else(|| "postgres".into());
+        starting.push((
+            name.to_string(),
+            tokio::task::spawn_blocking(move || EphemeralCluster::start(&run_as)),
+        ));
+    }
+    let mut clusters = Vec::new();
+    let mut problems = Vec::new();
+    for (name, handle) in starting {
+        match handle.await {
+            Ok(Ok(cluster)) => {
+                tracing::debug!(target = name, dir = %cluster.socket_dir().display(), "ephemeral cluster started");
+                clusters.push((name, cluster));
+            }
+            Ok(Err(e)) => problems.push(format!("ephemeral target `{name}`: {e}")),
+            Err(e) => problems.push(format!("ephemeral target `{name}`: {e}")),
+        }
+    }
+    if cancel.is_cancelled() {
+        problems.push("interrupted while starting ephemeral clusters".into());
+    }
+    if problems.is_empty() {
+        Ok(clusters)
+    } else {
+        Err(problems.join("; "))
     }
 }
 

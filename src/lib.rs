@@ -7,6 +7,7 @@
 pub mod commands;
 pub mod diag;
 pub mod exit;
+pub mod pg;
 pub mod plan;
 pub mod process;
 pub mod redact;

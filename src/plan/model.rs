@@ -43,11 +43,28 @@ pub struct Plan {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
-    /// A libpq connection URL, usually `{{ env.DATABASE_URL }}`: keep passwords out of the file.
-    pub url: String,
+    /// A libpq connection URL, usually `{{ env.DATABASE_URL }}`: keep passwords out of the
+    /// file. Without `url` (and without `ephemeral`), the PG* environment variables and the
+    /// passfile say where to connect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// A throwaway local cluster, created for this run and removed when it ends.
+    #[serde(default)]
+    pub ephemeral: bool,
+    /// Ephemeral clusters only: the operating-system user the server runs as when opsrunner
+    /// runs as root (PostgreSQL refuses to run as root). Default `postgres`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as: Option<String>,
     /// Destructive steps on a protected target are refused unless `--confirm NAME` is given.
     #[serde(default)]
     pub protected: bool,
+}
+
+impl Target {
+    /// The URL template, empty when the environment supplies everything.
+    pub fn url_template(&self) -> &str {
+        self.url.as_deref().unwrap_or("")
+    }
 }
 
 /// A backup repository.
@@ -160,16 +177,18 @@ pub enum Backoff {
 pub enum StepKind {
     Shell(ShellParams),
     Sql(SqlParams),
+    WaitReady(WaitReadyParams),
 }
 
 /// The names of all step types, for "unknown step type" suggestions.
-pub const STEP_TYPES: &[&str] = &["shell", "sql"];
+pub const STEP_TYPES: &[&str] = &["shell", "sql", "wait_ready"];
 
 impl StepKind {
     pub fn type_name(&self) -> &'static str {
         match self {
             StepKind::Shell(_) => "shell",
             StepKind::Sql(_) => "sql",
+            StepKind::WaitReady(_) => "wait_ready",
         }
     }
 
@@ -181,6 +200,7 @@ impl StepKind {
         Ok(match type_name {
             "shell" => StepKind::Shell(de(params)?),
             "sql" => StepKind::Sql(de(params)?),
+            "wait_ready" => StepKind::WaitReady(de(params)?),
             _ => return Err(ParamsError::UnknownType),
         })
     }
@@ -190,6 +210,7 @@ impl StepKind {
         match type_name {
             "shell" => ShellParams::json_schema(generator),
             "sql" => SqlParams::json_schema(generator),
+            "wait_ready" => WaitReadyParams::json_schema(generator),
             other => unreachable!("no schema for step type {other}"),
         }
     }
@@ -199,6 +220,7 @@ impl StepKind {
         match self {
             StepKind::Shell(_) => &["exit_code", "stdout"],
             StepKind::Sql(_) => &["rows", "value"],
+            StepKind::WaitReady(_) => &["waited_ms", "server_version"],
         }
     }
 
@@ -207,7 +229,13 @@ impl StepKind {
         match self {
             StepKind::Shell(_) => None,
             StepKind::Sql(p) => Some(&p.target),
+            StepKind::WaitReady(p) => Some(&p.target),
         }
+    }
+
+    /// Every target the step touches (a restore reads one and writes another).
+    pub fn targets(&self) -> Vec<&str> {
+        self.target().into_iter().collect()
     }
 }
 
@@ -243,6 +271,25 @@ pub struct SqlParams {
     /// A file of SQL, relative to the plan file's directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
+    /// Run all statements in one transaction: all of them take effect, or none.
+    #[serde(default)]
+    pub transaction: bool,
+}
+
+/// `wait_ready`: waits until a target accepts connections. The step's `timeout` bounds the
+/// wait (default 60s).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WaitReadyParams {
+    /// Name of a target declared under `targets`.
+    pub target: String,
+    /// Pause between connection attempts.
+    #[serde(default = "default_interval")]
+    pub interval: HumanDuration,
+}
+
+fn default_interval() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_millis(500))
 }
 
 /// The JSON Schema of a step: one alternative per step type, each with the common keys, a

@@ -282,7 +282,23 @@ impl Validator<'_> {
     fn templates(&mut self, index: &HashMap<String, usize>, dag: &Dag) {
         for (name, target) in &self.plan.targets {
             let path = [key("targets"), key(name), key("url")];
-            self.check_string(&path, &target.url, None, index, dag);
+            self.check_string(&path, target.url_template(), None, index, dag);
+            if target.ephemeral && target.url.is_some() {
+                self.report(
+                    &[key("targets"), key(name), key("ephemeral")],
+                    format!("target `{name}` has both `url` and `ephemeral: true`"),
+                    0,
+                    Some("an ephemeral target is a new local cluster; remove `url`, or remove `ephemeral` to use the server at `url`".into()),
+                );
+            }
+            if target.run_as.is_some() && !target.ephemeral {
+                self.report(
+                    &[key("targets"), key(name), key("run_as")],
+                    format!("`run_as` applies to ephemeral targets only, and `{name}` is not one"),
+                    0,
+                    None,
+                );
+            }
         }
         for (i, step) in self.plan.steps.iter().enumerate() {
             let mut fields = Vec::new();

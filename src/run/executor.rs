@@ -51,6 +51,8 @@ pub struct ExecOptions {
     pub base_dir: PathBuf,
     pub run: RunInfo,
     pub kill_grace: Duration,
+    /// URLs of targets that are not rendered from the plan: ephemeral clusters.
+    pub fixed_target_urls: BTreeMap<String, String>,
 }
 
 /// How each step ended, in plan order.
@@ -119,7 +121,7 @@ pub async fn execute(
                 .kind
                 .target()
                 .and_then(|t| plan.plan.targets.get(t))
-                .map(|t| t.url.as_str());
+                .map(|t| t.url_template());
             crate::plan::template::reference_paths(&s.raw_params, target_url)
         })
         .collect();
@@ -353,10 +355,13 @@ impl StepTask {
         let mut targets = BTreeMap::new();
         if let Some(name) = kind.target() {
             let target = &self.plan.plan.targets[name];
-            let url = self
-                .templates
-                .render_str(&target.url, &self.context)
-                .map_err(|e| StepError::permanent(format!("target `{name}`: {e}")))?;
+            let url = match self.opts.fixed_target_urls.get(name) {
+                Some(url) => Ok(url.clone()),
+                None => self
+                    .templates
+                    .render_str(target.url_template(), &self.context),
+            };
+            let url = url.map_err(|e| StepError::permanent(format!("target `{name}`: {e}")))?;
             redactor.add_url_passwords(&url);
             targets.insert(name.to_string(), url);
         }
@@ -367,6 +372,7 @@ impl StepTask {
             events: self.events.clone(),
             cancel: self.cancel.child_token(),
             kill_grace: self.opts.kill_grace,
+            timeout: step.common.timeout.map(|t| t.0),
         };
         Ok((kind, ctx))
     }
@@ -397,8 +403,12 @@ impl StepTask {
                         _ = tokio::time::sleep(limit) => {
                             // Let the step stop its children, then report the timeout.
                             attempt_ctx.cancel.cancel();
-                            let _ = fut.await;
-                            Err(StepError::transient(format!("timed out after {}", crate::plan::duration::format(limit))))
+                            // The step may know more than "timed out" (what it was waiting for).
+                            let detail = match fut.await {
+                                Err(e) if e.kind != ErrorKind::Cancelled => format!(": {e}"),
+                                _ => String::new(),
+                            };
+                            Err(StepError::transient(format!("timed out after {}{detail}", crate::plan::duration::format(limit))))
                         }
                     },
                 }

@@ -95,9 +95,15 @@ pub fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview {
             confirmations.push(t.clone());
         }
         let target_url = target.as_ref().and_then(|t| plan.targets.get(t)).map(|t| {
+            if t.ephemeral {
+                return "(an ephemeral local cluster, created at apply)".to_string();
+            }
+            if t.url.is_none() {
+                return "(from the PG* environment variables)".to_string();
+            }
             let url = templates
-                .render_str(&t.url, &context)
-                .unwrap_or_else(|_| t.url.clone());
+                .render_str(t.url_template(), &context)
+                .unwrap_or_else(|_| t.url_template().to_string());
             redactor.add_url_passwords(&url);
             redactor.redact(&url)
         });
@@ -155,7 +161,7 @@ fn preview_context(input: &PreviewInput<'_>, warnings: &mut Vec<String>) -> Valu
     for step in &plan.steps {
         template::strings(&step.raw_params, &mut all_strings);
     }
-    all_strings.extend(plan.targets.values().map(|t| t.url.clone()));
+    all_strings.extend(plan.targets.values().filter_map(|t| t.url.clone()));
     for text in &all_strings {
         for r in template::references(text).unwrap_or_default() {
             if r.path.len() == 2 && r.path[0] == "env" {

@@ -203,11 +203,16 @@ impl ReportBuilder {
         }
     }
 
-    pub fn refused(&mut self, message: String) {
-        self.report.status = RunStatus::Refused;
+    /// The run ended before any step started: refused by a guard, or its preparation failed.
+    pub fn not_started(&mut self, status: RunStatus, message: String) {
+        self.report.status = status;
         self.report.error = Some(message);
+        let reason = match status {
+            RunStatus::Refused => "the run was refused before any step started",
+            _ => "the run failed before any step started",
+        };
         for s in &mut self.report.steps {
-            s.reason = Some("the run was refused before any step started".into());
+            s.reason = Some(reason.into());
         }
     }
 
@@ -215,7 +220,7 @@ impl ReportBuilder {
         for (s, tail) in self.report.steps.iter_mut().zip(self.tails) {
             s.log_tail = tail.into_iter().collect();
         }
-        if self.report.status != RunStatus::Refused && self.report.mode == Mode::Apply {
+        if self.report.error.is_none() && self.report.mode == Mode::Apply {
             self.report.status = status;
         }
         if self.report.finished_at == self.report.started_at {

@@ -3,6 +3,7 @@
 
 pub mod shell;
 pub mod sql;
+pub mod wait_ready;
 
 use crate::plan::model::StepKind;
 use crate::redact::Redactor;
@@ -73,6 +74,8 @@ pub struct StepContext {
     pub cancel: CancellationToken,
     /// How long child processes get between SIGTERM and SIGKILL.
     pub kill_grace: Duration,
+    /// The step's `timeout`, for steps whose work is waiting.
+    pub timeout: Option<Duration>,
 }
 
 impl StepContext {
@@ -108,6 +111,7 @@ impl StepRunner for Builtin {
         match kind {
             StepKind::Shell(p) => Box::pin(shell::run(p, ctx)),
             StepKind::Sql(p) => Box::pin(sql::run(p, ctx)),
+            StepKind::WaitReady(p) => Box::pin(wait_ready::run(p, ctx)),
         }
     }
 }
@@ -117,6 +121,7 @@ pub fn describe(kind: &StepKind) -> String {
     match kind {
         StepKind::Shell(p) => shell::describe(p),
         StepKind::Sql(p) => sql::describe(p),
+        StepKind::WaitReady(p) => wait_ready::describe(p),
     }
 }
 
@@ -124,7 +129,7 @@ pub fn describe(kind: &StepKind) -> String {
 /// `--confirm TARGET` on protected targets.
 pub fn destructive(kind: &StepKind, base_dir: &std::path::Path) -> bool {
     match kind {
-        StepKind::Shell(_) => false,
+        StepKind::Shell(_) | StepKind::WaitReady(_) => false,
         StepKind::Sql(p) => sql::destructive(p, base_dir),
     }
 }

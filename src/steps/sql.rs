@@ -2,16 +2,30 @@
 //! so a file may hold several statements and every value comes back as text.
 
 use super::{StepContext, StepError};
+use crate::pg::conn::ConnInfo;
 use crate::plan::model::SqlParams;
 use crate::run::events::Outputs;
-use sqlx::{Connection, PgConnection, Row, ValueRef};
+use sqlx::{Connection, Row, ValueRef};
 use std::path::Path;
 
 pub fn describe(p: &SqlParams) -> String {
     match (&p.query, &p.file) {
-        (Some(q), _) => format!("run SQL on target `{}`: {}", p.target, one_line(q)),
-        (None, Some(f)) => format!("run SQL file {f} on target `{}`", p.target),
+        (Some(q), _) => format!(
+            "run SQL on target `{}`{}: {}",
+            p.target,
+            in_tx(p),
+            one_line(q)
+        ),
+        (None, Some(f)) => format!("run SQL file {f} on target `{}`{}", p.target, in_tx(p)),
         (None, None) => format!("run SQL on target `{}`", p.target),
+    }
+}
+
+fn in_tx(p: &SqlParams) -> &'static str {
+    if p.transaction {
+        " in one transaction"
+    } else {
+        ""
     }
 }
 
@@ -34,8 +48,7 @@ pub fn destructive(p: &SqlParams, base_dir: &Path) -> bool {
 }
 
 pub async fn run(p: &SqlParams, ctx: &StepContext) -> Result<Outputs, StepError> {
-    let url = ctx.target_url(&p.target)?.to_string();
-    ctx.redactor().add_url_passwords(&url);
+    let conn = ConnInfo::parse(ctx.target_url(&p.target)?).map_err(StepError::permanent)?;
     let text = match (&p.query, &p.file) {
         (Some(q), _) => q.clone(),
         (None, Some(f)) => {
@@ -47,13 +60,30 @@ pub async fn run(p: &SqlParams, ctx: &StepContext) -> Result<Outputs, StepError>
         (None, None) => return Err(StepError::permanent("no `query` or `file` given")),
     };
     let work = async {
-        let mut conn = PgConnection::connect(&url)
+        let mut conn = conn
+            .connect()
             .await
             .map_err(|e| classify(&e, &format!("cannot connect to target `{}`", p.target)))?;
-        let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(text))
-            .fetch_all(&mut conn)
-            .await
-            .map_err(|e| classify(&e, "SQL failed"))?;
+        let sql = sqlx::raw_sql(sqlx::AssertSqlSafe(text));
+        let rows = if p.transaction {
+            // All statements or none: a failure rolls the transaction back when it is dropped.
+            let mut tx = conn
+                .begin()
+                .await
+                .map_err(|e| classify(&e, "BEGIN failed"))?;
+            let rows = sql
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(|e| classify(&e, "SQL failed (rolled back)"))?;
+            tx.commit()
+                .await
+                .map_err(|e| classify(&e, "COMMIT failed"))?;
+            rows
+        } else {
+            sql.fetch_all(&mut conn)
+                .await
+                .map_err(|e| classify(&e, "SQL failed"))?
+        };
         let _ = conn.close().await;
         let mut outputs = Outputs::new();
         outputs.insert("rows".into(), rows.len().to_string());

@@ -1,0 +1,146 @@
+//! Ephemeral clusters: `initdb` into a temporary directory, a server listening only on a
+//! Unix socket inside that directory (so no port can clash and nothing is reachable from
+//! the network), trust authentication, and removal when dropped — at the end of the run,
+//! also when it failed or was interrupted. PostgreSQL refuses to run as root, so as root
+//! the server runs as another user (`postgres` unless the target says otherwise).
+
+use super::tools;
+use std::ffi::CString;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub struct EphemeralCluster {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    owner: Option<(u32, u32)>,
+    pub major: u32,
+    pub port: u16,
+}
+
+/// The fixed port number: with the socket in a private directory it only names the socket
+/// file, so every cluster can use the same one.
+const PORT: u16 = 5432;
+
+fn user_ids(name: &str) -> Result<(u32, u32), String> {
+    let cname = CString::new(name).map_err(|_| format!("invalid user name `{name}`"))?;
+    // SAFETY: getpwnam returns null or a pointer to a static entry, read before any other call.
+    let pw = unsafe { libc::getpwnam(cname.as_ptr()) };
+    if pw.is_null() {
+        return Err(format!(
+            "opsrunner runs as root and PostgreSQL refuses to; the server would run as user `{name}`, which does not exist (create it, or set `run_as` on the target)"
+        ));
+    }
+    // SAFETY: pw is non-null and points at a valid passwd entry.
+    Ok(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
+}
+
+fn run(mut command: Command, owner: Option<(u32, u32)>, what: &str) -> Result<(), String> {
+    if let Some((uid, gid)) = owner {
+        command.uid(uid).gid(gid);
+    }
+    let out = command
+        .output()
+        .map_err(|e| format!("{what}: cannot start: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl EphemeralCluster {
+    /// Creates and starts a cluster. Blocking (about a second); call from `spawn_blocking`.
+    pub fn start(run_as: &str) -> Result<EphemeralCluster, String> {
+        let (initdb, major) = tools::find("initdb", None)?;
+        let bin = initdb.parent().expect("a file has a parent").to_path_buf();
+        let dir = tempfile::Builder::new()
+            .prefix("opsrunner-cluster-")
+            .tempdir()
+            .map_err(|e| format!("cannot create a directory for the cluster: {e}"))?;
+        // SAFETY: geteuid has no preconditions.
+        let owner = if unsafe { libc::geteuid() } == 0 {
+            Some(user_ids(run_as)?)
+        } else {
+            None
+        };
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
+                .map_err(|e| format!("cannot hand the cluster directory to `{run_as}`: {e}"))?;
+        }
+        let data = dir.path().join("data");
+        let mut cmd = Command::new(&initdb);
+        cmd.arg("-D").arg(&data).args([
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+            "-N",
+        ]);
+        run(cmd, owner, "initdb")?;
+        let cluster = EphemeralCluster {
+            dir,
+            bin,
+            owner,
+            major,
+            port: PORT,
+        };
+        let mut ctl = Command::new(cluster.bin.join("pg_ctl"));
+        ctl.arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(cluster.dir.path().join("server.log"))
+            .args(["-w", "-t", "60", "-o"])
+            .arg(format!(
+                "-p {PORT} -k {} -c listen_addresses='' -c fsync=off -c full_page_writes=off -c synchronous_commit=off",
+                cluster.dir.path().display()
+            ))
+            .arg("start");
+        if let Err(e) = run(ctl, owner, "pg_ctl start") {
+            let log =
+                std::fs::read_to_string(cluster.dir.path().join("server.log")).unwrap_or_default();
+            return Err(format!("{e}\n{log}"));
+        }
+        Ok(cluster)
+    }
+
+    pub fn socket_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A URL for `database` over the cluster's socket, as the superuser `postgres`.
+    pub fn url(&self, database: &str) -> String {
+        let host = percent_encoding::utf8_percent_encode(
+            &self.dir.path().to_string_lossy(),
+            percent_encoding::NON_ALPHANUMERIC,
+        )
+        .to_string();
+        format!(
+            "postgres://postgres@localhost:{}/{database}?host={host}",
+            self.port
+        )
+    }
+
+    fn stop(&self) {
+        let mut ctl = Command::new(self.bin.join("pg_ctl"));
+        ctl.arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "-w", "stop"]);
+        if let Err(e) = run(ctl, self.owner, "pg_ctl stop") {
+            tracing::warn!("stopping the ephemeral cluster: {e}");
+        }
+    }
+}
+
+impl Drop for EphemeralCluster {
+    fn drop(&mut self) {
+        self.stop();
+        // The TempDir removes the directory after this.
+    }
+}

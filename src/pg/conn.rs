@@ -1,0 +1,132 @@
+//! Connection details of a target, kept apart from its password: the password goes to
+//! sqlx in memory and to child processes through the environment (`PGPASSWORD`), never
+//! into an argument list, a log line or a report.
+
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, PgConnection};
+use std::str::FromStr;
+use url::Url;
+
+#[derive(Clone)]
+pub struct ConnInfo {
+    /// The URL without its password; empty `postgresql://` means "all from PG* variables".
+    url: Url,
+    password: Option<String>,
+}
+
+impl std::fmt::Debug for ConnInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ConnInfo({})", self.url)
+    }
+}
+
+impl ConnInfo {
+    /// Parses a libpq URL (`postgres://` or `postgresql://`). An empty string means every
+    /// setting comes from the environment (`PGHOST`, `PGUSER`, `PGPASSFILE`, …).
+    pub fn parse(text: &str) -> Result<ConnInfo, String> {
+        let text = if text.trim().is_empty() {
+            "postgresql://"
+        } else {
+            text.trim()
+        };
+        let mut url = Url::parse(text).map_err(|e| format!("not a connection URL ({e})"))?;
+        if !matches!(url.scheme(), "postgres" | "postgresql") {
+            return Err(format!(
+                "`{}://` is not a PostgreSQL URL; use postgres://user@host:port/database",
+                url.scheme()
+            ));
+        }
+        let password = url.password().map(percent_encoding_decode);
+        let _ = url.set_password(None);
+        Ok(ConnInfo { url, password })
+    }
+
+    /// The URL without password, safe to show and to pass on a command line.
+    pub fn public_url(&self) -> String {
+        self.url.to_string()
+    }
+
+    pub fn password(&self) -> Option<&str> {
+        self.password.as_deref()
+    }
+
+    /// The database named in the URL, if any.
+    pub fn database(&self) -> Option<String> {
+        let db = self.url.path().trim_start_matches('/');
+        (!db.is_empty()).then(|| percent_encoding_decode(db))
+    }
+
+    /// The same server, another database.
+    pub fn with_database(&self, database: &str) -> ConnInfo {
+        let mut url = self.url.clone();
+        url.set_path(&format!("/{}", utf8_path_encode(database)));
+        ConnInfo {
+            url,
+            password: self.password.clone(),
+        }
+    }
+
+    /// sqlx options: the environment's defaults (PG* variables, the passfile) under the URL.
+    pub fn options(&self) -> Result<PgConnectOptions, String> {
+        let mut options = PgConnectOptions::from_str(self.url.as_str())
+            .map_err(|e| format!("invalid connection URL: {e}"))?;
+        if let Some(p) = &self.password {
+            options = options.password(p);
+        }
+        Ok(options
+            .application_name("opsrunner")
+            .log_statements(tracing::log::LevelFilter::Debug))
+    }
+
+    pub async fn connect(&self) -> Result<PgConnection, sqlx::Error> {
+        let options = self
+            .options()
+            .map_err(|e| sqlx::Error::Configuration(e.into()))?;
+        options.connect().await
+    }
+
+    /// Sets up a child process (pg_dump, psql, …) to connect here: the URL without password
+    /// as `--dbname`, the password in its environment.
+    pub fn apply_to(&self, command: &mut tokio::process::Command) {
+        if let Some(p) = &self.password {
+            command.env("PGPASSWORD", p);
+        }
+        command.env("PGAPPNAME", "opsrunner");
+    }
+}
+
+fn percent_encoding_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+fn utf8_path_encode(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_is_split_off() {
+        let c = ConnInfo::parse("postgres://app:s%40cret+x@db:5433/app?sslmode=disable").unwrap();
+        assert_eq!(c.password(), Some("s@cret+x"));
+        assert_eq!(c.public_url(), "postgres://app@db:5433/app?sslmode=disable");
+        assert_eq!(c.database().as_deref(), Some("app"));
+        assert_eq!(
+            c.with_database("verify 1").public_url(),
+            "postgres://app@db:5433/verify%201?sslmode=disable"
+        );
+    }
+
+    #[test]
+    fn socket_urls_and_empty_urls_parse() {
+        let c =
+            ConnInfo::parse("postgres://postgres@localhost:5432/postgres?host=%2Ftmp%2Fx").unwrap();
+        assert_eq!(c.password(), None);
+        assert!(ConnInfo::parse("").is_ok());
+        assert!(ConnInfo::parse("mysql://x").is_err());
+    }
+}

@@ -1,0 +1,6 @@
+//! PostgreSQL plumbing shared by the steps: connection details ([`conn`]), finding the
+//! programs ([`tools`]) and throwaway clusters ([`cluster`]).
+
+pub mod cluster;
+pub mod conn;
+pub mod tools;

@@ -1,0 +1,92 @@
+//! Finding PostgreSQL programs: `PATH` first, then `/usr/lib/postgresql/*/bin` (newest
+//! major first). Client tools must be at least the server's major version, or pg_dump
+//! refuses (or worse, silently misses newer features).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Directories searched after `PATH`. `OPSRUNNER_PG_SEARCH` (colon-separated) replaces the
+/// default `/usr/lib/postgresql/*/bin`.
+fn extra_dirs() -> Vec<PathBuf> {
+    if let Some(custom) = std::env::var_os("OPSRUNNER_PG_SEARCH") {
+        return std::env::split_paths(&custom).collect();
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
+        .collect();
+    versions.sort_by_key(|v| std::cmp::Reverse(v.0));
+    versions.into_iter().map(|(_, p)| p).collect()
+}
+
+fn candidates(name: &str) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = if std::env::var_os("OPSRUNNER_PG_SEARCH").is_some() {
+        Vec::new()
+    } else {
+        std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).collect())
+            .unwrap_or_default()
+    };
+    dirs.extend(extra_dirs());
+    let mut found: Vec<PathBuf> = Vec::new();
+    for dir in dirs {
+        let path = dir.join(name);
+        if path.is_file() && !found.iter().any(|f| same_file(f, &path)) {
+            found.push(path);
+        }
+    }
+    found
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// The major version a PostgreSQL program reports, e.g. 15 for "pg_dump (PostgreSQL) 15.14".
+pub fn major_version(program: &Path) -> Option<u32> {
+    let out = Command::new(program).arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text.split(')').nth(1)?.split_whitespace().next()?;
+    version.split('.').next()?.parse().ok()
+}
+
+/// Finds `name` with major version at least `min_major` (when given).
+pub fn find(name: &str, min_major: Option<u32>) -> Result<(PathBuf, u32), String> {
+    let mut seen = Vec::new();
+    for path in candidates(name) {
+        let Some(major) = major_version(&path) else {
+            continue;
+        };
+        if min_major.is_none_or(|m| major >= m) {
+            return Ok((path, major));
+        }
+        seen.push(format!("{} (version {major})", path.display()));
+    }
+    let package = if matches!(name, "initdb" | "pg_ctl" | "postgres") {
+        "the PostgreSQL server package (Debian/Ubuntu: `apt-get install postgresql`)".to_string()
+    } else {
+        match min_major {
+            Some(m) => format!(
+                "the PostgreSQL {m} client (Debian/Ubuntu: `apt-get install postgresql-client-{m}`)"
+            ),
+            None => "the PostgreSQL client (Debian/Ubuntu: `apt-get install postgresql-client`)"
+                .to_string(),
+        }
+    };
+    let wanted = min_major
+        .map(|m| format!(" of version {m} or newer"))
+        .unwrap_or_default();
+    let found = if seen.is_empty() {
+        String::new()
+    } else {
+        format!(" (found only: {})", seen.join(", "))
+    };
+    Err(format!(
+        "no `{name}`{wanted} found in PATH or /usr/lib/postgresql/*/bin{found}; install {package}"
+    ))
+}

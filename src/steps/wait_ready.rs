@@ -1,0 +1,58 @@
+//! `wait_ready`: polls a target until it accepts connections and answers a query.
+
+use super::{StepContext, StepError};
+use crate::pg::conn::ConnInfo;
+use crate::plan::model::WaitReadyParams;
+use crate::run::events::Outputs;
+use sqlx::Connection;
+use std::time::{Duration, Instant};
+
+/// How long to wait when the step has no `timeout`.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(60);
+
+pub fn describe(p: &WaitReadyParams) -> String {
+    format!(
+        "wait until target `{}` accepts connections (checking every {})",
+        p.target, p.interval
+    )
+}
+
+pub async fn run(p: &WaitReadyParams, ctx: &StepContext) -> Result<Outputs, StepError> {
+    let conn = ConnInfo::parse(ctx.target_url(&p.target)?).map_err(StepError::permanent)?;
+    let started = Instant::now();
+    let limit = ctx.timeout.unwrap_or(DEFAULT_WAIT);
+    let mut last_error = String::from("no attempt finished");
+    loop {
+        let attempt = async {
+            let mut c = conn.connect().await?;
+            let version: (String,) = sqlx::query_as("show server_version")
+                .fetch_one(&mut c)
+                .await?;
+            let _ = c.close().await;
+            Ok::<_, sqlx::Error>(version.0)
+        };
+        tokio::select! {
+            result = attempt => match result {
+                Ok(version) => {
+                    let mut outputs = Outputs::new();
+                    outputs.insert("waited_ms".into(), started.elapsed().as_millis().to_string());
+                    outputs.insert("server_version".into(), version);
+                    return Ok(outputs);
+                }
+                Err(e) => last_error = e.to_string(),
+            },
+            _ = ctx.cancel.cancelled() => return Err(StepError::transient(format!("last attempt: {last_error}"))),
+        }
+        if started.elapsed() >= limit {
+            return Err(StepError::transient(format!(
+                "target `{}` did not accept connections within {}; last attempt: {last_error}",
+                p.target,
+                crate::plan::duration::format(limit)
+            )));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(p.interval.0) => {}
+            _ = ctx.cancel.cancelled() => return Err(StepError::transient(format!("last attempt: {last_error}"))),
+        }
+    }
+}
