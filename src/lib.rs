@@ -11,6 +11,7 @@ pub mod pg;
 pub mod plan;
 pub mod process;
 pub mod redact;
+pub mod repo;
 pub mod run;
 pub mod schema;
 pub mod steps;

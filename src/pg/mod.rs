@@ -3,4 +3,6 @@
 
 pub mod cluster;
 pub mod conn;
+pub mod fingerprint;
+pub mod process;
 pub mod tools;

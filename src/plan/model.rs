@@ -3,6 +3,8 @@
 //! and the loader's checks cannot disagree.
 
 use super::duration::HumanDuration;
+use crate::repo::compression::Compression;
+use crate::repo::manifest::{DumpFormat, FingerprintMode};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -178,10 +180,11 @@ pub enum StepKind {
     Shell(ShellParams),
     Sql(SqlParams),
     WaitReady(WaitReadyParams),
+    Backup(BackupParams),
 }
 
 /// The names of all step types, for "unknown step type" suggestions.
-pub const STEP_TYPES: &[&str] = &["shell", "sql", "wait_ready"];
+pub const STEP_TYPES: &[&str] = &["shell", "sql", "wait_ready", "backup"];
 
 impl StepKind {
     pub fn type_name(&self) -> &'static str {
@@ -189,6 +192,7 @@ impl StepKind {
             StepKind::Shell(_) => "shell",
             StepKind::Sql(_) => "sql",
             StepKind::WaitReady(_) => "wait_ready",
+            StepKind::Backup(_) => "backup",
         }
     }
 
@@ -201,6 +205,7 @@ impl StepKind {
             "shell" => StepKind::Shell(de(params)?),
             "sql" => StepKind::Sql(de(params)?),
             "wait_ready" => StepKind::WaitReady(de(params)?),
+            "backup" => StepKind::Backup(de(params)?),
             _ => return Err(ParamsError::UnknownType),
         })
     }
@@ -211,6 +216,7 @@ impl StepKind {
             "shell" => ShellParams::json_schema(generator),
             "sql" => SqlParams::json_schema(generator),
             "wait_ready" => WaitReadyParams::json_schema(generator),
+            "backup" => BackupParams::json_schema(generator),
             other => unreachable!("no schema for step type {other}"),
         }
     }
@@ -221,6 +227,7 @@ impl StepKind {
             StepKind::Shell(_) => &["exit_code", "stdout"],
             StepKind::Sql(_) => &["rows", "value"],
             StepKind::WaitReady(_) => &["waited_ms", "server_version"],
+            StepKind::Backup(_) => &["backup_id", "uri", "bytes", "sha256"],
         }
     }
 
@@ -230,6 +237,15 @@ impl StepKind {
             StepKind::Shell(_) => None,
             StepKind::Sql(p) => Some(&p.target),
             StepKind::WaitReady(p) => Some(&p.target),
+            StepKind::Backup(p) => Some(&p.target),
+        }
+    }
+
+    /// The repository this step reads or writes, if any.
+    pub fn repository(&self) -> Option<&str> {
+        match self {
+            StepKind::Backup(p) => Some(&p.repository),
+            _ => None,
         }
     }
 
@@ -286,6 +302,40 @@ pub struct WaitReadyParams {
     /// Pause between connection attempts.
     #[serde(default = "default_interval")]
     pub interval: HumanDuration,
+}
+
+/// `backup`: pg_dump of a target's database into a repository, compressed and hashed by
+/// opsrunner as it streams, published by writing its manifest last.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackupParams {
+    /// Name of a target declared under `targets`.
+    pub target: String,
+    /// Name of a repository declared under `repositories`.
+    pub repository: String,
+    /// Database to dump (default: the one in the target's URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    #[serde(default)]
+    pub format: DumpFormat,
+    #[serde(default)]
+    pub compression: Compression,
+    /// Parallel pg_dump workers (directory format only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobs: Option<u32>,
+    #[serde(default)]
+    pub schema_only: bool,
+    #[serde(default)]
+    pub data_only: bool,
+    /// Only these tables (pg_dump `-t` patterns).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<String>,
+    /// Not these tables (pg_dump `-T` patterns).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_tables: Vec<String>,
+    /// Table fingerprints recorded in the manifest, from the dump's own snapshot.
+    #[serde(default)]
+    pub fingerprint: FingerprintMode,
 }
 
 fn default_interval() -> HumanDuration {

@@ -228,6 +228,32 @@ impl Validator<'_> {
                     Some(help),
                 );
             }
+            if let Some(repo) = step.kind.repository()
+                && !self.plan.repositories.contains_key(repo)
+            {
+                let names: Vec<&str> = self.plan.repositories.keys().map(String::as_str).collect();
+                let help = did_you_mean(repo, names.iter().copied()).unwrap_or_else(|| {
+                    if names.is_empty() {
+                        "declare it under `repositories:` with a `url` (file://… or s3://…)".into()
+                    } else {
+                        format!("declared repositories: {}", names.join(", "))
+                    }
+                });
+                self.report(&step_path(i, &[key("repository")]), format!("unknown repository `{repo}`"), 0, Some(help));
+            }
+            if let StepKind::Backup(p) = &step.kind {
+                if p.jobs.is_some() && p.format != crate::repo::manifest::DumpFormat::Directory {
+                    self.report(
+                        &step_path(i, &[key("jobs")]),
+                        "`jobs` needs `format: directory` (pg_dump dumps in parallel only into a directory)".into(),
+                        0,
+                        None,
+                    );
+                }
+                if p.schema_only && p.data_only {
+                    self.report(&step_path(i, &[key("data_only")]), "`schema_only` and `data_only` exclude each other".into(), 0, None);
+                }
+            }
             if let StepKind::Shell(p) = &step.kind {
                 for r in template::references(&p.command).unwrap_or_default() {
                     if r.path.len() == 2

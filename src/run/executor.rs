@@ -365,10 +365,16 @@ impl StepTask {
             redactor.add_url_passwords(&url);
             targets.insert(name.to_string(), url);
         }
+        let repositories = kind
+            .repository()
+            .and_then(|name| self.plan.plan.repositories.get(name).map(|r| (name.to_string(), r.url.clone())))
+            .into_iter()
+            .collect();
         let ctx = StepContext {
             step_id: step.id().to_string(),
             base_dir: self.opts.base_dir.clone(),
             targets,
+            repositories,
             events: self.events.clone(),
             cancel: self.cancel.child_token(),
             kill_grace: self.opts.kill_grace,

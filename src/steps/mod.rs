@@ -1,6 +1,7 @@
 //! Step types. Each file implements one; this module dispatches on [`StepKind`] and holds
 //! what they share: the context a step runs in and how errors are classified.
 
+pub mod backup;
 pub mod shell;
 pub mod sql;
 pub mod wait_ready;
@@ -68,6 +69,8 @@ pub struct StepContext {
     pub base_dir: PathBuf,
     /// Rendered connection URLs of the targets, by name.
     pub targets: BTreeMap<String, String>,
+    /// URLs of the repositories the step uses, by name.
+    pub repositories: BTreeMap<String, String>,
     pub events: Events,
     /// Cancelled when the attempt times out or the run is interrupted; steps stop their
     /// work and child processes when it fires.
@@ -88,6 +91,14 @@ impl StepContext {
             .get(name)
             .map(String::as_str)
             .ok_or_else(|| StepError::permanent(format!("target `{name}` is not available")))
+    }
+
+    pub fn repository(&self, name: &str) -> Result<crate::repo::local::LocalStore, StepError> {
+        let url = self
+            .repositories
+            .get(name)
+            .ok_or_else(|| StepError::permanent(format!("repository `{name}` is not available")))?;
+        crate::repo::open(url, &self.base_dir).map_err(StepError::permanent)
     }
 
     pub fn resolve(&self, path: &str) -> PathBuf {
@@ -112,6 +123,7 @@ impl StepRunner for Builtin {
             StepKind::Shell(p) => Box::pin(shell::run(p, ctx)),
             StepKind::Sql(p) => Box::pin(sql::run(p, ctx)),
             StepKind::WaitReady(p) => Box::pin(wait_ready::run(p, ctx)),
+            StepKind::Backup(p) => Box::pin(backup::run(p, ctx)),
         }
     }
 }
@@ -122,6 +134,7 @@ pub fn describe(kind: &StepKind) -> String {
         StepKind::Shell(p) => shell::describe(p),
         StepKind::Sql(p) => sql::describe(p),
         StepKind::WaitReady(p) => wait_ready::describe(p),
+        StepKind::Backup(p) => backup::describe(p),
     }
 }
 
@@ -129,7 +142,7 @@ pub fn describe(kind: &StepKind) -> String {
 /// `--confirm TARGET` on protected targets.
 pub fn destructive(kind: &StepKind, base_dir: &std::path::Path) -> bool {
     match kind {
-        StepKind::Shell(_) | StepKind::WaitReady(_) => false,
+        StepKind::Shell(_) | StepKind::WaitReady(_) | StepKind::Backup(_) => false,
         StepKind::Sql(p) => sql::destructive(p, base_dir),
     }
 }

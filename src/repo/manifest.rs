@@ -1,0 +1,101 @@
+//! The manifest: what a backup holds and how to check it. It is written last; a backup
+//! without one does not exist for listing, restoring or pruning.
+
+use super::compression::Compression;
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub const MANIFEST_VERSION: u32 = 1;
+pub const MANIFEST_NAME: &str = "manifest.json";
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub struct Manifest {
+    pub manifest_version: u32,
+    pub backup_id: String,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub duration_ms: u64,
+    /// The database that was dumped.
+    pub database: String,
+    pub server_version: String,
+    pub pg_dump_version: String,
+    pub format: DumpFormat,
+    pub compression: Compression,
+    pub options: DumpOptions,
+    /// Every file of the backup, as stored (after compression).
+    pub files: Vec<FileEntry>,
+    pub fingerprint: FingerprintMode,
+    /// Per table (`"schema"."table"`), taken in the same snapshot as the dump.
+    pub fingerprints: BTreeMap<String, TableFingerprint>,
+    pub opsrunner_version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub struct FileEntry {
+    /// Path inside the backup, `/`-separated.
+    pub name: String,
+    /// Bytes as stored.
+    pub size: u64,
+    /// SHA-256 of the stored bytes, hex.
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Eq, Default)]
+pub struct DumpOptions {
+    #[serde(default)]
+    pub schema_only: bool,
+    #[serde(default)]
+    pub data_only: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_tables: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DumpFormat {
+    /// pg_dump's custom archive: one file, restorable selectively and in parallel.
+    #[default]
+    Custom,
+    /// One file per table, dumped in parallel with `jobs`.
+    Directory,
+    /// A SQL script, restored with psql.
+    Plain,
+}
+
+impl DumpFormat {
+    pub fn pg_dump_flag(self) -> &'static str {
+        match self {
+            DumpFormat::Custom => "--format=custom",
+            DumpFormat::Directory => "--format=directory",
+            DumpFormat::Plain => "--format=plain",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FingerprintMode {
+    None,
+    /// Row count per table.
+    #[default]
+    Counts,
+    /// Row count and an order-independent hash of every row.
+    Full,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub struct TableFingerprint {
+    pub rows: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+}
+
+impl Manifest {
+    pub fn total_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+}

@@ -1,0 +1,247 @@
+//! `backup`: pg_dump → compression → SHA-256 → repository, with table fingerprints taken in
+//! the dump's own snapshot, and a manifest written last. A failed backup leaves nothing
+//! that looks like a backup.
+
+use super::{StepContext, StepError};
+use crate::pg::conn::ConnInfo;
+use crate::pg::process::PgProcess;
+use crate::pg::{fingerprint, tools};
+use crate::plan::model::BackupParams;
+use crate::repo::manifest::{DumpFormat, FileEntry, FingerprintMode, Manifest, DumpOptions, MANIFEST_VERSION};
+use crate::repo::{BackupStore, pipeline};
+use crate::run::events::Outputs;
+use crate::steps::sql::classify;
+use chrono::Utc;
+use sqlx::{Connection, PgConnection, Row};
+use std::time::Instant;
+
+pub fn describe(p: &BackupParams) -> String {
+    let what = p.database.as_deref().map_or_else(|| format!("the database of target `{}`", p.target), |d| format!("database `{d}` on target `{}`", p.target));
+    let mut s = format!(
+        "back up {what} to repository `{}` ({} format, {} compression, fingerprints: {})",
+        p.repository,
+        serde_json::to_value(p.format).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+        p.compression,
+        serde_json::to_value(p.fingerprint).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+    );
+    if p.schema_only {
+        s.push_str(", schema only");
+    }
+    if p.data_only {
+        s.push_str(", data only");
+    }
+    if !p.tables.is_empty() {
+        s.push_str(&format!(", tables {}", p.tables.join(" ")));
+    }
+    if !p.exclude_tables.is_empty() {
+        s.push_str(&format!(", excluding {}", p.exclude_tables.join(" ")));
+    }
+    s
+}
+
+/// Connects to the target (or the database the step names) and learns the server's version.
+pub struct Server {
+    pub conn: PgConnection,
+    pub info: ConnInfo,
+    pub major: u32,
+    pub version: String,
+    pub database: String,
+}
+
+pub async fn connect(url: &str, database: Option<&str>, what: &str) -> Result<Server, StepError> {
+    let info = ConnInfo::parse(url).map_err(StepError::permanent)?;
+    let info = match database {
+        Some(db) => info.with_database(db),
+        None => info,
+    };
+    let mut conn = info.connect().await.map_err(|e| classify(&e, &format!("cannot connect to {what}")))?;
+    let row = sqlx::query("select current_setting('server_version_num')::int, current_setting('server_version'), current_database()")
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|e| classify(&e, "cannot read the server version"))?;
+    let num: i32 = row.get(0);
+    Ok(Server { conn, info, major: (num / 10000) as u32, version: row.get(1), database: row.get(2) })
+}
+
+pub fn tool(name: &str, major: u32) -> Result<(std::path::PathBuf, String), StepError> {
+    let (path, _) = tools::find(name, Some(major)).map_err(StepError::permanent)?;
+    let version = std::process::Command::new(&path)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    Ok((path, version))
+}
+
+fn id_safe(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).take(40).collect()
+}
+
+pub async fn run(p: &BackupParams, ctx: &StepContext) -> Result<Outputs, StepError> {
+    let store = ctx.repository(&p.repository)?;
+    let created_at = Utc::now();
+    let clock = Instant::now();
+    let mut server = connect(ctx.target_url(&p.target)?, p.database.as_deref(), &format!("target `{}`", p.target)).await?;
+    let (pg_dump, pg_dump_version) = tool("pg_dump", server.major)?;
+    let backup_id = format!("{}-{}-{:04x}", created_at.format("%Y%m%dT%H%M%SZ"), id_safe(&server.database), fastrand::u16(..));
+
+    let result = dump(p, ctx, &store, &mut server, &pg_dump, &backup_id).await;
+    let (files, fingerprints) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            if let Err(d) = store.discard(&backup_id).await {
+                tracing::warn!("cleaning up unfinished backup {backup_id}: {d}");
+            }
+            return Err(e);
+        }
+    };
+    let _ = server.conn.close().await;
+    let manifest = Manifest {
+        manifest_version: MANIFEST_VERSION,
+        backup_id: backup_id.clone(),
+        created_at,
+        finished_at: Utc::now(),
+        duration_ms: clock.elapsed().as_millis() as u64,
+        database: server.database.clone(),
+        server_version: server.version.clone(),
+        pg_dump_version,
+        format: p.format,
+        compression: p.compression,
+        options: DumpOptions { schema_only: p.schema_only, data_only: p.data_only, tables: p.tables.clone(), exclude_tables: p.exclude_tables.clone() },
+        files,
+        fingerprint: effective_fingerprint(p),
+        fingerprints,
+        opsrunner_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    if let Err(e) = store.publish(&manifest).await {
+        let _ = store.discard(&backup_id).await;
+        return Err(StepError::transient(format!("cannot publish the manifest: {e}")));
+    }
+    let mut outputs = Outputs::new();
+    outputs.insert("backup_id".into(), backup_id.clone());
+    outputs.insert("uri".into(), store.uri(&backup_id));
+    outputs.insert("bytes".into(), manifest.total_bytes().to_string());
+    // One data file: its hash. Directory format: the first file is the table of contents.
+    outputs.insert("sha256".into(), manifest.files.first().map(|f| f.sha256.clone()).unwrap_or_default());
+    Ok(outputs)
+}
+
+/// Fingerprints describe the rows the dump holds: none for a schema-only dump, and none
+/// when table filters are used (pg_dump's pattern rules are not reproduced here).
+fn effective_fingerprint(p: &BackupParams) -> FingerprintMode {
+    if p.schema_only || !p.tables.is_empty() || !p.exclude_tables.is_empty() {
+        FingerprintMode::None
+    } else {
+        p.fingerprint
+    }
+}
+
+fn compression_threads() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+type DumpResult = (Vec<FileEntry>, std::collections::BTreeMap<String, crate::repo::manifest::TableFingerprint>);
+
+async fn dump(
+    p: &BackupParams,
+    ctx: &StepContext,
+    store: &crate::repo::local::LocalStore,
+    server: &mut Server,
+    pg_dump: &std::path::Path,
+    backup_id: &str,
+) -> Result<DumpResult, StepError> {
+    // One snapshot for the dump and the fingerprints: they describe the same data.
+    sqlx::raw_sql("begin isolation level repeatable read read only")
+        .execute(&mut server.conn)
+        .await
+        .map_err(|e| classify(&e, "cannot start the snapshot transaction"))?;
+    let snapshot: String = sqlx::query_scalar("select pg_export_snapshot()")
+        .fetch_one(&mut server.conn)
+        .await
+        .map_err(|e| classify(&e, "cannot export a snapshot"))?;
+
+    let mut args = vec![
+        p.format.pg_dump_flag().to_string(),
+        "--compress=0".into(),
+        "--no-sync".into(),
+        format!("--snapshot={snapshot}"),
+        format!("--dbname={}", server.info.public_url()),
+    ];
+    if p.schema_only {
+        args.push("--schema-only".into());
+    }
+    if p.data_only {
+        args.push("--data-only".into());
+    }
+    for t in &p.tables {
+        args.push(format!("--table={t}"));
+    }
+    for t in &p.exclude_tables {
+        args.push(format!("--exclude-table={t}"));
+    }
+    let info = server.info.clone();
+    let configure = |c: &mut tokio::process::Command| info.apply_to(c);
+    let ext = p.compression.extension();
+    let threads = compression_threads();
+    let fingerprint_mode = effective_fingerprint(p);
+
+    let files_fut = async {
+        match p.format {
+            DumpFormat::Custom | DumpFormat::Plain => {
+                let name = if p.format == DumpFormat::Custom { format!("dump.pgdump{ext}") } else { format!("dump.sql{ext}") };
+                let mut process = PgProcess::spawn(pg_dump, &args, ctx, configure, false, true)?;
+                let stdout = process.stdout();
+                let stored = tokio::select! {
+                    r = pipeline::store(store, backup_id, &name, stdout, p.compression, threads) => r,
+                    _ = ctx.cancel.cancelled() => {
+                        process.stop(ctx).await;
+                        return Err(StepError::cancelled());
+                    }
+                };
+                // pg_dump's exit status decides; a write error usually follows from it.
+                process.finish(ctx).await?;
+                let entry = stored.map_err(|e| StepError::transient(format!("writing {name}: {e}")))?;
+                Ok(vec![entry])
+            }
+            DumpFormat::Directory => {
+                // pg_dump writes a directory itself; spool it locally, then store each file.
+                let spool = tempfile::Builder::new().prefix("opsrunner-dump-").tempdir().map_err(|e| StepError::transient(format!("cannot create a spool directory: {e}")))?;
+                let out = spool.path().join("dump");
+                let mut dir_args = args.clone();
+                dir_args.push(format!("--jobs={}", p.jobs.unwrap_or(1)));
+                dir_args.push(format!("--file={}", out.display()));
+                let process = PgProcess::spawn(pg_dump, &dir_args, ctx, configure, false, false)?;
+                process.finish(ctx).await?;
+                let mut names: Vec<String> = std::fs::read_dir(&out)
+                    .map_err(|e| StepError::transient(format!("reading pg_dump's output: {e}")))?
+                    .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+                    .collect();
+                // toc.dat first: it is the file a reader needs before any other.
+                names.sort_by_key(|n| (n != "toc.dat", n.clone()));
+                let mut entries = Vec::new();
+                for n in names {
+                    let file = tokio::fs::File::open(out.join(&n)).await.map_err(|e| StepError::transient(format!("{n}: {e}")))?;
+                    let name = format!("dump/{n}{ext}");
+                    let entry = tokio::select! {
+                        r = pipeline::store(store, backup_id, &name, file, p.compression, threads) => r.map_err(|e| StepError::transient(format!("writing {name}: {e}")))?,
+                        _ = ctx.cancel.cancelled() => return Err(StepError::cancelled()),
+                    };
+                    entries.push(entry);
+                }
+                Ok(entries)
+            }
+        }
+    };
+    let conn = &mut server.conn;
+    let fingerprints_fut = async {
+        tokio::select! {
+            r = fingerprint::take(conn, fingerprint_mode, None) => r.map_err(|e| classify(&e, "fingerprinting tables failed")),
+            _ = ctx.cancel.cancelled() => Err(StepError::cancelled()),
+        }
+    };
+    let (files, fingerprints) = tokio::join!(files_fut, fingerprints_fut);
+    let files = files?;
+    let fingerprints = fingerprints?;
+    let _ = sqlx::raw_sql("commit").execute(&mut server.conn).await;
+    Ok((files, fingerprints))
+}
