@@ -308,6 +308,8 @@ pub async fn apply(args: ApplyArgs) -> Result<(), Failure> {
     let builder = consumer.await.expect("the reporter task does not panic");
     let status = if summary.cancelled {
         RunStatus::Cancelled
+    } else if summary.refused {
+        RunStatus::Refused
     } else if summary.failed {
         RunStatus::Failed
     } else {
@@ -317,6 +319,9 @@ pub async fn apply(args: ApplyArgs) -> Result<(), Failure> {
     match status {
         RunStatus::Cancelled => Err(Failure::Interrupted),
         RunStatus::Failed => Err(Failure::StepsFailed),
+        RunStatus::Refused => Err(Failure::Refused(
+            "a step was refused by a safety rule (see its error above)".into(),
+        )),
         _ => Ok(()),
     }
 }

@@ -44,21 +44,33 @@ pub async fn take(
             ),
             _ => format!("select count(*), null::text from {table}"),
         };
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_one(&mut *conn).await?;
-        out.insert(table, TableFingerprint { rows: row.try_get(0)?, hash: row.try_get(1)? });
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&mut *conn)
+            .await?;
+        out.insert(
+            table,
+            TableFingerprint {
+                rows: row.try_get(0)?,
+                hash: row.try_get(1)?,
+            },
+        );
     }
     Ok(out)
 }
 
 /// Differences between two fingerprint sets, one line each.
-pub fn compare(expected: &BTreeMap<String, TableFingerprint>, actual: &BTreeMap<String, TableFingerprint>) -> Vec<String> {
+pub fn compare(
+    expected: &BTreeMap<String, TableFingerprint>,
+    actual: &BTreeMap<String, TableFingerprint>,
+) -> Vec<String> {
     let mut problems = Vec::new();
     for (table, want) in expected {
         match actual.get(table) {
             None => problems.push(format!("{table}: missing after restore")),
-            Some(got) if got.rows != want.rows => {
-                problems.push(format!("{table}: {} rows after restore, {} in the backup", got.rows, want.rows))
-            }
+            Some(got) if got.rows != want.rows => problems.push(format!(
+                "{table}: {} rows after restore, {} in the backup",
+                got.rows, want.rows
+            )),
             Some(got) if want.hash.is_some() && got.hash != want.hash => {
                 problems.push(format!("{table}: same row count, different content"))
             }
@@ -67,7 +79,9 @@ pub fn compare(expected: &BTreeMap<String, TableFingerprint>, actual: &BTreeMap<
     }
     for table in actual.keys() {
         if !expected.contains_key(table) {
-            problems.push(format!("{table}: present after restore but not in the backup"));
+            problems.push(format!(
+                "{table}: present after restore but not in the backup"
+            ));
         }
     }
     problems

@@ -5,4 +5,5 @@ pub mod cluster;
 pub mod conn;
 pub mod fingerprint;
 pub mod process;
+pub mod restore;
 pub mod tools;

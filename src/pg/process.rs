@@ -21,27 +21,56 @@ pub struct PgProcess {
 
 impl PgProcess {
     /// Spawns `program args…`; stdin and stdout are pipes when asked for.
-    pub fn spawn(program: &Path, args: &[String], ctx: &StepContext, configure: impl FnOnce(&mut Command), stdin: bool, stdout: bool) -> Result<PgProcess, StepError> {
-        let name = program.file_name().map_or_else(|| "program".into(), |n| n.to_string_lossy().into_owned());
+    pub fn spawn(
+        program: &Path,
+        args: &[String],
+        ctx: &StepContext,
+        configure: impl FnOnce(&mut Command),
+        stdin: bool,
+        stdout: bool,
+    ) -> Result<PgProcess, StepError> {
+        let name = program
+            .file_name()
+            .map_or_else(|| "program".into(), |n| n.to_string_lossy().into_owned());
         let mut command = Command::new(program);
         command
             .args(args)
             .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
-            .stdout(if stdout { Stdio::piped() } else { Stdio::null() })
+            .stdout(if stdout {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stderr(Stdio::piped())
             // Messages in English whatever the machine's locale, for error classification.
             .env("LC_MESSAGES", "C");
         configure(&mut command);
         tracing::debug!(program = %program.display(), ?args, "spawning");
-        let mut group = ProcessGroup::spawn(&mut command).map_err(|e| StepError::permanent(format!("cannot start {name}: {e}")))?;
+        let mut group = ProcessGroup::spawn(&mut command)
+            .map_err(|e| StepError::permanent(format!("cannot start {name}: {e}")))?;
         let stderr = group.child_mut().stderr.take().expect("stderr is piped");
         let tail = Arc::new(Mutex::new(VecDeque::new()));
-        let stderr_task = tokio::spawn(forward_stderr(stderr, ctx.events.clone(), ctx.step_id.clone(), tail.clone(), name.clone()));
-        Ok(PgProcess { name, group, stderr_tail: tail, stderr_task })
+        let stderr_task = tokio::spawn(forward_stderr(
+            stderr,
+            ctx.events.clone(),
+            ctx.step_id.clone(),
+            tail.clone(),
+            name.clone(),
+        ));
+        Ok(PgProcess {
+            name,
+            group,
+            stderr_tail: tail,
+            stderr_task,
+        })
     }
 
     pub fn stdout(&mut self) -> ChildStdout {
-        self.group.child_mut().stdout.take().expect("stdout is piped")
+        self.group
+            .child_mut()
+            .stdout
+            .take()
+            .expect("stdout is piped")
     }
 
     pub fn stdin(&mut self) -> ChildStdin {
@@ -73,7 +102,13 @@ impl PgProcess {
     }
 }
 
-async fn forward_stderr(stderr: tokio::process::ChildStderr, events: Events, step: String, tail: Arc<Mutex<VecDeque<String>>>, name: String) {
+async fn forward_stderr(
+    stderr: tokio::process::ChildStderr,
+    events: Events,
+    step: String,
+    tail: Arc<Mutex<VecDeque<String>>>,
+    name: String,
+) {
     let mut lines = BufReader::new(stderr).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         {
@@ -89,7 +124,16 @@ async fn forward_stderr(stderr: tokio::process::ChildStderr, events: Events, ste
 
 /// Connection trouble is worth a retry; a missing table or a permission error is not.
 fn classify(message: &str) -> StepError {
-    let transient = ["could not connect", "connection to server", "server closed the connection", "terminating connection", "could not receive data", "timeout", "deadlock", "could not serialize"];
+    let transient = [
+        "could not connect",
+        "connection to server",
+        "server closed the connection",
+        "terminating connection",
+        "could not receive data",
+        "timeout",
+        "deadlock",
+        "could not serialize",
+    ];
     if transient.iter().any(|t| message.contains(t)) {
         StepError::transient(message)
     } else {

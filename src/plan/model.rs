@@ -181,10 +181,12 @@ pub enum StepKind {
     Sql(SqlParams),
     WaitReady(WaitReadyParams),
     Backup(BackupParams),
+    Restore(RestoreParams),
+    Verify(VerifyParams),
 }
 
 /// The names of all step types, for "unknown step type" suggestions.
-pub const STEP_TYPES: &[&str] = &["shell", "sql", "wait_ready", "backup"];
+pub const STEP_TYPES: &[&str] = &["shell", "sql", "wait_ready", "backup", "restore", "verify"];
 
 impl StepKind {
     pub fn type_name(&self) -> &'static str {
@@ -193,6 +195,8 @@ impl StepKind {
             StepKind::Sql(_) => "sql",
             StepKind::WaitReady(_) => "wait_ready",
             StepKind::Backup(_) => "backup",
+            StepKind::Restore(_) => "restore",
+            StepKind::Verify(_) => "verify",
         }
     }
 
@@ -206,6 +210,8 @@ impl StepKind {
             "sql" => StepKind::Sql(de(params)?),
             "wait_ready" => StepKind::WaitReady(de(params)?),
             "backup" => StepKind::Backup(de(params)?),
+            "restore" => StepKind::Restore(de(params)?),
+            "verify" => StepKind::Verify(de(params)?),
             _ => return Err(ParamsError::UnknownType),
         })
     }
@@ -217,6 +223,8 @@ impl StepKind {
             "sql" => SqlParams::json_schema(generator),
             "wait_ready" => WaitReadyParams::json_schema(generator),
             "backup" => BackupParams::json_schema(generator),
+            "restore" => RestoreParams::json_schema(generator),
+            "verify" => VerifyParams::json_schema(generator),
             other => unreachable!("no schema for step type {other}"),
         }
     }
@@ -228,6 +236,8 @@ impl StepKind {
             StepKind::Sql(_) => &["rows", "value"],
             StepKind::WaitReady(_) => &["waited_ms", "server_version"],
             StepKind::Backup(_) => &["backup_id", "uri", "bytes", "sha256"],
+            StepKind::Restore(_) => &["backup_id", "database", "duration_ms"],
+            StepKind::Verify(_) => &["backup_id", "checks", "restore_duration_ms", "backup_age_s"],
         }
     }
 
@@ -238,6 +248,8 @@ impl StepKind {
             StepKind::Sql(p) => Some(&p.target),
             StepKind::WaitReady(p) => Some(&p.target),
             StepKind::Backup(p) => Some(&p.target),
+            StepKind::Restore(p) => Some(&p.into.target),
+            StepKind::Verify(p) => p.restore_into.as_ref().map(|n| n.target.as_str()),
         }
     }
 
@@ -245,6 +257,8 @@ impl StepKind {
     pub fn repository(&self) -> Option<&str> {
         match self {
             StepKind::Backup(p) => Some(&p.repository),
+            StepKind::Restore(p) => Some(&p.repository),
+            StepKind::Verify(p) => Some(&p.repository),
             _ => None,
         }
     }
@@ -281,6 +295,9 @@ pub struct ShellParams {
 pub struct SqlParams {
     /// Name of a target declared under `targets`.
     pub target: String,
+    /// Database on the target's server (default: the one in the target's URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
     /// SQL text to run (give either `query` or `file`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
@@ -336,6 +353,62 @@ pub struct BackupParams {
     /// Table fingerprints recorded in the manifest, from the dump's own snapshot.
     #[serde(default)]
     pub fingerprint: FingerprintMode,
+}
+
+/// Where a restore goes: a database on a target (the "namespace").
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Namespace {
+    /// Name of a target declared under `targets`.
+    pub target: String,
+    /// Database to create and restore into.
+    pub database: String,
+}
+
+/// `restore`: a backup from a repository into a database.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreParams {
+    /// Name of a repository declared under `repositories`.
+    pub repository: String,
+    /// A backup id, or `latest` (default).
+    #[serde(default = "latest")]
+    pub backup: String,
+    /// With `backup: latest`: the latest backup of this database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_database: Option<String>,
+    pub into: Namespace,
+    /// Replace the database when it exists and is not empty (destructive).
+    #[serde(default)]
+    pub overwrite: bool,
+    /// Parallel pg_restore workers (custom and directory formats).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobs: Option<u32>,
+    /// Do not restore object owners and privileges (when the roles do not exist there).
+    #[serde(default)]
+    pub no_owner: bool,
+}
+
+/// `verify`: proves a backup is intact and, with `restore_into`, that it restores.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyParams {
+    /// Name of a repository declared under `repositories`.
+    pub repository: String,
+    /// A backup id, or `latest` (default).
+    #[serde(default = "latest")]
+    pub backup: String,
+    /// Restore into this scratch database (which must not exist), compare the table
+    /// fingerprints with the manifest's, then drop it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_into: Option<Namespace>,
+    /// Parallel pg_restore workers for the test restore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobs: Option<u32>,
+}
+
+fn latest() -> String {
+    "latest".into()
 }
 
 fn default_interval() -> HumanDuration {

@@ -239,7 +239,12 @@ impl Validator<'_> {
                         format!("declared repositories: {}", names.join(", "))
                     }
                 });
-                self.report(&step_path(i, &[key("repository")]), format!("unknown repository `{repo}`"), 0, Some(help));
+                self.report(
+                    &step_path(i, &[key("repository")]),
+                    format!("unknown repository `{repo}`"),
+                    0,
+                    Some(help),
+                );
             }
             if let StepKind::Backup(p) = &step.kind {
                 if p.jobs.is_some() && p.format != crate::repo::manifest::DumpFormat::Directory {
@@ -251,7 +256,12 @@ impl Validator<'_> {
                     );
                 }
                 if p.schema_only && p.data_only {
-                    self.report(&step_path(i, &[key("data_only")]), "`schema_only` and `data_only` exclude each other".into(), 0, None);
+                    self.report(
+                        &step_path(i, &[key("data_only")]),
+                        "`schema_only` and `data_only` exclude each other".into(),
+                        0,
+                        None,
+                    );
                 }
             }
             if let StepKind::Shell(p) = &step.kind {

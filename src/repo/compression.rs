@@ -25,21 +25,34 @@ pub struct Compression {
 
 impl Default for Compression {
     fn default() -> Self {
-        Compression { algorithm: Algorithm::Zstd, level: None }
+        Compression {
+            algorithm: Algorithm::Zstd,
+            level: None,
+        }
     }
 }
 
 impl Compression {
     pub fn parse(text: &str) -> Result<Compression, String> {
         let (name, level) = match text.split_once(':') {
-            Some((n, l)) => (n, Some(l.parse::<i32>().map_err(|_| format!("`{l}` is not a compression level"))?)),
+            Some((n, l)) => (
+                n,
+                Some(
+                    l.parse::<i32>()
+                        .map_err(|_| format!("`{l}` is not a compression level"))?,
+                ),
+            ),
             None => (text, None),
         };
         let algorithm = match name {
             "none" => Algorithm::None,
             "gzip" => Algorithm::Gzip,
             "zstd" => Algorithm::Zstd,
-            other => return Err(format!("unknown compression `{other}`; use none, gzip[:1-9] or zstd[:1-19]")),
+            other => {
+                return Err(format!(
+                    "unknown compression `{other}`; use none, gzip[:1-9] or zstd[:1-19]"
+                ));
+            }
         };
         let range = match algorithm {
             Algorithm::None => 0..=0,
@@ -49,7 +62,11 @@ impl Compression {
         if let Some(l) = level
             && (algorithm == Algorithm::None || !range.contains(&l))
         {
-            return Err(format!("level {l} is out of range for {name} ({}–{})", range.start(), range.end()));
+            return Err(format!(
+                "level {l} is out of range for {name} ({}–{})",
+                range.start(),
+                range.end()
+            ));
         }
         Ok(Compression { algorithm, level })
     }
@@ -68,7 +85,11 @@ impl Compression {
     }
 
     /// Wraps a reader of raw bytes into a reader of compressed bytes.
-    pub fn encoder<'a>(&self, input: impl AsyncBufRead + Send + 'a, threads: u32) -> Pin<Box<dyn AsyncRead + Send + 'a>> {
+    pub fn encoder<'a>(
+        &self,
+        input: impl AsyncBufRead + Send + 'a,
+        threads: u32,
+    ) -> Pin<Box<dyn AsyncRead + Send + 'a>> {
         use async_compression::tokio::bufread::{GzipEncoder, ZstdEncoder};
         match self.algorithm {
             Algorithm::None => Box::pin(input),
@@ -86,7 +107,10 @@ impl Compression {
     }
 
     /// Wraps a reader of compressed bytes into a reader of raw bytes.
-    pub fn decoder<'a>(&self, input: impl AsyncBufRead + Send + 'a) -> Pin<Box<dyn AsyncRead + Send + 'a>> {
+    pub fn decoder<'a>(
+        &self,
+        input: impl AsyncBufRead + Send + 'a,
+    ) -> Pin<Box<dyn AsyncRead + Send + 'a>> {
         use async_compression::tokio::bufread::{GzipDecoder, ZstdDecoder};
         match self.algorithm {
             Algorithm::None => Box::pin(input),
@@ -144,7 +168,10 @@ mod tests {
     #[test]
     fn parses_levels_and_rejects_nonsense() {
         assert_eq!(Compression::parse("zstd:19").unwrap().level, Some(19));
-        assert_eq!(Compression::parse("gzip").unwrap().algorithm, Algorithm::Gzip);
+        assert_eq!(
+            Compression::parse("gzip").unwrap().algorithm,
+            Algorithm::Gzip
+        );
         assert!(Compression::parse("zstd:22").is_err());
         assert!(Compression::parse("none:1").is_err());
         assert!(Compression::parse("lz4").is_err());
@@ -152,13 +179,21 @@ mod tests {
 
     #[tokio::test]
     async fn round_trips_every_algorithm() {
-        let data: Vec<u8> = (0..200_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let data: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
         for c in ["none", "gzip:1", "zstd", "zstd:5"] {
             let c = Compression::parse(c).unwrap();
             let mut compressed = Vec::new();
-            c.encoder(&data[..], 2).read_to_end(&mut compressed).await.unwrap();
+            c.encoder(&data[..], 2)
+                .read_to_end(&mut compressed)
+                .await
+                .unwrap();
             let mut back = Vec::new();
-            c.decoder(&compressed[..]).read_to_end(&mut back).await.unwrap();
+            c.decoder(&compressed[..])
+                .read_to_end(&mut back)
+                .await
+                .unwrap();
             assert_eq!(back, data, "{c}");
         }
     }

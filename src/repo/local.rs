@@ -30,14 +30,23 @@ impl LocalStore {
     /// anything that could leave the repository is refused.
     pub fn backup_dir(&self, backup_id: &str) -> io::Result<PathBuf> {
         if backup_id.is_empty() || backup_id.contains(['/', '\\']) || backup_id.starts_with('.') {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("invalid backup id `{backup_id}`")));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("invalid backup id `{backup_id}`"),
+            ));
         }
         Ok(self.root.join(backup_id))
     }
 
     fn file_path(&self, backup_id: &str, name: &str) -> io::Result<PathBuf> {
-        if name.split('/').any(|p| p.is_empty() || p == "." || p == "..") {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("invalid file name `{name}`")));
+        if name
+            .split('/')
+            .any(|p| p.is_empty() || p == "." || p == "..")
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("invalid file name `{name}`"),
+            ));
         }
         Ok(self.backup_dir(backup_id)?.join(name))
     }
@@ -54,7 +63,11 @@ struct LocalSink {
 }
 
 impl AsyncWrite for LocalSink {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let file = self.file.as_mut().expect("sink is open");
         Pin::new(file).poll_write(cx, buf)
     }
@@ -101,12 +114,23 @@ impl BackupStore for LocalStore {
 
     async fn create(&self, backup_id: &str, name: &str) -> io::Result<Box<dyn FileSink>> {
         let final_path = self.file_path(backup_id, name)?;
-        let dir = final_path.parent().expect("inside the backup directory").to_path_buf();
+        let dir = final_path
+            .parent()
+            .expect("inside the backup directory")
+            .to_path_buf();
         tokio::fs::create_dir_all(&dir).await?;
-        let file_name = final_path.file_name().expect("has a name").to_string_lossy().into_owned();
+        let file_name = final_path
+            .file_name()
+            .expect("has a name")
+            .to_string_lossy()
+            .into_owned();
         let partial = dir.join(format!(".{file_name}.partial"));
         let file = tokio::fs::File::create(&partial).await?;
-        Ok(Box::new(LocalSink { file: Some(file), partial, final_path }))
+        Ok(Box::new(LocalSink {
+            file: Some(file),
+            partial,
+            final_path,
+        }))
     }
 
     async fn publish(&self, manifest: &Manifest) -> io::Result<()> {
@@ -121,7 +145,9 @@ impl BackupStore for LocalStore {
         let dir = self.backup_dir(backup_id)?;
         if dir.join(MANIFEST_NAME).exists() {
             // Never delete a published backup by accident.
-            return Err(io::Error::other(format!("backup {backup_id} is published; not discarding it")));
+            return Err(io::Error::other(format!(
+                "backup {backup_id} is published; not discarding it"
+            )));
         }
         match tokio::fs::remove_dir_all(&dir).await {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
@@ -138,13 +164,19 @@ impl BackupStore for LocalStore {
         };
         while let Some(entry) = entries.next_entry().await? {
             let path = entry.path().join(MANIFEST_NAME);
-            let Ok(bytes) = tokio::fs::read(&path).await else { continue };
+            let Ok(bytes) = tokio::fs::read(&path).await else {
+                continue;
+            };
             match serde_json::from_slice::<Manifest>(&bytes) {
                 Ok(m) => out.push(m),
                 Err(e) => tracing::warn!("ignoring {}: not a valid manifest ({e})", path.display()),
             }
         }
-        out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.backup_id.cmp(&b.backup_id)));
+        out.sort_by(|a, b| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then_with(|| a.backup_id.cmp(&b.backup_id))
+        });
         Ok(out)
     }
 
@@ -152,12 +184,23 @@ impl BackupStore for LocalStore {
         let path = self.backup_dir(backup_id)?.join(MANIFEST_NAME);
         let bytes = tokio::fs::read(&path).await.map_err(|e| {
             if e.kind() == io::ErrorKind::NotFound {
-                io::Error::new(io::ErrorKind::NotFound, format!("no backup `{backup_id}` in {} (no manifest)", self.root.display()))
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!(
+                        "no backup `{backup_id}` in {} (no manifest)",
+                        self.root.display()
+                    ),
+                )
             } else {
                 e
             }
         })?;
-        serde_json::from_slice(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))
+        serde_json::from_slice(&bytes).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {e}", path.display()),
+            )
+        })
     }
 
     async fn open(&self, backup_id: &str, name: &str) -> io::Result<Reader> {

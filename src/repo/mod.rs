@@ -26,7 +26,11 @@ pub trait BackupStore: Send + Sync {
     /// Human-readable location, e.g. `file:///srv/backups/2026…`.
     fn uri(&self, backup_id: &str) -> String;
     /// Starts writing file `name` of backup `backup_id`.
-    fn create(&self, backup_id: &str, name: &str) -> impl Future<Output = io::Result<Box<dyn FileSink>>> + Send;
+    fn create(
+        &self,
+        backup_id: &str,
+        name: &str,
+    ) -> impl Future<Output = io::Result<Box<dyn FileSink>>> + Send;
     /// Publishes a backup by writing its manifest, last.
     fn publish(&self, manifest: &Manifest) -> impl Future<Output = io::Result<()>> + Send;
     /// Removes whatever an unfinished backup left behind.
@@ -41,7 +45,11 @@ pub trait BackupStore: Send + Sync {
 pub fn open(url: &str, base_dir: &Path) -> Result<local::LocalStore, String> {
     if let Some(path) = url.strip_prefix("file://") {
         let path = Path::new(path);
-        let root = if path.is_absolute() { path.to_path_buf() } else { base_dir.join(path) };
+        let root = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            base_dir.join(path)
+        };
         return Ok(local::LocalStore::new(root));
     }
     if url.starts_with("s3://") {
@@ -51,7 +59,13 @@ pub fn open(url: &str, base_dir: &Path) -> Result<local::LocalStore, String> {
 }
 
 /// Latest published backup, optionally of one database.
-pub async fn latest(store: &impl BackupStore, database: Option<&str>) -> io::Result<Option<Manifest>> {
+pub async fn latest(
+    store: &impl BackupStore,
+    database: Option<&str>,
+) -> io::Result<Option<Manifest>> {
     let all = store.list().await?;
-    Ok(all.into_iter().rev().find(|m| database.is_none_or(|d| m.database == d)))
+    Ok(all
+        .into_iter()
+        .rev()
+        .find(|m| database.is_none_or(|d| m.database == d)))
 }

@@ -39,11 +39,19 @@ pub async fn store(
         sink.write_all(&buf[..n]).await?;
     }
     sink.commit().await?;
-    Ok(FileEntry { name: name.to_string(), size, sha256: crate::plan::hex(&hasher.finalize()) })
+    Ok(FileEntry {
+        name: name.to_string(),
+        size,
+        sha256: crate::plan::hex(&hasher.finalize()),
+    })
 }
 
 /// Re-reads a stored file and compares its size and SHA-256 with the manifest's.
-pub async fn check(store: &impl BackupStore, backup_id: &str, entry: &FileEntry) -> Result<(), String> {
+pub async fn check(
+    store: &impl BackupStore,
+    backup_id: &str,
+    entry: &FileEntry,
+) -> Result<(), String> {
     let mut reader = store
         .open(backup_id, &entry.name)
         .await
@@ -52,7 +60,10 @@ pub async fn check(store: &impl BackupStore, backup_id: &str, entry: &FileEntry)
     let mut size = 0u64;
     let mut buf = vec![0u8; CHUNK];
     loop {
-        let n = reader.read(&mut buf).await.map_err(|e| format!("{}: read failed: {e}", entry.name))?;
+        let n = reader
+            .read(&mut buf)
+            .await
+            .map_err(|e| format!("{}: read failed: {e}", entry.name))?;
         if n == 0 {
             break;
         }
@@ -61,16 +72,27 @@ pub async fn check(store: &impl BackupStore, backup_id: &str, entry: &FileEntry)
     }
     let sha = crate::plan::hex(&hasher.finalize());
     if size != entry.size {
-        return Err(format!("{}: size is {size} bytes, the manifest says {}", entry.name, entry.size));
+        return Err(format!(
+            "{}: size is {size} bytes, the manifest says {}",
+            entry.name, entry.size
+        ));
     }
     if sha != entry.sha256 {
-        return Err(format!("{}: SHA-256 is {sha}, the manifest says {}", entry.name, entry.sha256));
+        return Err(format!(
+            "{}: SHA-256 is {sha}, the manifest says {}",
+            entry.name, entry.sha256
+        ));
     }
     Ok(())
 }
 
 /// A reader of a stored file's original (decompressed) bytes.
-pub async fn load(store: &impl BackupStore, backup_id: &str, name: &str, compression: Compression) -> io::Result<Reader> {
+pub async fn load(
+    store: &impl BackupStore,
+    backup_id: &str,
+    name: &str,
+    compression: Compression,
+) -> io::Result<Reader> {
     let raw = store.open(backup_id, name).await?;
     Ok(compression.decoder(BufReader::with_capacity(CHUNK, raw)))
 }

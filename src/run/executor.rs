@@ -62,6 +62,8 @@ pub struct ExecSummary {
     pub cancelled: bool,
     /// A step failed without `continue_on_error`.
     pub failed: bool,
+    /// A step was refused by a safety rule (exit code 3).
+    pub refused: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +87,8 @@ struct Finished {
     index: usize,
     status: StepStatus,
     outputs: Outputs,
+    /// The step failed because a safety rule refused it.
+    refused: bool,
 }
 
 pub async fn execute(
@@ -129,6 +133,7 @@ pub async fn execute(
     // Which step each task runs, so that a task that panics still gets its step marked.
     let mut task_steps: HashMap<tokio::task::Id, usize> = HashMap::new();
     let mut cancelled = false;
+    let mut refused = false;
     let concurrency = opts.concurrency.max(1);
 
     loop {
@@ -146,6 +151,7 @@ pub async fn execute(
                         cancel: cancel.clone(),
                         templates: templates.clone(),
                         context: crate::plan::template::subset(&context, &step_refs[i]),
+                        refused: Default::default(),
                     };
                     let handle = running.spawn(task.run());
                     task_steps.insert(handle.id(), i);
@@ -181,10 +187,11 @@ pub async fn execute(
                             outputs: Outputs::new(),
                             error: Some(format!("internal error in opsrunner: {e}")),
                         });
-                        Finished { index, status: StepStatus::Failed, outputs: Outputs::new() }
+                        Finished { index, status: StepStatus::Failed, outputs: Outputs::new(), refused: false }
                     }
                 };
                 state[done.index] = State::Done(done.status);
+                refused |= done.refused;
                 if done.status == StepStatus::Succeeded {
                     context["steps"][steps[done.index].id()] = json!({ "outputs": done.outputs });
                 }
@@ -227,6 +234,7 @@ pub async fn execute(
         statuses,
         cancelled,
         failed,
+        refused,
     }
 }
 
@@ -292,6 +300,7 @@ struct StepTask {
     cancel: CancellationToken,
     templates: Arc<Templates>,
     context: Value,
+    refused: std::sync::atomic::AtomicBool,
 }
 
 impl StepTask {
@@ -333,6 +342,7 @@ impl StepTask {
             index: self.index,
             status,
             outputs,
+            refused: self.refused.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -367,7 +377,13 @@ impl StepTask {
         }
         let repositories = kind
             .repository()
-            .and_then(|name| self.plan.plan.repositories.get(name).map(|r| (name.to_string(), r.url.clone())))
+            .and_then(|name| {
+                self.plan
+                    .plan
+                    .repositories
+                    .get(name)
+                    .map(|r| (name.to_string(), r.url.clone()))
+            })
             .into_iter()
             .collect();
         let ctx = StepContext {
@@ -449,6 +465,10 @@ impl StepTask {
                     if cancelled {
                         attempts.push(attempt);
                         return (StepStatus::Cancelled, Outputs::new(), Some(message));
+                    }
+                    if e.kind == ErrorKind::Refused {
+                        self.refused
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
                     }
                     if !transient || number == max {
                         attempts.push(attempt);

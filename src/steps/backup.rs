@@ -7,7 +7,9 @@ use crate::pg::conn::ConnInfo;
 use crate::pg::process::PgProcess;
 use crate::pg::{fingerprint, tools};
 use crate::plan::model::BackupParams;
-use crate::repo::manifest::{DumpFormat, FileEntry, FingerprintMode, Manifest, DumpOptions, MANIFEST_VERSION};
+use crate::repo::manifest::{
+    DumpFormat, DumpOptions, FileEntry, FingerprintMode, MANIFEST_VERSION, Manifest,
+};
 use crate::repo::{BackupStore, pipeline};
 use crate::run::events::Outputs;
 use crate::steps::sql::classify;
@@ -16,13 +18,22 @@ use sqlx::{Connection, PgConnection, Row};
 use std::time::Instant;
 
 pub fn describe(p: &BackupParams) -> String {
-    let what = p.database.as_deref().map_or_else(|| format!("the database of target `{}`", p.target), |d| format!("database `{d}` on target `{}`", p.target));
+    let what = p.database.as_deref().map_or_else(
+        || format!("the database of target `{}`", p.target),
+        |d| format!("database `{d}` on target `{}`", p.target),
+    );
     let mut s = format!(
         "back up {what} to repository `{}` ({} format, {} compression, fingerprints: {})",
         p.repository,
-        serde_json::to_value(p.format).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+        serde_json::to_value(p.format)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
         p.compression,
-        serde_json::to_value(p.fingerprint).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+        serde_json::to_value(p.fingerprint)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
     );
     if p.schema_only {
         s.push_str(", schema only");
@@ -54,13 +65,22 @@ pub async fn connect(url: &str, database: Option<&str>, what: &str) -> Result<Se
         Some(db) => info.with_database(db),
         None => info,
     };
-    let mut conn = info.connect().await.map_err(|e| classify(&e, &format!("cannot connect to {what}")))?;
+    let mut conn = info
+        .connect()
+        .await
+        .map_err(|e| classify(&e, &format!("cannot connect to {what}")))?;
     let row = sqlx::query("select current_setting('server_version_num')::int, current_setting('server_version'), current_database()")
         .fetch_one(&mut conn)
         .await
         .map_err(|e| classify(&e, "cannot read the server version"))?;
     let num: i32 = row.get(0);
-    Ok(Server { conn, info, major: (num / 10000) as u32, version: row.get(1), database: row.get(2) })
+    Ok(Server {
+        conn,
+        info,
+        major: (num / 10000) as u32,
+        version: row.get(1),
+        database: row.get(2),
+    })
 }
 
 pub fn tool(name: &str, major: u32) -> Result<(std::path::PathBuf, String), StepError> {
@@ -74,16 +94,35 @@ pub fn tool(name: &str, major: u32) -> Result<(std::path::PathBuf, String), Step
 }
 
 fn id_safe(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).take(40).collect()
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect()
 }
 
 pub async fn run(p: &BackupParams, ctx: &StepContext) -> Result<Outputs, StepError> {
     let store = ctx.repository(&p.repository)?;
     let created_at = Utc::now();
     let clock = Instant::now();
-    let mut server = connect(ctx.target_url(&p.target)?, p.database.as_deref(), &format!("target `{}`", p.target)).await?;
+    let mut server = connect(
+        ctx.target_url(&p.target)?,
+        p.database.as_deref(),
+        &format!("target `{}`", p.target),
+    )
+    .await?;
     let (pg_dump, pg_dump_version) = tool("pg_dump", server.major)?;
-    let backup_id = format!("{}-{}-{:04x}", created_at.format("%Y%m%dT%H%M%SZ"), id_safe(&server.database), fastrand::u16(..));
+    let backup_id = format!(
+        "{}-{}-{:04x}",
+        created_at.format("%Y%m%dT%H%M%SZ"),
+        id_safe(&server.database),
+        fastrand::u16(..)
+    );
 
     let result = dump(p, ctx, &store, &mut server, &pg_dump, &backup_id).await;
     let (files, fingerprints) = match result {
@@ -107,7 +146,12 @@ pub async fn run(p: &BackupParams, ctx: &StepContext) -> Result<Outputs, StepErr
         pg_dump_version,
         format: p.format,
         compression: p.compression,
-        options: DumpOptions { schema_only: p.schema_only, data_only: p.data_only, tables: p.tables.clone(), exclude_tables: p.exclude_tables.clone() },
+        options: DumpOptions {
+            schema_only: p.schema_only,
+            data_only: p.data_only,
+            tables: p.tables.clone(),
+            exclude_tables: p.exclude_tables.clone(),
+        },
         files,
         fingerprint: effective_fingerprint(p),
         fingerprints,
@@ -115,14 +159,23 @@ pub async fn run(p: &BackupParams, ctx: &StepContext) -> Result<Outputs, StepErr
     };
     if let Err(e) = store.publish(&manifest).await {
         let _ = store.discard(&backup_id).await;
-        return Err(StepError::transient(format!("cannot publish the manifest: {e}")));
+        return Err(StepError::transient(format!(
+            "cannot publish the manifest: {e}"
+        )));
     }
     let mut outputs = Outputs::new();
     outputs.insert("backup_id".into(), backup_id.clone());
     outputs.insert("uri".into(), store.uri(&backup_id));
     outputs.insert("bytes".into(), manifest.total_bytes().to_string());
     // One data file: its hash. Directory format: the first file is the table of contents.
-    outputs.insert("sha256".into(), manifest.files.first().map(|f| f.sha256.clone()).unwrap_or_default());
+    outputs.insert(
+        "sha256".into(),
+        manifest
+            .files
+            .first()
+            .map(|f| f.sha256.clone())
+            .unwrap_or_default(),
+    );
     Ok(outputs)
 }
 
@@ -140,7 +193,10 @@ fn compression_threads() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
 }
 
-type DumpResult = (Vec<FileEntry>, std::collections::BTreeMap<String, crate::repo::manifest::TableFingerprint>);
+type DumpResult = (
+    Vec<FileEntry>,
+    std::collections::BTreeMap<String, crate::repo::manifest::TableFingerprint>,
+);
 
 async fn dump(
     p: &BackupParams,
@@ -188,7 +244,11 @@ async fn dump(
     let files_fut = async {
         match p.format {
             DumpFormat::Custom | DumpFormat::Plain => {
-                let name = if p.format == DumpFormat::Custom { format!("dump.pgdump{ext}") } else { format!("dump.sql{ext}") };
+                let name = if p.format == DumpFormat::Custom {
+                    format!("dump.pgdump{ext}")
+                } else {
+                    format!("dump.sql{ext}")
+                };
                 let mut process = PgProcess::spawn(pg_dump, &args, ctx, configure, false, true)?;
                 let stdout = process.stdout();
                 let stored = tokio::select! {
@@ -200,12 +260,18 @@ async fn dump(
                 };
                 // pg_dump's exit status decides; a write error usually follows from it.
                 process.finish(ctx).await?;
-                let entry = stored.map_err(|e| StepError::transient(format!("writing {name}: {e}")))?;
+                let entry =
+                    stored.map_err(|e| StepError::transient(format!("writing {name}: {e}")))?;
                 Ok(vec![entry])
             }
             DumpFormat::Directory => {
                 // pg_dump writes a directory itself; spool it locally, then store each file.
-                let spool = tempfile::Builder::new().prefix("opsrunner-dump-").tempdir().map_err(|e| StepError::transient(format!("cannot create a spool directory: {e}")))?;
+                let spool = tempfile::Builder::new()
+                    .prefix("opsrunner-dump-")
+                    .tempdir()
+                    .map_err(|e| {
+                        StepError::transient(format!("cannot create a spool directory: {e}"))
+                    })?;
                 let out = spool.path().join("dump");
                 let mut dir_args = args.clone();
                 dir_args.push(format!("--jobs={}", p.jobs.unwrap_or(1)));
@@ -220,7 +286,9 @@ async fn dump(
                 names.sort_by_key(|n| (n != "toc.dat", n.clone()));
                 let mut entries = Vec::new();
                 for n in names {
-                    let file = tokio::fs::File::open(out.join(&n)).await.map_err(|e| StepError::transient(format!("{n}: {e}")))?;
+                    let file = tokio::fs::File::open(out.join(&n))
+                        .await
+                        .map_err(|e| StepError::transient(format!("{n}: {e}")))?;
                     let name = format!("dump/{n}{ext}");
                     let entry = tokio::select! {
                         r = pipeline::store(store, backup_id, &name, file, p.compression, threads) => r.map_err(|e| StepError::transient(format!("writing {name}: {e}")))?,

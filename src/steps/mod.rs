@@ -2,8 +2,10 @@
 //! what they share: the context a step runs in and how errors are classified.
 
 pub mod backup;
+pub mod restore;
 pub mod shell;
 pub mod sql;
+pub mod verify;
 pub mod wait_ready;
 
 use crate::plan::model::StepKind;
@@ -26,6 +28,8 @@ pub enum ErrorKind {
     Permanent,
     /// Stopped by a timeout or Ctrl-C.
     Cancelled,
+    /// A safety rule stopped the step before it changed anything (exit code 3).
+    Refused,
 }
 
 #[derive(Debug, Clone)]
@@ -124,6 +128,8 @@ impl StepRunner for Builtin {
             StepKind::Sql(p) => Box::pin(sql::run(p, ctx)),
             StepKind::WaitReady(p) => Box::pin(wait_ready::run(p, ctx)),
             StepKind::Backup(p) => Box::pin(backup::run(p, ctx)),
+            StepKind::Restore(p) => Box::pin(restore::run(p, ctx)),
+            StepKind::Verify(p) => Box::pin(verify::run(p, ctx)),
         }
     }
 }
@@ -135,6 +141,8 @@ pub fn describe(kind: &StepKind) -> String {
         StepKind::Sql(p) => sql::describe(p),
         StepKind::WaitReady(p) => wait_ready::describe(p),
         StepKind::Backup(p) => backup::describe(p),
+        StepKind::Restore(p) => restore::describe(p),
+        StepKind::Verify(p) => verify::describe(p),
     }
 }
 
@@ -142,7 +150,10 @@ pub fn describe(kind: &StepKind) -> String {
 /// `--confirm TARGET` on protected targets.
 pub fn destructive(kind: &StepKind, base_dir: &std::path::Path) -> bool {
     match kind {
-        StepKind::Shell(_) | StepKind::WaitReady(_) | StepKind::Backup(_) => false,
+        StepKind::Shell(_) | StepKind::WaitReady(_) | StepKind::Backup(_) | StepKind::Verify(_) => {
+            false
+        }
+        StepKind::Restore(p) => p.overwrite,
         StepKind::Sql(p) => sql::destructive(p, base_dir),
     }
 }

@@ -1,0 +1,325 @@
+//! `verify`: checks a backup by name — manifest, every file's size and SHA-256, the
+//! archive's table of contents — and with `restore_into` restores it into a scratch
+//! database, compares the table fingerprints with the manifest's and drops the scratch
+//! database again (also when something failed).
+
+use super::backup::{connect, tool};
+use super::restore::resolve;
+use super::{StepContext, StepError};
+use crate::pg::process::PgProcess;
+use crate::pg::{fingerprint, restore};
+use crate::plan::model::VerifyParams;
+use crate::repo::local::LocalStore;
+use crate::repo::manifest::{DumpFormat, FingerprintMode, MANIFEST_VERSION, Manifest};
+use crate::repo::pipeline;
+use crate::run::events::{Outputs, Stream};
+use crate::steps::sql::classify;
+use chrono::Utc;
+use sqlx::Connection;
+use std::time::Instant;
+use tokio::io::AsyncReadExt;
+
+pub fn describe(p: &VerifyParams) -> String {
+    let which = if p.backup == "latest" {
+        "the latest backup".to_string()
+    } else {
+        format!("backup {}", p.backup)
+    };
+    let mut s = format!(
+        "verify {which} in repository `{}`: manifest, file sizes and SHA-256, archive contents",
+        p.repository
+    );
+    if let Some(ns) = &p.restore_into {
+        s.push_str(&format!(
+            "; test-restore into scratch database `{}` on target `{}`, compare fingerprints, drop it",
+            ns.database, ns.target
+        ));
+    }
+    s
+}
+
+struct Checks {
+    results: Vec<(&'static str, Result<String, String>)>,
+}
+
+impl Checks {
+    fn record(&mut self, ctx: &StepContext, name: &'static str, result: Result<String, String>) {
+        let line = match &result {
+            Ok(detail) => format!(
+                "check {name}: pass{}",
+                if detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({detail})")
+                }
+            ),
+            Err(e) => format!("check {name}: FAIL: {e}"),
+        };
+        ctx.events.output(&ctx.step_id, Stream::Stdout, line);
+        self.results.push((name, result));
+    }
+
+    fn summary(&self) -> String {
+        self.results
+            .iter()
+            .map(|(n, r)| format!("{n}={}", if r.is_ok() { "pass" } else { "fail" }))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    fn failures(&self) -> Vec<String> {
+        self.results
+            .iter()
+            .filter_map(|(n, r)| r.as_ref().err().map(|e| format!("{n}: {e}")))
+            .collect()
+    }
+}
+
+pub async fn run(p: &VerifyParams, ctx: &StepContext) -> Result<Outputs, StepError> {
+    let store = ctx.repository(&p.repository)?;
+    let mut checks = Checks {
+        results: Vec::new(),
+    };
+    let manifest = match resolve(&store, &p.backup, None, &p.repository).await {
+        Ok(m) if m.manifest_version > MANIFEST_VERSION => {
+            checks.record(
+                ctx,
+                "manifest",
+                Err(format!(
+                    "manifest version {} is newer than this opsrunner understands",
+                    m.manifest_version
+                )),
+            );
+            return Err(StepError::permanent(format!(
+                "verify failed: {}",
+                checks.failures().join("; ")
+            )));
+        }
+        Ok(m) if m.files.is_empty() => {
+            checks.record(ctx, "manifest", Err("the manifest lists no files".into()));
+            return Err(StepError::permanent(format!(
+                "verify failed: {}",
+                checks.failures().join("; ")
+            )));
+        }
+        Ok(m) => m,
+        Err(e) => {
+            checks.record(ctx, "manifest", Err(e.message.clone()));
+            return Err(StepError {
+                message: format!("verify failed: manifest: {}", e.message),
+                ..e
+            });
+        }
+    };
+    checks.record(
+        ctx,
+        "manifest",
+        Ok(format!(
+            "{} files, {} bytes",
+            manifest.files.len(),
+            manifest.total_bytes()
+        )),
+    );
+
+    let mut file_problems = Vec::new();
+    for entry in &manifest.files {
+        if let Err(e) = pipeline::check(&store, &manifest.backup_id, entry).await {
+            file_problems.push(e);
+        }
+    }
+    let files_ok = file_problems.is_empty();
+    checks.record(
+        ctx,
+        "files",
+        if files_ok {
+            Ok(String::new())
+        } else {
+            Err(file_problems.join("; "))
+        },
+    );
+
+    // The rest reads the archive; with damaged files that can only fail in confusing ways.
+    let mut restore_ms = None;
+    if files_ok {
+        let toc = archive_contents(ctx, &store, &manifest).await;
+        let toc_ok = toc.is_ok();
+        checks.record(ctx, "archive", toc);
+        if let (Some(ns), true) = (&p.restore_into, toc_ok) {
+            let clock = Instant::now();
+            match test_restore(ctx, &store, &manifest, &ns.target, &ns.database, p.jobs).await {
+                Ok(result) => {
+                    restore_ms = Some(clock.elapsed().as_millis());
+                    checks.record(
+                        ctx,
+                        "restore",
+                        Ok(format!("{} ms", clock.elapsed().as_millis())),
+                    );
+                    checks.record(ctx, "fingerprints", result);
+                }
+                Err(e) if e.kind == super::ErrorKind::Cancelled => return Err(e),
+                Err(e) => checks.record(ctx, "restore", Err(e.message)),
+            }
+        }
+    }
+
+    let failures = checks.failures();
+    if !failures.is_empty() {
+        return Err(StepError::permanent(format!(
+            "verify of {} failed: {}",
+            manifest.backup_id,
+            failures.join("; ")
+        )));
+    }
+    let mut outputs = Outputs::new();
+    outputs.insert("backup_id".into(), manifest.backup_id.clone());
+    outputs.insert("checks".into(), checks.summary());
+    outputs.insert(
+        "restore_duration_ms".into(),
+        restore_ms.map(|m| m.to_string()).unwrap_or_default(),
+    );
+    outputs.insert(
+        "backup_age_s".into(),
+        (Utc::now() - manifest.created_at).num_seconds().to_string(),
+    );
+    Ok(outputs)
+}
+
+/// Lists the archive's table of contents with `pg_restore --list` (plain dumps: reads the
+/// whole script through decompression). Returns a short description.
+async fn archive_contents(
+    ctx: &StepContext,
+    store: &LocalStore,
+    manifest: &Manifest,
+) -> Result<String, String> {
+    match manifest.format {
+        DumpFormat::Plain => {
+            let mut reader = pipeline::load(
+                store,
+                &manifest.backup_id,
+                &manifest.files[0].name,
+                manifest.compression,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            let mut buf = vec![0u8; 1 << 20];
+            let mut total = 0u64;
+            loop {
+                let n = reader.read(&mut buf).await.map_err(|e| {
+                    format!("{}: decompression failed: {e}", manifest.files[0].name)
+                })?;
+                if n == 0 {
+                    break;
+                }
+                total += n as u64;
+            }
+            Ok(format!("SQL script, {total} bytes"))
+        }
+        DumpFormat::Custom | DumpFormat::Directory => {
+            let (pg_restore, _) = tools_for(manifest).map_err(|e| e.message)?;
+            let list = tempfile::NamedTempFile::new().map_err(|e| e.to_string())?;
+            let list_arg = format!("--file={}", list.path().display());
+            let result = if manifest.format == DumpFormat::Custom {
+                let process = PgProcess::spawn(
+                    &pg_restore,
+                    &["--list".into(), list_arg],
+                    ctx,
+                    |_| {},
+                    true,
+                    false,
+                )
+                .map_err(|e| e.message)?;
+                restore::feed(
+                    ctx,
+                    store,
+                    manifest,
+                    &manifest.files[0].name,
+                    process,
+                    false,
+                )
+                .await
+            } else {
+                let spool = tempfile::tempdir().map_err(|e| e.to_string())?;
+                let dir = restore::unpack_directory(store, manifest, spool.path())
+                    .await
+                    .map_err(|e| e.message)?;
+                let args = vec![
+                    "--list".into(),
+                    "--format=directory".into(),
+                    list_arg,
+                    dir.display().to_string(),
+                ];
+                PgProcess::spawn(&pg_restore, &args, ctx, |_| {}, false, false)
+                    .map_err(|e| e.message)?
+                    .finish(ctx)
+                    .await
+            };
+            result.map_err(|e| e.message)?;
+            let text = std::fs::read_to_string(list.path()).map_err(|e| e.to_string())?;
+            let entries = text
+                .lines()
+                .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
+                .count();
+            let data = text.lines().filter(|l| l.contains(" TABLE DATA ")).count();
+            Ok(format!("{entries} entries, {data} with table data"))
+        }
+    }
+}
+
+fn tools_for(manifest: &Manifest) -> Result<(std::path::PathBuf, String), StepError> {
+    let major = manifest
+        .pg_dump_version
+        .split(')')
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.split('.').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    tool("pg_restore", major)
+}
+
+/// Restores into a new scratch database, compares fingerprints, and drops it whatever
+/// happened. The outer result is the restore; the inner one the fingerprint comparison.
+async fn test_restore(
+    ctx: &StepContext,
+    store: &LocalStore,
+    manifest: &Manifest,
+    target: &str,
+    database: &str,
+    jobs: Option<u32>,
+) -> Result<Result<String, String>, StepError> {
+    let mut server = connect(ctx.target_url(target)?, None, &format!("target `{target}`")).await?;
+    if restore::database_exists(&mut server.conn, database).await? {
+        return Err(StepError::permanent(format!(
+            "scratch database `{database}` already exists on target `{target}`; verify only restores into a new database (e.g. `verify_{{{{ run.id }}}}`)"
+        )));
+    }
+    restore::create_database(&mut server.conn, database).await?;
+    let into = server.info.with_database(database);
+    let outcome = async {
+        restore::restore(ctx, store, manifest, &into, server.major, jobs, true).await?;
+        if manifest.fingerprint == FingerprintMode::None {
+            return Ok(Ok("not recorded in this backup".to_string()));
+        }
+        let mut conn = into
+            .connect()
+            .await
+            .map_err(|e| classify(&e, "cannot connect to the scratch database"))?;
+        let actual = fingerprint::take(&mut conn, manifest.fingerprint, None)
+            .await
+            .map_err(|e| classify(&e, "fingerprinting the restore failed"))?;
+        let _ = conn.close().await;
+        let problems = fingerprint::compare(&manifest.fingerprints, &actual);
+        Ok(if problems.is_empty() {
+            Ok(format!("{} tables match", actual.len()))
+        } else {
+            Err(problems.join("; "))
+        })
+    }
+    .await;
+    // Cleanup happens even after a failed or cancelled restore.
+    if let Err(e) = restore::drop_database(&mut server.conn, database).await {
+        tracing::warn!("dropping scratch database {database}: {e}");
+    }
+    let _ = server.conn.close().await;
+    outcome
+}
