@@ -45,6 +45,8 @@ impl PgProcess {
             // Messages in English whatever the machine's locale, for error classification.
             .env("LC_MESSAGES", "C");
         configure(&mut command);
+        // Visible in pg_stat_activity: which tool of which program holds a session.
+        command.env("PGAPPNAME", format!("opsrunner {name}"));
         tracing::debug!(program = %program.display(), ?args, "spawning");
         let mut group = ProcessGroup::spawn(&mut command)
             .map_err(|e| StepError::permanent(format!("cannot start {name}: {e}")))?;

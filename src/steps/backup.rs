@@ -74,6 +74,14 @@ pub async fn connect(url: &str, database: Option<&str>, what: &str) -> Result<Se
         .await
         .map_err(|e| classify(&e, "cannot read the server version"))?;
     let num: i32 = row.get(0);
+    if num >= 140000 {
+        // When opsrunner gives up (timeout, Ctrl-C) while a query waits for a lock, the
+        // server would otherwise keep the session until the lock is granted.
+        sqlx::raw_sql("set client_connection_check_interval = 1000")
+            .execute(&mut conn)
+            .await
+            .map_err(|e| classify(&e, "cannot configure the session"))?;
+    }
     Ok(Server {
         conn,
         info,
@@ -236,7 +244,15 @@ async fn dump(
         args.push(format!("--exclude-table={t}"));
     }
     let info = server.info.clone();
-    let configure = |c: &mut tokio::process::Command| info.apply_to(c);
+    let major = server.major;
+    let configure = |c: &mut tokio::process::Command| {
+        info.apply_to(c);
+        // A backend waiting for a lock does not notice its client is gone; after a timeout
+        // killed pg_dump it would linger until it got the lock. PG 14+ can check.
+        if major >= 14 {
+            c.env("PGOPTIONS", "-c client_connection_check_interval=1000");
+        }
+    };
     let ext = p.compression.extension();
     let threads = compression_threads();
     let fingerprint_mode = effective_fingerprint(p);

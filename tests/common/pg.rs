@@ -156,6 +156,79 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    fn tool(&self, name: &str) -> Command {
+        let mut cmd = Command::new(self.bin.join(name));
+        cmd.env("PGPASSWORD", PASSWORD);
+        cmd
+    }
+
+    /// Runs a SQL file with psql, stopping at the first error.
+    pub fn psql_file(&self, database: &str, file: &Path) {
+        let out = self
+            .tool("psql")
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-h"])
+            .arg(self.dir.path())
+            .args(["-p", &self.port.to_string(), "-d", database, "-f"])
+            .arg(file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "psql -f failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `pg_dump --schema-only`, without the random `\restrict` lines of PG 15.14+.
+    pub fn schema(&self, database: &str) -> String {
+        let out = self
+            .tool("pg_dump")
+            .args(["--schema-only", "--no-sync", "-U", "postgres", "-h"])
+            .arg(self.dir.path())
+            .args(["-p", &self.port.to_string(), "-d", database])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_dump failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Every user table's rows as `COPY … TO STDOUT` text, sorted, plus the large objects
+    /// and sequence values: an independent picture of a database's content.
+    pub fn content(&self, database: &str) -> String {
+        let tables = self.psql(
+            database,
+            "select format('%I.%I', schemaname, tablename) from pg_tables where schemaname not in ('pg_catalog', 'information_schema') order by 1",
+        );
+        let mut out = String::new();
+        for table in tables.lines() {
+            let copied = self.psql(database, &format!("copy {table} to stdout"));
+            let mut rows: Vec<&str> = copied.lines().collect();
+            rows.sort();
+            out.push_str(&format!(
+                "== {table} ({} rows)\n{}\n",
+                rows.len(),
+                rows.join("\n")
+            ));
+        }
+        out.push_str(&self.psql(database, "select string_agg(oid::text || ':' || md5(lo_get(oid)), ',' order by oid) from pg_largeobject_metadata"));
+        out.push('\n');
+        out.push_str(&self.psql(
+            database,
+            "select string_agg(format('%I.%I=%s', schemaname, sequencename, last_value), ',' order by schemaname, sequencename) from pg_sequences",
+        ));
+        out
+    }
+}
+
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {

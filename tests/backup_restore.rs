@@ -1,0 +1,346 @@
+//! Backups, verification and restores against real clusters: a hostile database round
+//! trip in every format and compression, checked by fingerprints and independently (schema
+//! dump and sorted table contents); a damaged backup; the restore guards; a timeout that
+//! must kill pg_dump.
+
+mod common;
+
+use common::Workspace;
+use common::pg::{Cluster, PASSWORD};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn hostile_source() -> Cluster {
+    let cluster = Cluster::start();
+    cluster.psql("postgres", "create database shop");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hostile.sql");
+    // The fixture must be readable by psql, which the harness runs as root: fine.
+    cluster.psql_file("shop", &fixture);
+    cluster
+}
+
+/// Equality with a readable failure: the first lines that differ, not two whole dumps.
+fn assert_same(expected: &str, actual: &str, what: &str) {
+    if expected == actual {
+        return;
+    }
+    let e: Vec<&str> = expected.lines().collect();
+    let a: Vec<&str> = actual.lines().collect();
+    let diff: Vec<String> = (0..e.len().max(a.len()))
+        .filter(|&i| e.get(i) != a.get(i))
+        .take(5)
+        .map(|i| {
+            format!(
+                "line {}: expected {:?}, got {:?}",
+                i + 1,
+                e.get(i),
+                a.get(i)
+            )
+        })
+        .collect();
+    panic!("{what} differs after restore:\n{}", diff.join("\n"));
+}
+
+const FORMATS: &[&str] = &["custom", "directory", "plain"];
+const COMPRESSIONS: &[&str] = &["none", "gzip:1", "zstd"];
+
+#[test]
+fn hostile_database_round_trips_in_every_format_and_compression() {
+    let cluster = hostile_source();
+    let ws = Workspace::new();
+    let mut plan = String::from(
+        r#"
+version: 1
+name: round-trip
+targets:
+  db: { url: "{{ env.DATABASE_URL }}" }
+repositories:
+  repo: { url: "file://./repo" }
+steps:
+"#,
+    );
+    let mut restored = Vec::new();
+    for format in FORMATS {
+        for compression in COMPRESSIONS {
+            let id = format!("{format}-{}", compression.replace(':', ""));
+            let db = format!("copy_{}", id.replace('-', "_"));
+            let jobs = if *format == "directory" {
+                "\n    jobs: 2"
+            } else {
+                ""
+            };
+            let restore_jobs = if *format == "plain" {
+                ""
+            } else {
+                "\n    jobs: 2"
+            };
+            plan.push_str(&format!(
+                r#"
+  - id: backup-{id}
+    type: backup
+    target: db
+    database: shop
+    repository: repo
+    format: {format}
+    compression: "{compression}"
+    fingerprint: full{jobs}
+  - id: verify-{id}
+    type: verify
+    needs: [backup-{id}]
+    repository: repo
+    backup: "{{{{ steps.backup-{id}.outputs.backup_id }}}}"
+    restore_into: {{ target: db, database: "verify_{{{{ run.id }}}}_{}" }}
+  - id: restore-{id}
+    type: restore
+    needs: [verify-{id}]
+    repository: repo
+    backup: "{{{{ steps.backup-{id}.outputs.backup_id }}}}"
+    into: {{ target: db, database: {db} }}{restore_jobs}
+"#,
+                id.replace('-', "_")
+            ));
+            restored.push((id, db));
+        }
+    }
+    let run = ws.apply_env(
+        &plan,
+        &["--concurrency", "2"],
+        &[("DATABASE_URL", &cluster.url("postgres"))],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(!run.everything().contains(PASSWORD), "the password leaked");
+
+    let source_schema = cluster.schema("shop");
+    let source_content = cluster.content("shop");
+    assert!(
+        source_content.contains("424242:"),
+        "fixture has large objects"
+    );
+    for (id, db) in restored {
+        let checks = run.step(&format!("verify-{id}"))["outputs"]["checks"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            checks, "manifest=pass files=pass archive=pass restore=pass fingerprints=pass",
+            "{id}"
+        );
+        assert_same(
+            &source_schema,
+            &cluster.schema(&db),
+            &format!("{id}: schema"),
+        );
+        assert_same(
+            &source_content,
+            &cluster.content(&db),
+            &format!("{id}: content"),
+        );
+    }
+    // Scratch databases of verify are gone.
+    assert_eq!(
+        cluster.psql(
+            "postgres",
+            "select count(*) from pg_database where datname like 'verify\\_%'"
+        ),
+        "0"
+    );
+}
+
+#[test]
+fn a_flipped_byte_makes_verify_fail_naming_the_file() {
+    let cluster = hostile_source();
+    let ws = Workspace::new();
+    let plan = r#"
+version: 1
+name: damage
+targets:
+  db: { url: "{{ env.DATABASE_URL }}" }
+repositories:
+  repo: { url: "file://./repo" }
+steps:
+  - { id: backup, type: backup, target: db, database: shop, repository: repo }
+"#;
+    let env = [("DATABASE_URL", cluster.url("postgres"))];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let run = ws.apply_env(plan, &[], &env);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let id = run.step("backup")["outputs"]["backup_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let file = ws.path("repo").join(&id).join("dump.pgdump.zst");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&file, bytes).unwrap();
+
+    let verify = format!(
+        "version: 1\nname: v\nrepositories:\n  repo: {{ url: \"file://./repo\" }}\nsteps:\n  - {{ id: verify, type: verify, repository: repo, backup: {id} }}\n"
+    );
+    let run = ws.apply(&verify, &[]);
+    assert_eq!(run.code, 1);
+    let reason = run.step("verify")["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("files: dump.pgdump.zst: SHA-256 is"),
+        "{reason}"
+    );
+    assert!(run.stderr.contains("check files: FAIL"), "{}", run.stderr);
+}
+
+#[test]
+fn restore_guards_refuse_and_touch_nothing() {
+    let cluster = hostile_source();
+    let ws = Workspace::new();
+    cluster.psql("postgres", "create database precious");
+    cluster.psql(
+        "precious",
+        "create table keep (v text); insert into keep values ('mine')",
+    );
+    let url = cluster.url("postgres");
+    let env = [("DATABASE_URL", url.as_str())];
+    let backup = ws.apply_env(
+        r#"
+version: 1
+name: b
+targets:
+  db: { url: "{{ env.DATABASE_URL }}" }
+repositories:
+  repo: { url: "file://./repo" }
+steps:
+  - { id: backup, type: backup, target: db, database: shop, repository: repo }
+"#,
+        &[],
+        &env,
+    );
+    assert_eq!(backup.code, 0, "{}", backup.stderr);
+
+    let restore = |overwrite: bool, protected: bool, args: &[&str]| {
+        ws.apply_env(
+            &format!(
+                r#"
+version: 1
+name: r
+targets:
+  db: {{ url: "{{{{ env.DATABASE_URL }}}}", protected: {protected} }}
+repositories:
+  repo: {{ url: "file://./repo" }}
+steps:
+  - {{ id: restore, type: restore, repository: repo, backup: latest, into: {{ target: db, database: precious }}, overwrite: {overwrite} }}
+"#
+            ),
+            args,
+            &env,
+        )
+    };
+    // Existing, non-empty database without overwrite: refused at run time.
+    let refused = restore(false, false, &[]);
+    assert_eq!(refused.code, 3, "{}", refused.stderr);
+    assert!(
+        refused.step("restore")["reason"]
+            .as_str()
+            .unwrap()
+            .contains("exists and is not empty")
+    );
+    assert_eq!(cluster.psql("precious", "select v from keep"), "mine");
+
+    // Overwrite on a protected target without --confirm: refused before anything runs.
+    let guarded = restore(true, true, &[]);
+    assert_eq!(guarded.code, 3, "{}", guarded.stderr);
+    assert!(
+        guarded.stderr.contains("--confirm db"),
+        "{}",
+        guarded.stderr
+    );
+    assert_eq!(cluster.psql("precious", "select v from keep"), "mine");
+
+    // With --confirm it replaces the database.
+    let done = restore(true, true, &["--confirm", "db"]);
+    assert_eq!(done.code, 0, "{}", done.stderr);
+    assert_eq!(
+        cluster.psql(
+            "precious",
+            "select count(*) from pg_tables where tablename = 'keep'"
+        ),
+        "0"
+    );
+    assert_eq!(
+        cluster.psql("precious", "select count(*) from public.parent"),
+        "100"
+    );
+}
+
+#[test]
+fn a_timeout_kills_pg_dump_and_publishes_nothing() {
+    let cluster = hostile_source();
+    let ws = Workspace::new();
+    // A session holding an exclusive lock makes pg_dump wait for as long as it lives.
+    let mut locker = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "psql -X -q '{}' -c 'begin; lock table public.parent in access exclusive mode; select pg_sleep(60)'",
+            cluster.url("shop")
+        ))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let url = cluster.url("postgres");
+    let run = ws.apply_env(
+        r#"
+version: 1
+name: slow
+targets:
+  db: { url: "{{ env.DATABASE_URL }}" }
+repositories:
+  repo: { url: "file://./repo" }
+steps:
+  - { id: backup, type: backup, target: db, database: shop, repository: repo, timeout: 2s }
+"#,
+        &["--kill-grace", "1s"],
+        &[("DATABASE_URL", url.as_str())],
+    );
+    let _ = locker.kill();
+    let _ = locker.wait();
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(run.status("backup"), "failed");
+    assert!(
+        run.step("backup")["reason"]
+            .as_str()
+            .unwrap()
+            .contains("timed out after 2s")
+    );
+    // No pg_dump process and no pg_dump session is left, and the repository holds no backup.
+    let marker = format!(":{}/shop", cluster.port);
+    let pg_dump_processes = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .filter(|c| c.contains("pg_dump") && c.contains(&marker))
+            .count()
+    };
+    let sessions = || {
+        cluster.psql(
+            "postgres",
+            "select count(*) from pg_stat_activity where application_name like 'opsrunner%'",
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (pg_dump_processes() > 0 || sessions() != "0") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(pg_dump_processes(), 0, "pg_dump survived the timeout");
+    assert_eq!(sessions(), "0", "a pg_dump session outlived the timeout: {}", cluster.psql("postgres", "select application_name, state, wait_event_type, query from pg_stat_activity where application_name like 'opsrunner%'"));
+    let leftovers: Vec<_> = std::fs::read_dir(ws.path("repo"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(
+        leftovers.iter().all(|p| !p.join("manifest.json").exists()),
+        "{leftovers:?}"
+    );
+    assert!(
+        leftovers.is_empty(),
+        "an unfinished backup was left behind: {leftovers:?}"
+    );
+}
