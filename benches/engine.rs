@@ -104,6 +104,11 @@ fn main() {
     let path = dir.path().join("generated.yaml");
     std::fs::write(&path, &yaml).unwrap();
 
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+
     // 1. validate + preview.
     let parse_only = time(|| {
         saphyr_parser::Parser::new_from_str(&yaml)
@@ -117,7 +122,7 @@ fn main() {
         };
         let prepared = commands::prepare(&args, BTreeMap::new())
             .unwrap_or_else(|e| panic!("generated plan is invalid:\n{}", e.message(false)));
-        let preview = commands::build_preview(&prepared, &[]);
+        let preview = runtime.block_on(commands::build_preview(&prepared, &[]));
         commands::render_preview(&preview, PreviewFormat::Text).len()
     });
     println!(
@@ -138,15 +143,17 @@ fn main() {
             ..Default::default()
         };
         let prepared = commands::prepare(&args, BTreeMap::new()).ok().unwrap();
-        let t = time(|| commands::build_preview(&prepared, &[]).steps.len());
+        let t = time(|| {
+            runtime
+                .block_on(commands::build_preview(&prepared, &[]))
+                .steps
+                .len()
+        });
         println!("  phase preview build: {:.2} ms", ms(t));
     }
 
     // 2. executor overhead.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+
     let source = PlanSource::read(&path).unwrap();
     let (source, valid) = plan::check(source).map_err(|e| e.render(false)).unwrap();
     let valid = Arc::new(valid);

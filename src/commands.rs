@@ -111,7 +111,7 @@ pub fn validate(args: &PlanArgs) -> Result<String, Failure> {
     ))
 }
 
-pub fn build_preview(p: &Prepared, confirm: &[String]) -> PlanPreview {
+pub async fn build_preview(p: &Prepared, confirm: &[String]) -> PlanPreview {
     preview::build(
         &PreviewInput {
             source: &p.source,
@@ -122,6 +122,7 @@ pub fn build_preview(p: &Prepared, confirm: &[String]) -> PlanPreview {
         },
         &p.redactor,
     )
+    .await
 }
 
 pub fn render_preview(preview: &PlanPreview, format: PreviewFormat) -> String {
@@ -135,7 +136,9 @@ pub fn render_preview(preview: &PlanPreview, format: PreviewFormat) -> String {
 /// `opsrunner plan`: the preview, to stdout or `out`.
 pub fn plan(args: &PlanArgs, format: PreviewFormat, out: Option<&Path>) -> Result<String, Failure> {
     let p = prepare(args, process_env())?;
-    let text = render_preview(&build_preview(&p, &args.confirm), format);
+    let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
+    let preview = runtime.block_on(build_preview(&p, &args.confirm));
+    let text = render_preview(&preview, format);
     match out {
         Some(path) => {
             write_atomically(path, &text)?;
@@ -241,7 +244,7 @@ pub async fn apply(args: ApplyArgs) -> Result<(), Failure> {
         }
     };
     if args.dry_run {
-        let preview = build_preview(&p, &args.plan.confirm);
+        let preview = build_preview(&p, &args.plan.confirm).await;
         print!("{}", render_preview(&preview, PreviewFormat::Text));
         let builder = ReportBuilder::new(&p.source, &p.plan, &run.id, Mode::DryRun, run.started_at);
         return write_report(&builder.finish(RunStatus::Planned));

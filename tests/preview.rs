@@ -15,7 +15,7 @@ fn fixture_env() -> BTreeMap<String, String> {
     ])
 }
 
-fn preview(format: PreviewFormat, confirm: Vec<String>) -> String {
+async fn preview(format: PreviewFormat, confirm: Vec<String>) -> String {
     // A relative path keeps the snapshots independent of where the checkout lives.
     std::env::set_current_dir(env!("CARGO_MANIFEST_DIR")).unwrap();
     let args = PlanArgs {
@@ -25,7 +25,7 @@ fn preview(format: PreviewFormat, confirm: Vec<String>) -> String {
         color: false,
     };
     let prepared = commands::prepare(&args, fixture_env()).expect("fixture plan is valid");
-    let preview = commands::build_preview(&prepared, &confirm);
+    let preview = commands::build_preview(&prepared, &confirm).await;
     commands::render_preview(&preview, format)
 }
 
@@ -35,24 +35,24 @@ fn assert_no_secrets(text: &str) {
     }
 }
 
-#[test]
-fn preview_text() {
-    let out = preview(PreviewFormat::Text, vec![]);
+#[tokio::test]
+async fn preview_text() {
+    let out = preview(PreviewFormat::Text, vec![]).await;
     assert_no_secrets(&out);
     assert!(out.contains("(known after count)"));
     insta::assert_snapshot!(out);
 }
 
-#[test]
-fn preview_markdown() {
-    let out = preview(PreviewFormat::Markdown, vec![]);
+#[tokio::test]
+async fn preview_markdown() {
+    let out = preview(PreviewFormat::Markdown, vec![]).await;
     assert_no_secrets(&out);
     insta::assert_snapshot!(out);
 }
 
-#[test]
-fn preview_json() {
-    let out = preview(PreviewFormat::Json, vec!["app".into()]);
+#[tokio::test]
+async fn preview_json() {
+    let out = preview(PreviewFormat::Json, vec!["app".into()]).await;
     assert_no_secrets(&out);
     let value: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(value["confirmations_needed"], serde_json::json!([]));

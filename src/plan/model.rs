@@ -183,10 +183,23 @@ pub enum StepKind {
     Backup(BackupParams),
     Restore(RestoreParams),
     Verify(VerifyParams),
+    Migrate(MigrateParams),
+    Seed(SeedParams),
+    Reset(ResetParams),
 }
 
 /// The names of all step types, for "unknown step type" suggestions.
-pub const STEP_TYPES: &[&str] = &["shell", "sql", "wait_ready", "backup", "restore", "verify"];
+pub const STEP_TYPES: &[&str] = &[
+    "shell",
+    "sql",
+    "wait_ready",
+    "backup",
+    "restore",
+    "verify",
+    "migrate",
+    "seed",
+    "reset",
+];
 
 impl StepKind {
     pub fn type_name(&self) -> &'static str {
@@ -197,6 +210,9 @@ impl StepKind {
             StepKind::Backup(_) => "backup",
             StepKind::Restore(_) => "restore",
             StepKind::Verify(_) => "verify",
+            StepKind::Migrate(_) => "migrate",
+            StepKind::Seed(_) => "seed",
+            StepKind::Reset(_) => "reset",
         }
     }
 
@@ -212,6 +228,9 @@ impl StepKind {
             "backup" => StepKind::Backup(de(params)?),
             "restore" => StepKind::Restore(de(params)?),
             "verify" => StepKind::Verify(de(params)?),
+            "migrate" => StepKind::Migrate(de(params)?),
+            "seed" => StepKind::Seed(de(params)?),
+            "reset" => StepKind::Reset(de(params)?),
             _ => return Err(ParamsError::UnknownType),
         })
     }
@@ -225,6 +244,9 @@ impl StepKind {
             "backup" => BackupParams::json_schema(generator),
             "restore" => RestoreParams::json_schema(generator),
             "verify" => VerifyParams::json_schema(generator),
+            "migrate" => MigrateParams::json_schema(generator),
+            "seed" => SeedParams::json_schema(generator),
+            "reset" => ResetParams::json_schema(generator),
             other => unreachable!("no schema for step type {other}"),
         }
     }
@@ -238,6 +260,9 @@ impl StepKind {
             StepKind::Backup(_) => &["backup_id", "uri", "bytes", "sha256"],
             StepKind::Restore(_) => &["backup_id", "database", "duration_ms"],
             StepKind::Verify(_) => &["backup_id", "checks", "restore_duration_ms", "backup_age_s"],
+            StepKind::Migrate(_) => &["applied", "pending", "reverted"],
+            StepKind::Seed(_) => &["applied", "files"],
+            StepKind::Reset(_) => &["database", "migrations", "seeds"],
         }
     }
 
@@ -250,6 +275,9 @@ impl StepKind {
             StepKind::Backup(p) => Some(&p.target),
             StepKind::Restore(p) => Some(&p.into.target),
             StepKind::Verify(p) => p.restore_into.as_ref().map(|n| n.target.as_str()),
+            StepKind::Migrate(p) => Some(&p.target),
+            StepKind::Seed(p) => Some(&p.target),
+            StepKind::Reset(p) => Some(&p.target),
         }
     }
 
@@ -405,6 +433,104 @@ pub struct VerifyParams {
     /// Parallel pg_restore workers for the test restore.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jobs: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrateAction {
+    /// Apply pending migrations.
+    #[default]
+    Up,
+    /// Report applied and pending migrations; change nothing.
+    Status,
+    /// Undo the last `steps` applied migrations (needs `.down.sql` files).
+    Revert,
+}
+
+/// `migrate`: sqlx migrations from a directory (compatible with sqlx-cli's
+/// `_sqlx_migrations` table); each migration and its bookkeeping row in one transaction,
+/// under an advisory lock.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateParams {
+    pub target: String,
+    /// Database on the target's server (default: the one in the target's URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    #[serde(default)]
+    pub action: MigrateAction,
+    /// Directory of migrations, relative to the plan file.
+    #[serde(default = "default_migrations")]
+    pub dir: String,
+    /// `revert` only: how many migrations to undo (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<u32>,
+}
+
+fn default_migrations() -> String {
+    "migrations".into()
+}
+
+/// `seed`: the SQL files and CSV files (loaded with COPY) under `DIR/ENVIRONMENT/`, in
+/// name order, in one transaction. A seed set that already ran is not applied again
+/// unless `force: true`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SeedParams {
+    pub target: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// `production`, `development` or `test`: the subdirectory of `dir` to use.
+    pub environment: SeedEnvironment,
+    /// Directory of seed sets, relative to the plan file.
+    #[serde(default = "default_seeds")]
+    pub dir: String,
+    #[serde(default)]
+    pub force: bool,
+}
+
+fn default_seeds() -> String {
+    "seeds".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SeedEnvironment {
+    Production,
+    Development,
+    Test,
+}
+
+impl SeedEnvironment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SeedEnvironment::Production => "production",
+            SeedEnvironment::Development => "development",
+            SeedEnvironment::Test => "test",
+        }
+    }
+}
+
+/// `reset`: end other sessions, drop and recreate a database, run migrations, run seeds.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResetParams {
+    pub target: String,
+    /// The database to drop and recreate.
+    pub database: String,
+    /// Migrations directory to apply afterwards, relative to the plan file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrations: Option<String>,
+    /// Seeds directory to apply afterwards, relative to the plan file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seeds: Option<String>,
+    /// Which seed set to apply (default `development`).
+    #[serde(default = "default_environment")]
+    pub environment: SeedEnvironment,
+}
+
+fn default_environment() -> SeedEnvironment {
+    SeedEnvironment::Development
 }
 
 fn latest() -> String {

@@ -46,6 +46,9 @@ pub struct StepPreview {
     /// The target's connection URL as the step will use it, password redacted.
     pub target_url: Option<String>,
     pub protected_target: bool,
+    /// What the step will do in detail: exact SQL, pending migrations, seed files, which
+    /// backup `latest` is — read without changing anything.
+    pub details: Vec<String>,
 }
 
 pub struct PreviewInput<'a> {
@@ -56,7 +59,7 @@ pub struct PreviewInput<'a> {
     pub confirmed: &'a [String],
 }
 
-pub fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview {
+pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview {
     let plan = &input.plan.plan;
     let mut warnings = Vec::new();
     let context = preview_context(input, &mut warnings);
@@ -107,6 +110,33 @@ pub fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview {
             redactor.add_url_passwords(&url);
             redactor.redact(&url)
         });
+        let view_url = target
+            .as_ref()
+            .and_then(|t| plan.targets.get(t))
+            .and_then(|t| {
+                if t.ephemeral {
+                    None
+                } else {
+                    templates.render_str(t.url_template(), &context).ok()
+                }
+            });
+        let view = match target.as_ref().and_then(|t| plan.targets.get(t)) {
+            Some(t) if t.ephemeral => steps::preview_reads::TargetView::Ephemeral,
+            Some(_) => view_url.as_deref().map_or(
+                steps::preview_reads::TargetView::None,
+                steps::preview_reads::TargetView::Url,
+            ),
+            None => steps::preview_reads::TargetView::None,
+        };
+        let repo_url = kind
+            .repository()
+            .and_then(|r| plan.repositories.get(r))
+            .map(|r| r.url.as_str());
+        let details = steps::preview_reads::details(&kind, &base_dir, view, repo_url)
+            .await
+            .into_iter()
+            .map(|d| redactor.redact(&d))
+            .collect();
         let mut params = params;
         redactor.redact_json(&mut params);
         steps_out.push(StepPreview {
@@ -141,6 +171,7 @@ pub fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview {
             target,
             target_url,
             protected_target: protected,
+            details,
         });
     }
     PlanPreview {
@@ -246,6 +277,9 @@ pub fn render_text(p: &PlanPreview) -> String {
         if let (Some(t), Some(url)) = (&s.target, &s.target_url) {
             let _ = writeln!(out, "    target {t}: {url}");
         }
+        for d in &s.details {
+            let _ = writeln!(out, "    - {d}");
+        }
         if let Some(params) = s.params.as_object() {
             for (k, v) in params {
                 let shown = v.as_str().map_or_else(|| v.to_string(), str::to_string);
@@ -326,6 +360,9 @@ pub fn render_markdown(p: &PlanPreview) -> String {
         let _ = writeln!(out, "Will {}.\n", md_escape(&s.action));
         if let (Some(t), Some(url)) = (&s.target, &s.target_url) {
             let _ = writeln!(out, "- target `{t}`: `{url}`");
+        }
+        if !s.details.is_empty() {
+            let _ = writeln!(out, "\n```text\n{}\n```", s.details.join("\n"));
         }
         if let Some(r) = &s.retry {
             let _ = writeln!(out, "- retry: {r}");

@@ -2,7 +2,11 @@
 //! what they share: the context a step runs in and how errors are classified.
 
 pub mod backup;
+pub mod migrate;
+pub mod preview_reads;
+pub mod reset;
 pub mod restore;
+pub mod seed;
 pub mod shell;
 pub mod sql;
 pub mod verify;
@@ -130,6 +134,9 @@ impl StepRunner for Builtin {
             StepKind::Backup(p) => Box::pin(backup::run(p, ctx)),
             StepKind::Restore(p) => Box::pin(restore::run(p, ctx)),
             StepKind::Verify(p) => Box::pin(verify::run(p, ctx)),
+            StepKind::Migrate(p) => Box::pin(migrate::run(p, ctx)),
+            StepKind::Seed(p) => Box::pin(seed::run(p, ctx)),
+            StepKind::Reset(p) => Box::pin(reset::run(p, ctx)),
         }
     }
 }
@@ -143,6 +150,9 @@ pub fn describe(kind: &StepKind) -> String {
         StepKind::Backup(p) => backup::describe(p),
         StepKind::Restore(p) => restore::describe(p),
         StepKind::Verify(p) => verify::describe(p),
+        StepKind::Migrate(p) => migrate::describe(p),
+        StepKind::Seed(p) => seed::describe(p),
+        StepKind::Reset(p) => reset::describe(p),
     }
 }
 
@@ -154,6 +164,11 @@ pub fn destructive(kind: &StepKind, base_dir: &std::path::Path) -> bool {
             false
         }
         StepKind::Restore(p) => p.overwrite,
+        StepKind::Reset(_) => true,
+        // Migrations and seeds change a database, but that is what they are for; a revert
+        // may drop data.
+        StepKind::Migrate(p) => p.action == crate::plan::model::MigrateAction::Revert,
+        StepKind::Seed(_) => false,
         StepKind::Sql(p) => sql::destructive(p, base_dir),
     }
 }

@@ -1,0 +1,1 @@
+insert into customers (email, name) values ('test@example.com', 'Test User');

@@ -1,0 +1,2 @@
+drop table orders;
+drop type order_status;

@@ -1,0 +1,1 @@
+drop view customer_totals;

@@ -1,0 +1,213 @@
+//! `migrate`: sqlx's migrator on a directory, so the bookkeeping is sqlx-cli's own
+//! `_sqlx_migrations` table: each migration and its row in one transaction, under an
+//! advisory lock (sqlx's). `status` and the preview only read.
+
+use super::backup::connect;
+use super::{StepContext, StepError};
+use crate::plan::model::{MigrateAction, MigrateParams};
+use crate::run::events::{Outputs, Stream};
+use crate::steps::sql::classify;
+use sqlx::migrate::{Migrate, MigrateError, Migrator};
+use sqlx::{Connection, PgConnection};
+use std::path::Path;
+
+pub fn describe(p: &MigrateParams) -> String {
+    let db = p
+        .database
+        .as_deref()
+        .map(|d| format!(" database `{d}` on"))
+        .unwrap_or_default();
+    match p.action {
+        MigrateAction::Up => format!(
+            "apply pending migrations from {} to{db} target `{}`",
+            p.dir, p.target
+        ),
+        MigrateAction::Status => format!(
+            "report migration status of{db} target `{}` against {} (read only)",
+            p.target, p.dir
+        ),
+        MigrateAction::Revert => format!(
+            "revert the last {} applied migration(s) on{db} target `{}` using {}",
+            p.steps.unwrap_or(1),
+            p.target,
+            p.dir
+        ),
+    }
+}
+
+pub async fn load(dir: &Path) -> Result<Migrator, StepError> {
+    if !dir.is_dir() {
+        return Err(StepError::permanent(format!(
+            "migrations directory {} does not exist",
+            dir.display()
+        )));
+    }
+    Migrator::new(dir.to_path_buf()).await.map_err(|e| {
+        StepError::permanent(format!("cannot read migrations in {}: {e}", dir.display()))
+    })
+}
+
+/// `20240101120000_create_users` for each up migration, in order.
+pub fn names(migrator: &Migrator) -> Vec<(i64, String)> {
+    migrator
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration())
+        .map(|m| {
+            (
+                m.version,
+                format!("{}_{}", m.version, m.description.replace(' ', "_")),
+            )
+        })
+        .collect()
+}
+
+/// Versions recorded as applied, without creating anything.
+pub async fn applied(conn: &mut PgConnection) -> Result<Vec<i64>, StepError> {
+    let exists: bool = sqlx::query_scalar("select to_regclass('_sqlx_migrations') is not null")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| classify(&e, "cannot inspect the migrations table"))?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    sqlx::query_scalar("select version from _sqlx_migrations where success order by version")
+        .fetch_all(conn)
+        .await
+        .map_err(|e| classify(&e, "cannot read the migrations table"))
+}
+
+pub fn migrate_error(e: MigrateError) -> StepError {
+    match e {
+        MigrateError::Execute(e) => classify(&e, "migration failed"),
+        MigrateError::ExecuteMigration(e, version) => {
+            classify(&e, &format!("migration {version} failed (rolled back)"))
+        }
+        other => StepError::permanent(format!("migration failed: {other}")),
+    }
+}
+
+/// Applies pending migrations; returns the names of those applied now.
+pub async fn up(conn: &mut PgConnection, migrator: &Migrator) -> Result<Vec<String>, StepError> {
+    let before = applied(conn).await?;
+    // `run_direct` is sqlx's entry point for a plain connection: `run` needs an `Acquire`
+    // bound that cannot be proven for all lifetimes inside a boxed `Send` future.
+    migrator
+        .run_direct(None, conn, false)
+        .await
+        .map_err(migrate_error)?;
+    Ok(names(migrator)
+        .into_iter()
+        .filter(|(v, _)| !before.contains(v))
+        .map(|(_, n)| n)
+        .collect())
+}
+
+/// Reverts applied migrations newer than `target`, newest first, under the migration lock;
+/// what `Migrator::undo` does, on a plain connection (see `up`).
+async fn undo(
+    conn: &mut PgConnection,
+    migrator: &Migrator,
+    target: i64,
+) -> Result<(), MigrateError> {
+    const TABLE: &str = "_sqlx_migrations";
+    conn.lock().await?;
+    let result = async {
+        conn.ensure_migrations_table(TABLE).await?;
+        if let Some(v) = conn.dirty_version(TABLE).await? {
+            return Err(MigrateError::Dirty(v));
+        }
+        let applied: Vec<i64> = conn
+            .list_applied_migrations(TABLE)
+            .await?
+            .into_iter()
+            .map(|m| m.version)
+            .collect();
+        for m in migrator.iter().rev().filter(|m| {
+            m.migration_type.is_down_migration()
+                && applied.contains(&m.version)
+                && m.version > target
+        }) {
+            conn.revert(TABLE, m).await?;
+        }
+        Ok(())
+    }
+    .await;
+    conn.unlock().await?;
+    result
+}
+
+pub async fn run(p: &MigrateParams, ctx: &StepContext) -> Result<Outputs, StepError> {
+    let migrator = load(&ctx.resolve(&p.dir)).await?;
+    let mut server = connect(
+        ctx.target_url(&p.target)?,
+        p.database.as_deref(),
+        &format!("target `{}`", p.target),
+    )
+    .await?;
+    let all = names(&migrator);
+    let mut outputs = Outputs::new();
+    let say = |line: String| ctx.events.output(&ctx.step_id, Stream::Stdout, line);
+    match p.action {
+        MigrateAction::Up => {
+            let done = up(&mut server.conn, &migrator).await?;
+            done.iter().for_each(|n| say(format!("applied {n}")));
+            if done.is_empty() {
+                say("nothing to apply".into());
+            }
+            outputs.insert("applied".into(), done.join(" "));
+            outputs.insert("pending".into(), String::new());
+        }
+        MigrateAction::Status => {
+            let applied = applied(&mut server.conn).await?;
+            let (done, pending): (Vec<_>, Vec<_>) =
+                all.into_iter().partition(|(v, _)| applied.contains(v));
+            done.iter().for_each(|(_, n)| say(format!("applied  {n}")));
+            pending
+                .iter()
+                .for_each(|(_, n)| say(format!("pending  {n}")));
+            outputs.insert(
+                "applied".into(),
+                done.into_iter()
+                    .map(|(_, n)| n)
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            );
+            outputs.insert(
+                "pending".into(),
+                pending
+                    .into_iter()
+                    .map(|(_, n)| n)
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            );
+        }
+        MigrateAction::Revert => {
+            let mut applied = applied(&mut server.conn).await?;
+            applied.reverse();
+            let steps = p.steps.unwrap_or(1) as usize;
+            let target = applied.get(steps).copied().unwrap_or(0);
+            for version in applied.iter().take(steps) {
+                let reversible = migrator
+                    .iter()
+                    .any(|m| m.version == *version && m.migration_type.is_down_migration());
+                if !reversible {
+                    return Err(StepError::permanent(format!(
+                        "migration {version} has no down migration ({version}_….down.sql), so it cannot be reverted; nothing was reverted"
+                    )));
+                }
+            }
+            let reverted: Vec<String> = all
+                .iter()
+                .filter(|(v, _)| applied.iter().take(steps).any(|a| a == v))
+                .map(|(_, n)| n.clone())
+                .collect();
+            undo(&mut server.conn, &migrator, target)
+                .await
+                .map_err(migrate_error)?;
+            reverted.iter().for_each(|n| say(format!("reverted {n}")));
+            outputs.insert("reverted".into(), reverted.join(" "));
+        }
+    }
+    let _ = server.conn.close().await;
+    Ok(outputs)
+}

@@ -1,0 +1,161 @@
+//! What a preview may read to say what *will* happen rather than what might: the
+//! migrations a `migrate` would apply (over a read-only session), the backup `latest`
+//! stands for, the exact SQL and files of a `reset`. Nothing here writes anything.
+
+use super::{migrate, reset, restore, seed};
+use crate::pg::conn::ConnInfo;
+use crate::plan::model::{MigrateAction, StepKind};
+use crate::repo::BackupStore;
+use sqlx::Connection;
+use std::path::Path;
+use std::time::Duration;
+
+/// Where a step's target is, as far as a preview knows.
+pub enum TargetView<'a> {
+    /// A server to read from.
+    Url(&'a str),
+    /// An ephemeral cluster: it does not exist before `apply`, and starts empty.
+    Ephemeral,
+    /// Not applicable or unknown.
+    None,
+}
+
+pub async fn details(
+    kind: &StepKind,
+    base_dir: &Path,
+    target: TargetView<'_>,
+    repo_url: Option<&str>,
+) -> Vec<String> {
+    match kind {
+        StepKind::Reset(p) => reset::details(p, base_dir).await,
+        StepKind::Migrate(p) => {
+            let migrator = match migrate::load(&base_dir.join(&p.dir)).await {
+                Ok(m) => m,
+                Err(e) => return vec![format!("migrations: {e}")],
+            };
+            let all = migrate::names(&migrator);
+            let applied = match target {
+                TargetView::Ephemeral => Ok(Vec::new()),
+                TargetView::Url(url) => read_applied(url, p.database.as_deref()).await,
+                TargetView::None => Err("the target is unknown".to_string()),
+            };
+            match (applied, p.action) {
+                (Err(e), _) => {
+                    let mut lines =
+                        vec![format!("could not read which migrations are applied: {e}")];
+                    lines.extend(
+                        all.into_iter()
+                            .map(|(_, n)| format!("migration in {}: {n}", p.dir)),
+                    );
+                    lines
+                }
+                (Ok(applied), MigrateAction::Revert) => {
+                    let mut applied = applied;
+                    applied.reverse();
+                    let n = p.steps.unwrap_or(1) as usize;
+                    let names: Vec<String> = applied
+                        .iter()
+                        .take(n)
+                        .filter_map(|v| all.iter().find(|(a, _)| a == v).map(|(_, n)| n.clone()))
+                        .collect();
+                    if names.is_empty() {
+                        vec!["nothing to revert".into()]
+                    } else {
+                        names
+                            .into_iter()
+                            .map(|n| format!("will revert: {n}"))
+                            .collect()
+                    }
+                }
+                (Ok(applied), _) => {
+                    let pending: Vec<String> = all
+                        .into_iter()
+                        .filter(|(v, _)| !applied.contains(v))
+                        .map(|(_, n)| n)
+                        .collect();
+                    if pending.is_empty() {
+                        vec!["no pending migrations".into()]
+                    } else {
+                        pending
+                            .into_iter()
+                            .map(|n| format!("pending: {n}"))
+                            .collect()
+                    }
+                }
+            }
+        }
+        StepKind::Seed(p) => match seed::files(&base_dir.join(&p.dir), p.environment) {
+            Ok(files) => seed::file_names(&files)
+                .into_iter()
+                .map(|n| format!("seed file: {n}"))
+                .collect(),
+            Err(e) => vec![e.message],
+        },
+        StepKind::Restore(p) if p.backup == "latest" => {
+            let Some(url) = repo_url else {
+                return Vec::new();
+            };
+            let Ok(store) = crate::repo::open(url, base_dir) else {
+                return Vec::new();
+            };
+            match restore::resolve(
+                &store,
+                "latest",
+                p.source_database.as_deref(),
+                &p.repository,
+            )
+            .await
+            {
+                Ok(m) => vec![format!(
+                    "latest is {} (database {}, created {}, {} bytes)",
+                    m.backup_id,
+                    m.database,
+                    m.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                    m.total_bytes()
+                )],
+                Err(e) => vec![format!("latest: {}", e.message)],
+            }
+        }
+        StepKind::Verify(p) if p.backup == "latest" => {
+            let Some(url) = repo_url else {
+                return Vec::new();
+            };
+            let Ok(store) = crate::repo::open(url, base_dir) else {
+                return Vec::new();
+            };
+            match store.list().await.ok().and_then(|l| l.into_iter().last()) {
+                Some(m) => vec![format!(
+                    "latest is {} (database {})",
+                    m.backup_id, m.database
+                )],
+                None => vec!["the repository holds no published backup".into()],
+            }
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Applied migration versions, over a session that cannot write.
+async fn read_applied(url: &str, database: Option<&str>) -> Result<Vec<i64>, String> {
+    let info = ConnInfo::parse(url)?;
+    let info = match database {
+        Some(db) => info.with_database(db),
+        None => info,
+    };
+    let work = async {
+        let mut conn = info
+            .connect()
+            .await
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        sqlx::raw_sql("set default_transaction_read_only = on")
+            .execute(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        let applied = migrate::applied(&mut conn).await.map_err(|e| e.message)?;
+        let _ = conn.close().await;
+        Ok(applied)
+    };
+    tokio::time::timeout(Duration::from_secs(10), work)
+        .await
+        .map_err(|_| "the server did not answer within 10s".to_string())?
+}

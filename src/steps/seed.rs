@@ -1,0 +1,198 @@
+//! `seed`: a seed set is the SQL and CSV files under `DIR/ENVIRONMENT/`, applied in name
+//! order in one transaction with a bookkeeping row in `_opsrunner_seeds`, so the same set
+//! is not applied twice (unless `force`). CSV files load with COPY into the table their
+//! name gives (`users.csv`, `20-billing.invoices.csv`: a leading number only orders), with
+//! a header line.
+
+use super::backup::connect;
+use super::{StepContext, StepError};
+use crate::pg::restore::quote_ident;
+use crate::plan::model::{SeedEnvironment, SeedParams};
+use crate::run::events::{Outputs, Stream};
+use crate::steps::sql::classify;
+use sha2::{Digest, Sha256};
+use sqlx::{Connection, PgConnection};
+use std::path::{Path, PathBuf};
+
+pub fn describe(p: &SeedParams) -> String {
+    format!(
+        "apply the `{}` seed set from {}/{} to target `{}`{}",
+        p.environment.as_str(),
+        p.dir,
+        p.environment.as_str(),
+        p.target,
+        if p.force {
+            " (even if already applied)"
+        } else {
+            " unless already applied"
+        }
+    )
+}
+
+/// The files of a seed set, in the order they run.
+pub fn files(dir: &Path, environment: SeedEnvironment) -> Result<Vec<PathBuf>, StepError> {
+    let set = dir.join(environment.as_str());
+    let entries = std::fs::read_dir(&set).map_err(|e| {
+        StepError::permanent(format!(
+            "no `{}` seed set: cannot read {} ({e}); put .sql and .csv files there",
+            environment.as_str(),
+            set.display()
+        ))
+    })?;
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "sql" || e == "csv"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+const BOOKKEEPING: &str = "create table if not exists _opsrunner_seeds (
+    environment text not null,
+    checksum text not null,
+    files text[] not null,
+    applied_at timestamptz not null default now(),
+    primary key (environment, checksum))";
+
+/// Applies a seed set inside one transaction. Returns false when it had already run.
+pub async fn apply(
+    conn: &mut PgConnection,
+    files: &[PathBuf],
+    environment: SeedEnvironment,
+    force: bool,
+    say: impl Fn(String),
+) -> Result<bool, StepError> {
+    let mut hasher = Sha256::new();
+    let mut contents = Vec::new();
+    for f in files {
+        let bytes = std::fs::read(f)
+            .map_err(|e| StepError::permanent(format!("cannot read {}: {e}", f.display())))?;
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        hasher.update(name.as_bytes());
+        hasher.update([0]);
+        hasher.update(&bytes);
+        contents.push((name, f.extension().is_some_and(|e| e == "csv"), bytes));
+    }
+    let checksum = crate::plan::hex(&hasher.finalize());
+    let mut tx = conn
+        .begin()
+        .await
+        .map_err(|e| classify(&e, "BEGIN failed"))?;
+    sqlx::raw_sql(BOOKKEEPING)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| classify(&e, "cannot create _opsrunner_seeds"))?;
+    // Two runs seeding the same database at once would both see "not applied yet".
+    sqlx::raw_sql("select pg_advisory_xact_lock(hashtext('opsrunner seeds'))")
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| classify(&e, "cannot take the seeding lock"))?;
+    let done: bool = sqlx::query_scalar(
+        "select exists (select 1 from _opsrunner_seeds where environment = $1 and checksum = $2)",
+    )
+    .bind(environment.as_str())
+    .bind(&checksum)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| classify(&e, "cannot read _opsrunner_seeds"))?;
+    if done && !force {
+        say(format!(
+            "seed set `{}` ({} files) was already applied; skipping",
+            environment.as_str(),
+            files.len()
+        ));
+        tx.commit()
+            .await
+            .map_err(|e| classify(&e, "COMMIT failed"))?;
+        return Ok(false);
+    }
+    for (name, csv, bytes) in &contents {
+        if *csv {
+            // `20-billing.invoices.csv` loads into billing.invoices: a leading number only orders.
+            let stem = name.trim_end_matches(".csv");
+            let stem = stem.trim_start_matches(|c: char| c.is_ascii_digit());
+            let stem = if stem.len() < name.len() - 4 {
+                stem.trim_start_matches(['_', '-'])
+            } else {
+                stem
+            };
+            let table = stem
+                .split('.')
+                .map(quote_ident)
+                .collect::<Vec<_>>()
+                .join(".");
+            // The header names the columns, so a file need not list every column (identity
+            // and defaulted ones are filled in) nor follow the table's column order.
+            let header = String::from_utf8_lossy(bytes)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string();
+            let columns = header
+                .split(',')
+                .map(|c| quote_ident(c.trim().trim_matches('"')))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut copy = tx
+                .copy_in_raw(&format!(
+                    "copy {table} ({columns}) from stdin with (format csv, header true)"
+                ))
+                .await
+                .map_err(|e| classify(&e, &format!("{name}: COPY failed (rolled back)")))?;
+            copy.send(bytes.as_slice())
+                .await
+                .map_err(|e| classify(&e, &format!("{name}: COPY failed (rolled back)")))?;
+            copy.finish()
+                .await
+                .map_err(|e| classify(&e, &format!("{name}: COPY failed (rolled back)")))?;
+        } else {
+            let sql = String::from_utf8(bytes.clone())
+                .map_err(|_| StepError::permanent(format!("{name} is not UTF-8 text")))?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| classify(&e, &format!("{name} failed (rolled back)")))?;
+        }
+        say(format!("applied {name}"));
+    }
+    let names: Vec<String> = contents.iter().map(|(n, _, _)| n.clone()).collect();
+    sqlx::query("insert into _opsrunner_seeds (environment, checksum, files) values ($1, $2, $3) on conflict (environment, checksum) do update set applied_at = now()")
+        .bind(environment.as_str())
+        .bind(&checksum)
+        .bind(&names)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| classify(&e, "cannot record the seed set"))?;
+    tx.commit()
+        .await
+        .map_err(|e| classify(&e, "COMMIT failed"))?;
+    Ok(true)
+}
+
+pub async fn run(p: &SeedParams, ctx: &StepContext) -> Result<Outputs, StepError> {
+    let files = files(&ctx.resolve(&p.dir), p.environment)?;
+    let mut server = connect(
+        ctx.target_url(&p.target)?,
+        p.database.as_deref(),
+        &format!("target `{}`", p.target),
+    )
+    .await?;
+    let say = |line: String| ctx.events.output(&ctx.step_id, Stream::Stdout, line);
+    let applied = apply(&mut server.conn, &files, p.environment, p.force, say).await?;
+    let _ = server.conn.close().await;
+    let mut outputs = Outputs::new();
+    outputs.insert("applied".into(), applied.to_string());
+    outputs.insert("files".into(), file_names(&files).join(" "));
+    Ok(outputs)
+}
+
+pub fn file_names(files: &[PathBuf]) -> Vec<String> {
+    files
+        .iter()
+        .filter_map(|f| f.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect()
+}
