@@ -304,7 +304,8 @@ impl Validator<'_> {
             }
         }
         for (name, repo) in &self.plan.repositories {
-            if !(repo.url.starts_with("file://") || repo.url.starts_with("s3://")) {
+            let templated = repo.url.starts_with("{{");
+            if !templated && !(repo.url.starts_with("file://") || repo.url.starts_with("s3://")) {
                 self.report(
                     &[key("repositories"), key(name), key("url")],
                     format!("repository `{name}` has an unsupported URL `{}`", repo.url),
@@ -316,6 +317,10 @@ impl Validator<'_> {
     }
 
     fn templates(&mut self, index: &HashMap<String, usize>, dag: &Dag) {
+        for (name, repo) in &self.plan.repositories {
+            let path = [key("repositories"), key(name), key("url")];
+            self.check_string(&path, &repo.url, None, index, dag);
+        }
         for (name, target) in &self.plan.targets {
             let path = [key("targets"), key(name), key("url")];
             self.check_string(&path, target.url_template(), None, index, dag);
@@ -440,7 +445,7 @@ impl Validator<'_> {
             "steps" => {
                 let Some(current) = step else {
                     return Some((
-                        format!("`{dotted}`: target URLs cannot use step outputs"),
+                        format!("`{dotted}`: target and repository URLs cannot use step outputs"),
                         None,
                     ));
                 };

@@ -126,7 +126,15 @@ pub async fn execute(
                 .target()
                 .and_then(|t| plan.plan.targets.get(t))
                 .map(|t| t.url_template());
-            crate::plan::template::reference_paths(&s.raw_params, target_url)
+            let repo_url = s
+                .kind
+                .repository()
+                .and_then(|r| plan.plan.repositories.get(r))
+                .map(|r| r.url.as_str());
+            crate::plan::template::reference_paths(
+                &s.raw_params,
+                target_url.into_iter().chain(repo_url),
+            )
         })
         .collect();
     let mut running: JoinSet<Finished> = JoinSet::new();
@@ -375,17 +383,17 @@ impl StepTask {
             redactor.add_url_passwords(&url);
             targets.insert(name.to_string(), url);
         }
-        let repositories = kind
+        let mut repositories = BTreeMap::new();
+        if let Some((name, repo)) = kind
             .repository()
-            .and_then(|name| {
-                self.plan
-                    .plan
-                    .repositories
-                    .get(name)
-                    .map(|r| (name.to_string(), r.url.clone()))
-            })
-            .into_iter()
-            .collect();
+            .and_then(|name| self.plan.plan.repositories.get_key_value(name))
+        {
+            let url = self
+                .templates
+                .render_str(&repo.url, &self.context)
+                .map_err(|e| StepError::permanent(format!("repository `{name}`: {e}")))?;
+            repositories.insert(name.clone(), url);
+        }
         let ctx = StepContext {
             step_id: step.id().to_string(),
             base_dir: self.opts.base_dir.clone(),

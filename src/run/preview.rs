@@ -131,7 +131,12 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
         let repo_url = kind
             .repository()
             .and_then(|r| plan.repositories.get(r))
-            .map(|r| r.url.as_str());
+            .map(|r| {
+                templates
+                    .render_str(&r.url, &context)
+                    .unwrap_or_else(|_| r.url.clone())
+            });
+        let repo_url = repo_url.as_deref();
         let details = steps::preview_reads::details(&kind, &base_dir, view, repo_url)
             .await
             .into_iter()
@@ -193,6 +198,7 @@ fn preview_context(input: &PreviewInput<'_>, warnings: &mut Vec<String>) -> Valu
         template::strings(&step.raw_params, &mut all_strings);
     }
     all_strings.extend(plan.targets.values().filter_map(|t| t.url.clone()));
+    all_strings.extend(plan.repositories.values().map(|r| r.url.clone()));
     for text in &all_strings {
         for r in template::references(text).unwrap_or_default() {
             if r.path.len() == 2 && r.path[0] == "env" {

@@ -1,0 +1,107 @@
+//! The plans shipped in `plans/` and `examples/`, run end to end against real clusters.
+
+mod common;
+
+use common::pg::{Cluster, PASSWORD};
+use common::{Workspace, opsrunner};
+use std::path::Path;
+
+fn shipped(rel: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+fn run(plan: &Path, ws: &Workspace, args: &[&str], env: &[(&str, &str)]) -> common::Applied {
+    let output = opsrunner()
+        .arg("apply")
+        .arg(plan)
+        .arg("--report")
+        .arg(ws.report_path())
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    common::Applied::from(output, &ws.report_path())
+}
+
+#[test]
+fn nightly_then_drill_then_reset_seed() {
+    let cluster = Cluster::start();
+    cluster.psql("postgres", "create database app");
+    let ws = Workspace::new();
+    let backups = ws.path("backups");
+    std::fs::create_dir(&backups).unwrap();
+    let dev_url = cluster.url("postgres");
+    let app_url = cluster.url("app");
+
+    // A development database from the shipped migrations and seeds...
+    let seeded = run(
+        &shipped("plans/reset-seed.yaml"),
+        &ws,
+        &["--var", "database=app"],
+        &[("DEV_DATABASE_URL", &dev_url)],
+    );
+    assert_eq!(seeded.code, 0, "{}", seeded.stderr);
+    assert_eq!(seeded.step("status")["outputs"]["pending"], "");
+    assert_eq!(
+        cluster.psql("app", "select count(*) from customers"),
+        "5003"
+    );
+
+    // ...backed up and verified by the nightly plan...
+    let env = [
+        ("DATABASE_URL", app_url.as_str()),
+        ("BACKUP_DIR", backups.to_str().unwrap()),
+    ];
+    let nightly = run(&shipped("plans/nightly.yaml"), &ws, &[], &env);
+    assert_eq!(nightly.code, 0, "{}", nightly.stderr);
+    assert_eq!(nightly.status("notify-on-failure"), "skipped");
+    assert!(!nightly.everything().contains(PASSWORD));
+
+    // ...and restored by the drill.
+    let drill = run(
+        &shipped("plans/drill.yaml"),
+        &ws,
+        &[],
+        &[("BACKUP_DIR", backups.to_str().unwrap())],
+    );
+    assert_eq!(drill.code, 0, "{}", drill.stderr);
+    let backup_id = nightly.step("backup")["outputs"]["backup_id"]
+        .as_str()
+        .unwrap();
+    assert_eq!(
+        drill.step("verify-latest")["outputs"]["backup_id"],
+        backup_id
+    );
+    assert!(
+        drill.step("report")["outputs"]["stdout"]
+            .as_str()
+            .unwrap()
+            .contains("RTO: restore took")
+    );
+}
+
+#[test]
+fn quickstart_runs_on_ephemeral_clusters_only() {
+    // The README's first command, as a test: no server, no configuration.
+    let ws = Workspace::new();
+    let dir = ws.path("checkout");
+    // The quickstart writes its backups next to the checkout (../backups from examples/).
+    copy_dir(&shipped("examples"), &dir.join("examples"));
+    copy_dir(&shipped("migrations"), &dir.join("migrations"));
+    let run = run(&dir.join("examples/quickstart.yaml"), &ws, &[], &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.step("check")["outputs"]["value"], "5003");
+    assert!(dir.join("backups").is_dir());
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
