@@ -305,7 +305,7 @@ impl Validator<'_> {
         }
         for (name, repo) in &self.plan.repositories {
             let templated = repo.url.starts_with("{{");
-            if !templated && !(repo.url.starts_with("file://") || repo.url.starts_with("s3://")) {
+            if !(templated || repo.url.starts_with("file://") || repo.url.starts_with("s3://")) {
                 self.report(
                     &[key("repositories"), key(name), key("url")],
                     format!("repository `{name}` has an unsupported URL `{}`", repo.url),
