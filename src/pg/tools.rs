@@ -50,8 +50,12 @@ fn same_file(a: &Path, b: &Path) -> bool {
 /// The major version a PostgreSQL program reports, e.g. 15 for "pg_dump (PostgreSQL) 15.14".
 pub fn major_version(program: &Path) -> Option<u32> {
     let out = Command::new(program).arg("--version").output().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let version = text.split(')').nth(1)?.split_whitespace().next()?;
+    parse_major(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// 15 from "pg_dump (PostgreSQL) 15.14 (Debian 15.14-1)".
+pub fn parse_major(version_line: &str) -> Option<u32> {
+    let version = version_line.split(')').nth(1)?.split_whitespace().next()?;
     version.split('.').next()?.parse().ok()
 }
 

@@ -98,4 +98,10 @@ impl Manifest {
     pub fn total_bytes(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
     }
+
+    /// The major version of the pg_dump that wrote the backup; restoring needs tools at
+    /// least that new.
+    pub fn pg_dump_major(&self) -> u32 {
+        crate::pg::tools::parse_major(&self.pg_dump_version).unwrap_or(0)
+    }
 }

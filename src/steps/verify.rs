@@ -266,15 +266,7 @@ async fn archive_contents(
 }
 
 fn tools_for(manifest: &Manifest) -> Result<(std::path::PathBuf, String), StepError> {
-    let major = manifest
-        .pg_dump_version
-        .split(')')
-        .nth(1)
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.split('.').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    tool("pg_restore", major)
+    tool("pg_restore", manifest.pg_dump_major())
 }
 
 /// Restores into a new scratch database, compares fingerprints, and drops it whatever
