@@ -53,6 +53,7 @@ time_it() {
   local name=$1; shift
   local best=""
   for _ in $(seq "$RUNS"); do
+    ${PREP:-true}
     /usr/bin/time -f "%e %M" -o "$WORK/time" "$@" >/dev/null 2>"$WORK/err" || { cat "$WORK/err" >&2; exit 1; }
     read -r wall rss < "$WORK/time"
     if [ -z "$best" ] || awk "BEGIN{exit !($wall < $best)}"; then best=$wall; RSS[$name]=$rss; fi
@@ -79,11 +80,17 @@ time_it opsrunner "$OPS" apply "$WORK/backup.yaml" --report "$WORK/backup.json"
 OPS_FILE=$(ls "$WORK"/repo/*/dump.pgdump.zst | tail -n 1)
 ID=$(basename "$(dirname "$OPS_FILE")")
 
+if [ "${ONLY:-}" = backup ]; then
+  echo "opsrunner ${WALL[opsrunner]} s (size $(stat -c %s "$OPS_FILE")), raw ${WALL[raw]} s, pipeline ${WALL[pipeline]} s, gzip ${WALL[gzip]} s"
+  exit 0
+fi
+
 # Restore: pg_restore -j 2 of an uncompressed custom dump, against opsrunner's restore of
 # its own (zstd) backup with jobs 2 and streaming (no jobs).
 "$BIN/pg_dump" -Fc -Z0 --no-sync -f "$WORK/plain.dump" bench
-"$BIN/psql" -X -q -c "create database r_base" postgres
-time_it restore_base "$BIN/pg_restore" -j 2 --exit-on-error -d r_base "$WORK/plain.dump"
+# Each restore run starts from an empty database.
+fresh_dbs() { for db in r_base r_jobs r_stream; do "$BIN/psql" -X -q -c "drop database if exists $db" postgres; done; "$BIN/psql" -X -q -c "create database r_base" postgres; }
+PREP=fresh_dbs time_it restore_base "$BIN/pg_restore" -j 2 --exit-on-error -d r_base "$WORK/plain.dump"
 for mode in jobs stream; do
   extra=""; [ $mode = jobs ] && extra=", jobs: 2"
   cat > "$WORK/restore-$mode.yaml" <<YAML
@@ -96,7 +103,7 @@ repositories:
 steps:
   - { id: restore, type: restore, repository: repo, backup: $ID, into: { target: db, database: r_$mode }$extra }
 YAML
-  time_it "restore_$mode" "$OPS" apply "$WORK/restore-$mode.yaml"
+  PREP=fresh_dbs time_it "restore_$mode" "$OPS" apply "$WORK/restore-$mode.yaml"
 done
 
 size() { stat -c %s "$1"; }
