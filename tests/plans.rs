@@ -57,6 +57,17 @@ fn nightly_then_drill_then_reset_seed() {
     assert_eq!(nightly.status("notify-on-failure"), "skipped");
     assert!(!nightly.everything().contains(PASSWORD));
 
+    // The drill's preview says which backup `latest` is, without touching anything.
+    let preview = opsrunner()
+        .arg("plan")
+        .arg(shipped("plans/drill.yaml"))
+        .env("BACKUP_DIR", &backups)
+        .output()
+        .unwrap();
+    let backup_id = nightly.step("backup")["outputs"]["backup_id"].as_str().unwrap();
+    let text = String::from_utf8_lossy(&preview.stdout);
+    assert!(text.contains(&format!("latest is {backup_id}")), "{text}");
+
     // ...and restored by the drill.
     let drill = run(
         &shipped("plans/drill.yaml"),

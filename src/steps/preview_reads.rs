@@ -5,7 +5,6 @@
 use super::{migrate, reset, restore, seed};
 use crate::pg::conn::ConnInfo;
 use crate::plan::model::{MigrateAction, StepKind};
-use crate::repo::BackupStore;
 use sqlx::Connection;
 use std::path::Path;
 use std::time::Duration;
@@ -92,46 +91,40 @@ pub async fn details(
             Err(e) => vec![e.message],
         },
         StepKind::Restore(p) if p.backup == "latest" => {
-            let Some(url) = repo_url else {
-                return Vec::new();
-            };
-            let Ok(store) = crate::repo::open(url, base_dir) else {
-                return Vec::new();
-            };
-            match restore::resolve(
-                &store,
-                "latest",
-                p.source_database.as_deref(),
+            latest(
+                repo_url,
+                base_dir,
                 &p.repository,
+                p.source_database.as_deref(),
             )
             .await
-            {
-                Ok(m) => vec![format!(
-                    "latest is {} (database {}, created {}, {} bytes)",
-                    m.backup_id,
-                    m.database,
-                    m.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
-                    m.total_bytes()
-                )],
-                Err(e) => vec![format!("latest: {}", e.message)],
-            }
         }
         StepKind::Verify(p) if p.backup == "latest" => {
-            let Some(url) = repo_url else {
-                return Vec::new();
-            };
-            let Ok(store) = crate::repo::open(url, base_dir) else {
-                return Vec::new();
-            };
-            match store.list().await.ok().and_then(|l| l.into_iter().last()) {
-                Some(m) => vec![format!(
-                    "latest is {} (database {})",
-                    m.backup_id, m.database
-                )],
-                None => vec!["the repository holds no published backup".into()],
-            }
+            latest(repo_url, base_dir, &p.repository, None).await
         }
         _ => Vec::new(),
+    }
+}
+
+/// Which backup `latest` stands for right now.
+async fn latest(
+    repo_url: Option<&str>,
+    base_dir: &Path,
+    repository: &str,
+    database: Option<&str>,
+) -> Vec<String> {
+    let Some(store) = repo_url.and_then(|url| crate::repo::open(url, base_dir).ok()) else {
+        return Vec::new();
+    };
+    match restore::resolve(&store, "latest", database, repository).await {
+        Ok(m) => vec![format!(
+            "latest is {} (database {}, created {}, {} bytes)",
+            m.backup_id,
+            m.database,
+            m.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            m.total_bytes()
+        )],
+        Err(e) => vec![format!("latest: {}", e.message)],
     }
 }
 
