@@ -64,7 +64,9 @@ fn nightly_then_drill_then_reset_seed() {
         .env("BACKUP_DIR", &backups)
         .output()
         .unwrap();
-    let backup_id = nightly.step("backup")["outputs"]["backup_id"].as_str().unwrap();
+    let backup_id = nightly.step("backup")["outputs"]["backup_id"]
+        .as_str()
+        .unwrap();
     let text = String::from_utf8_lossy(&preview.stdout);
     assert!(text.contains(&format!("latest is {backup_id}")), "{text}");
 
