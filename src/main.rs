@@ -1,6 +1,7 @@
 //! The `opsrunner` command line: parse arguments, call the library, map errors to exit codes.
 
 use clap::{Args, Parser, Subcommand};
+use opsrunner::catalog;
 use opsrunner::commands::{self, ApplyArgs, GraphFormat, PlanArgs, PreviewFormat, SchemaKind};
 use opsrunner::exit::{self, Failure};
 use opsrunner::run::log::{LogFormat, stderr_wants_color};
@@ -103,10 +104,42 @@ enum Command {
         #[arg(long, value_enum, default_value = "dot")]
         format: GraphFormat,
     },
+    /// What a backup repository holds.
+    Backups {
+        #[command(subcommand)]
+        command: BackupsCommand,
+    },
     /// Print the JSON Schema of the plan file or of the run report.
     Schema {
         #[arg(value_enum)]
         which: SchemaKind,
+    },
+}
+
+#[derive(Args)]
+struct RepositoryArgs {
+    /// A repository URL (file:///var/backups) or the name of one declared in --plan.
+    #[arg(long, value_name = "URL|NAME")]
+    repository: String,
+    /// The plan that declares the repository named by --repository.
+    #[arg(long, value_name = "FILE")]
+    plan: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum BackupsCommand {
+    /// The published backups, newest first: id, database, created, age, size, compression,
+    /// last verification.
+    List(RepositoryArgs),
+    /// One backup's manifest and last verification.
+    Show {
+        /// The backup id.
+        id: String,
+        #[command(flatten)]
+        repo: RepositoryArgs,
     },
 }
 
@@ -147,6 +180,21 @@ fn main() {
         } => commands::plan(&plan_args(plan, confirm, color), format, out.as_deref()),
         Command::Graph { plan, format } => commands::graph(&plan_args(plan, vec![], color), format),
         Command::Schema { which } => Ok(commands::schema(which)),
+        Command::Backups { command } => {
+            let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
+            runtime.block_on(async {
+                match command {
+                    BackupsCommand::List(r) => {
+                        let store = catalog::open_store(&r.repository, r.plan.as_deref())?;
+                        catalog::list(&store, r.json).await
+                    }
+                    BackupsCommand::Show { id, repo } => {
+                        let store = catalog::open_store(&repo.repository, repo.plan.as_deref())?;
+                        catalog::show(&store, &id, repo.json).await
+                    }
+                }
+            })
+        }
         Command::Apply {
             plan,
             report,

@@ -186,6 +186,7 @@ pub enum StepKind {
     Migrate(MigrateParams),
     Seed(SeedParams),
     Reset(ResetParams),
+    Prune(PruneParams),
 }
 
 /// The names of all step types, for "unknown step type" suggestions.
@@ -199,6 +200,7 @@ pub const STEP_TYPES: &[&str] = &[
     "migrate",
     "seed",
     "reset",
+    "prune",
 ];
 
 impl StepKind {
@@ -213,6 +215,7 @@ impl StepKind {
             StepKind::Migrate(_) => "migrate",
             StepKind::Seed(_) => "seed",
             StepKind::Reset(_) => "reset",
+            StepKind::Prune(_) => "prune",
         }
     }
 
@@ -231,6 +234,7 @@ impl StepKind {
             "migrate" => StepKind::Migrate(de(params)?),
             "seed" => StepKind::Seed(de(params)?),
             "reset" => StepKind::Reset(de(params)?),
+            "prune" => StepKind::Prune(de(params)?),
             _ => return Err(ParamsError::UnknownType),
         })
     }
@@ -247,6 +251,7 @@ impl StepKind {
             "migrate" => MigrateParams::json_schema(generator),
             "seed" => SeedParams::json_schema(generator),
             "reset" => ResetParams::json_schema(generator),
+            "prune" => PruneParams::json_schema(generator),
             other => unreachable!("no schema for step type {other}"),
         }
     }
@@ -263,13 +268,14 @@ impl StepKind {
             StepKind::Migrate(_) => &["applied", "pending", "reverted"],
             StepKind::Seed(_) => &["applied", "files"],
             StepKind::Reset(_) => &["database", "migrations", "seeds"],
+            StepKind::Prune(_) => &["deleted", "kept"],
         }
     }
 
     /// The target this step connects to, if any, for reference checks and guards.
     pub fn target(&self) -> Option<&str> {
         match self {
-            StepKind::Shell(_) => None,
+            StepKind::Shell(_) | StepKind::Prune(_) => None,
             StepKind::Sql(p) => Some(&p.target),
             StepKind::WaitReady(p) => Some(&p.target),
             StepKind::Backup(p) => Some(&p.target),
@@ -287,6 +293,7 @@ impl StepKind {
             StepKind::Backup(p) => Some(&p.repository),
             StepKind::Restore(p) => Some(&p.repository),
             StepKind::Verify(p) => Some(&p.repository),
+            StepKind::Prune(p) => Some(&p.repository),
             _ => None,
         }
     }
@@ -531,6 +538,23 @@ pub struct ResetParams {
 
 fn default_environment() -> SeedEnvironment {
     SeedEnvironment::Development
+}
+
+/// `prune`: deletes the backups a retention policy does not keep (restic's `forget`
+/// semantics, per database), never the newest verified one, nothing after a failed
+/// verification of the newest.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PruneParams {
+    /// Name of a repository declared under `repositories`.
+    pub repository: String,
+    pub keep: crate::repo::retention::Keep,
+    /// Never delete backups younger than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_age: Option<HumanDuration>,
+    /// Only backups of this database (default: all, each database on its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
 }
 
 fn latest() -> String {

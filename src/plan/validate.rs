@@ -246,6 +246,19 @@ impl Validator<'_> {
                     Some(help),
                 );
             }
+            if let StepKind::Prune(p) = &step.kind
+                && p.keep.is_empty()
+            {
+                self.report(
+                    &step_path(i, &[key("keep")]),
+                    "a retention policy that keeps nothing would delete every backup".into(),
+                    0,
+                    Some(
+                        "give at least one of last, hourly, daily, weekly, monthly, yearly, within"
+                            .into(),
+                    ),
+                );
+            }
             if let StepKind::Backup(p) = &step.kind {
                 if p.jobs.is_some() && p.format != crate::repo::manifest::DumpFormat::Directory {
                     self.report(

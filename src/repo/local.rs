@@ -3,7 +3,7 @@
 //! and last, followed by an fsync of the directory so that a crash cannot publish a
 //! manifest whose files are not on disk.
 
-use super::manifest::{MANIFEST_NAME, Manifest};
+use super::manifest::{MANIFEST_NAME, Manifest, VERIFICATION_NAME, Verification};
 use super::{BackupStore, FileSink, Reader};
 use std::future::Future;
 use std::io;
@@ -201,6 +201,39 @@ impl BackupStore for LocalStore {
                 format!("{}: {e}", path.display()),
             )
         })
+    }
+
+    async fn record_verification(
+        &self,
+        backup_id: &str,
+        verification: &Verification,
+    ) -> io::Result<()> {
+        let mut sink = self.create(backup_id, VERIFICATION_NAME).await?;
+        let json = serde_json::to_vec_pretty(verification).map_err(io::Error::other)?;
+        tokio::io::AsyncWriteExt::write_all(&mut sink, &json).await?;
+        sink.commit().await
+    }
+
+    async fn verification(&self, backup_id: &str) -> io::Result<Option<Verification>> {
+        let path = self.backup_dir(backup_id)?.join(VERIFICATION_NAME);
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: {e}", path.display()),
+                )
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn delete(&self, backup_id: &str) -> io::Result<()> {
+        let dir = self.backup_dir(backup_id)?;
+        tokio::fs::remove_file(dir.join(MANIFEST_NAME)).await?;
+        sync_dir(&dir)?;
+        tokio::fs::remove_dir_all(&dir).await?;
+        sync_dir(&self.root)
     }
 
     async fn open(&self, backup_id: &str, name: &str) -> io::Result<Reader> {

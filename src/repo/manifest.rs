@@ -94,6 +94,22 @@ pub struct TableFingerprint {
     pub hash: Option<String>,
 }
 
+/// The outcome of the last `verify` of a backup, stored next to it as `verification.json`
+/// (the manifest itself never changes after publication).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub struct Verification {
+    pub verified_at: DateTime<Utc>,
+    /// Every check that ran passed.
+    pub passed: bool,
+    /// The checks included a test restore with fingerprint comparison.
+    pub restored: bool,
+    /// `manifest=pass files=pass …`, or the failures.
+    pub checks: String,
+    pub run_id: String,
+}
+
+pub const VERIFICATION_NAME: &str = "verification.json";
+
 impl Manifest {
     pub fn total_bytes(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()

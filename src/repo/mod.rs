@@ -6,8 +6,9 @@ pub mod compression;
 pub mod local;
 pub mod manifest;
 pub mod pipeline;
+pub mod retention;
 
-use manifest::Manifest;
+use manifest::{Manifest, Verification};
 use std::future::Future;
 use std::io;
 use std::path::Path;
@@ -39,6 +40,20 @@ pub trait BackupStore: Send + Sync {
     fn list(&self) -> impl Future<Output = io::Result<Vec<Manifest>>> + Send;
     fn manifest(&self, backup_id: &str) -> impl Future<Output = io::Result<Manifest>> + Send;
     fn open(&self, backup_id: &str, name: &str) -> impl Future<Output = io::Result<Reader>> + Send;
+    /// Stores the outcome of a verification next to a published backup.
+    fn record_verification(
+        &self,
+        backup_id: &str,
+        verification: &Verification,
+    ) -> impl Future<Output = io::Result<()>> + Send;
+    /// The last recorded verification, if any.
+    fn verification(
+        &self,
+        backup_id: &str,
+    ) -> impl Future<Output = io::Result<Option<Verification>>> + Send;
+    /// Deletes a published backup: its manifest first, so that it stops existing at once,
+    /// then its files.
+    fn delete(&self, backup_id: &str) -> impl Future<Output = io::Result<()>> + Send;
 }
 
 /// Opens the repository a plan names. `file://` paths are relative to the plan's directory.

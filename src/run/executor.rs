@@ -403,6 +403,7 @@ impl StepTask {
             cancel: self.cancel.child_token(),
             kill_grace: self.opts.kill_grace,
             timeout: step.common.timeout.map(|t| t.0),
+            run_id: self.opts.run.id.clone(),
         };
         Ok((kind, ctx))
     }

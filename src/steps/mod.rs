@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod migrate;
 pub mod preview_reads;
+pub mod prune;
 pub mod reset;
 pub mod restore;
 pub mod seed;
@@ -87,6 +88,8 @@ pub struct StepContext {
     pub kill_grace: Duration,
     /// The step's `timeout`, for steps whose work is waiting.
     pub timeout: Option<Duration>,
+    /// The run's id, for records the step leaves behind.
+    pub run_id: String,
 }
 
 impl StepContext {
@@ -137,6 +140,7 @@ impl StepRunner for Builtin {
             StepKind::Migrate(p) => Box::pin(migrate::run(p, ctx)),
             StepKind::Seed(p) => Box::pin(seed::run(p, ctx)),
             StepKind::Reset(p) => Box::pin(reset::run(p, ctx)),
+            StepKind::Prune(p) => Box::pin(prune::run(p, ctx)),
         }
     }
 }
@@ -153,6 +157,7 @@ pub fn describe(kind: &StepKind) -> String {
         StepKind::Migrate(p) => migrate::describe(p),
         StepKind::Seed(p) => seed::describe(p),
         StepKind::Reset(p) => reset::describe(p),
+        StepKind::Prune(p) => prune::describe(p),
     }
 }
 
@@ -164,7 +169,7 @@ pub fn destructive(kind: &StepKind, base_dir: &std::path::Path) -> bool {
             false
         }
         StepKind::Restore(p) => p.overwrite,
-        StepKind::Reset(_) => true,
+        StepKind::Reset(_) | StepKind::Prune(_) => true,
         // Migrations and seeds change a database, but that is what they are for; a revert
         // may drop data.
         StepKind::Migrate(p) => p.action == crate::plan::model::MigrateAction::Revert,

@@ -2,7 +2,7 @@
 //! migrations a `migrate` would apply (over a read-only session), the backup `latest`
 //! stands for, the exact SQL and files of a `reset`. Nothing here writes anything.
 
-use super::{migrate, reset, restore, seed};
+use super::{migrate, prune, reset, restore, seed};
 use crate::pg::conn::ConnInfo;
 use crate::plan::model::{MigrateAction, StepKind};
 use sqlx::Connection;
@@ -101,6 +101,18 @@ pub async fn details(
         }
         StepKind::Verify(p) if p.backup == "latest" => {
             latest(repo_url, base_dir, &p.repository, None).await
+        }
+        StepKind::Prune(p) => {
+            let Some(store) = repo_url.and_then(|url| crate::repo::open(url, base_dir).ok()) else {
+                return vec!["the repository cannot be read before apply".into()];
+            };
+            match prune::decide(&store, p).await {
+                Ok(decisions) if decisions.is_empty() => {
+                    vec!["the repository holds no backup to consider".into()]
+                }
+                Ok(decisions) => decisions.iter().map(prune::describe_decision).collect(),
+                Err(e) => vec![e],
+            }
         }
         _ => Vec::new(),
     }

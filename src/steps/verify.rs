@@ -9,8 +9,11 @@ use super::{StepContext, StepError};
 use crate::pg::process::PgProcess;
 use crate::pg::{fingerprint, restore};
 use crate::plan::model::VerifyParams;
+use crate::repo::BackupStore;
 use crate::repo::local::LocalStore;
-use crate::repo::manifest::{DumpFormat, FingerprintMode, MANIFEST_VERSION, Manifest};
+use crate::repo::manifest::{
+    DumpFormat, FingerprintMode, MANIFEST_VERSION, Manifest, Verification,
+};
 use crate::repo::pipeline;
 use crate::run::events::{Outputs, Stream};
 use crate::steps::sql::classify;
@@ -163,6 +166,27 @@ pub async fn run(p: &VerifyParams, ctx: &StepContext) -> Result<Outputs, StepErr
     }
 
     let failures = checks.failures();
+    // Prune relies on these records: the newest verified backup is kept, and nothing is
+    // deleted after a failed verification.
+    let record = Verification {
+        verified_at: Utc::now(),
+        passed: failures.is_empty(),
+        restored: checks
+            .results
+            .iter()
+            .any(|(n, r)| *n == "fingerprints" && r.is_ok()),
+        checks: checks.summary(),
+        run_id: ctx.run_id.clone(),
+    };
+    store
+        .record_verification(&manifest.backup_id, &record)
+        .await
+        .map_err(|e| {
+            StepError::transient(format!(
+                "cannot record the verification of {}: {e}",
+                manifest.backup_id
+            ))
+        })?;
     if !failures.is_empty() {
         return Err(StepError::permanent(format!(
             "verify of {} failed: {}",

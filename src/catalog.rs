@@ -1,0 +1,246 @@
+//! `opsrunner backups list|show`: what a repository holds, for people and for machines.
+
+use crate::exit::Failure;
+use crate::plan::{self, PlanSource};
+use crate::repo::manifest::{Manifest, Verification};
+use crate::repo::{self, BackupStore};
+use chrono::Utc;
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// Resolves `--repository`: a URL, or the name of a repository in `--plan`.
+pub fn open_store(
+    repository: &str,
+    plan_file: Option<&Path>,
+) -> Result<repo::local::LocalStore, Failure> {
+    if repository.contains("://") {
+        return repo::open(repository, Path::new(".")).map_err(Failure::Usage);
+    }
+    let Some(plan_file) = plan_file else {
+        return Err(Failure::Usage(format!(
+            "--repository {repository}: not a URL; give the plan that declares it with --plan FILE, or a URL such as file:///var/backups"
+        )));
+    };
+    let source = PlanSource::read(plan_file).map_err(Failure::Plan)?;
+    let (source, valid) = plan::check(source).map_err(Failure::Plan)?;
+    let Some(repo) = valid.plan.repositories.get(repository) else {
+        let hint = crate::diag::did_you_mean(
+            repository,
+            valid.plan.repositories.keys().map(String::as_str),
+        )
+        .map(|h| format!("; {h}"))
+        .unwrap_or_default();
+        return Err(Failure::Usage(format!(
+            "the plan declares no repository `{repository}`{hint}"
+        )));
+    };
+    let env: serde_json::Value = serde_json::json!({ "env": std::env::vars().collect::<std::collections::BTreeMap<_, _>>(), "vars": valid.plan.vars });
+    let url = plan::template::Templates::new()
+        .render_str(&repo.url, &env)
+        .map_err(|e| Failure::Usage(format!("repository `{repository}`: {e}")))?;
+    repo::open(&url, &source.base_dir()).map_err(Failure::Usage)
+}
+
+#[derive(Serialize)]
+struct Entry {
+    #[serde(flatten)]
+    manifest: Manifest,
+    verification: Option<Verification>,
+}
+
+async fn entries(store: &repo::local::LocalStore) -> Result<Vec<Entry>, Failure> {
+    let manifests = store
+        .list()
+        .await
+        .map_err(|e| Failure::Io(format!("cannot list the repository: {e}")))?;
+    let mut out = Vec::new();
+    for manifest in manifests {
+        let verification = store
+            .verification(&manifest.backup_id)
+            .await
+            .map_err(|e| Failure::Io(e.to_string()))?;
+        out.push(Entry {
+            manifest,
+            verification,
+        });
+    }
+    Ok(out)
+}
+
+fn verification_text(v: &Option<Verification>) -> String {
+    match v {
+        None => "never".into(),
+        Some(v) if v.passed && v.restored => format!(
+            "passed {} (test restore)",
+            v.verified_at.format("%Y-%m-%d %H:%M")
+        ),
+        Some(v) if v.passed => format!(
+            "passed {} (no restore)",
+            v.verified_at.format("%Y-%m-%d %H:%M")
+        ),
+        Some(v) => format!("FAILED {}", v.verified_at.format("%Y-%m-%d %H:%M")),
+    }
+}
+
+fn age(seconds: i64) -> String {
+    crate::plan::duration::format(
+        std::time::Duration::from_secs(seconds.max(0) as u64 / 60 * 60)
+            .max(std::time::Duration::from_secs(60)),
+    )
+}
+
+fn size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+pub async fn list(store: &repo::local::LocalStore, json: bool) -> Result<String, Failure> {
+    let entries = entries(store).await?;
+    if json {
+        return Ok(serde_json::to_string_pretty(&entries).expect("serializes") + "\n");
+    }
+    if entries.is_empty() {
+        return Ok(format!(
+            "{}: no published backups\n",
+            store.root().display()
+        ));
+    }
+    let now = Utc::now();
+    let rows: Vec<[String; 7]> = entries
+        .iter()
+        .rev()
+        .map(|e| {
+            let m = &e.manifest;
+            [
+                m.backup_id.clone(),
+                m.database.clone(),
+                m.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                age((now - m.created_at).num_seconds()),
+                size(m.total_bytes()),
+                m.compression.to_string(),
+                verification_text(&e.verification),
+            ]
+        })
+        .collect();
+    let header = [
+        "ID",
+        "DATABASE",
+        "CREATED (UTC)",
+        "AGE",
+        "SIZE",
+        "COMPRESSION",
+        "LAST VERIFICATION",
+    ];
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    let line = |cells: Vec<&str>, out: &mut String| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", text.join("  ").trim_end());
+    };
+    line(header.to_vec(), &mut out);
+    for r in &rows {
+        line(r.iter().map(String::as_str).collect(), &mut out);
+    }
+    let _ = writeln!(
+        out,
+        "\n{} backups; encryption: none (client-side encryption is not supported yet)",
+        rows.len()
+    );
+    Ok(out)
+}
+
+pub async fn show(
+    store: &repo::local::LocalStore,
+    id: &str,
+    json: bool,
+) -> Result<String, Failure> {
+    let manifest = store
+        .manifest(id)
+        .await
+        .map_err(|e| Failure::Usage(e.to_string()))?;
+    let verification = store
+        .verification(id)
+        .await
+        .map_err(|e| Failure::Io(e.to_string()))?;
+    if json {
+        return Ok(serde_json::to_string_pretty(&Entry {
+            manifest,
+            verification,
+        })
+        .expect("serializes")
+            + "\n");
+    }
+    let m = &manifest;
+    let mut out = String::new();
+    let _ = writeln!(out, "backup       {}", m.backup_id);
+    let _ = writeln!(out, "location     {}", store.uri(id));
+    let _ = writeln!(
+        out,
+        "database     {} (server {})",
+        m.database, m.server_version
+    );
+    let _ = writeln!(
+        out,
+        "created      {} (took {})",
+        m.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+        crate::plan::duration::format(std::time::Duration::from_millis(m.duration_ms))
+    );
+    let _ = writeln!(
+        out,
+        "format       {:?}, compression {}",
+        m.format, m.compression
+    );
+    let _ = writeln!(
+        out,
+        "made by      {}, opsrunner {}",
+        m.pg_dump_version, m.opsrunner_version
+    );
+    let _ = writeln!(out, "verification {}", verification_text(&verification));
+    if let Some(v) = &verification {
+        let _ = writeln!(out, "             {}", v.checks);
+    }
+    let _ = writeln!(
+        out,
+        "files        {} ({})",
+        m.files.len(),
+        size(m.total_bytes())
+    );
+    for f in &m.files {
+        let _ = writeln!(out, "  {}  {}  sha256 {}", f.name, size(f.size), f.sha256);
+    }
+    if !m.fingerprints.is_empty() {
+        let _ = writeln!(
+            out,
+            "tables       {} (fingerprints: {:?})",
+            m.fingerprints.len(),
+            m.fingerprint
+        );
+        for (table, fp) in &m.fingerprints {
+            let _ = writeln!(out, "  {table}  {} rows", fp.rows);
+        }
+    }
+    Ok(out)
+}

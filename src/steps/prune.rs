@@ -1,0 +1,104 @@
+//! `prune`: applies a retention policy to a repository. The selection is computed the same
+//! way for the preview (which lists every backup it would delete and the rule that keeps
+//! each kept one) and for the run.
+
+use super::{StepContext, StepError};
+use crate::plan::model::PruneParams;
+use crate::repo::BackupStore;
+use crate::repo::local::LocalStore;
+use crate::repo::retention::{self, Candidate, Decision};
+use crate::run::events::{Outputs, Stream};
+use chrono::Utc;
+
+pub fn describe(p: &PruneParams) -> String {
+    let k = &p.keep;
+    let mut rules = Vec::new();
+    for (name, v) in [
+        ("last", k.last),
+        ("hourly", k.hourly),
+        ("daily", k.daily),
+        ("weekly", k.weekly),
+        ("monthly", k.monthly),
+        ("yearly", k.yearly),
+    ] {
+        if let Some(v) = v {
+            rules.push(format!("{name} {v}"));
+        }
+    }
+    if let Some(w) = k.within {
+        rules.push(format!("within {w}"));
+    }
+    if let Some(m) = p.min_age {
+        rules.push(format!("min_age {m}"));
+    }
+    let scope = p
+        .database
+        .as_deref()
+        .map(|d| format!(" of database `{d}`"))
+        .unwrap_or_default();
+    format!(
+        "delete the backups{scope} in repository `{}` that no rule keeps ({})",
+        p.repository,
+        rules.join(", ")
+    )
+}
+
+/// Decisions for every published backup in scope.
+pub async fn decide(store: &LocalStore, p: &PruneParams) -> Result<Vec<Decision>, String> {
+    let mut candidates = Vec::new();
+    for m in store
+        .list()
+        .await
+        .map_err(|e| format!("cannot list the repository: {e}"))?
+    {
+        if p.database.as_ref().is_some_and(|d| *d != m.database) {
+            continue;
+        }
+        let verification = store
+            .verification(&m.backup_id)
+            .await
+            .map_err(|e| e.to_string())?;
+        candidates.push(Candidate {
+            id: m.backup_id,
+            database: m.database,
+            created_at: m.created_at,
+            verification,
+        });
+    }
+    retention::select(&candidates, &p.keep, p.min_age.map(|d| d.0), Utc::now())
+}
+
+pub fn describe_decision(d: &Decision) -> String {
+    if d.keep {
+        format!("keep   {} ({}): {}", d.id, d.database, d.reasons.join("; "))
+    } else {
+        format!("delete {} ({}): {}", d.id, d.database, d.reasons.join("; "))
+    }
+}
+
+pub async fn run(p: &PruneParams, ctx: &StepContext) -> Result<Outputs, StepError> {
+    let store = ctx.repository(&p.repository)?;
+    let decisions = decide(&store, p).await.map_err(StepError::permanent)?;
+    let mut deleted = Vec::new();
+    for d in &decisions {
+        ctx.events
+            .output(&ctx.step_id, Stream::Stdout, describe_decision(d));
+        if !d.keep {
+            if ctx.cancel.is_cancelled() {
+                return Err(StepError::cancelled());
+            }
+            store
+                .delete(&d.id)
+                .await
+                .map_err(|e| StepError::transient(format!("deleting {}: {e}", d.id)))?;
+            deleted.push(d.id.clone());
+        }
+    }
+    let mut outputs = Outputs::new();
+    outputs.insert("deleted".into(), deleted.join(" "));
+    outputs.insert(
+        "kept".into(),
+        decisions.iter().filter(|d| d.keep).count().to_string(),
+    );
+    Ok(outputs)
+}

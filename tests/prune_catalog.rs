@@ -1,0 +1,139 @@
+//! Verification records, `prune` with its two safety rules, and `backups list|show`, on a
+//! local repository filled by real backups.
+
+mod common;
+
+use common::pg::Cluster;
+use common::{Workspace, opsrunner};
+
+const PLAN: &str = r#"
+version: 1
+name: retention
+targets:
+  db: { url: "{{ env.DATABASE_URL }}" }
+  scratch: { ephemeral: true }
+repositories:
+  repo: { url: "file://./repo" }
+steps:
+  - { id: backup, type: backup, target: db, database: app, repository: repo }
+"#;
+
+fn backup(ws: &Workspace, url: &str) -> String {
+    let run = ws.apply_env(PLAN, &[], &[("DATABASE_URL", url)]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    run.step("backup")["outputs"]["backup_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn verify(ws: &Workspace, id: &str) -> common::Applied {
+    ws.apply(
+        &format!(
+            "version: 1\nname: v\ntargets:\n  scratch: {{ ephemeral: true }}\nrepositories:\n  repo: {{ url: \"file://./repo\" }}\nsteps:\n  - {{ id: verify, type: verify, repository: repo, backup: {id}, restore_into: {{ target: scratch, database: check }} }}\n"
+        ),
+        &[],
+    )
+}
+
+const PRUNE: &str = "version: 1\nname: p\nrepositories:\n  repo: { url: \"file://./repo\" }\nsteps:\n  - { id: prune, type: prune, repository: repo, keep: { last: \"{{ vars.last }}\" } }\nvars: { last: 1 }\n";
+
+fn prune(ws: &Workspace, args: &[&str]) -> common::Applied {
+    ws.apply(PRUNE, args)
+}
+
+fn listed(ws: &Workspace) -> Vec<serde_json::Value> {
+    let out = opsrunner()
+        .args(["backups", "list", "--json", "--repository"])
+        .arg(format!("file://{}", ws.path("repo").display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn prune_keeps_by_policy_and_never_the_newest_verified_backup() {
+    let cluster = Cluster::start();
+    cluster.psql("postgres", "create database app");
+    cluster.psql(
+        "app",
+        "create table t (id int); insert into t select generate_series(1, 100)",
+    );
+    let url = cluster.url("postgres");
+    let ws = Workspace::new();
+    let ids: Vec<String> = (0..4).map(|_| backup(&ws, &url)).collect();
+    let verified = verify(&ws, &ids[1]);
+    assert_eq!(verified.code, 0, "{}", verified.stderr);
+
+    // The preview names what would go and why the rest stays; nothing is deleted by it.
+    let plan = ws.write_plan(PRUNE);
+    let preview = opsrunner().arg("plan").arg(&plan).output().unwrap();
+    let text = String::from_utf8_lossy(&preview.stdout);
+    assert!(text.contains(&format!("delete {}", ids[0])), "{text}");
+    assert!(
+        text.contains(&format!(
+            "keep   {} (app): newest backup that passed a restore verification",
+            ids[1]
+        )),
+        "{text}"
+    );
+    assert_eq!(listed(&ws).len(), 4);
+
+    let run = prune(&ws, &["--var", "last=1"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let left: Vec<String> = listed(&ws)
+        .iter()
+        .map(|e| e["backup_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        left,
+        [ids[1].clone(), ids[3].clone()],
+        "kept: the last one and the newest verified one"
+    );
+    assert!(!ws.path("repo").join(&ids[0]).exists());
+    let entry = &listed(&ws)[0];
+    assert_eq!(entry["verification"]["passed"], true);
+    assert_eq!(entry["verification"]["restored"], true);
+}
+
+#[test]
+fn nothing_is_pruned_after_the_newest_backup_failed_verification() {
+    let cluster = Cluster::start();
+    cluster.psql("postgres", "create database app");
+    let url = cluster.url("postgres");
+    let ws = Workspace::new();
+    let ids: Vec<String> = (0..3).map(|_| backup(&ws, &url)).collect();
+    let file = ws.path("repo").join(&ids[2]).join("dump.pgdump.zst");
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[10] ^= 0xff;
+    std::fs::write(&file, bytes).unwrap();
+    let failed = verify(&ws, &ids[2]);
+    assert_eq!(failed.code, 1);
+
+    let run = prune(&ws, &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        listed(&ws).len(),
+        3,
+        "a failed newest backup stops every deletion"
+    );
+    assert!(
+        run.stderr
+            .contains("the newest backup failed its verification"),
+        "{}",
+        run.stderr
+    );
+
+    let show = opsrunner()
+        .args(["backups", "show", &ids[2], "--repository"])
+        .arg(format!("file://{}", ws.path("repo").display()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(text.contains("verification FAILED"), "{text}");
+}
