@@ -172,6 +172,53 @@ pub async fn list(store: &repo::local::LocalStore, json: bool) -> Result<String,
     Ok(out)
 }
 
+/// `backups prune`: the same selection and deletion as the `prune` step.
+pub async fn prune(
+    store: &repo::local::LocalStore,
+    keep: crate::repo::retention::Keep,
+    min_age: Option<std::time::Duration>,
+    database: Option<String>,
+    dry_run: bool,
+    json: bool,
+) -> Result<String, Failure> {
+    let params = crate::plan::model::PruneParams {
+        repository: store.root().display().to_string(),
+        keep,
+        min_age: min_age.map(crate::plan::duration::HumanDuration),
+        database,
+    };
+    let decisions = crate::steps::prune::decide(store, &params)
+        .await
+        .map_err(Failure::Usage)?;
+    if !dry_run {
+        for d in decisions.iter().filter(|d| !d.keep) {
+            store
+                .delete(&d.id)
+                .await
+                .map_err(|e| Failure::Io(format!("deleting {}: {e}", d.id)))?;
+        }
+    }
+    if json {
+        return Ok(serde_json::to_string_pretty(&decisions).expect("serializes") + "\n");
+    }
+    let mut out = String::new();
+    for d in &decisions {
+        let _ = writeln!(out, "{}", crate::steps::prune::describe_decision(d));
+    }
+    let gone = decisions.iter().filter(|d| !d.keep).count();
+    let _ = writeln!(
+        out,
+        "{gone} of {} backups {}",
+        decisions.len(),
+        if dry_run {
+            "would be deleted (dry run: nothing was deleted)"
+        } else {
+            "deleted"
+        }
+    );
+    Ok(out)
+}
+
 pub async fn show(
     store: &repo::local::LocalStore,
     id: &str,

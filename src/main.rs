@@ -141,6 +141,35 @@ enum BackupsCommand {
         #[command(flatten)]
         repo: RepositoryArgs,
     },
+    /// Delete the backups a retention policy does not keep (restic's semantics; see README).
+    Prune {
+        #[command(flatten)]
+        repo: RepositoryArgs,
+        #[arg(long, value_name = "N")]
+        keep_last: Option<u32>,
+        #[arg(long, value_name = "N")]
+        keep_hourly: Option<u32>,
+        #[arg(long, value_name = "N")]
+        keep_daily: Option<u32>,
+        #[arg(long, value_name = "N")]
+        keep_weekly: Option<u32>,
+        #[arg(long, value_name = "N")]
+        keep_monthly: Option<u32>,
+        #[arg(long, value_name = "N")]
+        keep_yearly: Option<u32>,
+        /// Keep everything within this span before the newest backup, e.g. 14d.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        keep_within: Option<Duration>,
+        /// Never delete backups younger than this.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        min_age: Option<Duration>,
+        /// Only backups of this database.
+        #[arg(long)]
+        database: Option<String>,
+        /// Show what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn parse_var(s: &str) -> Result<(String, String), String> {
@@ -191,6 +220,31 @@ fn main() {
                     BackupsCommand::Show { id, repo } => {
                         let store = catalog::open_store(&repo.repository, repo.plan.as_deref())?;
                         catalog::show(&store, &id, repo.json).await
+                    }
+                    BackupsCommand::Prune {
+                        repo,
+                        keep_last,
+                        keep_hourly,
+                        keep_daily,
+                        keep_weekly,
+                        keep_monthly,
+                        keep_yearly,
+                        keep_within,
+                        min_age,
+                        database,
+                        dry_run,
+                    } => {
+                        let store = catalog::open_store(&repo.repository, repo.plan.as_deref())?;
+                        let keep = opsrunner::repo::retention::Keep {
+                            last: keep_last,
+                            hourly: keep_hourly,
+                            daily: keep_daily,
+                            weekly: keep_weekly,
+                            monthly: keep_monthly,
+                            yearly: keep_yearly,
+                            within: keep_within.map(opsrunner::plan::duration::HumanDuration),
+                        };
+                        catalog::prune(&store, keep, min_age, database, dry_run, repo.json).await
                     }
                 }
             })

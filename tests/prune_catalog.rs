@@ -84,6 +84,25 @@ fn prune_keeps_by_policy_and_never_the_newest_verified_backup() {
     );
     assert_eq!(listed(&ws).len(), 4);
 
+    let dry = opsrunner()
+        .args([
+            "backups",
+            "prune",
+            "--keep-last",
+            "1",
+            "--dry-run",
+            "--repository",
+        ])
+        .arg(format!("file://{}", ws.path("repo").display()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&dry.stdout);
+    assert!(
+        text.contains("2 of 4 backups would be deleted (dry run"),
+        "{text}"
+    );
+    assert_eq!(listed(&ws).len(), 4);
+
     let run = prune(&ws, &["--var", "last=1"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let left: Vec<String> = listed(&ws)
