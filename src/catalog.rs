@@ -172,15 +172,49 @@ pub async fn list(store: &repo::local::LocalStore, json: bool) -> Result<String,
     Ok(out)
 }
 
-/// `backups prune`: the same selection and deletion as the `prune` step.
+/// `backups prune`: the same selection and deletion as the `prune` step, and with
+/// `orphans` the removal of unfinished backups untouched for that long.
 pub async fn prune(
     store: &repo::local::LocalStore,
     keep: crate::repo::retention::Keep,
     min_age: Option<std::time::Duration>,
     database: Option<String>,
+    orphans: Option<std::time::Duration>,
     dry_run: bool,
     json: bool,
 ) -> Result<String, Failure> {
+    let mut out = String::new();
+    let verb = if dry_run { "would delete" } else { "delete" };
+    if let Some(age) = orphans {
+        let now = std::time::SystemTime::now();
+        for (id, changed) in store.orphans().map_err(|e| Failure::Io(e.to_string()))? {
+            let idle = now.duration_since(changed).unwrap_or_default();
+            let idle_text =
+                crate::plan::duration::format(std::time::Duration::from_secs(idle.as_secs()));
+            if idle < age {
+                let _ = writeln!(
+                    out,
+                    "keep   {id}: unfinished, but changed {idle_text} ago (may still be running)"
+                );
+                continue;
+            }
+            if !dry_run {
+                store
+                    .remove_orphan(&id)
+                    .map_err(|e| Failure::Io(format!("removing {id}: {e}")))?;
+            }
+            let _ = writeln!(
+                out,
+                "{verb} {id}: unfinished backup (no manifest), untouched for {idle_text}"
+            );
+        }
+        if keep.is_empty() {
+            if out.is_empty() {
+                out.push_str("no unfinished backups\n");
+            }
+            return Ok(out);
+        }
+    }
     let params = crate::plan::model::PruneParams {
         repository: store.root().display().to_string(),
         keep,
@@ -201,7 +235,6 @@ pub async fn prune(
     if json {
         return Ok(serde_json::to_string_pretty(&decisions).expect("serializes") + "\n");
     }
-    let mut out = String::new();
     for d in &decisions {
         let _ = writeln!(out, "{}", crate::steps::prune::describe_decision(d));
     }

@@ -166,6 +166,14 @@ enum BackupsCommand {
         /// Only backups of this database.
         #[arg(long)]
         database: Option<String>,
+        /// Also remove leftovers of unfinished backups (no manifest) untouched for
+        /// --orphan-age; no --keep-* needed for this alone.
+        #[arg(long)]
+        orphans: bool,
+        /// How long a leftover must be untouched before --orphans removes it (a backup in
+        /// progress looks the same).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1h")]
+        orphan_age: Duration,
         /// Show what would be deleted; delete nothing.
         #[arg(long)]
         dry_run: bool,
@@ -232,6 +240,8 @@ fn main() {
                         keep_within,
                         min_age,
                         database,
+                        orphans,
+                        orphan_age,
                         dry_run,
                     } => {
                         let store = catalog::open_store(&repo.repository, repo.plan.as_deref())?;
@@ -244,7 +254,9 @@ fn main() {
                             yearly: keep_yearly,
                             within: keep_within.map(opsrunner::plan::duration::HumanDuration),
                         };
-                        catalog::prune(&store, keep, min_age, database, dry_run, repo.json).await
+                        let orphans = orphans.then_some(orphan_age);
+                        catalog::prune(&store, keep, min_age, database, orphans, dry_run, repo.json)
+                            .await
                     }
                 }
             })

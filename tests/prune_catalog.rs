@@ -156,3 +156,75 @@ fn nothing_is_pruned_after_the_newest_backup_failed_verification() {
     let text = String::from_utf8_lossy(&show.stdout);
     assert!(text.contains("verification FAILED"), "{text}");
 }
+
+#[test]
+fn a_backup_killed_midway_never_appears_and_prune_orphans_removes_it() {
+    let cluster = Cluster::start();
+    cluster.psql("postgres", "create database app");
+    cluster.psql("app", "create table t (id int)");
+    let url = cluster.url("postgres");
+    let ws = Workspace::new();
+    // Make pg_dump wait on a lock, then kill opsrunner outright (no cleanup possible).
+    let mut locker = std::process::Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            &cluster.url("app"),
+            "-c",
+            "begin; lock table t in access exclusive mode; select pg_sleep(30)",
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let plan = ws.write_plan(PLAN);
+    let mut child = opsrunner()
+        .arg("apply")
+        .arg(&plan)
+        .env("DATABASE_URL", &url)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let repo = ws.path("repo");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::fs::read_dir(&repo).map_or(0, |d| d.count()) == 0
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = locker.kill();
+    let _ = locker.wait();
+
+    assert_eq!(
+        std::fs::read_dir(&repo).unwrap().count(),
+        1,
+        "the unfinished backup left a directory"
+    );
+    assert!(
+        listed(&ws).is_empty(),
+        "an unfinished backup is never listed"
+    );
+    let prune = |args: &[&str]| {
+        let out = opsrunner()
+            .args(["backups", "prune", "--orphans", "--repository"])
+            .arg(format!("file://{}", repo.display()))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Fresh leftovers might be a backup still running: kept by default.
+    assert!(prune(&[]).contains("may still be running"));
+    assert!(prune(&["--orphan-age", "0s", "--dry-run"]).contains("would delete"));
+    assert_eq!(std::fs::read_dir(&repo).unwrap().count(), 1);
+    assert!(prune(&["--orphan-age", "0s"]).contains("unfinished backup (no manifest)"));
+    assert_eq!(std::fs::read_dir(&repo).unwrap().count(), 0);
+}

@@ -38,6 +38,44 @@ impl LocalStore {
         Ok(self.root.join(backup_id))
     }
 
+    /// Leftovers of backups that never published a manifest (a process killed mid-backup),
+    /// with the time anything in them last changed. A backup still being written looks the
+    /// same, so callers only remove those untouched for a while.
+    pub fn orphans(&self) -> io::Result<Vec<(String, std::time::SystemTime)>> {
+        let mut out = Vec::new();
+        let entries = match std::fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e),
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if !path.is_dir() || path.join(MANIFEST_NAME).exists() {
+                continue;
+            }
+            let mut newest = entry.metadata()?.modified()?;
+            for file in walk(&path) {
+                if let Ok(m) = file.metadata().and_then(|m| m.modified()) {
+                    newest = newest.max(m);
+                }
+            }
+            out.push((entry.file_name().to_string_lossy().into_owned(), newest));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Removes an orphan (never a published backup).
+    pub fn remove_orphan(&self, backup_id: &str) -> io::Result<()> {
+        let dir = self.backup_dir(backup_id)?;
+        if dir.join(MANIFEST_NAME).exists() {
+            return Err(io::Error::other(format!(
+                "{backup_id} is a published backup, not an orphan"
+            )));
+        }
+        std::fs::remove_dir_all(dir)
+    }
+
     fn file_path(&self, backup_id: &str, name: &str) -> io::Result<PathBuf> {
         if name
             .split('/')
@@ -50,6 +88,19 @@ impl LocalStore {
         }
         Ok(self.backup_dir(backup_id)?.join(name))
     }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
