@@ -28,16 +28,27 @@ pub const COMMON_STEP_KEYS: &[&str] =
 /// Parses and type-checks a plan. On success the YAML tree is returned too, so that later
 /// checks can point at positions.
 pub fn load_str(source: &str) -> Result<(Plan, Node), Vec<Diagnostic>> {
+    let (plan, root, problems) = load_partial(source)?;
+    match plan {
+        Some(plan) if problems.is_empty() => Ok((plan, root)),
+        _ => Err(problems),
+    }
+}
+
+/// Like [`load_str`], but also returns a plan when only some steps are broken: those
+/// steps stand in as placeholders (`broken: true`), so that the semantic checks can still
+/// run on the rest and every problem is reported in one go.
+pub fn load_partial(
+    source: &str,
+) -> Result<(Option<Plan>, Node, Vec<Diagnostic>), Vec<Diagnostic>> {
     let root = yaml::parse(source)?;
     let mut loader = Loader {
         root: &root,
         problems: Vec::new(),
     };
     let plan = loader.plan();
-    match plan {
-        Some(plan) if loader.problems.is_empty() => Ok((plan, root)),
-        _ => Err(loader.problems),
-    }
+    let problems = loader.problems;
+    Ok((plan, root, problems))
 }
 
 struct Loader<'a> {
@@ -86,14 +97,16 @@ impl Loader<'_> {
         let targets: Option<BTreeMap<String, Target>> = self.named_map("targets");
         let repositories: Option<BTreeMap<String, Repository>> = self.named_map("repositories");
         let steps = self.steps();
+        // Sections that failed would make the semantic checks report phantom problems
+        // ("unknown target"), so a partial plan is only built when just steps are broken.
         Some(Plan {
             version: version?,
             name: name?,
-            description: description.flatten(),
-            vars: vars.unwrap_or_default(),
-            secrets: secrets.unwrap_or_default(),
-            targets: targets.unwrap_or_default(),
-            repositories: repositories.unwrap_or_default(),
+            description: description?,
+            vars: vars?,
+            secrets: secrets?,
+            targets: targets?,
+            repositories: repositories?,
             steps: steps?,
         })
     }
@@ -177,15 +190,12 @@ impl Loader<'_> {
                     .with_path("steps"),
             );
         }
-        let mut steps = Vec::new();
-        let mut ok = true;
-        for (i, item) in items.iter().enumerate() {
-            match self.step(i, item) {
-                Some(step) => steps.push(step),
-                None => ok = false,
-            }
-        }
-        ok.then_some(steps)
+        let steps = items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| self.step(i, item).unwrap_or_else(|| placeholder(item)))
+            .collect();
+        Some(steps)
     }
 
     fn step(&mut self, index: usize, node: &Node) -> Option<StepDef> {
@@ -265,6 +275,7 @@ impl Loader<'_> {
             common: common?,
             kind: kind?,
             raw_params: params,
+            broken: false,
         })
     }
 
@@ -383,6 +394,40 @@ impl Loader<'_> {
         (0..=path.len())
             .rev()
             .find_map(|n| self.root.lookup(&path[..n]).map(|(node, _)| node.span))
+    }
+}
+
+/// A stand-in for a step that did not load: its id and needs as far as they can be read,
+/// so that references to it do not produce phantom errors.
+fn placeholder(node: &Node) -> StepDef {
+    let id = node
+        .get("id")
+        .and_then(Node::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let needs = match node.get("needs").map(|n| &n.kind) {
+        Some(NodeKind::Seq(items)) => items
+            .iter()
+            .filter_map(|n| n.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    };
+    StepDef {
+        common: Common {
+            id,
+            needs,
+            condition: Default::default(),
+            retry: None,
+            timeout: None,
+            continue_on_error: false,
+        },
+        kind: StepKind::Shell(super::model::ShellParams {
+            command: String::new(),
+            env: BTreeMap::new(),
+            workdir: None,
+        }),
+        raw_params: Value::Object(serde_json::Map::new()),
+        broken: true,
     }
 }
 

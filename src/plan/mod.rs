@@ -98,8 +98,19 @@ impl PlanError {
 
 /// Loads and validates a plan: all problems, or a plan ready to preview and run.
 pub fn check(source: PlanSource) -> Result<(PlanSource, ValidPlan), PlanError> {
-    let result = load::load_str(&source.text)
-        .and_then(|(plan, root)| validate::validate(plan, &root, &source.text));
+    let result = match load::load_partial(&source.text) {
+        Err(problems) => Err(problems),
+        Ok((None, _, problems)) => Err(problems),
+        Ok((Some(plan), root, mut problems)) => match validate::validate(plan, &root, &source.text)
+        {
+            Ok(valid) if problems.is_empty() => Ok(valid),
+            Ok(_) => Err(problems),
+            Err(more) => {
+                problems.extend(more);
+                Err(problems)
+            }
+        },
+    };
     match result {
         Ok(valid) => Ok((source, valid)),
         Err(diagnostics) => Err(PlanError::Invalid {

@@ -90,6 +90,10 @@ pub struct StepDef {
     /// and deserialized again when the step starts.
     #[serde(skip)]
     pub raw_params: Value,
+    /// A stand-in for a step that failed to load (see `load::load_partial`); a plan with
+    /// one never validates.
+    #[serde(skip)]
+    pub broken: bool,
 }
 
 impl StepDef {

@@ -94,6 +94,10 @@ impl Validator<'_> {
         let mut index = HashMap::new();
         for (i, step) in self.plan.steps.iter().enumerate() {
             let id = step.id();
+            if step.broken && id.is_empty() {
+                // Its loading problem is reported already.
+                continue;
+            }
             let path = step_path(i, &[key("id")]);
             let valid = id.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
                 && id
@@ -472,6 +476,9 @@ impl Validator<'_> {
                         format!("`{dotted}` is not a step output reference"),
                         Some(format!("write `{{{{ steps.{id}.outputs.NAME }}}}`")),
                     ));
+                }
+                if self.plan.steps[other].broken {
+                    return None;
                 }
                 let output = r.path[3].as_str();
                 let outputs = self.plan.steps[other].kind.output_names();
