@@ -10,12 +10,15 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 /// Resolves `--repository`: a URL, or the name of a repository in `--plan`.
-pub fn open_store(
+pub async fn open_store(
     repository: &str,
     plan_file: Option<&Path>,
-) -> Result<repo::local::LocalStore, Failure> {
+) -> Result<repo::AnyStore, Failure> {
     if repository.contains("://") {
-        return repo::open(repository, Path::new(".")).map_err(Failure::Usage);
+        // Endpoint and region then come from the AWS environment (AWS_ENDPOINT_URL, AWS_REGION).
+        return repo::open(repository, Path::new("."), &Default::default())
+            .await
+            .map_err(Failure::Usage);
     }
     let Some(plan_file) = plan_file else {
         return Err(Failure::Usage(format!(
@@ -39,7 +42,9 @@ pub fn open_store(
     let url = plan::template::Templates::new()
         .render_str(&repo.url, &env)
         .map_err(|e| Failure::Usage(format!("repository `{repository}`: {e}")))?;
-    repo::open(&url, &source.base_dir()).map_err(Failure::Usage)
+    repo::open(&url, &source.base_dir(), &repo.s3_options())
+        .await
+        .map_err(Failure::Usage)
 }
 
 #[derive(Serialize)]
@@ -49,7 +54,7 @@ struct Entry {
     verification: Option<Verification>,
 }
 
-async fn entries(store: &repo::local::LocalStore) -> Result<Vec<Entry>, Failure> {
+async fn entries(store: &repo::AnyStore) -> Result<Vec<Entry>, Failure> {
     let manifests = store
         .list()
         .await
@@ -105,16 +110,13 @@ fn size(bytes: u64) -> String {
     }
 }
 
-pub async fn list(store: &repo::local::LocalStore, json: bool) -> Result<String, Failure> {
+pub async fn list(store: &repo::AnyStore, json: bool) -> Result<String, Failure> {
     let entries = entries(store).await?;
     if json {
         return Ok(serde_json::to_string_pretty(&entries).expect("serializes") + "\n");
     }
     if entries.is_empty() {
-        return Ok(format!(
-            "{}: no published backups\n",
-            store.root().display()
-        ));
+        return Ok(format!("{}: no published backups\n", store.location()));
     }
     let now = Utc::now();
     let rows: Vec<[String; 7]> = entries
@@ -175,7 +177,7 @@ pub async fn list(store: &repo::local::LocalStore, json: bool) -> Result<String,
 /// `backups prune`: the same selection and deletion as the `prune` step, and with
 /// `orphans` the removal of unfinished backups untouched for that long.
 pub async fn prune(
-    store: &repo::local::LocalStore,
+    store: &repo::AnyStore,
     keep: crate::repo::retention::Keep,
     min_age: Option<std::time::Duration>,
     database: Option<String>,
@@ -187,7 +189,11 @@ pub async fn prune(
     let verb = if dry_run { "would delete" } else { "delete" };
     if let Some(age) = orphans {
         let now = std::time::SystemTime::now();
-        for (id, changed) in store.orphans().map_err(|e| Failure::Io(e.to_string()))? {
+        for (id, changed) in store
+            .orphans()
+            .await
+            .map_err(|e| Failure::Io(e.to_string()))?
+        {
             let idle = now.duration_since(changed).unwrap_or_default();
             let idle_text =
                 crate::plan::duration::format(std::time::Duration::from_secs(idle.as_secs()));
@@ -201,6 +207,7 @@ pub async fn prune(
             if !dry_run {
                 store
                     .remove_orphan(&id)
+                    .await
                     .map_err(|e| Failure::Io(format!("removing {id}: {e}")))?;
             }
             let _ = writeln!(
@@ -216,7 +223,7 @@ pub async fn prune(
         }
     }
     let params = crate::plan::model::PruneParams {
-        repository: store.root().display().to_string(),
+        repository: store.location().to_string(),
         keep,
         min_age: min_age.map(crate::plan::duration::HumanDuration),
         database,
@@ -252,11 +259,7 @@ pub async fn prune(
     Ok(out)
 }
 
-pub async fn show(
-    store: &repo::local::LocalStore,
-    id: &str,
-    json: bool,
-) -> Result<String, Failure> {
+pub async fn show(store: &repo::AnyStore, id: &str, json: bool) -> Result<String, Failure> {
     let manifest = store
         .manifest(id)
         .await

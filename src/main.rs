@@ -222,11 +222,12 @@ fn main() {
             runtime.block_on(async {
                 match command {
                     BackupsCommand::List(r) => {
-                        let store = catalog::open_store(&r.repository, r.plan.as_deref())?;
+                        let store = catalog::open_store(&r.repository, r.plan.as_deref()).await?;
                         catalog::list(&store, r.json).await
                     }
                     BackupsCommand::Show { id, repo } => {
-                        let store = catalog::open_store(&repo.repository, repo.plan.as_deref())?;
+                        let store =
+                            catalog::open_store(&repo.repository, repo.plan.as_deref()).await?;
                         catalog::show(&store, &id, repo.json).await
                     }
                     BackupsCommand::Prune {
@@ -244,7 +245,8 @@ fn main() {
                         orphan_age,
                         dry_run,
                     } => {
-                        let store = catalog::open_store(&repo.repository, repo.plan.as_deref())?;
+                        let store =
+                            catalog::open_store(&repo.repository, repo.plan.as_deref()).await?;
                         let keep = opsrunner::repo::retention::Keep {
                             last: keep_last,
                             hourly: keep_hourly,

@@ -4,7 +4,7 @@
 
 use super::conn::ConnInfo;
 use super::process::PgProcess;
-use crate::repo::local::LocalStore;
+use crate::repo::AnyStore;
 use crate::repo::manifest::{DumpFormat, Manifest};
 use crate::repo::pipeline;
 use crate::steps::backup::tool;
@@ -95,7 +95,7 @@ pub async fn prepare_database(
 /// Streams backup `manifest` into the database `into` points at.
 pub async fn restore(
     ctx: &StepContext,
-    store: &LocalStore,
+    store: &AnyStore,
     manifest: &Manifest,
     into: &ConnInfo,
     server_major: u32,
@@ -165,7 +165,7 @@ pub async fn restore(
 /// contents: the broken pipe that follows is expected then.
 pub async fn feed(
     ctx: &StepContext,
-    store: &LocalStore,
+    store: &AnyStore,
     manifest: &Manifest,
     name: &str,
     mut process: PgProcess,
@@ -203,7 +203,7 @@ pub async fn feed(
 /// constraints, triggers: no data to look for) runs with `-j` from that copy.
 async fn parallel_custom(
     ctx: &StepContext,
-    store: &LocalStore,
+    store: &AnyStore,
     manifest: &Manifest,
     pg_restore: &Path,
     args: &[String],
@@ -317,7 +317,7 @@ fn rows_of(manifest: &Manifest, line: &str) -> i64 {
 /// the end even when the process stops reading early (it may have all it needs).
 async fn feed_keeping(
     ctx: &StepContext,
-    store: &LocalStore,
+    store: &AnyStore,
     manifest: &Manifest,
     name: &str,
     mut process: PgProcess,
@@ -378,7 +378,7 @@ async fn feed_keeping(
 
 /// Decompresses one stored file to a local path.
 async fn unpack(
-    store: &LocalStore,
+    store: &AnyStore,
     manifest: &Manifest,
     name: &str,
     to: &Path,
@@ -397,7 +397,7 @@ async fn unpack(
 
 /// Rebuilds pg_dump's directory (`dump/…`) from the stored files; returns its path.
 pub async fn unpack_directory(
-    store: &LocalStore,
+    store: &AnyStore,
     manifest: &Manifest,
     spool: &Path,
 ) -> Result<std::path::PathBuf, StepError> {

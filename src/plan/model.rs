@@ -75,8 +75,29 @@ impl Target {
 pub struct Repository {
     /// `file://path` or `s3://bucket/prefix`.
     pub url: String,
+    /// S3: the bucket's region.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// S3-compatible stores (MinIO, Ceph, R2, …): the service's URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// S3-compatible stores: address buckets as `endpoint/bucket` rather than by host name.
+    #[serde(default)]
+    pub force_path_style: bool,
+    /// S3: multipart part size in MiB (default 16, at least 5); memory use is about twice this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part_size_mib: Option<u32>,
+}
+
+impl Repository {
+    pub fn s3_options(&self) -> crate::repo::s3::S3Options {
+        crate::repo::s3::S3Options {
+            region: self.region.clone(),
+            endpoint: self.endpoint.clone(),
+            force_path_style: self.force_path_style,
+            part_size: self.part_size_mib.map(|m| m as usize * 1024 * 1024),
+        }
+    }
 }
 
 /// One step: the keys every step has, plus its type's parameters.

@@ -7,6 +7,7 @@ pub mod local;
 pub mod manifest;
 pub mod pipeline;
 pub mod retention;
+pub mod s3;
 
 use manifest::{Manifest, Verification};
 use std::future::Future;
@@ -56,8 +57,15 @@ pub trait BackupStore: Send + Sync {
     fn delete(&self, backup_id: &str) -> impl Future<Output = io::Result<()>> + Send;
 }
 
-/// Opens the repository a plan names. `file://` paths are relative to the plan's directory.
-pub fn open(url: &str, base_dir: &Path) -> Result<local::LocalStore, String> {
+/// A repository of any kind; what steps and the catalog work with.
+#[derive(Clone)]
+pub enum AnyStore {
+    Local(local::LocalStore),
+    S3(s3::S3Store),
+}
+
+/// Opens a repository: `file://path` (relative to `base_dir`) or `s3://bucket/prefix`.
+pub async fn open(url: &str, base_dir: &Path, options: &s3::S3Options) -> Result<AnyStore, String> {
     if let Some(path) = url.strip_prefix("file://") {
         let path = Path::new(path);
         let root = if path.is_absolute() {
@@ -65,12 +73,85 @@ pub fn open(url: &str, base_dir: &Path) -> Result<local::LocalStore, String> {
         } else {
             base_dir.join(path)
         };
-        return Ok(local::LocalStore::new(root));
+        return Ok(AnyStore::Local(local::LocalStore::new(root)));
     }
     if url.starts_with("s3://") {
-        return Err("S3 repositories are not supported by this build yet; use file://".into());
+        return Ok(AnyStore::S3(s3::S3Store::connect(url, options).await?));
     }
-    Err(format!("unsupported repository URL `{url}`"))
+    Err(format!(
+        "unsupported repository URL `{url}`; use file://path or s3://bucket/prefix"
+    ))
+}
+
+impl AnyStore {
+    /// Where the repository is, for messages.
+    pub fn location(&self) -> String {
+        match self {
+            AnyStore::Local(l) => format!("file://{}", l.root().display()),
+            AnyStore::S3(s) => s.uri("").trim_end_matches('/').to_string(),
+        }
+    }
+
+    /// Leftovers of unfinished backups and when they last changed (see `LocalStore::orphans`).
+    pub async fn orphans(&self) -> io::Result<Vec<(String, std::time::SystemTime)>> {
+        match self {
+            AnyStore::Local(l) => l.orphans(),
+            AnyStore::S3(s) => s.orphans().await,
+        }
+    }
+
+    pub async fn remove_orphan(&self, backup_id: &str) -> io::Result<()> {
+        match self {
+            AnyStore::Local(l) => l.remove_orphan(backup_id),
+            AnyStore::S3(s) => s.discard(backup_id).await,
+        }
+    }
+}
+
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            AnyStore::Local($s) => $e,
+            AnyStore::S3($s) => $e,
+        }
+    };
+}
+
+impl BackupStore for AnyStore {
+    fn uri(&self, backup_id: &str) -> String {
+        dispatch!(self, s => s.uri(backup_id))
+    }
+    async fn create(&self, backup_id: &str, name: &str) -> io::Result<Box<dyn FileSink>> {
+        dispatch!(self, s => s.create(backup_id, name).await)
+    }
+    async fn publish(&self, manifest: &Manifest) -> io::Result<()> {
+        dispatch!(self, s => s.publish(manifest).await)
+    }
+    async fn discard(&self, backup_id: &str) -> io::Result<()> {
+        dispatch!(self, s => s.discard(backup_id).await)
+    }
+    async fn list(&self) -> io::Result<Vec<Manifest>> {
+        dispatch!(self, s => s.list().await)
+    }
+    async fn manifest(&self, backup_id: &str) -> io::Result<Manifest> {
+        dispatch!(self, s => s.manifest(backup_id).await)
+    }
+    async fn open(&self, backup_id: &str, name: &str) -> io::Result<Reader> {
+        dispatch!(self, s => s.open(backup_id, name).await)
+    }
+    async fn record_verification(
+        &self,
+        backup_id: &str,
+        verification: &Verification,
+    ) -> io::Result<()> {
+        dispatch!(self, s => s.record_verification(backup_id, verification).await)
+    }
+    async fn verification(&self, backup_id: &str) -> io::Result<Option<Verification>> {
+        dispatch!(self, s => s.verification(backup_id).await)
+    }
+    async fn delete(&self, backup_id: &str) -> io::Result<()> {
+        dispatch!(self, s => s.delete(backup_id).await)
+    }
 }
 
 /// Latest published backup, optionally of one database.

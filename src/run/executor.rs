@@ -392,7 +392,13 @@ impl StepTask {
                 .templates
                 .render_str(&repo.url, &self.context)
                 .map_err(|e| StepError::permanent(format!("repository `{name}`: {e}")))?;
-            repositories.insert(name.clone(), url);
+            repositories.insert(
+                name.clone(),
+                crate::plan::model::Repository {
+                    url,
+                    ..repo.clone()
+                },
+            );
         }
         let ctx = StepContext {
             step_id: step.id().to_string(),

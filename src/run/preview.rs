@@ -128,16 +128,16 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
             ),
             None => steps::preview_reads::TargetView::None,
         };
-        let repo_url = kind
+        let repo = kind
             .repository()
             .and_then(|r| plan.repositories.get(r))
             .map(|r| {
-                templates
+                let url = templates
                     .render_str(&r.url, &context)
-                    .unwrap_or_else(|_| r.url.clone())
+                    .unwrap_or_else(|_| r.url.clone());
+                crate::plan::model::Repository { url, ..r.clone() }
             });
-        let repo_url = repo_url.as_deref();
-        let details = steps::preview_reads::details(&kind, &base_dir, view, repo_url)
+        let details = steps::preview_reads::details(&kind, &base_dir, view, repo.as_ref())
             .await
             .into_iter()
             .map(|d| redactor.redact(&d))

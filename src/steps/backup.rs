@@ -115,7 +115,7 @@ fn id_safe(s: &str) -> String {
 }
 
 pub async fn run(p: &BackupParams, ctx: &StepContext) -> Result<Outputs, StepError> {
-    let store = ctx.repository(&p.repository)?;
+    let store = ctx.repository(&p.repository).await?;
     let created_at = Utc::now();
     let clock = Instant::now();
     let mut server = connect(
@@ -209,7 +209,7 @@ type DumpResult = (
 async fn dump(
     p: &BackupParams,
     ctx: &StepContext,
-    store: &crate::repo::local::LocalStore,
+    store: &crate::repo::AnyStore,
     server: &mut Server,
     pg_dump: &std::path::Path,
     backup_id: &str,

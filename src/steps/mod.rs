@@ -78,8 +78,8 @@ pub struct StepContext {
     pub base_dir: PathBuf,
     /// Rendered connection URLs of the targets, by name.
     pub targets: BTreeMap<String, String>,
-    /// URLs of the repositories the step uses, by name.
-    pub repositories: BTreeMap<String, String>,
+    /// The repositories the step uses, by name, URLs rendered.
+    pub repositories: BTreeMap<String, crate::plan::model::Repository>,
     pub events: Events,
     /// Cancelled when the attempt times out or the run is interrupted; steps stop their
     /// work and child processes when it fires.
@@ -104,12 +104,14 @@ impl StepContext {
             .ok_or_else(|| StepError::permanent(format!("target `{name}` is not available")))
     }
 
-    pub fn repository(&self, name: &str) -> Result<crate::repo::local::LocalStore, StepError> {
-        let url = self
+    pub async fn repository(&self, name: &str) -> Result<crate::repo::AnyStore, StepError> {
+        let repo = self
             .repositories
             .get(name)
             .ok_or_else(|| StepError::permanent(format!("repository `{name}` is not available")))?;
-        crate::repo::open(url, &self.base_dir).map_err(StepError::permanent)
+        crate::repo::open(&repo.url, &self.base_dir, &repo.s3_options())
+            .await
+            .map_err(StepError::permanent)
     }
 
     pub fn resolve(&self, path: &str) -> PathBuf {

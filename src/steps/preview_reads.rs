@@ -23,7 +23,7 @@ pub async fn details(
     kind: &StepKind,
     base_dir: &Path,
     target: TargetView<'_>,
-    repo_url: Option<&str>,
+    repo: Option<&crate::plan::model::Repository>,
 ) -> Vec<String> {
     match kind {
         StepKind::Reset(p) => reset::details(p, base_dir).await,
@@ -91,19 +91,13 @@ pub async fn details(
             Err(e) => vec![e.message],
         },
         StepKind::Restore(p) if p.backup == "latest" => {
-            latest(
-                repo_url,
-                base_dir,
-                &p.repository,
-                p.source_database.as_deref(),
-            )
-            .await
+            latest(repo, base_dir, &p.repository, p.source_database.as_deref()).await
         }
         StepKind::Verify(p) if p.backup == "latest" => {
-            latest(repo_url, base_dir, &p.repository, None).await
+            latest(repo, base_dir, &p.repository, None).await
         }
         StepKind::Prune(p) => {
-            let Some(store) = repo_url.and_then(|url| crate::repo::open(url, base_dir).ok()) else {
+            let Some(store) = open(repo, base_dir).await else {
                 return vec!["the repository cannot be read before apply".into()];
             };
             match prune::decide(&store, p).await {
@@ -118,14 +112,24 @@ pub async fn details(
     }
 }
 
+async fn open(
+    repo: Option<&crate::plan::model::Repository>,
+    base_dir: &Path,
+) -> Option<crate::repo::AnyStore> {
+    let repo = repo?;
+    crate::repo::open(&repo.url, base_dir, &repo.s3_options())
+        .await
+        .ok()
+}
+
 /// Which backup `latest` stands for right now.
 async fn latest(
-    repo_url: Option<&str>,
+    repo: Option<&crate::plan::model::Repository>,
     base_dir: &Path,
     repository: &str,
     database: Option<&str>,
 ) -> Vec<String> {
-    let Some(store) = repo_url.and_then(|url| crate::repo::open(url, base_dir).ok()) else {
+    let Some(store) = open(repo, base_dir).await else {
         return Vec::new();
     };
     match restore::resolve(&store, "latest", database, repository).await {

@@ -4,8 +4,8 @@
 
 use super::{StepContext, StepError};
 use crate::plan::model::PruneParams;
+use crate::repo::AnyStore;
 use crate::repo::BackupStore;
-use crate::repo::local::LocalStore;
 use crate::repo::retention::{self, Candidate, Decision};
 use crate::run::events::{Outputs, Stream};
 use chrono::Utc;
@@ -44,7 +44,7 @@ pub fn describe(p: &PruneParams) -> String {
 }
 
 /// Decisions for every published backup in scope.
-pub async fn decide(store: &LocalStore, p: &PruneParams) -> Result<Vec<Decision>, String> {
+pub async fn decide(store: &AnyStore, p: &PruneParams) -> Result<Vec<Decision>, String> {
     let mut candidates = Vec::new();
     for m in store
         .list()
@@ -77,7 +77,7 @@ pub fn describe_decision(d: &Decision) -> String {
 }
 
 pub async fn run(p: &PruneParams, ctx: &StepContext) -> Result<Outputs, StepError> {
-    let store = ctx.repository(&p.repository)?;
+    let store = ctx.repository(&p.repository).await?;
     let decisions = decide(&store, p).await.map_err(StepError::permanent)?;
     let mut deleted = Vec::new();
     for d in &decisions {

@@ -4,7 +4,7 @@ use super::backup::connect;
 use super::{StepContext, StepError};
 use crate::pg::restore;
 use crate::plan::model::RestoreParams;
-use crate::repo::local::LocalStore;
+use crate::repo::AnyStore;
 use crate::repo::manifest::Manifest;
 use crate::repo::{self, BackupStore};
 use crate::run::events::Outputs;
@@ -35,7 +35,7 @@ pub fn describe(p: &RestoreParams) -> String {
 
 /// Finds the manifest of `backup` (an id or `latest`).
 pub async fn resolve(
-    store: &LocalStore,
+    store: &AnyStore,
     backup: &str,
     database: Option<&str>,
     repository: &str,
@@ -62,7 +62,7 @@ pub async fn resolve(
 }
 
 pub async fn run(p: &RestoreParams, ctx: &StepContext) -> Result<Outputs, StepError> {
-    let store = ctx.repository(&p.repository)?;
+    let store = ctx.repository(&p.repository).await?;
     let manifest = resolve(
         &store,
         &p.backup,

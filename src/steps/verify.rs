@@ -9,8 +9,8 @@ use super::{StepContext, StepError};
 use crate::pg::process::PgProcess;
 use crate::pg::{fingerprint, restore};
 use crate::plan::model::VerifyParams;
+use crate::repo::AnyStore;
 use crate::repo::BackupStore;
-use crate::repo::local::LocalStore;
 use crate::repo::manifest::{
     DumpFormat, FingerprintMode, MANIFEST_VERSION, Manifest, Verification,
 };
@@ -79,7 +79,7 @@ impl Checks {
 }
 
 pub async fn run(p: &VerifyParams, ctx: &StepContext) -> Result<Outputs, StepError> {
-    let store = ctx.repository(&p.repository)?;
+    let store = ctx.repository(&p.repository).await?;
     let mut checks = Checks {
         results: Vec::new(),
     };
@@ -212,7 +212,7 @@ pub async fn run(p: &VerifyParams, ctx: &StepContext) -> Result<Outputs, StepErr
 /// whole script through decompression). Returns a short description.
 async fn archive_contents(
     ctx: &StepContext,
-    store: &LocalStore,
+    store: &AnyStore,
     manifest: &Manifest,
 ) -> Result<String, String> {
     match manifest.format {
@@ -297,7 +297,7 @@ fn tools_for(manifest: &Manifest) -> Result<(std::path::PathBuf, String), StepEr
 /// happened. The outer result is the restore; the inner one the fingerprint comparison.
 async fn test_restore(
     ctx: &StepContext,
-    store: &LocalStore,
+    store: &AnyStore,
     manifest: &Manifest,
     target: &str,
     database: &str,
