@@ -13,6 +13,17 @@ const SECRET_KEY: &str = "opsrunner-test-secret-key-0123456789";
 
 /// Starts the S3 server on a thread of its own; returns its endpoint.
 fn start_s3(root: &Path) -> String {
+    start_s3_with_faults(root, 0).0
+}
+
+/// Like [`start_s3`], answering the first `faults` part uploads with HTTP 503 SlowDown, as
+/// a busy S3 does.
+fn start_s3_with_faults(
+    root: &Path,
+    faults: usize,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let faults = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(faults));
+    let remaining = faults.clone();
     std::fs::create_dir_all(root.join("backups-bucket")).unwrap();
     let fs = s3s_fs::FileSystem::new(root).unwrap();
     let mut builder = s3s::service::S3ServiceBuilder::new(fs);
@@ -31,15 +42,33 @@ fn start_s3(root: &Path) -> String {
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
                 let service = service.clone();
+                let faults = faults.clone();
+                let faulty = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let service = service.clone();
+                    let faults = faults.clone();
+                    async move {
+                        let is_part = req.method() == hyper::Method::PUT
+                            && req.uri().query().is_some_and(|q| q.contains("partNumber="));
+                        let inject = is_part
+                            && faults
+                                .fetch_update(std::sync::atomic::Ordering::SeqCst, std::sync::atomic::Ordering::SeqCst, |n| n.checked_sub(1))
+                                .is_ok();
+                        if inject {
+                            let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+                            return Ok(hyper::Response::builder().status(503).body(s3s::Body::from(body.to_string())).unwrap());
+                        }
+                        hyper::service::Service::call(&service, req).await
+                    }
+                });
                 tokio::spawn(async move {
                     let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), faulty)
                         .await;
                 });
             }
         });
     });
-    format!("http://{addr}")
+    (format!("http://{addr}"), remaining)
 }
 
 fn aws_env(extra: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
@@ -162,4 +191,46 @@ fn wrong_credentials_are_a_clear_error() {
         "{reason}"
     );
     assert_eq!(run.attempts("verify"), 1);
+}
+
+#[test]
+fn slow_down_answers_are_retried_and_the_backup_is_intact() {
+    let ws = Workspace::new();
+    let (endpoint, faults_left) = start_s3_with_faults(&ws.path("s3"), 2);
+    let cluster = Cluster::start();
+    cluster.psql("postgres", "create database app");
+    cluster.psql("app", "create table noise (id int primary key, a text, b text); insert into noise select g, md5(g::text), md5((g + 1)::text) from generate_series(1, 150000) g");
+    let plan = format!(
+        r#"
+version: 1
+name: s3-faults
+targets:
+  db: {{ url: "{{{{ env.DATABASE_URL }}}}" }}
+  scratch: {{ ephemeral: true }}
+repositories:
+  offsite: {{ url: s3://backups-bucket/app, endpoint: "{endpoint}", force_path_style: true, part_size_mib: 5 }}
+steps:
+  - {{ id: backup, type: backup, target: db, database: app, repository: offsite, compression: none, fingerprint: full }}
+  - {{ id: verify, type: verify, needs: [backup], repository: offsite, backup: "{{{{ steps.backup.outputs.backup_id }}}}", restore_into: {{ target: scratch, database: check }} }}
+"#
+    );
+    let url = cluster.url("postgres");
+    let env = aws_env(&[("DATABASE_URL", url)]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let run = ws.apply_env(&plan, &[], &env);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        faults_left.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "both 503s were served"
+    );
+    assert_eq!(
+        run.attempts("backup"),
+        1,
+        "the SDK retried the parts; the step did not need to"
+    );
+    assert_eq!(
+        run.step("verify")["outputs"]["checks"],
+        "manifest=pass files=pass archive=pass restore=pass fingerprints=pass"
+    );
 }
