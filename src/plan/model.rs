@@ -84,7 +84,7 @@ pub struct Repository {
     /// S3-compatible stores: address buckets as `endpoint/bucket` rather than by host name.
     #[serde(default)]
     pub force_path_style: bool,
-    /// S3: multipart part size in MiB (default 16, at least 5); memory use is about twice this.
+    /// S3: multipart part size in MiB (default 16, at least 5); memory use is about four parts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub part_size_mib: Option<u32>,
 }

@@ -447,7 +447,8 @@ impl BackupStore for S3Store {
     }
 
     async fn create(&self, backup_id: &str, name: &str) -> io::Result<Box<dyn FileSink>> {
-        let (tx, rx) = mpsc::channel(self.parts_in_flight);
+        // Memory: the part being filled, one waiting in the channel, `parts_in_flight` uploading.
+        let (tx, rx) = mpsc::channel(1);
         let task = tokio::spawn(upload(
             self.client.clone(),
             self.bucket.clone(),
