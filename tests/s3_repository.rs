@@ -178,7 +178,7 @@ fn wrong_credentials_are_a_clear_error() {
     let ws = Workspace::new();
     let endpoint = start_s3(&ws.path("s3"));
     let plan = format!(
-        "version: 1\nname: denied\nrepositories:\n  offsite: {{ url: s3://backups-bucket/x, endpoint: \"{endpoint}\", force_path_style: true }}\nsteps:\n  - {{ id: verify, type: verify, repository: offsite, backup: latest }}\n"
+        "version: 1\nname: denied\nrepositories:\n  offsite: {{ url: s3://backups-bucket/x, endpoint: \"{endpoint}\", force_path_style: true }}\nsteps:\n  - {{ id: verify, type: verify, repository: offsite, backup: latest, retry: {{ attempts: 3, delay: 10ms }} }}\n"
     );
     let env = aws_env(&[("AWS_SECRET_ACCESS_KEY", "wrong".to_string())]);
     let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -190,7 +190,8 @@ fn wrong_credentials_are_a_clear_error() {
         reason.contains("cannot list repository `offsite`"),
         "{reason}"
     );
-    assert_eq!(run.attempts("verify"), 1);
+    assert_eq!(run.attempts("verify"), 1, "a 403 is not retried");
+    assert_eq!(run.step("verify")["attempts"][0]["transient"], false);
 }
 
 #[test]

@@ -45,6 +45,24 @@ fn s3_error(context: &str, e: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("{context}: {e}"))
 }
 
+/// An SDK error as an I/O error whose kind says whether trying again can help: 403 is
+/// `PermissionDenied` (wrong credentials or policy: permanent); the SDK has already retried
+/// what it considers transient.
+fn sdk_error<E: std::error::Error + 'static>(
+    context: &str,
+    e: aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> io::Error {
+    let kind = match e.raw_response().map(|r| r.status().as_u16()) {
+        Some(401 | 403) => io::ErrorKind::PermissionDenied,
+        Some(404) => io::ErrorKind::NotFound,
+        _ => io::ErrorKind::Other,
+    };
+    io::Error::new(
+        kind,
+        format!("{context}: {}", aws_sdk_s3::error::DisplayErrorContext(e)),
+    )
+}
+
 impl S3Store {
     /// `s3://bucket/prefix`.
     pub async fn connect(url: &str, options: &S3Options) -> Result<S3Store, String> {
@@ -103,12 +121,7 @@ impl S3Store {
             .body(ByteStream::from(body))
             .send()
             .await
-            .map_err(|e| {
-                s3_error(
-                    &format!("putting {key}"),
-                    aws_sdk_s3::error::DisplayErrorContext(e),
-                )
-            })?;
+            .map_err(|e| sdk_error(&format!("putting {key}"), e))?;
         Ok(())
     }
 
@@ -122,12 +135,7 @@ impl S3Store {
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| {
-                s3_error(
-                    "listing the bucket",
-                    aws_sdk_s3::error::DisplayErrorContext(e),
-                )
-            })?;
+            let page = page.map_err(|e| sdk_error("listing the bucket", e))?;
             keys.extend(
                 page.contents()
                     .iter()
@@ -149,10 +157,7 @@ impl S3Store {
             Ok(o) => o,
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
             Err(e) => {
-                return Err(s3_error(
-                    &format!("reading {key}"),
-                    aws_sdk_s3::error::DisplayErrorContext(e),
-                ));
+                return Err(sdk_error(&format!("reading {key}"), e));
             }
         };
         let bytes = out
@@ -174,12 +179,7 @@ impl S3Store {
                 .key(&key)
                 .send()
                 .await
-                .map_err(|e| {
-                    s3_error(
-                        &format!("deleting {key}"),
-                        aws_sdk_s3::error::DisplayErrorContext(e),
-                    )
-                })?;
+                .map_err(|e| sdk_error(&format!("deleting {key}"), e))?;
         }
         Ok(())
     }
@@ -203,12 +203,7 @@ impl S3Store {
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| {
-                s3_error(
-                    "listing the bucket",
-                    aws_sdk_s3::error::DisplayErrorContext(e),
-                )
-            })?;
+            let page = page.map_err(|e| sdk_error("listing the bucket", e))?;
             for object in page.contents() {
                 let Some(key) = object.key() else { continue };
                 let Some((id, name)) = key[root.len()..].split_once('/') else {
@@ -328,12 +323,7 @@ async fn upload(
         .key(&key)
         .send()
         .await
-        .map_err(|e| {
-            s3_error(
-                &format!("starting the upload of {key}"),
-                aws_sdk_s3::error::DisplayErrorContext(e),
-            )
-        })?;
+        .map_err(|e| sdk_error(&format!("starting the upload of {key}"), e))?;
     let upload_id = created.upload_id().unwrap_or_default().to_string();
     let abort = |reason: String| {
         let (client, bucket, key, upload_id) = (
@@ -528,12 +518,7 @@ impl BackupStore for S3Store {
             .key(&key)
             .send()
             .await
-            .map_err(|e| {
-                s3_error(
-                    &format!("reading {key}"),
-                    aws_sdk_s3::error::DisplayErrorContext(e),
-                )
-            })?;
+            .map_err(|e| sdk_error(&format!("reading {key}"), e))?;
         Ok(Box::pin(out.body.into_async_read()))
     }
 

@@ -70,6 +70,18 @@ impl fmt::Display for StepError {
     }
 }
 
+/// A repository I/O error as a step error: missing permissions, missing objects and
+/// corrupt data will not change on a retry; anything else (the network) may.
+pub fn io_error(context: &str, e: &std::io::Error) -> StepError {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        PermissionDenied | NotFound | InvalidData | InvalidInput => {
+            StepError::permanent(format!("{context}: {e}"))
+        }
+        _ => StepError::transient(format!("{context}: {e}")),
+    }
+}
+
 /// Everything a running step may use.
 #[derive(Clone)]
 pub struct StepContext {

@@ -43,9 +43,7 @@ pub async fn resolve(
     if backup == "latest" {
         return repo::latest(store, database)
             .await
-            .map_err(|e| {
-                StepError::transient(format!("cannot list repository `{repository}`: {e}"))
-            })?
+            .map_err(|e| super::io_error(&format!("cannot list repository `{repository}`"), &e))?
             .ok_or_else(|| {
                 StepError::permanent(format!(
                     "repository `{repository}` holds no published backup{}",
