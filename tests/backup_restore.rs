@@ -282,7 +282,7 @@ fn a_timeout_kills_pg_dump_and_publishes_nothing() {
         ))
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    cluster.wait_for_exclusive_lock("shop", "parent");
     let started = Instant::now();
     let url = cluster.url("postgres");
     let run = ws.apply_env(

@@ -105,6 +105,7 @@ targets:
 steps:
   - { id: ready, type: wait_ready, target: scratch }
   - { id: long, type: sql, target: scratch, needs: [ready], query: "select pg_sleep(60)" }
+  - { id: marker, type: shell, needs: [ready], command: "touch started; sleep 60" }
 "#,
     );
     let child = opsrunner()
@@ -112,21 +113,24 @@ steps:
         .arg(&plan)
         .arg("--report")
         .arg(ws.report_path())
+        .args(["--concurrency", "4"])
         .env("TMPDIR", &tmp)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until the long query is running.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while leftover_clusters(&tmp).is_empty() && Instant::now() < deadline {
+    // `marker` and `long` start together once the cluster is ready: when the marker file
+    // exists, the long query's step is running.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ws.path("started").exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_millis(300));
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let run = common::Applied::from(child.wait_with_output().unwrap(), &ws.report_path());
     assert_eq!(run.code, 130, "{}", run.stderr);
     assert_eq!(run.status("long"), "cancelled");
+    assert_eq!(run.status("marker"), "cancelled");
     assert!(
         leftover_clusters(&tmp).is_empty(),
         "cluster left behind after Ctrl-C"

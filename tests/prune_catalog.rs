@@ -176,7 +176,7 @@ fn a_backup_killed_midway_never_appears_and_prune_orphans_removes_it() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    cluster.wait_for_exclusive_lock("app", "t");
     let plan = ws.write_plan(PLAN);
     let mut child = opsrunner()
         .arg("apply")

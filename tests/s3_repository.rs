@@ -16,6 +16,9 @@ fn start_s3(root: &Path) -> String {
     start_s3_with_faults(root, 0).0
 }
 
+/// Requests that carried `x-amz-server-side-encryption: AES256`.
+static SSE_REQUESTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Like [`start_s3`], answering the first `faults` part uploads with HTTP 503 SlowDown, as
 /// a busy S3 does.
 fn start_s3_with_faults(
@@ -47,6 +50,9 @@ fn start_s3_with_faults(
                     let service = service.clone();
                     let faults = faults.clone();
                     async move {
+                        if req.headers().get("x-amz-server-side-encryption").is_some_and(|v| v == "AES256") {
+                            SSE_REQUESTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
                         let is_part = req.method() == hyper::Method::PUT
                             && req.uri().query().is_some_and(|q| q.contains("partNumber="));
                         let inject = is_part
@@ -106,6 +112,7 @@ repositories:
     endpoint: "{endpoint}"
     force_path_style: true
     part_size_mib: 5
+    sse: AES256
 steps:
   - {{ id: backup, type: backup, target: db, database: app, repository: offsite, compression: none, fingerprint: full }}
   - id: verify

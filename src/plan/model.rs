@@ -87,6 +87,20 @@ pub struct Repository {
     /// S3: multipart part size in MiB (default 16, at least 5); memory use is about four parts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub part_size_mib: Option<u32>,
+    /// S3: server-side encryption of the objects written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sse: Option<SseAlgorithm>,
+    /// S3 with `sse: aws:kms`: the KMS key id or ARN (default: the AWS-managed key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sse_kms_key_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub enum SseAlgorithm {
+    #[serde(rename = "AES256")]
+    Aes256,
+    #[serde(rename = "aws:kms")]
+    AwsKms,
 }
 
 impl Repository {
@@ -96,6 +110,13 @@ impl Repository {
             endpoint: self.endpoint.clone(),
             force_path_style: self.force_path_style,
             part_size: self.part_size_mib.map(|m| m as usize * 1024 * 1024),
+            sse: self.sse.map(|a| crate::repo::s3::Sse {
+                algorithm: match a {
+                    SseAlgorithm::Aes256 => aws_sdk_s3::types::ServerSideEncryption::Aes256,
+                    SseAlgorithm::AwsKms => aws_sdk_s3::types::ServerSideEncryption::AwsKms,
+                },
+                kms_key_id: self.sse_kms_key_id.clone(),
+            }),
         }
     }
 }

@@ -321,6 +321,16 @@ impl Validator<'_> {
             }
         }
         for (name, repo) in &self.plan.repositories {
+            if repo.sse_kms_key_id.is_some()
+                && repo.sse != Some(crate::plan::model::SseAlgorithm::AwsKms)
+            {
+                self.report(
+                    &[key("repositories"), key(name), key("sse_kms_key_id")],
+                    "`sse_kms_key_id` needs `sse: aws:kms`".into(),
+                    0,
+                    None,
+                );
+            }
             let templated = repo.url.starts_with("{{");
             if !(templated || repo.url.starts_with("file://") || repo.url.starts_with("s3://")) {
                 self.report(

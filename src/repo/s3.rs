@@ -30,6 +30,16 @@ pub struct S3Store {
     prefix: String,
     part_size: usize,
     parts_in_flight: usize,
+    sse: Option<Sse>,
+}
+
+/// Server-side encryption of the objects opsrunner writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sse {
+    /// `AES256` or `aws:kms`.
+    pub algorithm: aws_sdk_s3::types::ServerSideEncryption,
+    /// With `aws:kms`: the key (default: the bucket's AWS-managed key).
+    pub kms_key_id: Option<String>,
 }
 
 /// Settings of an S3 repository besides its URL.
@@ -39,6 +49,7 @@ pub struct S3Options {
     pub endpoint: Option<String>,
     pub force_path_style: bool,
     pub part_size: Option<usize>,
+    pub sse: Option<Sse>,
 }
 
 fn s3_error(context: &str, e: impl std::fmt::Display) -> io::Error {
@@ -98,6 +109,7 @@ impl S3Store {
                 .unwrap_or(DEFAULT_PART_SIZE)
                 .max(5 * 1024 * 1024),
             parts_in_flight: DEFAULT_PARTS_IN_FLIGHT,
+            sse: options.sse.clone(),
         })
     }
 
@@ -118,6 +130,8 @@ impl S3Store {
             .put_object()
             .bucket(&self.bucket)
             .key(&key)
+            .set_server_side_encryption(self.sse.as_ref().map(|s| s.algorithm.clone()))
+            .set_ssekms_key_id(self.sse.as_ref().and_then(|s| s.kms_key_id.clone()))
             .body(ByteStream::from(body))
             .send()
             .await
@@ -316,11 +330,14 @@ async fn upload(
     key: String,
     mut rx: mpsc::Receiver<Msg>,
     in_flight: usize,
+    sse: Option<Sse>,
 ) -> io::Result<()> {
     let created = client
         .create_multipart_upload()
         .bucket(&bucket)
         .key(&key)
+        .set_server_side_encryption(sse.as_ref().map(|s| s.algorithm.clone()))
+        .set_ssekms_key_id(sse.as_ref().and_then(|s| s.kms_key_id.clone()))
         .send()
         .await
         .map_err(|e| sdk_error(&format!("starting the upload of {key}"), e))?;
@@ -445,6 +462,7 @@ impl BackupStore for S3Store {
             self.key(backup_id, name),
             rx,
             self.parts_in_flight,
+            self.sse.clone(),
         ));
         Ok(Box::new(S3Sink {
             buffer: Vec::with_capacity(self.part_size),

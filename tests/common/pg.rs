@@ -163,6 +163,22 @@ impl Cluster {
         cmd
     }
 
+    /// Waits until some session holds an exclusive lock on `table`: tests that make pg_dump
+    /// wait must not race the session taking the lock.
+    pub fn wait_for_exclusive_lock(&self, database: &str, table: &str) {
+        let sql = format!(
+            "select count(*) from pg_locks l join pg_class c on c.oid = l.relation where c.relname = '{table}' and l.mode = 'AccessExclusiveLock' and l.granted"
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.psql(database, &sql) != "1" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nobody took the lock on {table}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// Runs a SQL file with psql, stopping at the first error.
     pub fn psql_file(&self, database: &str, file: &Path) {
         let out = self
