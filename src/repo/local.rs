@@ -223,11 +223,7 @@ impl BackupStore for LocalStore {
                 Err(e) => tracing::warn!("ignoring {}: not a valid manifest ({e})", path.display()),
             }
         }
-        out.sort_by(|a, b| {
-            a.created_at
-                .cmp(&b.created_at)
-                .then_with(|| a.backup_id.cmp(&b.backup_id))
-        });
+        super::manifest::sort_oldest_first(&mut out);
         Ok(out)
     }
 

@@ -110,6 +110,15 @@ pub struct Verification {
 
 pub const VERIFICATION_NAME: &str = "verification.json";
 
+/// The order every listing uses: by creation time, ties by id.
+pub fn sort_oldest_first(list: &mut [Manifest]) {
+    list.sort_by(|a, b| {
+        a.created_at
+            .cmp(&b.created_at)
+            .then_with(|| a.backup_id.cmp(&b.backup_id))
+    });
+}
+
 impl Manifest {
     pub fn total_bytes(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()

@@ -505,11 +505,7 @@ impl BackupStore for S3Store {
                 out.push(m);
             }
         }
-        out.sort_by(|a, b| {
-            a.created_at
-                .cmp(&b.created_at)
-                .then_with(|| a.backup_id.cmp(&b.backup_id))
-        });
+        super::manifest::sort_oldest_first(&mut out);
         Ok(out)
     }
 
