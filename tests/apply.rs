@@ -3,7 +3,7 @@
 mod common;
 
 use chrono::{DateTime, Utc};
-use common::{Workspace, opsrunner};
+use common::Workspace;
 use std::time::{Duration, Instant};
 
 fn time(v: &serde_json::Value) -> DateTime<Utc> {
@@ -284,24 +284,13 @@ steps:
   - { id: later, type: shell, needs: [long], command: touch later-ran }
 "#,
     );
-    let child = opsrunner()
-        .arg("apply")
-        .arg(&plan)
-        .arg("--report")
-        .arg(ws.report_path())
-        .args(["--kill-grace", "300ms"])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = ws.spawn_apply(&plan, &["--kill-grace", "300ms"], &[]);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !ws.path("child.pid").exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(100));
-    // SAFETY: kill has no memory-safety preconditions.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let output = child.wait_with_output().unwrap();
-    let run = common::Applied::from(output, &ws.report_path());
+    let run = ws.interrupt(child, libc::SIGTERM);
     assert_eq!(run.code, 130, "{}", run.stderr);
     assert_eq!(run.report["status"], "cancelled");
     assert_eq!(run.status("long"), "cancelled");

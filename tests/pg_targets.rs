@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Workspace, opsrunner};
+use common::Workspace;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -108,16 +108,7 @@ steps:
   - { id: marker, type: shell, needs: [ready], command: "touch started; sleep 60" }
 "#,
     );
-    let child = opsrunner()
-        .arg("apply")
-        .arg(&plan)
-        .arg("--report")
-        .arg(ws.report_path())
-        .args(["--concurrency", "4"])
-        .env("TMPDIR", &tmp)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = ws.spawn_apply(&plan, &["--concurrency", "4"], &[("TMPDIR", &tmp)]);
     // `marker` and `long` start together once the cluster is ready: when the marker file
     // exists, the long query's step is running.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -125,9 +116,7 @@ steps:
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(300));
-    // SAFETY: kill has no memory-safety preconditions.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let run = common::Applied::from(child.wait_with_output().unwrap(), &ws.report_path());
+    let run = ws.interrupt(child, libc::SIGINT);
     assert_eq!(run.code, 130, "{}", run.stderr);
     assert_eq!(run.status("long"), "cancelled");
     assert_eq!(run.status("marker"), "cancelled");

@@ -43,17 +43,7 @@ fn prune(ws: &Workspace, args: &[&str]) -> common::Applied {
 }
 
 fn listed(ws: &Workspace) -> Vec<serde_json::Value> {
-    let out = opsrunner()
-        .args(["backups", "list", "--json", "--repository"])
-        .arg(format!("file://{}", ws.path("repo").display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_str(&ws.backups(&["list", "--json"])).unwrap()
 }
 
 #[test]
@@ -207,20 +197,7 @@ fn a_backup_killed_midway_never_appears_and_prune_orphans_removes_it() {
         listed(&ws).is_empty(),
         "an unfinished backup is never listed"
     );
-    let prune = |args: &[&str]| {
-        let out = opsrunner()
-            .args(["backups", "prune", "--orphans", "--repository"])
-            .arg(format!("file://{}", repo.display()))
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let prune = |args: &[&str]| ws.backups(&[&["prune", "--orphans"], args].concat());
     // Fresh leftovers might be a backup still running: kept by default.
     assert!(prune(&[]).contains("may still be running"));
     assert!(prune(&["--orphan-age", "0s", "--dry-run"]).contains("would delete"));

@@ -38,6 +38,50 @@ impl Workspace {
         self.apply_env(yaml, args, &[])
     }
 
+    /// Starts `opsrunner apply plan.yaml --report report.json ARGS…` without waiting, for
+    /// tests that interrupt a run; finish with [`Workspace::interrupt`].
+    pub fn spawn_apply(
+        &self,
+        plan: &Path,
+        args: &[&str],
+        env: &[(&str, &Path)],
+    ) -> std::process::Child {
+        opsrunner()
+            .arg("apply")
+            .arg(plan)
+            .arg("--report")
+            .arg(self.report_path())
+            .args(args)
+            .envs(env.iter().copied())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Sends `signal` to a run started with [`Workspace::spawn_apply`] and collects it.
+    pub fn interrupt(&self, child: std::process::Child, signal: i32) -> Applied {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        Applied::from(child.wait_with_output().unwrap(), &self.report_path())
+    }
+
+    /// Runs `opsrunner backups ARGS… --repository file://<workspace>/repo`; returns stdout.
+    pub fn backups(&self, args: &[&str]) -> String {
+        let out = opsrunner()
+            .arg("backups")
+            .args(args)
+            .arg("--repository")
+            .arg(format!("file://{}", self.path("repo").display()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Like [`Workspace::apply`], with extra environment variables.
     pub fn apply_env(&self, yaml: &str, args: &[&str], env: &[(&str, &str)]) -> Applied {
         let plan = self.write_plan(yaml);
