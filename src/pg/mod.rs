@@ -6,4 +6,5 @@ pub mod conn;
 pub mod fingerprint;
 pub mod process;
 pub mod restore;
+pub mod server;
 pub mod tools;

@@ -4,11 +4,10 @@
 
 use super::conn::ConnInfo;
 use super::process::PgProcess;
+use super::server::{classify, tool};
 use crate::repo::AnyStore;
 use crate::repo::manifest::{DumpFormat, Manifest};
 use crate::repo::pipeline;
-use crate::steps::backup::tool;
-use crate::steps::sql::classify;
 use crate::steps::{ErrorKind, StepContext, StepError};
 use sqlx::PgConnection;
 use std::path::Path;

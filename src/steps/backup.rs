@@ -3,18 +3,17 @@
 //! that looks like a backup.
 
 use super::{StepContext, StepError};
-use crate::pg::conn::ConnInfo;
+use crate::pg::fingerprint;
 use crate::pg::process::PgProcess;
-use crate::pg::{fingerprint, tools};
+use crate::pg::server::{Server, classify, connect, tool};
 use crate::plan::model::BackupParams;
 use crate::repo::manifest::{
     DumpFormat, DumpOptions, FileEntry, FingerprintMode, MANIFEST_VERSION, Manifest,
 };
 use crate::repo::{BackupStore, pipeline};
 use crate::run::events::Outputs;
-use crate::steps::sql::classify;
 use chrono::Utc;
-use sqlx::{Connection, PgConnection, Row};
+use sqlx::Connection;
 use std::time::Instant;
 
 pub fn describe(p: &BackupParams) -> String {
@@ -48,57 +47,6 @@ pub fn describe(p: &BackupParams) -> String {
         s.push_str(&format!(", excluding {}", p.exclude_tables.join(" ")));
     }
     s
-}
-
-/// Connects to the target (or the database the step names) and learns the server's version.
-pub struct Server {
-    pub conn: PgConnection,
-    pub info: ConnInfo,
-    pub major: u32,
-    pub version: String,
-    pub database: String,
-}
-
-pub async fn connect(url: &str, database: Option<&str>, what: &str) -> Result<Server, StepError> {
-    let info = ConnInfo::parse(url).map_err(StepError::permanent)?;
-    let info = match database {
-        Some(db) => info.with_database(db),
-        None => info,
-    };
-    let mut conn = info
-        .connect()
-        .await
-        .map_err(|e| classify(&e, &format!("cannot connect to {what}")))?;
-    let row = sqlx::query("select current_setting('server_version_num')::int, current_setting('server_version'), current_database()")
-        .fetch_one(&mut conn)
-        .await
-        .map_err(|e| classify(&e, "cannot read the server version"))?;
-    let num: i32 = row.get(0);
-    if num >= 140000 {
-        // When opsrunner gives up (timeout, Ctrl-C) while a query waits for a lock, the
-        // server would otherwise keep the session until the lock is granted.
-        sqlx::raw_sql("set client_connection_check_interval = 1000")
-            .execute(&mut conn)
-            .await
-            .map_err(|e| classify(&e, "cannot configure the session"))?;
-    }
-    Ok(Server {
-        conn,
-        info,
-        major: (num / 10000) as u32,
-        version: row.get(1),
-        database: row.get(2),
-    })
-}
-
-pub fn tool(name: &str, major: u32) -> Result<(std::path::PathBuf, String), StepError> {
-    let (path, _) = tools::find(name, Some(major)).map_err(StepError::permanent)?;
-    let version = std::process::Command::new(&path)
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    Ok((path, version))
 }
 
 fn id_safe(s: &str) -> String {

@@ -1,8 +1,8 @@
 //! `restore`: a backup into a database (the namespace) on a target.
 
-use super::backup::connect;
 use super::{StepContext, StepError};
 use crate::pg::restore;
+use crate::pg::server::connect;
 use crate::plan::model::RestoreParams;
 use crate::repo::AnyStore;
 use crate::repo::manifest::Manifest;

@@ -4,12 +4,12 @@
 //! name gives (`users.csv`, `20-billing.invoices.csv`: a leading number only orders), with
 //! a header line.
 
-use super::backup::connect;
 use super::{StepContext, StepError};
 use crate::pg::restore::quote_ident;
+use crate::pg::server::classify;
+use crate::pg::server::connect;
 use crate::plan::model::{SeedEnvironment, SeedParams};
 use crate::run::events::{Outputs, Stream};
-use crate::steps::sql::classify;
 use sha2::{Digest, Sha256};
 use sqlx::{Connection, PgConnection};
 use std::path::{Path, PathBuf};

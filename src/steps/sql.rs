@@ -3,6 +3,7 @@
 
 use super::{StepContext, StepError};
 use crate::pg::conn::ConnInfo;
+use crate::pg::server::classify;
 use crate::plan::model::SqlParams;
 use crate::run::events::Outputs;
 use sqlx::{Connection, Row, ValueRef};
@@ -111,31 +112,5 @@ pub async fn run(p: &SqlParams, ctx: &StepContext) -> Result<Outputs, StepError>
         result = work => result,
         // Dropping the connection closes the socket; the server then cancels the query.
         _ = ctx.cancel.cancelled() => Err(StepError::cancelled()),
-    }
-}
-
-/// Connection trouble, serialization failures, deadlocks and server shutdowns are worth
-/// another try; everything else (syntax, permissions, constraint violations) is not.
-pub fn classify(error: &sqlx::Error, context: &str) -> StepError {
-    let message = format!("{context}: {error}");
-    match error {
-        sqlx::Error::Database(db) => {
-            let code = db.code().map(|c| c.to_string()).unwrap_or_default();
-            let transient = code.starts_with("08")
-                || code.starts_with("40")
-                || code.starts_with("53")
-                || code.starts_with("57P");
-            let message = format!("{context}: {} (SQLSTATE {code})", db.message());
-            if transient {
-                StepError::transient(message)
-            } else {
-                StepError::permanent(message)
-            }
-        }
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::Protocol(_) => StepError::transient(message),
-        _ => StepError::permanent(message),
     }
 }

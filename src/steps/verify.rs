@@ -3,10 +3,11 @@
 //! database, compares the table fingerprints with the manifest's and drops the scratch
 //! database again (also when something failed).
 
-use super::backup::{connect, tool};
 use super::restore::resolve;
 use super::{StepContext, StepError};
 use crate::pg::process::PgProcess;
+use crate::pg::server::classify;
+use crate::pg::server::{connect, tool};
 use crate::pg::{fingerprint, restore};
 use crate::plan::model::VerifyParams;
 use crate::repo::AnyStore;
@@ -16,7 +17,6 @@ use crate::repo::manifest::{
 };
 use crate::repo::pipeline;
 use crate::run::events::{Outputs, Stream};
-use crate::steps::sql::classify;
 use chrono::Utc;
 use sqlx::Connection;
 use std::time::Instant;

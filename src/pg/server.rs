@@ -1,0 +1,85 @@
+//! Talking to a server: connecting with the version learned, picking the client tools
+//! that fit it, and judging sqlx errors transient or permanent. Shared by every step that
+//! touches PostgreSQL.
+
+use super::conn::ConnInfo;
+use super::tools;
+use crate::steps::StepError;
+use sqlx::{PgConnection, Row};
+
+/// Connects to the target (or the database the step names) and learns the server's version.
+pub struct Server {
+    pub conn: PgConnection,
+    pub info: ConnInfo,
+    pub major: u32,
+    pub version: String,
+    pub database: String,
+}
+
+pub async fn connect(url: &str, database: Option<&str>, what: &str) -> Result<Server, StepError> {
+    let info = ConnInfo::parse(url).map_err(StepError::permanent)?;
+    let info = match database {
+        Some(db) => info.with_database(db),
+        None => info,
+    };
+    let mut conn = info
+        .connect()
+        .await
+        .map_err(|e| classify(&e, &format!("cannot connect to {what}")))?;
+    let row = sqlx::query("select current_setting('server_version_num')::int, current_setting('server_version'), current_database()")
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|e| classify(&e, "cannot read the server version"))?;
+    let num: i32 = row.get(0);
+    if num >= 140000 {
+        // When opsrunner gives up (timeout, Ctrl-C) while a query waits for a lock, the
+        // server would otherwise keep the session until the lock is granted.
+        sqlx::raw_sql("set client_connection_check_interval = 1000")
+            .execute(&mut conn)
+            .await
+            .map_err(|e| classify(&e, "cannot configure the session"))?;
+    }
+    Ok(Server {
+        conn,
+        info,
+        major: (num / 10000) as u32,
+        version: row.get(1),
+        database: row.get(2),
+    })
+}
+
+pub fn tool(name: &str, major: u32) -> Result<(std::path::PathBuf, String), StepError> {
+    let (path, _) = tools::find(name, Some(major)).map_err(StepError::permanent)?;
+    let version = std::process::Command::new(&path)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    Ok((path, version))
+}
+
+/// Connection trouble, serialization failures, deadlocks and server shutdowns are worth
+/// another try; everything else (syntax, permissions, constraint violations) is not.
+pub fn classify(error: &sqlx::Error, context: &str) -> StepError {
+    let message = format!("{context}: {error}");
+    match error {
+        sqlx::Error::Database(db) => {
+            let code = db.code().map(|c| c.to_string()).unwrap_or_default();
+            let transient = code.starts_with("08")
+                || code.starts_with("40")
+                || code.starts_with("53")
+                || code.starts_with("57P");
+            let message = format!("{context}: {} (SQLSTATE {code})", db.message());
+            if transient {
+                StepError::transient(message)
+            } else {
+                StepError::permanent(message)
+            }
+        }
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::Protocol(_) => StepError::transient(message),
+        _ => StepError::permanent(message),
+    }
+}
