@@ -41,6 +41,18 @@ fn assert_same(expected: &str, actual: &str, what: &str) {
     panic!("{what} differs after restore:\n{}", diff.join("\n"));
 }
 
+/// One custom-format backup of `shop` into `./repo`.
+const BACKUP_SHOP: &str = r#"
+version: 1
+name: backup-shop
+targets:
+  db: { url: "{{ env.DATABASE_URL }}" }
+repositories:
+  repo: { url: "file://./repo" }
+steps:
+  - { id: backup, type: backup, target: db, database: shop, repository: repo }
+"#;
+
 const FORMATS: &[&str] = &["custom", "directory", "plain"];
 const COMPRESSIONS: &[&str] = &["none", "gzip:1", "zstd"];
 
@@ -150,16 +162,7 @@ steps:
 fn a_flipped_byte_makes_verify_fail_naming_the_file() {
     let cluster = hostile_source();
     let ws = Workspace::new();
-    let plan = r#"
-version: 1
-name: damage
-targets:
-  db: { url: "{{ env.DATABASE_URL }}" }
-repositories:
-  repo: { url: "file://./repo" }
-steps:
-  - { id: backup, type: backup, target: db, database: shop, repository: repo }
-"#;
+    let plan = BACKUP_SHOP;
     let env = [("DATABASE_URL", cluster.url("postgres"))];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let run = ws.apply_env(plan, &[], &env);
@@ -198,20 +201,7 @@ fn restore_guards_refuse_and_touch_nothing() {
     );
     let url = cluster.url("postgres");
     let env = [("DATABASE_URL", url.as_str())];
-    let backup = ws.apply_env(
-        r#"
-version: 1
-name: b
-targets:
-  db: { url: "{{ env.DATABASE_URL }}" }
-repositories:
-  repo: { url: "file://./repo" }
-steps:
-  - { id: backup, type: backup, target: db, database: shop, repository: repo }
-"#,
-        &[],
-        &env,
-    );
+    let backup = ws.apply_env(BACKUP_SHOP, &[], &env);
     assert_eq!(backup.code, 0, "{}", backup.stderr);
 
     let restore = |overwrite: bool, protected: bool, args: &[&str]| {
