@@ -177,6 +177,7 @@ fn main() {
                 base_dir: dir.path().to_path_buf(),
                 run,
                 kill_grace: Duration::from_secs(1),
+                identities: None,
                 fixed_target_urls: BTreeMap::new(),
             };
             let summary = executor::execute(

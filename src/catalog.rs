@@ -119,7 +119,7 @@ pub async fn list(store: &repo::AnyStore, json: bool) -> Result<String, Failure>
         return Ok(format!("{}: no published backups\n", store.location()));
     }
     let now = Utc::now();
-    let rows: Vec<[String; 7]> = entries
+    let rows: Vec<[String; 8]> = entries
         .iter()
         .rev()
         .map(|e| {
@@ -131,6 +131,7 @@ pub async fn list(store: &repo::AnyStore, json: bool) -> Result<String, Failure>
                 age((now - m.created_at).num_seconds()),
                 size(m.total_bytes()),
                 m.compression.to_string(),
+                if m.encryption.is_some() { "age" } else { "no" }.to_string(),
                 verification_text(&e.verification),
             ]
         })
@@ -142,6 +143,7 @@ pub async fn list(store: &repo::AnyStore, json: bool) -> Result<String, Failure>
         "AGE",
         "SIZE",
         "COMPRESSION",
+        "ENCRYPTED",
         "LAST VERIFICATION",
     ];
     let widths: Vec<usize> = (0..header.len())
@@ -166,11 +168,7 @@ pub async fn list(store: &repo::AnyStore, json: bool) -> Result<String, Failure>
     for r in &rows {
         line(r.iter().map(String::as_str).collect(), &mut out);
     }
-    let _ = writeln!(
-        out,
-        "\n{} backups; encryption: none (client-side encryption is not supported yet)",
-        rows.len()
-    );
+    let _ = writeln!(out, "\n{} backups", rows.len());
     Ok(out)
 }
 
@@ -259,11 +257,21 @@ pub async fn prune(
     Ok(out)
 }
 
-pub async fn show(store: &repo::AnyStore, id: &str, json: bool) -> Result<String, Failure> {
-    let manifest = store
+pub async fn show(
+    store: &repo::AnyStore,
+    id: &str,
+    json: bool,
+    identities: Option<&crate::repo::crypto::Identities>,
+) -> Result<String, Failure> {
+    let mut manifest = store
         .manifest(id)
         .await
         .map_err(|e| Failure::Usage(e.to_string()))?;
+    if let Some(identities) = identities {
+        manifest
+            .unseal(identities)
+            .map_err(|e| Failure::Usage(e.to_string()))?;
+    }
     let verification = store
         .verification(id)
         .await
@@ -301,6 +309,19 @@ pub async fn show(store: &repo::AnyStore, id: &str, json: bool) -> Result<String
         "made by      {}, opsrunner {}",
         m.pg_dump_version, m.opsrunner_version
     );
+    match &m.encryption {
+        Some(e) => {
+            let _ = writeln!(
+                out,
+                "encryption   {}, to {}",
+                e.scheme,
+                e.recipients.join(", ")
+            );
+        }
+        None => {
+            let _ = writeln!(out, "encryption   none");
+        }
+    }
     let _ = writeln!(out, "verification {}", verification_text(&verification));
     if let Some(v) = &verification {
         let _ = writeln!(out, "             {}", v.checks);
@@ -313,6 +334,12 @@ pub async fn show(store: &repo::AnyStore, id: &str, json: bool) -> Result<String
     );
     for f in &m.files {
         let _ = writeln!(out, "  {}  {}  sha256 {}", f.name, size(f.size), f.sha256);
+    }
+    if m.sealed.is_some() {
+        let _ = writeln!(
+            out,
+            "tables       encrypted (pass --identity FILE to show tables and fingerprints)"
+        );
     }
     if !m.fingerprints.is_empty() {
         let _ = writeln!(

@@ -178,6 +178,8 @@ pub struct ApplyArgs {
     pub log_format: LogFormat,
     /// How long child processes get between SIGTERM and SIGKILL on timeout or Ctrl-C.
     pub kill_grace: Duration,
+    /// The age identity file for encrypted backups.
+    pub identity: Option<PathBuf>,
 }
 
 /// Destructive steps on protected targets that lack `--confirm`.
@@ -225,6 +227,7 @@ fn guard(p: &Prepared, confirm: &[String]) -> Result<(), String> {
 /// `opsrunner apply`: runs the plan (or previews it with `--dry-run`) and writes the report.
 pub async fn apply(args: ApplyArgs) -> Result<(), Failure> {
     let p = prepare(&args.plan, process_env())?;
+    let identities = load_identities(args.identity.as_deref())?;
     // Finding out after an hour-long run that the report cannot be written helps nobody.
     if let Some(dir) = args.report.as_deref().and_then(Path::parent)
         && !dir.as_os_str().is_empty()
@@ -302,6 +305,7 @@ pub async fn apply(args: ApplyArgs) -> Result<(), Failure> {
         base_dir: p.source.base_dir(),
         run,
         kill_grace: args.kill_grace,
+        identities,
         fixed_target_urls,
     };
     let summary =
@@ -327,6 +331,16 @@ pub async fn apply(args: ApplyArgs) -> Result<(), Failure> {
         )),
         _ => Ok(()),
     }
+}
+
+/// Reads `--identity` up front: a wrong path should stop the run before an hour of work,
+/// not after it.
+pub fn load_identities(
+    path: Option<&Path>,
+) -> Result<Option<crate::repo::crypto::Identities>, Failure> {
+    path.map(crate::repo::crypto::Identities::load)
+        .transpose()
+        .map_err(Failure::Usage)
 }
 
 /// Starts a cluster for every ephemeral target some step uses, all at once.

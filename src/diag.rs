@@ -24,6 +24,9 @@ pub struct Diagnostic {
     pub path: Option<String>,
     pub span: Option<Span>,
     pub help: Option<String>,
+    /// The offending line holds a secret (a private key pasted into the plan): point at it
+    /// without printing it.
+    pub conceal_source: bool,
 }
 
 impl Diagnostic {
@@ -33,7 +36,13 @@ impl Diagnostic {
             path: None,
             span: None,
             help: None,
+            conceal_source: false,
         }
+    }
+
+    pub fn concealing_source(mut self) -> Self {
+        self.conceal_source = true;
+        self
     }
 
     pub fn at(mut self, span: Span) -> Self {
@@ -101,6 +110,7 @@ impl Diagnostic {
             .unwrap_or_default();
         let line_text = self
             .span
+            .filter(|_| !self.conceal_source)
             .and_then(|s| source.lines().nth(s.line.saturating_sub(1)).map(|l| (s, l)));
         let gutter = line_text.map_or(1, |(s, _)| s.line.to_string().len());
         let pad = " ".repeat(gutter);

@@ -96,6 +96,9 @@ enum Command {
         /// Time child processes get between SIGTERM and SIGKILL on timeout or interruption.
         #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
         kill_grace: Duration,
+        /// age identity file for restoring and verifying encrypted backups.
+        #[arg(long, value_name = "FILE", env = "OPSRUNNER_AGE_IDENTITY_FILE")]
+        identity: Option<PathBuf>,
     },
     /// Print the step DAG as Graphviz DOT or a Mermaid flowchart.
     Graph {
@@ -140,6 +143,10 @@ enum BackupsCommand {
         id: String,
         #[command(flatten)]
         repo: RepositoryArgs,
+        /// age identity file: shows the encrypted part of an encrypted backup's manifest
+        /// (its tables and fingerprints).
+        #[arg(long, value_name = "FILE", env = "OPSRUNNER_AGE_IDENTITY_FILE")]
+        identity: Option<PathBuf>,
     },
     /// Delete the backups a retention policy does not keep (restic's semantics; see README).
     Prune {
@@ -225,10 +232,11 @@ fn main() {
                         let store = catalog::open_store(&r.repository, r.plan.as_deref()).await?;
                         catalog::list(&store, r.json).await
                     }
-                    BackupsCommand::Show { id, repo } => {
+                    BackupsCommand::Show { id, repo, identity } => {
+                        let identities = commands::load_identities(identity.as_deref())?;
                         let store =
                             catalog::open_store(&repo.repository, repo.plan.as_deref()).await?;
-                        catalog::show(&store, &id, repo.json).await
+                        catalog::show(&store, &id, repo.json, identities.as_ref()).await
                     }
                     BackupsCommand::Prune {
                         repo,
@@ -270,6 +278,7 @@ fn main() {
             concurrency,
             confirm,
             kill_grace,
+            identity,
         } => {
             let args = ApplyArgs {
                 plan: plan_args(plan, confirm, color),
@@ -281,6 +290,7 @@ fn main() {
                 ),
                 log_format: cli.log_format,
                 kill_grace,
+                identity,
             };
             let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
             runtime

@@ -144,7 +144,7 @@ pub async fn restore(
         DumpFormat::Directory => {
             let (pg_restore, _) = tool("pg_restore", major)?;
             let dir = spool()?;
-            let out = unpack_directory(store, manifest, dir.path()).await?;
+            let out = unpack_directory(ctx, store, manifest, dir.path()).await?;
             args.push("--format=directory".into());
             args.push(format!("--jobs={jobs}"));
             args.push(out.display().to_string());
@@ -170,7 +170,7 @@ pub async fn feed(
     mut process: PgProcess,
     reads_all: bool,
 ) -> Result<(), StepError> {
-    let mut reader = pipeline::load(store, &manifest.backup_id, name, manifest.compression)
+    let mut reader = pipeline::load(store, manifest, name, ctx.identities.as_ref())
         .await
         .map_err(|e| StepError::permanent(format!("{name}: {e}")))?;
     let mut stdin = process.stdin();
@@ -323,7 +323,7 @@ async fn feed_keeping(
     keep: Option<&Path>,
 ) -> Result<(), StepError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut reader = pipeline::load(store, &manifest.backup_id, name, manifest.compression)
+    let mut reader = pipeline::load(store, manifest, name, ctx.identities.as_ref())
         .await
         .map_err(|e| StepError::permanent(format!("{name}: {e}")))?;
     let mut copy = match keep {
@@ -377,12 +377,13 @@ async fn feed_keeping(
 
 /// Decompresses one stored file to a local path.
 async fn unpack(
+    ctx: &StepContext,
     store: &AnyStore,
     manifest: &Manifest,
     name: &str,
     to: &Path,
 ) -> Result<(), StepError> {
-    let mut reader = pipeline::load(store, &manifest.backup_id, name, manifest.compression)
+    let mut reader = pipeline::load(store, manifest, name, ctx.identities.as_ref())
         .await
         .map_err(|e| StepError::permanent(format!("{name}: {e}")))?;
     let mut file = tokio::fs::File::create(to)
@@ -396,6 +397,7 @@ async fn unpack(
 
 /// Rebuilds pg_dump's directory (`dump/…`) from the stored files; returns its path.
 pub async fn unpack_directory(
+    ctx: &StepContext,
     store: &AnyStore,
     manifest: &Manifest,
     spool: &Path,
@@ -407,8 +409,11 @@ pub async fn unpack_directory(
     let ext = manifest.compression.extension();
     for f in &manifest.files {
         let plain = f.name.strip_prefix("dump/").unwrap_or(&f.name);
+        let plain = plain
+            .strip_suffix(crate::repo::crypto::EXTENSION)
+            .unwrap_or(plain);
         let plain = plain.strip_suffix(ext).unwrap_or(plain);
-        unpack(store, manifest, &f.name, &out.join(plain)).await?;
+        unpack(ctx, store, manifest, &f.name, &out.join(plain)).await?;
     }
     Ok(out)
 }

@@ -93,6 +93,22 @@ pub struct Repository {
     /// S3 with `sse: aws:kms`: the KMS key id or ARN (default: the AWS-managed key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sse_kms_key_id: Option<String>,
+    /// Client-side encryption with age: files are encrypted to these recipients before they
+    /// are stored; restore and verify need an identity (`--identity`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionConfig>,
+}
+
+/// `encryption:` of a repository: age recipients (public keys), inline or from a file.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// age recipients (`age1…`), e.g. from `age-keygen -y KEYFILE`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<String>,
+    /// A file of age recipients, one per line, `#` comments; relative to the plan file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipients_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]

@@ -331,6 +331,41 @@ impl Validator<'_> {
                     None,
                 );
             }
+            if let Some(enc) = &repo.encryption {
+                let at = [key("repositories"), key(name), key("encryption")];
+                if enc.recipients.is_empty() && enc.recipients_file.is_none() {
+                    self.report(
+                        &at,
+                        format!("repository `{name}`: `encryption` names no recipient"),
+                        0,
+                        Some("add `recipients: [age1…]` or `recipients_file: path`".into()),
+                    );
+                }
+                for (i, r) in enc.recipients.iter().enumerate() {
+                    // A private key pasted by mistake is refused without being echoed.
+                    if let Err(e) = crate::repo::crypto::parse_recipient(r) {
+                        let path = [
+                            key("repositories"),
+                            key(name),
+                            key("encryption"),
+                            key("recipients"),
+                            PathSegment::Index(i),
+                        ];
+                        let mut diagnostic = Diagnostic::new(format!(
+                            "repository `{name}`: recipient {}: {e}",
+                            i + 1
+                        ))
+                        .at_opt(self.span(&path))
+                        .with_path(format_path(&path));
+                        if r.trim().to_ascii_uppercase().starts_with("AGE-SECRET-KEY-") {
+                            diagnostic = diagnostic.concealing_source().with_help(
+                                "remove the private key from the plan and treat it as leaked: anyone who read this file can decrypt what was encrypted to it",
+                            );
+                        }
+                        self.problems.push(diagnostic);
+                    }
+                }
+            }
             let templated = repo.url.starts_with("{{");
             if !(templated || repo.url.starts_with("file://") || repo.url.starts_with("s3://")) {
                 self.report(

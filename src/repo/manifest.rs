@@ -30,6 +30,30 @@ pub struct Manifest {
     /// Per table (`"schema"."table"`), taken in the same snapshot as the dump.
     pub fingerprints: BTreeMap<String, TableFingerprint>,
     pub opsrunner_version: String,
+    /// Set when the files are encrypted with age (client-side).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
+    /// Encrypted backups: the parts of the manifest that describe the data (table names,
+    /// row counts and hashes, table filters), age-encrypted to the same recipients and
+    /// ASCII-armored. `fingerprints` and the table filters are empty until unsealed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub struct Encryption {
+    /// Always `age`.
+    pub scheme: String,
+    /// The public keys the files are encrypted to; one of their identities decrypts them.
+    pub recipients: Vec<String>,
+}
+
+/// What [`Manifest::sealed`] holds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct SealedPart {
+    tables: Vec<String>,
+    exclude_tables: Vec<String>,
+    fingerprints: BTreeMap<String, TableFingerprint>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
@@ -120,6 +144,45 @@ pub fn sort_oldest_first(list: &mut [Manifest]) {
 }
 
 impl Manifest {
+    /// Moves what describes the data into an encrypted part, for an encrypted backup.
+    pub fn seal(&mut self, recipients: &super::crypto::Recipients) -> std::io::Result<()> {
+        let part = SealedPart {
+            tables: std::mem::take(&mut self.options.tables),
+            exclude_tables: std::mem::take(&mut self.options.exclude_tables),
+            fingerprints: std::mem::take(&mut self.fingerprints),
+        };
+        let json = serde_json::to_vec(&part).map_err(std::io::Error::other)?;
+        self.sealed = Some(recipients.seal(&json)?);
+        self.encryption = Some(Encryption {
+            scheme: "age".into(),
+            recipients: recipients.texts(),
+        });
+        Ok(())
+    }
+
+    /// Restores the sealed part (a no-op for unencrypted backups).
+    pub fn unseal(&mut self, identities: &super::crypto::Identities) -> std::io::Result<()> {
+        let Some(sealed) = self.sealed.take() else {
+            return Ok(());
+        };
+        let recipients = self
+            .encryption
+            .as_ref()
+            .map(|e| e.recipients.clone())
+            .unwrap_or_default();
+        let json = identities.unseal(&sealed, &recipients)?;
+        let part: SealedPart = serde_json::from_slice(&json).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("the sealed part of the manifest: {e}"),
+            )
+        })?;
+        self.options.tables = part.tables;
+        self.options.exclude_tables = part.exclude_tables;
+        self.fingerprints = part.fingerprints;
+        Ok(())
+    }
+
     pub fn total_bytes(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
     }

@@ -3,6 +3,7 @@
 //! streaming pipeline in [`pipeline`] writes through it.
 
 pub mod compression;
+pub mod crypto;
 pub mod local;
 pub mod manifest;
 pub mod pipeline;

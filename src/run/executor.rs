@@ -51,6 +51,8 @@ pub struct ExecOptions {
     pub base_dir: PathBuf,
     pub run: RunInfo,
     pub kill_grace: Duration,
+    /// age identities for encrypted backups.
+    pub identities: Option<crate::repo::crypto::Identities>,
     /// URLs of targets that are not rendered from the plan: ephemeral clusters.
     pub fixed_target_urls: BTreeMap<String, String>,
 }
@@ -410,6 +412,7 @@ impl StepTask {
             kill_grace: self.opts.kill_grace,
             timeout: step.common.timeout.map(|t| t.0),
             run_id: self.opts.run.id.clone(),
+            identities: self.opts.identities.clone(),
         };
         Ok((kind, ctx))
     }

@@ -64,6 +64,8 @@ fn id_safe(s: &str) -> String {
 
 pub async fn run(p: &BackupParams, ctx: &StepContext) -> Result<Outputs, StepError> {
     let store = ctx.repository(&p.repository).await?;
+    // Before anything else: a bad recipients file should not cost a dump.
+    let recipients = ctx.recipients(&p.repository)?;
     let created_at = Utc::now();
     let clock = Instant::now();
     let mut server = connect(
@@ -80,7 +82,16 @@ pub async fn run(p: &BackupParams, ctx: &StepContext) -> Result<Outputs, StepErr
         fastrand::u16(..)
     );
 
-    let result = dump(p, ctx, &store, &mut server, &pg_dump, &backup_id).await;
+    let result = dump(
+        p,
+        ctx,
+        &store,
+        &mut server,
+        &pg_dump,
+        &backup_id,
+        recipients.as_ref(),
+    )
+    .await;
     let (files, fingerprints) = match result {
         Ok(r) => r,
         Err(e) => {
@@ -91,7 +102,7 @@ pub async fn run(p: &BackupParams, ctx: &StepContext) -> Result<Outputs, StepErr
         }
     };
     let _ = server.conn.close().await;
-    let manifest = Manifest {
+    let mut manifest = Manifest {
         manifest_version: MANIFEST_VERSION,
         backup_id: backup_id.clone(),
         created_at,
@@ -112,7 +123,17 @@ pub async fn run(p: &BackupParams, ctx: &StepContext) -> Result<Outputs, StepErr
         fingerprint: effective_fingerprint(p),
         fingerprints,
         opsrunner_version: env!("CARGO_PKG_VERSION").to_string(),
+        encryption: None,
+        sealed: None,
     };
+    if let Some(recipients) = &recipients
+        && let Err(e) = manifest.seal(recipients)
+    {
+        let _ = store.discard(&backup_id).await;
+        return Err(StepError::permanent(format!(
+            "cannot encrypt the manifest: {e}"
+        )));
+    }
     if let Err(e) = store.publish(&manifest).await {
         let _ = store.discard(&backup_id).await;
         return Err(StepError::transient(format!(
@@ -161,6 +182,7 @@ async fn dump(
     server: &mut Server,
     pg_dump: &std::path::Path,
     backup_id: &str,
+    recipients: Option<&crate::repo::crypto::Recipients>,
 ) -> Result<DumpResult, StepError> {
     // One snapshot for the dump and the fingerprints: they describe the same data.
     sqlx::raw_sql("begin isolation level repeatable read read only")
@@ -201,7 +223,15 @@ async fn dump(
             c.env("PGOPTIONS", "-c client_connection_check_interval=1000");
         }
     };
-    let ext = p.compression.extension();
+    let ext = format!(
+        "{}{}",
+        p.compression.extension(),
+        if recipients.is_some() {
+            crate::repo::crypto::EXTENSION
+        } else {
+            ""
+        }
+    );
     let threads = compression_threads();
     let fingerprint_mode = effective_fingerprint(p);
 
@@ -216,7 +246,7 @@ async fn dump(
                 let mut process = PgProcess::spawn(pg_dump, &args, ctx, configure, false, true)?;
                 let stdout = process.stdout();
                 let stored = tokio::select! {
-                    r = pipeline::store(store, backup_id, &name, stdout, p.compression, threads) => r,
+                    r = pipeline::store(store, backup_id, &name, stdout, p.compression, threads, recipients) => r,
                     _ = ctx.cancel.cancelled() => {
                         process.stop(ctx).await;
                         return Err(StepError::cancelled());
@@ -255,7 +285,7 @@ async fn dump(
                         .map_err(|e| StepError::transient(format!("{n}: {e}")))?;
                     let name = format!("dump/{n}{ext}");
                     let entry = tokio::select! {
-                        r = pipeline::store(store, backup_id, &name, file, p.compression, threads) => r.map_err(|e| StepError::transient(format!("writing {name}: {e}")))?,
+                        r = pipeline::store(store, backup_id, &name, file, p.compression, threads, recipients) => r.map_err(|e| StepError::transient(format!("writing {name}: {e}")))?,
                         _ = ctx.cancel.cancelled() => return Err(StepError::cancelled()),
                     };
                     entries.push(entry);

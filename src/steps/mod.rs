@@ -102,6 +102,8 @@ pub struct StepContext {
     pub timeout: Option<Duration>,
     /// The run's id, for records the step leaves behind.
     pub run_id: String,
+    /// age identities for reading encrypted backups (`--identity`).
+    pub identities: Option<crate::repo::crypto::Identities>,
 }
 
 impl StepContext {
@@ -124,6 +126,38 @@ impl StepContext {
         crate::repo::open(&repo.url, &self.base_dir, &repo.s3_options())
             .await
             .map_err(StepError::permanent)
+    }
+
+    /// The recipients backups to repository `name` are encrypted to; `None` when the
+    /// repository does not encrypt.
+    pub fn recipients(
+        &self,
+        name: &str,
+    ) -> Result<Option<crate::repo::crypto::Recipients>, StepError> {
+        let Some(config) = self
+            .repositories
+            .get(name)
+            .and_then(|r| r.encryption.as_ref())
+        else {
+            return Ok(None);
+        };
+        let file = config.recipients_file.as_deref().map(|f| self.resolve(f));
+        crate::repo::crypto::Recipients::load(&config.recipients, file.as_deref())
+            .map(Some)
+            .map_err(|e| StepError::permanent(format!("repository `{name}`: {e}")))
+    }
+
+    /// Unseals an encrypted backup's manifest, or says clearly why it cannot be read.
+    pub fn unseal(&self, manifest: &mut crate::repo::manifest::Manifest) -> Result<(), StepError> {
+        if manifest.encryption.is_none() {
+            return Ok(());
+        }
+        let identities = self.identities.as_ref().ok_or_else(|| {
+            StepError::permanent(crate::repo::pipeline::needs_identity(manifest).to_string())
+        })?;
+        manifest
+            .unseal(identities)
+            .map_err(|e| StepError::permanent(e.to_string()))
     }
 
     pub fn resolve(&self, path: &str) -> PathBuf {

@@ -61,13 +61,15 @@ pub async fn resolve(
 
 pub async fn run(p: &RestoreParams, ctx: &StepContext) -> Result<Outputs, StepError> {
     let store = ctx.repository(&p.repository).await?;
-    let manifest = resolve(
+    let mut manifest = resolve(
         &store,
         &p.backup,
         p.source_database.as_deref(),
         &p.repository,
     )
     .await?;
+    // Before the target is touched: without the right key there is nothing to restore.
+    ctx.unseal(&mut manifest)?;
     let mut server = connect(
         ctx.target_url(&p.into.target)?,
         None,

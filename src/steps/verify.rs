@@ -83,7 +83,7 @@ pub async fn run(p: &VerifyParams, ctx: &StepContext) -> Result<Outputs, StepErr
     let mut checks = Checks {
         results: Vec::new(),
     };
-    let manifest = match resolve(&store, &p.backup, None, &p.repository).await {
+    let mut manifest = match resolve(&store, &p.backup, None, &p.repository).await {
         Ok(m) if m.manifest_version > MANIFEST_VERSION => {
             checks.record(
                 ctx,
@@ -114,6 +114,12 @@ pub async fn run(p: &VerifyParams, ctx: &StepContext) -> Result<Outputs, StepErr
             });
         }
     };
+    // Without the right key nothing can be checked; that is a configuration problem, not a
+    // verdict on the backup, so no verification is recorded.
+    if let Err(e) = ctx.unseal(&mut manifest) {
+        checks.record(ctx, "manifest", Err(e.message.clone()));
+        return Err(e);
+    }
     checks.record(
         ctx,
         "manifest",
@@ -219,9 +225,9 @@ async fn archive_contents(
         DumpFormat::Plain => {
             let mut reader = pipeline::load(
                 store,
-                &manifest.backup_id,
+                manifest,
                 &manifest.files[0].name,
-                manifest.compression,
+                ctx.identities.as_ref(),
             )
             .await
             .map_err(|e| e.to_string())?;
@@ -263,7 +269,7 @@ async fn archive_contents(
                 .await
             } else {
                 let spool = tempfile::tempdir().map_err(|e| e.to_string())?;
-                let dir = restore::unpack_directory(store, manifest, spool.path())
+                let dir = restore::unpack_directory(ctx, store, manifest, spool.path())
                     .await
                     .map_err(|e| e.message)?;
                 let args = vec![
