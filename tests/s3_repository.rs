@@ -1,105 +1,35 @@
 //! An S3 repository against a real S3-compatible HTTP server started by the test (s3s with
-//! its file-system backend, in process, with SigV4 authentication): multipart uploads,
-//! verification by test restore, the catalog and prune — no mocked client.
+//! its file-system backend, in process, with SigV4 authentication): multipart uploads with
+//! checksums, verification by test restore, the catalog, injected faults (throttling, 500s,
+//! resets, parts cut off, 403s), a process killed mid-upload, and client-side encryption —
+//! no mocked client.
 
 mod common;
 
+#[path = "common/s3.rs"]
+mod s3;
+
 use common::pg::{Cluster, PASSWORD};
 use common::{Workspace, opsrunner};
-use std::path::Path;
+use s3::{BUCKET, Fault, S3Server, SECRET_KEY};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
-const ACCESS_KEY: &str = "AKIAOPSRUNNERTEST";
-const SECRET_KEY: &str = "opsrunner-test-secret-key-0123456789";
+const ALL_PASS: &str = "manifest=pass files=pass archive=pass restore=pass fingerprints=pass";
 
-/// Starts the S3 server on a thread of its own; returns its endpoint.
-fn start_s3(root: &Path) -> String {
-    start_s3_with_faults(root, 0).0
-}
-
-/// Requests that carried `x-amz-server-side-encryption: AES256`.
-static SSE_REQUESTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// Like [`start_s3`], answering the first `faults` part uploads with HTTP 503 SlowDown, as
-/// a busy S3 does.
-fn start_s3_with_faults(
-    root: &Path,
-    faults: usize,
-) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    let faults = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(faults));
-    let remaining = faults.clone();
-    std::fs::create_dir_all(root.join("backups-bucket")).unwrap();
-    let fs = s3s_fs::FileSystem::new(root).unwrap();
-    let mut builder = s3s::service::S3ServiceBuilder::new(fs);
-    builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
-    let service = builder.build();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    listener.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                let service = service.clone();
-                let faults = faults.clone();
-                let faulty = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let service = service.clone();
-                    let faults = faults.clone();
-                    async move {
-                        if req.headers().get("x-amz-server-side-encryption").is_some_and(|v| v == "AES256") {
-                            SSE_REQUESTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        }
-                        let is_part = req.method() == hyper::Method::PUT
-                            && req.uri().query().is_some_and(|q| q.contains("partNumber="));
-                        let inject = is_part
-                            && faults
-                                .fetch_update(std::sync::atomic::Ordering::SeqCst, std::sync::atomic::Ordering::SeqCst, |n| n.checked_sub(1))
-                                .is_ok();
-                        if inject {
-                            let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
-                            return Ok(hyper::Response::builder().status(503).body(s3s::Body::from(body.to_string())).unwrap());
-                        }
-                        hyper::service::Service::call(&service, req).await
-                    }
-                });
-                tokio::spawn(async move {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), faulty)
-                        .await;
-                });
-            }
-        });
-    });
-    (format!("http://{addr}"), remaining)
-}
-
-fn aws_env(extra: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
-    let mut env = vec![
-        ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_string()),
-        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_string()),
-        ("AWS_REGION", "us-east-1".to_string()),
-        // No profile files or instance metadata lookups from the test machine.
-        ("AWS_CONFIG_FILE", "/nonexistent".to_string()),
-        ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent".to_string()),
-        ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
-    ];
-    env.extend(extra.iter().cloned());
-    env
-}
-
-#[test]
-fn backups_go_to_s3_in_parts_and_come_back() {
-    let ws = Workspace::new();
-    let endpoint = start_s3(&ws.path("s3"));
+/// A database `app` of about 24 MB uncompressed: with 5 MiB parts, five parts.
+fn source() -> (Cluster, String) {
     let cluster = Cluster::start();
     cluster.psql("postgres", "create database app");
-    // About 24 MB uncompressed: with 5 MiB parts, at least four parts.
     cluster.psql("app", "create table noise (id int primary key, a text, b text, c text); insert into noise select g, md5(g::text), md5((g + 1)::text), md5((g + 2)::text) from generate_series(1, 200000) g");
-    let plan = format!(
+    let url = cluster.url("postgres");
+    (cluster, url)
+}
+
+/// A plan with an S3 repository `offsite` at `s3://BUCKET/app` and a `scratch` target.
+fn plan(endpoint: &str, repository_extra: &str, steps: &str) -> String {
+    format!(
         r#"
 version: 1
 name: s3
@@ -108,25 +38,85 @@ targets:
   scratch: {{ ephemeral: true }}
 repositories:
   offsite:
-    url: s3://backups-bucket/nightly/app
+    url: s3://{BUCKET}/app
     endpoint: "{endpoint}"
     force_path_style: true
-    part_size_mib: 5
-    sse: AES256
+    part_size_mib: 5{repository_extra}
 steps:
-  - {{ id: backup, type: backup, target: db, database: app, repository: offsite, compression: none, fingerprint: full }}
-  - id: verify
-    type: verify
-    needs: [backup]
-    repository: offsite
-    backup: "{{{{ steps.backup.outputs.backup_id }}}}"
-    restore_into: {{ target: scratch, database: check }}
-"#
-    );
-    let url = cluster.url("postgres");
-    let env = aws_env(&[("DATABASE_URL", url)]);
+{steps}"#
+    )
+}
+
+const BACKUP: &str = "  - { id: backup, type: backup, target: db, database: app, repository: offsite, compression: none, fingerprint: full }\n";
+const BACKUP_AND_VERIFY: &str = "  - { id: backup, type: backup, target: db, database: app, repository: offsite, compression: none, fingerprint: full }\n  - { id: verify, type: verify, needs: [backup], repository: offsite, backup: \"{{ steps.backup.outputs.backup_id }}\", restore_into: { target: scratch, database: check } }\n";
+
+fn env_with(database_url: &str, extra: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
+    let mut env = s3::aws_env();
+    env.push(("DATABASE_URL", database_url.to_string()));
+    env.extend(extra.iter().cloned());
+    env
+}
+
+fn apply(
+    ws: &Workspace,
+    plan: &str,
+    args: &[&str],
+    env: &[(&'static str, String)],
+) -> common::Applied {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let run = ws.apply_env(&plan, &[], &env);
+    ws.apply_env(plan, args, &env)
+}
+
+/// `opsrunner backups ARGS --repository offsite --plan plan.yaml`; (exit code, stdout, stderr).
+fn backups(ws: &Workspace, args: &[&str], env: &[(&'static str, String)]) -> (i32, String, String) {
+    let out = opsrunner()
+        .arg("backups")
+        .args(args)
+        .args(["--repository", "offsite", "--plan"])
+        .arg(ws.path("plan.yaml"))
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Multipart uploads s3s-fs holds open: its `.upload-<id>.json` records in the server's
+/// root (parts are `.upload_id-<id>.part-N` beside them).
+fn open_uploads(root: &Path) -> Vec<String> {
+    std::fs::read_dir(root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".upload-") || n.starts_with(".upload_id-"))
+        .collect()
+}
+
+#[test]
+fn backups_go_to_s3_in_parts_and_come_back() {
+    let ws = Workspace::new();
+    let server = S3Server::start(&ws.path("s3"));
+    let (_cluster, url) = source();
+    let plan = plan(&server.endpoint, "\n    sse: AES256", BACKUP_AND_VERIFY);
+    let env = env_with(&url, &[]);
+    let run = apply(&ws, &plan, &[], &env);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let bytes: u64 = run.step("backup")["outputs"]["bytes"]
         .as_str()
@@ -134,48 +124,37 @@ steps:
         .parse()
         .unwrap();
     assert!(
-        bytes > 15 * 1024 * 1024,
-        "large enough for several parts: {bytes}"
+        bytes > 20 * 1024 * 1024,
+        "large enough for five parts: {bytes}"
     );
-    assert_eq!(
-        run.step("verify")["outputs"]["checks"],
-        "manifest=pass files=pass archive=pass restore=pass fingerprints=pass"
-    );
+    assert_eq!(run.step("verify")["outputs"]["checks"], ALL_PASS);
     let id = run.step("backup")["outputs"]["backup_id"]
         .as_str()
         .unwrap()
         .to_string();
     assert_eq!(
         run.step("backup")["outputs"]["uri"],
-        format!("s3://backups-bucket/nightly/app/{id}")
+        format!("s3://{BUCKET}/app/{id}")
     );
     assert!(!run.everything().contains(PASSWORD) && !run.everything().contains(SECRET_KEY));
 
-    // The objects are where the manifest says, and the catalog finds the backup.
-    let object = ws
-        .path("s3/backups-bucket/nightly/app")
-        .join(&id)
-        .join("dump.pgdump");
-    assert_eq!(std::fs::metadata(&object).unwrap().len(), bytes);
-    let list = opsrunner()
-        .args([
-            "backups",
-            "list",
-            "--json",
-            "--repository",
-            "offsite",
-            "--plan",
-        ])
-        .arg(ws.path("plan.yaml"))
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    assert!(
-        list.status.success(),
-        "{}",
-        String::from_utf8_lossy(&list.stderr)
+    // Five parts, every one with a CRC32 for the store to check; SSE asked for every object.
+    let parts = server.stats.part_requests.load(Ordering::SeqCst);
+    assert_eq!(parts, 5, "24 MB in 5 MiB parts");
+    assert_eq!(server.stats.parts_with_crc32.load(Ordering::SeqCst), parts);
+    assert!(server.stats.sse_requests.load(Ordering::SeqCst) >= 2);
+
+    // The objects are where the manifest says; no upload is left open, no note behind.
+    let object = ws.path("s3").join(BUCKET).join("app").join(&id);
+    assert_eq!(
+        std::fs::metadata(object.join("dump.pgdump")).unwrap().len(),
+        bytes
     );
-    let listed: Vec<serde_json::Value> = serde_json::from_slice(&list.stdout).unwrap();
+    assert!(files_under(&object.join(".uploads")).is_empty());
+    assert!(open_uploads(&ws.path("s3")).is_empty());
+    let (code, stdout, stderr) = backups(&ws, &["list", "--json"], &env);
+    assert_eq!(code, 0, "{stderr}");
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0]["verification"]["passed"], true);
 }
@@ -183,14 +162,15 @@ steps:
 #[test]
 fn wrong_credentials_are_a_clear_error() {
     let ws = Workspace::new();
-    let endpoint = start_s3(&ws.path("s3"));
+    let server = S3Server::start(&ws.path("s3"));
     let plan = format!(
-        "version: 1\nname: denied\nrepositories:\n  offsite: {{ url: s3://backups-bucket/x, endpoint: \"{endpoint}\", force_path_style: true }}\nsteps:\n  - {{ id: verify, type: verify, repository: offsite, backup: latest, retry: {{ attempts: 3, delay: 10ms }} }}\n"
+        "version: 1\nname: denied\nrepositories:\n  offsite: {{ url: s3://{BUCKET}/x, endpoint: \"{}\", force_path_style: true }}\nsteps:\n  - {{ id: verify, type: verify, repository: offsite, backup: latest, retry: {{ attempts: 3, delay: 10ms }} }}\n",
+        server.endpoint
     );
-    let env = aws_env(&[("AWS_SECRET_ACCESS_KEY", "wrong".to_string())]);
-    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    env.retain(|(k, v)| *k != "AWS_SECRET_ACCESS_KEY" || *v == "wrong");
-    let run = ws.apply_env(&plan, &[], &env);
+    let mut env = s3::aws_env();
+    env.retain(|(k, _)| *k != "AWS_SECRET_ACCESS_KEY");
+    env.push(("AWS_SECRET_ACCESS_KEY", "wrong".to_string()));
+    let run = apply(&ws, &plan, &[], &env);
     assert_eq!(run.code, 1);
     let reason = run.step("verify")["reason"].as_str().unwrap();
     assert!(
@@ -202,43 +182,160 @@ fn wrong_credentials_are_a_clear_error() {
 }
 
 #[test]
-fn slow_down_answers_are_retried_and_the_backup_is_intact() {
+fn throttling_errors_resets_and_cut_off_parts_are_retried_and_the_backup_is_intact() {
     let ws = Workspace::new();
-    let (endpoint, faults_left) = start_s3_with_faults(&ws.path("s3"), 2);
-    let cluster = Cluster::start();
-    cluster.psql("postgres", "create database app");
-    cluster.psql("app", "create table noise (id int primary key, a text, b text); insert into noise select g, md5(g::text), md5((g + 1)::text) from generate_series(1, 150000) g");
-    let plan = format!(
-        r#"
-version: 1
-name: s3-faults
-targets:
-  db: {{ url: "{{{{ env.DATABASE_URL }}}}" }}
-  scratch: {{ ephemeral: true }}
-repositories:
-  offsite: {{ url: s3://backups-bucket/app, endpoint: "{endpoint}", force_path_style: true, part_size_mib: 5 }}
-steps:
-  - {{ id: backup, type: backup, target: db, database: app, repository: offsite, compression: none, fingerprint: full }}
-  - {{ id: verify, type: verify, needs: [backup], repository: offsite, backup: "{{{{ steps.backup.outputs.backup_id }}}}", restore_into: {{ target: scratch, database: check }} }}
-"#
-    );
-    let url = cluster.url("postgres");
-    let env = aws_env(&[("DATABASE_URL", url)]);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let run = ws.apply_env(&plan, &[], &env);
+    let faults = [
+        Fault::SlowDown,
+        Fault::InternalError,
+        Fault::Reset,
+        Fault::Truncate,
+        Fault::SlowDown,
+    ];
+    let server = S3Server::with_faults(&ws.path("s3"), &faults);
+    let (_cluster, url) = source();
+    let plan = plan(&server.endpoint, "", BACKUP_AND_VERIFY);
+    let run = apply(&ws, &plan, &[], &env_with(&url, &[]));
     assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(server.stats.faults_left(), 0, "every fault was served");
     assert_eq!(
-        faults_left.load(std::sync::atomic::Ordering::SeqCst),
-        0,
-        "both 503s were served"
+        server.stats.part_requests.load(Ordering::SeqCst),
+        5 + faults.len(),
+        "each faulty part was sent again"
     );
     assert_eq!(
         run.attempts("backup"),
         1,
-        "the SDK retried the parts; the step did not need to"
+        "the parts were retried; the step did not need to be"
     );
-    assert_eq!(
-        run.step("verify")["outputs"]["checks"],
-        "manifest=pass files=pass archive=pass restore=pass fingerprints=pass"
+    assert_eq!(run.step("verify")["outputs"]["checks"], ALL_PASS);
+    assert!(open_uploads(&ws.path("s3")).is_empty());
+}
+
+#[test]
+fn a_403_on_a_part_fails_at_once_and_publishes_nothing() {
+    let ws = Workspace::new();
+    let server = S3Server::with_faults(&ws.path("s3"), &[Fault::Forbidden]);
+    let (_cluster, url) = source();
+    let steps = "  - { id: backup, type: backup, target: db, database: app, repository: offsite, compression: none, retry: { attempts: 3, delay: 10ms } }\n";
+    let plan = plan(&server.endpoint, "", steps);
+    let env = env_with(&url, &[]);
+    let run = apply(&ws, &plan, &[], &env);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let reason = run.step("backup")["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("uploading part") && reason.contains("AccessDenied"),
+        "{reason}"
     );
+    assert_eq!(run.attempts("backup"), 1, "a 403 is not retried");
+    assert_eq!(run.step("backup")["attempts"][0]["transient"], false);
+    // Nothing published, nothing left: no objects, no open upload.
+    let (_, stdout, _) = backups(&ws, &["list", "--json"], &env);
+    assert_eq!(stdout.trim(), "[]");
+    assert!(files_under(&ws.path("s3").join(BUCKET)).is_empty());
+    assert!(open_uploads(&ws.path("s3")).is_empty());
+}
+
+#[test]
+fn a_backup_killed_mid_upload_never_appears_and_prune_orphans_aborts_its_upload() {
+    let ws = Workspace::new();
+    let server = S3Server::start(&ws.path("s3"));
+    server.delay_parts(Duration::from_secs(2));
+    let (_cluster, url) = source();
+    let plan_path = ws.write_plan(&plan(&server.endpoint, "", BACKUP));
+    let env = env_with(&url, &[]);
+    let mut child = opsrunner()
+        .arg("apply")
+        .arg(&plan_path)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for the upload to be under way, then kill without warning.
+    let started = Instant::now();
+    while server.stats.part_requests.load(Ordering::SeqCst) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no part upload began"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // No backup appears, but the upload is open and noted.
+    let (code, stdout, stderr) = backups(&ws, &["list", "--json"], &env);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.trim(), "[]");
+    assert_eq!(open_uploads(&ws.path("s3")).len(), 1, "one upload open");
+    let leftovers = files_under(&ws.path("s3").join(BUCKET));
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    assert!(
+        leftovers[0].parent().unwrap().ends_with(".uploads"),
+        "{leftovers:?}"
+    );
+
+    // The preview names it and changes nothing; then it is removed and the upload aborted.
+    let prune = ["prune", "--orphans", "--orphan-age", "0s"];
+    let (code, stdout, stderr) = backups(&ws, &[&prune[..], &["--dry-run"]].concat(), &env);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("would delete") && stdout.contains("unfinished backup"),
+        "{stdout}"
+    );
+    assert_eq!(files_under(&ws.path("s3").join(BUCKET)), leftovers);
+    assert!(!open_uploads(&ws.path("s3")).is_empty());
+    let (code, stdout, stderr) = backups(&ws, &prune, &env);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("delete ") && stdout.contains("unfinished backup"),
+        "{stdout}"
+    );
+    assert!(
+        open_uploads(&ws.path("s3")).is_empty(),
+        "the upload was aborted"
+    );
+    assert!(files_under(&ws.path("s3").join(BUCKET)).is_empty());
+    let (_, stdout, _) = backups(&ws, &prune, &env);
+    assert_eq!(stdout.trim(), "no unfinished backups");
+}
+
+#[test]
+fn encrypted_backups_round_trip_through_s3() {
+    use age::secrecy::ExposeSecret;
+    let ws = Workspace::new();
+    let server = S3Server::start(&ws.path("s3"));
+    let cluster = Cluster::start();
+    cluster.psql("postgres", "create database app");
+    cluster.psql("app", "create table salaries (id int primary key, who text); insert into salaries select g, 'employee-' || g from generate_series(1, 20000) g");
+    let identity = age::x25519::Identity::generate();
+    let key_file = ws.path("backup.key");
+    std::fs::write(&key_file, identity.to_string().expose_secret()).unwrap();
+    let extra = format!(
+        "\n    encryption: {{ recipients: [\"{}\"] }}",
+        identity.to_public()
+    );
+    let plan = plan(&server.endpoint, &extra, BACKUP_AND_VERIFY);
+    let env = env_with(
+        &cluster.url("postgres"),
+        &[(
+            "OPSRUNNER_AGE_IDENTITY_FILE",
+            key_file.display().to_string(),
+        )],
+    );
+    let run = apply(&ws, &plan, &[], &env);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.step("verify")["outputs"]["checks"], ALL_PASS);
+    for file in files_under(&ws.path("s3").join(BUCKET)) {
+        let bytes = std::fs::read(&file).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains("employee-") && !text.contains("salaries"),
+            "{} reveals data",
+            file.display()
+        );
+    }
+    let (code, stdout, stderr) = backups(&ws, &["list"], &env);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains(" age "), "{stdout}");
 }

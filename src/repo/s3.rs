@@ -1,8 +1,11 @@
 //! A repository in an S3 bucket (or any S3-compatible store): `s3://bucket/prefix` with
 //! objects `<prefix>/<backup id>/<file>`. Files stream up as multipart uploads — parts of
 //! `part_size` bytes, at most `parts_in_flight` uploading at once, so memory is bounded by
-//! their product — and the manifest is put last. An upload that is not committed is
-//! aborted, so an interrupted backup leaves no object behind.
+//! their product — each part with a CRC32 the store checks, and the manifest is put last.
+//! After completion the object's size is compared with what was sent. An upload that is
+//! not committed is aborted, so an interrupted backup leaves no object behind; one that a
+//! killed process could not abort is noted in `<backup>/.uploads/<upload id>`, which
+//! `prune --orphans` finds even on stores that cannot list multipart uploads.
 //!
 //! Credentials come from the standard AWS chain (environment, profile, web identity,
 //! instance metadata), never from the plan. One TLS stack: rustls on ring, as sqlx uses.
@@ -11,7 +14,7 @@ use super::manifest::{MANIFEST_NAME, Manifest, VERIFICATION_NAME, Verification};
 use super::{BackupStore, FileSink, Reader};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -22,6 +25,16 @@ use tokio_util::sync::PollSender;
 
 pub const DEFAULT_PART_SIZE: usize = 16 * 1024 * 1024;
 pub const DEFAULT_PARTS_IN_FLIGHT: usize = 2;
+/// Attempts per S3 request (the SDK retries 5xx, throttling, timeouts and dropped
+/// connections; never 403).
+pub const MAX_ATTEMPTS: u32 = 8;
+/// Where an upload in progress is noted: `<backup>/.uploads/<upload id>`, holding the
+/// object key. A killed process leaves it behind, so that `prune --orphans` can abort the
+/// upload even on stores that cannot list multipart uploads.
+const UPLOADS_DIR: &str = ".uploads";
+/// How often an upload in progress touches its note, so that `prune --orphans` (which
+/// removes only leftovers untouched for `--orphan-age`) never takes a live backup.
+const MARKER_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Clone)]
 pub struct S3Store {
@@ -31,6 +44,7 @@ pub struct S3Store {
     part_size: usize,
     parts_in_flight: usize,
     sse: Option<Sse>,
+    checksums: bool,
 }
 
 /// Server-side encryption of the objects opsrunner writes.
@@ -59,19 +73,39 @@ fn s3_error(context: &str, e: impl std::fmt::Display) -> io::Error {
 /// An SDK error as an I/O error whose kind says whether trying again can help: 403 is
 /// `PermissionDenied` (wrong credentials or policy: permanent); the SDK has already retried
 /// what it considers transient.
-fn sdk_error<E: std::error::Error + 'static>(
+fn sdk_error<E>(
     context: &str,
     e: aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
-) -> io::Error {
-    let kind = match e.raw_response().map(|r| r.status().as_u16()) {
+) -> io::Error
+where
+    E: std::error::Error + aws_sdk_s3::error::ProvideErrorMetadata + 'static,
+{
+    use aws_sdk_s3::error::SdkError;
+    let status = e.raw_response().map(|r| r.status().as_u16());
+    let kind = match status {
         Some(401 | 403) => io::ErrorKind::PermissionDenied,
         Some(404) => io::ErrorKind::NotFound,
         _ => io::ErrorKind::Other,
     };
-    io::Error::new(
-        kind,
-        format!("{context}: {}", aws_sdk_s3::error::DisplayErrorContext(e)),
-    )
+    // The store's own words (status, code, message) rather than the SDK's debug dump.
+    let text = match (&e, status) {
+        (SdkError::ServiceError(service), Some(status)) => {
+            let err = service.err();
+            let mut text = format!("HTTP {status}");
+            if let Some(code) = err.code() {
+                text.push_str(&format!(" {code}"));
+            }
+            if let Some(message) = err.message().filter(|m| !m.is_empty()) {
+                text.push_str(&format!(": {message}"));
+            }
+            if matches!(status, 401 | 403) {
+                text.push_str(" (check the credentials — AWS_* environment, profile or instance role — and that the bucket policy allows this request)");
+            }
+            text
+        }
+        _ => aws_sdk_s3::error::DisplayErrorContext(e).to_string(),
+    };
+    io::Error::new(kind, format!("{context}: {text}"))
 }
 
 impl S3Store {
@@ -97,6 +131,22 @@ impl S3Store {
         let shared = loader.load().await;
         let mut config =
             aws_sdk_s3::config::Builder::from(&shared).force_path_style(options.force_path_style);
+        // A backup of hours is thousands of parts; the SDK's default of three attempts per
+        // request lets one short network outage fail all of it. AWS_MAX_ATTEMPTS still rules.
+        if std::env::var_os("AWS_MAX_ATTEMPTS").is_none() {
+            config = config.retry_config(
+                aws_sdk_s3::config::retry::RetryConfig::standard()
+                    .with_max_attempts(MAX_ATTEMPTS)
+                    .with_max_backoff(std::time::Duration::from_secs(20)),
+            );
+        }
+        // CRC32 on every part, checked by the store where it supports checksums, unless the
+        // standard AWS_REQUEST_CHECKSUM_CALCULATION=when_required turns them off for a store
+        // that rejects them.
+        let checksums = !matches!(
+            shared.request_checksum_calculation(),
+            Some(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
+        );
         if let Some(endpoint) = &options.endpoint {
             config = config.endpoint_url(endpoint);
         }
@@ -110,6 +160,7 @@ impl S3Store {
                 .max(5 * 1024 * 1024),
             parts_in_flight: DEFAULT_PARTS_IN_FLIGHT,
             sse: options.sse.clone(),
+            checksums,
         })
     }
 
@@ -126,17 +177,7 @@ impl S3Store {
     }
 
     async fn put_small(&self, key: String, body: Vec<u8>) -> io::Result<()> {
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .set_server_side_encryption(self.sse.as_ref().map(|s| s.algorithm.clone()))
-            .set_ssekms_key_id(self.sse.as_ref().and_then(|s| s.kms_key_id.clone()))
-            .body(ByteStream::from(body))
-            .send()
-            .await
-            .map_err(|e| sdk_error(&format!("putting {key}"), e))?;
-        Ok(())
+        put(&self.client, &self.bucket, &key, body, self.sse.as_ref()).await
     }
 
     async fn keys_under(&self, prefix: &str) -> io::Result<Vec<String>> {
@@ -159,7 +200,7 @@ impl S3Store {
         Ok(keys)
     }
 
-    async fn get_json<T: serde::de::DeserializeOwned>(&self, key: &str) -> io::Result<Option<T>> {
+    async fn get_bytes(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
         let out = match self
             .client
             .get_object()
@@ -180,6 +221,13 @@ impl S3Store {
             .await
             .map_err(|e| s3_error(key, e))?
             .into_bytes();
+        Ok(Some(bytes.to_vec()))
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, key: &str) -> io::Result<Option<T>> {
+        let Some(bytes) = self.get_bytes(key).await? else {
+            return Ok(None);
+        };
         serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{key}: {e}")))
@@ -187,13 +235,80 @@ impl S3Store {
 
     async fn delete_keys(&self, keys: Vec<String>) -> io::Result<()> {
         for key in keys {
-            self.client
-                .delete_object()
+            delete(&self.client, &self.bucket, &key).await?;
+        }
+        Ok(())
+    }
+
+    fn root(&self) -> String {
+        if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        }
+    }
+
+    /// Multipart uploads in progress under `prefix`: (key, upload id, initiated). Empty on
+    /// stores that cannot list them (the notes in `.uploads/` cover those).
+    async fn multipart_uploads(
+        &self,
+        prefix: &str,
+    ) -> Vec<(String, String, std::time::SystemTime)> {
+        let mut out = Vec::new();
+        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
+        loop {
+            let page = match self
+                .client
+                .list_multipart_uploads()
                 .bucket(&self.bucket)
-                .key(&key)
+                .prefix(prefix)
+                .set_key_marker(key_marker.clone())
+                .set_upload_id_marker(id_marker.clone())
                 .send()
                 .await
-                .map_err(|e| sdk_error(&format!("deleting {key}"), e))?;
+            {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::debug!(
+                        "listing multipart uploads: {}",
+                        aws_sdk_s3::error::DisplayErrorContext(e)
+                    );
+                    return out;
+                }
+            };
+            for u in page.uploads() {
+                if let (Some(key), Some(id)) = (u.key(), u.upload_id()) {
+                    let initiated = u
+                        .initiated()
+                        .and_then(|t| std::time::SystemTime::try_from(*t).ok())
+                        .unwrap_or(std::time::UNIX_EPOCH);
+                    out.push((key.to_string(), id.to_string(), initiated));
+                }
+            }
+            if page.is_truncated() != Some(true) {
+                return out;
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            id_marker = page.next_upload_id_marker().map(str::to_string);
+            if key_marker.is_none() && id_marker.is_none() {
+                return out;
+            }
+        }
+    }
+
+    /// Aborts the multipart uploads an unfinished backup left open: those noted in its
+    /// `.uploads/` and, where the store lists them, any others under its prefix.
+    async fn abort_leftover_uploads(&self, backup_id: &str) -> io::Result<()> {
+        let notes = self.key(backup_id, &format!("{UPLOADS_DIR}/"));
+        for note in self.keys_under(&notes).await? {
+            let upload_id = &note[notes.len()..];
+            if let Some(key) = self.get_bytes(&note).await? {
+                let key = String::from_utf8_lossy(&key);
+                abort_upload(&self.client, &self.bucket, &key, upload_id).await;
+            }
+        }
+        for (key, upload_id, _) in self.multipart_uploads(&self.backup_prefix(backup_id)).await {
+            abort_upload(&self.client, &self.bucket, &key, &upload_id).await;
         }
         Ok(())
     }
@@ -202,11 +317,7 @@ impl S3Store {
 impl S3Store {
     /// Backup ids that have objects but no manifest, with their newest object's time.
     pub async fn orphans(&self) -> io::Result<Vec<(String, std::time::SystemTime)>> {
-        let root = if self.prefix.is_empty() {
-            String::new()
-        } else {
-            format!("{}/", self.prefix)
-        };
+        let root = self.root();
         let mut groups: std::collections::BTreeMap<String, (bool, std::time::SystemTime)> =
             Default::default();
         let mut pages = self
@@ -232,6 +343,15 @@ impl S3Store {
                     .or_insert((false, std::time::UNIX_EPOCH));
                 entry.0 |= name == MANIFEST_NAME;
                 entry.1 = entry.1.max(modified);
+            }
+        }
+        // An upload whose note was never written (killed in between) still shows here.
+        for (key, _, initiated) in self.multipart_uploads(&root).await {
+            if let Some((id, _)) = key[root.len().min(key.len())..].split_once('/') {
+                let entry = groups
+                    .entry(id.to_string())
+                    .or_insert((false, std::time::UNIX_EPOCH));
+                entry.1 = entry.1.max(initiated);
             }
         }
         Ok(groups
@@ -261,9 +381,23 @@ impl S3Sink {
         let tx = self.tx.as_mut().expect("open");
         match tx.poll_reserve(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Err(_)) => Poll::Ready(Err(io::Error::other(
-                "the upload failed; see the error that follows",
-            ))),
+            // The upload task stopped taking parts: it failed, and its error says why.
+            Poll::Ready(Err(_)) => {
+                let Some(task) = self.task.as_mut() else {
+                    return Poll::Ready(Err(io::Error::other("the upload failed")));
+                };
+                match Pin::new(task).poll(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(joined) => {
+                        self.task = None;
+                        Poll::Ready(Err(match joined {
+                            Ok(Err(e)) => e,
+                            Ok(Ok(())) => io::Error::other("the upload ended early"),
+                            Err(e) => io::Error::other(e),
+                        }))
+                    }
+                }
+            }
             Poll::Ready(Ok(())) => {
                 let msg = if msg_is_part {
                     Msg::Part(std::mem::take(&mut self.buffer))
@@ -311,7 +445,10 @@ impl FileSink for S3Sink {
             }
             std::future::poll_fn(|cx| self.poll_send(cx, false)).await?;
             self.tx = None;
-            let task = self.task.take().expect("open");
+            let task = self
+                .task
+                .take()
+                .ok_or_else(|| io::Error::other("the upload failed"))?;
             task.await.map_err(io::Error::other)?
         })
     }
@@ -324,85 +461,106 @@ impl Drop for S3Sink {
     }
 }
 
-async fn upload(
+/// Where one file goes, and how.
+struct UploadTarget {
     client: Client,
     bucket: String,
     key: String,
-    mut rx: mpsc::Receiver<Msg>,
-    in_flight: usize,
+    /// `<backup>/.uploads/`: the upload's note goes here.
+    notes: String,
     sse: Option<Sse>,
-) -> io::Result<()> {
-    let created = client
+    checksums: bool,
+    in_flight: usize,
+}
+
+/// Uploads the parts that arrive on `rx`; completes the upload on `Finish` and aborts it
+/// on any failure or when the channel closes without `Finish`.
+async fn upload(t: UploadTarget, rx: mpsc::Receiver<Msg>) -> io::Result<()> {
+    let created = t
+        .client
         .create_multipart_upload()
-        .bucket(&bucket)
-        .key(&key)
-        .set_server_side_encryption(sse.as_ref().map(|s| s.algorithm.clone()))
-        .set_ssekms_key_id(sse.as_ref().and_then(|s| s.kms_key_id.clone()))
+        .bucket(&t.bucket)
+        .key(&t.key)
+        .set_server_side_encryption(t.sse.as_ref().map(|s| s.algorithm.clone()))
+        .set_ssekms_key_id(t.sse.as_ref().and_then(|s| s.kms_key_id.clone()))
+        .set_checksum_algorithm(t.checksums.then_some(ChecksumAlgorithm::Crc32))
         .send()
         .await
-        .map_err(|e| sdk_error(&format!("starting the upload of {key}"), e))?;
-    let upload_id = created.upload_id().unwrap_or_default().to_string();
-    let abort = |reason: String| {
-        let (client, bucket, key, upload_id) = (
-            client.clone(),
-            bucket.clone(),
-            key.clone(),
-            upload_id.clone(),
-        );
-        async move {
-            let _ = client
-                .abort_multipart_upload()
-                .bucket(&bucket)
-                .key(&key)
-                .upload_id(&upload_id)
-                .send()
-                .await;
-            Err(io::Error::other(reason))
-        }
+        .map_err(|e| sdk_error(&format!("starting the upload of {}", t.key), e))?;
+    let upload_id = created
+        .upload_id()
+        .ok_or_else(|| s3_error(&t.key, "the store returned no upload id"))?
+        .to_string();
+    let note = format!("{}{upload_id}", t.notes);
+    let result = match put(
+        &t.client,
+        &t.bucket,
+        &note,
+        t.key.clone().into_bytes(),
+        None,
+    )
+    .await
+    {
+        Ok(()) => upload_parts(&t, &upload_id, &note, rx).await,
+        Err(e) => Err(e),
     };
+    if result.is_err() {
+        abort_upload(&t.client, &t.bucket, &t.key, &upload_id).await;
+    }
+    // Once completed or aborted, the note has served; a note that cannot be deleted only
+    // makes `prune --orphans` try an abort that is no longer needed.
+    if let Err(e) = delete(&t.client, &t.bucket, &note).await {
+        tracing::warn!("{e}");
+    }
+    result
+}
+
+async fn upload_parts(
+    t: &UploadTarget,
+    upload_id: &str,
+    note: &str,
+    mut rx: mpsc::Receiver<Msg>,
+) -> io::Result<()> {
     let mut parts: Vec<CompletedPart> = Vec::new();
     let mut running = tokio::task::JoinSet::new();
     let mut number = 0i32;
+    let mut total = 0u64;
+    let mut touched = std::time::Instant::now();
     let finished = loop {
-        let msg = rx.recv().await;
-        match msg {
+        match rx.recv().await {
             Some(Msg::Part(bytes)) => {
-                while running.len() >= in_flight {
+                while running.len() >= t.in_flight {
                     match running.join_next().await {
-                        Some(Ok(Ok(part))) => parts.push(part),
-                        Some(Ok(Err(e))) => return abort(e).await,
-                        Some(Err(e)) => return abort(e.to_string()).await,
+                        Some(joined) => parts.push(joined.map_err(io::Error::other)??),
                         None => break,
                     }
                 }
+                if touched.elapsed() >= MARKER_REFRESH {
+                    put(&t.client, &t.bucket, note, t.key.clone().into_bytes(), None).await?;
+                    touched = std::time::Instant::now();
+                }
                 number += 1;
-                let (client, bucket, key, upload_id) = (
-                    client.clone(),
-                    bucket.clone(),
-                    key.clone(),
-                    upload_id.clone(),
-                );
-                let n = number;
+                total += bytes.len() as u64;
+                let request = t
+                    .client
+                    .upload_part()
+                    .bucket(&t.bucket)
+                    .key(&t.key)
+                    .upload_id(upload_id)
+                    .part_number(number)
+                    .set_checksum_algorithm(t.checksums.then_some(ChecksumAlgorithm::Crc32))
+                    .body(ByteStream::from(bytes));
+                let (n, key) = (number, t.key.clone());
                 running.spawn(async move {
-                    let out = client
-                        .upload_part()
-                        .bucket(&bucket)
-                        .key(&key)
-                        .upload_id(&upload_id)
-                        .part_number(n)
-                        .body(ByteStream::from(bytes))
+                    let out = request
                         .send()
                         .await
-                        .map_err(|e| {
-                            format!(
-                                "uploading part {n} of {key}: {}",
-                                aws_sdk_s3::error::DisplayErrorContext(e)
-                            )
-                        })?;
-                    Ok::<_, String>(
+                        .map_err(|e| sdk_error(&format!("uploading part {n} of {key}"), e))?;
+                    Ok::<_, io::Error>(
                         CompletedPart::builder()
                             .part_number(n)
                             .set_e_tag(out.e_tag().map(str::to_string))
+                            .set_checksum_crc32(out.checksum_crc32().map(str::to_string))
                             .build(),
                     )
                 });
@@ -412,21 +570,17 @@ async fn upload(
         }
     };
     while let Some(joined) = running.join_next().await {
-        match joined {
-            Ok(Ok(part)) => parts.push(part),
-            Ok(Err(e)) => return abort(e).await,
-            Err(e) => return abort(e.to_string()).await,
-        }
+        parts.push(joined.map_err(io::Error::other)??);
     }
     if !finished {
-        return abort(format!("the upload of {key} was not finished; aborted")).await;
+        return Err(s3_error(&t.key, "the upload was not finished; aborted"));
     }
     parts.sort_by_key(|p| p.part_number());
-    if let Err(e) = client
+    t.client
         .complete_multipart_upload()
-        .bucket(&bucket)
-        .key(&key)
-        .upload_id(&upload_id)
+        .bucket(&t.bucket)
+        .key(&t.key)
+        .upload_id(upload_id)
         .multipart_upload(
             CompletedMultipartUpload::builder()
                 .set_parts(Some(parts))
@@ -434,13 +588,72 @@ async fn upload(
         )
         .send()
         .await
-    {
-        return abort(format!(
-            "completing the upload of {key}: {}",
-            aws_sdk_s3::error::DisplayErrorContext(e)
-        ))
-        .await;
+        .map_err(|e| sdk_error(&format!("completing the upload of {}", t.key), e))?;
+    // The store's own account of what it assembled must match what was sent; a store
+    // that dropped bytes of a part is caught here, not at restore time.
+    let head = t
+        .client
+        .head_object()
+        .bucket(&t.bucket)
+        .key(&t.key)
+        .send()
+        .await
+        .map_err(|e| sdk_error(&format!("checking {}", t.key), e))?;
+    let stored = head.content_length().unwrap_or(-1);
+    if stored != total as i64 {
+        let _ = delete(&t.client, &t.bucket, &t.key).await;
+        return Err(s3_error(
+            &t.key,
+            format!("the store holds {stored} bytes, {total} were uploaded; deleted"),
+        ));
     }
+    Ok(())
+}
+
+async fn abort_upload(client: &Client, bucket: &str, key: &str, upload_id: &str) {
+    if let Err(e) = client
+        .abort_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(upload_id)
+        .send()
+        .await
+    {
+        tracing::warn!(
+            "aborting the upload of {key}: {} (prune --orphans retries)",
+            aws_sdk_s3::error::DisplayErrorContext(e)
+        );
+    }
+}
+
+async fn put(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    body: Vec<u8>,
+    sse: Option<&Sse>,
+) -> io::Result<()> {
+    client
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .set_server_side_encryption(sse.map(|s| s.algorithm.clone()))
+        .set_ssekms_key_id(sse.and_then(|s| s.kms_key_id.clone()))
+        .body(ByteStream::from(body))
+        .send()
+        .await
+        .map_err(|e| sdk_error(&format!("putting {key}"), e))?;
+    Ok(())
+}
+
+async fn delete(client: &Client, bucket: &str, key: &str) -> io::Result<()> {
+    client
+        .delete_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| sdk_error(&format!("deleting {key}"), e))?;
     Ok(())
 }
 
@@ -457,12 +670,16 @@ impl BackupStore for S3Store {
         // Memory: the part being filled, one waiting in the channel, `parts_in_flight` uploading.
         let (tx, rx) = mpsc::channel(1);
         let task = tokio::spawn(upload(
-            self.client.clone(),
-            self.bucket.clone(),
-            self.key(backup_id, name),
+            UploadTarget {
+                client: self.client.clone(),
+                bucket: self.bucket.clone(),
+                key: self.key(backup_id, name),
+                notes: self.key(backup_id, &format!("{UPLOADS_DIR}/")),
+                sse: self.sse.clone(),
+                checksums: self.checksums,
+                in_flight: self.parts_in_flight,
+            },
             rx,
-            self.parts_in_flight,
-            self.sse.clone(),
         ));
         Ok(Box::new(S3Sink {
             buffer: Vec::with_capacity(self.part_size),
@@ -488,15 +705,13 @@ impl BackupStore for S3Store {
                 "backup {backup_id} is published; not discarding it"
             )));
         }
+        self.abort_leftover_uploads(backup_id).await?;
+        let keys = self.keys_under(&self.backup_prefix(backup_id)).await?;
         self.delete_keys(keys).await
     }
 
     async fn list(&self) -> io::Result<Vec<Manifest>> {
-        let root = if self.prefix.is_empty() {
-            String::new()
-        } else {
-            format!("{}/", self.prefix)
-        };
+        let root = self.root();
         let mut out = Vec::new();
         for key in self.keys_under(&root).await? {
             if key.ends_with(&format!("/{MANIFEST_NAME}"))

@@ -252,11 +252,18 @@ async fn dump(
                         return Err(StepError::cancelled());
                     }
                 };
-                // pg_dump's exit status decides; a write error usually follows from it.
-                process.finish(ctx).await?;
-                let entry =
-                    stored.map_err(|e| StepError::transient(format!("writing {name}: {e}")))?;
-                Ok(vec![entry])
+                let finished = process.finish(ctx).await;
+                // When the repository failed first, pg_dump's broken pipe is only the
+                // consequence; the repository's error says what to fix. Otherwise pg_dump's
+                // exit status decides.
+                match (stored, finished) {
+                    (Err(e), _) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                        Err(super::io_error(&format!("writing {name}"), &e))
+                    }
+                    (_, Err(e)) => Err(e),
+                    (Err(e), Ok(())) => Err(super::io_error(&format!("writing {name}"), &e)),
+                    (Ok(entry), Ok(())) => Ok(vec![entry]),
+                }
             }
             DumpFormat::Directory => {
                 // pg_dump writes a directory itself; spool it locally, then store each file.
@@ -285,7 +292,7 @@ async fn dump(
                         .map_err(|e| StepError::transient(format!("{n}: {e}")))?;
                     let name = format!("dump/{n}{ext}");
                     let entry = tokio::select! {
-                        r = pipeline::store(store, backup_id, &name, file, p.compression, threads, recipients) => r.map_err(|e| StepError::transient(format!("writing {name}: {e}")))?,
+                        r = pipeline::store(store, backup_id, &name, file, p.compression, threads, recipients) => r.map_err(|e| super::io_error(&format!("writing {name}"), &e))?,
                         _ = ctx.cancel.cancelled() => return Err(StepError::cancelled()),
                     };
                     entries.push(entry);
