@@ -46,16 +46,13 @@ steps:
 }
 
 fn all_stored_bytes(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(all_stored_bytes(&path));
-        } else {
-            out.push((path.clone(), std::fs::read(&path).unwrap()));
-        }
-    }
-    out
+    common::files_under(dir)
+        .into_iter()
+        .map(|path| {
+            let bytes = std::fs::read(&path).unwrap();
+            (path, bytes)
+        })
+        .collect()
 }
 
 fn contains(haystack: &[u8], needle: &str) -> bool {
@@ -257,5 +254,40 @@ fn a_missing_identity_file_stops_the_run_before_it_starts() {
         run.stderr.contains("/nonexistent/key.txt"),
         "{}",
         run.stderr
+    );
+}
+
+#[test]
+fn the_preview_shows_who_can_read_the_backups_and_a_broken_recipients_file() {
+    let ws = Workspace::new();
+    let (_, public) = identity_file(ws.dir.path(), "ops.key");
+    let steps = "  - { id: backup, type: backup, target: db, repository: vault }\n";
+    let preview = |recipients: &str| {
+        let path = ws.write_plan(&plan(recipients, steps));
+        let out = opsrunner()
+            .arg("plan")
+            .arg(&path)
+            .env("DATABASE_URL", "postgres://app@db.invalid/app")
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = preview(&format!("{{ recipients: [\"{public}\"] }}"));
+    assert!(text.contains("destination: file://./repo"), "{text}");
+    assert!(
+        text.contains(&format!("client-side encryption: age, to {public}")),
+        "{text}"
+    );
+    let text = preview("{ recipients_file: missing-recipients.txt }");
+    assert!(
+        text.contains("client-side encryption: cannot be set up: recipients file")
+            && text.contains("missing-recipients.txt"),
+        "{text}"
     );
 }

@@ -10,9 +10,9 @@ mod common;
 mod s3;
 
 use common::pg::{Cluster, PASSWORD};
-use common::{Workspace, opsrunner};
+use common::{Workspace, files_under, opsrunner};
 use s3::{BUCKET, Fault, S3Server, SECRET_KEY};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -82,20 +82,6 @@ fn backups(ws: &Workspace, args: &[&str], env: &[(&'static str, String)]) -> (i3
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// Every file under `dir`, recursively.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(files_under(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 /// Multipart uploads s3s-fs holds open: its `.upload-<id>.json` records in the server's

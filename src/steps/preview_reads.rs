@@ -96,6 +96,7 @@ pub async fn details(
         StepKind::Verify(p) if p.backup == "latest" => {
             latest(repo, base_dir, &p.repository, None).await
         }
+        StepKind::Backup(_) => repo.map_or_else(Vec::new, |r| destination(r, base_dir)),
         StepKind::Prune(p) => {
             let Some(store) = open(repo, base_dir).await else {
                 return vec!["the repository cannot be read before apply".into()];
@@ -110,6 +111,45 @@ pub async fn details(
         }
         _ => Vec::new(),
     }
+}
+
+/// Where a backup goes and how it is protected, with the recipients read now: a reviewer
+/// sees which keys will be able to read the backups, and a broken recipients file shows
+/// up before the night it is needed.
+fn destination(repo: &crate::plan::model::Repository, base_dir: &Path) -> Vec<String> {
+    let mut lines = vec![format!("destination: {}", repo.url)];
+    if repo.url.starts_with("s3://") {
+        let options = repo.s3_options();
+        let mut s = format!(
+            "S3 multipart upload, {} MiB parts",
+            options
+                .part_size
+                .unwrap_or(crate::repo::s3::DEFAULT_PART_SIZE)
+                .max(5 << 20)
+                >> 20
+        );
+        if let Some(sse) = &options.sse {
+            s.push_str(&format!(
+                ", server-side encryption {}",
+                sse.algorithm.as_str()
+            ));
+        }
+        lines.push(s);
+    }
+    match &repo.encryption {
+        None => lines.push("client-side encryption: none".into()),
+        Some(config) => {
+            let file = config.recipients_file.as_deref().map(|f| base_dir.join(f));
+            match crate::repo::crypto::Recipients::load(&config.recipients, file.as_deref()) {
+                Ok(r) => lines.push(format!(
+                    "client-side encryption: age, to {}",
+                    r.texts().join(", ")
+                )),
+                Err(e) => lines.push(format!("client-side encryption: cannot be set up: {e}")),
+            }
+        }
+    }
+    lines
 }
 
 async fn open(

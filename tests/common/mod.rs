@@ -98,6 +98,20 @@ impl Workspace {
     }
 }
 
+/// Every file under `dir`, recursively (none when it does not exist).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
 pub fn opsrunner() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_opsrunner"));
     cmd.env("NO_COLOR", "1");
