@@ -325,3 +325,32 @@ fn encrypted_backups_round_trip_through_s3() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains(" age "), "{stdout}");
 }
+
+#[test]
+fn credentials_in_an_s3_url_are_refused_without_being_printed() {
+    let ws = Workspace::new();
+    let secret = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY";
+    let path = ws.write_plan(&format!(
+        "version: 1\nname: leaky\nrepositories:\n  offsite: {{ url: \"s3://AKIAEXAMPLE:{secret}@{BUCKET}/app\" }}\nsteps:\n  - {{ id: prune, type: prune, repository: offsite, keep: {{ last: 3 }} }}\n"
+    ));
+    let out = opsrunner().arg("validate").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the S3 URL carries credentials"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("repositories.offsite.url"), "{stderr}");
+    assert!(!stderr.contains(secret), "{stderr}");
+    let out = opsrunner()
+        .args(["backups", "list", "--repository"])
+        .arg(format!("s3://AKIAEXAMPLE:{secret}@{BUCKET}/app"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("carries credentials") && !stderr.contains(secret),
+        "{stderr}"
+    );
+}

@@ -366,6 +366,22 @@ impl Validator<'_> {
                     }
                 }
             }
+            if let Some(rest) = repo.url.strip_prefix("s3://")
+                && rest
+                    .split('/')
+                    .next()
+                    .is_some_and(|bucket| bucket.contains('@'))
+            {
+                self.problems.push(
+                    Diagnostic::new(format!(
+                        "repository `{name}`: the S3 URL carries credentials"
+                    ))
+                    .at_opt(self.span(&[key("repositories"), key(name), key("url")]))
+                    .with_path(format_path(&[key("repositories"), key(name), key("url")]))
+                    .concealing_source()
+                    .with_help("credentials never go in the plan: remove them from the URL, and treat them as leaked; opsrunner takes them from the standard AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, web identity or the instance role)"),
+                );
+            }
             let templated = repo.url.starts_with("{{");
             if !(templated || repo.url.starts_with("file://") || repo.url.starts_with("s3://")) {
                 self.report(

@@ -115,6 +115,10 @@ impl S3Store {
             .strip_prefix("s3://")
             .ok_or_else(|| format!("`{url}` is not an s3:// URL"))?;
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.contains('@') {
+            // Not echoed: what precedes the @ is a secret.
+            return Err("the S3 URL carries credentials; remove them: they come from the standard AWS chain (environment, profile, web identity, instance role)".into());
+        }
         if bucket.len() < 3 {
             return Err(format!("`{url}`: a bucket name has 3 to 63 characters"));
         }
