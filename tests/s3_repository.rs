@@ -354,3 +354,27 @@ fn credentials_in_an_s3_url_are_refused_without_being_printed() {
         "{stderr}"
     );
 }
+
+#[test]
+fn small_files_go_up_in_one_request_each() {
+    let ws = Workspace::new();
+    let server = S3Server::start(&ws.path("s3"));
+    let cluster = Cluster::start();
+    cluster.psql("postgres", "create database app");
+    // Directory format, uncompressed: a small file per table.
+    cluster.psql("app", "create table empty (id int); create table small (id int primary key, v text); insert into small select g, md5(g::text) from generate_series(1, 1000) g");
+    let steps = "  - { id: backup, type: backup, target: db, database: app, repository: offsite, format: directory, compression: none, fingerprint: full }\n  - { id: verify, type: verify, needs: [backup], repository: offsite, backup: \"{{ steps.backup.outputs.backup_id }}\", restore_into: { target: scratch, database: check } }\n";
+    let plan = plan(&server.endpoint, "", steps);
+    let run = apply(&ws, &plan, &[], &env_with(&cluster.url("postgres"), &[]));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.step("verify")["outputs"]["checks"], ALL_PASS);
+    assert_eq!(
+        server.stats.part_requests.load(Ordering::SeqCst),
+        0,
+        "no multipart upload for files smaller than a part"
+    );
+    let id = run.step("backup")["outputs"]["backup_id"].as_str().unwrap();
+    let files = files_under(&ws.path("s3").join(BUCKET).join("app").join(id).join("dump"));
+    assert_eq!(files.len(), 3, "toc.dat and one file per table: {files:?}");
+    assert!(open_uploads(&ws.path("s3")).is_empty());
+}

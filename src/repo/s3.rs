@@ -1,7 +1,8 @@
 //! A repository in an S3 bucket (or any S3-compatible store): `s3://bucket/prefix` with
 //! objects `<prefix>/<backup id>/<file>`. Files stream up as multipart uploads — parts of
 //! `part_size` bytes, at most `parts_in_flight` uploading at once, so memory is bounded by
-//! their product — each part with a CRC32 the store checks, and the manifest is put last.
+//! their product — each part with a CRC32 the store checks (a file smaller than one part
+//! is put in a single request), and the manifest is put last.
 //! After completion the object's size is compared with what was sent. An upload that is
 //! not committed is aborted, so an interrupted backup leaves no object behind; one that a
 //! killed process could not abort is noted in `<backup>/.uploads/<upload id>`, which
@@ -367,7 +368,18 @@ impl S3Store {
 }
 
 enum Msg {
+    /// The next part of a multipart upload.
     Part(Vec<u8>),
+    /// The whole file, smaller than one part: one PUT instead of a multipart upload (six
+    /// requests), which matters for the many small files of a directory-format backup.
+    Whole(Vec<u8>),
+    Finish,
+}
+
+#[derive(Clone, Copy)]
+enum Next {
+    Part,
+    Whole,
     Finish,
 }
 
@@ -376,12 +388,13 @@ enum Msg {
 struct S3Sink {
     buffer: Vec<u8>,
     part_size: usize,
+    parts_sent: bool,
     tx: Option<PollSender<Msg>>,
     task: Option<tokio::task::JoinHandle<io::Result<()>>>,
 }
 
 impl S3Sink {
-    fn poll_send(&mut self, cx: &mut Context<'_>, msg_is_part: bool) -> Poll<io::Result<()>> {
+    fn poll_send(&mut self, cx: &mut Context<'_>, next: Next) -> Poll<io::Result<()>> {
         let tx = self.tx.as_mut().expect("open");
         match tx.poll_reserve(cx) {
             Poll::Pending => Poll::Pending,
@@ -403,10 +416,14 @@ impl S3Sink {
                 }
             }
             Poll::Ready(Ok(())) => {
-                let msg = if msg_is_part {
-                    Msg::Part(std::mem::take(&mut self.buffer))
-                } else {
-                    Msg::Finish
+                let msg = match next {
+                    Next::Part => {
+                        self.parts_sent = true;
+                        let fresh = Vec::with_capacity(self.part_size);
+                        Msg::Part(std::mem::replace(&mut self.buffer, fresh))
+                    }
+                    Next::Whole => Msg::Whole(std::mem::take(&mut self.buffer)),
+                    Next::Finish => Msg::Finish,
                 };
                 let _ = tx.send_item(msg);
                 Poll::Ready(Ok(()))
@@ -422,7 +439,7 @@ impl AsyncWrite for S3Sink {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         if self.buffer.len() >= self.part_size {
-            match self.poll_send(cx, true) {
+            match self.poll_send(cx, Next::Part) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Ready(Ok(())) => {}
@@ -444,10 +461,14 @@ impl AsyncWrite for S3Sink {
 impl FileSink for S3Sink {
     fn commit(mut self: Box<Self>) -> Pin<Box<dyn Future<Output = io::Result<()>> + Send>> {
         Box::pin(async move {
-            if !self.buffer.is_empty() {
-                std::future::poll_fn(|cx| self.poll_send(cx, true)).await?;
+            if self.parts_sent {
+                if !self.buffer.is_empty() {
+                    std::future::poll_fn(|cx| self.poll_send(cx, Next::Part)).await?;
+                }
+                std::future::poll_fn(|cx| self.poll_send(cx, Next::Finish)).await?;
+            } else {
+                std::future::poll_fn(|cx| self.poll_send(cx, Next::Whole)).await?;
             }
-            std::future::poll_fn(|cx| self.poll_send(cx, false)).await?;
             self.tx = None;
             let task = self
                 .task
@@ -478,8 +499,18 @@ struct UploadTarget {
 }
 
 /// Uploads the parts that arrive on `rx`; completes the upload on `Finish` and aborts it
-/// on any failure or when the channel closes without `Finish`.
-async fn upload(t: UploadTarget, rx: mpsc::Receiver<Msg>) -> io::Result<()> {
+/// on any failure or when the channel closes without `Finish`. A file smaller than a part
+/// arrives `Whole` and is put in one request.
+async fn upload(t: UploadTarget, mut rx: mpsc::Receiver<Msg>) -> io::Result<()> {
+    let first = match rx.recv().await {
+        Some(Msg::Whole(bytes)) => {
+            return put(&t.client, &t.bucket, &t.key, bytes, t.sse.as_ref()).await;
+        }
+        Some(Msg::Part(bytes)) => bytes,
+        Some(Msg::Finish) | None => {
+            return Err(s3_error(&t.key, "the upload was not finished"));
+        }
+    };
     let created = t
         .client
         .create_multipart_upload()
@@ -505,7 +536,7 @@ async fn upload(t: UploadTarget, rx: mpsc::Receiver<Msg>) -> io::Result<()> {
     )
     .await
     {
-        Ok(()) => upload_parts(&t, &upload_id, &note, rx).await,
+        Ok(()) => upload_parts(&t, &upload_id, &note, first, rx).await,
         Err(e) => Err(e),
     };
     if result.is_err() {
@@ -523,6 +554,7 @@ async fn upload_parts(
     t: &UploadTarget,
     upload_id: &str,
     note: &str,
+    first: Vec<u8>,
     mut rx: mpsc::Receiver<Msg>,
 ) -> io::Result<()> {
     let mut parts: Vec<CompletedPart> = Vec::new();
@@ -530,8 +562,13 @@ async fn upload_parts(
     let mut number = 0i32;
     let mut total = 0u64;
     let mut touched = std::time::Instant::now();
+    let mut first = Some(Msg::Part(first));
     let finished = loop {
-        match rx.recv().await {
+        let msg = match first.take() {
+            Some(msg) => Some(msg),
+            None => rx.recv().await,
+        };
+        match msg {
             Some(Msg::Part(bytes)) => {
                 while running.len() >= t.in_flight {
                     match running.join_next().await {
@@ -570,7 +607,7 @@ async fn upload_parts(
                 });
             }
             Some(Msg::Finish) => break true,
-            None => break false,
+            Some(Msg::Whole(_)) | None => break false,
         }
     };
     while let Some(joined) = running.join_next().await {
@@ -688,6 +725,7 @@ impl BackupStore for S3Store {
         Ok(Box::new(S3Sink {
             buffer: Vec::with_capacity(self.part_size),
             part_size: self.part_size,
+            parts_sent: false,
             tx: Some(PollSender::new(tx)),
             task: Some(task),
         }))
