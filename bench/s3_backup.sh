@@ -61,6 +61,22 @@ for round in $(seq "$RUNS"); do
   done
 done
 
+# Downloads stream too: verify the last S3 backup (every file re-read and hashed, the
+# archive's table of contents listed), once.
+cat >"$WORK/verify.yaml" <<YAML
+version: 1
+name: bench-verify
+repositories:
+  repo: { url: "s3://backups-bucket/bench", endpoint: "http://127.0.0.1:$S3PORT", force_path_style: true }
+steps:
+  - { id: verify, type: verify, repository: repo, backup: latest }
+YAML
+rm -rf "${WORK:?}/s3/backups-bucket/"*
+"$OPS" apply "$WORK/s3.yaml" >/dev/null 2>"$WORK/err" || { cat "$WORK/err" >&2; exit 1; }
+/usr/bin/time -f "%e %M" -o "$WORK/time" "$OPS" apply "$WORK/verify.yaml" >/dev/null 2>"$WORK/err" \
+  || { cat "$WORK/err" >&2; exit 1; }
+read -r VERIFY_WALL VERIFY_RSS <"$WORK/time"
+
 DB_BYTES=$("$BIN/psql" -X -At bench -c "select pg_database_size('bench')")
 mib() { awk "BEGIN{printf \"%.0f\", $1/1048576}"; }
 rate() { awk "BEGIN{printf \"%.0f\", $1/1048576/$2}"; }
@@ -73,6 +89,7 @@ data set: $SIZE, $(nproc) cores, best of $RUNS rounds (variants alternate within
 | backup to a local directory (baseline) | ${BEST[local]} | $(mib "${BYTES[local]}") | $(rate "$DB_BYTES" "${BEST[local]}") | $(rate "${BYTES[local]}" "${BEST[local]}") | $(mib $((BEST_RSS[local] * 1024))) |
 | **backup to S3** (multipart, 16 MiB parts, 2 in flight, CRC32) | ${BEST[s3]} | $(mib "${BYTES[s3]}") | $(rate "$DB_BYTES" "${BEST[s3]}") | $(rate "${BYTES[s3]}" "${BEST[s3]}") | $(mib $((BEST_RSS[s3] * 1024))) |
 | **backup to S3, age-encrypted** | ${BEST[s3_age]} | $(mib "${BYTES[s3_age]}") | $(rate "$DB_BYTES" "${BEST[s3_age]}") | $(rate "${BYTES[s3_age]}" "${BEST[s3_age]}") | $(mib $((BEST_RSS[s3_age] * 1024))) |
+| verify of the S3 backup (download + SHA-256 of every file, archive listing), once | $VERIFY_WALL | | | | $(mib $((VERIFY_RSS * 1024))) |
 
 ratios: S3/local $(ratio s3 local) (goal ≤ 1.15), S3 encrypted/local $(ratio s3_age local); peak RSS goal ≤ 128 MiB
 REPORT
