@@ -181,6 +181,12 @@ fn encrypted_backups_reveal_nothing_and_need_the_identity() {
     // passes, fingerprints included, for both formats.
     let run = verify(&id, &[], Some(&right));
     assert_eq!(run.code, 0, "{}", run.stderr);
+    // The test wrote the key world-readable (0644): worth a warning, not a refusal.
+    assert!(
+        run.stderr.contains("can be read by other users") && run.stderr.contains("chmod 600"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(
         run.step("verify")["outputs"]["checks"],
         "manifest=pass files=pass archive=pass restore=pass fingerprints=pass"
@@ -192,9 +198,10 @@ fn encrypted_backups_reveal_nothing_and_need_the_identity() {
         "manifest=pass files=pass archive=pass restore=pass fingerprints=pass"
     );
 
-    // A restore gives back exactly the rows.
+    // A restore gives back exactly the rows, streamed and with parallel loaders (each of
+    // which decrypts its own stream).
     let restore = format!(
-        "  - {{ id: restore, type: restore, repository: vault, backup: {id}, into: {{ target: db, database: copy }} }}\n"
+        "  - {{ id: restore, type: restore, repository: vault, backup: {id}, into: {{ target: db, database: copy }} }}\n  - {{ id: parallel, type: restore, repository: vault, backup: {id}, into: {{ target: db, database: copy2 }}, jobs: 2 }}\n"
     );
     let run = ws.apply_env(
         &plan(&recipients, &restore),
@@ -203,6 +210,7 @@ fn encrypted_backups_reveal_nothing_and_need_the_identity() {
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(cluster.content("app"), cluster.content("copy"));
+    assert_eq!(cluster.content("app"), cluster.content("copy2"));
 
     // One flipped byte in the ciphertext: the file check names the file.
     let data = ws.path("repo").join(&id).join("dump.pgdump.age");

@@ -129,6 +129,16 @@ pub struct Identities {
 
 impl Identities {
     pub fn load(path: &Path) -> Result<Identities, String> {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(
+                "identity file {} can be read by other users (mode {:o}); `chmod 600` it",
+                path.display(),
+                meta.permissions().mode() & 0o777
+            );
+        }
         let file = age::IdentityFile::from_file(path.display().to_string())
             .map_err(|e| format!("identity file {}: {e}", path.display()))?;
         let keys = file.into_identities().map_err(|e| {
