@@ -144,6 +144,24 @@ fn encrypted_backups_reveal_nothing_and_need_the_identity() {
         "{unsealed}"
     );
 
+    // A preview of a verify says the backup is encrypted and what apply will need.
+    let path = ws.write_plan(&plan(
+        &recipients,
+        "  - { id: verify, type: verify, repository: vault, backup: latest }\n",
+    ));
+    let out = opsrunner()
+        .arg("plan")
+        .arg(&path)
+        .env("DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("encrypted with age to {right_public}"))
+            && text.contains("apply needs --identity FILE"),
+        "{text}"
+    );
+
     let verify = |backup: &str, args: &[&str], env_identity: Option<&Path>| {
         let steps = format!(
             "  - {{ id: verify, type: verify, repository: vault, backup: {backup}, restore_into: {{ target: scratch, database: check }} }}\n"

@@ -173,13 +173,23 @@ async fn latest(
         return Vec::new();
     };
     match restore::resolve(&store, "latest", database, repository).await {
-        Ok(m) => vec![format!(
-            "latest is {} (database {}, created {}, {} bytes)",
-            m.backup_id,
-            m.database,
-            m.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
-            m.total_bytes()
-        )],
+        Ok(m) => {
+            let mut lines = vec![format!(
+                "latest is {} (database {}, created {}, {} bytes)",
+                m.backup_id,
+                m.database,
+                m.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                m.total_bytes()
+            )];
+            if let Some(e) = &m.encryption {
+                lines.push(format!(
+                    "encrypted with age to {}: apply needs --identity FILE or {}",
+                    e.recipients.join(", "),
+                    crate::repo::crypto::IDENTITY_ENV
+                ));
+            }
+            lines
+        }
         Err(e) => vec![format!("latest: {}", e.message)],
     }
 }
