@@ -378,3 +378,41 @@ fn small_files_go_up_in_one_request_each() {
     assert_eq!(files.len(), 3, "toc.dat and one file per table: {files:?}");
     assert!(open_uploads(&ws.path("s3")).is_empty());
 }
+
+#[test]
+fn a_backup_interrupted_mid_upload_aborts_its_upload_and_leaves_nothing() {
+    let ws = Workspace::new();
+    let server = S3Server::start(&ws.path("s3"));
+    server.delay_parts(Duration::from_secs(2));
+    let (_cluster, url) = source();
+    let plan_path = ws.write_plan(&plan(&server.endpoint, "", BACKUP));
+    let env = env_with(&url, &[]);
+    let child = opsrunner()
+        .arg("apply")
+        .arg(&plan_path)
+        .arg("--report")
+        .arg(ws.report_path())
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while server.stats.part_requests.load(Ordering::SeqCst) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no part upload began"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // What systemd sends when a unit is stopped.
+    let run = ws.interrupt(child, libc::SIGTERM);
+    assert_eq!(run.code, 130, "{}", run.stderr);
+    assert_eq!(run.status("backup"), "cancelled");
+    let (_, stdout, _) = backups(&ws, &["list", "--json"], &env);
+    assert_eq!(stdout.trim(), "[]");
+    assert!(
+        open_uploads(&ws.path("s3")).is_empty(),
+        "the upload was aborted before the process exited"
+    );
+    assert!(files_under(&ws.path("s3").join(BUCKET)).is_empty());
+}
