@@ -95,6 +95,46 @@ fn open_uploads(root: &Path) -> Vec<String> {
         .collect()
 }
 
+/// A backup run caught while its first part is uploading (parts are slowed down).
+struct MidUpload {
+    server: S3Server,
+    cluster: Cluster,
+    env: Vec<(&'static str, String)>,
+    child: std::process::Child,
+}
+
+fn backup_caught_mid_upload(ws: &Workspace) -> MidUpload {
+    let server = S3Server::start(&ws.path("s3"));
+    server.delay_parts(Duration::from_secs(2));
+    let (cluster, url) = source();
+    let plan_path = ws.write_plan(&plan(&server.endpoint, "", BACKUP));
+    let env = env_with(&url, &[]);
+    let mut child = opsrunner()
+        .arg("apply")
+        .arg(&plan_path)
+        .arg("--report")
+        .arg(ws.report_path())
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while server.stats.part_requests.load(Ordering::SeqCst) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no part upload began"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    MidUpload {
+        server,
+        cluster,
+        env,
+        child,
+    }
+}
+
 #[test]
 fn backups_go_to_s3_in_parts_and_come_back() {
     let ws = Workspace::new();
@@ -224,28 +264,12 @@ fn a_403_on_a_part_fails_at_once_and_publishes_nothing() {
 #[test]
 fn a_backup_killed_mid_upload_never_appears_and_prune_orphans_aborts_its_upload() {
     let ws = Workspace::new();
-    let server = S3Server::start(&ws.path("s3"));
-    server.delay_parts(Duration::from_secs(2));
-    let (_cluster, url) = source();
-    let plan_path = ws.write_plan(&plan(&server.endpoint, "", BACKUP));
-    let env = env_with(&url, &[]);
-    let mut child = opsrunner()
-        .arg("apply")
-        .arg(&plan_path)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    // Wait for the upload to be under way, then kill without warning.
-    let started = Instant::now();
-    while server.stats.part_requests.load(Ordering::SeqCst) == 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no part upload began"
-        );
-        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let MidUpload {
+        server: _server,
+        cluster: _cluster,
+        env,
+        mut child,
+    } = backup_caught_mid_upload(&ws);
     child.kill().unwrap();
     child.wait().unwrap();
 
@@ -382,28 +406,12 @@ fn small_files_go_up_in_one_request_each() {
 #[test]
 fn a_backup_interrupted_mid_upload_aborts_its_upload_and_leaves_nothing() {
     let ws = Workspace::new();
-    let server = S3Server::start(&ws.path("s3"));
-    server.delay_parts(Duration::from_secs(2));
-    let (_cluster, url) = source();
-    let plan_path = ws.write_plan(&plan(&server.endpoint, "", BACKUP));
-    let env = env_with(&url, &[]);
-    let child = opsrunner()
-        .arg("apply")
-        .arg(&plan_path)
-        .arg("--report")
-        .arg(ws.report_path())
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while server.stats.part_requests.load(Ordering::SeqCst) == 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no part upload began"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let MidUpload {
+        server: _server,
+        cluster: _cluster,
+        env,
+        child,
+    } = backup_caught_mid_upload(&ws);
     // What systemd sends when a unit is stopped.
     let run = ws.interrupt(child, libc::SIGTERM);
     assert_eq!(run.code, 130, "{}", run.stderr);
