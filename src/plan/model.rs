@@ -111,6 +111,17 @@ pub struct EncryptionConfig {
     pub recipients_file: Option<String>,
 }
 
+impl EncryptionConfig {
+    /// The recipients, with the file (relative to `base_dir`) read now.
+    pub fn recipients(
+        &self,
+        base_dir: &std::path::Path,
+    ) -> Result<crate::repo::crypto::Recipients, String> {
+        let file = self.recipients_file.as_deref().map(|f| base_dir.join(f));
+        crate::repo::crypto::Recipients::load(&self.recipients, file.as_deref())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 pub enum SseAlgorithm {
     #[serde(rename = "AES256")]

@@ -90,6 +90,18 @@ impl Validator<'_> {
         );
     }
 
+    /// Like [`Validator::report`], for a value that is a secret: the location is named,
+    /// the line is not printed.
+    fn report_secret(&mut self, path: &[PathSegment], message: String, help: &str) {
+        self.problems.push(
+            Diagnostic::new(message)
+                .at_opt(self.span(path))
+                .with_path(format_path(path))
+                .concealing_source()
+                .with_help(help),
+        );
+    }
+
     fn ids(&mut self) -> HashMap<String, usize> {
         let mut index = HashMap::new();
         for (i, step) in self.plan.steps.iter().enumerate() {
@@ -342,7 +354,6 @@ impl Validator<'_> {
                     );
                 }
                 for (i, r) in enc.recipients.iter().enumerate() {
-                    // A private key pasted by mistake is refused without being echoed.
                     if let Err(e) = crate::repo::crypto::parse_recipient(r) {
                         let path = [
                             key("repositories"),
@@ -351,35 +362,25 @@ impl Validator<'_> {
                             key("recipients"),
                             PathSegment::Index(i),
                         ];
-                        let mut diagnostic = Diagnostic::new(format!(
-                            "repository `{name}`: recipient {}: {e}",
-                            i + 1
-                        ))
-                        .at_opt(self.span(&path))
-                        .with_path(format_path(&path));
-                        if r.trim().to_ascii_uppercase().starts_with("AGE-SECRET-KEY-") {
-                            diagnostic = diagnostic.concealing_source().with_help(
+                        let message = format!("repository `{name}`: recipient {}: {e}", i + 1);
+                        // A private key pasted by mistake is refused without being echoed.
+                        if crate::repo::crypto::is_private_key(r) {
+                            self.report_secret(
+                                &path,
+                                message,
                                 "remove the private key from the plan and treat it as leaked: anyone who read this file can decrypt what was encrypted to it",
                             );
+                        } else {
+                            self.report(&path, message, 0, None);
                         }
-                        self.problems.push(diagnostic);
                     }
                 }
             }
-            if let Some(rest) = repo.url.strip_prefix("s3://")
-                && rest
-                    .split('/')
-                    .next()
-                    .is_some_and(|bucket| bucket.contains('@'))
-            {
-                self.problems.push(
-                    Diagnostic::new(format!(
-                        "repository `{name}`: the S3 URL carries credentials"
-                    ))
-                    .at_opt(self.span(&[key("repositories"), key(name), key("url")]))
-                    .with_path(format_path(&[key("repositories"), key(name), key("url")]))
-                    .concealing_source()
-                    .with_help("credentials never go in the plan: remove them from the URL, and treat them as leaked; opsrunner takes them from the standard AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, web identity or the instance role)"),
+            if crate::repo::s3::url_carries_credentials(&repo.url) {
+                self.report_secret(
+                    &[key("repositories"), key(name), key("url")],
+                    format!("repository `{name}`: the S3 URL carries credentials"),
+                    "credentials never go in the plan: remove them from the URL, and treat them as leaked; opsrunner takes them from the standard AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, web identity or the instance role)",
                 );
             }
             let templated = repo.url.starts_with("{{");

@@ -28,10 +28,17 @@ pub struct Recipients {
     keys: Vec<x25519::Recipient>,
 }
 
+/// An age identity (private key), which must never be shown.
+pub fn is_private_key(text: &str) -> bool {
+    text.trim()
+        .to_ascii_uppercase()
+        .starts_with("AGE-SECRET-KEY-")
+}
+
 /// Parses one recipient, with a hint for the mistakes people make.
 pub fn parse_recipient(text: &str) -> Result<x25519::Recipient, String> {
     let text = text.trim();
-    if text.to_ascii_uppercase().starts_with("AGE-SECRET-KEY-") {
+    if is_private_key(text) {
         return Err(
             "this is an identity (a private key); the plan takes only recipients (public keys, `age1…`): `age-keygen -y KEYFILE` prints the public key"
                 .into(),
@@ -164,15 +171,19 @@ impl Identities {
         self.keys.iter().map(|k| k.as_ref() as &dyn age::Identity)
     }
 
-    fn no_match(&self, what: &str, recipients: &[String]) -> io::Error {
-        io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!(
-                "no identity in {} can decrypt {what}: it was encrypted to {}; use the identity file of one of those recipients",
-                self.path.display(),
-                recipients.join(", ")
+    /// A decryption error as an I/O error; not being a recipient says which ones are.
+    fn error(&self, e: age::DecryptError, what: &str, recipients: &[String]) -> io::Error {
+        match e {
+            age::DecryptError::NoMatchingKeys => io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "no identity in {} can decrypt {what}: it was encrypted to {}; use the identity file of one of those recipients",
+                    self.path.display(),
+                    recipients.join(", ")
+                ),
             ),
-        )
+            e => invalid(&e),
+        }
     }
 
     /// Decrypts what [`Recipients::seal`] made.
@@ -183,12 +194,7 @@ impl Identities {
         let mut plain = Vec::new();
         decryptor
             .decrypt(self.iter())
-            .map_err(|e| match e {
-                age::DecryptError::NoMatchingKeys => {
-                    self.no_match("the sealed part of the manifest", recipients)
-                }
-                e => invalid(&e),
-            })?
+            .map_err(|e| self.error(e, "the sealed part of the manifest", recipients))?
             .read_to_end(&mut plain)?;
         Ok(plain)
     }
@@ -205,10 +211,9 @@ impl Identities {
         let decryptor = age::Decryptor::new_async_buffered(buffered)
             .await
             .map_err(|e| invalid(&e))?;
-        let reader = decryptor.decrypt_async(self.iter()).map_err(|e| match e {
-            age::DecryptError::NoMatchingKeys => self.no_match(what, recipients),
-            e => invalid(&e),
-        })?;
+        let reader = decryptor
+            .decrypt_async(self.iter())
+            .map_err(|e| self.error(e, what, recipients))?;
         Ok(Box::pin(reader.compat()))
     }
 }

@@ -35,7 +35,7 @@ pub const MAX_ATTEMPTS: u32 = 8;
 const UPLOADS_DIR: &str = ".uploads";
 /// How often an upload in progress touches its note, so that `prune --orphans` (which
 /// removes only leftovers untouched for `--orphan-age`) never takes a live backup.
-const MARKER_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
+const NOTE_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Clone)]
 pub struct S3Store {
@@ -109,17 +109,24 @@ where
     io::Error::new(kind, format!("{context}: {text}"))
 }
 
+/// `s3://KEY:SECRET@bucket/…`: credentials where they must never be.
+pub fn url_carries_credentials(url: &str) -> bool {
+    url.strip_prefix("s3://")
+        .and_then(|rest| rest.split('/').next())
+        .is_some_and(|bucket| bucket.contains('@'))
+}
+
 impl S3Store {
     /// `s3://bucket/prefix`.
     pub async fn connect(url: &str, options: &S3Options) -> Result<S3Store, String> {
         let rest = url
             .strip_prefix("s3://")
             .ok_or_else(|| format!("`{url}` is not an s3:// URL"))?;
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if bucket.contains('@') {
+        if url_carries_credentials(url) {
             // Not echoed: what precedes the @ is a secret.
             return Err("the S3 URL carries credentials; remove them: they come from the standard AWS chain (environment, profile, web identity, instance role)".into());
         }
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.len() < 3 {
             return Err(format!("`{url}`: a bucket name has 3 to 63 characters"));
         }
@@ -498,6 +505,20 @@ struct UploadTarget {
     in_flight: usize,
 }
 
+impl UploadTarget {
+    /// Writes (or touches) the note of an upload in progress: the object key it is for.
+    async fn put_note(&self, note: &str) -> io::Result<()> {
+        put(
+            &self.client,
+            &self.bucket,
+            note,
+            self.key.clone().into_bytes(),
+            None,
+        )
+        .await
+    }
+}
+
 /// Uploads the parts that arrive on `rx`; completes the upload on `Finish` and aborts it
 /// on any failure or when the channel closes without `Finish`. A file smaller than a part
 /// arrives `Whole` and is put in one request.
@@ -527,15 +548,7 @@ async fn upload(t: UploadTarget, mut rx: mpsc::Receiver<Msg>) -> io::Result<()> 
         .ok_or_else(|| s3_error(&t.key, "the store returned no upload id"))?
         .to_string();
     let note = format!("{}{upload_id}", t.notes);
-    let result = match put(
-        &t.client,
-        &t.bucket,
-        &note,
-        t.key.clone().into_bytes(),
-        None,
-    )
-    .await
-    {
+    let result = match t.put_note(&note).await {
         Ok(()) => upload_parts(&t, &upload_id, &note, first, rx).await,
         Err(e) => Err(e),
     };
@@ -576,8 +589,8 @@ async fn upload_parts(
                         None => break,
                     }
                 }
-                if touched.elapsed() >= MARKER_REFRESH {
-                    put(&t.client, &t.bucket, note, t.key.clone().into_bytes(), None).await?;
+                if touched.elapsed() >= NOTE_REFRESH {
+                    t.put_note(note).await?;
                     touched = std::time::Instant::now();
                 }
                 number += 1;
@@ -748,7 +761,6 @@ impl BackupStore for S3Store {
             )));
         }
         self.abort_leftover_uploads(backup_id).await?;
-        let keys = self.keys_under(&self.backup_prefix(backup_id)).await?;
         self.delete_keys(keys).await
     }
 

@@ -141,8 +141,8 @@ impl StepContext {
         else {
             return Ok(None);
         };
-        let file = config.recipients_file.as_deref().map(|f| self.resolve(f));
-        crate::repo::crypto::Recipients::load(&config.recipients, file.as_deref())
+        config
+            .recipients(&self.base_dir)
             .map(Some)
             .map_err(|e| StepError::permanent(format!("repository `{name}`: {e}")))
     }

@@ -138,16 +138,13 @@ fn destination(repo: &crate::plan::model::Repository, base_dir: &Path) -> Vec<St
     }
     match &repo.encryption {
         None => lines.push("client-side encryption: none".into()),
-        Some(config) => {
-            let file = config.recipients_file.as_deref().map(|f| base_dir.join(f));
-            match crate::repo::crypto::Recipients::load(&config.recipients, file.as_deref()) {
-                Ok(r) => lines.push(format!(
-                    "client-side encryption: age, to {}",
-                    r.texts().join(", ")
-                )),
-                Err(e) => lines.push(format!("client-side encryption: cannot be set up: {e}")),
-            }
-        }
+        Some(config) => match config.recipients(base_dir) {
+            Ok(r) => lines.push(format!(
+                "client-side encryption: age, to {}",
+                r.texts().join(", ")
+            )),
+            Err(e) => lines.push(format!("client-side encryption: cannot be set up: {e}")),
+        },
     }
     lines
 }
