@@ -169,6 +169,9 @@ fn backups_go_to_s3_in_parts_and_come_back() {
     assert_eq!(parts, 5, "24 MB in 5 MiB parts");
     assert_eq!(server.stats.parts_with_crc32.load(Ordering::SeqCst), parts);
     assert!(server.stats.sse_requests.load(Ordering::SeqCst) >= 2);
+    // Every object, the notes of uploads in progress included: a bucket policy that
+    // refuses unencrypted writes must not fail a backup.
+    assert_eq!(server.stats.puts_without_sse.load(Ordering::SeqCst), 0);
 
     // The objects are where the manifest says; no upload is left open, no note behind.
     let object = ws.path("s3").join(BUCKET).join("app").join(&id);

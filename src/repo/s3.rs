@@ -507,13 +507,15 @@ struct UploadTarget {
 
 impl UploadTarget {
     /// Writes (or touches) the note of an upload in progress: the object key it is for.
+    /// With the repository's SSE like every other object, so that a bucket policy refusing
+    /// unencrypted writes does not fail the backup.
     async fn put_note(&self, note: &str) -> io::Result<()> {
         put(
             &self.client,
             &self.bucket,
             note,
             self.key.clone().into_bytes(),
-            None,
+            self.sse.as_ref(),
         )
         .await
     }

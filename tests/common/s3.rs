@@ -41,6 +41,8 @@ pub struct Stats {
     pub parts_with_crc32: AtomicUsize,
     /// Requests with `x-amz-server-side-encryption: AES256`.
     pub sse_requests: AtomicUsize,
+    /// Objects put (not parts) without that header.
+    pub puts_without_sse: AtomicUsize,
     part_delay_ms: AtomicUsize,
 }
 
@@ -181,6 +183,12 @@ async fn handle(
     }
     let is_part = req.method() == hyper::Method::PUT
         && req.uri().query().is_some_and(|q| q.contains("partNumber="));
+    if req.method() == hyper::Method::PUT
+        && !is_part
+        && header("x-amz-server-side-encryption").is_empty()
+    {
+        stats.puts_without_sse.fetch_add(1, Ordering::SeqCst);
+    }
     if is_part {
         stats.part_requests.fetch_add(1, Ordering::SeqCst);
         if !header("x-amz-checksum-crc32").is_empty()
