@@ -6,7 +6,6 @@
 # (pgbench's own rows are mostly blank padding and compress unrealistically well), ≈1.1 GB.
 
 BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
-RUNS=${RUNS:-1}
 
 WORK=$(mktemp -d /tmp/opsrunner-bench.XXXXXX)
 chmod 755 "$WORK"

@@ -81,14 +81,17 @@ DB_BYTES=$("$BIN/psql" -X -At bench -c "select pg_database_size('bench')")
 mib() { awk "BEGIN{printf \"%.0f\", $1/1048576}"; }
 rate() { awk "BEGIN{printf \"%.0f\", $1/1048576/$2}"; }
 ratio() { awk "BEGIN{printf \"%.2f\", ${BEST[$1]}/${BEST[$2]}}"; }
+row() { # VARIANT LABEL
+  echo "| $2 | ${BEST[$1]} | $(mib "${BYTES[$1]}") | $(rate "$DB_BYTES" "${BEST[$1]}") | $(rate "${BYTES[$1]}" "${BEST[$1]}") | $(mib $((BEST_RSS[$1] * 1024))) |"
+}
 cat <<REPORT
 data set: $SIZE, $(nproc) cores, best of $RUNS rounds (variants alternate within a round)
 
 | what | wall s | stored MiB | database MiB/s | stored MiB/s | peak RSS MiB |
 |---|---|---|---|---|---|
-| backup to a local directory (baseline) | ${BEST[local]} | $(mib "${BYTES[local]}") | $(rate "$DB_BYTES" "${BEST[local]}") | $(rate "${BYTES[local]}" "${BEST[local]}") | $(mib $((BEST_RSS[local] * 1024))) |
-| **backup to S3** (multipart, 16 MiB parts, 2 in flight, CRC32) | ${BEST[s3]} | $(mib "${BYTES[s3]}") | $(rate "$DB_BYTES" "${BEST[s3]}") | $(rate "${BYTES[s3]}" "${BEST[s3]}") | $(mib $((BEST_RSS[s3] * 1024))) |
-| **backup to S3, age-encrypted** | ${BEST[s3_age]} | $(mib "${BYTES[s3_age]}") | $(rate "$DB_BYTES" "${BEST[s3_age]}") | $(rate "${BYTES[s3_age]}" "${BEST[s3_age]}") | $(mib $((BEST_RSS[s3_age] * 1024))) |
+$(row local "backup to a local directory (baseline)")
+$(row s3 "**backup to S3** (multipart, 16 MiB parts, 2 in flight, CRC32)")
+$(row s3_age "**backup to S3, age-encrypted**")
 | verify of the S3 backup (download + SHA-256 of every file, archive listing), once | $VERIFY_WALL | | | | $(mib $((VERIFY_RSS * 1024))) |
 
 ratios: S3/local $(ratio s3 local) (goal ≤ 1.15), S3 encrypted/local $(ratio s3_age local); peak RSS goal ≤ 128 MiB
