@@ -12,6 +12,10 @@ pub struct HumanDuration(pub Duration);
 pub const DURATION_HELP: &str =
     "write a number followed by a unit (ms, s, m, h, d), e.g. `30s`, `2m` or `1h30m`";
 
+/// The longest duration a plan or the command line may give: 100 years. Longer ones are
+/// typing mistakes, and would overflow the clocks that timeouts and retention compute with.
+pub const MAX: Duration = Duration::from_secs(36_500 * 86_400);
+
 /// Parses `1h30m`-style durations. A bare number is not accepted: `timeout: 30` could mean
 /// seconds or minutes, and a plan that guards production data should not guess.
 pub fn parse(text: &str) -> Result<Duration, String> {
@@ -46,7 +50,11 @@ pub fn parse(text: &str) -> Result<Duration, String> {
             "" => return Err(format!("`{text}` has no unit")),
             other => return Err(format!("`{text}` has an unknown unit `{other}`")),
         };
-        total += Duration::from_secs_f64(seconds);
+        total = Duration::try_from_secs_f64(seconds)
+            .ok()
+            .and_then(|d| total.checked_add(d))
+            .filter(|t| *t <= MAX)
+            .ok_or_else(|| format!("`{text}` is too long; the longest duration is 36500d"))?;
     }
     Ok(total)
 }
@@ -140,6 +148,19 @@ mod tests {
         assert!(parse("10x").is_err());
         assert!(parse("10").is_err());
         assert!(parse("s").is_err());
+    }
+
+    #[test]
+    fn huge_durations_are_errors_not_panics() {
+        for text in [
+            "99999999999999999999h",
+            "36501d",
+            "1e400s",
+            "18446744073709551616s",
+        ] {
+            assert!(parse(text).is_err(), "{text}");
+        }
+        assert_eq!(parse("36500d").unwrap(), MAX);
     }
 
     #[test]
