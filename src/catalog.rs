@@ -2,6 +2,7 @@
 
 use crate::exit::Failure;
 use crate::plan::{self, PlanSource};
+use crate::repo::listing::{self, Listed, Trust};
 use crate::repo::manifest::{Manifest, Verification};
 use crate::repo::{self, BackupStore};
 use chrono::Utc;
@@ -47,44 +48,71 @@ pub async fn open_store(
         .map_err(Failure::Usage)
 }
 
+/// One backup for `--json`: the manifest with its verification, or the reason it is damaged.
 #[derive(Serialize)]
-struct Entry {
-    #[serde(flatten)]
-    manifest: Manifest,
-    verification: Option<Verification>,
+#[serde(untagged)]
+enum Entry {
+    Backup {
+        #[serde(flatten)]
+        manifest: Box<Manifest>,
+        /// The last verification, when its record vouches for this manifest.
+        verification: Option<Verification>,
+        /// Why a verification record exists but is not believed.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        verification_problem: Option<String>,
+    },
+    Damaged {
+        backup_id: String,
+        damaged: String,
+    },
 }
 
-async fn entries(store: &repo::AnyStore) -> Result<Vec<Entry>, Failure> {
-    let manifests = store
-        .list()
-        .await
-        .map_err(|e| Failure::Io(format!("cannot list the repository: {e}")))?;
-    let mut out = Vec::new();
-    for manifest in manifests {
-        let verification = store
-            .verification(&manifest.backup_id)
-            .await
-            .map_err(|e| Failure::Io(e.to_string()))?;
-        out.push(Entry {
-            manifest,
-            verification,
-        });
+impl Entry {
+    fn from(listed: Listed) -> Entry {
+        match listed.backup {
+            Ok(checked) => {
+                let (verification, verification_problem) = split_trust(listed.trust);
+                Entry::Backup {
+                    manifest: Box::new(checked.manifest),
+                    verification,
+                    verification_problem,
+                }
+            }
+            Err(damaged) => Entry::Damaged {
+                backup_id: listed.id,
+                damaged,
+            },
+        }
     }
-    Ok(out)
 }
 
-fn verification_text(v: &Option<Verification>) -> String {
-    match v {
-        None => "never".into(),
-        Some(v) if v.passed && v.restored => format!(
+fn split_trust(trust: Trust) -> (Option<Verification>, Option<String>) {
+    match trust {
+        Trust::Never => (None, None),
+        Trust::Recorded(v) => (Some(v), None),
+        Trust::Distrusted(why) => (None, Some(why)),
+    }
+}
+
+async fn entries(store: &repo::AnyStore) -> Result<Vec<Listed>, Failure> {
+    listing::list(store)
+        .await
+        .map_err(|e| Failure::Io(format!("cannot list the repository: {e}")))
+}
+
+fn verification_text(trust: &Trust) -> String {
+    match trust {
+        Trust::Never => "never".into(),
+        Trust::Distrusted(_) => "not trusted (see backups show)".into(),
+        Trust::Recorded(v) if v.passed && v.restored => format!(
             "passed {} (test restore)",
             v.verified_at.format("%Y-%m-%d %H:%M")
         ),
-        Some(v) if v.passed => format!(
+        Trust::Recorded(v) if v.passed => format!(
             "passed {} (no restore)",
             v.verified_at.format("%Y-%m-%d %H:%M")
         ),
-        Some(v) => format!("FAILED {}", v.verified_at.format("%Y-%m-%d %H:%M")),
+        Trust::Recorded(v) => format!("FAILED {}", v.verified_at.format("%Y-%m-%d %H:%M")),
     }
 }
 
@@ -113,18 +141,21 @@ fn size(bytes: u64) -> String {
 pub async fn list(store: &repo::AnyStore, json: bool) -> Result<String, Failure> {
     let entries = entries(store).await?;
     if json {
+        let entries: Vec<Entry> = entries.into_iter().map(Entry::from).collect();
         return Ok(serde_json::to_string_pretty(&entries).expect("serializes") + "\n");
     }
     if entries.is_empty() {
         return Ok(format!("{}: no published backups\n", store.location()));
     }
     let now = Utc::now();
-    let rows: Vec<[String; 8]> = entries
+    let (good, damaged): (Vec<&Listed>, Vec<&Listed>) =
+        entries.iter().partition(|e| e.backup.is_ok());
+    let rows: Vec<[String; 8]> = good
         .iter()
         .rev()
-        .map(|e| {
-            let m = &e.manifest;
-            [
+        .filter_map(|e| {
+            let m = &e.backup.as_ref().ok()?.manifest;
+            Some([
                 m.backup_id.clone(),
                 m.database.clone(),
                 m.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
@@ -132,8 +163,8 @@ pub async fn list(store: &repo::AnyStore, json: bool) -> Result<String, Failure>
                 size(m.total_bytes()),
                 m.compression.to_string(),
                 if m.encryption.is_some() { "age" } else { "no" }.to_string(),
-                verification_text(&e.verification),
-            ]
+                verification_text(&e.trust),
+            ])
         })
         .collect();
     let header = [
@@ -169,6 +200,18 @@ pub async fn list(store: &repo::AnyStore, json: bool) -> Result<String, Failure>
         line(r.iter().map(String::as_str).collect(), &mut out);
     }
     let _ = writeln!(out, "\n{} backups", rows.len());
+    if !damaged.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{} damaged (never restored, never deleted by prune; inspect and remove by hand):",
+            damaged.len()
+        );
+        for e in damaged {
+            if let Err(reason) = &e.backup {
+                let _ = writeln!(out, "  {}: {reason}", e.id);
+            }
+        }
+    }
     Ok(out)
 }
 
@@ -230,7 +273,7 @@ pub async fn prune(
         .await
         .map_err(Failure::Usage)?;
     if !dry_run {
-        for d in decisions.iter().filter(|d| !d.keep) {
+        for d in decisions.iter().filter(|d| !d.keep && !d.damaged) {
             store
                 .delete(&d.id)
                 .await
@@ -247,7 +290,7 @@ pub async fn prune(
     let _ = writeln!(
         out,
         "{gone} of {} backups {}",
-        decisions.len(),
+        decisions.iter().filter(|d| !d.damaged).count(),
         if dry_run {
             "would be deleted (dry run: nothing was deleted)"
         } else {
@@ -263,23 +306,22 @@ pub async fn show(
     json: bool,
     identities: Option<&crate::repo::crypto::Identities>,
 ) -> Result<String, Failure> {
-    let mut manifest = store
-        .manifest(id)
+    let checked = listing::manifest(store, id)
         .await
         .map_err(|e| Failure::Usage(e.to_string()))?;
+    let trust = listing::trust(store, &checked).await;
+    let mut manifest = checked.manifest;
     if let Some(identities) = identities {
         manifest
             .unseal(identities)
             .map_err(|e| Failure::Usage(e.to_string()))?;
     }
-    let verification = store
-        .verification(id)
-        .await
-        .map_err(|e| Failure::Io(e.to_string()))?;
     if json {
-        return Ok(serde_json::to_string_pretty(&Entry {
-            manifest,
+        let (verification, verification_problem) = split_trust(trust);
+        return Ok(serde_json::to_string_pretty(&Entry::Backup {
+            manifest: Box::new(manifest),
             verification,
+            verification_problem,
         })
         .expect("serializes")
             + "\n");
@@ -322,9 +364,15 @@ pub async fn show(
             let _ = writeln!(out, "encryption   none");
         }
     }
-    let _ = writeln!(out, "verification {}", verification_text(&verification));
-    if let Some(v) = &verification {
-        let _ = writeln!(out, "             {}", v.checks);
+    let _ = writeln!(out, "verification {}", verification_text(&trust));
+    match &trust {
+        Trust::Recorded(v) => {
+            let _ = writeln!(out, "             {}", v.checks);
+        }
+        Trust::Distrusted(why) => {
+            let _ = writeln!(out, "             the record is not believed: {why}");
+        }
+        Trust::Never => {}
     }
     let _ = writeln!(
         out,

@@ -152,17 +152,17 @@ enum BackupsCommand {
     Prune {
         #[command(flatten)]
         repo: RepositoryArgs,
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         keep_last: Option<u32>,
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         keep_hourly: Option<u32>,
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         keep_daily: Option<u32>,
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         keep_weekly: Option<u32>,
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         keep_monthly: Option<u32>,
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         keep_yearly: Option<u32>,
         /// Keep everything within this span before the newest backup, e.g. 14d.
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]

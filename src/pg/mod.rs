@@ -7,4 +7,5 @@ pub mod fingerprint;
 pub mod process;
 pub mod restore;
 pub mod server;
+pub mod swap;
 pub mod tools;

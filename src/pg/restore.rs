@@ -1,94 +1,20 @@
-//! Restoring a stored backup into a database: the database is created (or, when asked,
-//! replaced), and the archive streamed from the repository into pg_restore or psql, which
-//! stop at the first error — a restore never "succeeds" with errors.
+//! Streaming a stored backup into a database: the archive flows from the repository,
+//! checked against its manifest on the way, into pg_restore or psql, which stop at the
+//! first error — a restore never "succeeds" with errors. Which database it goes into, and
+//! how it replaces an existing one, is [`super::swap`]'s business.
 
 use super::conn::ConnInfo;
 use super::process::PgProcess;
-use super::server::{classify, tool};
+use super::server::tool;
 use crate::repo::AnyStore;
 use crate::repo::manifest::{DumpFormat, Manifest};
-use crate::repo::pipeline;
-use crate::steps::{ErrorKind, StepContext, StepError};
-use sqlx::PgConnection;
+use crate::repo::pipeline::{self, Loaded, Verdict};
+use crate::steps::{StepContext, StepError};
 use std::path::Path;
 
 /// `"name"` with embedded quotes doubled: a safe SQL identifier.
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-pub async fn database_exists(conn: &mut PgConnection, name: &str) -> Result<bool, StepError> {
-    sqlx::query_scalar::<_, bool>("select exists (select 1 from pg_database where datname = $1)")
-        .bind(name)
-        .fetch_one(conn)
-        .await
-        .map_err(|e| classify(&e, "cannot look up databases"))
-}
-
-/// Whether a database holds anything of its own: relations, functions or types outside the
-/// system schemas, or schemas besides `public`.
-async fn database_is_empty(info: &ConnInfo) -> Result<bool, StepError> {
-    let mut conn = info
-        .connect()
-        .await
-        .map_err(|e| classify(&e, "cannot connect to the existing database"))?;
-    let objects: i64 = sqlx::query_scalar(
-        "select (select count(*) from pg_class c join pg_namespace n on n.oid = c.relnamespace
-                 where n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_%')
-              + (select count(*) from pg_proc p join pg_namespace n on n.oid = p.pronamespace
-                 where n.nspname not in ('pg_catalog', 'information_schema'))
-              + (select count(*) from pg_namespace where nspname not in ('public', 'information_schema') and nspname not like 'pg\\_%')",
-    )
-    .fetch_one(&mut conn)
-    .await
-    .map_err(|e| classify(&e, "cannot inspect the existing database"))?;
-    Ok(objects == 0)
-}
-
-/// Drops a database, ending its sessions first.
-pub async fn drop_database(conn: &mut PgConnection, name: &str) -> Result<(), StepError> {
-    let sql = format!("drop database if exists {} with (force)", quote_ident(name));
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-        .execute(conn)
-        .await
-        .map_err(|e| classify(&e, &format!("cannot drop database `{name}`")))?;
-    Ok(())
-}
-
-pub async fn create_database(conn: &mut PgConnection, name: &str) -> Result<(), StepError> {
-    let sql = format!("create database {} template template0", quote_ident(name));
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-        .execute(conn)
-        .await
-        .map_err(|e| classify(&e, &format!("cannot create database `{name}`")))?;
-    Ok(())
-}
-
-/// Makes `database` ready to receive a restore: created when missing, used when empty,
-/// replaced when `overwrite`, refused otherwise (nothing is touched then).
-pub async fn prepare_database(
-    maintenance: &mut PgConnection,
-    server: &ConnInfo,
-    database: &str,
-    overwrite: bool,
-    target: &str,
-) -> Result<(), StepError> {
-    if !database_exists(maintenance, database).await? {
-        return create_database(maintenance, database).await;
-    }
-    if database_is_empty(&server.with_database(database)).await? {
-        return Ok(());
-    }
-    if !overwrite {
-        return Err(StepError {
-            kind: ErrorKind::Refused,
-            message: format!(
-                "database `{database}` on target `{target}` exists and is not empty; nothing was touched. Set `overwrite: true` to replace it"
-            ),
-        });
-    }
-    drop_database(maintenance, database).await?;
-    create_database(maintenance, database).await
 }
 
 /// Streams backup `manifest` into the database `into` points at.
@@ -101,6 +27,12 @@ pub async fn restore(
     jobs: Option<u32>,
     no_owner: bool,
 ) -> Result<(), StepError> {
+    let Some(first) = manifest.files.first().map(|f| f.name.clone()) else {
+        return Err(StepError::permanent(format!(
+            "backup {} is damaged: the manifest lists no files",
+            manifest.backup_id
+        )));
+    };
     let major = server_major.max(manifest.pg_dump_major());
     let jobs = jobs.unwrap_or(1).max(1);
     let id = &manifest.backup_id;
@@ -115,7 +47,7 @@ pub async fn restore(
         tempfile::Builder::new()
             .prefix("opsrunner-restore-")
             .tempdir()
-            .map_err(|e| StepError::transient(format!("cannot create a spool directory: {e}")))
+            .map_err(|e| spool_error(&std::env::temp_dir(), &e))
     };
     match manifest.format {
         DumpFormat::Plain => {
@@ -130,12 +62,12 @@ pub async fn restore(
                 "-".into(),
             ];
             let process = PgProcess::spawn(&psql, &args, ctx, configure, true, false)?;
-            feed(ctx, store, manifest, &manifest.files[0].name, process, true).await
+            feed(ctx, store, manifest, &first, process, true).await
         }
         DumpFormat::Custom if jobs == 1 => {
             let (pg_restore, _) = tool("pg_restore", major)?;
             let process = PgProcess::spawn(&pg_restore, &args, ctx, configure, true, false)?;
-            feed(ctx, store, manifest, &manifest.files[0].name, process, true).await
+            feed(ctx, store, manifest, &first, process, true).await
         }
         DumpFormat::Custom => {
             let (pg_restore, _) = tool("pg_restore", major)?;
@@ -160,8 +92,10 @@ pub async fn restore(
 }
 
 /// Streams one stored file, decompressed, into a process's stdin, then waits for it.
-/// `reads_all: false` is for `pg_restore --list`, which stops reading after the table of
-/// contents: the broken pipe that follows is expected then.
+/// `reads_all: false` is for `pg_restore --list` and section restores, which stop reading
+/// when they have what they need: the broken pipe that follows is expected then, and the
+/// file is checked against the manifest by whoever reads all of it. With `reads_all`, the
+/// stored bytes must match the manifest's size and SHA-256, or the restore fails.
 pub async fn feed(
     ctx: &StepContext,
     store: &AnyStore,
@@ -170,7 +104,10 @@ pub async fn feed(
     mut process: PgProcess,
     reads_all: bool,
 ) -> Result<(), StepError> {
-    let mut reader = pipeline::load(store, manifest, name, ctx.identities.as_ref())
+    let Loaded {
+        mut reader,
+        verdict,
+    } = pipeline::load(store, manifest, name, ctx.identities.as_ref())
         .await
         .map_err(|e| StepError::permanent(format!("{name}: {e}")))?;
     let mut stdin = process.stdin();
@@ -182,14 +119,30 @@ pub async fn feed(
         }
     };
     drop(stdin);
-    // The process's own exit status explains a broken pipe better than the pipe does.
-    process.finish(ctx).await?;
+    drop(reader);
+    let finished = process.finish(ctx).await;
+    if reads_all {
+        // A damaged file explains a failed pg_restore better than pg_restore does.
+        checked(verdict, ctx).await?;
+    }
+    finished?;
     match copied {
         Err(e) if !reads_all && e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         Err(e) => Err(StepError::permanent(format!(
             "{name}: reading the backup failed: {e}"
         ))),
         Ok(_) => Ok(()),
+    }
+}
+
+/// Waits for a file's check against the manifest; a mismatch is a permanent error.
+async fn checked(verdict: Verdict, ctx: &StepContext) -> Result<(), StepError> {
+    tokio::select! {
+        r = verdict.wait() => r.map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidData => StepError::permanent(format!("the backup does not match its manifest: {e}")),
+            _ => crate::steps::io_error("reading the backup", &e),
+        }),
+        _ = ctx.cancel.cancelled() => Err(StepError::cancelled()),
     }
 }
 
@@ -209,11 +162,15 @@ async fn parallel_custom(
     jobs: u32,
     configure: &(impl Fn(&mut tokio::process::Command) + Sync),
 ) -> Result<(), StepError> {
-    let name = &manifest.files[0].name;
+    let name = &manifest
+        .files
+        .first()
+        .ok_or_else(|| StepError::permanent("the manifest lists no files"))?
+        .name;
     let dir = tempfile::Builder::new()
         .prefix("opsrunner-restore-")
         .tempdir()
-        .map_err(|e| StepError::transient(format!("cannot create a spool directory: {e}")))?;
+        .map_err(|e| spool_error(&std::env::temp_dir(), &e))?;
 
     let list_file = dir.path().join("toc.list");
     let list_args = vec![
@@ -267,8 +224,7 @@ async fn parallel_custom(
     let mut workers = Vec::new();
     for (i, lines) in shares.iter().enumerate() {
         let list = dir.path().join(format!("data-{i}.list"));
-        std::fs::write(&list, lines.join("\n") + "\n")
-            .map_err(|e| StepError::transient(e.to_string()))?;
+        std::fs::write(&list, lines.join("\n") + "\n").map_err(|e| spool_error(&list, &e))?;
         let mut worker_args = args.to_vec();
         worker_args.extend([
             "--section=data".to_string(),
@@ -313,7 +269,8 @@ fn rows_of(manifest: &Manifest, line: &str) -> i64 {
 }
 
 /// Feeds the decompressed file to a process; with `keep`, also writes it to that path, to
-/// the end even when the process stops reading early (it may have all it needs).
+/// the end even when the process stops reading early (it may have all it needs), and
+/// checks the stored file against the manifest.
 async fn feed_keeping(
     ctx: &StepContext,
     store: &AnyStore,
@@ -323,30 +280,37 @@ async fn feed_keeping(
     keep: Option<&Path>,
 ) -> Result<(), StepError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut reader = pipeline::load(store, manifest, name, ctx.identities.as_ref())
+    let Loaded {
+        mut reader,
+        verdict,
+    } = pipeline::load(store, manifest, name, ctx.identities.as_ref())
         .await
         .map_err(|e| StepError::permanent(format!("{name}: {e}")))?;
     let mut copy = match keep {
-        Some(path) => Some(
+        Some(path) => Some((
             tokio::fs::File::create(path)
                 .await
-                .map_err(|e| StepError::transient(format!("{}: {e}", path.display())))?,
-        ),
+                .map_err(|e| spool_error(path, &e))?,
+            path,
+        )),
         None => None,
     };
+    // The pump owns pg_restore's stdin: whatever way it ends (a full spool disk, a damaged
+    // file), stdin closes with it, and pg_restore cannot wait for input forever.
     let mut stdin = Some(process.stdin());
-    let pump = async {
+    let pump = async move {
         let mut buf = vec![0u8; 1 << 20];
         loop {
-            let n = reader
-                .read(&mut buf)
-                .await
-                .map_err(|e| format!("{name}: reading the backup failed: {e}"))?;
+            let n = reader.read(&mut buf).await.map_err(|e| {
+                StepError::permanent(format!("{name}: reading the backup failed: {e}"))
+            })?;
             if n == 0 {
                 break;
             }
-            if let Some(c) = copy.as_mut() {
-                c.write_all(&buf[..n]).await.map_err(|e| e.to_string())?;
+            if let Some((c, path)) = copy.as_mut() {
+                c.write_all(&buf[..n])
+                    .await
+                    .map_err(|e| spool_error(path, &e))?;
             }
             if let Some(s) = stdin.as_mut()
                 && s.write_all(&buf[..n]).await.is_err()
@@ -358,11 +322,10 @@ async fn feed_keeping(
                 }
             }
         }
-        if let Some(c) = copy.as_mut() {
-            c.flush().await.map_err(|e| e.to_string())?;
+        if let Some((c, path)) = copy.as_mut() {
+            c.flush().await.map_err(|e| spool_error(path, &e))?;
         }
-        drop(stdin.take());
-        Ok::<(), String>(())
+        Ok::<(), StepError>(())
     };
     let pumped = tokio::select! {
         r = pump => r,
@@ -371,8 +334,23 @@ async fn feed_keeping(
             return Err(StepError::cancelled());
         }
     };
-    process.finish(ctx).await?;
-    pumped.map_err(StepError::permanent)
+    if pumped.is_err() {
+        // It will not get the rest of its input; do not wait for it to notice.
+        process.stop(ctx).await;
+    }
+    let finished = process.finish(ctx).await;
+    if keep.is_some() {
+        checked(verdict, ctx).await?;
+    }
+    pumped?;
+    finished
+}
+
+fn spool_error(path: &Path, e: &std::io::Error) -> StepError {
+    StepError::permanent(format!(
+        "cannot spool the archive to {} (the temporary directory; point TMPDIR at a disk with room): {e}",
+        path.display()
+    ))
 }
 
 /// Decompresses one stored file to a local path.
@@ -383,16 +361,45 @@ async fn unpack(
     name: &str,
     to: &Path,
 ) -> Result<(), StepError> {
-    let mut reader = pipeline::load(store, manifest, name, ctx.identities.as_ref())
+    let Loaded {
+        mut reader,
+        verdict,
+    } = pipeline::load(store, manifest, name, ctx.identities.as_ref())
         .await
         .map_err(|e| StepError::permanent(format!("{name}: {e}")))?;
     let mut file = tokio::fs::File::create(to)
         .await
-        .map_err(|e| StepError::transient(format!("{}: {e}", to.display())))?;
-    tokio::io::copy(&mut reader, &mut file)
-        .await
-        .map_err(|e| StepError::permanent(format!("{name}: decompressing failed: {e}")))?;
-    Ok(())
+        .map_err(|e| spool_error(to, &e))?;
+    let copied = tokio::select! {
+        r = copy_to_file(&mut reader, &mut file) => r,
+        _ = ctx.cancel.cancelled() => return Err(StepError::cancelled()),
+    };
+    drop(reader);
+    checked(verdict, ctx).await?;
+    copied.map_err(|(writing, e)| {
+        if writing {
+            spool_error(to, &e)
+        } else {
+            StepError::permanent(format!("{name}: decompressing failed: {e}"))
+        }
+    })
+}
+
+/// Copies a reader into a file; the error says which side failed (`true`: writing).
+async fn copy_to_file(
+    reader: &mut crate::repo::Reader,
+    file: &mut tokio::fs::File,
+) -> Result<(), (bool, std::io::Error)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = reader.read(&mut buf).await.map_err(|e| (false, e))?;
+        if n == 0 {
+            break;
+        }
+        file.write_all(&buf[..n]).await.map_err(|e| (true, e))?;
+    }
+    file.flush().await.map_err(|e| (true, e))
 }
 
 /// Rebuilds pg_dump's directory (`dump/…`) from the stored files; returns its path.

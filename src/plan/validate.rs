@@ -36,6 +36,7 @@ pub fn validate(plan: Plan, root: &Node, source: &str) -> Result<ValidPlan, Vec<
     let index = v.ids();
     let needs = v.needs(&index);
     v.conditions();
+    v.ranges();
     v.steps_params();
     let dag = match needs {
         Some(needs) => match Dag::build(needs) {
@@ -62,6 +63,11 @@ struct Validator<'a> {
     source: &'a str,
     problems: Vec<Diagnostic>,
 }
+
+/// The most parallel pg_dump/pg_restore workers a step may ask for.
+const MAX_JOBS: u32 = 64;
+/// The most attempts a retry policy may ask for.
+const MAX_ATTEMPTS: u32 = 1000;
 
 fn step_path(i: usize, rest: &[PathSegment]) -> Vec<PathSegment> {
     let mut p = vec![PathSegment::Key("steps".into()), PathSegment::Index(i)];
@@ -224,6 +230,57 @@ impl Validator<'_> {
         }
     }
 
+    /// Counts that would exhaust the machine rather than fail cleanly: parallel workers,
+    /// attempts, S3 part sizes.
+    fn ranges(&mut self) {
+        let mut out_of_range = Vec::new();
+        for (i, step) in self.plan.steps.iter().enumerate() {
+            let jobs = match &step.kind {
+                StepKind::Backup(p) => p.jobs,
+                StepKind::Restore(p) => p.jobs,
+                StepKind::Verify(p) => p.jobs,
+                _ => None,
+            };
+            if let Some(n) = jobs
+                && !(1..=MAX_JOBS).contains(&n)
+            {
+                out_of_range.push((step_path(i, &[key("jobs")]), "jobs", n, 1, MAX_JOBS));
+            }
+            if let Some(retry) = &step.common.retry
+                && retry.attempts > MAX_ATTEMPTS
+            {
+                out_of_range.push((
+                    step_path(i, &[key("retry"), key("attempts")]),
+                    "attempts",
+                    retry.attempts,
+                    1,
+                    MAX_ATTEMPTS,
+                ));
+            }
+        }
+        for (name, repo) in &self.plan.repositories {
+            if let Some(n) = repo.part_size_mib
+                && !(5..=5120).contains(&n)
+            {
+                out_of_range.push((
+                    vec![key("repositories"), key(name), key("part_size_mib")],
+                    "part_size_mib",
+                    n,
+                    5,
+                    5120,
+                ));
+            }
+        }
+        for (path, what, n, min, max) in out_of_range {
+            self.report(
+                &path,
+                format!("`{what}: {n}` is out of range; it must be between {min} and {max}"),
+                0,
+                None,
+            );
+        }
+    }
+
     fn steps_params(&mut self) {
         let targets: Vec<&str> = self.plan.targets.keys().map(String::as_str).collect();
         for (i, step) in self.plan.steps.iter().enumerate() {
@@ -261,6 +318,16 @@ impl Validator<'_> {
                     0,
                     Some(help),
                 );
+            }
+            if let StepKind::Prune(p) = &step.kind {
+                for name in p.keep.zero_counts() {
+                    self.report(
+                        &step_path(i, &[key("keep"), key(name)]),
+                        format!("`{name}: 0` would keep none and delete every backup"),
+                        0,
+                        Some("give a count of at least 1; the newest backup of each database is always kept".into()),
+                    );
+                }
             }
             if let StepKind::Prune(p) = &step.kind
                 && p.keep.is_empty()

@@ -4,7 +4,7 @@
 //! manifest whose files are not on disk.
 
 use super::manifest::{MANIFEST_NAME, Manifest, VERIFICATION_NAME, Verification};
-use super::{BackupStore, FileSink, Reader};
+use super::{BackupStore, FileSink, Reader, Slot};
 use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -29,18 +29,52 @@ impl LocalStore {
     /// The directory of one backup. Ids come from opsrunner or from users (`backup: ID`);
     /// anything that could leave the repository is refused.
     pub fn backup_dir(&self, backup_id: &str) -> io::Result<PathBuf> {
-        if backup_id.is_empty() || backup_id.contains(['/', '\\']) || backup_id.starts_with('.') {
+        super::check_id(backup_id)?;
+        Ok(self.root.join(backup_id))
+    }
+
+    /// The directory of an existing backup; refused when it is a symbolic link (or not a
+    /// directory), so that nothing reads or deletes outside the repository through it.
+    fn real_backup_dir(&self, backup_id: &str) -> io::Result<PathBuf> {
+        let dir = self.backup_dir(backup_id)?;
+        let meta = std::fs::symlink_metadata(&dir)?;
+        if meta.file_type().is_symlink() {
             return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("invalid backup id `{backup_id}`"),
+                io::ErrorKind::InvalidData,
+                format!("{backup_id} is {LINK}"),
             ));
         }
-        Ok(self.root.join(backup_id))
+        if !meta.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{backup_id} is not a directory"),
+            ));
+        }
+        Ok(dir)
+    }
+
+    /// The path of an existing file inside a backup, with no symbolic link on the way.
+    fn existing_file(&self, backup_id: &str, name: &str) -> io::Result<PathBuf> {
+        check_name(name)?;
+        let mut path = self.real_backup_dir(backup_id)?;
+        let parts: Vec<&str> = name.split('/').collect();
+        for part in &parts[..parts.len() - 1] {
+            path.push(part);
+            if !std::fs::symlink_metadata(&path)?.is_dir() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: not a directory ({LINK}?)", path.display()),
+                ));
+            }
+        }
+        path.push(parts[parts.len() - 1]);
+        Ok(path)
     }
 
     /// Leftovers of backups that never published a manifest (a process killed mid-backup),
     /// with the time anything in them last changed. A backup still being written looks the
-    /// same, so callers only remove those untouched for a while.
+    /// same, so callers only remove those untouched for a while. Symbolic links are neither
+    /// followed nor reported: they are not something a backup leaves behind.
     pub fn orphans(&self) -> io::Result<Vec<(String, std::time::SystemTime)>> {
         let mut out = Vec::new();
         let entries = match std::fs::read_dir(&self.root) {
@@ -49,26 +83,31 @@ impl LocalStore {
             Err(e) => return Err(e),
         };
         for entry in entries.flatten() {
-            let path = entry.path();
-            if !path.is_dir() || path.join(MANIFEST_NAME).exists() {
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if super::check_id(&name).is_err()
+                || !entry.file_type().is_ok_and(|t| t.is_dir())
+                || exists_no_follow(&entry.path().join(MANIFEST_NAME))
+            {
                 continue;
             }
             let mut newest = entry.metadata()?.modified()?;
-            for file in walk(&path) {
-                if let Ok(m) = file.metadata().and_then(|m| m.modified()) {
+            walk(&entry.path(), 0, &mut |meta| {
+                if let Ok(m) = meta.modified() {
                     newest = newest.max(m);
                 }
-            }
-            out.push((entry.file_name().to_string_lossy().into_owned(), newest));
+            });
+            out.push((name, newest));
         }
         out.sort();
         Ok(out)
     }
 
-    /// Removes an orphan (never a published backup).
+    /// Removes an orphan (never a published backup, never through a symbolic link).
     pub fn remove_orphan(&self, backup_id: &str) -> io::Result<()> {
-        let dir = self.backup_dir(backup_id)?;
-        if dir.join(MANIFEST_NAME).exists() {
+        let dir = self.real_backup_dir(backup_id)?;
+        if exists_no_follow(&dir.join(MANIFEST_NAME)) {
             return Err(io::Error::other(format!(
                 "{backup_id} is a published backup, not an orphan"
             )));
@@ -76,31 +115,98 @@ impl LocalStore {
         std::fs::remove_dir_all(dir)
     }
 
-    fn file_path(&self, backup_id: &str, name: &str) -> io::Result<PathBuf> {
-        if name
-            .split('/')
-            .any(|p| p.is_empty() || p == "." || p == "..")
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("invalid file name `{name}`"),
-            ));
+    /// Creates the directories of `name` inside backup `backup_id`, refusing any symbolic
+    /// link on the way; returns the file's path.
+    fn new_file(&self, backup_id: &str, name: &str) -> io::Result<PathBuf> {
+        check_name(name)?;
+        std::fs::create_dir_all(&self.root)?;
+        let mut path = self.backup_dir(backup_id)?;
+        let parts: Vec<&str> = name.split('/').collect();
+        for part in std::iter::once(backup_id).chain(parts[..parts.len() - 1].iter().copied()) {
+            if part != backup_id {
+                path.push(part);
+            }
+            match std::fs::symlink_metadata(&path) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{}: not a directory ({LINK}?)", path.display()),
+                    ));
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => match std::fs::create_dir(&path) {
+                    Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+                    _ => {}
+                },
+                Err(e) => return Err(e),
+            }
         }
-        Ok(self.backup_dir(backup_id)?.join(name))
+        path.push(parts[parts.len() - 1]);
+        Ok(path)
     }
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
+const LINK: &str = "a symbolic link (opsrunner never follows links out of the repository)";
+
+fn check_name(name: &str) -> io::Result<()> {
+    if name
+        .split('/')
+        .any(|p| p.is_empty() || p == "." || p == ".." || p.contains(['\\', '\0']))
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("invalid file name `{}`", name.escape_debug()),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether anything (a symbolic link included) is at `path`, without following links.
+fn exists_no_follow(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok()
+}
+
+/// Opens a regular file for reading, refusing a symbolic link as the last component and
+/// anything that is not a regular file (a FIFO would block forever).
+fn open_regular(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{} is {LINK}", path.display()),
+                )
+            } else {
+                e
+            }
+        })?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    Ok(file)
+}
+
+/// Visits everything under `dir` without following symbolic links (a link loop is just a
+/// link), to a bounded depth.
+fn walk(dir: &Path, depth: usize, visit: &mut dyn FnMut(&std::fs::Metadata)) {
+    if depth > 32 {
+        return;
+    }
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
+        // DirEntry::metadata does not follow symbolic links.
+        let Ok(meta) = entry.metadata() else { continue };
+        visit(&meta);
+        if meta.is_dir() {
+            walk(&entry.path(), depth + 1, visit);
         }
     }
-    out
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -164,19 +270,25 @@ impl BackupStore for LocalStore {
     }
 
     async fn create(&self, backup_id: &str, name: &str) -> io::Result<Box<dyn FileSink>> {
-        let final_path = self.file_path(backup_id, name)?;
+        let final_path = self.new_file(backup_id, name)?;
         let dir = final_path
             .parent()
             .expect("inside the backup directory")
             .to_path_buf();
-        tokio::fs::create_dir_all(&dir).await?;
         let file_name = final_path
             .file_name()
             .expect("has a name")
             .to_string_lossy()
             .into_owned();
         let partial = dir.join(format!(".{file_name}.partial"));
-        let file = tokio::fs::File::create(&partial).await?;
+        // O_NOFOLLOW: a link planted under the partial name must not redirect the write.
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&partial)
+            .await?;
         Ok(Box::new(LocalSink {
             file: Some(file),
             partial,
@@ -193,8 +305,11 @@ impl BackupStore for LocalStore {
     }
 
     async fn discard(&self, backup_id: &str) -> io::Result<()> {
-        let dir = self.backup_dir(backup_id)?;
-        if dir.join(MANIFEST_NAME).exists() {
+        let dir = match self.real_backup_dir(backup_id) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            other => other?,
+        };
+        if exists_no_follow(&dir.join(MANIFEST_NAME)) {
             // Never delete a published backup by accident.
             return Err(io::Error::other(format!(
                 "backup {backup_id} is published; not discarding it"
@@ -206,48 +321,44 @@ impl BackupStore for LocalStore {
         }
     }
 
-    async fn list(&self) -> io::Result<Vec<Manifest>> {
+    async fn slots(&self) -> io::Result<Vec<Slot>> {
         let mut out = Vec::new();
-        let mut entries = match tokio::fs::read_dir(&self.root).await {
+        let entries = match std::fs::read_dir(&self.root) {
             Ok(e) => e,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
             Err(e) => return Err(e),
         };
-        while let Some(entry) = entries.next_entry().await? {
-            let path = entry.path().join(MANIFEST_NAME);
-            let Ok(bytes) = tokio::fs::read(&path).await else {
+        for entry in entries {
+            let entry = entry?;
+            let Ok(id) = entry.file_name().into_string() else {
                 continue;
             };
-            match serde_json::from_slice::<Manifest>(&bytes) {
-                Ok(m) => out.push(m),
-                Err(e) => tracing::warn!("ignoring {}: not a valid manifest ({e})", path.display()),
+            if super::check_id(&id).is_err() {
+                continue;
+            }
+            let kind = entry.file_type()?;
+            if kind.is_symlink() {
+                out.push(Slot {
+                    id,
+                    problem: Some(format!("damaged: {LINK}")),
+                });
+            } else if kind.is_dir() && exists_no_follow(&entry.path().join(MANIFEST_NAME)) {
+                out.push(Slot { id, problem: None });
             }
         }
-        super::manifest::sort_oldest_first(&mut out);
         Ok(out)
     }
 
-    async fn manifest(&self, backup_id: &str) -> io::Result<Manifest> {
-        let path = self.backup_dir(backup_id)?.join(MANIFEST_NAME);
-        let bytes = tokio::fs::read(&path).await.map_err(|e| {
-            if e.kind() == io::ErrorKind::NotFound {
-                io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!(
-                        "no backup `{backup_id}` in {} (no manifest)",
-                        self.root.display()
-                    ),
-                )
-            } else {
-                e
-            }
-        })?;
-        serde_json::from_slice(&bytes).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{}: {e}", path.display()),
-            )
-        })
+    async fn read_small(&self, backup_id: &str, name: &str) -> io::Result<Option<Vec<u8>>> {
+        let path = match self.existing_file(backup_id, name) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            other => other?,
+        };
+        let file = match open_regular(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            other => other?,
+        };
+        read_bounded(file, &path)
     }
 
     async fn record_verification(
@@ -261,30 +372,34 @@ impl BackupStore for LocalStore {
         sink.commit().await
     }
 
-    async fn verification(&self, backup_id: &str) -> io::Result<Option<Verification>> {
-        let path = self.backup_dir(backup_id)?.join(VERIFICATION_NAME);
-        match tokio::fs::read(&path).await {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{}: {e}", path.display()),
-                )
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
     async fn delete(&self, backup_id: &str) -> io::Result<()> {
-        let dir = self.backup_dir(backup_id)?;
+        let dir = self.real_backup_dir(backup_id)?;
         tokio::fs::remove_file(dir.join(MANIFEST_NAME)).await?;
         sync_dir(&dir)?;
+        // remove_dir_all removes symbolic links inside, never what they point to.
         tokio::fs::remove_dir_all(&dir).await?;
         sync_dir(&self.root)
     }
 
     async fn open(&self, backup_id: &str, name: &str) -> io::Result<Reader> {
-        let file = tokio::fs::File::open(self.file_path(backup_id, name)?).await?;
-        Ok(Box::pin(file))
+        let file = open_regular(&self.existing_file(backup_id, name)?)?;
+        Ok(Box::pin(tokio::fs::File::from_std(file)))
     }
+}
+
+fn read_bounded(file: std::fs::File, path: &Path) -> io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    if file.metadata()?.len() > super::MAX_SMALL_FILE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} is larger than {} MiB",
+                path.display(),
+                super::MAX_SMALL_FILE >> 20
+            ),
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(super::MAX_SMALL_FILE).read_to_end(&mut bytes)?;
+    Ok(Some(bytes))
 }

@@ -5,7 +5,8 @@ use super::compression::Compression;
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use sha2::Digest;
+use std::collections::{BTreeMap, BTreeSet};
 
 pub const MANIFEST_VERSION: u32 = 1;
 pub const MANIFEST_NAME: &str = "manifest.json";
@@ -130,9 +131,65 @@ pub struct Verification {
     /// `manifest=pass files=pass …`, or the failures.
     pub checks: String,
     pub run_id: String,
+    /// SHA-256 of the manifest file this verification checked: a record copied onto
+    /// another backup, or left behind when a manifest was replaced, does not count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_sha256: Option<String>,
+    /// SHA-256 of this record (with `seal` empty): a record edited by hand does not count.
+    /// A checksum, not a signature: whoever can write the repository can delete backups too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<String>,
+}
+
+impl Verification {
+    fn digest(&self) -> String {
+        let mut unsealed = self.clone();
+        unsealed.seal = None;
+        let json = serde_json::to_vec(&unsealed).expect("serializes");
+        crate::plan::hex(&sha2::Sha256::digest(&json))
+    }
+
+    /// Binds the record to the manifest it verified and seals it.
+    pub fn sealed_for(mut self, manifest_sha256: &str) -> Verification {
+        self.manifest_sha256 = Some(manifest_sha256.to_string());
+        self.seal = None;
+        self.seal = Some(self.digest());
+        self
+    }
+
+    /// Why this record does not vouch for the manifest whose SHA-256 is given, if it does not.
+    pub fn distrust(&self, manifest_sha256: &str) -> Option<String> {
+        match (&self.manifest_sha256, &self.seal) {
+            (None, _) | (_, None) => Some("the record names no manifest (written by hand or by an older opsrunner)".into()),
+            (Some(m), _) if m != manifest_sha256 => {
+                Some("the record is for another manifest (copied from another backup, or the manifest changed)".into())
+            }
+            (_, Some(seal)) if *seal != self.digest() => Some("the record was changed after it was written".into()),
+            _ => None,
+        }
+    }
 }
 
 pub const VERIFICATION_NAME: &str = "verification.json";
+
+/// A file name in a manifest: `/`-separated, relative, inside the backup, and none of the
+/// repository's own files.
+fn check_file_name(name: &str) -> Result<(), String> {
+    let bad = name.is_empty()
+        || name.len() > 1024
+        || name.contains(['\\', '\0'])
+        || name
+            .split('/')
+            .any(|part| part.is_empty() || part.starts_with('.') || part.len() > 255)
+        || [MANIFEST_NAME, VERIFICATION_NAME].contains(&name);
+    if bad {
+        return Err(format!(
+            "file name `{}` is not one a backup can hold",
+            name.escape_debug()
+        ));
+    }
+    Ok(())
+}
 
 /// The order every listing uses: by creation time, ties by id.
 pub fn sort_oldest_first(list: &mut [Manifest]) {
@@ -180,6 +237,76 @@ impl Manifest {
         self.options.tables = part.tables;
         self.options.exclude_tables = part.exclude_tables;
         self.fingerprints = part.fingerprints;
+        Ok(())
+    }
+
+    /// Checks a manifest read from the backup at `location` as a whole, before anything
+    /// trusts it: the id it claims is where it lives, and its file list is complete and
+    /// names only files inside the backup. Every problem is an error here, never a panic
+    /// later.
+    pub fn check(&self, location: &str) -> Result<(), String> {
+        if self.manifest_version == 0 || self.manifest_version > MANIFEST_VERSION {
+            return Err(format!(
+                "manifest version {} is not one this opsrunner understands (1 to {MANIFEST_VERSION})",
+                self.manifest_version
+            ));
+        }
+        if self.backup_id != location {
+            return Err(format!(
+                "the manifest names backup `{}` but lives at `{location}` (copied or edited); a backup is identified by its location",
+                self.backup_id
+            ));
+        }
+        if self.database.is_empty() {
+            return Err("the manifest names no database".into());
+        }
+        if self.files.is_empty() {
+            return Err("the manifest lists no files".into());
+        }
+        let mut seen = BTreeSet::new();
+        for f in &self.files {
+            check_file_name(&f.name)?;
+            if !seen.insert(f.name.as_str()) {
+                return Err(format!("file `{}` is listed twice", f.name));
+            }
+            if f.sha256.len() != 64
+                || !f
+                    .sha256
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                return Err(format!(
+                    "file `{}`: `sha256` is not a SHA-256 in hex",
+                    f.name
+                ));
+            }
+        }
+        match self.format {
+            DumpFormat::Custom | DumpFormat::Plain if self.files.len() != 1 => Err(format!(
+                "a {:?} backup has exactly one file; the manifest lists {}",
+                self.format,
+                self.files.len()
+            )),
+            DumpFormat::Directory
+                if !self
+                    .files
+                    .iter()
+                    .any(|f| f.name.starts_with("dump/toc.dat")) =>
+            {
+                Err("a directory backup needs its table of contents (dump/toc.dat); the manifest lists none".into())
+            }
+            _ => Ok(()),
+        }?;
+        if let Some(e) = &self.encryption
+            && (e.recipients.is_empty() || self.sealed.is_none())
+        {
+            return Err(
+                "an encrypted backup's manifest needs recipients and its sealed part".into(),
+            );
+        }
+        if let Some((table, _)) = self.fingerprints.iter().find(|(_, f)| f.rows < 0) {
+            return Err(format!("table {table}: a negative row count"));
+        }
         Ok(())
     }
 

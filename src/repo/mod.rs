@@ -4,6 +4,7 @@
 
 pub mod compression;
 pub mod crypto;
+pub mod listing;
 pub mod local;
 pub mod manifest;
 pub mod pipeline;
@@ -25,6 +26,18 @@ pub trait FileSink: AsyncWrite + Send + Unpin {
 
 pub type Reader = Pin<Box<dyn AsyncRead + Send>>;
 
+/// A backup as the repository's layout shows it: identified by where it lives, whatever
+/// its manifest claims. `problem` says why it cannot be read at all (a symbolic link).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    pub id: String,
+    pub problem: Option<String>,
+}
+
+/// The most a manifest or verification record may hold: a damaged or hostile file must not
+/// exhaust memory.
+pub const MAX_SMALL_FILE: u64 = 64 << 20;
+
 pub trait BackupStore: Send + Sync {
     /// Human-readable location, e.g. `file:///srv/backups/2026…`.
     fn uri(&self, backup_id: &str) -> String;
@@ -38,9 +51,15 @@ pub trait BackupStore: Send + Sync {
     fn publish(&self, manifest: &Manifest) -> impl Future<Output = io::Result<()>> + Send;
     /// Removes whatever an unfinished backup left behind.
     fn discard(&self, backup_id: &str) -> impl Future<Output = io::Result<()>> + Send;
-    /// Published backups (those with a manifest), oldest first.
-    fn list(&self) -> impl Future<Output = io::Result<Vec<Manifest>>> + Send;
-    fn manifest(&self, backup_id: &str) -> impl Future<Output = io::Result<Manifest>> + Send;
+    /// Every place that holds a manifest (a published or a damaged backup), in no order.
+    fn slots(&self) -> impl Future<Output = io::Result<Vec<Slot>>> + Send;
+    /// A small file of a backup (its manifest or verification record), `None` when absent;
+    /// larger than [`MAX_SMALL_FILE`] is an error.
+    fn read_small(
+        &self,
+        backup_id: &str,
+        name: &str,
+    ) -> impl Future<Output = io::Result<Option<Vec<u8>>>> + Send;
     fn open(&self, backup_id: &str, name: &str) -> impl Future<Output = io::Result<Reader>> + Send;
     /// Stores the outcome of a verification next to a published backup.
     fn record_verification(
@@ -48,14 +67,25 @@ pub trait BackupStore: Send + Sync {
         backup_id: &str,
         verification: &Verification,
     ) -> impl Future<Output = io::Result<()>> + Send;
-    /// The last recorded verification, if any.
-    fn verification(
-        &self,
-        backup_id: &str,
-    ) -> impl Future<Output = io::Result<Option<Verification>>> + Send;
     /// Deletes a published backup: its manifest first, so that it stops existing at once,
     /// then its files.
     fn delete(&self, backup_id: &str) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+/// Backup ids come from opsrunner, from users (`backup: ID`) and from the repository's
+/// listing; anything that could name a place outside one backup is refused.
+pub fn check_id(backup_id: &str) -> io::Result<()> {
+    if backup_id.is_empty()
+        || backup_id.len() > 255
+        || backup_id.contains(['/', '\\', '\0'])
+        || backup_id.starts_with('.')
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("invalid backup id `{}`", backup_id.escape_debug()),
+        ));
+    }
+    Ok(())
 }
 
 /// A repository of any kind; what steps and the catalog work with.
@@ -131,11 +161,11 @@ impl BackupStore for AnyStore {
     async fn discard(&self, backup_id: &str) -> io::Result<()> {
         dispatch!(self, s => s.discard(backup_id).await)
     }
-    async fn list(&self) -> io::Result<Vec<Manifest>> {
-        dispatch!(self, s => s.list().await)
+    async fn slots(&self) -> io::Result<Vec<Slot>> {
+        dispatch!(self, s => s.slots().await)
     }
-    async fn manifest(&self, backup_id: &str) -> io::Result<Manifest> {
-        dispatch!(self, s => s.manifest(backup_id).await)
+    async fn read_small(&self, backup_id: &str, name: &str) -> io::Result<Option<Vec<u8>>> {
+        dispatch!(self, s => s.read_small(backup_id, name).await)
     }
     async fn open(&self, backup_id: &str, name: &str) -> io::Result<Reader> {
         dispatch!(self, s => s.open(backup_id, name).await)
@@ -147,22 +177,7 @@ impl BackupStore for AnyStore {
     ) -> io::Result<()> {
         dispatch!(self, s => s.record_verification(backup_id, verification).await)
     }
-    async fn verification(&self, backup_id: &str) -> io::Result<Option<Verification>> {
-        dispatch!(self, s => s.verification(backup_id).await)
-    }
     async fn delete(&self, backup_id: &str) -> io::Result<()> {
         dispatch!(self, s => s.delete(backup_id).await)
     }
-}
-
-/// Latest published backup, optionally of one database.
-pub async fn latest(
-    store: &impl BackupStore,
-    database: Option<&str>,
-) -> io::Result<Option<Manifest>> {
-    let all = store.list().await?;
-    Ok(all
-        .into_iter()
-        .rev()
-        .find(|m| database.is_none_or(|d| m.database == d)))
 }

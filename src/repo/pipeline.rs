@@ -11,6 +11,8 @@ use super::{BackupStore, Reader};
 use sha2::{Digest, Sha256};
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
@@ -142,31 +144,186 @@ pub async fn check(
     Ok(())
 }
 
-/// A reader of a stored file's original (decrypted, decompressed) bytes. An encrypted
-/// backup needs `identities`; without them, or with the wrong ones, this is a clear error.
+/// A stored file on its way out of the repository: `reader` gives the original
+/// (decrypted, decompressed) bytes; the stored bytes are hashed as they are read and
+/// [`Verdict::wait`] compares their size and SHA-256 with the manifest's. A mismatch also
+/// fails the reader, so that what consumes it sees an error, never a clean end.
+pub struct Loaded {
+    pub reader: Reader,
+    pub verdict: Verdict,
+}
+
+/// The outcome of checking a stored file against its manifest entry. Waiting for it reads
+/// the file to its end even when the consumer stopped early; once it is dropped, reading
+/// stops when the consumer stops (never earlier: the consumer always gets every byte).
+pub struct Verdict {
+    task: Option<tokio::task::JoinHandle<io::Result<()>>>,
+    wanted: Arc<AtomicBool>,
+}
+
+impl Verdict {
+    /// Drop the reader first: the check cannot finish while it holds unread chunks.
+    pub async fn wait(mut self) -> io::Result<()> {
+        let task = self.task.take().expect("waited once");
+        task.await
+            .unwrap_or_else(|e| Err(io::Error::other(format!("checking the file: {e}"))))
+    }
+}
+
+impl Drop for Verdict {
+    fn drop(&mut self) {
+        self.wanted.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Opens file `name` of a backup for reading through decryption (an encrypted backup needs
+/// `identities`; without them, or with the wrong ones, this is a clear error) and
+/// decompression, checked against the manifest on the way.
 pub async fn load(
     store: &impl BackupStore,
     manifest: &Manifest,
     name: &str,
     identities: Option<&Identities>,
-) -> io::Result<Reader> {
+) -> io::Result<Loaded> {
+    let entry = manifest
+        .files
+        .iter()
+        .find(|f| f.name == name)
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{name} is not listed in the manifest"),
+            )
+        })?
+        .clone();
     let raw = store.open(&manifest.backup_id, name).await?;
-    let raw = match &manifest.encryption {
-        None => raw,
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let wanted = Arc::new(AtomicBool::new(true));
+    let task = tokio::spawn(hash_on_the_way(raw, entry, tx, wanted.clone()));
+    let checked: Reader = Box::pin(ChannelReader {
+        rx,
+        chunk: Vec::new(),
+        pos: 0,
+    });
+    let verdict = Verdict {
+        task: Some(task),
+        wanted,
+    };
+    let plain = match &manifest.encryption {
+        None => checked,
         Some(encryption) => {
             let identities = identities.ok_or_else(|| needs_identity(manifest))?;
             identities
                 .decrypt(
-                    raw,
+                    checked,
                     &format!("backup {}", manifest.backup_id),
                     &encryption.recipients,
                 )
                 .await?
         }
     };
-    Ok(manifest
-        .compression
-        .decoder(BufReader::with_capacity(CHUNK, raw)))
+    Ok(Loaded {
+        reader: manifest
+            .compression
+            .decoder(BufReader::with_capacity(CHUNK, plain)),
+        verdict,
+    })
+}
+
+/// Reads a stored file to its end, hashing it and passing the chunks on while anyone
+/// takes them; then compares size and SHA-256 with the manifest entry.
+async fn hash_on_the_way(
+    mut raw: Reader,
+    entry: FileEntry,
+    tx: tokio::sync::mpsc::Sender<io::Result<Vec<u8>>>,
+    wanted: Arc<AtomicBool>,
+) -> io::Result<()> {
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut listening = true;
+    let (kind, problem) = loop {
+        if !listening && !wanted.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let mut buf = vec![0u8; CHUNK];
+        let n = match raw.read(&mut buf).await {
+            Ok(n) => n,
+            Err(e) => break (e.kind(), format!("read failed: {e}")),
+        };
+        if n == 0 {
+            let sha = crate::plan::hex(&hasher.finalize());
+            if size != entry.size {
+                break (
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "size is {size} bytes, the manifest says {} (truncated or damaged)",
+                        entry.size
+                    ),
+                );
+            }
+            if sha != entry.sha256 {
+                break (
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "SHA-256 is {sha}, the manifest says {} (damaged)",
+                        entry.sha256
+                    ),
+                );
+            }
+            return Ok(());
+        }
+        buf.truncate(n);
+        hasher.update(&buf);
+        size += n as u64;
+        if size > entry.size {
+            break (
+                io::ErrorKind::InvalidData,
+                format!(
+                    "larger than the {} bytes the manifest says (damaged)",
+                    entry.size
+                ),
+            );
+        }
+        if listening && tx.send(Ok(buf)).await.is_err() {
+            // The consumer has what it needs; keep reading to check the whole file.
+            listening = false;
+        }
+    };
+    let message = format!("{}: {problem}", entry.name);
+    let _ = tx.send(Err(io::Error::new(kind, message.clone()))).await;
+    Err(io::Error::new(kind, message))
+}
+
+/// The consumer's end of [`hash_on_the_way`].
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl AsyncRead for ChannelReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        while this.pos == this.chunk.len() {
+            match this.rx.poll_recv(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(Some(Ok(chunk))) => {
+                    this.chunk = chunk;
+                    this.pos = 0;
+                }
+            }
+        }
+        let n = out.remaining().min(this.chunk.len() - this.pos);
+        out.put_slice(&this.chunk[this.pos..this.pos + n]);
+        this.pos += n;
+        Poll::Ready(Ok(()))
+    }
 }
 
 /// The error for an encrypted backup read without an identity.

@@ -6,10 +6,12 @@
 //!   one;
 //! - `within: 30d` keeps every backup made within that span before the newest backup.
 //!
-//! A backup is kept when any rule keeps it. On top of restic: `min_age` never deletes a
-//! backup younger than that; the newest backup that passed a restore verification is
-//! always kept; and when the newest backup's last verification failed, nothing at all is
-//! deleted (the older backups may be the only good ones).
+//! A backup is kept when any rule keeps it. On top of restic: the newest backup of each
+//! database is always kept, verified or not; `min_age` never deletes a backup younger than
+//! that; the newest backup that passed a restore verification is always kept; and when the
+//! newest backup's last verification failed, nothing at all is deleted (the older backups
+//! may be the only good ones). A count of 0 is an error, like an empty policy: it reads as
+//! "keep none", which is never what a retention policy is for.
 
 use super::manifest::Verification;
 use chrono::{DateTime, Datelike, Timelike, Utc};
@@ -71,7 +73,8 @@ pub struct Keep {
 }
 
 /// A count: a whole number, a string holding one (what a rendered template gives), or an
-/// unrendered template (validation time; 0 stands in until the run renders it).
+/// unrendered template (validation time; [`TEMPLATE_COUNT`] stands in until the run
+/// renders it and the rendered value is checked).
 fn count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -82,7 +85,7 @@ fn count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error
     match Option::<Raw>::deserialize(d)? {
         None => Ok(None),
         Some(Raw::Number(n)) => Ok(Some(n)),
-        Some(Raw::Text(t)) if t.contains("{{") => Ok(Some(0)),
+        Some(Raw::Text(t)) if t.contains("{{") => Ok(Some(TEMPLATE_COUNT)),
         Some(Raw::Text(t)) => t
             .trim()
             .parse()
@@ -91,16 +94,48 @@ fn count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error
     }
 }
 
+/// What an unrendered count template stands for until the run renders it.
+pub const TEMPLATE_COUNT: u32 = u32::MAX;
+
 fn count_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "description": "A whole number, or a template that renders to one.",
-        "anyOf": [{ "type": "integer", "minimum": 0 }, { "type": "string" }]
+        "anyOf": [{ "type": "integer", "minimum": 1 }, { "type": "string" }]
     })
 }
 
 impl Keep {
     pub fn is_empty(&self) -> bool {
         *self == Keep::default()
+    }
+
+    /// The rules whose count is 0, by name.
+    pub fn zero_counts(&self) -> Vec<&'static str> {
+        [
+            ("last", self.last),
+            ("hourly", self.hourly),
+            ("daily", self.daily),
+            ("weekly", self.weekly),
+            ("monthly", self.monthly),
+            ("yearly", self.yearly),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n == Some(0))
+        .map(|(name, _)| name)
+        .collect()
+    }
+
+    /// Why this policy must not run, if it must not.
+    pub fn problem(&self) -> Option<String> {
+        if self.is_empty() {
+            return Some("a retention policy needs at least one of last, hourly, daily, weekly, monthly, yearly, within".into());
+        }
+        if let Some(name) = self.zero_counts().first() {
+            return Some(format!(
+                "`{name}: 0` would keep none and delete every backup; give a count of at least 1"
+            ));
+        }
+        None
     }
 }
 
@@ -118,6 +153,9 @@ pub struct Decision {
     pub id: String,
     pub database: String,
     pub keep: bool,
+    /// The backup is damaged: never deleted by a policy and not counted as a keeper.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub damaged: bool,
     /// Why it is kept (every rule that keeps it), or why it goes.
     pub reasons: Vec<String>,
 }
@@ -129,8 +167,8 @@ pub fn select(
     min_age: Option<Duration>,
     now: DateTime<Utc>,
 ) -> Result<Vec<Decision>, String> {
-    if keep.is_empty() {
-        return Err("a retention policy needs at least one of last, hourly, daily, weekly, monthly, yearly, within".into());
+    if let Some(problem) = keep.problem() {
+        return Err(problem);
     }
     let mut by_db: BTreeMap<&str, Vec<&Candidate>> = BTreeMap::new();
     for c in candidates {
@@ -158,6 +196,9 @@ fn select_group(
     now: DateTime<Utc>,
 ) -> Vec<Decision> {
     let mut reasons: Vec<Vec<String>> = vec![Vec::new(); group.len()];
+    if let Some(newest) = reasons.first_mut() {
+        newest.push("newest backup of its database".into());
+    }
     if let Some(n) = keep.last {
         for r in reasons.iter_mut().take(n as usize) {
             r.push("last".into());
@@ -245,6 +286,7 @@ fn select_group(
                 id: c.id.clone(),
                 database: c.database.clone(),
                 keep,
+                damaged: false,
                 reasons: why,
             }
         })
@@ -298,6 +340,8 @@ mod tests {
             restored: true,
             checks: String::new(),
             run_id: "r".into(),
+            manifest_sha256: None,
+            seal: None,
         });
         c
     }
@@ -333,13 +377,13 @@ mod tests {
                 ids(&["b067", "b068", "b069"]),
             ),
             (
-                "last 0 keeps none",
+                "within 0s keeps only the newest",
                 &days[..3],
                 Keep {
-                    last: Some(0),
+                    within: Some(crate::plan::duration::HumanDuration(Duration::ZERO)),
                     ..Default::default()
                 },
-                ids(&[]),
+                ids(&["b002"]),
             ),
             (
                 "last more than there are",
@@ -542,6 +586,53 @@ mod tests {
     }
 
     #[test]
+    fn a_count_of_zero_is_an_error() {
+        for keep in [
+            Keep {
+                last: Some(0),
+                ..Default::default()
+            },
+            Keep {
+                daily: Some(0),
+                weekly: Some(4),
+                ..Default::default()
+            },
+        ] {
+            let e = select(&daily_series(3), &keep, None, Utc::now()).unwrap_err();
+            assert!(e.contains(": 0` would keep none"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_newest_backup_is_kept_whatever_the_rules_say() {
+        // Every rule with a count of at least 1 keeps the newest backup already; this rule
+        // is the guarantee that does not depend on how the rules are written.
+        let mut cands = daily_series(3);
+        cands.push(Candidate {
+            id: "other".into(),
+            database: "billing".into(),
+            created_at: at("2025-01-01 00:00"),
+            verification: None,
+        });
+        let d = select(
+            &cands,
+            &Keep {
+                within: Some(crate::plan::duration::HumanDuration(Duration::ZERO)),
+                ..Default::default()
+            },
+            None,
+            at("2027-01-01 00:00"),
+        )
+        .unwrap();
+        let newest: Vec<&str> = d
+            .iter()
+            .filter(|d| d.keep && d.reasons[0] == "newest backup of its database")
+            .map(|d| d.id.as_str())
+            .collect();
+        assert_eq!(newest, ["b002", "other"]);
+    }
+
+    #[test]
     fn reasons_name_the_rule() {
         let d = select(
             &daily_series(2),
@@ -553,7 +644,10 @@ mod tests {
             Utc::now(),
         )
         .unwrap();
-        assert_eq!(d[0].reasons, ["daily 2026-01-02"]);
+        assert_eq!(
+            d[0].reasons,
+            ["newest backup of its database", "daily 2026-01-02"]
+        );
         assert_eq!(d[1].reasons, ["no rule keeps it"]);
     }
 }

@@ -12,7 +12,7 @@
 //! instance metadata), never from the plan. One TLS stack: rustls on ring, as sqlx uses.
 
 use super::manifest::{MANIFEST_NAME, Manifest, VERIFICATION_NAME, Verification};
-use super::{BackupStore, FileSink, Reader};
+use super::{BackupStore, FileSink, Reader, Slot};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
@@ -227,6 +227,15 @@ impl S3Store {
                 return Err(sdk_error(&format!("reading {key}"), e));
             }
         };
+        if out
+            .content_length()
+            .is_some_and(|n| n as u64 > super::MAX_SMALL_FILE)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{key} is larger than {} MiB", super::MAX_SMALL_FILE >> 20),
+            ));
+        }
         let bytes = out
             .body
             .collect()
@@ -234,15 +243,6 @@ impl S3Store {
             .map_err(|e| s3_error(key, e))?
             .into_bytes();
         Ok(Some(bytes.to_vec()))
-    }
-
-    async fn get_json<T: serde::de::DeserializeOwned>(&self, key: &str) -> io::Result<Option<T>> {
-        let Some(bytes) = self.get_bytes(key).await? else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{key}: {e}")))
     }
 
     async fn delete_keys(&self, keys: Vec<String>) -> io::Result<()> {
@@ -753,6 +753,7 @@ impl BackupStore for S3Store {
     }
 
     async fn discard(&self, backup_id: &str) -> io::Result<()> {
+        super::check_id(backup_id)?;
         let keys = self.keys_under(&self.backup_prefix(backup_id)).await?;
         if keys
             .iter()
@@ -766,35 +767,30 @@ impl BackupStore for S3Store {
         self.delete_keys(keys).await
     }
 
-    async fn list(&self) -> io::Result<Vec<Manifest>> {
+    async fn slots(&self) -> io::Result<Vec<Slot>> {
         let root = self.root();
         let mut out = Vec::new();
         for key in self.keys_under(&root).await? {
-            if key.ends_with(&format!("/{MANIFEST_NAME}"))
-                && let Some(m) = self.get_json::<Manifest>(&key).await?
+            // `<root><id>/manifest.json` exactly: deeper keys are files of a backup.
+            if let Some(id) = key[root.len()..].strip_suffix(&format!("/{MANIFEST_NAME}"))
+                && super::check_id(id).is_ok()
             {
-                out.push(m);
+                out.push(Slot {
+                    id: id.to_string(),
+                    problem: None,
+                });
             }
         }
-        super::manifest::sort_oldest_first(&mut out);
         Ok(out)
     }
 
-    async fn manifest(&self, backup_id: &str) -> io::Result<Manifest> {
-        self.get_json(&self.key(backup_id, MANIFEST_NAME))
-            .await?
-            .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!(
-                        "no backup `{backup_id}` in s3://{}/{} (no manifest)",
-                        self.bucket, self.prefix
-                    ),
-                )
-            })
+    async fn read_small(&self, backup_id: &str, name: &str) -> io::Result<Option<Vec<u8>>> {
+        super::check_id(backup_id)?;
+        self.get_bytes(&self.key(backup_id, name)).await
     }
 
     async fn open(&self, backup_id: &str, name: &str) -> io::Result<Reader> {
+        super::check_id(backup_id)?;
         let key = self.key(backup_id, name);
         let out = self
             .client
@@ -817,11 +813,8 @@ impl BackupStore for S3Store {
             .await
     }
 
-    async fn verification(&self, backup_id: &str) -> io::Result<Option<Verification>> {
-        self.get_json(&self.key(backup_id, VERIFICATION_NAME)).await
-    }
-
     async fn delete(&self, backup_id: &str) -> io::Result<()> {
+        super::check_id(backup_id)?;
         // The manifest first: from then on the backup does not exist.
         self.delete_keys(vec![self.key(backup_id, MANIFEST_NAME)])
             .await?;

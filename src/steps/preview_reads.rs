@@ -170,7 +170,8 @@ async fn latest(
         return Vec::new();
     };
     match restore::resolve(&store, "latest", database, repository).await {
-        Ok(m) => {
+        Ok(checked) => {
+            let m = &checked.manifest;
             let mut lines = vec![format!(
                 "latest is {} (database {}, created {}, {} bytes)",
                 m.backup_id,

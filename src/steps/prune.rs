@@ -6,6 +6,7 @@ use super::{StepContext, StepError};
 use crate::plan::model::PruneParams;
 use crate::repo::AnyStore;
 use crate::repo::BackupStore;
+use crate::repo::listing;
 use crate::repo::retention::{self, Candidate, Decision};
 use crate::run::events::{Outputs, Stream};
 use chrono::Utc;
@@ -43,33 +44,52 @@ pub fn describe(p: &PruneParams) -> String {
     )
 }
 
-/// Decisions for every published backup in scope.
+/// Decisions for every backup in scope, identified by location. Damaged backups are
+/// listed as such, never deleted and never counted as keepers.
 pub async fn decide(store: &AnyStore, p: &PruneParams) -> Result<Vec<Decision>, String> {
+    if let Some(problem) = p.keep.problem() {
+        return Err(problem);
+    }
     let mut candidates = Vec::new();
-    for m in store
-        .list()
+    let mut damaged = Vec::new();
+    for entry in listing::list(store)
         .await
         .map_err(|e| format!("cannot list the repository: {e}"))?
     {
-        if p.database.as_ref().is_some_and(|d| *d != m.database) {
-            continue;
+        match entry.backup {
+            Ok(checked) => {
+                let m = checked.manifest;
+                if p.database.as_ref().is_some_and(|d| *d != m.database) {
+                    continue;
+                }
+                candidates.push(Candidate {
+                    id: entry.id,
+                    database: m.database,
+                    created_at: m.created_at,
+                    verification: entry.trust.verification().cloned(),
+                });
+            }
+            Err(reason) => damaged.push(Decision {
+                id: entry.id,
+                database: "?".into(),
+                keep: true,
+                damaged: true,
+                reasons: vec![format!(
+                    "{reason}; never deleted by a policy, not counted as a keeper"
+                )],
+            }),
         }
-        let verification = store
-            .verification(&m.backup_id)
-            .await
-            .map_err(|e| e.to_string())?;
-        candidates.push(Candidate {
-            id: m.backup_id,
-            database: m.database,
-            created_at: m.created_at,
-            verification,
-        });
     }
-    retention::select(&candidates, &p.keep, p.min_age.map(|d| d.0), Utc::now())
+    let mut decisions =
+        retention::select(&candidates, &p.keep, p.min_age.map(|d| d.0), Utc::now())?;
+    decisions.extend(damaged);
+    Ok(decisions)
 }
 
 pub fn describe_decision(d: &Decision) -> String {
-    if d.keep {
+    if d.damaged {
+        format!("skip   {} (damaged): {}", d.id, d.reasons.join("; "))
+    } else if d.keep {
         format!("keep   {} ({}): {}", d.id, d.database, d.reasons.join("; "))
     } else {
         format!("delete {} ({}): {}", d.id, d.database, d.reasons.join("; "))
@@ -98,7 +118,20 @@ pub async fn run(p: &PruneParams, ctx: &StepContext) -> Result<Outputs, StepErro
     outputs.insert("deleted".into(), deleted.join(" "));
     outputs.insert(
         "kept".into(),
-        decisions.iter().filter(|d| d.keep).count().to_string(),
+        decisions
+            .iter()
+            .filter(|d| d.keep && !d.damaged)
+            .count()
+            .to_string(),
+    );
+    outputs.insert(
+        "damaged".into(),
+        decisions
+            .iter()
+            .filter(|d| d.damaged)
+            .map(|d| d.id.as_str())
+            .collect::<Vec<_>>()
+            .join(" "),
     );
     Ok(outputs)
 }

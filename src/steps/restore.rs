@@ -1,13 +1,13 @@
 //! `restore`: a backup into a database (the namespace) on a target.
 
-use super::{StepContext, StepError};
-use crate::pg::restore;
-use crate::pg::server::connect;
+use super::{ErrorKind, StepContext, StepError};
+use crate::pg::server::{Server, classify, connect};
+use crate::pg::{fingerprint, restore, swap};
 use crate::plan::model::RestoreParams;
 use crate::repo::AnyStore;
-use crate::repo::manifest::Manifest;
-use crate::repo::{self, BackupStore};
-use crate::run::events::Outputs;
+use crate::repo::listing::{self, Checked};
+use crate::repo::manifest::{FingerprintMode, Manifest, TableFingerprint};
+use crate::run::events::{Outputs, Stream};
 use sqlx::Connection;
 use std::time::Instant;
 
@@ -25,7 +25,9 @@ pub fn describe(p: &RestoreParams) -> String {
         p.repository, p.into.database, p.into.target
     );
     if p.overwrite {
-        s.push_str(", replacing the database if it exists");
+        s.push_str(
+            ", replacing the database if it exists (restored beside it first, swapped in only when complete and checked)",
+        );
     }
     if let Some(j) = p.jobs {
         s.push_str(&format!(", {j} jobs"));
@@ -33,15 +35,16 @@ pub fn describe(p: &RestoreParams) -> String {
     s
 }
 
-/// Finds the manifest of `backup` (an id or `latest`).
+/// Finds and checks the manifest of `backup` (an id or `latest`). A damaged manifest is an
+/// error naming what is wrong, before anything is touched.
 pub async fn resolve(
     store: &AnyStore,
     backup: &str,
     database: Option<&str>,
     repository: &str,
-) -> Result<Manifest, StepError> {
+) -> Result<Checked, StepError> {
     if backup == "latest" {
-        return repo::latest(store, database)
+        return listing::latest(store, database)
             .await
             .map_err(|e| super::io_error(&format!("cannot list repository `{repository}`"), &e))?
             .ok_or_else(|| {
@@ -53,15 +56,16 @@ pub async fn resolve(
                 ))
             });
     }
-    store
-        .manifest(backup)
+    listing::manifest(store, backup)
         .await
         .map_err(|e| StepError::permanent(e.to_string()))
 }
 
+/// Restores beside, checks, then swaps (see [`crate::pg::swap`]): nothing happens to the
+/// database being replaced until a complete restore has passed its checks.
 pub async fn run(p: &RestoreParams, ctx: &StepContext) -> Result<Outputs, StepError> {
     let store = ctx.repository(&p.repository).await?;
-    let mut manifest = resolve(
+    let Checked { mut manifest, .. } = resolve(
         &store,
         &p.backup,
         p.source_database.as_deref(),
@@ -70,39 +74,131 @@ pub async fn run(p: &RestoreParams, ctx: &StepContext) -> Result<Outputs, StepEr
     .await?;
     // Before the target is touched: without the right key there is nothing to restore.
     ctx.unseal(&mut manifest)?;
-    let mut server = connect(
-        ctx.target_url(&p.into.target)?,
-        None,
-        &format!("target `{}`", p.into.target),
-    )
-    .await?;
-    restore::prepare_database(
-        &mut server.conn,
-        &server.info,
-        &p.into.database,
-        p.overwrite,
-        &p.into.target,
-    )
-    .await?;
-    let _ = server.conn.close().await;
+    let database = p.into.database.as_str();
+    let target = p.into.target.as_str();
+    let mut server = maintenance(ctx.target_url(target)?, database, target).await?;
+    swap::lock(&mut server.conn, database, target).await?;
+    for leftover in swap::clean_leftovers(&mut server.conn, database).await? {
+        ctx.events.output(
+            &ctx.step_id,
+            Stream::Stdout,
+            format!("removed `{leftover}`, left by an interrupted restore into `{database}`"),
+        );
+    }
+    let existing = swap::exists(&mut server.conn, database).await?;
+    if existing && !p.overwrite && !swap::is_empty(&server.info.with_database(database)).await? {
+        return Err(StepError {
+            kind: ErrorKind::Refused,
+            message: format!(
+                "database `{database}` on target `{target}` exists and is not empty; nothing was touched. Set `overwrite: true` to replace it"
+            ),
+        });
+    }
+    let staging = swap::staging_name(database);
+    swap::create(&mut server.conn, &staging, existing.then_some(database)).await?;
     let clock = Instant::now();
-    let into = server.info.with_database(&p.into.database);
+    let restored = restore_and_check(ctx, &store, &manifest, &server, &staging, p).await;
+    let swapped = match restored {
+        Ok(()) => swap::promote(&mut server.conn, database).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = swapped {
+        let cleanup = match swap::drop(&mut server.conn, &staging).await {
+            Ok(()) => format!("`{database}` was not touched"),
+            Err(_) => format!(
+                "`{database}` was not touched; the partial restore `{staging}` could not be dropped now and is removed by the next restore into `{database}`"
+            ),
+        };
+        return Err(StepError {
+            message: format!("{}; {cleanup}", e.message),
+            ..e
+        });
+    }
+    let _ = server.conn.close().await;
+    let mut outputs = Outputs::new();
+    outputs.insert("backup_id".into(), manifest.backup_id.clone());
+    outputs.insert("database".into(), database.to_string());
+    outputs.insert("replaced".into(), existing.to_string());
+    outputs.insert(
+        "duration_ms".into(),
+        clock.elapsed().as_millis().to_string(),
+    );
+    Ok(outputs)
+}
+
+/// A connection for creating, renaming and dropping databases: to the target's own
+/// database unless that is the one being replaced (a session cannot rename or drop the
+/// database it is in), then to `postgres`.
+async fn maintenance(url: &str, database: &str, target: &str) -> Result<Server, StepError> {
+    let what = format!("target `{target}`");
+    let server = connect(url, None, &what).await?;
+    if server.database != database
+        && server.database != swap::staging_name(database)
+        && server.database != swap::replaced_name(database)
+    {
+        return Ok(server);
+    }
+    let _ = server.conn.close().await;
+    connect(url, Some("postgres"), &what).await
+}
+
+/// Streams the backup into the staging database, then compares its row counts with the
+/// manifest's fingerprints where the backup recorded them.
+async fn restore_and_check(
+    ctx: &StepContext,
+    store: &AnyStore,
+    manifest: &Manifest,
+    server: &Server,
+    staging: &str,
+    p: &RestoreParams,
+) -> Result<(), StepError> {
+    let into = server.info.with_database(staging);
     restore::restore(
         ctx,
-        &store,
-        &manifest,
+        store,
+        manifest,
         &into,
         server.major,
         p.jobs,
         p.no_owner,
     )
     .await?;
-    let mut outputs = Outputs::new();
-    outputs.insert("backup_id".into(), manifest.backup_id.clone());
-    outputs.insert("database".into(), p.into.database.clone());
-    outputs.insert(
-        "duration_ms".into(),
-        clock.elapsed().as_millis().to_string(),
-    );
-    Ok(outputs)
+    if manifest.fingerprint == FingerprintMode::None || manifest.fingerprints.is_empty() {
+        return Ok(());
+    }
+    let mut conn = into
+        .connect()
+        .await
+        .map_err(|e| classify(&e, "cannot connect to the restored database"))?;
+    let counted = fingerprint::take(&mut conn, FingerprintMode::Counts, None).await;
+    let _ = conn.close().await;
+    let actual = counted.map_err(|e| classify(&e, "counting the restored rows failed"))?;
+    // Row counts only: content hashes cost a full read of every table, verify's job.
+    let expected: std::collections::BTreeMap<_, _> = manifest
+        .fingerprints
+        .iter()
+        .map(|(t, f)| {
+            (
+                t.clone(),
+                TableFingerprint {
+                    rows: f.rows,
+                    hash: None,
+                },
+            )
+        })
+        .collect();
+    let problems = fingerprint::compare(&expected, &actual);
+    if problems.is_empty() {
+        ctx.events.output(
+            &ctx.step_id,
+            Stream::Stdout,
+            format!("row counts of {} tables match the backup", actual.len()),
+        );
+        Ok(())
+    } else {
+        Err(StepError::permanent(format!(
+            "the restored database does not match the backup: {}",
+            problems.join("; ")
+        )))
+    }
 }

@@ -8,13 +8,11 @@ use super::{StepContext, StepError};
 use crate::pg::process::PgProcess;
 use crate::pg::server::classify;
 use crate::pg::server::{connect, tool};
-use crate::pg::{fingerprint, restore};
+use crate::pg::{fingerprint, restore, swap};
 use crate::plan::model::VerifyParams;
 use crate::repo::AnyStore;
-use crate::repo::BackupStore;
-use crate::repo::manifest::{
-    DumpFormat, FingerprintMode, MANIFEST_VERSION, Manifest, Verification,
-};
+use crate::repo::listing;
+use crate::repo::manifest::{DumpFormat, FingerprintMode, Manifest, Verification};
 use crate::repo::pipeline;
 use crate::run::events::{Outputs, Stream};
 use chrono::Utc;
@@ -83,29 +81,9 @@ pub async fn run(p: &VerifyParams, ctx: &StepContext) -> Result<Outputs, StepErr
     let mut checks = Checks {
         results: Vec::new(),
     };
-    let mut manifest = match resolve(&store, &p.backup, None, &p.repository).await {
-        Ok(m) if m.manifest_version > MANIFEST_VERSION => {
-            checks.record(
-                ctx,
-                "manifest",
-                Err(format!(
-                    "manifest version {} is newer than this opsrunner understands",
-                    m.manifest_version
-                )),
-            );
-            return Err(StepError::permanent(format!(
-                "verify failed: {}",
-                checks.failures().join("; ")
-            )));
-        }
-        Ok(m) if m.files.is_empty() => {
-            checks.record(ctx, "manifest", Err("the manifest lists no files".into()));
-            return Err(StepError::permanent(format!(
-                "verify failed: {}",
-                checks.failures().join("; ")
-            )));
-        }
-        Ok(m) => m,
+    // A damaged manifest fails here, before anything reads the files it names.
+    let checked = match resolve(&store, &p.backup, None, &p.repository).await {
+        Ok(c) => c,
         Err(e) => {
             checks.record(ctx, "manifest", Err(e.message.clone()));
             return Err(StepError {
@@ -114,6 +92,7 @@ pub async fn run(p: &VerifyParams, ctx: &StepContext) -> Result<Outputs, StepErr
             });
         }
     };
+    let mut manifest = checked.manifest.clone();
     // Without the right key nothing can be checked; that is a configuration problem, not a
     // verdict on the backup, so no verification is recorded.
     if let Err(e) = ctx.unseal(&mut manifest) {
@@ -183,9 +162,10 @@ pub async fn run(p: &VerifyParams, ctx: &StepContext) -> Result<Outputs, StepErr
             .any(|(n, r)| *n == "fingerprints" && r.is_ok()),
         checks: checks.summary(),
         run_id: ctx.run_id.clone(),
+        manifest_sha256: None,
+        seal: None,
     };
-    store
-        .record_verification(&manifest.backup_id, &record)
+    listing::record(&store, &checked, record)
         .await
         .map_err(|e| {
             StepError::transient(format!(
@@ -223,7 +203,8 @@ async fn archive_contents(
 ) -> Result<String, String> {
     match manifest.format {
         DumpFormat::Plain => {
-            let mut reader = pipeline::load(
+            // The files were checked already; the verdict is not waited for.
+            let pipeline::Loaded { mut reader, .. } = pipeline::load(
                 store,
                 manifest,
                 &manifest.files[0].name,
@@ -310,12 +291,12 @@ async fn test_restore(
     jobs: Option<u32>,
 ) -> Result<Result<String, String>, StepError> {
     let mut server = connect(ctx.target_url(target)?, None, &format!("target `{target}`")).await?;
-    if restore::database_exists(&mut server.conn, database).await? {
+    if swap::exists(&mut server.conn, database).await? {
         return Err(StepError::permanent(format!(
             "scratch database `{database}` already exists on target `{target}`; verify only restores into a new database (e.g. `verify_{{{{ run.id }}}}`)"
         )));
     }
-    restore::create_database(&mut server.conn, database).await?;
+    swap::create(&mut server.conn, database, None).await?;
     let into = server.info.with_database(database);
     let outcome = async {
         restore::restore(ctx, store, manifest, &into, server.major, jobs, true).await?;
@@ -339,7 +320,7 @@ async fn test_restore(
     }
     .await;
     // Cleanup happens even after a failed or cancelled restore.
-    if let Err(e) = restore::drop_database(&mut server.conn, database).await {
+    if let Err(e) = swap::drop(&mut server.conn, database).await {
         tracing::warn!("dropping scratch database {database}: {e}");
     }
     let _ = server.conn.close().await;

@@ -1,0 +1,167 @@
+//! What a repository holds, read defensively: every backup is identified by its location,
+//! its manifest is checked as a whole before anything trusts it, and a damaged entry (an
+//! unreadable or inconsistent manifest, a symbolic link, a verification record that does
+//! not belong to it) is reported as damaged while everything else still lists, prunes and
+//! restores.
+
+use super::manifest::{MANIFEST_NAME, Manifest, VERIFICATION_NAME, Verification};
+use super::{BackupStore, check_id};
+use sha2::{Digest, Sha256};
+use std::io;
+
+/// A manifest that passed [`Manifest::check`] at its location, with the SHA-256 of the
+/// manifest file (what verification records are bound to).
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub manifest: Manifest,
+    pub sha256: String,
+}
+
+/// What the last verification of a backup says, if it can be believed.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    Never,
+    Recorded(Verification),
+    /// A record exists but does not vouch for this backup: unreadable, copied from
+    /// another backup, or edited.
+    Distrusted(String),
+}
+
+impl Trust {
+    pub fn verification(&self) -> Option<&Verification> {
+        match self {
+            Trust::Recorded(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+/// One entry of a repository.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub id: String,
+    /// The checked manifest, or why the backup is damaged.
+    pub backup: Result<Checked, String>,
+    pub trust: Trust,
+}
+
+/// Reads and checks the manifest of the backup at `backup_id`. A missing manifest is
+/// `NotFound`; a damaged one `InvalidData` with the reason.
+pub async fn manifest(store: &impl BackupStore, backup_id: &str) -> io::Result<Checked> {
+    check_id(backup_id)?;
+    let bytes = store
+        .read_small(backup_id, MANIFEST_NAME)
+        .await?
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "no backup `{backup_id}` in {} (no manifest)",
+                    store.uri("").trim_end_matches('/')
+                ),
+            )
+        })?;
+    let damaged = |reason: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("backup {backup_id} is damaged: {reason}"),
+        )
+    };
+    let manifest: Manifest = serde_json::from_slice(&bytes)
+        .map_err(|e| damaged(format!("{MANIFEST_NAME} is not a valid manifest ({e})")))?;
+    manifest.check(backup_id).map_err(damaged)?;
+    Ok(Checked {
+        manifest,
+        sha256: crate::plan::hex(&Sha256::digest(&bytes)),
+    })
+}
+
+/// The verification record of a checked backup, believed only when it is bound to this
+/// very manifest and unchanged since it was written.
+pub async fn trust(store: &impl BackupStore, checked: &Checked) -> Trust {
+    let id = &checked.manifest.backup_id;
+    let bytes = match store.read_small(id, VERIFICATION_NAME).await {
+        Ok(None) => return Trust::Never,
+        Ok(Some(bytes)) => bytes,
+        Err(e) => return Trust::Distrusted(format!("{VERIFICATION_NAME} cannot be read: {e}")),
+    };
+    match serde_json::from_slice::<Verification>(&bytes) {
+        Err(e) => Trust::Distrusted(format!("{VERIFICATION_NAME} is not a valid record ({e})")),
+        Ok(v) => match v.distrust(&checked.sha256) {
+            Some(reason) => Trust::Distrusted(reason),
+            None => Trust::Recorded(v),
+        },
+    }
+}
+
+/// Records a verification of a checked backup, bound to its manifest.
+pub async fn record(
+    store: &impl BackupStore,
+    checked: &Checked,
+    verification: Verification,
+) -> io::Result<()> {
+    store
+        .record_verification(
+            &checked.manifest.backup_id,
+            &verification.sealed_for(&checked.sha256),
+        )
+        .await
+}
+
+/// Every backup of the repository: the readable ones oldest first, then the damaged ones
+/// by id. Only a repository that cannot be listed at all is an error.
+pub async fn list(store: &impl BackupStore) -> io::Result<Vec<Listed>> {
+    let mut good = Vec::new();
+    let mut damaged = Vec::new();
+    for slot in store.slots().await? {
+        if let Some(problem) = slot.problem {
+            damaged.push(Listed {
+                id: slot.id,
+                backup: Err(problem),
+                trust: Trust::Never,
+            });
+            continue;
+        }
+        match manifest(store, &slot.id).await {
+            Ok(checked) => {
+                let trust = trust(store, &checked).await;
+                good.push((checked, trust));
+            }
+            // Gone between listing and reading (pruned concurrently): not an entry.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => damaged.push(Listed {
+                id: slot.id,
+                backup: Err(e.to_string()),
+                trust: Trust::Never,
+            }),
+        }
+    }
+    good.sort_by(|(a, _), (b, _)| {
+        (a.manifest.created_at, &a.manifest.backup_id)
+            .cmp(&(b.manifest.created_at, &b.manifest.backup_id))
+    });
+    damaged.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut out: Vec<Listed> = good
+        .into_iter()
+        .map(|(checked, trust)| Listed {
+            id: checked.manifest.backup_id.clone(),
+            backup: Ok(checked),
+            trust,
+        })
+        .collect();
+    out.extend(damaged);
+    Ok(out)
+}
+
+/// The newest readable backup, optionally of one database.
+pub async fn latest(
+    store: &impl BackupStore,
+    database: Option<&str>,
+) -> io::Result<Option<Checked>> {
+    Ok(list(store)
+        .await?
+        .into_iter()
+        .rev()
+        .filter_map(|l| l.backup.ok())
+        .find(|c| database.is_none_or(|d| c.manifest.database == d)))
+}
