@@ -157,6 +157,41 @@ impl Cluster {
 }
 
 impl Cluster {
+    /// Stops the server at once, as a crash or an operator's `pg_ctl stop -m immediate`.
+    pub fn stop(&self) {
+        let mut ctl = Command::new(self.bin.join("pg_ctl"));
+        ctl.arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "-w", "stop"]);
+        run(ctl, self.user);
+    }
+
+    /// Starts a stopped server again on the same port.
+    pub fn restart(&self) {
+        let mut ctl = Command::new(self.bin.join("pg_ctl"));
+        ctl.arg("-D")
+            .arg(self.dir.path().join("data"))
+            .arg("-l")
+            .arg(self.dir.path().join("server.log"))
+            .arg("-w")
+            .arg("-o")
+            .arg(format!(
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+                self.port,
+                self.dir.path().display()
+            ))
+            .arg("start");
+        run(ctl, self.user);
+    }
+
+    /// Databases whose names mark them as opsrunner's staging or replaced databases.
+    pub fn restore_leftovers(&self) -> String {
+        self.psql(
+            "postgres",
+            "select coalesce(string_agg(datname, ',' order by datname), '') from pg_database where datname like '%\\_opsrunner\\_%'",
+        )
+    }
+
     fn tool(&self, name: &str) -> Command {
         let mut cmd = Command::new(self.bin.join(name));
         cmd.env("PGPASSWORD", PASSWORD);

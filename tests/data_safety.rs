@@ -1,0 +1,458 @@
+//! Restores never destroy what they replace, and nothing unverified is restored: damaged
+//! backups of every kind against `overwrite: true`, interrupted restores (killed process,
+//! stopped server) and what the next run makes of them, a full spool disk under `jobs`.
+
+mod common;
+
+use common::Workspace;
+use common::pg::Cluster;
+use serde_json::Value;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// `shop` with two tables, and `precious`, the database restores try to replace.
+fn clusters_with_precious(rows: u32) -> Cluster {
+    let cluster = Cluster::start();
+    cluster.psql("postgres", "create database shop");
+    cluster.psql(
+        "shop",
+        &format!(
+            "create table items (id int primary key, label text);
+             insert into items select g, md5(g::text) from generate_series(1, {rows}) g;
+             create table notes (id int, body text);
+             insert into notes values (1, 'from the backup')"
+        ),
+    );
+    cluster.psql("postgres", "create database precious");
+    cluster.psql(
+        "precious",
+        "create table keep (v text); insert into keep values ('mine')",
+    );
+    cluster
+}
+
+fn backup_plan(format: &str, compression: &str) -> String {
+    format!(
+        r#"
+version: 1
+name: backup
+targets:
+  db: {{ url: "{{{{ env.DATABASE_URL }}}}" }}
+repositories:
+  repo: {{ url: "file://./repo" }}
+steps:
+  - {{ id: backup, type: backup, target: db, database: shop, repository: repo, format: {format}, compression: "{compression}" }}
+"#
+    )
+}
+
+fn restore_plan(backup: &str, database: &str, extra: &str) -> String {
+    format!(
+        r#"
+version: 1
+name: restore
+targets:
+  db: {{ url: "{{{{ env.DATABASE_URL }}}}" }}
+repositories:
+  repo: {{ url: "file://./repo" }}
+steps:
+  - {{ id: restore, type: restore, repository: repo, backup: "{backup}", into: {{ target: db, database: {database} }}, overwrite: true{extra} }}
+"#
+    )
+}
+
+fn backup(ws: &Workspace, url: &str, format: &str, compression: &str) -> String {
+    let run = ws.apply_env(
+        &backup_plan(format, compression),
+        &[],
+        &[("DATABASE_URL", url)],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    run.step("backup")["outputs"]["backup_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Copies backup `id` to a new id (its manifest follows the move) and damages the copy.
+fn damaged_copy(repo: &Path, id: &str, name: &str, damage: impl FnOnce(&Path, &mut Value)) {
+    let dir = repo.join(name);
+    copy_dir(&repo.join(id), &dir);
+    let _ = std::fs::remove_file(dir.join("verification.json"));
+    let path = dir.join("manifest.json");
+    let mut manifest: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    manifest["backup_id"] = Value::String(name.into());
+    damage(&dir, &mut manifest);
+    std::fs::write(&path, serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+}
+
+fn the_file(manifest: &Value) -> String {
+    manifest["files"][0]["name"].as_str().unwrap().to_string()
+}
+
+fn flip_byte(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn damaged_backups_never_replace_the_database() {
+    let cluster = clusters_with_precious(2000);
+    let url = cluster.url("postgres");
+    let ws = Workspace::new();
+    let repo = ws.path("repo");
+    let custom = backup(&ws, &url, "custom", "none");
+    let directory = backup(&ws, &url, "directory", "zstd");
+    let outside = ws.path("elsewhere");
+    std::fs::create_dir_all(&outside).unwrap();
+
+    damaged_copy(&repo, &custom, "truncated", |dir, m| {
+        let file = dir.join(the_file(m));
+        let len = std::fs::metadata(&file).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_len(len / 2)
+            .unwrap();
+    });
+    damaged_copy(&repo, &custom, "flipped", |dir, m| {
+        flip_byte(&dir.join(the_file(m)))
+    });
+    damaged_copy(&repo, &custom, "linked", |dir, m| {
+        let file = dir.join(the_file(m));
+        let elsewhere = outside.join("dump");
+        std::fs::rename(&file, &elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &file).unwrap();
+    });
+    damaged_copy(&repo, &custom, "no-files", |_, m| {
+        m["files"] = Value::Array(vec![])
+    });
+    damaged_copy(&repo, &custom, "escaping-name", |_, m| {
+        m["files"][0]["name"] = Value::String("../../elsewhere/dump".into())
+    });
+    damaged_copy(&repo, &custom, "size-lies", |_, m| {
+        m["files"][0]["size"] = Value::from(m["files"][0]["size"].as_u64().unwrap() + 1)
+    });
+    damaged_copy(&repo, &directory, "directory-flipped", |dir, m| {
+        let data = m["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["name"].as_str().unwrap().to_string())
+            .find(|n| !n.contains("toc.dat"))
+            .unwrap();
+        flip_byte(&dir.join(data));
+    });
+    damaged_copy(&repo, &custom, "flipped-jobs", |dir, m| {
+        flip_byte(&dir.join(the_file(m)))
+    });
+
+    let cases = [
+        ("truncated", "", "truncated or damaged"),
+        ("flipped", "", "SHA-256 is"),
+        ("linked", "", "symbolic link"),
+        ("no-files", "", "lists no files"),
+        ("escaping-name", "", "not one a backup can hold"),
+        ("size-lies", "", "the manifest says"),
+        ("directory-flipped", ", jobs: 2", "SHA-256 is"),
+        ("flipped-jobs", ", jobs: 2", "SHA-256 is"),
+    ];
+    for (name, extra, why) in cases {
+        let run = ws.apply_env(
+            &restore_plan(name, "precious", extra),
+            &[],
+            &[("DATABASE_URL", &url)],
+        );
+        assert_eq!(run.code, 1, "{name}: {}", run.stderr);
+        let reason = run.step("restore")["reason"].as_str().unwrap().to_string();
+        assert!(reason.contains(why), "{name}: {reason}");
+        assert!(!run.stderr.contains("panicked"), "{name}: {}", run.stderr);
+        assert_eq!(
+            cluster.psql("precious", "select string_agg(v, ',') from keep"),
+            "mine",
+            "{name}: the database was touched"
+        );
+        assert_eq!(cluster.restore_leftovers(), "", "{name}: leftovers");
+    }
+    // The symlinked file outside the repository was read by nobody and is still there.
+    assert!(outside.join("dump").exists());
+
+    // The good backup replaces it, with no leftovers, and the catalogue lists the damaged
+    // copies as damaged instead of failing.
+    let run = ws.apply_env(
+        &restore_plan(&custom, "precious", ""),
+        &[],
+        &[("DATABASE_URL", &url)],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.step("restore")["outputs"]["replaced"], "true");
+    assert_eq!(
+        cluster.psql("precious", "select count(*) from items"),
+        "2000"
+    );
+    assert_eq!(cluster.restore_leftovers(), "");
+    // Damage inside the files shows only when they are read (verify, restore); damage to
+    // the manifest shows in the listing.
+    let list = ws.backups(&["list"]);
+    assert!(list.contains("\n8 backups\n"), "{list}");
+    assert!(list.contains("2 damaged"), "{list}");
+    assert!(list.contains("  no-files: "), "{list}");
+    assert!(list.contains("  escaping-name: "), "{list}");
+}
+
+#[test]
+fn a_flipped_byte_is_never_restored_and_a_failed_new_restore_leaves_nothing() {
+    let cluster = clusters_with_precious(500);
+    let url = cluster.url("postgres");
+    let ws = Workspace::new();
+    let id = backup(&ws, &url, "custom", "none");
+    let file = ws.path("repo").join(&id).join("dump.pgdump");
+    let good = std::fs::read(&file).unwrap();
+    // A byte inside the table data: pg_restore itself would load it without complaint.
+    let at = good
+        .windows(32)
+        .position(|w| w == b"c4ca4238a0b923820dcc509a6f75849b")
+        .expect("md5('1') is in the dump");
+    let mut bad = good.clone();
+    bad[at] = b'd';
+    std::fs::write(&file, &bad).unwrap();
+
+    let run = ws.apply_env(
+        &restore_plan(&id, "fresh", ""),
+        &[],
+        &[("DATABASE_URL", &url)],
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let reason = run.step("restore")["reason"].as_str().unwrap();
+    assert!(reason.contains("dump.pgdump: SHA-256 is"), "{reason}");
+    assert_eq!(
+        cluster.psql(
+            "postgres",
+            "select count(*) from pg_database where datname = 'fresh'"
+        ),
+        "0"
+    );
+    assert_eq!(cluster.restore_leftovers(), "");
+
+    // Repaired, the same restore works on the next try.
+    std::fs::write(&file, &good).unwrap();
+    let run = ws.apply_env(
+        &restore_plan(&id, "fresh", ""),
+        &[],
+        &[("DATABASE_URL", &url)],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        cluster.psql("fresh", "select label from items where id = 1"),
+        "c4ca4238a0b923820dcc509a6f75849b"
+    );
+}
+
+/// Waits until the staging database of `database` exists and holds a table.
+fn wait_for_staging(cluster: &Cluster, deadline: Duration) {
+    let started = Instant::now();
+    loop {
+        let names = cluster.restore_leftovers();
+        if let Some(staging) = names.split(',').find(|n| n.contains("_opsrunner_new_")) {
+            let tables = cluster.psql(
+                staging,
+                "select count(*) from pg_tables where schemaname = 'public'",
+            );
+            if tables != "0" {
+                return;
+            }
+        }
+        assert!(started.elapsed() < deadline, "the restore never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn an_interrupted_restore_leaves_the_old_database_and_the_next_run_finishes() {
+    let cluster = clusters_with_precious(300_000);
+    let url = cluster.url("postgres");
+    let ws = Workspace::new();
+    let id = backup(&ws, &url, "custom", "zstd");
+    let plan = ws.write_plan(&restore_plan(&id, "precious", ""));
+    let url_path = std::path::PathBuf::from(&url);
+    let next_run = || {
+        let run = ws.apply_env(
+            &restore_plan(&id, "precious", ""),
+            &[],
+            &[("DATABASE_URL", &url)],
+        );
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        assert!(
+            run.stderr.contains("left by an interrupted restore"),
+            "{}",
+            run.stderr
+        );
+        assert_eq!(
+            cluster.psql("precious", "select count(*) from items"),
+            "300000"
+        );
+        assert_eq!(cluster.restore_leftovers(), "");
+    };
+
+    // SIGKILL while the staging database is being filled: the old database is untouched,
+    // and the next run removes the leftover and finishes the job.
+    let child = ws.spawn_apply(&plan, &[], &[("DATABASE_URL", url_path.as_path())]);
+    wait_for_staging(&cluster, Duration::from_secs(60));
+    let killed = ws.interrupt(child, libc::SIGKILL);
+    assert_eq!(killed.code, -1);
+    assert_eq!(cluster.psql("precious", "select v from keep"), "mine");
+    next_run();
+
+    // The server stopped mid-restore: a clear error, the database as it was, the partial
+    // restore left clearly named, and again the next run finishes.
+    cluster.psql(
+        "precious",
+        "insert into notes values (2, 'after the restore')",
+    );
+    let child = ws.spawn_apply(&plan, &[], &[("DATABASE_URL", url_path.as_path())]);
+    wait_for_staging(&cluster, Duration::from_secs(60));
+    cluster.stop();
+    let out = child.wait_with_output().unwrap();
+    let stopped = common::Applied::from(out, &ws.report_path());
+    assert_eq!(stopped.code, 1, "{}", stopped.stderr);
+    let reason = stopped.step("restore")["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("is removed by the next restore into `precious`"),
+        "{reason}"
+    );
+    cluster.restart();
+    assert_eq!(
+        cluster.psql("precious", "select body from notes where id = 2"),
+        "after the restore"
+    );
+    assert!(
+        cluster
+            .restore_leftovers()
+            .contains("precious_opsrunner_new_"),
+        "{}",
+        cluster.restore_leftovers()
+    );
+    next_run();
+}
+
+#[test]
+fn the_step_retry_finishes_a_restore_the_server_interrupted() {
+    let cluster = clusters_with_precious(300_000);
+    let url = cluster.url("postgres");
+    let ws = Workspace::new();
+    let id = backup(&ws, &url, "custom", "zstd");
+    let plan = ws.write_plan(&restore_plan(
+        &id,
+        "precious",
+        ", retry: { attempts: 5, delay: 2s }",
+    ));
+    let url_path = std::path::PathBuf::from(&url);
+    let child = ws.spawn_apply(&plan, &[], &[("DATABASE_URL", url_path.as_path())]);
+    wait_for_staging(&cluster, Duration::from_secs(60));
+    cluster.stop();
+    cluster.restart();
+    let out = child.wait_with_output().unwrap();
+    let run = common::Applied::from(out, &ws.report_path());
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.attempts("restore") >= 2);
+    assert_eq!(
+        cluster.psql("precious", "select count(*) from items"),
+        "300000"
+    );
+    assert_eq!(cluster.restore_leftovers(), "");
+}
+
+/// A tmpfs of `size` at a fresh directory, unmounted when dropped.
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn new(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "these tests mount a small tmpfs to fill a disk (run as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk(dir)
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_full_spool_disk_fails_a_parallel_restore_clearly_instead_of_hanging() {
+    let cluster = clusters_with_precious(100_000);
+    let url = cluster.url("postgres");
+    let ws = Workspace::new();
+    let id = backup(&ws, &url, "custom", "zstd");
+    let disk = SmallDisk::new("1m");
+    let started = Instant::now();
+    let output = common::opsrunner()
+        .arg("apply")
+        .arg(ws.write_plan(&restore_plan(&id, "precious", ", jobs: 2")))
+        .arg("--report")
+        .arg(ws.report_path())
+        .env("DATABASE_URL", &url)
+        .env("TMPDIR", disk.path())
+        .output()
+        .unwrap();
+    let run = common::Applied::from(output, &ws.report_path());
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(started.elapsed() < Duration::from_secs(120));
+    let reason = run.step("restore")["reason"].as_str().unwrap();
+    assert!(reason.contains("cannot spool the archive"), "{reason}");
+    assert!(reason.contains("No space left on device"), "{reason}");
+    assert_eq!(cluster.psql("precious", "select v from keep"), "mine");
+    assert_eq!(cluster.restore_leftovers(), "");
+}
+
+#[test]
+fn a_full_repository_disk_fails_the_backup_and_publishes_nothing() {
+    let cluster = clusters_with_precious(100_000);
+    let url = cluster.url("postgres");
+    let ws = Workspace::new();
+    let disk = SmallDisk::new("256k");
+    let plan = backup_plan("custom", "none").replace(
+        "file://./repo",
+        &format!("file://{}", disk.path().display()),
+    );
+    let run = ws.apply_env(&plan, &[], &[("DATABASE_URL", &url)]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let reason = run.step("backup")["reason"].as_str().unwrap();
+    assert!(reason.contains("No space left on device"), "{reason}");
+    assert!(
+        common::files_under(disk.path()).is_empty(),
+        "{:?}",
+        common::files_under(disk.path())
+    );
+}
