@@ -462,7 +462,7 @@ fn full_disks_at_random_sizes() {
     for _ in 0..rounds() {
         // Temporary disk of a parallel restore: the spooled archive fits or does not.
         h.reset_precious();
-        let disk = SmallDisk::new(rng.u64(64 << 10..40 << 20));
+        let disk = SmallDisk::new(rng.u64(64 << 10..96 << 20));
         let out = h.run(&restore, Some(disk.0.path()));
         if !out.status.success() {
             outcomes.1 += 1;

@@ -680,3 +680,42 @@ pub fn check_overrides(plan: &Plan, overrides: &BTreeMap<String, String>) -> Res
     }
     Ok(())
 }
+
+/// Checks what the variables decide once they are known (`validate`, `plan` and `apply`
+/// all pass through here): a retention count written as `"{{ vars.k }}"` that renders to 0
+/// is the same mistake as `last: 0`, refused before anything runs.
+pub fn check_with_vars(
+    plan: &Plan,
+    vars: &BTreeMap<String, serde_json::Value>,
+) -> Result<(), String> {
+    use serde_json::Value;
+    let context = serde_json::json!({ "vars": vars });
+    let templates = template::Templates::new();
+    for (i, step) in plan.steps.iter().enumerate() {
+        if !matches!(step.kind, StepKind::Prune(_)) {
+            continue;
+        }
+        let Some(Value::Object(keep)) = step.raw_params.get("keep") else {
+            continue;
+        };
+        for (name, raw) in keep {
+            let Value::String(text) = raw else { continue };
+            let only_vars = template::references(text)
+                .unwrap_or_default()
+                .iter()
+                .all(|r| r.path.first().is_some_and(|root| root == "vars"));
+            if !template::has_template(text) || !only_vars {
+                continue;
+            }
+            let Ok(rendered) = templates.render_str(text, &context) else {
+                continue;
+            };
+            if rendered.trim().parse::<u64>() == Ok(0) {
+                return Err(format!(
+                    "steps[{i}].keep.{name}: `{text}` renders to 0, which would keep none and delete every backup; give a count of at least 1"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
