@@ -6,6 +6,9 @@
 
 mod common;
 
+#[path = "common/s3.rs"]
+mod s3;
+
 use common::pg::Cluster;
 use common::{Workspace, opsrunner};
 use std::path::Path;
@@ -388,4 +391,83 @@ fn numbers_that_would_overflow_are_usage_errors() {
         assert_eq!(out.status.code(), Some(2), "{}", text(&out));
         assert!(text(&out).contains("too long"), "{}", text(&out));
     }
+}
+
+#[test]
+fn damaged_entries_in_an_s3_repository_are_listed_and_kept() {
+    let cluster = source();
+    let url = cluster.url("postgres");
+    let ws = Workspace::new();
+    let server = s3::S3Server::start(&ws.path("s3"));
+    let plan = format!(
+        "version: 1\nname: s3\ntargets:\n  db: {{ url: \"{{{{ env.DATABASE_URL }}}}\" }}\nrepositories:\n  repo: {{ url: \"s3://{}/app\", endpoint: \"{}\", force_path_style: true }}\nsteps:\n  - {{ id: backup, type: backup, target: db, database: app, repository: repo }}\n",
+        s3::BUCKET,
+        server.endpoint
+    );
+    let plan_path = ws.write_plan(&plan);
+    let mut env = s3::aws_env();
+    env.push(("DATABASE_URL", url.clone()));
+    let run = |args: &[&str]| {
+        opsrunner()
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .unwrap()
+    };
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let out = run(&[
+            "apply",
+            plan_path.to_str().unwrap(),
+            "--report",
+            ws.report_path().to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(ws.report_path()).unwrap()).unwrap();
+        ids.push(
+            report["steps"][0]["outputs"]["backup_id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    // Objects written behind opsrunner's back: a garbage manifest, and the newest backup's
+    // manifest under another id.
+    let prefix = ws.path("s3").join(s3::BUCKET).join("app");
+    std::fs::create_dir_all(prefix.join("0000-garbage")).unwrap();
+    std::fs::write(prefix.join("0000-garbage/manifest.json"), "{ not json").unwrap();
+    std::fs::create_dir_all(prefix.join("0001-copy")).unwrap();
+    std::fs::copy(
+        prefix.join(&ids[1]).join("manifest.json"),
+        prefix.join("0001-copy/manifest.json"),
+    )
+    .unwrap();
+    let repo_args = [
+        "--repository",
+        "repo",
+        "--plan",
+        plan_path.to_str().unwrap(),
+    ];
+    let list = run(&[&["backups", "list"][..], &repo_args].concat());
+    let listed = text(&list);
+    assert!(list.status.success(), "{listed}");
+    assert!(listed.contains("\n2 backups\n"), "{listed}");
+    assert!(
+        listed.contains("0000-garbage: backup 0000-garbage is damaged"),
+        "{listed}"
+    );
+    assert!(
+        listed.contains("0001-copy: backup 0001-copy is damaged: the manifest names backup"),
+        "{listed}"
+    );
+
+    let pruned = run(&[&["backups", "prune", "--keep-last", "1"][..], &repo_args].concat());
+    let out = text(&pruned);
+    assert!(pruned.status.success(), "{out}");
+    assert!(out.contains(&format!("delete {} (app)", ids[0])), "{out}");
+    assert!(out.contains(&format!("keep   {} (app)", ids[1])), "{out}");
+    assert!(prefix.join("0001-copy/manifest.json").exists());
+    assert!(prefix.join("0000-garbage/manifest.json").exists());
+    assert!(prefix.join(&ids[1]).join("manifest.json").exists());
 }

@@ -385,6 +385,12 @@ impl BackupStore for LocalStore {
         let file = open_regular(&self.existing_file(backup_id, name)?)?;
         Ok(Box::pin(tokio::fs::File::from_std(file)))
     }
+
+    async fn size(&self, backup_id: &str, name: &str) -> io::Result<u64> {
+        Ok(open_regular(&self.existing_file(backup_id, name)?)?
+            .metadata()?
+            .len())
+    }
 }
 
 fn read_bounded(file: std::fs::File, path: &Path) -> io::Result<Option<Vec<u8>>> {

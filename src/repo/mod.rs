@@ -61,6 +61,8 @@ pub trait BackupStore: Send + Sync {
         name: &str,
     ) -> impl Future<Output = io::Result<Option<Vec<u8>>>> + Send;
     fn open(&self, backup_id: &str, name: &str) -> impl Future<Output = io::Result<Reader>> + Send;
+    /// The stored size of a file (without reading it).
+    fn size(&self, backup_id: &str, name: &str) -> impl Future<Output = io::Result<u64>> + Send;
     /// Stores the outcome of a verification next to a published backup.
     fn record_verification(
         &self,
@@ -169,6 +171,9 @@ impl BackupStore for AnyStore {
     }
     async fn open(&self, backup_id: &str, name: &str) -> io::Result<Reader> {
         dispatch!(self, s => s.open(backup_id, name).await)
+    }
+    async fn size(&self, backup_id: &str, name: &str) -> io::Result<u64> {
+        dispatch!(self, s => s.size(backup_id, name).await)
     }
     async fn record_verification(
         &self,

@@ -803,6 +803,20 @@ impl BackupStore for S3Store {
         Ok(Box::pin(out.body.into_async_read()))
     }
 
+    async fn size(&self, backup_id: &str, name: &str) -> io::Result<u64> {
+        super::check_id(backup_id)?;
+        let key = self.key(backup_id, name);
+        let head = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+            .map_err(|e| sdk_error(&format!("looking up {key}"), e))?;
+        Ok(head.content_length().unwrap_or(0).max(0) as u64)
+    }
+
     async fn record_verification(
         &self,
         backup_id: &str,

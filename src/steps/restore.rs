@@ -65,13 +65,17 @@ pub async fn resolve(
 /// database being replaced until a complete restore has passed its checks.
 pub async fn run(p: &RestoreParams, ctx: &StepContext) -> Result<Outputs, StepError> {
     let store = ctx.repository(&p.repository).await?;
-    let Checked { mut manifest, .. } = resolve(
+    let checked = resolve(
         &store,
         &p.backup,
         p.source_database.as_deref(),
         &p.repository,
     )
     .await?;
+    listing::files_present(&store, &checked)
+        .await
+        .map_err(|e| super::io_error("before restoring", &e))?;
+    let mut manifest = checked.manifest;
     // Before the target is touched: without the right key there is nothing to restore.
     ctx.unseal(&mut manifest)?;
     let database = p.into.database.as_str();
