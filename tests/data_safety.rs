@@ -192,8 +192,10 @@ fn damaged_backups_never_replace_the_database() {
     // The symlinked file outside the repository was read by nobody and is still there.
     assert!(outside.join("dump").exists());
 
-    // The good backup replaces it, with no leftovers, and the catalogue lists the damaged
-    // copies as damaged instead of failing.
+    // The good backup replaces it, with no leftovers and the same owner, and the catalogue
+    // lists the damaged copies as damaged instead of failing.
+    cluster.psql("postgres", "create role shop_owner");
+    cluster.psql("postgres", "alter database precious owner to shop_owner");
     let run = ws.apply_env(
         &restore_plan(&custom, "precious", ""),
         &[],
@@ -201,6 +203,13 @@ fn damaged_backups_never_replace_the_database() {
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(run.step("restore")["outputs"]["replaced"], "true");
+    assert_eq!(
+        cluster.psql(
+            "postgres",
+            "select pg_get_userbyid(datdba) from pg_database where datname = 'precious'"
+        ),
+        "shop_owner"
+    );
     assert_eq!(
         cluster.psql("precious", "select count(*) from items"),
         "2000"

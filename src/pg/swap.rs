@@ -98,33 +98,49 @@ pub async fn drop(conn: &mut PgConnection, name: &str) -> Result<(), StepError> 
     .await
 }
 
-/// Creates an empty database; `like` gives one whose encoding and locale to copy.
+/// Creates an empty database; `like` names one whose encoding, locale and owner to copy
+/// (the owner only where this role may give it away; otherwise the new database is this
+/// role's, with a warning).
 pub async fn create(
     conn: &mut PgConnection,
     name: &str,
     like: Option<&str>,
 ) -> Result<(), StepError> {
     let mut sql = format!("create database {} template template0", quote_ident(name));
-    if let Some(like) = like {
-        let row: Option<(String, String, String)> = sqlx::query_as(
-            "select pg_encoding_to_char(encoding)::text, datcollate::text, datctype::text
-             from pg_database where datname = $1",
-        )
-        .bind(like)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(|e| classify(&e, "cannot read the database's encoding"))?;
-        if let Some((encoding, collate, ctype)) = row {
-            let lit = |s: &str| format!("'{}'", s.replace('\'', "''"));
-            sql.push_str(&format!(
-                " encoding {} lc_collate {} lc_ctype {}",
-                lit(&encoding),
-                lit(&collate),
-                lit(&ctype)
-            ));
+    let what = format!("cannot create database `{name}`");
+    let Some(like) = like else {
+        return execute(conn, sql, &what).await;
+    };
+    let row: Option<(String, String, String, String)> = sqlx::query_as(
+        "select pg_encoding_to_char(encoding)::text, datcollate::text, datctype::text,
+                pg_get_userbyid(datdba)::text
+         from pg_database where datname = $1",
+    )
+    .bind(like)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(|e| classify(&e, "cannot read the database's encoding"))?;
+    let Some((encoding, collate, ctype, owner)) = row else {
+        return execute(conn, sql, &what).await;
+    };
+    let lit = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    sql.push_str(&format!(
+        " encoding {} lc_collate {} lc_ctype {}",
+        lit(&encoding),
+        lit(&collate),
+        lit(&ctype)
+    ));
+    let with_owner = format!("{sql} owner {}", quote_ident(&owner));
+    match execute(conn, with_owner, &what).await {
+        Err(e) if e.message.contains("SQLSTATE 42501") => {
+            tracing::warn!(
+                "the restored `{like}` will be owned by this role, not by `{owner}`: {}",
+                e.message
+            );
+            execute(conn, sql, &what).await
         }
+        other => other,
     }
-    execute(conn, sql, &format!("cannot create database `{name}`")).await
 }
 
 /// Whether a database holds anything of its own: relations, functions or types outside the
@@ -239,6 +255,15 @@ pub async fn promote(conn: &mut PgConnection, database: &str) -> Result<(), Step
             // 55006: a session reconnected between termination and rename; try again.
             Err(e) if attempt < 5 && e.message.contains("SQLSTATE 55006") => {
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(e) if e.message.contains("SQLSTATE 55006") => {
+                return Err(StepError {
+                    message: format!(
+                        "{}; other sessions kept reconnecting to `{database}` or could not be ended (ending them needs superuser or membership in pg_signal_backend)",
+                        e.message
+                    ),
+                    ..e
+                });
             }
             Err(e) => return Err(e),
         }

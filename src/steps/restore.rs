@@ -132,7 +132,7 @@ pub async fn run(p: &RestoreParams, ctx: &StepContext) -> Result<Outputs, StepEr
 
 /// A connection for creating, renaming and dropping databases: to the target's own
 /// database unless that is the one being replaced (a session cannot rename or drop the
-/// database it is in), then to `postgres`.
+/// database it is in), then to `postgres` (or `template1` when `postgres` is replaced).
 async fn maintenance(url: &str, database: &str, target: &str) -> Result<Server, StepError> {
     let what = format!("target `{target}`");
     let server = connect(url, None, &what).await?;
@@ -143,7 +143,12 @@ async fn maintenance(url: &str, database: &str, target: &str) -> Result<Server, 
         return Ok(server);
     }
     let _ = server.conn.close().await;
-    connect(url, Some("postgres"), &what).await
+    let other = if database == "postgres" {
+        "template1"
+    } else {
+        "postgres"
+    };
+    connect(url, Some(other), &what).await
 }
 
 /// Streams the backup into the staging database, then compares its row counts with the
