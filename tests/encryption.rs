@@ -317,3 +317,65 @@ fn the_preview_shows_who_can_read_the_backups_and_a_broken_recipients_file() {
         "{text}"
     );
 }
+
+#[test]
+fn a_damaged_encrypted_backup_never_replaces_the_database() {
+    let cluster = Cluster::start();
+    cluster.psql("postgres", "create database app");
+    cluster.psql(
+        "app",
+        "create table t (id int, v text); insert into t select g, md5(g::text) from generate_series(1, 5000) g",
+    );
+    cluster.psql("postgres", "create database precious");
+    cluster.psql(
+        "precious",
+        "create table keep (v text); insert into keep values ('mine')",
+    );
+    let ws = Workspace::new();
+    let (identity, public) = identity_file(ws.dir.path(), "id.txt");
+    let url = cluster.url("postgres");
+    let backup = ws.apply_env(
+        &plan(
+            &format!("{{ recipients: [\"{public}\"] }}"),
+            "  - { id: backup, type: backup, target: db, database: app, repository: vault }\n",
+        ),
+        &[],
+        &[("DATABASE_URL", &url)],
+    );
+    assert_eq!(backup.code, 0, "{}", backup.stderr);
+    let id = backup.step("backup")["outputs"]["backup_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dir = ws.path("repo").join(&id);
+    let file = common::files_under(&dir)
+        .into_iter()
+        .find(|p| p.to_string_lossy().ends_with(".age"))
+        .expect("an encrypted dump file");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = bytes.len() * 2 / 3;
+    bytes[at] ^= 0x40;
+    std::fs::write(&file, bytes).unwrap();
+
+    let restore = plan(
+        &format!("{{ recipients: [\"{public}\"] }}"),
+        &format!(
+            "  - {{ id: restore, type: restore, repository: vault, backup: {id}, into: {{ target: db, database: precious }}, overwrite: true }}\n"
+        ),
+    );
+    for jobs in ["", ", jobs: 2"] {
+        let run = ws.apply_env(
+            &restore.replace("overwrite: true", &format!("overwrite: true{jobs}")),
+            &["--identity", identity.to_str().unwrap()],
+            &[("DATABASE_URL", &url)],
+        );
+        assert_eq!(run.code, 1, "{}", run.stderr);
+        let reason = run.step("restore")["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("does not match its manifest") && reason.contains("SHA-256 is"),
+            "{reason}"
+        );
+        assert_eq!(cluster.psql("precious", "select v from keep"), "mine");
+        assert_eq!(cluster.restore_leftovers(), "");
+    }
+}
