@@ -19,7 +19,7 @@ mod common;
 mod s3;
 
 use common::pg::Cluster;
-use common::{Workspace, opsrunner};
+use common::{SmallDisk, Workspace, opsrunner};
 use s3::{BUCKET, S3Server};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
@@ -410,35 +410,6 @@ fn server_stopped_at_random_moments() {
     }
 }
 
-/// A tmpfs of `size` bytes at a fresh directory, unmounted when dropped.
-struct SmallDisk(tempfile::TempDir);
-
-impl SmallDisk {
-    fn new(bytes: u64) -> SmallDisk {
-        let dir = tempfile::tempdir().unwrap();
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={}k", bytes / 1024)])
-            .arg("tmpfs")
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "the harness mounts a small tmpfs to fill a disk (run as root): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        SmallDisk(dir)
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(self.0.path())
-            .status();
-    }
-}
-
 /// The repository's disk and the temporary disk full at random sizes.
 #[test]
 fn full_disks_at_random_sizes() {
@@ -448,7 +419,7 @@ fn full_disks_at_random_sizes() {
     for _ in 0..rounds() {
         // Repository: the backup (about 6 MB) fits or does not.
         let disk = SmallDisk::new(rng.u64(64 << 10..12 << 20));
-        let repo = disk.0.path().display().to_string();
+        let repo = disk.path().display().to_string();
         let backup = h.plan(Store::Local, &repo, Harness::backup_steps());
         let first = h.run(&backup, None);
         let second = h.run(&backup, None);
@@ -463,7 +434,7 @@ fn full_disks_at_random_sizes() {
         // Temporary disk of a parallel restore: the spooled archive fits or does not.
         h.reset_precious();
         let disk = SmallDisk::new(rng.u64(64 << 10..96 << 20));
-        let out = h.run(&restore, Some(disk.0.path()));
+        let out = h.run(&restore, Some(disk.path()));
         if !out.status.success() {
             outcomes.1 += 1;
             let text = String::from_utf8_lossy(&out.stderr);

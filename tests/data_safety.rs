@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::Workspace;
 use common::pg::Cluster;
+use common::{SmallDisk, Workspace};
 use serde_json::Value;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -386,45 +386,13 @@ fn the_step_retry_finishes_a_restore_the_server_interrupted() {
     assert_eq!(cluster.restore_leftovers(), "");
 }
 
-/// A tmpfs of `size` at a fresh directory, unmounted when dropped.
-struct SmallDisk(tempfile::TempDir);
-
-impl SmallDisk {
-    fn new(size: &str) -> SmallDisk {
-        let dir = tempfile::tempdir().unwrap();
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "these tests mount a small tmpfs to fill a disk (run as root): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        SmallDisk(dir)
-    }
-
-    fn path(&self) -> &Path {
-        self.0.path()
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(self.0.path())
-            .status();
-    }
-}
-
 #[test]
 fn a_full_spool_disk_fails_a_parallel_restore_clearly_instead_of_hanging() {
     let cluster = clusters_with_precious(100_000);
     let url = cluster.url("postgres");
     let ws = Workspace::new();
     let id = backup(&ws, &url, "custom", "zstd");
-    let disk = SmallDisk::new("1m");
+    let disk = SmallDisk::new(1 << 20);
     let started = Instant::now();
     let output = common::opsrunner()
         .arg("apply")
@@ -450,7 +418,7 @@ fn a_full_repository_disk_fails_the_backup_and_publishes_nothing() {
     let cluster = clusters_with_precious(100_000);
     let url = cluster.url("postgres");
     let ws = Workspace::new();
-    let disk = SmallDisk::new("256k");
+    let disk = SmallDisk::new(256 << 10);
     let plan = backup_plan("custom", "none").replace(
         "file://./repo",
         &format!("file://{}", disk.path().display()),

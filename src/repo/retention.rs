@@ -109,8 +109,8 @@ impl Keep {
         *self == Keep::default()
     }
 
-    /// The rules whose count is 0, by name.
-    pub fn zero_counts(&self) -> Vec<&'static str> {
+    /// The counting rules by name, set or not.
+    pub fn counts(&self) -> [(&'static str, Option<u32>); 6] {
         [
             ("last", self.last),
             ("hourly", self.hourly),
@@ -119,10 +119,15 @@ impl Keep {
             ("monthly", self.monthly),
             ("yearly", self.yearly),
         ]
-        .into_iter()
-        .filter(|(_, n)| *n == Some(0))
-        .map(|(name, _)| name)
-        .collect()
+    }
+
+    /// The rules whose count is 0, by name.
+    pub fn zero_counts(&self) -> Vec<&'static str> {
+        self.counts()
+            .into_iter()
+            .filter(|(_, n)| *n == Some(0))
+            .map(|(name, _)| name)
+            .collect()
     }
 
     /// Why this policy must not run, if it must not.
@@ -313,6 +318,18 @@ mod tests {
                 verification: None,
             })
             .collect()
+    }
+
+    /// `daily_series(n)` plus one old backup of another database.
+    fn with_billing(n: i64) -> Vec<Candidate> {
+        let mut cands = daily_series(n);
+        cands.push(Candidate {
+            id: "other".into(),
+            database: "billing".into(),
+            created_at: at("2025-01-01 00:00"),
+            verification: None,
+        });
+        cands
     }
 
     fn kept(cands: &[Candidate], keep: Keep) -> Vec<String> {
@@ -509,13 +526,7 @@ mod tests {
 
     #[test]
     fn databases_are_pruned_separately() {
-        let mut cands = daily_series(3);
-        cands.push(Candidate {
-            id: "other".into(),
-            database: "billing".into(),
-            created_at: at("2025-01-01 00:00"),
-            verification: None,
-        });
+        let cands = with_billing(3);
         assert_eq!(
             kept(
                 &cands,
@@ -607,13 +618,7 @@ mod tests {
     fn the_newest_backup_is_kept_whatever_the_rules_say() {
         // Every rule with a count of at least 1 keeps the newest backup already; this rule
         // is the guarantee that does not depend on how the rules are written.
-        let mut cands = daily_series(3);
-        cands.push(Candidate {
-            id: "other".into(),
-            database: "billing".into(),
-            created_at: at("2025-01-01 00:00"),
-            verification: None,
-        });
+        let cands = with_billing(3);
         let d = select(
             &cands,
             &Keep {

@@ -14,14 +14,7 @@ use chrono::Utc;
 pub fn describe(p: &PruneParams) -> String {
     let k = &p.keep;
     let mut rules = Vec::new();
-    for (name, v) in [
-        ("last", k.last),
-        ("hourly", k.hourly),
-        ("daily", k.daily),
-        ("weekly", k.weekly),
-        ("monthly", k.monthly),
-        ("yearly", k.yearly),
-    ] {
+    for (name, v) in k.counts() {
         if let Some(v) = v {
             rules.push(format!("{name} {v}"));
         }

@@ -166,3 +166,40 @@ impl Applied {
         format!("{}\n{}\n{}", self.stdout, self.stderr, self.report)
     }
 }
+
+/// A small tmpfs of `bytes` at a fresh directory, to fill a disk; unmounted when dropped.
+/// Mounting needs root, as the tests run here (the PostgreSQL harness needs it as well).
+pub struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    pub fn new(bytes: u64) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={}k", bytes.div_ceil(1024)),
+            ])
+            .arg("tmpfs")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "these tests mount a small tmpfs to fill a disk (run as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
