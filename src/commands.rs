@@ -39,6 +39,8 @@ pub struct PlanArgs {
     pub confirm: Vec<String>,
     /// Colour in error output.
     pub color: bool,
+    /// What loading the plan may cost.
+    pub limits: crate::plan::yaml::Limits,
 }
 
 /// A checked plan with everything needed to preview or run it.
@@ -52,7 +54,7 @@ pub struct Prepared {
 
 /// Loads, validates and checks the command-line overrides against the plan.
 pub fn prepare(args: &PlanArgs, env: BTreeMap<String, String>) -> Result<Prepared, Failure> {
-    let source = PlanSource::read(&args.file).map_err(Failure::Plan)?;
+    let source = PlanSource::read_within(&args.file, args.limits).map_err(Failure::Plan)?;
     let (source, plan) = plan::check(source).map_err(Failure::Plan)?;
     let overrides: BTreeMap<String, String> = args.vars.iter().cloned().collect();
     plan::validate::check_overrides(&plan.plan, &overrides).map_err(Failure::Usage)?;

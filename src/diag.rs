@@ -116,6 +116,18 @@ impl Diagnostic {
         let pad = " ".repeat(gutter);
         let _ = writeln!(out, "{pad}{blue}-->{reset} {location}{path}");
         if let Some((span, text)) = line_text {
+            // Control characters (an escape sequence in a hostile plan) are shown, not sent
+            // to the terminal; one replacement character each keeps the caret aligned.
+            let text: String = text
+                .chars()
+                .map(|c| {
+                    if c.is_control() && c != '\t' {
+                        '\u{fffd}'
+                    } else {
+                        c
+                    }
+                })
+                .collect();
             let _ = writeln!(out, "{pad} {blue}|{reset}");
             let _ = writeln!(out, "{blue}{}{reset} {blue}|{reset} {text}", span.line);
             let indent: String = text

@@ -4,6 +4,7 @@ use clap::{Args, Parser, Subcommand};
 use opsrunner::catalog;
 use opsrunner::commands::{self, ApplyArgs, GraphFormat, PlanArgs, PreviewFormat, SchemaKind};
 use opsrunner::exit::{self, Failure};
+use opsrunner::plan::yaml::Limits;
 use opsrunner::run::log::{LogFormat, stderr_wants_color};
 use std::io::Write;
 use std::path::PathBuf;
@@ -55,6 +56,12 @@ struct PlanFileArgs {
     /// Override a plan variable: `--var keep_daily=7` (repeatable; the variable must be declared in `vars`).
     #[arg(long = "var", value_name = "KEY=VALUE", value_parser = parse_var)]
     vars: Vec<(String, String)>,
+    /// Refuse plan files larger than this many bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().max_bytes)]
+    max_plan_bytes: u64,
+    /// Refuse plans of more than this many YAML nodes (after alias expansion).
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_nodes)]
+    max_plan_nodes: usize,
 }
 
 #[derive(Subcommand)]
@@ -203,6 +210,11 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn plan_args(p: PlanFileArgs, confirm: Vec<String>, color: bool) -> PlanArgs {
     PlanArgs {
+        limits: Limits {
+            max_bytes: p.max_plan_bytes,
+            max_nodes: p.max_plan_nodes,
+            ..Limits::default()
+        },
         file: p.file,
         vars: p.vars,
         confirm,

@@ -23,6 +23,7 @@ async fn preview(format: PreviewFormat, confirm: Vec<String>) -> String {
         vars: vec![("keep".into(), "14".into())],
         confirm: confirm.clone(),
         color: false,
+        limits: Default::default(),
     };
     let prepared = commands::prepare(&args, fixture_env()).expect("fixture plan is valid");
     let preview = commands::build_preview(&prepared, &confirm).await;

@@ -13,9 +13,6 @@ pub struct Dag {
     pub needs: Vec<Vec<usize>>,
     /// Steps that directly need each step.
     pub dependents: Vec<Vec<usize>>,
-    /// All transitive needs of each step, as bit sets (a plan of 1,000 steps in a chain has
-    /// half a million upstream pairs).
-    pub upstream: Vec<FixedBitSet>,
     /// A topological order; among steps that could go in either order, plan order wins, so
     /// previews read like the file.
     pub order: Vec<usize>,
@@ -39,22 +36,28 @@ impl Dag {
             return Err(cycle);
         }
         let order = plan_ordered_toposort(&needs, &dependents);
-        let mut upstream: Vec<FixedBitSet> = vec![FixedBitSet::with_capacity(n); n];
-        for &step in &order {
-            let mut all = FixedBitSet::with_capacity(n);
-            for &need in &needs[step] {
-                all.insert(need);
-                all.union_with(&upstream[need]);
-            }
-            upstream[step] = all;
-        }
         Ok(Dag {
             graph,
             needs,
             dependents,
-            upstream,
             order,
         })
+    }
+
+    /// Every step `step` transitively needs. Walked on demand rather than kept for every
+    /// step: a table of all pairs grows with the square of the plan (50,000 steps: 300 MB).
+    pub fn upstream(&self, step: usize) -> Vec<usize> {
+        let mut seen = FixedBitSet::with_capacity(self.needs.len());
+        let mut stack: Vec<usize> = self.needs[step].clone();
+        let mut out = Vec::new();
+        while let Some(s) = stack.pop() {
+            if seen.put(s) {
+                continue;
+            }
+            out.push(s);
+            stack.extend_from_slice(&self.needs[s]);
+        }
+        out
     }
 
     pub fn len(&self) -> usize {
@@ -186,7 +189,9 @@ mod tests {
         // 0 <- 2, 1 independent, 3 needs 1 and 2
         let dag = Dag::build(vec![vec![], vec![], vec![0], vec![1, 2]]).unwrap();
         assert_eq!(dag.order, vec![0, 1, 2, 3]);
-        assert_eq!(dag.upstream[3].ones().collect::<Vec<_>>(), [0, 1, 2]);
+        let mut upstream = dag.upstream(3);
+        upstream.sort();
+        assert_eq!(upstream, [0, 1, 2]);
     }
 
     #[test]

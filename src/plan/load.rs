@@ -28,7 +28,7 @@ pub const COMMON_STEP_KEYS: &[&str] =
 /// Parses and type-checks a plan. On success the YAML tree is returned too, so that later
 /// checks can point at positions.
 pub fn load_str(source: &str) -> Result<(Plan, Node), Vec<Diagnostic>> {
-    let (plan, root, problems) = load_partial(source)?;
+    let (plan, root, problems) = load_partial(source, yaml::Limits::default())?;
     match plan {
         Some(plan) if problems.is_empty() => Ok((plan, root)),
         _ => Err(problems),
@@ -40,8 +40,9 @@ pub fn load_str(source: &str) -> Result<(Plan, Node), Vec<Diagnostic>> {
 /// run on the rest and every problem is reported in one go.
 pub fn load_partial(
     source: &str,
+    limits: yaml::Limits,
 ) -> Result<(Option<Plan>, Node, Vec<Diagnostic>), Vec<Diagnostic>> {
-    let root = yaml::parse(source)?;
+    let root = yaml::parse_within(source, limits)?;
     let mut loader = Loader {
         root: &root,
         problems: Vec::new(),

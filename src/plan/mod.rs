@@ -24,16 +24,43 @@ pub struct PlanSource {
     pub display: String,
     pub text: String,
     pub sha256: String,
+    /// What loading it may cost.
+    pub limits: yaml::Limits,
 }
 
 impl PlanSource {
     pub fn read(path: &Path) -> Result<PlanSource, PlanError> {
+        PlanSource::read_within(path, yaml::Limits::default())
+    }
+
+    /// Reads a plan file of at most `limits.max_bytes` (a larger one, or an endless one such
+    /// as a device, is refused without being read whole).
+    pub fn read_within(path: &Path, limits: yaml::Limits) -> Result<PlanSource, PlanError> {
+        use std::io::Read;
         let display = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|error| PlanError::Io {
+        let io = |error| PlanError::Io {
             display: display.clone(),
             error,
-        })?;
-        let text = String::from_utf8(bytes.clone()).map_err(|_| PlanError::Io {
+        };
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(limits.max_bytes + 1).read_to_end(&mut bytes))
+            .map_err(io)?;
+        if bytes.len() as u64 > limits.max_bytes {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "the plan is larger than {} bytes; raise the limit with --max-plan-bytes if it really is a plan",
+                    limits.max_bytes
+                ),
+            )));
+        }
+        let sha256 = hex(&Sha256::digest(&bytes));
+        // A byte-order mark, as some Windows editors write, is not part of the YAML.
+        if bytes.starts_with(b"\xef\xbb\xbf") {
+            bytes.drain(..3);
+        }
+        let text = String::from_utf8(bytes).map_err(|_| PlanError::Io {
             display: display.clone(),
             error: std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
@@ -44,7 +71,8 @@ impl PlanSource {
             path: path.to_path_buf(),
             display,
             text,
-            sha256: hex(&Sha256::digest(&bytes)),
+            sha256,
+            limits,
         })
     }
 
@@ -52,8 +80,9 @@ impl PlanSource {
         PlanSource {
             path: PathBuf::from(display),
             display: display.to_string(),
-            text: text.to_string(),
+            text: text.strip_prefix('\u{feff}').unwrap_or(text).to_string(),
             sha256: hex(&Sha256::digest(text.as_bytes())),
+            limits: yaml::Limits::default(),
         }
     }
 
@@ -98,7 +127,7 @@ impl PlanError {
 
 /// Loads and validates a plan: all problems, or a plan ready to preview and run.
 pub fn check(source: PlanSource) -> Result<(PlanSource, ValidPlan), PlanError> {
-    let result = match load::load_partial(&source.text) {
+    let result = match load::load_partial(&source.text, source.limits) {
         Err(problems) => Err(problems),
         Ok((None, _, problems)) => Err(problems),
         Ok((Some(plan), root, mut problems)) => match validate::validate(plan, &root, &source.text)

@@ -32,6 +32,7 @@ pub fn validate(plan: Plan, root: &Node, source: &str) -> Result<ValidPlan, Vec<
         root,
         source,
         problems: Vec::new(),
+        upstream: Default::default(),
     };
     let index = v.ids();
     let needs = v.needs(&index);
@@ -62,6 +63,8 @@ struct Validator<'a> {
     root: &'a Node,
     source: &'a str,
     problems: Vec<Diagnostic>,
+    /// See [`Validator::is_upstream`].
+    upstream: std::cell::RefCell<Option<(usize, fixedbitset::FixedBitSet)>>,
 }
 
 /// The most parallel pg_dump/pg_restore workers a step may ask for.
@@ -529,6 +532,18 @@ impl Validator<'_> {
         }
     }
 
+    /// Whether `other` is among the steps `current` transitively needs. The set of one step
+    /// at a time is kept, as templates are checked step by step.
+    fn is_upstream(&self, dag: &Dag, current: usize, other: usize) -> bool {
+        let mut cache = self.upstream.borrow_mut();
+        if cache.as_ref().is_none_or(|(step, _)| *step != current) {
+            let mut set = fixedbitset::FixedBitSet::with_capacity(dag.len());
+            set.extend(dag.upstream(current));
+            *cache = Some((current, set));
+        }
+        cache.as_ref().is_some_and(|(_, set)| set.contains(other))
+    }
+
     /// Points the caret at `needle` itself when it stands on the diagnostic's line.
     fn narrow_to(&self, mut d: Diagnostic, needle: &str) -> Diagnostic {
         let Some(span) = d.span else { return d };
@@ -621,7 +636,7 @@ impl Validator<'_> {
                     });
                     return Some((format!("step `{id}` has no output `{output}`"), Some(help)));
                 }
-                if !dag.upstream[current].contains(other) {
+                if !self.is_upstream(dag, current, other) {
                     let me = self.plan.steps[current].id();
                     return Some((
                         format!("step `{me}` uses an output of `{id}` but does not need it"),

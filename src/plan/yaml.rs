@@ -134,11 +134,54 @@ pub fn format_path(path: &[PathSegment]) -> String {
     out
 }
 
-/// Parses a whole plan document. Syntax errors, duplicate keys and non-string keys are
-/// returned together as diagnostics.
+/// What one plan may cost to load. Every plan is accepted or refused in time and memory
+/// linear in its size: YAML aliases could otherwise expand a few hundred bytes into
+/// billions of nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The plan file's size in bytes.
+    pub max_bytes: u64,
+    /// Nodes (scalars, sequences, mappings) after alias expansion.
+    pub max_nodes: usize,
+    /// Nesting of sequences and mappings.
+    pub max_depth: usize,
+}
+
+/// Aliases may add at most this many times the document's own nodes, plus
+/// [`ALIAS_ALLOWANCE`]: plenty for anchors shared by every step, nothing like a bomb.
+pub const ALIAS_FACTOR: usize = 10;
+pub const ALIAS_ALLOWANCE: usize = 10_000;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_bytes: 16 << 20,
+            max_nodes: 2_000_000,
+            max_depth: 64,
+        }
+    }
+}
+
+/// Parses a whole plan document within the default [`Limits`].
 pub fn parse(source: &str) -> Result<Node, Vec<Diagnostic>> {
-    let mut builder = Builder::default();
+    parse_within(source, Limits::default())
+}
+
+/// Parses a whole plan document. Syntax errors, duplicate keys, non-string keys and
+/// control characters are returned together as diagnostics; exceeding a limit stops the
+/// parse at once.
+pub fn parse_within(source: &str, limits: Limits) -> Result<Node, Vec<Diagnostic>> {
+    if let Some(problem) = control_character(source) {
+        return Err(vec![problem]);
+    }
+    let mut builder = Builder {
+        limits,
+        ..Builder::default()
+    };
     for item in Parser::new_from_str(source) {
+        if builder.over_budget {
+            return Err(builder.problems);
+        }
         match item {
             Ok((event, span)) => {
                 let mut at = Span::new(span.start.line(), span.start.col() + 1);
@@ -172,18 +215,56 @@ pub fn parse(source: &str) -> Result<Node, Vec<Diagnostic>> {
     }
 }
 
+/// The first control character in a plan (NUL, escape, …; tabs and line ends are fine):
+/// a plan is text, and such characters would otherwise reach terminals and logs raw.
+fn control_character(source: &str) -> Option<Diagnostic> {
+    for (i, line) in source.lines().enumerate() {
+        if let Some((col, c)) = line
+            .chars()
+            .enumerate()
+            .find(|(_, c)| c.is_control() && !matches!(c, '\t' | '\r'))
+        {
+            return Some(
+                Diagnostic::new(format!(
+                    "the plan holds the control character U+{:04X}; a plan is plain text",
+                    c as u32
+                ))
+                .at(Span::new(i + 1, col + 1))
+                .with_help("remove it; write escapes such as \\e inside double quotes if a value needs one"),
+            );
+        }
+    }
+    None
+}
+
 enum Frame {
     Seq(Vec<Node>, Span, usize),
-    Map(Vec<(Key, Node)>, Option<Key>, Span, usize),
+    /// Entries, the key waiting for its value, the keys seen (for duplicates in time linear
+    /// in the map's size), position, anchor.
+    Map(
+        Vec<(Key, Node)>,
+        Option<Key>,
+        HashMap<String, usize>,
+        Span,
+        usize,
+    ),
 }
 
 #[derive(Default)]
 struct Builder {
     stack: Vec<Frame>,
-    anchors: HashMap<usize, Node>,
+    /// Anchored nodes with their size in nodes.
+    anchors: HashMap<usize, (Node, usize)>,
     root: Option<Node>,
     documents: usize,
     problems: Vec<Diagnostic>,
+    limits: Limits,
+    /// Nodes written in the document, and nodes added by alias expansion.
+    own_nodes: usize,
+    aliased_nodes: usize,
+    /// Nodes inside each open sequence or mapping, to know a node's size when it closes.
+    sizes: Vec<usize>,
+    over_budget: bool,
 }
 
 impl Builder {
@@ -191,26 +272,65 @@ impl Builder {
         match event {
             Event::DocumentStart(_) => self.documents += 1,
             Event::Scalar(text, style, anchor, _tag) => {
-                let node = Node {
-                    kind: resolve_scalar(&text, style),
-                    span: at,
-                };
-                self.push(node, anchor);
+                if let Some(c) = text
+                    .chars()
+                    .find(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+                {
+                    self.problems.push(
+                        Diagnostic::new(format!(
+                            "this value holds the control character U+{:04X}",
+                            c as u32
+                        ))
+                        .at(at)
+                        .with_help("plans hold text; control characters would reach terminals and logs raw"),
+                    );
+                }
+                let kind = resolve_scalar(&text, style);
+                if matches!(kind, NodeKind::Float(f) if !f.is_finite()) {
+                    self.problems.push(
+                        Diagnostic::new(format!("`{text}` is not a number a plan can use"))
+                            .at(at)
+                            .with_help("write a finite number, or quote it to mean the text"),
+                    );
+                }
+                if self.count(1, at) {
+                    self.push(Node { kind, span: at }, anchor, 1);
+                }
             }
-            Event::Alias(id) => match self.anchors.get(&id).cloned() {
-                Some(mut node) => {
-                    node.span = at;
-                    self.push(node, 0);
+            Event::Alias(id) => match self.anchors.get(&id).map(|(_, size)| *size) {
+                Some(size) => {
+                    self.aliased_nodes += size;
+                    let allowed = ALIAS_FACTOR * self.own_nodes + ALIAS_ALLOWANCE;
+                    if self.aliased_nodes > allowed {
+                        self.stop(
+                            format!(
+                                "YAML aliases expand to more than {allowed} nodes here ({} times the plan's own nodes, plus {ALIAS_ALLOWANCE}): refused, as an alias bomb would be",
+                                ALIAS_FACTOR
+                            ),
+                            at,
+                            "write the repeated parts out, or alias smaller pieces",
+                        );
+                        return;
+                    }
+                    if self.count(0, at) {
+                        let mut node = self.anchors[&id].0.clone();
+                        node.span = at;
+                        self.push(node, 0, size);
+                    }
                 }
                 None => self
                     .problems
                     .push(Diagnostic::new("alias to an unknown anchor").at(at)),
             },
-            Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq(Vec::new(), at, anchor)),
-            Event::MappingStart(anchor, _) => {
-                self.stack.push(Frame::Map(Vec::new(), None, at, anchor))
+            Event::SequenceStart(anchor, _) if self.open(at) => {
+                self.stack.push(Frame::Seq(Vec::new(), at, anchor));
+            }
+            Event::MappingStart(anchor, _) if self.open(at) => {
+                self.stack
+                    .push(Frame::Map(Vec::new(), None, HashMap::new(), at, anchor));
             }
             Event::SequenceEnd => {
+                let size = self.sizes.pop().unwrap_or(0) + 1;
                 if let Some(Frame::Seq(items, span, anchor)) = self.stack.pop() {
                     self.push(
                         Node {
@@ -218,17 +338,20 @@ impl Builder {
                             span,
                         },
                         anchor,
+                        size,
                     );
                 }
             }
             Event::MappingEnd => {
-                if let Some(Frame::Map(entries, _, span, anchor)) = self.stack.pop() {
+                let size = self.sizes.pop().unwrap_or(0) + 1;
+                if let Some(Frame::Map(entries, _, _, span, anchor)) = self.stack.pop() {
                     self.push(
                         Node {
                             kind: NodeKind::Map(entries),
                             span,
                         },
                         anchor,
+                        size,
                     );
                 }
             }
@@ -236,14 +359,54 @@ impl Builder {
         }
     }
 
-    fn push(&mut self, node: Node, anchor: usize) {
+    /// Records an error that ends the parse.
+    fn stop(&mut self, message: String, at: Span, help: &str) {
+        self.problems
+            .push(Diagnostic::new(message).at(at).with_help(help.to_string()));
+        self.over_budget = true;
+    }
+
+    /// Counts `own` new nodes written in the document; false when the budget is exceeded.
+    fn count(&mut self, own: usize, at: Span) -> bool {
+        self.own_nodes += own;
+        if self.own_nodes + self.aliased_nodes > self.limits.max_nodes {
+            let max = self.limits.max_nodes;
+            self.stop(
+                format!("the plan has more than {max} nodes"),
+                at,
+                "split the plan, or raise the limit with --max-plan-nodes if it really needs this many",
+            );
+            return false;
+        }
+        true
+    }
+
+    /// Opens a sequence or mapping; false when that is nested too deep or over budget.
+    fn open(&mut self, at: Span) -> bool {
+        if self.stack.len() >= self.limits.max_depth {
+            let max = self.limits.max_depth;
+            self.stop(
+                format!("sequences and mappings are nested more than {max} deep"),
+                at,
+                "no plan key needs this much nesting",
+            );
+            return false;
+        }
+        self.sizes.push(0);
+        self.count(1, at)
+    }
+
+    fn push(&mut self, node: Node, anchor: usize, size: usize) {
+        if let Some(open) = self.sizes.last_mut() {
+            *open += size;
+        }
         if anchor != 0 {
-            self.anchors.insert(anchor, node.clone());
+            self.anchors.insert(anchor, (node.clone(), size));
         }
         match self.stack.last_mut() {
             None => self.root = Some(node),
             Some(Frame::Seq(items, ..)) => items.push(node),
-            Some(Frame::Map(entries, pending, ..)) => match pending.take() {
+            Some(Frame::Map(entries, pending, seen, ..)) => match pending.take() {
                 None => {
                     let name = match &node.kind {
                         NodeKind::Str(s) => s.clone(),
@@ -257,16 +420,17 @@ impl Builder {
                             String::new()
                         }
                     };
-                    if let Some((first, _)) = entries.iter().find(|(k, _)| k.name == name) {
+                    if let Some(first_line) = seen.get(&name) {
                         self.problems.push(
                             Diagnostic::new(format!("duplicate key `{name}`"))
                                 .at(node.span)
                                 .with_len(name.chars().count())
                                 .with_help(format!(
-                                    "`{name}` is first set on line {}; remove one of them",
-                                    first.span.line
+                                    "`{name}` is first set on line {first_line}; remove one of them"
                                 )),
                         );
+                    } else {
+                        seen.insert(name.clone(), node.span.line);
                     }
                     *pending = Some(Key {
                         name,
@@ -359,6 +523,53 @@ mod tests {
         let problems = parse("a: 1\nb: 2\na: 3\n").unwrap_err();
         assert_eq!(problems.len(), 1);
         assert!(problems[0].message.contains("duplicate key `a`"));
+    }
+
+    #[test]
+    fn budgets_refuse_bombs_depth_and_controls_quickly() {
+        let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x]\n");
+        for (prev, name) in "abcdefgh".chars().zip("bcdefghi".chars()) {
+            let refs = vec![format!("*{prev}"); 9].join(", ");
+            bomb.push_str(&format!("{name}: &{name} [{refs}]\n"));
+        }
+        let problems = parse(&bomb).unwrap_err();
+        assert!(
+            problems[0].message.contains("alias bomb"),
+            "{:?}",
+            problems[0]
+        );
+        let deep = format!("a: {}{}", "[".repeat(100), "]".repeat(100));
+        assert!(
+            parse(&deep).unwrap_err()[0]
+                .message
+                .contains("nested more than 64")
+        );
+        let many = Limits {
+            max_nodes: 10,
+            ..Limits::default()
+        };
+        assert!(parse_within("a: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]", many).is_err());
+        assert!(
+            parse("a: \"x\\e[31m\"").unwrap_err()[0]
+                .message
+                .contains("U+001B")
+        );
+        assert!(
+            parse("a: x\u{0}y").unwrap_err()[0]
+                .message
+                .contains("U+0000")
+        );
+        assert!(
+            parse("a: .inf").unwrap_err()[0]
+                .message
+                .contains("not a number")
+        );
+        // Anchors shared by many entries are fine.
+        let mut shared = String::from("r: &r { attempts: 3, delay: 1s }\ns:\n");
+        for i in 0..1000 {
+            shared.push_str(&format!("  - {{ id: s{i}, retry: *r }}\n"));
+        }
+        assert!(parse(&shared).is_ok());
     }
 
     #[test]

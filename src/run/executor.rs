@@ -275,7 +275,7 @@ fn decide(plan: &ValidPlan, state: &[State], i: usize) -> Result<(), String> {
     match steps[i].common.condition {
         Condition::Always => Ok(()),
         Condition::Failure => {
-            if plan.dag.upstream[i].ones().any(broke) {
+            if plan.dag.upstream(i).into_iter().any(broke) {
                 Ok(())
             } else {
                 Err("`if: failure()`: no upstream step failed".into())
