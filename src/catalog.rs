@@ -124,7 +124,7 @@ fn age(seconds: i64) -> String {
 }
 
 fn size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
     let mut v = bytes as f64;
     let mut unit = 0;
     while v >= 1024.0 && unit < UNITS.len() - 1 {

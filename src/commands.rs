@@ -241,6 +241,14 @@ pub async fn apply(args: ApplyArgs) -> Result<(), Failure> {
             dir.display()
         )));
     }
+    if let Some(path) = args.report.as_deref()
+        && std::fs::metadata(path).is_ok_and(|m| !m.is_file())
+    {
+        return Err(Failure::Usage(format!(
+            "--report: {} is a directory (or another non-file); name a file",
+            path.display()
+        )));
+    }
     let run = RunInfo::new(&p.plan.plan.name);
     let write_report = |report: &report::RunReport| -> Result<(), Failure> {
         match &args.report {

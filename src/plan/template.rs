@@ -30,6 +30,21 @@ pub fn references(text: &str) -> Result<Vec<Reference>, String> {
     if !has_template(text) {
         return Ok(Vec::new());
     }
+    // A template names one value: `{{ vars.x }}`. Helpers, blocks and partials would make
+    // rendering a program (a partial even names a file), which a plan has no need for.
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        let Some(len) = rest[start..].find("}}") else {
+            break;
+        };
+        let inner = rest[start + 2..start + len].trim().trim_matches('~').trim();
+        if !is_path(inner) && !inner.is_empty() {
+            return Err(format!(
+                "invalid template `{{{{ {inner} }}}}`: a template names one value, such as `{{{{ vars.NAME }}}}`, `{{{{ env.NAME }}}}` or `{{{{ steps.ID.outputs.NAME }}}}`; helpers, blocks and partials are not supported"
+            ));
+        }
+        rest = &rest[start + len + 2..];
+    }
     handlebars::Template::compile(text).map_err(|e| {
         if text.matches("{{").count() != text.matches("}}").count() {
             "invalid template: a `{{` is not closed by `}}`".to_string()
@@ -88,7 +103,7 @@ fn is_path(token: &str) -> bool {
         && token
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-        && !matches!(token, "true" | "false" | "null" | "else" | "this")
+        && !matches!(token, "true" | "false" | "null" | "else")
 }
 
 /// Looks a reference up in a render context.
@@ -137,6 +152,13 @@ impl Templates {
                     _ => format!("`{dotted}` has no value"),
                 });
             };
+            if value.is_object() || value.is_array() {
+                // Handlebars would print `[object]`: never what a plan means.
+                return Err(format!(
+                    "`{}` is a group of values, not one value; name one of them",
+                    reference.dotted()
+                ));
+            }
             insert_path(&mut needed, &reference.path, value.clone());
         }
         self.registry
@@ -232,12 +254,17 @@ mod tests {
     }
 
     #[test]
-    fn helper_parameters_are_references() {
-        let refs = references("{{#if vars.loud}}LOUD{{/if}}").unwrap();
-        assert_eq!(
-            refs.iter().map(Reference::dotted).collect::<Vec<_>>(),
-            ["vars.loud"]
-        );
+    fn helpers_blocks_and_partials_are_refused() {
+        for text in [
+            "{{#if vars.loud}}LOUD{{/if}}",
+            "{{> /etc/passwd }}",
+            "{{ lookup env \"HOME\" }}",
+            "{{ vars.a vars.b }}",
+        ] {
+            let e = references(text).unwrap_err();
+            assert!(e.contains("helpers, blocks and partials"), "{text}: {e}");
+        }
+        assert!(references("{{~ vars.a ~}}").is_ok());
     }
 
     #[test]

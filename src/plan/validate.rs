@@ -577,7 +577,12 @@ impl Validator<'_> {
         let second = r.path.get(1).map(String::as_str);
         match root {
             "vars" => {
-                let name = second?;
+                let Some(name) = second else {
+                    return Some((
+                        "`vars` alone is not a value".into(),
+                        Some("write `{{ vars.NAME }}`".into()),
+                    ));
+                };
                 if !self.plan.vars.contains_key(name) {
                     let help = did_you_mean(name, self.plan.vars.keys().map(String::as_str))
                         .unwrap_or_else(|| format!("declare it under `vars:` (e.g. `vars: {{ {name}: … }}`); `--var {name}=…` can then override it"));

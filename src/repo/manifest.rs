@@ -311,7 +311,10 @@ impl Manifest {
     }
 
     pub fn total_bytes(&self) -> u64 {
-        self.files.iter().map(|f| f.size).sum()
+        // Sizes come from a file anyone could edit: add without wrapping.
+        self.files
+            .iter()
+            .fold(0u64, |sum, f| sum.saturating_add(f.size))
     }
 
     /// The major version of the pg_dump that wrote the backup; restoring needs tools at

@@ -1,0 +1,552 @@
+//! A table of hostile and careless inputs — wrong types, numbers out of range, encodings,
+//! alias bombs, deep nesting, control characters, bad templates, injection attempts in
+//! names and paths, bad command lines: every one is refused with exit 2 and a message that
+//! says where, and none panics. (Time and memory of the worst ones are measured in
+//! `bench/hostile_plans.sh`, not here.)
+
+mod common;
+
+use common::{Workspace, opsrunner};
+
+/// A valid plan around one step, with a restore/verify/backup/prune-ready repository and
+/// target, so that a case only has to break one thing.
+fn with_step(step: &str) -> String {
+    format!(
+        "version: 1\nname: hostile\ntargets:\n  t: {{ url: \"postgres://u@localhost/db\" }}\nrepositories:\n  r: {{ url: \"file://./repo\" }}\nsteps:\n  - {step}\n"
+    )
+}
+
+struct Case {
+    name: String,
+    plan: Vec<u8>,
+    args: Vec<String>,
+    /// A piece of the expected message.
+    says: String,
+}
+
+fn case(name: impl Into<String>, plan: impl Into<Vec<u8>>, says: impl Into<String>) -> Case {
+    Case {
+        name: name.into(),
+        plan: plan.into(),
+        args: Vec::new(),
+        says: says.into(),
+    }
+}
+
+fn cases() -> Vec<Case> {
+    let mut out = Vec::new();
+    // Durations: every place a plan writes one, every way to get it wrong.
+    let bad_durations = [
+        ("10", "no unit"),
+        ("-1s", "not a duration"),
+        ("1e400s", "unknown unit"),
+        ("99999999999999999999h", "too long"),
+        (".inf", "not a number a plan can use"),
+        ("abc", "not a duration"),
+        ("\"\"", "empty duration"),
+        ("36501d", "too long"),
+        ("1x", "unknown unit"),
+    ];
+    for (value, says) in bad_durations {
+        let steps = [
+            (
+                "timeout",
+                format!("{{ id: a, type: shell, command: \"true\", timeout: {value} }}"),
+            ),
+            (
+                "retry.delay",
+                format!(
+                    "{{ id: a, type: shell, command: \"true\", retry: {{ attempts: 2, delay: {value} }} }}"
+                ),
+            ),
+            (
+                "retry.max_delay",
+                format!(
+                    "{{ id: a, type: shell, command: \"true\", retry: {{ attempts: 2, max_delay: {value} }} }}"
+                ),
+            ),
+            (
+                "min_age",
+                format!(
+                    "{{ id: a, type: prune, repository: r, keep: {{ last: 2 }}, min_age: {value} }}"
+                ),
+            ),
+            (
+                "keep.within",
+                format!("{{ id: a, type: prune, repository: r, keep: {{ within: {value} }} }}"),
+            ),
+        ];
+        for (key, step) in steps {
+            out.push(case(format!("{key} = {value}"), with_step(&step), says));
+        }
+    }
+    // Counts.
+    for value in ["0", "65", "100000", "-1", "\"x\"", "1.5", "99999999999"] {
+        for kind in [
+            "{ id: a, type: restore, repository: r, backup: latest, into: { target: t, database: d }, jobs: V }",
+            "{ id: a, type: verify, repository: r, backup: latest, jobs: V }",
+            "{ id: a, type: backup, target: t, repository: r, format: directory, jobs: V }",
+        ] {
+            out.push(case(
+                format!("jobs = {value} in {}", &kind[17..30]),
+                with_step(&kind.replace('V', value)),
+                "jobs",
+            ));
+        }
+    }
+    for value in ["0", "1001", "-1", "\"x\"", "4294967296"] {
+        out.push(case(
+            format!("attempts = {value}"),
+            with_step(&format!(
+                "{{ id: a, type: shell, command: \"true\", retry: {{ attempts: {value} }} }}"
+            )),
+            "attempts",
+        ));
+    }
+    for rule in ["last", "hourly", "daily", "weekly", "monthly", "yearly"] {
+        out.push(case(
+            format!("keep.{rule} = 0"),
+            with_step(&format!(
+                "{{ id: a, type: prune, repository: r, keep: {{ {rule}: 0 }} }}"
+            )),
+            format!("`{rule}: 0` would keep none"),
+        ));
+    }
+    out.push(case(
+        "keep.last = -1",
+        with_step("{ id: a, type: prune, repository: r, keep: { last: -1 } }"),
+        "keep",
+    ));
+    out.push(case(
+        "keep.daily = x",
+        with_step("{ id: a, type: prune, repository: r, keep: { daily: x } }"),
+        "not a whole number",
+    ));
+    out.push(case(
+        "keep = {}",
+        with_step("{ id: a, type: prune, repository: r, keep: {} }"),
+        "keeps nothing",
+    ));
+    for size in ["0", "4", "5121", "4294967295"] {
+        out.push(case(
+            format!("part_size_mib = {size}"),
+            format!("version: 1\nname: p\nrepositories:\n  r: {{ url: \"s3://bucket/x\", part_size_mib: {size} }}\nsteps:\n  - {{ id: a, type: shell, command: \"true\" }}\n"),
+            "part_size_mib",
+        ));
+    }
+
+    // YAML structure and encodings.
+    let mut bomb = String::from("version: 1\nname: b\na: &a [x,x,x,x,x,x,x,x,x]\n");
+    for (prev, name) in "abcdefgh".chars().zip("bcdefghi".chars()) {
+        bomb.push_str(&format!(
+            "{name}: &{name} [{}]\n",
+            vec![format!("*{prev}"); 9].join(",")
+        ));
+    }
+    bomb.push_str("steps: []\n");
+    out.push(case("alias bomb", bomb, "alias bomb"));
+    out.push(case(
+        "alias bomb inside a step",
+        "version: 1\nname: b\nx: &x [1,1,1,1,1,1,1,1,1,1]\ny: &y [*x,*x,*x,*x,*x,*x,*x,*x,*x,*x]\nz: &z [*y,*y,*y,*y,*y,*y,*y,*y,*y,*y]\nw: &w [*z,*z,*z,*z,*z,*z,*z,*z,*z,*z]\nv: &v [*w,*w,*w,*w,*w,*w,*w,*w,*w,*w]\nsteps:\n  - { id: a, type: shell, command: \"true\", env: { A: *v } }\n",
+        "alias bomb",
+    ));
+    out.push(case(
+        "nested 100 deep",
+        format!(
+            "version: 1\nname: d\nvars: {{ a: {}{} }}\nsteps: []\n",
+            "[".repeat(100),
+            "]".repeat(100)
+        ),
+        "nested more than 64",
+    ));
+    out.push(case(
+        "nested 100,000 deep",
+        format!(
+            "version: 1\nname: d\nvars: {{ a: {}{} }}\nsteps: []\n",
+            "{a: ".repeat(100_000),
+            "}".repeat(100_000)
+        ),
+        "nested more than 64",
+    ));
+    out.push(case(
+        "NUL byte",
+        b"version: 1\nname: n\x00ul\nsteps: []\n".to_vec(),
+        "U+0000",
+    ));
+    out.push(case(
+        "escape sequence in the name",
+        b"version: 1\nname: \"\x1b[31mred\"\nsteps: []\n".to_vec(),
+        "U+001B",
+    ));
+    out.push(case(
+        "escape written as a YAML escape",
+        "version: 1\nname: \"\\e[2Jcleared\"\nsteps: []\n",
+        "U+001B",
+    ));
+    out.push(case(
+        "bell in a command",
+        "version: 1\nname: b\nsteps:\n  - { id: a, type: shell, command: \"echo \\a\" }\n",
+        "U+0007",
+    ));
+    out.push(case(
+        "BOM and a duplicate key",
+        "\u{feff}version: 1\nname: a\nname: b\nsteps: []\n",
+        "duplicate key `name`",
+    ));
+    out.push(case(
+        "not UTF-8",
+        b"version: 1\nname: \xff\xfe\nsteps: []\n".to_vec(),
+        "not UTF-8",
+    ));
+    out.push(case("empty file", "", "empty"));
+    out.push(case("only a comment", "# nothing\n", "empty"));
+    out.push(case(
+        "two documents",
+        "version: 1\nname: a\nsteps: []\n---\nversion: 1\nname: b\nsteps: []\n",
+        "exactly one YAML document",
+    ));
+    out.push(case(
+        "alias to an unknown anchor",
+        "version: 1\nname: a\nsteps: *nowhere\n",
+        "unknown anchor",
+    ));
+    out.push(case(
+        "a tab-indented mapping",
+        "version: 1\nname: a\nsteps:\n\t- { id: a, type: shell, command: \"true\" }\n",
+        "invalid YAML",
+    ));
+    out.push(case(
+        "a list where a mapping belongs",
+        "- version: 1\n",
+        "mapping",
+    ));
+    out.push(case(
+        "a complex key",
+        "version: 1\nname: a\n? [a, b]\n: c\nsteps: []\n",
+        "mapping keys must be plain strings",
+    ));
+    out.push(case(
+        "version 2",
+        "version: 2\nname: a\nsteps: []\n",
+        "version",
+    ));
+    out.push(case(
+        "version as text",
+        "version: one\nname: a\nsteps: []\n",
+        "version",
+    ));
+    out.push(case(
+        "name as a list",
+        "version: 1\nname: [a]\nsteps: []\n",
+        "name",
+    ));
+    out.push(case(
+        "steps as a mapping",
+        "version: 1\nname: a\nsteps: { a: 1 }\n",
+        "steps",
+    ));
+    out.push(case(
+        "an unknown top-level key",
+        "version: 1\nname: a\nstep: []\n",
+        "unknown key",
+    ));
+    for (what, step, says) in [
+        (
+            "an id with a space",
+            "{ id: \"a b\", type: shell, command: \"true\" }",
+            "id",
+        ),
+        (
+            "an id with a shell metacharacter",
+            "{ id: \"a;rm\", type: shell, command: \"true\" }",
+            "id",
+        ),
+        (
+            "an id with a path",
+            "{ id: ../../etc, type: shell, command: \"true\" }",
+            "id",
+        ),
+        (
+            "an unknown type",
+            "{ id: a, type: shel, command: \"true\" }",
+            "shell",
+        ),
+        ("no type", "{ id: a, command: \"true\" }", "type"),
+        (
+            "an unknown need",
+            "{ id: a, type: shell, command: \"true\", needs: [b] }",
+            "unknown",
+        ),
+        (
+            "needing itself",
+            "{ id: a, type: shell, command: \"true\", needs: [a] }",
+            "cycle",
+        ),
+        (
+            "an unknown target",
+            "{ id: a, type: sql, target: nope, query: \"select 1\" }",
+            "unknown target",
+        ),
+        (
+            "an unknown repository",
+            "{ id: a, type: verify, repository: nope, backup: latest }",
+            "unknown repository",
+        ),
+        (
+            "an unknown key in a step",
+            "{ id: a, type: shell, command: \"true\", comand: x }",
+            "unknown key",
+        ),
+        (
+            "a condition that is not one",
+            "{ id: a, type: shell, command: \"true\", if: \"$(reboot)\" }",
+            "if",
+        ),
+        (
+            "query and file together",
+            "{ id: a, type: sql, target: t, query: \"select 1\", file: x.sql }",
+            "query",
+        ),
+        (
+            "schema_only and data_only",
+            "{ id: a, type: backup, target: t, repository: r, schema_only: true, data_only: true }",
+            "exclude each other",
+        ),
+        (
+            "a compression that is not one",
+            "{ id: a, type: backup, target: t, repository: r, compression: \"zstd:99\" }",
+            "compression",
+        ),
+        (
+            "a format that is not one",
+            "{ id: a, type: backup, target: t, repository: r, format: tar }",
+            "format",
+        ),
+        (
+            "a migrate action that is not one",
+            "{ id: a, type: migrate, target: t, action: drop }",
+            "action",
+        ),
+        (
+            "a timeout of zero",
+            "{ id: a, type: shell, command: \"true\", timeout: 0s }",
+            "timeout of zero",
+        ),
+        (
+            "a number where text belongs",
+            "{ id: a, type: shell, command: 42 }",
+            "command",
+        ),
+        (
+            "a list where text belongs",
+            "{ id: a, type: shell, command: [echo, hi] }",
+            "command",
+        ),
+    ] {
+        out.push(case(what, with_step(step), says));
+    }
+
+    // Templates.
+    for (what, template, says) in [
+        ("this", "{{ this }}", "unknown reference `this`"),
+        ("vars alone", "{{ vars }}", "`vars` alone"),
+        (
+            "env alone",
+            "{{ env }}",
+            "not an environment variable reference",
+        ),
+        ("an unclosed template", "{{ vars.x", "not closed"),
+        (
+            "an undeclared variable",
+            "{{ vars.nope }}",
+            "unknown variable",
+        ),
+        (
+            "an unknown step",
+            "{{ steps.nope.outputs.x }}",
+            "unknown step",
+        ),
+        (
+            "a run field that is not one",
+            "{{ run.secret }}",
+            "unknown reference",
+        ),
+        ("an unknown root", "{{ process.env }}", "unknown reference"),
+        (
+            "a helper call",
+            "{{ lookup env \"HOME\" }}",
+            "helpers, blocks and partials",
+        ),
+        (
+            "a partial",
+            "{{> /etc/passwd }}",
+            "helpers, blocks and partials",
+        ),
+        (
+            "a block",
+            "{{#each env}}{{this}}{{/each}}",
+            "helpers, blocks and partials",
+        ),
+    ] {
+        out.push(case(
+            format!("template: {what}"),
+            with_step(&format!(
+                "{{ id: a, type: shell, command: \"echo {}\" }}",
+                template.replace('"', "\\\"")
+            )),
+            says,
+        ));
+    }
+
+    // Repository URLs.
+    out.push(case(
+        "credentials in an S3 URL",
+        "version: 1\nname: p\nrepositories:\n  r: { url: \"s3://AKIAEXAMPLE:secret@bucket/x\" }\nsteps:\n  - { id: a, type: shell, command: \"true\" }\n",
+        "credentials",
+    ));
+    out.push(case(
+        "an unsupported repository URL",
+        "version: 1\nname: p\nrepositories:\n  r: { url: \"ftp://host/x\" }\nsteps:\n  - { id: a, type: shell, command: \"true\" }\n",
+        "file://",
+    ));
+
+    // Command lines.
+    let ok = with_step("{ id: a, type: shell, command: \"true\" }");
+    for (what, args, says) in [
+        (
+            "an undeclared --var",
+            vec!["--var", "nope=1"],
+            "declares no variable",
+        ),
+        ("--var without =", vec!["--var", "novalue"], "KEY=VALUE"),
+        ("--concurrency 0", vec!["--concurrency", "0"], "concurrency"),
+        ("--concurrency -1", vec!["--concurrency", "-1"], "-1"),
+        (
+            "--kill-grace huge",
+            vec!["--kill-grace", "99999999999999999999h"],
+            "too long",
+        ),
+        (
+            "--kill-grace without unit",
+            vec!["--kill-grace", "5"],
+            "no unit",
+        ),
+        (
+            "--confirm an unknown target",
+            vec!["--confirm", "prod"],
+            "no target",
+        ),
+        (
+            "--report a directory",
+            vec!["--report", "/"],
+            "is a directory",
+        ),
+        (
+            "--report in a missing directory",
+            vec!["--report", "/nonexistent/r.json"],
+            "does not exist",
+        ),
+        (
+            "--max-plan-nodes 5",
+            vec!["--max-plan-nodes", "5"],
+            "more than 5 nodes",
+        ),
+        (
+            "--max-plan-bytes 10",
+            vec!["--max-plan-bytes", "10"],
+            "larger than 10 bytes",
+        ),
+    ] {
+        let mut c = case(what, ok.clone(), says);
+        c.args = args.into_iter().map(String::from).collect();
+        out.push(c);
+    }
+    out
+}
+
+#[test]
+fn every_hostile_input_is_refused_with_exit_2_and_a_location() {
+    let ws = Workspace::new();
+    let cases = cases();
+    assert!(cases.len() >= 100, "only {} cases", cases.len());
+    let plan = ws.path("plan.yaml");
+    let mut failures = Vec::new();
+    for c in &cases {
+        std::fs::write(&plan, &c.plan).unwrap();
+        let out = opsrunner()
+            .arg("apply")
+            .arg(&plan)
+            .args(&c.args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let located = stderr.contains("plan.yaml") || stderr.contains("--") || !c.args.is_empty();
+        let problems = [
+            (
+                out.status.code() != Some(2),
+                format!("exit {:?}", out.status.code()),
+            ),
+            (stderr.contains("panicked"), "panicked".to_string()),
+            (
+                !stderr.contains(&c.says),
+                format!("does not say {:?}", c.says),
+            ),
+            (!located, "names no location".to_string()),
+            (
+                stderr.contains('\u{1b}'),
+                "an escape character reached the terminal".to_string(),
+            ),
+            (
+                !out.stdout.is_empty() && c.args.is_empty(),
+                "something ran".to_string(),
+            ),
+        ];
+        for (failed, what) in problems {
+            if failed {
+                failures.push(format!("{}: {what}\n{stderr}", c.name));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn a_plan_file_larger_than_the_limit_is_not_read_whole() {
+    let ws = Workspace::new();
+    // /dev/zero never ends: reading it whole would never finish.
+    let out = opsrunner()
+        .args(["validate", "/dev/zero"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("larger than"));
+    let big = ws.path("big.yaml");
+    std::fs::write(
+        &big,
+        format!(
+            "version: 1\nname: b\n# {}\nsteps:\n  - {{ id: a, type: shell, command: \"true\" }}\n",
+            "x".repeat(17 << 20)
+        ),
+    )
+    .unwrap();
+    let out = opsrunner().arg("validate").arg(&big).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = opsrunner()
+        .arg("validate")
+        .arg(&big)
+        .args(["--max-plan-bytes", "20000000"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
