@@ -86,6 +86,13 @@ pub fn prepare(args: &PlanArgs, env: BTreeMap<String, String>) -> Result<Prepare
             redactor.add_url_passwords(value);
         }
     }
+    // Credentials the plan did not declare (a pull request writes that list) are secrets
+    // all the same. Values too short to be credentials would mask half of every log.
+    for (name, value) in &env {
+        if crate::redact::is_credential_name(name) && value.chars().count() >= 4 {
+            redactor.add(value);
+        }
+    }
     Ok(Prepared {
         source,
         plan,
@@ -231,6 +238,9 @@ fn guard(p: &Prepared, confirm: &[String]) -> Result<(), String> {
 pub async fn apply(args: ApplyArgs) -> Result<(), Failure> {
     let p = prepare(&args.plan, process_env())?;
     let identities = load_identities(args.identity.as_deref())?;
+    for secret in identities.iter().flat_map(|i| i.secret_texts()) {
+        p.redactor.add(secret);
+    }
     // Finding out after an hour-long run that the report cannot be written helps nobody.
     if let Some(dir) = args.report.as_deref().and_then(Path::parent)
         && !dir.as_os_str().is_empty()

@@ -61,6 +61,29 @@ impl Redactor {
     }
 }
 
+/// Environment variables that hold credentials whatever the plan declares: PostgreSQL's and
+/// AWS's by name, and any whose name says it is a secret. Their values are redacted
+/// everywhere, even when a step prints them.
+pub fn is_credential_name(name: &str) -> bool {
+    const ALWAYS: &[&str] = &[
+        "PGPASSWORD",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_SECURITY_TOKEN",
+    ];
+    const MARKS: &[&str] = &[
+        "PASSWORD",
+        "PASSWD",
+        "SECRET",
+        "TOKEN",
+        "PRIVATE_KEY",
+        "API_KEY",
+        "CREDENTIAL",
+    ];
+    let upper = name.to_ascii_uppercase();
+    ALWAYS.contains(&upper.as_str()) || MARKS.iter().any(|m| upper.contains(m))
+}
+
 /// Finds `user:password@` in every `scheme://` URL of a text.
 fn url_passwords(text: &str) -> Vec<String> {
     let mut found = Vec::new();

@@ -550,3 +550,55 @@ fn a_plan_file_larger_than_the_limit_is_not_read_whole() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn credentials_never_leave_even_when_a_step_prints_them() {
+    let ws = Workspace::new();
+    let secrets = [
+        ("PGPASSWORD", "pg-pass-7f3a9c"),
+        ("AWS_SECRET_ACCESS_KEY", "aws-secret-51be02"),
+        ("AWS_SESSION_TOKEN", "aws-session-e8d1c4"),
+        ("DEPLOY_API_TOKEN", "deploy-token-90ab7e"),
+    ];
+    let plan = "version: 1\nname: leak\nsteps:\n  - { id: a, type: shell, command: \"echo $PGPASSWORD $AWS_SECRET_ACCESS_KEY; echo $AWS_SESSION_TOKEN $DEPLOY_API_TOKEN >&2\" }\n";
+    for format in ["text", "json"] {
+        let run = ws.apply_env(plan, &["--log-format", format], &secrets);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let all = run.everything();
+        for (name, value) in secrets {
+            assert!(
+                !all.contains(value),
+                "{name} leaked in the {format} log or report:\n{all}"
+            );
+        }
+        assert!(all.contains("***"), "{all}");
+        let preview = opsrunner()
+            .arg("plan")
+            .arg(ws.path("plan.yaml"))
+            .envs(secrets)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&preview.stdout);
+        assert!(preview.status.success(), "{text}");
+    }
+}
+
+#[test]
+fn errors_about_a_file_never_quote_its_content() {
+    let ws = Workspace::new();
+    std::fs::write(ws.path("pgpass"), "db:5432:*:app:hunter2-not-a-key\n").unwrap();
+    let plan = ws.write_plan(
+        "version: 1\nname: e\nrepositories:\n  r: { url: \"file://./repo\", encryption: { recipients_file: pgpass } }\nsteps:\n  - { id: b, type: backup, target: t, repository: r }\ntargets:\n  t: { url: \"postgres://u@localhost/db\" }\n",
+    );
+    // `plan` reads the recipients file to show who can read the backups; `apply` to encrypt.
+    for command in ["plan", "apply"] {
+        let out = opsrunner().arg(command).arg(&plan).output().unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!all.contains("hunter2"), "{command}: {all}");
+        assert!(all.contains("pgpass:1"), "{command}: {all}");
+    }
+}

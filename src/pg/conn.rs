@@ -73,9 +73,12 @@ impl ConnInfo {
         if let Some(p) = &self.password {
             options = options.password(p);
         }
+        // No statement text in logs, not even at debug level: a statement can carry a
+        // literal password (`alter role … password '…'`).
         Ok(options
             .application_name("opsrunner")
-            .log_statements(tracing::log::LevelFilter::Debug))
+            .log_statements(tracing::log::LevelFilter::Off)
+            .log_slow_statements(tracing::log::LevelFilter::Off, std::time::Duration::MAX))
     }
 
     pub async fn connect(&self) -> Result<PgConnection, sqlx::Error> {

@@ -47,8 +47,11 @@ pub fn parse_recipient(text: &str) -> Result<x25519::Recipient, String> {
     if text.starts_with("ssh-") {
         return Err("SSH keys are not supported as recipients; use an age key (`age1…`)".into());
     }
-    x25519::Recipient::from_str(text)
-        .map_err(|e| format!("`{text}` is not an age recipient (`age1…`): {e}"))
+    // The text is not quoted: it may come from a file that holds something else entirely
+    // (a password file named by mistake), and errors must not carry a file's content.
+    x25519::Recipient::from_str(text).map_err(|e| {
+        format!("not an age recipient (`age1…`): {e}; the value is not shown, it may be a secret")
+    })
 }
 
 impl Recipients {
@@ -132,6 +135,8 @@ impl<W: tokio::io::AsyncWrite + Unpin> EncryptingWriter<W> {
 pub struct Identities {
     path: PathBuf,
     keys: Arc<Vec<Box<dyn age::Identity + Send + Sync>>>,
+    /// The private keys as written, to be redacted wherever they might show up.
+    secrets: Arc<Vec<String>>,
 }
 
 impl Identities {
@@ -161,10 +166,22 @@ impl Identities {
                 path.display()
             ));
         }
+        let secrets = std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter(|w| is_private_key(w))
+            .map(str::to_string)
+            .collect();
         Ok(Identities {
             path: path.to_path_buf(),
             keys: Arc::new(keys),
+            secrets: Arc::new(secrets),
         })
+    }
+
+    /// The private keys as written in the identity file.
+    pub fn secret_texts(&self) -> &[String] {
+        &self.secrets
     }
 
     fn iter(&self) -> impl Iterator<Item = &dyn age::Identity> {
