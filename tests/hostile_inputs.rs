@@ -602,3 +602,28 @@ fn errors_about_a_file_never_quote_its_content() {
         assert!(all.contains("pgpass:1"), "{command}: {all}");
     }
 }
+
+#[test]
+fn values_in_shell_commands_stay_one_word() {
+    let ws = Workspace::new();
+    let plan = "version: 1\nname: q\nvars: { v: x }\nsteps:\n  - { id: a, type: shell, command: \"printf '[%s]\\\\n' {{ vars.v }} {{ env.QUOTED }}\" }\n  - { id: raw, type: shell, needs: [a], command: \"{{{ vars.v }}}\" }\n";
+    let run = ws.apply_env(
+        plan,
+        &["--var", "v=hello; echo INJECTED"],
+        &[("QUOTED", "it's \"quoted\" $(id)")],
+    );
+    // The first step printed each value as one argument; only the explicitly raw
+    // `{{{ }}}` ran the text as shell.
+    assert!(
+        run.stderr.contains("a | [hello; echo INJECTED]"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("a | [it's \"quoted\" $(id)]"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("raw | INJECTED"), "{}", run.stderr);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+}

@@ -37,7 +37,12 @@ pub fn references(text: &str) -> Result<Vec<Reference>, String> {
         let Some(len) = rest[start..].find("}}") else {
             break;
         };
-        let inner = rest[start + 2..start + len].trim().trim_matches('~').trim();
+        // `{{{ path }}}` (raw, for shell commands) names a value too.
+        let inner = rest[start + 2..start + len]
+            .trim_start_matches('{')
+            .trim()
+            .trim_matches('~')
+            .trim();
         if !is_path(inner) && !inner.is_empty() {
             return Err(format!(
                 "invalid template `{{{{ {inner} }}}}`: a template names one value, such as `{{{{ vars.NAME }}}}`, `{{{{ env.NAME }}}}` or `{{{{ steps.ID.outputs.NAME }}}}`; helpers, blocks and partials are not supported"
@@ -114,6 +119,22 @@ pub fn lookup<'a>(context: &'a Value, path: &[String]) -> Option<&'a Value> {
 /// The renderer. One per run; cheap to share.
 pub struct Templates {
     registry: Handlebars<'static>,
+    /// For shell commands: every value is shell-quoted; `{{{ … }}}` inserts it raw.
+    shell: Handlebars<'static>,
+}
+
+/// A value as one shell word: left alone when it has no character the shell would
+/// interpret, otherwise in single quotes (a quote inside as `'\''`).
+pub fn shell_quote(value: &str) -> String {
+    let plain = !value.is_empty()
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%".contains(c));
+    if plain {
+        value.to_string()
+    } else {
+        format!("'{}'", value.replace('\'', "'\\''"))
+    }
 }
 
 impl Default for Templates {
@@ -127,7 +148,10 @@ impl Templates {
         let mut registry = Handlebars::new();
         registry.set_strict_mode(true);
         registry.register_escape_fn(handlebars::no_escape);
-        Templates { registry }
+        let mut shell = Handlebars::new();
+        shell.set_strict_mode(true);
+        shell.register_escape_fn(shell_quote);
+        Templates { registry, shell }
     }
 
     /// Renders one string. Missing values are reported by their path, e.g.
@@ -137,6 +161,33 @@ impl Templates {
     /// large plan holds every step's outputs, so each string is rendered against a copy of
     /// just the values it refers to.
     pub fn render_str(&self, text: &str, context: &Value) -> Result<String, String> {
+        self.render_with(&self.registry, text, context)
+    }
+
+    /// Renders a step's parameters. A shell step's `command` gets every value shell-quoted,
+    /// so that a variable holding `x; rm -rf ~` stays one word; `{{{ … }}}` is the explicit
+    /// way to insert shell text. Preview and apply both render through here.
+    pub fn render_params(
+        &self,
+        type_name: &str,
+        params: &Value,
+        context: &Value,
+    ) -> Result<Value, String> {
+        let mut rendered = self.render_value(params, context)?;
+        if type_name == "shell"
+            && let Some(Value::String(command)) = params.get("command")
+        {
+            rendered["command"] = Value::String(self.render_with(&self.shell, command, context)?);
+        }
+        Ok(rendered)
+    }
+
+    fn render_with(
+        &self,
+        registry: &Handlebars<'static>,
+        text: &str,
+        context: &Value,
+    ) -> Result<String, String> {
         if !has_template(text) {
             return Ok(text.to_string());
         }
@@ -161,7 +212,7 @@ impl Templates {
             }
             insert_path(&mut needed, &reference.path, value.clone());
         }
-        self.registry
+        registry
             .render_template(text, &needed)
             .map_err(|e| format!("template error: {}", e.reason()))
     }
@@ -251,6 +302,24 @@ mod tests {
         assert_eq!(refs[0].dotted(), "steps.my-step.outputs.id");
         assert_eq!(refs[0].offset, 5);
         assert_eq!(refs[1].dotted(), "vars.a");
+    }
+
+    #[test]
+    fn shell_commands_get_quoted_values_unless_raw() {
+        let t = Templates::new();
+        let ctx = json!({"vars": {"v": "hello; echo INJECTED", "q": "it's", "w": "plain-1.2"}});
+        let params = json!({"command": "echo {{ vars.v }} {{ vars.q }} {{ vars.w }} {{{ vars.w }}}", "env": {"A": "{{ vars.v }}"}});
+        let out = t.render_params("shell", &params, &ctx).unwrap();
+        assert_eq!(
+            out["command"],
+            "echo 'hello; echo INJECTED' 'it'\\''s' plain-1.2 plain-1.2"
+        );
+        assert_eq!(out["env"]["A"], "hello; echo INJECTED");
+        let out = t
+            .render_params("sql", &json!({"query": "{{ vars.q }}"}), &ctx)
+            .unwrap();
+        assert_eq!(out["query"], "it's");
+        assert!(references("echo {{{ vars.v }}}").is_ok());
     }
 
     #[test]

@@ -362,7 +362,7 @@ impl StepTask {
         let redactor = self.events.redactor();
         let rendered = self
             .templates
-            .render_value(&step.raw_params, &self.context)
+            .render_params(step.kind.type_name(), &step.raw_params, &self.context)
             .map_err(StepError::permanent)?;
         let mut rendered_strings = Vec::new();
         crate::plan::template::strings(&rendered, &mut rendered_strings);

@@ -69,7 +69,7 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
     let mut steps_out = Vec::new();
     for (position, &i) in input.plan.dag.order.iter().enumerate() {
         let step = &plan.steps[i];
-        let rendered = templates.render_value(&step.raw_params, &context);
+        let rendered = templates.render_params(step.kind.type_name(), &step.raw_params, &context);
         let (params, kind) = match rendered {
             Ok(v) => {
                 let mut strings = Vec::new();
