@@ -48,14 +48,18 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 measure() { # name file → "seconds KiB exit"
   local name=$1 file=$2 secs=() kib=() code=0
   for _ in $(seq "$RUNS"); do
-    /usr/bin/time -f "%e %M" -o "$WORK/t" "$OPS" validate "$file" >/dev/null 2>"$WORK/err" || code=$?
-    read -r s k < "$WORK/t"
-    secs+=("$s"); kib+=("$k")
+    local start end
+    start=$(date +%s%N)
+    /usr/bin/time -f "%M" -o "$WORK/t" "$OPS" validate "$file" >/dev/null 2>"$WORK/err" || code=$?
+    end=$(date +%s%N)
+    # GNU time puts "Command exited with non-zero status N" first: the figure is last.
+    secs+=("$(awk -v ns=$((end - start)) 'BEGIN { printf "%.4f", ns / 1e9 }')")
+    kib+=("$(tail -n 1 "$WORK/t")")
   done
   local s k
   s=$(printf '%s\n' "${secs[@]}" | median)
   k=$(printf '%s\n' "${kib[@]}" | median)
-  printf '%-6s %8s bytes  %6s s  %8s KiB  exit %s\n' "$name" "$(stat -c %s "$file")" "$s" "$k" "$code"
+  printf '%-6s %8s bytes  %8s s  %8s KiB  exit %s\n' "$name" "$(stat -c %s "$file")" "$s" "$k" "$code"
   eval "S_$name=$s K_$name=$k B_$name=$(stat -c %s "$file")"
 }
 

@@ -41,6 +41,8 @@ pub struct PlanArgs {
     pub color: bool,
     /// What loading the plan may cost.
     pub limits: crate::plan::yaml::Limits,
+    /// `plan --untrusted`: preview without reading the environment or contacting anything.
+    pub untrusted: bool,
 }
 
 /// A checked plan with everything needed to preview or run it.
@@ -122,6 +124,10 @@ pub fn validate(args: &PlanArgs) -> Result<String, Failure> {
 }
 
 pub async fn build_preview(p: &Prepared, confirm: &[String]) -> PlanPreview {
+    build_preview_with(p, confirm, false).await
+}
+
+pub async fn build_preview_with(p: &Prepared, confirm: &[String], untrusted: bool) -> PlanPreview {
     preview::build(
         &PreviewInput {
             source: &p.source,
@@ -129,6 +135,7 @@ pub async fn build_preview(p: &Prepared, confirm: &[String]) -> PlanPreview {
             vars: &p.vars,
             env: &p.env,
             confirmed: confirm,
+            untrusted,
         },
         &p.redactor,
     )
@@ -147,7 +154,7 @@ pub fn render_preview(preview: &PlanPreview, format: PreviewFormat) -> String {
 pub fn plan(args: &PlanArgs, format: PreviewFormat, out: Option<&Path>) -> Result<String, Failure> {
     let p = prepare(args, process_env())?;
     let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
-    let preview = runtime.block_on(build_preview(&p, &args.confirm));
+    let preview = runtime.block_on(build_preview_with(&p, &args.confirm, args.untrusted));
     let text = render_preview(&preview, format);
     match out {
         Some(path) => {

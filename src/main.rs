@@ -82,6 +82,10 @@ enum Command {
         /// Preview as if `--confirm TARGET` were given to apply (repeatable).
         #[arg(long, value_name = "TARGET")]
         confirm: Vec<String>,
+        /// Review mode for plans from pull requests: no network connection, no process, no
+        /// file read beyond the plan; `env.*` shown as placeholders, never their values.
+        #[arg(long)]
+        untrusted: bool,
     },
     /// Run the plan: steps in dependency order, concurrently where possible, with retries and timeouts.
     #[command(after_help = APPLY_HELP)]
@@ -219,6 +223,7 @@ fn plan_args(p: PlanFileArgs, confirm: Vec<String>, color: bool) -> PlanArgs {
         vars: p.vars,
         confirm,
         color,
+        untrusted: false,
     }
 }
 
@@ -233,7 +238,14 @@ fn main() {
             format,
             out,
             confirm,
-        } => commands::plan(&plan_args(plan, confirm, color), format, out.as_deref()),
+            untrusted,
+        } => {
+            let args = PlanArgs {
+                untrusted,
+                ..plan_args(plan, confirm, color)
+            };
+            commands::plan(&args, format, out.as_deref())
+        }
         Command::Graph { plan, format } => commands::graph(&plan_args(plan, vec![], color), format),
         Command::Schema { which } => Ok(commands::schema(which)),
         Command::Backups { command } => {

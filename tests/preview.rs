@@ -24,6 +24,7 @@ async fn preview(format: PreviewFormat, confirm: Vec<String>) -> String {
         confirm: confirm.clone(),
         color: false,
         limits: Default::default(),
+        untrusted: false,
     };
     let prepared = commands::prepare(&args, fixture_env()).expect("fixture plan is valid");
     let preview = commands::build_preview(&prepared, &confirm).await;

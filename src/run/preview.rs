@@ -57,13 +57,21 @@ pub struct PreviewInput<'a> {
     pub vars: &'a BTreeMap<String, Value>,
     pub env: &'a BTreeMap<String, String>,
     pub confirmed: &'a [String],
+    /// Review mode: no probe runs and no environment value is read (see README).
+    pub untrusted: bool,
 }
+
+/// How long one probe (a server's applied migrations, a repository's listing) may take.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long all probes of one preview may take together.
+const PREVIEW_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview {
     let plan = &input.plan.plan;
     let mut warnings = Vec::new();
     let context = preview_context(input, &mut warnings);
     let templates = Templates::new();
+    let started = std::time::Instant::now();
     let base_dir = input.source.base_dir();
     let mut confirmations = Vec::new();
     let mut steps_out = Vec::new();
@@ -88,7 +96,11 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
         let protected = target
             .as_ref()
             .is_some_and(|t| plan.targets.get(t).is_some_and(|t| t.protected));
-        let destructive = steps::destructive(&kind, &base_dir);
+        // Under --untrusted no file is read: SQL from a file counts as destructive.
+        let destructive = match &kind {
+            StepKind::Sql(p) if input.untrusted && p.file.is_some() => true,
+            _ => steps::destructive(&kind, &base_dir),
+        };
         if let Some(t) = &target
             && protected
             && destructive
@@ -137,11 +149,33 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
                     .unwrap_or_else(|_| r.url.clone());
                 crate::plan::model::Repository { url, ..r.clone() }
             });
-        let details = steps::preview_reads::details(&kind, &base_dir, view, repo.as_ref())
-            .await
-            .into_iter()
-            .map(|d| redactor.redact(&d))
-            .collect();
+        let details = if input.untrusted {
+            steps::preview_reads::skipped(&kind)
+                .map(|what| format!("probe skipped (--untrusted): would read {what}"))
+                .into_iter()
+                .collect()
+        } else if started.elapsed() >= PREVIEW_DEADLINE {
+            vec![format!(
+                "probe skipped: the preview's {}s deadline has passed",
+                PREVIEW_DEADLINE.as_secs()
+            )]
+        } else {
+            let limit = PROBE_TIMEOUT.min(PREVIEW_DEADLINE - started.elapsed());
+            let probe = steps::preview_reads::details(&kind, &base_dir, view, repo.as_ref());
+            match tokio::time::timeout(limit, probe).await {
+                Ok(lines) => lines,
+                Err(_) => vec![format!(
+                    "probe timed out after {}s: nothing could be read{}",
+                    limit.as_secs(),
+                    steps::preview_reads::skipped(&kind)
+                        .map(|w| format!(" about {w}"))
+                        .unwrap_or_default()
+                )],
+            }
+        }
+        .into_iter()
+        .map(|d| redactor.redact(&d))
+        .collect();
         let mut params = params;
         redactor.redact_json(&mut params);
         steps_out.push(StepPreview {
@@ -203,6 +237,11 @@ fn preview_context(input: &PreviewInput<'_>, warnings: &mut Vec<String>) -> Valu
         for r in template::references(text).unwrap_or_default() {
             if r.path.len() == 2 && r.path[0] == "env" {
                 let name = &r.path[1];
+                if input.untrusted {
+                    // The plan's author chose these names: never show, never send, a value.
+                    env.insert(name.clone(), Value::String(format!("(env {name})")));
+                    continue;
+                }
                 let value = match input.env.get(name) {
                     Some(v) => v.clone(),
                     None => {

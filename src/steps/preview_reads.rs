@@ -113,6 +113,21 @@ pub async fn details(
     }
 }
 
+/// What [`details`] would read for a step, for `plan --untrusted` (which reads nothing) and
+/// for probes that timed out; `None` when it reads nothing.
+pub fn skipped(kind: &StepKind) -> Option<&'static str> {
+    match kind {
+        StepKind::Reset(_) => Some("the migration and seed files"),
+        StepKind::Migrate(_) => Some("the migration files and which the target has applied"),
+        StepKind::Seed(_) => Some("the seed files"),
+        StepKind::Restore(p) if p.backup == "latest" => Some("which backup `latest` is"),
+        StepKind::Verify(p) if p.backup == "latest" => Some("which backup `latest` is"),
+        StepKind::Backup(_) => Some("the repository's settings and recipients"),
+        StepKind::Prune(_) => Some("which backups the policy would delete"),
+        _ => None,
+    }
+}
+
 /// Where a backup goes and how it is protected, with the recipients read now: a reviewer
 /// sees which keys will be able to read the backups, and a broken recipients file shows
 /// up before the night it is needed.

@@ -39,7 +39,18 @@ fn one_line(sql: &str) -> String {
 pub fn destructive(p: &SqlParams, base_dir: &Path) -> bool {
     let text = match (&p.query, &p.file) {
         (Some(q), _) => q.clone(),
-        (None, Some(f)) => std::fs::read_to_string(base_dir.join(f)).unwrap_or_default(),
+        // Only a regular file is read (a FIFO would block the preview forever), and only so
+        // much of it; what cannot be read counts as destructive.
+        (None, Some(f)) => {
+            let path = base_dir.join(f);
+            if !std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() <= 16 << 20) {
+                return true;
+            }
+            match std::fs::read_to_string(&path) {
+                Ok(text) => text,
+                Err(_) => return true,
+            }
+        }
         _ => String::new(),
     };
     let upper = text.to_uppercase();
