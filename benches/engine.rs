@@ -171,6 +171,7 @@ fn main() {
                 builder
             });
             let opts = ExecOptions {
+                confirmed: Vec::new(),
                 concurrency,
                 vars: valid.plan.vars.clone(),
                 env: BTreeMap::new(),

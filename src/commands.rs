@@ -335,6 +335,7 @@ pub async fn apply(args: ApplyArgs) -> Result<(), Failure> {
         kill_grace: args.kill_grace,
         identities,
         fixed_target_urls,
+        confirmed: args.plan.confirm.clone(),
     };
     let summary =
         executor::execute(Arc::new(p.plan), opts, Arc::new(Builtin), events, cancel).await;

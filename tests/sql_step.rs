@@ -110,7 +110,7 @@ targets:
   prod: { url: "{{ env.DATABASE_URL }}", protected: true }
 steps:
   - { id: first, type: shell, command: touch first-ran }
-  - { id: wipe, type: sql, target: prod, needs: [first], query: "drop table precious" }
+  - { id: wipe, type: sql, target: prod, needs: [first], writes: true, query: "drop table precious" }
 "#;
     let refused = apply_with_db(&ws, &cluster, yaml, &[]);
     assert_eq!(refused.code, 3, "{}", refused.stderr);
@@ -138,4 +138,84 @@ steps:
         ),
         "0"
     );
+}
+
+/// A step, its command-line arguments and its environment.
+type Attempt<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, &'a str)]);
+
+#[test]
+fn sql_on_a_protected_target_is_read_only_unless_the_step_writes() {
+    let cluster = Cluster::start();
+    cluster.psql(
+        "postgres",
+        "create table gt (id int); insert into gt values (1)",
+    );
+    let ws = Workspace::new();
+    std::fs::write(ws.path("wipe.sql"), "drop table gt").unwrap();
+    let plan = |step: &str| {
+        format!(
+            "version: 1\nname: guarded\nvars: {{ q: \"select 1\", f: empty.sql }}\ntargets:\n  prod: {{ url: \"{{{{ env.DATABASE_URL }}}}\", protected: true }}\nsteps:\n  - {step}\n"
+        )
+    };
+    // Each of these drops the table without a keyword in the plan as written.
+    let attempts: [Attempt; 5] = [
+        (
+            "{ id: s, type: sql, target: prod, query: \"{{ vars.q }}\" }",
+            &["--var", "q=drop table gt"],
+            &[],
+        ),
+        (
+            "{ id: s, type: sql, target: prod, query: \"{{ env.Q }}\" }",
+            &[],
+            &[("Q", "drop table gt")],
+        ),
+        (
+            "{ id: s, type: sql, target: prod, file: \"{{ vars.f }}\" }",
+            &["--var", "f=wipe.sql"],
+            &[],
+        ),
+        (
+            "{ id: s, type: sql, target: prod, query: \"do $$ begin execute 'dr' || 'op table gt'; end $$\" }",
+            &[],
+            &[],
+        ),
+        (
+            "{ id: s, type: sql, target: prod, query: \"select 1; create table other (id int)\" }",
+            &[],
+            &[],
+        ),
+    ];
+    for (step, args, env) in attempts {
+        let mut env = env.to_vec();
+        let url = cluster.url("postgres");
+        env.push(("DATABASE_URL", &url));
+        let run = ws.apply_env(&plan(step), args, &env);
+        assert_eq!(run.code, 3, "{step}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("protected") && run.stderr.contains("--confirm prod"),
+            "{step}: {}",
+            run.stderr
+        );
+        assert_eq!(
+            cluster.psql("postgres", "select count(*) from gt"),
+            "1",
+            "{step}"
+        );
+    }
+    // Reading works; `writes: true` is destructive and needs --confirm, then writes.
+    let url = cluster.url("postgres");
+    let env = [("DATABASE_URL", url.as_str())];
+    let read = ws.apply_env(
+        &plan("{ id: s, type: sql, target: prod, query: \"select count(*) from gt\" }"),
+        &[],
+        &env,
+    );
+    assert_eq!(read.code, 0, "{}", read.stderr);
+    let writes = plan(
+        "{ id: s, type: sql, target: prod, writes: true, query: \"insert into gt values (2)\" }",
+    );
+    assert_eq!(ws.apply_env(&writes, &[], &env).code, 3);
+    let confirmed = ws.apply_env(&writes, &["--confirm", "prod"], &env);
+    assert_eq!(confirmed.code, 0, "{}", confirmed.stderr);
+    assert_eq!(cluster.psql("postgres", "select count(*) from gt"), "2");
 }

@@ -415,6 +415,11 @@ pub struct SqlParams {
     /// Run all statements in one transaction: all of them take effect, or none.
     #[serde(default)]
     pub transaction: bool,
+    /// The SQL changes data. On a `protected` target, SQL runs in a read-only session
+    /// unless the step says it writes; a step that writes is destructive there and needs
+    /// `--confirm TARGET`.
+    #[serde(default)]
+    pub writes: bool,
 }
 
 /// `wait_ready`: waits until a target accepts connections. The step's `timeout` bounds the

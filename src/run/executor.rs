@@ -55,6 +55,8 @@ pub struct ExecOptions {
     pub identities: Option<crate::repo::crypto::Identities>,
     /// URLs of targets that are not rendered from the plan: ephemeral clusters.
     pub fixed_target_urls: BTreeMap<String, String>,
+    /// Protected targets that `--confirm` allows destructive steps on.
+    pub confirmed: Vec<String>,
 }
 
 /// How each step ended, in plan order.
@@ -328,6 +330,10 @@ impl StepTask {
         let prepared = self.prepare();
         let (status, outputs, error) = match prepared {
             Err(e) => {
+                if e.kind == ErrorKind::Refused {
+                    self.refused
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 attempts.push(Attempt {
                     number: 1,
                     started_at,
@@ -402,7 +408,29 @@ impl StepTask {
                 },
             );
         }
+        // The guard before the run looked at the plan as written; templates may have turned
+        // a harmless-looking step into a destructive one. Checked again on what will run.
+        if let Some(name) = kind.target()
+            && self.plan.plan.targets[name].protected
+            && crate::steps::destructive(&kind, &self.opts.base_dir)
+            && !self.opts.confirmed.iter().any(|c| c == name)
+        {
+            return Err(StepError {
+                kind: ErrorKind::Refused,
+                message: format!(
+                    "with its templates rendered, the step may destroy data on protected target `{name}`; nothing was run. Pass --confirm {name} to go ahead"
+                ),
+            });
+        }
         let ctx = StepContext {
+            protected: self
+                .plan
+                .plan
+                .targets
+                .iter()
+                .filter(|(_, t)| t.protected)
+                .map(|(n, _)| n.clone())
+                .collect(),
             step_id: step.id().to_string(),
             base_dir: self.opts.base_dir.clone(),
             targets,

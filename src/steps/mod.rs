@@ -104,6 +104,8 @@ pub struct StepContext {
     pub run_id: String,
     /// age identities for reading encrypted backups (`--identity`).
     pub identities: Option<crate::repo::crypto::Identities>,
+    /// Targets declared `protected`: SQL runs read-only there unless the step writes.
+    pub protected: std::collections::BTreeSet<String>,
 }
 
 impl StepContext {
@@ -222,6 +224,6 @@ pub fn destructive(kind: &StepKind, base_dir: &std::path::Path) -> bool {
         // may drop data.
         StepKind::Migrate(p) => p.action == crate::plan::model::MigrateAction::Revert,
         StepKind::Seed(_) => false,
-        StepKind::Sql(p) => sql::destructive(p, base_dir),
+        StepKind::Sql(p) => p.writes || sql::destructive(p, base_dir),
     }
 }

@@ -1,7 +1,7 @@
 //! `sql`: runs SQL text against a target through sqlx. The simple query protocol is used,
 //! so a file may hold several statements and every value comes back as text.
 
-use super::{StepContext, StepError};
+use super::{ErrorKind, StepContext, StepError};
 use crate::pg::conn::ConnInfo;
 use crate::pg::server::classify;
 use crate::plan::model::SqlParams;
@@ -80,6 +80,16 @@ pub async fn run(p: &SqlParams, ctx: &StepContext) -> Result<Outputs, StepError>
             .connect()
             .await
             .map_err(|e| classify(&e, &format!("cannot connect to target `{}`", p.target)))?;
+        let read_only = ctx.protected.contains(&p.target) && !p.writes;
+        if read_only {
+            // The server enforces what a keyword scan cannot: no SQL text, however built
+            // (templates, `execute 'dr' || 'op …'`, a file written by an earlier step),
+            // writes through this session.
+            sqlx::raw_sql("set default_transaction_read_only = on")
+                .execute(&mut conn)
+                .await
+                .map_err(|e| classify(&e, "cannot make the session read-only"))?;
+        }
         let sql = sqlx::raw_sql(sqlx::AssertSqlSafe(text));
         let rows = if p.transaction {
             // All statements or none: a failure rolls the transaction back when it is dropped.
@@ -120,8 +130,23 @@ pub async fn run(p: &SqlParams, ctx: &StepContext) -> Result<Outputs, StepError>
         Ok(outputs)
     };
     tokio::select! {
-        result = work => result,
+        result = work => result.map_err(|e| read_only_refusal(e, &p.target)),
         // Dropping the connection closes the socket; the server then cancels the query.
         _ = ctx.cancel.cancelled() => Err(StepError::cancelled()),
+    }
+}
+
+/// A write refused by the read-only session on a protected target, in plain words.
+fn read_only_refusal(e: StepError, target: &str) -> StepError {
+    if e.message.contains("SQLSTATE 25006") {
+        StepError {
+            kind: ErrorKind::Refused,
+            message: format!(
+                "{}: target `{target}` is protected, so SQL runs read-only; if the step is meant to change data, declare `writes: true` (it then needs --confirm {target})",
+                e.message
+            ),
+        }
+    } else {
+        e
     }
 }
