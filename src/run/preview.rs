@@ -161,7 +161,13 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
             )]
         } else {
             let limit = PROBE_TIMEOUT.min(PREVIEW_DEADLINE - started.elapsed());
-            let probe = steps::preview_reads::details(&kind, &base_dir, view, repo.as_ref());
+            // Boxed: the probes' futures are deep, and every caller would carry their layout.
+            let probe = Box::pin(steps::preview_reads::details(
+                &kind,
+                &base_dir,
+                view,
+                repo.as_ref(),
+            ));
             match tokio::time::timeout(limit, probe).await {
                 Ok(lines) => lines,
                 Err(_) => vec![format!(
