@@ -43,6 +43,8 @@ pub struct PlanArgs {
     pub limits: crate::plan::yaml::Limits,
     /// `plan --untrusted`: preview without reading the environment or contacting anything.
     pub untrusted: bool,
+    /// `plan --base OLD`: probe only what is unchanged against the reviewed plan.
+    pub base: Option<PathBuf>,
 }
 
 /// A checked plan with everything needed to preview or run it.
@@ -124,10 +126,15 @@ pub fn validate(args: &PlanArgs) -> Result<String, Failure> {
 }
 
 pub async fn build_preview(p: &Prepared, confirm: &[String]) -> PlanPreview {
-    build_preview_with(p, confirm, false).await
+    build_preview_with(p, confirm, false, None).await
 }
 
-pub async fn build_preview_with(p: &Prepared, confirm: &[String], untrusted: bool) -> PlanPreview {
+pub async fn build_preview_with(
+    p: &Prepared,
+    confirm: &[String],
+    untrusted: bool,
+    base: Option<preview::BaseTrust>,
+) -> PlanPreview {
     preview::build(
         &PreviewInput {
             source: &p.source,
@@ -136,6 +143,7 @@ pub async fn build_preview_with(p: &Prepared, confirm: &[String], untrusted: boo
             env: &p.env,
             confirmed: confirm,
             untrusted,
+            base,
         },
         &p.redactor,
     )
@@ -154,7 +162,15 @@ pub fn render_preview(preview: &PlanPreview, format: PreviewFormat) -> String {
 pub fn plan(args: &PlanArgs, format: PreviewFormat, out: Option<&Path>) -> Result<String, Failure> {
     let p = prepare(args, process_env())?;
     let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
-    let preview = runtime.block_on(build_preview_with(&p, &args.confirm, args.untrusted));
+    let base = match &args.base {
+        None => None,
+        Some(path) => {
+            let old = PlanSource::read_within(path, args.limits).map_err(Failure::Plan)?;
+            let (_, old) = plan::check(old).map_err(Failure::Plan)?;
+            Some(preview::BaseTrust::between(&old.plan, &p.plan.plan))
+        }
+    };
+    let preview = runtime.block_on(build_preview_with(&p, &args.confirm, args.untrusted, base));
     let text = render_preview(&preview, format);
     match out {
         Some(path) => {

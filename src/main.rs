@@ -86,6 +86,11 @@ enum Command {
         /// file read beyond the plan; `env.*` shown as placeholders, never their values.
         #[arg(long)]
         untrusted: bool,
+        /// The reviewed version of this plan (e.g. from the main branch): probes run only for
+        /// steps whose targets and repositories are defined exactly as there; everything else
+        /// is previewed as with --untrusted.
+        #[arg(long, value_name = "OLD_PLAN", conflicts_with = "untrusted")]
+        base: Option<PathBuf>,
     },
     /// Run the plan: steps in dependency order, concurrently where possible, with retries and timeouts.
     #[command(after_help = APPLY_HELP)]
@@ -224,6 +229,7 @@ fn plan_args(p: PlanFileArgs, confirm: Vec<String>, color: bool) -> PlanArgs {
         confirm,
         color,
         untrusted: false,
+        base: None,
     }
 }
 
@@ -239,9 +245,11 @@ fn main() {
             out,
             confirm,
             untrusted,
+            base,
         } => {
             let args = PlanArgs {
                 untrusted,
+                base,
                 ..plan_args(plan, confirm, color)
             };
             commands::plan(&args, format, out.as_deref())

@@ -721,3 +721,49 @@ fn a_probe_that_never_answers_times_out_and_says_so() {
     assert!(text.contains("probe timed out after 10s"), "{text}");
     assert!(hits.load(std::sync::atomic::Ordering::SeqCst) > 0);
 }
+
+#[test]
+fn a_preview_against_a_base_plan_probes_only_what_is_unchanged() {
+    let ws = Workspace::new();
+    let (addr, hits) = trap();
+    let base = "version: 1\nname: nightly\ntargets:\n  prod: { url: \"{{ env.PROD_URL }}\" }\nrepositories:\n  local: { url: \"file://./repo\" }\nsteps:\n  - { id: up, type: migrate, target: prod, dir: migrations }\n  - { id: prune, type: prune, repository: local, keep: { last: 2 } }\n";
+    let old = ws.path("base.yaml");
+    std::fs::write(&old, base).unwrap();
+    // The pull request points `prod` at its own host and adds a step printing a secret.
+    let new_text = base.replace(
+        "\"{{ env.PROD_URL }}\"",
+        &format!("\"postgres://u:{{{{ env.PROD_PASSWORD }}}}@{addr}/db\""),
+    ) + "  - { id: show, type: shell, command: \"echo {{ env.PROD_URL }}\" }\n";
+    let new = ws.write_plan(&new_text);
+    let out = opsrunner()
+        .arg("plan")
+        .arg(&new)
+        .arg("--base")
+        .arg(&old)
+        .env("PROD_URL", "postgres://app@db.internal/app")
+        .env("PROD_PASSWORD", "base-mode-secret-1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("probe skipped (target `prod` is new or changed against the base plan)"),
+        "{text}"
+    );
+    // The unchanged repository was read: prune says what it found.
+    assert!(
+        text.contains("the repository holds no backup to consider"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("base-mode-secret-1") && !text.contains("db.internal"),
+        "{text}"
+    );
+    assert!(text.contains("(env PROD_URL)"), "{text}");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+}

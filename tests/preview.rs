@@ -25,6 +25,7 @@ async fn preview(format: PreviewFormat, confirm: Vec<String>) -> String {
         color: false,
         limits: Default::default(),
         untrusted: false,
+        base: None,
     };
     let prepared = commands::prepare(&args, fixture_env()).expect("fixture plan is valid");
     let preview = commands::build_preview(&prepared, &confirm).await;

@@ -59,6 +59,71 @@ pub struct PreviewInput<'a> {
     pub confirmed: &'a [String],
     /// Review mode: no probe runs and no environment value is read (see README).
     pub untrusted: bool,
+    /// `plan NEW --base OLD`: the targets and repositories defined exactly as in the
+    /// reviewed plan. Probes run only for steps that use nothing else; environment values
+    /// are shown as placeholders throughout.
+    pub base: Option<BaseTrust>,
+}
+
+/// What `--base` found unchanged.
+#[derive(Debug, Clone, Default)]
+pub struct BaseTrust {
+    pub targets: std::collections::BTreeSet<String>,
+    pub repositories: std::collections::BTreeSet<String>,
+}
+
+impl BaseTrust {
+    /// Compares each target and repository definition of `new` with `old`'s, as written
+    /// (templates unrendered: `{{ env.X }}` must name the same variable).
+    pub fn between(old: &crate::plan::model::Plan, new: &crate::plan::model::Plan) -> BaseTrust {
+        let same = |a: &dyn erased::Json, b: Option<&dyn erased::Json>| {
+            b.is_some_and(|b| a.json() == b.json())
+        };
+        BaseTrust {
+            targets: new
+                .targets
+                .iter()
+                .filter(|(n, t)| same(*t, old.targets.get(*n).map(|t| t as &dyn erased::Json)))
+                .map(|(n, _)| n.clone())
+                .collect(),
+            repositories: new
+                .repositories
+                .iter()
+                .filter(|(n, r)| same(*r, old.repositories.get(*n).map(|r| r as &dyn erased::Json)))
+                .map(|(n, _)| n.clone())
+                .collect(),
+        }
+    }
+
+    /// Why a step's probes may not run, if they may not.
+    fn refuses(&self, kind: &StepKind) -> Option<String> {
+        if let Some(t) = kind.target().filter(|t| !self.targets.contains(*t)) {
+            return Some(format!(
+                "target `{t}` is new or changed against the base plan"
+            ));
+        }
+        if let Some(r) = kind
+            .repository()
+            .filter(|r| !self.repositories.contains(*r))
+        {
+            return Some(format!(
+                "repository `{r}` is new or changed against the base plan"
+            ));
+        }
+        None
+    }
+}
+
+/// Serializing any definition for comparison.
+mod erased {
+    pub trait Json {
+        fn json(&self) -> serde_json::Value;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn json(&self) -> serde_json::Value {
+            serde_json::to_value(self).unwrap_or_default()
+        }
+    }
 }
 
 /// How long one probe (a server's applied migrations, a repository's listing) may take.
@@ -70,6 +135,17 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
     let plan = &input.plan.plan;
     let mut warnings = Vec::new();
     let context = preview_context(input, &mut warnings);
+    // Probes under --base connect with the real values, only to unchanged definitions.
+    let probe_context = match &input.base {
+        Some(_) => preview_context(
+            &PreviewInput {
+                base: None,
+                ..*input
+            },
+            &mut Vec::new(),
+        ),
+        None => context.clone(),
+    };
     let templates = Templates::new();
     let started = std::time::Instant::now();
     let base_dir = input.source.base_dir();
@@ -129,7 +205,7 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
                 if t.ephemeral {
                     None
                 } else {
-                    templates.render_str(t.url_template(), &context).ok()
+                    templates.render_str(t.url_template(), &probe_context).ok()
                 }
             });
         let view = match target.as_ref().and_then(|t| plan.targets.get(t)) {
@@ -145,13 +221,19 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
             .and_then(|r| plan.repositories.get(r))
             .map(|r| {
                 let url = templates
-                    .render_str(&r.url, &context)
+                    .render_str(&r.url, &probe_context)
                     .unwrap_or_else(|_| r.url.clone());
                 crate::plan::model::Repository { url, ..r.clone() }
             });
+        let base_refuses = input.base.as_ref().and_then(|b| b.refuses(&kind));
         let details = if input.untrusted {
             steps::preview_reads::skipped(&kind)
                 .map(|what| format!("probe skipped (--untrusted): would read {what}"))
+                .into_iter()
+                .collect()
+        } else if let Some(why) = base_refuses {
+            steps::preview_reads::skipped(&kind)
+                .map(|what| format!("probe skipped ({why}): would read {what}"))
                 .into_iter()
                 .collect()
         } else if started.elapsed() >= PREVIEW_DEADLINE {
@@ -243,7 +325,7 @@ fn preview_context(input: &PreviewInput<'_>, warnings: &mut Vec<String>) -> Valu
         for r in template::references(text).unwrap_or_default() {
             if r.path.len() == 2 && r.path[0] == "env" {
                 let name = &r.path[1];
-                if input.untrusted {
+                if input.untrusted || input.base.is_some() {
                     // The plan's author chose these names: never show, never send, a value.
                     env.insert(name.clone(), Value::String(format!("(env {name})")));
                     continue;
