@@ -122,27 +122,31 @@ impl LocalStore {
         std::fs::create_dir_all(&self.root)?;
         let mut path = self.backup_dir(backup_id)?;
         let parts: Vec<&str> = name.split('/').collect();
-        for part in std::iter::once(backup_id).chain(parts[..parts.len() - 1].iter().copied()) {
-            if part != backup_id {
-                path.push(part);
-            }
-            match std::fs::symlink_metadata(&path) {
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("{}: not a directory ({LINK}?)", path.display()),
-                    ));
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => match std::fs::create_dir(&path) {
-                    Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
-                    _ => {}
-                },
-                Err(e) => return Err(e),
-            }
+        // The backup's directory, then each directory of the name below it.
+        let (dirs, _) = parts.split_at(parts.len() - 1);
+        real_dir(&path)?;
+        for part in dirs {
+            path.push(part);
+            real_dir(&path)?;
         }
         path.push(parts[parts.len() - 1]);
         Ok(path)
+    }
+}
+
+/// Makes sure `path` is a real directory (created when missing), never a link.
+fn real_dir(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: not a directory ({LINK}?)", path.display()),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => match std::fs::create_dir(path) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
+            _ => Ok(()),
+        },
+        Err(e) => Err(e),
     }
 }
 
