@@ -273,7 +273,8 @@ pub async fn prune(
         .await
         .map_err(Failure::Usage)?;
     if !dry_run {
-        for d in decisions.iter().filter(|d| !d.keep && !d.damaged) {
+        // Damaged entries are always kept.
+        for d in decisions.iter().filter(|d| !d.keep) {
             store
                 .delete(&d.id)
                 .await

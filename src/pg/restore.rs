@@ -162,11 +162,8 @@ async fn parallel_custom(
     jobs: u32,
     configure: &(impl Fn(&mut tokio::process::Command) + Sync),
 ) -> Result<(), StepError> {
-    let name = &manifest
-        .files
-        .first()
-        .ok_or_else(|| StepError::permanent("the manifest lists no files"))?
-        .name;
+    // `restore` made sure the manifest lists a file.
+    let name = &manifest.files[0].name;
     let dir = tempfile::Builder::new()
         .prefix("opsrunner-restore-")
         .tempdir()

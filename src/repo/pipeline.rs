@@ -104,44 +104,21 @@ impl AsyncWrite for HashingWriter {
     }
 }
 
-/// Re-reads a stored file and compares its size and SHA-256 with the manifest's.
+/// Re-reads a stored file and compares its size and SHA-256 with the manifest's: the same
+/// check a restore makes on the way, with nobody taking the bytes.
 pub async fn check(
     store: &impl BackupStore,
     backup_id: &str,
     entry: &FileEntry,
 ) -> Result<(), String> {
-    let mut reader = store
+    let raw = store
         .open(backup_id, &entry.name)
         .await
         .map_err(|e| format!("{}: cannot open: {e}", entry.name))?;
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = reader
-            .read(&mut buf)
-            .await
-            .map_err(|e| format!("{}: read failed: {e}", entry.name))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        size += n as u64;
-    }
-    let sha = crate::plan::hex(&hasher.finalize());
-    if size != entry.size {
-        return Err(format!(
-            "{}: size is {size} bytes, the manifest says {}",
-            entry.name, entry.size
-        ));
-    }
-    if sha != entry.sha256 {
-        return Err(format!(
-            "{}: SHA-256 is {sha}, the manifest says {}",
-            entry.name, entry.sha256
-        ));
-    }
-    Ok(())
+    let (tx, _) = tokio::sync::mpsc::channel(1);
+    hash_on_the_way(raw, entry.clone(), tx, Arc::new(AtomicBool::new(true)))
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// A stored file on its way out of the repository: `reader` gives the original

@@ -76,22 +76,9 @@ impl BaseTrust {
     /// Compares each target and repository definition of `new` with `old`'s, as written
     /// (templates unrendered: `{{ env.X }}` must name the same variable).
     pub fn between(old: &crate::plan::model::Plan, new: &crate::plan::model::Plan) -> BaseTrust {
-        let same = |a: &dyn erased::Json, b: Option<&dyn erased::Json>| {
-            b.is_some_and(|b| a.json() == b.json())
-        };
         BaseTrust {
-            targets: new
-                .targets
-                .iter()
-                .filter(|(n, t)| same(*t, old.targets.get(*n).map(|t| t as &dyn erased::Json)))
-                .map(|(n, _)| n.clone())
-                .collect(),
-            repositories: new
-                .repositories
-                .iter()
-                .filter(|(n, r)| same(*r, old.repositories.get(*n).map(|r| r as &dyn erased::Json)))
-                .map(|(n, _)| n.clone())
-                .collect(),
+            targets: unchanged(&old.targets, &new.targets),
+            repositories: unchanged(&old.repositories, &new.repositories),
         }
     }
 
@@ -114,16 +101,18 @@ impl BaseTrust {
     }
 }
 
-/// Serializing any definition for comparison.
-mod erased {
-    pub trait Json {
-        fn json(&self) -> serde_json::Value;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn json(&self) -> serde_json::Value {
-            serde_json::to_value(self).unwrap_or_default()
-        }
-    }
+/// The names whose definitions are the same in both maps.
+fn unchanged<T: Serialize>(
+    old: &BTreeMap<String, T>,
+    new: &BTreeMap<String, T>,
+) -> std::collections::BTreeSet<String> {
+    new.iter()
+        .filter(|(name, def)| {
+            old.get(*name)
+                .is_some_and(|o| serde_json::to_value(o).ok() == serde_json::to_value(def).ok())
+        })
+        .map(|(name, _)| name.clone())
+        .collect()
 }
 
 /// How long one probe (a server's applied migrations, a repository's listing) may take.
@@ -225,13 +214,12 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
                     .unwrap_or_else(|_| r.url.clone());
                 crate::plan::model::Repository { url, ..r.clone() }
             });
-        let base_refuses = input.base.as_ref().and_then(|b| b.refuses(&kind));
-        let details = if input.untrusted {
-            steps::preview_reads::skipped(&kind)
-                .map(|what| format!("probe skipped (--untrusted): would read {what}"))
-                .into_iter()
-                .collect()
-        } else if let Some(why) = base_refuses {
+        let skip = if input.untrusted {
+            Some("--untrusted".to_string())
+        } else {
+            input.base.as_ref().and_then(|b| b.refuses(&kind))
+        };
+        let details = if let Some(why) = skip {
             steps::preview_reads::skipped(&kind)
                 .map(|what| format!("probe skipped ({why}): would read {what}"))
                 .into_iter()
