@@ -352,11 +352,18 @@ fn main() {
 }
 
 /// Internal diagnostics (`OPSRUNNER_LOG=debug`), separate from the live log of events.
+///
+/// By default the AWS SDK's own warnings (every `aws_*` target) are left out: each failed credential provider
+/// and retried request would print a line with a debug dump of the SDK's structures, and
+/// what finally went wrong reaches the step's error anyway, in one line. `OPSRUNNER_LOG`
+/// (e.g. `debug` or `warn,aws_config=debug`) shows them.
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("OPSRUNNER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,aws=error"));
+    // Colour codes only where a terminal shows them, never in a redirected log.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),

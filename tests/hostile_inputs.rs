@@ -604,6 +604,53 @@ fn errors_about_a_file_never_quote_its_content() {
 }
 
 #[test]
+fn store_errors_are_one_plain_line_without_the_sdks_debug_dump() {
+    let ws = Workspace::new();
+    // Port 9 (discard) refuses connections here; nothing has to run.
+    let plan = ws.write_plan(
+        "version: 1\nname: s\nrepositories:\n  r: { url: \"s3://bucket/p\", endpoint: \"http://127.0.0.1:9\", region: us-east-1, force_path_style: true }\nsteps:\n  - { id: p, type: prune, repository: r, keep: { last: 2 } }\n",
+    );
+    let refused = ("AKIAEXAMPLE", "refused", "Connection refused");
+    // No credentials at all, and no instance metadata service to ask.
+    let missing = ("", "missing", "no usable AWS credentials");
+    for (key_id, name, says) in [refused, missing] {
+        let out = opsrunner()
+            .env_remove("NO_COLOR")
+            .env_remove("OPSRUNNER_LOG")
+            .env("AWS_ACCESS_KEY_ID", key_id)
+            .env(
+                "AWS_SECRET_ACCESS_KEY",
+                if key_id.is_empty() {
+                    ""
+                } else {
+                    "s3cr3t-value"
+                },
+            )
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", ws.path("none"))
+            .env("AWS_SHARED_CREDENTIALS_FILE", ws.path("none"))
+            .args(["backups", "list", "--plan"])
+            .arg(&plan)
+            .args(["--repository", "r"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+        assert!(stderr.contains(says), "{name}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{name}: {stderr}");
+        for noise in [
+            "DispatchFailure {",
+            "Response {",
+            "\u{1b}[",
+            "WARN",
+            "s3cr3t",
+        ] {
+            assert!(!stderr.contains(noise), "{name}: {noise:?} in {stderr}");
+        }
+    }
+}
+
+#[test]
 fn values_in_shell_commands_stay_one_word() {
     let ws = Workspace::new();
     let plan = "version: 1\nname: q\nvars: { v: x }\nsteps:\n  - { id: a, type: shell, command: \"printf '[%s]\\\\n' {{ vars.v }} {{ env.QUOTED }}\" }\n  - { id: raw, type: shell, needs: [a], command: \"{{{ vars.v }}}\" }\n";

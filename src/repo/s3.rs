@@ -104,9 +104,37 @@ where
             }
             text
         }
-        _ => aws_sdk_s3::error::DisplayErrorContext(e).to_string(),
+        _ => error_chain(&e),
     };
     io::Error::new(kind, format!("{context}: {text}"))
+}
+
+/// An SDK error and its sources in their own words, joined like `anyhow`'s chain: "dispatch
+/// failure: io error: … Connection refused (os error 111)". The SDK's `DisplayErrorContext`
+/// appends a debug dump of its internal structures (response headers and bodies included)
+/// that tells an operator nothing more. Missing credentials get a hint.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(e);
+    while let Some(err) = next {
+        // One line: the credential chain lists each provider it tried on a line of its own.
+        let text = err
+            .to_string()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
+        if !text.is_empty() && !parts.last().is_some_and(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = err.source();
+    }
+    let mut text = parts.join(": ");
+    if text.contains("loading credentials") || text.contains("no credentials") {
+        text.push_str(" (no usable AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run where an instance or pod role provides them)");
+    }
+    text
 }
 
 /// `s3://KEY:SECRET@bucket/…`: credentials where they must never be.
@@ -281,10 +309,7 @@ impl S3Store {
             {
                 Ok(page) => page,
                 Err(e) => {
-                    tracing::debug!(
-                        "listing multipart uploads: {}",
-                        aws_sdk_s3::error::DisplayErrorContext(e)
-                    );
+                    tracing::debug!("listing multipart uploads: {}", error_chain(&e));
                     return out;
                 }
             };
@@ -677,7 +702,7 @@ async fn abort_upload(client: &Client, bucket: &str, key: &str, upload_id: &str)
     {
         tracing::warn!(
             "aborting the upload of {key}: {} (prune --orphans retries)",
-            aws_sdk_s3::error::DisplayErrorContext(e)
+            error_chain(&e)
         );
     }
 }
