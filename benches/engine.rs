@@ -135,8 +135,10 @@ fn main() {
     if std::env::var_os("BENCH_PHASES").is_some() {
         let t = time(|| plan::load::load_str(&yaml).is_ok());
         println!("  phase load: {:.2} ms", ms(t));
-        let (p, root) = plan::load::load_str(&yaml).unwrap();
-        let t = time(|| plan::validate::validate(p.clone(), &root, &yaml).is_ok());
+        let p = plan::load::load_str(&yaml).unwrap();
+        let t = time(|| {
+            plan::validate::validate(p.clone(), &yaml, plan::yaml::Limits::default()).is_ok()
+        });
         println!("  phase validate: {:.2} ms", ms(t));
         let args = PlanArgs {
             file: path.clone(),

@@ -4,7 +4,7 @@
 use fixedbitset::FixedBitSet;
 use petgraph::graph::{DiGraph, NodeIndex};
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap};
+use std::collections::BinaryHeap;
 
 #[derive(Debug, Clone)]
 pub struct Dag {
@@ -148,31 +148,38 @@ fn plan_ordered_toposort(needs: &[Vec<usize>], dependents: &[Vec<usize>]) -> Vec
 }
 
 /// One cycle, as step indices in dependency order with the first repeated at the end.
+/// The cycle through the earliest step (in plan order) that lies on one. Kosaraju's
+/// algorithm rather than Tarjan's: petgraph's Tarjan recurses once per step of a chain and
+/// overflows the stack on a plan of 100,000 chained steps; Kosaraju walks with a stack of
+/// its own.
 fn find_cycle(graph: &DiGraph<usize, ()>) -> Option<Vec<usize>> {
-    for scc in petgraph::algo::tarjan_scc(graph) {
-        let self_loop = scc.len() == 1 && graph.contains_edge(scc[0], scc[0]);
-        if scc.len() < 2 && !self_loop {
-            continue;
-        }
-        let members: BTreeSet<NodeIndex> = scc.iter().copied().collect();
-        let start = *members
-            .iter()
-            .min_by_key(|n| graph[**n])
-            .expect("non-empty");
-        // Walk inside the component until a node repeats: that walk closes a cycle.
+    let cyclic = petgraph::algo::kosaraju_scc(graph)
+        .into_iter()
+        .filter(|scc| scc.len() > 1 || (scc.len() == 1 && graph.contains_edge(scc[0], scc[0])));
+    if let Some(scc) = cyclic.min_by_key(|scc| scc.iter().map(|n| graph[*n]).min()) {
+        let mut members = FixedBitSet::with_capacity(graph.node_count());
+        members.extend(scc.iter().map(|n| n.index()));
+        let start = *scc.iter().min_by_key(|n| graph[**n]).expect("non-empty");
+        // Walk inside the component until a node repeats: that walk closes a cycle. Where
+        // each node stands on the walk is kept, so a cycle of 100,000 steps is found in
+        // linear time.
+        let mut on_path = vec![usize::MAX; graph.node_count()];
         let mut path = vec![start];
+        on_path[start.index()] = 0;
         let mut current = start;
         loop {
             let next = graph
                 .neighbors(current)
-                .filter(|n| members.contains(n))
+                .filter(|n| members.contains(n.index()))
                 .min_by_key(|n| graph[*n])
                 .expect("a strongly connected component has an edge out of each node");
-            if let Some(pos) = path.iter().position(|&p| p == next) {
+            if on_path[next.index()] != usize::MAX {
+                let pos = on_path[next.index()];
                 let mut cycle: Vec<usize> = path[pos..].iter().map(|n| graph[*n]).collect();
                 cycle.push(graph[next]);
                 return Some(cycle);
             }
+            on_path[next.index()] = path.len();
             path.push(next);
             current = next;
         }
@@ -204,5 +211,23 @@ mod tests {
     #[test]
     fn self_need_is_a_cycle() {
         assert_eq!(Dag::build(vec![vec![0]]).unwrap_err(), vec![0, 0]);
+    }
+
+    #[test]
+    fn long_chains_and_long_cycles_need_no_deep_stack() {
+        // Each step needs the one before: 200,000 deep, which overflowed a recursive walk.
+        let n = 200_000;
+        let chain: Vec<Vec<usize>> = (0..n)
+            .map(|i| if i == 0 { vec![] } else { vec![i - 1] })
+            .collect();
+        let dag = Dag::build(chain.clone()).unwrap();
+        assert_eq!(dag.order.len(), n);
+        assert_eq!(dag.upstream(n - 1).len(), n - 1);
+        // The same chain closed into one cycle through every step.
+        let mut cycle = chain;
+        cycle[0] = vec![n - 1];
+        let found = Dag::build(cycle).unwrap_err();
+        assert_eq!(found.len(), n + 1);
+        assert_eq!(found.first(), found.last());
     }
 }

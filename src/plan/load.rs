@@ -3,7 +3,7 @@
 //! file is reported in one go, each with its line, column and key path.
 
 use super::model::{Common, Plan, Repository, STEP_TYPES, StepDef, StepKind, Target};
-use super::model::{ParamsError, SUPPORTED_VERSIONS};
+use super::model::{ParamsError, RawParams, SUPPORTED_VERSIONS};
 use super::yaml::{self, Node, NodeKind, PathSegment, format_path};
 use crate::diag::{Diagnostic, Span, did_you_mean};
 use serde::de::DeserializeOwned;
@@ -25,12 +25,11 @@ const TOP_LEVEL_KEYS: &[&str] = &[
 pub const COMMON_STEP_KEYS: &[&str] =
     &["id", "needs", "if", "retry", "timeout", "continue_on_error"];
 
-/// Parses and type-checks a plan. On success the YAML tree is returned too, so that later
-/// checks can point at positions.
-pub fn load_str(source: &str) -> Result<(Plan, Node), Vec<Diagnostic>> {
-    let (plan, root, problems) = load_partial(source, yaml::Limits::default())?;
+/// Parses and type-checks a plan.
+pub fn load_str(source: &str) -> Result<Plan, Vec<Diagnostic>> {
+    let (plan, problems) = load_partial(source, yaml::Limits::default())?;
     match plan {
-        Some(plan) if problems.is_empty() => Ok((plan, root)),
+        Some(plan) if problems.is_empty() => Ok(plan),
         _ => Err(problems),
     }
 }
@@ -38,34 +37,46 @@ pub fn load_str(source: &str) -> Result<(Plan, Node), Vec<Diagnostic>> {
 /// Like [`load_str`], but also returns a plan when only some steps are broken: those
 /// steps stand in as placeholders (`broken: true`), so that the semantic checks can still
 /// run on the rest and every problem is reported in one go.
+///
+/// Steps are typed one by one while the YAML is parsed and their node trees dropped at
+/// once (see [`yaml::parse_streaming_steps`]): the tree of a large plan is many times the
+/// size of its typed steps, and it is not needed again unless a later check has to place
+/// an error, which re-parses the text.
 pub fn load_partial(
     source: &str,
     limits: yaml::Limits,
-) -> Result<(Option<Plan>, Node, Vec<Diagnostic>), Vec<Diagnostic>> {
-    let root = yaml::parse_within(source, limits)?;
+) -> Result<(Option<Plan>, Vec<Diagnostic>), Vec<Diagnostic>> {
     let mut loader = Loader {
-        root: &root,
         problems: Vec::new(),
     };
-    let plan = loader.plan();
-    let problems = loader.problems;
-    Ok((plan, root, problems))
+    let mut steps = Vec::new();
+    let root = yaml::parse_streaming_steps(source, limits, &mut |index, node| {
+        let step = loader
+            .step(index, &node)
+            .unwrap_or_else(|| placeholder(&node));
+        steps.push(step);
+    })?;
+    // Problems are reported in the file's order of sections: the steps' come last.
+    let step_problems = std::mem::take(&mut loader.problems);
+    let plan = loader.plan(&root, steps);
+    let mut problems = loader.problems;
+    problems.extend(step_problems);
+    Ok((plan, problems))
 }
 
-struct Loader<'a> {
-    root: &'a Node,
+struct Loader {
     problems: Vec<Diagnostic>,
 }
 
-impl Loader<'_> {
-    fn plan(&mut self) -> Option<Plan> {
-        let Some(entries) = self.root.as_map() else {
+impl Loader {
+    fn plan(&mut self, root: &Node, steps: Vec<StepDef>) -> Option<Plan> {
+        let Some(entries) = root.as_map() else {
             self.problems.push(
                 Diagnostic::new(format!(
                     "a plan must be a mapping of keys (`version`, `name`, `steps`, …), found {}",
-                    self.root.type_name()
+                    root.type_name()
                 ))
-                .at(self.root.span),
+                .at(root.span),
             );
             return None;
         };
@@ -74,11 +85,11 @@ impl Loader<'_> {
                 self.unknown_key(&[], &key.name, key.span, TOP_LEVEL_KEYS);
             }
         }
-        let version: Option<u32> = self.required("version");
+        let version: Option<u32> = self.required(root, "version");
         if let Some(v) = version
             && !SUPPORTED_VERSIONS.contains(&v)
         {
-            let span = self.root.get("version").map(|n| n.span);
+            let span = root.get("version").map(|n| n.span);
             self.problems.push(
                 Diagnostic::new(format!(
                     "plan version {v} is not supported by this opsrunner"
@@ -91,13 +102,14 @@ impl Loader<'_> {
                 )),
             );
         }
-        let name: Option<String> = self.required("name");
-        let description: Option<Option<String>> = self.optional("description");
-        let vars: Option<BTreeMap<String, Value>> = self.optional("vars");
-        let secrets: Option<Vec<String>> = self.optional("secrets");
-        let targets: Option<BTreeMap<String, Target>> = self.named_map("targets");
-        let repositories: Option<BTreeMap<String, Repository>> = self.named_map("repositories");
-        let steps = self.steps();
+        let name: Option<String> = self.required(root, "name");
+        let description: Option<Option<String>> = self.optional(root, "description");
+        let vars = self.vars(root);
+        let secrets: Option<Vec<String>> = self.optional(root, "secrets");
+        let targets: Option<BTreeMap<String, Target>> = self.named_map(root, "targets");
+        let repositories: Option<BTreeMap<String, Repository>> =
+            self.named_map(root, "repositories");
+        let steps = self.steps(root, steps);
         // Sections that failed would make the semantic checks report phantom problems
         // ("unknown target"), so a partial plan is only built when just steps are broken.
         Some(Plan {
@@ -112,9 +124,9 @@ impl Loader<'_> {
         })
     }
 
-    fn required<T: DeserializeOwned>(&mut self, key: &str) -> Option<T> {
-        match self.root.get(key) {
-            Some(node) => self.deserialize(&[PathSegment::Key(key.into())], node, &[]),
+    fn required<T: DeserializeOwned>(&mut self, root: &Node, key: &str) -> Option<T> {
+        match root.get(key) {
+            Some(node) => self.deserialize(&[PathSegment::Key(key.into())], node, node, &[]),
             None => {
                 self.problems.push(
                     Diagnostic::new(format!("missing key `{key}`"))
@@ -128,16 +140,33 @@ impl Loader<'_> {
         }
     }
 
-    fn optional<T: DeserializeOwned + Default>(&mut self, key: &str) -> Option<T> {
-        match self.root.get(key) {
-            Some(node) => self.deserialize(&[PathSegment::Key(key.into())], node, &[]),
+    fn optional<T: DeserializeOwned + Default>(&mut self, root: &Node, key: &str) -> Option<T> {
+        match root.get(key) {
+            Some(node) => self.deserialize(&[PathSegment::Key(key.into())], node, node, &[]),
             None => Some(T::default()),
         }
     }
 
+    /// `vars`: any values under names. The JSON form of the section already is the typed
+    /// value, so it is taken as it is rather than deserialized into a second copy (a plan
+    /// with 200,000 variables would hold three at once).
+    fn vars(&mut self, root: &Node) -> Option<BTreeMap<String, Value>> {
+        match root.get("vars").map(|node| (node, node.to_json())) {
+            None => Some(BTreeMap::new()),
+            Some((_, Value::Object(map))) => Some(map.into_iter().collect()),
+            Some((node, other)) => {
+                self.deserialize(&[PathSegment::Key("vars".into())], node, &other, &[])
+            }
+        }
+    }
+
     /// A mapping of names to entries (targets, repositories), each entry checked on its own.
-    fn named_map<T: DeserializeOwned>(&mut self, key: &str) -> Option<BTreeMap<String, T>> {
-        let Some(node) = self.root.get(key) else {
+    fn named_map<T: DeserializeOwned>(
+        &mut self,
+        root: &Node,
+        key: &str,
+    ) -> Option<BTreeMap<String, T>> {
+        let Some(node) = root.get(key) else {
             return Some(BTreeMap::new());
         };
         let Some(entries) = node.as_map() else {
@@ -158,7 +187,7 @@ impl Loader<'_> {
                 PathSegment::Key(key.into()),
                 PathSegment::Key(name.name.clone()),
             ];
-            match self.deserialize(&path, value, &[]) {
+            match self.deserialize(&path, value, value, &[]) {
                 Some(v) => {
                     out.insert(name.name.clone(), v);
                 }
@@ -168,9 +197,10 @@ impl Loader<'_> {
         ok.then_some(out)
     }
 
-    fn steps(&mut self) -> Option<Vec<StepDef>> {
-        let Some(node) = self.root.get("steps") else {
-            self.required::<Value>("steps");
+    /// The `steps` section, whose items were typed while parsing (`loaded`).
+    fn steps(&mut self, root: &Node, loaded: Vec<StepDef>) -> Option<Vec<StepDef>> {
+        let Some(node) = root.get("steps") else {
+            self.required::<Value>(root, "steps");
             return None;
         };
         let NodeKind::Seq(items) = &node.kind else {
@@ -191,6 +221,11 @@ impl Loader<'_> {
                     .with_path("steps"),
             );
         }
+        if loaded.len() == items.len() {
+            return Some(loaded);
+        }
+        // The sequence came whole from an alias (`steps: *all`), so nothing was typed while
+        // parsing: the items are still in the tree.
         let steps = items
             .iter()
             .enumerate()
@@ -258,7 +293,7 @@ impl Loader<'_> {
             };
             target.insert(key.name.clone(), value.to_json());
         }
-        let common: Option<Common> = self.deserialize(&prefix, &Value::Object(common), &[]);
+        let common: Option<Common> = self.deserialize(&prefix, node, &Value::Object(common), &[]);
         let type_name = type_name?;
         let params = Value::Object(params);
         let kind = match StepKind::from_params(&type_name, &params) {
@@ -266,7 +301,7 @@ impl Loader<'_> {
             Err(ParamsError::Invalid(e)) => {
                 let mut extra: Vec<&str> = COMMON_STEP_KEYS.to_vec();
                 extra.push("type");
-                let d = self.serde_diagnostic(&prefix, e, &extra);
+                let d = self.serde_diagnostic(&prefix, node, e, &extra);
                 self.problems.push(d);
                 None
             }
@@ -275,14 +310,17 @@ impl Loader<'_> {
         Some(StepDef {
             common: common?,
             kind: kind?,
-            raw_params: params,
+            raw_params: RawParams::new(&params),
             broken: false,
         })
     }
 
+    /// Deserializes `value`, which was read from `node` (at `prefix`); errors point into
+    /// `node`.
     fn deserialize<T: DeserializeOwned>(
         &mut self,
         prefix: &[PathSegment],
+        node: &Node,
         value: impl AsJson,
         extra_keys: &[&str],
     ) -> Option<T> {
@@ -290,7 +328,7 @@ impl Loader<'_> {
         match serde_path_to_error::deserialize::<_, T>(&json) {
             Ok(v) => Some(v),
             Err(e) => {
-                let d = self.serde_diagnostic(prefix, e, extra_keys);
+                let d = self.serde_diagnostic(prefix, node, e, extra_keys);
                 self.problems.push(d);
                 None
             }
@@ -315,6 +353,7 @@ impl Loader<'_> {
     fn serde_diagnostic(
         &self,
         prefix: &[PathSegment],
+        node: &Node,
         err: serde_path_to_error::Error<serde_json::Error>,
         extra_keys: &[&str],
     ) -> Diagnostic {
@@ -346,9 +385,11 @@ impl Loader<'_> {
             if path.last() != Some(&PathSegment::Key(name.into())) {
                 path.push(PathSegment::Key(name.into()));
             }
-            let span = self.root.lookup(&path).and_then(|(_, k)| k.map(|k| k.span));
+            let span = node
+                .lookup(&path[prefix.len()..])
+                .and_then(|(_, k)| k.map(|k| k.span));
             return Diagnostic::new(format!("unknown key `{name}`"))
-                .at_opt(span.or_else(|| self.span_of(&path)))
+                .at_opt(span.or_else(|| span_of(node, prefix, &path)))
                 .with_len(name.chars().count())
                 .with_path(format_path(&path))
                 .with_help(help);
@@ -360,7 +401,7 @@ impl Loader<'_> {
             let help = did_you_mean(name, expected.iter().map(String::as_str))
                 .unwrap_or_else(|| format!("expected one of: {}", expected.join(", ")));
             return Diagnostic::new(format!("unknown value `{name}`"))
-                .at_opt(self.span_of(&path))
+                .at_opt(span_of(node, prefix, &path))
                 .with_len(name.chars().count())
                 .with_path(format_path(&path))
                 .with_help(help);
@@ -370,7 +411,7 @@ impl Loader<'_> {
             .and_then(|rest| rest.split('`').next())
         {
             return Diagnostic::new(format!("missing key `{name}`"))
-                .at_opt(self.span_of(&path))
+                .at_opt(span_of(node, prefix, &path))
                 .with_path(format_path(&path))
                 .with_help(format!("add `{name}:` here"));
         }
@@ -385,17 +426,19 @@ impl Loader<'_> {
             .replace("expected u32", "expected a whole number")
             .replace("expected a boolean", "expected `true` or `false`");
         Diagnostic::new(message)
-            .at_opt(self.span_of(&path))
+            .at_opt(span_of(node, prefix, &path))
             .with_path(format_path(&path))
             .with_help_opt(help)
     }
+}
 
-    /// The position of the node at `path`, or of its nearest ancestor that exists.
-    fn span_of(&self, path: &[PathSegment]) -> Option<Span> {
-        (0..=path.len())
-            .rev()
-            .find_map(|n| self.root.lookup(&path[..n]).map(|(node, _)| node.span))
-    }
+/// The position of the node at `path`, or of its nearest ancestor that exists, where
+/// `node` is the one at `prefix`.
+fn span_of(node: &Node, prefix: &[PathSegment], path: &[PathSegment]) -> Option<Span> {
+    let relative = path.get(prefix.len()..).unwrap_or_default();
+    (0..=relative.len())
+        .rev()
+        .find_map(|n| node.lookup(&relative[..n]).map(|(node, _)| node.span))
 }
 
 /// A stand-in for a step that did not load: its id and needs as far as they can be read,
@@ -427,7 +470,7 @@ fn placeholder(node: &Node) -> StepDef {
             env: BTreeMap::new(),
             workdir: None,
         }),
-        raw_params: Value::Object(serde_json::Map::new()),
+        raw_params: RawParams::default(),
         broken: true,
     }
 }

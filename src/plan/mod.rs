@@ -129,16 +129,17 @@ impl PlanError {
 pub fn check(source: PlanSource) -> Result<(PlanSource, ValidPlan), PlanError> {
     let result = match load::load_partial(&source.text, source.limits) {
         Err(problems) => Err(problems),
-        Ok((None, _, problems)) => Err(problems),
-        Ok((Some(plan), root, mut problems)) => match validate::validate(plan, &root, &source.text)
-        {
-            Ok(valid) if problems.is_empty() => Ok(valid),
-            Ok(_) => Err(problems),
-            Err(more) => {
-                problems.extend(more);
-                Err(problems)
+        Ok((None, problems)) => Err(problems),
+        Ok((Some(plan), mut problems)) => {
+            match validate::validate(plan, &source.text, source.limits) {
+                Ok(valid) if problems.is_empty() => Ok(valid),
+                Ok(_) => Err(problems),
+                Err(more) => {
+                    problems.extend(more);
+                    Err(problems)
+                }
             }
-        },
+        }
     };
     match result {
         Ok(valid) => Ok((source, valid)),

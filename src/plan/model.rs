@@ -158,7 +158,7 @@ pub struct StepDef {
     /// The type's parameters exactly as written, templates unrendered; they are rendered
     /// and deserialized again when the step starts.
     #[serde(skip)]
-    pub raw_params: Value,
+    pub raw_params: RawParams,
     /// A stand-in for a step that failed to load (see `load::load_partial`); a plan with
     /// one never validates.
     #[serde(skip)]
@@ -168,6 +168,28 @@ pub struct StepDef {
 impl StepDef {
     pub fn id(&self) -> &str {
         &self.common.id
+    }
+}
+
+/// A step type's parameters as written, kept as compact JSON text. A parsed [`Value`]
+/// costs over half a kilobyte per step even for one key (a map node is allocated whole),
+/// many times the plan's own text; the parameters are parsed again only when a step is
+/// checked, previewed or started.
+#[derive(Debug, Clone, Default)]
+pub struct RawParams(Box<str>);
+
+impl RawParams {
+    pub fn new(value: &Value) -> RawParams {
+        RawParams(value.to_string().into_boxed_str())
+    }
+
+    pub fn value(&self) -> Value {
+        if self.0.is_empty() {
+            return Value::Object(Default::default());
+        }
+        // The text is serde_json's own rendering of a value whose depth the YAML limits
+        // bound far below serde_json's recursion limit, so it always parses.
+        serde_json::from_str(&self.0).expect("raw parameters are JSON written by serde_json")
     }
 }
 

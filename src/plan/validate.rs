@@ -4,7 +4,7 @@
 use super::graph::Dag;
 use super::model::{Condition, Plan, StepKind};
 use super::template::{self, Reference};
-use super::yaml::{Node, PathSegment, format_path};
+use super::yaml::{self, Node, PathSegment, format_path};
 use crate::diag::{Diagnostic, Span, did_you_mean};
 use std::collections::{BTreeMap, HashMap};
 
@@ -26,10 +26,15 @@ impl ValidPlan {
     }
 }
 
-pub fn validate(plan: Plan, root: &Node, source: &str) -> Result<ValidPlan, Vec<Diagnostic>> {
+pub fn validate(
+    plan: Plan,
+    source: &str,
+    limits: yaml::Limits,
+) -> Result<ValidPlan, Vec<Diagnostic>> {
     let mut v = Validator {
         plan: &plan,
-        root,
+        tree: Default::default(),
+        limits,
         source,
         problems: Vec::new(),
         upstream: Default::default(),
@@ -60,7 +65,10 @@ pub fn validate(plan: Plan, root: &Node, source: &str) -> Result<ValidPlan, Vec<
 
 struct Validator<'a> {
     plan: &'a Plan,
-    root: &'a Node,
+    /// The plan's YAML tree, parsed again only when a problem has to be placed: a valid
+    /// plan never holds it (see `load::load_partial`).
+    tree: std::cell::OnceCell<Option<Node>>,
+    limits: yaml::Limits,
     source: &'a str,
     problems: Vec<Diagnostic>,
     /// See [`Validator::is_upstream`].
@@ -84,9 +92,14 @@ fn key(k: &str) -> PathSegment {
 
 impl Validator<'_> {
     fn span(&self, path: &[PathSegment]) -> Option<Span> {
+        // The text parsed once already, within the same limits, so this parse succeeds.
+        let root = self
+            .tree
+            .get_or_init(|| yaml::parse_within(self.source, self.limits).ok())
+            .as_ref()?;
         (0..=path.len())
             .rev()
-            .find_map(|n| self.root.lookup(&path[..n]).map(|(node, _)| node.span))
+            .find_map(|n| root.lookup(&path[..n]).map(|(node, _)| node.span))
     }
 
     fn report(&mut self, path: &[PathSegment], message: String, len: usize, help: Option<String>) {
@@ -184,13 +197,22 @@ impl Validator<'_> {
 
     fn cycle(&mut self, cycle: &[usize]) {
         let names: Vec<&str> = cycle.iter().map(|&i| self.plan.steps[i].id()).collect();
+        // A cycle through thousands of steps is shown by its ends, not as one huge line.
+        const SHOWN: usize = 12;
+        let shown = if names.len() > SHOWN {
+            format!(
+                "{} → … ({} more) → {}",
+                names[..SHOWN - 2].join(" → "),
+                names.len() - SHOWN,
+                names[names.len() - 2..].join(" → ")
+            )
+        } else {
+            names.join(" → ")
+        };
         let first = cycle[0];
         self.report(
             &step_path(first, &[key("needs")]),
-            format!(
-                "steps depend on each other in a cycle: {}",
-                names.join(" → ")
-            ),
+            format!("steps depend on each other in a cycle: {shown}"),
             1,
             Some(
                 "each step in the cycle waits for the one before it; remove one of these `needs`"
@@ -492,7 +514,7 @@ impl Validator<'_> {
         }
         for (i, step) in self.plan.steps.iter().enumerate() {
             let mut fields = Vec::new();
-            collect_strings(&step.raw_params, &mut Vec::new(), &mut fields);
+            collect_strings(&step.raw_params.value(), &mut Vec::new(), &mut fields);
             for (rel, text) in fields {
                 let path = step_path(i, &rel);
                 self.check_string(&path, &text, Some(i), index, dag);
@@ -715,7 +737,8 @@ pub fn check_with_vars(
         if !matches!(step.kind, StepKind::Prune(_)) {
             continue;
         }
-        let Some(Value::Object(keep)) = step.raw_params.get("keep") else {
+        let params = step.raw_params.value();
+        let Some(Value::Object(keep)) = params.get("keep") else {
             continue;
         };
         for (name, raw) in keep {

@@ -171,11 +171,33 @@ pub fn parse(source: &str) -> Result<Node, Vec<Diagnostic>> {
 /// control characters are returned together as diagnostics; exceeding a limit stops the
 /// parse at once.
 pub fn parse_within(source: &str, limits: Limits) -> Result<Node, Vec<Diagnostic>> {
+    build(source, limits, None)
+}
+
+/// Like [`parse_within`], but hands each item of the top-level `steps` sequence to `sink`
+/// as soon as it is complete (with its index) and keeps only a null node at its position
+/// in the returned tree. A plan of many steps then never holds all of their node trees at
+/// once: the loader turns each into its typed step and drops it, so memory follows the
+/// typed plan, not the far larger tree. Nothing is handed over when parsing fails.
+pub fn parse_streaming_steps(
+    source: &str,
+    limits: Limits,
+    sink: &mut dyn FnMut(usize, Node),
+) -> Result<Node, Vec<Diagnostic>> {
+    build(source, limits, Some(sink))
+}
+
+fn build(
+    source: &str,
+    limits: Limits,
+    sink: Option<&mut dyn FnMut(usize, Node)>,
+) -> Result<Node, Vec<Diagnostic>> {
     if let Some(problem) = control_character(source) {
         return Err(vec![problem]);
     }
     let mut builder = Builder {
         limits,
+        sink,
         ..Builder::default()
     };
     for item in Parser::new_from_str(source) {
@@ -251,7 +273,7 @@ enum Frame {
 }
 
 #[derive(Default)]
-struct Builder {
+struct Builder<'s> {
     stack: Vec<Frame>,
     /// Anchored nodes with their size in nodes.
     anchors: HashMap<usize, (Node, usize)>,
@@ -265,9 +287,11 @@ struct Builder {
     /// Nodes inside each open sequence or mapping, to know a node's size when it closes.
     sizes: Vec<usize>,
     over_budget: bool,
+    /// Where top-level steps go, see [`parse_streaming_steps`].
+    sink: Option<&'s mut dyn FnMut(usize, Node)>,
 }
 
-impl Builder {
+impl Builder<'_> {
     fn event(&mut self, event: Event<'_>, at: Span) {
         match event {
             Event::DocumentStart(_) => self.documents += 1,
@@ -396,12 +420,24 @@ impl Builder {
         self.count(1, at)
     }
 
-    fn push(&mut self, node: Node, anchor: usize, size: usize) {
+    fn push(&mut self, mut node: Node, anchor: usize, size: usize) {
         if let Some(open) = self.sizes.last_mut() {
             *open += size;
         }
         if anchor != 0 {
             self.anchors.insert(anchor, (node.clone(), size));
+        }
+        if let (Some(sink), [Frame::Map(_, Some(key), ..), Frame::Seq(items, ..)]) =
+            (self.sink.as_mut(), self.stack.as_slice())
+            && key.name == "steps"
+            && self.problems.is_empty()
+        {
+            let span = node.span;
+            sink(items.len(), node);
+            node = Node {
+                kind: NodeKind::Null,
+                span,
+            };
         }
         match self.stack.last_mut() {
             None => self.root = Some(node),

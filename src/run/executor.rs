@@ -136,7 +136,7 @@ pub async fn execute(
                 .and_then(|r| plan.plan.repositories.get(r))
                 .map(|r| r.url.as_str());
             crate::plan::template::reference_paths(
-                &s.raw_params,
+                &s.raw_params.value(),
                 target_url.into_iter().chain(repo_url),
             )
         })
@@ -368,7 +368,11 @@ impl StepTask {
         let redactor = self.events.redactor();
         let rendered = self
             .templates
-            .render_params(step.kind.type_name(), &step.raw_params, &self.context)
+            .render_params(
+                step.kind.type_name(),
+                &step.raw_params.value(),
+                &self.context,
+            )
             .map_err(StepError::permanent)?;
         let mut rendered_strings = Vec::new();
         crate::plan::template::strings(&rendered, &mut rendered_strings);

@@ -142,7 +142,8 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
     let mut steps_out = Vec::new();
     for (position, &i) in input.plan.dag.order.iter().enumerate() {
         let step = &plan.steps[i];
-        let rendered = templates.render_params(step.kind.type_name(), &step.raw_params, &context);
+        let rendered =
+            templates.render_params(step.kind.type_name(), &step.raw_params.value(), &context);
         let (params, kind) = match rendered {
             Ok(v) => {
                 let mut strings = Vec::new();
@@ -154,7 +155,7 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
             }
             Err(e) => {
                 warnings.push(format!("step `{}`: {e}", step.id()));
-                (step.raw_params.clone(), step.kind.clone())
+                (step.raw_params.value(), step.kind.clone())
             }
         };
         let target = kind.target().map(str::to_string);
@@ -305,7 +306,7 @@ fn preview_context(input: &PreviewInput<'_>, warnings: &mut Vec<String>) -> Valu
     let mut env = serde_json::Map::new();
     let mut all_strings = Vec::new();
     for step in &plan.steps {
-        template::strings(&step.raw_params, &mut all_strings);
+        template::strings(&step.raw_params.value(), &mut all_strings);
     }
     all_strings.extend(plan.targets.values().filter_map(|t| t.url.clone()));
     all_strings.extend(plan.repositories.values().map(|r| r.url.clone()));
