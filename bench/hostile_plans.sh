@@ -36,6 +36,14 @@ steps = ["version: 1\nname: s\nsteps:\n"]
 for i in range(100000):
     steps.append(f'  - {{ id: s{i}, type: shell, command: "echo {i}" }}\n')
 write("steps.yaml", "".join(steps))
+# The same number of steps as people write them: block style, needs, retry, timeout.
+steps = ["version: 1\nname: r\nsteps:\n"]
+for i in range(100000):
+    steps.append(f"  - id: step-{i}\n    type: shell\n    command: echo {i} >> /var/tmp/out.txt\n")
+    if i:
+        steps.append(f"    needs: [step-{i - 1}]\n")
+    steps.append("    retry: { attempts: 3, delay: 5s }\n    timeout: 10m\n")
+write("written.yaml", "".join(steps))
 lines = ["version: 1\nname: v\nvars:\n"]
 for i in range(200000):
     lines.append(f"  v{i}: {i}\n")
@@ -63,12 +71,12 @@ measure() { # name file → "seconds KiB exit"
   eval "S_$name=$s K_$name=$k B_$name=$(stat -c %s "$file")"
 }
 
-for name in tiny bomb deep steps vars; do
+for name in tiny bomb deep steps written vars; do
   measure "$name" "$WORK/$name.yaml"
 done
 echo
 echo "ratios against the tiny plan (start-up) measured in this run:"
-for name in bomb deep steps vars; do
+for name in bomb deep steps written vars; do
   s=S_$name k=K_$name b=B_$name
   awk -v s="${!s}" -v k="${!k}" -v b="${!b}" -v s0="$S_tiny" -v k0="$K_tiny" -v n="$name" \
     'BEGIN { printf "%-6s time %.1fx, peak memory %.1fx of the tiny plan; memory above start-up %.1f MiB = %.1fx the file\n", n, (s0 > 0 ? s / s0 : 0), k / k0, (k - k0) / 1024, (k - k0) * 1024 / b }'
