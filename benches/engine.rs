@@ -9,13 +9,14 @@
 //! process are what BENCHMARKS.md records, since absolute times on shared machines are noisy.
 
 use opsrunner::commands::{self, PlanArgs, PreviewFormat};
+use opsrunner::exec::StepContext;
+use opsrunner::exec::events::{Events, Outputs};
 use opsrunner::plan::model::StepKind;
 use opsrunner::plan::{self, PlanSource};
 use opsrunner::redact::Redactor;
-use opsrunner::run::events::{Events, Outputs};
 use opsrunner::run::executor::{self, ExecOptions, RunInfo};
 use opsrunner::run::report::{Mode, ReportBuilder};
-use opsrunner::steps::{StepContext, StepFuture, StepRunner};
+use opsrunner::steps::{StepFuture, StepRunner};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,11 +1,11 @@
 //! The CLI verbs as library functions: `validate`, `plan`, `apply`, `graph`, `schema`.
 //! `main.rs` only parses arguments, calls these and maps a [`Failure`] to its exit code.
 
+use crate::exec::events::{Event, Events};
 use crate::exit::Failure;
 use crate::pg::cluster::EphemeralCluster;
 use crate::plan::{self, PlanSource, ValidPlan};
 use crate::redact::Redactor;
-use crate::run::events::{Event, Events};
 use crate::run::executor::{self, ExecOptions, RunInfo};
 use crate::run::log::{LiveLog, LogFormat};
 use crate::run::preview::{self, PlanPreview, PreviewInput};

@@ -7,6 +7,8 @@
 pub mod catalog;
 pub mod commands;
 pub mod diag;
+pub mod digest;
+pub mod exec;
 pub mod exit;
 pub mod pg;
 pub mod plan;

@@ -1,8 +1,10 @@
-//! PostgreSQL plumbing shared by the steps: connection details ([`conn`]), finding the
-//! programs ([`tools`]) and throwaway clusters ([`cluster`]).
+//! PostgreSQL plumbing, knowing nothing of steps: connection details ([`conn`]), finding
+//! the programs ([`tools`]), throwaway clusters ([`cluster`]), databases ([`database`]) and
+//! replacing one without destroying it first ([`swap`]).
 
 pub mod cluster;
 pub mod conn;
+pub mod database;
 pub mod fingerprint;
 pub mod process;
 pub mod restore;

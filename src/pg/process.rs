@@ -2,9 +2,9 @@
 //! stop the whole tree), the password in the environment, stderr streamed to the log and
 //! its last lines kept for the error message.
 
+use crate::exec::events::{Events, Stream};
+use crate::exec::{StepContext, StepError};
 use crate::process::ProcessGroup;
-use crate::run::events::{Events, Stream};
-use crate::steps::{StepContext, StepError};
 use std::collections::VecDeque;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};

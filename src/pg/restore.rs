@@ -4,18 +4,14 @@
 //! how it replaces an existing one, is [`super::swap`]'s business.
 
 use super::conn::ConnInfo;
+use super::database::quote_ident;
 use super::process::PgProcess;
 use super::server::tool;
+use crate::exec::{StepContext, StepError};
 use crate::repo::AnyStore;
 use crate::repo::manifest::{DumpFormat, Manifest};
 use crate::repo::pipeline::{self, Loaded, Verdict};
-use crate::steps::{StepContext, StepError};
 use std::path::Path;
-
-/// `"name"` with embedded quotes doubled: a safe SQL identifier.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
 
 /// Streams backup `manifest` into the database `into` points at.
 pub async fn restore(
@@ -140,7 +136,7 @@ async fn checked(verdict: Verdict, ctx: &StepContext) -> Result<(), StepError> {
     tokio::select! {
         r = verdict.wait() => r.map_err(|e| match e.kind() {
             std::io::ErrorKind::InvalidData => StepError::permanent(format!("the backup does not match its manifest: {e}")),
-            _ => crate::steps::io_error("reading the backup", &e),
+            _ => crate::exec::io_error("reading the backup", &e),
         }),
         _ = ctx.cancel.cancelled() => Err(StepError::cancelled()),
     }

@@ -4,7 +4,7 @@
 
 use super::conn::ConnInfo;
 use super::tools;
-use crate::steps::StepError;
+use crate::exec::StepError;
 use sqlx::{PgConnection, Row};
 
 /// Connects to the target (or the database the step names) and learns the server's version.

@@ -13,6 +13,7 @@ pub mod yaml;
 pub use validate::ValidPlan;
 
 use crate::diag::Diagnostic;
+use crate::digest::hex;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
@@ -93,10 +94,6 @@ impl PlanSource {
             _ => PathBuf::from("."),
         }
     }
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[derive(Debug)]

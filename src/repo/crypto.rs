@@ -220,10 +220,10 @@ impl Identities {
     /// once; damaged data is an error when the damaged chunk is read.
     pub async fn decrypt(
         &self,
-        input: super::Reader,
+        input: impl tokio::io::AsyncRead + Send + Unpin + 'static,
         what: &str,
         recipients: &[String],
-    ) -> io::Result<super::Reader> {
+    ) -> io::Result<std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>> {
         let buffered = futures_util::io::BufReader::with_capacity(1 << 16, input.compat());
         let decryptor = age::Decryptor::new_async_buffered(buffered)
             .await

@@ -72,7 +72,7 @@ pub async fn manifest(store: &impl BackupStore, backup_id: &str) -> io::Result<C
     manifest.check(backup_id).map_err(damaged)?;
     Ok(Checked {
         manifest,
-        sha256: crate::plan::hex(&Sha256::digest(&bytes)),
+        sha256: crate::digest::hex(&Sha256::digest(&bytes)),
     })
 }
 

@@ -4,7 +4,7 @@
 //! manifest whose files are not on disk.
 
 use super::manifest::{MANIFEST_NAME, Manifest, VERIFICATION_NAME, Verification};
-use super::{BackupStore, FileSink, Reader, Slot};
+use super::store::{BackupStore, FileSink, MAX_SMALL_FILE, Reader, Slot, check_id};
 use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -29,7 +29,7 @@ impl LocalStore {
     /// The directory of one backup. Ids come from opsrunner or from users (`backup: ID`);
     /// anything that could leave the repository is refused.
     pub fn backup_dir(&self, backup_id: &str) -> io::Result<PathBuf> {
-        super::check_id(backup_id)?;
+        check_id(backup_id)?;
         Ok(self.root.join(backup_id))
     }
 
@@ -86,7 +86,7 @@ impl LocalStore {
             let Ok(name) = entry.file_name().into_string() else {
                 continue;
             };
-            if super::check_id(&name).is_err()
+            if check_id(&name).is_err()
                 || !entry.file_type().is_ok_and(|t| t.is_dir())
                 || exists_no_follow(&entry.path().join(MANIFEST_NAME))
             {
@@ -337,7 +337,7 @@ impl BackupStore for LocalStore {
             let Ok(id) = entry.file_name().into_string() else {
                 continue;
             };
-            if super::check_id(&id).is_err() {
+            if check_id(&id).is_err() {
                 continue;
             }
             let kind = entry.file_type()?;
@@ -399,17 +399,17 @@ impl BackupStore for LocalStore {
 
 fn read_bounded(file: std::fs::File, path: &Path) -> io::Result<Option<Vec<u8>>> {
     use std::io::Read;
-    if file.metadata()?.len() > super::MAX_SMALL_FILE {
+    if file.metadata()?.len() > MAX_SMALL_FILE {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
                 "{} is larger than {} MiB",
                 path.display(),
-                super::MAX_SMALL_FILE >> 20
+                MAX_SMALL_FILE >> 20
             ),
         ));
     }
     let mut bytes = Vec::new();
-    file.take(super::MAX_SMALL_FILE).read_to_end(&mut bytes)?;
+    file.take(MAX_SMALL_FILE).read_to_end(&mut bytes)?;
     Ok(Some(bytes))
 }

@@ -146,7 +146,7 @@ impl Verification {
         let mut unsealed = self.clone();
         unsealed.seal = None;
         let json = serde_json::to_vec(&unsealed).expect("serializes");
-        crate::plan::hex(&sha2::Sha256::digest(&json))
+        crate::digest::hex(&sha2::Sha256::digest(&json))
     }
 
     /// Binds the record to the manifest it verified and seals it.

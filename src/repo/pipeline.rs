@@ -68,7 +68,7 @@ pub async fn store(
     Ok(FileEntry {
         name: name.to_string(),
         size,
-        sha256: crate::plan::hex(&hasher.finalize()),
+        sha256: crate::digest::hex(&hasher.finalize()),
     })
 }
 
@@ -228,7 +228,7 @@ async fn hash_on_the_way(
             Err(e) => break (e.kind(), format!("read failed: {e}")),
         };
         if n == 0 {
-            let sha = crate::plan::hex(&hasher.finalize());
+            let sha = crate::digest::hex(&hasher.finalize());
             if size != entry.size {
                 break (
                     io::ErrorKind::InvalidData,

@@ -12,7 +12,7 @@
 //! instance metadata), never from the plan. One TLS stack: rustls on ring, as sqlx uses.
 
 use super::manifest::{MANIFEST_NAME, Manifest, VERIFICATION_NAME, Verification};
-use super::{BackupStore, FileSink, Reader, Slot};
+use super::store::{BackupStore, FileSink, MAX_SMALL_FILE, Reader, Slot, check_id};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
@@ -257,11 +257,11 @@ impl S3Store {
         };
         if out
             .content_length()
-            .is_some_and(|n| n as u64 > super::MAX_SMALL_FILE)
+            .is_some_and(|n| n as u64 > MAX_SMALL_FILE)
         {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("{key} is larger than {} MiB", super::MAX_SMALL_FILE >> 20),
+                format!("{key} is larger than {} MiB", MAX_SMALL_FILE >> 20),
             ));
         }
         let bytes = out
@@ -778,7 +778,7 @@ impl BackupStore for S3Store {
     }
 
     async fn discard(&self, backup_id: &str) -> io::Result<()> {
-        super::check_id(backup_id)?;
+        check_id(backup_id)?;
         let keys = self.keys_under(&self.backup_prefix(backup_id)).await?;
         if keys
             .iter()
@@ -798,7 +798,7 @@ impl BackupStore for S3Store {
         for key in self.keys_under(&root).await? {
             // `<root><id>/manifest.json` exactly: deeper keys are files of a backup.
             if let Some(id) = key[root.len()..].strip_suffix(&format!("/{MANIFEST_NAME}"))
-                && super::check_id(id).is_ok()
+                && check_id(id).is_ok()
             {
                 out.push(Slot {
                     id: id.to_string(),
@@ -810,12 +810,12 @@ impl BackupStore for S3Store {
     }
 
     async fn read_small(&self, backup_id: &str, name: &str) -> io::Result<Option<Vec<u8>>> {
-        super::check_id(backup_id)?;
+        check_id(backup_id)?;
         self.get_bytes(&self.key(backup_id, name)).await
     }
 
     async fn open(&self, backup_id: &str, name: &str) -> io::Result<Reader> {
-        super::check_id(backup_id)?;
+        check_id(backup_id)?;
         let key = self.key(backup_id, name);
         let out = self
             .client
@@ -829,7 +829,7 @@ impl BackupStore for S3Store {
     }
 
     async fn size(&self, backup_id: &str, name: &str) -> io::Result<u64> {
-        super::check_id(backup_id)?;
+        check_id(backup_id)?;
         let key = self.key(backup_id, name);
         let head = self
             .client
@@ -853,7 +853,7 @@ impl BackupStore for S3Store {
     }
 
     async fn delete(&self, backup_id: &str) -> io::Result<()> {
-        super::check_id(backup_id)?;
+        check_id(backup_id)?;
         // The manifest first: from then on the backup does not exist.
         self.delete_keys(vec![self.key(backup_id, MANIFEST_NAME)])
             .await?;

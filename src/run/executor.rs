@@ -2,12 +2,13 @@
 //! at most `concurrency` at a time, renders its parameters with the outputs known so far,
 //! retries transient failures, enforces timeouts and stops everything on cancellation.
 
-use super::events::{Attempt, Event, Events, Outputs, StepStatus};
 use super::retry::delay_after;
+use crate::exec::events::{Attempt, Event, Events, Outputs, StepStatus};
+use crate::exec::{ErrorKind, StepContext, StepError};
 use crate::plan::ValidPlan;
 use crate::plan::model::{Condition, StepKind};
 use crate::plan::template::Templates;
-use crate::steps::{ErrorKind, StepContext, StepError, StepRunner};
+use crate::steps::StepRunner;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use std::cmp::Reverse;

@@ -1,7 +1,7 @@
 //! The live log on stderr: one short line per thing that happened, colour only on a
 //! terminal and never with `NO_COLOR`; or one JSON object per event for machines.
 
-use super::events::{Event, StepStatus, Stream};
+use crate::exec::events::{Event, StepStatus, Stream};
 use crate::plan::duration;
 use std::io::Write;
 use std::time::Duration;

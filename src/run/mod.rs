@@ -1,7 +1,6 @@
-//! Running a plan: the [`executor`] emits [`events`]; the [`log`] and the [`report`] consume
-//! them; [`preview`] is the side-effect-free dry run.
+//! Running a plan: the [`executor`] emits [`crate::exec::events`]; the [`log`] and the
+//! [`report`] consume them; [`preview`] is the side-effect-free dry run.
 
-pub mod events;
 pub mod executor;
 pub mod log;
 pub mod preview;

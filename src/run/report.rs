@@ -1,7 +1,7 @@
 //! The JSON run report: what ran, how each attempt went, what came out. Built only from
 //! executor events, and redacted on the way in (see `events.rs`).
 
-use super::events::{Attempt, Event, Outputs, StepStatus, Stream};
+use crate::exec::events::{Attempt, Event, Outputs, StepStatus, Stream};
 use crate::plan::{PlanSource, ValidPlan};
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;

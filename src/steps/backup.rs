@@ -2,7 +2,8 @@
 //! the dump's own snapshot, and a manifest written last. A failed backup leaves nothing
 //! that looks like a backup.
 
-use super::{StepContext, StepError};
+use crate::exec::events::Outputs;
+use crate::exec::{StepContext, StepError};
 use crate::pg::fingerprint;
 use crate::pg::process::PgProcess;
 use crate::pg::server::{Server, classify, connect, tool};
@@ -11,7 +12,6 @@ use crate::repo::manifest::{
     DumpFormat, DumpOptions, FileEntry, FingerprintMode, MANIFEST_VERSION, Manifest,
 };
 use crate::repo::{BackupStore, pipeline};
-use crate::run::events::Outputs;
 use chrono::Utc;
 use sqlx::Connection;
 use std::time::Instant;
@@ -258,10 +258,10 @@ async fn dump(
                 // exit status decides.
                 match (stored, finished) {
                     (Err(e), _) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-                        Err(super::io_error(&format!("writing {name}"), &e))
+                        Err(crate::exec::io_error(&format!("writing {name}"), &e))
                     }
                     (_, Err(e)) => Err(e),
-                    (Err(e), Ok(())) => Err(super::io_error(&format!("writing {name}"), &e)),
+                    (Err(e), Ok(())) => Err(crate::exec::io_error(&format!("writing {name}"), &e)),
                     (Ok(entry), Ok(())) => Ok(vec![entry]),
                 }
             }
@@ -292,7 +292,7 @@ async fn dump(
                         .map_err(|e| StepError::transient(format!("{n}: {e}")))?;
                     let name = format!("dump/{n}{ext}");
                     let entry = tokio::select! {
-                        r = pipeline::store(store, backup_id, &name, file, p.compression, threads, recipients) => r.map_err(|e| super::io_error(&format!("writing {name}"), &e))?,
+                        r = pipeline::store(store, backup_id, &name, file, p.compression, threads, recipients) => r.map_err(|e| crate::exec::io_error(&format!("writing {name}"), &e))?,
                         _ = ctx.cancel.cancelled() => return Err(StepError::cancelled()),
                     };
                     entries.push(entry);

@@ -2,11 +2,11 @@
 //! `_sqlx_migrations` table: each migration and its row in one transaction, under an
 //! advisory lock (sqlx's). `status` and the preview only read.
 
-use super::{StepContext, StepError};
+use crate::exec::events::{Outputs, Stream};
+use crate::exec::{StepContext, StepError};
 use crate::pg::server::classify;
 use crate::pg::server::connect;
 use crate::plan::model::{MigrateAction, MigrateParams};
-use crate::run::events::{Outputs, Stream};
 use sqlx::migrate::{Migrate, MigrateError, Migrator};
 use sqlx::{Connection, PgConnection};
 use std::path::Path;

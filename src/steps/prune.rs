@@ -2,13 +2,13 @@
 //! way for the preview (which lists every backup it would delete and the rule that keeps
 //! each kept one) and for the run.
 
-use super::{StepContext, StepError};
+use crate::exec::events::{Outputs, Stream};
+use crate::exec::{StepContext, StepError};
 use crate::plan::model::PruneParams;
 use crate::repo::AnyStore;
 use crate::repo::BackupStore;
 use crate::repo::listing;
 use crate::repo::retention::{self, Candidate, Decision};
-use crate::run::events::{Outputs, Stream};
 use chrono::Utc;
 
 pub fn describe(p: &PruneParams) -> String {

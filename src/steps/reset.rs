@@ -1,12 +1,13 @@
 //! `reset`: end the database's other sessions, drop and recreate it, apply migrations,
 //! apply seeds — a known state for development and CI databases.
 
-use super::{StepContext, StepError, migrate, seed};
-use crate::pg::restore::quote_ident;
+use super::{migrate, seed};
+use crate::exec::events::{Outputs, Stream};
+use crate::exec::{StepContext, StepError};
+use crate::pg::database::quote_ident;
 use crate::pg::server::classify;
 use crate::pg::server::connect;
 use crate::plan::model::ResetParams;
-use crate::run::events::{Outputs, Stream};
 use sqlx::Connection;
 use std::path::Path;
 

@@ -1,13 +1,14 @@
 //! `restore`: a backup into a database (the namespace) on a target.
 
-use super::{ErrorKind, StepContext, StepError};
+use crate::exec::events::{Outputs, Stream};
+use crate::exec::{ErrorKind, StepContext, StepError};
+use crate::pg::database as db;
 use crate::pg::server::{Server, classify, connect};
 use crate::pg::{fingerprint, restore, swap};
 use crate::plan::model::RestoreParams;
 use crate::repo::AnyStore;
 use crate::repo::listing::{self, Checked};
 use crate::repo::manifest::{FingerprintMode, Manifest, TableFingerprint};
-use crate::run::events::{Outputs, Stream};
 use sqlx::Connection;
 use std::time::Instant;
 
@@ -46,7 +47,9 @@ pub async fn resolve(
     if backup == "latest" {
         return listing::latest(store, database)
             .await
-            .map_err(|e| super::io_error(&format!("cannot list repository `{repository}`"), &e))?
+            .map_err(|e| {
+                crate::exec::io_error(&format!("cannot list repository `{repository}`"), &e)
+            })?
             .ok_or_else(|| {
                 StepError::permanent(format!(
                     "repository `{repository}` holds no published backup{}",
@@ -74,7 +77,7 @@ pub async fn run(p: &RestoreParams, ctx: &StepContext) -> Result<Outputs, StepEr
     .await?;
     listing::files_present(&store, &checked)
         .await
-        .map_err(|e| super::io_error("before restoring", &e))?;
+        .map_err(|e| crate::exec::io_error("before restoring", &e))?;
     let mut manifest = checked.manifest;
     // Before the target is touched: without the right key there is nothing to restore.
     ctx.unseal(&mut manifest)?;
@@ -89,8 +92,8 @@ pub async fn run(p: &RestoreParams, ctx: &StepContext) -> Result<Outputs, StepEr
             format!("removed `{leftover}`, left by an interrupted restore into `{database}`"),
         );
     }
-    let existing = swap::exists(&mut server.conn, database).await?;
-    if existing && !p.overwrite && !swap::is_empty(&server.info.with_database(database)).await? {
+    let existing = db::exists(&mut server.conn, database).await?;
+    if existing && !p.overwrite && !db::is_empty(&server.info.with_database(database)).await? {
         return Err(StepError {
             kind: ErrorKind::Refused,
             message: format!(
@@ -99,7 +102,7 @@ pub async fn run(p: &RestoreParams, ctx: &StepContext) -> Result<Outputs, StepEr
         });
     }
     let staging = swap::staging_name(database);
-    swap::create(&mut server.conn, &staging, existing.then_some(database)).await?;
+    db::create(&mut server.conn, &staging, existing.then_some(database)).await?;
     let clock = Instant::now();
     let restored = restore_and_check(ctx, &store, &manifest, &server, &staging, p).await;
     let swapped = match restored {
@@ -107,7 +110,7 @@ pub async fn run(p: &RestoreParams, ctx: &StepContext) -> Result<Outputs, StepEr
         Err(e) => Err(e),
     };
     if let Err(e) = swapped {
-        let cleanup = match swap::drop(&mut server.conn, &staging).await {
+        let cleanup = match db::drop(&mut server.conn, &staging).await {
             Ok(()) => format!("`{database}` was not touched"),
             Err(_) => format!(
                 "`{database}` was not touched; the partial restore `{staging}` could not be dropped now and is removed by the next restore into `{database}`"

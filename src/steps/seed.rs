@@ -4,12 +4,12 @@
 //! name gives (`users.csv`, `20-billing.invoices.csv`: a leading number only orders), with
 //! a header line.
 
-use super::{StepContext, StepError};
-use crate::pg::restore::quote_ident;
+use crate::exec::events::{Outputs, Stream};
+use crate::exec::{StepContext, StepError};
+use crate::pg::database::quote_ident;
 use crate::pg::server::classify;
 use crate::pg::server::connect;
 use crate::plan::model::{SeedEnvironment, SeedParams};
-use crate::run::events::{Outputs, Stream};
 use sha2::{Digest, Sha256};
 use sqlx::{Connection, PgConnection};
 use std::path::{Path, PathBuf};
@@ -77,7 +77,7 @@ pub async fn apply(
         hasher.update(&bytes);
         contents.push((name, f.extension().is_some_and(|e| e == "csv"), bytes));
     }
-    let checksum = crate::plan::hex(&hasher.finalize());
+    let checksum = crate::digest::hex(&hasher.finalize());
     let mut tx = conn
         .begin()
         .await

@@ -1,9 +1,9 @@
 //! `shell`: a command run by `sh -c`, its output streamed to the log line by line.
 
-use super::{ErrorKind, StepContext, StepError};
+use crate::exec::events::{Events, Outputs, Stream};
+use crate::exec::{ErrorKind, StepContext, StepError};
 use crate::plan::model::ShellParams;
 use crate::process::ProcessGroup;
-use crate::run::events::{Events, Outputs, Stream};
 use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;

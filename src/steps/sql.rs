@@ -1,11 +1,11 @@
 //! `sql`: runs SQL text against a target through sqlx. The simple query protocol is used,
 //! so a file may hold several statements and every value comes back as text.
 
-use super::{ErrorKind, StepContext, StepError};
+use crate::exec::events::Outputs;
+use crate::exec::{ErrorKind, StepContext, StepError};
 use crate::pg::conn::ConnInfo;
 use crate::pg::server::classify;
 use crate::plan::model::SqlParams;
-use crate::run::events::Outputs;
 use sqlx::{Connection, Row, ValueRef};
 use std::path::Path;
 

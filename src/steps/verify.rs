@@ -4,17 +4,18 @@
 //! database again (also when something failed).
 
 use super::restore::resolve;
-use super::{StepContext, StepError};
+use crate::exec::events::{Outputs, Stream};
+use crate::exec::{StepContext, StepError};
+use crate::pg::database as db;
 use crate::pg::process::PgProcess;
 use crate::pg::server::classify;
 use crate::pg::server::{connect, tool};
-use crate::pg::{fingerprint, restore, swap};
+use crate::pg::{fingerprint, restore};
 use crate::plan::model::VerifyParams;
 use crate::repo::AnyStore;
 use crate::repo::listing;
 use crate::repo::manifest::{DumpFormat, FingerprintMode, Manifest, Verification};
 use crate::repo::pipeline;
-use crate::run::events::{Outputs, Stream};
 use chrono::Utc;
 use sqlx::Connection;
 use std::time::Instant;
@@ -144,7 +145,7 @@ pub async fn run(p: &VerifyParams, ctx: &StepContext) -> Result<Outputs, StepErr
                     );
                     checks.record(ctx, "fingerprints", result);
                 }
-                Err(e) if e.kind == super::ErrorKind::Cancelled => return Err(e),
+                Err(e) if e.kind == crate::exec::ErrorKind::Cancelled => return Err(e),
                 Err(e) => checks.record(ctx, "restore", Err(e.message)),
             }
         }
@@ -291,12 +292,12 @@ async fn test_restore(
     jobs: Option<u32>,
 ) -> Result<Result<String, String>, StepError> {
     let mut server = connect(ctx.target_url(target)?, None, &format!("target `{target}`")).await?;
-    if swap::exists(&mut server.conn, database).await? {
+    if db::exists(&mut server.conn, database).await? {
         return Err(StepError::permanent(format!(
             "scratch database `{database}` already exists on target `{target}`; verify only restores into a new database (e.g. `verify_{{{{ run.id }}}}`)"
         )));
     }
-    swap::create(&mut server.conn, database, None).await?;
+    db::create(&mut server.conn, database, None).await?;
     let into = server.info.with_database(database);
     let outcome = async {
         restore::restore(ctx, store, manifest, &into, server.major, jobs, true).await?;
@@ -320,7 +321,7 @@ async fn test_restore(
     }
     .await;
     // Cleanup happens even after a failed or cancelled restore.
-    if let Err(e) = swap::drop(&mut server.conn, database).await {
+    if let Err(e) = db::drop(&mut server.conn, database).await {
         tracing::warn!("dropping scratch database {database}: {e}");
     }
     let _ = server.conn.close().await;

@@ -1,9 +1,9 @@
 //! `wait_ready`: polls a target until it accepts connections and answers a query.
 
-use super::{StepContext, StepError};
+use crate::exec::events::Outputs;
+use crate::exec::{StepContext, StepError};
 use crate::pg::conn::ConnInfo;
 use crate::plan::model::WaitReadyParams;
-use crate::run::events::Outputs;
 use sqlx::Connection;
 use std::time::{Duration, Instant};
 

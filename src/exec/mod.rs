@@ -1,0 +1,11 @@
+//! What steps, PostgreSQL plumbing and the executor share, below all three: a step's error
+//! and its kinds ([`error`]), the context a step runs in ([`context`]) and the events it
+//! emits ([`events`]). Nothing here imports `steps/`, `pg/` or `run/`, so the import graph
+//! has no cycle (`tests/architecture.rs` keeps it so).
+
+pub mod context;
+pub mod error;
+pub mod events;
+
+pub use context::StepContext;
+pub use error::{ErrorKind, StepError, io_error};

@@ -1,0 +1,124 @@
+//! Databases on a server: quoting their names, whether one exists or holds anything,
+//! creating, dropping, and ending the sessions on one.
+
+use super::conn::ConnInfo;
+use super::server::classify;
+use crate::exec::StepError;
+use sqlx::{Connection, PgConnection};
+
+/// `"name"` with embedded quotes doubled: a safe SQL identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+pub async fn exists(conn: &mut PgConnection, name: &str) -> Result<bool, StepError> {
+    sqlx::query_scalar::<_, bool>("select exists (select 1 from pg_database where datname = $1)")
+        .bind(name)
+        .fetch_one(conn)
+        .await
+        .map_err(|e| classify(&e, "cannot look up databases"))
+}
+
+pub(super) async fn execute(
+    conn: &mut PgConnection,
+    sql: String,
+    what: &str,
+) -> Result<(), StepError> {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(conn)
+        .await
+        .map(|_| ())
+        .map_err(|e| classify(&e, what))
+}
+
+/// Drops a database, ending its sessions first.
+pub async fn drop(conn: &mut PgConnection, name: &str) -> Result<(), StepError> {
+    execute(
+        conn,
+        format!("drop database if exists {} with (force)", quote_ident(name)),
+        &format!("cannot drop database `{name}`"),
+    )
+    .await
+}
+
+/// Creates an empty database; `like` names one whose encoding, locale and owner to copy
+/// (the owner only where this role may give it away; otherwise the new database is this
+/// role's, with a warning).
+pub async fn create(
+    conn: &mut PgConnection,
+    name: &str,
+    like: Option<&str>,
+) -> Result<(), StepError> {
+    let mut sql = format!("create database {} template template0", quote_ident(name));
+    let what = format!("cannot create database `{name}`");
+    let Some(like) = like else {
+        return execute(conn, sql, &what).await;
+    };
+    let row: Option<(String, String, String, String)> = sqlx::query_as(
+        "select pg_encoding_to_char(encoding)::text, datcollate::text, datctype::text,
+                pg_get_userbyid(datdba)::text
+         from pg_database where datname = $1",
+    )
+    .bind(like)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(|e| classify(&e, "cannot read the database's encoding"))?;
+    let Some((encoding, collate, ctype, owner)) = row else {
+        return execute(conn, sql, &what).await;
+    };
+    let lit = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    sql.push_str(&format!(
+        " encoding {} lc_collate {} lc_ctype {}",
+        lit(&encoding),
+        lit(&collate),
+        lit(&ctype)
+    ));
+    let with_owner = format!("{sql} owner {}", quote_ident(&owner));
+    match execute(conn, with_owner, &what).await {
+        Err(e) if e.message.contains("SQLSTATE 42501") => {
+            tracing::warn!(
+                "the restored `{like}` will be owned by this role, not by `{owner}`: {}",
+                e.message
+            );
+            execute(conn, sql, &what).await
+        }
+        other => other,
+    }
+}
+
+/// Whether a database holds anything of its own: relations, functions or types outside the
+/// system schemas, or schemas besides `public`.
+pub async fn is_empty(info: &ConnInfo) -> Result<bool, StepError> {
+    let mut conn = info
+        .connect()
+        .await
+        .map_err(|e| classify(&e, "cannot connect to the existing database"))?;
+    let objects: i64 = sqlx::query_scalar(
+        "select (select count(*) from pg_class c join pg_namespace n on n.oid = c.relnamespace
+                 where n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_%')
+              + (select count(*) from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+                 where n.nspname not in ('pg_catalog', 'information_schema'))
+              + (select count(*) from pg_namespace where nspname not in ('public', 'information_schema') and nspname not like 'pg\\_%')",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .map_err(|e| classify(&e, "cannot inspect the existing database"))?;
+    let _ = conn.close().await;
+    Ok(objects == 0)
+}
+
+/// Ends every other session on a database.
+pub(super) async fn terminate_sessions(
+    conn: &mut PgConnection,
+    name: &str,
+) -> Result<(), StepError> {
+    sqlx::query(
+        "select pg_terminate_backend(pid) from pg_stat_activity
+         where datname = $1 and pid <> pg_backend_pid()",
+    )
+    .bind(name)
+    .execute(conn)
+    .await
+    .map(|_| ())
+    .map_err(|e| classify(&e, &format!("cannot end the sessions on `{name}`")))
+}
