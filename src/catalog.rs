@@ -40,10 +40,9 @@ pub async fn open_store(
         )));
     };
     let env: serde_json::Value = serde_json::json!({ "env": std::env::vars().collect::<std::collections::BTreeMap<_, _>>(), "vars": valid.plan.vars });
-    let url = plan::template::Templates::new()
-        .render_str(&repo.url, &env)
-        .map_err(|e| Failure::Usage(format!("repository `{repository}`: {e}")))?;
-    repo::open(&url, &source.base_dir(), &repo.s3_options())
+    let repo = plan::resolve::repository(&plan::template::Templates::new(), repository, repo, &env)
+        .map_err(Failure::Usage)?;
+    repo::open(&repo.url, &source.base_dir(), &repo.s3_options())
         .await
         .map_err(Failure::Usage)
 }

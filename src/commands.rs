@@ -59,8 +59,12 @@ pub struct Prepared {
 /// Loads, validates and checks the command-line overrides against the plan.
 pub fn prepare(args: &PlanArgs, env: BTreeMap<String, String>) -> Result<Prepared, Failure> {
     let source = PlanSource::read_within(&args.file, args.limits).map_err(Failure::Plan)?;
-    let (source, plan) = plan::check(source).map_err(Failure::Plan)?;
     let overrides: BTreeMap<String, String> = args.vars.iter().cloned().collect();
+    let as_values = overrides
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    let (source, plan) = plan::check_with(source, &as_values).map_err(Failure::Plan)?;
     plan::validate::check_overrides(&plan.plan, &overrides).map_err(Failure::Usage)?;
     for name in &args.confirm {
         if !plan.plan.targets.contains_key(name) {
@@ -166,7 +170,13 @@ pub fn plan(args: &PlanArgs, format: PreviewFormat, out: Option<&Path>) -> Resul
         None => None,
         Some(path) => {
             let old = PlanSource::read_within(path, args.limits).map_err(Failure::Plan)?;
-            let (_, old) = plan::check(old).map_err(Failure::Plan)?;
+            // The same --var values: only what the plan itself changed counts.
+            let overrides = args
+                .vars
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect();
+            let (_, old) = plan::check_with(old, &overrides).map_err(Failure::Plan)?;
             Some(preview::BaseTrust::between(&old.plan, &p.plan.plan))
         }
     };

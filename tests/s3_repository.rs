@@ -427,3 +427,155 @@ fn a_backup_interrupted_mid_upload_aborts_its_upload_and_leaves_nothing() {
     );
     assert!(files_under(&ws.path("s3").join(BUCKET)).is_empty());
 }
+
+/// Variables reach every field, typed or not, and a bad value is refused like a literal,
+/// naming the variable; the S3 endpoint may come from the environment.
+#[test]
+fn variables_reach_every_field_and_are_checked_like_literals() {
+    let ws = Workspace::new();
+    let server = S3Server::start(&ws.path("s3"));
+    let (_cluster, url) = source();
+    let plan = format!(
+        r#"version: 1
+name: matrix
+vars: {{ format: directory, compression: zstd, keep: 5, timeout: 5m, path_style: "true", workers: 1 }}
+targets:
+  db: {{ url: "{{{{ env.DATABASE_URL }}}}" }}
+  scratch: {{ ephemeral: true }}
+repositories:
+  offsite:
+    url: s3://{BUCKET}/matrix
+    endpoint: "{{{{ env.S3_ENDPOINT }}}}"
+    force_path_style: "{{{{ vars.path_style }}}}"
+steps:
+  - id: backup
+    type: backup
+    target: db
+    database: app
+    repository: offsite
+    format: "{{{{ vars.format }}}}"
+    compression: "{{{{ vars.compression }}}}"
+    jobs: "{{{{ vars.workers }}}}"
+    timeout: "{{{{ vars.timeout }}}}"
+  - id: prune
+    type: prune
+    needs: [backup]
+    repository: offsite
+    keep: {{ last: "{{{{ vars.keep }}}}" }}
+"#
+    );
+    let plan_file = ws.write_plan(&plan);
+    let env = env_with(&url, &[("S3_ENDPOINT", server.endpoint.clone())]);
+    let matrix = [
+        "--var",
+        "format=directory",
+        "--var",
+        "compression=gzip:6",
+        "--var",
+        "workers=2",
+        "--var",
+        "keep=1",
+    ];
+    let run_cli = |verb: &str, args: &[&str]| {
+        let out = opsrunner()
+            .arg(verb)
+            .arg(&plan_file)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let (code, text) = run_cli("validate", &matrix);
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text) = run_cli("plan", &matrix);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("directory") && text.contains("gzip:6"),
+        "{text}"
+    );
+
+    // Two runs: the second's prune keeps one backup, as `keep=1` says.
+    for _ in 0..2 {
+        let run = apply(&ws, &plan, &matrix, &env);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+    }
+    let (code, stdout, stderr) = backups(&ws, &["list", "--json"], &env);
+    assert_eq!(code, 0, "{stderr}");
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(listed.len(), 1, "{stdout}");
+    assert_eq!(listed[0]["format"], "directory", "{stdout}");
+    assert_eq!(listed[0]["compression"], "gzip:6", "{stdout}");
+
+    // A bad value is refused before anything runs, where the field is, naming the variable.
+    for (args, field, says) in [
+        (["--var", "format=tarball"], "steps[0].format", "tarball"),
+        (["--var", "compression=lz5"], "steps[0].compression", "lz5"),
+        (["--var", "timeout=forever"], "steps[0].timeout", "forever"),
+        (
+            ["--var", "path_style=maybe"],
+            "repositories.offsite.force_path_style",
+            "maybe",
+        ),
+        (["--var", "workers=100"], "steps[0].jobs", "64"),
+    ] {
+        for verb in ["validate", "apply"] {
+            let (code, text) = run_cli(verb, &args);
+            assert_eq!(code, Some(2), "{verb} {args:?}: {text}");
+            assert!(
+                text.contains(field) && text.contains(says),
+                "{verb} {args:?}: {text}"
+            );
+            assert!(text.contains("plan.yaml:"), "{verb} {args:?}: {text}");
+        }
+    }
+}
+
+/// A template where a field cannot take one, and a step's output where the value must be
+/// known before the run, are refused by validate with the field's position.
+#[test]
+fn templates_where_they_cannot_be_rendered_are_refused() {
+    let ws = Workspace::new();
+    for (plan, field, says) in [
+        (
+            "version: 1\nname: t\ntargets:\n  db: { url: \"postgres://h/db\", protected: \"{{ vars.p }}\" }\nvars: { p: false }\nsteps:\n  - { id: a, type: sql, target: db, query: \"select 1\" }\n",
+            "targets.db.protected",
+            "takes no template",
+        ),
+        (
+            "version: 1\nname: t\nvars: { a: \"{{ env.HOME }}\" }\nsteps:\n  - { id: a, type: shell, command: \"true\" }\n",
+            "vars",
+            "takes no template",
+        ),
+        (
+            "version: 1\nname: t\nvars: { a: x }\nsteps:\n  - { id: \"{{ vars.a }}\", type: shell, command: \"true\" }\n",
+            "steps[0].id",
+            "takes no template",
+        ),
+        (
+            "version: 1\nname: t\nrepositories:\n  r: { url: \"file://./r\" }\ntargets:\n  db: { url: \"postgres://h/db\" }\nsteps:\n  - { id: a, type: shell, command: \"echo 2\" }\n  - { id: b, type: backup, needs: [a], target: db, repository: r, jobs: \"{{ steps.a.outputs.stdout }}\" }\n",
+            "steps[1].jobs",
+            "known only when that step has run",
+        ),
+        (
+            "version: 1\nname: t\nrepositories:\n  r: { url: \"file://./r\" }\ntargets:\n  db: { url: \"postgres://h/db\" }\nsteps:\n  - { id: a, type: shell, command: \"echo db\" }\n  - { id: b, type: backup, needs: [a], target: \"{{ steps.a.outputs.stdout }}\", repository: r }\n",
+            "steps[1].target",
+            "must be known before the run",
+        ),
+    ] {
+        let out = opsrunner()
+            .arg("validate")
+            .arg(ws.write_plan(plan))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        assert!(text.contains(field) && text.contains(says), "{text}");
+        assert!(text.contains("plan.yaml:"), "{text}");
+    }
+}

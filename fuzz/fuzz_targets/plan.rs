@@ -23,8 +23,13 @@ fuzz_target!(|data: &[u8]| {
                 "run": { "id": "r", "started_at": "t", "plan": "p" },
                 "steps": {},
             });
+            // The resolver preview and apply use: rendering and typing every step and
+            // repository with what the run would know.
             for step in &valid.plan.steps {
-                let _ = templates.render_params(step.kind.type_name(), &step.raw_params, &context);
+                let _ = opsrunner::plan::resolve::step(&templates, step, &context);
+            }
+            for (name, repo) in &valid.plan.repositories {
+                let _ = opsrunner::plan::resolve::repository(&templates, name, repo, &context);
             }
             let _ = valid.dag.upstream(valid.plan.steps.len().saturating_sub(1));
         }

@@ -3,7 +3,9 @@
 //! file is reported in one go, each with its line, column and key path.
 
 use super::model::{Common, Plan, Repository, STEP_TYPES, StepDef, StepKind, Target};
-use super::model::{ParamsError, RawParams, SUPPORTED_VERSIONS};
+use super::model::{RawParams, SUPPORTED_VERSIONS};
+use super::resolve::{ParamsError, ResolveError};
+use super::template::{Templates, has_template};
 use super::yaml::{self, Node, NodeKind, PathSegment, format_path};
 use crate::diag::{Diagnostic, Span, did_you_mean};
 use serde::de::DeserializeOwned;
@@ -27,7 +29,7 @@ pub const COMMON_STEP_KEYS: &[&str] =
 
 /// Parses and type-checks a plan.
 pub fn load_str(source: &str) -> Result<Plan, Vec<Diagnostic>> {
-    let (plan, problems) = load_partial(source, yaml::Limits::default())?;
+    let (plan, problems) = load_partial(source, yaml::Limits::default(), &BTreeMap::new())?;
     match plan {
         Some(plan) if problems.is_empty() => Ok(plan),
         _ => Err(problems),
@@ -36,40 +38,79 @@ pub fn load_str(source: &str) -> Result<Plan, Vec<Diagnostic>> {
 
 /// Like [`load_str`], but also returns a plan when only some steps are broken: those
 /// steps stand in as placeholders (`broken: true`), so that the semantic checks can still
-/// run on the rest and every problem is reported in one go.
+/// run on the rest and every problem is reported in one go. `overrides` are the `--var`
+/// values: with the plan's own `vars` they are all that is known before the run, and they
+/// are rendered into every field before it is typed (see [`super::resolve`]).
 ///
-/// Steps are typed one by one while the YAML is parsed and their node trees dropped at
-/// once (see [`yaml::parse_streaming_steps`]): the tree of a large plan is many times the
-/// size of its typed steps, and it is not needed again unless a later check has to place
-/// an error, which re-parses the text.
+/// While the YAML is parsed, each step is kept only as compact JSON text and its node tree
+/// dropped at once (see [`yaml::parse_streaming_steps`]): the tree of a large plan is many
+/// times the size of its typed steps. Steps are typed once the variables are known; the
+/// tree is parsed again only when an error has to be placed.
 pub fn load_partial(
     source: &str,
     limits: yaml::Limits,
+    overrides: &BTreeMap<String, Value>,
 ) -> Result<(Option<Plan>, Vec<Diagnostic>), Vec<Diagnostic>> {
+    let mut written = Vec::new();
+    let root = yaml::parse_streaming_steps(source, limits, &mut |_, node| {
+        written.push(RawParams::new(&node.to_json()));
+    })?;
+    let tree = Tree {
+        source,
+        limits,
+        cell: Default::default(),
+    };
     let mut loader = Loader {
         problems: Vec::new(),
+        templates: Templates::new(),
+        known: Value::Null,
     };
-    let mut steps = Vec::new();
-    let root = yaml::parse_streaming_steps(source, limits, &mut |index, node| {
-        let step = loader
-            .step(index, &node)
-            .unwrap_or_else(|| placeholder(&node));
-        steps.push(step);
-    })?;
-    // Problems are reported in the file's order of sections: the steps' come last.
-    let step_problems = std::mem::take(&mut loader.problems);
-    let plan = loader.plan(&root, steps);
-    let mut problems = loader.problems;
-    problems.extend(step_problems);
-    Ok((plan, problems))
+    let plan = loader.plan(&root, written, &tree, overrides);
+    Ok((plan, loader.problems))
+}
+
+/// The whole YAML tree, parsed again only when a step's problem has to be placed.
+struct Tree<'a> {
+    source: &'a str,
+    limits: yaml::Limits,
+    cell: std::cell::OnceCell<Option<Node>>,
+}
+
+impl Tree<'_> {
+    /// The node at `path`, or a stand-in at the file's start when there is none.
+    fn node(&self, path: &[PathSegment]) -> &Node {
+        static NOWHERE: Node = Node {
+            kind: NodeKind::Null,
+            span: Span {
+                line: 1,
+                col: 1,
+                len: 1,
+            },
+        };
+        // The text parsed once already within the same limits, so this parse succeeds.
+        self.cell
+            .get_or_init(|| yaml::parse_within(self.source, self.limits).ok())
+            .as_ref()
+            .and_then(|root| root.lookup(path))
+            .map_or(&NOWHERE, |(node, _)| node)
+    }
 }
 
 struct Loader {
     problems: Vec<Diagnostic>,
+    templates: Templates,
+    /// What is known before the run: `{ "vars": … }`.
+    known: Value,
 }
 
 impl Loader {
-    fn plan(&mut self, root: &Node, steps: Vec<StepDef>) -> Option<Plan> {
+    fn plan(
+        &mut self,
+        root: &Node,
+        steps: Vec<RawParams>,
+        tree: &Tree,
+        overrides: &BTreeMap<String, Value>,
+    ) -> Option<Plan> {
         let Some(entries) = root.as_map() else {
             self.problems.push(
                 Diagnostic::new(format!(
@@ -105,11 +146,24 @@ impl Loader {
         let name: Option<String> = self.required(root, "name");
         let description: Option<Option<String>> = self.optional(root, "description");
         let vars = self.vars(root);
+        self.no_templates(
+            root,
+            "vars",
+            "variables are values, never rendered themselves",
+        );
+        let mut known_vars = vars.clone().unwrap_or_default();
+        known_vars.extend(overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self.known = serde_json::json!({ "vars": known_vars });
         let secrets: Option<Vec<String>> = self.optional(root, "secrets");
+        self.no_templates(
+            root,
+            "secrets",
+            "a secret is the name of an environment variable",
+        );
         let targets: Option<BTreeMap<String, Target>> = self.named_map(root, "targets");
         let repositories: Option<BTreeMap<String, Repository>> =
             self.named_map(root, "repositories");
-        let steps = self.steps(root, steps);
+        let steps = self.steps(root, steps, tree);
         // Sections that failed would make the semantic checks report phantom problems
         // ("unknown target"), so a partial plan is only built when just steps are broken.
         Some(Plan {
@@ -161,7 +215,7 @@ impl Loader {
     }
 
     /// A mapping of names to entries (targets, repositories), each entry checked on its own.
-    fn named_map<T: DeserializeOwned>(
+    fn named_map<T: DeserializeOwned + Written>(
         &mut self,
         root: &Node,
         key: &str,
@@ -187,7 +241,22 @@ impl Loader {
                 PathSegment::Key(key.into()),
                 PathSegment::Key(name.name.clone()),
             ];
-            match self.deserialize(&path, value, value, &[]) {
+            if let Some(protected) = value.get("protected")
+                && protected.as_str().is_some_and(has_template)
+            {
+                self.problems.push(
+                    Diagnostic::new(
+                        "`protected` takes no template: a guard must not depend on a variable",
+                    )
+                    .at(protected.span)
+                    .with_path(format!("{key}.{}.protected", name.name))
+                    .with_help("write `protected: true` (or false) as it is"),
+                );
+                ok = false;
+                continue;
+            }
+            let written = value.to_json();
+            match self.resolved::<T>(&path, value, &written, "") {
                 Some(v) => {
                     out.insert(name.name.clone(), v);
                 }
@@ -197,8 +266,8 @@ impl Loader {
         ok.then_some(out)
     }
 
-    /// The `steps` section, whose items were typed while parsing (`loaded`).
-    fn steps(&mut self, root: &Node, loaded: Vec<StepDef>) -> Option<Vec<StepDef>> {
+    /// The `steps` section; its items were kept as JSON while parsing (`written`).
+    fn steps(&mut self, root: &Node, written: Vec<RawParams>, tree: &Tree) -> Option<Vec<StepDef>> {
         let Some(node) = root.get("steps") else {
             self.required::<Value>(root, "steps");
             return None;
@@ -221,38 +290,44 @@ impl Loader {
                     .with_path("steps"),
             );
         }
-        if loaded.len() == items.len() {
-            return Some(loaded);
-        }
-        // The sequence came whole from an alias (`steps: *all`), so nothing was typed while
-        // parsing: the items are still in the tree.
-        let steps = items
+        // When the sequence came whole from an alias (`steps: *all`), nothing was handed
+        // over while parsing: the items are still in the tree.
+        let written: Vec<Value> = if written.len() == items.len() {
+            written.iter().map(RawParams::value).collect()
+        } else {
+            items.iter().map(Node::to_json).collect()
+        };
+        let steps = written
             .iter()
             .enumerate()
-            .map(|(i, item)| self.step(i, item).unwrap_or_else(|| placeholder(item)))
+            .map(|(i, step)| {
+                self.step(i, step, tree)
+                    .unwrap_or_else(|| placeholder(step))
+            })
             .collect();
         Some(steps)
     }
 
-    fn step(&mut self, index: usize, node: &Node) -> Option<StepDef> {
+    fn step(&mut self, index: usize, step: &Value, tree: &Tree) -> Option<StepDef> {
         let prefix = [PathSegment::Key("steps".into()), PathSegment::Index(index)];
         let path = format_path(&prefix);
-        let Some(entries) = node.as_map() else {
+        let node = || tree.node(&prefix);
+        let Some(entries) = step.as_object() else {
             self.problems.push(
                 Diagnostic::new(format!(
                     "a step must be a mapping, found {}",
-                    node.type_name()
+                    node().type_name()
                 ))
-                .at(node.span)
+                .at(node().span)
                 .with_path(path),
             );
             return None;
         };
-        let type_name = match node.get("type") {
+        let type_name = match entries.get("type") {
             None => {
                 self.problems.push(
                     Diagnostic::new("missing key `type`")
-                        .at(node.span)
+                        .at(node().span)
                         .with_path(path)
                         .with_help(format!(
                             "every step has a type: one of {}",
@@ -264,6 +339,7 @@ impl Loader {
             Some(t) => match t.as_str() {
                 Some(s) if STEP_TYPES.contains(&s) => Some(s.to_string()),
                 other => {
+                    let t = node().get("type").unwrap_or(node());
                     let shown =
                         other.map_or_else(|| t.type_name().to_string(), |s| format!("`{s}`"));
                     let help = other
@@ -283,36 +359,160 @@ impl Loader {
         let mut common = serde_json::Map::new();
         let mut params = serde_json::Map::new();
         for (key, value) in entries {
-            if key.name == "type" {
+            if key == "type" {
                 continue;
             }
-            let target = if COMMON_STEP_KEYS.contains(&key.name.as_str()) {
+            let target = if COMMON_STEP_KEYS.contains(&key.as_str()) {
                 &mut common
             } else {
                 &mut params
             };
-            target.insert(key.name.clone(), value.to_json());
+            target.insert(key.clone(), value.clone());
         }
-        let common: Option<Common> = self.deserialize(&prefix, node, &Value::Object(common), &[]);
+        // The step's identity and place in the graph are read before anything is rendered.
+        for key in ["id", "needs", "if"] {
+            let mut texts = Vec::new();
+            if let Some(value) = common.get(key) {
+                super::template::strings(value, &mut texts);
+            }
+            if texts.iter().any(|t| has_template(t)) {
+                let at = [
+                    prefix[0].clone(),
+                    prefix[1].clone(),
+                    PathSegment::Key(key.into()),
+                ];
+                self.problems.push(
+                    Diagnostic::new(format!(
+                        "`{key}` takes no template: a step's id, needs and condition are fixed in the plan"
+                    ))
+                    .at_opt(span_of(node(), &prefix, &at))
+                    .with_path(format_path(&at))
+                    .with_help("write the value as it is"),
+                );
+                return None;
+            }
+        }
+        let common = Value::Object(common);
+        let rendered = self.templates.render_known("", &common, &self.known);
+        let common: Option<Common> = match super::resolve::typed(&common, rendered, false) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                let d = self.resolve_diagnostic(&prefix, node(), e, &[]);
+                self.problems.push(d);
+                None
+            }
+        };
         let type_name = type_name?;
         let params = Value::Object(params);
-        let kind = match StepKind::from_params(&type_name, &params) {
+        let rendered = self
+            .templates
+            .render_known(&type_name, &params, &self.known);
+        let kind = match super::resolve::step_kind(&type_name, &params, rendered, false) {
             Ok(kind) => Some(kind),
             Err(ParamsError::Invalid(e)) => {
                 let mut extra: Vec<&str> = COMMON_STEP_KEYS.to_vec();
                 extra.push("type");
-                let d = self.serde_diagnostic(&prefix, node, e, &extra);
+                let d = self.resolve_diagnostic(&prefix, node(), e, &extra);
                 self.problems.push(d);
                 None
             }
             Err(ParamsError::UnknownType) => None,
         };
+        let kind = kind?;
+        // Which target and repository a step uses decides what validate checks, which
+        // guard applies and what the preview probes: known before the run, or refused.
+        for (field, name) in [("target", kind.target()), ("repository", kind.repository())] {
+            if let Some(name) = name.filter(|n| has_template(n)) {
+                let at = kind.reference_path(field);
+                let mut full = prefix.to_vec();
+                full.extend(at.iter().map(|k| PathSegment::Key(k.to_string())));
+                self.problems.push(
+                    Diagnostic::new(format!(
+                        "the {field} must be known before the run: `{name}` is not (only `vars` are)"
+                    ))
+                    .at_opt(span_of(node(), &prefix, &full))
+                    .with_path(format_path(&full))
+                    .with_help(format!("name the {field}, or take it from `{{{{ vars.NAME }}}}` and set it with --var")),
+                );
+                return None;
+            }
+        }
         Some(StepDef {
             common: common?,
-            kind: kind?,
+            kind,
             raw_params: RawParams::new(&params),
             broken: false,
         })
+    }
+
+    /// Renders what is known into `written` (read from `node`, at `prefix`) and types it;
+    /// problems point into `node`.
+    fn resolved<T: DeserializeOwned + Written>(
+        &mut self,
+        prefix: &[PathSegment],
+        node: &Node,
+        written: &Value,
+        type_name: &str,
+    ) -> Option<T> {
+        let rendered = self.templates.render_known(type_name, written, &self.known);
+        match super::resolve::typed::<T>(written, rendered, false) {
+            Ok(mut v) => {
+                v.set_written(RawParams::new(written));
+                Some(v)
+            }
+            Err(e) => {
+                let d = self.resolve_diagnostic(prefix, node, e, &[]);
+                self.problems.push(d);
+                None
+            }
+        }
+    }
+
+    fn resolve_diagnostic(
+        &self,
+        prefix: &[PathSegment],
+        node: &Node,
+        error: ResolveError,
+        extra_keys: &[&str],
+    ) -> Diagnostic {
+        match error {
+            ResolveError::Invalid { error, from } => {
+                let d = self.serde_diagnostic(prefix, node, error, extra_keys);
+                match from {
+                    Some(t) => {
+                        let help = d.help.clone().map(|h| format!("; {h}")).unwrap_or_default();
+                        d.with_help(format!("the value was rendered from `{t}`{help}"))
+                    }
+                    None => d,
+                }
+            }
+            ResolveError::TooLate { path, template } => {
+                let mut full = prefix.to_vec();
+                full.extend(path.iter().cloned());
+                Diagnostic::new(super::resolve::too_late(&path, &template))
+                    .at_opt(span_of(node, prefix, &full))
+                    .with_path(format_path(&full))
+                    .with_help("take the value from `{{ vars.NAME }}` (set with --var), or move it into a field that is rendered when the step starts, such as a command or a query")
+            }
+        }
+    }
+
+    /// Refuses templates in a section whose values are never rendered.
+    fn no_templates(&mut self, root: &Node, key: &str, why: &str) {
+        let Some(node) = root.get(key) else { return };
+        let mut strings = Vec::new();
+        collect_nodes(node, &mut strings);
+        for (text, span) in strings {
+            if has_template(&text) {
+                self.problems.push(
+                    Diagnostic::new(format!("`{key}` takes no template: {why}"))
+                        .at(span)
+                        .with_path(key)
+                        .with_help("write the value as it is"),
+                );
+                return;
+            }
+        }
     }
 
     /// Deserializes `value`, which was read from `node` (at `prefix`); errors point into
@@ -443,14 +643,14 @@ fn span_of(node: &Node, prefix: &[PathSegment], path: &[PathSegment]) -> Option<
 
 /// A stand-in for a step that did not load: its id and needs as far as they can be read,
 /// so that references to it do not produce phantom errors.
-fn placeholder(node: &Node) -> StepDef {
-    let id = node
+fn placeholder(step: &Value) -> StepDef {
+    let id = step
         .get("id")
-        .and_then(Node::as_str)
+        .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    let needs = match node.get("needs").map(|n| &n.kind) {
-        Some(NodeKind::Seq(items)) => items
+    let needs = match step.get("needs") {
+        Some(Value::Array(items)) => items
             .iter()
             .filter_map(|n| n.as_str().map(str::to_string))
             .collect(),
@@ -472,6 +672,34 @@ fn placeholder(node: &Node) -> StepDef {
         }),
         raw_params: RawParams::default(),
         broken: true,
+    }
+}
+
+/// Every string in a node with its position.
+fn collect_nodes(node: &Node, out: &mut Vec<(String, Span)>) {
+    match &node.kind {
+        NodeKind::Str(s) => out.push((s.clone(), node.span)),
+        NodeKind::Seq(items) => items.iter().for_each(|n| collect_nodes(n, out)),
+        NodeKind::Map(entries) => entries.iter().for_each(|(_, n)| collect_nodes(n, out)),
+        _ => {}
+    }
+}
+
+/// Sections that keep their written form beside the typed one, to be rendered again when
+/// a step starts.
+pub trait Written {
+    fn set_written(&mut self, written: RawParams);
+}
+
+impl Written for Target {
+    fn set_written(&mut self, written: RawParams) {
+        self.written = written;
+    }
+}
+
+impl Written for Repository {
+    fn set_written(&mut self, written: RawParams) {
+        self.written = written;
     }
 }
 

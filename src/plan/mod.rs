@@ -6,6 +6,7 @@ pub mod duration;
 pub mod graph;
 pub mod load;
 pub mod model;
+pub mod resolve;
 pub mod template;
 pub mod validate;
 pub mod yaml;
@@ -124,7 +125,16 @@ impl PlanError {
 
 /// Loads and validates a plan: all problems, or a plan ready to preview and run.
 pub fn check(source: PlanSource) -> Result<(PlanSource, ValidPlan), PlanError> {
-    let result = match load::load_partial(&source.text, source.limits) {
+    check_with(source, &std::collections::BTreeMap::new())
+}
+
+/// [`check`] with `--var` overrides of the plan's variables, which are rendered into every
+/// field before it is checked.
+pub fn check_with(
+    source: PlanSource,
+    overrides: &std::collections::BTreeMap<String, serde_json::Value>,
+) -> Result<(PlanSource, ValidPlan), PlanError> {
+    let result = match load::load_partial(&source.text, source.limits, overrides) {
         Err(problems) => Err(problems),
         Ok((None, problems)) => Err(problems),
         Ok((Some(plan), mut problems)) => {

@@ -60,6 +60,10 @@ pub struct Target {
     /// Destructive steps on a protected target are refused unless `--confirm NAME` is given.
     #[serde(default)]
     pub protected: bool,
+    /// The definition as written, rendered again when a step starts.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub written: RawParams,
 }
 
 impl Target {
@@ -97,6 +101,10 @@ pub struct Repository {
     /// are stored; restore and verify need an identity (`--identity`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<EncryptionConfig>,
+    /// The definition as written, rendered again when a step starts.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub written: RawParams,
 }
 
 /// `encryption:` of a repository: age recipients (public keys), inline or from a file.
@@ -181,6 +189,10 @@ pub struct RawParams(Box<str>);
 impl RawParams {
     pub fn new(value: &Value) -> RawParams {
         RawParams(value.to_string().into_boxed_str())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     pub fn value(&self) -> Value {
@@ -314,24 +326,14 @@ impl StepKind {
         }
     }
 
-    /// Deserializes a step type's parameters from their JSON form.
-    pub fn from_params(type_name: &str, params: &Value) -> Result<StepKind, ParamsError> {
-        fn de<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, ParamsError> {
-            serde_path_to_error::deserialize(v).map_err(ParamsError::Invalid)
+    /// Where in the parameters the target (`field` = "target") or the repository is named.
+    pub fn reference_path(&self, field: &str) -> &'static [&'static str] {
+        match (self, field) {
+            (StepKind::Restore(_), "target") => &["into", "target"],
+            (StepKind::Verify(_), "target") => &["restore_into", "target"],
+            (_, "target") => &["target"],
+            _ => &["repository"],
         }
-        Ok(match type_name {
-            "shell" => StepKind::Shell(de(params)?),
-            "sql" => StepKind::Sql(de(params)?),
-            "wait_ready" => StepKind::WaitReady(de(params)?),
-            "backup" => StepKind::Backup(de(params)?),
-            "restore" => StepKind::Restore(de(params)?),
-            "verify" => StepKind::Verify(de(params)?),
-            "migrate" => StepKind::Migrate(de(params)?),
-            "seed" => StepKind::Seed(de(params)?),
-            "reset" => StepKind::Reset(de(params)?),
-            "prune" => StepKind::Prune(de(params)?),
-            _ => return Err(ParamsError::UnknownType),
-        })
     }
 
     /// The schema of one step type's parameters (inline, not a reference).
@@ -397,12 +399,6 @@ impl StepKind {
     pub fn targets(&self) -> Vec<&str> {
         self.target().into_iter().collect()
     }
-}
-
-#[derive(Debug)]
-pub enum ParamsError {
-    UnknownType,
-    Invalid(serde_path_to_error::Error<serde_json::Error>),
 }
 
 /// `shell`: runs a command with `sh -c`.

@@ -217,6 +217,49 @@ impl Templates {
             .map_err(|e| format!("template error: {}", e.reason()))
     }
 
+    /// Renders the strings of a step's parameters (`type_name`) whose every reference is
+    /// in `context`, and leaves the others as written: what the loader does with the
+    /// plan's variables, the only values known before the run. The same registries as
+    /// [`Templates::render_params`], so a shell command is quoted the same way.
+    pub fn render_known(&self, type_name: &str, params: &Value, context: &Value) -> Value {
+        let known = |text: &str| {
+            references(text).is_ok_and(|refs| {
+                refs.iter().all(|r| {
+                    lookup(context, &r.path).is_some_and(|v| !v.is_object() && !v.is_array())
+                })
+            })
+        };
+        let render = |registry: &Handlebars<'static>, text: &str| {
+            if has_template(text) && known(text) {
+                self.render_with(registry, text, context)
+                    .unwrap_or_else(|_| text.to_string())
+            } else {
+                text.to_string()
+            }
+        };
+        fn walk(value: &Value, render: &dyn Fn(&str) -> String) -> Value {
+            match value {
+                Value::String(s) => Value::String(render(s)),
+                Value::Array(items) => {
+                    Value::Array(items.iter().map(|v| walk(v, render)).collect())
+                }
+                Value::Object(map) => Value::Object(
+                    map.iter()
+                        .map(|(k, v)| (k.clone(), walk(v, render)))
+                        .collect(),
+                ),
+                other => other.clone(),
+            }
+        }
+        let mut out = walk(params, &|t| render(&self.registry, t));
+        if type_name == "shell"
+            && let Some(Value::String(command)) = params.get("command")
+        {
+            out["command"] = Value::String(render(&self.shell, command));
+        }
+        out
+    }
+
     /// Renders every string inside a JSON value.
     pub fn render_value(&self, value: &Value, context: &Value) -> Result<Value, String> {
         Ok(match value {

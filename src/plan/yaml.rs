@@ -479,6 +479,16 @@ impl Builder<'_> {
     }
 }
 
+/// What `text` means written unquoted in YAML: a number, a boolean, null or a string. A
+/// rendered template is read this way where its field takes a number or a boolean.
+pub fn plain_scalar(text: &str) -> Value {
+    Node {
+        kind: resolve_scalar(text, ScalarStyle::Plain),
+        span: Span::new(1, 1),
+    }
+    .to_json()
+}
+
 /// Resolves a scalar with the YAML 1.2 core schema: only plain (unquoted) scalars can be
 /// null, booleans or numbers; quoted ones are always strings.
 fn resolve_scalar(text: &str, style: ScalarStyle) -> NodeKind {

@@ -131,14 +131,21 @@ pub async fn execute(
                 .target()
                 .and_then(|t| plan.plan.targets.get(t))
                 .map(|t| t.url_template());
-            let repo_url = s
+            // Every setting of the repository is rendered, the endpoint too.
+            let mut repo_strings = Vec::new();
+            if let Some(r) = s
                 .kind
                 .repository()
                 .and_then(|r| plan.plan.repositories.get(r))
-                .map(|r| r.url.as_str());
+            {
+                repo_strings.push(r.url.clone());
+                crate::plan::template::strings(&r.written.value(), &mut repo_strings);
+            }
             crate::plan::template::reference_paths(
                 &s.raw_params.value(),
-                target_url.into_iter().chain(repo_url),
+                target_url
+                    .into_iter()
+                    .chain(repo_strings.iter().map(String::as_str)),
             )
         })
         .collect();
@@ -367,22 +374,13 @@ impl StepTask {
     fn prepare(&self) -> Result<(StepKind, StepContext), StepError> {
         let step = &self.plan.plan.steps[self.index];
         let redactor = self.events.redactor();
-        let rendered = self
-            .templates
-            .render_params(
-                step.kind.type_name(),
-                &step.raw_params.value(),
-                &self.context,
-            )
+        let (rendered, kind) = crate::plan::resolve::step(&self.templates, step, &self.context)
             .map_err(StepError::permanent)?;
         let mut rendered_strings = Vec::new();
         crate::plan::template::strings(&rendered, &mut rendered_strings);
         rendered_strings
             .iter()
             .for_each(|s| redactor.add_url_passwords(s));
-        let kind = StepKind::from_params(step.kind.type_name(), &rendered).map_err(|_| {
-            StepError::permanent("parameters are invalid after rendering templates")
-        })?;
         let mut targets = BTreeMap::new();
         if let Some(name) = kind.target() {
             let target = &self.plan.plan.targets[name];
@@ -401,17 +399,10 @@ impl StepTask {
             .repository()
             .and_then(|name| self.plan.plan.repositories.get_key_value(name))
         {
-            let url = self
-                .templates
-                .render_str(&repo.url, &self.context)
-                .map_err(|e| StepError::permanent(format!("repository `{name}`: {e}")))?;
-            repositories.insert(
-                name.clone(),
-                crate::plan::model::Repository {
-                    url,
-                    ..repo.clone()
-                },
-            );
+            let repo = crate::plan::resolve::repository(&self.templates, name, repo, &self.context)
+                .map_err(StepError::permanent)?;
+            redactor.add_url_passwords(&repo.url);
+            repositories.insert(name.clone(), repo);
         }
         // The guard before the run looked at the plan as written; templates may have turned
         // a harmless-looking step into a destructive one. Checked again on what will run.

@@ -142,15 +142,12 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
     let mut steps_out = Vec::new();
     for (position, &i) in input.plan.dag.order.iter().enumerate() {
         let step = &plan.steps[i];
-        let rendered =
-            templates.render_params(step.kind.type_name(), &step.raw_params.value(), &context);
-        let (params, kind) = match rendered {
-            Ok(v) => {
+        // The resolver apply uses: the preview shows what apply would run.
+        let (params, kind) = match crate::plan::resolve::step(&templates, step, &context) {
+            Ok((v, kind)) => {
                 let mut strings = Vec::new();
                 template::strings(&v, &mut strings);
                 strings.iter().for_each(|s| redactor.add_url_passwords(s));
-                let kind = StepKind::from_params(step.kind.type_name(), &v)
-                    .unwrap_or_else(|_| step.kind.clone());
                 (v, kind)
             }
             Err(e) => {
@@ -210,10 +207,9 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
             .repository()
             .and_then(|r| plan.repositories.get(r))
             .map(|r| {
-                let url = templates
-                    .render_str(&r.url, &probe_context)
-                    .unwrap_or_else(|_| r.url.clone());
-                crate::plan::model::Repository { url, ..r.clone() }
+                let name = kind.repository().unwrap_or_default();
+                crate::plan::resolve::repository(&templates, name, r, &probe_context)
+                    .unwrap_or_else(|_| r.clone())
             });
         let skip = if input.untrusted {
             Some("--untrusted".to_string())
@@ -310,6 +306,9 @@ fn preview_context(input: &PreviewInput<'_>, warnings: &mut Vec<String>) -> Valu
     }
     all_strings.extend(plan.targets.values().filter_map(|t| t.url.clone()));
     all_strings.extend(plan.repositories.values().map(|r| r.url.clone()));
+    for repo in plan.repositories.values() {
+        template::strings(&repo.written.value(), &mut all_strings);
+    }
     for text in &all_strings {
         for r in template::references(text).unwrap_or_default() {
             if r.path.len() == 2 && r.path[0] == "env" {
