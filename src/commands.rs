@@ -230,13 +230,8 @@ fn guard(p: &Prepared, confirm: &[String]) -> Result<(), String> {
     let base_dir = p.source.base_dir();
     let mut refused = Vec::new();
     for step in &p.plan.plan.steps {
-        let Some(target) = step.kind.target() else {
-            continue;
-        };
-        let protected = p.plan.plan.targets.get(target).is_some_and(|t| t.protected);
-        if protected
-            && steps::destructive(&step.kind, &base_dir)
-            && !confirm.iter().any(|c| c == target)
+        if let Some(target) =
+            steps::unconfirmed(&step.kind, &p.plan.plan.targets, &base_dir, confirm, true)
         {
             refused.push(format!(
                 "step `{}` may destroy data on protected target `{target}`",

@@ -406,11 +406,13 @@ impl StepTask {
         }
         // The guard before the run looked at the plan as written; templates may have turned
         // a harmless-looking step into a destructive one. Checked again on what will run.
-        if let Some(name) = kind.target()
-            && self.plan.plan.targets[name].protected
-            && crate::steps::destructive(&kind, &self.opts.base_dir)
-            && !self.opts.confirmed.iter().any(|c| c == name)
-        {
+        if let Some(name) = crate::steps::unconfirmed(
+            &kind,
+            &self.plan.plan.targets,
+            &self.opts.base_dir,
+            &self.opts.confirmed,
+            true,
+        ) {
             return Err(StepError {
                 kind: ErrorKind::Refused,
                 message: format!(

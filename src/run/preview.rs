@@ -160,17 +160,14 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
             .as_ref()
             .is_some_and(|t| plan.targets.get(t).is_some_and(|t| t.protected));
         // Under --untrusted no file is read: SQL from a file counts as destructive.
-        let destructive = match &kind {
-            StepKind::Sql(p) if input.untrusted && p.file.is_some() => true,
-            _ => steps::destructive(&kind, &base_dir),
-        };
-        if let Some(t) = &target
-            && protected
-            && destructive
-            && !input.confirmed.contains(t)
-            && !confirmations.contains(t)
+        let read_files = !input.untrusted;
+        let destructive = steps::destructive_reading(&kind, &base_dir, read_files);
+        // The guard apply asks, on the same rendered parameters.
+        if let Some(t) =
+            steps::unconfirmed(&kind, &plan.targets, &base_dir, input.confirmed, read_files)
+            && !confirmations.iter().any(|c| c == t)
         {
-            confirmations.push(t.clone());
+            confirmations.push(t.to_string());
         }
         let target_url = target.as_ref().and_then(|t| plan.targets.get(t)).map(|t| {
             if t.ephemeral {

@@ -64,6 +64,33 @@ pub fn describe(kind: &StepKind) -> String {
     }
 }
 
+/// The one guard, asked by `apply` before the run, by each step as it starts (on its
+/// rendered parameters) and by the preview: the protected target the step may destroy
+/// data on without `--confirm` for it. `read_files: false` (an untrusted preview reads no
+/// file) counts SQL from a file as destructive.
+pub fn unconfirmed<'a>(
+    kind: &'a StepKind,
+    targets: &std::collections::BTreeMap<String, crate::plan::model::Target>,
+    base_dir: &std::path::Path,
+    confirmed: &[String],
+    read_files: bool,
+) -> Option<&'a str> {
+    let target = kind.target()?;
+    let protected = targets.get(target).is_some_and(|t| t.protected);
+    (protected
+        && destructive_reading(kind, base_dir, read_files)
+        && !confirmed.iter().any(|c| c == target))
+    .then_some(target)
+}
+
+/// [`destructive`], where a file that may not be read counts as destructive.
+pub fn destructive_reading(kind: &StepKind, base_dir: &std::path::Path, read_files: bool) -> bool {
+    match kind {
+        StepKind::Sql(p) if !read_files && p.file.is_some() => true,
+        _ => destructive(kind, base_dir),
+    }
+}
+
 /// Whether a step may destroy data. Destructive steps are marked in previews and need
 /// `--confirm TARGET` on protected targets.
 pub fn destructive(kind: &StepKind, base_dir: &std::path::Path) -> bool {
