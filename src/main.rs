@@ -1,7 +1,7 @@
 //! The `opsrunner` command line: parse arguments, call the library, map errors to exit codes.
 
 use clap::{Args, Parser, Subcommand};
-use opsrunner::catalog;
+use opsrunner::backups;
 use opsrunner::commands::{self, ApplyArgs, GraphFormat, PlanArgs, PreviewFormat, SchemaKind};
 use opsrunner::exit::{self, Failure};
 use opsrunner::plan::yaml::Limits;
@@ -261,14 +261,14 @@ fn main() {
             runtime.block_on(async {
                 match command {
                     BackupsCommand::List(r) => {
-                        let store = catalog::open_store(&r.repository, r.plan.as_deref()).await?;
-                        catalog::list(&store, r.json).await
+                        let store = backups::open_store(&r.repository, r.plan.as_deref()).await?;
+                        backups::list(&store, r.json).await
                     }
                     BackupsCommand::Show { id, repo, identity } => {
                         let identities = commands::load_identities(identity.as_deref())?;
                         let store =
-                            catalog::open_store(&repo.repository, repo.plan.as_deref()).await?;
-                        catalog::show(&store, &id, repo.json, identities.as_ref()).await
+                            backups::open_store(&repo.repository, repo.plan.as_deref()).await?;
+                        backups::show(&store, &id, repo.json, identities.as_ref()).await
                     }
                     BackupsCommand::Prune {
                         repo,
@@ -286,7 +286,7 @@ fn main() {
                         dry_run,
                     } => {
                         let store =
-                            catalog::open_store(&repo.repository, repo.plan.as_deref()).await?;
+                            backups::open_store(&repo.repository, repo.plan.as_deref()).await?;
                         let keep = opsrunner::repo::retention::Keep {
                             last: keep_last,
                             hourly: keep_hourly,
@@ -297,7 +297,7 @@ fn main() {
                             within: keep_within.map(opsrunner::plan::duration::HumanDuration),
                         };
                         let orphans = orphans.then_some(orphan_age);
-                        catalog::prune(&store, keep, min_age, database, orphans, dry_run, repo.json)
+                        backups::prune(&store, keep, min_age, database, orphans, dry_run, repo.json)
                             .await
                     }
                 }

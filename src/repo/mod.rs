@@ -8,6 +8,7 @@ pub mod listing;
 pub mod local;
 pub mod manifest;
 pub mod pipeline;
+pub mod prune;
 pub mod retention;
 pub mod s3;
 pub mod store;

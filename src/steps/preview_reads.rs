@@ -101,11 +101,11 @@ pub async fn details(
             let Some(store) = open(repo, base_dir).await else {
                 return vec!["the repository cannot be read before apply".into()];
             };
-            match prune::decide(&store, p).await {
+            match crate::repo::prune::decide(&store, &prune::policy(p)).await {
                 Ok(decisions) if decisions.is_empty() => {
                     vec!["the repository holds no backup to consider".into()]
                 }
-                Ok(decisions) => decisions.iter().map(prune::describe_decision).collect(),
+                Ok(decisions) => decisions.iter().map(crate::repo::prune::describe).collect(),
                 Err(e) => vec![e],
             }
         }

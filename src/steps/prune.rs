@@ -5,11 +5,16 @@
 use crate::exec::events::{Outputs, Stream};
 use crate::exec::{StepContext, StepError};
 use crate::plan::model::PruneParams;
-use crate::repo::AnyStore;
-use crate::repo::BackupStore;
-use crate::repo::listing;
-use crate::repo::retention::{self, Candidate, Decision};
-use chrono::Utc;
+use crate::repo::prune;
+
+/// The step's parameters as the policy `backups prune` applies too.
+pub fn policy(p: &PruneParams) -> prune::Policy {
+    prune::Policy {
+        keep: p.keep.clone(),
+        min_age: p.min_age.map(|d| d.0),
+        database: p.database.clone(),
+    }
+}
 
 pub fn describe(p: &PruneParams) -> String {
     let k = &p.keep;
@@ -37,76 +42,21 @@ pub fn describe(p: &PruneParams) -> String {
     )
 }
 
-/// Decisions for every backup in scope, identified by location. Damaged backups are
-/// listed as such, never deleted and never counted as keepers.
-pub async fn decide(store: &AnyStore, p: &PruneParams) -> Result<Vec<Decision>, String> {
-    if let Some(problem) = p.keep.problem() {
-        return Err(problem);
-    }
-    let mut candidates = Vec::new();
-    let mut damaged = Vec::new();
-    for entry in listing::list(store)
-        .await
-        .map_err(|e| format!("cannot list the repository: {e}"))?
-    {
-        match entry.backup {
-            Ok(checked) => {
-                let m = checked.manifest;
-                if p.database.as_ref().is_some_and(|d| *d != m.database) {
-                    continue;
-                }
-                candidates.push(Candidate {
-                    id: entry.id,
-                    database: m.database,
-                    created_at: m.created_at,
-                    verification: entry.trust.verification().cloned(),
-                });
-            }
-            Err(reason) => damaged.push(Decision {
-                id: entry.id,
-                database: "?".into(),
-                keep: true,
-                damaged: true,
-                reasons: vec![format!(
-                    "{reason}; never deleted by a policy, not counted as a keeper"
-                )],
-            }),
-        }
-    }
-    let mut decisions =
-        retention::select(&candidates, &p.keep, p.min_age.map(|d| d.0), Utc::now())?;
-    decisions.extend(damaged);
-    Ok(decisions)
-}
-
-pub fn describe_decision(d: &Decision) -> String {
-    if d.damaged {
-        format!("skip   {} (damaged): {}", d.id, d.reasons.join("; "))
-    } else if d.keep {
-        format!("keep   {} ({}): {}", d.id, d.database, d.reasons.join("; "))
-    } else {
-        format!("delete {} ({}): {}", d.id, d.database, d.reasons.join("; "))
-    }
-}
-
 pub async fn run(p: &PruneParams, ctx: &StepContext) -> Result<Outputs, StepError> {
     let store = ctx.repository(&p.repository).await?;
-    let decisions = decide(&store, p).await.map_err(StepError::permanent)?;
-    let mut deleted = Vec::new();
+    let decisions = prune::decide(&store, &policy(p))
+        .await
+        .map_err(StepError::permanent)?;
     for d in &decisions {
         ctx.events
-            .output(&ctx.step_id, Stream::Stdout, describe_decision(d));
-        if !d.keep {
-            if ctx.cancel.is_cancelled() {
-                return Err(StepError::cancelled());
-            }
-            store
-                .delete(&d.id)
-                .await
-                .map_err(|e| StepError::transient(format!("deleting {}: {e}", d.id)))?;
-            deleted.push(d.id.clone());
-        }
+            .output(&ctx.step_id, Stream::Stdout, prune::describe(d));
     }
+    let deleted = prune::delete(&store, &decisions, || ctx.cancel.is_cancelled())
+        .await
+        .map_err(|e| match e {
+            prune::Stopped::Cancelled => StepError::cancelled(),
+            e => StepError::transient(e.to_string()),
+        })?;
     let mut outputs = Outputs::new();
     outputs.insert("deleted".into(), deleted.join(" "));
     outputs.insert(

@@ -1,4 +1,5 @@
-//! `opsrunner backups list|show`: what a repository holds, for people and for machines.
+//! `opsrunner backups list|show|prune`: what a repository holds, for people and for machines,
+//! and deleting what a retention policy does not keep (the `prune` step's own path).
 
 use crate::exit::Failure;
 use crate::plan::{self, PlanSource};
@@ -262,29 +263,24 @@ pub async fn prune(
             return Ok(out);
         }
     }
-    let params = crate::plan::model::PruneParams {
-        repository: store.location().to_string(),
+    let policy = repo::prune::Policy {
         keep,
-        min_age: min_age.map(crate::plan::duration::HumanDuration),
+        min_age,
         database,
     };
-    let decisions = crate::steps::prune::decide(store, &params)
+    let decisions = repo::prune::decide(store, &policy)
         .await
         .map_err(Failure::Usage)?;
     if !dry_run {
-        // Damaged entries are always kept.
-        for d in decisions.iter().filter(|d| !d.keep) {
-            store
-                .delete(&d.id)
-                .await
-                .map_err(|e| Failure::Io(format!("deleting {}: {e}", d.id)))?;
-        }
+        repo::prune::delete(store, &decisions, || false)
+            .await
+            .map_err(|e| Failure::Io(e.to_string()))?;
     }
     if json {
         return Ok(serde_json::to_string_pretty(&decisions).expect("serializes") + "\n");
     }
     for d in &decisions {
-        let _ = writeln!(out, "{}", crate::steps::prune::describe_decision(d));
+        let _ = writeln!(out, "{}", repo::prune::describe(d));
     }
     let gone = decisions.iter().filter(|d| !d.keep).count();
     let _ = writeln!(
