@@ -6,6 +6,7 @@
 pub mod context;
 pub mod error;
 pub mod events;
+pub mod output;
 
 pub use context::StepContext;
 pub use error::{ErrorKind, StepError, io_error};

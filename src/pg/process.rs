@@ -9,7 +9,6 @@ use std::collections::VecDeque;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{ChildStdin, ChildStdout, Command};
 
 pub struct PgProcess {
@@ -111,8 +110,7 @@ async fn forward_stderr(
     tail: Arc<Mutex<VecDeque<String>>>,
     name: String,
 ) {
-    let mut lines = BufReader::new(stderr).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
+    crate::exec::output::forward_lines(stderr, |line| {
         {
             let mut t = tail.lock().unwrap();
             if t.len() == 5 {
@@ -121,7 +119,8 @@ async fn forward_stderr(
             t.push_back(line.clone());
         }
         events.output(&step, Stream::Stderr, format!("{name}: {line}"));
-    }
+    })
+    .await;
 }
 
 /// Connection trouble is worth a retry; a missing table or a permission error is not.

@@ -5,7 +5,7 @@ use crate::exec::{ErrorKind, StepContext, StepError};
 use crate::plan::model::ShellParams;
 use crate::process::ProcessGroup;
 use std::process::Stdio;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::AsyncRead;
 use tokio::process::Command;
 
 /// The `stdout` output keeps at most this much, so a chatty command cannot exhaust memory.
@@ -108,16 +108,14 @@ async fn forward(
     step: String,
     stream: Stream,
 ) -> String {
-    let mut lines = BufReader::new(reader).lines();
     let mut captured = String::new();
-    // Lines that are not UTF-8 end the loop with an error; the rest of the output is then
-    // dropped rather than guessed at.
-    while let Ok(Some(line)) = lines.next_line().await {
+    crate::exec::output::forward_lines(reader, |line| {
         if stream == Stream::Stdout && captured.len() + line.len() < MAX_CAPTURED_STDOUT {
             captured.push_str(&line);
             captured.push('\n');
         }
         events.output(&step, stream, line);
-    }
+    })
+    .await;
     captured
 }
