@@ -20,7 +20,7 @@ pub async fn open_store(
         // Endpoint and region then come from the AWS environment (AWS_ENDPOINT_URL, AWS_REGION).
         return repo::open(repository, Path::new("."), &Default::default())
             .await
-            .map_err(Failure::Usage);
+            .map_err(Failure::from);
     }
     let Some(plan_file) = plan_file else {
         return Err(Failure::Usage(format!(
@@ -45,7 +45,7 @@ pub async fn open_store(
         .map_err(Failure::Usage)?;
     repo::open(&repo.url, &source.base_dir(), &repo.s3_options())
         .await
-        .map_err(Failure::Usage)
+        .map_err(Failure::from)
 }
 
 /// One backup for `--json`: the manifest with its verification, or the reason it is damaged.

@@ -24,6 +24,13 @@ pub enum Failure {
     Interrupted,
 }
 
+/// A repository that cannot be opened is a mistake in its definition or the command line.
+impl From<crate::repo::OpenError> for Failure {
+    fn from(e: crate::repo::OpenError) -> Self {
+        Failure::Usage(e.to_string())
+    }
+}
+
 impl Failure {
     pub fn exit_code(&self) -> i32 {
         match self {

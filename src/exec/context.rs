@@ -52,9 +52,7 @@ impl StepContext {
             .repositories
             .get(name)
             .ok_or_else(|| StepError::permanent(format!("repository `{name}` is not available")))?;
-        crate::repo::open(&repo.url, &self.base_dir, &repo.s3_options())
-            .await
-            .map_err(StepError::permanent)
+        Ok(crate::repo::open(&repo.url, &self.base_dir, &repo.s3_options()).await?)
     }
 
     /// The recipients backups to repository `name` are encrypted to; `None` when the

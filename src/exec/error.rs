@@ -59,3 +59,10 @@ pub fn io_error(context: &str, e: &std::io::Error) -> StepError {
         _ => StepError::transient(format!("{context}: {e}")),
     }
 }
+
+/// A repository that cannot be opened will not open on a retry.
+impl From<crate::repo::OpenError> for StepError {
+    fn from(e: crate::repo::OpenError) -> Self {
+        StepError::permanent(e.to_string())
+    }
+}

@@ -55,7 +55,7 @@ fn run(mut command: Command, owner: Option<(u32, u32)>, what: &str) -> Result<()
 impl EphemeralCluster {
     /// Creates and starts a cluster. Blocking (about a second); call from `spawn_blocking`.
     pub fn start(run_as: &str) -> Result<EphemeralCluster, String> {
-        let (initdb, major) = tools::find("initdb", None)?;
+        let (initdb, major) = tools::find("initdb", None).map_err(|e| e.to_string())?;
         let bin = initdb.parent().expect("a file has a parent").to_path_buf();
         let dir = tempfile::Builder::new()
             .prefix("opsrunner-cluster-")

@@ -49,7 +49,7 @@ pub async fn connect(url: &str, database: Option<&str>, what: &str) -> Result<Se
 }
 
 pub fn tool(name: &str, major: u32) -> Result<(std::path::PathBuf, String), StepError> {
-    let (path, _) = tools::find(name, Some(major)).map_err(StepError::permanent)?;
+    let (path, _) = tools::find(name, Some(major))?;
     let version = std::process::Command::new(&path)
         .arg("--version")
         .output()

@@ -59,8 +59,52 @@ pub fn parse_major(version_line: &str) -> Option<u32> {
     version.split('.').next()?.parse().ok()
 }
 
+/// A PostgreSQL program that is not there (or only in versions too old).
+#[derive(Debug, thiserror::Error)]
+#[error("no `{name}`{} found in PATH or /usr/lib/postgresql/*/bin{}; install {}", wanted(*.min_major), found(.seen), package(.name, *.min_major))]
+pub struct ToolMissing {
+    pub name: String,
+    pub min_major: Option<u32>,
+    /// What was found instead: paths with their versions.
+    pub seen: Vec<String>,
+}
+
+fn wanted(min_major: Option<u32>) -> String {
+    min_major
+        .map(|m| format!(" of version {m} or newer"))
+        .unwrap_or_default()
+}
+
+fn found(seen: &[String]) -> String {
+    if seen.is_empty() {
+        String::new()
+    } else {
+        format!(" (found only: {})", seen.join(", "))
+    }
+}
+
+fn package(name: &str, min_major: Option<u32>) -> String {
+    if matches!(name, "initdb" | "pg_ctl" | "postgres") {
+        return "the PostgreSQL server package (Debian/Ubuntu: `apt-get install postgresql`)"
+            .into();
+    }
+    match min_major {
+        Some(m) => format!(
+            "the PostgreSQL {m} client (Debian/Ubuntu: `apt-get install postgresql-client-{m}`)"
+        ),
+        None => "the PostgreSQL client (Debian/Ubuntu: `apt-get install postgresql-client`)".into(),
+    }
+}
+
+/// A missing program will not appear on a retry.
+impl From<ToolMissing> for crate::exec::StepError {
+    fn from(e: ToolMissing) -> Self {
+        crate::exec::StepError::permanent(e.to_string())
+    }
+}
+
 /// Finds `name` with major version at least `min_major` (when given).
-pub fn find(name: &str, min_major: Option<u32>) -> Result<(PathBuf, u32), String> {
+pub fn find(name: &str, min_major: Option<u32>) -> Result<(PathBuf, u32), ToolMissing> {
     let mut seen = Vec::new();
     for path in candidates(name) {
         let Some(major) = major_version(&path) else {
@@ -71,26 +115,9 @@ pub fn find(name: &str, min_major: Option<u32>) -> Result<(PathBuf, u32), String
         }
         seen.push(format!("{} (version {major})", path.display()));
     }
-    let package = if matches!(name, "initdb" | "pg_ctl" | "postgres") {
-        "the PostgreSQL server package (Debian/Ubuntu: `apt-get install postgresql`)".to_string()
-    } else {
-        match min_major {
-            Some(m) => format!(
-                "the PostgreSQL {m} client (Debian/Ubuntu: `apt-get install postgresql-client-{m}`)"
-            ),
-            None => "the PostgreSQL client (Debian/Ubuntu: `apt-get install postgresql-client`)"
-                .to_string(),
-        }
-    };
-    let wanted = min_major
-        .map(|m| format!(" of version {m} or newer"))
-        .unwrap_or_default();
-    let found = if seen.is_empty() {
-        String::new()
-    } else {
-        format!(" (found only: {})", seen.join(", "))
-    };
-    Err(format!(
-        "no `{name}`{wanted} found in PATH or /usr/lib/postgresql/*/bin{found}; install {package}"
-    ))
+    Err(ToolMissing {
+        name: name.to_string(),
+        min_major,
+        seen,
+    })
 }

@@ -26,8 +26,27 @@ pub enum AnyStore {
     S3(s3::S3Store),
 }
 
+/// Why a repository could not be opened. Nothing is contacted when opening: these are all
+/// mistakes in the repository's definition, which a retry does not mend.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("unsupported repository URL `{0}`; use file://path or s3://bucket/prefix")]
+    UnsupportedUrl(String),
+    /// Not echoed: what precedes the @ is a secret.
+    #[error(
+        "the S3 URL carries credentials; remove them: they come from the standard AWS chain (environment, profile, web identity, instance role)"
+    )]
+    CredentialsInUrl,
+    #[error("`{0}`: a bucket name has 3 to 63 characters")]
+    BadBucket(String),
+}
+
 /// Opens a repository: `file://path` (relative to `base_dir`) or `s3://bucket/prefix`.
-pub async fn open(url: &str, base_dir: &Path, options: &s3::S3Options) -> Result<AnyStore, String> {
+pub async fn open(
+    url: &str,
+    base_dir: &Path,
+    options: &s3::S3Options,
+) -> Result<AnyStore, OpenError> {
     if let Some(path) = url.strip_prefix("file://") {
         let path = Path::new(path);
         let root = if path.is_absolute() {
@@ -40,9 +59,7 @@ pub async fn open(url: &str, base_dir: &Path, options: &s3::S3Options) -> Result
     if url.starts_with("s3://") {
         return Ok(AnyStore::S3(s3::S3Store::connect(url, options).await?));
     }
-    Err(format!(
-        "unsupported repository URL `{url}`; use file://path or s3://bucket/prefix"
-    ))
+    Err(OpenError::UnsupportedUrl(url.to_string()))
 }
 
 impl AnyStore {

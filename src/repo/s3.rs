@@ -146,17 +146,17 @@ pub fn url_carries_credentials(url: &str) -> bool {
 
 impl S3Store {
     /// `s3://bucket/prefix`.
-    pub async fn connect(url: &str, options: &S3Options) -> Result<S3Store, String> {
+    pub async fn connect(url: &str, options: &S3Options) -> Result<S3Store, super::OpenError> {
+        use super::OpenError;
         let rest = url
             .strip_prefix("s3://")
-            .ok_or_else(|| format!("`{url}` is not an s3:// URL"))?;
+            .ok_or_else(|| OpenError::UnsupportedUrl(url.to_string()))?;
         if url_carries_credentials(url) {
-            // Not echoed: what precedes the @ is a secret.
-            return Err("the S3 URL carries credentials; remove them: they come from the standard AWS chain (environment, profile, web identity, instance role)".into());
+            return Err(OpenError::CredentialsInUrl);
         }
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if bucket.len() < 3 {
-            return Err(format!("`{url}`: a bucket name has 3 to 63 characters"));
+        if bucket.len() < 3 || bucket.len() > 63 {
+            return Err(OpenError::BadBucket(url.to_string()));
         }
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
