@@ -141,7 +141,8 @@ fn size(bytes: u64) -> String {
 pub async fn list(store: &repo::AnyStore, json: bool) -> Result<String, Failure> {
     let entries = entries(store).await?;
     if json {
-        let entries: Vec<Entry> = entries.into_iter().map(Entry::from).collect();
+        // Newest first, as the text listing: `jq '.[0]'` is the newest backup.
+        let entries: Vec<Entry> = entries.into_iter().rev().map(Entry::from).collect();
         return Ok(serde_json::to_string_pretty(&entries).expect("serializes") + "\n");
     }
     if entries.is_empty() {

@@ -320,9 +320,12 @@ fn verification_records_count_only_for_the_manifest_they_verified() {
     // Garbage on the third.
     std::fs::write(repo.join(&ids[2]).join("verification.json"), "{ not json").unwrap();
 
-    let list: Vec<serde_json::Value> =
+    let mut list: Vec<serde_json::Value> =
         serde_json::from_slice(&backups_cmd(&ws, &["list", "--json"]).stdout).unwrap();
     assert_eq!(list.len(), 3);
+    // Newest first, as the text listing; looked at oldest first below.
+    assert_eq!(list[0]["backup_id"], ids[2].as_str());
+    list.reverse();
     assert_eq!(list[0]["verification"]["passed"], true);
     assert!(list[1]["verification"].is_null());
     assert!(

@@ -101,11 +101,11 @@ fn prune_keeps_by_policy_and_never_the_newest_verified_backup() {
         .collect();
     assert_eq!(
         left,
-        [ids[1].clone(), ids[3].clone()],
-        "kept: the last one and the newest verified one"
+        [ids[3].clone(), ids[1].clone()],
+        "kept, newest first: the last one and the newest verified one"
     );
     assert!(!ws.path("repo").join(&ids[0]).exists());
-    let entry = &listed(&ws)[0];
+    let entry = &listed(&ws)[1];
     assert_eq!(entry["verification"]["passed"], true);
     assert_eq!(entry["verification"]["restored"], true);
 }
