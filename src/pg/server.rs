@@ -49,7 +49,9 @@ pub async fn connect(url: &str, database: Option<&str>, what: &str) -> Result<Se
 }
 
 pub fn tool(name: &str, major: u32) -> Result<(std::path::PathBuf, String), StepError> {
-    let (path, _) = tools::find(name, Some(major))?;
+    // A missing program will not appear on a retry.
+    let (path, _) =
+        tools::find(name, Some(major)).map_err(|e| StepError::permanent(e.to_string()))?;
     let version = std::process::Command::new(&path)
         .arg("--version")
         .output()

@@ -96,13 +96,6 @@ fn package(name: &str, min_major: Option<u32>) -> String {
     }
 }
 
-/// A missing program will not appear on a retry.
-impl From<ToolMissing> for crate::exec::StepError {
-    fn from(e: ToolMissing) -> Self {
-        crate::exec::StepError::permanent(e.to_string())
-    }
-}
-
 /// Finds `name` with major version at least `min_major` (when given).
 pub fn find(name: &str, min_major: Option<u32>) -> Result<(PathBuf, u32), ToolMissing> {
     let mut seen = Vec::new();

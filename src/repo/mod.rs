@@ -13,7 +13,7 @@ pub mod retention;
 pub mod s3;
 pub mod store;
 
-pub use store::{BackupStore, FileSink, MAX_SMALL_FILE, Reader, Slot, check_id};
+pub use store::{BackupStore, FileSink, MAX_SMALL_FILE, OpenError, Reader, Slot, check_id};
 
 use manifest::{Manifest, Verification};
 use std::io;
@@ -24,21 +24,6 @@ use std::path::Path;
 pub enum AnyStore {
     Local(local::LocalStore),
     S3(s3::S3Store),
-}
-
-/// Why a repository could not be opened. Nothing is contacted when opening: these are all
-/// mistakes in the repository's definition, which a retry does not mend.
-#[derive(Debug, thiserror::Error)]
-pub enum OpenError {
-    #[error("unsupported repository URL `{0}`; use file://path or s3://bucket/prefix")]
-    UnsupportedUrl(String),
-    /// Not echoed: what precedes the @ is a secret.
-    #[error(
-        "the S3 URL carries credentials; remove them: they come from the standard AWS chain (environment, profile, web identity, instance role)"
-    )]
-    CredentialsInUrl,
-    #[error("`{0}`: a bucket name has 3 to 63 characters")]
-    BadBucket(String),
 }
 
 /// Opens a repository: `file://path` (relative to `base_dir`) or `s3://bucket/prefix`.

@@ -146,8 +146,11 @@ pub fn url_carries_credentials(url: &str) -> bool {
 
 impl S3Store {
     /// `s3://bucket/prefix`.
-    pub async fn connect(url: &str, options: &S3Options) -> Result<S3Store, super::OpenError> {
-        use super::OpenError;
+    pub async fn connect(
+        url: &str,
+        options: &S3Options,
+    ) -> Result<S3Store, super::store::OpenError> {
+        use super::store::OpenError;
         let rest = url
             .strip_prefix("s3://")
             .ok_or_else(|| OpenError::UnsupportedUrl(url.to_string()))?;

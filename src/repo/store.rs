@@ -78,3 +78,18 @@ pub fn check_id(backup_id: &str) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Why a repository could not be opened. Nothing is contacted when opening: these are all
+/// mistakes in the repository's definition, which a retry does not mend.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("unsupported repository URL `{0}`; use file://path or s3://bucket/prefix")]
+    UnsupportedUrl(String),
+    /// Not echoed: what precedes the @ is a secret.
+    #[error(
+        "the S3 URL carries credentials; remove them: they come from the standard AWS chain (environment, profile, web identity, instance role)"
+    )]
+    CredentialsInUrl,
+    #[error("`{0}`: a bucket name has 3 to 63 characters")]
+    BadBucket(String),
+}
