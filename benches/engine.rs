@@ -174,6 +174,7 @@ fn main() {
                 builder
             });
             let opts = ExecOptions {
+                abort: Default::default(),
                 confirmed: Vec::new(),
                 concurrency,
                 vars: valid.plan.vars.clone(),

@@ -310,7 +310,8 @@ pub async fn apply(args: ApplyArgs) -> Result<(), Failure> {
     }
 
     let cancel = CancellationToken::new();
-    let signals = tokio::spawn(cancel_on_signal(cancel.clone()));
+    let abort = CancellationToken::new();
+    let signals = tokio::spawn(cancel_on_signal(cancel.clone(), abort.clone()));
     // Ephemeral clusters live exactly as long as this binding: dropping them (at the end of
     // this function, whatever happened) stops the servers and removes their directories.
     let clusters = match start_ephemeral_clusters(&p, &cancel).await {
@@ -348,6 +349,7 @@ pub async fn apply(args: ApplyArgs) -> Result<(), Failure> {
     });
 
     let opts = ExecOptions {
+        abort: abort.clone(),
         concurrency: args.concurrency,
         vars: p.vars.clone(),
         env: p.env.clone(),
@@ -441,7 +443,9 @@ async fn start_ephemeral_clusters(
     }
 }
 
-async fn cancel_on_signal(cancel: CancellationToken) {
+/// The first SIGINT/SIGTERM cancels the running steps (cleanup and alert steps still run);
+/// a second one stops those too.
+async fn cancel_on_signal(cancel: CancellationToken, abort: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
@@ -449,8 +453,16 @@ async fn cancel_on_signal(cancel: CancellationToken) {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
-    eprintln!("opsrunner: interrupted; stopping running steps");
+    eprintln!(
+        "opsrunner: interrupted; stopping running steps (cleanup steps still run; interrupt again to stop them)"
+    );
     cancel.cancel();
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    eprintln!("opsrunner: interrupted again; stopping cleanup steps");
+    abort.cancel();
 }
 
 pub fn schema(which: SchemaKind) -> String {

@@ -299,6 +299,102 @@ steps:
     assert_child_gone(&ws, "cancellation");
 }
 
+/// SIGTERM (what systemd sends at a timeout or a shutdown) cancels the running step, and
+/// then the cleanup and alert steps still run and can say what happened; a second signal
+/// stops a cleanup step that hangs.
+#[test]
+fn cleanup_and_alert_steps_run_after_a_cancellation() {
+    let ws = Workspace::new();
+    let plan = ws.write_plan(
+        r#"
+version: 1
+name: cancel
+steps:
+  - { id: long, type: shell, command: "touch started; sleep 60" }
+  - { id: later, type: shell, needs: [long], command: touch later-ran }
+  - id: alert
+    type: shell
+    needs: [long]
+    if: failure()
+    command: "echo '{{ run.status }} {{ steps.long.status }} {{ steps.long.error }}' > alert.txt"
+  - { id: cleanup, type: shell, needs: [long], if: always(), command: "touch cleanup-ran" }
+  - { id: on-cancel, type: shell, needs: [long], if: cancelled(), command: "touch cancelled-ran" }
+"#,
+    );
+    let wait_for = |name: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !ws.path(name).exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let child = ws.spawn_apply(&plan, &["--kill-grace", "300ms"], &[]);
+    wait_for("started");
+    std::thread::sleep(Duration::from_millis(100));
+    let run = ws.interrupt(child, libc::SIGTERM);
+    assert_eq!(run.code, 130, "{}", run.stderr);
+    assert_eq!(run.report["status"], "cancelled");
+    assert_eq!(run.status("long"), "cancelled");
+    assert_eq!(run.status("later"), "skipped");
+    assert!(!ws.path("later-ran").exists());
+    for (step, file) in [
+        ("alert", "alert.txt"),
+        ("cleanup", "cleanup-ran"),
+        ("on-cancel", "cancelled-ran"),
+    ] {
+        assert_eq!(run.status(step), "succeeded", "{step}: {}", run.stderr);
+        assert!(ws.path(file).exists(), "{step}");
+    }
+    let alert = std::fs::read_to_string(ws.path("alert.txt")).unwrap();
+    assert!(
+        alert.starts_with("cancelled cancelled cancelled"),
+        "{alert}"
+    );
+    let last = run
+        .stderr
+        .trim_end()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    assert!(last.contains("run cancelled after"), "{last}");
+
+    // Without a cancellation, `cancelled()` steps are skipped and the last line says how
+    // the run ended.
+    let quiet = ws.apply(
+        "version: 1\nname: q\nsteps:\n  - { id: a, type: shell, command: \"false\" }\n  - { id: c, type: shell, needs: [a], if: cancelled(), command: \"true\" }\n",
+        &[],
+    );
+    assert_eq!(quiet.code, 1, "{}", quiet.stderr);
+    assert_eq!(quiet.status("c"), "skipped");
+    let last = quiet
+        .stderr
+        .trim_end()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    assert!(last.contains("run failed in"), "{last}");
+
+    // A cleanup step that hangs is stopped by a second signal.
+    let plan = ws.write_plan(
+        "version: 1\nname: hang\nsteps:\n  - { id: long, type: shell, command: \"touch started2; sleep 60\" }\n  - { id: stuck, type: shell, needs: [long], if: always(), command: \"touch stuck-started; sleep 60\" }\n",
+    );
+    let child = ws.spawn_apply(&plan, &["--kill-grace", "300ms"], &[]);
+    wait_for("started2");
+    std::thread::sleep(Duration::from_millis(100));
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    wait_for("stuck-started");
+    let started = Instant::now();
+    let run = ws.interrupt(child, libc::SIGTERM);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the second signal stops it"
+    );
+    assert_eq!(run.code, 130, "{}", run.stderr);
+    assert_eq!(run.status("stuck"), "cancelled");
+}
+
 #[test]
 fn secrets_are_redacted_in_log_and_report() {
     let ws = Workspace::new();

@@ -30,6 +30,19 @@ pub enum StepStatus {
     Planned,
 }
 
+impl StepStatus {
+    /// The name in reports and in `{{ steps.ID.status }}`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Succeeded => "succeeded",
+            StepStatus::Failed => "failed",
+            StepStatus::Skipped => "skipped",
+            StepStatus::Cancelled => "cancelled",
+            StepStatus::Planned => "planned",
+        }
+    }
+}
+
 /// One attempt at running a step.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct Attempt {
@@ -83,6 +96,8 @@ pub enum Event {
         at: DateTime<Utc>,
     },
     RunFinished {
+        /// `succeeded`, `failed` or `cancelled`.
+        status: String,
         cancelled: bool,
         at: DateTime<Utc>,
         duration_ms: u64,

@@ -237,6 +237,10 @@ pub enum Condition {
     Failure,
     #[serde(rename = "always()")]
     Always,
+    /// Only when the run was interrupted (SIGINT/SIGTERM): cleanup that a normal run does
+    /// not need.
+    #[serde(rename = "cancelled()")]
+    Cancelled,
 }
 
 impl Condition {
@@ -245,6 +249,7 @@ impl Condition {
             Condition::Success => "success()",
             Condition::Failure => "failure()",
             Condition::Always => "always()",
+            Condition::Cancelled => "cancelled()",
         }
     }
 }

@@ -9,7 +9,7 @@ use crate::diag::{Diagnostic, Span, did_you_mean};
 use std::collections::{BTreeMap, HashMap};
 
 /// What `{{ run.… }}` offers.
-pub const RUN_FIELDS: &[&str] = &["id", "started_at", "plan"];
+pub const RUN_FIELDS: &[&str] = &["id", "started_at", "plan", "status"];
 const TEMPLATE_ROOTS: &[&str] = &["vars", "env", "run", "steps"];
 
 /// A plan whose references resolve and whose steps form a DAG.
@@ -642,14 +642,44 @@ impl Validator<'_> {
                     let help = did_you_mean(id, index.keys().map(String::as_str));
                     return Some((format!("`{dotted}` refers to unknown step `{id}`"), help));
                 };
-                if r.path.get(2).map(String::as_str) != Some("outputs") || r.path.len() != 4 {
+                let what = r.path.get(2).map(String::as_str);
+                let status_or_error = matches!(what, Some("status" | "error")) && r.path.len() == 3;
+                if !status_or_error && (what != Some("outputs") || r.path.len() != 4) {
                     return Some((
                         format!("`{dotted}` is not a step output reference"),
-                        Some(format!("write `{{{{ steps.{id}.outputs.NAME }}}}`")),
+                        Some(format!(
+                            "write `{{{{ steps.{id}.outputs.NAME }}}}`, `{{{{ steps.{id}.status }}}}` or `{{{{ steps.{id}.error }}}}`"
+                        )),
                     ));
+                }
+                if status_or_error {
+                    return (!self.is_upstream(dag, current, other)).then(|| {
+                        let me = self.plan.steps[current].id();
+                        (
+                            format!("step `{me}` reads the outcome of `{id}` but does not need it"),
+                            Some(format!(
+                                "add `{id}` to `needs` of `{me}` so that it runs first"
+                            )),
+                        )
+                    });
                 }
                 if self.plan.steps[other].broken {
                     return None;
+                }
+                // A step that runs after failures or a cancellation cannot count on the
+                // outputs of the steps before it: they may not have produced any.
+                let condition = self.plan.steps[current].common.condition;
+                if condition != Condition::Success {
+                    let me = self.plan.steps[current].id();
+                    return Some((
+                        format!(
+                            "step `{me}` runs on `{}`, when `{id}` may have failed or been skipped, so `{dotted}` may not exist",
+                            condition.as_str()
+                        ),
+                        Some(format!(
+                            "read `{{{{ steps.{id}.status }}}}` and `{{{{ steps.{id}.error }}}}`, which always exist, or report the output from a step that runs on success"
+                        )),
+                    ));
                 }
                 let output = r.path[3].as_str();
                 let outputs = self.plan.steps[other].kind.output_names();
@@ -676,7 +706,7 @@ impl Validator<'_> {
             }
             other => {
                 let help = did_you_mean(other, TEMPLATE_ROOTS.iter().copied())
-                    .unwrap_or_else(|| "templates can use vars.NAME, env.NAME, run.id, run.started_at, run.plan and steps.ID.outputs.NAME".into());
+                    .unwrap_or_else(|| "templates can use vars.NAME, env.NAME, run.id, run.started_at, run.plan, run.status, steps.ID.outputs.NAME, steps.ID.status and steps.ID.error".into());
                 Some((format!("unknown reference `{dotted}`"), Some(help)))
             }
         }

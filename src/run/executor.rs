@@ -58,6 +58,9 @@ pub struct ExecOptions {
     pub fixed_target_urls: BTreeMap<String, String>,
     /// Protected targets that `--confirm` allows destructive steps on.
     pub confirmed: Vec<String>,
+    /// The second signal: once the run is cancelled, cleanup and alert steps (`always()`,
+    /// `failure()`, `cancelled()`) still run, and this stops them.
+    pub abort: CancellationToken,
 }
 
 /// How each step ended, in plan order.
@@ -83,7 +86,7 @@ pub fn base_context(opts: &ExecOptions) -> Value {
     json!({
         "vars": opts.vars,
         "env": opts.env,
-        "run": { "id": opts.run.id, "started_at": opts.run.started_at.to_rfc3339(), "plan": opts.run.plan },
+        "run": { "id": opts.run.id, "started_at": opts.run.started_at.to_rfc3339(), "plan": opts.run.plan, "status": "running" },
         "steps": {},
     })
 }
@@ -92,6 +95,7 @@ struct Finished {
     index: usize,
     status: StepStatus,
     outputs: Outputs,
+    error: Option<String>,
     /// The step failed because a safety rule refused it.
     refused: bool,
 }
@@ -156,21 +160,36 @@ pub async fn execute(
     let mut refused = false;
     let concurrency = opts.concurrency.max(1);
 
+    let mut failed_so_far = false;
     loop {
-        while !cancelled && running.len() < concurrency {
+        // After a cancellation, only cleanup and alert steps start, under the second
+        // signal's token (the run's own has fired); every other step is skipped.
+        while running.len() < concurrency {
             let Some(Reverse(i)) = ready.pop() else { break };
-            match decide(&plan, &state, i) {
+            let decision = if cancelled && steps[i].common.condition == Condition::Success {
+                Err("the run was cancelled before this step started".to_string())
+            } else {
+                decide(&plan, &state, i, cancelled)
+            };
+            match decision {
                 Ok(()) => {
                     state[i] = State::Running;
+                    context["run"]["status"] = json!(run_status(cancelled, failed_so_far));
+                    let mut refs = step_refs[i].clone();
+                    refs.push(vec!["run".into(), "status".into()]);
                     let task = StepTask {
                         index: i,
                         plan: plan.clone(),
                         opts: opts.clone(),
                         runner: runner.clone(),
                         events: events.clone(),
-                        cancel: cancel.clone(),
+                        cancel: if cancelled {
+                            opts.abort.clone()
+                        } else {
+                            cancel.clone()
+                        },
                         templates: templates.clone(),
-                        context: crate::plan::template::subset(&context, &step_refs[i]),
+                        context: crate::plan::template::subset(&context, &refs),
                         refused: Default::default(),
                     };
                     let handle = running.spawn(task.run());
@@ -207,14 +226,22 @@ pub async fn execute(
                             outputs: Outputs::new(),
                             error: Some(format!("internal error in opsrunner: {e}")),
                         });
-                        Finished { index, status: StepStatus::Failed, outputs: Outputs::new(), refused: false }
+                        Finished { index, status: StepStatus::Failed, outputs: Outputs::new(), error: Some("internal error in opsrunner".into()), refused: false }
                     }
                 };
                 state[done.index] = State::Done(done.status);
                 refused |= done.refused;
+                failed_so_far |= done.status == StepStatus::Failed
+                    && !steps[done.index].common.continue_on_error;
+                // What later steps (alerts above all) can say about this one.
+                let mut record = json!({
+                    "status": done.status.as_str(),
+                    "error": done.error.clone().unwrap_or_default(),
+                });
                 if done.status == StepStatus::Succeeded {
-                    context["steps"][steps[done.index].id()] = json!({ "outputs": done.outputs });
+                    record["outputs"] = json!(done.outputs);
                 }
+                context["steps"][steps[done.index].id()] = record;
                 release(&plan, done.index, &mut waiting_on, &mut ready);
             }
             _ = cancel.cancelled(), if !cancelled => {
@@ -246,6 +273,7 @@ pub async fn execute(
         .zip(steps)
         .any(|(s, step)| *s == StepStatus::Failed && !step.common.continue_on_error);
     events.emit(Event::RunFinished {
+        status: run_status(cancelled, failed).to_string(),
         cancelled,
         at: Utc::now(),
         duration_ms: started.elapsed().as_millis() as u64,
@@ -255,6 +283,17 @@ pub async fn execute(
         cancelled,
         failed,
         refused,
+    }
+}
+
+/// The run's outcome so far, as `{{ run.status }}` and the final event say it.
+fn run_status(cancelled: bool, failed: bool) -> &'static str {
+    if cancelled {
+        "cancelled"
+    } else if failed {
+        "failed"
+    } else {
+        "succeeded"
     }
 }
 
@@ -274,7 +313,7 @@ fn release(
 }
 
 /// Whether a step whose needs have all finished should run, or why it is skipped.
-fn decide(plan: &ValidPlan, state: &[State], i: usize) -> Result<(), String> {
+fn decide(plan: &ValidPlan, state: &[State], i: usize, cancelled: bool) -> Result<(), String> {
     let steps = &plan.plan.steps;
     // A failed step with continue_on_error counts as passed for everything downstream.
     let broke = |j: usize| match state[j] {
@@ -284,6 +323,8 @@ fn decide(plan: &ValidPlan, state: &[State], i: usize) -> Result<(), String> {
     };
     match steps[i].common.condition {
         Condition::Always => Ok(()),
+        Condition::Cancelled if cancelled => Ok(()),
+        Condition::Cancelled => Err("`if: cancelled()`: the run was not cancelled".into()),
         Condition::Failure => {
             if plan.dag.upstream(i).into_iter().any(broke) {
                 Ok(())
@@ -360,12 +401,13 @@ impl StepTask {
             duration_ms: clock.elapsed().as_millis() as u64,
             attempts,
             outputs: outputs.clone(),
-            error,
+            error: error.clone(),
         });
         Finished {
             index: self.index,
             status,
             outputs,
+            error,
             refused: self.refused.load(std::sync::atomic::Ordering::Relaxed),
         }
     }

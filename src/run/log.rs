@@ -112,23 +112,21 @@ impl<W: Write> LiveLog<W> {
                 format!("{} {step} skipped: {reason}", self.paint("2", "–"))
             }
             Event::RunFinished {
-                cancelled,
+                status,
                 duration_ms,
                 ..
             } => {
-                if *cancelled {
-                    format!(
-                        "{} run cancelled after {}",
-                        self.paint("33", "opsrunner:"),
-                        ms(*duration_ms)
-                    )
-                } else {
-                    format!(
-                        "{} run finished in {}",
-                        self.paint("1", "opsrunner:"),
-                        ms(*duration_ms)
-                    )
-                }
+                // The outcome is in the last line, for whoever reads only that.
+                let (colour, words) = match status.as_str() {
+                    "cancelled" => ("33", "run cancelled after"),
+                    "failed" => ("31", "run failed in"),
+                    _ => ("1", "run succeeded in"),
+                };
+                format!(
+                    "{} {words} {}",
+                    self.paint(colour, "opsrunner:"),
+                    ms(*duration_ms)
+                )
             }
         };
         let _ = writeln!(self.out, "{line}");

@@ -344,12 +344,16 @@ fn preview_context(input: &PreviewInput<'_>, warnings: &mut Vec<String>) -> Valu
                 )
             })
             .collect();
-        steps.insert(step.id().to_string(), json!({ "outputs": outputs }));
+        let later = format!("(known after {})", step.id());
+        steps.insert(
+            step.id().to_string(),
+            json!({ "outputs": outputs, "status": later, "error": later }),
+        );
     }
     json!({
         "vars": input.vars,
         "env": env,
-        "run": { "id": "(known at apply)", "started_at": "(known at apply)", "plan": plan.name },
+        "run": { "id": "(known at apply)", "started_at": "(known at apply)", "plan": plan.name, "status": "(known at apply)" },
         "steps": steps,
     })
 }
