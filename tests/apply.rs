@@ -3,7 +3,7 @@
 mod common;
 
 use chrono::{DateTime, Utc};
-use common::Workspace;
+use common::{Workspace, opsrunner};
 use std::time::{Duration, Instant};
 
 fn time(v: &serde_json::Value) -> DateTime<Utc> {
@@ -299,6 +299,14 @@ steps:
     assert_child_gone(&ws, "cancellation");
 }
 
+fn last_line(text: &str) -> String {
+    text.trim_end()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// SIGTERM (what systemd sends at a timeout or a shutdown) cancels the running step, and
 /// then the cleanup and alert steps still run and can say what happened; a second signal
 /// stops a cleanup step that hangs.
@@ -319,20 +327,38 @@ steps:
     command: "echo '{{ run.status }} {{ steps.long.status }} {{ steps.long.error }}' > alert.txt"
   - { id: cleanup, type: shell, needs: [long], if: always(), command: "touch cleanup-ran" }
   - { id: on-cancel, type: shell, needs: [long], if: cancelled(), command: "touch cancelled-ran" }
+  - id: post
+    type: webhook
+    needs: [long]
+    if: always()
+    url: "{{ env.ALERT_WEBHOOK }}"
+    body: { run: "{{ run.status }}", long: "{{ steps.long.status }}" }
 "#,
     );
+    let (url, seen) = receiver(&[200]);
     let wait_for = |name: &str| {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !ws.path(name).exists() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
     };
-    let child = ws.spawn_apply(&plan, &["--kill-grace", "300ms"], &[]);
+    let child = ws.spawn_apply(
+        &plan,
+        &["--kill-grace", "300ms"],
+        &[("ALERT_WEBHOOK", std::path::Path::new(&url))],
+    );
     wait_for("started");
     std::thread::sleep(Duration::from_millis(100));
     let run = ws.interrupt(child, libc::SIGTERM);
     assert_eq!(run.code, 130, "{}", run.stderr);
     assert_eq!(run.report["status"], "cancelled");
+    assert_eq!(run.status("post"), "succeeded", "{}", run.stderr);
+    let posted = seen.lock().unwrap().clone();
+    assert_eq!(posted.len(), 1, "{posted:?}");
+    assert!(
+        posted[0].ends_with(r#"{"long":"cancelled","run":"cancelled"}"#),
+        "{posted:?}"
+    );
     assert_eq!(run.status("long"), "cancelled");
     assert_eq!(run.status("later"), "skipped");
     assert!(!ws.path("later-ran").exists());
@@ -349,13 +375,7 @@ steps:
         alert.starts_with("cancelled cancelled cancelled"),
         "{alert}"
     );
-    let last = run
-        .stderr
-        .trim_end()
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .to_string();
+    let last = last_line(&run.stderr);
     assert!(last.contains("run cancelled after"), "{last}");
 
     // Without a cancellation, `cancelled()` steps are skipped and the last line says how
@@ -366,13 +386,7 @@ steps:
     );
     assert_eq!(quiet.code, 1, "{}", quiet.stderr);
     assert_eq!(quiet.status("c"), "skipped");
-    let last = quiet
-        .stderr
-        .trim_end()
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .to_string();
+    let last = last_line(&quiet.stderr);
     assert!(last.contains("run failed in"), "{last}");
 
     // A cleanup step that hangs is stopped by a second signal.
@@ -533,4 +547,125 @@ steps:
     assert_eq!(run.status("via-env"), "succeeded", "{}", run.stderr);
     assert!(ws.path("env-ran").exists());
     assert!(!run.everything().contains("n0t-in-ps"));
+}
+
+/// A local HTTP receiver: records each request (head and body) and answers with the
+/// statuses given, the last one repeated.
+fn receiver(statuses: &[u16]) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let statuses = statuses.to_vec();
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { continue };
+            let mut data = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Read the head, then as much body as content-length says.
+            while let Ok(k) = stream.read(&mut buf) {
+                if k == 0 {
+                    break;
+                }
+                data.extend_from_slice(&buf[..k]);
+                let text = String::from_utf8_lossy(&data).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if data.len() >= end + 4 + length {
+                        break;
+                    }
+                }
+            }
+            record
+                .lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&data).to_string());
+            let status = *statuses.get(n).or(statuses.last()).unwrap();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status} X\r\ncontent-length: 4\r\nconnection: close\r\n\r\nnope"
+            );
+        }
+    });
+    (format!("http://{addr}"), seen)
+}
+
+/// The alert of a failed run reaches the receiver as JSON saying what failed, after one
+/// retry of a 503; the URL, which carries a token, is shown nowhere.
+#[test]
+fn a_webhook_step_posts_what_failed_and_keeps_its_url_secret() {
+    let ws = Workspace::new();
+    let (base, seen) = receiver(&[503, 200]);
+    let url = format!("{base}/hooks/T0KEN-abcdef123456");
+    let run = ws.apply_env(
+        r#"
+version: 1
+name: alerting
+steps:
+  - { id: backup, type: shell, command: "echo 'disk \"full\"' >&2; exit 3" }
+  - id: alert
+    type: webhook
+    needs: [backup]
+    if: failure()
+    url: "{{ env.ALERT_WEBHOOK }}"
+    headers: { Authorization: "Bearer {{ env.ALERT_TOKEN }}" }
+    retry: { attempts: 2, delay: 100ms }
+    body:
+      text: "{{ run.plan }}: {{ run.status }}; backup {{ steps.backup.status }}: {{ steps.backup.error }}"
+"#,
+        &[],
+        &[("ALERT_WEBHOOK", url.as_str()), ("ALERT_TOKEN", "s3cr3t-bearer")],
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(run.status("alert"), "succeeded", "{}", run.stderr);
+    let requests = seen.lock().unwrap().clone();
+    assert_eq!(requests.len(), 2, "one retry after the 503: {requests:?}");
+    let request = &requests[1];
+    assert!(
+        request.starts_with("POST /hooks/T0KEN-abcdef123456 "),
+        "{request}"
+    );
+    assert!(
+        request
+            .to_lowercase()
+            .contains("content-type: application/json"),
+        "{request}"
+    );
+    assert!(request.contains("Bearer s3cr3t-bearer"), "{request}");
+    let body: serde_json::Value =
+        serde_json::from_str(&request[request.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+    let text = body["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("alerting: failed; backup failed: "),
+        "{text}"
+    );
+    let all = run.everything();
+    assert!(
+        !all.contains("T0KEN-abcdef123456") && !all.contains("s3cr3t-bearer"),
+        "{all}"
+    );
+
+    // The preview does not show them either.
+    let plan = ws.path("plan.yaml");
+    let out = opsrunner()
+        .args(["plan", "--format", "json"])
+        .arg(&plan)
+        .env("ALERT_WEBHOOK", &url)
+        .env("ALERT_TOKEN", "s3cr3t-bearer")
+        .output()
+        .unwrap();
+    let preview = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{preview}");
+    assert!(
+        !preview.contains("T0KEN-abcdef123456") && !preview.contains("s3cr3t-bearer"),
+        "{preview}"
+    );
 }

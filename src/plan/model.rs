@@ -299,6 +299,7 @@ pub enum StepKind {
     Seed(SeedParams),
     Reset(ResetParams),
     Prune(PruneParams),
+    Webhook(WebhookParams),
 }
 
 /// The names of all step types, for "unknown step type" suggestions.
@@ -313,6 +314,7 @@ pub const STEP_TYPES: &[&str] = &[
     "seed",
     "reset",
     "prune",
+    "webhook",
 ];
 
 impl StepKind {
@@ -328,6 +330,7 @@ impl StepKind {
             StepKind::Seed(_) => "seed",
             StepKind::Reset(_) => "reset",
             StepKind::Prune(_) => "prune",
+            StepKind::Webhook(_) => "webhook",
         }
     }
 
@@ -354,6 +357,7 @@ impl StepKind {
             "seed" => SeedParams::json_schema(generator),
             "reset" => ResetParams::json_schema(generator),
             "prune" => PruneParams::json_schema(generator),
+            "webhook" => WebhookParams::json_schema(generator),
             other => unreachable!("no schema for step type {other}"),
         }
     }
@@ -371,13 +375,14 @@ impl StepKind {
             StepKind::Seed(_) => &["applied", "files"],
             StepKind::Reset(_) => &["database", "migrations", "seeds"],
             StepKind::Prune(_) => &["deleted", "kept"],
+            StepKind::Webhook(_) => &["status"],
         }
     }
 
     /// The target this step connects to, if any, for reference checks and guards.
     pub fn target(&self) -> Option<&str> {
         match self {
-            StepKind::Shell(_) | StepKind::Prune(_) => None,
+            StepKind::Shell(_) | StepKind::Prune(_) | StepKind::Webhook(_) => None,
             StepKind::Sql(p) => Some(&p.target),
             StepKind::WaitReady(p) => Some(&p.target),
             StepKind::Backup(p) => Some(&p.target),
@@ -656,6 +661,30 @@ pub struct PruneParams {
     /// Only backups of this database (default: all, each database on its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
+}
+
+/// `webhook`: an HTTP request to an alerting or chat service (Slack-compatible hooks, a
+/// generic JSON receiver). The URL usually carries a token: it is treated as a secret,
+/// never shown and never on a command line.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookParams {
+    /// The URL, usually `{{ env.ALERT_WEBHOOK }}`.
+    pub url: String,
+    /// The HTTP method (default POST).
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// Extra request headers; values are secrets too (an `Authorization` token).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// The JSON body: any YAML value, its strings rendered, sent as `application/json`
+    /// (a value with quotes or newlines stays valid JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
+}
+
+fn default_method() -> String {
+    "POST".into()
 }
 
 fn latest() -> String {

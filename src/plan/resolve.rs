@@ -66,6 +66,7 @@ pub fn step_kind(
         "seed" => StepKind::Seed(de(w, r, c)?),
         "reset" => StepKind::Reset(de(w, r, c)?),
         "prune" => StepKind::Prune(de(w, r, c)?),
+        "webhook" => StepKind::Webhook(de(w, r, c)?),
         _ => return Err(ParamsError::UnknownType),
     })
 }

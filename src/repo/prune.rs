@@ -58,16 +58,6 @@ pub async fn decide(store: &AnyStore, p: &Policy) -> Result<Vec<Decision>, Strin
     Ok(decisions)
 }
 
-pub fn describe_decision(d: &Decision) -> String {
-    if d.damaged {
-        format!("skip   {} (damaged): {}", d.id, d.reasons.join("; "))
-    } else if d.keep {
-        format!("keep   {} ({}): {}", d.id, d.database, d.reasons.join("; "))
-    } else {
-        format!("delete {} ({}): {}", d.id, d.database, d.reasons.join("; "))
-    }
-}
-
 /// One decision in one line: `keep   ID (db): reasons`, `delete …` or `skip … (damaged)`.
 pub fn describe(d: &Decision) -> String {
     if d.damaged {

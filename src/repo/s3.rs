@@ -114,23 +114,7 @@ where
 /// appends a debug dump of its internal structures (response headers and bodies included)
 /// that tells an operator nothing more. Missing credentials get a hint.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = Some(e);
-    while let Some(err) = next {
-        // One line: the credential chain lists each provider it tried on a line of its own.
-        let text = err
-            .to_string()
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect::<Vec<_>>()
-            .join("; ");
-        if !text.is_empty() && !parts.last().is_some_and(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        next = err.source();
-    }
-    let mut text = parts.join(": ");
+    let mut text = crate::diag::error_chain(e);
     if text.contains("loading credentials") || text.contains("no credentials") {
         text.push_str(" (no usable AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run where an instance or pod role provides them)");
     }

@@ -163,7 +163,10 @@ pub async fn execute(
     let mut failed_so_far = false;
     loop {
         // After a cancellation, only cleanup and alert steps start, under the second
-        // signal's token (the run's own has fired); every other step is skipped.
+        // signal's token (the run's own has fired); every other step is skipped. Read from
+        // the token itself: a cancelled step may be reported before the select below sees
+        // the cancellation.
+        cancelled |= cancel.is_cancelled();
         while running.len() < concurrency {
             let Some(Reverse(i)) = ready.pop() else { break };
             let decision = if cancelled && steps[i].common.condition == Condition::Success {
@@ -423,6 +426,9 @@ impl StepTask {
         rendered_strings
             .iter()
             .for_each(|s| redactor.add_url_passwords(s));
+        for secret in crate::steps::secrets(&kind) {
+            redactor.add(&secret);
+        }
         let mut targets = BTreeMap::new();
         if let Some(name) = kind.target() {
             let target = &self.plan.plan.targets[name];

@@ -148,6 +148,9 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
                 let mut strings = Vec::new();
                 template::strings(&v, &mut strings);
                 strings.iter().for_each(|s| redactor.add_url_passwords(s));
+                for secret in steps::secrets(&kind) {
+                    redactor.add(&secret);
+                }
                 (v, kind)
             }
             Err(e) => {

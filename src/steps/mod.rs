@@ -13,6 +13,7 @@ pub mod shell;
 pub mod sql;
 pub mod verify;
 pub mod wait_ready;
+pub mod webhook;
 
 use crate::exec::events::Outputs;
 use crate::exec::{StepContext, StepError};
@@ -44,7 +45,17 @@ impl StepRunner for Builtin {
             StepKind::Seed(p) => Box::pin(seed::run(p, ctx)),
             StepKind::Reset(p) => Box::pin(reset::run(p, ctx)),
             StepKind::Prune(p) => Box::pin(prune::run(p, ctx)),
+            StepKind::Webhook(p) => Box::pin(webhook::run(p, ctx)),
         }
+    }
+}
+
+/// Values in a step's rendered parameters that are secrets whatever their name: a
+/// webhook's URL and headers. Redacted everywhere before anything is shown.
+pub fn secrets(kind: &StepKind) -> Vec<String> {
+    match kind {
+        StepKind::Webhook(p) => webhook::secrets(p),
+        _ => Vec::new(),
     }
 }
 
@@ -61,6 +72,7 @@ pub fn describe(kind: &StepKind) -> String {
         StepKind::Seed(p) => seed::describe(p),
         StepKind::Reset(p) => reset::describe(p),
         StepKind::Prune(p) => prune::describe(p),
+        StepKind::Webhook(p) => webhook::describe(p),
     }
 }
 
@@ -95,9 +107,11 @@ pub fn destructive_reading(kind: &StepKind, base_dir: &std::path::Path, read_fil
 /// `--confirm TARGET` on protected targets.
 pub fn destructive(kind: &StepKind, base_dir: &std::path::Path) -> bool {
     match kind {
-        StepKind::Shell(_) | StepKind::WaitReady(_) | StepKind::Backup(_) | StepKind::Verify(_) => {
-            false
-        }
+        StepKind::Shell(_)
+        | StepKind::WaitReady(_)
+        | StepKind::Backup(_)
+        | StepKind::Verify(_)
+        | StepKind::Webhook(_) => false,
         StepKind::Restore(p) => p.overwrite,
         StepKind::Reset(_) | StepKind::Prune(_) => true,
         // Migrations and seeds change a database, but that is what they are for; a revert

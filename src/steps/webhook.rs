@@ -1,0 +1,129 @@
+//! `webhook`: one HTTP request to an alerting or chat service, in-process (the URL, which
+//! usually carries a token, never appears on a command line or in any output).
+
+use crate::exec::events::Outputs;
+use crate::exec::{StepContext, StepError};
+use crate::plan::model::WebhookParams;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use std::time::Duration;
+
+/// How long one request may take when the step has no `timeout`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The URL without its path and query, where tokens live: `https://hooks.slack.com/…`.
+pub fn shown_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) if u.host_str().is_some() => {
+            format!("{}://{}/…", u.scheme(), u.host_str().unwrap_or_default())
+        }
+        _ => "(a URL)".into(),
+    }
+}
+
+pub fn describe(p: &WebhookParams) -> String {
+    format!(
+        "{} a JSON message to {} (the full URL is a secret)",
+        p.method.to_uppercase(),
+        shown_url(&p.url)
+    )
+}
+
+/// The values a webhook step holds that must never be shown: its URL and header values.
+pub fn secrets(p: &WebhookParams) -> Vec<String> {
+    std::iter::once(p.url.clone())
+        .chain(p.headers.values().cloned())
+        .collect()
+}
+
+pub async fn run(p: &WebhookParams, ctx: &StepContext) -> Result<Outputs, StepError> {
+    for secret in secrets(p) {
+        ctx.redactor().add(&secret);
+    }
+    let method = hyper::Method::from_bytes(p.method.to_uppercase().as_bytes())
+        .map_err(|_| StepError::permanent(format!("`{}` is not an HTTP method", p.method)))?;
+    let uri: hyper::Uri = p
+        .url
+        .parse()
+        .map_err(|_| StepError::permanent("the webhook URL is not a valid URL"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(StepError::permanent(
+            "the webhook URL must start with https:// (or http://)",
+        ));
+    }
+    let body = match &p.body {
+        Some(v) => serde_json::to_vec(v).expect("JSON values serialize"),
+        None => Vec::new(),
+    };
+    let mut request = hyper::Request::builder().method(method).uri(uri).header(
+        "user-agent",
+        concat!("opsrunner/", env!("CARGO_PKG_VERSION")),
+    );
+    if p.body.is_some() {
+        request = request.header("content-type", "application/json");
+    }
+    for (name, value) in &p.headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| StepError::permanent(format!("cannot build the request: {e}")))?;
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
+        .map_err(|e| {
+            StepError::permanent(format!("cannot load the system's CA certificates: {e}"))
+        })?
+        .https_or_http()
+        .enable_http1()
+        .build();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build::<_, Full<Bytes>>(https);
+    let limit = ctx.timeout.unwrap_or(DEFAULT_TIMEOUT);
+    let exchange = async {
+        let response = client.request(request).await?;
+        let status = response.status();
+        // Read a little of the answer for the error message; receivers explain there.
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        Ok::<_, hyper_util::client::legacy::Error>((status, body))
+    };
+    let (status, answer) = tokio::select! {
+        result = tokio::time::timeout(limit, exchange) => match result {
+            Ok(Ok(done)) => done,
+            // Connection trouble may pass: the step's retry policy decides.
+            Ok(Err(e)) => return Err(StepError::transient(format!("the webhook could not be reached: {}", crate::diag::error_chain(&e)))),
+            Err(_) => return Err(StepError::transient(format!(
+                "the webhook did not answer within {}",
+                crate::plan::duration::format(limit)
+            ))),
+        },
+        _ = ctx.cancel.cancelled() => return Err(StepError::cancelled()),
+    };
+    let mut outputs = Outputs::new();
+    outputs.insert("status".into(), status.as_u16().to_string());
+    if status.is_success() {
+        return Ok(outputs);
+    }
+    let text = String::from_utf8_lossy(&answer[..answer.len().min(300)])
+        .trim()
+        .to_string();
+    let message = format!(
+        "the webhook answered HTTP {}{}",
+        status.as_u16(),
+        if text.is_empty() {
+            String::new()
+        } else {
+            format!(": {text}")
+        }
+    );
+    // A busy or failing receiver may recover; a refused request will be refused again.
+    if status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408 {
+        Err(StepError::transient(message))
+    } else {
+        Err(StepError::permanent(message))
+    }
+}
