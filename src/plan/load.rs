@@ -151,8 +151,17 @@ impl Loader {
             "vars",
             "variables are values, never rendered themselves",
         );
-        let mut known_vars = vars.clone().unwrap_or_default();
-        known_vars.extend(overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
+        // The variables move into the render context while fields are typed, and back into
+        // the plan afterwards, with the --var values of declared variables in place: a copy
+        // would double what a plan of many variables costs.
+        let vars_loaded = vars.is_some();
+        let mut known_vars: serde_json::Map<String, Value> =
+            vars.unwrap_or_default().into_iter().collect();
+        for (name, value) in overrides {
+            if let Some(slot) = known_vars.get_mut(name) {
+                *slot = value.clone();
+            }
+        }
         self.known = serde_json::json!({ "vars": known_vars });
         let secrets: Option<Vec<String>> = self.optional(root, "secrets");
         self.no_templates(
@@ -164,6 +173,10 @@ impl Loader {
         let repositories: Option<BTreeMap<String, Repository>> =
             self.named_map(root, "repositories");
         let steps = self.steps(root, steps, tree);
+        let vars = match std::mem::take(&mut self.known)["vars"].take() {
+            Value::Object(map) => vars_loaded.then(|| map.into_iter().collect::<BTreeMap<_, _>>()),
+            _ => None,
+        };
         // Sections that failed would make the semantic checks report phantom problems
         // ("unknown target"), so a partial plan is only built when just steps are broken.
         Some(Plan {
@@ -292,19 +305,25 @@ impl Loader {
         }
         // When the sequence came whole from an alias (`steps: *all`), nothing was handed
         // over while parsing: the items are still in the tree.
-        let written: Vec<Value> = if written.len() == items.len() {
-            written.iter().map(RawParams::value).collect()
-        } else {
-            items.iter().map(Node::to_json).collect()
+        // One step's JSON at a time: all of them parsed at once would be the large tree
+        // again.
+        let mut type_one = |i: usize, step: Value| {
+            self.step(i, &step, tree)
+                .unwrap_or_else(|| placeholder(&step))
         };
-        let steps = written
-            .iter()
-            .enumerate()
-            .map(|(i, step)| {
-                self.step(i, step, tree)
-                    .unwrap_or_else(|| placeholder(step))
-            })
-            .collect();
+        let steps = if written.len() == items.len() {
+            written
+                .into_iter()
+                .enumerate()
+                .map(|(i, step)| type_one(i, step.value()))
+                .collect()
+        } else {
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| type_one(i, item.to_json()))
+                .collect()
+        };
         Some(steps)
     }
 
