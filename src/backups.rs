@@ -297,6 +297,98 @@ pub async fn prune(
     Ok(out)
 }
 
+/// `backups check`: whether the repository holds a backup young enough (and, with
+/// `require_verified`, a test-restored one young enough). Unhealthy is exit 1 with the
+/// reason in one line; damaged backups never count.
+pub async fn check(
+    store: &repo::AnyStore,
+    max_age: std::time::Duration,
+    require_verified: bool,
+    database: Option<&str>,
+    json: bool,
+) -> Result<String, Failure> {
+    let entries = entries(store).await?;
+    let now = Utc::now();
+    let usable = entries.iter().filter_map(|e| {
+        let m = &e.backup.as_ref().ok()?.manifest;
+        database.is_none_or(|d| d == m.database).then_some((e, m))
+    });
+    let newest = usable.clone().max_by_key(|(_, m)| m.created_at);
+    let newest_verified = usable
+        .filter(|(e, _)| {
+            e.trust
+                .verification()
+                .is_some_and(|v| v.passed && v.restored)
+        })
+        .max_by_key(|(_, m)| m.created_at);
+    let limit = crate::plan::duration::format(max_age);
+    let age_of = |created: chrono::DateTime<Utc>| (now - created).num_seconds().max(0);
+    let scope = database
+        .map(|d| format!(" of database `{d}`"))
+        .unwrap_or_default();
+    let mut problems = Vec::new();
+    match newest {
+        None => problems.push(format!("no backup{scope} in {}", store.location())),
+        Some((_, m)) if age_of(m.created_at) as u64 > max_age.as_secs() => problems.push(format!(
+            "the newest backup{scope}, {}, is {} old (more than {limit})",
+            m.backup_id,
+            age(age_of(m.created_at))
+        )),
+        Some(_) => {}
+    }
+    if require_verified {
+        match newest_verified {
+            None => problems.push(format!("no backup{scope} has passed a test restore")),
+            Some((_, m)) if age_of(m.created_at) as u64 > max_age.as_secs() => {
+                problems.push(format!(
+                    "the newest backup{scope} that passed a test restore, {}, is {} old (more than {limit})",
+                    m.backup_id,
+                    age(age_of(m.created_at))
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    let healthy = problems.is_empty();
+    let line = if healthy {
+        let (_, m) = newest.expect("healthy means a newest backup");
+        let verified = newest_verified
+            .map(|(_, v)| {
+                format!(
+                    "; newest verified {}, {} old",
+                    v.backup_id,
+                    age(age_of(v.created_at))
+                )
+            })
+            .unwrap_or_default();
+        format!(
+            "ok: newest backup{scope} {}, {} old{verified}",
+            m.backup_id,
+            age(age_of(m.created_at))
+        )
+    } else {
+        problems.join("; ")
+    };
+    let out = if json {
+        let record = serde_json::json!({
+            "healthy": healthy,
+            "reason": line,
+            "newest": newest.map(|(_, m)| serde_json::json!({ "backup_id": m.backup_id, "age_s": age_of(m.created_at) })),
+            "newest_verified": newest_verified.map(|(_, m)| serde_json::json!({ "backup_id": m.backup_id, "age_s": age_of(m.created_at) })),
+        });
+        serde_json::to_string_pretty(&record).expect("serializes") + "\n"
+    } else {
+        format!("{line}\n")
+    };
+    if healthy {
+        Ok(out)
+    } else {
+        // Monitoring reads the exit code; people and logs the line.
+        print!("{out}");
+        Err(Failure::StepsFailed)
+    }
+}
+
 pub async fn show(
     store: &repo::AnyStore,
     id: &str,

@@ -164,6 +164,22 @@ enum BackupsCommand {
         #[arg(long, value_name = "FILE", env = "OPSRUNNER_AGE_IDENTITY_FILE")]
         identity: Option<PathBuf>,
     },
+    /// Health for monitoring and CI: exit 0 when the newest backup (and with
+    /// --require-verified the newest one verified by a test restore) is younger than
+    /// --max-age, else exit 1; one line says why.
+    Check {
+        #[command(flatten)]
+        repo: RepositoryArgs,
+        /// The oldest the newest backup may be, e.g. 26h.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        max_age: Duration,
+        /// The newest backup that passed a test restore must be younger than --max-age too.
+        #[arg(long)]
+        require_verified: bool,
+        /// Only backups of this database.
+        #[arg(long)]
+        database: Option<String>,
+    },
     /// Delete the backups a retention policy does not keep (restic's semantics; see README).
     Prune {
         #[command(flatten)]
@@ -269,6 +285,23 @@ fn main() {
                         let store =
                             backups::open_store(&repo.repository, repo.plan.as_deref()).await?;
                         backups::show(&store, &id, repo.json, identities.as_ref()).await
+                    }
+                    BackupsCommand::Check {
+                        repo,
+                        max_age,
+                        require_verified,
+                        database,
+                    } => {
+                        let store =
+                            backups::open_store(&repo.repository, repo.plan.as_deref()).await?;
+                        backups::check(
+                            &store,
+                            max_age,
+                            require_verified,
+                            database.as_deref(),
+                            repo.json,
+                        )
+                        .await
                     }
                     BackupsCommand::Prune {
                         repo,

@@ -205,3 +205,60 @@ fn a_backup_killed_midway_never_appears_and_prune_orphans_removes_it() {
     assert!(prune(&["--orphan-age", "0s"]).contains("unfinished backup (no manifest)"));
     assert_eq!(std::fs::read_dir(&repo).unwrap().count(), 0);
 }
+
+/// `backups check` for monitoring: exit 0 with a one-line "ok" when the newest backup (and,
+/// if asked, the newest test-restored one) is young enough; exit 1 with the reason
+/// otherwise — an empty repository, a stale backup, no verified backup.
+#[test]
+fn backups_check_says_fresh_stale_and_unverified_in_one_line() {
+    let ws = Workspace::new();
+    let check = |args: &[&str]| {
+        let out = opsrunner()
+            .args(["backups", "check", "--repository"])
+            .arg(format!("file://{}", ws.path("repo").display()))
+            .args(args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).trim_end().to_string();
+        (out.status.code(), stdout)
+    };
+    let (code, line) = check(&["--max-age", "26h"]);
+    assert_eq!(code, Some(1), "{line}");
+    assert!(line.starts_with("no backup in"), "{line}");
+
+    let cluster = Cluster::start();
+    cluster.psql("postgres", "create database app");
+    let url = cluster.url("postgres");
+    let id = backup(&ws, &url);
+    let (code, line) = check(&["--max-age", "26h"]);
+    assert_eq!(code, Some(0), "{line}");
+    assert!(
+        line.starts_with(&format!("ok: newest backup {id}")),
+        "{line}"
+    );
+    assert_eq!(line.lines().count(), 1);
+
+    let (code, line) = check(&["--max-age", "26h", "--require-verified"]);
+    assert_eq!(code, Some(1), "{line}");
+    assert!(
+        line.contains("no backup has passed a test restore"),
+        "{line}"
+    );
+    assert_eq!(verify(&ws, &id).code, 0);
+    let (code, line) = check(&["--max-age", "26h", "--require-verified", "--json"]);
+    assert_eq!(code, Some(0), "{line}");
+    let record: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(record["healthy"], true);
+    assert_eq!(record["newest_verified"]["backup_id"], id.as_str());
+
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let (code, line) = check(&["--max-age", "1s"]);
+    assert_eq!(code, Some(1), "{line}");
+    assert!(
+        line.contains(&format!("the newest backup, {id}, is")) && line.contains("(more than 1s)"),
+        "{line}"
+    );
+    let (code, line) = check(&["--max-age", "26h", "--database", "other"]);
+    assert_eq!(code, Some(1), "{line}");
+    assert!(line.starts_with("no backup of database `other`"), "{line}");
+}
