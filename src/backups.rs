@@ -326,28 +326,28 @@ pub async fn check(
     let scope = database
         .map(|d| format!(" of database `{d}`"))
         .unwrap_or_default();
-    let mut problems = Vec::new();
-    match newest {
-        None => problems.push(format!("no backup{scope} in {}", store.location())),
-        Some((_, m)) if age_of(m.created_at) as u64 > max_age.as_secs() => problems.push(format!(
-            "the newest backup{scope}, {}, is {} old (more than {limit})",
+    // What is wrong with the newest backup of one kind: missing, or older than the limit.
+    let problem = |found: Option<(&Listed, &Manifest)>, what: &str, missing: String| match found {
+        None => Some(missing),
+        Some((_, m)) if age_of(m.created_at) as u64 > max_age.as_secs() => Some(format!(
+            "the newest backup{scope}{what}, {}, is {} old (more than {limit})",
             m.backup_id,
             age(age_of(m.created_at))
         )),
-        Some(_) => {}
-    }
+        Some(_) => None,
+    };
+    let mut problems: Vec<String> = Vec::new();
+    problems.extend(problem(
+        newest,
+        "",
+        format!("no backup{scope} in {}", store.location()),
+    ));
     if require_verified {
-        match newest_verified {
-            None => problems.push(format!("no backup{scope} has passed a test restore")),
-            Some((_, m)) if age_of(m.created_at) as u64 > max_age.as_secs() => {
-                problems.push(format!(
-                    "the newest backup{scope} that passed a test restore, {}, is {} old (more than {limit})",
-                    m.backup_id,
-                    age(age_of(m.created_at))
-                ))
-            }
-            Some(_) => {}
-        }
+        problems.extend(problem(
+            newest_verified,
+            " that passed a test restore",
+            format!("no backup{scope} has passed a test restore"),
+        ));
     }
     let healthy = problems.is_empty();
     let line = if healthy {

@@ -81,7 +81,6 @@ pub fn prepare(args: &PlanArgs, env: BTreeMap<String, String>) -> Result<Prepare
     for (k, v) in overrides {
         vars.insert(k, Value::String(v));
     }
-    plan::validate::check_with_vars(&plan.plan, &vars).map_err(Failure::Usage)?;
     let redactor = Redactor::new();
     for name in &plan.plan.secrets {
         if let Some(value) = env.get(name) {
