@@ -180,7 +180,10 @@ fn the_import_graph_has_no_cycle() {
     let graph = imports(&modules);
     // The reader must see what it is checking, or a broken scanner would pass everything.
     assert!(graph["steps/backup"].contains("pg/process"), "{graph:?}");
-    assert!(graph["steps"].contains("steps/backup"), "{graph:?}");
+    assert!(
+        graph["steps/registry"].contains("steps/backup"),
+        "{graph:?}"
+    );
     assert!(graph["repo/local"].contains("repo/store"), "{graph:?}");
     if let Some(cycle) = find_cycle(&graph) {
         panic!("import cycle: {}", cycle.join(" → "));
@@ -211,12 +214,54 @@ fn low_layers_never_reach_up() {
             .filter(|(m, _)| m.as_str() == layer || m.starts_with(&format!("{layer}/")))
         {
             for target in targets {
+                // The loader and the resolver type a step's parameters by asking the step
+                // registry for its type, and nothing else of the steps.
+                if ASK_THE_REGISTRY.contains(&module.as_str()) && target == "steps/registry" {
+                    continue;
+                }
                 let top = target.split('/').next().unwrap();
                 assert!(
                     !upper.contains(&top) && !also_forbidden.contains(&top),
                     "{module} imports {target}: `{layer}/` sits below it"
                 );
             }
+        }
+    }
+}
+
+/// The only files below `steps/` that may name the step registry.
+const ASK_THE_REGISTRY: &[&str] = &["plan/load", "plan/resolve"];
+
+/// Every place that needs to know about step types asks the registry: no file outside a
+/// step type's own names another step type's file.
+#[test]
+fn step_types_are_reached_only_through_the_registry() {
+    let modules = modules();
+    let graph = imports(&modules);
+    let registry = &modules["steps/registry"];
+    let types: Vec<&String> = graph["steps/registry"]
+        .iter()
+        .filter(|t| {
+            t.starts_with("steps/") && !["steps/probe", "steps/step_type"].contains(&t.as_str())
+        })
+        .collect();
+    assert!(types.len() >= 11, "{types:?}");
+    for t in &types {
+        let name = t.trim_start_matches("steps/");
+        assert!(
+            registry.contains(&format!("register::<super::{name}::")),
+            "{t} is not registered"
+        );
+    }
+    for (module, targets) in &graph {
+        if module.starts_with("steps/") || module == "steps" {
+            continue;
+        }
+        for target in targets {
+            assert!(
+                !types.contains(&target),
+                "{module} imports the step type {target}; ask `steps::registry` instead"
+            );
         }
     }
 }

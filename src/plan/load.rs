@@ -2,12 +2,13 @@
 //! deserialized on its own, so one mistake does not hide the others: every problem in the
 //! file is reported in one go, each with its line, column and key path.
 
-use super::model::{Common, Plan, Repository, STEP_TYPES, StepDef, StepKind, Target};
+use super::model::{Common, Plan, Repository, StepDef, Target};
 use super::model::{RawParams, SUPPORTED_VERSIONS};
 use super::resolve::{ParamsError, ResolveError};
 use super::template::{Templates, has_template};
 use super::yaml::{self, Node, NodeKind, PathSegment, format_path};
 use crate::diag::{Diagnostic, Span, did_you_mean};
+use crate::steps::registry;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -269,7 +270,7 @@ impl Loader {
                 continue;
             }
             let written = value.to_json();
-            match self.resolved::<T>(&path, value, &written, "") {
+            match self.resolved::<T>(&path, value, &written) {
                 Some(v) => {
                     out.insert(name.name.clone(), v);
                 }
@@ -348,22 +349,19 @@ impl Loader {
                     Diagnostic::new("missing key `type`")
                         .at(node().span)
                         .with_path(path)
-                        .with_help(format!(
-                            "every step has a type: one of {}",
-                            STEP_TYPES.join(", ")
-                        )),
+                        .with_help(format!("every step has a type: one of {}", type_list())),
                 );
                 None
             }
             Some(t) => match t.as_str() {
-                Some(s) if STEP_TYPES.contains(&s) => Some(s.to_string()),
+                Some(s) if registry::get(s).is_some() => Some(s.to_string()),
                 other => {
                     let t = node().get("type").unwrap_or(node());
                     let shown =
                         other.map_or_else(|| t.type_name().to_string(), |s| format!("`{s}`"));
                     let help = other
-                        .and_then(|s| did_you_mean(s, STEP_TYPES.iter().copied()))
-                        .unwrap_or_else(|| format!("step types are: {}", STEP_TYPES.join(", ")));
+                        .and_then(|s| did_you_mean(s, registry::names()))
+                        .unwrap_or_else(|| format!("step types are: {}", type_list()));
                     self.problems.push(
                         Diagnostic::new(format!("unknown step type {shown}"))
                             .at(t.span)
@@ -412,7 +410,7 @@ impl Loader {
             }
         }
         let common = Value::Object(common);
-        let rendered = self.templates.render_known("", &common, &self.known);
+        let rendered = self.templates.render_known(&[], &common, &self.known);
         let common: Option<Common> = match super::resolve::typed(&common, rendered, false) {
             Ok(c) => Some(c),
             Err(e) => {
@@ -423,9 +421,8 @@ impl Loader {
         };
         let type_name = type_name?;
         let params = Value::Object(params);
-        let rendered = self
-            .templates
-            .render_known(&type_name, &params, &self.known);
+        let quoted = registry::get(&type_name).map_or(&[][..], |r| r.shell_quoted);
+        let rendered = self.templates.render_known(quoted, &params, &self.known);
         let kind = match super::resolve::step_kind(&type_name, &params, rendered, false) {
             Ok(kind) => Some(kind),
             Err(ParamsError::Invalid(e)) => {
@@ -471,9 +468,8 @@ impl Loader {
         prefix: &[PathSegment],
         node: &Node,
         written: &Value,
-        type_name: &str,
     ) -> Option<T> {
-        let rendered = self.templates.render_known(type_name, written, &self.known);
+        let rendered = self.templates.render_known(&[], written, &self.known);
         match super::resolve::typed::<T>(written, rendered, false) {
             Ok(mut v) => {
                 v.set_written(RawParams::new(written));
@@ -684,11 +680,7 @@ fn placeholder(step: &Value) -> StepDef {
             timeout: None,
             continue_on_error: false,
         },
-        kind: StepKind::Shell(super::model::ShellParams {
-            command: String::new(),
-            env: BTreeMap::new(),
-            workdir: None,
-        }),
+        kind: registry::stand_in(),
         raw_params: RawParams::default(),
         broken: true,
     }
@@ -750,4 +742,9 @@ impl AsJson for &Value {
     fn as_json(&self) -> Value {
         (*self).clone()
     }
+}
+
+/// "shell, sql, …": every step type, for messages.
+fn type_list() -> String {
+    registry::names().collect::<Vec<_>>().join(", ")
 }

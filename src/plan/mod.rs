@@ -7,6 +7,7 @@ pub mod graph;
 pub mod load;
 pub mod model;
 pub mod resolve;
+pub mod step_params;
 pub mod template;
 pub mod validate;
 pub mod yaml;

@@ -12,6 +12,7 @@
 use super::model::{Repository, StepDef, StepKind};
 use super::template::{Templates, has_template, scan_references};
 use super::yaml::{PathSegment, plain_scalar};
+use crate::steps::registry;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -25,7 +26,8 @@ pub fn step(
 ) -> Result<(Value, StepKind), String> {
     let written = step.raw_params.value();
     let type_name = step.kind.type_name();
-    let rendered = templates.render_params(type_name, &written, context)?;
+    let quoted = registry::get(type_name).map_or(&[][..], |r| r.shell_quoted);
+    let rendered = templates.render_params(quoted, &written, context)?;
     let kind = step_kind(type_name, &written, rendered.clone(), true).map_err(|e| match e {
         ParamsError::Invalid(e) => e.message(),
         ParamsError::UnknownType => format!("unknown step type `{type_name}`"),
@@ -40,35 +42,15 @@ pub enum ParamsError {
 }
 
 /// Types a step's parameters: `rendered` is `written` with the values known now rendered
-/// in (`complete` when every template is).
+/// in (`complete` when every template is). The step type is asked for by name.
 pub fn step_kind(
     type_name: &str,
     written: &Value,
     rendered: Value,
     complete: bool,
 ) -> Result<StepKind, ParamsError> {
-    fn de<T: DeserializeOwned>(
-        written: &Value,
-        rendered: Value,
-        complete: bool,
-    ) -> Result<T, ParamsError> {
-        typed(written, rendered, complete).map_err(ParamsError::Invalid)
-    }
-    let (w, r, c) = (written, rendered, complete);
-    Ok(match type_name {
-        "shell" => StepKind::Shell(de(w, r, c)?),
-        "sql" => StepKind::Sql(de(w, r, c)?),
-        "wait_ready" => StepKind::WaitReady(de(w, r, c)?),
-        "backup" => StepKind::Backup(de(w, r, c)?),
-        "restore" => StepKind::Restore(de(w, r, c)?),
-        "verify" => StepKind::Verify(de(w, r, c)?),
-        "migrate" => StepKind::Migrate(de(w, r, c)?),
-        "seed" => StepKind::Seed(de(w, r, c)?),
-        "reset" => StepKind::Reset(de(w, r, c)?),
-        "prune" => StepKind::Prune(de(w, r, c)?),
-        "webhook" => StepKind::Webhook(de(w, r, c)?),
-        _ => return Err(ParamsError::UnknownType),
-    })
+    let registration = registry::get(type_name).ok_or(ParamsError::UnknownType)?;
+    typed_with(written, rendered, complete, |v| registration.parse(v)).map_err(ParamsError::Invalid)
 }
 
 /// A repository with every setting rendered (`endpoint: "{{ env.S3_ENDPOINT }}"` too) and
@@ -187,14 +169,26 @@ fn get_mut<'a>(value: &'a mut Value, path: &[PathSegment]) -> Option<&'a mut Val
 /// rendered (a step starting); otherwise templates left for later are set aside.
 pub fn typed<T: DeserializeOwned>(
     written: &Value,
+    rendered: Value,
+    complete: bool,
+) -> Result<T, ResolveError> {
+    typed_with(written, rendered, complete, |v| {
+        serde_path_to_error::deserialize::<_, T>(v)
+    })
+}
+
+/// [`typed`] with the deserializer given (a step type's, chosen by name).
+fn typed_with<T>(
+    written: &Value,
     mut rendered: Value,
     complete: bool,
+    deserialize: impl Fn(&Value) -> Result<T, serde_path_to_error::Error<serde_json::Error>>,
 ) -> Result<T, ResolveError> {
     let mut coerced: Vec<Vec<PathSegment>> = Vec::new();
     let mut set_aside: Vec<(Vec<PathSegment>, String)> = Vec::new();
     // Each round fixes one field or gives up, so the rounds are bounded by the fields.
     loop {
-        let error = match serde_path_to_error::deserialize::<_, T>(&rendered) {
+        let error = match deserialize(&rendered) {
             Ok(value) => return Ok(value),
             Err(error) => error,
         };
@@ -257,7 +251,7 @@ pub fn typed<T: DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::model::BackupParams;
+    use crate::steps::backup::BackupParams;
     use serde_json::json;
 
     #[test]

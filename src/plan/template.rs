@@ -164,20 +164,21 @@ impl Templates {
         self.render_with(&self.registry, text, context)
     }
 
-    /// Renders a step's parameters. A shell step's `command` gets every value shell-quoted,
+    /// Renders a step's parameters. The fields in `shell_quoted` (a shell step's `command`,
+    /// as its step type says) get every value shell-quoted,
     /// so that a variable holding `x; rm -rf ~` stays one word; `{{{ … }}}` is the explicit
     /// way to insert shell text. Preview and apply both render through here.
     pub fn render_params(
         &self,
-        type_name: &str,
+        shell_quoted: &[&str],
         params: &Value,
         context: &Value,
     ) -> Result<Value, String> {
         let mut rendered = self.render_value(params, context)?;
-        if type_name == "shell"
-            && let Some(Value::String(command)) = params.get("command")
-        {
-            rendered["command"] = Value::String(self.render_with(&self.shell, command, context)?);
+        for field in shell_quoted {
+            if let Some(Value::String(text)) = params.get(*field) {
+                rendered[*field] = Value::String(self.render_with(&self.shell, text, context)?);
+            }
         }
         Ok(rendered)
     }
@@ -217,11 +218,11 @@ impl Templates {
             .map_err(|e| format!("template error: {}", e.reason()))
     }
 
-    /// Renders the strings of a step's parameters (`type_name`) whose every reference is
+    /// Renders the strings of a step's parameters whose every reference is
     /// in `context`, and leaves the others as written: what the loader does with the
     /// plan's variables, the only values known before the run. The same registries as
     /// [`Templates::render_params`], so a shell command is quoted the same way.
-    pub fn render_known(&self, type_name: &str, params: &Value, context: &Value) -> Value {
+    pub fn render_known(&self, shell_quoted: &[&str], params: &Value, context: &Value) -> Value {
         let known = |text: &str| {
             references(text).is_ok_and(|refs| {
                 refs.iter().all(|r| {
@@ -252,10 +253,10 @@ impl Templates {
             }
         }
         let mut out = walk(params, &|t| render(&self.registry, t));
-        if type_name == "shell"
-            && let Some(Value::String(command)) = params.get("command")
-        {
-            out["command"] = Value::String(render(&self.shell, command));
+        for field in shell_quoted {
+            if let Some(Value::String(text)) = params.get(*field) {
+                out[*field] = Value::String(render(&self.shell, text));
+            }
         }
         out
     }
@@ -352,14 +353,14 @@ mod tests {
         let t = Templates::new();
         let ctx = json!({"vars": {"v": "hello; echo INJECTED", "q": "it's", "w": "plain-1.2"}});
         let params = json!({"command": "echo {{ vars.v }} {{ vars.q }} {{ vars.w }} {{{ vars.w }}}", "env": {"A": "{{ vars.v }}"}});
-        let out = t.render_params("shell", &params, &ctx).unwrap();
+        let out = t.render_params(&["command"], &params, &ctx).unwrap();
         assert_eq!(
             out["command"],
             "echo 'hello; echo INJECTED' 'it'\\''s' plain-1.2 plain-1.2"
         );
         assert_eq!(out["env"]["A"], "hello; echo INJECTED");
         let out = t
-            .render_params("sql", &json!({"query": "{{ vars.q }}"}), &ctx)
+            .render_params(&[], &json!({"query": "{{ vars.q }}"}), &ctx)
             .unwrap();
         assert_eq!(out["query"], "it's");
         assert!(references("echo {{{ vars.v }}}").is_ok());

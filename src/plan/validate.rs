@@ -2,7 +2,8 @@
 //! template references. All problems are collected; a plan that passes is a [`ValidPlan`].
 
 use super::graph::Dag;
-use super::model::{Condition, Plan, StepKind};
+use super::model::{Condition, Plan};
+use super::step_params::CheckScope;
 use super::template::{self, Reference};
 use super::yaml::{self, Node, PathSegment, format_path};
 use crate::diag::{Diagnostic, Span, did_you_mean};
@@ -260,13 +261,7 @@ impl Validator<'_> {
     fn ranges(&mut self) {
         let mut out_of_range = Vec::new();
         for (i, step) in self.plan.steps.iter().enumerate() {
-            let jobs = match &step.kind {
-                StepKind::Backup(p) => p.jobs,
-                StepKind::Restore(p) => p.jobs,
-                StepKind::Verify(p) => p.jobs,
-                _ => None,
-            };
-            if let Some(n) = jobs
+            if let Some(n) = step.kind.jobs()
                 && !(1..=MAX_JOBS).contains(&n)
             {
                 out_of_range.push((step_path(i, &[key("jobs")]), "jobs", n, 1, MAX_JOBS));
@@ -344,84 +339,21 @@ impl Validator<'_> {
                     Some(help),
                 );
             }
-            if let StepKind::Prune(p) = &step.kind {
-                for name in p.keep.zero_counts() {
-                    self.report(
-                        &step_path(i, &[key("keep"), key(name)]),
-                        format!("`{name}: 0` would keep none and delete every backup"),
-                        0,
-                        Some("give a count of at least 1; the newest backup of each database is always kept".into()),
-                    );
+            let scope = CheckScope {
+                step_id: step.id(),
+                secrets: &self.plan.secrets,
+            };
+            for problem in step.kind.check(&scope) {
+                let at: Vec<PathSegment> = problem.at.iter().map(|k| key(k)).collect();
+                let path = step_path(i, &at);
+                let mut d = Diagnostic::new(problem.message)
+                    .at_opt(self.span(&path))
+                    .with_path(format_path(&path))
+                    .with_help_opt(problem.help);
+                if let Some(text) = &problem.narrow_to {
+                    d = self.narrow_to(d, text);
                 }
-            }
-            if let StepKind::Prune(p) = &step.kind
-                && p.keep.is_empty()
-            {
-                self.report(
-                    &step_path(i, &[key("keep")]),
-                    "a retention policy that keeps nothing would delete every backup".into(),
-                    0,
-                    Some(
-                        "give at least one of last, hourly, daily, weekly, monthly, yearly, within"
-                            .into(),
-                    ),
-                );
-            }
-            if let StepKind::Backup(p) = &step.kind {
-                if p.jobs.is_some() && p.format != crate::repo::manifest::DumpFormat::Directory {
-                    self.report(
-                        &step_path(i, &[key("jobs")]),
-                        "`jobs` needs `format: directory` (pg_dump dumps in parallel only into a directory)".into(),
-                        0,
-                        None,
-                    );
-                }
-                if p.schema_only && p.data_only {
-                    self.report(
-                        &step_path(i, &[key("data_only")]),
-                        "`schema_only` and `data_only` exclude each other".into(),
-                        0,
-                        None,
-                    );
-                }
-            }
-            if let StepKind::Shell(p) = &step.kind {
-                for r in template::references(&p.command).unwrap_or_default() {
-                    if r.path.len() == 2
-                        && r.path[0] == "env"
-                        && self.plan.secrets.contains(&r.path[1])
-                    {
-                        let name = &r.path[1];
-                        let path = step_path(i, &[key("command")]);
-                        let d = Diagnostic::new(format!("secret `env.{name}` in a command line, where every user on the machine can read it"))
-                            .at_opt(self.span(&path))
-                            .with_path(format_path(&path))
-                            .with_help(format!("pass it through the environment: `env: {{ {name}: \"{{{{ env.{name} }}}}\" }}` and use ${name} in the command"));
-                        let d = self.narrow_to(d, &r.dotted());
-                        self.problems.push(d);
-                    }
-                }
-            }
-            if let StepKind::Sql(p) = &step.kind
-                && p.query.is_some() == p.file.is_some()
-            {
-                let (at, help) = if p.query.is_some() {
-                    (step_path(i, &[key("file")]), "remove `query` or `file`")
-                } else {
-                    (
-                        step_path(i, &[]),
-                        "add `query: SQL` or `file: path/to/file.sql`",
-                    )
-                };
-                self.report(
-                    &at,
-                    format!(
-                        "step `{}` needs exactly one of `query` and `file`",
-                        step.id()
-                    ),
-                    0,
-                    Some(help.into()),
-                );
+                self.problems.push(d);
             }
         }
         for (name, repo) in &self.plan.repositories {

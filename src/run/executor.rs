@@ -426,7 +426,7 @@ impl StepTask {
         rendered_strings
             .iter()
             .for_each(|s| redactor.add_url_passwords(s));
-        for secret in crate::steps::secrets(&kind) {
+        for secret in kind.secrets() {
             redactor.add(&secret);
         }
         let mut targets = BTreeMap::new();

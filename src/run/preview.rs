@@ -7,6 +7,8 @@ use crate::plan::template::{self, Templates};
 use crate::plan::{PlanSource, ValidPlan};
 use crate::redact::Redactor;
 use crate::steps;
+use crate::steps::probe::{Probe, TargetView};
+use crate::steps::registry;
 use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -148,7 +150,7 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
                 let mut strings = Vec::new();
                 template::strings(&v, &mut strings);
                 strings.iter().for_each(|s| redactor.add_url_passwords(s));
-                for secret in steps::secrets(&kind) {
+                for secret in kind.secrets() {
                     redactor.add(&secret);
                 }
                 (v, kind)
@@ -164,7 +166,7 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
             .is_some_and(|t| plan.targets.get(t).is_some_and(|t| t.protected));
         // Under --untrusted no file is read: SQL from a file counts as destructive.
         let read_files = !input.untrusted;
-        let destructive = steps::destructive_reading(&kind, &base_dir, read_files);
+        let destructive = kind.destructive(&base_dir, read_files);
         // The guard apply asks, on the same rendered parameters.
         if let Some(t) =
             steps::unconfirmed(&kind, &plan.targets, &base_dir, input.confirmed, read_files)
@@ -196,12 +198,11 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
                 }
             });
         let view = match target.as_ref().and_then(|t| plan.targets.get(t)) {
-            Some(t) if t.ephemeral => steps::preview_reads::TargetView::Ephemeral,
-            Some(_) => view_url.as_deref().map_or(
-                steps::preview_reads::TargetView::None,
-                steps::preview_reads::TargetView::Url,
-            ),
-            None => steps::preview_reads::TargetView::None,
+            Some(t) if t.ephemeral => TargetView::Ephemeral,
+            Some(_) => view_url
+                .as_deref()
+                .map_or(TargetView::None, TargetView::Url),
+            None => TargetView::None,
         };
         let repo = kind
             .repository()
@@ -217,7 +218,7 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
             input.base.as_ref().and_then(|b| b.refuses(&kind))
         };
         let details = if let Some(why) = skip {
-            steps::preview_reads::skipped(&kind)
+            registry::reads_of(&kind)
                 .map(|what| format!("probe skipped ({why}): would read {what}"))
                 .into_iter()
                 .collect()
@@ -229,18 +230,20 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
         } else {
             let limit = PROBE_TIMEOUT.min(PREVIEW_DEADLINE - started.elapsed());
             // Boxed: the probes' futures are deep, and every caller would carry their layout.
-            let probe = Box::pin(steps::preview_reads::details(
+            let probe = registry::probe_step(
                 &kind,
-                &base_dir,
-                view,
-                repo.as_ref(),
-            ));
+                Probe {
+                    base_dir: &base_dir,
+                    target: &view,
+                    repo: repo.as_ref(),
+                },
+            );
             match tokio::time::timeout(limit, probe).await {
                 Ok(lines) => lines,
                 Err(_) => vec![format!(
                     "probe timed out after {}s: nothing could be read{}",
                     limit.as_secs(),
-                    steps::preview_reads::skipped(&kind)
+                    registry::reads_of(&kind)
                         .map(|w| format!(" about {w}"))
                         .unwrap_or_default()
                 )],
@@ -255,7 +258,7 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
             position: position + 1,
             id: step.id().to_string(),
             step_type: step.kind.type_name().to_string(),
-            action: redactor.redact(&steps::describe(&kind)),
+            action: redactor.redact(&kind.describe()),
             params,
             needs: step.common.needs.clone(),
             condition: step.common.condition.as_str().to_string(),

@@ -2,19 +2,120 @@
 //! the dump's own snapshot, and a manifest written last. A failed backup leaves nothing
 //! that looks like a backup.
 
+use super::probe::Probe;
+use super::step_type::StepType;
 use crate::exec::events::Outputs;
 use crate::exec::{StepContext, StepError};
 use crate::pg::fingerprint;
 use crate::pg::process::PgProcess;
 use crate::pg::server::{Server, classify, connect, tool};
-use crate::plan::model::BackupParams;
+use crate::plan::step_params::{CheckScope, Problem};
+use crate::repo::compression::Compression;
 use crate::repo::manifest::{
     DumpFormat, DumpOptions, FileEntry, FingerprintMode, MANIFEST_VERSION, Manifest,
 };
 use crate::repo::{BackupStore, pipeline};
 use chrono::Utc;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use sqlx::Connection;
+use std::future::Future;
+use std::path::Path;
 use std::time::Instant;
+
+/// `backup`: pg_dump of a target's database into a repository, compressed and hashed by
+/// opsrunner as it streams, published by writing its manifest last.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackupParams {
+    /// Name of a target declared under `targets`.
+    pub target: String,
+    /// Name of a repository declared under `repositories`.
+    pub repository: String,
+    /// Database to dump (default: the one in the target's URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    #[serde(default)]
+    pub format: DumpFormat,
+    #[serde(default)]
+    pub compression: Compression,
+    /// Parallel pg_dump workers (directory format only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobs: Option<u32>,
+    #[serde(default)]
+    pub schema_only: bool,
+    #[serde(default)]
+    pub data_only: bool,
+    /// Only these tables (pg_dump `-t` patterns).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<String>,
+    /// Not these tables (pg_dump `-T` patterns).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_tables: Vec<String>,
+    /// Table fingerprints recorded in the manifest, from the dump's own snapshot.
+    #[serde(default)]
+    pub fingerprint: FingerprintMode,
+}
+
+pub struct Backup;
+
+impl StepType for Backup {
+    const NAME: &'static str = "backup";
+    type Params = BackupParams;
+    const OUTPUTS: &'static [&'static str] = &["backup_id", "uri", "bytes", "sha256"];
+
+    fn target(p: &BackupParams) -> Option<&str> {
+        Some(&p.target)
+    }
+
+    fn repository(p: &BackupParams) -> Option<&str> {
+        Some(&p.repository)
+    }
+
+    fn jobs(p: &BackupParams) -> Option<u32> {
+        p.jobs
+    }
+
+    fn check(p: &BackupParams, _: &CheckScope<'_>) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if p.jobs.is_some() && p.format != DumpFormat::Directory {
+            problems.push(Problem::new(
+                &["jobs"],
+                "`jobs` needs `format: directory` (pg_dump dumps in parallel only into a directory)",
+            ));
+        }
+        if p.schema_only && p.data_only {
+            problems.push(Problem::new(
+                &["data_only"],
+                "`schema_only` and `data_only` exclude each other",
+            ));
+        }
+        problems
+    }
+
+    fn describe(p: &BackupParams) -> String {
+        describe(p)
+    }
+
+    fn reads(_: &BackupParams) -> Option<&'static str> {
+        Some("the repository's settings and recipients")
+    }
+
+    /// Where the backup goes and how it is protected, with the recipients read now: a
+    /// reviewer sees which keys will be able to read the backups.
+    async fn probe<'a>(_: &'a BackupParams, scope: Probe<'a>) -> Vec<String> {
+        scope
+            .repo
+            .map_or_else(Vec::new, |r| destination(r, scope.base_dir))
+    }
+
+    fn run(
+        p: &BackupParams,
+        ctx: &StepContext,
+    ) -> impl Future<Output = Result<Outputs, StepError>> + Send {
+        run(p, ctx)
+    }
+}
 
 pub fn describe(p: &BackupParams) -> String {
     let what = p.database.as_deref().map_or_else(
@@ -313,4 +414,40 @@ async fn dump(
     let fingerprints = fingerprints?;
     let _ = sqlx::raw_sql("commit").execute(&mut server.conn).await;
     Ok((files, fingerprints))
+}
+
+/// Where a backup goes and how it is protected, with the recipients read now: a reviewer
+/// sees which keys will be able to read the backups, and a broken recipients file shows
+/// up before the night it is needed.
+fn destination(repo: &crate::plan::model::Repository, base_dir: &Path) -> Vec<String> {
+    let mut lines = vec![format!("destination: {}", repo.url)];
+    if repo.url.starts_with("s3://") {
+        let options = repo.s3_options();
+        let mut s = format!(
+            "S3 multipart upload, {} MiB parts",
+            options
+                .part_size
+                .unwrap_or(crate::repo::s3::DEFAULT_PART_SIZE)
+                .max(5 << 20)
+                >> 20
+        );
+        if let Some(sse) = &options.sse {
+            s.push_str(&format!(
+                ", server-side encryption {}",
+                sse.algorithm.as_str()
+            ));
+        }
+        lines.push(s);
+    }
+    match &repo.encryption {
+        None => lines.push("client-side encryption: none".into()),
+        Some(config) => match config.recipients(base_dir) {
+            Ok(r) => lines.push(format!(
+                "client-side encryption: age, to {}",
+                r.texts().join(", ")
+            )),
+            Err(e) => lines.push(format!("client-side encryption: cannot be set up: {e}")),
+        },
+    }
+    lines
 }

@@ -2,14 +2,151 @@
 //! `_sqlx_migrations` table: each migration and its row in one transaction, under an
 //! advisory lock (sqlx's). `status` and the preview only read.
 
+use super::probe::{Probe, TargetView};
+use super::step_type::StepType;
 use crate::exec::events::{Outputs, Stream};
 use crate::exec::{StepContext, StepError};
+use crate::pg::conn::ConnInfo;
 use crate::pg::server::classify;
 use crate::pg::server::connect;
-use crate::plan::model::{MigrateAction, MigrateParams};
-use sqlx::migrate::{Migrate, MigrateError, Migrator};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use sqlx::migrate::{Migrate as _, MigrateError, Migrator};
 use sqlx::{Connection, PgConnection};
+use std::future::Future;
 use std::path::Path;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrateAction {
+    /// Apply pending migrations.
+    #[default]
+    Up,
+    /// Report applied and pending migrations; change nothing.
+    Status,
+    /// Undo the last `steps` applied migrations (needs `.down.sql` files).
+    Revert,
+}
+
+/// `migrate`: sqlx migrations from a directory (compatible with sqlx-cli's
+/// `_sqlx_migrations` table); each migration and its bookkeeping row in one transaction,
+/// under an advisory lock.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateParams {
+    pub target: String,
+    /// Database on the target's server (default: the one in the target's URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    #[serde(default)]
+    pub action: MigrateAction,
+    /// Directory of migrations, relative to the plan file.
+    #[serde(default = "default_migrations")]
+    pub dir: String,
+    /// `revert` only: how many migrations to undo (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<u32>,
+}
+
+fn default_migrations() -> String {
+    "migrations".into()
+}
+
+pub struct Migrate;
+
+impl StepType for Migrate {
+    const NAME: &'static str = "migrate";
+    type Params = MigrateParams;
+    const OUTPUTS: &'static [&'static str] = &["applied", "pending", "reverted"];
+
+    fn target(p: &MigrateParams) -> Option<&str> {
+        Some(&p.target)
+    }
+
+    /// Migrations change a database, but that is what they are for; a revert may drop data.
+    fn destructive(p: &MigrateParams, _: &Path, _: bool) -> bool {
+        p.action == MigrateAction::Revert
+    }
+
+    fn describe(p: &MigrateParams) -> String {
+        describe(p)
+    }
+
+    fn reads(_: &MigrateParams) -> Option<&'static str> {
+        Some("the migration files and which the target has applied")
+    }
+
+    /// The migrations the step would apply or revert, read over a read-only session.
+    fn probe<'a>(
+        p: &'a MigrateParams,
+        scope: Probe<'a>,
+    ) -> impl Future<Output = Vec<String>> + Send {
+        preview(p, scope)
+    }
+
+    fn run(
+        p: &MigrateParams,
+        ctx: &StepContext,
+    ) -> impl Future<Output = Result<Outputs, StepError>> + Send {
+        run(p, ctx)
+    }
+}
+
+async fn preview(p: &MigrateParams, scope: Probe<'_>) -> Vec<String> {
+    let migrator = match load(&scope.base_dir.join(&p.dir)).await {
+        Ok(m) => m,
+        Err(e) => return vec![format!("migrations: {e}")],
+    };
+    let all = names(&migrator);
+    let applied = match scope.target {
+        TargetView::Ephemeral => Ok(Vec::new()),
+        TargetView::Url(url) => read_applied(url, p.database.as_deref()).await,
+        TargetView::None => Err("the target is unknown".to_string()),
+    };
+    match (applied, p.action) {
+        (Err(e), _) => {
+            let mut lines = vec![format!("could not read which migrations are applied: {e}")];
+            lines.extend(
+                all.into_iter()
+                    .map(|(_, n)| format!("migration in {}: {n}", p.dir)),
+            );
+            lines
+        }
+        (Ok(mut applied), MigrateAction::Revert) => {
+            applied.reverse();
+            let n = p.steps.unwrap_or(1) as usize;
+            let names: Vec<String> = applied
+                .iter()
+                .take(n)
+                .filter_map(|v| all.iter().find(|(a, _)| a == v).map(|(_, n)| n.clone()))
+                .collect();
+            if names.is_empty() {
+                vec!["nothing to revert".into()]
+            } else {
+                names
+                    .into_iter()
+                    .map(|n| format!("will revert: {n}"))
+                    .collect()
+            }
+        }
+        (Ok(applied), _) => {
+            let pending: Vec<String> = all
+                .into_iter()
+                .filter(|(v, _)| !applied.contains(v))
+                .map(|(_, n)| n)
+                .collect();
+            if pending.is_empty() {
+                vec!["no pending migrations".into()]
+            } else {
+                pending
+                    .into_iter()
+                    .map(|n| format!("pending: {n}"))
+                    .collect()
+            }
+        }
+    }
+}
 
 pub fn describe(p: &MigrateParams) -> String {
     let db = p
@@ -210,4 +347,29 @@ pub async fn run(p: &MigrateParams, ctx: &StepContext) -> Result<Outputs, StepEr
     }
     let _ = server.conn.close().await;
     Ok(outputs)
+}
+
+/// Applied migration versions, over a session that cannot write.
+async fn read_applied(url: &str, database: Option<&str>) -> Result<Vec<i64>, String> {
+    let info = ConnInfo::parse(url)?;
+    let info = match database {
+        Some(db) => info.with_database(db),
+        None => info,
+    };
+    let work = async {
+        let mut conn = info
+            .connect()
+            .await
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        sqlx::raw_sql("set default_transaction_read_only = on")
+            .execute(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        let applied = applied(&mut conn).await.map_err(|e| e.message)?;
+        let _ = conn.close().await;
+        Ok(applied)
+    };
+    tokio::time::timeout(Duration::from_secs(10), work)
+        .await
+        .map_err(|_| "the server did not answer within 10s".to_string())?
 }

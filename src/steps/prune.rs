@@ -2,10 +2,106 @@
 //! way for the preview (which lists every backup it would delete and the rule that keeps
 //! each kept one) and for the run.
 
+use super::probe::Probe;
+use super::step_type::StepType;
 use crate::exec::events::{Outputs, Stream};
 use crate::exec::{StepContext, StepError};
-use crate::plan::model::PruneParams;
+use crate::plan::duration::HumanDuration;
+use crate::plan::step_params::{CheckScope, Problem};
 use crate::repo::prune;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+
+/// `prune`: deletes the backups a retention policy does not keep (restic's `forget`
+/// semantics, per database), never the newest verified one, nothing after a failed
+/// verification of the newest.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PruneParams {
+    /// Name of a repository declared under `repositories`.
+    pub repository: String,
+    pub keep: crate::repo::retention::Keep,
+    /// Never delete backups younger than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_age: Option<HumanDuration>,
+    /// Only backups of this database (default: all, each database on its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+}
+
+pub struct Prune;
+
+impl StepType for Prune {
+    const NAME: &'static str = "prune";
+    type Params = PruneParams;
+    const OUTPUTS: &'static [&'static str] = &["deleted", "kept"];
+
+    fn repository(p: &PruneParams) -> Option<&str> {
+        Some(&p.repository)
+    }
+
+    /// A policy that keeps nothing, or a count of 0, would delete every backup.
+    fn check(p: &PruneParams, _: &CheckScope<'_>) -> Vec<Problem> {
+        let mut problems: Vec<Problem> = p
+            .keep
+            .zero_counts()
+            .into_iter()
+            .map(|name| {
+                Problem::new(
+                    &["keep", name],
+                    format!("`{name}: 0` would keep none and delete every backup"),
+                )
+                .help(
+                    "give a count of at least 1; the newest backup of each database is always kept",
+                )
+            })
+            .collect();
+        if p.keep.is_empty() {
+            problems.push(
+                Problem::new(
+                    &["keep"],
+                    "a retention policy that keeps nothing would delete every backup",
+                )
+                .help("give at least one of last, hourly, daily, weekly, monthly, yearly, within"),
+            );
+        }
+        problems
+    }
+
+    fn destructive(_: &PruneParams, _: &std::path::Path, _: bool) -> bool {
+        true
+    }
+
+    fn describe(p: &PruneParams) -> String {
+        describe(p)
+    }
+
+    fn reads(_: &PruneParams) -> Option<&'static str> {
+        Some("which backups the policy would delete")
+    }
+
+    /// Every backup the policy would delete, and the rule that keeps each kept one.
+    async fn probe<'a>(p: &'a PruneParams, scope: Probe<'a>) -> Vec<String> {
+        let Some(store) = scope.open().await else {
+            return vec!["the repository cannot be read before apply".into()];
+        };
+        match prune::decide(&store, &policy(p)).await {
+            Ok(decisions) if decisions.is_empty() => {
+                vec!["the repository holds no backup to consider".into()]
+            }
+            Ok(decisions) => decisions.iter().map(prune::describe).collect(),
+            Err(e) => vec![e],
+        }
+    }
+
+    fn run(
+        p: &PruneParams,
+        ctx: &StepContext,
+    ) -> impl Future<Output = Result<Outputs, StepError>> + Send {
+        run(p, ctx)
+    }
+}
 
 /// The step's parameters as the policy `backups prune` applies too.
 pub fn policy(p: &PruneParams) -> prune::Policy {

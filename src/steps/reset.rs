@@ -1,15 +1,77 @@
 //! `reset`: end the database's other sessions, drop and recreate it, apply migrations,
 //! apply seeds — a known state for development and CI databases.
 
+use super::probe::Probe;
+use super::seed::SeedEnvironment;
+use super::step_type::StepType;
 use super::{migrate, seed};
 use crate::exec::events::{Outputs, Stream};
 use crate::exec::{StepContext, StepError};
 use crate::pg::database::quote_ident;
 use crate::pg::server::classify;
 use crate::pg::server::connect;
-use crate::plan::model::ResetParams;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use sqlx::Connection;
+use std::future::Future;
 use std::path::Path;
+
+/// `reset`: end other sessions, drop and recreate a database, run migrations, run seeds.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResetParams {
+    pub target: String,
+    /// The database to drop and recreate.
+    pub database: String,
+    /// Migrations directory to apply afterwards, relative to the plan file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrations: Option<String>,
+    /// Seeds directory to apply afterwards, relative to the plan file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seeds: Option<String>,
+    /// Which seed set to apply (default `development`).
+    #[serde(default = "default_environment")]
+    pub environment: SeedEnvironment,
+}
+
+fn default_environment() -> SeedEnvironment {
+    SeedEnvironment::Development
+}
+
+pub struct Reset;
+
+impl StepType for Reset {
+    const NAME: &'static str = "reset";
+    type Params = ResetParams;
+    const OUTPUTS: &'static [&'static str] = &["database", "migrations", "seeds"];
+
+    fn target(p: &ResetParams) -> Option<&str> {
+        Some(&p.target)
+    }
+
+    fn destructive(_: &ResetParams, _: &Path, _: bool) -> bool {
+        true
+    }
+
+    fn describe(p: &ResetParams) -> String {
+        describe(p)
+    }
+
+    fn reads(_: &ResetParams) -> Option<&'static str> {
+        Some("the migration and seed files")
+    }
+
+    fn probe<'a>(p: &'a ResetParams, scope: Probe<'a>) -> impl Future<Output = Vec<String>> + Send {
+        details(p, scope.base_dir)
+    }
+
+    fn run(
+        p: &ResetParams,
+        ctx: &StepContext,
+    ) -> impl Future<Output = Result<Outputs, StepError>> + Send {
+        run(p, ctx)
+    }
+}
 
 /// The statements a reset runs, exactly, for the preview and for the run.
 pub fn statements(database: &str) -> Vec<String> {

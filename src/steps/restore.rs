@@ -1,16 +1,106 @@
 //! `restore`: a backup into a database (the namespace) on a target.
 
+use super::probe::Probe;
+use super::step_type::StepType;
 use crate::exec::events::{Outputs, Stream};
 use crate::exec::{ErrorKind, StepContext, StepError};
 use crate::pg::database as db;
 use crate::pg::server::{Server, classify, connect};
 use crate::pg::{fingerprint, restore, swap};
-use crate::plan::model::RestoreParams;
 use crate::repo::AnyStore;
 use crate::repo::listing::{self, Checked};
 use crate::repo::manifest::{FingerprintMode, Manifest, TableFingerprint};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use sqlx::Connection;
+use std::future::Future;
 use std::time::Instant;
+
+/// Where a restore goes: a database on a target (the "namespace").
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Namespace {
+    /// Name of a target declared under `targets`.
+    pub target: String,
+    /// Database to create and restore into.
+    pub database: String,
+}
+
+/// `restore`: a backup from a repository into a database.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreParams {
+    /// Name of a repository declared under `repositories`.
+    pub repository: String,
+    /// A backup id, or `latest` (default).
+    #[serde(default = "latest")]
+    pub backup: String,
+    /// With `backup: latest`: the latest backup of this database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_database: Option<String>,
+    pub into: Namespace,
+    /// Replace the database when it exists and is not empty (destructive).
+    #[serde(default)]
+    pub overwrite: bool,
+    /// Parallel pg_restore workers (custom and directory formats).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobs: Option<u32>,
+    /// Do not restore object owners and privileges (when the roles do not exist there).
+    #[serde(default)]
+    pub no_owner: bool,
+}
+
+pub struct Restore;
+
+impl StepType for Restore {
+    const NAME: &'static str = "restore";
+    type Params = RestoreParams;
+    const OUTPUTS: &'static [&'static str] = &["backup_id", "database", "duration_ms"];
+    const TARGET_PATH: &'static [&'static str] = &["into", "target"];
+
+    fn target(p: &RestoreParams) -> Option<&str> {
+        Some(&p.into.target)
+    }
+
+    fn repository(p: &RestoreParams) -> Option<&str> {
+        Some(&p.repository)
+    }
+
+    fn jobs(p: &RestoreParams) -> Option<u32> {
+        p.jobs
+    }
+
+    fn destructive(p: &RestoreParams, _: &std::path::Path, _: bool) -> bool {
+        p.overwrite
+    }
+
+    fn describe(p: &RestoreParams) -> String {
+        describe(p)
+    }
+
+    fn reads(p: &RestoreParams) -> Option<&'static str> {
+        (p.backup == "latest").then_some("which backup `latest` is")
+    }
+
+    async fn probe<'a>(p: &'a RestoreParams, scope: Probe<'a>) -> Vec<String> {
+        if p.backup != "latest" {
+            return Vec::new();
+        }
+        describe_latest(scope, &p.repository, p.source_database.as_deref()).await
+    }
+
+    fn run(
+        p: &RestoreParams,
+        ctx: &StepContext,
+    ) -> impl Future<Output = Result<Outputs, StepError>> + Send {
+        run(p, ctx)
+    }
+}
+
+/// The default of `backup:`.
+pub fn latest() -> String {
+    "latest".into()
+}
 
 pub fn describe(p: &RestoreParams) -> String {
     let which = if p.backup == "latest" {
@@ -212,5 +302,37 @@ async fn restore_and_check(
             "the restored database does not match the backup: {}",
             problems.join("; ")
         )))
+    }
+}
+
+/// Which backup `latest` stands for right now, for the previews of restore and verify.
+pub async fn describe_latest(
+    scope: Probe<'_>,
+    repository: &str,
+    database: Option<&str>,
+) -> Vec<String> {
+    let Some(store) = scope.open().await else {
+        return Vec::new();
+    };
+    match resolve(&store, "latest", database, repository).await {
+        Ok(checked) => {
+            let m = &checked.manifest;
+            let mut lines = vec![format!(
+                "latest is {} (database {}, created {}, {} bytes)",
+                m.backup_id,
+                m.database,
+                m.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                m.total_bytes()
+            )];
+            if let Some(e) = &m.encryption {
+                lines.push(format!(
+                    "encrypted with age to {}: apply needs --identity FILE or {}",
+                    e.recipients.join(", "),
+                    crate::repo::crypto::IDENTITY_ENV
+                ));
+            }
+            lines
+        }
+        Err(e) => vec![format!("latest: {}", e.message)],
     }
 }

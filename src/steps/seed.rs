@@ -4,15 +4,96 @@
 //! name gives (`users.csv`, `20-billing.invoices.csv`: a leading number only orders), with
 //! a header line.
 
+use super::probe::Probe;
+use super::step_type::StepType;
 use crate::exec::events::{Outputs, Stream};
 use crate::exec::{StepContext, StepError};
 use crate::pg::database::quote_ident;
 use crate::pg::server::classify;
 use crate::pg::server::connect;
-use crate::plan::model::{SeedEnvironment, SeedParams};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::{Connection, PgConnection};
+use std::future::Future;
 use std::path::{Path, PathBuf};
+
+/// `seed`: the SQL files and CSV files (loaded with COPY) under `DIR/ENVIRONMENT/`, in
+/// name order, in one transaction. A seed set that already ran is not applied again
+/// unless `force: true`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SeedParams {
+    pub target: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// `production`, `development` or `test`: the subdirectory of `dir` to use.
+    pub environment: SeedEnvironment,
+    /// Directory of seed sets, relative to the plan file.
+    #[serde(default = "default_seeds")]
+    pub dir: String,
+    #[serde(default)]
+    pub force: bool,
+}
+
+fn default_seeds() -> String {
+    "seeds".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SeedEnvironment {
+    Production,
+    Development,
+    Test,
+}
+
+impl SeedEnvironment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SeedEnvironment::Production => "production",
+            SeedEnvironment::Development => "development",
+            SeedEnvironment::Test => "test",
+        }
+    }
+}
+
+pub struct Seed;
+
+impl StepType for Seed {
+    const NAME: &'static str = "seed";
+    type Params = SeedParams;
+    const OUTPUTS: &'static [&'static str] = &["applied", "files"];
+
+    fn target(p: &SeedParams) -> Option<&str> {
+        Some(&p.target)
+    }
+
+    fn describe(p: &SeedParams) -> String {
+        describe(p)
+    }
+
+    fn reads(_: &SeedParams) -> Option<&'static str> {
+        Some("the seed files")
+    }
+
+    async fn probe<'a>(p: &'a SeedParams, scope: Probe<'a>) -> Vec<String> {
+        match files(&scope.base_dir.join(&p.dir), p.environment) {
+            Ok(files) => file_names(&files)
+                .into_iter()
+                .map(|n| format!("seed file: {n}"))
+                .collect(),
+            Err(e) => vec![e.message],
+        }
+    }
+
+    fn run(
+        p: &SeedParams,
+        ctx: &StepContext,
+    ) -> impl Future<Output = Result<Outputs, StepError>> + Send {
+        run(p, ctx)
+    }
+}
 
 pub fn describe(p: &SeedParams) -> String {
     format!(

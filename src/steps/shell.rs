@@ -1,15 +1,70 @@
 //! `shell`: a command run by `sh -c`, its output streamed to the log line by line.
 
+use super::step_type::StepType;
 use crate::exec::events::{Events, Outputs, Stream};
 use crate::exec::{ErrorKind, StepContext, StepError};
-use crate::plan::model::ShellParams;
+use crate::plan::step_params::{CheckScope, Problem};
 use crate::process::ProcessGroup;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::future::Future;
 use std::process::Stdio;
 use tokio::io::AsyncRead;
 use tokio::process::Command;
 
+/// `shell`: runs a command with `sh -c`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShellParams {
+    /// The command line, run by `sh -c`.
+    pub command: String,
+    /// Extra environment variables for the command.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Working directory, relative to the plan file's directory (default: that directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+}
+
 /// The `stdout` output keeps at most this much, so a chatty command cannot exhaust memory.
 const MAX_CAPTURED_STDOUT: usize = 1024 * 1024;
+
+pub struct Shell;
+
+impl StepType for Shell {
+    const NAME: &'static str = "shell";
+    type Params = ShellParams;
+    const OUTPUTS: &'static [&'static str] = &["exit_code", "stdout"];
+    const SHELL_QUOTED: &'static [&'static str] = &["command"];
+
+    /// A secret in the command line is visible to every user of the machine.
+    fn check(p: &ShellParams, scope: &CheckScope<'_>) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        for r in crate::plan::template::references(&p.command).unwrap_or_default() {
+            if r.path.len() == 2 && r.path[0] == "env" && scope.secrets.contains(&r.path[1]) {
+                let name = &r.path[1];
+                problems.push(
+                    Problem::new(&["command"], format!("secret `env.{name}` in a command line, where every user on the machine can read it"))
+                        .help(format!("pass it through the environment: `env: {{ {name}: \"{{{{ env.{name} }}}}\" }}` and use ${name} in the command"))
+                        .narrow_to(r.dotted()),
+                );
+            }
+        }
+        problems
+    }
+
+    fn describe(p: &ShellParams) -> String {
+        describe(p)
+    }
+
+    fn run(
+        p: &ShellParams,
+        ctx: &StepContext,
+    ) -> impl Future<Output = Result<Outputs, StepError>> + Send {
+        run(p, ctx)
+    }
+}
 
 pub fn describe(p: &ShellParams) -> String {
     format!("run `{}` with sh -c", p.command)

@@ -1,13 +1,88 @@
 //! `sql`: runs SQL text against a target through sqlx. The simple query protocol is used,
 //! so a file may hold several statements and every value comes back as text.
 
+use super::step_type::StepType;
 use crate::exec::events::Outputs;
 use crate::exec::{ErrorKind, StepContext, StepError};
 use crate::pg::conn::ConnInfo;
 use crate::pg::server::classify;
-use crate::plan::model::SqlParams;
+use crate::plan::step_params::{CheckScope, Problem};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use sqlx::{Connection, Row, ValueRef};
+use std::future::Future;
 use std::path::Path;
+
+/// `sql`: runs SQL against a target.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SqlParams {
+    /// Name of a target declared under `targets`.
+    pub target: String,
+    /// Database on the target's server (default: the one in the target's URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// SQL text to run (give either `query` or `file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// A file of SQL, relative to the plan file's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// Run all statements in one transaction: all of them take effect, or none.
+    #[serde(default)]
+    pub transaction: bool,
+    /// The SQL changes data. On a `protected` target, SQL runs in a read-only session
+    /// unless the step says it writes; a step that writes is destructive there and needs
+    /// `--confirm TARGET`.
+    #[serde(default)]
+    pub writes: bool,
+}
+
+pub struct Sql;
+
+impl StepType for Sql {
+    const NAME: &'static str = "sql";
+    type Params = SqlParams;
+    const OUTPUTS: &'static [&'static str] = &["rows", "value"];
+
+    fn target(p: &SqlParams) -> Option<&str> {
+        Some(&p.target)
+    }
+
+    fn check(p: &SqlParams, scope: &CheckScope<'_>) -> Vec<Problem> {
+        if p.query.is_some() != p.file.is_some() {
+            return Vec::new();
+        }
+        let problem = if p.query.is_some() {
+            Problem::new(&["file"], "").help("remove `query` or `file`")
+        } else {
+            Problem::new(&[], "").help("add `query: SQL` or `file: path/to/file.sql`")
+        };
+        vec![Problem {
+            message: format!(
+                "step `{}` needs exactly one of `query` and `file`",
+                scope.step_id
+            ),
+            ..problem
+        }]
+    }
+
+    /// SQL from a file that may not be read counts as destructive.
+    fn destructive(p: &SqlParams, base_dir: &Path, read_files: bool) -> bool {
+        p.writes || (!read_files && p.file.is_some()) || destructive(p, base_dir)
+    }
+
+    fn describe(p: &SqlParams) -> String {
+        describe(p)
+    }
+
+    fn run(
+        p: &SqlParams,
+        ctx: &StepContext,
+    ) -> impl Future<Output = Result<Outputs, StepError>> + Send {
+        run(p, ctx)
+    }
+}
 
 pub fn describe(p: &SqlParams) -> String {
     match (&p.query, &p.file) {

@@ -3,7 +3,10 @@
 //! database, compares the table fingerprints with the manifest's and drops the scratch
 //! database again (also when something failed).
 
+use super::probe::Probe;
 use super::restore::resolve;
+use super::restore::{Namespace, latest};
+use super::step_type::StepType;
 use crate::exec::events::{Outputs, Stream};
 use crate::exec::{StepContext, StepError};
 use crate::pg::database as db;
@@ -11,15 +14,79 @@ use crate::pg::process::PgProcess;
 use crate::pg::server::classify;
 use crate::pg::server::{connect, tool};
 use crate::pg::{fingerprint, restore};
-use crate::plan::model::VerifyParams;
 use crate::repo::AnyStore;
 use crate::repo::listing;
 use crate::repo::manifest::{DumpFormat, FingerprintMode, Manifest, Verification};
 use crate::repo::pipeline;
 use chrono::Utc;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use sqlx::Connection;
+use std::future::Future;
 use std::time::Instant;
 use tokio::io::AsyncReadExt;
+
+/// `verify`: proves a backup is intact and, with `restore_into`, that it restores.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyParams {
+    /// Name of a repository declared under `repositories`.
+    pub repository: String,
+    /// A backup id, or `latest` (default).
+    #[serde(default = "latest")]
+    pub backup: String,
+    /// Restore into this scratch database (which must not exist), compare the table
+    /// fingerprints with the manifest's, then drop it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_into: Option<Namespace>,
+    /// Parallel pg_restore workers for the test restore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobs: Option<u32>,
+}
+
+pub struct Verify;
+
+impl StepType for Verify {
+    const NAME: &'static str = "verify";
+    type Params = VerifyParams;
+    const OUTPUTS: &'static [&'static str] =
+        &["backup_id", "checks", "restore_duration_ms", "backup_age_s"];
+    const TARGET_PATH: &'static [&'static str] = &["restore_into", "target"];
+
+    fn target(p: &VerifyParams) -> Option<&str> {
+        p.restore_into.as_ref().map(|n| n.target.as_str())
+    }
+
+    fn repository(p: &VerifyParams) -> Option<&str> {
+        Some(&p.repository)
+    }
+
+    fn jobs(p: &VerifyParams) -> Option<u32> {
+        p.jobs
+    }
+
+    fn describe(p: &VerifyParams) -> String {
+        describe(p)
+    }
+
+    fn reads(p: &VerifyParams) -> Option<&'static str> {
+        (p.backup == "latest").then_some("which backup `latest` is")
+    }
+
+    async fn probe<'a>(p: &'a VerifyParams, scope: Probe<'a>) -> Vec<String> {
+        if p.backup != "latest" {
+            return Vec::new();
+        }
+        super::restore::describe_latest(scope, &p.repository, None).await
+    }
+
+    fn run(
+        p: &VerifyParams,
+        ctx: &StepContext,
+    ) -> impl Future<Output = Result<Outputs, StepError>> + Send {
+        run(p, ctx)
+    }
+}
 
 pub fn describe(p: &VerifyParams) -> String {
     let which = if p.backup == "latest" {

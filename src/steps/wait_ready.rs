@@ -1,14 +1,57 @@
 //! `wait_ready`: polls a target until it accepts connections and answers a query.
 
+use super::step_type::StepType;
 use crate::exec::events::Outputs;
 use crate::exec::{StepContext, StepError};
 use crate::pg::conn::ConnInfo;
-use crate::plan::model::WaitReadyParams;
+use crate::plan::duration::HumanDuration;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use sqlx::Connection;
+use std::future::Future;
 use std::time::{Duration, Instant};
+
+/// `wait_ready`: waits until a target accepts connections. The step's `timeout` bounds the
+/// wait (default 60s).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WaitReadyParams {
+    /// Name of a target declared under `targets`.
+    pub target: String,
+    /// Pause between connection attempts.
+    #[serde(default = "default_interval")]
+    pub interval: HumanDuration,
+}
 
 /// How long to wait when the step has no `timeout`.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(60);
+
+pub struct WaitReady;
+
+impl StepType for WaitReady {
+    const NAME: &'static str = "wait_ready";
+    type Params = WaitReadyParams;
+    const OUTPUTS: &'static [&'static str] = &["waited_ms", "server_version"];
+
+    fn target(p: &WaitReadyParams) -> Option<&str> {
+        Some(&p.target)
+    }
+
+    fn describe(p: &WaitReadyParams) -> String {
+        describe(p)
+    }
+
+    fn run(
+        p: &WaitReadyParams,
+        ctx: &StepContext,
+    ) -> impl Future<Output = Result<Outputs, StepError>> + Send {
+        run(p, ctx)
+    }
+}
+
+fn default_interval() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_millis(500))
+}
 
 pub fn describe(p: &WaitReadyParams) -> String {
     format!(

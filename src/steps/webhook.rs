@@ -1,12 +1,64 @@
 //! `webhook`: one HTTP request to an alerting or chat service, in-process (the URL, which
 //! usually carries a token, never appears on a command line or in any output).
 
+use super::step_type::StepType;
 use crate::exec::events::Outputs;
 use crate::exec::{StepContext, StepError};
-use crate::plan::model::WebhookParams;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::Duration;
+
+/// `webhook`: an HTTP request to an alerting or chat service (Slack-compatible hooks, a
+/// generic JSON receiver). The URL usually carries a token: it is treated as a secret,
+/// never shown and never on a command line.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookParams {
+    /// The URL, usually `{{ env.ALERT_WEBHOOK }}`.
+    pub url: String,
+    /// The HTTP method (default POST).
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// Extra request headers; values are secrets too (an `Authorization` token).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// The JSON body: any YAML value, its strings rendered, sent as `application/json`
+    /// (a value with quotes or newlines stays valid JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
+}
+
+fn default_method() -> String {
+    "POST".into()
+}
+
+pub struct Webhook;
+
+impl StepType for Webhook {
+    const NAME: &'static str = "webhook";
+    type Params = WebhookParams;
+    const OUTPUTS: &'static [&'static str] = &["status"];
+
+    fn secrets(p: &WebhookParams) -> Vec<String> {
+        secrets(p)
+    }
+
+    fn describe(p: &WebhookParams) -> String {
+        describe(p)
+    }
+
+    fn run(
+        p: &WebhookParams,
+        ctx: &StepContext,
+    ) -> impl Future<Output = Result<Outputs, StepError>> + Send {
+        run(p, ctx)
+    }
+}
 
 /// How long one request may take when the step has no `timeout`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
