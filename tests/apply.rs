@@ -669,3 +669,68 @@ steps:
         "{preview}"
     );
 }
+
+#[test]
+fn an_output_that_may_not_exist_needs_a_fallback() {
+    let ws = Workspace::new();
+    let plan = |first: &str, fallback: bool| {
+        let reference = if fallback {
+            r#"{{ default steps.first.outputs.stdout "n/a" }}"#
+        } else {
+            "{{ steps.first.outputs.stdout }}"
+        };
+        format!(
+            r#"
+version: 1
+name: fallback
+steps:
+  - {{ id: first, type: shell, command: "{first}" }}
+  - id: report
+    type: shell
+    needs: [first]
+    if: always()
+    command: 'echo "out={reference} status={{{{ steps.first.status }}}}" > report.txt'
+"#
+        )
+    };
+    // Without a fallback, validate says the output may not exist, where, and what to do.
+    ws.write_plan(&plan("exit 3", false));
+    let out = opsrunner()
+        .arg("validate")
+        .arg(ws.path("plan.yaml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("steps.first.outputs.stdout` may not exist")
+            && stderr.contains("plan.yaml:10:")
+            && stderr.contains("steps[1].command")
+            && stderr.contains("default steps.first.outputs.stdout"),
+        "{stderr}"
+    );
+    // With one, the fallback stands in when the step failed…
+    let run = ws.apply(&plan("exit 3", true), &[]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(
+        std::fs::read_to_string(ws.path("report.txt")).unwrap(),
+        "out=n/a status=failed\n"
+    );
+    // …and the output when it succeeded.
+    let run = ws.apply(&plan("echo hello", true), &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        std::fs::read_to_string(ws.path("report.txt")).unwrap(),
+        "out=hello status=succeeded\n"
+    );
+    // A fallback does not excuse a name the step type does not set.
+    ws.write_plan(&plan("true", true).replace("outputs.stdout", "outputs.stdot"));
+    let out = opsrunner()
+        .arg("validate")
+        .arg(ws.path("plan.yaml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("did you mean `stdout`"), "{stderr}");
+}

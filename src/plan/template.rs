@@ -13,6 +13,8 @@ pub struct Reference {
     pub path: Vec<String>,
     /// Byte offset of the path inside the string.
     pub offset: usize,
+    /// The first argument of `{{ default PATH "fallback" }}`: it may have no value.
+    pub optional: bool,
 }
 
 impl Reference {
@@ -43,9 +45,9 @@ pub fn references(text: &str) -> Result<Vec<Reference>, String> {
             .trim()
             .trim_matches('~')
             .trim();
-        if !is_path(inner) && !inner.is_empty() {
+        if !is_path(inner) && !inner.is_empty() && default_helper(inner).is_none() {
             return Err(format!(
-                "invalid template `{{{{ {inner} }}}}`: a template names one value, such as `{{{{ vars.NAME }}}}`, `{{{{ env.NAME }}}}` or `{{{{ steps.ID.outputs.NAME }}}}`; helpers, blocks and partials are not supported"
+                "invalid template `{{{{ {inner} }}}}`: a template names one value, such as `{{{{ vars.NAME }}}}`, `{{{{ env.NAME }}}}` or `{{{{ steps.ID.outputs.NAME }}}}`, or one with a fallback, `{{{{ default steps.ID.outputs.NAME \"n/a\" }}}}`; other helpers, blocks and partials are not supported"
             ));
         }
         rest = &rest[start + len + 2..];
@@ -60,6 +62,20 @@ pub fn references(text: &str) -> Result<Vec<Reference>, String> {
     Ok(scan_references(text))
 }
 
+/// `default PATH "fallback"`: the path and the fallback text, when `inner` (the inside of
+/// `{{ … }}`) is exactly that.
+fn default_helper(inner: &str) -> Option<(&str, &str)> {
+    let rest = inner.strip_prefix("default")?;
+    if !rest.starts_with(char::is_whitespace) {
+        return None;
+    }
+    let rest = rest.trim_start();
+    let end = rest.find(char::is_whitespace)?;
+    let (path, literal) = (&rest[..end], rest[end..].trim());
+    let text = literal.strip_prefix('"')?.strip_suffix('"')?;
+    (is_path(path) && !text.contains(['"', '\\'])).then_some((path, text))
+}
+
 /// Lists the paths a string refers to without checking its syntax (validation did).
 pub fn scan_references(text: &str) -> Vec<Reference> {
     let mut refs = Vec::new();
@@ -71,6 +87,21 @@ pub fn scan_references(text: &str) -> Vec<Reference> {
         };
         let inner_start = open + 2;
         let inner = &text[inner_start..open + len];
+        let trimmed = inner
+            .trim_start_matches('{')
+            .trim()
+            .trim_matches('~')
+            .trim();
+        if let Some((path, _)) = default_helper(trimmed) {
+            let at = inner_start + inner.find(path).unwrap_or(0);
+            refs.push(Reference {
+                path: path.split('.').map(str::to_string).collect(),
+                offset: at,
+                optional: true,
+            });
+            pos = open + len + 2;
+            continue;
+        }
         let mut tokens = Vec::new();
         let mut offset = 0;
         for token in inner.split_whitespace() {
@@ -95,6 +126,7 @@ pub fn scan_references(text: &str) -> Vec<Reference> {
                 refs.push(Reference {
                     path: token.split('.').map(str::to_string).collect(),
                     offset: *at,
+                    optional: false,
                 });
             }
         }
@@ -123,6 +155,42 @@ pub struct Templates {
     shell: Handlebars<'static>,
 }
 
+/// `{{ default PATH "fallback" }}`: the value at PATH, or the fallback when it has none (or
+/// is empty). The renderer hands a missing PATH in as null.
+fn default_value(
+    h: &handlebars::Helper<'_>,
+    _: &Handlebars<'_>,
+    _: &handlebars::Context,
+    _: &mut handlebars::RenderContext<'_, '_>,
+    out: &mut dyn handlebars::Output,
+) -> handlebars::HelperResult {
+    out.write(&default_text(h))?;
+    Ok(())
+}
+
+/// [`default_value`] in a shell command: one shell word, like every other value there.
+fn default_shell_word(
+    h: &handlebars::Helper<'_>,
+    _: &Handlebars<'_>,
+    _: &handlebars::Context,
+    _: &mut handlebars::RenderContext<'_, '_>,
+    out: &mut dyn handlebars::Output,
+) -> handlebars::HelperResult {
+    out.write(&shell_quote(&default_text(h)))?;
+    Ok(())
+}
+
+fn default_text(h: &handlebars::Helper<'_>) -> String {
+    let value = h.param(0).map(|p| p.value());
+    let fallback = h.param(1).and_then(|p| p.value().as_str()).unwrap_or("");
+    match value {
+        None | Some(Value::Null) => fallback.to_string(),
+        Some(Value::String(s)) if s.is_empty() => fallback.to_string(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
 /// A value as one shell word: left alone when it has no character the shell would
 /// interpret, otherwise in single quotes (a quote inside as `'\''`).
 pub fn shell_quote(value: &str) -> String {
@@ -148,9 +216,11 @@ impl Templates {
         let mut registry = Handlebars::new();
         registry.set_strict_mode(true);
         registry.register_escape_fn(handlebars::no_escape);
+        registry.register_helper("default", Box::new(default_value));
         let mut shell = Handlebars::new();
         shell.set_strict_mode(true);
         shell.register_escape_fn(shell_quote);
+        shell.register_helper("default", Box::new(default_shell_word));
         Templates { registry, shell }
     }
 
@@ -194,7 +264,12 @@ impl Templates {
         }
         let mut needed = Value::Object(serde_json::Map::new());
         for reference in scan_references(text) {
-            let Some(value) = lookup(context, &reference.path) else {
+            let value = match lookup(context, &reference.path) {
+                // The fallback stands in (see `default_value`).
+                None if reference.optional => Some(&Value::Null),
+                found => found,
+            };
+            let Some(value) = value else {
                 let dotted = reference.dotted();
                 return Err(match reference.path.first().map(String::as_str) {
                     Some("env") => format!(

@@ -601,7 +601,7 @@ impl Validator<'_> {
                 // A step that runs after failures or a cancellation cannot count on the
                 // outputs of the steps before it: they may not have produced any.
                 let condition = self.plan.steps[current].common.condition;
-                if condition != Condition::Success {
+                if condition != Condition::Success && !r.optional {
                     let me = self.plan.steps[current].id();
                     return Some((
                         format!(
@@ -609,7 +609,7 @@ impl Validator<'_> {
                             condition.as_str()
                         ),
                         Some(format!(
-                            "read `{{{{ steps.{id}.status }}}}` and `{{{{ steps.{id}.error }}}}`, which always exist, or report the output from a step that runs on success"
+                            "give it a fallback, `{{{{ default {dotted} \"n/a\" }}}}`, or read `{{{{ steps.{id}.status }}}}` and `{{{{ steps.{id}.error }}}}`, which always exist"
                         )),
                     ));
                 }
