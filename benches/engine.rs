@@ -175,6 +175,7 @@ fn main() {
             });
             let opts = ExecOptions {
                 abort: Default::default(),
+                locks: None,
                 confirmed: Vec::new(),
                 concurrency,
                 vars: valid.plan.vars.clone(),

@@ -227,6 +227,50 @@ pub async fn prune(
     dry_run: bool,
     json: bool,
 ) -> Result<String, Failure> {
+    if dry_run {
+        return prune_held(store, keep, min_age, database, orphans, dry_run, json).await;
+    }
+    // Deleting beside a run that writes to the repository (a backup being published, the
+    // plan's own prune) is what the repository's lease exists to prevent.
+    let now = chrono::Utc::now();
+    let me = repo::lease::Holder::this_process(
+        &format!("prune_{}", now.format("%Y%m%d_%H%M%S")),
+        "(opsrunner backups prune)",
+        now,
+    );
+    let lease = match repo::lease::try_acquire(
+        store,
+        &me,
+        repo::lease::DEFAULT_TTL,
+        std::sync::Arc::new(|why| tracing::error!("{why}")),
+    )
+    .await
+    .map_err(|e| Failure::Io(format!("cannot take the repository's lease: {e}")))?
+    {
+        repo::lease::Attempt::Held(lease) => lease,
+        repo::lease::Attempt::Busy(holder) => {
+            return Err(Failure::Refused(format!(
+                "the repository is locked by {}; nothing was deleted. Run again when it has finished",
+                holder.map_or_else(|| "another run".to_string(), |h| h.describe())
+            )));
+        }
+    };
+    let result = prune_held(store, keep, min_age, database, orphans, dry_run, json).await;
+    if let Err(e) = lease.release().await {
+        tracing::warn!("could not release the repository's lease ({e}); it lapses on its own");
+    }
+    result
+}
+
+async fn prune_held(
+    store: &repo::AnyStore,
+    keep: crate::repo::retention::Keep,
+    min_age: Option<std::time::Duration>,
+    database: Option<String>,
+    orphans: Option<std::time::Duration>,
+    dry_run: bool,
+    json: bool,
+) -> Result<String, Failure> {
     let mut out = String::new();
     let verb = if dry_run { "would delete" } else { "delete" };
     if let Some(age) = orphans {

@@ -6,7 +6,9 @@ use crate::exit::Failure;
 use crate::pg::cluster::EphemeralCluster;
 use crate::plan::{self, PlanSource, ValidPlan};
 use crate::redact::Redactor;
+use crate::repo::lease::Holder;
 use crate::run::executor::{self, ExecOptions, RunInfo};
+use crate::run::locks::Locks;
 use crate::run::log::{LiveLog, LogFormat};
 use crate::run::preview::{self, PlanPreview, PreviewInput};
 use crate::run::report::{self, Mode, ReportBuilder, RunStatus};
@@ -220,6 +222,8 @@ pub struct ApplyArgs {
     pub log_format: LogFormat,
     /// How long child processes get between SIGTERM and SIGKILL on timeout or Ctrl-C.
     pub kill_grace: Duration,
+    /// How long to wait for another run's lock on a target or repository.
+    pub wait_lock: Duration,
     /// The age identity file for encrypted backups.
     pub identity: Option<PathBuf>,
 }
@@ -347,7 +351,16 @@ pub async fn apply(args: ApplyArgs) -> Result<(), Failure> {
         builder
     });
 
+    let locks = Arc::new(Locks::new(
+        Holder::this_process(&run.id, &run.plan, run.started_at),
+        args.wait_lock,
+        lease_ttl(),
+        clusters.iter().map(|(name, _)| name.clone()).collect(),
+        events.clone(),
+        cancel.clone(),
+    ));
     let opts = ExecOptions {
+        locks: Some(locks.clone()),
         abort: abort.clone(),
         concurrency: args.concurrency,
         vars: p.vars.clone(),
@@ -361,6 +374,8 @@ pub async fn apply(args: ApplyArgs) -> Result<(), Failure> {
     };
     let summary =
         executor::execute(Arc::new(p.plan), opts, Arc::new(Builtin), events, cancel).await;
+    locks.release_all().await;
+    drop(locks);
     signals.abort();
     drop(clusters);
     let builder = consumer.await.expect("the reporter task does not panic");
@@ -378,10 +393,20 @@ pub async fn apply(args: ApplyArgs) -> Result<(), Failure> {
         RunStatus::Cancelled => Err(Failure::Interrupted),
         RunStatus::Failed => Err(Failure::StepsFailed),
         RunStatus::Refused => Err(Failure::Refused(
-            "a step was refused by a safety rule (see its error above)".into(),
+            "a step was refused by a safety rule or a lock held by another run (see its error above)".into(),
         )),
         _ => Ok(()),
     }
+}
+
+/// How long an S3 lease lasts without renewal: `OPSRUNNER_LEASE_TTL` (a duration such as
+/// `90s`), by default one minute. A dead holder's lease is taken over after this long.
+fn lease_ttl() -> Duration {
+    std::env::var("OPSRUNNER_LEASE_TTL")
+        .ok()
+        .and_then(|v| crate::plan::duration::parse(&v).ok())
+        .filter(|d| *d >= Duration::from_secs(3))
+        .unwrap_or(crate::repo::lease::DEFAULT_TTL)
 }
 
 /// Reads `--identity` up front: a wrong path should stop the run before an hour of work,

@@ -7,8 +7,9 @@ pub const SUCCESS: i32 = 0;
 pub const STEP_FAILED: i32 = 1;
 /// The plan is invalid, or the command line is (clap uses 2 for usage errors too).
 pub const INVALID: i32 = 2;
-/// A guard refused the run (a destructive step on a protected target without `--confirm`);
-/// nothing was touched.
+/// A guard refused the run (a destructive step on a protected target without `--confirm`;
+/// nothing was touched), or another run holds a lock on a target or repository this run
+/// writes to.
 pub const REFUSED: i32 = 3;
 /// Interrupted by Ctrl-C or SIGTERM; running steps were cancelled.
 pub const INTERRUPTED: i32 = 130;

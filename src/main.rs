@@ -18,7 +18,8 @@ macro_rules! exit_codes_help {
   1    a step failed (or a report could not be written)
   2    invalid plan or command line
   3    refused by a guard: destructive step on a protected target
-       without --confirm; nothing was touched
+       without --confirm; nothing was touched. Or a target or repository
+       the run writes to is locked by another run (see --wait-lock)
   130  interrupted (Ctrl-C / SIGTERM): running steps were cancelled,
        the report was still written"
     };
@@ -112,6 +113,10 @@ enum Command {
         /// Time child processes get between SIGTERM and SIGKILL on timeout or interruption.
         #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
         kill_grace: Duration,
+        /// When another run holds a target or repository this run writes to, wait this long
+        /// for it before giving up with exit code 3 (default: do not wait).
+        #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+        wait_lock: Duration,
         /// age identity file for restoring and verifying encrypted backups.
         #[arg(long, value_name = "FILE", env = "OPSRUNNER_AGE_IDENTITY_FILE")]
         identity: Option<PathBuf>,
@@ -343,6 +348,7 @@ fn main() {
             concurrency,
             confirm,
             kill_grace,
+            wait_lock,
             identity,
         } => {
             let args = ApplyArgs {
@@ -355,6 +361,7 @@ fn main() {
                 ),
                 log_format: cli.log_format,
                 kill_grace,
+                wait_lock,
                 identity,
             };
             let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");

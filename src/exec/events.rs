@@ -95,6 +95,12 @@ pub enum Event {
         reason: String,
         at: DateTime<Utc>,
     },
+    /// Something the run did on its own account: a lock taken, waited for or lost.
+    Notice {
+        step: Option<String>,
+        message: String,
+        at: DateTime<Utc>,
+    },
     RunFinished {
         /// `succeeded`, `failed` or `cancelled`.
         status: String,
@@ -130,7 +136,10 @@ impl Event {
                     fix(e)
                 }
             }
-            Event::StepSkipped { reason, .. } => fix(reason),
+            Event::StepSkipped { reason, .. }
+            | Event::Notice {
+                message: reason, ..
+            } => fix(reason),
             Event::RunStarted { .. } | Event::StepStarted { .. } | Event::RunFinished { .. } => {}
         }
     }
@@ -161,6 +170,14 @@ impl Events {
             step: step.to_string(),
             stream,
             line,
+        });
+    }
+
+    pub fn notice(&self, step: Option<&str>, message: String) {
+        self.emit(Event::Notice {
+            step: step.map(str::to_string),
+            message,
+            at: Utc::now(),
         });
     }
 

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod conn;
 pub mod database;
 pub mod fingerprint;
+pub mod lock;
 pub mod process;
 pub mod restore;
 pub mod server;

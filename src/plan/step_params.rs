@@ -22,6 +22,11 @@ pub trait StepParams: Any + fmt::Debug + Send + Sync {
     fn reference_path(&self, field: &str) -> &'static [&'static str];
     /// The repository the step reads or writes, if any.
     fn repository(&self) -> Option<&str>;
+    /// Whether the step writes to its target (a restore, a migration, SQL that says it
+    /// writes) or its repository (a backup, a verification record, a prune): a run holds
+    /// an exclusive lock on what it writes to.
+    fn writes_target(&self) -> bool;
+    fn writes_repository(&self) -> bool;
     /// Parallel workers the step asks for, bounded by validation.
     fn jobs(&self) -> Option<u32>;
     /// The type's own rules beyond what its parameter type says.

@@ -4,6 +4,7 @@
 
 pub mod compression;
 pub mod crypto;
+pub mod lease;
 pub mod listing;
 pub mod local;
 pub mod manifest;

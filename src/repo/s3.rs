@@ -725,6 +725,114 @@ async fn delete(client: &Client, bucket: &str, key: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// When a conditional write goes ahead.
+pub enum PutCondition<'a> {
+    /// Only when no object has the key (`If-None-Match: *`).
+    Absent,
+    /// Only when the object is still the one with this ETag (`If-Match`).
+    Matches(&'a str),
+}
+
+impl S3Store {
+    /// The key of a small object at the repository's root, beside the backups (whose ids
+    /// never start with a dot).
+    pub fn root_key(&self, name: &str) -> String {
+        format!("{}{name}", self.root())
+    }
+
+    /// Writes `body` to `key` only under `condition`: the new ETag, or `None` when the
+    /// condition did not hold (412, or 409 when another conditional write was in flight).
+    pub async fn put_if(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        condition: PutCondition<'_>,
+    ) -> io::Result<Option<String>> {
+        let request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_server_side_encryption(self.sse.as_ref().map(|s| s.algorithm.clone()))
+            .set_ssekms_key_id(self.sse.as_ref().and_then(|s| s.kms_key_id.clone()))
+            .body(ByteStream::from(body));
+        let request = match condition {
+            PutCondition::Absent => request.if_none_match("*"),
+            PutCondition::Matches(etag) => request.if_match(etag),
+        };
+        match request.send().await {
+            Ok(out) => Ok(Some(out.e_tag().unwrap_or_default().to_string())),
+            Err(e)
+                if matches!(
+                    e.raw_response().map(|r| r.status().as_u16()),
+                    Some(404 | 409 | 412)
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(sdk_error(&format!("writing {key}"), e)),
+        }
+    }
+
+    /// Deletes `key` only while it is still the object with this ETag; `false` when it was
+    /// not (replaced or gone).
+    pub async fn delete_if(&self, key: &str, etag: &str) -> io::Result<bool> {
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .if_match(etag)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e)
+                if matches!(
+                    e.raw_response().map(|r| r.status().as_u16()),
+                    Some(404 | 409 | 412)
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(sdk_error(&format!("deleting {key}"), e)),
+        }
+    }
+
+    /// A small object and its ETag, `None` when there is none.
+    pub async fn get_with_etag(&self, key: &str) -> io::Result<Option<(Vec<u8>, String)>> {
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(o) => o,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
+            Err(e) => return Err(sdk_error(&format!("reading {key}"), e)),
+        };
+        let etag = out.e_tag().unwrap_or_default().to_string();
+        if out
+            .content_length()
+            .is_some_and(|n| n as u64 > MAX_SMALL_FILE)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{key} is larger than {} MiB", MAX_SMALL_FILE >> 20),
+            ));
+        }
+        let bytes = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| s3_error(key, e))?
+            .into_bytes();
+        Ok(Some((bytes.to_vec(), etag)))
+    }
+}
+
 impl BackupStore for S3Store {
     fn uri(&self, backup_id: &str) -> String {
         format!(

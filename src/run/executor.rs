@@ -58,6 +58,8 @@ pub struct ExecOptions {
     pub fixed_target_urls: BTreeMap<String, String>,
     /// Protected targets that `--confirm` allows destructive steps on.
     pub confirmed: Vec<String>,
+    /// Exclusive locks on what the steps write to; `None` takes none (benchmarks).
+    pub locks: Option<Arc<super::locks::Locks>>,
     /// The second signal: once the run is cancelled, cleanup and alert steps (`always()`,
     /// `failure()`, `cancelled()`) still run, and this stops them.
     pub abort: CancellationToken,
@@ -379,7 +381,13 @@ impl StepTask {
         });
 
         let mut attempts = Vec::new();
-        let prepared = self.prepare();
+        let prepared = match (self.prepare(), &self.opts.locks) {
+            (Ok((kind, ctx)), Some(locks)) => match locks.for_step(&kind, &ctx).await {
+                Ok(()) => Ok((kind, ctx)),
+                Err(e) => Err(e),
+            },
+            (prepared, _) => prepared,
+        };
         let (status, outputs, error) = match prepared {
             Err(e) => {
                 if e.kind == ErrorKind::Refused {

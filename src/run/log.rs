@@ -111,6 +111,10 @@ impl<W: Write> LiveLog<W> {
             Event::StepSkipped { step, reason, .. } => {
                 format!("{} {step} skipped: {reason}", self.paint("2", "–"))
             }
+            Event::Notice { step, message, .. } => match step {
+                Some(step) => format!("{} {step}: {message}", self.paint("35", "•")),
+                None => format!("{} {message}", self.paint("35", "•")),
+            },
             Event::RunFinished {
                 status,
                 duration_ms,

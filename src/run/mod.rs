@@ -2,6 +2,7 @@
 //! [`report`] consume them; [`preview`] is the side-effect-free dry run.
 
 pub mod executor;
+pub mod locks;
 pub mod log;
 pub mod preview;
 pub mod report;

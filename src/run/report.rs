@@ -150,7 +150,7 @@ impl ReportBuilder {
 
     pub fn on_event(&mut self, event: &Event) {
         match event {
-            Event::RunStarted { .. } | Event::AttemptFailed { .. } => {}
+            Event::RunStarted { .. } | Event::AttemptFailed { .. } | Event::Notice { .. } => {}
             Event::StepStarted { step, at } => {
                 if let Some(s) = self.step(step) {
                     s.started_at = Some(*at);

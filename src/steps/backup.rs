@@ -72,6 +72,10 @@ impl StepType for Backup {
         Some(&p.repository)
     }
 
+    fn writes_repository(_: &BackupParams) -> bool {
+        true
+    }
+
     fn jobs(p: &BackupParams) -> Option<u32> {
         p.jobs
     }

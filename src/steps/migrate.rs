@@ -64,6 +64,10 @@ impl StepType for Migrate {
         Some(&p.target)
     }
 
+    fn writes_target(p: &MigrateParams) -> bool {
+        p.action != MigrateAction::Status
+    }
+
     /// Migrations change a database, but that is what they are for; a revert may drop data.
     fn destructive(p: &MigrateParams, _: &Path, _: bool) -> bool {
         p.action == MigrateAction::Revert

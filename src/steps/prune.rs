@@ -41,6 +41,10 @@ impl StepType for Prune {
         Some(&p.repository)
     }
 
+    fn writes_repository(_: &PruneParams) -> bool {
+        true
+    }
+
     /// A policy that keeps nothing, or a count of 0, would delete every backup.
     fn check(p: &PruneParams, _: &CheckScope<'_>) -> Vec<Problem> {
         let mut problems: Vec<Problem> = p

@@ -45,6 +45,12 @@ impl<T: StepType> StepParams for Typed<T> {
     fn jobs(&self) -> Option<u32> {
         T::jobs(&self.0)
     }
+    fn writes_target(&self) -> bool {
+        T::writes_target(&self.0)
+    }
+    fn writes_repository(&self) -> bool {
+        T::writes_repository(&self.0)
+    }
     fn check(&self, scope: &CheckScope<'_>) -> Vec<Problem> {
         T::check(&self.0, scope)
     }

@@ -49,6 +49,10 @@ impl StepType for Reset {
         Some(&p.target)
     }
 
+    fn writes_target(_: &ResetParams) -> bool {
+        true
+    }
+
     fn destructive(_: &ResetParams, _: &Path, _: bool) -> bool {
         true
     }

@@ -62,6 +62,10 @@ impl StepType for Restore {
         Some(&p.into.target)
     }
 
+    fn writes_target(_: &RestoreParams) -> bool {
+        true
+    }
+
     fn repository(p: &RestoreParams) -> Option<&str> {
         Some(&p.repository)
     }

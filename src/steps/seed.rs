@@ -69,6 +69,10 @@ impl StepType for Seed {
         Some(&p.target)
     }
 
+    fn writes_target(_: &SeedParams) -> bool {
+        true
+    }
+
     fn describe(p: &SeedParams) -> String {
         describe(p)
     }

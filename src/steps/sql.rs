@@ -49,6 +49,11 @@ impl StepType for Sql {
         Some(&p.target)
     }
 
+    /// Only SQL that says it writes: read-only queries beside a running backup are fine.
+    fn writes_target(p: &SqlParams) -> bool {
+        p.writes
+    }
+
     fn check(p: &SqlParams, scope: &CheckScope<'_>) -> Vec<Problem> {
         if p.query.is_some() != p.file.is_some() {
             return Vec::new();

@@ -38,6 +38,14 @@ pub trait StepType: Send + Sync + 'static {
     fn repository(_: &Self::Params) -> Option<&str> {
         None
     }
+    /// Whether the step writes to its target or repository (see
+    /// [`crate::plan::step_params::StepParams::writes_target`]); a run locks what it writes to.
+    fn writes_target(_: &Self::Params) -> bool {
+        false
+    }
+    fn writes_repository(_: &Self::Params) -> bool {
+        false
+    }
     fn jobs(_: &Self::Params) -> Option<u32> {
         None
     }
@@ -45,7 +53,7 @@ pub trait StepType: Send + Sync + 'static {
     fn check(_: &Self::Params, _: &CheckScope<'_>) -> Vec<Problem> {
         Vec::new()
     }
-    /// Whether the step may destroy data (see [`StepParams::destructive`]).
+    /// Whether the step may destroy data (see [`crate::plan::step_params::StepParams::destructive`]).
     fn destructive(_: &Self::Params, _base_dir: &Path, _read_files: bool) -> bool {
         false
     }

@@ -61,6 +61,13 @@ impl StepType for Verify {
         Some(&p.repository)
     }
 
+    /// The scratch database on the target. The repository is not locked: a verify only adds
+    /// its record beside a published backup, and holding the repository through an hour of
+    /// test restore would hold up the next backup.
+    fn writes_target(p: &VerifyParams) -> bool {
+        p.restore_into.is_some()
+    }
+
     fn jobs(p: &VerifyParams) -> Option<u32> {
         p.jobs
     }
