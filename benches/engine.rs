@@ -176,6 +176,8 @@ fn main() {
             let opts = ExecOptions {
                 abort: Default::default(),
                 locks: None,
+                reused: BTreeMap::new(),
+                resumed_from: None,
                 confirmed: Vec::new(),
                 concurrency,
                 vars: valid.plan.vars.clone(),

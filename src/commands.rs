@@ -8,10 +8,12 @@ use crate::plan::{self, PlanSource, ValidPlan};
 use crate::redact::Redactor;
 use crate::repo::lease::Holder;
 use crate::run::executor::{self, ExecOptions, RunInfo};
+use crate::run::history::History;
 use crate::run::locks::Locks;
 use crate::run::log::{LiveLog, LogFormat};
 use crate::run::preview::{self, PlanPreview, PreviewInput};
 use crate::run::report::{self, Mode, ReportBuilder, RunStatus};
+use crate::run::resume::{self, Reuse};
 use crate::steps::{self, Builtin};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -224,6 +226,8 @@ pub struct ApplyArgs {
     pub kill_grace: Duration,
     /// How long to wait for another run's lock on a target or repository.
     pub wait_lock: Duration,
+    /// An earlier run whose succeeded steps are reused (`--resume RUN_ID`).
+    pub resume: Option<String>,
     /// The age identity file for encrypted backups.
     pub identity: Option<PathBuf>,
 }
@@ -290,8 +294,45 @@ pub async fn apply(args: ApplyArgs) -> Result<(), Failure> {
             path.display()
         )));
     }
+    let history = History::open();
+    let reuse = match &args.resume {
+        None => Reuse::default(),
+        Some(id) => {
+            let history = history.as_ref().ok_or_else(|| {
+                Failure::Usage(
+                    "--resume: no state directory (set OPSRUNNER_STATE_DIR or HOME)".into(),
+                )
+            })?;
+            let old = history
+                .load(id)
+                .map_err(|e| Failure::Usage(format!("--resume: {e}")))?;
+            resume::reuse(&old, &p.plan, &p.vars)
+                .map_err(|e| Failure::Usage(format!("--resume {id}: {e}")))?
+        }
+    };
     let run = RunInfo::new(&p.plan.plan.name);
+    let new_builder = |mode: Mode| {
+        let mut builder = ReportBuilder::new(&p.source, &p.plan, &run.id, mode, run.started_at);
+        if mode == Mode::Apply {
+            builder.identify(&p.plan, &p.vars);
+            if let Some(id) = &args.resume {
+                builder.resumes(id);
+            }
+        }
+        builder
+    };
+    // Every run is kept in the history; a history that cannot be written does not fail a
+    // run that did its work, but says so.
     let write_report = |report: &report::RunReport| -> Result<(), Failure> {
+        if report.mode == Mode::Apply
+            && let Some(history) = &history
+            && let Err(e) = history.record(report)
+        {
+            eprintln!(
+                "warning: cannot keep the run in the history {}: {e}",
+                history.dir().display()
+            );
+        }
         match &args.report {
             Some(path) => report::write(report, path)
                 .map_err(|e| Failure::Io(format!("cannot write report {}: {e}", path.display()))),
@@ -301,12 +342,11 @@ pub async fn apply(args: ApplyArgs) -> Result<(), Failure> {
     if args.dry_run {
         let preview = build_preview(&p, &args.plan.confirm).await;
         print!("{}", render_preview(&preview, PreviewFormat::Text));
-        let builder = ReportBuilder::new(&p.source, &p.plan, &run.id, Mode::DryRun, run.started_at);
+        let builder = new_builder(Mode::DryRun);
         return write_report(&builder.finish(RunStatus::Planned));
     }
     if let Err(message) = guard(&p, &args.plan.confirm) {
-        let mut builder =
-            ReportBuilder::new(&p.source, &p.plan, &run.id, Mode::Apply, run.started_at);
+        let mut builder = new_builder(Mode::Apply);
         builder.not_started(RunStatus::Refused, message.clone());
         write_report(&builder.finish(RunStatus::Refused))?;
         return Err(Failure::Refused(message));
@@ -321,8 +361,7 @@ pub async fn apply(args: ApplyArgs) -> Result<(), Failure> {
         Ok(clusters) => clusters,
         Err(message) => {
             signals.abort();
-            let mut builder =
-                ReportBuilder::new(&p.source, &p.plan, &run.id, Mode::Apply, run.started_at);
+            let mut builder = new_builder(Mode::Apply);
             builder.not_started(RunStatus::Failed, message.clone());
             write_report(&builder.finish(RunStatus::Failed))?;
             return Err(if cancel.is_cancelled() {
@@ -339,7 +378,7 @@ pub async fn apply(args: ApplyArgs) -> Result<(), Failure> {
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
     let events = Events::new(tx, p.redactor.clone());
-    let mut builder = ReportBuilder::new(&p.source, &p.plan, &run.id, Mode::Apply, run.started_at);
+    let mut builder = new_builder(Mode::Apply);
     let color = crate::run::log::stderr_wants_color();
     let log_format = args.log_format;
     let consumer = tokio::spawn(async move {
@@ -360,6 +399,8 @@ pub async fn apply(args: ApplyArgs) -> Result<(), Failure> {
         cancel.clone(),
     ));
     let opts = ExecOptions {
+        reused: reuse.steps,
+        resumed_from: args.resume.clone(),
         locks: Some(locks.clone()),
         abort: abort.clone(),
         concurrency: args.concurrency,

@@ -16,5 +16,6 @@ pub mod process;
 pub mod redact;
 pub mod repo;
 pub mod run;
+pub mod runs;
 pub mod schema;
 pub mod steps;

@@ -117,6 +117,11 @@ enum Command {
         /// for it before giving up with exit code 3 (default: do not wait).
         #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
         wait_lock: Duration,
+        /// Run again only the steps of this earlier run (see `opsrunner runs list`) that did not
+        /// succeed, reusing the outputs of those that did; refused when the plan changed in a
+        /// way that makes them stale.
+        #[arg(long, value_name = "RUN_ID")]
+        resume: Option<String>,
         /// age identity file for restoring and verifying encrypted backups.
         #[arg(long, value_name = "FILE", env = "OPSRUNNER_AGE_IDENTITY_FILE")]
         identity: Option<PathBuf>,
@@ -132,6 +137,12 @@ enum Command {
     Backups {
         #[command(subcommand)]
         command: BackupsCommand,
+    },
+    /// The history of runs kept in the state directory ($OPSRUNNER_STATE_DIR,
+    /// $XDG_STATE_HOME/opsrunner, ~/.local/state/opsrunner).
+    Runs {
+        #[command(subcommand)]
+        command: RunsCommand,
     },
     /// Print the JSON Schema of the plan file or of the run report.
     Schema {
@@ -151,6 +162,30 @@ struct RepositoryArgs {
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Subcommand)]
+enum RunsCommand {
+    /// The kept runs, newest first: id, plan, status, start, duration, failed steps.
+    List {
+        /// Only runs of this plan (its `name`).
+        #[arg(long, value_name = "NAME")]
+        plan: Option<String>,
+        /// At most this many.
+        #[arg(long, value_name = "N", default_value = "50")]
+        limit: usize,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One run: each step's outcome, error and outputs (`--json`: the whole report).
+    Show {
+        #[arg(value_name = "RUN_ID")]
+        id: String,
+        /// The run report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -277,6 +312,12 @@ fn main() {
         }
         Command::Graph { plan, format } => commands::graph(&plan_args(plan, vec![], color), format),
         Command::Schema { which } => Ok(commands::schema(which)),
+        Command::Runs { command } => match command {
+            RunsCommand::List { plan, limit, json } => {
+                opsrunner::runs::list(plan.as_deref(), limit, json)
+            }
+            RunsCommand::Show { id, json } => opsrunner::runs::show(&id, json),
+        },
         Command::Backups { command } => {
             let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
             runtime.block_on(async {
@@ -349,6 +390,7 @@ fn main() {
             confirm,
             kill_grace,
             wait_lock,
+            resume,
             identity,
         } => {
             let args = ApplyArgs {
@@ -362,6 +404,7 @@ fn main() {
                 log_format: cli.log_format,
                 kill_grace,
                 wait_lock,
+                resume,
                 identity,
             };
             let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");

@@ -95,6 +95,13 @@ pub enum Event {
         reason: String,
         at: DateTime<Utc>,
     },
+    /// A step taken as done from an earlier run (`apply --resume`), with its outputs.
+    StepReused {
+        step: String,
+        from_run: String,
+        outputs: Outputs,
+        at: DateTime<Utc>,
+    },
     /// Something the run did on its own account: a lock taken, waited for or lost.
     Notice {
         step: Option<String>,
@@ -140,6 +147,7 @@ impl Event {
             | Event::Notice {
                 message: reason, ..
             } => fix(reason),
+            Event::StepReused { outputs, .. } => outputs.values_mut().for_each(fix),
             Event::RunStarted { .. } | Event::StepStarted { .. } | Event::RunFinished { .. } => {}
         }
     }

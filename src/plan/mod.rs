@@ -4,6 +4,7 @@
 
 pub mod duration;
 pub mod graph;
+pub mod identity;
 pub mod load;
 pub mod model;
 pub mod resolve;

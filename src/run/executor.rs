@@ -58,6 +58,10 @@ pub struct ExecOptions {
     pub fixed_target_urls: BTreeMap<String, String>,
     /// Protected targets that `--confirm` allows destructive steps on.
     pub confirmed: Vec<String>,
+    /// Steps taken as done from an earlier run (`apply --resume`), by index, with their
+    /// outputs; and that run's id.
+    pub reused: BTreeMap<usize, Outputs>,
+    pub resumed_from: Option<String>,
     /// Exclusive locks on what the steps write to; `None` takes none (benchmarks).
     pub locks: Option<Arc<super::locks::Locks>>,
     /// The second signal: once the run is cancelled, cleanup and alert steps (`always()`,
@@ -171,6 +175,22 @@ pub async fn execute(
         cancelled |= cancel.is_cancelled();
         while running.len() < concurrency {
             let Some(Reverse(i)) = ready.pop() else { break };
+            if let Some(outputs) = opts.reused.get(&i) {
+                state[i] = State::Done(StepStatus::Succeeded);
+                events.emit(Event::StepReused {
+                    step: steps[i].id().to_string(),
+                    from_run: opts.resumed_from.clone().unwrap_or_default(),
+                    outputs: outputs.clone(),
+                    at: Utc::now(),
+                });
+                context["steps"][steps[i].id()] = json!({
+                    "status": StepStatus::Succeeded.as_str(),
+                    "error": "",
+                    "outputs": outputs,
+                });
+                release(&plan, i, &mut waiting_on, &mut ready);
+                continue;
+            }
             let decision = if cancelled && steps[i].common.condition == Condition::Success {
                 Err("the run was cancelled before this step started".to_string())
             } else {

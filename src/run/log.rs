@@ -111,6 +111,10 @@ impl<W: Write> LiveLog<W> {
             Event::StepSkipped { step, reason, .. } => {
                 format!("{} {step} skipped: {reason}", self.paint("2", "–"))
             }
+            Event::StepReused { step, from_run, .. } => format!(
+                "{} {step} reused from run {from_run}",
+                self.paint("32", "↺")
+            ),
             Event::Notice { step, message, .. } => match step {
                 Some(step) => format!("{} {step}: {message}", self.paint("35", "•")),
                 None => format!("{} {message}", self.paint("35", "•")),

@@ -2,8 +2,10 @@
 //! [`report`] consume them; [`preview`] is the side-effect-free dry run.
 
 pub mod executor;
+pub mod history;
 pub mod locks;
 pub mod log;
 pub mod preview;
 pub mod report;
+pub mod resume;
 pub mod retry;

@@ -47,6 +47,9 @@ pub struct RunReport {
     /// Why the run did not start, when a guard refused it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The run this one resumed (`apply --resume`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from: Option<String>,
     /// Steps in plan order.
     pub steps: Vec<StepReport>,
 }
@@ -78,6 +81,13 @@ pub struct StepReport {
     pub outputs: Outputs,
     /// The last lines the step printed (stdout and stderr interleaved).
     pub log_tail: Vec<String>,
+    /// What the step's outputs depend on, hashed (see `plan::identity`): `apply --resume`
+    /// reuses them only while it is unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition_sha256: Option<String>,
+    /// The run whose outputs this step reused instead of running (`apply --resume`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reused_from: Option<String>,
 }
 
 /// Collects events into a report.
@@ -114,6 +124,8 @@ impl ReportBuilder {
                 attempts: Vec::new(),
                 outputs: Outputs::new(),
                 log_tail: Vec::new(),
+                definition_sha256: None,
+                reused_from: None,
             })
             .collect::<Vec<_>>();
         ReportBuilder {
@@ -138,9 +150,27 @@ impl ReportBuilder {
                 finished_at: started_at,
                 duration_ms: 0,
                 error: None,
+                resumed_from: None,
                 steps,
             },
         }
+    }
+
+    /// Records each step's identity (with the run's variables, after `--var`), so that a
+    /// later `apply --resume` of this run can tell whether a step changed.
+    pub fn identify(
+        &mut self,
+        plan: &ValidPlan,
+        vars: &std::collections::BTreeMap<String, serde_json::Value>,
+    ) {
+        for (i, s) in self.report.steps.iter_mut().enumerate() {
+            s.definition_sha256 = Some(crate::plan::identity::step_sha256(&plan.plan, i, vars));
+        }
+    }
+
+    /// This run resumes `run_id`.
+    pub fn resumes(&mut self, run_id: &str) {
+        self.report.resumed_from = Some(run_id.to_string());
     }
 
     fn step(&mut self, id: &str) -> Option<&mut StepReport> {
@@ -151,6 +181,19 @@ impl ReportBuilder {
     pub fn on_event(&mut self, event: &Event) {
         match event {
             Event::RunStarted { .. } | Event::AttemptFailed { .. } | Event::Notice { .. } => {}
+            Event::StepReused {
+                step,
+                from_run,
+                outputs,
+                ..
+            } => {
+                if let Some(s) = self.step(step) {
+                    s.status = StepStatus::Succeeded;
+                    s.outputs = outputs.clone();
+                    s.reused_from = Some(from_run.clone());
+                    s.reason = Some(format!("reused from run {from_run}"));
+                }
+            }
             Event::StepStarted { step, at } => {
                 if let Some(s) = self.step(step) {
                     s.started_at = Some(*at);

@@ -115,7 +115,16 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 pub fn opsrunner() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_opsrunner"));
     cmd.env("NO_COLOR", "1");
+    // The run history goes to a directory of the test process, not the tester's home; a
+    // test that reads it sets its own.
+    cmd.env("OPSRUNNER_STATE_DIR", state_dir());
     cmd
+}
+
+/// Where test runs keep their history: one temporary directory per test binary.
+fn state_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path()
 }
 
 pub struct Applied {
