@@ -228,6 +228,8 @@ pub struct ApplyArgs {
     pub wait_lock: Duration,
     /// An earlier run whose succeeded steps are reused (`--resume RUN_ID`).
     pub resume: Option<String>,
+    /// Write Prometheus metrics of the run and its repositories here.
+    pub metrics: Option<PathBuf>,
     /// The age identity file for encrypted backups.
     pub identity: Option<PathBuf>,
 }
@@ -294,6 +296,15 @@ pub async fn apply(args: ApplyArgs) -> Result<(), Failure> {
             path.display()
         )));
     }
+    if let Some(dir) = args.metrics.as_deref().and_then(Path::parent)
+        && !dir.as_os_str().is_empty()
+        && !dir.is_dir()
+    {
+        return Err(Failure::Usage(format!(
+            "--metrics: directory {} does not exist",
+            dir.display()
+        )));
+    }
     let history = History::open();
     let reuse = match &args.resume {
         None => Reuse::default(),
@@ -348,7 +359,9 @@ pub async fn apply(args: ApplyArgs) -> Result<(), Failure> {
     if let Err(message) = guard(&p, &args.plan.confirm) {
         let mut builder = new_builder(Mode::Apply);
         builder.not_started(RunStatus::Refused, message.clone());
-        write_report(&builder.finish(RunStatus::Refused))?;
+        let report = builder.finish(RunStatus::Refused);
+        write_metrics(&args, &p, &p.plan, &report).await;
+        write_report(&report)?;
         return Err(Failure::Refused(message));
     }
 
@@ -363,7 +376,9 @@ pub async fn apply(args: ApplyArgs) -> Result<(), Failure> {
             signals.abort();
             let mut builder = new_builder(Mode::Apply);
             builder.not_started(RunStatus::Failed, message.clone());
-            write_report(&builder.finish(RunStatus::Failed))?;
+            let report = builder.finish(RunStatus::Failed);
+            write_metrics(&args, &p, &p.plan, &report).await;
+            write_report(&report)?;
             return Err(if cancel.is_cancelled() {
                 Failure::Interrupted
             } else {
@@ -413,8 +428,8 @@ pub async fn apply(args: ApplyArgs) -> Result<(), Failure> {
         fixed_target_urls,
         confirmed: args.plan.confirm.clone(),
     };
-    let summary =
-        executor::execute(Arc::new(p.plan), opts, Arc::new(Builtin), events, cancel).await;
+    let plan = Arc::new(p.plan.clone());
+    let summary = executor::execute(plan.clone(), opts, Arc::new(Builtin), events, cancel).await;
     locks.release_all().await;
     drop(locks);
     signals.abort();
@@ -429,7 +444,9 @@ pub async fn apply(args: ApplyArgs) -> Result<(), Failure> {
     } else {
         RunStatus::Succeeded
     };
-    write_report(&builder.finish(status))?;
+    let report = builder.finish(status);
+    write_metrics(&args, &p, &plan, &report).await;
+    write_report(&report)?;
     match status {
         RunStatus::Cancelled => Err(Failure::Interrupted),
         RunStatus::Failed => Err(Failure::StepsFailed),
@@ -437,6 +454,40 @@ pub async fn apply(args: ApplyArgs) -> Result<(), Failure> {
             "a step was refused by a safety rule or a lock held by another run (see its error above)".into(),
         )),
         _ => Ok(()),
+    }
+}
+
+/// `--metrics FILE`: the run and the state of the plan's repositories, read after the run.
+/// Metrics that cannot be written are a warning: the run itself did its work.
+async fn write_metrics(
+    args: &ApplyArgs,
+    p: &Prepared,
+    plan: &ValidPlan,
+    report: &report::RunReport,
+) {
+    let Some(path) = &args.metrics else { return };
+    let templates = crate::plan::template::Templates::new();
+    let context = serde_json::json!({
+        "vars": p.vars,
+        "env": p.env,
+        "run": { "id": report.run_id, "plan": report.plan.name, "started_at": report.started_at.to_rfc3339(), "status": "" },
+        "steps": {},
+    });
+    let repositories = plan
+        .plan
+        .repositories
+        .iter()
+        .filter_map(|(name, r)| {
+            crate::plan::resolve::repository(&templates, name, r, &context)
+                .ok()
+                .map(|r| (name.clone(), r))
+        })
+        .collect();
+    let states =
+        crate::run::metrics::repository_states(plan, &repositories, &p.source.base_dir()).await;
+    let text = crate::run::metrics::render(report, plan, &states);
+    if let Err(e) = crate::run::metrics::write(path, &text) {
+        eprintln!("warning: cannot write metrics {}: {e}", path.display());
     }
 }
 

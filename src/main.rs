@@ -122,6 +122,11 @@ enum Command {
         /// way that makes them stale.
         #[arg(long, value_name = "RUN_ID")]
         resume: Option<String>,
+        /// Write Prometheus metrics here (atomically, for node_exporter's textfile collector):
+        /// the run's status, start and duration, each backup's size and duration, the verify's
+        /// restore time, and per repository and database the newest backup and verified restore.
+        #[arg(long, value_name = "FILE")]
+        metrics: Option<PathBuf>,
         /// age identity file for restoring and verifying encrypted backups.
         #[arg(long, value_name = "FILE", env = "OPSRUNNER_AGE_IDENTITY_FILE")]
         identity: Option<PathBuf>,
@@ -391,6 +396,7 @@ fn main() {
             kill_grace,
             wait_lock,
             resume,
+            metrics,
             identity,
         } => {
             let args = ApplyArgs {
@@ -405,6 +411,7 @@ fn main() {
                 kill_grace,
                 wait_lock,
                 resume,
+                metrics,
                 identity,
             };
             let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");

@@ -170,3 +170,215 @@ fn a_failed_verify_is_resumed_with_the_backup_already_taken() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("nothing to resume"), "{stderr}");
 }
+
+/// A sample: name, labels, value.
+type Sample = (String, Vec<(String, String)>, f64);
+
+/// `--metrics FILE` parsed back by the Prometheus client library's own text parser.
+fn parse_metrics(path: &std::path::Path) -> Vec<Sample> {
+    let python = common::python_with("prometheus_client", "prometheus-client");
+    let script = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = []
+for family in text_string_to_metric_families(open(sys.argv[1]).read()):
+    for s in family.samples:
+        out.append([s.name, sorted(s.labels.items()), s.value])
+print(json.dumps(out))
+"#;
+    let out = std::process::Command::new(python)
+        .args(["-c", script])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn metric(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|(n, l, _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+        })
+        .map(|(_, _, v)| *v)
+}
+
+#[test]
+fn metrics_say_how_the_run_went_and_how_fresh_the_backups_are() {
+    let cluster = Cluster::start();
+    cluster.psql("postgres", "create database app");
+    cluster.psql(
+        "app",
+        "create table t (id int primary key); insert into t select generate_series(1, 1000)",
+    );
+    let ws = Workspace::new();
+    let repo = ws.path("repo");
+    let url = cluster.url("postgres");
+    std::fs::write(
+        ws.path("plan.yaml"),
+        plan(&repo.display().to_string(), &url, "zstd"),
+    )
+    .unwrap();
+    let plan_path = ws.path("plan.yaml").display().to_string();
+    let prom = ws.path("opsrunner.prom");
+    let report = ws.path("r.json").display().to_string();
+    let (code, _, stderr) = run(
+        &ws,
+        &[
+            "apply",
+            &plan_path,
+            "--metrics",
+            &prom.display().to_string(),
+            "--report",
+            &report,
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let first: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let samples = parse_metrics(&prom);
+    let plan_label = [("plan", "nightly")];
+    assert_eq!(
+        metric(&samples, "opsrunner_last_run_success", &plan_label),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &samples,
+            "opsrunner_last_run_status",
+            &[("plan", "nightly"), ("status", "succeeded")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &samples,
+            "opsrunner_last_run_status",
+            &[("plan", "nightly"), ("status", "failed")]
+        ),
+        Some(0.0)
+    );
+    let started =
+        chrono::DateTime::parse_from_rfc3339(first["started_at"].as_str().unwrap()).unwrap();
+    let start = metric(
+        &samples,
+        "opsrunner_last_run_start_timestamp_seconds",
+        &plan_label,
+    )
+    .unwrap();
+    assert!(
+        (start - started.timestamp_millis() as f64 / 1000.0).abs() < 0.01,
+        "{start}"
+    );
+    let bytes: f64 = first["steps"][0]["outputs"]["bytes"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let backup_labels = [
+        ("plan", "nightly"),
+        ("step", "backup"),
+        ("repository", "backups"),
+    ];
+    assert_eq!(
+        metric(&samples, "opsrunner_backup_bytes", &backup_labels),
+        Some(bytes)
+    );
+    assert!(
+        metric(
+            &samples,
+            "opsrunner_backup_duration_seconds",
+            &backup_labels
+        )
+        .unwrap()
+            > 0.0
+    );
+    let rto = metric(
+        &samples,
+        "opsrunner_verify_restore_duration_seconds",
+        &[("step", "verify"), ("repository", "backups")],
+    )
+    .unwrap();
+    let restore_ms: f64 = first["steps"][1]["outputs"]["restore_duration_ms"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((rto - restore_ms / 1000.0).abs() < 0.001, "{rto}");
+    let db = [("repository", "backups"), ("database", "app")];
+    assert_eq!(metric(&samples, "opsrunner_backups", &db), Some(1.0));
+    let newest = metric(&samples, "opsrunner_newest_backup_timestamp_seconds", &db).unwrap();
+    assert!(
+        (newest - chrono::Utc::now().timestamp() as f64).abs() < 120.0,
+        "{newest}"
+    );
+    assert_eq!(
+        metric(
+            &samples,
+            "opsrunner_newest_verified_restore_timestamp_seconds",
+            &db
+        ),
+        Some(newest)
+    );
+
+    // A run whose verify fails: the run is failed, a second backup is the newest, but the
+    // newest verified restore is still the first one.
+    cluster.psql("postgres", "create database scratch");
+    let (code, _, stderr) = run(
+        &ws,
+        &[
+            "apply",
+            &plan_path,
+            "--metrics",
+            &prom.display().to_string(),
+        ],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    let samples = parse_metrics(&prom);
+    assert_eq!(
+        metric(&samples, "opsrunner_last_run_success", &plan_label),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(
+            &samples,
+            "opsrunner_last_run_status",
+            &[("plan", "nightly"), ("status", "failed")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(metric(&samples, "opsrunner_backups", &db), Some(2.0));
+    let newer = metric(&samples, "opsrunner_newest_backup_timestamp_seconds", &db).unwrap();
+    assert!(newer > newest);
+    assert_eq!(
+        metric(
+            &samples,
+            "opsrunner_newest_verified_restore_timestamp_seconds",
+            &db
+        ),
+        Some(newest)
+    );
+    assert_eq!(
+        metric(
+            &samples,
+            "opsrunner_verify_restore_duration_seconds",
+            &[("step", "verify")]
+        ),
+        None
+    );
+    // Nothing half-written was left beside it.
+    let names: Vec<String> = std::fs::read_dir(ws.dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("prom"))
+        .collect();
+    assert_eq!(names, ["opsrunner.prom"]);
+}

@@ -5,6 +5,7 @@ pub mod executor;
 pub mod history;
 pub mod locks;
 pub mod log;
+pub mod metrics;
 pub mod preview;
 pub mod report;
 pub mod resume;

@@ -212,3 +212,48 @@ impl Drop for SmallDisk {
         let _ = Command::new("umount").arg(self.0.path()).status();
     }
 }
+
+/// A Python interpreter that can import `module` (installing `package` from PyPI into a
+/// virtual environment under `.ci/venv` the first time): for checking what opsrunner writes
+/// with the reference implementation of its format. `OPSRUNNER_TEST_PYTHON` names one.
+pub fn python_with(module: &str, package: &str) -> PathBuf {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let works = |python: &Path| {
+        Command::new(python)
+            .args(["-c", &format!("import {module}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if let Some(python) = std::env::var_os("OPSRUNNER_TEST_PYTHON").map(PathBuf::from) {
+        assert!(
+            works(&python),
+            "{} cannot import {module}",
+            python.display()
+        );
+        return python;
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/venv");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3 runs");
+        assert!(made.success(), "python3 -m venv {} failed", venv.display());
+    }
+    if !works(&python) {
+        let installed = Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", package])
+            .status()
+            .expect("pip runs");
+        assert!(installed.success(), "pip install {package} failed");
+    }
+    assert!(
+        works(&python),
+        "{} cannot import {module}",
+        python.display()
+    );
+    python
+}
