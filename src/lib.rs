@@ -6,6 +6,7 @@
 
 pub mod backups;
 pub mod commands;
+pub mod counting;
 pub mod diag;
 pub mod digest;
 pub mod exec;

@@ -127,6 +127,10 @@ enum Command {
         /// restore time, and per repository and database the newest backup and verified restore.
         #[arg(long, value_name = "FILE")]
         metrics: Option<PathBuf>,
+        /// When the log is not a terminal: how often long transfers (dump, restore) report
+        /// their progress. On a terminal, a progress bar shows it continuously.
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+        progress_every: Duration,
         /// age identity file for restoring and verifying encrypted backups.
         #[arg(long, value_name = "FILE", env = "OPSRUNNER_AGE_IDENTITY_FILE")]
         identity: Option<PathBuf>,
@@ -397,6 +401,7 @@ fn main() {
             wait_lock,
             resume,
             metrics,
+            progress_every,
             identity,
         } => {
             let args = ApplyArgs {
@@ -412,6 +417,7 @@ fn main() {
                 wait_lock,
                 resume,
                 metrics,
+                progress_every,
                 identity,
             };
             let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
@@ -448,15 +454,12 @@ fn main() {
 /// what finally went wrong reaches the step's error anyway, in one line. `OPSRUNNER_LOG`
 /// (e.g. `debug` or `warn,aws_config=debug`) shows them.
 fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("OPSRUNNER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,aws=error"));
-    // Colour codes only where a terminal shows them, never in a redirected log.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.without_time().try_init(),
-    };
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(opsrunner::run::log::LibraryLog::new(format))
+        .try_init();
 }

@@ -95,6 +95,16 @@ pub enum Event {
         reason: String,
         at: DateTime<Utc>,
     },
+    /// How far a step's transfer has come: `bytes` of `total` (when known), reported about
+    /// once a second; `done` on the last report.
+    Progress {
+        step: String,
+        what: String,
+        bytes: u64,
+        total: Option<u64>,
+        done: bool,
+        at: DateTime<Utc>,
+    },
     /// A step taken as done from an earlier run (`apply --resume`), with its outputs.
     StepReused {
         step: String,
@@ -148,7 +158,10 @@ impl Event {
                 message: reason, ..
             } => fix(reason),
             Event::StepReused { outputs, .. } => outputs.values_mut().for_each(fix),
-            Event::RunStarted { .. } | Event::StepStarted { .. } | Event::RunFinished { .. } => {}
+            Event::RunStarted { .. }
+            | Event::StepStarted { .. }
+            | Event::RunFinished { .. }
+            | Event::Progress { .. } => {}
         }
     }
 }

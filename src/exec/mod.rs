@@ -7,6 +7,7 @@ pub mod context;
 pub mod error;
 pub mod events;
 pub mod output;
+pub mod progress;
 
 pub use context::StepContext;
 pub use error::{ErrorKind, StepError, io_error};

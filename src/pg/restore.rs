@@ -7,6 +7,7 @@ use super::conn::ConnInfo;
 use super::database::quote_ident;
 use super::process::PgProcess;
 use super::server::tool;
+use crate::exec::progress::Meter;
 use crate::exec::{StepContext, StepError};
 use crate::repo::AnyStore;
 use crate::repo::manifest::{DumpFormat, Manifest};
@@ -103,9 +104,12 @@ pub async fn feed(
     let Loaded {
         mut reader,
         verdict,
+        read,
+        size,
     } = pipeline::load(store, manifest, name, ctx.identities.as_ref())
         .await
         .map_err(|e| StepError::permanent(format!("{name}: {e}")))?;
+    let _progress = Meter::start(&ctx.events, &ctx.step_id, "restore", read, Some(size));
     let mut stdin = process.stdin();
     let copied = tokio::select! {
         r = tokio::io::copy(&mut reader, &mut stdin) => r,
@@ -276,9 +280,12 @@ async fn feed_keeping(
     let Loaded {
         mut reader,
         verdict,
+        read,
+        size,
     } = pipeline::load(store, manifest, name, ctx.identities.as_ref())
         .await
         .map_err(|e| StepError::permanent(format!("{name}: {e}")))?;
+    let _progress = Meter::start(&ctx.events, &ctx.step_id, "restore", read, Some(size));
     let mut copy = match keep {
         Some(path) => Some((
             tokio::fs::File::create(path)
@@ -357,9 +364,12 @@ async fn unpack(
     let Loaded {
         mut reader,
         verdict,
+        read,
+        size,
     } = pipeline::load(store, manifest, name, ctx.identities.as_ref())
         .await
         .map_err(|e| StepError::permanent(format!("{name}: {e}")))?;
+    let _progress = Meter::start(&ctx.events, &ctx.step_id, "restore", read, Some(size));
     let mut file = tokio::fs::File::create(to)
         .await
         .map_err(|e| spool_error(to, &e))?;

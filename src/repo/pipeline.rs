@@ -116,9 +116,15 @@ pub async fn check(
         .await
         .map_err(|e| format!("{}: cannot open: {e}", entry.name))?;
     let (tx, _) = tokio::sync::mpsc::channel(1);
-    hash_on_the_way(raw, entry.clone(), tx, Arc::new(AtomicBool::new(true)))
-        .await
-        .map_err(|e| e.to_string())
+    hash_on_the_way(
+        raw,
+        entry.clone(),
+        tx,
+        Arc::new(AtomicBool::new(true)),
+        crate::counting::Counter::new(),
+    )
+    .await
+    .map_err(|e| e.to_string())
 }
 
 /// A stored file on its way out of the repository: `reader` gives the original
@@ -128,6 +134,9 @@ pub async fn check(
 pub struct Loaded {
     pub reader: Reader,
     pub verdict: Verdict,
+    /// Stored bytes read so far, of `size`: for progress reports.
+    pub read: crate::counting::Counter,
+    pub size: u64,
 }
 
 /// The outcome of checking a stored file against its manifest entry. Waiting for it reads
@@ -176,7 +185,15 @@ pub async fn load(
     let raw = store.open(&manifest.backup_id, name).await?;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let wanted = Arc::new(AtomicBool::new(true));
-    let task = tokio::spawn(hash_on_the_way(raw, entry, tx, wanted.clone()));
+    let read = crate::counting::Counter::new();
+    let size = entry.size;
+    let task = tokio::spawn(hash_on_the_way(
+        raw,
+        entry,
+        tx,
+        wanted.clone(),
+        read.clone(),
+    ));
     let checked: Reader = Box::pin(ChannelReader {
         rx,
         chunk: Vec::new(),
@@ -204,6 +221,8 @@ pub async fn load(
             .compression
             .decoder(BufReader::with_capacity(CHUNK, plain)),
         verdict,
+        read,
+        size,
     })
 }
 
@@ -214,6 +233,7 @@ async fn hash_on_the_way(
     entry: FileEntry,
     tx: tokio::sync::mpsc::Sender<io::Result<Vec<u8>>>,
     wanted: Arc<AtomicBool>,
+    read: crate::counting::Counter,
 ) -> io::Result<()> {
     let mut hasher = Sha256::new();
     let mut size = 0u64;
@@ -227,6 +247,7 @@ async fn hash_on_the_way(
             Ok(n) => n,
             Err(e) => break (e.kind(), format!("read failed: {e}")),
         };
+        read.add(n as u64);
         if n == 0 {
             let sha = crate::digest::hex(&hasher.finalize());
             if size != entry.size {

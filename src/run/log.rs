@@ -1,10 +1,16 @@
 //! The live log on stderr: one short line per thing that happened, colour only on a
 //! terminal and never with `NO_COLOR`; or one JSON object per event for machines.
+//!
+//! Progress of long transfers: on a terminal, a bar per step (bytes, rate, and the ETA when
+//! the size is known); otherwise a plain line per step every `progress_every` (30 s by
+//! default), in JSON as a `progress` event at the same pace. Text lines carry a UTC
+//! timestamp when they do not go to a terminal (a journal or a file).
 
 use crate::exec::events::{Event, StepStatus, Stream};
 use crate::plan::duration;
+use std::collections::HashMap;
 use std::io::Write;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -16,6 +22,38 @@ pub struct LiveLog<W: Write> {
     out: W,
     format: LogFormat,
     color: bool,
+    /// Set when the log goes to a terminal: progress bars are drawn there.
+    bars: Option<indicatif::MultiProgress>,
+    active: HashMap<String, indicatif::ProgressBar>,
+    timestamps: bool,
+    progress_every: Duration,
+    /// Per step: when its progress was last written, and where its transfer started.
+    progress: HashMap<String, (Option<Instant>, chrono::DateTime<chrono::Utc>, u64)>,
+}
+
+/// The default pace of progress lines in a log that is not a terminal.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(30);
+
+/// `1.5 GiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// Stderr is a terminal that can draw progress bars.
+pub fn stderr_is_terminal() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var("TERM").map_or(true, |t| t != "dumb")
 }
 
 /// Colour when stderr is a terminal, `NO_COLOR` is unset and the terminal is not dumb.
@@ -28,7 +66,141 @@ pub fn stderr_wants_color() -> bool {
 
 impl<W: Write> LiveLog<W> {
     pub fn new(out: W, format: LogFormat, color: bool) -> Self {
-        LiveLog { out, format, color }
+        LiveLog {
+            out,
+            format,
+            color,
+            bars: None,
+            active: HashMap::new(),
+            timestamps: false,
+            progress_every: PROGRESS_EVERY,
+            progress: HashMap::new(),
+        }
+    }
+
+    /// The log goes to a terminal: draw progress bars on stderr.
+    pub fn on_terminal(mut self) -> Self {
+        self.bars = Some(indicatif::MultiProgress::with_draw_target(
+            indicatif::ProgressDrawTarget::stderr(),
+        ));
+        self
+    }
+
+    /// Prefix text lines with the time (for logs read later).
+    pub fn with_timestamps(mut self) -> Self {
+        self.timestamps = true;
+        self
+    }
+
+    pub fn progress_every(mut self, every: Duration) -> Self {
+        self.progress_every = every;
+        self
+    }
+
+    fn write_line(&mut self, line: &str) {
+        if let Some(bars) = &self.bars {
+            // Above the bars, which are drawn again below it.
+            let _ = bars.println(line);
+            return;
+        }
+        if self.timestamps {
+            let _ = writeln!(
+                self.out,
+                "{} {line}",
+                chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ")
+            );
+        } else {
+            let _ = writeln!(self.out, "{line}");
+        }
+    }
+
+    /// A progress report: a bar on a terminal, else a line (or JSON event) now and then.
+    /// Returns the line to write, if one is due.
+    fn on_progress(&mut self, event: &Event) -> Option<String> {
+        let Event::Progress {
+            step,
+            what,
+            bytes: done_bytes,
+            total,
+            done,
+            at,
+        } = event
+        else {
+            return None;
+        };
+        if let Some(bars) = &self.bars {
+            if *done {
+                if let Some(bar) = self.active.remove(step) {
+                    bar.finish_and_clear();
+                }
+                return None;
+            }
+            let bar = self.active.entry(step.clone()).or_insert_with(|| {
+                let bar = match total {
+                    Some(t) => indicatif::ProgressBar::new(*t).with_style(
+                        indicatif::ProgressStyle::with_template(
+                            "  {prefix} {msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
+                        )
+                        .expect("the template is valid")
+                        .progress_chars("=> "),
+                    ),
+                    None => indicatif::ProgressBar::new_spinner().with_style(
+                        indicatif::ProgressStyle::with_template(
+                            "  {prefix} {msg} {spinner} {binary_bytes} {binary_bytes_per_sec}",
+                        )
+                        .expect("the template is valid"),
+                    ),
+                };
+                bar.set_prefix(step.clone());
+                bar.set_message(what.clone());
+                bars.add(bar)
+            });
+            bar.set_position(*done_bytes);
+            return None;
+        }
+        let key = format!("{step}\0{what}");
+        let Some(entry) = self.progress.get_mut(&key) else {
+            // The transfer starts: the first line is due after `progress_every`.
+            if !*done {
+                self.progress
+                    .insert(key, (Some(Instant::now()), *at, *done_bytes));
+            }
+            return None;
+        };
+        let due = entry
+            .0
+            .is_none_or(|last| last.elapsed() >= self.progress_every);
+        if *done || !due {
+            if *done {
+                self.progress.remove(&key);
+            }
+            return None;
+        }
+        entry.0 = Some(Instant::now());
+        if self.format == LogFormat::Json {
+            return Some(String::new());
+        }
+        let seconds = (*at - entry.1).num_milliseconds().max(1) as f64 / 1000.0;
+        let rate = done_bytes.saturating_sub(entry.2) as f64 / seconds;
+        let mut line = format!("  {step} … {what} {}", bytes(*done_bytes));
+        if let Some(t) = total.filter(|t| *t > 0) {
+            line.push_str(&format!(
+                " of {} ({}%)",
+                bytes(t),
+                (done_bytes.saturating_mul(100) / t).min(100)
+            ));
+        }
+        if seconds >= 1.0 {
+            line.push_str(&format!(", {}/s", bytes(rate as u64)));
+            if let Some(t) = *total
+                && rate >= 1.0
+                && t > *done_bytes
+            {
+                let eta = Duration::from_secs(((t - done_bytes) as f64 / rate) as u64);
+                line.push_str(&format!(", ETA {}", duration::format(eta)));
+            }
+        }
+        Some(line)
     }
 
     fn paint(&self, code: &str, text: &str) -> String {
@@ -40,6 +212,21 @@ impl<W: Write> LiveLog<W> {
     }
 
     pub fn on_event(&mut self, event: &Event) {
+        if let Event::Progress { .. } = event {
+            match self.on_progress(event) {
+                Some(_) if self.format == LogFormat::Json => {}
+                Some(line) => {
+                    self.write_line(&line);
+                    return;
+                }
+                None => return,
+            }
+        }
+        if let Event::StepFinished { step, .. } = event
+            && let Some(bar) = self.active.remove(step)
+        {
+            bar.finish_and_clear();
+        }
         if self.format == LogFormat::Json {
             let mut value = serde_json::to_value(event).unwrap_or_default();
             if let Some(obj) = value.as_object_mut() {
@@ -119,6 +306,7 @@ impl<W: Write> LiveLog<W> {
                 Some(step) => format!("{} {step}: {message}", self.paint("35", "•")),
                 None => format!("{} {message}", self.paint("35", "•")),
             },
+            Event::Progress { .. } => return,
             Event::RunFinished {
                 status,
                 duration_ms,
@@ -137,6 +325,102 @@ impl<W: Write> LiveLog<W> {
                 )
             }
         };
-        let _ = writeln!(self.out, "{line}");
+        self.write_line(&line);
+    }
+}
+
+/// Messages of the libraries opsrunner uses (sqlx, the AWS SDK, hyper), written in the live
+/// log's own shape — a text line like every other, with the time when not on a terminal,
+/// or a JSON object with `event: "library"` — and redacted like every event, never in a
+/// library's own format. Which are shown is `OPSRUNNER_LOG`'s filter (default: warnings).
+pub struct LibraryLog {
+    format: LogFormat,
+    timestamps: bool,
+}
+
+/// The run's redactor, for library messages (set once the plan's secrets are known).
+static REDACTOR: std::sync::OnceLock<crate::redact::Redactor> = std::sync::OnceLock::new();
+
+/// Library messages from now on are redacted with `redactor`.
+pub fn redact_library_messages(redactor: &crate::redact::Redactor) {
+    let _ = REDACTOR.set(redactor.clone());
+}
+
+impl LibraryLog {
+    pub fn new(format: LogFormat) -> LibraryLog {
+        LibraryLog {
+            format,
+            timestamps: !stderr_is_terminal(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Fields {
+    message: String,
+    rest: Vec<(String, String)>,
+}
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        let text = format!("{value:?}");
+        if field.name() == "message" {
+            self.message = text;
+        } else {
+            self.rest.push((field.name().to_string(), text));
+        }
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.message = value.to_string();
+        } else {
+            self.rest
+                .push((field.name().to_string(), value.to_string()));
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LibraryLog {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let meta = event.metadata();
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let mut message = fields.message;
+        for (k, v) in &fields.rest {
+            message.push_str(&format!(" {k}={v}"));
+        }
+        // Control characters (a colour code a library wrote) never reach the log.
+        let mut message: String = message
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        if let Some(r) = REDACTOR.get() {
+            message = r.redact(&message);
+        }
+        let level = match *meta.level() {
+            tracing::Level::ERROR => "error",
+            tracing::Level::WARN => "warning",
+            tracing::Level::INFO => "info",
+            tracing::Level::DEBUG => "debug",
+            tracing::Level::TRACE => "trace",
+        };
+        let line = match self.format {
+            LogFormat::Json => serde_json::json!({
+                "event": "library",
+                "level": level,
+                "target": meta.target(),
+                "message": message,
+                "ts": chrono::Utc::now().to_rfc3339(),
+            })
+            .to_string(),
+            LogFormat::Text if self.timestamps => format!(
+                "{} {level}: {}: {message}",
+                chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ"),
+                meta.target()
+            ),
+            LogFormat::Text => format!("{level}: {}: {message}", meta.target()),
+        };
+        eprintln!("{line}");
     }
 }

@@ -1,6 +1,7 @@
 //! Running a plan: the [`executor`] emits [`crate::exec::events`]; the [`log`] and the
 //! [`report`] consume them; [`preview`] is the side-effect-free dry run.
 
+pub mod apply;
 pub mod executor;
 pub mod history;
 pub mod locks;

@@ -180,7 +180,10 @@ impl ReportBuilder {
 
     pub fn on_event(&mut self, event: &Event) {
         match event {
-            Event::RunStarted { .. } | Event::AttemptFailed { .. } | Event::Notice { .. } => {}
+            Event::RunStarted { .. }
+            | Event::AttemptFailed { .. }
+            | Event::Notice { .. }
+            | Event::Progress { .. } => {}
             Event::StepReused {
                 step,
                 from_run,

@@ -5,6 +5,7 @@
 use super::probe::Probe;
 use super::step_type::StepType;
 use crate::exec::events::Outputs;
+use crate::exec::progress::{Counter, Counting, Meter};
 use crate::exec::{StepContext, StepError};
 use crate::pg::fingerprint;
 use crate::pg::process::PgProcess;
@@ -349,7 +350,9 @@ async fn dump(
                     format!("dump.sql{ext}")
                 };
                 let mut process = PgProcess::spawn(pg_dump, &args, ctx, configure, false, true)?;
-                let stdout = process.stdout();
+                let dumped = Counter::new();
+                let stdout = Counting::new(process.stdout(), dumped.clone());
+                let _progress = Meter::start(&ctx.events, &ctx.step_id, "dump", dumped, None);
                 let stored = tokio::select! {
                     r = pipeline::store(store, backup_id, &name, stdout, p.compression, threads, recipients) => r,
                     _ = ctx.cancel.cancelled() => {
@@ -391,10 +394,24 @@ async fn dump(
                 // toc.dat first: it is the file a reader needs before any other.
                 names.sort_by_key(|n| (n != "toc.dat", n.clone()));
                 let mut entries = Vec::new();
+                let total: u64 = names
+                    .iter()
+                    .filter_map(|n| std::fs::metadata(out.join(n)).ok())
+                    .map(|m| m.len())
+                    .sum();
+                let stored = Counter::new();
+                let _progress = Meter::start(
+                    &ctx.events,
+                    &ctx.step_id,
+                    "store",
+                    stored.clone(),
+                    Some(total),
+                );
                 for n in names {
                     let file = tokio::fs::File::open(out.join(&n))
                         .await
                         .map_err(|e| StepError::transient(format!("{n}: {e}")))?;
+                    let file = Counting::new(file, stored.clone());
                     let name = format!("dump/{n}{ext}");
                     let entry = tokio::select! {
                         r = pipeline::store(store, backup_id, &name, file, p.compression, threads, recipients) => r.map_err(|e| crate::exec::io_error(&format!("writing {name}"), &e))?,

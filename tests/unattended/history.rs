@@ -3,10 +3,8 @@
 //! that failed is retried against the backup already taken — against a real PostgreSQL
 //! cluster and a local repository.
 
-mod common;
-
-use common::pg::Cluster;
-use common::{Workspace, opsrunner};
+use crate::common::pg::Cluster;
+use crate::common::{Workspace, opsrunner};
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
 
@@ -176,7 +174,7 @@ type Sample = (String, Vec<(String, String)>, f64);
 
 /// `--metrics FILE` parsed back by the Prometheus client library's own text parser.
 fn parse_metrics(path: &std::path::Path) -> Vec<Sample> {
-    let python = common::python_with("prometheus_client", "prometheus-client");
+    let python = crate::common::python_with("prometheus_client", "prometheus-client");
     let script = r#"
 import json, sys
 from prometheus_client.parser import text_string_to_metric_families

@@ -3,13 +3,8 @@
 //! PostgreSQL cluster, a local repository and a real S3-compatible server; a killed
 //! holder's lock is free at once (local, PostgreSQL) or once its lease lapses (S3).
 
-mod common;
-
-#[path = "common/s3.rs"]
-mod s3;
-
-use common::pg::Cluster;
-use common::{Workspace, opsrunner};
+use crate::common::pg::Cluster;
+use crate::common::{Workspace, opsrunner};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -260,17 +255,20 @@ fn an_s3_lease_of_a_killed_run_is_taken_over_once_it_lapses() {
     let cluster = cluster();
     let ws = Workspace::new();
     let root = ws.path("s3");
-    let server = s3::S3Server::start(&root);
+    let server = crate::s3::S3Server::start(&root);
     ws.write_plan(&backup_plan(
         &format!(
             "{{ url: \"s3://{}/app\", endpoint: \"{}\", force_path_style: true }}",
-            s3::BUCKET,
+            crate::s3::BUCKET,
             server.endpoint
         ),
         "sleep 60",
     ));
-    let lease_file: PathBuf = root.join(s3::BUCKET).join("app").join(".opsrunner.lease");
-    let mut env: Vec<(&str, String)> = s3::aws_env();
+    let lease_file: PathBuf = root
+        .join(crate::s3::BUCKET)
+        .join("app")
+        .join(".opsrunner.lease");
+    let mut env: Vec<(&str, String)> = crate::s3::aws_env();
     env.push(("DATABASE_URL", cluster.url("postgres")));
     env.push(("OPSRUNNER_LEASE_TTL", "4s".into()));
     let a = spawn(&ws, "a", &[], &env);
@@ -297,7 +295,7 @@ fn an_s3_lease_of_a_killed_run_is_taken_over_once_it_lapses() {
     ws.write_plan(&backup_plan(
         &format!(
             "{{ url: \"s3://{}/app\", endpoint: \"{}\", force_path_style: true }}",
-            s3::BUCKET,
+            crate::s3::BUCKET,
             server.endpoint
         ),
         "true",
@@ -357,10 +355,10 @@ fn plant(root: &Path, key: &str, body: &str) {
         }
         out
     }
-    std::fs::write(root.join(s3::BUCKET).join(key), body).unwrap();
+    std::fs::write(root.join(crate::s3::BUCKET).join(key), body).unwrap();
     let info = root.join(format!(
         ".bucket-{}.object-{}.internal.json",
-        b64(s3::BUCKET),
+        b64(crate::s3::BUCKET),
         b64(key)
     ));
     let _ = std::fs::remove_file(info);

@@ -1,0 +1,369 @@
+//! Running a plan for `apply`: the guard before anything starts, ephemeral clusters,
+//! signals (the first cancels, the second aborts cleanup), the repository and target locks,
+//! the executor with the live log and the report as its event consumers, the run history,
+//! `--resume`, and the metrics. `commands::apply` only reads the command line and the plan.
+
+use super::executor::{self, ExecOptions, RunInfo};
+use super::history::History;
+use super::locks::Locks;
+use super::log::{LiveLog, LogFormat};
+use super::report::{self, Mode, ReportBuilder, RunStatus};
+use super::resume::{self, Reuse};
+use crate::exec::events::{Event, Events};
+use crate::exit::Failure;
+use crate::pg::cluster::EphemeralCluster;
+use crate::plan::{PlanSource, ValidPlan};
+use crate::redact::Redactor;
+use crate::repo::lease::Holder;
+use crate::steps::{self, Builtin};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// A checked plan with everything needed to preview or run it.
+pub struct Prepared {
+    pub source: PlanSource,
+    pub plan: ValidPlan,
+    pub vars: BTreeMap<String, Value>,
+    pub env: BTreeMap<String, String>,
+    pub redactor: Redactor,
+}
+
+/// How to run: what `apply`'s command line says beyond the plan.
+pub struct Options {
+    pub report: Option<PathBuf>,
+    pub concurrency: usize,
+    pub log_format: LogFormat,
+    /// How long child processes get between SIGTERM and SIGKILL on timeout or Ctrl-C.
+    pub kill_grace: Duration,
+    /// How long to wait for another run's lock on a target or repository.
+    pub wait_lock: Duration,
+    /// An earlier run whose succeeded steps are reused (`--resume RUN_ID`).
+    pub resume: Option<String>,
+    /// Write Prometheus metrics of the run and its repositories here.
+    pub metrics: Option<PathBuf>,
+    /// Protected targets destructive steps may run on.
+    pub confirm: Vec<String>,
+    /// How often a log that is not a terminal reports a long transfer's progress.
+    pub progress_every: Duration,
+}
+
+/// Runs a prepared plan: the guard, ephemeral clusters, signals, locks, the executor with
+/// its live log and report, the history, the metrics; the outcome as a [`Failure`].
+pub async fn run(
+    p: Prepared,
+    identities: Option<crate::repo::crypto::Identities>,
+    o: Options,
+) -> Result<(), Failure> {
+    let Prepared {
+        source,
+        plan,
+        vars,
+        env,
+        redactor,
+    } = p;
+    let plan = Arc::new(plan);
+    crate::run::log::redact_library_messages(&redactor);
+    let history = History::open();
+    let reuse = match &o.resume {
+        None => Reuse::default(),
+        Some(id) => {
+            let history = history.as_ref().ok_or_else(|| {
+                Failure::Usage(
+                    "--resume: no state directory (set OPSRUNNER_STATE_DIR or HOME)".into(),
+                )
+            })?;
+            let old = history
+                .load(id)
+                .map_err(|e| Failure::Usage(format!("--resume: {e}")))?;
+            resume::reuse(&old, &plan, &vars)
+                .map_err(|e| Failure::Usage(format!("--resume {id}: {e}")))?
+        }
+    };
+    let run = RunInfo::new(&plan.plan.name);
+    let new_builder = |mode: Mode| {
+        let mut builder = ReportBuilder::new(&source, &plan, &run.id, mode, run.started_at);
+        if mode == Mode::Apply {
+            builder.identify(&plan, &vars);
+            if let Some(id) = &o.resume {
+                builder.resumes(id);
+            }
+        }
+        builder
+    };
+    // Every run is kept in the history; a history that cannot be written does not fail a
+    // run that did its work, but says so.
+    let write_report = |report: &report::RunReport| -> Result<(), Failure> {
+        if report.mode == Mode::Apply
+            && let Some(history) = &history
+            && let Err(e) = history.record(report)
+        {
+            eprintln!(
+                "warning: cannot keep the run in the history {}: {e}",
+                history.dir().display()
+            );
+        }
+        match &o.report {
+            Some(path) => report::write(report, path)
+                .map_err(|e| Failure::Io(format!("cannot write report {}: {e}", path.display()))),
+            None => Ok(()),
+        }
+    };
+    if let Err(message) = guard(&plan, &source.base_dir(), &o.confirm) {
+        let mut builder = new_builder(Mode::Apply);
+        builder.not_started(RunStatus::Refused, message.clone());
+        let report = builder.finish(RunStatus::Refused);
+        write_metrics(&o, &vars, &env, &source.base_dir(), &plan, &report).await;
+        write_report(&report)?;
+        return Err(Failure::Refused(message));
+    }
+
+    let cancel = CancellationToken::new();
+    let abort = CancellationToken::new();
+    let signals = tokio::spawn(cancel_on_signal(cancel.clone(), abort.clone()));
+    // Ephemeral clusters live exactly as long as this binding: dropping them (at the end of
+    // this function, whatever happened) stops the servers and removes their directories.
+    let clusters = match start_ephemeral_clusters(&plan, &cancel).await {
+        Ok(clusters) => clusters,
+        Err(message) => {
+            signals.abort();
+            let mut builder = new_builder(Mode::Apply);
+            builder.not_started(RunStatus::Failed, message.clone());
+            let report = builder.finish(RunStatus::Failed);
+            write_metrics(&o, &vars, &env, &source.base_dir(), &plan, &report).await;
+            write_report(&report)?;
+            return Err(if cancel.is_cancelled() {
+                Failure::Interrupted
+            } else {
+                Failure::Io(message)
+            });
+        }
+    };
+    let fixed_target_urls = clusters
+        .iter()
+        .map(|(name, c)| (name.clone(), c.url("postgres")))
+        .collect();
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    let events = Events::new(tx, redactor.clone());
+    let mut builder = new_builder(Mode::Apply);
+    let color = crate::run::log::stderr_wants_color();
+    let mut log =
+        LiveLog::new(std::io::stderr(), o.log_format, color).progress_every(o.progress_every);
+    if o.log_format == LogFormat::Text {
+        log = if crate::run::log::stderr_is_terminal() {
+            log.on_terminal()
+        } else {
+            log.with_timestamps()
+        };
+    }
+    let consumer = tokio::spawn(async move {
+        while let Some(event) = rx.recv().await {
+            log.on_event(&event);
+            builder.on_event(&event);
+        }
+        builder
+    });
+
+    let locks = Arc::new(Locks::new(
+        Holder::this_process(&run.id, &run.plan, run.started_at),
+        o.wait_lock,
+        lease_ttl(),
+        clusters.iter().map(|(name, _)| name.clone()).collect(),
+        events.clone(),
+        cancel.clone(),
+    ));
+    let opts = ExecOptions {
+        reused: reuse.steps,
+        resumed_from: o.resume.clone(),
+        locks: Some(locks.clone()),
+        abort: abort.clone(),
+        concurrency: o.concurrency,
+        vars: vars.clone(),
+        env: env.clone(),
+        base_dir: source.base_dir(),
+        run,
+        kill_grace: o.kill_grace,
+        identities,
+        fixed_target_urls,
+        confirmed: o.confirm.clone(),
+    };
+    let summary = executor::execute(plan.clone(), opts, Arc::new(Builtin), events, cancel).await;
+    locks.release_all().await;
+    drop(locks);
+    signals.abort();
+    drop(clusters);
+    let builder = consumer.await.expect("the reporter task does not panic");
+    let status = if summary.cancelled {
+        RunStatus::Cancelled
+    } else if summary.refused {
+        RunStatus::Refused
+    } else if summary.failed {
+        RunStatus::Failed
+    } else {
+        RunStatus::Succeeded
+    };
+    let report = builder.finish(status);
+    write_metrics(&o, &vars, &env, &source.base_dir(), &plan, &report).await;
+    write_report(&report)?;
+    match status {
+        RunStatus::Cancelled => Err(Failure::Interrupted),
+        RunStatus::Failed => Err(Failure::StepsFailed),
+        RunStatus::Refused => Err(Failure::Refused(
+            "a step was refused by a safety rule or a lock held by another run (see its error above)".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Destructive steps on protected targets that lack `--confirm`.
+fn guard(plan: &ValidPlan, base_dir: &std::path::Path, confirm: &[String]) -> Result<(), String> {
+    let mut refused = Vec::new();
+    for step in &plan.plan.steps {
+        if let Some(target) =
+            steps::unconfirmed(&step.kind, &plan.plan.targets, base_dir, confirm, true)
+        {
+            refused.push(format!(
+                "step `{}` may destroy data on protected target `{target}`",
+                step.id()
+            ));
+        }
+    }
+    if refused.is_empty() {
+        return Ok(());
+    }
+    let mut targets: Vec<&str> = plan
+        .plan
+        .steps
+        .iter()
+        .filter_map(|s| s.kind.target())
+        .filter(|t| plan.plan.targets[*t].protected)
+        .collect();
+    targets.dedup();
+    Err(format!(
+        "{}; nothing was run. Check the preview (`opsrunner plan`) and pass {} to go ahead.",
+        refused.join("; "),
+        targets
+            .iter()
+            .map(|t| format!("--confirm {t}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    ))
+}
+
+/// `--metrics FILE`: the run and the state of the plan's repositories, read after the run.
+/// Metrics that cannot be written are a warning: the run itself did its work.
+async fn write_metrics(
+    args: &Options,
+    vars: &BTreeMap<String, Value>,
+    env: &BTreeMap<String, String>,
+    base_dir: &std::path::Path,
+    plan: &ValidPlan,
+    report: &report::RunReport,
+) {
+    let Some(path) = &args.metrics else { return };
+    let templates = crate::plan::template::Templates::new();
+    let context = serde_json::json!({
+        "vars": vars,
+        "env": env,
+        "run": { "id": report.run_id, "plan": report.plan.name, "started_at": report.started_at.to_rfc3339(), "status": "" },
+        "steps": {},
+    });
+    let repositories = plan
+        .plan
+        .repositories
+        .iter()
+        .filter_map(|(name, r)| {
+            crate::plan::resolve::repository(&templates, name, r, &context)
+                .ok()
+                .map(|r| (name.clone(), r))
+        })
+        .collect();
+    let states = crate::run::metrics::repository_states(plan, &repositories, base_dir).await;
+    let text = crate::run::metrics::render(report, plan, &states);
+    if let Err(e) = crate::run::metrics::write(path, &text) {
+        eprintln!("warning: cannot write metrics {}: {e}", path.display());
+    }
+}
+
+/// How long an S3 lease lasts without renewal: `OPSRUNNER_LEASE_TTL` (a duration such as
+/// `90s`), by default one minute. A dead holder's lease is taken over after this long.
+fn lease_ttl() -> Duration {
+    std::env::var("OPSRUNNER_LEASE_TTL")
+        .ok()
+        .and_then(|v| crate::plan::duration::parse(&v).ok())
+        .filter(|d| *d >= Duration::from_secs(3))
+        .unwrap_or(crate::repo::lease::DEFAULT_TTL)
+}
+
+/// Starts a cluster for every ephemeral target some step uses, all at once.
+async fn start_ephemeral_clusters(
+    plan: &ValidPlan,
+    cancel: &CancellationToken,
+) -> Result<Vec<(String, EphemeralCluster)>, String> {
+    let mut names: Vec<&str> = plan
+        .plan
+        .steps
+        .iter()
+        .flat_map(|s| s.kind.targets())
+        .collect();
+    names.sort();
+    names.dedup();
+    let mut starting = Vec::new();
+    for name in names {
+        let target = &plan.plan.targets[name];
+        if !target.ephemeral {
+            continue;
+        }
+        let run_as = target.run_as.clone().unwrap_or_else(|| "postgres".into());
+        starting.push((
+            name.to_string(),
+            tokio::task::spawn_blocking(move || EphemeralCluster::start(&run_as)),
+        ));
+    }
+    let mut clusters = Vec::new();
+    let mut problems = Vec::new();
+    for (name, handle) in starting {
+        match handle.await {
+            Ok(Ok(cluster)) => {
+                tracing::debug!(target = name, dir = %cluster.socket_dir().display(), "ephemeral cluster started");
+                clusters.push((name, cluster));
+            }
+            Ok(Err(e)) => problems.push(format!("ephemeral target `{name}`: {e}")),
+            Err(e) => problems.push(format!("ephemeral target `{name}`: {e}")),
+        }
+    }
+    if cancel.is_cancelled() {
+        problems.push("interrupted while starting ephemeral clusters".into());
+    }
+    if problems.is_empty() {
+        Ok(clusters)
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// The first SIGINT/SIGTERM cancels the running steps (cleanup and alert steps still run);
+/// a second one stops those too.
+async fn cancel_on_signal(cancel: CancellationToken, abort: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    eprintln!(
+        "opsrunner: interrupted; stopping running steps (cleanup steps still run; interrupt again to stop them)"
+    );
+    cancel.cancel();
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    eprintln!("opsrunner: interrupted again; stopping cleanup steps");
+    abort.cancel();
+}
