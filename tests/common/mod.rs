@@ -257,3 +257,52 @@ pub fn python_with(module: &str, package: &str) -> PathBuf {
     );
     python
 }
+
+/// A local HTTP receiver: records each request (head and body) and answers with the
+/// statuses given, the last one repeated.
+pub fn receiver(statuses: &[u16]) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let statuses = statuses.to_vec();
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { continue };
+            let mut data = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Read the head, then as much body as content-length says.
+            while let Ok(k) = stream.read(&mut buf) {
+                if k == 0 {
+                    break;
+                }
+                data.extend_from_slice(&buf[..k]);
+                let text = String::from_utf8_lossy(&data).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if data.len() >= end + 4 + length {
+                        break;
+                    }
+                }
+            }
+            record
+                .lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&data).to_string());
+            let status = *statuses.get(n).or(statuses.last()).unwrap();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status} X\r\ncontent-length: 4\r\nconnection: close\r\n\r\nnope"
+            );
+        }
+    });
+    (format!("http://{addr}"), seen)
+}

@@ -155,3 +155,74 @@ fn a_json_log_is_one_event_per_line_of_one_shape() {
         assert!(kinds.contains(kind), "no {kind} event: {kinds:?}");
     }
 }
+
+/// SIGTERM while a backup streams (what systemd sends at `TimeoutStopSec` or shutdown): the
+/// backup is cancelled and publishes nothing, the `always()` alert still posts.
+#[test]
+fn sigterm_mid_backup_still_sends_the_alert() {
+    let cluster = big();
+    let ws = Workspace::new();
+    let (url, seen) = crate::common::receiver(&[200]);
+    std::fs::write(
+        ws.path("plan.yaml"),
+        format!(
+            r#"
+version: 1
+name: nightly
+targets:
+  db: {{ url: "{}" }}
+repositories:
+  backups: {{ url: "file://{}" }}
+steps:
+  - {{ id: backup, type: backup, target: db, database: app, repository: backups, compression: gzip }}
+  - id: alert
+    type: webhook
+    needs: [backup]
+    if: always()
+    url: "{{{{ env.ALERT_WEBHOOK }}}}"
+    body: {{ text: "nightly {{{{ run.status }}}}: backup {{{{ steps.backup.status }}}}" }}
+"#,
+            cluster.url("postgres"),
+            ws.path("repo").display(),
+        ),
+    )
+    .unwrap();
+    let child = opsrunner()
+        .arg("apply")
+        .arg(ws.path("plan.yaml"))
+        .args(["--progress-every", "1s"])
+        .env("ALERT_WEBHOOK", &url)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Mid-backup: its spool of pg_dump output has begun arriving in the repository.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !crate::common::files_under(&ws.path("repo"))
+        .iter()
+        .any(|f| !f.ends_with(".opsrunner.lock"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backup never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    let posted = seen.lock().unwrap().clone();
+    assert_eq!(posted.len(), 1, "{posted:?}\n{stderr}");
+    assert!(
+        posted[0].ends_with(r#"{"text":"nightly cancelled: backup cancelled"}"#),
+        "{posted:?}"
+    );
+    // Nothing was published.
+    let published = crate::common::files_under(&ws.path("repo"))
+        .iter()
+        .filter(|f| f.ends_with("manifest.json"))
+        .count();
+    assert_eq!(published, 0);
+    assert!(stderr.contains("run cancelled after"), "{stderr}");
+}
