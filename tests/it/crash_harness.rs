@@ -13,14 +13,9 @@
 //! `OPSRUNNER_CRASH_SEED` the random moments; the seed is printed so that a failure can
 //! be replayed. RELIABILITY.md has the figures of a long run.
 
-mod common;
-
-#[path = "common/s3.rs"]
-mod s3;
-
-use common::pg::Cluster;
-use common::{SmallDisk, Workspace, opsrunner};
-use s3::{BUCKET, S3Server};
+use crate::common::pg::Cluster;
+use crate::common::{SmallDisk, Workspace, opsrunner};
+use crate::s3::{BUCKET, S3Server};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -83,7 +78,7 @@ impl Harness {
         std::fs::write(neighbour.join("precious.txt"), "do not touch").unwrap();
         std::fs::create_dir_all(ws.path("repo")).unwrap();
         std::os::unix::fs::symlink(neighbour.join("old-backup"), ws.path("repo/00-link")).unwrap();
-        let outside = common::files_under(&neighbour)
+        let outside = crate::common::files_under(&neighbour)
             .into_iter()
             .map(|p| {
                 let bytes = std::fs::read(&p).unwrap();
@@ -126,7 +121,7 @@ impl Harness {
     fn command(&self, args: &[&str], tmpdir: Option<&Path>) -> std::process::Command {
         let mut cmd = opsrunner();
         cmd.args(args).env("DATABASE_URL", &self.url);
-        for (k, v) in s3::aws_env() {
+        for (k, v) in crate::s3::aws_env() {
             cmd.env(k, v);
         }
         if let Some(t) = tmpdir {

@@ -3,10 +3,8 @@
 //! dump and sorted table contents); a damaged backup; the restore guards; a timeout that
 //! must kill pg_dump.
 
-mod common;
-
-use common::Workspace;
-use common::pg::{Cluster, PASSWORD};
+use crate::common::Workspace;
+use crate::common::pg::{Cluster, PASSWORD};
 use std::path::Path;
 use std::time::{Duration, Instant};
 

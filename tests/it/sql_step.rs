@@ -1,12 +1,15 @@
 //! The `sql` step against a real PostgreSQL cluster started by the test, with password
 //! authentication, so that the password's absence from all output means something.
 
-mod common;
+use crate::common::Workspace;
+use crate::common::pg::{Cluster, PASSWORD};
 
-use common::Workspace;
-use common::pg::{Cluster, PASSWORD};
-
-fn apply_with_db(ws: &Workspace, cluster: &Cluster, yaml: &str, args: &[&str]) -> common::Applied {
+fn apply_with_db(
+    ws: &Workspace,
+    cluster: &Cluster,
+    yaml: &str,
+    args: &[&str],
+) -> crate::common::Applied {
     ws.apply_env(yaml, args, &[("DATABASE_URL", &cluster.url("postgres"))])
 }
 

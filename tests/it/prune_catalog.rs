@@ -1,10 +1,8 @@
 //! Verification records, `prune` with its two safety rules, and `backups list|show`, on a
 //! local repository filled by real backups.
 
-mod common;
-
-use common::pg::Cluster;
-use common::{Workspace, opsrunner};
+use crate::common::pg::Cluster;
+use crate::common::{Workspace, opsrunner};
 
 const PLAN: &str = r#"
 version: 1
@@ -27,7 +25,7 @@ fn backup(ws: &Workspace, url: &str) -> String {
         .to_string()
 }
 
-fn verify(ws: &Workspace, id: &str) -> common::Applied {
+fn verify(ws: &Workspace, id: &str) -> crate::common::Applied {
     ws.apply(
         &format!(
             "version: 1\nname: v\ntargets:\n  scratch: {{ ephemeral: true }}\nrepositories:\n  repo: {{ url: \"file://./repo\" }}\nsteps:\n  - {{ id: verify, type: verify, repository: repo, backup: {id}, restore_into: {{ target: scratch, database: check }} }}\n"
@@ -38,7 +36,7 @@ fn verify(ws: &Workspace, id: &str) -> common::Applied {
 
 const PRUNE: &str = "version: 1\nname: p\nrepositories:\n  repo: { url: \"file://./repo\" }\nsteps:\n  - { id: prune, type: prune, repository: repo, keep: { last: \"{{ vars.last }}\" } }\nvars: { last: 1 }\n";
 
-fn prune(ws: &Workspace, args: &[&str]) -> common::Applied {
+fn prune(ws: &Workspace, args: &[&str]) -> crate::common::Applied {
     ws.apply(PRUNE, args)
 }
 

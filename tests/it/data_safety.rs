@@ -2,10 +2,8 @@
 //! backups of every kind against `overwrite: true`, interrupted restores (killed process,
 //! stopped server) and what the next run makes of them, a full spool disk under `jobs`.
 
-mod common;
-
-use common::pg::Cluster;
-use common::{SmallDisk, Workspace};
+use crate::common::pg::Cluster;
+use crate::common::{SmallDisk, Workspace};
 use serde_json::Value;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -337,7 +335,7 @@ fn an_interrupted_restore_leaves_the_old_database_and_the_next_run_finishes() {
     wait_for_staging(&cluster, Duration::from_secs(60));
     cluster.stop();
     let out = child.wait_with_output().unwrap();
-    let stopped = common::Applied::from(out, &ws.report_path());
+    let stopped = crate::common::Applied::from(out, &ws.report_path());
     assert_eq!(stopped.code, 1, "{}", stopped.stderr);
     let reason = stopped.step("restore")["reason"].as_str().unwrap();
     assert!(
@@ -376,7 +374,7 @@ fn the_step_retry_finishes_a_restore_the_server_interrupted() {
     cluster.stop();
     cluster.restart();
     let out = child.wait_with_output().unwrap();
-    let run = common::Applied::from(out, &ws.report_path());
+    let run = crate::common::Applied::from(out, &ws.report_path());
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(run.attempts("restore") >= 2);
     assert_eq!(
@@ -394,7 +392,7 @@ fn a_full_spool_disk_fails_a_parallel_restore_clearly_instead_of_hanging() {
     let id = backup(&ws, &url, "custom", "zstd");
     let disk = SmallDisk::new(1 << 20);
     let started = Instant::now();
-    let output = common::opsrunner()
+    let output = crate::common::opsrunner()
         .arg("apply")
         .arg(ws.write_plan(&restore_plan(&id, "precious", ", jobs: 2")))
         .arg("--report")
@@ -403,7 +401,7 @@ fn a_full_spool_disk_fails_a_parallel_restore_clearly_instead_of_hanging() {
         .env("TMPDIR", disk.path())
         .output()
         .unwrap();
-    let run = common::Applied::from(output, &ws.report_path());
+    let run = crate::common::Applied::from(output, &ws.report_path());
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(started.elapsed() < Duration::from_secs(120));
     let reason = run.step("restore")["reason"].as_str().unwrap();
@@ -428,8 +426,8 @@ fn a_full_repository_disk_fails_the_backup_and_publishes_nothing() {
     let reason = run.step("backup")["reason"].as_str().unwrap();
     assert!(reason.contains("No space left on device"), "{reason}");
     assert!(
-        common::files_under(disk.path()).is_empty(),
+        crate::common::files_under(disk.path()).is_empty(),
         "{:?}",
-        common::files_under(disk.path())
+        crate::common::files_under(disk.path())
     );
 }

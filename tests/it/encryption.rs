@@ -2,11 +2,9 @@
 //! rows nor table names; verify and restore work with the identity, and fail clearly
 //! without it or with the wrong one; list and prune need no key.
 
-mod common;
-
+use crate::common::pg::Cluster;
+use crate::common::{Workspace, opsrunner};
 use age::secrecy::ExposeSecret;
-use common::pg::Cluster;
-use common::{Workspace, opsrunner};
 use std::path::{Path, PathBuf};
 
 /// A row value and a table name that must never appear in what is stored.
@@ -46,7 +44,7 @@ steps:
 }
 
 fn all_stored_bytes(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    common::files_under(dir)
+    crate::common::files_under(dir)
         .into_iter()
         .map(|path| {
             let bytes = std::fs::read(&path).unwrap();
@@ -348,7 +346,7 @@ fn a_damaged_encrypted_backup_never_replaces_the_database() {
         .unwrap()
         .to_string();
     let dir = ws.path("repo").join(&id);
-    let file = common::files_under(&dir)
+    let file = crate::common::files_under(&dir)
         .into_iter()
         .find(|p| p.to_string_lossy().ends_with(".age"))
         .expect("an encrypted dump file");

@@ -4,14 +4,9 @@
 //! resets, parts cut off, 403s), a process killed mid-upload, and client-side encryption —
 //! no mocked client.
 
-mod common;
-
-#[path = "common/s3.rs"]
-mod s3;
-
-use common::pg::{Cluster, PASSWORD};
-use common::{Workspace, files_under, opsrunner};
-use s3::{BUCKET, Fault, S3Server, SECRET_KEY};
+use crate::common::pg::{Cluster, PASSWORD};
+use crate::common::{Workspace, files_under, opsrunner};
+use crate::s3::{BUCKET, Fault, S3Server, SECRET_KEY};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -51,7 +46,7 @@ const BACKUP: &str = "  - { id: backup, type: backup, target: db, database: app,
 const BACKUP_AND_VERIFY: &str = "  - { id: backup, type: backup, target: db, database: app, repository: offsite, compression: none, fingerprint: full }\n  - { id: verify, type: verify, needs: [backup], repository: offsite, backup: \"{{ steps.backup.outputs.backup_id }}\", restore_into: { target: scratch, database: check } }\n";
 
 fn env_with(database_url: &str, extra: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
-    let mut env = s3::aws_env();
+    let mut env = crate::s3::aws_env();
     env.push(("DATABASE_URL", database_url.to_string()));
     env.extend(extra.iter().cloned());
     env
@@ -62,7 +57,7 @@ fn apply(
     plan: &str,
     args: &[&str],
     env: &[(&'static str, String)],
-) -> common::Applied {
+) -> crate::common::Applied {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     ws.apply_env(plan, args, &env)
 }
@@ -196,7 +191,7 @@ fn wrong_credentials_are_a_clear_error() {
         "version: 1\nname: denied\nrepositories:\n  offsite: {{ url: s3://{BUCKET}/x, endpoint: \"{}\", force_path_style: true }}\nsteps:\n  - {{ id: verify, type: verify, repository: offsite, backup: latest, retry: {{ attempts: 3, delay: 10ms }} }}\n",
         server.endpoint
     );
-    let mut env = s3::aws_env();
+    let mut env = crate::s3::aws_env();
     env.retain(|(k, _)| *k != "AWS_SECRET_ACCESS_KEY");
     env.push(("AWS_SECRET_ACCESS_KEY", "wrong".to_string()));
     let run = apply(&ws, &plan, &[], &env);

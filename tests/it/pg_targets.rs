@@ -1,9 +1,7 @@
 //! Ephemeral targets, `wait_ready` and transactional `sql`, against real clusters that
 //! opsrunner creates itself.
 
-mod common;
-
-use common::Workspace;
+use crate::common::Workspace;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};

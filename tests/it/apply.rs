@@ -1,9 +1,7 @@
 //! `opsrunner apply` end to end: the real binary, real processes, the JSON report.
 
-mod common;
-
+use crate::common::{Workspace, opsrunner, receiver};
 use chrono::{DateTime, Utc};
-use common::{Workspace, opsrunner, receiver};
 use std::time::{Duration, Instant};
 
 fn time(v: &serde_json::Value) -> DateTime<Utc> {

@@ -4,13 +4,8 @@
 //! verification records that only count for the manifest they verified, and numbers that
 //! would overflow refused with exit 2 instead of a panic.
 
-mod common;
-
-#[path = "common/s3.rs"]
-mod s3;
-
-use common::pg::Cluster;
-use common::{Workspace, opsrunner};
+use crate::common::pg::Cluster;
+use crate::common::{Workspace, opsrunner};
 use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
@@ -227,7 +222,7 @@ fn symbolic_links_never_lead_out_of_the_repository() {
     std::os::unix::fs::symlink(".", loops.join("self")).unwrap();
     std::os::unix::fs::symlink("..", loops.join("dump/up")).unwrap();
     std::os::unix::fs::symlink(&elsewhere, loops.join("out")).unwrap();
-    let before = common::files_under(&elsewhere);
+    let before = crate::common::files_under(&elsewhere);
 
     let list = text(&backups_cmd(&ws, &["list"]));
     assert!(list.contains("2 backups"), "{list}");
@@ -261,7 +256,7 @@ fn symbolic_links_never_lead_out_of_the_repository() {
     );
     assert!(out.contains(&format!("delete {} (app)", ids[0])), "{out}");
     assert_eq!(
-        common::files_under(&elsewhere),
+        crate::common::files_under(&elsewhere),
         before,
         "something outside changed"
     );
@@ -401,14 +396,14 @@ fn damaged_entries_in_an_s3_repository_are_listed_and_kept() {
     let cluster = source();
     let url = cluster.url("postgres");
     let ws = Workspace::new();
-    let server = s3::S3Server::start(&ws.path("s3"));
+    let server = crate::s3::S3Server::start(&ws.path("s3"));
     let plan = format!(
         "version: 1\nname: s3\ntargets:\n  db: {{ url: \"{{{{ env.DATABASE_URL }}}}\" }}\nrepositories:\n  repo: {{ url: \"s3://{}/app\", endpoint: \"{}\", force_path_style: true }}\nsteps:\n  - {{ id: backup, type: backup, target: db, database: app, repository: repo }}\n",
-        s3::BUCKET,
+        crate::s3::BUCKET,
         server.endpoint
     );
     let plan_path = ws.write_plan(&plan);
-    let mut env = s3::aws_env();
+    let mut env = crate::s3::aws_env();
     env.push(("DATABASE_URL", url.clone()));
     let run = |args: &[&str]| {
         opsrunner()
@@ -437,7 +432,7 @@ fn damaged_entries_in_an_s3_repository_are_listed_and_kept() {
     }
     // Objects written behind opsrunner's back: a garbage manifest, and the newest backup's
     // manifest under another id.
-    let prefix = ws.path("s3").join(s3::BUCKET).join("app");
+    let prefix = ws.path("s3").join(crate::s3::BUCKET).join("app");
     std::fs::create_dir_all(prefix.join("0000-garbage")).unwrap();
     std::fs::write(prefix.join("0000-garbage/manifest.json"), "{ not json").unwrap();
     std::fs::create_dir_all(prefix.join("0001-copy")).unwrap();

@@ -1,16 +1,14 @@
 //! The plans shipped in `plans/` and `examples/`, run end to end against real clusters.
 
-mod common;
-
-use common::pg::{Cluster, PASSWORD};
-use common::{Workspace, opsrunner};
+use crate::common::pg::{Cluster, PASSWORD};
+use crate::common::{Workspace, opsrunner};
 use std::path::Path;
 
 fn shipped(rel: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
-fn run(plan: &Path, ws: &Workspace, args: &[&str], env: &[(&str, &str)]) -> common::Applied {
+fn run(plan: &Path, ws: &Workspace, args: &[&str], env: &[(&str, &str)]) -> crate::common::Applied {
     let output = opsrunner()
         .arg("apply")
         .arg(plan)
@@ -20,7 +18,7 @@ fn run(plan: &Path, ws: &Workspace, args: &[&str], env: &[(&str, &str)]) -> comm
         .envs(env.iter().copied())
         .output()
         .unwrap();
-    common::Applied::from(output, &ws.report_path())
+    crate::common::Applied::from(output, &ws.report_path())
 }
 
 #[test]

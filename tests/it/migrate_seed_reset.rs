@@ -1,10 +1,8 @@
 //! `migrate`, `seed` and `reset` against a real cluster, with the repository's own
 //! example migrations and seeds.
 
-mod common;
-
-use common::Workspace;
-use common::pg::Cluster;
+use crate::common::Workspace;
+use crate::common::pg::Cluster;
 use std::path::Path;
 
 fn repo_path(rel: &str) -> String {
@@ -38,7 +36,7 @@ fn migrations_apply_report_and_revert_like_sqlx_cli() {
 
     // The preview lists what is pending and creates nothing, not even the bookkeeping table.
     let plan = ws.write_plan(&migrate_plan("up", ""));
-    let preview = common::opsrunner()
+    let preview = crate::common::opsrunner()
         .arg("plan")
         .arg(&plan)
         .env("DATABASE_URL", &url)

@@ -4,9 +4,7 @@
 //! says where, and none panics. (Time and memory of the worst ones are measured in
 //! `bench/hostile_plans.sh`, not here.)
 
-mod common;
-
-use common::{Workspace, opsrunner};
+use crate::common::{Workspace, opsrunner};
 
 /// A valid plan around one step, with a restore/verify/backup/prune-ready repository and
 /// target, so that a case only has to break one thing.

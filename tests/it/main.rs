@@ -1,0 +1,29 @@
+//! The integration tests, one binary (one link of the whole dependency tree instead of one
+//! per file): real PostgreSQL clusters, real S3-compatible servers and the real `opsrunner`
+//! binary, started by the harness in `common/`.
+
+#[path = "../common/mod.rs"]
+mod common;
+#[path = "../common/s3.rs"]
+mod s3;
+
+mod apply;
+mod architecture;
+mod backup_restore;
+mod closed_repository;
+mod crash_harness;
+mod data_safety;
+mod encryption;
+mod hostile_inputs;
+mod migrate_seed_reset;
+mod pg_targets;
+mod plan_errors;
+mod plans;
+mod preview;
+mod prune_catalog;
+mod s3_repository;
+mod schemas;
+mod sql_step;
+mod unattended_history;
+mod unattended_locks;
+mod unattended_progress;
