@@ -1,7 +1,7 @@
 //! What steps, PostgreSQL plumbing and the executor share, below all three: a step's error
 //! and its kinds ([`error`]), the context a step runs in ([`context`]) and the events it
 //! emits ([`events`]). Nothing here imports `steps/`, `pg/` or `run/`, so the import graph
-//! has no cycle (`tests/architecture.rs` keeps it so).
+//! has no cycle (`tests/it/architecture.rs` keeps it so).
 
 pub mod context;
 pub mod error;
