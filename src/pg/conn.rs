@@ -7,6 +7,25 @@ use sqlx::{ConnectOptions, PgConnection};
 use std::str::FromStr;
 use url::Url;
 
+/// Why a target's connection URL cannot be used. None of these messages repeats the URL,
+/// which may carry a password.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("not a connection URL ({0})")]
+    NotAUrl(#[from] url::ParseError),
+    #[error("`{0}://` is not a PostgreSQL URL; use postgres://user@host:port/database")]
+    NotPostgres(String),
+    #[error("invalid connection URL: {0}")]
+    Invalid(String),
+}
+
+/// A URL that cannot be used will not become usable on a retry.
+impl From<ConnError> for crate::exec::StepError {
+    fn from(e: ConnError) -> Self {
+        crate::exec::StepError::permanent(e.to_string())
+    }
+}
+
 #[derive(Clone)]
 pub struct ConnInfo {
     /// The URL without its password; empty `postgresql://` means "all from PG* variables".
@@ -23,18 +42,15 @@ impl std::fmt::Debug for ConnInfo {
 impl ConnInfo {
     /// Parses a libpq URL (`postgres://` or `postgresql://`). An empty string means every
     /// setting comes from the environment (`PGHOST`, `PGUSER`, `PGPASSFILE`, …).
-    pub fn parse(text: &str) -> Result<ConnInfo, String> {
+    pub fn parse(text: &str) -> Result<ConnInfo, ConnError> {
         let text = if text.trim().is_empty() {
             "postgresql://"
         } else {
             text.trim()
         };
-        let mut url = Url::parse(text).map_err(|e| format!("not a connection URL ({e})"))?;
+        let mut url = Url::parse(text)?;
         if !matches!(url.scheme(), "postgres" | "postgresql") {
-            return Err(format!(
-                "`{}://` is not a PostgreSQL URL; use postgres://user@host:port/database",
-                url.scheme()
-            ));
+            return Err(ConnError::NotPostgres(url.scheme().to_string()));
         }
         let password = url.password().map(percent_encoding_decode);
         let _ = url.set_password(None);
@@ -67,9 +83,9 @@ impl ConnInfo {
     }
 
     /// sqlx options: the environment's defaults (PG* variables, the passfile) under the URL.
-    pub fn options(&self) -> Result<PgConnectOptions, String> {
+    pub fn options(&self) -> Result<PgConnectOptions, ConnError> {
         let mut options = PgConnectOptions::from_str(self.url.as_str())
-            .map_err(|e| format!("invalid connection URL: {e}"))?;
+            .map_err(|e| ConnError::Invalid(e.to_string()))?;
         if let Some(p) = &self.password {
             options = options.password(p);
         }

@@ -17,7 +17,7 @@ pub struct Server {
 }
 
 pub async fn connect(url: &str, database: Option<&str>, what: &str) -> Result<Server, StepError> {
-    let info = ConnInfo::parse(url).map_err(StepError::permanent)?;
+    let info = ConnInfo::parse(url)?;
     let info = match database {
         Some(db) => info.with_database(db),
         None => info,

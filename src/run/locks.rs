@@ -80,7 +80,7 @@ impl Locks {
         if held.contains_key(name) {
             return Ok(());
         }
-        let info = ConnInfo::parse(url).map_err(StepError::permanent)?;
+        let info = ConnInfo::parse(url)?;
         let label = format!(
             "opsrunner run {} plan {} on {} pid {}",
             self.me.run_id, self.me.plan, self.me.host, self.me.pid

@@ -355,7 +355,7 @@ pub async fn run(p: &MigrateParams, ctx: &StepContext) -> Result<Outputs, StepEr
 
 /// Applied migration versions, over a session that cannot write.
 async fn read_applied(url: &str, database: Option<&str>) -> Result<Vec<i64>, String> {
-    let info = ConnInfo::parse(url)?;
+    let info = ConnInfo::parse(url).map_err(|e| e.to_string())?;
     let info = match database {
         Some(db) => info.with_database(db),
         None => info,

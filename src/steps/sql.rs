@@ -140,7 +140,7 @@ pub fn destructive(p: &SqlParams, base_dir: &Path) -> bool {
 }
 
 pub async fn run(p: &SqlParams, ctx: &StepContext) -> Result<Outputs, StepError> {
-    let conn = ConnInfo::parse(ctx.target_url(&p.target)?).map_err(StepError::permanent)?;
+    let conn = ConnInfo::parse(ctx.target_url(&p.target)?)?;
     let conn = match &p.database {
         Some(db) => conn.with_database(db),
         None => conn,

@@ -61,7 +61,7 @@ pub fn describe(p: &WaitReadyParams) -> String {
 }
 
 pub async fn run(p: &WaitReadyParams, ctx: &StepContext) -> Result<Outputs, StepError> {
-    let conn = ConnInfo::parse(ctx.target_url(&p.target)?).map_err(StepError::permanent)?;
+    let conn = ConnInfo::parse(ctx.target_url(&p.target)?)?;
     let started = Instant::now();
     let limit = ctx.timeout.unwrap_or(DEFAULT_WAIT);
     let mut last_error = String::from("no attempt finished");
