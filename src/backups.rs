@@ -218,17 +218,20 @@ pub async fn list(store: &repo::AnyStore, json: bool) -> Result<String, Failure>
 
 /// `backups prune`: the same selection and deletion as the `prune` step, and with
 /// `orphans` the removal of unfinished backups untouched for that long.
-pub async fn prune(
-    store: &repo::AnyStore,
-    keep: crate::repo::retention::Keep,
-    min_age: Option<std::time::Duration>,
-    database: Option<String>,
-    orphans: Option<std::time::Duration>,
-    dry_run: bool,
-    json: bool,
-) -> Result<String, Failure> {
-    if dry_run {
-        return prune_held(store, keep, min_age, database, orphans, dry_run, json).await;
+/// What `backups prune` is asked to do.
+pub struct PruneRequest {
+    pub keep: crate::repo::retention::Keep,
+    pub min_age: Option<std::time::Duration>,
+    pub database: Option<String>,
+    /// Also remove leftovers of unfinished backups untouched for this long.
+    pub orphans: Option<std::time::Duration>,
+    pub dry_run: bool,
+    pub json: bool,
+}
+
+pub async fn prune(store: &repo::AnyStore, request: PruneRequest) -> Result<String, Failure> {
+    if request.dry_run {
+        return prune_held(store, request).await;
     }
     // Deleting beside a run that writes to the repository (a backup being published, the
     // plan's own prune) is what the repository's lease exists to prevent.
@@ -255,22 +258,22 @@ pub async fn prune(
             )));
         }
     };
-    let result = prune_held(store, keep, min_age, database, orphans, dry_run, json).await;
+    let result = prune_held(store, request).await;
     if let Err(e) = lease.release().await {
         tracing::warn!("could not release the repository's lease ({e}); it lapses on its own");
     }
     result
 }
 
-async fn prune_held(
-    store: &repo::AnyStore,
-    keep: crate::repo::retention::Keep,
-    min_age: Option<std::time::Duration>,
-    database: Option<String>,
-    orphans: Option<std::time::Duration>,
-    dry_run: bool,
-    json: bool,
-) -> Result<String, Failure> {
+async fn prune_held(store: &repo::AnyStore, request: PruneRequest) -> Result<String, Failure> {
+    let PruneRequest {
+        keep,
+        min_age,
+        database,
+        orphans,
+        dry_run,
+        json,
+    } = request;
     let mut out = String::new();
     let verb = if dry_run { "would delete" } else { "delete" };
     if let Some(age) = orphans {

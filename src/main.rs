@@ -385,8 +385,15 @@ fn main() {
                             within: keep_within.map(opsrunner::plan::duration::HumanDuration),
                         };
                         let orphans = orphans.then_some(orphan_age);
-                        backups::prune(&store, keep, min_age, database, orphans, dry_run, repo.json)
-                            .await
+                        let request = backups::PruneRequest {
+                            keep,
+                            min_age,
+                            database,
+                            orphans,
+                            dry_run,
+                            json: repo.json,
+                        };
+                        backups::prune(&store, request).await
                     }
                 }
             })

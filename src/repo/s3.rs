@@ -228,36 +228,7 @@ impl S3Store {
     }
 
     async fn get_bytes(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
-        let out = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-        {
-            Ok(o) => o,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
-            Err(e) => {
-                return Err(sdk_error(&format!("reading {key}"), e));
-            }
-        };
-        if out
-            .content_length()
-            .is_some_and(|n| n as u64 > MAX_SMALL_FILE)
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{key} is larger than {} MiB", MAX_SMALL_FILE >> 20),
-            ));
-        }
-        let bytes = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| s3_error(key, e))?
-            .into_bytes();
-        Ok(Some(bytes.to_vec()))
+        Ok(self.get_with_etag(key).await?.map(|(bytes, _)| bytes))
     }
 
     async fn delete_keys(&self, keys: Vec<String>) -> io::Result<()> {

@@ -47,25 +47,31 @@ steps:
     )
 }
 
-#[test]
-fn a_failed_verify_is_resumed_with_the_backup_already_taken() {
+/// A cluster with a database `app`, a workspace, and the plan (zstd) written into it.
+fn setup() -> (Cluster, Workspace, String) {
     let cluster = Cluster::start();
     cluster.psql("postgres", "create database app");
     cluster.psql(
         "app",
         "create table t (id int primary key); insert into t select generate_series(1, 1000)",
     );
-    // The scratch database exists: the verify refuses to restore into it and fails.
-    cluster.psql("postgres", "create database scratch");
     let ws = Workspace::new();
-    let repo = ws.path("repo");
-    let url = cluster.url("postgres");
+    let repo = ws.path("repo").display().to_string();
     std::fs::write(
         ws.path("plan.yaml"),
-        plan(&repo.display().to_string(), &url, "zstd"),
+        plan(&repo, &cluster.url("postgres"), "zstd"),
     )
     .unwrap();
     let plan_path = ws.path("plan.yaml").display().to_string();
+    (cluster, ws, plan_path)
+}
+
+#[test]
+fn a_failed_verify_is_resumed_with_the_backup_already_taken() {
+    let (cluster, ws, plan_path) = setup();
+    let (repo, url) = (ws.path("repo"), cluster.url("postgres"));
+    // The scratch database exists: the verify refuses to restore into it and fails.
+    cluster.psql("postgres", "create database scratch");
 
     let (code, _, stderr) = run(&ws, &["apply", &plan_path]);
     assert_eq!(code, 1, "{stderr}");
@@ -211,21 +217,7 @@ fn metric(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64
 
 #[test]
 fn metrics_say_how_the_run_went_and_how_fresh_the_backups_are() {
-    let cluster = Cluster::start();
-    cluster.psql("postgres", "create database app");
-    cluster.psql(
-        "app",
-        "create table t (id int primary key); insert into t select generate_series(1, 1000)",
-    );
-    let ws = Workspace::new();
-    let repo = ws.path("repo");
-    let url = cluster.url("postgres");
-    std::fs::write(
-        ws.path("plan.yaml"),
-        plan(&repo.display().to_string(), &url, "zstd"),
-    )
-    .unwrap();
-    let plan_path = ws.path("plan.yaml").display().to_string();
+    let (cluster, ws, plan_path) = setup();
     let prom = ws.path("opsrunner.prom");
     let report = ws.path("r.json").display().to_string();
     let (code, _, stderr) = run(
