@@ -10,6 +10,31 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Why an ephemeral cluster could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    ToolMissing(#[from] tools::ToolMissing),
+    #[error("invalid user name `{0}`")]
+    BadUserName(String),
+    #[error(
+        "opsrunner runs as root and PostgreSQL refuses to; the server would run as user `{0}`, which does not exist (create it, or set `run_as` on the target)"
+    )]
+    NoSuchUser(String),
+    #[error("cannot create a directory for the cluster: {0}")]
+    Directory(std::io::Error),
+    #[error("cannot hand the cluster directory to `{user}`: {error}")]
+    Chown { user: String, error: std::io::Error },
+    #[error("{what}: cannot start: {error}")]
+    CannotStart {
+        what: &'static str,
+        error: std::io::Error,
+    },
+    /// A tool ran and failed: its own words, and the server's log when there is one.
+    #[error("{what} failed: {output}")]
+    Failed { what: &'static str, output: String },
+}
+
 pub struct EphemeralCluster {
     dir: tempfile::TempDir,
     bin: PathBuf,
@@ -22,45 +47,47 @@ pub struct EphemeralCluster {
 /// file, so every cluster can use the same one.
 const PORT: u16 = 5432;
 
-fn user_ids(name: &str) -> Result<(u32, u32), String> {
-    let cname = CString::new(name).map_err(|_| format!("invalid user name `{name}`"))?;
+fn user_ids(name: &str) -> Result<(u32, u32), ClusterError> {
+    let cname = CString::new(name).map_err(|_| ClusterError::BadUserName(name.to_string()))?;
     // SAFETY: getpwnam returns null or a pointer to a static entry, read before any other call.
     let pw = unsafe { libc::getpwnam(cname.as_ptr()) };
     if pw.is_null() {
-        return Err(format!(
-            "opsrunner runs as root and PostgreSQL refuses to; the server would run as user `{name}`, which does not exist (create it, or set `run_as` on the target)"
-        ));
+        return Err(ClusterError::NoSuchUser(name.to_string()));
     }
     // SAFETY: pw is non-null and points at a valid passwd entry.
     Ok(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
 }
 
-fn run(mut command: Command, owner: Option<(u32, u32)>, what: &str) -> Result<(), String> {
+fn run(
+    mut command: Command,
+    owner: Option<(u32, u32)>,
+    what: &'static str,
+) -> Result<(), ClusterError> {
     if let Some((uid, gid)) = owner {
         command.uid(uid).gid(gid);
     }
     let out = command
         .output()
-        .map_err(|e| format!("{what}: cannot start: {e}"))?;
+        .map_err(|error| ClusterError::CannotStart { what, error })?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "{what} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(ClusterError::Failed {
+            what,
+            output: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
     }
 }
 
 impl EphemeralCluster {
     /// Creates and starts a cluster. Blocking (about a second); call from `spawn_blocking`.
-    pub fn start(run_as: &str) -> Result<EphemeralCluster, String> {
-        let (initdb, major) = tools::find("initdb", None).map_err(|e| e.to_string())?;
+    pub fn start(run_as: &str) -> Result<EphemeralCluster, ClusterError> {
+        let (initdb, major) = tools::find("initdb", None)?;
         let bin = initdb.parent().expect("a file has a parent").to_path_buf();
         let dir = tempfile::Builder::new()
             .prefix("opsrunner-cluster-")
             .tempdir()
-            .map_err(|e| format!("cannot create a directory for the cluster: {e}"))?;
+            .map_err(ClusterError::Directory)?;
         // SAFETY: geteuid has no preconditions.
         let owner = if unsafe { libc::geteuid() } == 0 {
             Some(user_ids(run_as)?)
@@ -68,8 +95,12 @@ impl EphemeralCluster {
             None
         };
         if let Some((uid, gid)) = owner {
-            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
-                .map_err(|e| format!("cannot hand the cluster directory to `{run_as}`: {e}"))?;
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).map_err(|error| {
+                ClusterError::Chown {
+                    user: run_as.to_string(),
+                    error,
+                }
+            })?;
         }
         let data = dir.path().join("data");
         let mut cmd = Command::new(&initdb);
@@ -105,7 +136,13 @@ impl EphemeralCluster {
         if let Err(e) = run(ctl, owner, "pg_ctl start") {
             let log =
                 std::fs::read_to_string(cluster.dir.path().join("server.log")).unwrap_or_default();
-            return Err(format!("{e}\n{log}"));
+            return Err(match e {
+                ClusterError::Failed { what, output } => ClusterError::Failed {
+                    what,
+                    output: format!("{output}\n{log}"),
+                },
+                other => other,
+            });
         }
         Ok(cluster)
     }

@@ -165,3 +165,37 @@ fn missing_server_binaries_say_what_to_install() {
     );
     assert_eq!(run.report["status"], "failed");
 }
+
+/// An ephemeral target whose server cannot start says why, and the run fails before any
+/// step: as root, the server must run as an existing user.
+#[test]
+fn an_ephemeral_cluster_that_cannot_start_fails_the_run_saying_why() {
+    let ws = Workspace::new();
+    let run = ws.apply(
+        r#"
+version: 1
+name: ephemeral
+targets:
+  scratch: { ephemeral: true, run_as: no-such-user-4711 }
+steps:
+  - { id: ready, type: wait_ready, target: scratch }
+"#,
+        &[],
+    );
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        // Not root: the server runs as this user and `run_as` does not apply.
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        return;
+    }
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "ephemeral target `scratch`: opsrunner runs as root and PostgreSQL refuses to; the server would run as user `no-such-user-4711`, which does not exist"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.report["status"], "failed");
+    assert_eq!(run.status("ready"), "skipped");
+}
