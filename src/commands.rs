@@ -179,9 +179,7 @@ pub fn plan(args: &PlanArgs, format: PreviewFormat, out: Option<&Path>) -> Resul
 }
 
 fn write_atomically(path: &Path, text: &str) -> Result<(), Failure> {
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    std::fs::write(&tmp, text)
-        .and_then(|_| std::fs::rename(&tmp, path))
+    crate::atomic::write(path, text.as_bytes())
         .map_err(|e| Failure::Io(format!("cannot write {}: {e}", path.display())))
 }
 

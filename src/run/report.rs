@@ -282,7 +282,5 @@ impl ReportBuilder {
 /// Writes a report atomically: a reader never sees half a report.
 pub fn write(report: &RunReport, path: &std::path::Path) -> std::io::Result<()> {
     let json = serde_json::to_string_pretty(report).expect("reports serialize");
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    std::fs::write(&tmp, json + "\n")?;
-    std::fs::rename(&tmp, path)
+    crate::atomic::write(path, (json + "\n").as_bytes())
 }
