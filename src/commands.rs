@@ -46,6 +46,7 @@ pub use crate::run::apply::Prepared;
 
 /// Loads, validates and checks the command-line overrides against the plan.
 pub fn prepare(args: &PlanArgs, env: BTreeMap<String, String>) -> Result<Prepared, Failure> {
+    let (env, credentials) = with_credentials(env)?;
     let source = PlanSource::read_within(&args.file, args.limits).map_err(Failure::Plan)?;
     let overrides: BTreeMap<String, String> = args.vars.iter().cloned().collect();
     let as_values = overrides
@@ -70,6 +71,9 @@ pub fn prepare(args: &PlanArgs, env: BTreeMap<String, String>) -> Result<Prepare
         vars.insert(k, Value::String(v));
     }
     let redactor = Redactor::new();
+    for value in &credentials {
+        redactor.add(value);
+    }
     for name in &plan.plan.secrets {
         if let Some(value) = env.get(name) {
             redactor.add(value);
@@ -95,6 +99,57 @@ pub fn prepare(args: &PlanArgs, env: BTreeMap<String, String>) -> Result<Prepare
         env,
         redactor,
     })
+}
+
+/// The most a credential file may hold.
+const MAX_CREDENTIAL_BYTES: u64 = 64 * 1024;
+
+/// systemd credentials (`LoadCredential=NAME`, see `opsrunner schedule systemd`): each file
+/// in `$CREDENTIALS_DIRECTORY` whose name is an environment variable's becomes that
+/// variable, unless the environment already sets it, and its value a secret. One trailing
+/// newline is dropped (`echo value > file` writes one). Returns the values added.
+fn with_credentials(
+    mut env: BTreeMap<String, String>,
+) -> Result<(BTreeMap<String, String>, Vec<String>), Failure> {
+    let Some(dir) = env.get("CREDENTIALS_DIRECTORY").cloned() else {
+        return Ok((env, Vec::new()));
+    };
+    let bad = |e: std::io::Error| Failure::Usage(format!("credentials in {dir}: {e}"));
+    let mut added = Vec::new();
+    for entry in std::fs::read_dir(&dir).map_err(bad)? {
+        let entry = entry.map_err(bad)?;
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let is_name = !name.starts_with(|c: char| c.is_ascii_digit())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !is_name || env.contains_key(&name) || !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        use std::io::Read;
+        let mut bytes = Vec::new();
+        std::fs::File::open(entry.path())
+            .and_then(|f| f.take(MAX_CREDENTIAL_BYTES + 1).read_to_end(&mut bytes))
+            .map_err(bad)?;
+        if bytes.len() as u64 > MAX_CREDENTIAL_BYTES {
+            return Err(Failure::Usage(format!(
+                "credential {name} in {dir} is larger than {MAX_CREDENTIAL_BYTES} bytes"
+            )));
+        }
+        let Ok(mut value) = String::from_utf8(bytes) else {
+            return Err(Failure::Usage(format!(
+                "credential {name} in {dir} is not UTF-8 text"
+            )));
+        };
+        if value.ends_with('\n') {
+            value.pop();
+        }
+        if !value.is_empty() {
+            added.push(value.clone());
+        }
+        env.insert(name, value);
+    }
+    Ok((env, added))
 }
 
 pub fn process_env() -> BTreeMap<String, String> {
@@ -142,15 +197,36 @@ pub async fn build_preview_with(
 }
 
 pub fn render_preview(preview: &PlanPreview, format: PreviewFormat) -> String {
+    render_preview_within(preview, format, crate::run::markdown::GITHUB_COMMENT_LIMIT)
+}
+
+/// The preview in `format`; markdown in at most `max_chars` characters.
+pub fn render_preview_within(
+    preview: &PlanPreview,
+    format: PreviewFormat,
+    max_chars: usize,
+) -> String {
     match format {
         PreviewFormat::Text => preview::render_text(preview),
-        PreviewFormat::Markdown => preview::render_markdown(preview),
+        PreviewFormat::Markdown => crate::run::markdown::render(preview, max_chars),
         PreviewFormat::Json => preview::render_json(preview),
     }
 }
 
+/// How `opsrunner plan` writes its preview.
+#[derive(Debug, Clone)]
+pub struct PlanOutput<'a> {
+    pub format: PreviewFormat,
+    pub out: Option<&'a Path>,
+    /// Markdown: the longest the preview may be (a pull-request comment's limit).
+    pub max_chars: usize,
+    /// Exit with [`crate::exit::INCOMPLETE`] when a target or repository could not be read.
+    pub strict: bool,
+}
+
 /// `opsrunner plan`: the preview, to stdout or `out`.
-pub fn plan(args: &PlanArgs, format: PreviewFormat, out: Option<&Path>) -> Result<String, Failure> {
+pub fn plan(args: &PlanArgs, output: &PlanOutput<'_>) -> Result<String, Failure> {
+    let (format, out) = (output.format, output.out);
     let p = prepare(args, process_env())?;
     let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
     let base = match &args.base {
@@ -168,14 +244,22 @@ pub fn plan(args: &PlanArgs, format: PreviewFormat, out: Option<&Path>) -> Resul
         }
     };
     let preview = runtime.block_on(build_preview_with(&p, &args.confirm, args.untrusted, base));
-    let text = render_preview(&preview, format);
-    match out {
+    let text = render_preview_within(&preview, format, output.max_chars);
+    let shown = match out {
         Some(path) => {
             write_atomically(path, &text)?;
-            Ok(String::new())
+            String::new()
         }
-        None => Ok(text),
+        None => text,
+    };
+    if output.strict && !preview.unread.is_empty() {
+        let lines: Vec<String> = preview.unread.iter().map(|u| u.line()).collect();
+        return Err(Failure::Incomplete {
+            output: shown,
+            message: format!("incomplete preview (--strict): {}", lines.join("; ")),
+        });
     }
+    Ok(shown)
 }
 
 fn write_atomically(path: &Path, text: &str) -> Result<(), Failure> {
@@ -186,11 +270,12 @@ fn write_atomically(path: &Path, text: &str) -> Result<(), Failure> {
 pub fn graph(args: &PlanArgs, format: GraphFormat) -> Result<String, Failure> {
     let p = prepare(args, process_env())?;
     let steps = &p.plan.plan.steps;
-    let label = |i: usize| {
-        (
-            steps[i].id().to_string(),
-            steps[i].kind.type_name().to_string(),
-        )
+    let base_dir = p.source.base_dir();
+    let label = |i: usize| crate::plan::graph::NodeLabel {
+        id: steps[i].id().to_string(),
+        kind: steps[i].kind.type_name().to_string(),
+        condition: steps[i].common.condition.as_str().to_string(),
+        destructive: steps[i].kind.destructive(&base_dir, true),
     };
     Ok(match format {
         GraphFormat::Dot => p.plan.dag.to_dot(&p.plan.plan.name, label),
@@ -201,6 +286,8 @@ pub fn graph(args: &PlanArgs, format: GraphFormat) -> Result<String, Failure> {
 pub struct ApplyArgs {
     pub plan: PlanArgs,
     pub report: Option<PathBuf>,
+    /// Write the run as JUnit XML (a test case per step) here.
+    pub junit: Option<PathBuf>,
     pub dry_run: bool,
     pub concurrency: usize,
     pub log_format: LogFormat,
@@ -243,28 +330,35 @@ pub async fn apply(args: ApplyArgs) -> Result<(), Failure> {
             path.display()
         )));
     }
-    if let Some(dir) = args.metrics.as_deref().and_then(Path::parent)
-        && !dir.as_os_str().is_empty()
-        && !dir.is_dir()
-    {
-        return Err(Failure::Usage(format!(
-            "--metrics: directory {} does not exist",
-            dir.display()
-        )));
+    for (flag, path) in [("--metrics", &args.metrics), ("--junit", &args.junit)] {
+        if let Some(dir) = path.as_deref().and_then(Path::parent)
+            && !dir.as_os_str().is_empty()
+            && !dir.is_dir()
+        {
+            return Err(Failure::Usage(format!(
+                "{flag}: directory {} does not exist",
+                dir.display()
+            )));
+        }
     }
     if args.dry_run {
         let preview = build_preview(&p, &args.plan.confirm).await;
         print!("{}", render_preview(&preview, PreviewFormat::Text));
         let run = RunInfo::new(&p.plan.plan.name);
         let builder = ReportBuilder::new(&p.source, &p.plan, &run.id, Mode::DryRun, run.started_at);
+        let report = builder.finish(RunStatus::Planned);
+        if let Some(path) = &args.junit {
+            write_atomically(path, &crate::run::junit::render(&report))?;
+        }
         return match &args.report {
-            Some(path) => report::write(&builder.finish(RunStatus::Planned), path)
+            Some(path) => report::write(&report, path)
                 .map_err(|e| Failure::Io(format!("cannot write report {}: {e}", path.display()))),
             None => Ok(()),
         };
     }
     let options = crate::run::apply::Options {
         report: args.report,
+        junit: args.junit,
         concurrency: args.concurrency,
         log_format: args.log_format,
         kill_grace: args.kill_grace,
@@ -298,4 +392,19 @@ pub fn schema(which: SchemaKind) -> String {
 pub enum SchemaKind {
     Plan,
     Report,
+}
+
+/// `opsrunner diff OLD NEW`: what the change does to the plan's behaviour.
+pub fn diff(old: &Path, new: &Path, format: PreviewFormat) -> Result<String, Failure> {
+    let load = |path: &Path| -> Result<crate::plan::ValidPlan, Failure> {
+        let source = PlanSource::read(path).map_err(Failure::Plan)?;
+        Ok(plan::check(source).map_err(Failure::Plan)?.1)
+    };
+    let (a, b) = (load(old)?, load(new)?);
+    let changes = crate::plan::diff::between(&a.plan, &b.plan);
+    let (old, new) = (old.display().to_string(), new.display().to_string());
+    Ok(match format {
+        PreviewFormat::Markdown => crate::plan::diff::render_markdown(&changes, &old, &new),
+        _ => crate::plan::diff::render_text(&changes, &old, &new),
+    })
 }

@@ -11,6 +11,16 @@ pub const INVALID: i32 = 2;
 /// nothing was touched), or another run holds a lock on a target or repository this run
 /// writes to.
 pub const REFUSED: i32 = 3;
+/// `plan --strict`: the preview is incomplete, because a target or repository it needed
+/// could not be read (what a prune would delete, which backup `latest` is, which
+/// migrations are pending is unknown).
+pub const INCOMPLETE: i32 = 4;
+/// `apply`: a verify found the backup intact but older than its `max_age` (and none
+/// corrupt): backups have stopped.
+pub const BACKUP_TOO_OLD: i32 = 5;
+/// `apply`: a verify found a backup damaged, not restoring, or restoring different
+/// content from what it recorded.
+pub const BACKUP_CORRUPT: i32 = 6;
 /// Interrupted by Ctrl-C or SIGTERM; running steps were cancelled.
 pub const INTERRUPTED: i32 = 130;
 
@@ -22,7 +32,14 @@ pub enum Failure {
     Refused(String),
     Io(String),
     StepsFailed,
+    /// Steps failed, among them verifications with this finding.
+    Verdict(crate::exec::events::Verdict),
     Interrupted,
+    /// `plan --strict` could not read everything; `output` is the preview, still printed.
+    Incomplete {
+        output: String,
+        message: String,
+    },
 }
 
 /// A repository that cannot be opened is a mistake in its definition or the command line.
@@ -33,12 +50,23 @@ impl From<crate::repo::OpenError> for Failure {
 }
 
 impl Failure {
+    /// What still goes to stdout when the command did not succeed.
+    pub fn output(&self) -> &str {
+        match self {
+            Failure::Incomplete { output, .. } => output,
+            _ => "",
+        }
+    }
+
     pub fn exit_code(&self) -> i32 {
         match self {
             Failure::Plan(_) | Failure::Usage(_) => INVALID,
             Failure::Refused(_) => REFUSED,
             Failure::Io(_) | Failure::StepsFailed => STEP_FAILED,
+            Failure::Verdict(crate::exec::events::Verdict::BackupTooOld) => BACKUP_TOO_OLD,
+            Failure::Verdict(crate::exec::events::Verdict::BackupCorrupt) => BACKUP_CORRUPT,
             Failure::Interrupted => INTERRUPTED,
+            Failure::Incomplete { .. } => INCOMPLETE,
         }
     }
 
@@ -49,7 +77,8 @@ impl Failure {
             Failure::Usage(m) => format!("error: {m}\n"),
             Failure::Refused(m) => format!("refused: {m}\n"),
             Failure::Io(m) => format!("error: {m}\n"),
-            Failure::StepsFailed | Failure::Interrupted => String::new(),
+            Failure::Incomplete { message, .. } => format!("error: {message}\n"),
+            Failure::StepsFailed | Failure::Verdict(_) | Failure::Interrupted => String::new(),
         }
     }
 }

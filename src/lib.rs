@@ -19,5 +19,6 @@ pub mod redact;
 pub mod repo;
 pub mod run;
 pub mod runs;
+pub mod schedule;
 pub mod schema;
 pub mod steps;

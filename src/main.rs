@@ -20,6 +20,11 @@ macro_rules! exit_codes_help {
   3    refused by a guard: destructive step on a protected target
        without --confirm; nothing was touched. Or a target or repository
        the run writes to is locked by another run (see --wait-lock)
+  4    plan --strict: the preview is incomplete, a target or repository
+       it needed could not be read
+  5    a verify found the backup older than its max_age (none corrupt)
+  6    a verify found a backup damaged, not restoring, or restoring
+       different content
   130  interrupted (Ctrl-C / SIGTERM): running steps were cancelled,
        the report was still written"
     };
@@ -92,6 +97,14 @@ enum Command {
         /// is previewed as with --untrusted.
         #[arg(long, value_name = "OLD_PLAN", conflicts_with = "untrusted")]
         base: Option<PathBuf>,
+        /// Markdown: the longest the preview may be, in characters (GitHub's comment limit by
+        /// default); what does not fit is left out with a note, the risk summary never.
+        #[arg(long, value_name = "N", default_value_t = opsrunner::run::markdown::GITHUB_COMMENT_LIMIT, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2000..))]
+        max_chars: usize,
+        /// Exit with code 4 when the preview is incomplete: a target or repository it needed
+        /// (what a prune would delete, which backup `latest` is) could not be read.
+        #[arg(long)]
+        strict: bool,
     },
     /// Run the plan: steps in dependency order, concurrently where possible, with retries and timeouts.
     #[command(after_help = APPLY_HELP)]
@@ -101,6 +114,10 @@ enum Command {
         /// Write the JSON run report here (also when steps fail or the run is interrupted).
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
+        /// Write the run as JUnit XML here, for CI: a test case per step, skipped and failed
+        /// ones with the reason, measured numbers (RTO, RPO) as properties.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
         /// Only preview, like `opsrunner plan`.
         #[arg(long)]
         dry_run: bool,
@@ -135,6 +152,17 @@ enum Command {
         #[arg(long, value_name = "FILE", env = "OPSRUNNER_AGE_IDENTITY_FILE")]
         identity: Option<PathBuf>,
     },
+    /// What a change to a plan does: steps added, removed and changed, conditions,
+    /// retention, schedule, targets and repositories (weakened guards called out).
+    Diff {
+        /// The plan before the change (e.g. `git show main:plans/nightly.yaml > old.yaml`).
+        old: PathBuf,
+        /// The plan after it.
+        new: PathBuf,
+        /// text or markdown (for a pull-request comment).
+        #[arg(long, value_enum, default_value = "text")]
+        format: PreviewFormat,
+    },
     /// Print the step DAG as Graphviz DOT or a Mermaid flowchart.
     Graph {
         #[command(flatten)]
@@ -152,6 +180,11 @@ enum Command {
     Runs {
         #[command(subcommand)]
         command: RunsCommand,
+    },
+    /// Write what runs a plan on its `schedule:`: systemd units or Kubernetes CronJobs.
+    Schedule {
+        #[command(subcommand)]
+        command: ScheduleCommand,
     },
     /// Print the JSON Schema of the plan file or of the run report.
     Schema {
@@ -171,6 +204,102 @@ struct RepositoryArgs {
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Subcommand)]
+enum ScheduleCommand {
+    /// A oneshot .service (hardened, OnFailure=, LogsDirectory=, StateDirectory=), a .timer
+    /// (Persistent, RandomizedDelaySec) and the OnFailure= template unit.
+    #[command(after_help = "Example:
+  opsrunner schedule systemd plans/nightly.yaml --plan-path /etc/opsrunner/nightly.yaml \\
+      --writable /var/backups/app --out /etc/systemd/system
+  systemctl daemon-reload && systemctl enable --now opsrunner-nightly.timer")]
+    Systemd {
+        /// The plan file.
+        file: PathBuf,
+        /// Write the unit files into this directory instead of printing them.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Use this schedule instead of the plan's `schedule:` (OnCalendar or cron syntax).
+        #[arg(long, value_name = "WHEN")]
+        schedule: Option<String>,
+        /// The opsrunner binary the service runs (default: this one).
+        #[arg(long, value_name = "PATH")]
+        bin: Option<PathBuf>,
+        /// Where the plan is on the machine that runs it (default: FILE's absolute path).
+        #[arg(long, value_name = "PATH")]
+        plan_path: Option<PathBuf>,
+        /// The user (and group) the service runs as.
+        #[arg(long, value_name = "NAME", default_value = "opsrunner")]
+        user: String,
+        /// The EnvironmentFile= with the plan's variables (default /etc/opsrunner/NAME.env).
+        #[arg(long, value_name = "PATH")]
+        env_file: Option<PathBuf>,
+        /// Pass this variable as a systemd credential (LoadCredential=NAME, from
+        /// /etc/credstore/NAME) instead of through the environment file (repeatable).
+        #[arg(long = "credential", value_name = "NAME")]
+        credentials: Vec<String>,
+        /// The credentials are encrypted with `systemd-creds encrypt` (LoadCredentialEncrypted=).
+        #[arg(long)]
+        encrypted_credentials: bool,
+        /// A directory the service may write (a local repository whose path the plan takes
+        /// from the environment); repeatable. Literal file:// repositories are added themselves.
+        #[arg(long, value_name = "DIR")]
+        writable: Vec<PathBuf>,
+        /// RandomizedDelaySec= of the timer.
+        #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+        randomized_delay: Duration,
+        /// TimeoutStartSec= of the service: the longest one run may take.
+        #[arg(long, value_name = "DURATION", default_value = "12h", value_parser = parse_duration)]
+        max_runtime: Duration,
+        /// The unit OnFailure= starts (default: the generated opsrunner-failure@.service).
+        #[arg(long, value_name = "UNIT")]
+        on_failure: Option<String>,
+        /// Write Prometheus metrics into this directory (node_exporter's textfile collector).
+        #[arg(long, value_name = "DIR")]
+        metrics_dir: Option<PathBuf>,
+        /// Pass --confirm TARGET to apply (repeatable).
+        #[arg(long, value_name = "TARGET")]
+        confirm: Vec<String>,
+    },
+    /// A ConfigMap with the plan and a CronJob per plan (concurrencyPolicy: Forbid,
+    /// backoffLimit: 0, secrets from Secret references, non-root, read-only root filesystem).
+    #[command(after_help = "Example:
+  opsrunner schedule k8s plans/nightly.yaml plans/drill.yaml --image registry.example/opsrunner:0.1.0 \\
+      --namespace backups --state-claim opsrunner-state > cronjobs.yaml
+  kubectl apply -f cronjobs.yaml")]
+    K8s {
+        /// The plan files: one CronJob each.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Write the manifests into this directory instead of printing them.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// The container image (built from docker/Dockerfile).
+        #[arg(long, value_name = "IMAGE", default_value = concat!("opsrunner:", env!("CARGO_PKG_VERSION")))]
+        image: String,
+        #[arg(long, value_name = "NAME")]
+        namespace: Option<String>,
+        /// The Secret with the plans' environment variables, one key each (default: a Secret
+        /// named like each CronJob).
+        #[arg(long, value_name = "NAME")]
+        secret: Option<String>,
+        /// A PersistentVolumeClaim for the state directory (run history, --resume).
+        #[arg(long, value_name = "CLAIM")]
+        state_claim: Option<String>,
+        /// A PersistentVolumeClaim mounted at the plans' local repository directories.
+        #[arg(long, value_name = "CLAIM")]
+        repository_claim: Option<String>,
+        /// How late a missed run may still start.
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+        starting_deadline: Duration,
+        /// The longest a run may take (activeDeadlineSeconds).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        max_runtime: Option<Duration>,
+        /// Pass --confirm TARGET to apply (repeatable).
+        #[arg(long, value_name = "TARGET")]
+        confirm: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -311,16 +440,26 @@ fn main() {
             confirm,
             untrusted,
             base,
+            max_chars,
+            strict,
         } => {
             let args = PlanArgs {
                 untrusted,
                 base,
                 ..plan_args(plan, confirm, color)
             };
-            commands::plan(&args, format, out.as_deref())
+            let output = commands::PlanOutput {
+                format,
+                out: out.as_deref(),
+                max_chars,
+                strict,
+            };
+            commands::plan(&args, &output)
         }
+        Command::Diff { old, new, format } => commands::diff(&old, &new, format),
         Command::Graph { plan, format } => commands::graph(&plan_args(plan, vec![], color), format),
         Command::Schema { which } => Ok(commands::schema(which)),
+        Command::Schedule { command } => schedule(command),
         Command::Runs { command } => match command {
             RunsCommand::List { plan, limit, json } => {
                 opsrunner::runs::list(plan.as_deref(), limit, json)
@@ -401,6 +540,7 @@ fn main() {
         Command::Apply {
             plan,
             report,
+            junit,
             dry_run,
             concurrency,
             confirm,
@@ -414,6 +554,7 @@ fn main() {
             let args = ApplyArgs {
                 plan: plan_args(plan, confirm, color),
                 report,
+                junit,
                 dry_run,
                 concurrency: concurrency.map_or_else(
                     || std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -447,11 +588,92 @@ fn main() {
             }
         }
         Err(failure) => {
+            let mut stdout = std::io::stdout().lock();
+            let _ = stdout
+                .write_all(failure.output().as_bytes())
+                .and_then(|_| stdout.flush());
             eprint!("{}", failure.message(color));
             failure.exit_code()
         }
     };
     std::process::exit(code);
+}
+
+fn schedule(command: ScheduleCommand) -> Result<String, Failure> {
+    use opsrunner::schedule;
+    match command {
+        ScheduleCommand::Systemd {
+            file,
+            out,
+            schedule: when,
+            bin,
+            plan_path,
+            user,
+            env_file,
+            credentials,
+            encrypted_credentials,
+            writable,
+            randomized_delay,
+            max_runtime,
+            on_failure,
+            metrics_dir,
+            confirm,
+        } => {
+            let plan = schedule::read(&file, when.as_deref())?;
+            let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
+            let bin = match bin {
+                Some(b) => b,
+                None => std::env::current_exe().map_err(|e| {
+                    Failure::Usage(format!("cannot tell this binary's path ({e}); give --bin"))
+                })?,
+            };
+            let options = schedule::systemd::Options {
+                bin,
+                plan_path: absolute(plan_path.unwrap_or(file)),
+                user,
+                env_file,
+                credentials,
+                encrypted_credentials,
+                writable,
+                randomized_delay,
+                max_runtime,
+                on_failure,
+                metrics_dir,
+                confirm,
+            };
+            let files = schedule::systemd::generate(&plan, &options)?;
+            schedule::emit(files, out.as_deref())
+        }
+        ScheduleCommand::K8s {
+            files,
+            out,
+            image,
+            namespace,
+            secret,
+            state_claim,
+            repository_claim,
+            starting_deadline,
+            max_runtime,
+            confirm,
+        } => {
+            let plans = files
+                .iter()
+                .map(|f| schedule::read(f, None))
+                .collect::<Result<Vec<_>, _>>()?;
+            let options = schedule::k8s::Options {
+                image,
+                namespace,
+                secret,
+                state_claim,
+                repository_claim,
+                starting_deadline_seconds: starting_deadline.as_secs(),
+                active_deadline_seconds: max_runtime.map(|d| d.as_secs()),
+                confirm,
+            };
+            let files = schedule::k8s::generate(&plans, &options)?;
+            schedule::emit(files, out.as_deref())
+        }
+    }
 }
 
 /// Internal diagnostics (`OPSRUNNER_LOG=debug`), separate from the live log of events.

@@ -13,6 +13,8 @@ pub enum ErrorKind {
     Cancelled,
     /// A safety rule stopped the step before it changed anything (exit code 3).
     Refused,
+    /// A verification's finding about a backup (never retried: the backup will not change).
+    Verdict(crate::exec::events::Verdict),
 }
 
 #[derive(Debug, Clone)]
@@ -31,6 +33,12 @@ impl StepError {
     pub fn permanent(message: impl Into<String>) -> Self {
         StepError {
             kind: ErrorKind::Permanent,
+            message: message.into(),
+        }
+    }
+    pub fn verdict(verdict: crate::exec::events::Verdict, message: impl Into<String>) -> Self {
+        StepError {
+            kind: ErrorKind::Verdict(verdict),
             message: message.into(),
         }
     }

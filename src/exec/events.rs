@@ -43,6 +43,19 @@ impl StepStatus {
     }
 }
 
+/// What a failed verification found, for CI to branch on (exit codes 5 and 6).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// The backup is intact but older than the verify's `max_age`: backups stopped.
+    BackupTooOld,
+    /// The backup's manifest, files or archive are damaged, it does not restore, or the
+    /// restored content differs from what the backup recorded.
+    BackupCorrupt,
+}
+
 /// One attempt at running a step.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct Attempt {
@@ -89,6 +102,17 @@ pub enum Event {
         attempts: Vec<Attempt>,
         outputs: Outputs,
         error: Option<String>,
+        /// What a failed verification found about the backup.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        verdict: Option<Verdict>,
+    },
+    /// A number a step measured (a verify's restore time and backup age: RTO and RPO),
+    /// reported as it is known, also when the step then fails.
+    Measured {
+        step: String,
+        name: String,
+        value: u64,
+        at: DateTime<Utc>,
     },
     StepSkipped {
         step: String,
@@ -160,6 +184,7 @@ impl Event {
             Event::StepReused { outputs, .. } => outputs.values_mut().for_each(fix),
             Event::RunStarted { .. }
             | Event::StepStarted { .. }
+            | Event::Measured { .. }
             | Event::RunFinished { .. }
             | Event::Progress { .. } => {}
         }
@@ -198,6 +223,15 @@ impl Events {
         self.emit(Event::Notice {
             step: step.map(str::to_string),
             message,
+            at: Utc::now(),
+        });
+    }
+
+    pub fn measured(&self, step: &str, name: &str, value: u64) {
+        self.emit(Event::Measured {
+            step: step.to_string(),
+            name: name.to_string(),
+            value,
             at: Utc::now(),
         });
     }

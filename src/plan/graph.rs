@@ -72,26 +72,39 @@ impl Dag {
         self.graph.edge_count()
     }
 
-    /// Graphviz DOT; `label(i)` names step `i`.
-    pub fn to_dot(&self, name: &str, label: impl Fn(usize) -> (String, String)) -> String {
+    /// Graphviz DOT; `label(i)` describes step `i`. Destructive steps are red, edges into a
+    /// step that runs on `failure()`, `always()` or `cancelled()` are dashed and labelled.
+    pub fn to_dot(&self, name: &str, label: impl Fn(usize) -> NodeLabel) -> String {
         let mut out = format!(
             "digraph {} {{\n  rankdir=LR;\n  node [shape=box];\n",
             quote(name)
         );
         for &i in &self.order {
-            let (id, kind) = label(i);
+            let l = label(i);
+            let style = if l.destructive {
+                ", color=red, penwidth=2, fontcolor=red"
+            } else {
+                ""
+            };
+            let mark = if l.destructive { "\n(destructive)" } else { "" };
             out.push_str(&format!(
-                "  {} [label={}];\n",
-                quote(&id),
-                quote(&format!("{id}\n({kind})"))
+                "  {} [label={}{style}];\n",
+                quote(&l.id),
+                quote(&format!("{}\n({}){mark}", l.id, l.kind))
             ));
         }
         for &i in &self.order {
+            let to = label(i);
             for &need in &self.needs[i] {
+                let attrs = if to.condition == "success()" {
+                    String::new()
+                } else {
+                    format!(" [style=dashed, label={}]", quote(&to.condition))
+                };
                 out.push_str(&format!(
-                    "  {} -> {};\n",
-                    quote(&label(need).0),
-                    quote(&label(i).0)
+                    "  {} -> {}{attrs};\n",
+                    quote(&label(need).id),
+                    quote(&to.id)
                 ));
             }
         }
@@ -99,23 +112,57 @@ impl Dag {
         out
     }
 
-    /// A Mermaid flowchart.
-    pub fn to_mermaid(&self, label: impl Fn(usize) -> (String, String)) -> String {
+    /// A Mermaid flowchart, marked like [`Dag::to_dot`]: destructive steps in the
+    /// `destructive` class, dotted and labelled edges into `failure()`/`always()` steps.
+    pub fn to_mermaid(&self, label: impl Fn(usize) -> NodeLabel) -> String {
         let mut out = String::from("flowchart LR\n");
+        let mut destructive = Vec::new();
         for &i in &self.order {
-            let (id, kind) = label(i);
+            let l = label(i);
+            let mark = if l.destructive {
+                destructive.push(format!("s{i}"));
+                "<br/>⚠ destructive"
+            } else {
+                ""
+            };
             out.push_str(&format!(
-                "  s{i}[\"{}<br/>({kind})\"]\n",
-                id.replace('"', "#quot;")
+                "  s{i}[\"{}<br/>({}){mark}\"]\n",
+                mermaid_text(&l.id),
+                mermaid_text(&l.kind)
             ));
         }
         for &i in &self.order {
+            let condition = label(i).condition;
             for &need in &self.needs[i] {
-                out.push_str(&format!("  s{need} --> s{i}\n"));
+                if condition == "success()" {
+                    out.push_str(&format!("  s{need} --> s{i}\n"));
+                } else {
+                    out.push_str(&format!(
+                        "  s{need} -. \"{}\" .-> s{i}\n",
+                        mermaid_text(&condition)
+                    ));
+                }
             }
+        }
+        if !destructive.is_empty() {
+            out.push_str("  classDef destructive fill:#fdd,stroke:#c00,stroke-width:2px\n");
+            out.push_str(&format!("  class {} destructive\n", destructive.join(",")));
         }
         out
     }
+}
+
+/// What a graph shows of one step.
+pub struct NodeLabel {
+    pub id: String,
+    pub kind: String,
+    /// `success()`, `failure()`, `always()`, `cancelled()`.
+    pub condition: String,
+    pub destructive: bool,
+}
+
+fn mermaid_text(s: &str) -> String {
+    s.replace('"', "#quot;")
 }
 
 fn quote(s: &str) -> String {

@@ -17,6 +17,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "version",
     "name",
     "description",
+    "schedule",
     "vars",
     "secrets",
     "targets",
@@ -146,6 +147,8 @@ impl Loader {
         }
         let name: Option<String> = self.required(root, "name");
         let description: Option<Option<String>> = self.optional(root, "description");
+        let schedule: Option<Option<crate::schedule::calendar::Schedule>> =
+            self.optional(root, "schedule");
         let vars = self.vars(root);
         self.no_templates(
             root,
@@ -184,6 +187,7 @@ impl Loader {
             version: version?,
             name: name?,
             description: description?,
+            schedule: schedule?,
             vars: vars?,
             secrets: secrets?,
             targets: targets?,

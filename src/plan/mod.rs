@@ -2,6 +2,7 @@
 //! [`validate`]d [`ValidPlan`] with its [`graph::Dag`]. [`template`] renders values later,
 //! as the run reaches each step.
 
+pub mod diff;
 pub mod duration;
 pub mod graph;
 pub mod identity;
@@ -157,4 +158,31 @@ pub fn check_with(
             diagnostics,
         }),
     }
+}
+
+/// The environment variables a plan's templates name (`{{ env.NAME }}`), each once, in
+/// the order they first appear: steps, then targets, then repositories. What a scheduler
+/// must provide, and what a preview shows as placeholders.
+pub fn env_references(plan: &model::Plan) -> Vec<String> {
+    let mut strings = Vec::new();
+    for step in &plan.steps {
+        template::strings(&step.raw_params.value(), &mut strings);
+    }
+    strings.extend(plan.targets.values().filter_map(|t| t.url.clone()));
+    for target in plan.targets.values() {
+        template::strings(&target.written.value(), &mut strings);
+    }
+    strings.extend(plan.repositories.values().map(|r| r.url.clone()));
+    for repo in plan.repositories.values() {
+        template::strings(&repo.written.value(), &mut strings);
+    }
+    let mut names: Vec<String> = Vec::new();
+    for text in &strings {
+        for r in template::references(text).unwrap_or_default() {
+            if r.path.len() == 2 && r.path[0] == "env" && !names.contains(&r.path[1]) {
+                names.push(r.path[1].clone());
+            }
+        }
+    }
+    names
 }

@@ -24,6 +24,10 @@ pub struct Plan {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// When the plan runs, for `opsrunner schedule systemd|k8s`: systemd OnCalendar syntax
+    /// or a five-field cron expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<crate::schedule::calendar::Schedule>,
     /// Default values for `{{ vars.NAME }}`; `--var NAME=VALUE` overrides them.
     #[serde(default)]
     pub vars: BTreeMap<String, Value>,

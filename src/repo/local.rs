@@ -325,11 +325,22 @@ impl BackupStore for LocalStore {
         }
     }
 
+    /// A repository directory that does not exist is an error, not an empty repository:
+    /// an unset variable or a wrong path must not read as "no backups" (and so "nothing to
+    /// prune", "nothing to restore"). The first backup creates the directory.
     async fn slots(&self) -> io::Result<Vec<Slot>> {
         let mut out = Vec::new();
         let entries = match std::fs::read_dir(&self.root) {
             Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!(
+                        "directory {} does not exist (check the repository's URL; the first backup creates it)",
+                        self.root.display()
+                    ),
+                ));
+            }
             Err(e) => return Err(e),
         };
         for entry in entries {

@@ -35,6 +35,8 @@ pub struct Prepared {
 /// How to run: what `apply`'s command line says beyond the plan.
 pub struct Options {
     pub report: Option<PathBuf>,
+    /// Write the run as JUnit XML here.
+    pub junit: Option<PathBuf>,
     pub concurrency: usize,
     pub log_format: LogFormat,
     /// How long child processes get between SIGTERM and SIGKILL on timeout or Ctrl-C.
@@ -105,6 +107,11 @@ pub async fn run(
                 "warning: cannot keep the run in the history {}: {e}",
                 history.dir().display()
             );
+        }
+        if let Some(path) = &o.junit {
+            crate::atomic::write(path, crate::run::junit::render(report).as_bytes()).map_err(
+                |e| Failure::Io(format!("cannot write JUnit report {}: {e}", path.display())),
+            )?;
         }
         match &o.report {
             Some(path) => report::write(report, path)
@@ -211,11 +218,23 @@ pub async fn run(
     write_report(&report)?;
     match status {
         RunStatus::Cancelled => Err(Failure::Interrupted),
-        RunStatus::Failed => Err(Failure::StepsFailed),
+        RunStatus::Failed => Err(verdict_failure(&summary.verdicts)),
         RunStatus::Refused => Err(Failure::Refused(
             "a step was refused by a safety rule or a lock held by another run (see its error above)".into(),
         )),
         _ => Ok(()),
+    }
+}
+
+/// A failed run's exit: a corrupt backup outranks a stale one, which outranks other failures.
+fn verdict_failure(verdicts: &[crate::exec::events::Verdict]) -> Failure {
+    use crate::exec::events::Verdict;
+    if verdicts.contains(&Verdict::BackupCorrupt) {
+        Failure::Verdict(Verdict::BackupCorrupt)
+    } else if verdicts.contains(&Verdict::BackupTooOld) {
+        Failure::Verdict(Verdict::BackupTooOld)
+    } else {
+        Failure::StepsFailed
     }
 }
 

@@ -3,7 +3,7 @@
 //! retries transient failures, enforces timeouts and stops everything on cancellation.
 
 use super::retry::delay_after;
-use crate::exec::events::{Attempt, Event, Events, Outputs, StepStatus};
+use crate::exec::events::{Attempt, Event, Events, Outputs, StepStatus, Verdict};
 use crate::exec::{ErrorKind, StepContext, StepError};
 use crate::plan::ValidPlan;
 use crate::plan::model::{Condition, StepKind};
@@ -78,6 +78,8 @@ pub struct ExecSummary {
     pub failed: bool,
     /// A step was refused by a safety rule (exit code 3).
     pub refused: bool,
+    /// What failed verifications found (exit codes 5 and 6).
+    pub verdicts: Vec<Verdict>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +106,7 @@ struct Finished {
     error: Option<String>,
     /// The step failed because a safety rule refused it.
     refused: bool,
+    verdict: Option<Verdict>,
 }
 
 pub async fn execute(
@@ -164,6 +167,7 @@ pub async fn execute(
     let mut task_steps: HashMap<tokio::task::Id, usize> = HashMap::new();
     let mut cancelled = false;
     let mut refused = false;
+    let mut verdicts = Vec::new();
     let concurrency = opts.concurrency.max(1);
 
     let mut failed_so_far = false;
@@ -216,6 +220,7 @@ pub async fn execute(
                         templates: templates.clone(),
                         context: crate::plan::template::subset(&context, &refs),
                         refused: Default::default(),
+                        verdict: Default::default(),
                     };
                     let handle = running.spawn(task.run());
                     task_steps.insert(handle.id(), i);
@@ -250,12 +255,18 @@ pub async fn execute(
                             attempts: Vec::new(),
                             outputs: Outputs::new(),
                             error: Some(format!("internal error in opsrunner: {e}")),
+                            verdict: None,
                         });
-                        Finished { index, status: StepStatus::Failed, outputs: Outputs::new(), error: Some("internal error in opsrunner".into()), refused: false }
+                        Finished { index, status: StepStatus::Failed, outputs: Outputs::new(), error: Some("internal error in opsrunner".into()), refused: false, verdict: None }
                     }
                 };
                 state[done.index] = State::Done(done.status);
                 refused |= done.refused;
+                if let Some(v) = done.verdict
+                    && !steps[done.index].common.continue_on_error
+                {
+                    verdicts.push(v);
+                }
                 failed_so_far |= done.status == StepStatus::Failed
                     && !steps[done.index].common.continue_on_error;
                 // What later steps (alerts above all) can say about this one.
@@ -308,6 +319,7 @@ pub async fn execute(
         cancelled,
         failed,
         refused,
+        verdicts,
     }
 }
 
@@ -387,6 +399,8 @@ struct StepTask {
     templates: Arc<Templates>,
     context: Value,
     refused: std::sync::atomic::AtomicBool,
+    /// What the last attempt's failure found about a backup.
+    verdict: std::sync::Mutex<Option<Verdict>>,
 }
 
 impl StepTask {
@@ -433,6 +447,7 @@ impl StepTask {
             attempts,
             outputs: outputs.clone(),
             error: error.clone(),
+            verdict: self.verdict(),
         });
         Finished {
             index: self.index,
@@ -440,7 +455,12 @@ impl StepTask {
             outputs,
             error,
             refused: self.refused.load(std::sync::atomic::Ordering::Relaxed),
+            verdict: self.verdict(),
         }
+    }
+
+    fn verdict(&self) -> Option<Verdict> {
+        *self.verdict.lock().expect("not poisoned")
     }
 
     /// Renders the step's parameters and the targets it uses with the outputs known now.
@@ -589,6 +609,9 @@ impl StepTask {
                     if e.kind == ErrorKind::Refused {
                         self.refused
                             .store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    if let ErrorKind::Verdict(v) = e.kind {
+                        *self.verdict.lock().expect("not poisoned") = Some(v);
                     }
                     if !transient || number == max {
                         attempts.push(attempt);

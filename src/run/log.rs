@@ -306,7 +306,7 @@ impl<W: Write> LiveLog<W> {
                 Some(step) => format!("{} {step}: {message}", self.paint("35", "•")),
                 None => format!("{} {message}", self.paint("35", "•")),
             },
-            Event::Progress { .. } => return,
+            Event::Progress { .. } | Event::Measured { .. } => return,
             Event::RunFinished {
                 status,
                 duration_ms,

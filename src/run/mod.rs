@@ -4,8 +4,10 @@
 pub mod apply;
 pub mod executor;
 pub mod history;
+pub mod junit;
 pub mod locks;
 pub mod log;
+pub mod markdown;
 pub mod metrics;
 pub mod preview;
 pub mod report;

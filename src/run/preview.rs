@@ -7,7 +7,7 @@ use crate::plan::template::{self, Templates};
 use crate::plan::{PlanSource, ValidPlan};
 use crate::redact::Redactor;
 use crate::steps;
-use crate::steps::probe::{Probe, TargetView};
+use crate::steps::probe::{Findings, Probe, TargetView, Unread};
 use crate::steps::registry;
 use schemars::JsonSchema;
 use serde::Serialize;
@@ -24,6 +24,9 @@ pub struct PlanPreview {
     pub confirmations_needed: Vec<String>,
     /// Things the preview could not resolve (e.g. unset environment variables).
     pub warnings: Vec<String>,
+    /// Targets and repositories a probe needed and could not read: what the preview says
+    /// about them is incomplete (`plan --strict` fails on any).
+    pub unread: Vec<Unread>,
 }
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -45,12 +48,26 @@ pub struct StepPreview {
     pub continue_on_error: bool,
     pub destructive: bool,
     pub target: Option<String>,
+    /// Whether the step writes to its target (and so locks it during a run).
+    pub writes_target: bool,
+    /// The repository the step reads or writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    /// Whether the step writes to its repository.
+    pub writes_repository: bool,
     /// The target's connection URL as the step will use it, password redacted.
     pub target_url: Option<String>,
     pub protected_target: bool,
     /// What the step will do in detail: exact SQL, pending migrations, seed files, which
     /// backup `latest` is — read without changing anything.
     pub details: Vec<String>,
+    /// The backups this step would delete (a prune), by id, as read now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deletes: Vec<String>,
+    /// Why the preview cannot say everything this step will do: its probe was skipped,
+    /// timed out, or could not read its target or repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incomplete: Option<String>,
 }
 
 pub struct PreviewInput<'a> {
@@ -141,6 +158,7 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
     let started = std::time::Instant::now();
     let base_dir = input.source.base_dir();
     let mut confirmations = Vec::new();
+    let mut unread_all: Vec<Unread> = Vec::new();
     let mut steps_out = Vec::new();
     for (position, &i) in input.plan.dag.order.iter().enumerate() {
         let step = &plan.steps[i];
@@ -217,16 +235,26 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
         } else {
             input.base.as_ref().and_then(|b| b.refuses(&kind))
         };
-        let details = if let Some(why) = skip {
-            registry::reads_of(&kind)
+        let mut incomplete = None;
+        let findings: Findings = if let Some(why) = skip {
+            let reads = registry::reads_of(&kind);
+            if let Some(what) = reads {
+                incomplete = Some(format!("probe skipped ({why}): {what} unknown"));
+            }
+            reads
                 .map(|what| format!("probe skipped ({why}): would read {what}"))
                 .into_iter()
-                .collect()
+                .collect::<Vec<_>>()
+                .into()
         } else if started.elapsed() >= PREVIEW_DEADLINE {
-            vec![format!(
+            let line = format!(
                 "probe skipped: the preview's {}s deadline has passed",
                 PREVIEW_DEADLINE.as_secs()
-            )]
+            );
+            match timed_out(&kind, &line) {
+                Some(u) => Findings::unread(u),
+                None => vec![line].into(),
+            }
         } else {
             let limit = PROBE_TIMEOUT.min(PREVIEW_DEADLINE - started.elapsed());
             // Boxed: the probes' futures are deep, and every caller would carry their layout.
@@ -239,19 +267,30 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
                 },
             );
             match tokio::time::timeout(limit, probe).await {
-                Ok(lines) => lines,
-                Err(_) => vec![format!(
-                    "probe timed out after {}s: nothing could be read{}",
-                    limit.as_secs(),
-                    registry::reads_of(&kind)
-                        .map(|w| format!(" about {w}"))
-                        .unwrap_or_default()
-                )],
+                Ok(findings) => findings,
+                Err(_) => {
+                    let line = format!(
+                        "probe timed out after {}s: nothing could be read{}",
+                        limit.as_secs(),
+                        registry::reads_of(&kind)
+                            .map(|w| format!(" about {w}"))
+                            .unwrap_or_default()
+                    );
+                    match timed_out(&kind, &line) {
+                        Some(u) => Findings::unread(u),
+                        None => vec![line].into(),
+                    }
+                }
+            }
+        };
+        let details: Vec<String> = findings.lines.iter().map(|d| redactor.redact(d)).collect();
+        for mut u in findings.unread {
+            u.error = redactor.redact(&u.error);
+            incomplete.get_or_insert_with(|| u.line());
+            if !unread_all.contains(&u) {
+                unread_all.push(u);
             }
         }
-        .into_iter()
-        .map(|d| redactor.redact(&d))
-        .collect();
         let mut params = params;
         redactor.redact_json(&mut params);
         steps_out.push(StepPreview {
@@ -283,10 +322,15 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
             timeout: step.common.timeout.map(|t| t.to_string()),
             continue_on_error: step.common.continue_on_error,
             destructive,
+            writes_target: kind.writes_target(),
+            repository: kind.repository().map(str::to_string),
+            writes_repository: kind.writes_repository(),
             target,
             target_url,
             protected_target: protected,
             details,
+            deletes: findings.deletes,
+            incomplete,
         });
     }
     PlanPreview {
@@ -295,7 +339,19 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
         steps: steps_out,
         confirmations_needed: confirmations,
         warnings: warnings.into_iter().map(|w| redactor.redact(&w)).collect(),
+        unread: unread_all,
     }
+}
+
+/// A probe that ran out of time read nothing about the step's repository (or target).
+fn timed_out(kind: &StepKind, line: &str) -> Option<Unread> {
+    let unknown = registry::reads_of(kind)
+        .map(|w| format!("{w} unknown"))
+        .unwrap_or_else(|| "its effect unknown".into());
+    if let Some(r) = kind.repository() {
+        return Some(Unread::repository(r, line, &unknown));
+    }
+    kind.target().map(|t| Unread::target(t, line, &unknown))
 }
 
 /// The render context for a preview: real vars and environment, placeholders for what only
@@ -303,39 +359,25 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
 fn preview_context(input: &PreviewInput<'_>, warnings: &mut Vec<String>) -> Value {
     let plan = &input.plan.plan;
     let mut env = serde_json::Map::new();
-    let mut all_strings = Vec::new();
-    for step in &plan.steps {
-        template::strings(&step.raw_params.value(), &mut all_strings);
-    }
-    all_strings.extend(plan.targets.values().filter_map(|t| t.url.clone()));
-    all_strings.extend(plan.repositories.values().map(|r| r.url.clone()));
-    for repo in plan.repositories.values() {
-        template::strings(&repo.written.value(), &mut all_strings);
-    }
-    for text in &all_strings {
-        for r in template::references(text).unwrap_or_default() {
-            if r.path.len() == 2 && r.path[0] == "env" {
-                let name = &r.path[1];
-                if input.untrusted || input.base.is_some() {
-                    // The plan's author chose these names: never show, never send, a value.
-                    env.insert(name.clone(), Value::String(format!("(env {name})")));
-                    continue;
-                }
-                let value = match input.env.get(name) {
-                    Some(v) => v.clone(),
-                    None => {
-                        let w = format!(
-                            "environment variable {name} is not set; `apply` will fail unless it is"
-                        );
-                        if !warnings.contains(&w) {
-                            warnings.push(w);
-                        }
-                        format!("(env {name} not set)")
-                    }
-                };
-                env.insert(name.clone(), Value::String(value));
-            }
+    for name in crate::plan::env_references(plan) {
+        if input.untrusted || input.base.is_some() {
+            // The plan's author chose these names: never show, never send, a value.
+            env.insert(name.clone(), Value::String(format!("(env {name})")));
+            continue;
         }
+        let value = match input.env.get(&name) {
+            Some(v) => v.clone(),
+            None => {
+                let w = format!(
+                    "environment variable {name} is not set; `apply` will fail unless it is"
+                );
+                if !warnings.contains(&w) {
+                    warnings.push(w);
+                }
+                format!("(env {name} not set)")
+            }
+        };
+        env.insert(name, Value::String(value));
     }
     let mut steps = serde_json::Map::new();
     for step in &plan.steps {
@@ -364,7 +406,7 @@ fn preview_context(input: &PreviewInput<'_>, warnings: &mut Vec<String>) -> Valu
     })
 }
 
-fn dash(list: &[String]) -> String {
+pub(crate) fn dash(list: &[String]) -> String {
     if list.is_empty() {
         "-".into()
     } else {
@@ -372,7 +414,7 @@ fn dash(list: &[String]) -> String {
     }
 }
 
-fn destructive_note(s: &StepPreview) -> Option<String> {
+pub(crate) fn destructive_note(s: &StepPreview) -> Option<String> {
     if !s.destructive {
         return None;
     }
@@ -395,6 +437,15 @@ pub fn render_text(p: &PlanPreview) -> String {
         p.steps.len(),
         if p.steps.len() == 1 { "" } else { "s" }
     );
+    if !p.unread.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n!! INCOMPLETE PREVIEW: what this plan would do where it could not read is unknown"
+        );
+        for u in &p.unread {
+            let _ = writeln!(out, "!! {}", u.line());
+        }
+    }
     for s in &p.steps {
         let _ = writeln!(out);
         let _ = writeln!(out, "{:>2}. {} ({})", s.position, s.id, s.step_type);
@@ -402,6 +453,9 @@ pub fn render_text(p: &PlanPreview) -> String {
             let _ = writeln!(out, "    !! {note}");
         }
         let _ = writeln!(out, "    will {}", s.action);
+        if let Some(why) = &s.incomplete {
+            let _ = writeln!(out, "    !! incomplete: {why}");
+        }
         if let (Some(t), Some(url)) = (&s.target, &s.target_url) {
             let _ = writeln!(out, "    target {t}: {url}");
         }
@@ -446,73 +500,6 @@ fn footer(out: &mut String, p: &PlanPreview, bullet: &str) {
     for w in &p.warnings {
         let _ = writeln!(out, "{bullet}warning: {w}");
     }
-}
-
-pub fn render_markdown(p: &PlanPreview) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "### opsrunner plan `{}`\n", p.plan);
-    let _ = writeln!(
-        out,
-        "`{}`: {} steps. Dry run: nothing has been changed.\n",
-        p.path,
-        p.steps.len()
-    );
-    let _ = writeln!(out, "| # | Step | Type | Needs | If | Destructive |");
-    let _ = writeln!(out, "|---|------|------|-------|----|-------------|");
-    for s in &p.steps {
-        let needs = if s.needs.is_empty() {
-            "–".to_string()
-        } else {
-            s.needs
-                .iter()
-                .map(|n| format!("`{n}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let destructive = match (s.destructive, s.protected_target) {
-            (true, true) => "⚠️ yes (protected)",
-            (true, false) => "⚠️ yes",
-            _ => "",
-        };
-        let _ = writeln!(
-            out,
-            "| {} | `{}` | {} | {} | `{}` | {} |",
-            s.position, s.id, s.step_type, needs, s.condition, destructive
-        );
-    }
-    for s in &p.steps {
-        let _ = writeln!(out, "\n#### {}. `{}` ({})\n", s.position, s.id, s.step_type);
-        if let Some(note) = destructive_note(s) {
-            let _ = writeln!(out, "> **{note}**\n");
-        }
-        let _ = writeln!(out, "Will {}.\n", md_escape(&s.action));
-        if let (Some(t), Some(url)) = (&s.target, &s.target_url) {
-            let _ = writeln!(out, "- target `{t}`: `{url}`");
-        }
-        if !s.details.is_empty() {
-            let _ = writeln!(out, "\n```text\n{}\n```", s.details.join("\n"));
-        }
-        if let Some(r) = &s.retry {
-            let _ = writeln!(out, "- retry: {r}");
-        }
-        if let Some(t) = &s.timeout {
-            let _ = writeln!(out, "- timeout: {t}");
-        }
-        if s.continue_on_error {
-            let _ = writeln!(out, "- continue on error");
-        }
-        let params = serde_json::to_string_pretty(&s.params).unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "\n<details><summary>parameters</summary>\n\n```json\n{params}\n```\n\n</details>"
-        );
-    }
-    footer(&mut out, p, "- ");
-    out
-}
-
-fn md_escape(s: &str) -> String {
-    s.replace('|', "\\|")
 }
 
 pub fn render_json(p: &PlanPreview) -> String {

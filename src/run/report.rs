@@ -6,7 +6,7 @@ use crate::plan::{PlanSource, ValidPlan};
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 pub const SCHEMA_VERSION: u32 = 1;
 /// How many output lines of each step the report keeps.
@@ -88,6 +88,13 @@ pub struct StepReport {
     /// The run whose outputs this step reused instead of running (`apply --resume`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reused_from: Option<String>,
+    /// What a failed verification found: `backup_too_old` or `backup_corrupt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<crate::exec::events::Verdict>,
+    /// Numbers the step measured, also when it failed. A verify's `restore_duration_ms` is
+    /// the drill's recovery time (RTO), its `backup_age_s` the age of what it restored (RPO).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub measurements: BTreeMap<String, u64>,
 }
 
 /// Collects events into a report.
@@ -126,6 +133,8 @@ impl ReportBuilder {
                 log_tail: Vec::new(),
                 definition_sha256: None,
                 reused_from: None,
+                verdict: None,
+                measurements: BTreeMap::new(),
             })
             .collect::<Vec<_>>();
         ReportBuilder {
@@ -224,14 +233,23 @@ impl ReportBuilder {
                 attempts,
                 outputs,
                 error,
+                verdict,
             } => {
                 if let Some(s) = self.step(step) {
+                    s.verdict = *verdict;
                     s.status = *status;
                     s.finished_at = Some(*at);
                     s.duration_ms = Some(*duration_ms);
                     s.attempts = attempts.clone();
                     s.outputs = outputs.clone();
                     s.reason = error.clone();
+                }
+            }
+            Event::Measured {
+                step, name, value, ..
+            } => {
+                if let Some(s) = self.step(step) {
+                    s.measurements.insert(name.clone(), *value);
                 }
             }
             Event::StepSkipped { step, reason, .. } => {

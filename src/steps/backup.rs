@@ -2,7 +2,7 @@
 //! the dump's own snapshot, and a manifest written last. A failed backup leaves nothing
 //! that looks like a backup.
 
-use super::probe::Probe;
+use super::probe::{Findings, Probe};
 use super::step_type::StepType;
 use crate::exec::events::Outputs;
 use crate::exec::progress::{Counter, Counting, Meter};
@@ -108,10 +108,11 @@ impl StepType for Backup {
 
     /// Where the backup goes and how it is protected, with the recipients read now: a
     /// reviewer sees which keys will be able to read the backups.
-    async fn probe<'a>(_: &'a BackupParams, scope: Probe<'a>) -> Vec<String> {
+    async fn probe<'a>(_: &'a BackupParams, scope: Probe<'a>) -> Findings {
         scope
             .repo
             .map_or_else(Vec::new, |r| destination(r, scope.base_dir))
+            .into()
     }
 
     fn run(

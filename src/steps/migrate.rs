@@ -2,7 +2,7 @@
 //! `_sqlx_migrations` table: each migration and its row in one transaction, under an
 //! advisory lock (sqlx's). `status` and the preview only read.
 
-use super::probe::{Probe, TargetView};
+use super::probe::{Findings, Probe, TargetView, Unread};
 use super::step_type::StepType;
 use crate::exec::events::{Outputs, Stream};
 use crate::exec::{StepContext, StepError};
@@ -82,10 +82,7 @@ impl StepType for Migrate {
     }
 
     /// The migrations the step would apply or revert, read over a read-only session.
-    fn probe<'a>(
-        p: &'a MigrateParams,
-        scope: Probe<'a>,
-    ) -> impl Future<Output = Vec<String>> + Send {
+    fn probe<'a>(p: &'a MigrateParams, scope: Probe<'a>) -> impl Future<Output = Findings> + Send {
         preview(p, scope)
     }
 
@@ -97,10 +94,10 @@ impl StepType for Migrate {
     }
 }
 
-async fn preview(p: &MigrateParams, scope: Probe<'_>) -> Vec<String> {
+async fn preview(p: &MigrateParams, scope: Probe<'_>) -> Findings {
     let migrator = match load(&scope.base_dir.join(&p.dir)).await {
         Ok(m) => m,
-        Err(e) => return vec![format!("migrations: {e}")],
+        Err(e) => return vec![format!("migrations: {e}")].into(),
     };
     let all = names(&migrator);
     let applied = match scope.target {
@@ -110,12 +107,13 @@ async fn preview(p: &MigrateParams, scope: Probe<'_>) -> Vec<String> {
     };
     match (applied, p.action) {
         (Err(e), _) => {
-            let mut lines = vec![format!("could not read which migrations are applied: {e}")];
-            lines.extend(
+            let unread = Unread::target(&p.target, e, "which migrations are pending is unknown");
+            let mut findings = Findings::unread(unread);
+            findings.lines.extend(
                 all.into_iter()
                     .map(|(_, n)| format!("migration in {}: {n}", p.dir)),
             );
-            lines
+            findings
         }
         (Ok(mut applied), MigrateAction::Revert) => {
             applied.reverse();
@@ -126,12 +124,13 @@ async fn preview(p: &MigrateParams, scope: Probe<'_>) -> Vec<String> {
                 .filter_map(|v| all.iter().find(|(a, _)| a == v).map(|(_, n)| n.clone()))
                 .collect();
             if names.is_empty() {
-                vec!["nothing to revert".into()]
+                vec!["nothing to revert".into()].into()
             } else {
                 names
                     .into_iter()
                     .map(|n| format!("will revert: {n}"))
-                    .collect()
+                    .collect::<Vec<_>>()
+                    .into()
             }
         }
         (Ok(applied), _) => {
@@ -141,12 +140,13 @@ async fn preview(p: &MigrateParams, scope: Probe<'_>) -> Vec<String> {
                 .map(|(_, n)| n)
                 .collect();
             if pending.is_empty() {
-                vec!["no pending migrations".into()]
+                vec!["no pending migrations".into()].into()
             } else {
                 pending
                     .into_iter()
                     .map(|n| format!("pending: {n}"))
-                    .collect()
+                    .collect::<Vec<_>>()
+                    .into()
             }
         }
     }

@@ -25,11 +25,90 @@ pub struct Probe<'a> {
 }
 
 impl Probe<'_> {
-    /// The step's repository opened for reading, when it can be.
-    pub async fn open(&self) -> Option<crate::repo::AnyStore> {
-        let repo = self.repo?;
+    /// The step's repository (named `name` in the plan) opened for reading; what the
+    /// preview cannot know without it is `unknown`.
+    pub async fn open(&self, name: &str, unknown: &str) -> Result<crate::repo::AnyStore, Unread> {
+        let Some(repo) = self.repo else {
+            return Err(Unread::repository(
+                name,
+                "its definition could not be rendered",
+                unknown,
+            ));
+        };
         crate::repo::open(&repo.url, self.base_dir, &repo.s3_options())
             .await
-            .ok()
+            .map_err(|e| Unread::repository(name, e.to_string(), unknown))
+    }
+}
+
+/// What a probe found: lines for the preview, and what it needed but could not read.
+#[derive(Debug, Default)]
+pub struct Findings {
+    pub lines: Vec<String>,
+    pub unread: Vec<Unread>,
+    /// Backups the step would delete (a prune's victims), by id.
+    pub deletes: Vec<String>,
+}
+
+/// A target or repository a probe could not read. The preview says so before anything
+/// else, because silence would read as "nothing will happen" (an empty repository and an
+/// unreachable one must not look alike), and `plan --strict` fails on it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+pub struct Unread {
+    /// `repository` or `target`.
+    pub kind: String,
+    /// Its name in the plan.
+    pub name: String,
+    /// What went wrong.
+    pub error: String,
+    /// What the preview therefore cannot say, e.g. "prune victims unknown".
+    pub unknown: String,
+}
+
+impl Unread {
+    pub fn repository(name: &str, error: impl Into<String>, unknown: &str) -> Unread {
+        Unread {
+            kind: "repository".into(),
+            name: name.into(),
+            error: error.into(),
+            unknown: unknown.into(),
+        }
+    }
+
+    pub fn target(name: &str, error: impl Into<String>, unknown: &str) -> Unread {
+        Unread {
+            kind: "target".into(),
+            name: name.into(),
+            error: error.into(),
+            unknown: unknown.into(),
+        }
+    }
+
+    /// One line: "could not read repository `local`: …; prune victims unknown".
+    pub fn line(&self) -> String {
+        format!(
+            "could not read {} `{}`: {}; {}",
+            self.kind, self.name, self.error, self.unknown
+        )
+    }
+}
+
+impl From<Vec<String>> for Findings {
+    fn from(lines: Vec<String>) -> Findings {
+        Findings {
+            lines,
+            ..Findings::default()
+        }
+    }
+}
+
+impl Findings {
+    /// Nothing could be read: the line says so, and the preview lists it among the unread.
+    pub fn unread(unread: Unread) -> Findings {
+        Findings {
+            lines: vec![unread.line()],
+            unread: vec![unread],
+            deletes: Vec::new(),
+        }
     }
 }

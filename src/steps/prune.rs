@@ -2,7 +2,7 @@
 //! way for the preview (which lists every backup it would delete and the rule that keeps
 //! each kept one) and for the run.
 
-use super::probe::Probe;
+use super::probe::{Findings, Probe, Unread};
 use super::step_type::StepType;
 use crate::exec::events::{Outputs, Stream};
 use crate::exec::{StepContext, StepError};
@@ -86,16 +86,27 @@ impl StepType for Prune {
     }
 
     /// Every backup the policy would delete, and the rule that keeps each kept one.
-    async fn probe<'a>(p: &'a PruneParams, scope: Probe<'a>) -> Vec<String> {
-        let Some(store) = scope.open().await else {
-            return vec!["the repository cannot be read before apply".into()];
+    async fn probe<'a>(p: &'a PruneParams, scope: Probe<'a>) -> Findings {
+        const UNKNOWN: &str = "prune victims unknown";
+        let store = match scope.open(&p.repository, UNKNOWN).await {
+            Ok(store) => store,
+            Err(unread) => return Findings::unread(unread),
         };
         match prune::decide(&store, &policy(p)).await {
             Ok(decisions) if decisions.is_empty() => {
-                vec!["the repository holds no backup to consider".into()]
+                vec!["the repository holds no backup to consider: nothing will be deleted".into()]
+                    .into()
             }
-            Ok(decisions) => decisions.iter().map(prune::describe).collect(),
-            Err(e) => vec![e],
+            Ok(decisions) => Findings {
+                lines: decisions.iter().map(prune::describe).collect(),
+                deletes: decisions
+                    .iter()
+                    .filter(|d| !d.keep)
+                    .map(|d| d.id.clone())
+                    .collect(),
+                ..Findings::default()
+            },
+            Err(e) => Findings::unread(Unread::repository(&p.repository, e, UNKNOWN)),
         }
     }
 

@@ -1,7 +1,7 @@
 //! `reset`: end the database's other sessions, drop and recreate it, apply migrations,
 //! apply seeds — a known state for development and CI databases.
 
-use super::probe::Probe;
+use super::probe::{Findings, Probe};
 use super::seed::SeedEnvironment;
 use super::step_type::StepType;
 use super::{migrate, seed};
@@ -65,8 +65,8 @@ impl StepType for Reset {
         Some("the migration and seed files")
     }
 
-    fn probe<'a>(p: &'a ResetParams, scope: Probe<'a>) -> impl Future<Output = Vec<String>> + Send {
-        details(p, scope.base_dir)
+    async fn probe<'a>(p: &'a ResetParams, scope: Probe<'a>) -> Findings {
+        details(p, scope.base_dir).await.into()
     }
 
     fn run(

@@ -1,6 +1,6 @@
 //! `restore`: a backup into a database (the namespace) on a target.
 
-use super::probe::Probe;
+use super::probe::{Findings, Probe, Unread};
 use super::step_type::StepType;
 use crate::exec::events::{Outputs, Stream};
 use crate::exec::{ErrorKind, StepContext, StepError};
@@ -86,9 +86,9 @@ impl StepType for Restore {
         (p.backup == "latest").then_some("which backup `latest` is")
     }
 
-    async fn probe<'a>(p: &'a RestoreParams, scope: Probe<'a>) -> Vec<String> {
+    async fn probe<'a>(p: &'a RestoreParams, scope: Probe<'a>) -> Findings {
         if p.backup != "latest" {
-            return Vec::new();
+            return Findings::default();
         }
         describe_latest(scope, &p.repository, p.source_database.as_deref()).await
     }
@@ -314,12 +314,22 @@ pub async fn describe_latest(
     scope: Probe<'_>,
     repository: &str,
     database: Option<&str>,
-) -> Vec<String> {
-    let Some(store) = scope.open().await else {
-        return Vec::new();
+) -> Findings {
+    const UNKNOWN: &str = "which backup `latest` is unknown";
+    let store = match scope.open(repository, UNKNOWN).await {
+        Ok(store) => store,
+        Err(unread) => return Findings::unread(unread),
     };
-    match resolve(&store, "latest", database, repository).await {
-        Ok(checked) => {
+    match listing::latest(&store, database).await {
+        Err(e) => Findings::unread(Unread::repository(repository, e.to_string(), UNKNOWN)),
+        Ok(None) => vec![format!(
+            "latest: repository `{repository}` holds no published backup{}; apply will fail unless one is made first",
+            database
+                .map(|d| format!(" of database `{d}`"))
+                .unwrap_or_default()
+        )]
+        .into(),
+        Ok(Some(checked)) => {
             let m = &checked.manifest;
             let mut lines = vec![format!(
                 "latest is {} (database {}, created {}, {} bytes)",
@@ -335,8 +345,7 @@ pub async fn describe_latest(
                     crate::repo::crypto::IDENTITY_ENV
                 ));
             }
-            lines
+            lines.into()
         }
-        Err(e) => vec![format!("latest: {}", e.message)],
     }
 }

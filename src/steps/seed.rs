@@ -4,7 +4,7 @@
 //! name gives (`users.csv`, `20-billing.invoices.csv`: a leading number only orders), with
 //! a header line.
 
-use super::probe::Probe;
+use super::probe::{Findings, Probe};
 use super::step_type::StepType;
 use crate::exec::events::{Outputs, Stream};
 use crate::exec::{StepContext, StepError};
@@ -81,14 +81,15 @@ impl StepType for Seed {
         Some("the seed files")
     }
 
-    async fn probe<'a>(p: &'a SeedParams, scope: Probe<'a>) -> Vec<String> {
-        match files(&scope.base_dir.join(&p.dir), p.environment) {
+    async fn probe<'a>(p: &'a SeedParams, scope: Probe<'a>) -> Findings {
+        let lines = match files(&scope.base_dir.join(&p.dir), p.environment) {
             Ok(files) => file_names(&files)
                 .into_iter()
                 .map(|n| format!("seed file: {n}"))
                 .collect(),
             Err(e) => vec![e.message],
-        }
+        };
+        lines.into()
     }
 
     fn run(

@@ -3,7 +3,7 @@
 //! preview text and read-only probes, how it runs — is a method or constant of
 //! [`StepType`]; `registry.rs` lists the types.
 
-use super::probe::Probe;
+use super::probe::{Findings, Probe};
 use crate::exec::events::Outputs;
 use crate::exec::{StepContext, StepError};
 use crate::plan::step_params::{CheckScope, Problem};
@@ -16,7 +16,7 @@ use std::path::Path;
 use std::pin::Pin;
 
 pub type StepFuture<'a> = Pin<Box<dyn Future<Output = Result<Outputs, StepError>> + Send + 'a>>;
-pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = Vec<String>> + Send + 'a>>;
+pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = Findings> + Send + 'a>>;
 
 /// One step type. Only `NAME`, `Params`, `OUTPUTS`, `describe` and `run` are required;
 /// the rest defaults to "does not apply".
@@ -69,8 +69,8 @@ pub trait StepType: Send + Sync + 'static {
     }
     /// Read-only look-ups that make the preview say what *will* happen (which backup
     /// `latest` is, which migrations are pending). Never writes anything.
-    fn probe<'a>(_: &'a Self::Params, _: Probe<'a>) -> impl Future<Output = Vec<String>> + Send {
-        async { Vec::new() }
+    fn probe<'a>(_: &'a Self::Params, _: Probe<'a>) -> impl Future<Output = Findings> + Send {
+        async { Findings::default() }
     }
     fn run(
         p: &Self::Params,

@@ -3,11 +3,11 @@
 //! database, compares the table fingerprints with the manifest's and drops the scratch
 //! database again (also when something failed).
 
-use super::probe::Probe;
+use super::probe::{Findings, Probe};
 use super::restore::resolve;
 use super::restore::{Namespace, latest};
 use super::step_type::StepType;
-use crate::exec::events::{Outputs, Stream};
+use crate::exec::events::{Outputs, Stream, Verdict};
 use crate::exec::{StepContext, StepError};
 use crate::pg::database as db;
 use crate::pg::process::PgProcess;
@@ -42,6 +42,22 @@ pub struct VerifyParams {
     /// Parallel pg_restore workers for the test restore.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jobs: Option<u32>,
+    /// The oldest the backup may be (e.g. `26h`): an older one fails the `age` check, and
+    /// the run exits 5 ("backup too old") unless a backup is also corrupt (exit 6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<crate::plan::duration::HumanDuration>,
+    /// Record the outcome beside the backup (`verification.json`, which prune relies on).
+    /// `false` leaves the repository untouched, so a drill needs only read access.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub record: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 pub struct Verify;
@@ -80,9 +96,9 @@ impl StepType for Verify {
         (p.backup == "latest").then_some("which backup `latest` is")
     }
 
-    async fn probe<'a>(p: &'a VerifyParams, scope: Probe<'a>) -> Vec<String> {
+    async fn probe<'a>(p: &'a VerifyParams, scope: Probe<'a>) -> Findings {
         if p.backup != "latest" {
-            return Vec::new();
+            return Findings::default();
         }
         super::restore::describe_latest(scope, &p.repository, None).await
     }
@@ -110,6 +126,12 @@ pub fn describe(p: &VerifyParams) -> String {
             "; test-restore into scratch database `{}` on target `{}`, compare fingerprints, drop it",
             ns.database, ns.target
         ));
+    }
+    if let Some(age) = p.max_age {
+        s.push_str(&format!("; fail if older than {age}"));
+    }
+    if !p.record {
+        s.push_str("; record nothing in the repository");
     }
     s
 }
@@ -143,6 +165,18 @@ impl Checks {
             .join(" ")
     }
 
+    /// A backup is corrupt when any check but `age` failed.
+    fn verdict(&self) -> Option<Verdict> {
+        let failed = |name: &str| self.results.iter().any(|(n, r)| *n == name && r.is_err());
+        if self.results.iter().any(|(n, r)| *n != "age" && r.is_err()) {
+            Some(Verdict::BackupCorrupt)
+        } else if failed("age") {
+            Some(Verdict::BackupTooOld)
+        } else {
+            None
+        }
+    }
+
     fn failures(&self) -> Vec<String> {
         self.results
             .iter()
@@ -161,12 +195,25 @@ pub async fn run(p: &VerifyParams, ctx: &StepContext) -> Result<Outputs, StepErr
         Ok(c) => c,
         Err(e) => {
             checks.record(ctx, "manifest", Err(e.message.clone()));
-            return Err(StepError {
-                message: format!("verify failed: manifest: {}", e.message),
-                ..e
+            let message = format!("verify failed: manifest: {}", e.message);
+            // A manifest that is there but cannot be trusted is a damaged backup; no backup
+            // at all, or a repository that cannot be read, is not a verdict on one.
+            return Err(if manifest_damaged(&store, &p.backup).await {
+                StepError::verdict(Verdict::BackupCorrupt, message)
+            } else {
+                StepError { message, ..e }
             });
         }
     };
+    let age_s = (Utc::now() - checked.manifest.created_at)
+        .num_seconds()
+        .max(0) as u64;
+    ctx.events.measured(&ctx.step_id, "backup_age_s", age_s);
+    // The scratch database is checked before anything else: one left by an earlier run is
+    // a problem of this plan, not of the backup.
+    if let Some(ns) = &p.restore_into {
+        scratch_is_free(ctx, &ns.target, &ns.database).await?;
+    }
     let mut manifest = checked.manifest.clone();
     // Without the right key nothing can be checked; that is a configuration problem, not a
     // verdict on the backup, so no verification is recorded.
@@ -183,6 +230,22 @@ pub async fn run(p: &VerifyParams, ctx: &StepContext) -> Result<Outputs, StepErr
             manifest.total_bytes()
         )),
     );
+
+    if let Some(max) = p.max_age {
+        let limit = max.0.as_secs();
+        let shown = crate::plan::duration::format(std::time::Duration::from_secs(age_s));
+        checks.record(
+            ctx,
+            "age",
+            if age_s > limit {
+                Err(format!(
+                    "the backup is {shown} old, older than max_age {max}: are backups still being made?"
+                ))
+            } else {
+                Ok(format!("{shown} old, at most {max}"))
+            },
+        );
+    }
 
     let mut file_problems = Vec::new();
     for entry in &manifest.files {
@@ -212,6 +275,11 @@ pub async fn run(p: &VerifyParams, ctx: &StepContext) -> Result<Outputs, StepErr
             match test_restore(ctx, &store, &manifest, &ns.target, &ns.database, p.jobs).await {
                 Ok(result) => {
                     restore_ms = Some(clock.elapsed().as_millis());
+                    ctx.events.measured(
+                        &ctx.step_id,
+                        "restore_duration_ms",
+                        clock.elapsed().as_millis() as u64,
+                    );
                     checks.record(
                         ctx,
                         "restore",
@@ -226,11 +294,13 @@ pub async fn run(p: &VerifyParams, ctx: &StepContext) -> Result<Outputs, StepErr
     }
 
     let failures = checks.failures();
+    let verdict = checks.verdict();
     // Prune relies on these records: the newest verified backup is kept, and nothing is
-    // deleted after a failed verification.
+    // deleted after a failed verification. Age says nothing about the backup itself, so a
+    // backup that is only too old is recorded as passed.
     let record = Verification {
         verified_at: Utc::now(),
-        passed: failures.is_empty(),
+        passed: verdict != Some(Verdict::BackupCorrupt),
         restored: checks
             .results
             .iter()
@@ -240,20 +310,25 @@ pub async fn run(p: &VerifyParams, ctx: &StepContext) -> Result<Outputs, StepErr
         manifest_sha256: None,
         seal: None,
     };
-    listing::record(&store, &checked, record)
-        .await
-        .map_err(|e| {
-            StepError::transient(format!(
-                "cannot record the verification of {}: {e}",
-                manifest.backup_id
-            ))
-        })?;
-    if !failures.is_empty() {
-        return Err(StepError::permanent(format!(
-            "verify of {} failed: {}",
-            manifest.backup_id,
-            failures.join("; ")
-        )));
+    if p.record {
+        listing::record(&store, &checked, record)
+            .await
+            .map_err(|e| {
+                StepError::transient(format!(
+                    "cannot record the verification of {}: {e}",
+                    manifest.backup_id
+                ))
+            })?;
+    }
+    if let Some(verdict) = verdict {
+        return Err(StepError::verdict(
+            verdict,
+            format!(
+                "verify of {} failed: {}",
+                manifest.backup_id,
+                failures.join("; ")
+            ),
+        ));
     }
     let mut outputs = Outputs::new();
     outputs.insert("backup_id".into(), manifest.backup_id.clone());
@@ -262,11 +337,33 @@ pub async fn run(p: &VerifyParams, ctx: &StepContext) -> Result<Outputs, StepErr
         "restore_duration_ms".into(),
         restore_ms.map(|m| m.to_string()).unwrap_or_default(),
     );
-    outputs.insert(
-        "backup_age_s".into(),
-        (Utc::now() - manifest.created_at).num_seconds().to_string(),
-    );
+    outputs.insert("backup_age_s".into(), age_s.to_string());
     Ok(outputs)
+}
+
+/// Whether `backup` has a manifest that failed to load (rather than none at all).
+async fn manifest_damaged(store: &AnyStore, backup: &str) -> bool {
+    match listing::list(store).await {
+        Ok(entries) => {
+            entries
+                .iter()
+                .any(|e| e.backup.is_err() && (backup == "latest" || e.id == backup))
+                && (backup != "latest" || entries.iter().all(|e| e.backup.is_err()))
+        }
+        Err(_) => false,
+    }
+}
+
+async fn scratch_is_free(ctx: &StepContext, target: &str, database: &str) -> Result<(), StepError> {
+    let mut server = connect(ctx.target_url(target)?, None, &format!("target `{target}`")).await?;
+    let exists = db::exists(&mut server.conn, database).await;
+    let _ = server.conn.close().await;
+    if exists? {
+        return Err(StepError::permanent(format!(
+            "scratch database `{database}` already exists on target `{target}`; nothing was checked. verify only restores into a new database (e.g. `verify_{{{{ run.id }}}}`)"
+        )));
+    }
+    Ok(())
 }
 
 /// Lists the archive's table of contents with `pg_restore --list` (plain dumps: reads the

@@ -179,7 +179,7 @@ fn a_flipped_byte_makes_verify_fail_naming_the_file() {
         "version: 1\nname: v\nrepositories:\n  repo: {{ url: \"file://./repo\" }}\nsteps:\n  - {{ id: verify, type: verify, repository: repo, backup: {id} }}\n"
     );
     let run = ws.apply(&verify, &[]);
-    assert_eq!(run.code, 1);
+    assert_eq!(run.code, opsrunner::exit::BACKUP_CORRUPT);
     let reason = run.step("verify")["reason"].as_str().unwrap();
     assert!(
         reason.contains("files: dump.pgdump.zst: SHA-256 is"),

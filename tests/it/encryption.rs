@@ -235,7 +235,7 @@ fn encrypted_backups_reveal_nothing_and_need_the_identity() {
     bytes[middle] ^= 1;
     std::fs::write(&data, bytes).unwrap();
     let run = verify(&id, &[], Some(&right));
-    assert_eq!(run.code, 1);
+    assert_eq!(run.code, opsrunner::exit::BACKUP_CORRUPT);
     let reason = run.step("verify")["reason"].as_str().unwrap();
     assert!(
         reason.contains("files: dump.pgdump.age: SHA-256"),

@@ -771,6 +771,8 @@ fn a_probe_that_never_answers_times_out_and_says_so() {
 fn a_preview_against_a_base_plan_probes_only_what_is_unchanged() {
     let ws = Workspace::new();
     let (addr, hits) = trap();
+    // An empty repository (its directory exists): the unchanged prune may read it.
+    std::fs::create_dir_all(ws.path("repo")).unwrap();
     let base = "version: 1\nname: nightly\ntargets:\n  prod: { url: \"{{ env.PROD_URL }}\" }\nrepositories:\n  local: { url: \"file://./repo\" }\nsteps:\n  - { id: up, type: migrate, target: prod, dir: migrations }\n  - { id: prune, type: prune, repository: local, keep: { last: 2 } }\n";
     let old = ws.path("base.yaml");
     std::fs::write(&old, base).unwrap();

@@ -27,3 +27,4 @@ mod sql_step;
 mod unattended_history;
 mod unattended_locks;
 mod unattended_progress;
+mod where_it_runs;

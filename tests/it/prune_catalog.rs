@@ -120,7 +120,7 @@ fn nothing_is_pruned_after_the_newest_backup_failed_verification() {
     bytes[10] ^= 0xff;
     std::fs::write(&file, bytes).unwrap();
     let failed = verify(&ws, &ids[2]);
-    assert_eq!(failed.code, 1);
+    assert_eq!(failed.code, opsrunner::exit::BACKUP_CORRUPT);
 
     let run = prune(&ws, &[]);
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -225,6 +225,17 @@ fn backups_check_says_fresh_stale_and_unverified_in_one_line() {
         let stdout = String::from_utf8_lossy(&out.stdout).trim_end().to_string();
         (out.status.code(), stdout)
     };
+    // A repository directory that does not exist is an error, never "no backup".
+    let missing = opsrunner()
+        .args(["backups", "check", "--max-age", "26h", "--repository"])
+        .arg(format!("file://{}", ws.path("repo").display()))
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(stderr.contains("does not exist"), "{stderr}");
+
+    std::fs::create_dir_all(ws.path("repo")).unwrap();
     let (code, line) = check(&["--max-age", "26h"]);
     assert_eq!(code, Some(1), "{line}");
     assert!(line.starts_with("no backup in"), "{line}");
