@@ -119,9 +119,10 @@ fn summary(p: &PlanPreview) -> String {
     let _ = writeln!(out, "### opsrunner plan {}\n", code(&p.plan));
     let _ = writeln!(
         out,
-        "{} · {} · dry run: nothing has been changed\n",
+        "{} · {} · sha256 {} · dry run: nothing has been changed\n",
         code(&p.path),
-        plural(p.steps.len(), "step", "steps")
+        plural(p.steps.len(), "step", "steps"),
+        code(&p.plan_sha256.chars().take(12).collect::<String>())
     );
     if !p.unread.is_empty() {
         let _ = writeln!(

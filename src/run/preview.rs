@@ -19,6 +19,8 @@ use std::fmt::Write as _;
 pub struct PlanPreview {
     pub plan: String,
     pub path: String,
+    /// SHA-256 of the plan file's bytes (as in the run report): which version was previewed.
+    pub plan_sha256: String,
     pub steps: Vec<StepPreview>,
     /// Targets that `apply` will refuse to touch without `--confirm NAME`.
     pub confirmations_needed: Vec<String>,
@@ -336,6 +338,7 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
     PlanPreview {
         plan: plan.name.clone(),
         path: input.source.display.clone(),
+        plan_sha256: input.source.sha256.clone(),
         steps: steps_out,
         confirmations_needed: confirmations,
         warnings: warnings.into_iter().map(|w| redactor.redact(&w)).collect(),
