@@ -290,25 +290,36 @@ impl Field {
 }
 
 fn cron_field(s: &str, b: &Bounds, names: &[&str]) -> Result<Field, String> {
+    field(s, b, names, "-", "step")
+}
+
+/// One field of either syntax: `*`, values, ranges (`lo-hi` in cron, `lo..hi` in
+/// systemd) and steps (`/n`), separated by commas. `5/15` means 5, 20, 35, 50 in both.
+fn field(
+    s: &str,
+    b: &Bounds,
+    names: &[&str],
+    range: &str,
+    step_word: &str,
+) -> Result<Field, String> {
     if s == "*" {
         return Ok(Field(None));
     }
     let mut ranges = Vec::new();
     for part in s.split(',') {
         let (base, step) = match part.split_once('/') {
-            Some((base, step)) => (base, Some(number(step, b, "step")?)),
+            Some((base, step)) => (base, Some(number(step, b, step_word)?)),
             None => (part, None),
         };
         if step == Some(0) {
-            return Err(format!("a step of 0 in the {} field `{s}`", b.name));
+            return Err(format!("a {step_word} of 0 in the {} field `{s}`", b.name));
         }
         let (lo, hi) = if base == "*" {
             (b.min, b.max)
-        } else if let Some((lo, hi)) = base.split_once('-') {
+        } else if let Some((lo, hi)) = base.split_once(range) {
             (value(lo, b, names)?, value(hi, b, names)?)
         } else {
             let v = value(base, b, names)?;
-            // `5/15` in cron means 5, 20, 35, 50.
             (v, if step.is_some() { b.max } else { v })
         };
         if lo > hi {
@@ -479,39 +490,7 @@ fn systemd_weekdays(s: &str) -> Result<Field, String> {
 }
 
 fn systemd_field(s: &str, b: &Bounds) -> Result<Field, String> {
-    if s == "*" {
-        return Ok(Field(None));
-    }
-    let mut ranges = Vec::new();
-    for part in s.split(',') {
-        let (base, step) = match part.split_once('/') {
-            Some((base, step)) => (base, Some(number(step, b, "repetition")?)),
-            None => (part, None),
-        };
-        if step == Some(0) {
-            return Err(format!("a repetition of 0 in the {} `{s}`", b.name));
-        }
-        let (lo, hi) = if base == "*" {
-            (b.min, b.max)
-        } else if let Some((lo, hi)) = base.split_once("..") {
-            (value(lo, b, &[])?, value(hi, b, &[])?)
-        } else {
-            let v = value(base, b, &[])?;
-            (v, if step.is_some() { b.max } else { v })
-        };
-        if lo > hi {
-            return Err(format!(
-                "the {} range `{base}` runs backwards; write it from low to high",
-                b.name
-            ));
-        }
-        ranges.push(Range {
-            lo,
-            hi,
-            step: step.unwrap_or(1),
-        });
-    }
-    Ok(Field(Some(ranges)))
+    field(s, b, &[], "..", "repetition")
 }
 
 // ---- in the plan ----
