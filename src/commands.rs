@@ -401,10 +401,10 @@ pub fn diff(old: &Path, new: &Path, format: PreviewFormat) -> Result<String, Fai
         Ok(plan::check(source).map_err(Failure::Plan)?.1)
     };
     let (a, b) = (load(old)?, load(new)?);
-    let changes = crate::plan::diff::between(&a.plan, &b.plan);
+    let changes = crate::diff::between(&a.plan, &b.plan);
     let (old, new) = (old.display().to_string(), new.display().to_string());
     Ok(match format {
-        PreviewFormat::Markdown => crate::plan::diff::render_markdown(&changes, &old, &new),
-        _ => crate::plan::diff::render_text(&changes, &old, &new),
+        PreviewFormat::Markdown => crate::diff::render_markdown(&changes, &old, &new),
+        _ => crate::diff::render_text(&changes, &old, &new),
     })
 }

@@ -9,6 +9,7 @@ pub mod backups;
 pub mod commands;
 pub mod counting;
 pub mod diag;
+pub mod diff;
 pub mod digest;
 pub mod exec;
 pub mod exit;

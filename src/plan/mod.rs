@@ -2,7 +2,6 @@
 //! [`validate`]d [`ValidPlan`] with its [`graph::Dag`]. [`template`] renders values later,
 //! as the run reaches each step.
 
-pub mod diff;
 pub mod duration;
 pub mod graph;
 pub mod identity;

@@ -3,7 +3,7 @@
 //! written), conditions, retention, schedule, and the targets and repositories, with the
 //! changes that weaken a guard or change what is deleted called out.
 
-use super::model::Plan;
+use crate::plan::model::Plan;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -129,7 +129,7 @@ pub fn between(old: &Plan, new: &Plan) -> Vec<Change> {
 }
 
 /// A step as written: its type, common keys and parameters, in one map.
-fn step_value(step: &super::model::StepDef) -> Value {
+fn step_value(step: &crate::plan::model::StepDef) -> Value {
     let mut v = serde_json::to_value(&step.common).unwrap_or(Value::Null);
     if let (Value::Object(map), Value::Object(params)) = (&mut v, step.raw_params.value()) {
         map.remove("id");
