@@ -194,14 +194,10 @@ fn cron_job(s: &Scheduled, o: &Options) -> Result<Value, Failure> {
 /// cannot be mounted and is refused.
 fn local_repositories(s: &Scheduled) -> Result<Vec<String>, Failure> {
     let mut out = Vec::new();
-    for (name, repo) in &s.plan.plan.repositories {
-        let Some(path) = repo.url.strip_prefix("file://") else {
-            continue;
-        };
+    for (name, url, path) in s.local_repositories() {
         if crate::plan::template::has_template(path) || !path.starts_with('/') {
             return Err(Failure::Usage(format!(
-                "repository `{name}` is `{}`: in Kubernetes a local repository needs an absolute path written in the plan, to mount its volume there (or use an S3 repository)",
-                repo.url
+                "repository `{name}` is `{url}`: in Kubernetes a local repository needs an absolute path written in the plan, to mount its volume there (or use an S3 repository)"
             )));
         }
         out.push(path.to_string());

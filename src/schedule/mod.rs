@@ -20,6 +20,21 @@ pub struct Scheduled {
     pub unit_name: String,
 }
 
+impl Scheduled {
+    /// The plan's `file://` repositories: name, URL as written, and the path in it.
+    pub fn local_repositories(&self) -> impl Iterator<Item = (&str, &str, &str)> {
+        self.plan
+            .plan
+            .repositories
+            .iter()
+            .filter_map(|(name, repo)| {
+                repo.url
+                    .strip_prefix("file://")
+                    .map(|path| (name.as_str(), repo.url.as_str(), path))
+            })
+    }
+}
+
 /// Reads and validates a plan and takes its `schedule:` (or `on_calendar` instead).
 pub fn read(file: &Path, schedule: Option<&str>) -> Result<Scheduled, Failure> {
     let source = PlanSource::read(file).map_err(Failure::Plan)?;

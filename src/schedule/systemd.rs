@@ -264,15 +264,11 @@ fn local_repositories(
     writable: &[PathBuf],
 ) -> Result<Vec<PathBuf>, Failure> {
     let mut out = Vec::new();
-    for (name, repo) in &s.plan.plan.repositories {
-        let Some(path) = repo.url.strip_prefix("file://") else {
-            continue;
-        };
+    for (name, url, path) in s.local_repositories() {
         if crate::plan::template::has_template(path) {
             if writable.is_empty() {
                 return Err(Failure::Usage(format!(
-                    "repository `{name}` is `{}`: its directory is known only when the plan runs; name it with --writable DIR so that the service may write there (ProtectSystem=strict)",
-                    repo.url
+                    "repository `{name}` is `{url}`: its directory is known only when the plan runs; name it with --writable DIR so that the service may write there (ProtectSystem=strict)"
                 )));
             }
             continue;
