@@ -20,6 +20,22 @@ pub enum PreviewFormat {
     Json,
 }
 
+impl PreviewFormat {
+    /// The format asked for, else the one `--out`'s extension names (`plan.json` is a saved
+    /// plan, `plan.md` a pull-request comment), else text.
+    pub fn chosen(format: Option<PreviewFormat>, out: Option<&Path>) -> PreviewFormat {
+        let extension = out
+            .and_then(Path::extension)
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        format.unwrap_or(match extension.as_deref() {
+            Some("json") => PreviewFormat::Json,
+            Some("md" | "markdown") => PreviewFormat::Markdown,
+            _ => PreviewFormat::Text,
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum GraphFormat {
     Dot,
@@ -172,15 +188,26 @@ pub fn validate(args: &PlanArgs) -> Result<String, Failure> {
 }
 
 pub async fn build_preview(p: &Prepared, confirm: &[String]) -> PlanPreview {
-    build_preview_with(p, confirm, false, None).await
+    build_preview_with(p, confirm, PreviewMode::default()).await
+}
+
+/// How a preview is made beyond the plan and `--confirm`.
+#[derive(Debug, Default)]
+pub struct PreviewMode<'a> {
+    /// `--untrusted`: read nothing.
+    pub untrusted: bool,
+    /// `--base OLD`: read only what is unchanged against the reviewed plan.
+    pub base: Option<preview::BaseTrust>,
+    /// Record what a saved plan needs (the JSON preview), with these `--var` values.
+    pub saved_with: Option<&'a BTreeMap<String, String>>,
 }
 
 pub async fn build_preview_with(
     p: &Prepared,
     confirm: &[String],
-    untrusted: bool,
-    base: Option<preview::BaseTrust>,
+    mode: PreviewMode<'_>,
 ) -> PlanPreview {
+    let no_overrides = BTreeMap::new();
     preview::build(
         &PreviewInput {
             source: &p.source,
@@ -188,8 +215,10 @@ pub async fn build_preview_with(
             vars: &p.vars,
             env: &p.env,
             confirmed: confirm,
-            untrusted,
-            base,
+            untrusted: mode.untrusted,
+            base: mode.base,
+            capture: mode.saved_with.is_some(),
+            overrides: mode.saved_with.unwrap_or(&no_overrides),
         },
         &p.redactor,
     )
@@ -243,7 +272,13 @@ pub fn plan(args: &PlanArgs, output: &PlanOutput<'_>) -> Result<String, Failure>
             Some(preview::BaseTrust::between(&old.plan, &p.plan.plan))
         }
     };
-    let preview = runtime.block_on(build_preview_with(&p, &args.confirm, args.untrusted, base));
+    let overrides: BTreeMap<String, String> = args.vars.iter().cloned().collect();
+    let mode = PreviewMode {
+        untrusted: args.untrusted,
+        base,
+        saved_with: (format == PreviewFormat::Json).then_some(&overrides),
+    };
+    let preview = runtime.block_on(build_preview_with(&p, &args.confirm, mode));
     let text = render_preview_within(&preview, format, output.max_chars);
     let shown = match out {
         Some(path) => {
@@ -306,8 +341,43 @@ pub struct ApplyArgs {
 }
 
 /// `opsrunner apply`: runs the plan (or previews it with `--dry-run`) and writes the report.
-pub async fn apply(args: ApplyArgs) -> Result<(), Failure> {
+pub async fn apply(mut args: ApplyArgs) -> Result<(), Failure> {
+    let saved = crate::run::saved::detect(&args.plan.file)?;
+    let saved_file = args.plan.file.display().to_string();
+    if let Some(saved) = &saved {
+        if !args.plan.vars.is_empty() {
+            return Err(Failure::Usage(format!(
+                "--var: the saved plan {} runs with the values it was saved with; make a new plan to change them",
+                args.plan.file.display()
+            )));
+        }
+        args.plan.vars = saved.state().vars.clone().into_iter().collect();
+        args.plan.file = saved.plan_file();
+        if !args.plan.file.is_file() {
+            return Err(Failure::Refused(format!(
+                "the saved plan's plan file is gone (neither {} nor {} exists): nothing was run",
+                saved.state().plan_file.display(),
+                saved.path
+            )));
+        }
+    }
     let p = prepare(&args.plan, process_env())?;
+    if let Some(saved) = &saved {
+        let vars = &saved.state().vars;
+        let mode = PreviewMode {
+            saved_with: Some(vars),
+            ..PreviewMode::default()
+        };
+        let now = build_preview_with(&p, &args.plan.confirm, mode).await;
+        let changes = saved.changes(&now);
+        if !changes.is_empty() {
+            return Err(Failure::Refused(format!(
+                "the saved plan {saved_file} is stale, nothing was run:\n  - {}\nmake and review a new one: opsrunner plan {} --out {saved_file}",
+                changes.join("\n  - "),
+                saved.path
+            )));
+        }
+    }
     let identities = load_identities(args.identity.as_deref())?;
     for secret in identities.iter().flat_map(|i| i.secret_texts()) {
         p.redactor.add(secret);

@@ -35,6 +35,7 @@ const APPLY_HELP: &str = concat!(
   opsrunner apply plans/maintenance.yaml --report maintenance.json
   opsrunner apply plans/maintenance.yaml --confirm app --var top_tables=10
   opsrunner apply plans/maintenance.yaml --dry-run
+  opsrunner apply plan.json    # a saved plan (opsrunner plan … --out plan.json); exit 3 if stale
 
 ",
     exit_codes_help!()
@@ -43,7 +44,8 @@ const APPLY_HELP: &str = concat!(
 const PLAN_HELP: &str = "Examples:
   opsrunner plan plans/maintenance.yaml
   opsrunner plan plans/maintenance.yaml --format markdown --out plan.md   # for a PR comment
-  opsrunner plan plans/maintenance.yaml --format json | jq '.steps[].action'";
+  opsrunner plan plans/maintenance.yaml --format json | jq '.steps[].action'
+  opsrunner plan plans/nightly.yaml --out plan.json && opsrunner apply plan.json   # saved plan";
 
 #[derive(Parser)]
 #[command(name = "opsrunner", version, about = "Run PostgreSQL operations declared in a YAML plan: check, preview, apply.", after_help = exit_codes_help!())]
@@ -79,10 +81,13 @@ enum Command {
     Plan {
         #[command(flatten)]
         plan: PlanFileArgs,
-        /// Output format: text for terminals, markdown for pull-request comments, json for machines.
-        #[arg(long, value_enum, default_value = "text")]
-        format: PreviewFormat,
-        /// Write the preview to this file instead of stdout.
+        /// Output format: text for terminals, markdown for pull-request comments, json for
+        /// machines and saved plans. Default: as --out's extension says (.json, .md), else text.
+        #[arg(long, value_enum)]
+        format: Option<PreviewFormat>,
+        /// Write the preview to this file instead of stdout. `plan.json` is a saved plan:
+        /// `opsrunner apply plan.json` runs it only while the plan file, its resolved steps,
+        /// each target's identity and each repository's newest backup are as they were.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
         /// Preview as if `--confirm TARGET` were given to apply (repeatable).
@@ -449,7 +454,7 @@ fn main() {
                 ..plan_args(plan, confirm, color)
             };
             let output = commands::PlanOutput {
-                format,
+                format: PreviewFormat::chosen(format, out.as_deref()),
                 out: out.as_deref(),
                 max_chars,
                 strict,

@@ -13,3 +13,4 @@ pub mod preview;
 pub mod report;
 pub mod resume;
 pub mod retry;
+pub mod saved;

@@ -17,6 +17,8 @@ use std::fmt::Write as _;
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct PlanPreview {
+    /// The saved-plan format (`apply` takes this JSON as a saved plan; see `run::saved`).
+    pub opsrunner_saved_plan: u32,
     pub plan: String,
     pub path: String,
     /// SHA-256 of the plan file's bytes (as in the run report): which version was previewed.
@@ -29,6 +31,17 @@ pub struct PlanPreview {
     /// Targets and repositories a probe needed and could not read: what the preview says
     /// about them is incomplete (`plan --strict` fails on any).
     pub unread: Vec<Unread>,
+    /// Why this preview cannot be applied as a saved plan (`--untrusted`, `--base`): it
+    /// read nothing, or not everything, of what it shows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review_only: Option<String>,
+    /// What `apply` checks again before it runs this preview as a saved plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saved: Option<super::saved::SavedState>,
+    /// SHA-256 of this saved plan without this field: a saved plan damaged or edited after
+    /// it was reviewed is not applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saved_plan_sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -84,6 +97,11 @@ pub struct PreviewInput<'a> {
     /// reviewed plan. Probes run only for steps that use nothing else; environment values
     /// are shown as placeholders throughout.
     pub base: Option<BaseTrust>,
+    /// Read what a saved plan records (each target's identity, each repository's newest
+    /// backup) for [`PlanPreview::saved`].
+    pub capture: bool,
+    /// The `--var` values given, recorded in a saved plan.
+    pub overrides: &'a BTreeMap<String, String>,
 }
 
 /// What `--base` found unchanged.
@@ -162,6 +180,10 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
     let mut confirmations = Vec::new();
     let mut unread_all: Vec<Unread> = Vec::new();
     let mut steps_out = Vec::new();
+    // What a saved plan records: each target and repository as the run will reach it.
+    let mut target_states = BTreeMap::new();
+    let mut repository_states = BTreeMap::new();
+    let capture = input.capture && !input.untrusted && input.base.is_none();
     for (position, &i) in input.plan.dag.order.iter().enumerate() {
         let step = &plan.steps[i];
         // The resolver apply uses: the preview shows what apply would run.
@@ -232,6 +254,30 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
                 crate::plan::resolve::repository(&templates, name, r, &probe_context)
                     .unwrap_or_else(|_| r.clone())
             });
+        if capture {
+            if let Some(name) = target.as_ref().filter(|t| !target_states.contains_key(*t)) {
+                let state = match &view {
+                    TargetView::Ephemeral => super::saved::TargetState::Ephemeral,
+                    TargetView::Url(url) => super::saved::target_state(url).await,
+                    TargetView::None => super::saved::TargetState::Unread {
+                        error: "its URL could not be rendered".into(),
+                    },
+                };
+                target_states.insert(name.clone(), state);
+            }
+            if let Some(name) = kind
+                .repository()
+                .filter(|r| !repository_states.contains_key(*r))
+            {
+                let state = match &repo {
+                    Some(r) => super::saved::repository_state(r, &base_dir).await,
+                    None => super::saved::RepositoryState::Unread {
+                        error: "its definition could not be rendered".into(),
+                    },
+                };
+                repository_states.insert(name.to_string(), state);
+            }
+        }
         let skip = if input.untrusted {
             Some("--untrusted".to_string())
         } else {
@@ -335,7 +381,35 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
             incomplete,
         });
     }
+    let redact_error = |e: &mut String| *e = redactor.redact(e);
+    for state in target_states.values_mut() {
+        if let super::saved::TargetState::Unread { error } = state {
+            redact_error(error);
+        }
+    }
+    for state in repository_states.values_mut() {
+        if let super::saved::RepositoryState::Unread { error } = state {
+            redact_error(error);
+        }
+    }
+    let saved = capture.then(|| super::saved::SavedState {
+        plan_file: std::path::absolute(&input.source.path).unwrap_or(input.source.path.clone()),
+        vars: input.overrides.clone(),
+        steps: super::saved::step_digests(&steps_out),
+        deletes: super::saved::deletes(&steps_out),
+        targets: target_states,
+        repositories: repository_states,
+    });
+    let review_only = if input.untrusted {
+        Some("--untrusted".to_string())
+    } else {
+        input.base.as_ref().map(|_| "--base".to_string())
+    };
     PlanPreview {
+        opsrunner_saved_plan: super::saved::FORMAT,
+        review_only,
+        saved,
+        saved_plan_sha256: None,
         plan: plan.name.clone(),
         path: input.source.display.clone(),
         plan_sha256: input.source.sha256.clone(),
@@ -505,6 +579,7 @@ fn footer(out: &mut String, p: &PlanPreview, bullet: &str) {
     }
 }
 
+/// The JSON preview, which is also the saved plan `apply` takes (see `run::saved`).
 pub fn render_json(p: &PlanPreview) -> String {
-    serde_json::to_string_pretty(p).expect("previews serialize") + "\n"
+    super::saved::render(p)
 }

@@ -53,7 +53,9 @@ pub struct Findings {
 /// A target or repository a probe could not read. The preview says so before anything
 /// else, because silence would read as "nothing will happen" (an empty repository and an
 /// unreachable one must not look alike), and `plan --strict` fails on it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 pub struct Unread {
     /// `repository` or `target`.
     pub kind: String,

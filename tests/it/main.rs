@@ -22,6 +22,7 @@ mod plans;
 mod preview;
 mod prune_catalog;
 mod s3_repository;
+mod saved_plans;
 mod schemas;
 mod sql_step;
 mod unattended_history;
