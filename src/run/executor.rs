@@ -228,6 +228,12 @@ pub async fn execute(
                 Err(reason) => {
                     tracing::debug!(step = steps[i].id(), %reason, "skipping");
                     state[i] = State::Done(StepStatus::Skipped);
+                    // An alert names every step's status, and a skipped step's is the one
+                    // that matters most (`verify skipped`): without it the alert would not render.
+                    context["steps"][steps[i].id()] = json!({
+                        "status": StepStatus::Skipped.as_str(),
+                        "error": "",
+                    });
                     events.emit(Event::StepSkipped {
                         step: steps[i].id().to_string(),
                         reason,

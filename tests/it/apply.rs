@@ -683,3 +683,44 @@ steps:
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("did you mean `stdout`"), "{stderr}");
 }
+
+/// The shipped nightly plan's alert names the status of every step, the skipped verify and
+/// prune among them: when the backup fails, the alert must still render and be sent (it
+/// once failed with "`steps.verify.status` has no value", losing the one message that
+/// mattered).
+#[test]
+fn the_nightly_alert_is_sent_when_the_backup_fails_and_later_steps_are_skipped() {
+    let cluster = crate::common::pg::Cluster::start();
+    let ws = Workspace::new();
+    let (url, seen) = receiver(&[200]);
+    let backups = ws.path("backups");
+    std::fs::create_dir(&backups).unwrap();
+    let plan = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("plans/nightly.yaml");
+    let out = opsrunner()
+        .arg("apply")
+        .arg(&plan)
+        .arg("--report")
+        .arg(ws.report_path())
+        // A database that does not exist: a permanent error, not retried.
+        .env("DATABASE_URL", cluster.url("nope"))
+        .env("BACKUP_DIR", &backups)
+        .env("ALERT_WEBHOOK", &url)
+        .output()
+        .unwrap();
+    let run = crate::common::Applied::from(out, &ws.report_path());
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(run.status("backup"), "failed");
+    assert_eq!(run.status("verify"), "skipped");
+    assert_eq!(
+        run.status("notify-on-failure"),
+        "succeeded",
+        "{}",
+        run.stderr
+    );
+    let posted = seen.lock().unwrap().clone();
+    assert_eq!(posted.len(), 1, "{posted:?}");
+    assert!(
+        posted[0].contains("verify skipped") && posted[0].contains("prune skipped"),
+        "{posted:?}"
+    );
+}
