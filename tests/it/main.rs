@@ -21,6 +21,7 @@ mod plan_errors;
 mod plans;
 mod preview;
 mod prune_catalog;
+mod readme;
 mod s3_repository;
 mod saved_plans;
 mod schemas;
