@@ -14,3 +14,4 @@ pub mod report;
 pub mod resume;
 pub mod retry;
 pub mod saved;
+pub mod saved_state;

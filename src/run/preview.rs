@@ -2,6 +2,7 @@
 //! resolved as far as they can be before anything runs. Values only a run can produce are
 //! shown as `(known after STEP)`, never guessed. Building a preview has no side effects.
 
+use super::saved_state::{self, StepDigest};
 use crate::plan::model::StepKind;
 use crate::plan::template::{self, Templates};
 use crate::plan::{PlanSource, ValidPlan};
@@ -37,7 +38,7 @@ pub struct PlanPreview {
     pub review_only: Option<String>,
     /// What `apply` checks again before it runs this preview as a saved plan.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub saved: Option<super::saved::SavedState>,
+    pub saved: Option<saved_state::SavedState>,
     /// SHA-256 of this saved plan without this field: a saved plan damaged or edited after
     /// it was reviewed is not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -257,9 +258,9 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
         if capture {
             if let Some(name) = target.as_ref().filter(|t| !target_states.contains_key(*t)) {
                 let state = match &view {
-                    TargetView::Ephemeral => super::saved::TargetState::Ephemeral,
-                    TargetView::Url(url) => super::saved::target_state(url).await,
-                    TargetView::None => super::saved::TargetState::Unread {
+                    TargetView::Ephemeral => saved_state::TargetState::Ephemeral,
+                    TargetView::Url(url) => saved_state::target_state(url).await,
+                    TargetView::None => saved_state::TargetState::Unread {
                         error: "its URL could not be rendered".into(),
                     },
                 };
@@ -270,8 +271,8 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
                 .filter(|r| !repository_states.contains_key(*r))
             {
                 let state = match &repo {
-                    Some(r) => super::saved::repository_state(r, &base_dir).await,
-                    None => super::saved::RepositoryState::Unread {
+                    Some(r) => saved_state::repository_state(r, &base_dir).await,
+                    None => saved_state::RepositoryState::Unread {
                         error: "its definition could not be rendered".into(),
                     },
                 };
@@ -383,20 +384,20 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
     }
     let redact_error = |e: &mut String| *e = redactor.redact(e);
     for state in target_states.values_mut() {
-        if let super::saved::TargetState::Unread { error } = state {
+        if let saved_state::TargetState::Unread { error } = state {
             redact_error(error);
         }
     }
     for state in repository_states.values_mut() {
-        if let super::saved::RepositoryState::Unread { error } = state {
+        if let saved_state::RepositoryState::Unread { error } = state {
             redact_error(error);
         }
     }
-    let saved = capture.then(|| super::saved::SavedState {
+    let saved = capture.then(|| saved_state::SavedState {
         plan_file: std::path::absolute(&input.source.path).unwrap_or(input.source.path.clone()),
         vars: input.overrides.clone(),
-        steps: super::saved::step_digests(&steps_out),
-        deletes: super::saved::deletes(&steps_out),
+        steps: step_digests(&steps_out),
+        deletes: deletes(&steps_out),
         targets: target_states,
         repositories: repository_states,
     });
@@ -406,7 +407,7 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
         input.base.as_ref().map(|_| "--base".to_string())
     };
     PlanPreview {
-        opsrunner_saved_plan: super::saved::FORMAT,
+        opsrunner_saved_plan: saved_state::FORMAT,
         review_only,
         saved,
         saved_plan_sha256: None,
@@ -579,7 +580,45 @@ fn footer(out: &mut String, p: &PlanPreview, bullet: &str) {
     }
 }
 
-/// The JSON preview, which is also the saved plan `apply` takes (see `run::saved`).
-pub fn render_json(p: &PlanPreview) -> String {
-    super::saved::render(p)
+/// The JSON preview, which is also the saved plan `apply` takes (see `run::saved`): with its
+/// own SHA-256 over the rest, so that a file damaged or edited after it was reviewed is not
+/// applied. It is a check, not a signature: whoever may write the file may also recompute it.
+pub fn render_json(preview: &PlanPreview) -> String {
+    let mut sealed = preview.clone();
+    sealed.saved_plan_sha256 = None;
+    if sealed.saved.is_some() {
+        sealed.saved_plan_sha256 = Some(saved_state::seal(
+            &serde_json::to_value(&sealed).expect("previews serialize"),
+        ));
+    }
+    serde_json::to_string_pretty(&sealed).expect("previews serialize") + "\n"
+}
+
+/// Each step's identity for comparison: everything that decides what it does, nothing
+/// that only describes what the preview read (details, which can mention ages).
+pub fn step_digests(steps: &[StepPreview]) -> Vec<StepDigest> {
+    steps
+        .iter()
+        .map(|s| {
+            let what = serde_json::json!({
+                "id": s.id, "type": s.step_type, "action": s.action, "params": s.params,
+                "needs": s.needs, "if": s.condition, "retry": s.retry, "timeout": s.timeout,
+                "continue_on_error": s.continue_on_error, "destructive": s.destructive,
+                "target": s.target, "target_url": s.target_url, "repository": s.repository,
+            });
+            StepDigest {
+                id: s.id.clone(),
+                sha256: saved_state::sha256(&what.to_string()),
+            }
+        })
+        .collect()
+}
+
+/// The prune victims per step, as the preview read them.
+pub fn deletes(steps: &[StepPreview]) -> BTreeMap<String, Vec<String>> {
+    steps
+        .iter()
+        .filter(|s| !s.deletes.is_empty())
+        .map(|s| (s.id.clone(), s.deletes.clone()))
+        .collect()
 }
