@@ -106,15 +106,11 @@ impl AsyncWrite for HashingWriter {
 
 /// Re-reads a stored file and compares its size and SHA-256 with the manifest's: the same
 /// check a restore makes on the way, with nobody taking the bytes.
-pub async fn check(
-    store: &impl BackupStore,
-    backup_id: &str,
-    entry: &FileEntry,
-) -> Result<(), String> {
+pub async fn check(store: &impl BackupStore, backup_id: &str, entry: &FileEntry) -> io::Result<()> {
     let raw = store
         .open(backup_id, &entry.name)
         .await
-        .map_err(|e| format!("{}: cannot open: {e}", entry.name))?;
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: cannot open: {e}", entry.name)))?;
     let (tx, _) = tokio::sync::mpsc::channel(1);
     hash_on_the_way(
         raw,
@@ -124,7 +120,16 @@ pub async fn check(
         crate::counting::Counter::new(),
     )
     .await
-    .map_err(|e| e.to_string())
+}
+
+/// Whether an error of [`check`] (or of reading a stored file) says the file is damaged or
+/// missing — a verdict on the backup — rather than that it could not be read just now (a
+/// network error, a timeout, a permission): only the first may fail a verification.
+pub fn is_damage(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::InvalidData | io::ErrorKind::NotFound | io::ErrorKind::UnexpectedEof
+    )
 }
 
 /// A stored file on its way out of the repository: `reader` gives the original

@@ -249,8 +249,18 @@ pub async fn run(p: &VerifyParams, ctx: &StepContext) -> Result<Outputs, StepErr
 
     let mut file_problems = Vec::new();
     for entry in &manifest.files {
-        if let Err(e) = pipeline::check(&store, &manifest.backup_id, entry).await {
-            file_problems.push(e);
+        match pipeline::check(&store, &manifest.backup_id, entry).await {
+            Ok(()) => {}
+            Err(e) if pipeline::is_damage(&e) => file_problems.push(e.to_string()),
+            // The repository could not be read just now: that says nothing about the
+            // backup, so there is no verdict and nothing is recorded; a retry may read it.
+            Err(e) => {
+                checks.record(ctx, "files", Err(format!("could not be read: {e}")));
+                return Err(StepError::transient(format!(
+                    "verify of {} could not read it from repository `{}` ({e}); no verdict on the backup",
+                    manifest.backup_id, p.repository
+                )));
+            }
         }
     }
     let files_ok = file_problems.is_empty();

@@ -44,6 +44,10 @@ pub struct Stats {
     /// Objects put (not parts) without that header.
     pub puts_without_sse: AtomicUsize,
     part_delay_ms: AtomicUsize,
+    /// Faults for object reads (GET) whose path contains the pattern, in order.
+    get_faults: Mutex<(String, VecDeque<Fault>)>,
+    /// Object reads that got a fault.
+    pub faulted_gets: AtomicUsize,
 }
 
 impl Stats {
@@ -70,6 +74,13 @@ impl S3Server {
         stats.faults.lock().unwrap().extend(faults.iter().copied());
         let endpoint = serve(root, stats.clone(), None);
         S3Server { endpoint, stats }
+    }
+
+    /// The next reads (GET) of objects whose path contains `pattern` get `faults`, in
+    /// order (`Reset` and `Truncate` reset the connection before any answer).
+    pub fn fail_gets(&self, pattern: &str, faults: &[Fault]) {
+        *self.stats.get_faults.lock().unwrap() =
+            (pattern.to_string(), faults.iter().copied().collect());
     }
 
     /// Every part upload waits this long before it is served (to catch a run mid-upload).
@@ -235,6 +246,37 @@ async fn handle(
                     drain(body, length / 2).await;
                     reset_on_close(fd);
                     Err("part cut off midway by the fault injector".into())
+                }
+            };
+        }
+    }
+    if req.method() == hyper::Method::GET {
+        let fault = {
+            let mut faults = stats.get_faults.lock().unwrap();
+            let (pattern, queue) = &mut *faults;
+            if !pattern.is_empty() && req.uri().path().contains(pattern.as_str()) {
+                queue.pop_front()
+            } else {
+                None
+            }
+        };
+        if let Some(fault) = fault {
+            stats.faulted_gets.fetch_add(1, Ordering::SeqCst);
+            return match fault {
+                Fault::SlowDown => Ok(error_response(
+                    503,
+                    "SlowDown",
+                    "Please reduce your request rate.",
+                )),
+                Fault::InternalError => Ok(error_response(
+                    500,
+                    "InternalError",
+                    "We encountered an internal error. Please try again.",
+                )),
+                Fault::Forbidden => Ok(error_response(403, "AccessDenied", "Access Denied")),
+                Fault::Reset | Fault::Truncate => {
+                    reset_on_close(fd);
+                    Err("connection reset by the fault injector".into())
                 }
             };
         }

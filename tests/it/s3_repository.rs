@@ -578,3 +578,60 @@ fn templates_where_they_cannot_be_rendered_are_refused() {
         assert!(text.contains("plan.yaml:"), "{text}");
     }
 }
+
+/// A verify that cannot read the backup's files just now (the store answers 500 and resets
+/// connections, more often than the client retries) has no verdict on the backup: exit 1
+/// with the read error, not 6 "corrupt", and no verification recorded; once the store
+/// answers again, the same backup verifies.
+#[test]
+fn a_verify_that_cannot_read_the_store_is_not_a_verdict_of_corruption() {
+    let ws = Workspace::new();
+    let server = S3Server::start(&ws.path("s3"));
+    let cluster = Cluster::start();
+    cluster.psql("postgres", "create database app");
+    cluster.psql(
+        "app",
+        "create table t (id int); insert into t select generate_series(1, 1000)",
+    );
+    // Two attempts per request: the faults below outlast the client's retries in seconds.
+    let env = env_with(
+        &cluster.url("postgres"),
+        &[("AWS_MAX_ATTEMPTS", "2".to_string())],
+    );
+    let made = apply(&ws, &plan(&server.endpoint, "", BACKUP), &[], &env);
+    assert_eq!(made.code, 0, "{}", made.stderr);
+    let id = made.step("backup")["outputs"]["backup_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let verify = format!(
+        "  - {{ id: verify, type: verify, repository: offsite, backup: \"{id}\", restore_into: {{ target: scratch, database: check }} }}\n"
+    );
+    let faults: Vec<Fault> = [Fault::InternalError, Fault::Reset]
+        .into_iter()
+        .cycle()
+        .take(8)
+        .collect();
+    server.fail_gets("/dump", &faults);
+    let unreadable = apply(&ws, &plan(&server.endpoint, "", &verify), &[], &env);
+    assert!(server.stats.faulted_gets.load(Ordering::SeqCst) > 0);
+    assert_eq!(unreadable.code, 1, "{}", unreadable.stderr);
+    let step = unreadable.step("verify");
+    assert!(step.get("verdict").is_none_or(|v| v.is_null()), "{step}");
+    assert!(
+        step["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no verdict on the backup"),
+        "{step}"
+    );
+    let recorded = files_under(&ws.path("s3"))
+        .into_iter()
+        .any(|f| f.ends_with("verification.json"));
+    assert!(!recorded, "a verification was recorded");
+
+    server.fail_gets("/dump", &[]);
+    let verified = apply(&ws, &plan(&server.endpoint, "", &verify), &[], &env);
+    assert_eq!(verified.code, 0, "{}", verified.stderr);
+    assert_eq!(verified.step("verify")["outputs"]["checks"], ALL_PASS);
+}
