@@ -11,16 +11,26 @@ use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::Path;
 
-/// Resolves `--repository`: a URL, or the name of a repository in `--plan`.
-pub async fn open_store(
+/// A repository given on the command line: a URL, or the name of one a plan declares
+/// (rendered against the environment), with the directory relative paths are resolved in.
+pub fn repository_definition(
     repository: &str,
     plan_file: Option<&Path>,
-) -> Result<repo::AnyStore, Failure> {
+) -> Result<(crate::plan::model::Repository, std::path::PathBuf), Failure> {
     if repository.contains("://") {
         // Endpoint and region then come from the AWS environment (AWS_ENDPOINT_URL, AWS_REGION).
-        return repo::open(repository, Path::new("."), &Default::default())
-            .await
-            .map_err(Failure::from);
+        let definition = crate::plan::model::Repository {
+            url: repository.to_string(),
+            region: None,
+            endpoint: None,
+            force_path_style: false,
+            part_size_mib: None,
+            sse: None,
+            sse_kms_key_id: None,
+            encryption: None,
+            written: Default::default(),
+        };
+        return Ok((definition, std::path::PathBuf::from(".")));
     }
     let Some(plan_file) = plan_file else {
         return Err(Failure::Usage(format!(
@@ -43,7 +53,16 @@ pub async fn open_store(
     let env: serde_json::Value = serde_json::json!({ "env": std::env::vars().collect::<std::collections::BTreeMap<_, _>>(), "vars": valid.plan.vars });
     let repo = plan::resolve::repository(&plan::template::Templates::new(), repository, repo, &env)
         .map_err(Failure::Usage)?;
-    repo::open(&repo.url, &source.base_dir(), &repo.s3_options())
+    Ok((repo, source.base_dir()))
+}
+
+/// Opens a repository given on the command line (see [`repository_definition`]).
+pub async fn open_store(
+    repository: &str,
+    plan_file: Option<&Path>,
+) -> Result<repo::AnyStore, Failure> {
+    let (repo, base_dir) = repository_definition(repository, plan_file)?;
+    repo::open(&repo.url, &base_dir, &repo.s3_options())
         .await
         .map_err(Failure::from)
 }

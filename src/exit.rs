@@ -21,6 +21,13 @@ pub const BACKUP_TOO_OLD: i32 = 5;
 /// `apply`: a verify found a backup damaged, not restoring, or restoring different
 /// content from what it recorded.
 pub const BACKUP_CORRUPT: i32 = 6;
+/// `wal fetch`: the archive proved the file absent (PostgreSQL reads any code from 1 to 125
+/// as "not in the archive": the end of recovery).
+pub const WAL_NOT_FOUND: i32 = 1;
+/// `wal fetch`: the archive could not be read (for `--retry-for`), the file is damaged, or
+/// the key is missing. Above 125, so that PostgreSQL aborts recovery instead of ending it
+/// early at the wrong point.
+pub const WAL_UNREADABLE: i32 = 255;
 /// Interrupted by Ctrl-C or SIGTERM; running steps were cancelled.
 pub const INTERRUPTED: i32 = 130;
 
@@ -40,6 +47,10 @@ pub enum Failure {
         output: String,
         message: String,
     },
+    /// `wal fetch`: proven absent from the archive.
+    WalNotFound(String),
+    /// `wal fetch`: nothing is known (see [`WAL_UNREADABLE`]).
+    WalUnreadable(String),
 }
 
 /// A repository that cannot be opened is a mistake in its definition or the command line.
@@ -67,6 +78,8 @@ impl Failure {
             Failure::Verdict(crate::exec::events::Verdict::BackupCorrupt) => BACKUP_CORRUPT,
             Failure::Interrupted => INTERRUPTED,
             Failure::Incomplete { .. } => INCOMPLETE,
+            Failure::WalNotFound(_) => WAL_NOT_FOUND,
+            Failure::WalUnreadable(_) => WAL_UNREADABLE,
         }
     }
 
@@ -78,6 +91,8 @@ impl Failure {
             Failure::Refused(m) => format!("refused: {m}\n"),
             Failure::Io(m) => format!("error: {m}\n"),
             Failure::Incomplete { message, .. } => format!("error: {message}\n"),
+            Failure::WalNotFound(m) => format!("{m}\n"),
+            Failure::WalUnreadable(m) => format!("error: {m}\n"),
             Failure::StepsFailed | Failure::Verdict(_) | Failure::Interrupted => String::new(),
         }
     }

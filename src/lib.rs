@@ -23,3 +23,4 @@ pub mod runs;
 pub mod schedule;
 pub mod schema;
 pub mod steps;
+pub mod wal;

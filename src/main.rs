@@ -191,6 +191,11 @@ enum Command {
         #[command(subcommand)]
         command: ScheduleCommand,
     },
+    /// PostgreSQL's WAL archive: `archive_command` (push) and `restore_command` (fetch).
+    Wal {
+        #[command(subcommand)]
+        command: WalCommand,
+    },
     /// Print the JSON Schema of the plan file or of the run report.
     Schema {
         #[arg(value_enum)]
@@ -304,6 +309,57 @@ enum ScheduleCommand {
         /// Pass --confirm TARGET to apply (repeatable).
         #[arg(long, value_name = "TARGET")]
         confirm: Vec<String>,
+    },
+}
+
+#[derive(Args)]
+struct WalRepositoryArgs {
+    /// A repository URL (file:///var/backups, s3://bucket/prefix) or the name of one declared in --plan.
+    #[arg(long, value_name = "URL|NAME")]
+    repository: String,
+    /// The plan that declares the repository named by --repository (its encryption too).
+    #[arg(long, value_name = "FILE")]
+    plan: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum WalCommand {
+    /// Archive one WAL file: `archive_command = 'opsrunner wal push %p --repository NAME --plan FILE'`.
+    /// Exit 0 only when it is archived (now, or before with the same content).
+    #[command(
+        after_help = "Exit codes: 0 archived (or already there with the same content); 1 not archived
+(PostgreSQL keeps the file and tries again), among them a file of that name already
+archived with different content; 2 invalid command line."
+    )]
+    Push {
+        /// The file (`%p`: relative to the data directory, the command's working directory).
+        path: PathBuf,
+        #[command(flatten)]
+        repo: WalRepositoryArgs,
+        /// none, gzip[:1-9] or zstd[:1-19].
+        #[arg(long, value_name = "ALGORITHM[:LEVEL]", default_value = "zstd", value_parser = parse_compression)]
+        compression: opsrunner::repo::compression::Compression,
+    },
+    /// Restore one WAL file: `restore_command = 'opsrunner wal fetch %f %p --repository NAME --plan FILE'`.
+    #[command(
+        after_help = "Exit codes: 0 written; 1 proven absent from the archive (PostgreSQL's `end of the
+archive`); 255 the archive could not be read for --retry-for, the copy is damaged or the
+key is missing: PostgreSQL then aborts recovery instead of ending it early."
+    )]
+    Fetch {
+        /// The file's name (`%f`).
+        name: String,
+        /// Where to write it (`%p`).
+        dest: PathBuf,
+        #[command(flatten)]
+        repo: WalRepositoryArgs,
+        /// age identity file, for an encrypted archive.
+        #[arg(long, value_name = "FILE", env = "OPSRUNNER_AGE_IDENTITY_FILE")]
+        identity: Option<PathBuf>,
+        /// How long to keep trying an archive that cannot be read (network, throttling)
+        /// before giving up with exit 255.
+        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+        retry_for: Duration,
     },
 }
 
@@ -465,6 +521,7 @@ fn main() {
         Command::Graph { plan, format } => commands::graph(&plan_args(plan, vec![], color), format),
         Command::Schema { which } => Ok(commands::schema(which)),
         Command::Schedule { command } => schedule(command),
+        Command::Wal { command } => wal(command),
         Command::Runs { command } => match command {
             RunsCommand::List { plan, limit, json } => {
                 opsrunner::runs::list(plan.as_deref(), limit, json)
@@ -687,6 +744,46 @@ fn schedule(command: ScheduleCommand) -> Result<String, Failure> {
 /// and retried request would print a line with a debug dump of the SDK's structures, and
 /// what finally went wrong reaches the step's error anyway, in one line. `OPSRUNNER_LOG`
 /// (e.g. `debug` or `warn,aws_config=debug`) shows them.
+fn wal(command: WalCommand) -> Result<String, Failure> {
+    let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
+    match command {
+        WalCommand::Push {
+            path,
+            repo,
+            compression,
+        } => {
+            let at = opsrunner::wal::WalRepository {
+                repository: &repo.repository,
+                plan: repo.plan.as_deref(),
+            };
+            runtime.block_on(opsrunner::wal::push(&path, &at, compression))
+        }
+        WalCommand::Fetch {
+            name,
+            dest,
+            repo,
+            identity,
+            retry_for,
+        } => {
+            let identities = commands::load_identities(identity.as_deref())
+                .map_err(|e| Failure::WalUnreadable(e.message(false).trim().to_string()))?;
+            let at = opsrunner::wal::WalRepository {
+                repository: &repo.repository,
+                plan: repo.plan.as_deref(),
+            };
+            let options = opsrunner::wal::FetchOptions {
+                identities: identities.as_ref(),
+                retry_for,
+            };
+            runtime.block_on(opsrunner::wal::fetch(&name, &dest, &at, &options))
+        }
+    }
+}
+
+fn parse_compression(s: &str) -> Result<opsrunner::repo::compression::Compression, String> {
+    opsrunner::repo::compression::Compression::parse(s)
+}
+
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;

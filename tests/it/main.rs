@@ -29,4 +29,5 @@ mod sql_step;
 mod unattended_history;
 mod unattended_locks;
 mod unattended_progress;
+mod wal_archive;
 mod where_it_runs;

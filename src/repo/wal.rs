@@ -1,0 +1,406 @@
+//! The WAL archive of a repository: segments and timeline history files, as PostgreSQL's
+//! `archive_command` hands them over (`opsrunner wal push`) and its `restore_command` asks
+//! for them back (`opsrunner wal fetch`).
+//!
+//! Each file is one object under `.wal/` beside the backups (whose ids never start with a
+//! dot, so no listing, prune or orphan sweep of backups ever sees it): a header line, a JSON
+//! line with the original's size and SHA-256 and how it is stored, then the stored bytes
+//! (compressed, optionally age-encrypted). One object, written in one step — a rename-free
+//! hard link locally, one conditional PUT on S3 — so that a file is either archived whole or
+//! not at all, and never replaced: a second push of the same name compares the recorded
+//! SHA-256 of the original (which needs no key, even when the archive is encrypted).
+
+use super::AnyStore;
+use super::compression::Compression;
+use super::crypto::{Identities, Recipients};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::io;
+use tokio::io::AsyncReadExt;
+
+/// The first line of every archived file.
+const MAGIC: &[u8] = b"opsrunner-wal 1\n";
+/// The directory (local) or key prefix (S3) of the archive, under the repository's root.
+pub const DIR: &str = ".wal";
+/// The most a header may hold.
+const MAX_HEADER: usize = 4096;
+/// The most an archived file may hold: WAL segments are at most 1 GiB (`--wal-segsize`),
+/// 16 MiB by default; history files are small.
+pub const MAX_FILE: u64 = 1 << 30;
+
+/// What the header of an archived file records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    pub name: String,
+    /// The original's size and SHA-256.
+    pub size: u64,
+    pub sha256: String,
+    /// `none`, `gzip` or `zstd`, as the backups' `compression`.
+    pub compression: String,
+    /// Whether the stored bytes are age-encrypted (to the repository's recipients).
+    pub encrypted: bool,
+    /// The stored bytes' size and SHA-256: damage is found before anything is decrypted.
+    pub stored_size: u64,
+    pub stored_sha256: String,
+    pub archived_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The kinds of file PostgreSQL archives, by name (`%f`); nothing else is accepted, so that
+/// a name can never point outside the archive.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_lowercase())
+    };
+    let ok = hex(name, 24)
+        || name.strip_suffix(".partial").is_some_and(|s| hex(s, 24))
+        || name.strip_suffix(".history").is_some_and(|s| hex(s, 8))
+        || name
+            .strip_suffix(".backup")
+            .and_then(|s| s.split_once('.'))
+            .is_some_and(|(seg, offset)| hex(seg, 24) && hex(offset, 8));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{}` is not the name of a WAL segment, a timeline history file, a .partial or a .backup file",
+            name.escape_debug()
+        ))
+    }
+}
+
+/// What a push did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pushed {
+    Archived {
+        stored_size: u64,
+    },
+    /// The archive already held this very content (PostgreSQL pushes again after a crash).
+    AlreadyThere,
+}
+
+/// Why a push was refused or a fetch found nothing usable.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    /// Proven absent: the store said so (not a timeout, not a permission).
+    #[error("{0} is not in the archive")]
+    NotFound(String),
+    #[error(
+        "{name} is already archived with different content (SHA-256 {archived}, this one {offered}): refusing to replace it; two clusters archiving into one repository, or a restored cluster archiving on the old timeline?"
+    )]
+    Conflict {
+        name: String,
+        archived: String,
+        offered: String,
+    },
+    /// Damaged, or unreadable with the keys given.
+    #[error("{0}")]
+    Damaged(String),
+    /// The store could not be read or written just now; nothing is known.
+    #[error("{0}")]
+    Unavailable(#[from] io::Error),
+}
+
+/// Prepares `original` for the archive: compressed, encrypted to `recipients` when given,
+/// with its header in front.
+pub async fn encode(
+    name: &str,
+    original: &[u8],
+    compression: Compression,
+    recipients: Option<&Recipients>,
+) -> io::Result<Vec<u8>> {
+    let mut compressed = Vec::new();
+    compression
+        .encoder(original, 1)
+        .read_to_end(&mut compressed)
+        .await?;
+    let stored = match recipients {
+        None => compressed,
+        Some(r) => {
+            let mut out = Vec::with_capacity(compressed.len() + 512);
+            let mut writer = super::crypto::EncryptingWriter::new(r, &mut out).await?;
+            writer.write_all(&compressed).await?;
+            writer.finish().await?;
+            out
+        }
+    };
+    let header = Header {
+        name: name.to_string(),
+        size: original.len() as u64,
+        sha256: hex(&Sha256::digest(original)),
+        compression: compression.to_string(),
+        encrypted: recipients.is_some(),
+        stored_size: stored.len() as u64,
+        stored_sha256: hex(&Sha256::digest(&stored)),
+        archived_at: chrono::Utc::now(),
+    };
+    let mut out = MAGIC.to_vec();
+    out.extend(serde_json::to_vec(&header).expect("headers serialize"));
+    out.push(b'\n');
+    out.extend(stored);
+    Ok(out)
+}
+
+/// Splits an archived object into its header and stored bytes.
+pub fn parse<'a>(name: &str, object: &'a [u8]) -> Result<(Header, &'a [u8]), WalError> {
+    let damaged = |why: &str| WalError::Damaged(format!("{name} in the archive is damaged: {why}"));
+    let rest = object
+        .strip_prefix(MAGIC)
+        .ok_or_else(|| damaged("not written by opsrunner wal push"))?;
+    let end = rest
+        .iter()
+        .take(MAX_HEADER)
+        .position(|&b| b == b'\n')
+        .ok_or_else(|| damaged("no header"))?;
+    let header: Header =
+        serde_json::from_slice(&rest[..end]).map_err(|e| damaged(&format!("header: {e}")))?;
+    if header.name != name {
+        return Err(damaged(&format!("it holds {}", header.name.escape_debug())));
+    }
+    Ok((header, &rest[end + 1..]))
+}
+
+/// The original bytes of an archived object, every size and hash checked.
+pub async fn decode(
+    name: &str,
+    object: &[u8],
+    identities: Option<&Identities>,
+) -> Result<Vec<u8>, WalError> {
+    let (header, stored) = parse(name, object)?;
+    let damaged =
+        |why: String| WalError::Damaged(format!("{name} in the archive is damaged: {why}"));
+    if stored.len() as u64 != header.stored_size
+        || hex(&Sha256::digest(stored)) != header.stored_sha256
+    {
+        return Err(damaged(format!(
+            "{} stored bytes do not match the {} its header records (truncated or changed)",
+            stored.len(),
+            header.stored_size
+        )));
+    }
+    let compression = Compression::parse(&header.compression).map_err(damaged)?;
+    let compressed = if header.encrypted {
+        let Some(ids) = identities else {
+            return Err(WalError::Damaged(format!(
+                "{name} is encrypted: give the age identity with --identity or OPSRUNNER_AGE_IDENTITY_FILE"
+            )));
+        };
+        let mut reader = ids
+            .decrypt(std::io::Cursor::new(stored.to_vec()), name, &[])
+            .await
+            .map_err(|e| WalError::Damaged(format!("{name}: {e}")))?;
+        let mut out = Vec::new();
+        reader
+            .read_to_end(&mut out)
+            .await
+            .map_err(|e| WalError::Damaged(format!("{name}: {e}")))?;
+        out
+    } else {
+        stored.to_vec()
+    };
+    let mut original = Vec::new();
+    compression
+        .decoder(&compressed[..])
+        .take(MAX_FILE + 1)
+        .read_to_end(&mut original)
+        .await
+        .map_err(|e| damaged(format!("cannot decompress: {e}")))?;
+    if original.len() as u64 != header.size || hex(&Sha256::digest(&original)) != header.sha256 {
+        return Err(damaged(format!(
+            "the restored {} bytes do not match the {} bytes and SHA-256 its header records",
+            original.len(),
+            header.size
+        )));
+    }
+    Ok(original)
+}
+
+/// Stores an encoded object under `name`, unless one is there: then the two originals'
+/// SHA-256 decide between [`Pushed::AlreadyThere`] and [`WalError::Conflict`].
+pub async fn store(store: &AnyStore, name: &str, object: Vec<u8>) -> Result<Pushed, WalError> {
+    let (offered, _) = parse(name, &object)?;
+    let stored_size = offered.stored_size;
+    let created = match store {
+        AnyStore::Local(l) => local::create(l.root(), name, &object)?,
+        AnyStore::S3(s) => s
+            .put_if(
+                &s.root_key(&format!("{DIR}/{name}")),
+                object,
+                super::s3::PutCondition::Absent,
+            )
+            .await?
+            .is_some(),
+    };
+    if created {
+        return Ok(Pushed::Archived { stored_size });
+    }
+    let existing = read(store, name).await?;
+    let (archived, _) = parse(name, &existing)?;
+    if archived.sha256 == offered.sha256 && archived.size == offered.size {
+        Ok(Pushed::AlreadyThere)
+    } else {
+        Err(WalError::Conflict {
+            name: name.to_string(),
+            archived: archived.sha256,
+            offered: offered.sha256,
+        })
+    }
+}
+
+/// The archived object `name`; [`WalError::NotFound`] only when the store says it is absent.
+pub async fn read(store: &AnyStore, name: &str) -> Result<Vec<u8>, WalError> {
+    let found = match store {
+        AnyStore::Local(l) => local::read(l.root(), name)?,
+        AnyStore::S3(s) => s
+            .get_with_etag(&s.root_key(&format!("{DIR}/{name}")))
+            .await?
+            .map(|(bytes, _)| bytes),
+    };
+    found.ok_or_else(|| WalError::NotFound(name.to_string()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    crate::digest::hex(bytes)
+}
+
+/// The local archive: `ROOT/.wal/NAME`, never through a symbolic link.
+mod local {
+    use super::DIR;
+    use std::io::{self, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::path::{Path, PathBuf};
+
+    /// The archive directory, created when missing; a symbolic link there is refused.
+    fn dir(root: &Path, create: bool) -> io::Result<Option<PathBuf>> {
+        let dir = root.join(DIR);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => Ok(Some(dir)),
+            Ok(_) => Err(io::Error::other(format!(
+                "{} is not a directory (a symbolic link is not followed)",
+                dir.display()
+            ))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if !create {
+                    // The repository itself must be there: a missing mount is not "absent".
+                    std::fs::symlink_metadata(root).map_err(|e| {
+                        io::Error::other(format!("repository {}: {e}", root.display()))
+                    })?;
+                    return Ok(None);
+                }
+                if !root.is_dir() {
+                    return Err(io::Error::other(format!(
+                        "repository {} does not exist",
+                        root.display()
+                    )));
+                }
+                match std::fs::create_dir(&dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(e),
+                }
+                std::fs::File::open(root)?.sync_all()?;
+                Ok(Some(dir))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes `object` as `NAME` unless it exists: a temporary file, flushed to disk, then
+    /// hard-linked into place (a link never replaces), then the directory flushed. `false`
+    /// when `NAME` was already there.
+    pub fn create(root: &Path, name: &str, object: &[u8]) -> io::Result<bool> {
+        let dir = dir(root, true)?.expect("created");
+        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        let result = (|| {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)?;
+            file.write_all(object)?;
+            file.sync_all()?;
+            match std::fs::hard_link(&tmp, dir.join(name)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+                Err(e) => return Err(e),
+            }
+            std::fs::File::open(&dir)?.sync_all()?;
+            Ok(true)
+        })();
+        let _ = std::fs::remove_file(&tmp);
+        result
+    }
+
+    pub fn read(root: &Path, name: &str) -> io::Result<Option<Vec<u8>>> {
+        use std::io::Read;
+        let Some(dir) = dir(root, false)? else {
+            return Ok(None);
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(dir.join(name));
+        let file = match file {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut bytes = Vec::new();
+        file.take(super::MAX_FILE * 2).read_to_end(&mut bytes)?;
+        Ok(Some(bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_those_postgresql_archives() {
+        for ok in [
+            "000000010000000000000001",
+            "00000002.history",
+            "000000010000000000000001.partial",
+            "000000010000000000000002.00000028.backup",
+        ] {
+            assert!(check_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "../000000010000000000000001",
+            "00000001000000000000000g",
+            "000000010000000000000001/x",
+            "0000000a0000000000000001".to_lowercase().as_str(),
+            "",
+            ".wal",
+            "00000002.history.tmp",
+        ] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_segment_round_trips_and_damage_is_found() {
+        let original: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+        let name = "000000010000000000000001";
+        let object = encode(name, &original, Compression::default(), None)
+            .await
+            .unwrap();
+        assert!(object.len() < original.len() / 10);
+        assert_eq!(decode(name, &object, None).await.unwrap(), original);
+        let mut damaged = object.clone();
+        let last = damaged.len() - 10;
+        damaged[last] ^= 1;
+        assert!(matches!(
+            decode(name, &damaged, None).await,
+            Err(WalError::Damaged(_))
+        ));
+        // Another file's object under this name is refused.
+        assert!(matches!(
+            decode("000000010000000000000002", &object, None).await,
+            Err(WalError::Damaged(_))
+        ));
+    }
+}

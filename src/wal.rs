@@ -1,0 +1,167 @@
+//! `opsrunner wal push|fetch`: PostgreSQL's `archive_command` and `restore_command`.
+//!
+//! ```text
+//! archive_command = 'opsrunner wal push %p --repository offsite --plan /etc/opsrunner/pitr.yaml'
+//! restore_command = 'opsrunner wal fetch %f %p --repository offsite --plan /etc/opsrunner/pitr.yaml'
+//! ```
+//!
+//! The exit codes are PostgreSQL's contract, not opsrunner's usual ones. `push`: 0 only
+//! when the file is in the archive (now or already, with the same content); anything else
+//! makes PostgreSQL keep the segment and try again. `fetch`: 0 with the file written, 1
+//! ([`crate::exit::WAL_NOT_FOUND`]) only when the store *proved* the file absent — which
+//! PostgreSQL reads as "the end of the archive" and acts on (ends recovery, promotes) — and
+//! [`crate::exit::WAL_UNREADABLE`] (above 125, which makes PostgreSQL abort recovery
+//! instead) when the store could not be read for `--retry-for`, the copy is damaged, or the
+//! key is missing: a restore that stops and says why can be run again; one that ended early
+//! at the wrong moment has already opened the database to writes.
+
+use crate::exit::Failure;
+use crate::repo::compression::Compression;
+use crate::repo::crypto::Identities;
+use crate::repo::wal::{self, Pushed, WalError};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Where the archive is, from the command line.
+pub struct WalRepository<'a> {
+    pub repository: &'a str,
+    pub plan: Option<&'a Path>,
+}
+
+/// `opsrunner wal push PATH`: archives the file PostgreSQL names (`%p`, relative to its
+/// data directory, which is the command's working directory).
+pub async fn push(
+    path: &Path,
+    at: &WalRepository<'_>,
+    compression: Compression,
+) -> Result<String, Failure> {
+    let name = file_name(path)?;
+    let (definition, base_dir) = crate::backups::repository_definition(at.repository, at.plan)?;
+    let recipients = definition
+        .encryption
+        .as_ref()
+        .map(|e| e.recipients(&base_dir))
+        .transpose()
+        .map_err(|e| Failure::Usage(format!("repository `{}`: {e}", at.repository)))?;
+    let original = read_bounded(path)
+        .map_err(|e| Failure::Io(format!("wal push: cannot read {}: {e}", path.display())))?;
+    let store = crate::repo::open(&definition.url, &base_dir, &definition.s3_options()).await?;
+    let object = wal::encode(&name, &original, compression, recipients.as_ref())
+        .await
+        .map_err(|e| Failure::Io(format!("wal push {name}: {e}")))?;
+    match wal::store(&store, &name, object).await {
+        Ok(Pushed::Archived { stored_size }) => Ok(format!(
+            "archived {name} ({} bytes, {stored_size} stored) in {}\n",
+            original.len(),
+            store.location()
+        )),
+        Ok(Pushed::AlreadyThere) => Ok(format!(
+            "{name} is already archived in {} with the same content\n",
+            store.location()
+        )),
+        Err(e) => Err(Failure::Io(format!("wal push {name}: {e}"))),
+    }
+}
+
+/// How `wal fetch` behaves.
+pub struct FetchOptions<'a> {
+    pub identities: Option<&'a Identities>,
+    /// How long to keep trying a store that cannot be read before giving up.
+    pub retry_for: Duration,
+}
+
+/// `opsrunner wal fetch NAME DEST`: writes archived file `NAME` (`%f`) to `DEST` (`%p`).
+pub async fn fetch(
+    name: &str,
+    dest: &Path,
+    at: &WalRepository<'_>,
+    options: &FetchOptions<'_>,
+) -> Result<String, Failure> {
+    wal::check_name(name).map_err(|e| Failure::WalUnreadable(format!("wal fetch: {e}")))?;
+    let (definition, base_dir) = crate::backups::repository_definition(at.repository, at.plan)
+        .map_err(|e| {
+            Failure::WalUnreadable(format!("wal fetch {name}: {}", e.message(false).trim()))
+        })?;
+    let store = crate::repo::open(&definition.url, &base_dir, &definition.s3_options())
+        .await
+        .map_err(|e| Failure::WalUnreadable(format!("wal fetch {name}: {e}")))?;
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(250);
+    let object = loop {
+        match wal::read(&store, name).await {
+            Ok(object) => break object,
+            Err(WalError::NotFound(_)) => {
+                return Err(Failure::WalNotFound(format!(
+                    "wal fetch: {name} is not in {}",
+                    store.location()
+                )));
+            }
+            Err(e) if started.elapsed() + delay < options.retry_for => {
+                tracing::warn!("wal fetch {name}: {e}; trying again in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => {
+                return Err(Failure::WalUnreadable(format!(
+                    "wal fetch {name}: {e} (for {}s); recovery is stopped rather than ended early at the wrong point: run it again when the repository answers",
+                    started.elapsed().as_secs()
+                )));
+            }
+        }
+    };
+    let original = wal::decode(name, &object, options.identities)
+        .await
+        .map_err(|e| Failure::WalUnreadable(format!("wal fetch: {e}")))?;
+    write_new(dest, &original).map_err(|e| {
+        Failure::WalUnreadable(format!(
+            "wal fetch {name}: cannot write {}: {e}",
+            dest.display()
+        ))
+    })?;
+    Ok(String::new())
+}
+
+fn file_name(path: &Path) -> Result<String, Failure> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_string();
+    wal::check_name(&name).map_err(|e| Failure::Usage(format!("wal push: {e}")))?;
+    Ok(name)
+}
+
+fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(wal::MAX_FILE + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > wal::MAX_FILE {
+        return Err(std::io::Error::other("larger than any WAL file (1 GiB)"));
+    }
+    Ok(bytes)
+}
+
+/// Writes `DEST` whole or not at all: PostgreSQL must never read half a segment.
+fn write_new(dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dest.with_file_name(format!(".{name}.opsrunner.{}", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, dest)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}

@@ -1,0 +1,331 @@
+//! The WAL archive (issue 13, point 2): a real cluster archiving through `opsrunner wal
+//! push` as its `archive_command`, into a local and into an S3 repository (encrypted);
+//! `wal fetch` gives back the very bytes; pushes are idempotent and refuse to replace; and
+//! `wal fetch` says "not found" (exit 1, which ends recovery) only when the archive proved
+//! it — injected S3 errors and a missing repository give 255, which aborts recovery instead.
+
+use crate::common::pg::Cluster;
+use crate::common::{Workspace, opsrunner};
+use crate::s3::{BUCKET, Fault, S3Server, aws_env};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn run(cmd: &mut std::process::Command) -> (i32, String, String) {
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The uid and gid the test clusters' server runs as (the `postgres` user when root).
+fn server_owner(cluster: &Cluster) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(cluster.dir.path().join("data")).unwrap();
+    (meta.uid(), meta.gid())
+}
+
+/// Makes `cluster` archive with `opsrunner wal push %p ARGS`, through a script that sets
+/// `env` (the server's own environment is the test's, set when it started).
+fn archive_with(cluster: &Cluster, args: &str, env: &[(&str, String)]) {
+    let script = cluster.dir.path().join("archive.sh");
+    let exports: String = env
+        .iter()
+        .map(|(k, v)| format!("export {k}='{v}'\n"))
+        .collect();
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n{exports}exec {} wal push \"$1\" {args}\n",
+            env!("CARGO_BIN_EXE_opsrunner")
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    cluster.psql("postgres", "alter system set archive_mode = on");
+    cluster.psql(
+        "postgres",
+        &format!(
+            "alter system set archive_command = '{} %p'",
+            script.display()
+        ),
+    );
+    cluster.stop();
+    cluster.restart();
+}
+
+/// Writes some WAL and switches segments until `count` files have been archived.
+fn archived_at_least(cluster: &Cluster, count: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let archived: u64 = cluster
+            .psql("postgres", "select archived_count from pg_stat_archiver")
+            .trim()
+            .parse()
+            .unwrap();
+        if archived >= count {
+            break;
+        }
+        let failed = cluster.psql(
+            "postgres",
+            "select failed_count || ' ' || coalesce(last_failed_wal, '') from pg_stat_archiver",
+        );
+        assert!(
+            Instant::now() < deadline,
+            "only {archived} archived, failures: {failed}\n{}",
+            std::fs::read_to_string(cluster.dir.path().join("server.log")).unwrap_or_default()
+        );
+        cluster.psql(
+            "postgres",
+            "create table if not exists churn (v text); insert into churn select md5(g::text) from generate_series(1, 5000) g; select pg_switch_wal()",
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn fetch(name: &str, dest: &Path, args: &[&str], env: &[(&str, String)]) -> (i32, String, String) {
+    run(opsrunner()
+        .args(["wal", "fetch", name])
+        .arg(dest)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str()))))
+}
+
+fn push(path: &Path, args: &[&str], env: &[(&str, String)]) -> (i32, String, String) {
+    run(opsrunner()
+        .args(["wal", "push"])
+        .arg(path)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str()))))
+}
+
+#[test]
+fn a_cluster_archives_into_a_local_repository_and_fetch_gives_back_the_bytes() {
+    let cluster = Cluster::start();
+    let ws = Workspace::new();
+    let repo = ws.path("repo");
+    std::fs::create_dir(&repo).unwrap();
+    let (uid, gid) = server_owner(&cluster);
+    std::os::unix::fs::chown(&repo, Some(uid), Some(gid)).unwrap();
+    let url = format!("file://{}", repo.display());
+    archive_with(&cluster, &format!("--repository {url}"), &[]);
+    archived_at_least(&cluster, 2);
+    let in_archive: Vec<String> = std::fs::read_dir(repo.join(".wal"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert!(in_archive.len() >= 2, "{in_archive:?}");
+    // Compressed: a segment of md5 text and zeros takes far less than 16 MiB.
+    let first = in_archive.iter().min().unwrap().clone();
+    let stored = std::fs::metadata(repo.join(".wal").join(&first))
+        .unwrap()
+        .len();
+    assert!(stored < 16 << 20, "{stored}");
+
+    // Fetched, it is byte for byte the segment PostgreSQL wrote (still in pg_wal).
+    let dest = ws.path("fetched");
+    let (code, _, err) = fetch(&first, &dest, &["--repository", &url], &[]);
+    assert_eq!(code, 0, "{err}");
+    let original = cluster.dir.path().join("data/pg_wal").join(&first);
+    if original.exists() {
+        assert_eq!(
+            std::fs::read(&dest).unwrap(),
+            std::fs::read(&original).unwrap()
+        );
+    }
+    assert_eq!(std::fs::metadata(&dest).unwrap().len(), 16 << 20);
+
+    // Pushed again with the same content: success, nothing replaced.
+    let again = ws.path(&first);
+    std::fs::copy(&dest, &again).unwrap();
+    let (code, out, err) = push(&again, &["--repository", &url], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("already archived"), "{out}");
+    // With other content under the same name: refused loudly, the archived one kept.
+    let mut other = std::fs::read(&dest).unwrap();
+    other[100] ^= 0xff;
+    std::fs::write(&again, &other).unwrap();
+    let (code, _, err) = push(&again, &["--repository", &url], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("already archived with different content"),
+        "{err}"
+    );
+    let (code, _, err) = fetch(
+        &first,
+        &ws.path("fetched-again"),
+        &["--repository", &url],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read(ws.path("fetched-again")).unwrap(),
+        std::fs::read(&dest).unwrap()
+    );
+
+    // Absent (proven): exit 1, which PostgreSQL reads as the end of the archive; a history
+    // file of a timeline that never existed is absent the same way.
+    for name in ["0000000100000000000000FF", "00000009.history"] {
+        let (code, _, err) = fetch(name, &ws.path("absent"), &["--repository", &url], &[]);
+        assert_eq!(code, opsrunner::exit::WAL_NOT_FOUND, "{name}: {err}");
+        assert!(!ws.path("absent").exists());
+    }
+    // A repository that is not there (an unmounted disk) is not "absent": 255.
+    let gone = format!("file://{}", ws.path("unmounted").display());
+    let (code, _, err) = fetch(
+        &first,
+        &ws.path("x"),
+        &["--repository", &gone, "--retry-for", "1s"],
+        &[],
+    );
+    assert_eq!(code, opsrunner::exit::WAL_UNREADABLE, "{err}");
+    // A damaged archived file: 255, and nothing written for PostgreSQL to read.
+    let path = repo.join(".wal").join(&first);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() - 100;
+    bytes[at] ^= 0x55;
+    std::fs::write(&path, bytes).unwrap();
+    let (code, _, err) = fetch(&first, &ws.path("damaged"), &["--repository", &url], &[]);
+    assert_eq!(code, opsrunner::exit::WAL_UNREADABLE, "{err}");
+    assert!(err.contains("damaged"), "{err}");
+    assert!(!ws.path("damaged").exists());
+    // Names that are not WAL files never reach the repository.
+    let (code, _, err) = fetch(
+        "../../etc/passwd",
+        &ws.path("x"),
+        &["--repository", &url],
+        &[],
+    );
+    assert_eq!(code, opsrunner::exit::WAL_UNREADABLE, "{err}");
+}
+
+fn identity_file(dir: &Path) -> (PathBuf, String) {
+    use age::secrecy::ExposeSecret;
+    let identity = age::x25519::Identity::generate();
+    let path = dir.join("identity.txt");
+    std::fs::write(&path, format!("{}\n", identity.to_string().expose_secret())).unwrap();
+    (path, identity.to_public().to_string())
+}
+
+#[test]
+fn an_encrypted_s3_archive_survives_errors_without_ever_saying_not_found() {
+    let ws = Workspace::new();
+    let server = S3Server::start(&ws.path("s3"));
+    let cluster = Cluster::start();
+    let (identity, recipient) = identity_file(ws.dir.path());
+    let plan = ws.write_plan(&format!(
+        r#"
+version: 1
+name: pitr
+repositories:
+  offsite:
+    url: s3://{BUCKET}/pitr
+    endpoint: "{}"
+    force_path_style: true
+    encryption: {{ recipients: ["{recipient}"] }}
+steps:
+  - {{ id: noop, type: shell, command: "true" }}
+"#,
+        server.endpoint
+    ));
+    let (uid, gid) = server_owner(&cluster);
+    std::os::unix::fs::chown(&plan, Some(uid), Some(gid)).unwrap();
+    let mut env = aws_env();
+    archive_with(
+        &cluster,
+        &format!("--repository offsite --plan {}", plan.display()),
+        &env,
+    );
+    archived_at_least(&cluster, 1);
+    let objects = crate::common::files_under(&ws.path("s3"));
+    let segment = objects
+        .iter()
+        .filter(|p| p.parent().and_then(|d| d.file_name()) == Some(std::ffi::OsStr::new(".wal")))
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .min()
+        .unwrap_or_else(|| panic!("nothing archived: {objects:?}"));
+    let args = ["--repository", "offsite", "--plan", plan.to_str().unwrap()];
+
+    // With the identity: the bytes come back; without: 255, never "not found".
+    let (code, _, err) = fetch(
+        &segment,
+        &ws.path("seg"),
+        &[&args[..], &["--identity", identity.to_str().unwrap()]].concat(),
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::metadata(ws.path("seg")).unwrap().len(), 16 << 20);
+    let (code, _, err) = fetch(&segment, &ws.path("nokey"), &args, &env);
+    assert_eq!(code, opsrunner::exit::WAL_UNREADABLE, "{err}");
+    // The stored object is ciphertext: the segment's own bytes are not in it.
+    let stored = std::fs::read(objects.iter().find(|p| p.ends_with(&segment)).unwrap()).unwrap();
+    let plain = std::fs::read(ws.path("seg")).unwrap();
+    assert!(!stored.windows(64).any(|w| w == &plain[4096..4160]));
+
+    // The store failing (500s, resets, a 403) past the client's retries: 255 every time.
+    env.push(("AWS_MAX_ATTEMPTS", "2".to_string()));
+    for fault in [
+        Fault::InternalError,
+        Fault::Reset,
+        Fault::SlowDown,
+        Fault::Forbidden,
+    ] {
+        server.fail_gets(&format!(".wal/{segment}"), &[fault; 50]);
+        let before = server
+            .stats
+            .faulted_gets
+            .load(std::sync::atomic::Ordering::SeqCst);
+        let (code, _, err) = fetch(
+            &segment,
+            &ws.path("faulty"),
+            &[
+                &args[..],
+                &[
+                    "--identity",
+                    identity.to_str().unwrap(),
+                    "--retry-for",
+                    "2s",
+                ],
+            ]
+            .concat(),
+            &env,
+        );
+        assert_eq!(code, opsrunner::exit::WAL_UNREADABLE, "{fault:?}: {err}");
+        assert!(!ws.path("faulty").exists());
+        let served = server
+            .stats
+            .faulted_gets
+            .load(std::sync::atomic::Ordering::SeqCst)
+            - before;
+        assert!(
+            served >= 2,
+            "{fault:?}: only {served} faults reached the client"
+        );
+    }
+    // A few errors within the retries: fetched.
+    server.fail_gets(&format!(".wal/{segment}"), &[Fault::InternalError; 3]);
+    let (code, _, err) = fetch(
+        &segment,
+        &ws.path("retried"),
+        &[
+            &args[..],
+            &[
+                "--identity",
+                identity.to_str().unwrap(),
+                "--retry-for",
+                "30s",
+            ],
+        ]
+        .concat(),
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    server.fail_gets("", &[]);
+    // Absent on S3 (404 NoSuchKey): exit 1.
+    let (code, _, err) = fetch("0000000100000000000000FE", &ws.path("absent"), &args, &env);
+    assert_eq!(code, opsrunner::exit::WAL_NOT_FOUND, "{err}");
+}
