@@ -349,9 +349,11 @@ impl S3Store {
                 entry.1 = entry.1.max(initiated);
             }
         }
+        // Only what could be a backup: the WAL archive (`.wal/`) and the lease beside the
+        // backups start with a dot, which no backup id does.
         Ok(groups
             .into_iter()
-            .filter(|(_, (published, _))| !published)
+            .filter(|(id, (published, _))| !published && check_id(id).is_ok())
             .map(|(id, (_, t))| (id, t))
             .collect())
     }

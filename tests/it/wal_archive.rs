@@ -325,6 +325,20 @@ steps:
     );
     assert_eq!(code, 0, "{err}");
     server.fail_gets("", &[]);
+    // The archive is not a backup: an orphan sweep of the repository leaves it alone.
+    let (code, out, err) = run(opsrunner()
+        .args(["backups", "prune", "--orphans", "--orphan-age", "0s"])
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str()))));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!out.contains(".wal"), "{out}");
+    let (code, _, err) = fetch(
+        &segment,
+        &ws.path("after-sweep"),
+        &[&args[..], &["--identity", identity.to_str().unwrap()]].concat(),
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
     // Absent on S3 (404 NoSuchKey): exit 1.
     let (code, _, err) = fetch("0000000100000000000000FE", &ws.path("absent"), &args, &env);
     assert_eq!(code, opsrunner::exit::WAL_NOT_FOUND, "{err}");
