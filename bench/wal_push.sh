@@ -20,10 +20,10 @@ chmod 755 "$WORK"
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
 # Real WAL: a throwaway cluster copies every segment it fills into $WORK/real.
-mkdir -p "$WORK/real" "$WORK/random" "$WORK/sock"
-[ "$(id -u)" = 0 ] && chown postgres "$WORK/real" "$WORK/sock"
+mkdir -p "$WORK/real" "$WORK/random" "$WORK/sock" "$WORK/data"
+[ "$(id -u)" = 0 ] && chown postgres "$WORK/real" "$WORK/sock" "$WORK/data"
 as_pg "$BIN/initdb" -D "$WORK/data" -U postgres -A trust -N >/dev/null
-as_pg "$BIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w -o "-p 5499 -k $WORK/sock -c listen_addresses='' -c archive_mode=on -c archive_command='cp %p $WORK/real/%f' -c max_wal_size=1GB" start >/dev/null
+as_pg "$BIN/pg_ctl" -D "$WORK/data" -l "$WORK/sock/server.log" -w -o "-p 5499 -k $WORK/sock -c listen_addresses='' -c archive_mode=on -c archive_command='cp %p $WORK/real/%f' -c max_wal_size=1GB" start >/dev/null
 S3PORT=${S3PORT:-9322}
 cleanup() {
   as_pg "$BIN/pg_ctl" -D "$WORK/data" -m immediate stop >/dev/null 2>&1 || true

@@ -133,10 +133,10 @@ fn file_name(path: &Path) -> Result<String, Failure> {
 
 fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(wal::MAX_FILE + 1)
-        .read_to_end(&mut bytes)?;
+    let file = std::fs::File::open(path)?;
+    let size = file.metadata()?.len().min(wal::MAX_FILE);
+    let mut bytes = Vec::with_capacity(size as usize + 1);
+    file.take(wal::MAX_FILE + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > wal::MAX_FILE {
         return Err(std::io::Error::other("larger than any WAL file (1 GiB)"));
     }
