@@ -112,6 +112,16 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Runs a command to its end: (exit code, stdout, stderr); -1 when killed by a signal.
+pub fn run(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 pub fn opsrunner() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_opsrunner"));
     cmd.env("NO_COLOR", "1");

@@ -4,20 +4,10 @@
 //! backup (including "empty", which Terraform's staleness check misses).
 
 use crate::common::pg::Cluster;
-use crate::common::{Workspace, opsrunner};
+use crate::common::{Workspace, opsrunner, run};
 use crate::s3::{BUCKET, S3Server, aws_env};
 use serde_json::Value;
 use std::path::Path;
-use std::process::Command;
-
-fn run(cmd: &mut Command) -> (i32, String, String) {
-    let out = cmd.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 const PLAN: &str = r#"
 version: 1

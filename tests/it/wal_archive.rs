@@ -5,19 +5,10 @@
 //! it — injected S3 errors and a missing repository give 255, which aborts recovery instead.
 
 use crate::common::pg::Cluster;
-use crate::common::{Workspace, opsrunner};
+use crate::common::{Workspace, opsrunner, run};
 use crate::s3::{BUCKET, Fault, S3Server, aws_env};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-fn run(cmd: &mut std::process::Command) -> (i32, String, String) {
-    let out = cmd.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// The uid and gid the test clusters' server runs as (the `postgres` user when root).
 fn server_owner(cluster: &Cluster) -> (u32, u32) {

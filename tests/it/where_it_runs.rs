@@ -3,21 +3,12 @@
 //! could not read, and CI output (JUnit, verdict exit codes, numbers in the report).
 
 use crate::common::pg::Cluster;
-use crate::common::{Workspace, opsrunner, python_with};
+use crate::common::{Workspace, opsrunner, python_with, run};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn shipped(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-fn run(cmd: &mut Command) -> (i32, String, String) {
-    let out = cmd.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 fn systemd_verify(files: &[PathBuf]) {
