@@ -47,6 +47,12 @@ pub enum Failure {
         output: String,
         message: String,
     },
+    /// A check found this (`wal status`: too old, or a gap); `output` is still printed.
+    Found {
+        verdict: crate::exec::events::Verdict,
+        output: String,
+        message: String,
+    },
     /// `wal fetch`: proven absent from the archive.
     WalNotFound(String),
     /// `wal fetch`: nothing is known (see [`WAL_UNREADABLE`]).
@@ -64,7 +70,7 @@ impl Failure {
     /// What still goes to stdout when the command did not succeed.
     pub fn output(&self) -> &str {
         match self {
-            Failure::Incomplete { output, .. } => output,
+            Failure::Incomplete { output, .. } | Failure::Found { output, .. } => output,
             _ => "",
         }
     }
@@ -78,6 +84,7 @@ impl Failure {
             Failure::Verdict(crate::exec::events::Verdict::BackupCorrupt) => BACKUP_CORRUPT,
             Failure::Interrupted => INTERRUPTED,
             Failure::Incomplete { .. } => INCOMPLETE,
+            Failure::Found { verdict, .. } => Failure::Verdict(*verdict).exit_code(),
             Failure::WalNotFound(_) => WAL_NOT_FOUND,
             Failure::WalUnreadable(_) => WAL_UNREADABLE,
         }
@@ -92,6 +99,7 @@ impl Failure {
             Failure::Io(m) => format!("error: {m}\n"),
             Failure::Incomplete { message, .. } => format!("error: {message}\n"),
             Failure::WalNotFound(m) => format!("{m}\n"),
+            Failure::Found { message, .. } => format!("error: {message}\n"),
             Failure::WalUnreadable(m) => format!("error: {m}\n"),
             Failure::StepsFailed | Failure::Verdict(_) | Failure::Interrupted => String::new(),
         }

@@ -361,6 +361,22 @@ key is missing: PostgreSQL then aborts recovery instead of ending it early."
         #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
         retry_for: Duration,
     },
+    /// What the archive holds: the newest segment and its age (the RPO), timelines, gaps.
+    #[command(
+        after_help = "Exit codes: 0 fine; 5 the newest segment is older than --max-age (or there is none);
+6 a segment is missing between the first and the last of a timeline; 1 the archive
+cannot be read."
+    )]
+    Status {
+        #[command(flatten)]
+        repo: WalRepositoryArgs,
+        /// Fail (exit 5) when the newest archived segment is older than this.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        max_age: Option<Duration>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -776,6 +792,17 @@ fn wal(command: WalCommand) -> Result<String, Failure> {
                 retry_for,
             };
             runtime.block_on(opsrunner::wal::fetch(&name, &dest, &at, &options))
+        }
+        WalCommand::Status {
+            repo,
+            max_age,
+            json,
+        } => {
+            let at = opsrunner::wal::WalRepository {
+                repository: &repo.repository,
+                plan: repo.plan.as_deref(),
+            };
+            runtime.block_on(opsrunner::wal::status(&at, max_age, json))
         }
     }
 }

@@ -207,7 +207,7 @@ impl S3Store {
         put(&self.client, &self.bucket, &key, body, self.sse.as_ref()).await
     }
 
-    async fn keys_under(&self, prefix: &str) -> io::Result<Vec<String>> {
+    pub(super) async fn keys_under(&self, prefix: &str) -> io::Result<Vec<String>> {
         let mut keys = Vec::new();
         let mut pages = self
             .client
@@ -238,7 +238,7 @@ impl S3Store {
         Ok(())
     }
 
-    fn root(&self) -> String {
+    pub(super) fn root(&self) -> String {
         if self.prefix.is_empty() {
             String::new()
         } else {

@@ -264,6 +264,70 @@ pub async fn read(store: &AnyStore, name: &str) -> Result<Vec<u8>, WalError> {
     found.ok_or_else(|| WalError::NotFound(name.to_string()))
 }
 
+/// The names of every file in the archive, sorted (which sorts segments by timeline, then
+/// position). Anything else found there (temporary files, foreign names) is left out.
+pub async fn list(store: &AnyStore) -> io::Result<Vec<String>> {
+    let mut names: Vec<String> = match store {
+        AnyStore::Local(l) => local::names(l.root())?,
+        AnyStore::S3(s) => {
+            let prefix = format!("{}{DIR}/", s.root());
+            s.keys_under(&prefix)
+                .await?
+                .into_iter()
+                .filter_map(|k| k.strip_prefix(&prefix).map(str::to_string))
+                .collect()
+        }
+    };
+    names.retain(|n| check_name(n).is_ok());
+    names.sort();
+    Ok(names)
+}
+
+/// A WAL segment's timeline and position (segment number from the start of the WAL), for a
+/// segment size; `None` for other files.
+pub fn segment_position(name: &str, segment_size: u64) -> Option<(u32, u64)> {
+    if name.len() != 24 || check_name(name).is_err() || segment_size == 0 {
+        return None;
+    }
+    let part = |i: usize| u64::from_str_radix(&name[i..i + 8], 16).ok();
+    let per_log = 0x1_0000_0000 / segment_size;
+    Some((part(0)? as u32, part(8)? * per_log + part(16)?))
+}
+
+/// The segment name at a timeline and position (the inverse of [`segment_position`]).
+pub fn segment_name(timeline: u32, position: u64, segment_size: u64) -> String {
+    let per_log = 0x1_0000_0000 / segment_size;
+    format!(
+        "{timeline:08X}{:08X}{:08X}",
+        position / per_log,
+        position % per_log
+    )
+}
+
+/// Runs of segments missing between the first and the last archived segment of each
+/// timeline: (first missing, last missing).
+pub fn gaps(names: &[String], segment_size: u64) -> Vec<(String, String)> {
+    let mut by_timeline: std::collections::BTreeMap<u32, Vec<u64>> = Default::default();
+    for name in names {
+        if let Some((timeline, position)) = segment_position(name, segment_size) {
+            by_timeline.entry(timeline).or_default().push(position);
+        }
+    }
+    let mut out = Vec::new();
+    for (timeline, mut positions) in by_timeline {
+        positions.sort_unstable();
+        for pair in positions.windows(2) {
+            if pair[1] > pair[0] + 1 {
+                out.push((
+                    segment_name(timeline, pair[0] + 1, segment_size),
+                    segment_name(timeline, pair[1] - 1, segment_size),
+                ));
+            }
+        }
+    }
+    out
+}
+
 fn hex(bytes: &[u8]) -> String {
     crate::digest::hex(bytes)
 }
@@ -338,6 +402,17 @@ mod local {
         result
     }
 
+    pub fn names(root: &Path) -> io::Result<Vec<String>> {
+        let Some(dir) = dir(root, false)? else {
+            return Ok(Vec::new());
+        };
+        Ok(std::fs::read_dir(dir)?
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect())
+    }
+
     pub fn read(root: &Path, name: &str) -> io::Result<Option<Vec<u8>>> {
         use std::io::Read;
         let Some(dir) = dir(root, false)? else {
@@ -383,6 +458,35 @@ mod tests {
         ] {
             assert!(check_name(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn gaps_are_found_per_timeline_across_log_boundaries() {
+        let size = 16 << 20;
+        let names: Vec<String> = [
+            "0000000100000000000000FE",
+            "0000000100000000000000FF",
+            "000000010000000100000000",
+            "000000010000000100000003",
+            "00000002.history",
+            "000000020000000100000003",
+            "000000020000000100000004",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            gaps(&names, size),
+            vec![(
+                "000000010000000100000001".to_string(),
+                "000000010000000100000002".to_string()
+            )]
+        );
+        assert_eq!(
+            segment_position("000000010000000100000000", size),
+            Some((1, 256))
+        );
+        assert_eq!(segment_name(1, 256, size), "000000010000000100000000");
     }
 
     #[tokio::test]

@@ -101,8 +101,12 @@ fn a_cluster_archives_into_a_local_repository_and_fetch_gives_back_the_bytes() {
     let (uid, gid) = server_owner(&cluster);
     std::os::unix::fs::chown(&repo, Some(uid), Some(gid)).unwrap();
     let url = format!("file://{}", repo.display());
+    // Before anything is archived, `wal status --max-age` fails: archiving has not begun.
+    let (code, out, err) =
+        run(opsrunner().args(["wal", "status", "--repository", &url, "--max-age", "1h"]));
+    assert_eq!(code, opsrunner::exit::BACKUP_TOO_OLD, "{out}{err}");
     archive_with(&cluster, &format!("--repository {url}"), &[]);
-    archived_at_least(&cluster, 2);
+    archived_at_least(&cluster, 3);
     let in_archive: Vec<String> = std::fs::read_dir(repo.join(".wal"))
         .unwrap()
         .flatten()
@@ -174,6 +178,33 @@ fn a_cluster_archives_into_a_local_repository_and_fetch_gives_back_the_bytes() {
         &[],
     );
     assert_eq!(code, opsrunner::exit::WAL_UNREADABLE, "{err}");
+    // `wal status`: the newest segment and its age; a segment deleted from the middle is a
+    // gap recovery cannot pass: exit 6, naming it.
+    let mut segments: Vec<String> = in_archive
+        .iter()
+        .filter(|n| n.len() == 24)
+        .cloned()
+        .collect();
+    segments.sort();
+    let (code, out, err) =
+        run(opsrunner().args(["wal", "status", "--repository", &url, "--max-age", "1h"]));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("newest {}", segments.last().unwrap())),
+        "{out}"
+    );
+    let middle = segments[1].clone();
+    std::fs::rename(repo.join(".wal").join(&middle), ws.path("moved-away")).unwrap();
+    let (code, out, err) = run(opsrunner().args(["wal", "status", "--repository", &url, "--json"]));
+    assert_eq!(code, opsrunner::exit::BACKUP_CORRUPT, "{out}{err}");
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        status["gaps"][0]["first_missing"],
+        middle.as_str(),
+        "{status}"
+    );
+    assert!(err.contains("cannot pass it"), "{err}");
+    std::fs::rename(ws.path("moved-away"), repo.join(".wal").join(&middle)).unwrap();
     // A damaged archived file: 255, and nothing written for PostgreSQL to read.
     let path = repo.join(".wal").join(&first);
     let mut bytes = std::fs::read(&path).unwrap();
