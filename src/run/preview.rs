@@ -393,6 +393,10 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
             redact_error(error);
         }
     }
+    // A saved plan carries its --var values verbatim (apply runs with them): one that holds
+    // a secret would put it into a file meant for review, so none is saved.
+    let secret_var = input.overrides.values().any(|v| redactor.redact(v) != *v);
+    let capture = capture && !secret_var;
     let saved = capture.then(|| saved_state::SavedState {
         plan_file: std::path::absolute(&input.source.path).unwrap_or(input.source.path.clone()),
         vars: input.overrides.clone(),
@@ -403,6 +407,8 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
     });
     let review_only = if input.untrusted {
         Some("--untrusted".to_string())
+    } else if secret_var && input.capture {
+        Some("a --var value that is a secret".to_string())
     } else {
         input.base.as_ref().map(|_| "--base".to_string())
     };

@@ -180,6 +180,25 @@ fn a_saved_plan_runs_only_while_what_it_was_made_from_holds() {
     );
     assert_eq!(backups_in(&ws.path("repo")), 2);
 
+    // A --var value that is a secret (here the value of a credential-named variable) is
+    // never written into a saved plan: the file is review-only.
+    let secret = "4242";
+    let with_secret = [env[0], ("RELEASE_API_TOKEN", secret)];
+    let (code, _, err) = save(
+        &plan,
+        &untrusted,
+        &with_secret,
+        &["--var", &format!("keep={secret}")],
+    );
+    assert_eq!(code, 0, "{err}");
+    let text = std::fs::read_to_string(&untrusted).unwrap();
+    assert!(!text.contains(&format!("\"{secret}\"")), "{text}");
+    let json: Value = serde_json::from_str(&text).unwrap();
+    assert!(json["saved"].is_null(), "{json}");
+    let (code, _, err) = apply_saved(&untrusted, &with_secret, &[]);
+    assert_eq!(code, opsrunner::exit::INVALID, "{err}");
+    assert!(err.contains("a --var value that is a secret"), "{err}");
+
     // Unchanged, it still runs, with its recorded values: keep 5 of 3 deletes nothing.
     let (code, _, err) = apply_saved(&saved, &env, &[]);
     assert_eq!(code, 0, "{err}");
