@@ -187,6 +187,7 @@ fn main() {
                 kill_grace: Duration::from_secs(1),
                 identities: None,
                 fixed_target_urls: BTreeMap::new(),
+                ephemeral: Default::default(),
             };
             let summary = executor::execute(
                 valid.clone(),

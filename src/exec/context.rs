@@ -33,6 +33,24 @@ pub struct StepContext {
     pub identities: Option<crate::repo::crypto::Identities>,
     /// Targets declared `protected`: SQL runs read-only there unless the step writes.
     pub protected: std::collections::BTreeSet<String>,
+    /// The throwaway clusters of ephemeral targets, by target name: a point-in-time restore
+    /// replaces one's contents with a recovered copy.
+    pub ephemeral: BTreeMap<String, EphemeralDir>,
+}
+
+/// Where an ephemeral target's throwaway cluster lives and how it runs.
+#[derive(Debug, Clone)]
+pub struct EphemeralDir {
+    /// The cluster's private directory: the data directory is `data/` in it, and the
+    /// server's Unix socket is here.
+    pub dir: PathBuf,
+    /// The directory of its server programs (`postgres`, `pg_ctl`).
+    pub bin: PathBuf,
+    pub major: u32,
+    /// The uid and gid the server runs as (when opsrunner runs as root).
+    pub owner: Option<(u32, u32)>,
+    /// The server options it is started with (`pg_ctl -o`).
+    pub options: String,
 }
 
 impl StepContext {

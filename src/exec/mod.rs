@@ -9,5 +9,5 @@ pub mod events;
 pub mod output;
 pub mod progress;
 
-pub use context::StepContext;
+pub use context::{EphemeralDir, StepContext};
 pub use error::{ErrorKind, StepError, io_error};

@@ -128,10 +128,7 @@ impl EphemeralCluster {
             .arg("-l")
             .arg(cluster.dir.path().join("server.log"))
             .args(["-w", "-t", "60", "-o"])
-            .arg(format!(
-                "-p {PORT} -k {} -c listen_addresses='' -c fsync=off -c full_page_writes=off -c synchronous_commit=off",
-                cluster.dir.path().display()
-            ))
+            .arg(cluster.options())
             .arg("start");
         if let Err(e) = run(ctl, owner, "pg_ctl start") {
             let log =
@@ -149,6 +146,25 @@ impl EphemeralCluster {
 
     pub fn socket_dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The server's options: only the private socket, and no durability (a throwaway).
+    fn options(&self) -> String {
+        format!(
+            "-p {PORT} -k {} -c listen_addresses='' -c fsync=off -c full_page_writes=off -c synchronous_commit=off",
+            self.dir.path().display()
+        )
+    }
+
+    /// What a step needs to replace this cluster's contents.
+    pub fn handle(&self) -> crate::exec::EphemeralDir {
+        crate::exec::EphemeralDir {
+            dir: self.dir.path().to_path_buf(),
+            bin: self.bin.clone(),
+            major: self.major,
+            owner: self.owner,
+            options: self.options(),
+        }
     }
 
     /// A URL for `database` over the cluster's socket, as the superuser `postgres`.

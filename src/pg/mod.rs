@@ -2,13 +2,16 @@
 //! the programs ([`tools`]), throwaway clusters ([`cluster`]), databases ([`database`]) and
 //! replacing one without destroying it first ([`swap`]).
 
+pub mod basebackup;
 pub mod cluster;
 pub mod conn;
 pub mod database;
 pub mod fingerprint;
 pub mod lock;
 pub mod process;
+pub mod recovery;
 pub mod restore;
 pub mod server;
 pub mod swap;
 pub mod tools;
+pub mod unpack;

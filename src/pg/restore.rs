@@ -70,6 +70,9 @@ pub async fn restore(
             let (pg_restore, _) = tool("pg_restore", major)?;
             parallel_custom(ctx, store, manifest, &pg_restore, &args, jobs, &configure).await
         }
+        DumpFormat::Base => Err(StepError::permanent(format!(
+            "{id} is a base backup (a copy of a whole cluster): it is restored to a point in time with `to:`, not into a database"
+        ))),
         DumpFormat::Directory => {
             let (pg_restore, _) = tool("pg_restore", major)?;
             let dir = spool()?;

@@ -175,7 +175,8 @@ pub async fn list(store: &impl BackupStore) -> io::Result<Vec<Listed>> {
     Ok(out)
 }
 
-/// The newest readable backup, optionally of one database.
+/// The newest readable logical backup (a dump), optionally of one database. Base backups
+/// are left out: they restore only to a point in time ([`base_backups`]).
 pub async fn latest(
     store: &impl BackupStore,
     database: Option<&str>,
@@ -185,5 +186,16 @@ pub async fn latest(
         .into_iter()
         .rev()
         .filter_map(|l| l.backup.ok())
+        .filter(|c| c.manifest.format != super::manifest::DumpFormat::Base)
         .find(|c| database.is_none_or(|d| c.manifest.database == d)))
+}
+
+/// The readable base backups, oldest first.
+pub async fn base_backups(store: &impl BackupStore) -> io::Result<Vec<Checked>> {
+    Ok(list(store)
+        .await?
+        .into_iter()
+        .filter_map(|l| l.backup.ok())
+        .filter(|c| c.manifest.base.is_some())
+        .collect())
 }

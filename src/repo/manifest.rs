@@ -39,6 +39,60 @@ pub struct Manifest {
     /// ASCII-armored. `fingerprints` and the table filters are empty until unsealed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sealed: Option<String>,
+    /// Base backups (`format: base`): where in the server's WAL the copy starts and ends,
+    /// which point-in-time recovery needs to choose it and to find its WAL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<BaseBackup>,
+}
+
+/// What a base backup (a copy of a whole cluster's files by `pg_basebackup`) records
+/// besides the files: the copy is consistent only once the WAL from `start_lsn` to
+/// `stop_lsn` (archived under `.wal/` of the same repository) has been replayed over it.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub struct BaseBackup {
+    /// `pg_control_system()`'s system identifier: which cluster this is a copy of (WAL of
+    /// another cluster cannot be replayed over it).
+    pub system_identifier: String,
+    /// The timeline the backup started on.
+    pub timeline: u32,
+    /// `backup_label`'s `START WAL LOCATION`, e.g. `0/2000028`.
+    pub start_lsn: String,
+    /// The end of the WAL range in the server's `backup_manifest`: recovery reaches a
+    /// consistent state here, and no target before it can be reached from this backup.
+    pub stop_lsn: String,
+    /// The server's clock just before the copy began and just after it ended (at or after
+    /// the real end: a backup is chosen for a target time only when this is before it).
+    pub start_time: DateTime<Utc>,
+    pub stop_time: DateTime<Utc>,
+    /// Bytes per WAL segment on this cluster (`wal_segment_size`), to name segments.
+    pub wal_segment_size: u64,
+    /// The stored file that holds the cluster's files; the server's own `backup_manifest`
+    /// is its last member (checked with `pg_verifybackup` when it is extracted).
+    pub server_manifest: String,
+}
+
+impl BaseBackup {
+    pub fn start(&self) -> Option<u64> {
+        parse_lsn(&self.start_lsn)
+    }
+    pub fn stop(&self) -> Option<u64> {
+        parse_lsn(&self.stop_lsn)
+    }
+}
+
+/// Parses PostgreSQL's `X/Y` notation of a WAL position.
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.trim().split_once('/')?;
+    let hex = |s: &str| !s.is_empty() && s.len() <= 8 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if !hex(hi) || !hex(lo) {
+        return None;
+    }
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+/// Writes a WAL position as PostgreSQL does (`0/2000028`).
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
@@ -89,6 +143,10 @@ pub enum DumpFormat {
     Directory,
     /// A SQL script, restored with psql.
     Plain,
+    /// A base backup of a whole cluster (`base_backup` step): `pg_basebackup`'s tar, for
+    /// point-in-time recovery. Not a `backup` step's format (so not in the plan schema).
+    #[schemars(skip)]
+    Base,
 }
 
 impl DumpFormat {
@@ -97,6 +155,7 @@ impl DumpFormat {
             DumpFormat::Custom => "--format=custom",
             DumpFormat::Directory => "--format=directory",
             DumpFormat::Plain => "--format=plain",
+            DumpFormat::Base => "--format=tar",
         }
     }
 }
@@ -281,8 +340,41 @@ impl Manifest {
                 ));
             }
         }
+        match (self.format, &self.base) {
+            (DumpFormat::Base, None) => {
+                return Err("a base backup's manifest needs its `base` section (WAL range, system identifier)".into());
+            }
+            (DumpFormat::Base, Some(base)) => {
+                if base.start().is_none() || base.stop().is_none() {
+                    return Err("`base`: start_lsn and stop_lsn must be WAL positions (X/Y)".into());
+                }
+                if base.start() > base.stop() {
+                    return Err("`base`: the backup stops before it starts".into());
+                }
+                if !base.wal_segment_size.is_power_of_two()
+                    || !(1 << 20..=1 << 30).contains(&base.wal_segment_size)
+                {
+                    return Err(
+                        "`base`: wal_segment_size is not a power of two from 1 MiB to 1 GiB".into(),
+                    );
+                }
+                if base.timeline == 0 {
+                    return Err("`base`: timeline 0 does not exist".into());
+                }
+                if !self.files.iter().any(|f| f.name == base.server_manifest) {
+                    return Err(format!(
+                        "`base`: server_manifest names `{}`, which the manifest does not list",
+                        base.server_manifest
+                    ));
+                }
+            }
+            (_, Some(_)) => {
+                return Err("only a base backup's manifest has a `base` section".into());
+            }
+            _ => {}
+        }
         match self.format {
-            DumpFormat::Custom | DumpFormat::Plain if self.files.len() != 1 => Err(format!(
+            DumpFormat::Custom | DumpFormat::Plain | DumpFormat::Base if self.files.len() != 1 => Err(format!(
                 "a {:?} backup has exactly one file; the manifest lists {}",
                 self.format,
                 self.files.len()

@@ -13,6 +13,7 @@ pub mod prune;
 pub mod retention;
 pub mod s3;
 pub mod store;
+pub mod timeline;
 pub mod wal;
 
 pub use store::{BackupStore, FileSink, MAX_SMALL_FILE, OpenError, Reader, Slot, check_id};

@@ -153,6 +153,10 @@ pub async fn run(
         .iter()
         .map(|(name, c)| (name.clone(), c.url("postgres")))
         .collect();
+    let ephemeral = clusters
+        .iter()
+        .map(|(name, c)| (name.clone(), c.handle()))
+        .collect();
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
     let events = Events::new(tx, redactor.clone());
@@ -196,6 +200,7 @@ pub async fn run(
         kill_grace: o.kill_grace,
         identities,
         fixed_target_urls,
+        ephemeral,
         confirmed: o.confirm.clone(),
     };
     let summary = executor::execute(plan.clone(), opts, Arc::new(Builtin), events, cancel).await;

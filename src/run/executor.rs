@@ -56,6 +56,8 @@ pub struct ExecOptions {
     pub identities: Option<crate::repo::crypto::Identities>,
     /// URLs of targets that are not rendered from the plan: ephemeral clusters.
     pub fixed_target_urls: BTreeMap<String, String>,
+    /// The throwaway clusters of ephemeral targets, by name.
+    pub ephemeral: BTreeMap<String, crate::exec::EphemeralDir>,
     /// Protected targets that `--confirm` allows destructive steps on.
     pub confirmed: Vec<String>,
     /// Steps taken as done from an earlier run (`apply --resume`), by index, with their
@@ -541,6 +543,7 @@ impl StepTask {
             timeout: step.common.timeout.map(|t| t.0),
             run_id: self.opts.run.id.clone(),
             identities: self.opts.identities.clone(),
+            ephemeral: self.opts.ephemeral.clone(),
         };
         Ok((kind, ctx))
     }

@@ -83,6 +83,12 @@ impl StepType for Backup {
 
     fn check(p: &BackupParams, _: &CheckScope<'_>) -> Vec<Problem> {
         let mut problems = Vec::new();
+        if p.format == DumpFormat::Base {
+            problems.push(Problem::new(
+                &["format"],
+                "`format: base` is what a `base_backup` step writes; a `backup` step dumps `custom`, `directory` or `plain`",
+            ));
+        }
         if p.jobs.is_some() && p.format != DumpFormat::Directory {
             problems.push(Problem::new(
                 &["jobs"],
@@ -232,6 +238,7 @@ pub async fn run(p: &BackupParams, ctx: &StepContext) -> Result<Outputs, StepErr
         opsrunner_version: env!("CARGO_PKG_VERSION").to_string(),
         encryption: None,
         sealed: None,
+        base: None,
     };
     if let Some(recipients) = &recipients
         && let Err(e) = manifest.seal(recipients)
@@ -422,6 +429,9 @@ async fn dump(
                 }
                 Ok(entries)
             }
+            DumpFormat::Base => Err(StepError::permanent(
+                "`format: base` is written by a `base_backup` step",
+            )),
         }
     };
     let conn = &mut server.conn;
@@ -441,7 +451,7 @@ async fn dump(
 /// Where a backup goes and how it is protected, with the recipients read now: a reviewer
 /// sees which keys will be able to read the backups, and a broken recipients file shows
 /// up before the night it is needed.
-fn destination(repo: &crate::plan::model::Repository, base_dir: &Path) -> Vec<String> {
+pub fn destination(repo: &crate::plan::model::Repository, base_dir: &Path) -> Vec<String> {
     let mut lines = vec![format!("destination: {}", repo.url)];
     if repo.url.starts_with("s3://") {
         let options = repo.s3_options();

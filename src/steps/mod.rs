@@ -3,7 +3,9 @@
 //! classified) lives below all three, in [`crate::exec`].
 
 pub mod backup;
+pub mod base_backup;
 pub mod migrate;
+pub mod pitr;
 pub mod probe;
 pub mod prune;
 pub mod registry;

@@ -139,6 +139,7 @@ pub static TYPES: &[Registration] = &[
     register::<super::sql::Sql>(),
     register::<super::wait_ready::WaitReady>(),
     register::<super::backup::Backup>(),
+    register::<super::base_backup::BaseBackupStep>(),
     register::<super::restore::Restore>(),
     register::<super::verify::Verify>(),
     register::<super::migrate::Migrate>(),

@@ -7,6 +7,7 @@ use crate::exec::{ErrorKind, StepContext, StepError};
 use crate::pg::database as db;
 use crate::pg::server::{Server, classify, connect};
 use crate::pg::{fingerprint, restore, swap};
+use crate::plan::step_params::{CheckScope, Problem};
 use crate::repo::AnyStore;
 use crate::repo::listing::{self, Checked};
 use crate::repo::manifest::{FingerprintMode, Manifest, TableFingerprint};
@@ -26,19 +27,36 @@ pub struct Namespace {
     pub database: String,
 }
 
-/// `restore`: a backup from a repository into a database.
+/// Where a restore goes: a database on a target, or (with `to:`) the whole throwaway
+/// cluster of an ephemeral target.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Destination {
+    /// Name of a target declared under `targets` (with `to:`, an ephemeral one).
+    pub target: String,
+    /// Database to create and restore into (not with `to:`, which recovers the whole cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+}
+
+/// `restore`: a backup from a repository into a database; with `to:`, a base backup and
+/// the WAL archive into a throwaway cluster, recovered to a point in time.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestoreParams {
     /// Name of a repository declared under `repositories`.
     pub repository: String,
-    /// A backup id, or `latest` (default).
+    /// A backup id, or `latest` (default; with `to:`, the newest base backup that ends
+    /// before the target).
     #[serde(default = "latest")]
     pub backup: String,
     /// With `backup: latest`: the latest backup of this database.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_database: Option<String>,
-    pub into: Namespace,
+    /// Point-in-time recovery: where to stop replaying the WAL archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<super::pitr::PointInTime>,
+    pub into: Destination,
     /// Replace the database when it exists and is not empty (destructive).
     #[serde(default)]
     pub overwrite: bool,
@@ -55,7 +73,16 @@ pub struct Restore;
 impl StepType for Restore {
     const NAME: &'static str = "restore";
     type Params = RestoreParams;
-    const OUTPUTS: &'static [&'static str] = &["backup_id", "database", "duration_ms"];
+    const OUTPUTS: &'static [&'static str] = &[
+        "backup_id",
+        "database",
+        "duration_ms",
+        "reached_lsn",
+        "reached_time",
+        "timeline",
+        "new_timeline",
+        "wal_segments",
+    ];
     const TARGET_PATH: &'static [&'static str] = &["into", "target"];
 
     fn target(p: &RestoreParams) -> Option<&str> {
@@ -78,6 +105,48 @@ impl StepType for Restore {
         p.overwrite
     }
 
+    fn check(p: &RestoreParams, _: &CheckScope<'_>) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        match (&p.to, &p.into.database) {
+            (None, None) => problems.push(Problem::new(
+                &["into", "database"],
+                "`into` needs the `database` to restore into",
+            )),
+            (Some(_), Some(_)) => problems.push(
+                Problem::new(
+                    &["into", "database"],
+                    "a point-in-time restore (`to:`) recovers a whole cluster, not one database",
+                )
+                .help(
+                    "remove `database`; the ephemeral target's cluster becomes the recovered copy",
+                ),
+            ),
+            _ => {}
+        }
+        if let Some(to) = &p.to {
+            if let Err(e) = to.target() {
+                problems.push(Problem::new(&["to"], e));
+            }
+            if let Err(e) = to.timeline() {
+                problems.push(Problem::new(&["to", "timeline"], e));
+            }
+            for (set, key) in [
+                (p.overwrite, "overwrite"),
+                (p.jobs.is_some(), "jobs"),
+                (p.no_owner, "no_owner"),
+                (p.source_database.is_some(), "source_database"),
+            ] {
+                if set {
+                    problems.push(Problem::new(
+                        &[key],
+                        format!("`{key}` is for restoring a logical backup into a database, not with `to:`"),
+                    ));
+                }
+            }
+        }
+        problems
+    }
+
     fn describe(p: &RestoreParams) -> String {
         describe(p)
     }
@@ -87,6 +156,9 @@ impl StepType for Restore {
     }
 
     async fn probe<'a>(p: &'a RestoreParams, scope: Probe<'a>) -> Findings {
+        if let Some(to) = &p.to {
+            return describe_point_in_time(scope, p, to).await;
+        }
         if p.backup != "latest" {
             return Findings::default();
         }
@@ -107,6 +179,19 @@ pub fn latest() -> String {
 }
 
 pub fn describe(p: &RestoreParams) -> String {
+    if let Some(to) = &p.to {
+        let which = if p.backup == "latest" {
+            "the newest base backup that ends before the target".to_string()
+        } else {
+            format!("base backup {}", p.backup)
+        };
+        return format!(
+            "point-in-time restore from repository `{}` into the throwaway cluster of target `{}`: {which}, then the archived WAL replayed to {}; promoted there",
+            p.repository,
+            p.into.target,
+            to.describe()
+        );
+    }
     let which = if p.backup == "latest" {
         match &p.source_database {
             Some(db) => format!("the latest backup of `{db}`"),
@@ -117,7 +202,9 @@ pub fn describe(p: &RestoreParams) -> String {
     };
     let mut s = format!(
         "restore {which} from repository `{}` into database `{}` on target `{}`",
-        p.repository, p.into.database, p.into.target
+        p.repository,
+        p.into.database.as_deref().unwrap_or_default(),
+        p.into.target
     );
     if p.overwrite {
         s.push_str(
@@ -161,6 +248,15 @@ pub async fn resolve(
 /// Restores beside, checks, then swaps (see [`crate::pg::swap`]): nothing happens to the
 /// database being replaced until a complete restore has passed its checks.
 pub async fn run(p: &RestoreParams, ctx: &StepContext) -> Result<Outputs, StepError> {
+    if let Some(to) = &p.to {
+        let request = super::pitr::Request {
+            repository: &p.repository,
+            backup: &p.backup,
+            target: &p.into.target,
+            to,
+        };
+        return super::pitr::run(&request, ctx).await;
+    }
     let store = ctx.repository(&p.repository).await?;
     let checked = resolve(
         &store,
@@ -175,7 +271,11 @@ pub async fn run(p: &RestoreParams, ctx: &StepContext) -> Result<Outputs, StepEr
     let mut manifest = checked.manifest;
     // Before the target is touched: without the right key there is nothing to restore.
     ctx.unseal(&mut manifest)?;
-    let database = p.into.database.as_str();
+    let database = p
+        .into
+        .database
+        .as_deref()
+        .ok_or_else(|| StepError::permanent("`into` names no database"))?;
     let target = p.into.target.as_str();
     let mut server = maintenance(ctx.target_url(target)?, database, target).await?;
     swap::lock(&mut server.conn, database, target).await?;
@@ -347,5 +447,24 @@ pub async fn describe_latest(
             }
             lines.into()
         }
+    }
+}
+
+/// What a point-in-time restore will use, read now: the chosen base backup, the timeline,
+/// and the WAL range it needs with whether all of it is archived.
+async fn describe_point_in_time(
+    scope: Probe<'_>,
+    p: &RestoreParams,
+    to: &super::pitr::PointInTime,
+) -> Findings {
+    const UNKNOWN: &str = "which base backup and WAL the restore uses is unknown";
+    let store = match scope.open(&p.repository, UNKNOWN).await {
+        Ok(store) => store,
+        Err(unread) => return Findings::unread(unread),
+    };
+    // The preview holds no key: an encrypted archive's history files are not read here.
+    match super::pitr::choose(&store, &p.repository, &p.backup, to, None).await {
+        Ok(choice) => choice.lines().into(),
+        Err(e) => vec![format!("apply would stop here: {}", e.message)].into(),
     }
 }

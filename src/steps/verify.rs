@@ -384,6 +384,21 @@ async fn archive_contents(
     manifest: &Manifest,
 ) -> Result<String, String> {
     match manifest.format {
+        DumpFormat::Base => {
+            let dir = tempfile::Builder::new()
+                .prefix("opsrunner-verify-")
+                .tempdir()
+                .map_err(|e| format!("cannot create a directory to extract into: {e}"))?;
+            let files = crate::pg::unpack::unpack(ctx, store, manifest, dir.path(), None)
+                .await
+                .map_err(|e| e.message)?;
+            crate::pg::unpack::verify_files(ctx, dir.path(), manifest.pg_dump_major())
+                .await
+                .map_err(|e| e.message)?;
+            Ok(format!(
+                "{files} files extracted, each as the server's backup_manifest records it"
+            ))
+        }
         DumpFormat::Plain => {
             // The files were checked already; the verdict is not waited for.
             let pipeline::Loaded { mut reader, .. } = pipeline::load(

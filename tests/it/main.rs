@@ -17,6 +17,7 @@ mod encryption;
 mod hostile_inputs;
 mod migrate_seed_reset;
 mod pg_targets;
+mod pitr;
 mod plan_errors;
 mod plans;
 mod preview;

@@ -4,77 +4,10 @@
 //! `wal fetch` says "not found" (exit 1, which ends recovery) only when the archive proved
 //! it — injected S3 errors and a missing repository give 255, which aborts recovery instead.
 
-use crate::common::pg::Cluster;
+use crate::common::pg::{Cluster, archive_with, archived_at_least, server_owner};
 use crate::common::{Workspace, opsrunner, run};
 use crate::s3::{BUCKET, Fault, S3Server, aws_env};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
-
-/// The uid and gid the test clusters' server runs as (the `postgres` user when root).
-fn server_owner(cluster: &Cluster) -> (u32, u32) {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(cluster.dir.path().join("data")).unwrap();
-    (meta.uid(), meta.gid())
-}
-
-/// Makes `cluster` archive with `opsrunner wal push %p ARGS`, through a script that sets
-/// `env` (the server's own environment is the test's, set when it started).
-fn archive_with(cluster: &Cluster, args: &str, env: &[(&str, String)]) {
-    let script = cluster.dir.path().join("archive.sh");
-    let exports: String = env
-        .iter()
-        .map(|(k, v)| format!("export {k}='{v}'\n"))
-        .collect();
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\n{exports}exec {} wal push \"$1\" {args}\n",
-            env!("CARGO_BIN_EXE_opsrunner")
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    cluster.psql("postgres", "alter system set archive_mode = on");
-    cluster.psql(
-        "postgres",
-        &format!(
-            "alter system set archive_command = '{} %p'",
-            script.display()
-        ),
-    );
-    cluster.stop();
-    cluster.restart();
-}
-
-/// Writes some WAL and switches segments until `count` files have been archived.
-fn archived_at_least(cluster: &Cluster, count: u64) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let archived: u64 = cluster
-            .psql("postgres", "select archived_count from pg_stat_archiver")
-            .trim()
-            .parse()
-            .unwrap();
-        if archived >= count {
-            break;
-        }
-        let failed = cluster.psql(
-            "postgres",
-            "select failed_count || ' ' || coalesce(last_failed_wal, '') from pg_stat_archiver",
-        );
-        assert!(
-            Instant::now() < deadline,
-            "only {archived} archived, failures: {failed}\n{}",
-            std::fs::read_to_string(cluster.dir.path().join("server.log")).unwrap_or_default()
-        );
-        cluster.psql(
-            "postgres",
-            "create table if not exists churn (v text); insert into churn select md5(g::text) from generate_series(1, 5000) g; select pg_switch_wal()",
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 fn fetch(name: &str, dest: &Path, args: &[&str], env: &[(&str, String)]) -> (i32, String, String) {
     run(opsrunner()

@@ -1,0 +1,439 @@
+//! `base_backup`: a copy of a whole cluster's files by `pg_basebackup`, for point-in-time
+//! recovery, through the same pipeline as logical backups (compression, age, SHA-256,
+//! manifest written last).
+//!
+//! The copy carries no WAL (`-X none`): the WAL archive under `.wal/` of the same
+//! repository (`opsrunner wal push` as the server's `archive_command`) holds it, and a base
+//! backup is of use only with the WAL from its start to its end. So the step refuses to
+//! start on a server that does not archive, and publishes the backup only once the archive
+//! holds every segment from its start to its end — a backup that could never be restored
+//! is not published.
+
+use super::probe::{Findings, Probe};
+use super::step_type::StepType;
+use crate::exec::events::{Outputs, Stream};
+use crate::exec::progress::{Counter, Counting, Meter};
+use crate::exec::{StepContext, StepError};
+use crate::pg::basebackup::{self, Seen};
+use crate::pg::process::PgProcess;
+use crate::pg::server::{Server, classify, connect, tool};
+use crate::plan::step_params::{CheckScope, Problem};
+use crate::repo::compression::Compression;
+use crate::repo::manifest::{
+    BaseBackup, DumpFormat, DumpOptions, FingerprintMode, MANIFEST_VERSION, Manifest, format_lsn,
+    parse_lsn,
+};
+use crate::repo::{AnyStore, BackupStore, pipeline, wal};
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use sqlx::{Connection, Row};
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// How the server's checkpoint at the start of the copy is taken.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Checkpoint {
+    /// At once, as fast as the disks allow (the copy starts sooner).
+    #[default]
+    Fast,
+    /// Spread over `checkpoint_completion_target` (gentler on a busy server).
+    Spread,
+}
+
+/// `base_backup`: the whole cluster of a target, for point-in-time recovery.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BaseBackupParams {
+    /// Name of a target declared under `targets` (its user needs the REPLICATION attribute).
+    pub target: String,
+    /// Name of a repository declared under `repositories`; the server must archive its WAL
+    /// into the same repository (`opsrunner wal push %p --repository NAME`).
+    pub repository: String,
+    #[serde(default)]
+    pub compression: Compression,
+    #[serde(default)]
+    pub checkpoint: Checkpoint,
+    /// How long to wait, after the copy, for the archive to hold the WAL it needs.
+    #[serde(default = "default_wal_wait")]
+    pub wal_wait: String,
+}
+
+fn default_wal_wait() -> String {
+    "2m".into()
+}
+
+pub struct BaseBackupStep;
+
+impl StepType for BaseBackupStep {
+    const NAME: &'static str = "base_backup";
+    type Params = BaseBackupParams;
+    const OUTPUTS: &'static [&'static str] = &[
+        "backup_id",
+        "uri",
+        "bytes",
+        "sha256",
+        "start_lsn",
+        "stop_lsn",
+        "timeline",
+    ];
+
+    fn target(p: &BaseBackupParams) -> Option<&str> {
+        Some(&p.target)
+    }
+
+    fn repository(p: &BaseBackupParams) -> Option<&str> {
+        Some(&p.repository)
+    }
+
+    fn writes_repository(_: &BaseBackupParams) -> bool {
+        true
+    }
+
+    fn check(p: &BaseBackupParams, _: &CheckScope<'_>) -> Vec<Problem> {
+        match crate::plan::duration::parse(&p.wal_wait) {
+            Ok(_) => Vec::new(),
+            Err(e) => vec![Problem::new(&["wal_wait"], format!("`wal_wait`: {e}"))],
+        }
+    }
+
+    fn describe(p: &BaseBackupParams) -> String {
+        format!(
+            "base backup of the whole cluster of target `{}` (pg_basebackup, tar, {} checkpoint, no WAL in the copy) to repository `{}` ({} compression); published only when the repository's WAL archive holds the WAL from its start to its end",
+            p.target,
+            match p.checkpoint {
+                Checkpoint::Fast => "fast",
+                Checkpoint::Spread => "spread",
+            },
+            p.repository,
+            p.compression
+        )
+    }
+
+    fn reads(_: &BaseBackupParams) -> Option<&'static str> {
+        Some("the repository's settings and recipients")
+    }
+
+    async fn probe<'a>(_: &'a BaseBackupParams, scope: Probe<'a>) -> Findings {
+        scope
+            .repo
+            .map_or_else(Vec::new, |r| super::backup::destination(r, scope.base_dir))
+            .into()
+    }
+
+    fn run(
+        p: &BaseBackupParams,
+        ctx: &StepContext,
+    ) -> impl Future<Output = Result<Outputs, StepError>> + Send {
+        run(p, ctx)
+    }
+}
+
+/// What the server says about itself before the copy.
+struct Cluster {
+    system_identifier: String,
+    wal_segment_size: u64,
+    archive_command: String,
+}
+
+async fn inspect(server: &mut Server, target: &str) -> Result<Cluster, StepError> {
+    let row = sqlx::query(
+        "select (select system_identifier::text from pg_control_system()),
+                (select setting::bigint from pg_settings where name = 'wal_segment_size'),
+                current_setting('archive_mode'),
+                current_setting('archive_command'),
+                coalesce(current_setting('archive_library', true), ''),
+                pg_is_in_recovery()",
+    )
+    .fetch_one(&mut server.conn)
+    .await
+    .map_err(|e| classify(&e, "cannot read the server's settings"))?;
+    let archive_mode: String = row.get(2);
+    let archive_command: String = row.get(3);
+    let archive_library: String = row.get(4);
+    let in_recovery: bool = row.get(5);
+    let archives = match archive_mode.as_str() {
+        "off" => false,
+        "on" => !in_recovery,
+        _ => true,
+    } && (!archive_command.trim().is_empty() && archive_command != "(disabled)"
+        || !archive_library.is_empty());
+    if !archives {
+        return Err(StepError::permanent(format!(
+            "target `{target}` does not archive its WAL (archive_mode = {archive_mode}{}, archive_command = '{archive_command}'): a base backup without its WAL cannot be restored. Set archive_mode = on and archive_command = 'opsrunner wal push %p --repository …' (README, \"Point-in-time recovery\")",
+            if in_recovery {
+                ", and the server is a standby"
+            } else {
+                ""
+            }
+        )));
+    }
+    let wal_segment_size: i64 = row.get(1);
+    Ok(Cluster {
+        system_identifier: row.get(0),
+        wal_segment_size: wal_segment_size as u64,
+        archive_command: if archive_command.is_empty() {
+            format!("archive_library = {archive_library}")
+        } else {
+            format!("archive_command = '{archive_command}'")
+        },
+    })
+}
+
+async fn server_clock(server: &mut Server) -> Result<DateTime<Utc>, StepError> {
+    let micros: i64 =
+        sqlx::query_scalar("select (extract(epoch from clock_timestamp()) * 1000000)::bigint")
+            .fetch_one(&mut server.conn)
+            .await
+            .map_err(|e| classify(&e, "cannot read the server's clock"))?;
+    DateTime::from_timestamp_micros(micros)
+        .ok_or_else(|| StepError::permanent("the server's clock reads an impossible time"))
+}
+
+pub async fn run(p: &BaseBackupParams, ctx: &StepContext) -> Result<Outputs, StepError> {
+    let store = ctx.repository(&p.repository).await?;
+    let recipients = ctx.recipients(&p.repository)?;
+    let wal_wait = crate::plan::duration::parse(&p.wal_wait)
+        .map_err(|e| StepError::permanent(format!("wal_wait: {e}")))?;
+    let clock = Instant::now();
+    let created_at = Utc::now();
+    let what = format!("target `{}`", p.target);
+    let mut server = connect(ctx.target_url(&p.target)?, None, &what).await?;
+    let cluster = inspect(&mut server, &p.target).await?;
+    let (pg_basebackup, version) = tool("pg_basebackup", server.major)?;
+    let backup_id = format!(
+        "{}-cluster-{:04x}",
+        created_at.format("%Y%m%dT%H%M%SZ"),
+        fastrand::u16(..)
+    );
+    let start_time = server_clock(&mut server).await?;
+    let copied = copy(
+        p,
+        ctx,
+        &store,
+        &server,
+        &pg_basebackup,
+        &backup_id,
+        &recipients,
+    )
+    .await;
+    let result = match copied {
+        Ok((file, seen)) => {
+            finish(p, ctx, &store, &mut server, &cluster, file, seen, wal_wait).await
+        }
+        Err(e) => Err(e),
+    };
+    let (file, base) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            if let Err(d) = store.discard(&backup_id).await {
+                tracing::warn!("cleaning up unfinished base backup {backup_id}: {d}");
+            }
+            return Err(e);
+        }
+    };
+    let _ = server.conn.close().await;
+    let base = BaseBackup { start_time, ..base };
+    let mut manifest = Manifest {
+        manifest_version: MANIFEST_VERSION,
+        backup_id: backup_id.clone(),
+        created_at,
+        finished_at: Utc::now(),
+        duration_ms: clock.elapsed().as_millis() as u64,
+        database: format!("cluster {}", cluster.system_identifier),
+        server_version: server.version.clone(),
+        pg_dump_version: version,
+        format: DumpFormat::Base,
+        compression: p.compression,
+        options: DumpOptions::default(),
+        files: vec![file],
+        fingerprint: FingerprintMode::None,
+        fingerprints: Default::default(),
+        opsrunner_version: env!("CARGO_PKG_VERSION").to_string(),
+        encryption: None,
+        sealed: None,
+        base: Some(base.clone()),
+    };
+    if let Some(recipients) = &recipients
+        && let Err(e) = manifest.seal(recipients)
+    {
+        let _ = store.discard(&backup_id).await;
+        return Err(StepError::permanent(format!(
+            "cannot encrypt the manifest: {e}"
+        )));
+    }
+    if let Err(e) = store.publish(&manifest).await {
+        let _ = store.discard(&backup_id).await;
+        return Err(StepError::transient(format!(
+            "cannot publish the manifest: {e}"
+        )));
+    }
+    ctx.events.output(
+        &ctx.step_id,
+        Stream::Stdout,
+        format!(
+            "base backup {backup_id}: WAL {} to {} on timeline {}, {} bytes stored",
+            base.start_lsn,
+            base.stop_lsn,
+            base.timeline,
+            manifest.total_bytes()
+        ),
+    );
+    let mut outputs = Outputs::new();
+    outputs.insert("backup_id".into(), backup_id.clone());
+    outputs.insert("uri".into(), store.uri(&backup_id));
+    outputs.insert("bytes".into(), manifest.total_bytes().to_string());
+    outputs.insert("sha256".into(), manifest.files[0].sha256.clone());
+    outputs.insert("start_lsn".into(), base.start_lsn.clone());
+    outputs.insert("stop_lsn".into(), base.stop_lsn.clone());
+    outputs.insert("timeline".into(), base.timeline.to_string());
+    Ok(outputs)
+}
+
+/// Streams `pg_basebackup`'s tar into the repository, watching it for the label and the
+/// server's manifest.
+async fn copy(
+    p: &BaseBackupParams,
+    ctx: &StepContext,
+    store: &AnyStore,
+    server: &Server,
+    pg_basebackup: &std::path::Path,
+    backup_id: &str,
+    recipients: &Option<crate::repo::crypto::Recipients>,
+) -> Result<(crate::repo::manifest::FileEntry, Seen), StepError> {
+    let args = vec![
+        "--pgdata=-".to_string(),
+        "--format=tar".into(),
+        "--wal-method=none".into(),
+        format!(
+            "--checkpoint={}",
+            match p.checkpoint {
+                Checkpoint::Fast => "fast",
+                Checkpoint::Spread => "spread",
+            }
+        ),
+        "--manifest-checksums=SHA256".into(),
+        format!("--label=opsrunner {backup_id}"),
+        format!("--dbname={}", server.info.public_url()),
+    ];
+    let info = server.info.clone();
+    let mut process =
+        PgProcess::spawn(pg_basebackup, &args, ctx, |c| info.apply_to(c), false, true)?;
+    let ext = format!(
+        "{}{}",
+        p.compression.extension(),
+        if recipients.is_some() {
+            crate::repo::crypto::EXTENSION
+        } else {
+            ""
+        }
+    );
+    let name = format!("base.tar{ext}");
+    let copied = Counter::new();
+    let (watched_stream, watched) = basebackup::watch(process.stdout());
+    let stdout = Counting::new(watched_stream, copied.clone());
+    let _progress = Meter::start(&ctx.events, &ctx.step_id, "copy", copied, None);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let stored = tokio::select! {
+        r = pipeline::store(store, backup_id, &name, stdout, p.compression, threads, recipients.as_ref()) => r,
+        _ = ctx.cancel.cancelled() => {
+            process.stop(ctx).await;
+            return Err(StepError::cancelled());
+        }
+    };
+    let finished = process.finish(ctx).await;
+    let entry = match (stored, finished) {
+        (Err(e), _) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            return Err(crate::exec::io_error(&format!("writing {name}"), &e));
+        }
+        (_, Err(e)) => return Err(e),
+        (Err(e), Ok(())) => return Err(crate::exec::io_error(&format!("writing {name}"), &e)),
+        (Ok(entry), Ok(())) => entry,
+    };
+    Ok((entry, watched.take()))
+}
+
+/// Reads where the copy starts and ends from what the stream showed, and waits for the
+/// archive to hold the WAL in between.
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    p: &BaseBackupParams,
+    ctx: &StepContext,
+    store: &AnyStore,
+    server: &mut Server,
+    cluster: &Cluster,
+    file: crate::repo::manifest::FileEntry,
+    seen: Seen,
+    wal_wait: Duration,
+) -> Result<(crate::repo::manifest::FileEntry, BaseBackup), StepError> {
+    let unusable = |why: String| {
+        StepError::permanent(format!(
+            "pg_basebackup's output is not a base backup this opsrunner can use: {why}"
+        ))
+    };
+    if let Some(broken) = seen.broken {
+        return Err(unusable(broken));
+    }
+    let label = seen
+        .backup_label
+        .ok_or_else(|| unusable("it holds no backup_label".into()))?;
+    let label = basebackup::parse_label(&String::from_utf8_lossy(&label)).map_err(unusable)?;
+    let tail = seen.manifest_tail.ok_or_else(|| {
+        unusable("it holds no backup_manifest (PostgreSQL 13 or later writes one)".into())
+    })?;
+    let ranges = basebackup::parse_wal_ranges(&String::from_utf8_lossy(&tail)).map_err(unusable)?;
+    let stop = ranges
+        .iter()
+        .filter_map(|r| parse_lsn(&r.end_lsn))
+        .max()
+        .expect("ranges were checked");
+    let start = parse_lsn(&label.start_lsn).expect("the label was checked");
+    let stop_time = server_clock(server).await?;
+    let segment = cluster.wal_segment_size;
+    // The segments from the one holding the start to the one holding the last byte before
+    // the end: recovery reads all of them before the copy is consistent.
+    let first = start / segment;
+    let last = stop.saturating_sub(1).max(start) / segment;
+    let needed: Vec<String> = (first..=last)
+        .map(|pos| wal::segment_name(label.timeline, pos, segment))
+        .collect();
+    let deadline = Instant::now() + wal_wait;
+    loop {
+        let names = wal::list(store)
+            .await
+            .map_err(|e| crate::exec::io_error("listing the WAL archive", &e))?;
+        let missing: Vec<&String> = needed
+            .iter()
+            .filter(|n| names.binary_search(n).is_err())
+            .collect();
+        let Some(first_missing) = missing.first() else {
+            break;
+        };
+        if Instant::now() >= deadline {
+            return Err(StepError::permanent(format!(
+                "the copy is complete, but after {} the WAL archive of repository `{}` still lacks {} of the {} segment(s) it needs, the first {first_missing}: the server's {} does not archive into this repository, or archiving fails (see pg_stat_archiver). The copy was not published.",
+                crate::plan::duration::format(wal_wait),
+                p.repository,
+                missing.len(),
+                needed.len(),
+                cluster.archive_command
+            )));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = ctx.cancel.cancelled() => return Err(StepError::cancelled()),
+        }
+    }
+    let base = BaseBackup {
+        system_identifier: cluster.system_identifier.clone(),
+        timeline: label.timeline,
+        start_lsn: format_lsn(start),
+        stop_lsn: format_lsn(stop),
+        start_time: stop_time,
+        stop_time,
+        wal_segment_size: segment,
+        server_manifest: file.name.clone(),
+    };
+    Ok((file, base))
+}

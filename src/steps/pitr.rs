@@ -1,0 +1,630 @@
+//! `restore` with `to:` — point-in-time recovery into a throwaway cluster.
+//!
+//! Everything that can be known before anything is touched is checked first: which base
+//! backup ends before the target (the newest such), which timeline recovery follows (made
+//! explicit: `latest` is resolved to a number from the archive's history files), and that
+//! every WAL segment from the backup's start to the target is in the archive — the first
+//! missing one is named and nothing is changed. Only then is the ephemeral target's
+//! cluster replaced by the backup, told to recover to the target with `opsrunner wal
+//! fetch` as its `restore_command`, and watched until it has promoted; the step reports
+//! where recovery actually ended.
+
+use crate::exec::events::{Outputs, Stream};
+use crate::exec::{StepContext, StepError};
+use crate::pg::recovery::{self, Recovery};
+use crate::repo::listing::{self, Checked};
+use crate::repo::manifest::{BaseBackup, format_lsn, parse_lsn};
+use crate::repo::timeline::{self, Path};
+use crate::repo::{AnyStore, wal};
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+/// Where a point-in-time restore stops: exactly one of `time`, `lsn`, `xid`, `name` or
+/// `latest: true`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PointInTime {
+    /// A moment with its zone, RFC 3339 (`2026-11-20T10:30:00Z`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    /// A WAL position (`0/3000060`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lsn: Option<String>,
+    /// A transaction id: recovery stops at its commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xid: Option<u64>,
+    /// A restore point made with `pg_create_restore_point(name)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// To the end of the archive.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub latest: bool,
+    /// The timeline to follow: `latest` (default: the newest timeline in the archive that
+    /// descends from the backup's), `current` (the backup's own) or a number. Always
+    /// resolved to a number before recovery starts, and reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<String>,
+    /// Include the target transaction (default) or stop just before it (time, lsn, xid).
+    #[serde(default = "yes", skip_serializing_if = "Clone::clone")]
+    pub inclusive: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The target, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    Time(DateTime<Utc>),
+    Lsn(u64),
+    Xid(u64),
+    Name(String),
+    Latest,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TimelineChoice {
+    Latest,
+    Current,
+    Number(u32),
+}
+
+impl PointInTime {
+    pub fn target(&self) -> Result<Target, String> {
+        let mut set = Vec::new();
+        if let Some(t) = &self.time {
+            let parsed = DateTime::parse_from_rfc3339(t.trim()).map_err(|e| {
+                format!("`time: {t}` is not an RFC 3339 moment with its zone, such as 2026-11-20T10:30:00Z ({e})")
+            })?;
+            set.push(Target::Time(parsed.with_timezone(&Utc)));
+        }
+        if let Some(l) = &self.lsn {
+            set.push(Target::Lsn(parse_lsn(l).ok_or_else(|| {
+                format!("`lsn: {l}` is not a WAL position such as 0/3000060")
+            })?));
+        }
+        if let Some(x) = self.xid {
+            set.push(Target::Xid(x));
+        }
+        if let Some(n) = &self.name {
+            if n.is_empty() || n.len() > 63 {
+                return Err("`name` must be a restore point's name (1 to 63 bytes)".into());
+            }
+            set.push(Target::Name(n.clone()));
+        }
+        if self.latest {
+            set.push(Target::Latest);
+        }
+        match set.len() {
+            1 => Ok(set.remove(0)),
+            0 => Err("`to` needs one of `time`, `lsn`, `xid`, `name` or `latest: true`".into()),
+            _ => Err("`to` takes exactly one of `time`, `lsn`, `xid`, `name` and `latest`".into()),
+        }
+    }
+
+    pub fn timeline(&self) -> Result<TimelineChoice, String> {
+        match self.timeline.as_deref().map(str::trim) {
+            None | Some("latest") => Ok(TimelineChoice::Latest),
+            Some("current") => Ok(TimelineChoice::Current),
+            Some(n) => n
+                .parse::<u32>()
+                .ok()
+                .filter(|&n| n > 0)
+                .map(TimelineChoice::Number)
+                .ok_or_else(|| {
+                    format!("`timeline: {n}` is not `latest`, `current` or a timeline number")
+                }),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        let what = match self.target() {
+            Ok(Target::Time(t)) => format!("time {}", t.to_rfc3339()),
+            Ok(Target::Lsn(l)) => format!("WAL position {}", format_lsn(l)),
+            Ok(Target::Xid(x)) => format!("transaction {x}"),
+            Ok(Target::Name(n)) => format!("restore point `{n}`"),
+            Ok(Target::Latest) => "the end of the archive".into(),
+            Err(e) => e,
+        };
+        let timeline = match self.timeline() {
+            Ok(TimelineChoice::Latest) => "the newest timeline".to_string(),
+            Ok(TimelineChoice::Current) => "the backup's timeline".to_string(),
+            Ok(TimelineChoice::Number(n)) => format!("timeline {n}"),
+            Err(e) => e,
+        };
+        let exclusive = if self.inclusive {
+            ""
+        } else {
+            " (stopping just before it)"
+        };
+        format!("{what}{exclusive}, following {timeline}")
+    }
+}
+
+/// What a point-in-time restore will use, decided before anything is touched.
+pub struct Choice {
+    pub backup: Checked,
+    pub target: Target,
+    pub path: Path,
+    /// The segments from the backup's start to the target (or the end of the archive).
+    pub needed: Vec<String>,
+    pub missing: Vec<String>,
+}
+
+impl Choice {
+    fn base(&self) -> &BaseBackup {
+        self.backup
+            .manifest
+            .base
+            .as_ref()
+            .expect("base backups only")
+    }
+
+    /// For previews and messages.
+    pub fn lines(&self) -> Vec<String> {
+        let m = &self.backup.manifest;
+        let base = self.base();
+        let mut lines = vec![
+            format!(
+                "base backup {} (ends at {} on timeline {}, {})",
+                m.backup_id,
+                base.stop_lsn,
+                base.timeline,
+                base.stop_time.format("%Y-%m-%d %H:%M:%S UTC")
+            ),
+            format!(
+                "timeline {} ({})",
+                self.path.target(),
+                self.path
+                    .steps
+                    .iter()
+                    .map(|s| s.timeline.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" → ")
+            ),
+        ];
+        let range = format!(
+            "WAL {} … {} ({} segment{})",
+            self.needed.first().map_or("", String::as_str),
+            self.needed.last().map_or("", String::as_str),
+            self.needed.len(),
+            if self.needed.len() == 1 { "" } else { "s" }
+        );
+        lines.push(match self.missing.first() {
+            None => format!("{range}: all archived"),
+            Some(first) => format!("{range}: {} MISSING, the first {first}", self.missing.len()),
+        });
+        lines
+    }
+}
+
+async fn history(
+    store: &AnyStore,
+    timeline: u32,
+    identities: Option<&crate::repo::crypto::Identities>,
+) -> Result<Vec<(u32, u64)>, StepError> {
+    let name = timeline::history_name(timeline);
+    let object = wal::read(store, &name).await.map_err(|e| match e {
+        wal::WalError::NotFound(_) => StepError::permanent(format!(
+            "timeline {timeline} has no history file ({name}) in the archive"
+        )),
+        other => StepError::transient(format!("reading {name}: {other}")),
+    })?;
+    let text = wal::decode(&name, &object, identities)
+        .await
+        .map_err(|e| StepError::permanent(format!("{name}: {e}")))?;
+    timeline::parse_history(&String::from_utf8_lossy(&text))
+        .map_err(|e| StepError::permanent(format!("{name}: {e}")))
+}
+
+/// The path of timelines to follow from a backup on `from`.
+async fn path_for(
+    store: &AnyStore,
+    names: &[String],
+    from: u32,
+    choice: &TimelineChoice,
+    identities: Option<&crate::repo::crypto::Identities>,
+) -> Result<Path, StepError> {
+    let wanted = match choice {
+        TimelineChoice::Current => from,
+        TimelineChoice::Number(n) => *n,
+        TimelineChoice::Latest => {
+            // As PostgreSQL's own `latest`: history files of consecutive timelines.
+            let present = timeline::history_timelines(names);
+            let mut newest = from;
+            while present.contains(&(newest + 1)) {
+                newest += 1;
+            }
+            newest
+        }
+    };
+    if wanted == 1 || wanted == from && !timeline::history_timelines(names).contains(&wanted) {
+        return Ok(Path::single(wanted));
+    }
+    Ok(Path::from_history(
+        wanted,
+        &history(store, wanted, identities).await?,
+    ))
+}
+
+/// Chooses the backup and proves the WAL is there, reading only.
+pub async fn choose(
+    store: &AnyStore,
+    repository: &str,
+    backup: &str,
+    to: &PointInTime,
+    identities: Option<&crate::repo::crypto::Identities>,
+) -> Result<Choice, StepError> {
+    let target = to.target().map_err(StepError::permanent)?;
+    let timeline_choice = to.timeline().map_err(StepError::permanent)?;
+    let listing_error = |e: std::io::Error| {
+        crate::exec::io_error(&format!("cannot list repository `{repository}`"), &e)
+    };
+    let mut backups = listing::base_backups(store).await.map_err(listing_error)?;
+    let names = wal::list(store).await.map_err(listing_error)?;
+    if backup != "latest" {
+        let one = listing::manifest(store, backup)
+            .await
+            .map_err(|e| StepError::permanent(e.to_string()))?;
+        if one.manifest.base.is_none() {
+            return Err(StepError::permanent(format!(
+                "{backup} is a logical backup of database `{}`; a point-in-time restore needs a base backup (a `base_backup` step)",
+                one.manifest.database
+            )));
+        }
+        backups = vec![one];
+    }
+    let newest = backups.last().ok_or_else(|| {
+        StepError::permanent(format!(
+            "repository `{repository}` holds no base backup; a point-in-time restore starts from one (a `base_backup` step)"
+        ))
+    })?;
+    let newest_base = newest.manifest.base.clone().expect("base backups only");
+    // The timeline to follow is decided from the newest backup's timeline; older backups
+    // qualify when they lie on the same path.
+    let path = path_for(
+        store,
+        &names,
+        newest_base.timeline,
+        &timeline_choice,
+        identities,
+    )
+    .await?;
+    let on_path: Vec<&Checked> = backups
+        .iter()
+        .filter(|c| {
+            let b = c.manifest.base.as_ref().expect("base backups only");
+            b.start().is_some_and(|s| path.contains(b.timeline, s))
+        })
+        .collect();
+    let ends_before = |c: &&&Checked| {
+        let b = c.manifest.base.as_ref().expect("base backups only");
+        match &target {
+            Target::Time(t) => b.stop_time <= *t,
+            Target::Lsn(l) => b.stop().is_some_and(|s| s <= *l),
+            Target::Xid(_) | Target::Name(_) | Target::Latest => true,
+        }
+    };
+    let chosen = match on_path.iter().rev().find(ends_before) {
+        Some(c) => (*c).clone(),
+        None => {
+            let Some(oldest) = on_path.first() else {
+                return Err(StepError::permanent(format!(
+                    "no base backup in repository `{repository}` lies on timeline {} ({} checked); nothing was touched",
+                    path.target(),
+                    backups.len()
+                )));
+            };
+            let b = oldest.manifest.base.as_ref().expect("base backups only");
+            return Err(StepError::permanent(format!(
+                "the target ({}) lies before the end of {} base backup on timeline {}: the oldest, {}, ends at {} ({}). A restore cannot stop before its backup is consistent; nothing was touched",
+                to.describe(),
+                if backup == "latest" {
+                    "every"
+                } else {
+                    "the chosen"
+                },
+                path.target(),
+                oldest.manifest.backup_id,
+                b.stop_lsn,
+                b.stop_time.format("%Y-%m-%d %H:%M:%S UTC")
+            )));
+        }
+    };
+    let base = chosen.manifest.base.clone().expect("base backups only");
+    let segment = base.wal_segment_size;
+    let start = base.start().expect("checked manifest");
+    let stop = base.stop().expect("checked manifest");
+    let end = match &target {
+        Target::Lsn(l) => *l,
+        // To the newest segment recovery could read along the path; at least the
+        // backup's own end.
+        _ => newest_on_path(&names, &path, segment)
+            .map_or(stop, |pos| ((pos + 1) * segment).saturating_sub(1))
+            .max(stop.saturating_sub(1)),
+    };
+    let needed = path.segments(start, end, segment);
+    let missing: Vec<String> = needed
+        .iter()
+        .filter(|n| names.binary_search(n).is_err())
+        .cloned()
+        .collect();
+    Ok(Choice {
+        backup: chosen,
+        target,
+        path,
+        needed,
+        missing,
+    })
+}
+
+/// The position of the newest archived segment recovery along `path` would read.
+fn newest_on_path(names: &[String], path: &Path, segment: u64) -> Option<u64> {
+    names
+        .iter()
+        .filter_map(|n| wal::segment_position(n, segment))
+        .filter(|(tli, pos)| {
+            path.segments(pos * segment, pos * segment, segment)
+                .first()
+                .and_then(|n| wal::segment_position(n, segment))
+                .is_some_and(|(t, _)| t == *tli)
+        })
+        .map(|(_, pos)| pos)
+        .max()
+}
+
+/// The settings that make recovery stop at the target.
+fn target_settings(target: &Target, inclusive: bool) -> Vec<(&'static str, String)> {
+    let mut out = match target {
+        Target::Time(t) => vec![(
+            "recovery_target_time",
+            t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string(),
+        )],
+        Target::Lsn(l) => vec![("recovery_target_lsn", format_lsn(*l))],
+        Target::Xid(x) => vec![("recovery_target_xid", x.to_string())],
+        Target::Name(n) => vec![("recovery_target_name", n.clone())],
+        Target::Latest => return Vec::new(),
+    };
+    if !matches!(target, Target::Name(_)) {
+        out.push(("recovery_target_inclusive", inclusive.to_string()));
+    }
+    out
+}
+
+/// The small plan `wal fetch` reads the repository from (endpoint, region, path style), in
+/// the cluster's private directory.
+fn fetch_plan(repo: &crate::plan::model::Repository) -> String {
+    let q = |s: &str| serde_json::to_string(s).expect("strings serialize");
+    let mut text = format!(
+        "version: 1\nname: opsrunner-recovery\nrepositories:\n  archive:\n    url: {}\n",
+        q(&repo.url)
+    );
+    if let Some(endpoint) = &repo.endpoint {
+        text.push_str(&format!("    endpoint: {}\n", q(endpoint)));
+    }
+    if let Some(region) = &repo.region {
+        text.push_str(&format!("    region: {}\n", q(region)));
+    }
+    if repo.force_path_style {
+        text.push_str("    force_path_style: true\n");
+    }
+    text.push_str("steps:\n  - { id: none, type: shell, command: \"true\" }\n");
+    text
+}
+
+fn private_file(
+    path: &std::path::Path,
+    text: &str,
+    owner: Option<(u32, u32)>,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(text.as_bytes())?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+    }
+    Ok(())
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// What a point-in-time restore names: the `restore` step's parameters that apply to it.
+pub struct Request<'a> {
+    pub repository: &'a str,
+    /// A base backup's id, or `latest`.
+    pub backup: &'a str,
+    /// The ephemeral target whose cluster becomes the recovered copy.
+    pub target: &'a str,
+    pub to: &'a PointInTime,
+}
+
+pub async fn run(p: &Request<'_>, ctx: &StepContext) -> Result<Outputs, StepError> {
+    let clock = Instant::now();
+    let to = p.to;
+    let target_name = p.target;
+    let cluster = ctx.ephemeral.get(target_name).cloned().ok_or_else(|| {
+        StepError::permanent(format!(
+            "a point-in-time restore goes into a throwaway cluster: target `{target_name}` must be declared `ephemeral: true`"
+        ))
+    })?;
+    let store = ctx.repository(p.repository).await?;
+    let choice = choose(&store, p.repository, p.backup, to, ctx.identities.as_ref()).await?;
+    for line in choice.lines() {
+        ctx.events.output(&ctx.step_id, Stream::Stdout, line);
+    }
+    if let Some(first) = choice.missing.first() {
+        return Err(StepError::permanent(format!(
+            "the WAL archive of repository `{}` lacks {} of the {} segments from base backup {} to the target, the first {first}: recovery could not get past it. Nothing was touched",
+            p.repository,
+            choice.missing.len(),
+            choice.needed.len(),
+            choice.backup.manifest.backup_id
+        )));
+    }
+    let mut manifest = choice.backup.manifest.clone();
+    ctx.unseal(&mut manifest)?;
+    // `server_version` is the server's own (`15.18 (Debian …)`): its first number.
+    let backup_major: u32 = manifest
+        .server_version
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    if cluster.major != backup_major {
+        return Err(StepError::permanent(format!(
+            "base backup {} is of PostgreSQL {}; the throwaway cluster of `{target_name}` runs {}: a copy of a cluster's files starts only under the same major version",
+            manifest.backup_id, manifest.server_version, cluster.major
+        )));
+    }
+    // From here on the throwaway cluster is replaced.
+    let data = recovery::empty(&cluster).await?;
+    let files = crate::pg::unpack::unpack(ctx, &store, &manifest, &data, cluster.owner).await?;
+    crate::pg::unpack::verify_files(ctx, &data, cluster.major).await?;
+    let repo = ctx
+        .repositories
+        .get(p.repository)
+        .ok_or_else(|| StepError::permanent("the repository is not available"))?;
+    let config = cluster.dir.join("wal-archive.yaml");
+    let identity = cluster.dir.join("wal-identity.txt");
+    let io = |e: std::io::Error| StepError::transient(format!("preparing recovery: {e}"));
+    private_file(&config, &fetch_plan(repo), cluster.owner).map_err(io)?;
+    let exe = std::env::current_exe()
+        .map_err(|e| StepError::permanent(format!("cannot find the opsrunner program: {e}")))?;
+    let mut restore_command = format!(
+        "{} wal fetch %f %p --repository archive --plan {}",
+        shell_quote(&exe.display().to_string()),
+        shell_quote(&config.display().to_string())
+    );
+    if let Some(identities) = &ctx.identities {
+        // The server runs as another user and cannot read the operator's key file: a copy,
+        // readable by it alone, in the cluster's private directory while recovery runs.
+        private_file(
+            &identity,
+            &(identities.secret_texts().join("\n") + "\n"),
+            cluster.owner,
+        )
+        .map_err(io)?;
+        restore_command.push_str(&format!(
+            " --identity {}",
+            shell_quote(&identity.display().to_string())
+        ));
+    }
+    let settings = Recovery {
+        restore_command,
+        target: target_settings(&choice.target, to.inclusive),
+        timeline: choice.path.target(),
+    };
+    recovery::configure(&data, cluster.owner, &settings).map_err(io)?;
+    let url = ctx.target_url(target_name)?.to_string();
+    let reached = recovery::start_and_wait(ctx, &cluster, &url).await;
+    let _ = std::fs::remove_file(&identity);
+    let reached = reached?;
+    let base = choice.base();
+    if reached.system_identifier != base.system_identifier {
+        return Err(StepError::permanent(format!(
+            "the recovered cluster is system {}, the backup's manifest says {}",
+            reached.system_identifier, base.system_identifier
+        )));
+    }
+    let reached_time = reached
+        .time
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+        .unwrap_or_default();
+    ctx.events.output(
+        &ctx.step_id,
+        Stream::Stdout,
+        format!(
+            "recovered {} files of {} to WAL {}{}; promoted on timeline {}",
+            files,
+            manifest.backup_id,
+            reached.lsn,
+            if reached_time.is_empty() {
+                String::new()
+            } else {
+                format!(", last transaction committed {reached_time}")
+            },
+            reached.timeline
+        ),
+    );
+    let mut outputs = Outputs::new();
+    outputs.insert("backup_id".into(), manifest.backup_id.clone());
+    outputs.insert("reached_lsn".into(), reached.lsn);
+    outputs.insert("reached_time".into(), reached_time);
+    outputs.insert("timeline".into(), choice.path.target().to_string());
+    outputs.insert("new_timeline".into(), reached.timeline.to_string());
+    outputs.insert("wal_segments".into(), choice.needed.len().to_string());
+    outputs.insert(
+        "duration_ms".into(),
+        clock.elapsed().as_millis().to_string(),
+    );
+    Ok(outputs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exactly_one_target() {
+        let to = PointInTime {
+            time: Some("2026-11-20T10:30:00Z".into()),
+            inclusive: true,
+            ..Default::default()
+        };
+        assert!(matches!(to.target(), Ok(Target::Time(_))));
+        let both = PointInTime {
+            lsn: Some("0/3000000".into()),
+            latest: true,
+            ..to.clone()
+        };
+        assert!(both.target().is_err());
+        let none = PointInTime::default();
+        assert!(none.target().is_err());
+        let zoneless = PointInTime {
+            time: Some("2026-11-20 10:30:00".into()),
+            ..Default::default()
+        };
+        assert!(zoneless.target().unwrap_err().contains("RFC 3339"));
+    }
+
+    #[test]
+    fn timelines_are_latest_current_or_a_number() {
+        let mut to = PointInTime::default();
+        assert_eq!(to.timeline(), Ok(TimelineChoice::Latest));
+        to.timeline = Some("current".into());
+        assert_eq!(to.timeline(), Ok(TimelineChoice::Current));
+        to.timeline = Some("2".into());
+        assert_eq!(to.timeline(), Ok(TimelineChoice::Number(2)));
+        to.timeline = Some("0".into());
+        assert!(to.timeline().is_err());
+    }
+
+    #[test]
+    fn the_time_target_is_written_in_utc_with_microseconds() {
+        let t = DateTime::parse_from_rfc3339("2026-11-20T11:30:00.25+01:00")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(
+            target_settings(&Target::Time(t), false),
+            vec![
+                (
+                    "recovery_target_time",
+                    "2026-11-20 10:30:00.250000+00".to_string()
+                ),
+                ("recovery_target_inclusive", "false".to_string())
+            ]
+        );
+        assert!(target_settings(&Target::Latest, true).is_empty());
+    }
+}
