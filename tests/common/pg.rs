@@ -185,6 +185,41 @@ impl Cluster {
         run(ctl, self.user);
     }
 
+    /// A streaming standby of this cluster (`pg_basebackup -R`), started on its own port.
+    /// It inherits the primary's configuration, `archive_command` included; a standby does
+    /// not archive until it is promoted.
+    pub fn standby(&self) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        if let Some((uid, gid)) = self.user {
+            chown(dir.path(), uid, gid);
+        }
+        let data = dir.path().join("data");
+        let mut copy = self.tool("pg_basebackup");
+        copy.arg("-D")
+            .arg(&data)
+            .args(["-R", "-X", "stream", "--checkpoint=fast", "-h", "127.0.0.1"])
+            .arg(format!("-p{}", self.port))
+            .args(["-U", "postgres"]);
+        run(copy, self.user);
+        let standby = Cluster {
+            dir,
+            port: free_port(),
+            bin: self.bin.clone(),
+            user: self.user,
+        };
+        standby.restart();
+        standby
+    }
+
+    /// Promotes a standby: it leaves recovery on a new timeline.
+    pub fn promote(&self) {
+        let mut ctl = Command::new(self.bin.join("pg_ctl"));
+        ctl.arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-w", "promote"]);
+        run(ctl, self.user);
+    }
+
     /// Databases whose names mark them as opsrunner's staging or replaced databases.
     pub fn restore_leftovers(&self) -> String {
         self.psql(

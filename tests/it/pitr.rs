@@ -379,3 +379,67 @@ repositories:
             .any(|p| p.ends_with("wal-identity.txt"))
     );
 }
+
+#[test]
+fn after_a_failover_the_restore_follows_the_timeline_it_is_asked_for() {
+    let ws = Workspace::new();
+    let primary = Cluster::start();
+    let repo = repository(&ws, &primary);
+    let url = format!("file://{}", repo.display());
+    primary.psql("postgres", "create database app");
+    primary.psql("app", "create table t (id int primary key)");
+    archive_with(&primary, &format!("--repository {url}"), &[]);
+    insert(&primary, &[1]);
+    let applied = ws.apply(&base_backup_plan(&primary, &url), &[]);
+    assert_eq!(applied.code, 0, "{}", applied.everything());
+    insert(&primary, &[2]);
+    archive_everything(&primary, in_local(&repo));
+
+    // Failover: a standby takes over on timeline 2 and archives into the same repository.
+    let standby = primary.standby();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while standby.psql("app", "select count(*) from t") != "2" {
+        assert!(Instant::now() < deadline, "the standby did not catch up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    primary.stop();
+    standby.promote();
+    insert(&standby, &[3]);
+    archive_everything(&standby, in_local(&repo));
+    assert!(repo.join(".wal/00000002.history").exists());
+
+    let check = |to: &str| {
+        let applied = ws.apply(&restore_plan(&url, to, ROWS), &[]);
+        assert_eq!(applied.code, 0, "{to}: {}", applied.everything());
+        (
+            applied.step("check")["outputs"]["value"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+            applied.step("restore")["outputs"]["timeline"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        )
+    };
+    // By default the newest timeline, as PostgreSQL's `latest`, resolved to its number.
+    assert_eq!(check("{ latest: true }"), ("1,2,3".into(), "2".into()));
+    assert_eq!(
+        check("{ latest: true, timeline: \"2\" }"),
+        ("1,2,3".into(), "2".into())
+    );
+    // The old timeline, when asked for: what the old primary archived, nothing of the new.
+    assert_eq!(
+        check("{ latest: true, timeline: current }"),
+        ("1,2".into(), "1".into())
+    );
+    // The drills promoted their own clusters; none of them archived a timeline 3 that a
+    // later `latest` would follow.
+    assert!(!repo.join(".wal/00000003.history").exists());
+    let names: Vec<String> = std::fs::read_dir(repo.join(".wal"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.starts_with("00000003")), "{names:?}");
+}
