@@ -167,105 +167,32 @@ fn write_new(dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// `opsrunner wal status`: what the archive holds — its newest segment and how old it is
-/// (the RPO of point-in-time recovery), the timelines, and any segment missing between the
-/// first and the last of a timeline (recovery cannot pass it). Exit 5 when the newest is
-/// older than `max_age` (or there is none), 6 when there is a gap.
+/// (the RPO of point-in-time recovery), the timelines, and any segment missing where
+/// recovery would need it (see [`crate::repo::archive`]). Exit 5 when the newest is older
+/// than `max_age` (or there is none), 6 when there is a gap.
 pub async fn status(
     at: &WalRepository<'_>,
     max_age: Option<Duration>,
     json: bool,
 ) -> Result<String, Failure> {
     use crate::exec::events::Verdict;
+    use crate::repo::archive::{self, Problem};
     let store = crate::backups::open_store(at.repository, at.plan).await?;
-    let unreadable =
-        |e: std::io::Error| Failure::Io(format!("the WAL archive in {}: {e}", store.location()));
-    let names = wal::list(&store).await.map_err(unreadable)?;
-    let segments: Vec<&String> = names.iter().filter(|n| n.len() == 24).collect();
-    let newest = match segments.last() {
-        None => None,
-        Some(name) => {
-            let object = wal::read(&store, name)
-                .await
-                .map_err(|e| Failure::Io(format!("wal status: {e}")))?;
-            let (header, _) =
-                wal::parse(name, &object).map_err(|e| Failure::Io(format!("wal status: {e}")))?;
-            Some(header)
-        }
-    };
-    let size = newest.as_ref().map_or(16 << 20, |h| h.size);
-    let gaps = wal::gaps(&names, size);
-    let age = newest.as_ref().map(|h| {
-        (chrono::Utc::now() - h.archived_at)
-            .to_std()
-            .unwrap_or_default()
-    });
-    let timelines: std::collections::BTreeSet<u32> = segments
-        .iter()
-        .filter_map(|n| wal::segment_position(n, size).map(|(t, _)| t))
-        .collect();
-    let output = if json {
-        serde_json::to_string_pretty(&serde_json::json!({
-            "repository": store.location(),
-            "segments": segments.len(),
-            "files": names.len(),
-            "timelines": timelines,
-            "newest": newest.as_ref().map(|h| h.name.clone()),
-            "newest_archived_at": newest.as_ref().map(|h| h.archived_at),
-            "newest_age_s": age.map(|a| a.as_secs()),
-            "gaps": gaps.iter().map(|(a, b)| serde_json::json!({ "first_missing": a, "last_missing": b })).collect::<Vec<_>>(),
-        }))
-        .expect("statuses serialize")
-            + "\n"
-    } else {
-        let mut out = format!("WAL archive in {}: ", store.location());
-        match (&newest, age) {
-            (Some(h), Some(age)) => out.push_str(&format!(
-                "{} segment{} on timeline{} {}; newest {} archived {} ({} ago)\n",
-                segments.len(),
-                if segments.len() == 1 { "" } else { "s" },
-                if timelines.len() == 1 { "" } else { "s" },
-                timelines
-                    .iter()
-                    .map(u32::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                h.name,
-                h.archived_at.format("%Y-%m-%d %H:%M:%S UTC"),
-                crate::plan::duration::format(Duration::from_secs(age.as_secs()))
-            )),
-            _ => out.push_str("no segment archived\n"),
-        }
-        for (first, last) in &gaps {
-            out.push_str(&format!("  GAP: {first} … {last} missing\n"));
-        }
-        out
-    };
-    if let Some((first, last)) = gaps.first() {
-        return Err(Failure::Found {
+    let state = archive::inspect(&store)
+        .await
+        .map_err(|e| Failure::Io(format!("the WAL archive in {}: {e}", store.location())))?;
+    let output = if json { state.json() } else { state.text() };
+    match state.problem(max_age) {
+        None => Ok(output),
+        Some(Problem::Gap(message)) => Err(Failure::Found {
             verdict: Verdict::BackupCorrupt,
             output,
-            message: format!(
-                "the WAL archive has {} gap{}, the first {first} … {last}: point-in-time recovery cannot pass it",
-                gaps.len(),
-                if gaps.len() == 1 { "" } else { "s" }
-            ),
-        });
-    }
-    if let Some(max) = max_age
-        && age.is_none_or(|a| a > max)
-    {
-        return Err(Failure::Found {
+            message,
+        }),
+        Some(Problem::TooOld(message)) => Err(Failure::Found {
             verdict: Verdict::BackupTooOld,
             output,
-            message: match age {
-                Some(a) => format!(
-                    "the newest archived segment is {} old, older than --max-age {}: is archiving failing? (see pg_stat_archiver)",
-                    crate::plan::duration::format(Duration::from_secs(a.as_secs())),
-                    crate::plan::duration::format(max)
-                ),
-                None => "no WAL segment is archived".into(),
-            },
-        });
+            message,
+        }),
     }
-    Ok(output)
 }

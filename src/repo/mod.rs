@@ -2,6 +2,7 @@
 //! ([`store`]) is the small interface every backend implements (a local directory, S3);
 //! [`AnyStore`] is either; the streaming pipeline in [`pipeline`] writes through it.
 
+pub mod archive;
 pub mod compression;
 pub mod crypto;
 pub mod lease;

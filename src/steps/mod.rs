@@ -17,6 +17,7 @@ pub mod sql;
 pub mod step_type;
 pub mod verify;
 pub mod wait_ready;
+pub mod wal_status;
 pub mod webhook;
 
 use crate::exec::StepContext;

@@ -146,6 +146,7 @@ pub static TYPES: &[Registration] = &[
     register::<super::seed::Seed>(),
     register::<super::reset::Reset>(),
     register::<super::prune::Prune>(),
+    register::<super::wal_status::WalStatus>(),
     register::<super::webhook::Webhook>(),
 ];
 

@@ -209,6 +209,14 @@ fn a_restore_to_the_moment_before_a_drop_shows_exactly_the_rows_committed_by_the
     assert_eq!(applied.code, 0, "{}", applied.everything());
     assert_eq!(applied.step("check")["outputs"]["value"], "true");
 
+    // The archive's check: recent, no gap.
+    let status = format!(
+        "version: 1\nname: status\nrepositories:\n  local: {{ url: \"{url}\" }}\nsteps:\n  - {{ id: archive, type: wal_status, repository: local, max_age: 1h }}\n"
+    );
+    let applied = ws.apply(&status, &[]);
+    assert_eq!(applied.code, 0, "{}", applied.everything());
+    assert_eq!(applied.step("archive")["outputs"]["gaps"], "0");
+
     // Before the backup ends: refused up front.
     let applied = ws.apply(
         &restore_plan(&url, &format!("{{ time: \"{before_backup_end}\" }}"), ROWS),
@@ -248,6 +256,18 @@ fn a_restore_to_the_moment_before_a_drop_shows_exactly_the_rows_committed_by_the
         .unwrap()
         .clone();
     std::fs::rename(repo.join(".wal").join(&next), ws.path("moved")).unwrap();
+    let applied = ws.apply(&status, &[]);
+    assert_eq!(
+        applied.code,
+        opsrunner::exit::BACKUP_CORRUPT,
+        "{}",
+        applied.everything()
+    );
+    assert!(
+        applied.everything().contains(&format!("the first {next}")),
+        "{}",
+        applied.everything()
+    );
     let plan = ws.write_plan(&restore_plan(&url, "{ latest: true }", ROWS));
     let (_, out, _) = run(opsrunner().arg("plan").arg(&plan));
     assert!(out.contains(&format!("MISSING, the first {next}")), "{out}");
@@ -441,5 +461,58 @@ fn after_a_failover_the_restore_follows_the_timeline_it_is_asked_for() {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    assert!(!names.iter().any(|n| n.starts_with("00000003")), "{names:?}");
+    assert!(
+        !names.iter().any(|n| n.starts_with("00000003")),
+        "{names:?}"
+    );
+}
+
+fn shipped(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+#[test]
+fn the_shipped_pitr_plans_back_up_and_drill() {
+    let ws = Workspace::new();
+    let cluster = Cluster::start();
+    let repo = repository(&ws, &cluster);
+    archive_with(
+        &cluster,
+        &format!("--repository file://{}", repo.display()),
+        &[],
+    );
+    cluster.psql("postgres", "create database app");
+    cluster.psql("app", "create table t (id int primary key)");
+    insert(&cluster, &[1, 2]);
+    let env = [
+        ("DATABASE_URL", cluster.url("postgres")),
+        ("PITR_DIR", repo.display().to_string()),
+    ];
+    let apply = |plan: &str| {
+        let report = ws.path(&format!("{plan}.json"));
+        let out = opsrunner()
+            .arg("apply")
+            .arg(shipped(&format!("plans/{plan}.yaml")))
+            .arg("--report")
+            .arg(&report)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .unwrap();
+        crate::common::Applied::from(out, &report)
+    };
+    let nightly = apply("pitr");
+    assert_eq!(nightly.code, 0, "{}", nightly.everything());
+    assert_eq!(nightly.status("verify"), "succeeded");
+    assert_eq!(nightly.step("archive")["outputs"]["gaps"], "0");
+    insert(&cluster, &[3]);
+    archive_everything(&cluster, in_local(&repo));
+    let drill = apply("pitr-drill");
+    assert_eq!(drill.code, 0, "{}", drill.everything());
+    let restored = &drill.step("restore")["outputs"];
+    assert_eq!(
+        restored["backup_id"],
+        nightly.step("base")["outputs"]["backup_id"]
+    );
+    assert!(!restored["reached_time"].as_str().unwrap().is_empty());
+    assert_ne!(drill.step("answers")["outputs"]["value"], "0");
 }
