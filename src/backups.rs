@@ -338,16 +338,28 @@ async fn prune_held(store: &repo::AnyStore, request: PruneRequest) -> Result<Str
     let decisions = repo::prune::decide(store, &policy)
         .await
         .map_err(Failure::Usage)?;
+    let wal = repo::prune::wal_victims(store, &decisions)
+        .await
+        .map_err(|e| Failure::Io(format!("the WAL archive: {e}")))?;
     if !dry_run {
         repo::prune::delete(store, &decisions, || false)
             .await
             .map_err(|e| Failure::Io(e.to_string()))?;
+        repo::prune::delete_wal(store, &wal, || false)
+            .await
+            .map_err(|e| Failure::Io(e.to_string()))?;
     }
     if json {
-        return Ok(serde_json::to_string_pretty(&decisions).expect("serializes") + "\n");
+        // One entry per WAL file deleted, beside the backups, in the same shape.
+        let mut entries = decisions.clone();
+        entries.extend(wal.as_decisions());
+        return Ok(serde_json::to_string_pretty(&entries).expect("serializes") + "\n");
     }
     for d in &decisions {
         let _ = writeln!(out, "{}", repo::prune::describe(d));
+    }
+    if let Some(line) = wal.describe() {
+        let _ = writeln!(out, "{line}");
     }
     let gone = decisions.iter().filter(|d| !d.keep).count();
     let _ = writeln!(

@@ -707,6 +707,11 @@ pub enum PutCondition<'a> {
 }
 
 impl S3Store {
+    /// Deletes one object (deleting what is not there succeeds, as S3 does).
+    pub async fn delete_object(&self, key: &str) -> io::Result<()> {
+        delete(&self.client, &self.bucket, key).await
+    }
+
     /// The key of a small object at the repository's root, beside the backups (whose ids
     /// never start with a dot).
     pub fn root_key(&self, name: &str) -> String {

@@ -283,6 +283,27 @@ pub async fn list(store: &AnyStore) -> io::Result<Vec<String>> {
     Ok(names)
 }
 
+/// Deletes archived file `name` (retention: WAL no kept base backup needs).
+pub async fn delete(store: &AnyStore, name: &str) -> io::Result<()> {
+    check_name(name).map_err(io::Error::other)?;
+    match store {
+        AnyStore::Local(l) => local::delete(l.root(), name),
+        AnyStore::S3(s) => s.delete_object(&s.root_key(&format!("{DIR}/{name}"))).await,
+    }
+}
+
+/// The position of the segment a file belongs to: a segment itself, its `.partial`, or a
+/// `.backup` file named after the segment its backup started in. `None` for history files.
+pub fn file_position(name: &str, segment_size: u64) -> Option<u64> {
+    let segment = name.get(..24)?;
+    match &name[24..] {
+        "" | ".partial" => {}
+        rest if rest.ends_with(".backup") => {}
+        _ => return None,
+    }
+    segment_position(segment, segment_size).map(|(_, p)| p)
+}
+
 /// A WAL segment's timeline and position (segment number from the start of the WAL), for a
 /// segment size; `None` for other files.
 pub fn segment_position(name: &str, segment_size: u64) -> Option<(u32, u64)> {
@@ -411,6 +432,16 @@ mod local {
             .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
             .filter_map(|e| e.file_name().into_string().ok())
             .collect())
+    }
+
+    pub fn delete(root: &Path, name: &str) -> io::Result<()> {
+        let Some(dir) = dir(root, false)? else {
+            return Ok(());
+        };
+        match std::fs::remove_file(dir.join(name)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 
     pub fn read(root: &Path, name: &str) -> io::Result<Option<Vec<u8>>> {

@@ -35,7 +35,7 @@ pub struct Prune;
 impl StepType for Prune {
     const NAME: &'static str = "prune";
     type Params = PruneParams;
-    const OUTPUTS: &'static [&'static str] = &["deleted", "kept"];
+    const OUTPUTS: &'static [&'static str] = &["deleted", "kept", "damaged", "wal_deleted"];
 
     fn repository(p: &PruneParams) -> Option<&str> {
         Some(&p.repository)
@@ -97,15 +97,30 @@ impl StepType for Prune {
                 vec!["the repository holds no backup to consider: nothing will be deleted".into()]
                     .into()
             }
-            Ok(decisions) => Findings {
-                lines: decisions.iter().map(prune::describe).collect(),
-                deletes: decisions
-                    .iter()
-                    .filter(|d| !d.keep)
-                    .map(|d| d.id.clone())
-                    .collect(),
-                ..Findings::default()
-            },
+            Ok(decisions) => {
+                let wal = match prune::wal_victims(&store, &decisions).await {
+                    Ok(wal) => wal,
+                    Err(e) => {
+                        return Findings::unread(Unread::repository(
+                            &p.repository,
+                            format!("the WAL archive: {e}"),
+                            UNKNOWN,
+                        ));
+                    }
+                };
+                let mut lines: Vec<String> = decisions.iter().map(prune::describe).collect();
+                lines.extend(wal.describe());
+                Findings {
+                    lines,
+                    deletes: decisions
+                        .iter()
+                        .filter(|d| !d.keep)
+                        .map(|d| d.id.clone())
+                        .chain(wal.names.iter().map(|n| format!(".wal/{n}")))
+                        .collect(),
+                    ..Findings::default()
+                }
+            }
             Err(e) => Findings::unread(Unread::repository(&p.repository, e, UNKNOWN)),
         }
     }
@@ -162,14 +177,26 @@ pub async fn run(p: &PruneParams, ctx: &StepContext) -> Result<Outputs, StepErro
         ctx.events
             .output(&ctx.step_id, Stream::Stdout, prune::describe(d));
     }
+    // Decided before any backup is deleted: the WAL the remaining base backups need.
+    let wal = prune::wal_victims(&store, &decisions)
+        .await
+        .map_err(|e| crate::exec::io_error("reading the WAL archive", &e))?;
+    if let Some(line) = wal.describe() {
+        ctx.events.output(&ctx.step_id, Stream::Stdout, line);
+    }
+    let stopped = |e| match e {
+        prune::Stopped::Cancelled => StepError::cancelled(),
+        e => StepError::transient(e.to_string()),
+    };
     let deleted = prune::delete(&store, &decisions, || ctx.cancel.is_cancelled())
         .await
-        .map_err(|e| match e {
-            prune::Stopped::Cancelled => StepError::cancelled(),
-            e => StepError::transient(e.to_string()),
-        })?;
+        .map_err(stopped)?;
+    let wal_deleted = prune::delete_wal(&store, &wal, || ctx.cancel.is_cancelled())
+        .await
+        .map_err(stopped)?;
     let mut outputs = Outputs::new();
     outputs.insert("deleted".into(), deleted.join(" "));
+    outputs.insert("wal_deleted".into(), wal_deleted.to_string());
     outputs.insert(
         "kept".into(),
         decisions

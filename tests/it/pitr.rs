@@ -516,3 +516,96 @@ fn the_shipped_pitr_plans_back_up_and_drill() {
     assert!(!restored["reached_time"].as_str().unwrap().is_empty());
     assert_ne!(drill.step("answers")["outputs"]["value"], "0");
 }
+
+#[test]
+fn pruning_a_base_backup_prunes_the_wal_only_it_needed() {
+    let ws = Workspace::new();
+    let cluster = Cluster::start();
+    let repo = repository(&ws, &cluster);
+    let url = format!("file://{}", repo.display());
+    cluster.psql("postgres", "create database app");
+    cluster.psql("app", "create table t (id int primary key)");
+    archive_with(&cluster, &format!("--repository {url}"), &[]);
+    let backup = || {
+        let applied = ws.apply(&base_backup_plan(&cluster, &url), &[]);
+        assert_eq!(applied.code, 0, "{}", applied.everything());
+        let out = &applied.step("base")["outputs"];
+        (
+            out["backup_id"].as_str().unwrap().to_string(),
+            cluster
+                .psql(
+                    "postgres",
+                    &format!(
+                        "select pg_walfile_name('{}')",
+                        out["start_lsn"].as_str().unwrap()
+                    ),
+                )
+                .trim()
+                .to_string(),
+        )
+    };
+    insert(&cluster, &[1]);
+    let (first, _) = backup();
+    insert(&cluster, &[2]);
+    archive_everything(&cluster, in_local(&repo));
+    let (second, second_start) = backup();
+    insert(&cluster, &[3]);
+    archive_everything(&cluster, in_local(&repo));
+    let archived = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(repo.join(".wal"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        names
+    };
+    let before = archived();
+    let older: Vec<&String> = before
+        .iter()
+        .filter(|n| n.get(..24).is_some_and(|s| s < second_start.as_str()))
+        .collect();
+    assert!(!older.is_empty(), "{before:?}");
+
+    let prune = format!(
+        "version: 1\nname: prune\nrepositories:\n  local: {{ url: \"{url}\" }}\nsteps:\n  - {{ id: prune, type: prune, repository: local, keep: {{ last: 1 }} }}\n"
+    );
+    // The preview names both: the backup and the WAL only it needed.
+    let plan = ws.write_plan(&prune);
+    let (code, out, err) = run(opsrunner().arg("plan").arg(&plan));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("delete {first}")), "{out}");
+    assert!(
+        out.contains(&format!(
+            "where the oldest kept base backup {second} starts"
+        )),
+        "{out}"
+    );
+    assert!(out.contains(&format!("delete WAL {}", older[0])), "{out}");
+    assert_eq!(archived(), before, "the preview deleted something");
+
+    let applied = ws.apply(&prune, &[]);
+    assert_eq!(applied.code, 0, "{}", applied.everything());
+    assert_eq!(
+        applied.step("prune")["outputs"]["wal_deleted"],
+        older.len().to_string().as_str()
+    );
+    assert!(!repo.join(&first).exists());
+    let after = archived();
+    for name in &after {
+        if name.ends_with(".history") {
+            continue;
+        }
+        assert!(name.as_str() >= second_start.as_str(), "{name} was kept");
+    }
+    assert!(after.contains(&second_start), "{after:?}");
+    // The kept backup still restores, with every row.
+    let applied = ws.apply(&restore_plan(&url, "{ latest: true }", ROWS), &[]);
+    assert_eq!(applied.code, 0, "{}", applied.everything());
+    assert_eq!(applied.step("check")["outputs"]["value"], "1,2,3");
+    // Pruning again deletes no more WAL: the newest base backup always stays.
+    let applied = ws.apply(&prune, &[]);
+    assert_eq!(applied.step("prune")["outputs"]["wal_deleted"], "0");
+    assert_eq!(archived(), after);
+}

@@ -175,9 +175,15 @@ fn a_backup_killed_midway_never_appears_and_prune_orphans_removes_it() {
         .unwrap();
     let repo = ws.path("repo");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::fs::read_dir(&repo).map_or(0, |d| d.count()) == 0
-        && std::time::Instant::now() < deadline
-    {
+    // The backup's own directory, not only the run's lock file (which comes first).
+    let started = || {
+        std::fs::read_dir(&repo).map_or(0, |d| {
+            d.flatten()
+                .filter(|e| e.file_name() != ".opsrunner.lock")
+                .count()
+        })
+    };
+    while started() == 0 && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     std::thread::sleep(std::time::Duration::from_millis(200));
