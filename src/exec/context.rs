@@ -47,6 +47,8 @@ pub struct EphemeralDir {
     /// The directory of its server programs (`postgres`, `pg_ctl`).
     pub bin: PathBuf,
     pub major: u32,
+    /// The port number its socket is named by.
+    pub port: u16,
     /// The uid and gid the server runs as (when opsrunner runs as root).
     pub owner: Option<(u32, u32)>,
     /// The server options it is started with (`pg_ctl -o`).

@@ -162,6 +162,7 @@ impl EphemeralCluster {
             dir: self.dir.path().to_path_buf(),
             bin: self.bin.clone(),
             major: self.major,
+            port: self.port,
             owner: self.owner,
             options: self.options(),
         }
@@ -181,6 +182,10 @@ impl EphemeralCluster {
     }
 
     fn stop(&self) {
+        // A point-in-time restore that failed leaves its server stopped: nothing to do.
+        if !self.dir.path().join("data/postmaster.pid").exists() {
+            return;
+        }
         let mut ctl = Command::new(self.bin.join("pg_ctl"));
         ctl.arg("-D")
             .arg(self.dir.path().join("data"))

@@ -10,7 +10,7 @@
 //! where recovery actually ended.
 
 use crate::exec::events::{Outputs, Stream};
-use crate::exec::{StepContext, StepError};
+use crate::exec::{EphemeralDir, StepContext, StepError};
 use crate::pg::recovery::{self, Recovery};
 use crate::repo::listing::{self, Checked};
 use crate::repo::manifest::{BaseBackup, format_lsn, parse_lsn};
@@ -449,28 +449,40 @@ pub struct Request<'a> {
     pub to: &'a PointInTime,
 }
 
-pub async fn run(p: &Request<'_>, ctx: &StepContext) -> Result<Outputs, StepError> {
-    let clock = Instant::now();
-    let to = p.to;
-    let target_name = p.target;
-    let cluster = ctx.ephemeral.get(target_name).cloned().ok_or_else(|| {
+/// Where and from what a point-in-time restore will recover, decided before anything is
+/// touched.
+pub struct Prepared {
+    pub cluster: EphemeralDir,
+    pub store: AnyStore,
+    pub choice: Choice,
+    /// The chosen backup's manifest, unsealed.
+    pub manifest: crate::repo::manifest::Manifest,
+}
+
+/// The throwaway cluster `target` stands for, or why there is none.
+pub fn throwaway(ctx: &StepContext, target: &str) -> Result<EphemeralDir, StepError> {
+    ctx.ephemeral.get(target).cloned().ok_or_else(|| {
         StepError::permanent(format!(
-            "a point-in-time restore goes into a throwaway cluster: target `{target_name}` must be declared `ephemeral: true`"
+            "a point-in-time restore goes into a throwaway cluster: target `{target}` must be declared `ephemeral: true`"
         ))
-    })?;
+    })
+}
+
+/// Chooses the backup and checks what can be checked without touching anything but the
+/// missing WAL (which the caller judges: a refusal for a restore, a verdict for a verify).
+pub async fn prepare(p: &Request<'_>, ctx: &StepContext) -> Result<Prepared, StepError> {
+    let cluster = throwaway(ctx, p.target)?;
     let store = ctx.repository(p.repository).await?;
-    let choice = choose(&store, p.repository, p.backup, to, ctx.identities.as_ref()).await?;
+    let choice = choose(
+        &store,
+        p.repository,
+        p.backup,
+        p.to,
+        ctx.identities.as_ref(),
+    )
+    .await?;
     for line in choice.lines() {
         ctx.events.output(&ctx.step_id, Stream::Stdout, line);
-    }
-    if let Some(first) = choice.missing.first() {
-        return Err(StepError::permanent(format!(
-            "the WAL archive of repository `{}` lacks {} of the {} segments from base backup {} to the target, the first {first}: recovery could not get past it. Nothing was touched",
-            p.repository,
-            choice.missing.len(),
-            choice.needed.len(),
-            choice.backup.manifest.backup_id
-        )));
     }
     let mut manifest = choice.backup.manifest.clone();
     ctx.unseal(&mut manifest)?;
@@ -483,13 +495,90 @@ pub async fn run(p: &Request<'_>, ctx: &StepContext) -> Result<Outputs, StepErro
         .unwrap_or(0);
     if cluster.major != backup_major {
         return Err(StepError::permanent(format!(
-            "base backup {} is of PostgreSQL {}; the throwaway cluster of `{target_name}` runs {}: a copy of a cluster's files starts only under the same major version",
-            manifest.backup_id, manifest.server_version, cluster.major
+            "base backup {} is of PostgreSQL {}; the throwaway cluster of `{}` runs {}: a copy of a cluster's files starts only under the same major version",
+            manifest.backup_id, manifest.server_version, p.target, cluster.major
         )));
     }
+    Ok(Prepared {
+        cluster,
+        store,
+        choice,
+        manifest,
+    })
+}
+
+impl Prepared {
+    /// Why recovery cannot reach the target, when WAL is missing.
+    pub fn missing(&self, repository: &str) -> Option<String> {
+        let first = self.choice.missing.first()?;
+        Some(format!(
+            "the WAL archive of repository `{repository}` lacks {} of the {} segments from base backup {} to the target, the first {first}: recovery could not get past it",
+            self.choice.missing.len(),
+            self.choice.needed.len(),
+            self.choice.backup.manifest.backup_id
+        ))
+    }
+}
+
+pub async fn run(p: &Request<'_>, ctx: &StepContext) -> Result<Outputs, StepError> {
+    let clock = Instant::now();
+    let prepared = prepare(p, ctx).await?;
+    if let Some(missing) = prepared.missing(p.repository) {
+        return Err(StepError::permanent(format!(
+            "{missing}. Nothing was touched"
+        )));
+    }
+    let reached = recover(p, &prepared, ctx).await?;
+    let mut outputs = reached.outputs(&prepared);
+    outputs.insert(
+        "duration_ms".into(),
+        clock.elapsed().as_millis().to_string(),
+    );
+    Ok(outputs)
+}
+
+/// Where a recovery ended, as the step reports it.
+pub struct Recovered {
+    pub reached: recovery::Reached,
+    pub files: u64,
+}
+
+impl Recovered {
+    pub fn reached_time(&self) -> String {
+        self.reached
+            .time
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+            .unwrap_or_default()
+    }
+
+    pub fn outputs(&self, prepared: &Prepared) -> Outputs {
+        let mut outputs = Outputs::new();
+        outputs.insert("backup_id".into(), prepared.manifest.backup_id.clone());
+        outputs.insert("reached_lsn".into(), self.reached.lsn.clone());
+        outputs.insert("reached_time".into(), self.reached_time());
+        outputs.insert("timeline".into(), prepared.choice.path.target().to_string());
+        outputs.insert("new_timeline".into(), self.reached.timeline.to_string());
+        outputs.insert(
+            "wal_segments".into(),
+            prepared.choice.needed.len().to_string(),
+        );
+        outputs
+    }
+}
+
+/// Replaces the throwaway cluster with the prepared backup and recovers it to the target.
+pub async fn recover(
+    p: &Request<'_>,
+    prepared: &Prepared,
+    ctx: &StepContext,
+) -> Result<Recovered, StepError> {
+    let cluster = &prepared.cluster;
+    let manifest = &prepared.manifest;
+    let store = &prepared.store;
+    let choice = &prepared.choice;
     // From here on the throwaway cluster is replaced.
-    let data = recovery::empty(&cluster).await?;
-    let files = crate::pg::unpack::unpack(ctx, &store, &manifest, &data, cluster.owner).await?;
+    let data = recovery::empty(cluster).await?;
+    let files = crate::pg::unpack::unpack(ctx, store, manifest, &data, cluster.owner).await?;
     crate::pg::unpack::verify_files(ctx, &data, cluster.major).await?;
     let repo = ctx
         .repositories
@@ -522,12 +611,12 @@ pub async fn run(p: &Request<'_>, ctx: &StepContext) -> Result<Outputs, StepErro
     }
     let settings = Recovery {
         restore_command,
-        target: target_settings(&choice.target, to.inclusive),
+        target: target_settings(&choice.target, p.to.inclusive),
         timeline: choice.path.target(),
     };
     recovery::configure(&data, cluster.owner, &settings).map_err(io)?;
-    let url = ctx.target_url(target_name)?.to_string();
-    let reached = recovery::start_and_wait(ctx, &cluster, &url).await;
+    let url = ctx.target_url(p.target)?.to_string();
+    let reached = recovery::start_and_wait(ctx, cluster, &url).await;
     let _ = std::fs::remove_file(&identity);
     let reached = reached?;
     let base = choice.base();
@@ -537,10 +626,8 @@ pub async fn run(p: &Request<'_>, ctx: &StepContext) -> Result<Outputs, StepErro
             reached.system_identifier, base.system_identifier
         )));
     }
-    let reached_time = reached
-        .time
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
-        .unwrap_or_default();
+    let recovered = Recovered { reached, files };
+    let reached_time = recovered.reached_time();
     ctx.events.output(
         &ctx.step_id,
         Stream::Stdout,
@@ -548,27 +635,37 @@ pub async fn run(p: &Request<'_>, ctx: &StepContext) -> Result<Outputs, StepErro
             "recovered {} files of {} to WAL {}{}; promoted on timeline {}",
             files,
             manifest.backup_id,
-            reached.lsn,
+            recovered.reached.lsn,
             if reached_time.is_empty() {
                 String::new()
             } else {
                 format!(", last transaction committed {reached_time}")
             },
-            reached.timeline
+            recovered.reached.timeline
         ),
     );
-    let mut outputs = Outputs::new();
-    outputs.insert("backup_id".into(), manifest.backup_id.clone());
-    outputs.insert("reached_lsn".into(), reached.lsn);
-    outputs.insert("reached_time".into(), reached_time);
-    outputs.insert("timeline".into(), choice.path.target().to_string());
-    outputs.insert("new_timeline".into(), reached.timeline.to_string());
-    outputs.insert("wal_segments".into(), choice.needed.len().to_string());
-    outputs.insert(
-        "duration_ms".into(),
-        clock.elapsed().as_millis().to_string(),
-    );
-    Ok(outputs)
+    Ok(recovered)
+}
+
+/// What a point-in-time restore or verify will use, read now for the preview: the chosen
+/// base backup, the timeline, and the WAL range it needs with whether all of it is
+/// archived.
+pub async fn preview(
+    scope: super::probe::Probe<'_>,
+    repository: &str,
+    backup: &str,
+    to: &PointInTime,
+) -> super::probe::Findings {
+    const UNKNOWN: &str = "which base backup and WAL the restore uses is unknown";
+    let store = match scope.open(repository, UNKNOWN).await {
+        Ok(store) => store,
+        Err(unread) => return super::probe::Findings::unread(unread),
+    };
+    // The preview holds no key: an encrypted archive's history files are not read here.
+    match choose(&store, repository, backup, to, None).await {
+        Ok(choice) => choice.lines().into(),
+        Err(e) => vec![format!("apply would stop here: {}", e.message)].into(),
+    }
 }
 
 #[cfg(test)]

@@ -17,16 +17,6 @@ use sqlx::Connection;
 use std::future::Future;
 use std::time::Instant;
 
-/// Where a restore goes: a database on a target (the "namespace").
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Namespace {
-    /// Name of a target declared under `targets`.
-    pub target: String,
-    /// Database to create and restore into.
-    pub database: String,
-}
-
 /// Where a restore goes: a database on a target, or (with `to:`) the whole throwaway
 /// cluster of an ephemeral target.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -157,7 +147,7 @@ impl StepType for Restore {
 
     async fn probe<'a>(p: &'a RestoreParams, scope: Probe<'a>) -> Findings {
         if let Some(to) = &p.to {
-            return describe_point_in_time(scope, p, to).await;
+            return super::pitr::preview(scope, &p.repository, &p.backup, to).await;
         }
         if p.backup != "latest" {
             return Findings::default();
@@ -447,24 +437,5 @@ pub async fn describe_latest(
             }
             lines.into()
         }
-    }
-}
-
-/// What a point-in-time restore will use, read now: the chosen base backup, the timeline,
-/// and the WAL range it needs with whether all of it is archived.
-async fn describe_point_in_time(
-    scope: Probe<'_>,
-    p: &RestoreParams,
-    to: &super::pitr::PointInTime,
-) -> Findings {
-    const UNKNOWN: &str = "which base backup and WAL the restore uses is unknown";
-    let store = match scope.open(&p.repository, UNKNOWN).await {
-        Ok(store) => store,
-        Err(unread) => return Findings::unread(unread),
-    };
-    // The preview holds no key: an encrypted archive's history files are not read here.
-    match super::pitr::choose(&store, &p.repository, &p.backup, to, None).await {
-        Ok(choice) => choice.lines().into(),
-        Err(e) => vec![format!("apply would stop here: {}", e.message)].into(),
     }
 }

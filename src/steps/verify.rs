@@ -5,7 +5,7 @@
 
 use super::probe::{Findings, Probe};
 use super::restore::resolve;
-use super::restore::{Namespace, latest};
+use super::restore::{Destination, latest};
 use super::step_type::StepType;
 use crate::exec::events::{Outputs, Stream, Verdict};
 use crate::exec::{StepContext, StepError};
@@ -14,6 +14,7 @@ use crate::pg::process::PgProcess;
 use crate::pg::server::classify;
 use crate::pg::server::{connect, tool};
 use crate::pg::{fingerprint, restore};
+use crate::plan::step_params::{CheckScope, Problem};
 use crate::repo::AnyStore;
 use crate::repo::listing;
 use crate::repo::manifest::{DumpFormat, FingerprintMode, Manifest, Verification};
@@ -36,9 +37,15 @@ pub struct VerifyParams {
     #[serde(default = "latest")]
     pub backup: String,
     /// Restore into this scratch database (which must not exist), compare the table
-    /// fingerprints with the manifest's, then drop it.
+    /// fingerprints with the manifest's, then drop it. With `to:`, an ephemeral target
+    /// (no database): the whole cluster is recovered there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub restore_into: Option<Namespace>,
+    pub restore_into: Option<Destination>,
+    /// Point-in-time verify: recover the newest base backup (or `backup`) and the archived
+    /// WAL to this point in `restore_into`'s throwaway cluster, then check it with
+    /// `pg_amcheck`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<super::pitr::PointInTime>,
     /// Parallel pg_restore workers for the test restore.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jobs: Option<u32>,
@@ -65,8 +72,14 @@ pub struct Verify;
 impl StepType for Verify {
     const NAME: &'static str = "verify";
     type Params = VerifyParams;
-    const OUTPUTS: &'static [&'static str] =
-        &["backup_id", "checks", "restore_duration_ms", "backup_age_s"];
+    const OUTPUTS: &'static [&'static str] = &[
+        "backup_id",
+        "checks",
+        "restore_duration_ms",
+        "backup_age_s",
+        "reached_time",
+        "rpo_s",
+    ];
     const TARGET_PATH: &'static [&'static str] = &["restore_into", "target"];
 
     fn target(p: &VerifyParams) -> Option<&str> {
@@ -88,6 +101,40 @@ impl StepType for Verify {
         p.jobs
     }
 
+    fn check(p: &VerifyParams, _: &CheckScope<'_>) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        match (&p.to, &p.restore_into) {
+            (None, Some(ns)) if ns.database.is_none() => problems.push(Problem::new(
+                &["restore_into", "database"],
+                "`restore_into` needs the scratch `database` to restore into",
+            )),
+            (Some(_), None) => problems.push(Problem::new(
+                &["restore_into"],
+                "a point-in-time verify (`to:`) recovers into `restore_into: { target: EPHEMERAL }`",
+            )),
+            (Some(_), Some(ns)) if ns.database.is_some() => problems.push(Problem::new(
+                &["restore_into", "database"],
+                "a point-in-time verify recovers a whole cluster, not one database: remove `database`",
+            )),
+            _ => {}
+        }
+        if let Some(to) = &p.to {
+            if let Err(e) = to.target() {
+                problems.push(Problem::new(&["to"], e));
+            }
+            if let Err(e) = to.timeline() {
+                problems.push(Problem::new(&["to", "timeline"], e));
+            }
+            if p.jobs.is_some() {
+                problems.push(Problem::new(
+                    &["jobs"],
+                    "`jobs` is for a logical test restore, not with `to:`",
+                ));
+            }
+        }
+        problems
+    }
+
     fn describe(p: &VerifyParams) -> String {
         describe(p)
     }
@@ -97,6 +144,9 @@ impl StepType for Verify {
     }
 
     async fn probe<'a>(p: &'a VerifyParams, scope: Probe<'a>) -> Findings {
+        if let Some(to) = &p.to {
+            return super::pitr::preview(scope, &p.repository, &p.backup, to).await;
+        }
         if p.backup != "latest" {
             return Findings::default();
         }
@@ -112,6 +162,26 @@ impl StepType for Verify {
 }
 
 pub fn describe(p: &VerifyParams) -> String {
+    if let (Some(to), Some(ns)) = (&p.to, &p.restore_into) {
+        let which = if p.backup == "latest" {
+            "the newest base backup that ends before the point".to_string()
+        } else {
+            format!("base backup {}", p.backup)
+        };
+        let mut s = format!(
+            "point-in-time verify in repository `{}`: recover {which} and the archived WAL to {} in the throwaway cluster of target `{}`, then pg_amcheck every database",
+            p.repository,
+            to.describe(),
+            ns.target
+        );
+        if let Some(age) = p.max_age {
+            s.push_str(&format!("; fail if the base backup is older than {age}"));
+        }
+        if !p.record {
+            s.push_str("; record nothing in the repository");
+        }
+        return s;
+    }
     let which = if p.backup == "latest" {
         "the latest backup".to_string()
     } else {
@@ -124,7 +194,8 @@ pub fn describe(p: &VerifyParams) -> String {
     if let Some(ns) = &p.restore_into {
         s.push_str(&format!(
             "; test-restore into scratch database `{}` on target `{}`, compare fingerprints, drop it",
-            ns.database, ns.target
+            ns.database.as_deref().unwrap_or_default(),
+            ns.target
         ));
     }
     if let Some(age) = p.max_age {
@@ -186,6 +257,15 @@ impl Checks {
 }
 
 pub async fn run(p: &VerifyParams, ctx: &StepContext) -> Result<Outputs, StepError> {
+    if let (Some(to), Some(ns)) = (&p.to, &p.restore_into) {
+        let request = super::pitr::Request {
+            repository: &p.repository,
+            backup: &p.backup,
+            target: &ns.target,
+            to,
+        };
+        return super::pitr_verify::run(&request, p.max_age.map(|d| d.0), p.record, ctx).await;
+    }
     let store = ctx.repository(&p.repository).await?;
     let mut checks = Checks {
         results: Vec::new(),
@@ -212,7 +292,11 @@ pub async fn run(p: &VerifyParams, ctx: &StepContext) -> Result<Outputs, StepErr
     // The scratch database is checked before anything else: one left by an earlier run is
     // a problem of this plan, not of the backup.
     if let Some(ns) = &p.restore_into {
-        scratch_is_free(ctx, &ns.target, &ns.database).await?;
+        let database = ns
+            .database
+            .as_deref()
+            .ok_or_else(|| StepError::permanent("`restore_into` names no database"))?;
+        scratch_is_free(ctx, &ns.target, database).await?;
     }
     let mut manifest = checked.manifest.clone();
     // Without the right key nothing can be checked; that is a configuration problem, not a
@@ -282,7 +366,8 @@ pub async fn run(p: &VerifyParams, ctx: &StepContext) -> Result<Outputs, StepErr
         checks.record(ctx, "archive", toc);
         if let (Some(ns), true) = (&p.restore_into, toc_ok) {
             let clock = Instant::now();
-            match test_restore(ctx, &store, &manifest, &ns.target, &ns.database, p.jobs).await {
+            let database = ns.database.as_deref().unwrap_or_default();
+            match test_restore(ctx, &store, &manifest, &ns.target, database, p.jobs).await {
                 Ok(result) => {
                     restore_ms = Some(clock.elapsed().as_millis());
                     ctx.events.measured(

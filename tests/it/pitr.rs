@@ -105,6 +105,31 @@ steps:
     )
 }
 
+fn verify_plan(repo_url: &str) -> String {
+    format!(
+        r#"
+version: 1
+name: pitr-verify
+targets:
+  drill: {{ ephemeral: true }}
+repositories:
+  local: {{ url: "{repo_url}" }}
+steps:
+  - id: verify
+    type: verify
+    repository: local
+    to: {{ latest: true }}
+    restore_into: {{ target: drill }}
+    max_age: 1d
+"#
+    )
+}
+
+fn recorded(repo: &Path, backup_id: &str) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(repo.join(backup_id).join("verification.json")).unwrap())
+        .unwrap()
+}
+
 const ROWS: &str = "select coalesce(string_agg(id::text, ',' order by id), '') from t";
 
 #[test]
@@ -209,6 +234,30 @@ fn a_restore_to_the_moment_before_a_drop_shows_exactly_the_rows_committed_by_the
     assert_eq!(applied.code, 0, "{}", applied.everything());
     assert_eq!(applied.step("check")["outputs"]["value"], "true");
 
+    // A point-in-time verify: recovered to the end of the archive, checked by pg_amcheck,
+    // with the RTO and the achieved RPO, recorded beside the base backup.
+    let applied = ws.apply(&verify_plan(&url), &[]);
+    assert_eq!(applied.code, 0, "{}", applied.everything());
+    let verified = &applied.step("verify")["outputs"];
+    assert_eq!(verified["backup_id"], backup_id.as_str());
+    assert_eq!(
+        verified["checks"],
+        "age=pass wal=pass recovery=pass amcheck=pass",
+        "{}",
+        applied.everything()
+    );
+    assert!(
+        applied
+            .everything()
+            .contains("every table and B-tree index"),
+        "{}",
+        applied.everything()
+    );
+    assert!(!verified["restore_duration_ms"].as_str().unwrap().is_empty());
+    assert!(!verified["rpo_s"].as_str().unwrap().is_empty());
+    assert_eq!(recorded(&repo, &backup_id)["passed"], true);
+    assert_eq!(recorded(&repo, &backup_id)["restored"], true);
+
     // The archive's check: recent, no gap.
     let status = format!(
         "version: 1\nname: status\nrepositories:\n  local: {{ url: \"{url}\" }}\nsteps:\n  - {{ id: archive, type: wal_status, repository: local, max_age: 1h }}\n"
@@ -298,6 +347,20 @@ fn a_restore_to_the_moment_before_a_drop_shows_exactly_the_rows_committed_by_the
         "{}",
         applied.everything()
     );
+    // And a point-in-time verify says the backup cannot be recovered: exit 6, recorded.
+    let applied = ws.apply(&verify_plan(&url), &[]);
+    assert_eq!(
+        applied.code,
+        opsrunner::exit::BACKUP_CORRUPT,
+        "{}",
+        applied.everything()
+    );
+    assert!(
+        applied.everything().contains("check recovery: FAIL"),
+        "{}",
+        applied.everything()
+    );
+    assert_eq!(recorded(&repo, &backup_id)["passed"], false);
 }
 
 fn identity_file(dir: &Path) -> (PathBuf, String) {
@@ -508,7 +571,7 @@ fn the_shipped_pitr_plans_back_up_and_drill() {
     archive_everything(&cluster, in_local(&repo));
     let drill = apply("pitr-drill");
     assert_eq!(drill.code, 0, "{}", drill.everything());
-    let restored = &drill.step("restore")["outputs"];
+    let restored = &drill.step("recover")["outputs"];
     assert_eq!(
         restored["backup_id"],
         nightly.step("base")["outputs"]["backup_id"]
