@@ -148,3 +148,63 @@ pub async fn verify_files(ctx: &StepContext, dir: &Path, major: u32) -> Result<S
         .output(&ctx.step_id, Stream::Stdout, message.clone());
     Ok(message)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tar of one member with `name` written into the header as is (the tar crate's own
+    /// builder refuses such names, as a hostile repository would not).
+    fn tar_with(name: &str, kind: tar::EntryType, data: &[u8]) -> Vec<u8> {
+        let mut header = tar::Header::new_ustar();
+        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        header.set_size(data.len() as u64);
+        header.set_entry_type(kind);
+        header.set_mode(0o644);
+        if kind.is_symlink() {
+            header.set_link_name("/etc").unwrap();
+        }
+        header.set_cksum();
+        let mut out = header.as_bytes().to_vec();
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512 + 1024, 0);
+        out
+    }
+
+    #[test]
+    fn members_outside_the_directory_or_links_are_refused() {
+        for (name, kind) in [
+            ("../escaped", tar::EntryType::Regular),
+            ("/etc/escaped", tar::EntryType::Regular),
+            ("base/../../escaped", tar::EntryType::Regular),
+            ("pg_tblspc/16384", tar::EntryType::Symlink),
+            ("global/hard", tar::EntryType::Link),
+        ] {
+            let parent = tempfile::tempdir().unwrap();
+            let dest = parent.path().join("data");
+            std::fs::create_dir(&dest).unwrap();
+            let tar = tar_with(name, kind, b"x");
+            let err = extract(&tar[..], &dest, None).unwrap_err();
+            assert!(
+                err.contains("nothing of this backup is used"),
+                "{name}: {err}"
+            );
+            assert!(!parent.path().join("escaped").exists());
+            assert!(std::fs::read_dir(&dest).unwrap().next().is_none(), "{name}");
+        }
+    }
+
+    #[test]
+    fn regular_members_are_extracted_private() {
+        let parent = tempfile::tempdir().unwrap();
+        let tar = tar_with("PG_VERSION", tar::EntryType::Regular, b"15\n");
+        assert_eq!(extract(&tar[..], parent.path(), None).unwrap(), 1);
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(parent.path().join("PG_VERSION")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::read(parent.path().join("PG_VERSION")).unwrap(),
+            b"15\n"
+        );
+    }
+}

@@ -144,7 +144,10 @@ async fn inspect(server: &mut Server, target: &str) -> Result<Cluster, StepError
                 current_setting('archive_mode'),
                 current_setting('archive_command'),
                 coalesce(current_setting('archive_library', true), ''),
-                pg_is_in_recovery()",
+                pg_is_in_recovery(),
+                (select coalesce(last_failed_wal, '') from pg_stat_archiver
+                  where last_failed_time is not null
+                    and (last_archived_time is null or last_failed_time > last_archived_time))",
     )
     .fetch_one(&mut server.conn)
     .await
@@ -167,6 +170,14 @@ async fn inspect(server: &mut Server, target: &str) -> Result<Cluster, StepError
             } else {
                 ""
             }
+        )));
+    }
+    // pg_basebackup waits for the WAL it needs to be archived, forever: with archiving
+    // failing, it would hang until the step's timeout.
+    let failing: Option<String> = row.get(6);
+    if let Some(wal) = failing.filter(|w| !w.is_empty()) {
+        return Err(StepError::transient(format!(
+            "target `{target}` is failing to archive its WAL (the last attempt, for {wal}, failed; see pg_stat_archiver and the server log): a base backup would wait for it forever. Fix archiving first"
         )));
     }
     let wal_segment_size: i64 = row.get(1);

@@ -142,6 +142,9 @@ impl StepType for Restore {
     }
 
     fn reads(p: &RestoreParams) -> Option<&'static str> {
+        if p.to.is_some() {
+            return Some("which base backup and WAL the restore uses");
+        }
         (p.backup == "latest").then_some("which backup `latest` is")
     }
 

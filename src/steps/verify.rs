@@ -140,6 +140,9 @@ impl StepType for Verify {
     }
 
     fn reads(p: &VerifyParams) -> Option<&'static str> {
+        if p.to.is_some() {
+            return Some("which base backup and WAL the verify uses");
+        }
         (p.backup == "latest").then_some("which backup `latest` is")
     }
 
