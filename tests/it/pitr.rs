@@ -4,7 +4,7 @@
 //! backup makes the restore refuse before anything is touched; a damaged segment stops
 //! recovery instead of ending it early; an encrypted S3 archive works the same way.
 
-use crate::common::pg::{Cluster, archive_with, server_owner};
+use crate::common::pg::{Cluster, archive_with, archived_at_least, server_owner};
 use crate::common::{Workspace, files_under, opsrunner, run};
 use crate::s3::{BUCKET, S3Server, aws_env};
 use std::path::{Path, PathBuf};
@@ -154,7 +154,31 @@ fn a_restore_to_the_moment_before_a_drop_shows_exactly_the_rows_committed_by_the
         "something was published"
     );
 
+    // Archiving that fails: refused at once, instead of pg_basebackup waiting forever for
+    // the WAL to be archived.
+    cluster.psql("postgres", "alter system set archive_mode = on");
+    cluster.psql("postgres", "alter system set archive_command = 'false'");
+    cluster.stop();
+    cluster.restart();
+    cluster.psql("postgres", "select pg_switch_wal()");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.psql("postgres", "select failed_count from pg_stat_archiver") == "0" {
+        assert!(Instant::now() < deadline, "archiving did not fail");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let applied = ws.apply(&base_backup_plan(&cluster, &url), &[]);
+    assert_eq!(applied.status("base"), "failed", "{}", applied.everything());
+    assert!(
+        applied
+            .everything()
+            .contains("is failing to archive its WAL"),
+        "{}",
+        applied.everything()
+    );
+
     archive_with(&cluster, &format!("--repository {url}"), &[]);
+    // Until the segment that failed is archived, archiving still counts as failing.
+    archived_at_least(&cluster, 1);
     insert(&cluster, &[1]);
     let applied = ws.apply(&base_backup_plan(&cluster, &url), &[]);
     assert_eq!(applied.code, 0, "{}", applied.everything());
