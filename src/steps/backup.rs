@@ -240,20 +240,7 @@ pub async fn run(p: &BackupParams, ctx: &StepContext) -> Result<Outputs, StepErr
         sealed: None,
         base: None,
     };
-    if let Some(recipients) = &recipients
-        && let Err(e) = manifest.seal(recipients)
-    {
-        let _ = store.discard(&backup_id).await;
-        return Err(StepError::permanent(format!(
-            "cannot encrypt the manifest: {e}"
-        )));
-    }
-    if let Err(e) = store.publish(&manifest).await {
-        let _ = store.discard(&backup_id).await;
-        return Err(StepError::transient(format!(
-            "cannot publish the manifest: {e}"
-        )));
-    }
+    seal_and_publish(&store, &mut manifest, recipients.as_ref()).await?;
     let mut outputs = Outputs::new();
     outputs.insert("backup_id".into(), backup_id.clone());
     outputs.insert("uri".into(), store.uri(&backup_id));
@@ -268,6 +255,26 @@ pub async fn run(p: &BackupParams, ctx: &StepContext) -> Result<Outputs, StepErr
             .unwrap_or_default(),
     );
     Ok(outputs)
+}
+
+/// Publishes a backup by writing its manifest, sealed first for an encrypted repository;
+/// on failure the unfinished backup is discarded, so nothing half-written is listed.
+pub async fn seal_and_publish(
+    store: &crate::repo::AnyStore,
+    manifest: &mut Manifest,
+    recipients: Option<&crate::repo::crypto::Recipients>,
+) -> Result<(), StepError> {
+    let failed = if let Some(recipients) = recipients
+        && let Err(e) = manifest.seal(recipients)
+    {
+        StepError::permanent(format!("cannot encrypt the manifest: {e}"))
+    } else if let Err(e) = store.publish(manifest).await {
+        StepError::transient(format!("cannot publish the manifest: {e}"))
+    } else {
+        return Ok(());
+    };
+    let _ = store.discard(&manifest.backup_id).await;
+    Err(failed)
 }
 
 /// Fingerprints describe the rows the dump holds: none for a schema-only dump, and none

@@ -266,20 +266,7 @@ pub async fn run(p: &BaseBackupParams, ctx: &StepContext) -> Result<Outputs, Ste
         sealed: None,
         base: Some(base.clone()),
     };
-    if let Some(recipients) = &recipients
-        && let Err(e) = manifest.seal(recipients)
-    {
-        let _ = store.discard(&backup_id).await;
-        return Err(StepError::permanent(format!(
-            "cannot encrypt the manifest: {e}"
-        )));
-    }
-    if let Err(e) = store.publish(&manifest).await {
-        let _ = store.discard(&backup_id).await;
-        return Err(StepError::transient(format!(
-            "cannot publish the manifest: {e}"
-        )));
-    }
+    super::backup::seal_and_publish(&store, &mut manifest, recipients.as_ref()).await?;
     ctx.events.output(
         &ctx.step_id,
         Stream::Stdout,

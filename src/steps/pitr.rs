@@ -120,6 +120,19 @@ impl PointInTime {
         }
     }
 
+    /// What is wrong with these settings, placed under `at` (the key that holds them).
+    pub fn problems(&self, at: &str) -> Vec<crate::plan::step_params::Problem> {
+        use crate::plan::step_params::Problem;
+        let mut problems = Vec::new();
+        if let Err(e) = self.target() {
+            problems.push(Problem::new(&[at], e));
+        }
+        if let Err(e) = self.timeline() {
+            problems.push(Problem::new(&[at, "timeline"], e));
+        }
+        problems
+    }
+
     pub fn describe(&self) -> String {
         let what = match self.target() {
             Ok(Target::Time(t)) => format!("time {}", t.to_rfc3339()),

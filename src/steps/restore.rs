@@ -114,12 +114,7 @@ impl StepType for Restore {
             _ => {}
         }
         if let Some(to) = &p.to {
-            if let Err(e) = to.target() {
-                problems.push(Problem::new(&["to"], e));
-            }
-            if let Err(e) = to.timeline() {
-                problems.push(Problem::new(&["to", "timeline"], e));
-            }
+            problems.extend(to.problems("to"));
             for (set, key) in [
                 (p.overwrite, "overwrite"),
                 (p.jobs.is_some(), "jobs"),

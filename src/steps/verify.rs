@@ -119,12 +119,7 @@ impl StepType for Verify {
             _ => {}
         }
         if let Some(to) = &p.to {
-            if let Err(e) = to.target() {
-                problems.push(Problem::new(&["to"], e));
-            }
-            if let Err(e) = to.timeline() {
-                problems.push(Problem::new(&["to", "timeline"], e));
-            }
+            problems.extend(to.problems("to"));
             if p.jobs.is_some() {
                 problems.push(Problem::new(
                     &["jobs"],

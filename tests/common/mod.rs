@@ -316,3 +316,23 @@ pub fn receiver(statuses: &[u16]) -> (String, std::sync::Arc<std::sync::Mutex<Ve
     });
     (format!("http://{addr}"), seen)
 }
+
+/// A fresh age identity in `dir/identity.txt` (mode 600): its path and public key.
+pub fn identity_file(dir: &Path) -> (PathBuf, String) {
+    use age::secrecy::ExposeSecret;
+    use std::os::unix::fs::PermissionsExt;
+    let identity = age::x25519::Identity::generate();
+    let path = dir.join("identity.txt");
+    std::fs::write(&path, format!("{}\n", identity.to_string().expose_secret())).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (path, identity.to_public().to_string())
+}
+
+/// Flips the bits of one byte `from_end` bytes before the end of a file: damage that
+/// leaves its size as it was.
+pub fn damage(path: &Path, from_end: usize) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let at = bytes.len() - from_end;
+    bytes[at] ^= 0x5a;
+    std::fs::write(path, bytes).unwrap();
+}

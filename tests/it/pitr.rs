@@ -5,7 +5,7 @@
 //! recovery instead of ending it early; an encrypted S3 archive works the same way.
 
 use crate::common::pg::{Cluster, archive_with, archived_at_least, server_owner};
-use crate::common::{Workspace, files_under, opsrunner, run};
+use crate::common::{Workspace, files_under, identity_file, opsrunner, run};
 use crate::s3::{BUCKET, S3Server, aws_env};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -17,6 +17,18 @@ fn repository(ws: &Workspace, cluster: &Cluster) -> PathBuf {
     let (uid, gid) = server_owner(cluster);
     std::os::unix::fs::chown(&repo, Some(uid), Some(gid)).unwrap();
     repo
+}
+
+/// A cluster with database `app` and its table `t`, archiving into a local repository:
+/// the cluster, the repository and its URL.
+fn archiving(ws: &Workspace) -> (Cluster, PathBuf, String) {
+    let cluster = Cluster::start();
+    let repo = repository(ws, &cluster);
+    let url = format!("file://{}", repo.display());
+    cluster.psql("postgres", "create database app");
+    cluster.psql("app", "create table t (id int primary key)");
+    archive_with(&cluster, &format!("--repository {url}"), &[]);
+    (cluster, repo, url)
 }
 
 /// Switches to a new WAL segment and waits until the one holding everything written so far
@@ -353,11 +365,7 @@ fn a_restore_to_the_moment_before_a_drop_shows_exactly_the_rows_committed_by_the
 
     // A damaged segment: recovery stops (wal fetch exits 255) instead of ending early and
     // promoting a cluster that silently lacks the rest.
-    let path = repo.join(".wal").join(&next);
-    let mut bytes = std::fs::read(&path).unwrap();
-    let at = bytes.len() - 10;
-    bytes[at] ^= 0x5a;
-    std::fs::write(&path, bytes).unwrap();
+    crate::common::damage(&repo.join(".wal").join(&next), 10);
     let applied = ws.apply(&restore_plan(&url, "{ latest: true }", ROWS), &[]);
     assert_eq!(
         applied.status("restore"),
@@ -385,16 +393,6 @@ fn a_restore_to_the_moment_before_a_drop_shows_exactly_the_rows_committed_by_the
         applied.everything()
     );
     assert_eq!(recorded(&repo, &backup_id)["passed"], false);
-}
-
-fn identity_file(dir: &Path) -> (PathBuf, String) {
-    use age::secrecy::ExposeSecret;
-    let identity = age::x25519::Identity::generate();
-    let path = dir.join("identity.txt");
-    std::fs::write(&path, format!("{}\n", identity.to_string().expose_secret())).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    (path, identity.to_public().to_string())
 }
 
 #[test]
@@ -490,12 +488,7 @@ repositories:
 #[test]
 fn after_a_failover_the_restore_follows_the_timeline_it_is_asked_for() {
     let ws = Workspace::new();
-    let primary = Cluster::start();
-    let repo = repository(&ws, &primary);
-    let url = format!("file://{}", repo.display());
-    primary.psql("postgres", "create database app");
-    primary.psql("app", "create table t (id int primary key)");
-    archive_with(&primary, &format!("--repository {url}"), &[]);
+    let (primary, repo, url) = archiving(&ws);
     insert(&primary, &[1]);
     let applied = ws.apply(&base_backup_plan(&primary, &url), &[]);
     assert_eq!(applied.code, 0, "{}", applied.everything());
@@ -607,12 +600,7 @@ fn the_shipped_pitr_plans_back_up_and_drill() {
 #[test]
 fn pruning_a_base_backup_prunes_the_wal_only_it_needed() {
     let ws = Workspace::new();
-    let cluster = Cluster::start();
-    let repo = repository(&ws, &cluster);
-    let url = format!("file://{}", repo.display());
-    cluster.psql("postgres", "create database app");
-    cluster.psql("app", "create table t (id int primary key)");
-    archive_with(&cluster, &format!("--repository {url}"), &[]);
+    let (cluster, repo, url) = archiving(&ws);
     let backup = || {
         let applied = ws.apply(&base_backup_plan(&cluster, &url), &[]);
         assert_eq!(applied.code, 0, "{}", applied.everything());

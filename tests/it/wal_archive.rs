@@ -5,9 +5,9 @@
 //! it — injected S3 errors and a missing repository give 255, which aborts recovery instead.
 
 use crate::common::pg::{Cluster, archive_with, archived_at_least, server_owner};
-use crate::common::{Workspace, opsrunner, run};
+use crate::common::{Workspace, identity_file, opsrunner, run};
 use crate::s3::{BUCKET, Fault, S3Server, aws_env};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 fn fetch(name: &str, dest: &Path, args: &[&str], env: &[(&str, String)]) -> (i32, String, String) {
     run(opsrunner()
@@ -139,11 +139,7 @@ fn a_cluster_archives_into_a_local_repository_and_fetch_gives_back_the_bytes() {
     assert!(err.contains("cannot pass it"), "{err}");
     std::fs::rename(ws.path("moved-away"), repo.join(".wal").join(&middle)).unwrap();
     // A damaged archived file: 255, and nothing written for PostgreSQL to read.
-    let path = repo.join(".wal").join(&first);
-    let mut bytes = std::fs::read(&path).unwrap();
-    let at = bytes.len() - 100;
-    bytes[at] ^= 0x55;
-    std::fs::write(&path, bytes).unwrap();
+    crate::common::damage(&repo.join(".wal").join(&first), 100);
     let (code, _, err) = fetch(&first, &ws.path("damaged"), &["--repository", &url], &[]);
     assert_eq!(code, opsrunner::exit::WAL_UNREADABLE, "{err}");
     assert!(err.contains("damaged"), "{err}");
@@ -156,14 +152,6 @@ fn a_cluster_archives_into_a_local_repository_and_fetch_gives_back_the_bytes() {
         &[],
     );
     assert_eq!(code, opsrunner::exit::WAL_UNREADABLE, "{err}");
-}
-
-fn identity_file(dir: &Path) -> (PathBuf, String) {
-    use age::secrecy::ExposeSecret;
-    let identity = age::x25519::Identity::generate();
-    let path = dir.join("identity.txt");
-    std::fs::write(&path, format!("{}\n", identity.to_string().expose_secret())).unwrap();
-    (path, identity.to_public().to_string())
 }
 
 #[test]
