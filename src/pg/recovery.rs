@@ -138,6 +138,16 @@ pub fn configure(
         // Copied from a server with other extensions installed, the list would stop this
         // one from starting; a restore test needs the data, not the extensions' workers.
         ("shared_preload_libraries", String::new()),
+        // A drill machine is often smaller than production, and has none of its huge pages,
+        // certificates (the socket is private: no TLS) or log directory; the log must stay
+        // where opsrunner reads why recovery stopped.
+        ("shared_buffers", "256MB".into()),
+        ("huge_pages", "off".into()),
+        ("ssl", "off".into()),
+        ("logging_collector", "off".into()),
+        // Production's hooks must not run on a copy.
+        ("recovery_end_command", String::new()),
+        ("archive_cleanup_command", String::new()),
     ];
     settings.extend(recovery.target.iter().map(|(k, v)| (*k, v.clone())));
     for (key, value) in settings {
@@ -342,6 +352,8 @@ mod tests {
         let auto = std::fs::read_to_string(dir.path().join("postgresql.auto.conf")).unwrap();
         assert!(auto.starts_with("archive_command = 'push it'\n"));
         assert!(auto.contains("archive_mode = 'off'"));
+        assert!(auto.contains("recovery_end_command = ''"));
+        assert!(auto.contains("huge_pages = 'off'"));
         assert!(auto.contains("recovery_target_timeline = '2'"));
         assert!(auto.contains("recovery_target_lsn = '0/3000000'"));
         assert!(dir.path().join("recovery.signal").exists());
