@@ -106,6 +106,28 @@ impl Compression {
         }
     }
 
+    /// A compressor that writes into memory, for a stream of unknown pace (a pipe from
+    /// pg_dump or pg_basebackup). Unlike [`Compression::encoder`], which flushes its codec
+    /// whenever its input has nothing ready (async-compression's reader does, so that
+    /// output keeps flowing), this one flushes only at the end: the output, and its size,
+    /// do not depend on how the input arrived, and zstd's workers get whole jobs.
+    pub fn compressor(&self, threads: u32) -> Compressor {
+        use async_compression::tokio::write::{GzipEncoder, ZstdEncoder};
+        Compressor(match self.algorithm {
+            Algorithm::None => Codec::None(Vec::new()),
+            Algorithm::Gzip => Codec::Gzip(GzipEncoder::with_quality(Vec::new(), self.level())),
+            Algorithm::Zstd => {
+                let level = self.level.map_or(Level::Precise(3), Level::Precise);
+                Codec::Zstd(if threads > 1 {
+                    let params = [async_compression::zstd::CParameter::nb_workers(threads)];
+                    ZstdEncoder::with_quality_and_params(Vec::new(), level, &params)
+                } else {
+                    ZstdEncoder::with_quality(Vec::new(), level)
+                })
+            }
+        })
+    }
+
     /// Wraps a reader of compressed bytes into a reader of raw bytes.
     pub fn decoder<'a>(
         &self,
@@ -141,6 +163,50 @@ impl<'de> Deserialize<'de> for Compression {
     }
 }
 
+/// See [`Compression::compressor`].
+pub struct Compressor(Codec);
+
+enum Codec {
+    None(Vec<u8>),
+    Gzip(async_compression::tokio::write::GzipEncoder<Vec<u8>>),
+    Zstd(async_compression::tokio::write::ZstdEncoder<Vec<u8>>),
+}
+
+impl Compressor {
+    /// Compresses `raw`; returns the compressed bytes produced so far (often none: the
+    /// codec keeps what it has not finished).
+    pub async fn push(&mut self, raw: &[u8]) -> std::io::Result<Vec<u8>> {
+        use tokio::io::AsyncWriteExt;
+        Ok(match &mut self.0 {
+            Codec::None(_) => raw.to_vec(),
+            Codec::Gzip(e) => {
+                e.write_all(raw).await?;
+                std::mem::take(e.get_mut())
+            }
+            Codec::Zstd(e) => {
+                e.write_all(raw).await?;
+                std::mem::take(e.get_mut())
+            }
+        })
+    }
+
+    /// Ends the stream; returns the rest of the compressed bytes.
+    pub async fn finish(self) -> std::io::Result<Vec<u8>> {
+        use tokio::io::AsyncWriteExt;
+        Ok(match self.0 {
+            Codec::None(rest) => rest,
+            Codec::Gzip(mut e) => {
+                e.shutdown().await?;
+                e.into_inner()
+            }
+            Codec::Zstd(mut e) => {
+                e.shutdown().await?;
+                e.into_inner()
+            }
+        })
+    }
+}
+
 impl Serialize for Compression {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.to_string())
@@ -163,6 +229,47 @@ impl JsonSchema for Compression {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Text that compresses across long distances, like repeated TOAST values.
+    fn sample() -> Vec<u8> {
+        let mut out = Vec::new();
+        for i in 0..3000u32 {
+            let word = format!("{:08x}", i.wrapping_mul(2654435761));
+            out.extend(word.repeat(64).bytes());
+            out.extend((0..512u32).map(|j| (i.wrapping_mul(31).wrapping_add(j * 7) % 251) as u8));
+        }
+        out
+    }
+
+    async fn compress(c: Compression, data: &[u8], piece: usize) -> Vec<u8> {
+        let mut compressor = c.compressor(2);
+        let mut out = Vec::new();
+        for chunk in data.chunks(piece) {
+            out.extend(compressor.push(chunk).await.unwrap());
+        }
+        out.extend(compressor.finish().await.unwrap());
+        out
+    }
+
+    #[tokio::test]
+    async fn the_output_does_not_depend_on_how_the_input_arrives() {
+        use tokio::io::AsyncReadExt;
+        let data = sample();
+        for c in ["zstd", "zstd:1", "gzip", "none"] {
+            let c = Compression::parse(c).unwrap();
+            let whole = compress(c, &data, data.len()).await;
+            for piece in [1000, 65536, 1 << 20] {
+                assert_eq!(
+                    compress(c, &data, piece).await,
+                    whole,
+                    "{c} in pieces of {piece}"
+                );
+            }
+            let mut back = Vec::new();
+            c.decoder(&whole[..]).read_to_end(&mut back).await.unwrap();
+            assert_eq!(back, data, "{c}");
+        }
+    }
     use tokio::io::AsyncReadExt;
 
     #[test]

@@ -31,8 +31,8 @@ pub async fn store(
     threads: u32,
     recipients: Option<&Recipients>,
 ) -> io::Result<FileEntry> {
-    let buffered = BufReader::with_capacity(CHUNK, input);
-    let mut encoded = compression.encoder(buffered, threads);
+    let mut input = BufReader::with_capacity(CHUNK, input);
+    let mut compressor = compression.compressor(threads);
     let mut sink = HashingWriter {
         inner: store.create(backup_id, name).await?,
         hasher: Sha256::new(),
@@ -40,22 +40,26 @@ pub async fn store(
     };
     let mut buf = vec![0u8; CHUNK];
     match recipients {
-        None => loop {
-            let n = encoded.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            sink.write_all(&buf[..n]).await?;
-        },
-        Some(recipients) => {
-            let mut writer = EncryptingWriter::new(recipients, &mut sink).await?;
+        None => {
             loop {
-                let n = encoded.read(&mut buf).await?;
+                let n = input.read(&mut buf).await?;
                 if n == 0 {
                     break;
                 }
-                writer.write_all(&buf[..n]).await?;
+                sink.write_all(&compressor.push(&buf[..n]).await?).await?;
             }
+            sink.write_all(&compressor.finish().await?).await?;
+        }
+        Some(recipients) => {
+            let mut writer = EncryptingWriter::new(recipients, &mut sink).await?;
+            loop {
+                let n = input.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                writer.write_all(&compressor.push(&buf[..n]).await?).await?;
+            }
+            writer.write_all(&compressor.finish().await?).await?;
             writer.finish().await?;
         }
     }
