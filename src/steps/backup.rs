@@ -287,7 +287,17 @@ fn effective_fingerprint(p: &BackupParams) -> FingerprintMode {
     }
 }
 
-fn compression_threads() -> u32 {
+/// The suffix of a stored file: the compression's, then age's when encrypted.
+pub fn stored_extension(compression: Compression, encrypted: bool) -> String {
+    let age = if encrypted {
+        crate::repo::crypto::EXTENSION
+    } else {
+        ""
+    };
+    format!("{}{age}", compression.extension())
+}
+
+pub fn compression_threads() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
 }
 
@@ -344,15 +354,7 @@ async fn dump(
             c.env("PGOPTIONS", "-c client_connection_check_interval=1000");
         }
     };
-    let ext = format!(
-        "{}{}",
-        p.compression.extension(),
-        if recipients.is_some() {
-            crate::repo::crypto::EXTENSION
-        } else {
-            ""
-        }
-    );
+    let ext = stored_extension(p.compression, recipients.is_some());
     let threads = compression_threads();
     let fingerprint_mode = effective_fingerprint(p);
 

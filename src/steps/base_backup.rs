@@ -318,21 +318,13 @@ async fn copy(
     let info = server.info.clone();
     let mut process =
         PgProcess::spawn(pg_basebackup, &args, ctx, |c| info.apply_to(c), false, true)?;
-    let ext = format!(
-        "{}{}",
-        p.compression.extension(),
-        if recipients.is_some() {
-            crate::repo::crypto::EXTENSION
-        } else {
-            ""
-        }
-    );
+    let ext = super::backup::stored_extension(p.compression, recipients.is_some());
     let name = format!("base.tar{ext}");
     let copied = Counter::new();
     let (watched_stream, watched) = basebackup::watch(process.stdout());
     let stdout = Counting::new(watched_stream, copied.clone());
     let _progress = Meter::start(&ctx.events, &ctx.step_id, "copy", copied, None);
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let threads = super::backup::compression_threads();
     let stored = tokio::select! {
         r = pipeline::store(store, backup_id, &name, stdout, p.compression, threads, recipients.as_ref()) => r,
         _ = ctx.cancel.cancelled() => {
