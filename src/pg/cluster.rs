@@ -47,7 +47,7 @@ pub struct EphemeralCluster {
 /// file, so every cluster can use the same one.
 const PORT: u16 = 5432;
 
-fn user_ids(name: &str) -> Result<(u32, u32), ClusterError> {
+pub fn user_ids(name: &str) -> Result<(u32, u32), ClusterError> {
     let cname = CString::new(name).map_err(|_| ClusterError::BadUserName(name.to_string()))?;
     // SAFETY: getpwnam returns null or a pointer to a static entry, read before any other call.
     let pw = unsafe { libc::getpwnam(cname.as_ptr()) };

@@ -23,6 +23,26 @@ pub struct Recovery {
     pub timeline: u32,
 }
 
+impl Recovery {
+    /// Every kind of target, those not asked for empty: a target set in the copied
+    /// configuration (an `ALTER SYSTEM` on production) must not add itself to this one.
+    fn targets(&self) -> Vec<(&'static str, String)> {
+        let mut out: Vec<(&'static str, String)> = [
+            "recovery_target",
+            "recovery_target_lsn",
+            "recovery_target_name",
+            "recovery_target_time",
+            "recovery_target_xid",
+        ]
+        .into_iter()
+        .filter(|k| !self.target.iter().any(|(set, _)| set == k))
+        .map(|k| (k, String::new()))
+        .collect();
+        out.extend(self.target.iter().cloned());
+        out
+    }
+}
+
 /// Where recovery ended.
 #[derive(Debug, Clone)]
 pub struct Reached {
@@ -149,7 +169,47 @@ pub fn configure(
         ("recovery_end_command", String::new()),
         ("archive_cleanup_command", String::new()),
     ];
-    settings.extend(recovery.target.iter().map(|(k, v)| (*k, v.clone())));
+    settings.extend(recovery.targets());
+    for (key, value) in settings {
+        auto.push_str(&format!("{key} = {}\n", quoted(&value)));
+    }
+    write("postgresql.auto.conf", &auto)
+}
+
+/// Prepares an extracted data directory for its first start by the operator: it recovers
+/// to the target on the explicit timeline with `restore_command`, then promotes. Nothing
+/// else of the copied configuration is changed: that start uses the operator's.
+pub fn prepare_first_start(
+    data: &Path,
+    owner: Option<(u32, u32)>,
+    recovery: &Recovery,
+) -> std::io::Result<()> {
+    let write = |name: &str, text: &str| -> std::io::Result<()> {
+        let path = data.join(name);
+        std::fs::write(&path, text)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid))?;
+        }
+        Ok(())
+    };
+    // A copy of a standby would otherwise start as one, following a primary it cannot reach.
+    let _ = std::fs::remove_file(data.join("standby.signal"));
+    write("recovery.signal", "")?;
+    let mut auto = std::fs::read_to_string(data.join("postgresql.auto.conf")).unwrap_or_default();
+    if !auto.is_empty() && !auto.ends_with('\n') {
+        auto.push('\n');
+    }
+    auto.push_str(
+        "# point-in-time recovery prepared by opsrunner: the first start recovers to this target and promotes\n",
+    );
+    let mut settings: Vec<(&str, String)> = vec![
+        ("restore_command", recovery.restore_command.clone()),
+        ("recovery_target_timeline", recovery.timeline.to_string()),
+        ("recovery_target_action", "promote".into()),
+    ];
+    settings.extend(recovery.targets());
     for (key, value) in settings {
         auto.push_str(&format!("{key} = {}\n", quoted(&value)));
     }
@@ -183,7 +243,7 @@ fn log_since(log: &Path, from: u64) -> String {
 
 /// The server log's last lines that say why it stopped, with what to do about the usual
 /// reason.
-fn last_words(log: &Path, from: u64) -> String {
+pub fn last_words(log: &Path, from: u64) -> String {
     let text = log_since(log, from);
     let hint = if text.contains("recovery ended before configured recovery target was reached") {
         " — the archive ends before the target: the WAL that reaches it is not archived yet (the server archives a segment when it is full, or after archive_timeout), or the target is on another timeline"
@@ -193,7 +253,7 @@ fn last_words(log: &Path, from: u64) -> String {
     last_lines(&text) + hint
 }
 
-fn last_lines(text: &str) -> String {
+pub fn last_lines(text: &str) -> String {
     let lines: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("FATAL") || l.contains("PANIC") || l.contains("LOG:  recovery"))

@@ -61,17 +61,19 @@ pub fn parse_major(version_line: &str) -> Option<u32> {
 
 /// A PostgreSQL program that is not there (or only in versions too old).
 #[derive(Debug, thiserror::Error)]
-#[error("no `{name}`{} found in PATH or /usr/lib/postgresql/*/bin{}; install {}", wanted(*.min_major), found(.seen), package(.name, *.min_major))]
+#[error("no `{name}`{} found in PATH or /usr/lib/postgresql/*/bin{}; install {}", wanted(*.min_major, *.exact), found(.seen), package(.name, *.min_major))]
 pub struct ToolMissing {
     pub name: String,
     pub min_major: Option<u32>,
+    /// Only `min_major` itself will do.
+    pub exact: bool,
     /// What was found instead: paths with their versions.
     pub seen: Vec<String>,
 }
 
-fn wanted(min_major: Option<u32>) -> String {
+fn wanted(min_major: Option<u32>, exact: bool) -> String {
     min_major
-        .map(|m| format!(" of version {m} or newer"))
+        .map(|m| format!(" of version {m}{}", if exact { "" } else { " or newer" }))
         .unwrap_or_default()
 }
 
@@ -84,9 +86,15 @@ fn found(seen: &[String]) -> String {
 }
 
 fn package(name: &str, min_major: Option<u32>) -> String {
-    if matches!(name, "initdb" | "pg_ctl" | "postgres") {
-        return "the PostgreSQL server package (Debian/Ubuntu: `apt-get install postgresql`)"
-            .into();
+    if matches!(name, "initdb" | "pg_ctl" | "postgres" | "pg_controldata") {
+        return match min_major {
+            Some(m) => format!(
+                "the PostgreSQL {m} server (Debian/Ubuntu: `apt-get install postgresql-{m}`)"
+            ),
+            None => {
+                "the PostgreSQL server package (Debian/Ubuntu: `apt-get install postgresql`)".into()
+            }
+        };
     }
     match min_major {
         Some(m) => format!(
@@ -111,6 +119,26 @@ pub fn find(name: &str, min_major: Option<u32>) -> Result<(PathBuf, u32), ToolMi
     Err(ToolMissing {
         name: name.to_string(),
         min_major,
+        exact: false,
+        seen,
+    })
+}
+
+/// Finds `name` of exactly major version `major`: the server programs that start a copy of a
+/// cluster's files must be of the version that wrote them.
+pub fn find_exact(name: &str, major: u32) -> Result<PathBuf, ToolMissing> {
+    let mut seen = Vec::new();
+    for path in candidates(name) {
+        match major_version(&path) {
+            Some(m) if m == major => return Ok(path),
+            Some(m) => seen.push(format!("{} (version {m})", path.display())),
+            None => {}
+        }
+    }
+    Err(ToolMissing {
+        name: name.to_string(),
+        min_major: Some(major),
+        exact: true,
         seen,
     })
 }

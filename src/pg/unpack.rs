@@ -130,13 +130,19 @@ fn extract(reader: impl Read, dest: &Path, owner: Option<(u32, u32)>) -> Result<
 /// `pg_verifybackup` of an extracted data directory against its own `backup_manifest`:
 /// every file's size and checksum as the server recorded them. WAL is not parsed here (it
 /// is in the archive, and replaying it is the test that matters).
-pub async fn verify_files(ctx: &StepContext, dir: &Path, major: u32) -> Result<String, StepError> {
+/// `ignore`: files the caller put there itself (relative to `dir`).
+pub async fn verify_files(
+    ctx: &StepContext,
+    dir: &Path,
+    major: u32,
+    ignore: &[&str],
+) -> Result<String, StepError> {
     let (program, _) = crate::pg::server::tool("pg_verifybackup", major)?;
-    let args = vec![
-        "--no-parse-wal".to_string(),
-        "--quiet".into(),
-        dir.display().to_string(),
-    ];
+    let mut args = vec!["--no-parse-wal".to_string(), "--quiet".into()];
+    for name in ignore {
+        args.push(format!("--ignore={name}"));
+    }
+    args.push(dir.display().to_string());
     PgProcess::spawn(&program, &args, ctx, |_| {}, false, false)?
         .finish(ctx)
         .await

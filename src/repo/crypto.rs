@@ -180,6 +180,11 @@ impl Identities {
     }
 
     /// The private keys as written in the identity file.
+    /// The identity file they were read from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     pub fn secret_texts(&self) -> &[String] {
         &self.secrets
     }

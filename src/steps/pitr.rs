@@ -390,7 +390,7 @@ fn newest_on_path(names: &[String], path: &Path, segment: u64) -> Option<u64> {
 }
 
 /// The settings that make recovery stop at the target.
-fn target_settings(target: &Target, inclusive: bool) -> Vec<(&'static str, String)> {
+pub fn target_settings(target: &Target, inclusive: bool) -> Vec<(&'static str, String)> {
     let mut out = match target {
         Target::Time(t) => vec![(
             "recovery_target_time",
@@ -409,7 +409,7 @@ fn target_settings(target: &Target, inclusive: bool) -> Vec<(&'static str, Strin
 
 /// The small plan `wal fetch` reads the repository from (endpoint, region, path style), in
 /// the cluster's private directory.
-fn fetch_plan(repo: &crate::plan::model::Repository) -> String {
+pub fn fetch_plan(repo: &crate::plan::model::Repository) -> String {
     let q = |s: &str| serde_json::to_string(s).expect("strings serialize");
     let mut text = format!(
         "version: 1\nname: opsrunner-recovery\nrepositories:\n  archive:\n    url: {}\n",
@@ -428,7 +428,35 @@ fn fetch_plan(repo: &crate::plan::model::Repository) -> String {
     text
 }
 
-fn private_file(
+/// `restore_command`: this program's `wal fetch`, reading the repository from `config`
+/// (see [`fetch_plan`]) and the key from `identity` for an encrypted archive.
+pub fn wal_fetch_command(
+    config: &std::path::Path,
+    identity: Option<&std::path::Path>,
+) -> Result<String, StepError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| StepError::permanent(format!("cannot find the opsrunner program: {e}")))?;
+    let mut command = format!(
+        "{} wal fetch %f %p --repository archive --plan {}",
+        shell_quote(&exe.display().to_string()),
+        shell_quote(&config.display().to_string())
+    );
+    if let Some(identity) = identity {
+        command.push_str(&format!(
+            " --identity {}",
+            shell_quote(&identity.display().to_string())
+        ));
+    }
+    Ok(command)
+}
+
+/// A copy of the age keys, one per line, for a server that cannot read the operator's file.
+pub fn key_copy(secrets: &[String]) -> String {
+    secrets.join("\n") + "\n"
+}
+
+/// Writes `text` into a new file only its owner can read (the server user's, when given).
+pub fn private_file(
     path: &std::path::Path,
     text: &str,
     owner: Option<(u32, u32)>,
@@ -481,32 +509,57 @@ pub fn throwaway(ctx: &StepContext, target: &str) -> Result<EphemeralDir, StepEr
     })
 }
 
-/// Chooses the backup and checks what can be checked without touching anything but the
-/// missing WAL (which the caller judges: a refusal for a restore, a verdict for a verify).
-pub async fn prepare(p: &Request<'_>, ctx: &StepContext) -> Result<Prepared, StepError> {
-    let cluster = throwaway(ctx, p.target)?;
-    let store = ctx.repository(p.repository).await?;
-    let choice = choose(
-        &store,
-        p.repository,
-        p.backup,
-        p.to,
-        ctx.identities.as_ref(),
-    )
-    .await?;
+/// The base backup and WAL a point-in-time restore will use, chosen and unsealed, with
+/// the major version of PostgreSQL that can start a copy of it.
+pub struct Selected {
+    pub store: AnyStore,
+    pub choice: Choice,
+    /// The chosen backup's manifest, unsealed.
+    pub manifest: crate::repo::manifest::Manifest,
+    pub major: u32,
+}
+
+/// Chooses the backup, reading only; the missing WAL is the caller's to judge (a refusal
+/// for a restore, a verdict for a verify).
+pub async fn select(
+    ctx: &StepContext,
+    repository: &str,
+    backup: &str,
+    to: &PointInTime,
+) -> Result<Selected, StepError> {
+    let store = ctx.repository(repository).await?;
+    let choice = choose(&store, repository, backup, to, ctx.identities.as_ref()).await?;
     for line in choice.lines() {
         ctx.events.output(&ctx.step_id, Stream::Stdout, line);
     }
     let mut manifest = choice.backup.manifest.clone();
     ctx.unseal(&mut manifest)?;
     // `server_version` is the server's own (`15.18 (Debian …)`): its first number.
-    let backup_major: u32 = manifest
+    let major: u32 = manifest
         .server_version
         .split(|c: char| !c.is_ascii_digit())
         .next()
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    if cluster.major != backup_major {
+    Ok(Selected {
+        store,
+        choice,
+        manifest,
+        major,
+    })
+}
+
+/// Chooses the backup and checks what can be checked without touching anything but the
+/// missing WAL (which the caller judges: a refusal for a restore, a verdict for a verify).
+pub async fn prepare(p: &Request<'_>, ctx: &StepContext) -> Result<Prepared, StepError> {
+    let cluster = throwaway(ctx, p.target)?;
+    let Selected {
+        store,
+        choice,
+        manifest,
+        major,
+    } = select(ctx, p.repository, p.backup, p.to).await?;
+    if cluster.major != major {
         return Err(StepError::permanent(format!(
             "base backup {} is of PostgreSQL {}; the throwaway cluster of `{}` runs {}: a copy of a cluster's files starts only under the same major version",
             manifest.backup_id, manifest.server_version, p.target, cluster.major
@@ -523,12 +576,19 @@ pub async fn prepare(p: &Request<'_>, ctx: &StepContext) -> Result<Prepared, Ste
 impl Prepared {
     /// Why recovery cannot reach the target, when WAL is missing.
     pub fn missing(&self, repository: &str) -> Option<String> {
-        let first = self.choice.missing.first()?;
+        self.choice.missing_text(repository)
+    }
+}
+
+impl Choice {
+    /// Why recovery cannot reach the target, when WAL is missing.
+    pub fn missing_text(&self, repository: &str) -> Option<String> {
+        let first = self.missing.first()?;
         Some(format!(
             "the WAL archive of repository `{repository}` lacks {} of the {} segments from base backup {} to the target, the first {first}: recovery could not get past it",
-            self.choice.missing.len(),
-            self.choice.needed.len(),
-            self.choice.backup.manifest.backup_id
+            self.missing.len(),
+            self.needed.len(),
+            self.backup.manifest.backup_id
         ))
     }
 }
@@ -592,7 +652,7 @@ pub async fn recover(
     // From here on the throwaway cluster is replaced.
     let data = recovery::empty(cluster).await?;
     let files = crate::pg::unpack::unpack(ctx, store, manifest, &data, cluster.owner).await?;
-    crate::pg::unpack::verify_files(ctx, &data, cluster.major).await?;
+    crate::pg::unpack::verify_files(ctx, &data, cluster.major, &[]).await?;
     let repo = ctx
         .repositories
         .get(p.repository)
@@ -601,27 +661,21 @@ pub async fn recover(
     let identity = cluster.dir.join("wal-identity.txt");
     let io = |e: std::io::Error| StepError::transient(format!("preparing recovery: {e}"));
     private_file(&config, &fetch_plan(repo), cluster.owner).map_err(io)?;
-    let exe = std::env::current_exe()
-        .map_err(|e| StepError::permanent(format!("cannot find the opsrunner program: {e}")))?;
-    let mut restore_command = format!(
-        "{} wal fetch %f %p --repository archive --plan {}",
-        shell_quote(&exe.display().to_string()),
-        shell_quote(&config.display().to_string())
-    );
-    if let Some(identities) = &ctx.identities {
+    let with_key = match &ctx.identities {
         // The server runs as another user and cannot read the operator's key file: a copy,
         // readable by it alone, in the cluster's private directory while recovery runs.
-        private_file(
-            &identity,
-            &(identities.secret_texts().join("\n") + "\n"),
-            cluster.owner,
-        )
-        .map_err(io)?;
-        restore_command.push_str(&format!(
-            " --identity {}",
-            shell_quote(&identity.display().to_string())
-        ));
-    }
+        Some(identities) => {
+            private_file(
+                &identity,
+                &key_copy(identities.secret_texts()),
+                cluster.owner,
+            )
+            .map_err(io)?;
+            Some(identity.as_path())
+        }
+        None => None,
+    };
+    let restore_command = wal_fetch_command(&config, with_key)?;
     let settings = Recovery {
         restore_command,
         target: target_settings(&choice.target, p.to.inclusive),

@@ -29,6 +29,29 @@ pub struct Destination {
     pub database: Option<String>,
 }
 
+/// Where a `restore` goes: a database on a target; with `to:`, the whole throwaway cluster of
+/// an ephemeral target, or a new data directory.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreInto {
+    /// Name of a target declared under `targets` (with `to:`, an ephemeral one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Database to create and restore into (not with `to:`, which recovers the whole cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// With `to:` instead of `target`: an absolute path, absent or an empty directory, that
+    /// becomes the recovered cluster's data directory. Recovery is run to the target and
+    /// stopped there without promoting; the server's first start (with your configuration)
+    /// promotes it. With `latest: true` it is only prepared: recovery runs at that start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_directory: Option<String>,
+    /// With `data_directory`, when opsrunner runs as root: the user that owns the files and
+    /// runs the server (default `postgres`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as: Option<String>,
+}
+
 /// `restore`: a backup from a repository into a database; with `to:`, a base backup and
 /// the WAL archive into a throwaway cluster, recovered to a point in time.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -46,7 +69,7 @@ pub struct RestoreParams {
     /// Point-in-time recovery: where to stop replaying the WAL archive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<super::pitr::PointInTime>,
-    pub into: Destination,
+    pub into: RestoreInto,
     /// Replace the database when it exists and is not empty (destructive).
     #[serde(default)]
     pub overwrite: bool,
@@ -72,11 +95,12 @@ impl StepType for Restore {
         "timeline",
         "new_timeline",
         "wal_segments",
+        "data_directory",
     ];
     const TARGET_PATH: &'static [&'static str] = &["into", "target"];
 
     fn target(p: &RestoreParams) -> Option<&str> {
-        Some(&p.into.target)
+        p.into.target.as_deref()
     }
 
     fn writes_target(_: &RestoreParams) -> bool {
@@ -96,23 +120,7 @@ impl StepType for Restore {
     }
 
     fn check(p: &RestoreParams, _: &CheckScope<'_>) -> Vec<Problem> {
-        let mut problems = Vec::new();
-        match (&p.to, &p.into.database) {
-            (None, None) => problems.push(Problem::new(
-                &["into", "database"],
-                "`into` needs the `database` to restore into",
-            )),
-            (Some(_), Some(_)) => problems.push(
-                Problem::new(
-                    &["into", "database"],
-                    "a point-in-time restore (`to:`) recovers a whole cluster, not one database",
-                )
-                .help(
-                    "remove `database`; the ephemeral target's cluster becomes the recovered copy",
-                ),
-            ),
-            _ => {}
-        }
+        let mut problems = p.into.problems(p.to.is_some());
         if let Some(to) = &p.to {
             problems.extend(to.problems("to"));
             for (set, key) in [
@@ -145,6 +153,11 @@ impl StepType for Restore {
 
     async fn probe<'a>(p: &'a RestoreParams, scope: Probe<'a>) -> Findings {
         if let Some(to) = &p.to {
+            if let Some(dir) = &p.into.data_directory {
+                let dir = std::path::Path::new(dir);
+                return super::pitr_directory::preview(scope, &p.repository, &p.backup, to, dir)
+                    .await;
+            }
             return super::pitr::preview(scope, &p.repository, &p.backup, to).await;
         }
         if p.backup != "latest" {
@@ -161,6 +174,71 @@ impl StepType for Restore {
     }
 }
 
+impl RestoreInto {
+    /// What is wrong with this destination; `pitr` says whether the restore has `to:`.
+    fn problems(&self, pitr: bool) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        match (&self.target, &self.data_directory) {
+            (None, None) => problems.push(Problem::new(
+                &["into"],
+                if pitr {
+                    "`into` needs a `target` (an ephemeral one) or a `data_directory`"
+                } else {
+                    "`into` needs the `target` and `database` to restore into"
+                },
+            )),
+            (Some(_), Some(_)) => problems.push(Problem::new(
+                &["into", "data_directory"],
+                "`into` takes a `target` or a `data_directory`, not both",
+            )),
+            _ => {}
+        }
+        if let Some(dir) = &self.data_directory {
+            if !pitr {
+                problems.push(
+                    Problem::new(
+                        &["into", "data_directory"],
+                        "a data directory is the destination of a point-in-time restore (`to:`) only",
+                    )
+                    .help("a logical backup restores into a `database` on a `target`"),
+                );
+            } else if !std::path::Path::new(dir).is_absolute() {
+                problems.push(Problem::new(
+                    &["into", "data_directory"],
+                    format!("`{dir}` is not an absolute path; a data directory is named from the root (/var/lib/postgresql/15/restored)"),
+                ));
+            }
+        } else if self.run_as.is_some() {
+            problems.push(Problem::new(
+                &["into", "run_as"],
+                "`run_as` names the owner of a `data_directory`; an ephemeral target has its own `run_as`",
+            ));
+        }
+        match (pitr, &self.database) {
+            (false, None) if self.target.is_some() => problems.push(Problem::new(
+                &["into", "database"],
+                "`into` needs the `database` to restore into",
+            )),
+            (true, Some(_)) => problems.push(
+                Problem::new(
+                    &["into", "database"],
+                    "a point-in-time restore (`to:`) recovers a whole cluster, not one database",
+                )
+                .help("remove `database`; the whole cluster becomes the recovered copy"),
+            ),
+            _ => {}
+        }
+        problems
+    }
+
+    /// The target's name, for the restores that go into one.
+    fn target_name(&self) -> Result<&str, StepError> {
+        self.target
+            .as_deref()
+            .ok_or_else(|| StepError::permanent("`into` names no target"))
+    }
+}
+
 /// The default of `backup:`.
 pub fn latest() -> String {
     "latest".into()
@@ -173,10 +251,22 @@ pub fn describe(p: &RestoreParams) -> String {
         } else {
             format!("base backup {}", p.backup)
         };
+        if let Some(dir) = &p.into.data_directory {
+            let end = if to.latest {
+                "prepared to replay the archived WAL to its end at the server's first start, which promotes it"
+            } else {
+                "the archived WAL replayed to the target and stopped there; the server's first start promotes it"
+            };
+            return format!(
+                "point-in-time restore from repository `{}` into the new data directory {dir}: {which}, {end} ({})",
+                p.repository,
+                to.describe()
+            );
+        }
         return format!(
             "point-in-time restore from repository `{}` into the throwaway cluster of target `{}`: {which}, then the archived WAL replayed to {}; promoted there",
             p.repository,
-            p.into.target,
+            p.into.target.as_deref().unwrap_or_default(),
             to.describe()
         );
     }
@@ -192,7 +282,7 @@ pub fn describe(p: &RestoreParams) -> String {
         "restore {which} from repository `{}` into database `{}` on target `{}`",
         p.repository,
         p.into.database.as_deref().unwrap_or_default(),
-        p.into.target
+        p.into.target.as_deref().unwrap_or_default()
     );
     if p.overwrite {
         s.push_str(
@@ -237,10 +327,20 @@ pub async fn resolve(
 /// database being replaced until a complete restore has passed its checks.
 pub async fn run(p: &RestoreParams, ctx: &StepContext) -> Result<Outputs, StepError> {
     if let Some(to) = &p.to {
+        if let Some(dir) = &p.into.data_directory {
+            let request = super::pitr_directory::Request {
+                repository: &p.repository,
+                backup: &p.backup,
+                data_directory: std::path::Path::new(dir),
+                run_as: p.into.run_as.as_deref().unwrap_or("postgres"),
+                to,
+            };
+            return super::pitr_directory::run(&request, ctx).await;
+        }
         let request = super::pitr::Request {
             repository: &p.repository,
             backup: &p.backup,
-            target: &p.into.target,
+            target: p.into.target_name()?,
             to,
         };
         return super::pitr::run(&request, ctx).await;
@@ -264,7 +364,7 @@ pub async fn run(p: &RestoreParams, ctx: &StepContext) -> Result<Outputs, StepEr
         .database
         .as_deref()
         .ok_or_else(|| StepError::permanent("`into` names no database"))?;
-    let target = p.into.target.as_str();
+    let target = p.into.target_name()?;
     let mut server = maintenance(ctx.target_url(target)?, database, target).await?;
     swap::lock(&mut server.conn, database, target).await?;
     for leftover in swap::clean_leftovers(&mut server.conn, database).await? {

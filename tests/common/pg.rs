@@ -169,6 +169,11 @@ impl Cluster {
 
     /// Starts a stopped server again on the same port.
     pub fn restart(&self) {
+        self.restart_env(&[]);
+    }
+
+    /// Starts a stopped server again with `env` added to its environment.
+    pub fn restart_env(&self, env: &[(&str, &str)]) {
         let mut ctl = Command::new(self.bin.join("pg_ctl"));
         ctl.arg("-D")
             .arg(self.dir.path().join("data"))
@@ -181,7 +186,8 @@ impl Cluster {
                 self.port,
                 self.dir.path().display()
             ))
-            .arg("start");
+            .arg("start")
+            .envs(env.iter().copied());
         run(ctl, self.user);
     }
 
@@ -209,6 +215,54 @@ impl Cluster {
         };
         standby.restart();
         standby
+    }
+
+    /// Starts the server of a data directory someone else made in `dir/data` (a restore),
+    /// with the configuration it holds, on a free port.
+    pub fn adopt(dir: tempfile::TempDir) -> Cluster {
+        Cluster::adopt_env(dir, &[])
+    }
+
+    /// [`Cluster::adopt`] with `env` in the server's environment.
+    pub fn adopt_env(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Cluster {
+        let cluster = Cluster {
+            dir,
+            port: free_port(),
+            bin: server_bin(),
+            user: postgres_ids(),
+        };
+        cluster.restart_env(env);
+        cluster
+    }
+
+    /// Waits until the server has left recovery.
+    pub fn wait_promoted(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.psql("postgres", "select pg_is_in_recovery()") != "f" {
+            assert!(
+                Instant::now() < deadline,
+                "still in recovery:\n{}",
+                std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// A field of `pg_controldata` for the (stopped or running) data directory `data`.
+    pub fn control_field(data: &Path, field: &str) -> String {
+        let out = Command::new(server_bin().join("pg_controldata"))
+            .arg("-D")
+            .arg(data)
+            .env("LC_ALL", "C")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!("{field}:"))
+                    .map(|v| v.trim().to_string())
+            })
+            .unwrap_or_default()
     }
 
     /// Promotes a standby: it leaves recovery on a new timeline.

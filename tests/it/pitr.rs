@@ -117,6 +117,32 @@ steps:
     )
 }
 
+fn directory_plan(repo_url: &str, to: &str, data: &Path) -> String {
+    format!(
+        r#"
+version: 1
+name: pitr-directory
+repositories:
+  local: {{ url: "{repo_url}" }}
+steps:
+  - id: restore
+    type: restore
+    repository: local
+    to: {to}
+    into: {{ data_directory: "{}" }}
+"#,
+        data.display()
+    )
+}
+
+/// A private directory the server's user owns, for a restored data directory at `data` in it.
+fn parent_for_data(cluster: &Cluster) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let (uid, gid) = server_owner(cluster);
+    std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
+    dir
+}
+
 fn verify_plan(repo_url: &str) -> String {
     format!(
         r#"
@@ -483,6 +509,41 @@ repositories:
             .iter()
             .any(|p| p.ends_with("wal-identity.txt"))
     );
+
+    // Into a data directory: recovered to the point with a private key copy (gone after),
+    // and the first start reads the operator's key file named in restore_command.
+    let parent = parent_for_data(&cluster);
+    let data = parent.path().join("data");
+    let into_directory = format!(
+        "version: 1\nname: pitr\n{repositories}steps:\n  - {{ id: restore, type: restore, repository: offsite, to: {{ lsn: \"{lsn_before}\" }}, into: {{ data_directory: \"{}\" }} }}\n",
+        data.display()
+    );
+    let applied = ws.apply_env(
+        &into_directory,
+        &["--identity", identity.to_str().unwrap()],
+        &env,
+    );
+    assert_eq!(applied.code, 0, "{}", applied.everything());
+    assert!(
+        applied.everything().contains("the archive is encrypted"),
+        "{}",
+        applied.everything()
+    );
+    let auto = std::fs::read_to_string(data.join("postgresql.auto.conf")).unwrap();
+    assert!(
+        auto.contains(&format!("--identity ''{}''", identity.display())),
+        "{auto}"
+    );
+    assert!(!auto.contains("AGE-SECRET-KEY"), "{auto}");
+    // The server's user reads the key at the first start (the test's key file is the
+    // operator's, readable by root only): hand it a copy, as an operator would.
+    let (uid, gid) = server_owner(&cluster);
+    std::os::unix::fs::chown(&identity, Some(uid), Some(gid)).unwrap();
+    // The first start needs the S3 credentials in the server's environment, as
+    // archive_command did.
+    let restored = Cluster::adopt_env(parent, &env);
+    restored.wait_promoted();
+    assert_eq!(restored.psql("app", ROWS), "1,2");
 }
 
 #[test]
@@ -683,4 +744,168 @@ fn pruning_a_base_backup_prunes_the_wal_only_it_needed() {
     let applied = ws.apply(&prune, &[]);
     assert_eq!(applied.step("prune")["outputs"]["wal_deleted"], "0");
     assert_eq!(archived(), after);
+}
+
+#[test]
+fn a_restore_into_a_data_directory_stops_at_the_target_and_its_first_start_promotes() {
+    let ws = Workspace::new();
+    let (cluster, repo, url) = archiving(&ws);
+    archived_at_least(&cluster, 1);
+    insert(&cluster, &[1]);
+    let applied = ws.apply(&base_backup_plan(&cluster, &url), &[]);
+    assert_eq!(applied.code, 0, "{}", applied.everything());
+    let backup_id = applied.step("base")["outputs"]["backup_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let after_three = insert(&cluster, &[2, 3]);
+    insert(&cluster, &[4]);
+    archive_everything(&cluster, in_local(&repo));
+    let to = format!("{{ time: \"{after_three}\" }}");
+
+    // A relative path is refused when the plan is read.
+    let applied = ws.apply(&directory_plan(&url, &to, Path::new("restored")), &[]);
+    assert_eq!(
+        applied.code,
+        opsrunner::exit::INVALID,
+        "{}",
+        applied.everything()
+    );
+    assert!(
+        applied.everything().contains("not an absolute path"),
+        "{}",
+        applied.everything()
+    );
+
+    // A directory that holds anything is refused, and what it holds stays.
+    let parent = parent_for_data(&cluster);
+    let data = parent.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("keep"), "precious").unwrap();
+    let applied = ws.apply(&directory_plan(&url, &to, &data), &[]);
+    assert_eq!(
+        applied.status("restore"),
+        "failed",
+        "{}",
+        applied.everything()
+    );
+    assert!(
+        applied.everything().contains("is not empty"),
+        "{}",
+        applied.everything()
+    );
+    assert!(
+        applied.everything().contains("nothing was touched"),
+        "{}",
+        applied.everything()
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join("keep")).unwrap(),
+        "precious"
+    );
+    std::fs::remove_file(data.join("keep")).unwrap();
+
+    // The preview names the directory's state, the backup and the WAL.
+    let plan = ws.write_plan(&directory_plan(&url, &to, &data));
+    let (code, out, err) = run(opsrunner().arg("plan").arg(&plan));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("data directory {}: empty", data.display())),
+        "{out}"
+    );
+    assert!(out.contains(&format!("base backup {backup_id}")), "{out}");
+    assert!(out.contains("all archived"), "{out}");
+
+    // Recovered to the target and stopped there, still in recovery.
+    let applied = ws.apply(&directory_plan(&url, &to, &data), &[]);
+    assert_eq!(applied.code, 0, "{}", applied.everything());
+    let outputs = &applied.step("restore")["outputs"];
+    assert_eq!(outputs["backup_id"], backup_id.as_str());
+    assert_eq!(outputs["timeline"], "1");
+    let reached = outputs["reached_time"].as_str().unwrap();
+    assert!(
+        !reached.is_empty() && reached <= after_three.as_str(),
+        "{reached}"
+    );
+    assert!(
+        applied.everything().contains("recovery stopping"),
+        "{}",
+        applied.everything()
+    );
+    assert!(data.join("recovery.signal").exists());
+    assert!(!data.join("opsrunner-restore-incomplete").exists());
+    assert_eq!(
+        Cluster::control_field(&data, "Database cluster state"),
+        "shut down in recovery"
+    );
+
+    // Its first start, with the configuration it came with: rows 1 to 3, promoted on a new
+    // timeline, whose history file reaches the archive (the copy archives as production).
+    let restored = Cluster::adopt(parent);
+    restored.wait_promoted();
+    assert_eq!(restored.psql("app", ROWS), "1,2,3");
+    assert_eq!(
+        restored.psql(
+            "postgres",
+            "select timeline_id from pg_control_checkpoint()"
+        ),
+        "2"
+    );
+    let history = repo.join(".wal/00000002.history");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !history.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the new timeline was not archived"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(restored);
+
+    // To the end of the archive (the backup's timeline: the copy above made a timeline 2):
+    // prepared only, and its first start replays everything, then promotes.
+    let parent = parent_for_data(&cluster);
+    let data = parent.path().join("data");
+    let applied = ws.apply(
+        &directory_plan(&url, "{ latest: true, timeline: current }", &data),
+        &[],
+    );
+    assert_eq!(applied.code, 0, "{}", applied.everything());
+    assert!(
+        applied
+            .everything()
+            .contains("prepared to recover to the end of the archive"),
+        "{}",
+        applied.everything()
+    );
+    let restored = Cluster::adopt(parent);
+    restored.wait_promoted();
+    assert_eq!(restored.psql("app", ROWS), "1,2,3,4");
+    drop(restored);
+
+    // A target the archive does not reach: recovery stops, the step fails with the
+    // server's words, and the directory it created is gone again.
+    let parent = parent_for_data(&cluster);
+    let data = parent.path().join("data");
+    let applied = ws.apply(
+        &directory_plan(
+            &url,
+            "{ time: \"2100-01-01T00:00:00Z\", timeline: current }",
+            &data,
+        ),
+        &[],
+    );
+    assert_eq!(
+        applied.status("restore"),
+        "failed",
+        "{}",
+        applied.everything()
+    );
+    let text = applied.everything();
+    assert!(
+        text.contains("recovery ended before configured recovery target"),
+        "{text}"
+    );
+    assert!(text.contains("was removed again"), "{text}");
+    assert!(!data.exists());
 }
