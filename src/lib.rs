@@ -14,6 +14,7 @@ pub mod digest;
 pub mod exec;
 pub mod exit;
 pub mod pg;
+pub mod pipe;
 pub mod plan;
 pub mod process;
 pub mod redact;

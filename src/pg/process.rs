@@ -4,6 +4,7 @@
 
 use crate::exec::events::{Events, Stream};
 use crate::exec::{StepContext, StepError};
+use crate::pipe::Batched;
 use crate::process::ProcessGroup;
 use std::collections::VecDeque;
 use std::path::Path;
@@ -66,16 +67,20 @@ impl PgProcess {
         })
     }
 
-    pub fn stdout(&mut self) -> ChildStdout {
-        self.group
-            .child_mut()
-            .stdout
-            .take()
-            .expect("stdout is piped")
+    /// The tool's output, read in batches ([`crate::pipe`]).
+    pub fn stdout(&mut self) -> Batched<ChildStdout> {
+        Batched::new(
+            self.group
+                .child_mut()
+                .stdout
+                .take()
+                .expect("stdout is piped"),
+        )
     }
 
-    pub fn stdin(&mut self) -> ChildStdin {
-        self.group.child_mut().stdin.take().expect("stdin is piped")
+    /// The tool's input, written in batches ([`crate::pipe`]).
+    pub fn stdin(&mut self) -> Batched<ChildStdin> {
+        Batched::new(self.group.child_mut().stdin.take().expect("stdin is piped"))
     }
 
     /// Waits for the exit; a failure carries stderr's last lines.

@@ -114,14 +114,21 @@ pub async fn feed(
         .map_err(|e| StepError::permanent(format!("{name}: {e}")))?;
     let _progress = Meter::start(&ctx.events, &ctx.step_id, "restore", read, Some(size));
     let mut stdin = process.stdin();
+    // A whole restore goes in pieces of up to 1 MiB, not tokio::io::copy's 8 KiB: fewer,
+    // fuller writes into the enlarged pipe (see crate::pipe). A reader that stops early
+    // (`--list`, a section) gets small pieces: it has what it needs before a damaged part
+    // further on is read, and the damage is reported by whoever reads all of it.
+    let piece = if reads_all { 1 << 20 } else { 8 << 10 };
+    let mut pieces = tokio::io::BufReader::with_capacity(piece, &mut reader);
     let copied = tokio::select! {
-        r = tokio::io::copy(&mut reader, &mut stdin) => r,
+        r = tokio::io::copy_buf(&mut pieces, &mut stdin) => r,
         _ = ctx.cancel.cancelled() => {
             process.stop(ctx).await;
             return Err(StepError::cancelled());
         }
     };
     drop(stdin);
+    drop(pieces);
     drop(reader);
     let finished = process.finish(ctx).await;
     if reads_all {
@@ -131,6 +138,11 @@ pub async fn feed(
     finished?;
     match copied {
         Err(e) if !reads_all && e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        // The reader saw the mismatch itself (it fails rather than end cleanly on a
+        // damaged file) before the check was waited for.
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(StepError::permanent(
+            format!("the backup does not match its manifest: {e}"),
+        )),
         Err(e) => Err(StepError::permanent(format!(
             "{name}: reading the backup failed: {e}"
         ))),
