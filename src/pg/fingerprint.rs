@@ -19,6 +19,46 @@ where c.relkind = 'r'
                   and d.objid = c.oid and d.deptype = 'e')
 order by 1";
 
+/// The tables fingerprints are taken of, each as (`schema.table` quoted as the
+/// fingerprints name it, schema, table).
+pub async fn table_names(
+    conn: &mut PgConnection,
+) -> Result<Vec<(String, String, String)>, sqlx::Error> {
+    let sql = TABLES.replace(
+        "select format('%I.%I', n.nspname, c.relname)",
+        "select format('%I.%I', n.nspname, c.relname), n.nspname::text, c.relname::text",
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .fetch_all(conn)
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+        .collect()
+}
+
+/// Fingerprints (row counts) from the rows counted in the dump's own stream: every table
+/// the catalogue lists in the snapshot must have its data in the archive, or the dump is
+/// not what it should be.
+pub fn from_stream(
+    tables: &[(String, String, String)],
+    counts: &crate::pg::custom_archive::RowCounts,
+) -> Result<BTreeMap<String, TableFingerprint>, String> {
+    let mut out = BTreeMap::new();
+    for (key, schema, table) in tables {
+        let rows = counts
+            .get(&(schema.clone(), table.clone()))
+            .ok_or_else(|| format!("pg_dump's archive holds no data for table {key}"))?;
+        out.insert(
+            key.clone(),
+            TableFingerprint {
+                rows: *rows,
+                hash: None,
+            },
+        );
+    }
+    Ok(out)
+}
+
 pub async fn tables(conn: &mut PgConnection) -> Result<Vec<String>, sqlx::Error> {
     let rows = sqlx::query(TABLES).fetch_all(conn).await?;
     rows.iter().map(|r| r.try_get::<String, _>(0)).collect()

@@ -7,6 +7,7 @@ use super::step_type::StepType;
 use crate::exec::events::Outputs;
 use crate::exec::progress::{Counter, Counting, Meter};
 use crate::exec::{StepContext, StepError};
+use crate::pg::custom_archive::{NotCounted, RowCounter, Tap};
 use crate::pg::fingerprint;
 use crate::pg::process::PgProcess;
 use crate::pg::server::{Server, classify, connect, tool};
@@ -301,6 +302,13 @@ pub fn compression_threads() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
 }
 
+/// What the fingerprint side of a dump found: the tables to count from the stream, or
+/// fingerprints taken in SQL.
+enum Listed {
+    Tables(Vec<(String, String, String)>),
+    Taken(std::collections::BTreeMap<String, crate::repo::manifest::TableFingerprint>),
+}
+
 type DumpResult = (
     Vec<FileEntry>,
     std::collections::BTreeMap<String, crate::repo::manifest::TableFingerprint>,
@@ -357,6 +365,7 @@ async fn dump(
     let ext = stored_extension(p.compression, recipients.is_some());
     let threads = compression_threads();
     let fingerprint_mode = effective_fingerprint(p);
+    let rows = std::sync::Arc::new(std::sync::Mutex::new(RowCounter::default()));
 
     let files_fut = async {
         match p.format {
@@ -368,7 +377,10 @@ async fn dump(
                 };
                 let mut process = PgProcess::spawn(pg_dump, &args, ctx, configure, false, true)?;
                 let dumped = Counter::new();
-                let stdout = Counting::new(process.stdout(), dumped.clone());
+                let stdout = Tap::new(
+                    Counting::new(process.stdout(), dumped.clone()),
+                    rows.clone(),
+                );
                 let _progress = Meter::start(&ctx.events, &ctx.step_id, "dump", dumped, None);
                 let stored = tokio::select! {
                     r = pipeline::store(store, backup_id, &name, stdout, p.compression, threads, recipients) => r,
@@ -444,15 +456,44 @@ async fn dump(
         }
     };
     let conn = &mut server.conn;
+    // Row counts of a custom archive come from the COPY data in the dump's own stream, with
+    // the catalogue's table list (read in the same snapshot) proving that none is missing:
+    // scanning every table again in SQL cost the server as much again, on the same cores.
+    let from_stream = fingerprint_mode == FingerprintMode::Counts && p.format == DumpFormat::Custom;
     let fingerprints_fut = async {
         tokio::select! {
-            r = fingerprint::take(conn, fingerprint_mode, None) => r.map_err(|e| classify(&e, "fingerprinting tables failed")),
+            r = async {
+                if from_stream {
+                    fingerprint::table_names(conn).await.map(Listed::Tables)
+                } else {
+                    fingerprint::take(conn, fingerprint_mode, None).await.map(Listed::Taken)
+                }
+            } => r.map_err(|e| classify(&e, "fingerprinting tables failed")),
             _ = ctx.cancel.cancelled() => Err(StepError::cancelled()),
         }
     };
-    let (files, fingerprints) = tokio::join!(files_fut, fingerprints_fut);
+    let (files, listed) = tokio::join!(files_fut, fingerprints_fut);
     let files = files?;
-    let fingerprints = fingerprints?;
+    let fingerprints = match listed? {
+        Listed::Taken(taken) => taken,
+        Listed::Tables(tables) => {
+            let counter = std::mem::take(&mut *rows.lock().expect("the counter is not poisoned"));
+            match counter.finish() {
+                Ok(counts) => {
+                    fingerprint::from_stream(&tables, &counts).map_err(StepError::permanent)?
+                }
+                Err(NotCounted(why)) => {
+                    // Still inside the dump's snapshot: the same data, counted by the server.
+                    tracing::warn!(
+                        "counting rows in SQL: the dump's rows could not be counted as it passed ({why})"
+                    );
+                    fingerprint::take(&mut server.conn, fingerprint_mode, None)
+                        .await
+                        .map_err(|e| classify(&e, "fingerprinting tables failed"))?
+                }
+            }
+        }
+    };
     let _ = sqlx::raw_sql("commit").execute(&mut server.conn).await;
     Ok((files, fingerprints))
 }
