@@ -2,8 +2,15 @@
 # PostgreSQL cluster holding the data set, building it on first use, and defines WORK (a
 # temporary directory removed on exit), URL, the PG* variables, and time_it.
 #
-# Data set: pgbench scale 50 plus a 3-million-row table of md5 text, bigint and timestamps
-# (pgbench's own rows are mostly blank padding and compress unrealistically well), ≈1.1 GB.
+# Data sets, chosen by DATASET (each a database in the kept cluster, built on first use):
+#   standard (default, database `bench`): pgbench scale 50 plus a 3-million-row table of md5
+#     text, bigint and timestamps (pgbench's own rows are mostly blank padding and compress
+#     unrealistically well), ≈1.1 GB;
+#   wide (`bench_wide`): a differently shaped ≈1 GB — 300,000 wide rows of text and jsonb,
+#     2,000 documents of 192 KB each (stored out of line, in TOAST), and 500 small tables;
+#   large (`bench_large`): the standard shape at five times the size (pgbench scale 250
+#     plus 15 million rows), ≈5.4 GB, for memory and throughput at scale.
+# DB is the chosen database's name.
 
 BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
 
@@ -26,18 +33,46 @@ as_pg "$BIN/pg_ctl" -D "$DATA/data" -l "$DATA/server.log" -w -o "-p $PORT -k $SO
 cleanup() { as_pg "$BIN/pg_ctl" -D "$DATA/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 export PGHOST=$SOCK PGPORT=$PORT PGUSER=postgres PGOPTIONS="-c client_min_messages=warning"
-URL="postgres://postgres@localhost:$PORT/bench?host=$SOCK"
+case ${DATASET:=standard} in
+  standard) DB=bench ;;
+  wide) DB=bench_wide ;;
+  large) DB=bench_large ;;
+  *) echo "DATASET is standard, wide or large" >&2; exit 2 ;;
+esac
+URL="postgres://postgres@localhost:$PORT/$DB?host=$SOCK"
 
-if [ "$FRESH" = 1 ] || ! "$BIN/psql" -X -At -c "select 1 from pg_database where datname = 'bench'" postgres | grep -q 1; then
-  echo "building the data set…" >&2
-  "$BIN/psql" -X -q -c "drop database if exists bench" -c "create database bench" postgres
-  "$BIN/pgbench" -q -i -s 50 bench >/dev/null 2>&1
-  "$BIN/psql" -X -q bench -c "create table events (id bigint primary key, payload text, n bigint, at timestamptz);
-    insert into events select g, md5(g::text), g::bigint * 7919, now() - g * interval '1 second' from generate_series(1, 3000000) g;" \
-    -c "vacuum analyze"
+standard_shape() { # SCALE ROWS
+  "$BIN/pgbench" -q -i -s "$1" "$DB" >/dev/null 2>&1
+  "$BIN/psql" -X -q "$DB" -c "create table events (id bigint primary key, payload text, n bigint, at timestamptz);
+    insert into events select g, md5(g::text), g::bigint * 7919, now() - g * interval '1 second' from generate_series(1, $2) g;"
+}
+
+wide_shape() {
+  "$BIN/psql" -X -q "$DB" \
+    -c "create table wide (id bigint primary key, a text, b text, c jsonb);
+        insert into wide select g, repeat(md5(g::text), 30), md5((g * 3)::text) || ' ' || repeat('lorem ipsum dolor ', 25),
+          jsonb_build_object('k', g, 'v', md5(g::text), 'tags', jsonb_build_array('a', 'b', g % 17)) from generate_series(1, 300000) g;" \
+    -c "create table documents (id int primary key, body text);
+        alter table documents alter column body set storage external;
+        insert into documents select g, (select string_agg(md5((g * 10000 + i)::text), '') from generate_series(1, 6000) i) from generate_series(1, 2000) g;" \
+    -c "do \$\$ begin for i in 1..500 loop
+          execute format('create table small_%s (id int primary key, name text, at timestamptz default now())', i);
+          execute format('insert into small_%s select g, md5(g::text) from generate_series(1, 200) g', i);
+        end loop; end \$\$;"
+}
+
+if [ "$FRESH" = 1 ] || ! "$BIN/psql" -X -At -c "select 1 from pg_database where datname = '$DB'" postgres | grep -q 1; then
+  echo "building the data set $DATASET…" >&2
+  "$BIN/psql" -X -q -c "drop database if exists $DB" -c "create database $DB" postgres
+  case $DATASET in
+    standard) standard_shape 50 3000000 ;;
+    wide) wide_shape ;;
+    large) standard_shape 250 15000000 ;;
+  esac
+  "$BIN/psql" -X -q "$DB" -c "vacuum analyze"
 fi
-SIZE=$("$BIN/psql" -X -At bench -c "select pg_size_pretty(pg_database_size('bench'))")
-echo "data set: $SIZE" >&2
+SIZE=$("$BIN/psql" -X -At "$DB" -c "select pg_size_pretty(pg_database_size('$DB'))")
+echo "data set $DATASET: $SIZE" >&2
 
 # time_it NAME COMMAND… : wall seconds and peak RSS (KiB) of the command.
 declare -A WALL RSS

@@ -77,7 +77,7 @@ rm -rf "${WORK:?}/s3/backups-bucket/"*
   || { cat "$WORK/err" >&2; exit 1; }
 read -r VERIFY_WALL VERIFY_RSS <"$WORK/time"
 
-DB_BYTES=$("$BIN/psql" -X -At bench -c "select pg_database_size('bench')")
+DB_BYTES=$("$BIN/psql" -X -At "$DB" -c "select pg_database_size('$DB')")
 mib() { awk "BEGIN{printf \"%.0f\", $1/1048576}"; }
 rate() { awk "BEGIN{printf \"%.0f\", $1/1048576/$2}"; }
 ratio() { awk "BEGIN{printf \"%.2f\", ${BEST[$1]}/${BEST[$2]}}"; }
