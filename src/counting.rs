@@ -22,19 +22,33 @@ impl Counter {
     }
 }
 
-/// A reader that counts what is read through it.
-pub struct Counting<R> {
-    inner: R,
-    counter: Counter,
+/// Something shown every piece read through a [`Tap`].
+pub trait Sees {
+    fn see(&mut self, bytes: &[u8]);
 }
 
-impl<R> Counting<R> {
-    pub fn new(inner: R, counter: Counter) -> Counting<R> {
-        Counting { inner, counter }
+impl Sees for Counter {
+    fn see(&mut self, bytes: &[u8]) {
+        self.add(bytes.len() as u64);
     }
 }
 
-impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counting<R> {
+/// A reader that shows what is read through it to `S` on the way.
+pub struct Tap<R, S> {
+    inner: R,
+    sees: S,
+}
+
+impl<R, S> Tap<R, S> {
+    pub fn new(inner: R, sees: S) -> Tap<R, S> {
+        Tap { inner, sees }
+    }
+}
+
+/// A reader that counts what is read through it.
+pub type Counting<R> = Tap<R, Counter>;
+
+impl<R: tokio::io::AsyncRead + Unpin, S: Sees + Unpin> tokio::io::AsyncRead for Tap<R, S> {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -43,7 +57,7 @@ impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counting<R> {
         let before = buf.filled().len();
         let this = &mut *self;
         let result = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
-        this.counter.add((buf.filled().len() - before) as u64);
+        this.sees.see(&buf.filled()[before..]);
         result
     }
 }

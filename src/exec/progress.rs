@@ -4,7 +4,7 @@
 //! is the log's business (a bar on a terminal, a line every so often otherwise).
 
 use super::events::{Event, Events};
-pub use crate::counting::{Counter, Counting};
+pub use crate::counting::{Counter, Counting, Tap};
 use std::time::Duration;
 use tokio_util::sync::{CancellationToken, DropGuard};
 

@@ -387,32 +387,12 @@ impl RowCounter {
     }
 }
 
-/// A reader that shows everything it reads to a [`RowCounter`] on the way.
-pub struct Tap<R> {
-    inner: R,
-    counter: std::sync::Arc<std::sync::Mutex<RowCounter>>,
-}
-
-impl<R> Tap<R> {
-    pub fn new(inner: R, counter: std::sync::Arc<std::sync::Mutex<RowCounter>>) -> Tap<R> {
-        Tap { inner, counter }
-    }
-}
-
-impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Tap<R> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let this = &mut *self;
-        std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        this.counter
-            .lock()
+/// A counter shared with the reader that feeds it ([`crate::counting::Tap`]).
+impl crate::counting::Sees for std::sync::Arc<std::sync::Mutex<RowCounter>> {
+    fn see(&mut self, bytes: &[u8]) {
+        self.lock()
             .expect("the counter is not poisoned")
-            .feed(&buf.filled()[before..]);
-        std::task::Poll::Ready(Ok(()))
+            .feed(bytes);
     }
 }
 

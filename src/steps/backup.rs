@@ -5,9 +5,9 @@
 use super::probe::{Findings, Probe};
 use super::step_type::StepType;
 use crate::exec::events::Outputs;
-use crate::exec::progress::{Counter, Counting, Meter};
+use crate::exec::progress::{Counter, Counting, Meter, Tap};
 use crate::exec::{StepContext, StepError};
-use crate::pg::custom_archive::{NotCounted, RowCounter, Tap};
+use crate::pg::custom_archive::{NotCounted, RowCounter};
 use crate::pg::fingerprint;
 use crate::pg::process::PgProcess;
 use crate::pg::server::{Server, classify, connect, tool};
