@@ -40,6 +40,25 @@ pub struct RowCounter {
     counts: RowCounts,
     /// The last bytes of the table data being read, to recognize its end-of-data line.
     tail: Vec<u8>,
+    /// The archive position of the next byte of the data part.
+    position: u64,
+    off_size: usize,
+    /// Per TOC entry: its dump id, where its data-offset field is, and the field's flag.
+    offset_fields: Vec<(i64, u64, u8)>,
+    /// Where each data block starts, by dump id.
+    data_starts: BTreeMap<i64, u64>,
+}
+
+/// `K_OFFSET_POS_NOT_SET` and `K_OFFSET_POS_SET` of the data-offset field of a TOC entry.
+const OFFSET_NOT_SET: u8 = 1;
+const OFFSET_SET: u8 = 2;
+
+/// Where the data of an archive written to a pipe is: the TOC's offset fields to fill in
+/// to make it the archive pg_dump writes to a file, which `pg_restore -j` reads by seeking.
+#[derive(Debug, Default, PartialEq)]
+pub struct Layout {
+    /// (position of the field, the field's new bytes).
+    pub patches: Vec<(u64, Vec<u8>)>,
 }
 
 /// How many of the newlines at the end of a table's data belong to the end-of-data line
@@ -63,6 +82,7 @@ enum State {
     BlockType,
     BlockId {
         blobs: bool,
+        start: u64,
     },
     /// A chunk length next; `table` is the entry being counted (None: not a table's data).
     ChunkLen {
@@ -93,6 +113,10 @@ impl Default for RowCounter {
             tables: BTreeMap::new(),
             counts: BTreeMap::new(),
             tail: Vec::new(),
+            position: 0,
+            off_size: 8,
+            offset_fields: Vec::new(),
+            data_starts: BTreeMap::new(),
         }
     }
 }
@@ -142,7 +166,9 @@ enum Head {
     Parsed {
         consumed: usize,
         int_size: usize,
+        off_size: usize,
         tables: BTreeMap<i64, (String, String)>,
+        offset_fields: Vec<(i64, u64, u8)>,
     },
     Unsupported(String),
 }
@@ -199,6 +225,7 @@ fn parse_head(bytes: &[u8]) -> Head {
         return Head::Unsupported("a negative number of entries".into());
     }
     let mut tables = BTreeMap::new();
+    let mut offset_fields = Vec::new();
     for _ in 0..entries {
         let id = need!(c.int());
         let _had_dumper = need!(c.int());
@@ -221,7 +248,9 @@ fn parse_head(bytes: &[u8]) -> Head {
         let _owner = need!(c.string());
         let _with_oids = need!(c.string());
         while need!(c.string()).is_some() {} // dependencies, ended by NULL
-        let _offset = need!(c.take(1 + off_size));
+        let at = c.at as u64;
+        let offset = need!(c.take(1 + off_size));
+        offset_fields.push((id, at, offset[0]));
         if desc == "TABLE DATA" {
             tables.insert(id, (namespace, tag));
         }
@@ -229,7 +258,9 @@ fn parse_head(bytes: &[u8]) -> Head {
     Head::Parsed {
         consumed: c.at,
         int_size,
+        off_size,
         tables,
+        offset_fields,
     }
 }
 
@@ -266,6 +297,7 @@ impl RowCounter {
                         self.tail.drain(..excess);
                     }
                     bytes = &bytes[n..];
+                    self.position += n as u64;
                     self.state = if n == left {
                         State::ChunkLen { table, blobs }
                     } else {
@@ -279,9 +311,14 @@ impl RowCounter {
                 State::BlockType => {
                     let kind = bytes[0];
                     bytes = &bytes[1..];
+                    let start = self.position;
+                    self.position += 1;
                     self.state = match kind {
-                        BLK_DATA => State::BlockId { blobs: false },
-                        BLK_BLOBS => State::BlockId { blobs: true },
+                        BLK_DATA => State::BlockId {
+                            blobs: false,
+                            start,
+                        },
+                        BLK_BLOBS => State::BlockId { blobs: true, start },
                         other => State::Failed(format!("a data block of unknown type {other}")),
                     };
                 }
@@ -290,6 +327,7 @@ impl RowCounter {
                     let take = (want - self.pending.len()).min(bytes.len());
                     self.pending.extend_from_slice(&bytes[..take]);
                     bytes = &bytes[take..];
+                    self.position += take as u64;
                     if self.pending.len() < want {
                         return;
                     }
@@ -317,9 +355,14 @@ impl RowCounter {
             Head::Parsed {
                 consumed,
                 int_size,
+                off_size,
                 tables,
+                offset_fields,
             } => {
                 self.int_size = int_size;
+                self.off_size = off_size;
+                self.offset_fields = offset_fields;
+                self.position = consumed as u64;
                 self.counts = tables.values().map(|k| (k.clone(), 0)).collect();
                 self.tables = tables;
                 self.pending.drain(..consumed);
@@ -341,11 +384,20 @@ impl RowCounter {
                 self.tail.clear();
                 State::BlockType
             }
-            State::BlockId { blobs: false } => State::ChunkLen {
-                table: self.tables.contains_key(&value).then_some(value),
+            State::BlockId {
                 blobs: false,
-            },
-            State::BlockId { blobs: true } => State::BlobOid,
+                start,
+            } => {
+                self.data_starts.insert(value, start);
+                State::ChunkLen {
+                    table: self.tables.contains_key(&value).then_some(value),
+                    blobs: false,
+                }
+            }
+            State::BlockId { blobs: true, start } => {
+                self.data_starts.insert(value, start);
+                State::BlobOid
+            }
             State::BlobOid if value == 0 => State::BlockType,
             State::BlobOid => State::ChunkLen {
                 table: None,
@@ -366,16 +418,43 @@ impl RowCounter {
         }
     }
 
-    /// The rows of every table whose data the archive holds, once all of it was fed.
-    pub fn finish(mut self) -> Result<RowCounts, NotCounted> {
+    /// An archive smaller than the first retry of the head's parse: parse what there is.
+    fn complete_head(&mut self) {
         if matches!(self.state, State::Head) {
-            // An archive smaller than the first retry: parse what there is.
             self.parse_pending_head();
             if !self.pending.is_empty() && matches!(self.state, State::BlockType) {
                 let rest = std::mem::take(&mut self.pending);
                 self.feed(&rest);
             }
         }
+    }
+
+    /// Where the data blocks are, once all of the archive was fed: the offset fields to
+    /// fill in (those pg_dump left unset, of entries whose block was seen).
+    pub fn finish_layout(mut self) -> Result<Layout, NotCounted> {
+        self.complete_head();
+        let off_size = self.off_size;
+        let fields = self.offset_fields.clone();
+        let starts = self.data_starts.clone();
+        self.finish()?;
+        let mut layout = Layout::default();
+        for (id, at, flag) in fields {
+            let Some(start) = starts.get(&id) else {
+                continue;
+            };
+            if flag != OFFSET_NOT_SET {
+                continue;
+            }
+            let mut bytes = vec![OFFSET_SET];
+            bytes.extend_from_slice(&start.to_le_bytes()[..off_size]);
+            layout.patches.push((at, bytes));
+        }
+        Ok(layout)
+    }
+
+    /// The rows of every table whose data the archive holds, once all of it was fed.
+    pub fn finish(mut self) -> Result<RowCounts, NotCounted> {
+        self.complete_head();
         match self.state {
             State::BlockType => Ok(self.counts),
             State::Failed(why) => Err(NotCounted(why)),
@@ -441,7 +520,9 @@ mod tests {
             string(a, Some("false"));
             string(a, Some("1"));
             string(a, None);
-            a.extend_from_slice(&[2, 0, 0, 0, 0, 0, 0, 0, 0]);
+            // As pg_dump writes to a pipe: data offsets not set, no data for the rest.
+            let flag = if desc == "TABLE DATA" { 1 } else { 3 };
+            a.extend_from_slice(&[flag, 0, 0, 0, 0, 0, 0, 0, 0]);
         };
         entry(&mut a, 1, "ENCODING", "", "ENCODING");
         for (i, (ns, tag, _)) in tables.iter().enumerate() {
@@ -492,6 +573,25 @@ mod tests {
             assert_eq!(counts[&key("other", "b")], 0);
             assert_eq!(counts[&key("public", "c")], 1);
             assert_eq!(counts.len(), 3);
+        }
+    }
+
+    #[test]
+    fn the_layout_points_every_data_entry_at_its_block() {
+        let bytes = archive(&[("public", "a", &["1", "2"]), ("public", "b", &["3"])]);
+        let mut counter = RowCounter::default();
+        for chunk in bytes.chunks(5) {
+            counter.feed(chunk);
+        }
+        let layout = counter.finish_layout().unwrap();
+        // The two TABLE DATA entries (the large objects' block has no entry here).
+        assert_eq!(layout.patches.len(), 2);
+        for (at, field) in &layout.patches {
+            let at = *at as usize;
+            assert_eq!(bytes[at], OFFSET_NOT_SET, "the field's flag at {at}");
+            assert_eq!(field[0], OFFSET_SET);
+            let start = u64::from_le_bytes(field[1..9].try_into().unwrap()) as usize;
+            assert_eq!(bytes[start], BLK_DATA, "a block starts at {start}");
         }
     }
 
