@@ -329,10 +329,7 @@ pub async fn recover_to_target(
     let io = |e: std::io::Error| StepError::transient(format!("preparing recovery: {e}"));
     let write = |name: &str, text: &str| -> std::io::Result<PathBuf> {
         let path = dir.join(name);
-        std::fs::write(&path, text)?;
-        if let Some((uid, gid)) = start.owner {
-            std::os::unix::fs::chown(&path, Some(uid), Some(gid))?;
-        }
+        super::recovery::write_owned(&path, text, start.owner)?;
         Ok(path)
     };
     // Production's postgresql.conf (ports, certificates, preload libraries, include files)

@@ -101,25 +101,60 @@ fn quoted(value: &str) -> String {
     format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
 }
 
+/// Writes `text` into a new file at `path` (replacing one that is there), readable by its
+/// owner alone from the moment it exists — it may hold a key — and handed to the server's
+/// user when given.
+pub fn write_owned(path: &Path, text: &str, owner: Option<(u32, u32)>) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(text.as_bytes())?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+    }
+    Ok(())
+}
+
+/// Makes the copy start in archive recovery: `recovery.signal`, and no `standby.signal` —
+/// a copy of a standby would otherwise start as one, following a primary it cannot reach.
+fn signal_recovery(data: &Path, owner: Option<(u32, u32)>) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(data.join("standby.signal"));
+    write_owned(&data.join("recovery.signal"), "", owner)
+}
+
+/// Appends `settings` under a `# heading` to `postgresql.auto.conf`, which the server reads
+/// last: they override whatever the copied configuration says.
+fn append_settings(
+    data: &Path,
+    owner: Option<(u32, u32)>,
+    heading: &str,
+    settings: Vec<(&str, String)>,
+) -> std::io::Result<()> {
+    let path = data.join("postgresql.auto.conf");
+    let mut auto = std::fs::read_to_string(&path).unwrap_or_default();
+    if !auto.is_empty() && !auto.ends_with('\n') {
+        auto.push('\n');
+    }
+    auto.push_str(&format!("# {heading}\n"));
+    for (key, value) in settings {
+        auto.push_str(&format!("{key} = {}\n", quoted(&value)));
+    }
+    write_owned(&path, &auto, owner)
+}
+
 /// Writes what recovery needs into an extracted data directory.
 pub fn configure(
     data: &Path,
     owner: Option<(u32, u32)>,
     recovery: &Recovery,
 ) -> std::io::Result<()> {
-    let write = |name: &str, text: &str| -> std::io::Result<()> {
-        let path = data.join(name);
-        std::fs::write(&path, text)?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::chown(&path, Some(uid), Some(gid))?;
-        }
-        Ok(())
-    };
-    // A copy of a standby would otherwise start as one, following a primary it cannot reach.
-    let _ = std::fs::remove_file(data.join("standby.signal"));
-    write("recovery.signal", "")?;
+    let write = |name: &str, text: &str| write_owned(&data.join(name), text, owner);
+    signal_recovery(data, owner)?;
     // Debian-style clusters keep their configuration outside the data directory; the copy
     // then has none, and the server needs a file to start.
     if !data.join("postgresql.conf").exists() {
@@ -139,11 +174,6 @@ pub fn configure(
     if !data.join("pg_ident.conf").exists() {
         write("pg_ident.conf", "")?;
     }
-    let mut auto = std::fs::read_to_string(data.join("postgresql.auto.conf")).unwrap_or_default();
-    if !auto.is_empty() && !auto.ends_with('\n') {
-        auto.push('\n');
-    }
-    auto.push_str("# point-in-time recovery by opsrunner; these lines override the ones above\n");
     let mut settings: Vec<(&str, String)> = vec![
         ("archive_mode", "off".into()),
         ("hot_standby", "off".into()),
@@ -170,10 +200,12 @@ pub fn configure(
         ("archive_cleanup_command", String::new()),
     ];
     settings.extend(recovery.targets());
-    for (key, value) in settings {
-        auto.push_str(&format!("{key} = {}\n", quoted(&value)));
-    }
-    write("postgresql.auto.conf", &auto)
+    append_settings(
+        data,
+        owner,
+        "point-in-time recovery by opsrunner; these lines override the ones above",
+        settings,
+    )
 }
 
 /// Prepares an extracted data directory for its first start by the operator: it recovers
@@ -184,36 +216,19 @@ pub fn prepare_first_start(
     owner: Option<(u32, u32)>,
     recovery: &Recovery,
 ) -> std::io::Result<()> {
-    let write = |name: &str, text: &str| -> std::io::Result<()> {
-        let path = data.join(name);
-        std::fs::write(&path, text)?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::chown(&path, Some(uid), Some(gid))?;
-        }
-        Ok(())
-    };
-    // A copy of a standby would otherwise start as one, following a primary it cannot reach.
-    let _ = std::fs::remove_file(data.join("standby.signal"));
-    write("recovery.signal", "")?;
-    let mut auto = std::fs::read_to_string(data.join("postgresql.auto.conf")).unwrap_or_default();
-    if !auto.is_empty() && !auto.ends_with('\n') {
-        auto.push('\n');
-    }
-    auto.push_str(
-        "# point-in-time recovery prepared by opsrunner: the first start recovers to this target and promotes\n",
-    );
+    signal_recovery(data, owner)?;
     let mut settings: Vec<(&str, String)> = vec![
         ("restore_command", recovery.restore_command.clone()),
         ("recovery_target_timeline", recovery.timeline.to_string()),
         ("recovery_target_action", "promote".into()),
     ];
     settings.extend(recovery.targets());
-    for (key, value) in settings {
-        auto.push_str(&format!("{key} = {}\n", quoted(&value)));
-    }
-    write("postgresql.auto.conf", &auto)
+    append_settings(
+        data,
+        owner,
+        "point-in-time recovery prepared by opsrunner: the first start recovers to this target and promotes",
+        settings,
+    )
 }
 
 /// The server's status from `postmaster.pid`: its pid and the status word of line 8

@@ -455,27 +455,6 @@ pub fn key_copy(secrets: &[String]) -> String {
     secrets.join("\n") + "\n"
 }
 
-/// Writes `text` into a new file only its owner can read (the server user's, when given).
-pub fn private_file(
-    path: &std::path::Path,
-    text: &str,
-    owner: Option<(u32, u32)>,
-) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let _ = std::fs::remove_file(path);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(text.as_bytes())?;
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
-    }
-    Ok(())
-}
-
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
@@ -660,12 +639,12 @@ pub async fn recover(
     let config = cluster.dir.join("wal-archive.yaml");
     let identity = cluster.dir.join("wal-identity.txt");
     let io = |e: std::io::Error| StepError::transient(format!("preparing recovery: {e}"));
-    private_file(&config, &fetch_plan(repo), cluster.owner).map_err(io)?;
+    crate::pg::recovery::write_owned(&config, &fetch_plan(repo), cluster.owner).map_err(io)?;
     let with_key = match &ctx.identities {
         // The server runs as another user and cannot read the operator's key file: a copy,
         // readable by it alone, in the cluster's private directory while recovery runs.
         Some(identities) => {
-            private_file(
+            crate::pg::recovery::write_owned(
                 &identity,
                 &key_copy(identities.secret_texts()),
                 cluster.owner,

@@ -105,7 +105,7 @@ async fn fill(
     crate::pg::unpack::verify_files(ctx, data, selected.major, &[dd::INCOMPLETE]).await?;
     let io = |e: std::io::Error| StepError::transient(format!("preparing recovery: {e}"));
     let config = data.join(FETCH_PLAN);
-    pitr::private_file(&config, &pitr::fetch_plan(repo), owner).map_err(io)?;
+    crate::pg::recovery::write_owned(&config, &pitr::fetch_plan(repo), owner).map_err(io)?;
     // The first start reads the key where the operator keeps it (an absolute path: the
     // server does not run in opsrunner's directory).
     let identity = ctx
@@ -149,8 +149,12 @@ async fn fill(
         // this run only, removed with the run's directory.
         Some(identities) => {
             let path = run_dir.path().join("identity.txt");
-            pitr::private_file(&path, &pitr::key_copy(identities.secret_texts()), owner)
-                .map_err(io)?;
+            crate::pg::recovery::write_owned(
+                &path,
+                &pitr::key_copy(identities.secret_texts()),
+                owner,
+            )
+            .map_err(io)?;
             Some(path)
         }
         None => None,
