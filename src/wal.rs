@@ -77,7 +77,7 @@ pub async fn fetch(
     at: &WalRepository<'_>,
     options: &FetchOptions<'_>,
 ) -> Result<String, Failure> {
-    wal::check_name(name).map_err(|e| Failure::WalUnreadable(format!("wal fetch: {e}")))?;
+    wal::check_server_name(name).map_err(|e| Failure::WalUnreadable(format!("wal fetch: {e}")))?;
     let (definition, base_dir) = crate::backups::repository_definition(at.repository, at.plan)
         .map_err(|e| {
             Failure::WalUnreadable(format!("wal fetch {name}: {}", e.message(false).trim()))
@@ -127,7 +127,7 @@ fn file_name(path: &Path) -> Result<String, Failure> {
         .and_then(|n| n.to_str())
         .unwrap_or_default()
         .to_string();
-    wal::check_name(&name).map_err(|e| Failure::Usage(format!("wal push: {e}")))?;
+    wal::check_server_name(&name).map_err(|e| Failure::Usage(format!("wal push: {e}")))?;
     Ok(name)
 }
 

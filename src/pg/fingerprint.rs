@@ -103,12 +103,22 @@ pub fn compare(
     expected: &BTreeMap<String, TableFingerprint>,
     actual: &BTreeMap<String, TableFingerprint>,
 ) -> Vec<String> {
+    compare_with(expected, actual, "in the backup")
+}
+
+/// [`compare`], saying where the expected fingerprints were taken (`in the backup`, `at
+/// the mark`).
+pub fn compare_with(
+    expected: &BTreeMap<String, TableFingerprint>,
+    actual: &BTreeMap<String, TableFingerprint>,
+    taken: &str,
+) -> Vec<String> {
     let mut problems = Vec::new();
     for (table, want) in expected {
         match actual.get(table) {
             None => problems.push(format!("{table}: missing after restore")),
             Some(got) if got.rows != want.rows => problems.push(format!(
-                "{table}: {} rows after restore, {} in the backup",
+                "{table}: {} rows after restore, {} {taken}",
                 got.rows, want.rows
             )),
             Some(got) if want.hash.is_some() && got.hash != want.hash => {
@@ -119,9 +129,7 @@ pub fn compare(
     }
     for table in actual.keys() {
         if !expected.contains_key(table) {
-            problems.push(format!(
-                "{table}: present after restore but not in the backup"
-            ));
+            problems.push(format!("{table}: present after restore but not {taken}"));
         }
     }
     problems

@@ -9,6 +9,7 @@ pub mod lease;
 pub mod listing;
 pub mod local;
 pub mod manifest;
+pub mod mark;
 pub mod pipeline;
 pub mod prune;
 pub mod retention;

@@ -58,16 +58,30 @@ pub fn check_name(name: &str) -> Result<(), String> {
         || name.strip_suffix(".history").is_some_and(|s| hex(s, 8))
         || name
             .strip_suffix(".backup")
+            .or_else(|| name.strip_suffix(".mark"))
             .and_then(|s| s.split_once('.'))
             .is_some_and(|(seg, offset)| hex(seg, 24) && hex(offset, 8));
     if ok {
         Ok(())
     } else {
         Err(format!(
-            "`{}` is not the name of a WAL segment, a timeline history file, a .partial or a .backup file",
+            "`{}` is not the name of a WAL segment, a timeline history file, a .partial, a .backup or a .mark file",
             name.escape_debug()
         ))
     }
+}
+
+/// The kinds of file PostgreSQL itself archives and asks for: [`check_name`] without the
+/// marks opsrunner adds (`wal push` must not let a file pose as one).
+pub fn check_server_name(name: &str) -> Result<(), String> {
+    check_name(name)?;
+    if name.ends_with(".mark") {
+        return Err(format!(
+            "`{}` is a mark's name (written by the pitr_mark step), not a file PostgreSQL archives",
+            name.escape_debug()
+        ));
+    }
+    Ok(())
 }
 
 /// What a push did.
@@ -293,12 +307,13 @@ pub async fn delete(store: &AnyStore, name: &str) -> io::Result<()> {
 }
 
 /// The position of the segment a file belongs to: a segment itself, its `.partial`, or a
-/// `.backup` file named after the segment its backup started in. `None` for history files.
+/// `.backup` file named after the segment its backup started in, a `.mark` after the segment
+/// of its restore point ([`super::mark`]). `None` for history files.
 pub fn file_position(name: &str, segment_size: u64) -> Option<u64> {
     let segment = name.get(..24)?;
     match &name[24..] {
         "" | ".partial" => {}
-        rest if rest.ends_with(".backup") => {}
+        rest if rest.ends_with(".backup") || rest.ends_with(".mark") => {}
         _ => return None,
     }
     segment_position(segment, segment_size).map(|(_, p)| p)

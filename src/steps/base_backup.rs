@@ -388,32 +388,14 @@ async fn finish(
     let needed: Vec<String> = (first..=last)
         .map(|pos| wal::segment_name(label.timeline, pos, segment))
         .collect();
-    let deadline = Instant::now() + wal_wait;
-    loop {
-        let names = wal::list(store)
-            .await
-            .map_err(|e| crate::exec::io_error("listing the WAL archive", &e))?;
-        let missing: Vec<&String> = needed
-            .iter()
-            .filter(|n| names.binary_search(n).is_err())
-            .collect();
-        let Some(first_missing) = missing.first() else {
-            break;
-        };
-        if Instant::now() >= deadline {
-            return Err(StepError::permanent(format!(
-                "the copy is complete, but after {} the WAL archive of repository `{}` still lacks {} of the {} segment(s) it needs, the first {first_missing}: the server's {} does not archive into this repository, or archiving fails (see pg_stat_archiver). The copy was not published.",
-                crate::plan::duration::format(wal_wait),
-                p.repository,
-                missing.len(),
-                needed.len(),
-                cluster.archive_command
-            )));
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = ctx.cancel.cancelled() => return Err(StepError::cancelled()),
-        }
+    if let Some((missing, first_missing)) = await_archived(store, &needed, wal_wait, ctx).await? {
+        return Err(StepError::permanent(format!(
+            "the copy is complete, but after {} the WAL archive of repository `{}` still lacks {missing} of the {} segment(s) it needs, the first {first_missing}: the server's {} does not archive into this repository, or archiving fails (see pg_stat_archiver). The copy was not published.",
+            crate::plan::duration::format(wal_wait),
+            p.repository,
+            needed.len(),
+            cluster.archive_command
+        )));
     }
     let base = BaseBackup {
         system_identifier: cluster.system_identifier.clone(),
@@ -426,4 +408,34 @@ async fn finish(
         server_manifest: file.name.clone(),
     };
     Ok((file, base))
+}
+
+/// Waits up to `wait` for the WAL archive to hold every one of `needed`: `None` once it
+/// does, or how many are still missing and the first of them.
+pub async fn await_archived(
+    store: &AnyStore,
+    needed: &[String],
+    wait: Duration,
+    ctx: &StepContext,
+) -> Result<Option<(usize, String)>, StepError> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let names = wal::list(store)
+            .await
+            .map_err(|e| crate::exec::io_error("listing the WAL archive", &e))?;
+        let missing: Vec<&String> = needed
+            .iter()
+            .filter(|n| names.binary_search(n).is_err())
+            .collect();
+        let Some(first_missing) = missing.first() else {
+            return Ok(None);
+        };
+        if Instant::now() >= deadline {
+            return Ok(Some((missing.len(), first_missing.to_string())));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = ctx.cancel.cancelled() => return Err(StepError::cancelled()),
+        }
+    }
 }

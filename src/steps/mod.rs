@@ -7,6 +7,7 @@ pub mod base_backup;
 pub mod migrate;
 pub mod pitr;
 pub mod pitr_directory;
+pub mod pitr_mark;
 pub mod pitr_verify;
 pub mod probe;
 pub mod prune;

@@ -41,6 +41,12 @@ pub struct PointInTime {
     /// To the end of the archive.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub latest: bool,
+    /// A moment recorded by a `pitr_mark` step: `latest` (the newest whose WAL is
+    /// archived), `random` (any one after the oldest base backup's end) or a mark's
+    /// restore point name. Recovery stops at its restore point, on its timeline, and a
+    /// verify compares the tables with the fingerprints the mark recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mark: Option<String>,
     /// The timeline to follow: `latest` (default: the newest timeline in the archive that
     /// descends from the backup's), `current` (the backup's own) or a number. Always
     /// resolved to a number before recovery starts, and reported.
@@ -63,6 +69,16 @@ pub enum Target {
     Xid(u64),
     Name(String),
     Latest,
+    /// A `pitr_mark`'s restore point, until [`choose`] has found it (it then becomes the
+    /// [`Target::Name`] of its restore point).
+    Mark(MarkChoice),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum MarkChoice {
+    Latest,
+    Random,
+    Named(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -98,10 +114,23 @@ impl PointInTime {
         if self.latest {
             set.push(Target::Latest);
         }
+        if let Some(m) = &self.mark {
+            set.push(Target::Mark(match m.trim() {
+                "latest" => MarkChoice::Latest,
+                "random" => MarkChoice::Random,
+                "" => return Err("`mark` is `latest`, `random` or a mark's name".into()),
+                n => MarkChoice::Named(n.to_string()),
+            }));
+        }
         match set.len() {
             1 => Ok(set.remove(0)),
-            0 => Err("`to` needs one of `time`, `lsn`, `xid`, `name` or `latest: true`".into()),
-            _ => Err("`to` takes exactly one of `time`, `lsn`, `xid`, `name` and `latest`".into()),
+            0 => Err(
+                "`to` needs one of `time`, `lsn`, `xid`, `name`, `mark` or `latest: true`".into(),
+            ),
+            _ => Err(
+                "`to` takes exactly one of `time`, `lsn`, `xid`, `name`, `mark` and `latest`"
+                    .into(),
+            ),
         }
     }
 
@@ -140,9 +169,15 @@ impl PointInTime {
             Ok(Target::Xid(x)) => format!("transaction {x}"),
             Ok(Target::Name(n)) => format!("restore point `{n}`"),
             Ok(Target::Latest) => "the end of the archive".into(),
+            Ok(Target::Mark(MarkChoice::Latest)) => "the newest mark".into(),
+            Ok(Target::Mark(MarkChoice::Random)) => "a mark chosen at random".into(),
+            Ok(Target::Mark(MarkChoice::Named(n))) => format!("mark `{n}`"),
             Err(e) => e,
         };
         let timeline = match self.timeline() {
+            Ok(TimelineChoice::Latest) if self.mark.is_some() && self.timeline.is_none() => {
+                "the mark's timeline".to_string()
+            }
             Ok(TimelineChoice::Latest) => "the newest timeline".to_string(),
             Ok(TimelineChoice::Current) => "the backup's timeline".to_string(),
             Ok(TimelineChoice::Number(n)) => format!("timeline {n}"),
@@ -165,6 +200,11 @@ pub struct Choice {
     /// The segments from the backup's start to the target (or the end of the archive).
     pub needed: Vec<String>,
     pub missing: Vec<String>,
+    /// The mark recovery stops at, for a `mark` target.
+    pub mark: Option<crate::repo::mark::Mark>,
+    /// What a preview says about a mark it could not fully choose (a random one, an
+    /// encrypted one).
+    pub mark_note: Option<String>,
 }
 
 impl Choice {
@@ -210,6 +250,12 @@ impl Choice {
             None => format!("{range}: all archived"),
             Some(first) => format!("{range}: {} MISSING, the first {first}", self.missing.len()),
         });
+        if let Some(mark) = &self.mark {
+            lines.push(crate::repo::mark::describe(mark));
+        }
+        if let Some(note) = &self.mark_note {
+            lines.push(note.clone());
+        }
         lines
     }
 }
@@ -270,9 +316,10 @@ pub async fn choose(
     backup: &str,
     to: &PointInTime,
     identities: Option<&crate::repo::crypto::Identities>,
+    preview: bool,
 ) -> Result<Choice, StepError> {
-    let target = to.target().map_err(StepError::permanent)?;
-    let timeline_choice = to.timeline().map_err(StepError::permanent)?;
+    let mut target = to.target().map_err(StepError::permanent)?;
+    let mut timeline_choice = to.timeline().map_err(StepError::permanent)?;
     let listing_error = |e: std::io::Error| {
         crate::exec::io_error(&format!("cannot list repository `{repository}`"), &e)
     };
@@ -296,6 +343,35 @@ pub async fn choose(
         ))
     })?;
     let newest_base = newest.manifest.base.clone().expect("base backups only");
+    // A mark becomes the restore point it names, on its own timeline, and bounds the
+    // backups to those that end before it, as a position would.
+    let mut mark = None;
+    let mut bound = match &target {
+        Target::Lsn(l) => Some(*l),
+        _ => None,
+    };
+    let mut mark_note = None;
+    if let Target::Mark(which) = &target {
+        let found = find_mark(
+            store, repository, &names, &backups, which, identities, preview,
+        )
+        .await?;
+        if let Some(m) = &found.mark {
+            if m.system_identifier != newest_base.system_identifier {
+                return Err(StepError::permanent(format!(
+                    "mark `{}` is of cluster {}, the base backups of repository `{repository}` of cluster {}",
+                    m.name, m.system_identifier, newest_base.system_identifier
+                )));
+            }
+            target = Target::Name(m.name.clone());
+        }
+        bound = Some(found.place.lsn);
+        if to.timeline.is_none() {
+            timeline_choice = TimelineChoice::Number(found.place.timeline);
+        }
+        mark = found.mark;
+        mark_note = found.note;
+    }
     // The timeline to follow is decided from the newest backup's timeline; older backups
     // qualify when they lie on the same path.
     let path = path_for(
@@ -315,10 +391,10 @@ pub async fn choose(
         .collect();
     let ends_before = |c: &&&Checked| {
         let b = c.manifest.base.as_ref().expect("base backups only");
-        match &target {
-            Target::Time(t) => b.stop_time <= *t,
-            Target::Lsn(l) => b.stop().is_some_and(|s| s <= *l),
-            Target::Xid(_) | Target::Name(_) | Target::Latest => true,
+        match (&target, bound) {
+            (Target::Time(t), _) => b.stop_time <= *t,
+            (_, Some(l)) => b.stop().is_some_and(|s| s <= l),
+            _ => true,
         }
     };
     let chosen = match on_path.iter().rev().find(ends_before) {
@@ -351,8 +427,10 @@ pub async fn choose(
     let segment = base.wal_segment_size;
     let start = base.start().expect("checked manifest");
     let stop = base.stop().expect("checked manifest");
-    let end = match &target {
-        Target::Lsn(l) => *l,
+    let end = match (&target, bound) {
+        (Target::Lsn(l), _) => *l,
+        // A mark's position is where its record ends: the last byte is one before.
+        (_, Some(l)) => l.saturating_sub(1).max(stop.saturating_sub(1)),
         // To the newest segment recovery could read along the path; at least the
         // backup's own end.
         _ => newest_on_path(&names, &path, segment)
@@ -371,7 +449,131 @@ pub async fn choose(
         path,
         needed,
         missing,
+        mark,
+        mark_note,
     })
+}
+
+/// The mark a `mark` target resolved to: where it is, what it records (`None` only in a
+/// preview of an encrypted archive), and what a preview should add about the choice.
+struct FoundMark {
+    place: crate::repo::mark::Place,
+    mark: Option<crate::repo::mark::Mark>,
+    note: Option<String>,
+}
+
+/// The mark a `mark` target means. `latest` and `random` consider only marks a base backup
+/// can reach — after the end of the oldest one, their segment archived — so that an old or
+/// not yet archived mark is passed over rather than failing the verify; a mark named
+/// outright is used as it is (and refused later if it cannot be reached).
+///
+/// A preview does not draw the random mark (the run draws its own): it shows the newest,
+/// and says so; without a key it reads no encrypted mark and shows where it is.
+async fn find_mark(
+    store: &AnyStore,
+    repository: &str,
+    names: &[String],
+    backups: &[Checked],
+    which: &MarkChoice,
+    identities: Option<&crate::repo::crypto::Identities>,
+    preview: bool,
+) -> Result<FoundMark, StepError> {
+    use crate::repo::mark;
+    let size = backups
+        .last()
+        .and_then(|c| c.manifest.base.as_ref())
+        .map_or(16 << 20, |b| b.wal_segment_size);
+    let places = mark::places(names, size);
+    let earliest = backups
+        .iter()
+        .filter_map(|c| c.manifest.base.as_ref().and_then(|b| b.stop()))
+        .min()
+        .unwrap_or(u64::MAX);
+    let reachable: Vec<&mark::Place> = places
+        .iter()
+        .filter(|p| p.lsn >= earliest && names.binary_search(&p.file[..24].to_string()).is_ok())
+        .collect();
+    let read = |place: &mark::Place| {
+        let place = place.clone();
+        async move {
+            mark::read_unless_sealed(store, &place, identities, preview)
+                .await
+                .map_err(|e| match e {
+                    wal::WalError::Unavailable(e) => {
+                        crate::exec::io_error(&format!("cannot read mark {}", place.file), &e)
+                    }
+                    other => StepError::permanent(other.to_string()),
+                })
+        }
+    };
+    let found = |place: &mark::Place, mark: Option<mark::Mark>, note: Option<String>| {
+        let note = note.or_else(|| {
+            mark.is_none().then(|| {
+                format!(
+                    "mark at {} on timeline {} (encrypted: its name and fingerprints are read when the step runs, with the key)",
+                    format_lsn(place.lsn),
+                    place.timeline
+                )
+            })
+        });
+        FoundMark {
+            place: place.clone(),
+            mark,
+            note,
+        }
+    };
+    let none = || {
+        StepError::permanent(format!(
+            "repository `{repository}` holds no mark a base backup can reach ({} mark{} in the archive; a mark counts once its WAL segment is archived and a base backup ends before it). A `pitr_mark` step makes them",
+            places.len(),
+            if places.len() == 1 { "" } else { "s" }
+        ))
+    };
+    match which {
+        MarkChoice::Latest => {
+            let place = reachable.last().ok_or_else(none)?;
+            Ok(found(place, read(place).await?, None))
+        }
+        MarkChoice::Random if preview => {
+            let place = reachable.last().ok_or_else(none)?;
+            let note = format!(
+                "mark: one of {} drawn at random when the step runs (the oldest at {}); shown for the newest",
+                reachable.len(),
+                format_lsn(reachable[0].lsn)
+            );
+            Ok(found(place, read(place).await?, Some(note)))
+        }
+        MarkChoice::Random => {
+            if reachable.is_empty() {
+                return Err(none());
+            }
+            let place = reachable[fastrand::usize(..reachable.len())];
+            Ok(found(place, read(place).await?, None))
+        }
+        MarkChoice::Named(name) => {
+            let mut sealed = None;
+            for place in places.iter().rev() {
+                match read(place).await? {
+                    Some(m) if &m.name == name => return Ok(found(place, Some(m), None)),
+                    Some(_) => {}
+                    None => {
+                        sealed.get_or_insert(place);
+                    }
+                }
+            }
+            if let Some(place) = sealed {
+                let note = format!(
+                    "mark `{name}`: the marks are encrypted and the preview holds no key; shown for the newest, the one named is found when the step runs"
+                );
+                return Ok(found(place, None, Some(note)));
+            }
+            Err(StepError::permanent(format!(
+                "repository `{repository}` holds no mark named `{name}` ({} mark{} in the archive; marks are pruned with the WAL they need)",
+                places.len(),
+                if places.len() == 1 { "" } else { "s" }
+            )))
+        }
+    }
 }
 
 /// The position of the newest archived segment recovery along `path` would read.
@@ -400,6 +602,7 @@ pub fn target_settings(target: &Target, inclusive: bool) -> Vec<(&'static str, S
         Target::Xid(x) => vec![("recovery_target_xid", x.to_string())],
         Target::Name(n) => vec![("recovery_target_name", n.clone())],
         Target::Latest => return Vec::new(),
+        Target::Mark(_) => unreachable!("choose() turns a mark into its restore point's name"),
     };
     if !matches!(target, Target::Name(_)) {
         out.push(("recovery_target_inclusive", inclusive.to_string()));
@@ -507,7 +710,15 @@ pub async fn select(
     to: &PointInTime,
 ) -> Result<Selected, StepError> {
     let store = ctx.repository(repository).await?;
-    let choice = choose(&store, repository, backup, to, ctx.identities.as_ref()).await?;
+    let choice = choose(
+        &store,
+        repository,
+        backup,
+        to,
+        ctx.identities.as_ref(),
+        false,
+    )
+    .await?;
     for line in choice.lines() {
         ctx.events.output(&ctx.step_id, Stream::Stdout, line);
     }
@@ -708,7 +919,7 @@ pub async fn preview(
         Err(unread) => return super::probe::Findings::unread(unread),
     };
     // The preview holds no key: an encrypted archive's history files are not read here.
-    match choose(&store, repository, backup, to, None).await {
+    match choose(&store, repository, backup, to, None, true).await {
         Ok(choice) => choice.lines().into(),
         Err(e) => vec![format!("apply would stop here: {}", e.message)].into(),
     }

@@ -2,11 +2,13 @@
 //! backup is recovered to the point (by default the end of the archive) in a throwaway
 //! cluster, exactly as a point-in-time restore would, and the recovered cluster is checked
 //! with `pg_amcheck` (every table and B-tree index of every database) where the `amcheck`
-//! extension is installed. The outcome is recorded beside the base backup like a logical
+//! extension is installed. Recovered to a `pitr_mark`'s restore point, the mark's tables
+//! must hold what the mark recorded (`fingerprints`). The outcome is recorded beside the base backup like a logical
 //! verify's, with the restore's duration (RTO) and the moment reached (the achieved RPO).
 //!
 //! What is a verdict: missing or damaged WAL, a base backup that does not match its
-//! manifest or the server's, a recovery that stops, corruption amcheck finds (exit 6). What
+//! manifest or the server's, a recovery that stops, corruption amcheck finds, tables that
+//! differ from the mark's fingerprints (exit 6). What
 //! is not: a repository that cannot be read just now, a missing key or program.
 
 use super::pitr::{self, Request};
@@ -93,6 +95,9 @@ pub async fn run(
                     );
                     let amcheck = amcheck(ctx, &prepared.cluster, p.target).await?;
                     note("amcheck", amcheck);
+                    if let Some(mark) = &prepared.choice.mark {
+                        note("fingerprints", fingerprints(ctx, p.target, mark).await?);
+                    }
                 }
                 Err(e) if matches!(e.kind, ErrorKind::Cancelled | ErrorKind::Transient) => {
                     return Err(e);
@@ -160,6 +165,51 @@ pub async fn run(
         rpo_s.map(|r| r.to_string()).unwrap_or_default(),
     );
     Ok(outputs)
+}
+
+/// The mark's tables in the recovered cluster, compared with what the mark recorded at its
+/// restore point: equal, or the recovery did not bring back what was there.
+async fn fingerprints(
+    ctx: &StepContext,
+    target: &str,
+    mark: &crate::repo::mark::Mark,
+) -> Result<Result<String, String>, StepError> {
+    use sqlx::Connection;
+    let info =
+        crate::pg::conn::ConnInfo::parse(ctx.target_url(target)?)?.with_database(&mark.database);
+    let mut conn = match info.connect().await {
+        Ok(c) => c,
+        // The database itself missing is a finding, not trouble reaching the server.
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("3D000") => {
+            return Ok(Err(format!(
+                "database `{}` of mark `{}` does not exist after recovery",
+                mark.database, mark.name
+            )));
+        }
+        Err(e) => {
+            return Err(crate::pg::server::classify(
+                &e,
+                "connecting to the recovered cluster",
+            ));
+        }
+    };
+    let tables: Vec<String> = mark.fingerprints.keys().cloned().collect();
+    let actual = crate::pg::fingerprint::take(&mut conn, mark.fingerprint, Some(&tables))
+        .await
+        .map_err(|e| crate::pg::server::classify(&e, "fingerprinting the recovered tables"))?;
+    let _ = conn.close().await;
+    let problems = crate::pg::fingerprint::compare_with(&mark.fingerprints, &actual, "at the mark");
+    Ok(if problems.is_empty() {
+        Ok(format!(
+            "{} table{} of database `{}` as at mark `{}`",
+            tables.len(),
+            if tables.len() == 1 { "" } else { "s" },
+            mark.database,
+            mark.name
+        ))
+    } else {
+        Err(problems.join("; "))
+    })
 }
 
 /// `pg_amcheck --all` on the recovered cluster: every heap and B-tree index. Skipped (and

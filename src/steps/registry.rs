@@ -147,6 +147,7 @@ pub static TYPES: &[Registration] = &[
     register::<super::reset::Reset>(),
     register::<super::prune::Prune>(),
     register::<super::wal_status::WalStatus>(),
+    register::<super::pitr_mark::PitrMark>(),
     register::<super::webhook::Webhook>(),
 ];
 

@@ -43,7 +43,7 @@ pub struct VerifyParams {
     pub restore_into: Option<Destination>,
     /// Point-in-time verify: recover the newest base backup (or `backup`) and the archived
     /// WAL to this point in `restore_into`'s throwaway cluster, then check it with
-    /// `pg_amcheck`.
+    /// `pg_amcheck`, and for a `mark` compare its tables with the mark's fingerprints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<super::pitr::PointInTime>,
     /// Parallel pg_restore workers for the test restore.

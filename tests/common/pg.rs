@@ -133,6 +133,17 @@ impl Cluster {
 
     /// Runs SQL as the superuser over the socket with psql; returns stdout.
     pub fn psql(&self, database: &str, sql: &str) -> String {
+        let out = self.psql_command(database, sql).output().unwrap();
+        assert!(
+            out.status.success(),
+            "psql failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// The psql command [`Cluster::psql`] runs, for running it in the background.
+    pub fn psql_command(&self, database: &str, sql: &str) -> Command {
         let mut cmd = Command::new(self.bin.join("psql"));
         cmd.args([
             "-X",
@@ -147,13 +158,7 @@ impl Cluster {
         ])
         .arg(self.dir.path())
         .args(["-p", &self.port.to_string(), "-d", database, "-c", sql]);
-        let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "psql failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        cmd
     }
 }
 

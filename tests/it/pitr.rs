@@ -656,6 +656,14 @@ fn the_shipped_pitr_plans_back_up_and_drill() {
     );
     assert!(!restored["reached_time"].as_str().unwrap().is_empty());
     assert_ne!(drill.step("answers")["outputs"]["value"], "0");
+    // Recovered again to the night's mark, the tables hold what it recorded.
+    assert_eq!(nightly.status("mark"), "succeeded");
+    assert_eq!(
+        drill.step("proven")["outputs"]["checks"],
+        "wal=pass recovery=pass amcheck=pass fingerprints=pass",
+        "{}",
+        drill.everything()
+    );
 }
 
 #[test]
@@ -908,4 +916,211 @@ fn a_restore_into_a_data_directory_stops_at_the_target_and_its_first_start_promo
     );
     assert!(text.contains("was removed again"), "{text}");
     assert!(!data.exists());
+}
+
+fn mark_plan(cluster: &Cluster, repo_url: &str) -> String {
+    format!(
+        r#"
+version: 1
+name: mark
+targets:
+  app: {{ url: "{}" }}
+repositories:
+  local: {{ url: "{repo_url}" }}
+steps:
+  - {{ id: mark, type: pitr_mark, target: app, repository: local, fingerprint: full, wal_wait: 30s }}
+"#,
+        cluster.url("app")
+    )
+}
+
+fn mark_verify_plan(repo_url: &str, mark: &str) -> String {
+    format!(
+        r#"
+version: 1
+name: mark-verify
+targets:
+  drill: {{ ephemeral: true }}
+repositories:
+  local: {{ url: "{repo_url}" }}
+steps:
+  - id: verify
+    type: verify
+    repository: local
+    to: {{ mark: "{mark}" }}
+    restore_into: {{ target: drill }}
+"#
+    )
+}
+
+/// The marks archived in a local repository, read with the library.
+fn marks(url: &str) -> Vec<(opsrunner::repo::mark::Place, opsrunner::repo::mark::Mark)> {
+    use opsrunner::repo::{mark, wal};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = opsrunner::repo::open(url, Path::new("/"), &Default::default())
+            .await
+            .unwrap();
+        let names = wal::list(&store).await.unwrap();
+        let mut out = Vec::new();
+        for place in mark::places(&names, 16 << 20) {
+            let m = mark::read(&store, &place, None).await.unwrap();
+            out.push((place, m));
+        }
+        out
+    })
+}
+
+#[test]
+fn a_mark_holds_the_content_at_its_restore_point_and_a_verify_proves_it() {
+    let ws = Workspace::new();
+    let (cluster, repo, url) = archiving(&ws);
+    archived_at_least(&cluster, 1);
+    cluster.psql(
+        "app",
+        "create table u (k int primary key, v bigint); insert into u select g, 0 from generate_series(1, 100) g; create table stop (at timestamptz)",
+    );
+    insert(&cluster, &[1]);
+    let applied = ws.apply(&base_backup_plan(&cluster, &url), &[]);
+    assert_eq!(applied.code, 0, "{}", applied.everything());
+
+    // Writers commit all the time, one small transaction after another, while the mark is
+    // made: its fingerprints (row counts and row hashes) must be those of exactly the
+    // transactions committed before its restore point.
+    let mut writer = cluster
+        .psql_command(
+            "app",
+            "do $$ declare i int := 1000; begin
+               while not exists (select 1 from stop) and i < 200000 loop
+                 insert into t values (i);
+                 update u set v = v + i where k = 1 + i % 100;
+                 commit;
+                 perform pg_sleep(0.001);
+                 i := i + 1;
+               end loop;
+             end $$",
+        )
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let applied = ws.apply(&mark_plan(&cluster, &url), &[]);
+    assert_eq!(applied.code, 0, "{}", applied.everything());
+    let made = applied.step("mark")["outputs"].clone();
+    let name = made["name"].as_str().unwrap().to_string();
+    assert_eq!(made["tables"], "3", "{made}");
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.psql("app", "insert into stop values (now())");
+    assert!(writer.wait().unwrap().success());
+    archive_everything(&cluster, in_local(&repo));
+
+    // The mark is archived beside the segment of its restore point, and the writes went
+    // on after it (so a recovery to the end of the archive would not match it).
+    let archived = marks(&url);
+    assert_eq!(archived.len(), 1);
+    let (place, mark) = &archived[0];
+    assert_eq!(mark.name, name);
+    assert_eq!(mark.lsn, made["lsn"].as_str().unwrap());
+    assert!(repo.join(".wal").join(&place.file[..24]).exists());
+    let at_mark = mark.fingerprints["public.t"].rows;
+    let now: i64 = cluster
+        .psql("app", "select count(*) from t")
+        .parse()
+        .unwrap();
+    assert!(
+        at_mark > 1 && now > at_mark,
+        "{at_mark} at the mark, {now} now"
+    );
+
+    // The preview names the mark; the verify recovers to it and finds its fingerprints.
+    let plan = ws.write_plan(&mark_verify_plan(&url, "latest"));
+    let (code, out, err) = run(opsrunner().arg("plan").arg(&plan));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("mark `{name}`")), "{out}");
+    // A random mark is drawn when the step runs, not in the preview.
+    let plan = ws.write_plan(&mark_verify_plan(&url, "random"));
+    let (code, out, err) = run(opsrunner().arg("plan").arg(&plan));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("mark: one of 1 drawn at random when the step runs"),
+        "{out}"
+    );
+    for which in ["latest", "random", name.as_str()] {
+        let applied = ws.apply(&mark_verify_plan(&url, which), &[]);
+        assert_eq!(applied.code, 0, "{which}: {}", applied.everything());
+        assert_eq!(
+            applied.step("verify")["outputs"]["checks"],
+            "wal=pass recovery=pass amcheck=pass fingerprints=pass",
+            "{}",
+            applied.everything()
+        );
+        assert!(
+            applied
+                .everything()
+                .contains(&format!("3 tables of database `app` as at mark `{name}`")),
+            "{}",
+            applied.everything()
+        );
+    }
+    // A restore to the mark holds its rows.
+    let applied = ws.apply(
+        &restore_plan(
+            &url,
+            &format!("{{ mark: \"{name}\" }}"),
+            "select count(*) from t",
+        ),
+        &[],
+    );
+    assert_eq!(applied.code, 0, "{}", applied.everything());
+    assert_eq!(
+        applied.step("check")["outputs"]["value"],
+        at_mark.to_string().as_str()
+    );
+
+    // A mark that says something else than what recovery brings back fails the verify as
+    // a damaged backup would (exit 6), naming the table.
+    {
+        use opsrunner::repo::mark;
+        std::fs::remove_file(repo.join(".wal").join(&place.file)).unwrap();
+        let mut forged = mark.clone();
+        forged.fingerprints.get_mut("public.t").unwrap().rows += 1;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let store = opsrunner::repo::open(&url, Path::new("/"), &Default::default())
+                .await
+                .unwrap();
+            mark::store(&store, &forged, None).await.unwrap();
+        });
+    }
+    let applied = ws.apply(&mark_verify_plan(&url, "latest"), &[]);
+    assert_eq!(
+        applied.code,
+        opsrunner::exit::BACKUP_CORRUPT,
+        "{}",
+        applied.everything()
+    );
+    assert!(
+        applied.everything().contains(&format!(
+            "public.t: {at_mark} rows after restore, {} at the mark",
+            at_mark + 1
+        )),
+        "{}",
+        applied.everything()
+    );
+
+    // No mark a backup can reach: said so, nothing recovered.
+    let applied = ws.apply(&mark_verify_plan(&url, "no-such-mark"), &[]);
+    assert_ne!(applied.code, 0);
+    assert!(
+        applied
+            .everything()
+            .contains("holds no mark named `no-such-mark`"),
+        "{}",
+        applied.everything()
+    );
 }
