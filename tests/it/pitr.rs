@@ -475,6 +475,15 @@ repositories:
             .to_string()
     };
     insert(&cluster, &[3]);
+    let marked = ws.apply_env(
+        &format!(
+            "version: 1\nname: mark\ntargets:\n  app: {{ url: \"{}\" }}\n{repositories}steps:\n  - {{ id: mark, type: pitr_mark, target: app, repository: offsite }}\n",
+            cluster.url("app")
+        ),
+        &[],
+        &env,
+    );
+    assert_eq!(marked.code, 0, "{}", marked.everything());
     let s3_root = ws.path("s3");
     archive_everything(&cluster, |segment| {
         files_under(&s3_root)
@@ -508,6 +517,30 @@ repositories:
         !files_under(ws.dir.path())
             .iter()
             .any(|p| p.ends_with("wal-identity.txt"))
+    );
+
+    // The mark is ciphertext in the bucket too; the preview, which holds no key, shows
+    // where it is; the verify with the key recovers to it and compares.
+    let stored_mark = files_under(&s3_root)
+        .into_iter()
+        .find(|p| p.to_string_lossy().ends_with(".mark"))
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&std::fs::read(&stored_mark).unwrap()).contains("public.t"));
+    let verify = format!(
+        "version: 1\nname: verify\ntargets:\n  drill: {{ ephemeral: true }}\n{repositories}steps:\n  - {{ id: verify, type: verify, repository: offsite, to: {{ mark: latest }}, restore_into: {{ target: drill }} }}\n"
+    );
+    let plan = ws.write_plan(&verify);
+    let (code, out, err) = run(opsrunner().arg("plan").arg(&plan).envs(env.iter().copied()));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("encrypted: its name and fingerprints are read when the step runs"),
+        "{out}"
+    );
+    let applied = ws.apply_env(&verify, &["--identity", identity.to_str().unwrap()], &env);
+    assert_eq!(applied.code, 0, "{}", applied.everything());
+    assert_eq!(
+        applied.step("verify")["outputs"]["checks"],
+        "wal=pass recovery=pass amcheck=pass fingerprints=pass"
     );
 
     // Into a data directory: recovered to the point with a private key copy (gone after),
@@ -918,7 +951,7 @@ fn a_restore_into_a_data_directory_stops_at_the_target_and_its_first_start_promo
     assert!(!data.exists());
 }
 
-fn mark_plan(cluster: &Cluster, repo_url: &str) -> String {
+fn mark_plan(cluster: &Cluster, repo_url: &str, lock_wait: &str) -> String {
     format!(
         r#"
 version: 1
@@ -928,7 +961,7 @@ targets:
 repositories:
   local: {{ url: "{repo_url}" }}
 steps:
-  - {{ id: mark, type: pitr_mark, target: app, repository: local, fingerprint: full, wal_wait: 30s }}
+  - {{ id: mark, type: pitr_mark, target: app, repository: local, fingerprint: full, wal_wait: 30s, lock_wait: {lock_wait} }}
 "#,
         cluster.url("app")
     )
@@ -987,6 +1020,35 @@ fn a_mark_holds_the_content_at_its_restore_point_and_a_verify_proves_it() {
     let applied = ws.apply(&base_backup_plan(&cluster, &url), &[]);
     assert_eq!(applied.code, 0, "{}", applied.everything());
 
+    // A transaction that keeps writing longer than lock_wait: the step fails, retryable,
+    // and makes no restore point (nor holds writers up for longer).
+    let mut long = cluster
+        .psql_command(
+            "app",
+            "begin; insert into t values (999999); select pg_sleep(4); commit",
+        )
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let applied = ws.apply(&mark_plan(&cluster, &url, "1s"), &[]);
+    assert_eq!(applied.status("mark"), "failed", "{}", applied.everything());
+    assert!(
+        applied
+            .everything()
+            .contains("did not finish within lock_wait 1s: no restore point was made"),
+        "{}",
+        applied.everything()
+    );
+    assert!(long.wait().unwrap().success());
+    assert_eq!(
+        cluster.psql(
+            "postgres",
+            "select count(*) from pg_stat_activity where wait_event_type = 'Lock'"
+        ),
+        "0"
+    );
+    cluster.psql("app", "delete from t where id = 999999");
+
     // Writers commit all the time, one small transaction after another, while the mark is
     // made: its fingerprints (row counts and row hashes) must be those of exactly the
     // transactions committed before its restore point.
@@ -1006,7 +1068,7 @@ fn a_mark_holds_the_content_at_its_restore_point_and_a_verify_proves_it() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    let applied = ws.apply(&mark_plan(&cluster, &url), &[]);
+    let applied = ws.apply(&mark_plan(&cluster, &url, "10s"), &[]);
     assert_eq!(applied.code, 0, "{}", applied.everything());
     let made = applied.step("mark")["outputs"].clone();
     let name = made["name"].as_str().unwrap().to_string();
