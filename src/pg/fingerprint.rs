@@ -98,6 +98,61 @@ pub async fn take(
     Ok(out)
 }
 
+/// The row count of every table, counted over `connections` sessions at once (at least
+/// one), the largest tables first so that the sessions finish together: what a restore
+/// checks afterwards, as fast as its `jobs` allow.
+pub async fn count_rows(
+    info: &super::conn::ConnInfo,
+    connections: u32,
+) -> Result<BTreeMap<String, TableFingerprint>, sqlx::Error> {
+    use sqlx::Connection;
+    let mut first = info.connect().await?;
+    let sql = TABLES.replace(
+        "select format('%I.%I', n.nspname, c.relname)",
+        "select format('%I.%I', n.nspname, c.relname), c.relpages::bigint",
+    );
+    let mut listed: Vec<(String, i64)> = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .fetch_all(&mut first)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect::<Result<_, sqlx::Error>>()?;
+    // Popped from the end: the largest last in the vector.
+    listed.sort_by_key(|(_, pages)| *pages);
+    let queue = std::sync::Mutex::new(listed);
+    let wanted =
+        (connections.max(1) as usize).min(queue.lock().expect("not poisoned").len().max(1));
+    let mut sessions = vec![first];
+    for _ in 1..wanted {
+        sessions.push(info.connect().await?);
+    }
+    let counted = futures_util::future::try_join_all(sessions.into_iter().map(|mut conn| {
+        let queue = &queue;
+        async move {
+            let mut out = Vec::new();
+            loop {
+                let next = queue.lock().expect("not poisoned").pop();
+                let Some((table, _)) = next else { break };
+                // `table` comes from format('%I.%I'): quoted, safe to interpolate.
+                let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "select count(*) from {table}"
+                )))
+                .fetch_one(&mut conn)
+                .await?;
+                out.push((table, rows));
+            }
+            let _ = conn.close().await;
+            Ok::<_, sqlx::Error>(out)
+        }
+    }))
+    .await?;
+    Ok(counted
+        .into_iter()
+        .flatten()
+        .map(|(table, rows)| (table, TableFingerprint { rows, hash: None }))
+        .collect())
+}
+
 /// Differences between two fingerprint sets, one line each.
 pub fn compare(
     expected: &BTreeMap<String, TableFingerprint>,

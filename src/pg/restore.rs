@@ -257,27 +257,71 @@ async fn unpack(
 }
 
 /// Copies a reader into a file; the error says which side failed (`true`: writing).
+///
+/// Two stages, so that both cores work: this task reads (which decompresses, and
+/// decrypts and hashes what is stored), a blocking thread counts the rows and writes the
+/// pieces it is handed. A few pieces in flight, 1 MiB each, bound the memory.
 async fn copy_to_file(
     reader: &mut crate::repo::Reader,
     file: &mut tokio::fs::File,
     watch: Option<&std::sync::Arc<std::sync::Mutex<RowCounter>>>,
 ) -> Result<(), (bool, std::io::Error)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = reader.read(&mut buf).await.map_err(|e| (false, e))?;
-        if n == 0 {
-            break;
+    use std::io::Write;
+    use tokio::io::AsyncReadExt;
+    const PIECE: usize = 1 << 20;
+    let (full_tx, mut full_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let (empty_tx, mut empty_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(6);
+    let mut out = file
+        .try_clone()
+        .await
+        .map_err(|e| (true, e))?
+        .into_std()
+        .await;
+    let watch = watch.cloned();
+    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        while let Some(piece) = full_rx.blocking_recv() {
+            if let Some(watch) = &watch {
+                watch
+                    .lock()
+                    .expect("the reader is not poisoned")
+                    .feed(&piece);
+            }
+            out.write_all(&piece)?;
+            // Handed back for the next read; when the reader has gone, dropped.
+            let _ = empty_tx.try_send(piece);
         }
-        if let Some(watch) = watch {
-            watch
-                .lock()
-                .expect("the reader is not poisoned")
-                .feed(&buf[..n]);
+        out.flush()
+    });
+    let read = async {
+        loop {
+            let mut piece = empty_rx.try_recv().unwrap_or_default();
+            piece.resize(PIECE, 0);
+            let mut filled = 0;
+            // Whole pieces: fewer hand-overs than one per decompressed block.
+            while filled < PIECE {
+                let n = reader.read(&mut piece[filled..]).await?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            if filled == 0 {
+                return Ok::<(), std::io::Error>(());
+            }
+            piece.truncate(filled);
+            if full_tx.send(piece).await.is_err() {
+                // The writer stopped: its error says why.
+                return Ok(());
+            }
         }
-        file.write_all(&buf[..n]).await.map_err(|e| (true, e))?;
-    }
-    file.flush().await.map_err(|e| (true, e))
+    };
+    let read = read.await;
+    drop(full_tx);
+    let written = writer
+        .await
+        .map_err(|e| (true, std::io::Error::other(e.to_string())))?;
+    read.map_err(|e| (false, e))?;
+    written.map_err(|e| (true, e))
 }
 
 /// Rebuilds pg_dump's directory (`dump/…`) from the stored files; returns its path.
