@@ -724,6 +724,9 @@ fn pruning_a_base_backup_prunes_the_wal_only_it_needed() {
     insert(&cluster, &[1]);
     let (first, _) = backup();
     insert(&cluster, &[2]);
+    // A mark only the first backup reaches: pruned with its segment.
+    let marked = ws.apply(&mark_plan(&cluster, &url, "10s"), &[]);
+    assert_eq!(marked.code, 0, "{}", marked.everything());
     archive_everything(&cluster, in_local(&repo));
     let (second, second_start) = backup();
     insert(&cluster, &[3]);
@@ -744,6 +747,7 @@ fn pruning_a_base_backup_prunes_the_wal_only_it_needed() {
         .filter(|n| n.get(..24).is_some_and(|s| s < second_start.as_str()))
         .collect();
     assert!(!older.is_empty(), "{before:?}");
+    assert!(older.iter().any(|n| n.ends_with(".mark")), "{before:?}");
 
     let prune = format!(
         "version: 1\nname: prune\nrepositories:\n  local: {{ url: \"{url}\" }}\nsteps:\n  - {{ id: prune, type: prune, repository: local, keep: {{ last: 1 }} }}\n"
