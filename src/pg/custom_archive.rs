@@ -47,11 +47,18 @@ pub struct RowCounter {
     offset_fields: Vec<(i64, u64, u8)>,
     /// Where each data block starts, by dump id.
     data_starts: BTreeMap<i64, u64>,
+    /// The block being read, and the blocks read to their end since
+    /// [`RowCounter::take_completed`] was last asked.
+    current: Option<i64>,
+    completed: Vec<i64>,
 }
 
 /// `K_OFFSET_POS_NOT_SET` and `K_OFFSET_POS_SET` of the data-offset field of a TOC entry.
 const OFFSET_NOT_SET: u8 = 1;
 const OFFSET_SET: u8 = 2;
+
+/// Bytes to write at a position of the archive: a TOC entry's offset field, filled in.
+pub type Patch = (u64, Vec<u8>);
 
 /// Where the data of an archive written to a pipe is: the TOC's offset fields to fill in
 /// to make it the archive pg_dump writes to a file, which `pg_restore -j` reads by seeking.
@@ -117,6 +124,8 @@ impl Default for RowCounter {
             off_size: 8,
             offset_fields: Vec::new(),
             data_starts: BTreeMap::new(),
+            current: None,
+            completed: Vec::new(),
         }
     }
 }
@@ -339,7 +348,13 @@ impl RowCounter {
                     .int()
                     .expect("a whole integer is pending");
                     self.pending.clear();
+                    if let State::BlockId { .. } = state {
+                        self.current = Some(value);
+                    }
                     self.state = self.after_int(state, value);
+                    if matches!(self.state, State::BlockType) {
+                        self.completed.extend(self.current.take());
+                    }
                 }
             }
         }
@@ -427,6 +442,38 @@ impl RowCounter {
                 self.feed(&rest);
             }
         }
+    }
+
+    /// Whether the header and table of contents have been read (and understood): from
+    /// then on, what was fed so far is a custom archive pg_restore can read the table of
+    /// contents of.
+    pub fn head_parsed(&self) -> bool {
+        !matches!(self.state, State::Head | State::Failed(_))
+    }
+
+    /// The data blocks read to their end since the last call, each with the bytes to fill
+    /// into its TOC entry's offset field (at that position of the archive) when pg_dump
+    /// left it unset — so that pg_restore finds the block while the rest still arrives.
+    pub fn take_completed(&mut self) -> Vec<(i64, Option<Patch>)> {
+        if matches!(self.state, State::Failed(_)) {
+            return Vec::new();
+        }
+        let done = std::mem::take(&mut self.completed);
+        done.into_iter()
+            .map(|id| {
+                let patch = self
+                    .offset_fields
+                    .iter()
+                    .find(|(i, _, flag)| *i == id && *flag == OFFSET_NOT_SET)
+                    .zip(self.data_starts.get(&id))
+                    .map(|((_, at, _), start)| {
+                        let mut bytes = vec![OFFSET_SET];
+                        bytes.extend_from_slice(&start.to_le_bytes()[..self.off_size]);
+                        (*at, bytes)
+                    });
+                (id, patch)
+            })
+            .collect()
     }
 
     /// Where the data blocks are, once all of the archive was fed: the offset fields to
@@ -593,6 +640,38 @@ mod tests {
             let start = u64::from_le_bytes(field[1..9].try_into().unwrap()) as usize;
             assert_eq!(bytes[start], BLK_DATA, "a block starts at {start}");
         }
+    }
+
+    #[test]
+    fn each_block_is_told_once_it_has_all_arrived_with_its_offset() {
+        // Longer than the first attempt to read the head (4 KiB), as real archives are.
+        let many: Vec<String> = (0..2000).map(|i| i.to_string()).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let bytes = archive(&[("public", "a", &many), ("public", "b", &["3"])]);
+        let mut whole = RowCounter::default();
+        whole.feed(&bytes);
+        let layout = whole.finish_layout().unwrap();
+        let mut counter = RowCounter::default();
+        let mut told = Vec::new();
+        let mut fed = 0;
+        for chunk in bytes.chunks(7) {
+            counter.feed(chunk);
+            fed += chunk.len();
+            for (id, patch) in counter.take_completed() {
+                // The large objects' block has no TOC entry in this archive.
+                let Some((at, field)) = patch else { continue };
+                // Told only once the block is all there, never before the head.
+                let start = u64::from_le_bytes(field[1..9].try_into().unwrap()) as usize;
+                assert!(start < fed && (at as usize) < start);
+                assert!(counter.head_parsed());
+                told.push((id, (at, field)));
+            }
+        }
+        assert_eq!(
+            told.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>(),
+            layout.patches
+        );
+        assert!(counter.take_completed().is_empty());
     }
 
     #[test]

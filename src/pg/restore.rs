@@ -161,15 +161,38 @@ async fn checked(verdict: Verdict, ctx: &StepContext) -> Result<(), StepError> {
     }
 }
 
-/// A parallel restore of a custom archive that pg_dump wrote to a pipe. `pg_restore -j`
-/// needs a seekable file with data offsets, and such an archive has none: pg_restore would
-/// search the file chunk by chunk for every table (measured at twice the time of a restore
-/// from pg_dump's own file). So the archive is decompressed once to a local file, checked
-/// in full against the manifest before anything is restored, while the custom archive
-/// reader notes where each entry's data block starts; those offsets are written into the
-/// copy's table of contents — it is then byte for byte the archive pg_dump writes to a
-/// file — and `pg_restore -j` restores it as it would pg_dump's own. An archive the reader
-/// does not understand is restored without offsets: slower, the same result.
+/// What the spool's writer tells a parallel restore as the archive arrives.
+enum Spooled {
+    /// The header and table of contents are on disk.
+    Head,
+    /// These entries' data blocks are on disk, their offsets filled in.
+    Blocks(Vec<i64>),
+}
+
+/// What watches the spool being written: the archive reader, and whom to tell.
+#[derive(Clone)]
+struct Watch {
+    counter: std::sync::Arc<std::sync::Mutex<RowCounter>>,
+    notify: Option<tokio::sync::mpsc::UnboundedSender<Spooled>>,
+}
+
+/// A parallel restore of a custom archive, which `pg_restore -j` can only read from a
+/// file it can seek in: the archive is decompressed to a local copy, and restored from it
+/// *while it is being written*, so that decompressing and loading overlap:
+///
+/// 1. once the table of contents is on disk, `pg_restore --section=pre-data` (which reads
+///    nothing else) creates the schema;
+/// 2. as each table's data block is on disk, its offset is filled into the copy's table of
+///    contents (pg_dump could not write it into a pipe) and `pg_restore --section=data -L`
+///    loads the tables whose blocks are complete — up to `jobs` of these at once, each
+///    taking every table that has arrived since;
+/// 3. once the whole copy is there and matched its manifest (size, SHA-256), the rest of
+///    the data section (sequence values, anything not loaded yet) and then
+///    `pg_restore -j N --section=post-data` (indexes, constraints, in parallel).
+///
+/// All of it goes into the staging database, which replaces nothing until everything
+/// passed. An archive the reader does not understand is restored after the copy is
+/// complete, by `pg_restore -j` alone.
 async fn parallel_custom(
     ctx: &StepContext,
     store: &AnyStore,
@@ -186,9 +209,44 @@ async fn parallel_custom(
         .tempdir()
         .map_err(|e| spool_error(&std::env::temp_dir(), &e))?;
     let spool = dir.path().join("archive.pgdump");
-    let layout = std::sync::Arc::new(std::sync::Mutex::new(RowCounter::default()));
-    unpack(ctx, store, manifest, name, &spool, Some(&layout)).await?;
-    let layout = std::mem::take(&mut *layout.lock().expect("the reader is not poisoned"));
+    let counter = std::sync::Arc::new(std::sync::Mutex::new(RowCounter::default()));
+    let (notify, arrivals) = tokio::sync::mpsc::unbounded_channel();
+    let watch = Watch {
+        counter: counter.clone(),
+        notify: Some(notify),
+    };
+    let loading = Loading {
+        ctx,
+        pg_restore,
+        args,
+        spool: &spool,
+        dir: dir.path(),
+        jobs,
+        configure,
+    };
+    let damaged = tokio_util::sync::CancellationToken::new();
+    let (unpacked, loaded) = tokio::join!(
+        async {
+            let r = unpack(ctx, store, manifest, name, &spool, Some(&watch)).await;
+            // The writer has gone: closing the channel tells the loader the copy ended.
+            drop(watch);
+            if r.is_err() {
+                damaged.cancel();
+            }
+            r
+        },
+        async {
+            tokio::select! {
+                r = loading.while_spooling(arrivals) => r,
+                // What is loading stops (its processes are killed): the copy is bad.
+                _ = damaged.cancelled() => Ok(None),
+            }
+        }
+    );
+    // A damaged archive is what to report, not what pg_restore made of it.
+    unpacked?;
+    let restored = loaded?;
+    let layout = std::mem::take(&mut *counter.lock().expect("the reader is not poisoned"));
     match layout.finish_layout() {
         Ok(layout) => {
             use std::os::unix::fs::FileExt;
@@ -205,12 +263,162 @@ async fn parallel_custom(
             tracing::warn!("restoring without data offsets, which is slower: {why}");
         }
     }
-    let mut all = args.to_vec();
-    all.push(format!("--jobs={jobs}"));
-    all.push(spool.display().to_string());
-    PgProcess::spawn(pg_restore, &all, ctx, configure, false, false)?
-        .finish(ctx)
+    match restored {
+        Some(started) => loading.finish(&started).await,
+        None => {
+            let mut all = args.to_vec();
+            all.push(format!("--jobs={jobs}"));
+            all.push(spool.display().to_string());
+            PgProcess::spawn(pg_restore, &all, ctx, configure, false, false)?
+                .finish(ctx)
+                .await
+        }
+    }
+}
+
+/// The pg_restore runs of a parallel restore (see [`parallel_custom`]).
+struct Loading<'a, C> {
+    ctx: &'a StepContext,
+    pg_restore: &'a Path,
+    args: &'a [String],
+    spool: &'a Path,
+    dir: &'a Path,
+    jobs: u32,
+    configure: &'a C,
+}
+
+/// Where the overlapped part of a parallel restore got to: the data-section entries of
+/// the archive and those already loaded.
+struct Started {
+    data_entries: Vec<i64>,
+    loaded: std::collections::BTreeSet<i64>,
+}
+
+impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
+    fn run(&self, extra: &[String]) -> Result<PgProcess, StepError> {
+        let mut all = self.args.to_vec();
+        all.extend_from_slice(extra);
+        all.push(self.spool.display().to_string());
+        PgProcess::spawn(
+            self.pg_restore,
+            &all,
+            self.ctx,
+            self.configure,
+            false,
+            false,
+        )
+    }
+
+    /// `-L FILE` naming these entries, for one pg_restore run.
+    fn list(&self, entries: &[i64], n: usize) -> Result<String, StepError> {
+        let path = self.dir.join(format!("list-{n}"));
+        let text: String = entries.iter().map(|id| format!("{id};\n")).collect();
+        std::fs::write(&path, text).map_err(|e| spool_error(&path, &e))?;
+        Ok(format!("--use-list={}", path.display()))
+    }
+
+    /// The entries of the data section, from the table of contents on disk.
+    async fn data_entries(&self) -> Result<Vec<i64>, StepError> {
+        let mut all = vec!["--list".to_string(), "--section=data".into()];
+        all.push(self.spool.display().to_string());
+        let output = tokio::process::Command::new(self.pg_restore)
+            .args(&all)
+            .env("LC_MESSAGES", "C")
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|e| StepError::permanent(format!("cannot start pg_restore --list: {e}")))?;
+        if !output.status.success() {
+            return Err(StepError::permanent(format!(
+                "pg_restore --list failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            )));
+        }
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|l| !l.trim_start().starts_with(';'))
+            .filter_map(|l| l.split(';').next()?.trim().parse().ok())
+            .collect())
+    }
+
+    /// Steps 1 and 2 while the copy is written; `None` when the archive's table of
+    /// contents could not be read as it arrived (then nothing was restored yet).
+    async fn while_spooling(
+        &self,
+        mut arrivals: tokio::sync::mpsc::UnboundedReceiver<Spooled>,
+    ) -> Result<Option<Started>, StepError> {
+        use futures_util::StreamExt;
+        let mut arrived: Vec<i64> = Vec::new();
+        loop {
+            match arrivals.recv().await {
+                Some(Spooled::Head) => break,
+                Some(Spooled::Blocks(ids)) => arrived.extend(ids),
+                None => return Ok(None),
+            }
+        }
+        let data_entries = self.data_entries().await?;
+        let wanted: std::collections::BTreeSet<i64> = data_entries.iter().copied().collect();
+        self.run(&["--section=pre-data".into()])?
+            .finish(self.ctx)
+            .await?;
+        let mut loaded = std::collections::BTreeSet::new();
+        let mut running = futures_util::stream::FuturesUnordered::new();
+        let mut runs = 0;
+        let mut open = true;
+        loop {
+            // Every table that has arrived, to the next free run.
+            arrived.retain(|id| wanted.contains(id) && !loaded.contains(id));
+            if !arrived.is_empty() && running.len() < self.jobs as usize {
+                let batch = std::mem::take(&mut arrived);
+                runs += 1;
+                let list = self.list(&batch, runs)?;
+                loaded.extend(batch.iter().copied());
+                let process = self.run(&["--section=data".into(), list])?;
+                running.push(process.finish(self.ctx));
+                continue;
+            }
+            if !open && running.is_empty() {
+                break;
+            }
+            tokio::select! {
+                done = running.next(), if !running.is_empty() => {
+                    done.expect("not empty")?;
+                }
+                arrival = arrivals.recv(), if open => match arrival {
+                    Some(Spooled::Blocks(ids)) => arrived.extend(ids),
+                    Some(Spooled::Head) => {}
+                    None => open = false,
+                },
+            }
+        }
+        Ok(Some(Started {
+            data_entries,
+            loaded,
+        }))
+    }
+
+    /// Step 3, once the whole copy matched its manifest.
+    async fn finish(&self, started: &Started) -> Result<(), StepError> {
+        let rest: Vec<i64> = started
+            .data_entries
+            .iter()
+            .copied()
+            .filter(|id| !started.loaded.contains(id))
+            .collect();
+        if !rest.is_empty() {
+            let list = self.list(&rest, 0)?;
+            self.run(&["--section=data".into(), list])?
+                .finish(self.ctx)
+                .await?;
+        }
+        self.run(&[
+            "--section=post-data".into(),
+            format!("--jobs={}", self.jobs),
+        ])?
+        .finish(self.ctx)
         .await
+    }
 }
 
 fn spool_error(path: &Path, e: &std::io::Error) -> StepError {
@@ -227,7 +435,7 @@ async fn unpack(
     manifest: &Manifest,
     name: &str,
     to: &Path,
-    watch: Option<&std::sync::Arc<std::sync::Mutex<RowCounter>>>,
+    watch: Option<&Watch>,
 ) -> Result<(), StepError> {
     let Loaded {
         mut reader,
@@ -264,7 +472,7 @@ async fn unpack(
 async fn copy_to_file(
     reader: &mut crate::repo::Reader,
     file: &mut tokio::fs::File,
-    watch: Option<&std::sync::Arc<std::sync::Mutex<RowCounter>>>,
+    watch: Option<&Watch>,
 ) -> Result<(), (bool, std::io::Error)> {
     use std::io::Write;
     use tokio::io::AsyncReadExt;
@@ -279,14 +487,43 @@ async fn copy_to_file(
         .await;
     let watch = watch.cloned();
     let writer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut head_told = false;
         while let Some(piece) = full_rx.blocking_recv() {
-            if let Some(watch) = &watch {
-                watch
-                    .lock()
-                    .expect("the reader is not poisoned")
-                    .feed(&piece);
-            }
+            let Some(watch) = &watch else {
+                out.write_all(&piece)?;
+                let _ = empty_tx.try_send(piece);
+                continue;
+            };
+            let (head, done) = {
+                let mut counter = watch.counter.lock().expect("the reader is not poisoned");
+                counter.feed(&piece);
+                let done = if watch.notify.is_some() {
+                    counter.take_completed()
+                } else {
+                    Vec::new()
+                };
+                (counter.head_parsed(), done)
+            };
             out.write_all(&piece)?;
+            if let Some(notify) = &watch.notify {
+                // The blocks are on disk now; their offsets go into the TOC (written
+                // long before) so that a pg_restore started from here finds them.
+                for (_, patch) in &done {
+                    if let Some((at, bytes)) = patch {
+                        out.write_all_at(bytes, *at)?;
+                    }
+                }
+                if head && !head_told {
+                    head_told = true;
+                    let _ = notify.send(Spooled::Head);
+                }
+                if !done.is_empty() {
+                    let _ = notify.send(Spooled::Blocks(
+                        done.into_iter().map(|(id, _)| id).collect(),
+                    ));
+                }
+            }
             // Handed back for the next read; when the reader has gone, dropped.
             let _ = empty_tx.try_send(piece);
         }
