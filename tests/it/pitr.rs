@@ -143,7 +143,8 @@ fn parent_for_data(cluster: &Cluster) -> tempfile::TempDir {
     dir
 }
 
-fn verify_plan(repo_url: &str) -> String {
+/// A point-in-time verify to `to` in a throwaway cluster, with `extra` keys.
+fn pitr_verify_plan(repo_url: &str, to: &str, extra: &str) -> String {
     format!(
         r#"
 version: 1
@@ -156,11 +157,14 @@ steps:
   - id: verify
     type: verify
     repository: local
-    to: {{ latest: true }}
+    to: {to}
     restore_into: {{ target: drill }}
-    max_age: 1d
-"#
+{extra}"#
     )
+}
+
+fn verify_plan(repo_url: &str) -> String {
+    pitr_verify_plan(repo_url, "{ latest: true }", "    max_age: 1d\n")
 }
 
 fn recorded(repo: &Path, backup_id: &str) -> serde_json::Value {
@@ -972,22 +976,7 @@ steps:
 }
 
 fn mark_verify_plan(repo_url: &str, mark: &str) -> String {
-    format!(
-        r#"
-version: 1
-name: mark-verify
-targets:
-  drill: {{ ephemeral: true }}
-repositories:
-  local: {{ url: "{repo_url}" }}
-steps:
-  - id: verify
-    type: verify
-    repository: local
-    to: {{ mark: "{mark}" }}
-    restore_into: {{ target: drill }}
-"#
-    )
+    pitr_verify_plan(repo_url, &format!("{{ mark: \"{mark}\" }}"), "")
 }
 
 /// The marks archived in a local repository, read with the library.
