@@ -492,7 +492,12 @@ mod tests {
             "000000010000000000000002.00000028.backup",
         ] {
             assert!(check_name(ok).is_ok(), "{ok}");
+            assert!(check_server_name(ok).is_ok(), "{ok}");
         }
+        // A mark lives in the archive, but PostgreSQL neither pushes nor fetches one.
+        let mark = "000000010000000000000003.00000060.mark";
+        assert!(check_name(mark).is_ok());
+        assert!(check_server_name(mark).is_err());
         for bad in [
             "../000000010000000000000001",
             "00000001000000000000000g",
