@@ -173,7 +173,7 @@ enum Spooled {
 #[derive(Clone)]
 struct Watch {
     counter: std::sync::Arc<std::sync::Mutex<RowCounter>>,
-    notify: Option<tokio::sync::mpsc::UnboundedSender<Spooled>>,
+    notify: tokio::sync::mpsc::UnboundedSender<Spooled>,
 }
 
 /// A parallel restore of a custom archive, which `pg_restore -j` can only read from a
@@ -213,7 +213,7 @@ async fn parallel_custom(
     let (notify, arrivals) = tokio::sync::mpsc::unbounded_channel();
     let watch = Watch {
         counter: counter.clone(),
-        notify: Some(notify),
+        notify,
     };
     let loading = Loading {
         ctx,
@@ -246,22 +246,11 @@ async fn parallel_custom(
     // A damaged archive is what to report, not what pg_restore made of it.
     unpacked?;
     let restored = loaded?;
-    let layout = std::mem::take(&mut *counter.lock().expect("the reader is not poisoned"));
-    match layout.finish_layout() {
-        Ok(layout) => {
-            use std::os::unix::fs::FileExt;
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&spool)
-                .map_err(|e| spool_error(&spool, &e))?;
-            for (at, field) in &layout.patches {
-                file.write_all_at(field, *at)
-                    .map_err(|e| spool_error(&spool, &e))?;
-            }
-        }
-        Err(NotCounted(why)) => {
-            tracing::warn!("restoring without data offsets, which is slower: {why}");
-        }
+    // Every block's offset was filled in by the writer as the block arrived; an archive
+    // the reader stopped understanding has the rest found by pg_restore's own search.
+    let counter = std::mem::take(&mut *counter.lock().expect("the reader is not poisoned"));
+    if let Err(NotCounted(why)) = counter.finish() {
+        tracing::warn!("restoring without data offsets, which is slower: {why}");
     }
     match restored {
         Some(started) => loading.finish(&started).await,
@@ -490,23 +479,16 @@ async fn copy_to_file(
         use std::os::unix::fs::FileExt;
         let mut head_told = false;
         while let Some(piece) = full_rx.blocking_recv() {
-            let Some(watch) = &watch else {
-                out.write_all(&piece)?;
-                let _ = empty_tx.try_send(piece);
-                continue;
-            };
-            let (head, done) = {
+            let mut head = false;
+            let mut done = Vec::new();
+            if let Some(watch) = &watch {
                 let mut counter = watch.counter.lock().expect("the reader is not poisoned");
                 counter.feed(&piece);
-                let done = if watch.notify.is_some() {
-                    counter.take_completed()
-                } else {
-                    Vec::new()
-                };
-                (counter.head_parsed(), done)
-            };
+                head = counter.head_parsed();
+                done = counter.take_completed();
+            }
             out.write_all(&piece)?;
-            if let Some(notify) = &watch.notify {
+            if let Some(notify) = watch.as_ref().map(|w| &w.notify) {
                 // The blocks are on disk now; their offsets go into the TOC (written
                 // long before) so that a pg_restore started from here finds them.
                 for (_, patch) in &done {
