@@ -73,8 +73,10 @@ pub async fn take(
     if mode == FingerprintMode::None {
         return Ok(out);
     }
+    // A set: `only` can be as long as a mark says, and a mark is read from the repository.
+    let only: Option<std::collections::BTreeSet<&String>> = only.map(|o| o.iter().collect());
     for table in tables(conn).await? {
-        if only.is_some_and(|o| !o.contains(&table)) {
+        if only.as_ref().is_some_and(|o| !o.contains(&table)) {
             continue;
         }
         // `table` comes from format('%I.%I'): quoted where needed, safe to interpolate.
