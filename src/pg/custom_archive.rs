@@ -38,6 +38,8 @@ pub struct RowCounter {
     /// dump id → (schema, table) of `TABLE DATA` entries.
     tables: BTreeMap<i64, (String, String)>,
     counts: RowCounts,
+    /// The newlines in the table data being read so far.
+    block_rows: i64,
     /// The last bytes of the table data being read, to recognize its end-of-data line.
     tail: Vec<u8>,
     /// The archive position of the next byte of the data part.
@@ -51,6 +53,13 @@ pub struct RowCounter {
     /// [`RowCounter::take_completed`] was last asked.
     current: Option<i64>,
     completed: Vec<i64>,
+    toc: Toc,
+    /// The header and table of contents as they arrived (offsets as pg_dump left them).
+    head: std::sync::Arc<[u8]>,
+    /// Where each data block read to its end ends (the position after it), by dump id.
+    data_ends: BTreeMap<i64, u64>,
+    /// The blocks whose start was read since [`RowCounter::take_started`] was last asked.
+    started: Vec<i64>,
 }
 
 /// `K_OFFSET_POS_NOT_SET` and `K_OFFSET_POS_SET` of the data-offset field of a TOC entry.
@@ -66,6 +75,57 @@ pub type Patch = (u64, Vec<u8>);
 pub struct Layout {
     /// (position of the field, the field's new bytes).
     pub patches: Vec<(u64, Vec<u8>)>,
+}
+
+/// `SECTION_POST_DATA` of pg_backup.h: indexes, constraints, triggers, rules.
+const SECTION_POST_DATA: i64 = 4;
+
+/// One entry of the table of contents, as much of it as scheduling a restore needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TocEntry {
+    pub id: i64,
+    /// What it is: `TABLE`, `TABLE DATA`, `INDEX`, `CONSTRAINT`, `FK CONSTRAINT`, …
+    pub desc: String,
+    pub section: i64,
+    /// The dump ids of the entries it depends on.
+    pub deps: Vec<i64>,
+}
+
+/// An archive's table of contents, in archive order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Toc(pub Vec<TocEntry>);
+
+impl Toc {
+    /// The indexes and constraints of the post-data section that can be built now that
+    /// the `TABLE DATA` entries `loaded` are in, in archive order: those that depend on
+    /// nothing but tables whose data is loaded. What `pg_restore -j` starts as each table
+    /// finishes; anything else — foreign keys (two tables), triggers, indexes of
+    /// partitioned tables (no data of their own), whatever depends on another index — is
+    /// left to the post-data run at the end, which orders it by its dependencies.
+    pub fn ready_after_data(&self, loaded: &std::collections::BTreeSet<i64>) -> Vec<i64> {
+        // A table's data depends on the table: table id → its data's id.
+        let data_of: BTreeMap<i64, i64> = self
+            .0
+            .iter()
+            .filter(|e| e.desc == "TABLE DATA")
+            .filter_map(|e| match e.deps.as_slice() {
+                [table] => Some((*table, e.id)),
+                _ => None,
+            })
+            .collect();
+        self.0
+            .iter()
+            .filter(|e| e.section == SECTION_POST_DATA)
+            .filter(|e| e.desc == "INDEX" || e.desc == "CONSTRAINT")
+            .filter(|e| {
+                !e.deps.is_empty()
+                    && e.deps
+                        .iter()
+                        .all(|d| data_of.get(d).is_some_and(|data| loaded.contains(data)))
+            })
+            .map(|e| e.id)
+            .collect()
+    }
 }
 
 /// How many of the newlines at the end of a table's data belong to the end-of-data line
@@ -119,6 +179,7 @@ impl Default for RowCounter {
             int_size: 4,
             tables: BTreeMap::new(),
             counts: BTreeMap::new(),
+            block_rows: 0,
             tail: Vec::new(),
             position: 0,
             off_size: 8,
@@ -126,6 +187,10 @@ impl Default for RowCounter {
             data_starts: BTreeMap::new(),
             current: None,
             completed: Vec::new(),
+            toc: Toc::default(),
+            head: std::sync::Arc::from(Vec::new()),
+            data_ends: BTreeMap::new(),
+            started: Vec::new(),
         }
     }
 }
@@ -184,6 +249,7 @@ enum Head {
         off_size: usize,
         tables: BTreeMap<i64, (String, String)>,
         offset_fields: Vec<(i64, u64, u8)>,
+        toc: Toc,
     },
     Unsupported(String),
 }
@@ -241,6 +307,7 @@ fn parse_head(bytes: &[u8]) -> Head {
     }
     let mut tables = BTreeMap::new();
     let mut offset_fields = Vec::new();
+    let mut toc = Toc::default();
     for _ in 0..entries {
         let id = need!(c.int());
         let _had_dumper = need!(c.int());
@@ -248,7 +315,7 @@ fn parse_head(bytes: &[u8]) -> Head {
         let _oid = need!(c.string());
         let tag = need!(c.string()).unwrap_or_default();
         let desc = need!(c.string()).unwrap_or_default();
-        let _section = need!(c.int());
+        let section = need!(c.int());
         let _defn = need!(c.string());
         let _drop = need!(c.string());
         let _copy = need!(c.string());
@@ -262,7 +329,18 @@ fn parse_head(bytes: &[u8]) -> Head {
         }
         let _owner = need!(c.string());
         let _with_oids = need!(c.string());
-        while need!(c.string()).is_some() {} // dependencies, ended by NULL
+        // Dependencies, dump ids as text, ended by NULL; one that is not a number is kept
+        // as an id no entry has, so that what depends on it never counts as ready.
+        let mut deps = Vec::new();
+        while let Some(dep) = need!(c.string()) {
+            deps.push(dep.trim().parse().unwrap_or(i64::MIN));
+        }
+        toc.0.push(TocEntry {
+            id,
+            desc: desc.clone(),
+            section,
+            deps,
+        });
         let at = c.at as u64;
         let offset = need!(c.take(1 + off_size));
         offset_fields.push((id, at, offset[0]));
@@ -276,6 +354,7 @@ fn parse_head(bytes: &[u8]) -> Head {
         off_size,
         tables,
         offset_fields,
+        toc,
     }
 }
 
@@ -301,11 +380,12 @@ impl RowCounter {
                 }
                 State::Chunk { table, left, blobs } => {
                     let n = left.min(bytes.len());
-                    if let Some(id) = table {
-                        let rows = bytes[..n].iter().filter(|&&b| b == b'\n').count() as i64;
-                        if let Some(key) = self.tables.get(&id) {
-                            *self.counts.entry(key.clone()).or_default() += rows;
-                        }
+                    if table.is_some() {
+                        // pg_dump writes each row as a chunk of its own: what is done per
+                        // chunk is done millions of times, so the table's count is only
+                        // looked up when its block ends.
+                        self.block_rows +=
+                            bytes[..n].iter().filter(|&&b| b == b'\n').count() as i64;
                         self.tail
                             .extend_from_slice(&bytes[n.saturating_sub(TAIL)..n]);
                         let excess = self.tail.len().saturating_sub(TAIL);
@@ -356,10 +436,14 @@ impl RowCounter {
                     self.pending.clear();
                     if let State::BlockId { .. } = state {
                         self.current = Some(value);
+                        self.started.push(value);
                     }
                     self.state = self.after_int(state, value);
-                    if matches!(self.state, State::BlockType) {
-                        self.completed.extend(self.current.take());
+                    if matches!(self.state, State::BlockType)
+                        && let Some(id) = self.current.take()
+                    {
+                        self.data_ends.insert(id, self.position);
+                        self.completed.push(id);
                     }
                 }
             }
@@ -379,7 +463,10 @@ impl RowCounter {
                 off_size,
                 tables,
                 offset_fields,
+                toc,
             } => {
+                self.toc = toc;
+                self.head = self.pending[..consumed].into();
                 self.int_size = int_size;
                 self.off_size = off_size;
                 self.offset_fields = offset_fields;
@@ -398,9 +485,9 @@ impl RowCounter {
                 table: Some(id),
                 blobs: false,
             } if value == 0 => {
-                let end = terminator_newlines(&self.tail);
+                let rows = std::mem::take(&mut self.block_rows) - terminator_newlines(&self.tail);
                 if let Some(count) = self.tables.get(&id).and_then(|k| self.counts.get_mut(k)) {
-                    *count -= end;
+                    *count += rows;
                 }
                 self.tail.clear();
                 State::BlockType
@@ -455,6 +542,32 @@ impl RowCounter {
     /// contents of.
     pub fn head_parsed(&self) -> bool {
         !matches!(self.state, State::Head | State::Failed(_))
+    }
+
+    /// The table of contents, once [`RowCounter::head_parsed`].
+    pub fn toc(&self) -> &Toc {
+        &self.toc
+    }
+
+    /// The header and table of contents as they arrived, once [`RowCounter::head_parsed`]:
+    /// what pg_restore reads from a pipe before the data blocks.
+    pub fn head(&self) -> std::sync::Arc<[u8]> {
+        self.head.clone()
+    }
+
+    /// The data blocks whose start (type and dump id) was read since the last call, in
+    /// archive order.
+    pub fn take_started(&mut self) -> Vec<i64> {
+        if matches!(self.state, State::Failed(_)) {
+            return Vec::new();
+        }
+        std::mem::take(&mut self.started)
+    }
+
+    /// Where a data block starts, and where it ends once it was read to its end.
+    pub fn block(&self, id: i64) -> Option<(u64, Option<u64>)> {
+        let start = *self.data_starts.get(&id)?;
+        Some((start, self.data_ends.get(&id).copied()))
     }
 
     /// The data blocks read to their end since the last call, each with the bytes to fill
@@ -531,6 +644,37 @@ impl crate::counting::Sees for std::sync::Arc<std::sync::Mutex<RowCounter>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_index_is_ready_once_the_data_of_every_table_it_is_on_is_loaded() {
+        let entry = |id, desc: &str, section, deps: &[i64]| TocEntry {
+            id,
+            desc: desc.into(),
+            section,
+            deps: deps.to_vec(),
+        };
+        // Tables 1 and 2 with data 11 and 12; 3 is partitioned (no data of its own).
+        let toc = Toc(vec![
+            entry(1, "TABLE", 2, &[]),
+            entry(2, "TABLE", 2, &[]),
+            entry(3, "TABLE", 2, &[]),
+            entry(11, "TABLE DATA", 3, &[1]),
+            entry(12, "TABLE DATA", 3, &[2]),
+            entry(21, "CONSTRAINT", 4, &[1]),
+            entry(22, "INDEX", 4, &[2]),
+            entry(23, "FK CONSTRAINT", 4, &[1, 2]),
+            entry(24, "INDEX", 4, &[3]),
+            entry(25, "INDEX ATTACH", 4, &[24, 22]),
+            entry(26, "TRIGGER", 4, &[1]),
+            entry(27, "INDEX", 4, &[1, 99]),
+            entry(28, "INDEX", 4, &[]),
+            entry(29, "COMMENT", 1, &[21]),
+        ]);
+        let loaded = |ids: &[i64]| ids.iter().copied().collect();
+        assert_eq!(toc.ready_after_data(&loaded(&[])), Vec::<i64>::new());
+        assert_eq!(toc.ready_after_data(&loaded(&[11])), vec![21]);
+        assert_eq!(toc.ready_after_data(&loaded(&[11, 12])), vec![21, 22]);
+    }
 
     /// A small archive as pg_dump 15 writes it to a pipe (version 1.14, no compression).
     fn archive(tables: &[(&str, &str, &[&str])]) -> Vec<u8> {

@@ -78,6 +78,11 @@ impl PgProcess {
         )
     }
 
+    /// The tool's input as a blocking pipe, for a blocking thread ([`crate::pipe`]).
+    pub fn blocking_stdin(&mut self) -> std::io::Result<std::fs::File> {
+        crate::pipe::blocking_stdin(self.group.child_mut().stdin.take().expect("stdin is piped"))
+    }
+
     /// The tool's input, written in batches ([`crate::pipe`]).
     pub fn stdin(&mut self) -> Batched<ChildStdin> {
         Batched::new(self.group.child_mut().stdin.take().expect("stdin is piped"))

@@ -4,7 +4,7 @@
 //! how it replaces an existing one, is [`super::swap`]'s business.
 
 use super::conn::ConnInfo;
-use super::custom_archive::{NotCounted, RowCounter};
+use super::custom_archive::{NotCounted, RowCounter, Toc};
 use super::process::PgProcess;
 use super::server::tool;
 use crate::exec::progress::Meter;
@@ -163,17 +163,20 @@ async fn checked(verdict: Verdict, ctx: &StepContext) -> Result<(), StepError> {
 
 /// What the spool's writer tells a parallel restore as the archive arrives.
 enum Spooled {
-    /// The header and table of contents are on disk.
-    Head,
-    /// These entries' data blocks are on disk, their offsets filled in.
-    Blocks(Vec<i64>),
+    /// The header and table of contents are on disk: this one, and its bytes as they
+    /// arrived.
+    Head(Toc, std::sync::Arc<[u8]>),
+    /// These entries' data blocks have started to arrive, in archive order.
+    Started(Vec<i64>),
 }
 
-/// What watches the spool being written: the archive reader, and whom to tell.
+/// What watches the spool being written: the archive reader, whom to tell, and how far
+/// the copy on disk reaches (its length; closed once the copy is complete).
 #[derive(Clone)]
 struct Watch {
     counter: std::sync::Arc<std::sync::Mutex<RowCounter>>,
     notify: tokio::sync::mpsc::UnboundedSender<Spooled>,
+    written: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// A parallel restore of a custom archive, which `pg_restore -j` can only read from a
@@ -182,13 +185,19 @@ struct Watch {
 ///
 /// 1. once the table of contents is on disk, `pg_restore --section=pre-data` (which reads
 ///    nothing else) creates the schema;
-/// 2. as each table's data block is on disk, its offset is filled into the copy's table of
-///    contents (pg_dump could not write it into a pipe) and `pg_restore --section=data -L`
-///    loads the tables whose blocks are complete — up to `jobs` of these at once, each
-///    taking every table that has arrived since;
-/// 3. once the whole copy is there and matched its manifest (size, SHA-256), the rest of
+/// 2. as each table's data block *starts* to arrive, a `pg_restore --section=data -L`
+///    reading a pipe is fed the archive's head and then the block, following the copy as
+///    it grows — up to `jobs` of these at once, each taking every table that has started
+///    since; a table need not wait for the rest of its data, nor for the tables before
+///    it to finish loading;
+/// 3. as each load finishes, the indexes and primary keys of its tables are built
+///    (`--section=post-data -L`) while other tables still load, as `pg_restore -j` does;
+/// 4. once the whole copy is there and matched its manifest (size, SHA-256), the rest of
 ///    the data section (sequence values, anything not loaded yet) and then
-///    `pg_restore -j N --section=post-data` (indexes, constraints, in parallel).
+///    `pg_restore -j N --section=post-data` for what was not built yet (foreign keys,
+///    triggers, …), in parallel. As each block is on disk, its offset was filled into the
+///    copy's table of contents (pg_dump could not write it into a pipe), so these runs
+///    find what they need by seeking.
 ///
 /// All of it goes into the staging database, which replaces nothing until everything
 /// passed. An archive the reader does not understand is restored after the copy is
@@ -211,9 +220,11 @@ async fn parallel_custom(
     let spool = dir.path().join("archive.pgdump");
     let counter = std::sync::Arc::new(std::sync::Mutex::new(RowCounter::default()));
     let (notify, arrivals) = tokio::sync::mpsc::unbounded_channel();
+    let (written, on_disk) = tokio::sync::watch::channel(0);
     let watch = Watch {
         counter: counter.clone(),
         notify,
+        written: std::sync::Arc::new(written),
     };
     let loading = Loading {
         ctx,
@@ -223,6 +234,8 @@ async fn parallel_custom(
         dir: dir.path(),
         jobs,
         configure,
+        counter: &counter,
+        on_disk,
     };
     let damaged = tokio_util::sync::CancellationToken::new();
     let (unpacked, loaded) = tokio::join!(
@@ -274,13 +287,25 @@ struct Loading<'a, C> {
     dir: &'a Path,
     jobs: u32,
     configure: &'a C,
+    counter: &'a std::sync::Arc<std::sync::Mutex<RowCounter>>,
+    /// How far the copy on disk reaches; closed once it is complete.
+    on_disk: tokio::sync::watch::Receiver<u64>,
 }
 
 /// Where the overlapped part of a parallel restore got to: the data-section entries of
-/// the archive and those already loaded.
+/// the archive, those already loaded, and the post-data entries already built.
 struct Started {
     data_entries: Vec<i64>,
     loaded: std::collections::BTreeSet<i64>,
+    built: std::collections::BTreeSet<i64>,
+}
+
+/// What one of the overlapped pg_restore runs did, once it finished.
+enum Ran {
+    /// Loaded the data of these entries.
+    Data(Vec<i64>),
+    /// Built indexes and constraints.
+    PostData,
 }
 
 impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
@@ -299,16 +324,65 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
     }
 
     /// `-L FILE` naming these entries, for one pg_restore run.
-    fn list(&self, entries: &[i64], n: usize) -> Result<String, StepError> {
-        let path = self.dir.join(format!("list-{n}"));
+    fn list(&self, entries: &[i64], name: &str) -> Result<String, StepError> {
+        let path = self.dir.join(name);
         let text: String = entries.iter().map(|id| format!("{id};\n")).collect();
         std::fs::write(&path, text).map_err(|e| spool_error(&path, &e))?;
         Ok(format!("--use-list={}", path.display()))
     }
 
-    /// The entries of the data section, from the table of contents on disk.
-    async fn data_entries(&self) -> Result<Vec<i64>, StepError> {
-        let mut all = vec!["--list".to_string(), "--section=data".into()];
+    /// Loads the data of `batch` (blocks next to each other in the archive, the last
+    /// perhaps still arriving) with a pg_restore reading a pipe: fed the archive's head,
+    /// then the copy's bytes from the first block's start to the last one's end as the
+    /// writer puts them on disk. pg_restore reads a pipe front to back, skipping the
+    /// blocks it was not asked for, so a table starts loading when its data starts to
+    /// arrive, not when all of it has.
+    fn load_streaming(
+        &self,
+        head: &std::sync::Arc<[u8]>,
+        batch: Vec<i64>,
+        run: usize,
+    ) -> Result<impl std::future::Future<Output = Result<(), StepError>> + '_, StepError> {
+        let list = self.list(&batch, &format!("data-{run}"))?;
+        let mut all = self.args.to_vec();
+        all.extend(["--section=data".to_string(), list]);
+        let mut process =
+            PgProcess::spawn(self.pg_restore, &all, self.ctx, self.configure, true, false)?;
+        let stdin = process
+            .blocking_stdin()
+            .map_err(|e| StepError::permanent(format!("cannot feed pg_restore: {e}")))?;
+        let (first, last) = (batch[0], batch[batch.len() - 1]);
+        let from = {
+            let counter = self.counter.lock().expect("the reader is not poisoned");
+            counter.block(first).map_or(0, |(start, _)| start)
+        };
+        let follow = Follow {
+            spool: self.spool.to_path_buf(),
+            counter: self.counter.clone(),
+            on_disk: self.on_disk.clone(),
+            last,
+        };
+        let head = head.clone();
+        Ok(async move {
+            let runtime = tokio::runtime::Handle::current();
+            let feeding =
+                tokio::task::spawn_blocking(move || follow.feed(&head, from, stdin, &runtime));
+            let (fed, finished) = tokio::join!(feeding, process.finish(self.ctx));
+            finished?;
+            let fed = fed.map_err(std::io::Error::other).and_then(|r| r);
+            match fed {
+                // pg_restore stops reading once it has its tables: what was left unread is
+                // not its business.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                Err(e) => Err(spool_error(self.spool, &e)),
+                Ok(()) => Ok(()),
+            }
+        })
+    }
+
+    /// The entries of a section, from the table of contents on disk, in its order.
+    async fn entries(&self, section: &str) -> Result<Vec<i64>, StepError> {
+        let mut all = vec!["--list".to_string(), format!("--section={section}")];
         all.push(self.spool.display().to_string());
         let output = tokio::process::Command::new(self.pg_restore)
             .args(&all)
@@ -331,7 +405,7 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
             .collect())
     }
 
-    /// Steps 1 and 2 while the copy is written; `None` when the archive's table of
+    /// Steps 1 to 3 while the copy is written; `None` when the archive's table of
     /// contents could not be read as it arrived (then nothing was restored yet).
     async fn while_spooling(
         &self,
@@ -339,44 +413,71 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
     ) -> Result<Option<Started>, StepError> {
         use futures_util::StreamExt;
         let mut arrived: Vec<i64> = Vec::new();
-        loop {
+        let (toc, head) = loop {
             match arrivals.recv().await {
-                Some(Spooled::Head) => break,
-                Some(Spooled::Blocks(ids)) => arrived.extend(ids),
+                Some(Spooled::Head(toc, head)) => break (toc, head),
+                Some(Spooled::Started(ids)) => arrived.extend(ids),
                 None => return Ok(None),
             }
-        }
-        let data_entries = self.data_entries().await?;
+        };
+        let data_entries = self.entries("data").await?;
         let wanted: std::collections::BTreeSet<i64> = data_entries.iter().copied().collect();
         self.run(&["--section=pre-data".into()])?
             .finish(self.ctx)
             .await?;
+        // Data started loading, data loaded (its run finished), post-data entries built.
         let mut loaded = std::collections::BTreeSet::new();
+        let mut finished = std::collections::BTreeSet::new();
+        let mut built = std::collections::BTreeSet::new();
         let mut running = futures_util::stream::FuturesUnordered::new();
         let mut runs = 0;
         let mut open = true;
         loop {
-            // Every table that has arrived, to the next free run.
             arrived.retain(|id| wanted.contains(id) && !loaded.contains(id));
-            if !arrived.is_empty() && running.len() < self.jobs as usize {
-                let batch = std::mem::take(&mut arrived);
-                runs += 1;
-                let list = self.list(&batch, runs)?;
-                loaded.extend(batch.iter().copied());
-                let process = self.run(&["--section=data".into(), list])?;
-                running.push(process.finish(self.ctx));
-                continue;
+            if running.len() < self.jobs as usize {
+                // Every table whose data has started to arrive, to the next free run,
+                // which follows the copy as it grows; failing that, the indexes of the
+                // tables loaded so far, as pg_restore -j builds them while other tables
+                // still load.
+                if !arrived.is_empty() {
+                    let batch = std::mem::take(&mut arrived);
+                    runs += 1;
+                    let run = self.load_streaming(&head, batch.clone(), runs)?;
+                    loaded.extend(batch.iter().copied());
+                    running.push(futures_util::future::Either::Left(async move {
+                        run.await.map(|()| Ran::Data(batch))
+                    }));
+                    continue;
+                }
+                let ready: Vec<i64> = toc
+                    .ready_after_data(&finished)
+                    .into_iter()
+                    .filter(|id| !built.contains(id))
+                    .collect();
+                if !ready.is_empty() {
+                    runs += 1;
+                    tracing::debug!(?ready, "building while other tables load");
+                    let list = self.list(&ready, &format!("post-data-{runs}"))?;
+                    built.extend(ready.iter().copied());
+                    let process = self.run(&["--section=post-data".into(), list])?;
+                    running.push(futures_util::future::Either::Right(async move {
+                        process.finish(self.ctx).await.map(|()| Ran::PostData)
+                    }));
+                    continue;
+                }
             }
             if !open && running.is_empty() {
                 break;
             }
             tokio::select! {
                 done = running.next(), if !running.is_empty() => {
-                    done.expect("not empty")?;
+                    if let Ran::Data(batch) = done.expect("not empty")? {
+                        finished.extend(batch);
+                    }
                 }
                 arrival = arrivals.recv(), if open => match arrival {
-                    Some(Spooled::Blocks(ids)) => arrived.extend(ids),
-                    Some(Spooled::Head) => {}
+                    Some(Spooled::Started(ids)) => arrived.extend(ids),
+                    Some(Spooled::Head(..)) => {}
                     None => open = false,
                 },
             }
@@ -384,10 +485,11 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
         Ok(Some(Started {
             data_entries,
             loaded,
+            built,
         }))
     }
 
-    /// Step 3, once the whole copy matched its manifest.
+    /// Step 4, once the whole copy matched its manifest.
     async fn finish(&self, started: &Started) -> Result<(), StepError> {
         let rest: Vec<i64> = started
             .data_entries
@@ -396,17 +498,82 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
             .filter(|id| !started.loaded.contains(id))
             .collect();
         if !rest.is_empty() {
-            let list = self.list(&rest, 0)?;
+            let list = self.list(&rest, "data-rest")?;
             self.run(&["--section=data".into(), list])?
                 .finish(self.ctx)
                 .await?;
         }
-        self.run(&[
-            "--section=post-data".into(),
+        let mut post_data = vec![
+            "--section=post-data".to_string(),
             format!("--jobs={}", self.jobs),
-        ])?
-        .finish(self.ctx)
-        .await
+        ];
+        if !started.built.is_empty() {
+            let rest: Vec<i64> = self
+                .entries("post-data")
+                .await?
+                .into_iter()
+                .filter(|id| !started.built.contains(id))
+                .collect();
+            if rest.is_empty() {
+                return Ok(());
+            }
+            post_data.push(self.list(&rest, "post-data-rest")?);
+        }
+        self.run(&post_data)?.finish(self.ctx).await
+    }
+}
+
+/// Follows the copy of the archive as it is written, up to the end of one block.
+struct Follow {
+    spool: std::path::PathBuf,
+    counter: std::sync::Arc<std::sync::Mutex<RowCounter>>,
+    on_disk: tokio::sync::watch::Receiver<u64>,
+    /// The block whose end ends the feed.
+    last: i64,
+}
+
+impl Follow {
+    /// Writes `head`, then the copy's bytes from `from` to the end of block `last`, into
+    /// the pipe `to`, waiting for the writer where the copy does not reach yet. Should
+    /// the end of the block never be seen (the reader stopped understanding the archive),
+    /// the rest of the copy follows, and pg_restore reads what it needs of it. Blocking:
+    /// for a thread of its own.
+    fn feed(
+        mut self,
+        head: &[u8],
+        from: u64,
+        mut to: std::fs::File,
+        runtime: &tokio::runtime::Handle,
+    ) -> std::io::Result<()> {
+        use std::io::Write;
+        const PIECE: usize = 1 << 20;
+        to.write_all(head)?;
+        let file = std::fs::File::open(&self.spool)?;
+        let mut at = from;
+        let mut complete = false;
+        loop {
+            let on_disk = *self.on_disk.borrow_and_update();
+            let end = {
+                let counter = self.counter.lock().expect("the reader is not poisoned");
+                counter.block(self.last).and_then(|(_, end)| end)
+            };
+            let until = end.map_or(on_disk, |end| end.min(on_disk));
+            if at < until {
+                let want = PIECE.min((until - at) as usize);
+                match crate::pipe::splice_to_pipe(&file, at, want, &mut to)? {
+                    0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                    n => at += n as u64,
+                }
+                continue;
+            }
+            if complete || end.is_some_and(|end| at >= end) {
+                return Ok(());
+            }
+            if runtime.block_on(self.on_disk.changed()).is_err() {
+                // The writer has gone: the copy is as long as it will be.
+                complete = true;
+            }
+        }
     }
 }
 
@@ -478,17 +645,23 @@ async fn copy_to_file(
     let writer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
         let mut head_told = false;
+        let mut written = 0u64;
         while let Some(piece) = full_rx.blocking_recv() {
-            let mut head = false;
+            let mut head = None;
             let mut done = Vec::new();
+            let mut started = Vec::new();
             if let Some(watch) = &watch {
                 let mut counter = watch.counter.lock().expect("the reader is not poisoned");
                 counter.feed(&piece);
-                head = counter.head_parsed();
+                if !head_told && counter.head_parsed() {
+                    head = Some((counter.toc().clone(), counter.head()));
+                }
                 done = counter.take_completed();
+                started = counter.take_started();
             }
             out.write_all(&piece)?;
-            if let Some(notify) = watch.as_ref().map(|w| &w.notify) {
+            written += piece.len() as u64;
+            if let Some(watch) = &watch {
                 // The blocks are on disk now; their offsets go into the TOC (written
                 // long before) so that a pg_restore started from here finds them.
                 for (_, patch) in &done {
@@ -496,14 +669,13 @@ async fn copy_to_file(
                         out.write_all_at(bytes, *at)?;
                     }
                 }
-                if head && !head_told {
+                watch.written.send_replace(written);
+                if let Some((toc, bytes)) = head {
                     head_told = true;
-                    let _ = notify.send(Spooled::Head);
+                    let _ = watch.notify.send(Spooled::Head(toc, bytes));
                 }
-                if !done.is_empty() {
-                    let _ = notify.send(Spooled::Blocks(
-                        done.into_iter().map(|(id, _)| id).collect(),
-                    ));
+                if !started.is_empty() {
+                    let _ = watch.notify.send(Spooled::Started(started));
                 }
             }
             // Handed back for the next read; when the reader has gone, dropped.

@@ -347,16 +347,18 @@ impl Cluster {
             .join("\n")
     }
 
-    /// Every user table's rows as `COPY … TO STDOUT` text, sorted, plus the large objects
-    /// and sequence values: an independent picture of a database's content.
+    /// Every user table's and materialized view's rows as `COPY … TO STDOUT` text, sorted,
+    /// plus the large objects and sequence values: an independent picture of a database's
+    /// content. A partitioned table shows its partitions' rows again, which is harmless.
     pub fn content(&self, database: &str) -> String {
         let tables = self.psql(
             database,
-            "select format('%I.%I', schemaname, tablename) from pg_tables where schemaname not in ('pg_catalog', 'information_schema') order by 1",
+            "select format('%I.%I', schemaname, tablename) from pg_tables where schemaname not in ('pg_catalog', 'information_schema')
+             union all select format('%I.%I', schemaname, matviewname) from pg_matviews order by 1",
         );
         let mut out = String::new();
         for table in tables.lines() {
-            let copied = self.psql(database, &format!("copy {table} to stdout"));
+            let copied = self.psql(database, &format!("copy (select * from {table}) to stdout"));
             let mut rows: Vec<&str> = copied.lines().collect();
             rows.sort();
             out.push_str(&format!(
