@@ -86,6 +86,9 @@ pub struct TocEntry {
     pub id: i64,
     /// What it is: `TABLE`, `TABLE DATA`, `INDEX`, `CONSTRAINT`, `FK CONSTRAINT`, …
     pub desc: String,
+    /// The schema and name of what it is (of the table, for `TABLE DATA`).
+    pub namespace: String,
+    pub tag: String,
     pub section: i64,
     /// The dump ids of the entries it depends on.
     pub deps: Vec<i64>,
@@ -338,6 +341,8 @@ fn parse_head(bytes: &[u8]) -> Head {
         toc.0.push(TocEntry {
             id,
             desc: desc.clone(),
+            namespace: namespace.clone(),
+            tag: tag.clone(),
             section,
             deps,
         });
@@ -650,6 +655,8 @@ mod tests {
         let entry = |id, desc: &str, section, deps: &[i64]| TocEntry {
             id,
             desc: desc.into(),
+            namespace: "public".into(),
+            tag: format!("t{id}"),
             section,
             deps: deps.to_vec(),
         };

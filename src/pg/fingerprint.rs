@@ -100,12 +100,87 @@ pub async fn take(
     Ok(out)
 }
 
+/// Row counts taken while a restore still runs: each table as soon as its data is loaded,
+/// in a session of its own, so that counting overlaps the loads and index builds still
+/// going on instead of following them. [`count_rows`] counts what is left.
+/// Dropped unfinished (the restore failed), it stops counting at once.
+pub struct EarlyCounts {
+    queue: Option<tokio::sync::mpsc::UnboundedSender<(String, String)>>,
+    task: Option<Counting>,
+}
+
+type Counting = tokio::task::JoinHandle<Result<BTreeMap<String, TableFingerprint>, sqlx::Error>>;
+
+impl Drop for EarlyCounts {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+impl EarlyCounts {
+    pub fn start(info: super::conn::ConnInfo) -> EarlyCounts {
+        let (queue, mut tables) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
+        let task = tokio::spawn(async move {
+            use sqlx::Connection;
+            let mut out = BTreeMap::new();
+            let mut conn = None;
+            while let Some((schema, table)) = tables.recv().await {
+                let conn = match &mut conn {
+                    Some(conn) => conn,
+                    None => conn.insert(info.connect().await?),
+                };
+                // The name as the catalogue's list spells it (format('%I.%I')), which is
+                // then safe to interpolate.
+                let key: String = sqlx::query_scalar("select format('%I.%I', $1::text, $2::text)")
+                    .bind(&schema)
+                    .bind(&table)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                let rows: i64 =
+                    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("select count(*) from {key}")))
+                        .fetch_one(&mut *conn)
+                        .await?;
+                out.insert(key, TableFingerprint { rows, hash: None });
+            }
+            if let Some(conn) = conn {
+                let _ = conn.close().await;
+            }
+            Ok(out)
+        });
+        EarlyCounts {
+            queue: Some(queue),
+            task: Some(task),
+        }
+    }
+
+    /// Counts the rows of `schema.table`, whose data is loaded (and stays as it is).
+    pub fn count(&self, schema: &str, table: &str) {
+        if let Some(queue) = &self.queue {
+            let _ = queue.send((schema.to_string(), table.to_string()));
+        }
+    }
+
+    /// The counts taken, once those asked for are done.
+    pub async fn finish(mut self) -> Result<BTreeMap<String, TableFingerprint>, sqlx::Error> {
+        self.queue = None;
+        let Some(task) = self.task.take() else {
+            return Ok(BTreeMap::new());
+        };
+        task.await
+            .map_err(|e| sqlx::Error::Protocol(format!("counting rows failed: {e}")))?
+    }
+}
+
 /// The row count of every table, counted over `connections` sessions at once (at least
 /// one), the largest tables first so that the sessions finish together: what a restore
-/// checks afterwards, as fast as its `jobs` allow.
+/// checks afterwards, as fast as its `jobs` allow. Tables in `known` (counted while the
+/// restore ran, [`EarlyCounts`]) are taken from there.
 pub async fn count_rows(
     info: &super::conn::ConnInfo,
     connections: u32,
+    known: BTreeMap<String, TableFingerprint>,
 ) -> Result<BTreeMap<String, TableFingerprint>, sqlx::Error> {
     use sqlx::Connection;
     let mut first = info.connect().await?;
@@ -119,6 +194,17 @@ pub async fn count_rows(
         .iter()
         .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
         .collect::<Result<_, sqlx::Error>>()?;
+    // Every table the catalogue lists is in the result, and nothing else: a table counted
+    // early that is gone is not reported as present.
+    let mut known = known;
+    let mut out = BTreeMap::new();
+    listed.retain(|(table, _)| match known.remove(table) {
+        Some(counted) => {
+            out.insert(table.clone(), counted);
+            false
+        }
+        None => true,
+    });
     // Popped from the end: the largest last in the vector.
     listed.sort_by_key(|(_, pages)| *pages);
     let queue = std::sync::Mutex::new(listed);
@@ -148,11 +234,13 @@ pub async fn count_rows(
         }
     }))
     .await?;
-    Ok(counted
-        .into_iter()
-        .flatten()
-        .map(|(table, rows)| (table, TableFingerprint { rows, hash: None }))
-        .collect())
+    out.extend(
+        counted
+            .into_iter()
+            .flatten()
+            .map(|(table, rows)| (table, TableFingerprint { rows, hash: None })),
+    );
+    Ok(out)
 }
 
 /// Differences between two fingerprint sets, one line each.

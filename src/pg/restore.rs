@@ -5,6 +5,7 @@
 
 use super::conn::ConnInfo;
 use super::custom_archive::{NotCounted, RowCounter, Toc};
+use super::fingerprint::EarlyCounts;
 use super::process::PgProcess;
 use super::server::tool;
 use crate::exec::progress::Meter;
@@ -14,7 +15,9 @@ use crate::repo::manifest::{DumpFormat, Manifest};
 use crate::repo::pipeline::{self, Loaded, Verdict};
 use std::path::Path;
 
-/// Streams backup `manifest` into the database `into` points at.
+/// Streams backup `manifest` into the database `into` points at. With `counts`, a
+/// parallel restore hands it each table as its data is loaded, to be counted meanwhile.
+#[allow(clippy::too_many_arguments)]
 pub async fn restore(
     ctx: &StepContext,
     store: &AnyStore,
@@ -23,6 +26,7 @@ pub async fn restore(
     server_major: u32,
     jobs: Option<u32>,
     no_owner: bool,
+    counts: Option<&EarlyCounts>,
 ) -> Result<(), StepError> {
     let Some(first) = manifest.files.first().map(|f| f.name.clone()) else {
         return Err(StepError::permanent(format!(
@@ -68,7 +72,14 @@ pub async fn restore(
         }
         DumpFormat::Custom => {
             let (pg_restore, _) = tool("pg_restore", major)?;
-            parallel_custom(ctx, store, manifest, &pg_restore, &args, jobs, &configure).await
+            let how = Parallel {
+                pg_restore: &pg_restore,
+                args: &args,
+                jobs,
+                configure: &configure,
+                counts,
+            };
+            parallel_custom(ctx, store, manifest, how).await
         }
         DumpFormat::Base => Err(StepError::permanent(format!(
             "{id} is a base backup (a copy of a whole cluster): it is restored to a point in time with `to:`, not into a database"
@@ -202,15 +213,19 @@ struct Watch {
 /// All of it goes into the staging database, which replaces nothing until everything
 /// passed. An archive the reader does not understand is restored after the copy is
 /// complete, by `pg_restore -j` alone.
-async fn parallel_custom(
+async fn parallel_custom<C: Fn(&mut tokio::process::Command) + Sync>(
     ctx: &StepContext,
     store: &AnyStore,
     manifest: &Manifest,
-    pg_restore: &Path,
-    args: &[String],
-    jobs: u32,
-    configure: &(impl Fn(&mut tokio::process::Command) + Sync),
+    how: Parallel<'_, C>,
 ) -> Result<(), StepError> {
+    let Parallel {
+        pg_restore,
+        args,
+        jobs,
+        configure,
+        counts,
+    } = how;
     // `restore` made sure the manifest lists a file.
     let name = &manifest.files[0].name;
     let dir = tempfile::Builder::new()
@@ -236,6 +251,7 @@ async fn parallel_custom(
         configure,
         counter: &counter,
         on_disk,
+        counts,
     };
     let damaged = tokio_util::sync::CancellationToken::new();
     let (unpacked, loaded) = tokio::join!(
@@ -290,6 +306,16 @@ struct Loading<'a, C> {
     counter: &'a std::sync::Arc<std::sync::Mutex<RowCounter>>,
     /// How far the copy on disk reaches; closed once it is complete.
     on_disk: tokio::sync::watch::Receiver<u64>,
+    counts: Option<&'a EarlyCounts>,
+}
+
+/// How a parallel restore runs pg_restore, and who counts the tables as they are loaded.
+struct Parallel<'a, C> {
+    pg_restore: &'a Path,
+    args: &'a [String],
+    jobs: u32,
+    configure: &'a C,
+    counts: Option<&'a EarlyCounts>,
 }
 
 /// Where the overlapped part of a parallel restore got to: the data-section entries of
@@ -472,6 +498,11 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
             tokio::select! {
                 done = running.next(), if !running.is_empty() => {
                     if let Ran::Data(batch) = done.expect("not empty")? {
+                        if let Some(counts) = self.counts {
+                            for entry in toc.0.iter().filter(|e| e.desc == "TABLE DATA" && batch.contains(&e.id)) {
+                                counts.count(&entry.namespace, &entry.tag);
+                            }
+                        }
                         finished.extend(batch);
                     }
                 }

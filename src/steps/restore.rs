@@ -447,6 +447,8 @@ async fn restore_and_check(
     p: &RestoreParams,
 ) -> Result<(), StepError> {
     let into = server.info.with_database(staging);
+    let wanted = manifest.fingerprint != FingerprintMode::None && !manifest.fingerprints.is_empty();
+    let early = wanted.then(|| fingerprint::EarlyCounts::start(into.clone()));
     restore::restore(
         ctx,
         store,
@@ -455,12 +457,17 @@ async fn restore_and_check(
         server.major,
         p.jobs,
         p.no_owner,
+        early.as_ref(),
     )
     .await?;
-    if manifest.fingerprint == FingerprintMode::None || manifest.fingerprints.is_empty() {
+    let Some(early) = early else {
         return Ok(());
-    }
-    let actual = fingerprint::count_rows(&into, p.jobs.unwrap_or(1))
+    };
+    let counted = early
+        .finish()
+        .await
+        .map_err(|e| classify(&e, "counting the restored rows failed"))?;
+    let actual = fingerprint::count_rows(&into, p.jobs.unwrap_or(1), counted)
         .await
         .map_err(|e| classify(&e, "counting the restored rows failed"))?;
     // Row counts only: content hashes cost a full read of every table, verify's job.

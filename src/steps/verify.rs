@@ -579,7 +579,7 @@ async fn test_restore(
     db::create(&mut server.conn, database, None).await?;
     let into = server.info.with_database(database);
     let outcome = async {
-        restore::restore(ctx, store, manifest, &into, server.major, jobs, true).await?;
+        restore::restore(ctx, store, manifest, &into, server.major, jobs, true, None).await?;
         if manifest.fingerprint == FingerprintMode::None {
             return Ok(Ok("not recorded in this backup".to_string()));
         }
