@@ -13,8 +13,22 @@ fuzz_target!(|data: &[u8]| {
     };
     let piece = usize::from(cut).max(1);
     let mut counter = RowCounter::default();
+    let mut loaded = std::collections::BTreeSet::new();
     for chunk in stream.chunks(piece) {
         counter.feed(chunk);
+        // What a parallel restore asks as the archive arrives: which blocks started and
+        // ended, where, and which indexes could be built now.
+        for id in counter.take_started() {
+            assert!(counter.block(id).is_some(), "a started block has a start");
+        }
+        for (id, _) in counter.take_completed() {
+            let (start, end) = counter.block(id).expect("a completed block has a start");
+            assert!(end.is_some_and(|end| end > start), "a completed block ends after it starts");
+            loaded.insert(id);
+        }
+        if counter.head_parsed() {
+            let _ = counter.toc().ready_after_data(&loaded);
+        }
     }
     let _ = counter.finish_layout();
     let mut whole = RowCounter::default();

@@ -40,6 +40,8 @@ pub struct RowCounter {
     counts: RowCounts,
     /// The newlines in the table data being read so far.
     block_rows: i64,
+    /// Whether rows are counted, or only where the blocks are ([`RowCounter::layout_only`]).
+    counting: bool,
     /// The last bytes of the table data being read, to recognize its end-of-data line.
     tail: Vec<u8>,
     /// The archive position of the next byte of the data part.
@@ -183,6 +185,7 @@ impl Default for RowCounter {
             tables: BTreeMap::new(),
             counts: BTreeMap::new(),
             block_rows: 0,
+            counting: true,
             tail: Vec::new(),
             position: 0,
             off_size: 8,
@@ -364,6 +367,16 @@ fn parse_head(bytes: &[u8]) -> Head {
 }
 
 impl RowCounter {
+    /// A reader that finds where the blocks are but counts no rows: a restore, which
+    /// counts in the database, needs only the layout. [`RowCounter::finish`] then gives
+    /// an empty set of counts.
+    pub fn layout_only() -> RowCounter {
+        RowCounter {
+            counting: false,
+            ..RowCounter::default()
+        }
+    }
+
     /// Takes the next piece of the archive.
     pub fn feed(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
@@ -424,21 +437,37 @@ impl RowCounter {
                 }
                 state @ (State::BlockId { .. } | State::ChunkLen { .. } | State::BlobOid) => {
                     let want = 1 + self.int_size;
-                    let take = (want - self.pending.len()).min(bytes.len());
-                    self.pending.extend_from_slice(&bytes[..take]);
-                    bytes = &bytes[take..];
-                    self.position += take as u64;
-                    if self.pending.len() < want {
-                        return;
-                    }
-                    let value = Cursor {
-                        bytes: &self.pending,
-                        at: 0,
-                        int_size: self.int_size,
-                    }
-                    .int()
-                    .expect("a whole integer is pending");
-                    self.pending.clear();
+                    // Whole in this piece (nearly always: one per row): read in place.
+                    let whole = self.pending.is_empty() && bytes.len() >= want;
+                    let value = if whole {
+                        let value = Cursor {
+                            bytes: &bytes[..want],
+                            at: 0,
+                            int_size: self.int_size,
+                        }
+                        .int()
+                        .expect("a whole integer is there");
+                        bytes = &bytes[want..];
+                        self.position += want as u64;
+                        value
+                    } else {
+                        let take = (want - self.pending.len()).min(bytes.len());
+                        self.pending.extend_from_slice(&bytes[..take]);
+                        bytes = &bytes[take..];
+                        self.position += take as u64;
+                        if self.pending.len() < want {
+                            return;
+                        }
+                        let value = Cursor {
+                            bytes: &self.pending,
+                            at: 0,
+                            int_size: self.int_size,
+                        }
+                        .int()
+                        .expect("a whole integer is pending");
+                        self.pending.clear();
+                        value
+                    };
                     if let State::BlockId { .. } = state {
                         self.current = Some(value);
                         self.started.push(value);
@@ -476,7 +505,9 @@ impl RowCounter {
                 self.off_size = off_size;
                 self.offset_fields = offset_fields;
                 self.position = consumed as u64;
-                self.counts = tables.values().map(|k| (k.clone(), 0)).collect();
+                if self.counting {
+                    self.counts = tables.values().map(|k| (k.clone(), 0)).collect();
+                }
                 self.tables = tables;
                 self.pending.drain(..consumed);
                 self.state = State::BlockType;
@@ -497,13 +528,18 @@ impl RowCounter {
                 self.tail.clear();
                 State::BlockType
             }
+            // pg_dump writes one block per entry: a second is a damaged archive, and
+            // where a block starts and ends must mean one block.
+            State::BlockId { .. } if self.data_starts.contains_key(&value) => {
+                State::Failed(format!("the data of entry {value} appears twice"))
+            }
             State::BlockId {
                 blobs: false,
                 start,
             } => {
                 self.data_starts.insert(value, start);
                 State::ChunkLen {
-                    table: self.tables.contains_key(&value).then_some(value),
+                    table: (self.counting && self.tables.contains_key(&value)).then_some(value),
                     blobs: false,
                 }
             }
@@ -848,6 +884,46 @@ mod tests {
         // A value ending in a backslash and a dot is not the end line.
         assert_eq!(terminator_newlines(b"a\\.\n"), 0);
         assert_eq!(terminator_newlines(b"1\n2\n"), 0);
+    }
+
+    #[test]
+    fn a_layout_only_reader_finds_the_same_blocks_and_counts_nothing() {
+        // Longer than the head's first parse (4 KiB): blocks are seen as they pass.
+        let many: Vec<String> = (0..2000).map(|i| i.to_string()).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let a = archive(&[("public", "t", &many), ("s", "u", &["3"])]);
+        let mut counting = RowCounter::default();
+        let mut layout = RowCounter::layout_only();
+        for piece in a.chunks(7) {
+            counting.feed(piece);
+            layout.feed(piece);
+        }
+        for id in [100, 101, 999] {
+            assert_eq!(counting.block(id), layout.block(id), "block {id}");
+            assert!(layout.block(id).is_some_and(|(_, end)| end.is_some()));
+        }
+        assert_eq!(counting.finish().unwrap().len(), 2);
+        assert_eq!(layout.finish(), Ok(RowCounts::new()));
+    }
+
+    #[test]
+    fn a_block_that_appears_twice_is_damage_not_a_second_table() {
+        let many: Vec<String> = (0..2000).map(|i| i.to_string()).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let a = archive(&[("public", "t", &many)]);
+        let mut counter = RowCounter::default();
+        counter.feed(&a);
+        let (start, end) = counter.block(100).expect("the block was read");
+        let end = end.expect("to its end");
+        assert_eq!(counter.take_started(), vec![100, 999]);
+        let mut twice = a.clone();
+        twice.extend_from_slice(&a[start as usize..end as usize]);
+        let mut counter = RowCounter::default();
+        counter.feed(&twice);
+        assert_eq!(
+            counter.finish(),
+            Err(NotCounted("the data of entry 100 appears twice".into()))
+        );
     }
 
     #[test]

@@ -233,7 +233,9 @@ async fn parallel_custom<C: Fn(&mut tokio::process::Command) + Sync>(
         .tempdir()
         .map_err(|e| spool_error(&std::env::temp_dir(), &e))?;
     let spool = dir.path().join("archive.pgdump");
-    let counter = std::sync::Arc::new(std::sync::Mutex::new(RowCounter::default()));
+    // Where the blocks are, not how many rows they hold: the restored tables are counted
+    // in the database.
+    let counter = std::sync::Arc::new(std::sync::Mutex::new(RowCounter::layout_only()));
     let (notify, arrivals) = tokio::sync::mpsc::unbounded_channel();
     let (written, on_disk) = tokio::sync::watch::channel(0);
     let watch = Watch {
