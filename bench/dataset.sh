@@ -88,3 +88,33 @@ time_it() {
   WALL[$name]=$best
 }
 
+
+# local_plans [EXTRA] : writes $WORK/backup.yaml, a backup with the defaults (and EXTRA
+# parameters, e.g. ", fingerprint: none") of the data set into the local repository
+# $WORK/repo. restore_plan ID : writes $WORK/restore.yaml, a restore of backup ID with
+# `jobs: 2` into r_ops.
+local_plans() {
+  mkdir -p "$WORK/repo"
+  cat > "$WORK/backup.yaml" <<YAML
+version: 1
+name: bench-backup
+targets:
+  db: { url: "$URL" }
+repositories:
+  repo: { url: "file://$WORK/repo" }
+steps:
+  - { id: backup, type: backup, target: db, repository: repo${1:-} }
+YAML
+}
+restore_plan() { # ID
+  cat > "$WORK/restore.yaml" <<YAML
+version: 1
+name: bench-restore
+targets:
+  db: { url: "$URL" }
+repositories:
+  repo: { url: "file://$WORK/repo" }
+steps:
+  - { id: restore, type: restore, repository: repo, backup: $1, into: { target: db, database: r_ops }, jobs: 2 }
+YAML
+}

@@ -19,17 +19,7 @@ time_it raw "$BIN/pg_dump" -Fc -Z0 --no-sync -f /dev/null bench
 time_it gzip "$BIN/pg_dump" -Fc --no-sync -f "$WORK/gzip.dump" bench
 time_it pipeline bash -c "set -o pipefail; '$BIN/pg_dump' -Fc -Z0 bench | zstd -q -T2 | tee '$WORK/pipe.dump.zst' | sha256sum > '$WORK/pipe.sha'"
 
-mkdir "$WORK/repo"
-cat > "$WORK/backup.yaml" <<YAML
-version: 1
-name: bench-backup
-targets:
-  db: { url: "$URL" }
-repositories:
-  repo: { url: "file://$WORK/repo" }
-steps:
-  - { id: backup, type: backup, target: db, repository: repo${OPS_EXTRA:-} }
-YAML
+local_plans "${OPS_EXTRA:-}"
 time_it opsrunner "$OPS" apply "$WORK/backup.yaml" --report "$WORK/backup.json"
 OPS_FILE=$(ls "$WORK"/repo/*/dump.pgdump.zst | tail -n 1)
 ID=$(basename "$(dirname "$OPS_FILE")")

@@ -11,33 +11,13 @@ cargo build --release --quiet
 OPS=$PWD/target/release/opsrunner
 # shellcheck source=bench/dataset.sh
 . bench/dataset.sh
-mkdir "$WORK/repo"
-cat > "$WORK/backup.yaml" <<YAML
-version: 1
-name: bench-backup
-targets:
-  db: { url: "$URL" }
-repositories:
-  repo: { url: "file://$WORK/repo" }
-steps:
-  - { id: backup, type: backup, target: db, repository: repo }
-YAML
+local_plans
 "$OPS" apply "$WORK/backup.yaml" >/dev/null 2>&1
-ID=$(basename "$(dirname "$(ls "$WORK"/repo/*/dump.pgdump.zst | head -n 1)")")
-cat > "$WORK/restore.yaml" <<YAML
-version: 1
-name: bench-restore
-targets:
-  db: { url: "$URL" }
-repositories:
-  repo: { url: "file://$WORK/repo" }
-steps:
-  - { id: restore, type: restore, repository: repo, backup: $ID, into: { target: db, database: r_ops }, jobs: 2 }
-YAML
+restore_plan "$(basename "$(dirname "$(ls "$WORK"/repo/*/dump.pgdump.zst | head -n 1)")")"
 "$BIN/pg_dump" -Fc -Z0 --no-sync -f "$WORK/plain.dump" "$DB"
 
 cpu() { # busy % of all cores every 0.5 s, until killed
-  python3 -c '
+  exec python3 -c '
 import time
 def read():
     v = list(map(int, open("/proc/stat").readline().split()[1:]))

@@ -22,30 +22,11 @@ OPS=$PWD/target/release/opsrunner
 # shellcheck source=bench/dataset.sh
 . bench/dataset.sh
 
-mkdir "$WORK/repo"
-cat > "$WORK/backup.yaml" <<YAML
-version: 1
-name: bench-backup
-targets:
-  db: { url: "$URL" }
-repositories:
-  repo: { url: "file://$WORK/repo" }
-steps:
-  - { id: backup, type: backup, target: db, repository: repo }
-YAML
+local_plans
 "$BIN/pg_dump" -Fc -Z0 --no-sync -f "$WORK/plain.dump" "$DB"
 "$OPS" apply "$WORK/backup.yaml" --report "$WORK/first.json" >/dev/null 2>&1
 ID=$(basename "$(dirname "$(ls "$WORK"/repo/*/dump.pgdump.zst | head -n 1)")")
-cat > "$WORK/restore.yaml" <<YAML
-version: 1
-name: bench-restore
-targets:
-  db: { url: "$URL" }
-repositories:
-  repo: { url: "file://$WORK/repo" }
-steps:
-  - { id: restore, type: restore, repository: repo, backup: $ID, into: { target: db, database: r_ops }, jobs: 2 }
-YAML
+restore_plan "$ID"
 fresh() {
   for d in r_base r_ops; do "$BIN/psql" -X -q -c "drop database if exists $d" postgres; done
   "$BIN/psql" -X -q -c "create database r_base" postgres
