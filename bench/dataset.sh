@@ -91,8 +91,9 @@ time_it() {
 
 # local_plans [EXTRA] : writes $WORK/backup.yaml, a backup with the defaults (and EXTRA
 # parameters, e.g. ", fingerprint: none") of the data set into the local repository
-# $WORK/repo. restore_plan ID : writes $WORK/restore.yaml, a restore of backup ID with
-# `jobs: 2` into r_ops.
+# $WORK/repo. restore_plan ID [DATABASE [EXTRA [FILE]]] : writes FILE (default
+# $WORK/restore.yaml), a restore of backup ID into DATABASE (default r_ops) with EXTRA
+# parameters (default ", jobs: 2").
 local_plans() {
   mkdir -p "$WORK/repo"
   cat > "$WORK/backup.yaml" <<YAML
@@ -106,8 +107,8 @@ steps:
   - { id: backup, type: backup, target: db, repository: repo${1:-} }
 YAML
 }
-restore_plan() { # ID
-  cat > "$WORK/restore.yaml" <<YAML
+restore_plan() {
+  cat > "${4:-$WORK/restore.yaml}" <<YAML
 version: 1
 name: bench-restore
 targets:
@@ -115,6 +116,6 @@ targets:
 repositories:
   repo: { url: "file://$WORK/repo" }
 steps:
-  - { id: restore, type: restore, repository: repo, backup: $1, into: { target: db, database: r_ops }, jobs: 2 }
+  - { id: restore, type: restore, repository: repo, backup: $1, into: { target: db, database: ${2:-r_ops} }${3-, jobs: 2} }
 YAML
 }

@@ -37,16 +37,7 @@ fresh_dbs() { for db in r_base r_jobs r_stream; do "$BIN/psql" -X -q -c "drop da
 PREP=fresh_dbs time_it restore_base "$BIN/pg_restore" -j 2 --exit-on-error -d r_base "$WORK/plain.dump"
 for mode in jobs stream; do
   extra=""; [ $mode = jobs ] && extra=", jobs: 2"
-  cat > "$WORK/restore-$mode.yaml" <<YAML
-version: 1
-name: bench-restore
-targets:
-  db: { url: "$URL" }
-repositories:
-  repo: { url: "file://$WORK/repo" }
-steps:
-  - { id: restore, type: restore, repository: repo, backup: $ID, into: { target: db, database: r_$mode }$extra }
-YAML
+  restore_plan "$ID" "r_$mode" "$extra" "$WORK/restore-$mode.yaml"
   PREP=fresh_dbs time_it "restore_$mode" "$OPS" apply "$WORK/restore-$mode.yaml"
 done
 
@@ -63,7 +54,7 @@ data set: $SIZE (pgbench scale 50 + events 3M rows), $(nproc) cores, runs per fi
 | \`pg_dump -Fc -Z0 \\| zstd -T2 \\| tee … \\| sha256sum\` | ${WALL[pipeline]} | $(mib "$(size "$WORK/pipe.dump.zst")") | – |
 | **opsrunner backup** (custom, zstd, SHA-256, counts) | ${WALL[opsrunner]} | $(mib "$(size "$OPS_FILE")") | $(mib $((RSS[opsrunner]*1024))) |
 | \`pg_restore -j 2\` of an uncompressed dump | ${WALL[restore_base]} | – | – |
-| **opsrunner restore**, jobs 2 (two streamed data loaders, post-data -j 2) | ${WALL[restore_jobs]} | – | $(mib $((RSS[restore_jobs]*1024))) |
+| **opsrunner restore**, jobs 2 (each table loaded as its data arrives, its indexes once loaded) | ${WALL[restore_jobs]} | – | $(mib $((RSS[restore_jobs]*1024))) |
 | **opsrunner restore**, streamed into pg_restore | ${WALL[restore_stream]} | – | $(mib $((RSS[restore_stream]*1024))) |
 
 ratios: backup/raw $(ratio opsrunner raw) (goal ≤ 1.5), backup/pipeline $(ratio opsrunner pipeline) (goal ≤ 1.0),
