@@ -366,6 +366,15 @@ fn parse_head(bytes: &[u8]) -> Head {
     }
 }
 
+/// The table of contents of an archive's head (its bytes up to the first data block).
+pub fn toc_of_head(head: &[u8]) -> Result<Toc, String> {
+    match parse_head(head) {
+        Head::Parsed { toc, .. } => Ok(toc),
+        Head::NeedMore => Err("the archive ends inside its table of contents".into()),
+        Head::Unsupported(why) => Err(why),
+    }
+}
+
 impl RowCounter {
     /// A reader that finds where the blocks are but counts no rows: a restore, which
     /// counts in the database, needs only the layout. [`RowCounter::finish`] then gives
@@ -611,6 +620,21 @@ impl RowCounter {
         Some((start, self.data_ends.get(&id).copied()))
     }
 
+    /// `(dump id, start, end)` of every data block, in archive order, once the whole
+    /// archive was fed and understood; `None` otherwise.
+    pub fn blocks(&self) -> Option<Vec<(i64, u64, u64)>> {
+        if !matches!(self.state, State::BlockType) {
+            return None;
+        }
+        let mut blocks = self
+            .data_starts
+            .iter()
+            .map(|(id, start)| Some((*id, *start, *self.data_ends.get(id)?)))
+            .collect::<Option<Vec<_>>>()?;
+        blocks.sort_by_key(|b| b.1);
+        Some(blocks)
+    }
+
     /// The data blocks read to their end since the last call, each with the bytes to fill
     /// into its TOC entry's offset field (at that position of the archive) when pg_dump
     /// left it unset — so that pg_restore finds the block while the rest still arrives.
@@ -670,6 +694,23 @@ impl RowCounter {
             )),
             _ => Err(NotCounted("the archive ends inside a data block".into())),
         }
+    }
+}
+
+/// The data blocks' starts are where a backup's compressed file starts new frames, and
+/// the blocks are what its index records.
+impl crate::repo::pipeline::Seams for std::sync::Arc<std::sync::Mutex<RowCounter>> {
+    fn take(&mut self) -> Vec<u64> {
+        let mut counter = self.lock().expect("the counter is not poisoned");
+        let started = counter.take_started();
+        started
+            .iter()
+            .filter_map(|id| counter.data_starts.get(id).copied())
+            .collect()
+    }
+
+    fn blocks(&mut self) -> Option<Vec<(i64, u64, u64)>> {
+        self.lock().expect("the counter is not poisoned").blocks()
     }
 }
 

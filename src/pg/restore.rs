@@ -4,14 +4,14 @@
 //! how it replaces an existing one, is [`super::swap`]'s business.
 
 use super::conn::ConnInfo;
-use super::custom_archive::{NotCounted, RowCounter, Toc};
+use super::custom_archive::{NotCounted, RowCounter, Toc, toc_of_head};
 use super::fingerprint::EarlyCounts;
 use super::process::PgProcess;
 use super::server::tool;
 use crate::exec::progress::Meter;
 use crate::exec::{StepContext, StepError};
 use crate::repo::AnyStore;
-use crate::repo::manifest::{DumpFormat, Manifest};
+use crate::repo::manifest::{DumpFormat, Manifest, SeekIndex};
 use crate::repo::pipeline::{self, Loaded, Verdict};
 use std::path::Path;
 
@@ -79,7 +79,15 @@ pub async fn restore(
                 configure: &configure,
                 counts,
             };
-            parallel_custom(ctx, store, manifest, how).await
+            let indexed = manifest.files[0]
+                .index
+                .as_ref()
+                .is_some_and(|i| !i.blocks.is_empty());
+            if indexed && manifest.encryption.is_none() {
+                stored_custom(ctx, store, manifest, how).await
+            } else {
+                parallel_custom(ctx, store, manifest, how).await
+            }
         }
         DumpFormat::Base => Err(StepError::permanent(format!(
             "{id} is a base backup (a copy of a whole cluster): it is restored to a point in time with `to:`, not into a database"
@@ -212,20 +220,14 @@ struct Watch {
 ///
 /// All of it goes into the staging database, which replaces nothing until everything
 /// passed. An archive the reader does not understand is restored after the copy is
-/// complete, by `pg_restore -j` alone.
+/// complete, by `pg_restore -j` alone. A backup whose file has a [`SeekIndex`] needs no
+/// copy at all: see [`stored_custom`].
 async fn parallel_custom<C: Fn(&mut tokio::process::Command) + Sync>(
     ctx: &StepContext,
     store: &AnyStore,
     manifest: &Manifest,
     how: Parallel<'_, C>,
 ) -> Result<(), StepError> {
-    let Parallel {
-        pg_restore,
-        args,
-        jobs,
-        configure,
-        counts,
-    } = how;
     // `restore` made sure the manifest lists a file.
     let name = &manifest.files[0].name;
     let dir = tempfile::Builder::new()
@@ -243,17 +245,13 @@ async fn parallel_custom<C: Fn(&mut tokio::process::Command) + Sync>(
         notify,
         written: std::sync::Arc::new(written),
     };
-    let loading = Loading {
-        ctx,
-        pg_restore,
-        args,
-        spool: &spool,
-        dir: dir.path(),
-        jobs,
-        configure,
-        counter: &counter,
+    let loading = how.loading(ctx, &spool, dir.path());
+    let source = Source::Spool {
+        arrivals,
+        arrived: Vec::new(),
+        open: true,
+        counter: counter.clone(),
         on_disk,
-        counts,
     };
     let damaged = tokio_util::sync::CancellationToken::new();
     let (unpacked, loaded) = tokio::join!(
@@ -268,7 +266,7 @@ async fn parallel_custom<C: Fn(&mut tokio::process::Command) + Sync>(
         },
         async {
             tokio::select! {
-                r = loading.while_spooling(arrivals) => r,
+                r = loading.while_spooling(source) => r,
                 // What is loading stops (its processes are killed): the copy is bad.
                 _ = damaged.cancelled() => Ok(None),
             }
@@ -286,14 +284,180 @@ async fn parallel_custom<C: Fn(&mut tokio::process::Command) + Sync>(
     match restored {
         Some(started) => loading.finish(&started).await,
         None => {
-            let mut all = args.to_vec();
-            all.push(format!("--jobs={jobs}"));
+            let mut all = loading.args.to_vec();
+            all.push(format!("--jobs={}", loading.jobs));
             all.push(spool.display().to_string());
-            PgProcess::spawn(pg_restore, &all, ctx, configure, false, false)?
-                .finish(ctx)
-                .await
+            PgProcess::spawn(
+                loading.pg_restore,
+                &all,
+                ctx,
+                loading.configure,
+                false,
+                false,
+            )?
+            .finish(ctx)
+            .await
         }
     }
+}
+
+/// A parallel restore of a custom archive whose stored file has a [`SeekIndex`] (the
+/// backup started a new compressed frame before each large table): no local copy of the
+/// archive is made. Each `pg_restore --section=data -L` run reads a pipe fed the
+/// archive's head and then its tables' part of the stored file, decompressed from the
+/// frame before it — every table can start loading at once, largest first, as with
+/// `pg_restore -j` on an uncompressed file, and each load decompresses its own part on
+/// its own core. The rest is as in [`parallel_custom`]: the schema first, indexes as
+/// their tables are loaded, and the other data and post-data entries at the end, from a
+/// file holding only the head (they read no data blocks).
+///
+/// What the runs read is not checked as they read it: the whole stored file is read
+/// beside them and compared with its manifest (size, SHA-256), and nothing is finished
+/// before it matched. A wrong index can only make a run fail: pg_restore finds each
+/// block by its dump id, and refuses bytes that are not one.
+async fn stored_custom<C: Fn(&mut tokio::process::Command) + Sync>(
+    ctx: &StepContext,
+    store: &AnyStore,
+    manifest: &Manifest,
+    how: Parallel<'_, C>,
+) -> Result<(), StepError> {
+    let file = &manifest.files[0];
+    let index = file
+        .index
+        .as_ref()
+        .expect("stored_custom is for indexed files");
+    let dir = tempfile::Builder::new()
+        .prefix("opsrunner-restore-")
+        .tempdir()
+        .map_err(|e| spool_error(&std::env::temp_dir(), &e))?;
+    let head_file = dir.path().join("archive.pgdump");
+    let loading = how.loading(ctx, &head_file, dir.path());
+    let damaged = tokio_util::sync::CancellationToken::new();
+    let (checked, loaded) = tokio::join!(
+        async {
+            let r = tokio::select! {
+                r = pipeline::check(store, &manifest.backup_id, file) => r.map_err(|e| match e.kind() {
+                    std::io::ErrorKind::InvalidData => StepError::permanent(format!("the backup does not match its manifest: {e}")),
+                    _ => crate::exec::io_error("reading the backup", &e),
+                }),
+                _ = ctx.cancel.cancelled() => Err(StepError::cancelled()),
+            };
+            if r.is_err() {
+                damaged.cancel();
+            }
+            r
+        },
+        async {
+            tokio::select! {
+                r = async {
+                    let first = index.blocks.first().map_or(0, |b| b.1);
+                    let head: std::sync::Arc<[u8]> =
+                        read_part(store, manifest, index, first).await?.into();
+                    let toc = toc_of_head(&head).map_err(|why| {
+                        StepError::permanent(format!("{}: the archive's table of contents: {why}", file.name))
+                    })?;
+                    std::fs::write(&head_file, &head).map_err(|e| spool_error(&head_file, &e))?;
+                    let wanted = loading.prepare().await?;
+                    let batches = batches(&index.blocks, loading.jobs);
+                    tracing::debug!(
+                        runs = batches.len(),
+                        frames = index.frames.len(),
+                        "loading the tables from their parts of the stored file"
+                    );
+                    let source = Source::Stored {
+                        batches,
+                        store,
+                        manifest,
+                    };
+                    loading.overlap(&toc, &head, &wanted, source).await
+                } => r.map(Some),
+                // What is loading stops (its processes are killed): the file is bad.
+                _ = damaged.cancelled() => Ok(None),
+            }
+        }
+    );
+    // A damaged file is what to report, not what pg_restore made of it.
+    checked?;
+    match loaded? {
+        Some(started) => loading.finish(&started).await,
+        None => unreachable!("the loads stop only when the check failed"),
+    }
+}
+
+/// The first `len` original bytes of an indexed file (the archive's head).
+async fn read_part(
+    store: &AnyStore,
+    manifest: &Manifest,
+    index: &SeekIndex,
+    len: u64,
+) -> Result<Vec<u8>, StepError> {
+    use tokio::io::AsyncReadExt;
+    let name = &manifest.files[0].name;
+    if len > MAX_HEAD {
+        return Err(StepError::permanent(format!(
+            "{name}: the archive's table of contents is larger than {} MiB",
+            MAX_HEAD >> 20
+        )));
+    }
+    let reader = pipeline::load_from(store, manifest, name, index.frames[0].1)
+        .await
+        .map_err(|e| StepError::permanent(format!("{name}: {e}")))?;
+    let mut head = Vec::new();
+    reader
+        .take(len)
+        .read_to_end(&mut head)
+        .await
+        .map_err(|e| StepError::permanent(format!("{name}: reading the archive's head: {e}")))?;
+    if (head.len() as u64) < len {
+        return Err(StepError::permanent(format!(
+            "{name}: the file ends before the first table's data (damaged)"
+        )));
+    }
+    Ok(head)
+}
+
+/// The largest head (header and table of contents) read into memory.
+const MAX_HEAD: u64 = 64 << 20;
+
+/// The data blocks of an indexed archive in runs of blocks next to each other, largest
+/// run first: a block of at least a `4 × jobs`-th of all the data (or 64 MiB) is a run of
+/// its own, so that the largest tables load side by side from the start; smaller ones
+/// are gathered up to that size, so that thousands of small tables do not each cost a
+/// pg_restore and a connection.
+fn batches(blocks: &[(i64, u64, u64)], jobs: u32) -> std::collections::VecDeque<Batch> {
+    let total: u64 = blocks.iter().map(|b| b.2.saturating_sub(b.1)).sum();
+    let cap = (total / (4 * u64::from(jobs.max(1)))).max(64 << 20);
+    let mut out: Vec<Batch> = Vec::new();
+    let mut current: Option<Batch> = None;
+    for &(id, start, end) in blocks {
+        let joins = current.as_ref().is_some_and(|c| {
+            c.end == start && end.saturating_sub(c.start) <= cap && end.saturating_sub(start) < cap
+        });
+        if !joins {
+            out.extend(current.take());
+        }
+        let batch = current.get_or_insert(Batch {
+            ids: Vec::new(),
+            start,
+            end,
+        });
+        batch.ids.push(id);
+        batch.end = end;
+    }
+    out.extend(current);
+    out.sort_by_key(|b| std::cmp::Reverse(b.end.saturating_sub(b.start)));
+    out.into()
+}
+
+/// Where blocks are in the archive's original bytes: from, to (exclusive).
+type Span = (u64, u64);
+
+/// Blocks next to each other in the archive, loaded by one pg_restore run.
+#[derive(Debug, PartialEq)]
+struct Batch {
+    ids: Vec<i64>,
+    start: u64,
+    end: u64,
 }
 
 /// The pg_restore runs of a parallel restore (see [`parallel_custom`]).
@@ -301,13 +465,11 @@ struct Loading<'a, C> {
     ctx: &'a StepContext,
     pg_restore: &'a Path,
     args: &'a [String],
+    /// The archive pg_restore reads (the local copy, or the head of an indexed file).
     spool: &'a Path,
     dir: &'a Path,
     jobs: u32,
     configure: &'a C,
-    counter: &'a std::sync::Arc<std::sync::Mutex<RowCounter>>,
-    /// How far the copy on disk reaches; closed once it is complete.
-    on_disk: tokio::sync::watch::Receiver<u64>,
     counts: Option<&'a EarlyCounts>,
 }
 
@@ -318,6 +480,90 @@ struct Parallel<'a, C> {
     jobs: u32,
     configure: &'a C,
     counts: Option<&'a EarlyCounts>,
+}
+
+impl<'a, C> Parallel<'a, C> {
+    fn loading(self, ctx: &'a StepContext, spool: &'a Path, dir: &'a Path) -> Loading<'a, C> {
+        Loading {
+            ctx,
+            pg_restore: self.pg_restore,
+            args: self.args,
+            spool,
+            dir,
+            jobs: self.jobs,
+            configure: self.configure,
+            counts: self.counts,
+        }
+    }
+}
+
+/// Where the data of the overlapped part of a parallel restore comes from.
+enum Source<'s> {
+    /// The local copy as it is written: every table whose data has started to arrive
+    /// goes to the next free run, which follows the copy as it grows.
+    Spool {
+        arrivals: tokio::sync::mpsc::UnboundedReceiver<Spooled>,
+        arrived: Vec<i64>,
+        /// Whether the writer may still tell of more.
+        open: bool,
+        counter: std::sync::Arc<std::sync::Mutex<RowCounter>>,
+        /// How far the copy on disk reaches; closed once it is complete.
+        on_disk: tokio::sync::watch::Receiver<u64>,
+    },
+    /// The stored file, entered at the frame before each run's blocks: every run can
+    /// start at once.
+    Stored {
+        batches: std::collections::VecDeque<Batch>,
+        store: &'s AnyStore,
+        manifest: &'s Manifest,
+    },
+}
+
+impl Source<'_> {
+    /// The next batch to load when one can start now: its entries (perhaps none that
+    /// are wanted), and for a stored file, where its blocks are.
+    fn next(
+        &mut self,
+        wanted: &std::collections::BTreeSet<i64>,
+        loaded: &std::collections::BTreeSet<i64>,
+    ) -> Option<(Vec<i64>, Option<Span>)> {
+        let keep = |id: &i64| wanted.contains(id) && !loaded.contains(id);
+        match self {
+            Source::Spool { arrived, .. } => {
+                arrived.retain(keep);
+                (!arrived.is_empty()).then(|| (std::mem::take(arrived), None))
+            }
+            Source::Stored { batches, .. } => {
+                let mut batch = batches.pop_front()?;
+                batch.ids.retain(keep);
+                Some((batch.ids, Some((batch.start, batch.end))))
+            }
+        }
+    }
+
+    /// Whether more may become ready later (then [`Source::arrive`] waits for it).
+    fn open(&self) -> bool {
+        match self {
+            Source::Spool { open, .. } => *open,
+            Source::Stored { .. } => false,
+        }
+    }
+
+    async fn arrive(&mut self) {
+        if let Source::Spool {
+            arrivals,
+            arrived,
+            open,
+            ..
+        } = self
+        {
+            match arrivals.recv().await {
+                Some(Spooled::Started(ids)) => arrived.extend(ids),
+                Some(Spooled::Head(..)) => {}
+                None => *open = false,
+            }
+        }
+    }
 }
 
 /// Where the overlapped part of a parallel restore got to: the data-section entries of
@@ -335,6 +581,9 @@ enum Ran {
     /// Built indexes and constraints.
     PostData,
 }
+
+type Run<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StepError>> + Send + 'a>>;
 
 impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
     fn run(&self, extra: &[String]) -> Result<PgProcess, StepError> {
@@ -359,6 +608,14 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
         Ok(format!("--use-list={}", path.display()))
     }
 
+    /// A `pg_restore --section=data -L` of `batch` reading a pipe.
+    fn data_run(&self, batch: &[i64], run: usize) -> Result<PgProcess, StepError> {
+        let list = self.list(batch, &format!("data-{run}"))?;
+        let mut all = self.args.to_vec();
+        all.extend(["--section=data".to_string(), list]);
+        PgProcess::spawn(self.pg_restore, &all, self.ctx, self.configure, true, false)
+    }
+
     /// Loads the data of `batch` (blocks next to each other in the archive, the last
     /// perhaps still arriving) with a pg_restore reading a pipe: fed the archive's head,
     /// then the copy's bytes from the first block's start to the last one's end as the
@@ -370,42 +627,84 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
         head: &std::sync::Arc<[u8]>,
         batch: Vec<i64>,
         run: usize,
-    ) -> Result<impl std::future::Future<Output = Result<(), StepError>> + '_, StepError> {
-        let list = self.list(&batch, &format!("data-{run}"))?;
-        let mut all = self.args.to_vec();
-        all.extend(["--section=data".to_string(), list]);
-        let mut process =
-            PgProcess::spawn(self.pg_restore, &all, self.ctx, self.configure, true, false)?;
+        counter: &std::sync::Arc<std::sync::Mutex<RowCounter>>,
+        on_disk: &tokio::sync::watch::Receiver<u64>,
+    ) -> Result<Run<'_>, StepError> {
+        let mut process = self.data_run(&batch, run)?;
         let stdin = process
             .blocking_stdin()
             .map_err(|e| StepError::permanent(format!("cannot feed pg_restore: {e}")))?;
         let (first, last) = (batch[0], batch[batch.len() - 1]);
         let from = {
-            let counter = self.counter.lock().expect("the reader is not poisoned");
+            let counter = counter.lock().expect("the reader is not poisoned");
             counter.block(first).map_or(0, |(start, _)| start)
         };
         let follow = Follow {
             spool: self.spool.to_path_buf(),
-            counter: self.counter.clone(),
-            on_disk: self.on_disk.clone(),
+            counter: counter.clone(),
+            on_disk: on_disk.clone(),
             last,
         };
         let head = head.clone();
-        Ok(async move {
+        Ok(Box::pin(async move {
             let runtime = tokio::runtime::Handle::current();
             let feeding =
                 tokio::task::spawn_blocking(move || follow.feed(&head, from, stdin, &runtime));
             let (fed, finished) = tokio::join!(feeding, process.finish(self.ctx));
             finished?;
             let fed = fed.map_err(std::io::Error::other).and_then(|r| r);
-            match fed {
-                // pg_restore stops reading once it has its tables: what was left unread is
-                // not its business.
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-                Err(e) => Err(spool_error(self.spool, &e)),
-                Ok(()) => Ok(()),
+            fed_as_expected(fed).map_err(|e| spool_error(self.spool, &e))
+        }))
+    }
+
+    /// Loads the data of `ids` (of `batch`) with a pg_restore reading a pipe, fed the
+    /// archive's head and then the batch's part of the stored file, decompressed from the
+    /// frame before it — in a task of its own, so that runs decompress on different cores.
+    #[allow(clippy::too_many_arguments)]
+    fn load_stored(
+        &self,
+        head: &std::sync::Arc<[u8]>,
+        ids: Vec<i64>,
+        (start, end): Span,
+        run: usize,
+        store: &AnyStore,
+        manifest: &Manifest,
+    ) -> Result<Run<'_>, StepError> {
+        use tokio::io::AsyncWriteExt;
+        let mut process = self.data_run(&ids, run)?;
+        let mut stdin = process.stdin();
+        let (skip, frame) = manifest.files[0]
+            .index
+            .as_ref()
+            .map(|i| i.frame_before(start))
+            .map(|(raw, stored)| (start - raw, stored))
+            .unwrap_or((start, 0));
+        let name = manifest.files[0].name.clone();
+        let (store, manifest, head) = (store.clone(), manifest.clone(), head.clone());
+        let feeding = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let name = &manifest.files[0].name;
+            let mut reader = pipeline::load_from(&store, &manifest, name, frame).await?;
+            stdin.write_all(&head).await?;
+            tokio::io::copy(&mut (&mut reader).take(skip), &mut tokio::io::sink()).await?;
+            let mut part = tokio::io::BufReader::with_capacity(1 << 20, reader.take(end - start));
+            let fed = tokio::io::copy_buf(&mut part, &mut stdin).await?;
+            if fed < end - start {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("{name} ends inside a table's data (damaged)"),
+                ));
             }
-        })
+            stdin.shutdown().await
+        });
+        let feeding = AbortOnDrop(feeding);
+        Ok(Box::pin(async move {
+            let (fed, finished) = tokio::join!(feeding.wait(), process.finish(self.ctx));
+            finished?;
+            fed_as_expected(fed).map_err(|e| {
+                StepError::permanent(format!("{name}: reading the backup failed: {e}"))
+            })
+        }))
     }
 
     /// The entries of a section, from the table of contents on disk, in its order.
@@ -433,14 +732,25 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
             .collect())
     }
 
+    /// Once the table of contents is on disk: the entries of the data section (what may
+    /// be loaded), after the schema was created (step 1).
+    async fn prepare(&self) -> Result<Vec<i64>, StepError> {
+        let data_entries = self.entries("data").await?;
+        self.run(&["--section=pre-data".into()])?
+            .finish(self.ctx)
+            .await?;
+        Ok(data_entries)
+    }
+
     /// Steps 1 to 3 while the copy is written; `None` when the archive's table of
     /// contents could not be read as it arrived (then nothing was restored yet).
-    async fn while_spooling(
-        &self,
-        mut arrivals: tokio::sync::mpsc::UnboundedReceiver<Spooled>,
-    ) -> Result<Option<Started>, StepError> {
-        use futures_util::StreamExt;
-        let mut arrived: Vec<i64> = Vec::new();
+    async fn while_spooling(&self, mut source: Source<'_>) -> Result<Option<Started>, StepError> {
+        let Source::Spool {
+            arrivals, arrived, ..
+        } = &mut source
+        else {
+            unreachable!("while_spooling follows the spool");
+        };
         let (toc, head) = loop {
             match arrivals.recv().await {
                 Some(Spooled::Head(toc, head)) => break (toc, head),
@@ -448,29 +758,54 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
                 None => return Ok(None),
             }
         };
-        let data_entries = self.entries("data").await?;
+        let data_entries = self.prepare().await?;
+        self.overlap(&toc, &head, &data_entries, source)
+            .await
+            .map(Some)
+    }
+
+    /// Steps 2 and 3: loads the data of `data_entries` as `source` makes it ready, up to
+    /// `jobs` runs at once, building indexes as their tables are loaded.
+    async fn overlap(
+        &self,
+        toc: &Toc,
+        head: &std::sync::Arc<[u8]>,
+        data_entries: &[i64],
+        mut source: Source<'_>,
+    ) -> Result<Started, StepError> {
+        use futures_util::StreamExt;
         let wanted: std::collections::BTreeSet<i64> = data_entries.iter().copied().collect();
-        self.run(&["--section=pre-data".into()])?
-            .finish(self.ctx)
-            .await?;
         // Data started loading, data loaded (its run finished), post-data entries built.
         let mut loaded = std::collections::BTreeSet::new();
         let mut finished = std::collections::BTreeSet::new();
         let mut built = std::collections::BTreeSet::new();
         let mut running = futures_util::stream::FuturesUnordered::new();
         let mut runs = 0;
-        let mut open = true;
         loop {
-            arrived.retain(|id| wanted.contains(id) && !loaded.contains(id));
             if running.len() < self.jobs as usize {
-                // Every table whose data has started to arrive, to the next free run,
-                // which follows the copy as it grows; failing that, the indexes of the
-                // tables loaded so far, as pg_restore -j builds them while other tables
-                // still load.
-                if !arrived.is_empty() {
-                    let batch = std::mem::take(&mut arrived);
+                // The next tables whose data is there to the next free run; failing that,
+                // the indexes of the tables loaded so far, as pg_restore -j builds them
+                // while other tables still load.
+                if let Some((batch, range)) = source.next(&wanted, &loaded) {
+                    if batch.is_empty() {
+                        continue;
+                    }
                     runs += 1;
-                    let run = self.load_streaming(&head, batch.clone(), runs)?;
+                    let run = match (&source, range) {
+                        (
+                            Source::Stored {
+                                store, manifest, ..
+                            },
+                            Some(range),
+                        ) => self.load_stored(head, batch.clone(), range, runs, store, manifest)?,
+                        (
+                            Source::Spool {
+                                counter, on_disk, ..
+                            },
+                            _,
+                        ) => self.load_streaming(head, batch.clone(), runs, counter, on_disk)?,
+                        (Source::Stored { .. }, None) => unreachable!("a stored batch has a range"),
+                    };
                     loaded.extend(batch.iter().copied());
                     running.push(futures_util::future::Either::Left(async move {
                         run.await.map(|()| Ran::Data(batch))
@@ -494,7 +829,7 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
                     continue;
                 }
             }
-            if !open && running.is_empty() {
+            if !source.open() && running.is_empty() {
                 break;
             }
             tokio::select! {
@@ -508,18 +843,14 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
                         finished.extend(batch);
                     }
                 }
-                arrival = arrivals.recv(), if open => match arrival {
-                    Some(Spooled::Started(ids)) => arrived.extend(ids),
-                    Some(Spooled::Head(..)) => {}
-                    None => open = false,
-                },
+                () = source.arrive(), if source.open() => {}
             }
         }
-        Ok(Some(Started {
-            data_entries,
+        Ok(Started {
+            data_entries: data_entries.to_vec(),
             loaded,
             built,
-        }))
+        })
     }
 
     /// Step 4, once the whole copy matched its manifest.
@@ -553,6 +884,33 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
             post_data.push(self.list(&rest, "post-data-rest")?);
         }
         self.run(&post_data)?.finish(self.ctx).await
+    }
+}
+
+/// A feed's outcome as a run's: pg_restore stops reading once it has its tables, and
+/// what was left unread is not its business.
+fn fed_as_expected(fed: std::io::Result<()>) -> std::io::Result<()> {
+    match fed {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
+/// A task that is stopped when whoever waits for it stops waiting (a restore that failed
+/// or was cancelled leaves nothing reading the repository).
+struct AbortOnDrop(tokio::task::JoinHandle<std::io::Result<()>>);
+
+impl AbortOnDrop {
+    async fn wait(mut self) -> std::io::Result<()> {
+        (&mut self.0)
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -769,4 +1127,48 @@ pub async fn unpack_directory(
         unpack(ctx, store, manifest, &f.name, &out.join(plain), None).await?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Batch, batches};
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn large_tables_load_alone_largest_first_and_small_ones_together() {
+        // 300 MiB and 500 MiB tables, then three small ones, then 100 small ones and one
+        // of 200 MiB: with two jobs, a run holds up to a quarter of a job's share.
+        let mut blocks = vec![(1, 0, 300 * MIB), (2, 300 * MIB, 800 * MIB)];
+        let mut at = 800 * MIB;
+        for id in 3..106 {
+            blocks.push((id, at, at + MIB));
+            at += MIB;
+        }
+        blocks.push((106, at, at + 200 * MIB));
+        let runs: Vec<Batch> = batches(&blocks, 2).into();
+        let sizes: Vec<u64> = runs.iter().map(|b| (b.end - b.start) / MIB).collect();
+        assert_eq!(sizes, [500, 300, 200, 103]);
+        assert_eq!(runs[0].ids, [2]);
+        assert_eq!(runs[3].ids, (3..106).collect::<Vec<_>>());
+        assert_eq!((runs[3].start, runs[3].end), (800 * MIB, 903 * MIB));
+        // Every block is in exactly one run.
+        let mut ids: Vec<i64> = runs.iter().flat_map(|b| b.ids.clone()).collect();
+        ids.sort();
+        assert_eq!(ids, (1..107).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn small_tables_are_gathered_up_to_the_cap_and_gaps_split_runs() {
+        // 2,000 tables of 1 MiB: total 2,000 MiB, cap 250 MiB with two jobs.
+        let blocks: Vec<(i64, u64, u64)> = (0..2000)
+            .map(|i| (i, i as u64 * MIB, (i as u64 + 1) * MIB))
+            .collect();
+        let runs = batches(&blocks, 2);
+        assert_eq!(runs.len(), 8);
+        assert!(runs.iter().all(|b| b.end - b.start <= 250 * MIB));
+        // Blocks that are not next to each other are never read as one range.
+        let apart = [(1, 0, MIB), (2, 2 * MIB, 3 * MIB)];
+        assert_eq!(batches(&apart, 2).len(), 2);
+    }
 }

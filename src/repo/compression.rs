@@ -112,8 +112,16 @@ impl Compression {
     /// output keeps flowing), this one flushes only at the end: the output, and its size,
     /// do not depend on how the input arrived, and zstd's workers get whole jobs.
     pub fn compressor(&self, threads: u32) -> Compressor {
+        Compressor {
+            codec: self.codec(threads),
+            compression: *self,
+            threads,
+        }
+    }
+
+    fn codec(&self, threads: u32) -> Codec {
         use async_compression::tokio::write::{GzipEncoder, ZstdEncoder};
-        Compressor(match self.algorithm {
+        match self.algorithm {
             Algorithm::None => Codec::None(Vec::new()),
             Algorithm::Gzip => Codec::Gzip(GzipEncoder::with_quality(Vec::new(), self.level())),
             Algorithm::Zstd => {
@@ -132,7 +140,7 @@ impl Compression {
                     ZstdEncoder::with_quality(Vec::new(), level)
                 })
             }
-        })
+        }
     }
 
     /// Wraps a reader of compressed bytes into a reader of raw bytes.
@@ -141,10 +149,21 @@ impl Compression {
         input: impl AsyncBufRead + Send + 'a,
     ) -> Pin<Box<dyn AsyncRead + Send + 'a>> {
         use async_compression::tokio::bufread::{GzipDecoder, ZstdDecoder};
+        // A file may hold several frames (gzip members), one after the other: see
+        // [`Compressor::end_frame`]. Both formats define their concatenation as the
+        // concatenation of what they hold.
         match self.algorithm {
             Algorithm::None => Box::pin(input),
-            Algorithm::Gzip => Box::pin(GzipDecoder::new(input)),
-            Algorithm::Zstd => Box::pin(ZstdDecoder::new(input)),
+            Algorithm::Gzip => {
+                let mut d = GzipDecoder::new(input);
+                d.multiple_members(true);
+                Box::pin(d)
+            }
+            Algorithm::Zstd => {
+                let mut d = ZstdDecoder::new(input);
+                d.multiple_members(true);
+                Box::pin(d)
+            }
         }
     }
 }
@@ -174,7 +193,11 @@ impl<'de> Deserialize<'de> for Compression {
 const ZSTD_JOB: u32 = 2 << 20;
 
 /// See [`Compression::compressor`].
-pub struct Compressor(Codec);
+pub struct Compressor {
+    codec: Codec,
+    compression: Compression,
+    threads: u32,
+}
 
 enum Codec {
     None(Vec<u8>),
@@ -187,7 +210,7 @@ impl Compressor {
     /// codec keeps what it has not finished).
     pub async fn push(&mut self, raw: &[u8]) -> std::io::Result<Vec<u8>> {
         use tokio::io::AsyncWriteExt;
-        Ok(match &mut self.0 {
+        Ok(match &mut self.codec {
             Codec::None(_) => raw.to_vec(),
             Codec::Gzip(e) => {
                 e.write_all(raw).await?;
@@ -200,10 +223,23 @@ impl Compressor {
         })
     }
 
+    /// Ends the frame (gzip member) being written and starts another: what follows can
+    /// be decompressed without what came before, so a reader can start there. Returns
+    /// the rest of the ended frame's bytes.
+    pub async fn end_frame(&mut self) -> std::io::Result<Vec<u8>> {
+        let next = self.compression.codec(self.threads);
+        let ended = std::mem::replace(&mut self.codec, next);
+        Self::finish_codec(ended).await
+    }
+
     /// Ends the stream; returns the rest of the compressed bytes.
     pub async fn finish(self) -> std::io::Result<Vec<u8>> {
+        Self::finish_codec(self.codec).await
+    }
+
+    async fn finish_codec(codec: Codec) -> std::io::Result<Vec<u8>> {
         use tokio::io::AsyncWriteExt;
-        Ok(match self.0 {
+        Ok(match codec {
             Codec::None(rest) => rest,
             Codec::Gzip(mut e) => {
                 e.shutdown().await?;
@@ -281,6 +317,35 @@ mod tests {
         }
     }
     use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn a_reader_can_start_at_any_frame_and_the_whole_still_reads_as_one() {
+        let data = sample();
+        let cuts = [0, data.len() / 3, data.len() / 2 + 17];
+        for c in ["zstd", "gzip", "none"] {
+            let c = Compression::parse(c).unwrap();
+            let mut compressor = c.compressor(2);
+            let mut out = Vec::new();
+            let mut starts = Vec::new();
+            for (i, &cut) in cuts.iter().enumerate() {
+                if i > 0 {
+                    out.extend(compressor.end_frame().await.unwrap());
+                }
+                starts.push(out.len());
+                let end = cuts.get(i + 1).copied().unwrap_or(data.len());
+                out.extend(compressor.push(&data[cut..end]).await.unwrap());
+            }
+            out.extend(compressor.finish().await.unwrap());
+            let mut back = Vec::new();
+            c.decoder(&out[..]).read_to_end(&mut back).await.unwrap();
+            assert!(back == data, "{c}: the whole");
+            for (cut, at) in cuts.iter().zip(&starts) {
+                let mut back = Vec::new();
+                c.decoder(&out[*at..]).read_to_end(&mut back).await.unwrap();
+                assert!(back == data[*cut..], "{c}: from {cut}");
+            }
+        }
+    }
 
     #[test]
     fn parses_levels_and_rejects_nonsense() {

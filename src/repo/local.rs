@@ -401,6 +401,13 @@ impl BackupStore for LocalStore {
         Ok(Box::pin(tokio::fs::File::from_std(file)))
     }
 
+    async fn open_at(&self, backup_id: &str, name: &str, offset: u64) -> io::Result<Reader> {
+        use std::io::Seek;
+        let mut file = open_regular(&self.existing_file(backup_id, name)?)?;
+        file.seek(io::SeekFrom::Start(offset))?;
+        Ok(Box::pin(tokio::fs::File::from_std(file)))
+    }
+
     async fn size(&self, backup_id: &str, name: &str) -> io::Result<u64> {
         Ok(open_regular(&self.existing_file(backup_id, name)?)?
             .metadata()?

@@ -8,7 +8,13 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use std::collections::{BTreeMap, BTreeSet};
 
-pub const MANIFEST_VERSION: u32 = 1;
+/// The newest manifest version this opsrunner reads. A backup is written with the lowest
+/// version that describes it: 2 only when a file holds several compressed frames (it has
+/// a [`SeekIndex`]), which an opsrunner that knows only version 1 would read as ending
+/// after the first — it says it cannot read the backup instead.
+pub const MANIFEST_VERSION: u32 = 2;
+/// The version of a manifest none of whose files has a [`SeekIndex`].
+pub const MANIFEST_VERSION_PLAIN: u32 = 1;
 pub const MANIFEST_NAME: &str = "manifest.json";
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
@@ -119,6 +125,63 @@ pub struct FileEntry {
     pub size: u64,
     /// SHA-256 of the stored bytes, hex.
     pub sha256: String,
+    /// Where a reader can start without reading what comes before (custom archives that
+    /// are not encrypted): a parallel restore loads each table from its own part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<SeekIndex>,
+}
+
+/// Where a stored file's independent compressed frames start, and where in the original
+/// bytes each data block of the archive is — so that a table's data can be decompressed
+/// from the frame before it, without the tables before it.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Eq, Default)]
+pub struct SeekIndex {
+    /// `[original offset, stored offset]` of each frame's start, ascending, from `[0, 0]`.
+    pub frames: Vec<(u64, u64)>,
+    /// `[dump id, start, end]` of each data block, in the original bytes, in archive order.
+    pub blocks: Vec<(i64, u64, u64)>,
+}
+
+impl SeekIndex {
+    /// Whether the index can be followed: frames and blocks in order, inside the file.
+    /// A wrong index can only make a restore fail (pg_restore finds blocks by their dump
+    /// id and the stored file is checked against its SHA-256), never load other data; it
+    /// is refused here so that it fails early and clearly.
+    fn check(&self, stored_size: u64) -> Result<(), String> {
+        if self.frames.first() != Some(&(0, 0)) {
+            return Err("the first frame does not start at the beginning".into());
+        }
+        for pair in self.frames.windows(2) {
+            if pair[1].0 <= pair[0].0 || pair[1].1 <= pair[0].1 {
+                return Err("frames are not in order".into());
+            }
+        }
+        if self.frames.last().is_some_and(|f| f.1 >= stored_size) {
+            return Err("a frame starts past the end of the file".into());
+        }
+        let mut ids = BTreeSet::new();
+        let mut after = 0;
+        for &(id, start, end) in &self.blocks {
+            if start < after || end <= start {
+                return Err(format!("block {id} is not after the one before it"));
+            }
+            if !ids.insert(id) {
+                return Err(format!("block {id} is listed twice"));
+            }
+            after = end;
+        }
+        Ok(())
+    }
+
+    /// The frame a reader of original offset `at` starts at: (its original offset, its
+    /// stored offset).
+    pub fn frame_before(&self, at: u64) -> (u64, u64) {
+        let i = self.frames.partition_point(|f| f.0 <= at);
+        self.frames
+            .get(i.wrapping_sub(1))
+            .copied()
+            .unwrap_or((0, 0))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Eq, Default)]
@@ -339,6 +402,11 @@ impl Manifest {
                     f.name
                 ));
             }
+            if let Some(index) = &f.index {
+                index
+                    .check(f.size)
+                    .map_err(|e| format!("file `{}`: `index`: {e}", f.name))?;
+            }
         }
         match (self.format, &self.base) {
             (DumpFormat::Base, None) => {
@@ -413,5 +481,57 @@ impl Manifest {
     /// least that new.
     pub fn pg_dump_major(&self) -> u32 {
         crate::pg::tools::parse_major(&self.pg_dump_version).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SeekIndex;
+
+    fn index(frames: &[(u64, u64)], blocks: &[(i64, u64, u64)]) -> SeekIndex {
+        SeekIndex {
+            frames: frames.to_vec(),
+            blocks: blocks.to_vec(),
+        }
+    }
+
+    #[test]
+    fn an_index_out_of_order_or_outside_the_file_is_refused() {
+        let good = index(&[(0, 0), (900, 300)], &[(7, 100, 900), (8, 900, 2000)]);
+        assert_eq!(good.check(400), Ok(()));
+        let refused = [
+            (index(&[], &[]), "the first frame"),
+            (index(&[(5, 0)], &[]), "the first frame"),
+            (
+                index(&[(0, 0), (900, 300), (800, 350)], &[]),
+                "not in order",
+            ),
+            (
+                index(&[(0, 0), (900, 300), (950, 300)], &[]),
+                "not in order",
+            ),
+            (index(&[(0, 0), (900, 400)], &[]), "past the end"),
+            (
+                index(&[(0, 0)], &[(7, 100, 900), (8, 800, 2000)]),
+                "block 8",
+            ),
+            (index(&[(0, 0)], &[(7, 100, 100)]), "block 7"),
+            (index(&[(0, 0)], &[(7, 100, 200), (7, 200, 300)]), "twice"),
+        ];
+        for (index, why) in refused {
+            let e = index.check(400).unwrap_err();
+            assert!(e.contains(why), "{index:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_reader_starts_at_the_last_frame_before_where_it_wants_to_be() {
+        let index = index(&[(0, 0), (900, 300), (5000, 1200)], &[]);
+        assert_eq!(index.frame_before(0), (0, 0));
+        assert_eq!(index.frame_before(899), (0, 0));
+        assert_eq!(index.frame_before(900), (900, 300));
+        assert_eq!(index.frame_before(4999), (900, 300));
+        assert_eq!(index.frame_before(1 << 40), (5000, 1200));
+        assert_eq!(SeekIndex::default().frame_before(10), (0, 0));
     }
 }

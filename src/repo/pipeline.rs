@@ -6,7 +6,7 @@
 
 use super::compression::Compression;
 use super::crypto::{EncryptingWriter, IDENTITY_ENV, Identities, Recipients};
-use super::manifest::{FileEntry, Manifest};
+use super::manifest::{FileEntry, Manifest, SeekIndex};
 use super::{BackupStore, Reader};
 use sha2::{Digest, Sha256};
 use std::io;
@@ -20,8 +20,27 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 /// irrelevant for memory.
 const CHUNK: usize = 1 << 20;
 
+/// A frame is ended at a seam only once it holds this much: a reader starting at a seam
+/// decompresses at most this much it does not want, and the frames are too few for their
+/// restarts to cost compression (zstd's jobs on several cores are 2 MiB anyway).
+const FRAME_MIN: u64 = 8 << 20;
+
+/// Where the original bytes of a file may be cut into independent frames: the positions
+/// a reader may later want to start at (a custom archive's data blocks), reported as the
+/// bytes pass through the reader that sees them.
+pub trait Seams: Send {
+    /// The positions seen since the last call, ascending.
+    fn take(&mut self) -> Vec<u64>;
+    /// `(dump id, start, end)` of every block, once all bytes were read; `None` when the
+    /// file was not understood.
+    fn blocks(&mut self) -> Option<Vec<(i64, u64, u64)>>;
+}
+
 /// Compresses (and with `recipients`, encrypts) `input` into file `name` of backup
-/// `backup_id`, hashing what is stored.
+/// `backup_id`, hashing what is stored. With `seams` (and no encryption, whose stream
+/// cannot be entered in the middle), a new frame starts at a seam once the frame holds
+/// [`FRAME_MIN`], and the entry gets the [`SeekIndex`] of where they are.
+#[allow(clippy::too_many_arguments)]
 pub async fn store(
     store: &impl BackupStore,
     backup_id: &str,
@@ -30,6 +49,7 @@ pub async fn store(
     compression: Compression,
     threads: u32,
     recipients: Option<&Recipients>,
+    seams: Option<&mut dyn Seams>,
 ) -> io::Result<FileEntry> {
     let mut input = BufReader::with_capacity(CHUNK, input);
     let mut compressor = compression.compressor(threads);
@@ -39,16 +59,51 @@ pub async fn store(
         size: 0,
     };
     let mut buf = vec![0u8; CHUNK];
+    let mut index = None;
     match recipients {
         None => {
+            let mut frames = vec![(0u64, 0u64)];
+            let mut pending = std::collections::VecDeque::new();
+            let mut raw_at = 0u64;
+            let mut seams = seams;
             loop {
                 let n = input.read(&mut buf).await?;
                 if n == 0 {
                     break;
                 }
-                sink.write_all(&compressor.push(&buf[..n]).await?).await?;
+                let mut piece = &buf[..n];
+                if let Some(seams) = seams.as_deref_mut() {
+                    pending.extend(seams.take());
+                }
+                while let Some(&seam) = pending.front() {
+                    let frame_start = frames.last().expect("the first frame").0;
+                    if seam < raw_at || seam - frame_start < FRAME_MIN {
+                        pending.pop_front();
+                        continue;
+                    }
+                    let Ok(k) = usize::try_from(seam - raw_at) else {
+                        break;
+                    };
+                    if k >= piece.len() {
+                        break;
+                    }
+                    sink.write_all(&compressor.push(&piece[..k]).await?).await?;
+                    sink.write_all(&compressor.end_frame().await?).await?;
+                    raw_at = seam;
+                    piece = &piece[k..];
+                    frames.push((raw_at, sink.size));
+                    pending.pop_front();
+                }
+                sink.write_all(&compressor.push(piece).await?).await?;
+                raw_at += piece.len() as u64;
             }
             sink.write_all(&compressor.finish().await?).await?;
+            // A file of several frames always says so (its manifest's version tells an
+            // older reader it cannot read it), even when where the blocks are is unknown.
+            let blocks = seams.and_then(|s| s.blocks()).unwrap_or_default();
+            if frames.len() > 1 || !blocks.is_empty() {
+                index = Some(SeekIndex { frames, blocks });
+            }
         }
         Some(recipients) => {
             let mut writer = EncryptingWriter::new(recipients, &mut sink).await?;
@@ -73,6 +128,7 @@ pub async fn store(
         name: name.to_string(),
         size,
         sha256: crate::digest::hex(&hasher.finalize()),
+        index,
     })
 }
 
@@ -233,6 +289,21 @@ pub async fn load(
         read,
         size,
     })
+}
+
+/// The original bytes of a stored file that is not encrypted, decompressed from the frame
+/// that starts at stored offset `frame` (of its [`SeekIndex`]) on. Unchecked: the caller
+/// checks the whole file with [`load`] or [`check`] before it trusts what it read here.
+pub async fn load_from(
+    store: &impl BackupStore,
+    manifest: &Manifest,
+    name: &str,
+    frame: u64,
+) -> io::Result<Reader> {
+    let raw = store.open_at(&manifest.backup_id, name, frame).await?;
+    Ok(manifest
+        .compression
+        .decoder(BufReader::with_capacity(CHUNK, raw)))
 }
 
 /// Reads a stored file to its end, hashing it and passing the chunks on while anyone

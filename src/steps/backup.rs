@@ -14,7 +14,8 @@ use crate::pg::server::{Server, classify, connect, tool};
 use crate::plan::step_params::{CheckScope, Problem};
 use crate::repo::compression::Compression;
 use crate::repo::manifest::{
-    DumpFormat, DumpOptions, FileEntry, FingerprintMode, MANIFEST_VERSION, Manifest,
+    DumpFormat, DumpOptions, FileEntry, FingerprintMode, MANIFEST_VERSION, MANIFEST_VERSION_PLAIN,
+    Manifest,
 };
 use crate::repo::{BackupStore, pipeline};
 use chrono::Utc;
@@ -217,7 +218,11 @@ pub async fn run(p: &BackupParams, ctx: &StepContext) -> Result<Outputs, StepErr
     };
     let _ = server.conn.close().await;
     let mut manifest = Manifest {
-        manifest_version: MANIFEST_VERSION,
+        manifest_version: if files.iter().any(|f| f.index.is_some()) {
+            MANIFEST_VERSION
+        } else {
+            MANIFEST_VERSION_PLAIN
+        },
         backup_id: backup_id.clone(),
         created_at,
         finished_at: Utc::now(),
@@ -382,8 +387,13 @@ async fn dump(
                     rows.clone(),
                 );
                 let _progress = Meter::start(&ctx.events, &ctx.step_id, "dump", dumped, None);
+                // Where the tables' data starts is where a parallel restore wants to start
+                // reading; an encrypted file cannot be entered in the middle.
+                let mut blocks = rows.clone();
+                let seams = (p.format == DumpFormat::Custom && recipients.is_none())
+                    .then_some(&mut blocks as &mut dyn pipeline::Seams);
                 let stored = tokio::select! {
-                    r = pipeline::store(store, backup_id, &name, stdout, p.compression, threads, recipients) => r,
+                    r = pipeline::store(store, backup_id, &name, stdout, p.compression, threads, recipients, seams) => r,
                     _ = ctx.cancel.cancelled() => {
                         process.stop(ctx).await;
                         return Err(StepError::cancelled());
@@ -443,7 +453,7 @@ async fn dump(
                     let file = Counting::new(file, stored.clone());
                     let name = format!("dump/{n}{ext}");
                     let entry = tokio::select! {
-                        r = pipeline::store(store, backup_id, &name, file, p.compression, threads, recipients) => r.map_err(|e| crate::exec::io_error(&format!("writing {name}"), &e))?,
+                        r = pipeline::store(store, backup_id, &name, file, p.compression, threads, recipients, None) => r.map_err(|e| crate::exec::io_error(&format!("writing {name}"), &e))?,
                         _ = ctx.cancel.cancelled() => return Err(StepError::cancelled()),
                     };
                     entries.push(entry);

@@ -20,8 +20,8 @@ use crate::pg::server::{Server, classify, connect, tool};
 use crate::plan::step_params::{CheckScope, Problem};
 use crate::repo::compression::Compression;
 use crate::repo::manifest::{
-    BaseBackup, DumpFormat, DumpOptions, FingerprintMode, MANIFEST_VERSION, Manifest, format_lsn,
-    parse_lsn,
+    BaseBackup, DumpFormat, DumpOptions, FingerprintMode, MANIFEST_VERSION_PLAIN, Manifest,
+    format_lsn, parse_lsn,
 };
 use crate::repo::{AnyStore, BackupStore, pipeline, wal};
 use chrono::{DateTime, Utc};
@@ -247,7 +247,7 @@ pub async fn run(p: &BaseBackupParams, ctx: &StepContext) -> Result<Outputs, Ste
     let _ = server.conn.close().await;
     let base = BaseBackup { start_time, ..base };
     let mut manifest = Manifest {
-        manifest_version: MANIFEST_VERSION,
+        manifest_version: MANIFEST_VERSION_PLAIN,
         backup_id: backup_id.clone(),
         created_at,
         finished_at: Utc::now(),
@@ -326,7 +326,7 @@ async fn copy(
     let _progress = Meter::start(&ctx.events, &ctx.step_id, "copy", copied, None);
     let threads = super::backup::compression_threads();
     let stored = tokio::select! {
-        r = pipeline::store(store, backup_id, &name, stdout, p.compression, threads, recipients.as_ref()) => r,
+        r = pipeline::store(store, backup_id, &name, stdout, p.compression, threads, recipients.as_ref(), None) => r,
         _ = ctx.cancel.cancelled() => {
             process.stop(ctx).await;
             return Err(StepError::cancelled());

@@ -332,3 +332,98 @@ steps:
         "an unfinished backup was left behind: {leftovers:?}"
     );
 }
+
+/// A custom archive's file starts a new compressed frame before each large table, and a
+/// parallel restore loads every table from its own part of the stored file — from a
+/// local repository by seeking, from S3 by ranged reads — with the same content.
+#[test]
+fn a_parallel_restore_reads_each_table_from_its_own_part_of_the_stored_file() {
+    use crate::s3::{BUCKET, S3Server};
+    let cluster = Cluster::start();
+    cluster.psql("postgres", "create database shop");
+    // Two tables of ≈ 20 MB each (more than a frame's 8 MiB), a small one after them.
+    cluster.psql(
+        "shop",
+        "create table first (id int primary key, a text, b text, c text);
+         insert into first select g, md5(g::text), md5((g + 1)::text), md5((g + 2)::text) from generate_series(1, 200000) g;
+         create table second (id bigint, body text);
+         insert into second select g, repeat(md5(g::text), 3) from generate_series(1, 200000) g;
+         create table tail (v text); insert into tail values ('after the large ones');",
+    );
+    let ws = Workspace::new();
+    let server = S3Server::start(&ws.path("s3"));
+    let mut steps = String::new();
+    for repo in ["local", "offsite"] {
+        steps.push_str(&format!(
+            "  - {{ id: backup-{repo}, type: backup, target: db, database: shop, repository: {repo} }}\n  \
+             - {{ id: restore-{repo}, type: restore, needs: [backup-{repo}], repository: {repo}, backup: \"{{{{ steps.backup-{repo}.outputs.backup_id }}}}\", into: {{ target: db, database: copy_{repo} }}, jobs: 2 }}\n"
+        ));
+    }
+    let plan = format!(
+        r#"
+version: 1
+name: frames
+targets:
+  db: {{ url: "{{{{ env.DATABASE_URL }}}}" }}
+repositories:
+  local: {{ url: "file://./repo" }}
+  offsite: {{ url: "s3://{BUCKET}/shop", endpoint: "{}", force_path_style: true }}
+steps:
+{steps}"#,
+        server.endpoint
+    );
+    let mut env = crate::s3::aws_env();
+    env.push(("DATABASE_URL", cluster.url("postgres")));
+    env.push(("OPSRUNNER_LOG", "opsrunner=debug".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let run = ws.apply_env(&plan, &["--concurrency", "1"], &env);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        run.stderr
+            .matches("loading the tables from their parts of the stored file")
+            .count(),
+        2,
+        "{}",
+        run.stderr
+    );
+
+    let id = run.step("backup-local")["outputs"]["backup_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(ws.path("repo").join(&id).join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["manifest_version"], 2);
+    let index = &manifest["files"][0]["index"];
+    // The head and the first table, the second table, the small one.
+    assert_eq!(index["frames"].as_array().unwrap().len(), 3, "{index}");
+    assert_eq!(index["blocks"].as_array().unwrap().len(), 3, "{index}");
+    // A standard tool reads the frames as one stream.
+    let file = ws
+        .path("repo")
+        .join(&id)
+        .join(manifest["files"][0]["name"].as_str().unwrap());
+    let zstd = std::process::Command::new("zstd")
+        .arg("-t")
+        .arg(&file)
+        .output();
+    if let Ok(out) = zstd {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    let source = cluster.content("shop");
+    assert!(source.contains("after the large ones"));
+    for copy in ["copy_local", "copy_offsite"] {
+        assert_same(&cluster.schema("shop"), &cluster.schema(copy), copy);
+        assert!(
+            cluster.content(copy) == source,
+            "{copy}: the content differs"
+        );
+    }
+}
