@@ -11,6 +11,7 @@ use super::server::tool;
 use crate::exec::progress::Meter;
 use crate::exec::{StepContext, StepError};
 use crate::repo::AnyStore;
+use crate::repo::local::LocalStore;
 use crate::repo::manifest::{DumpFormat, Manifest, SeekIndex};
 use crate::repo::pipeline::{self, Loaded, Verdict};
 use std::path::Path;
@@ -83,10 +84,11 @@ pub async fn restore(
                 .index
                 .as_ref()
                 .is_some_and(|i| !i.blocks.is_empty());
-            if indexed && manifest.encryption.is_none() {
-                stored_custom(ctx, store, manifest, how).await
-            } else {
-                parallel_custom(ctx, store, manifest, how).await
+            match store {
+                AnyStore::Local(local) if indexed && manifest.encryption.is_none() => {
+                    stored_custom(ctx, local, manifest, how).await
+                }
+                _ => parallel_custom(ctx, store, manifest, how).await,
             }
         }
         DumpFormat::Base => Err(StepError::permanent(format!(
@@ -303,7 +305,8 @@ async fn parallel_custom<C: Fn(&mut tokio::process::Command) + Sync>(
 
 /// A parallel restore of a custom archive whose stored file has a [`SeekIndex`] (the
 /// backup started a new compressed frame before each large table): no local copy of the
-/// archive is made. Each `pg_restore --section=data -L` run reads a pipe fed the
+/// archive is made (a local repository only: see [`LocalStore::open_at`]). Each
+/// `pg_restore --section=data -L` run reads a pipe fed the
 /// archive's head and then its tables' part of the stored file, decompressed from the
 /// frame before it — every table can start loading at once, largest first, as with
 /// `pg_restore -j` on an uncompressed file, and each load decompresses its own part on
@@ -317,7 +320,7 @@ async fn parallel_custom<C: Fn(&mut tokio::process::Command) + Sync>(
 /// block by its dump id, and refuses bytes that are not one.
 async fn stored_custom<C: Fn(&mut tokio::process::Command) + Sync>(
     ctx: &StepContext,
-    store: &AnyStore,
+    store: &LocalStore,
     manifest: &Manifest,
     how: Parallel<'_, C>,
 ) -> Result<(), StepError> {
@@ -332,6 +335,16 @@ async fn stored_custom<C: Fn(&mut tokio::process::Command) + Sync>(
         .map_err(|e| spool_error(&std::env::temp_dir(), &e))?;
     let head_file = dir.path().join("archive.pgdump");
     let loading = how.loading(ctx, &head_file, dir.path());
+    // Progress is the original bytes fed to the loads, of all the tables' data.
+    let fed = crate::counting::Counter::new();
+    let total = index.blocks.iter().map(|b| b.2.saturating_sub(b.1)).sum();
+    let _progress = Meter::start(
+        &ctx.events,
+        &ctx.step_id,
+        "restore",
+        fed.clone(),
+        Some(total),
+    );
     let damaged = tokio_util::sync::CancellationToken::new();
     let (checked, loaded) = tokio::join!(
         async {
@@ -368,6 +381,7 @@ async fn stored_custom<C: Fn(&mut tokio::process::Command) + Sync>(
                         batches,
                         store,
                         manifest,
+                        fed: fed.clone(),
                     };
                     loading.overlap(&toc, &head, &wanted, source).await
                 } => r.map(Some),
@@ -386,7 +400,7 @@ async fn stored_custom<C: Fn(&mut tokio::process::Command) + Sync>(
 
 /// The first `len` original bytes of an indexed file (the archive's head).
 async fn read_part(
-    store: &AnyStore,
+    store: &LocalStore,
     manifest: &Manifest,
     index: &SeekIndex,
     len: u64,
@@ -400,7 +414,6 @@ async fn read_part(
         )));
     }
     let reader = pipeline::load_from(store, manifest, name, index.frames[0].1)
-        .await
         .map_err(|e| StepError::permanent(format!("{name}: {e}")))?;
     let mut head = Vec::new();
     reader
@@ -514,8 +527,10 @@ enum Source<'s> {
     /// start at once.
     Stored {
         batches: std::collections::VecDeque<Batch>,
-        store: &'s AnyStore,
+        store: &'s LocalStore,
         manifest: &'s Manifest,
+        /// Original bytes fed to the loads so far, for progress reports.
+        fed: crate::counting::Counter,
     },
 }
 
@@ -538,6 +553,14 @@ impl Source<'_> {
                 batch.ids.retain(keep);
                 Some((batch.ids, Some((batch.start, batch.end))))
             }
+        }
+    }
+
+    /// Whether every batch has been handed out, and none will come.
+    fn drained(&self) -> bool {
+        match self {
+            Source::Spool { open, arrived, .. } => !*open && arrived.is_empty(),
+            Source::Stored { batches, .. } => batches.is_empty(),
         }
     }
 
@@ -667,8 +690,9 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
         ids: Vec<i64>,
         (start, end): Span,
         run: usize,
-        store: &AnyStore,
+        store: &LocalStore,
         manifest: &Manifest,
+        fed: &crate::counting::Counter,
     ) -> Result<Run<'_>, StepError> {
         use tokio::io::AsyncWriteExt;
         let mut process = self.data_run(&ids, run)?;
@@ -680,14 +704,16 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
             .map(|(raw, stored)| (start - raw, stored))
             .unwrap_or((start, 0));
         let name = manifest.files[0].name.clone();
-        let (store, manifest, head) = (store.clone(), manifest.clone(), head.clone());
+        let (store, manifest, head, fed) =
+            (store.clone(), manifest.clone(), head.clone(), fed.clone());
         let feeding = tokio::spawn(async move {
             use tokio::io::AsyncReadExt;
             let name = &manifest.files[0].name;
-            let mut reader = pipeline::load_from(&store, &manifest, name, frame).await?;
+            let mut reader = pipeline::load_from(&store, &manifest, name, frame)?;
             stdin.write_all(&head).await?;
             tokio::io::copy(&mut (&mut reader).take(skip), &mut tokio::io::sink()).await?;
-            let mut part = tokio::io::BufReader::with_capacity(1 << 20, reader.take(end - start));
+            let part = crate::counting::Counting::new(reader.take(end - start), fed);
+            let mut part = tokio::io::BufReader::with_capacity(1 << 20, part);
             let fed = tokio::io::copy_buf(&mut part, &mut stdin).await?;
             if fed < end - start {
                 return Err(std::io::Error::new(
@@ -732,13 +758,26 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
             .collect())
     }
 
+    /// Hands the tables of `entries` (loaded, `TABLE DATA`) to whoever counts them.
+    fn count(&self, toc: &Toc, entries: &[i64]) {
+        if let Some(counts) = self.counts {
+            for entry in toc.0.iter() {
+                if entry.desc == "TABLE DATA" && entries.contains(&entry.id) {
+                    counts.count(&entry.namespace, &entry.tag);
+                }
+            }
+        }
+    }
+
     /// Once the table of contents is on disk: the entries of the data section (what may
     /// be loaded), after the schema was created (step 1).
     async fn prepare(&self) -> Result<Vec<i64>, StepError> {
         let data_entries = self.entries("data").await?;
+        tracing::debug!(entries = data_entries.len(), "creating the schema");
         self.run(&["--section=pre-data".into()])?
             .finish(self.ctx)
             .await?;
+        tracing::debug!("the schema is created");
         Ok(data_entries)
     }
 
@@ -781,6 +820,9 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
         let mut built = std::collections::BTreeSet::new();
         let mut running = futures_util::stream::FuturesUnordered::new();
         let mut runs = 0;
+        // Data runs going on, and the tables loaded but not counted yet.
+        let mut loading_data = 0;
+        let mut uncounted = Vec::new();
         loop {
             if running.len() < self.jobs as usize {
                 // The next tables whose data is there to the next free run; failing that,
@@ -794,10 +836,21 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
                     let run = match (&source, range) {
                         (
                             Source::Stored {
-                                store, manifest, ..
+                                store,
+                                manifest,
+                                fed,
+                                ..
                             },
                             Some(range),
-                        ) => self.load_stored(head, batch.clone(), range, runs, store, manifest)?,
+                        ) => self.load_stored(
+                            head,
+                            batch.clone(),
+                            range,
+                            runs,
+                            store,
+                            manifest,
+                            fed,
+                        )?,
                         (
                             Source::Spool {
                                 counter, on_disk, ..
@@ -807,6 +860,7 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
                         (Source::Stored { .. }, None) => unreachable!("a stored batch has a range"),
                     };
                     loaded.extend(batch.iter().copied());
+                    loading_data += 1;
                     running.push(futures_util::future::Either::Left(async move {
                         run.await.map(|()| Ran::Data(batch))
                     }));
@@ -829,23 +883,27 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
                     continue;
                 }
             }
+            // Counting a table reads all of it: while other tables still load it would
+            // take their cores, so the counts wait until all data is in, and then run
+            // beside the index builds of the end, which leave a core idle.
+            if loading_data == 0 && source.drained() && !uncounted.is_empty() {
+                self.count(toc, &std::mem::take(&mut uncounted));
+            }
             if !source.open() && running.is_empty() {
                 break;
             }
             tokio::select! {
                 done = running.next(), if !running.is_empty() => {
                     if let Ran::Data(batch) = done.expect("not empty")? {
-                        if let Some(counts) = self.counts {
-                            for entry in toc.0.iter().filter(|e| e.desc == "TABLE DATA" && batch.contains(&e.id)) {
-                                counts.count(&entry.namespace, &entry.tag);
-                            }
-                        }
+                        loading_data -= 1;
+                        uncounted.extend(batch.iter().copied());
                         finished.extend(batch);
                     }
                 }
                 () = source.arrive(), if source.open() => {}
             }
         }
+        self.count(toc, &uncounted);
         Ok(Started {
             data_entries: data_entries.to_vec(),
             loaded,

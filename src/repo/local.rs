@@ -267,6 +267,20 @@ impl Drop for LocalSink {
     }
 }
 
+impl LocalStore {
+    /// A file from byte `offset` on (to its end): what a reader that starts at a frame of
+    /// the file's [`super::manifest::SeekIndex`] reads. Nothing it reads is checked: the
+    /// whole file is, by whoever reads it with [`BackupStore::open`]. Only a local
+    /// repository is read this way: there, reading the file twice (the parts, and the
+    /// whole to check it) costs page-cache reads; from S3 it would cost a second download.
+    pub fn open_at(&self, backup_id: &str, name: &str, offset: u64) -> io::Result<Reader> {
+        use std::io::Seek;
+        let mut file = open_regular(&self.existing_file(backup_id, name)?)?;
+        file.seek(io::SeekFrom::Start(offset))?;
+        Ok(Box::pin(tokio::fs::File::from_std(file)))
+    }
+}
+
 impl BackupStore for LocalStore {
     fn uri(&self, backup_id: &str) -> String {
         let root = std::path::absolute(&self.root).unwrap_or_else(|_| self.root.clone());
@@ -398,13 +412,6 @@ impl BackupStore for LocalStore {
 
     async fn open(&self, backup_id: &str, name: &str) -> io::Result<Reader> {
         let file = open_regular(&self.existing_file(backup_id, name)?)?;
-        Ok(Box::pin(tokio::fs::File::from_std(file)))
-    }
-
-    async fn open_at(&self, backup_id: &str, name: &str, offset: u64) -> io::Result<Reader> {
-        use std::io::Seek;
-        let mut file = open_regular(&self.existing_file(backup_id, name)?)?;
-        file.seek(io::SeekFrom::Start(offset))?;
         Ok(Box::pin(tokio::fs::File::from_std(file)))
     }
 

@@ -108,9 +108,6 @@ impl BackupStore for AnyStore {
     async fn open(&self, backup_id: &str, name: &str) -> io::Result<Reader> {
         dispatch!(self, s => s.open(backup_id, name).await)
     }
-    async fn open_at(&self, backup_id: &str, name: &str, offset: u64) -> io::Result<Reader> {
-        dispatch!(self, s => s.open_at(backup_id, name, offset).await)
-    }
     async fn size(&self, backup_id: &str, name: &str) -> io::Result<u64> {
         dispatch!(self, s => s.size(backup_id, name).await)
     }

@@ -294,13 +294,13 @@ pub async fn load(
 /// The original bytes of a stored file that is not encrypted, decompressed from the frame
 /// that starts at stored offset `frame` (of its [`SeekIndex`]) on. Unchecked: the caller
 /// checks the whole file with [`load`] or [`check`] before it trusts what it read here.
-pub async fn load_from(
-    store: &impl BackupStore,
+pub fn load_from(
+    store: &super::local::LocalStore,
     manifest: &Manifest,
     name: &str,
     frame: u64,
 ) -> io::Result<Reader> {
-    let raw = store.open_at(&manifest.backup_id, name, frame).await?;
+    let raw = store.open_at(&manifest.backup_id, name, frame)?;
     Ok(manifest
         .compression
         .decoder(BufReader::with_capacity(CHUNK, raw)))

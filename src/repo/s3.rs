@@ -901,30 +901,6 @@ impl BackupStore for S3Store {
         Ok(Box::pin(out.body.into_async_read()))
     }
 
-    async fn open_at(&self, backup_id: &str, name: &str, offset: u64) -> io::Result<Reader> {
-        check_id(backup_id)?;
-        let key = self.key(backup_id, name);
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .range(format!("bytes={offset}-"))
-            .send()
-            .await
-            .map_err(|e| sdk_error(&format!("reading {key} from byte {offset}"), e))?;
-        // A server that ignores the range sends the whole file, which read as if it began
-        // at `offset` would be the wrong bytes.
-        let wanted = format!("bytes {offset}-");
-        if offset > 0 && !out.content_range().is_some_and(|r| r.starts_with(&wanted)) {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                format!("reading {key} from byte {offset}: the server did not honour the range"),
-            ));
-        }
-        Ok(Box::pin(out.body.into_async_read()))
-    }
-
     async fn size(&self, backup_id: &str, name: &str) -> io::Result<u64> {
         check_id(backup_id)?;
         let key = self.key(backup_id, name);

@@ -50,15 +50,6 @@ pub trait BackupStore: Send + Sync {
         name: &str,
     ) -> impl Future<Output = io::Result<Option<Vec<u8>>>> + Send;
     fn open(&self, backup_id: &str, name: &str) -> impl Future<Output = io::Result<Reader>> + Send;
-    /// A file from byte `offset` on (to its end): what a reader that starts at a frame of
-    /// the file's [`super::manifest::SeekIndex`] reads. Nothing it reads is checked: the
-    /// whole file is, by whoever reads it with [`BackupStore::open`].
-    fn open_at(
-        &self,
-        backup_id: &str,
-        name: &str,
-        offset: u64,
-    ) -> impl Future<Output = io::Result<Reader>> + Send;
     /// The stored size of a file (without reading it).
     fn size(&self, backup_id: &str, name: &str) -> impl Future<Output = io::Result<u64>> + Send;
     /// Stores the outcome of a verification next to a published backup.
