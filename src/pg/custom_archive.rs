@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 
 /// Header and table of contents larger than this are not kept in memory to be parsed:
 /// counting gives up and SQL counts instead.
-const MAX_HEAD: usize = 64 << 20;
+pub const MAX_HEAD: usize = 64 << 20;
 
 const BLK_DATA: u8 = 1;
 const BLK_BLOBS: u8 = 3;

@@ -4,7 +4,7 @@
 //! how it replaces an existing one, is [`super::swap`]'s business.
 
 use super::conn::ConnInfo;
-use super::custom_archive::{NotCounted, RowCounter, Toc, toc_of_head};
+use super::custom_archive::{MAX_HEAD, NotCounted, RowCounter, Toc, toc_of_head};
 use super::fingerprint::EarlyCounts;
 use super::process::PgProcess;
 use super::server::tool;
@@ -45,12 +45,6 @@ pub async fn restore(
         args.push("--no-owner".into());
         args.push("--no-privileges".into());
     }
-    let spool = || {
-        tempfile::Builder::new()
-            .prefix("opsrunner-restore-")
-            .tempdir()
-            .map_err(|e| spool_error(&std::env::temp_dir(), &e))
-    };
     match manifest.format {
         DumpFormat::Plain => {
             let (psql, _) = tool("psql", major)?;
@@ -96,7 +90,7 @@ pub async fn restore(
         ))),
         DumpFormat::Directory => {
             let (pg_restore, _) = tool("pg_restore", major)?;
-            let dir = spool()?;
+            let dir = spool_dir()?;
             let out = unpack_directory(ctx, store, manifest, dir.path()).await?;
             args.push("--format=directory".into());
             args.push(format!("--jobs={jobs}"));
@@ -173,8 +167,17 @@ pub async fn feed(
 
 /// Waits for a file's check against the manifest; a mismatch is a permanent error.
 async fn checked(verdict: Verdict, ctx: &StepContext) -> Result<(), StepError> {
+    check_outcome(verdict.wait(), ctx).await
+}
+
+/// A check of a stored file against its manifest as a step's outcome: a mismatch is
+/// permanent, a read that failed is not a verdict.
+async fn check_outcome(
+    check: impl std::future::Future<Output = std::io::Result<()>>,
+    ctx: &StepContext,
+) -> Result<(), StepError> {
     tokio::select! {
-        r = verdict.wait() => r.map_err(|e| match e.kind() {
+        r = check => r.map_err(|e| match e.kind() {
             std::io::ErrorKind::InvalidData => StepError::permanent(format!("the backup does not match its manifest: {e}")),
             _ => crate::exec::io_error("reading the backup", &e),
         }),
@@ -232,10 +235,7 @@ async fn parallel_custom<C: Fn(&mut tokio::process::Command) + Sync>(
 ) -> Result<(), StepError> {
     // `restore` made sure the manifest lists a file.
     let name = &manifest.files[0].name;
-    let dir = tempfile::Builder::new()
-        .prefix("opsrunner-restore-")
-        .tempdir()
-        .map_err(|e| spool_error(&std::env::temp_dir(), &e))?;
+    let dir = spool_dir()?;
     let spool = dir.path().join("archive.pgdump");
     // Where the blocks are, not how many rows they hold: the restored tables are counted
     // in the database.
@@ -329,10 +329,7 @@ async fn stored_custom<C: Fn(&mut tokio::process::Command) + Sync>(
         .index
         .as_ref()
         .expect("stored_custom is for indexed files");
-    let dir = tempfile::Builder::new()
-        .prefix("opsrunner-restore-")
-        .tempdir()
-        .map_err(|e| spool_error(&std::env::temp_dir(), &e))?;
+    let dir = spool_dir()?;
     let head_file = dir.path().join("archive.pgdump");
     let loading = how.loading(ctx, &head_file, dir.path());
     // Progress is the original bytes fed to the loads, of all the tables' data.
@@ -348,13 +345,7 @@ async fn stored_custom<C: Fn(&mut tokio::process::Command) + Sync>(
     let damaged = tokio_util::sync::CancellationToken::new();
     let (checked, loaded) = tokio::join!(
         async {
-            let r = tokio::select! {
-                r = pipeline::check(store, &manifest.backup_id, file) => r.map_err(|e| match e.kind() {
-                    std::io::ErrorKind::InvalidData => StepError::permanent(format!("the backup does not match its manifest: {e}")),
-                    _ => crate::exec::io_error("reading the backup", &e),
-                }),
-                _ = ctx.cancel.cancelled() => Err(StepError::cancelled()),
-            };
+            let r = check_outcome(pipeline::check(store, &manifest.backup_id, file), ctx).await;
             if r.is_err() {
                 damaged.cancel();
             }
@@ -407,7 +398,7 @@ async fn read_part(
 ) -> Result<Vec<u8>, StepError> {
     use tokio::io::AsyncReadExt;
     let name = &manifest.files[0].name;
-    if len > MAX_HEAD {
+    if len > MAX_HEAD as u64 {
         return Err(StepError::permanent(format!(
             "{name}: the archive's table of contents is larger than {} MiB",
             MAX_HEAD >> 20
@@ -428,9 +419,6 @@ async fn read_part(
     }
     Ok(head)
 }
-
-/// The largest head (header and table of contents) read into memory.
-const MAX_HEAD: u64 = 64 << 20;
 
 /// The data blocks of an indexed archive in runs of blocks next to each other, largest
 /// run first: a block of at least a `4 × jobs`-th of all the data (or 64 MiB) is a run of
@@ -1024,6 +1012,14 @@ impl Follow {
             }
         }
     }
+}
+
+/// The temporary directory of one restore (under TMPDIR), removed when dropped.
+fn spool_dir() -> Result<tempfile::TempDir, StepError> {
+    tempfile::Builder::new()
+        .prefix("opsrunner-restore-")
+        .tempdir()
+        .map_err(|e| spool_error(&std::env::temp_dir(), &e))
 }
 
 fn spool_error(path: &Path, e: &std::io::Error) -> StepError {
