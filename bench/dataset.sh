@@ -10,7 +10,8 @@
 #     2,000 documents of 192 KB each (stored out of line, in TOAST), and 500 small tables;
 #   large (`bench_large`): the standard shape at five times the size (pgbench scale 250
 #     plus 15 million rows), ≈5.4 GB, for memory and throughput at scale.
-# DB is the chosen database's name.
+# DB is the chosen database's name. FSYNC=on starts the cluster durable (fsync and
+# synchronous commits as PostgreSQL's defaults) instead of with fsync off.
 
 BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
 
@@ -29,7 +30,7 @@ if [ ! -f "$DATA/data/PG_VERSION" ]; then
   as_pg "$BIN/initdb" -D "$DATA/data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 -N >/dev/null
   FRESH=1
 fi
-as_pg "$BIN/pg_ctl" -D "$DATA/data" -l "$DATA/server.log" -w -o "-p $PORT -k $SOCK -c listen_addresses='' -c fsync=off -c max_wal_size=4GB" start >/dev/null
+as_pg "$BIN/pg_ctl" -D "$DATA/data" -l "$DATA/server.log" -w -o "-p $PORT -k $SOCK -c listen_addresses='' -c fsync=${FSYNC:-off} -c max_wal_size=4GB" start >/dev/null
 cleanup() { as_pg "$BIN/pg_ctl" -D "$DATA/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 export PGHOST=$SOCK PGPORT=$PORT PGUSER=postgres PGOPTIONS="-c client_min_messages=warning"

@@ -114,6 +114,18 @@ impl ConnInfo {
     }
 }
 
+/// Adds session settings (`-c name=value …`) to those a child process's sessions start
+/// with: after any the environment's `PGOPTIONS` already holds, so that the environment's
+/// other settings stay and ours win where both name the same one.
+pub fn add_session_settings(command: &mut tokio::process::Command, settings: &str) {
+    let mut options = std::env::var_os("PGOPTIONS").unwrap_or_default();
+    if !options.is_empty() {
+        options.push(" ");
+    }
+    options.push(settings);
+    command.env("PGOPTIONS", options);
+}
+
 fn percent_encoding_decode(s: &str) -> String {
     percent_encoding::percent_decode_str(s)
         .decode_utf8_lossy()
@@ -127,6 +139,25 @@ fn utf8_path_encode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_settings_follow_those_of_the_environment() {
+        let mut command = tokio::process::Command::new("true");
+        add_session_settings(&mut command, "-c synchronous_commit=off");
+        let set: Vec<_> = command
+            .as_std()
+            .get_envs()
+            .filter(|(k, _)| *k == "PGOPTIONS")
+            .map(|(_, v)| v.map(|v| v.to_string_lossy().into_owned()))
+            .collect();
+        let expected = match std::env::var("PGOPTIONS") {
+            Ok(inherited) if !inherited.is_empty() => {
+                format!("{inherited} -c synchronous_commit=off")
+            }
+            _ => "-c synchronous_commit=off".to_string(),
+        };
+        assert_eq!(set, vec![Some(expected)]);
+    }
 
     #[test]
     fn password_is_split_off() {

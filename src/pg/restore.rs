@@ -38,7 +38,15 @@ pub async fn restore(
     let major = server_major.max(manifest.pg_dump_major());
     let jobs = jobs.unwrap_or(1).max(1);
     let id = &manifest.backup_id;
-    let configure = |c: &mut tokio::process::Command| into.apply_to(c);
+    let configure = |c: &mut tokio::process::Command| {
+        into.apply_to(c);
+        // A restore commits thousands of times (each table, each index, each piece of
+        // the schema), and waiting for each commit to reach the disk is time the restore
+        // spends idle. Not waiting risks nothing: what is restored here is a staging or
+        // scratch database, and what makes it count is the swap's own commit, which the
+        // server flushes (with all the WAL written before it) as it always does.
+        super::conn::add_session_settings(c, "-c synchronous_commit=off");
+    };
     let dbname = format!("--dbname={}", into.public_url());
     let mut args = vec!["--exit-on-error".to_string(), dbname.clone()];
     if no_owner {

@@ -37,7 +37,18 @@ fn candidates(name: &str) -> Vec<PathBuf> {
             found.push(path);
         }
     }
+    // Debian's /usr/bin/pg_restore (and the rest) is a Perl script that picks a version
+    // and then runs the real program from /usr/lib/postgresql/N/bin: some 35 ms of CPU
+    // each time, and a parallel restore runs pg_restore a dozen times. The real programs
+    // come first; the wrapper stays as the last resort.
+    found.sort_by_key(|path| is_debian_wrapper(path));
     found
+}
+
+/// Whether `path` is postgresql-common's `pg_wrapper` (under whatever name it is linked).
+fn is_debian_wrapper(path: &Path) -> bool {
+    path.canonicalize()
+        .is_ok_and(|real| real.file_name().is_some_and(|n| n == "pg_wrapper"))
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -141,4 +152,24 @@ pub fn find_exact(name: &str, major: u32) -> Result<PathBuf, ToolMissing> {
         exact: true,
         seen,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debian_wrapper_is_recognised_through_its_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let wrapper = dir.path().join("pg_wrapper");
+        std::fs::write(&wrapper, "#!/usr/bin/perl\n").unwrap();
+        let linked = dir.path().join("pg_restore");
+        std::os::unix::fs::symlink(&wrapper, &linked).unwrap();
+        let real = dir.path().join("real_pg_restore");
+        std::fs::write(&real, "").unwrap();
+        assert!(is_debian_wrapper(&linked));
+        assert!(is_debian_wrapper(&wrapper));
+        assert!(!is_debian_wrapper(&real));
+        assert!(!is_debian_wrapper(&dir.path().join("missing")));
+    }
 }

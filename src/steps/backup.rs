@@ -364,7 +364,7 @@ async fn dump(
         // A backend waiting for a lock does not notice its client is gone; after a timeout
         // killed pg_dump it would linger until it got the lock. PG 14+ can check.
         if major >= 14 {
-            c.env("PGOPTIONS", "-c client_connection_check_interval=1000");
+            crate::pg::conn::add_session_settings(c, "-c client_connection_check_interval=1000");
         }
     };
     let ext = stored_extension(p.compression, recipients.is_some());
