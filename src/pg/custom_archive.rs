@@ -79,8 +79,15 @@ pub struct Layout {
     pub patches: Vec<(u64, Vec<u8>)>,
 }
 
+/// `SECTION_PRE_DATA` of pg_backup.h: the schema — types, functions, tables, …
+const SECTION_PRE_DATA: i64 = 2;
+
 /// `SECTION_POST_DATA` of pg_backup.h: indexes, constraints, triggers, rules.
 const SECTION_POST_DATA: i64 = 4;
+
+/// What a table may depend on and still be loaded before the rest of the schema exists
+/// ([`Toc::schema_first`]): objects that run no code of the database's own.
+const PLAIN_ANCESTORS: [&str; 5] = ["SCHEMA", "EXTENSION", "TYPE", "DOMAIN", "COLLATION"];
 
 /// One entry of the table of contents, as much of it as scheduling a restore needs.
 #[derive(Debug, Clone, PartialEq)]
@@ -131,6 +138,67 @@ impl Toc {
             .map(|e| e.id)
             .collect()
     }
+}
+
+impl Toc {
+    /// The schema entries to create first so that the data of `data` (`TABLE DATA`
+    /// entries) can load while the rest of the schema is created beside it: each table
+    /// and what it depends on, and every pre-data entry that depends on the table — a
+    /// column default, a sequence owned by it, an identity, a view on it — with what
+    /// those depend on (created after the load started, an `ALTER TABLE` would wait for
+    /// the load's lock, and the rest of the schema behind it).
+    ///
+    /// `None` when an entry is not a table's data, or its table depends on anything but
+    /// schemas, types, domains, collations and extensions (a parent table, a function): a
+    /// check constraint, a domain or a generated column that calls a function runs it on
+    /// every row loaded, and a function's body may read objects it records no dependency
+    /// on, which might not exist yet. Such a table waits for the whole schema, as in
+    /// pg_restore's own order.
+    pub fn schema_first(&self, data: &[i64]) -> Option<std::collections::BTreeSet<i64>> {
+        let by_id: BTreeMap<i64, &TocEntry> = self.0.iter().map(|e| (e.id, e)).collect();
+        let mut first = std::collections::BTreeSet::new();
+        for id in data {
+            let entry = by_id.get(id)?;
+            let [table] = entry.deps.as_slice() else {
+                return None;
+            };
+            if entry.desc != "TABLE DATA" || by_id.get(table)?.desc != "TABLE" {
+                return None;
+            }
+            let before = ancestors(&by_id, *table);
+            let plain = before.iter().filter(|a| *a != table).all(|a| {
+                by_id
+                    .get(a)
+                    .is_some_and(|e| PLAIN_ANCESTORS.contains(&e.desc.as_str()))
+            });
+            if !plain {
+                return None;
+            }
+            first.extend(before);
+            for dependent in self
+                .0
+                .iter()
+                .filter(|e| e.section == SECTION_PRE_DATA && e.deps.contains(table))
+            {
+                first.extend(ancestors(&by_id, dependent.id));
+            }
+        }
+        Some(first)
+    }
+}
+
+/// `id` and every entry it depends on, directly or not (those in the archive).
+fn ancestors(by_id: &BTreeMap<i64, &TocEntry>, id: i64) -> std::collections::BTreeSet<i64> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut next = vec![id];
+    while let Some(id) = next.pop() {
+        if let Some(entry) = by_id.get(&id)
+            && seen.insert(id)
+        {
+            next.extend(entry.deps.iter().copied());
+        }
+    }
+    seen
 }
 
 /// How many of the newlines at the end of a table's data belong to the end-of-data line
@@ -758,6 +826,68 @@ mod tests {
         assert_eq!(toc.ready_after_data(&loaded(&[])), Vec::<i64>::new());
         assert_eq!(toc.ready_after_data(&loaded(&[11])), vec![21]);
         assert_eq!(toc.ready_after_data(&loaded(&[11, 12])), vec![21, 22]);
+    }
+
+    #[test]
+    fn a_table_loads_before_the_rest_of_the_schema_only_when_it_runs_no_code_of_its_own() {
+        let entry = |id, desc: &str, section, deps: &[i64]| TocEntry {
+            id,
+            desc: desc.into(),
+            namespace: "public".into(),
+            tag: format!("t{id}"),
+            section,
+            deps: deps.to_vec(),
+        };
+        let toc = Toc(vec![
+            entry(1, "SCHEMA", 2, &[]),
+            entry(2, "TYPE", 2, &[1]),
+            entry(3, "FUNCTION", 2, &[1]),
+            entry(4, "SEQUENCE", 2, &[1]),
+            // Table 10 uses a type; 11 has a check calling function 3; 12 inherits 10.
+            entry(10, "TABLE", 2, &[1, 2]),
+            entry(11, "TABLE", 2, &[1, 3]),
+            entry(12, "TABLE", 2, &[10]),
+            entry(13, "TABLE", 2, &[1]),
+            // Table 10's default, its sequence's owner, a view joining 10 and 13, an
+            // index and a comment on 10, and something unrelated.
+            entry(20, "DEFAULT", 2, &[10, 4]),
+            entry(21, "SEQUENCE OWNED BY", 2, &[4, 10]),
+            entry(22, "VIEW", 2, &[10, 13]),
+            entry(23, "INDEX", 4, &[10]),
+            entry(24, "COMMENT", 1, &[10]),
+            entry(25, "VIEW", 2, &[13]),
+            entry(30, "TABLE DATA", 3, &[10]),
+            entry(31, "TABLE DATA", 3, &[11]),
+            entry(32, "TABLE DATA", 3, &[12]),
+            entry(33, "TABLE DATA", 3, &[13]),
+            entry(34, "BLOBS", 3, &[]),
+            entry(35, "SEQUENCE SET", 3, &[4]),
+        ]);
+        let set = |ids: &[i64]| Some(ids.iter().copied().collect());
+        // The table, its type and schema; the default and the owner with the sequence;
+        // the child table; the view with the other table it reads. Not the index
+        // (post-data), the comment (takes no lock that waits for a load) nor the
+        // unrelated view.
+        assert_eq!(
+            toc.schema_first(&[30]),
+            set(&[1, 2, 4, 10, 12, 13, 20, 21, 22])
+        );
+        assert_eq!(toc.schema_first(&[33]), set(&[1, 13, 22, 25, 10, 2]));
+        assert_eq!(
+            toc.schema_first(&[31]),
+            None,
+            "a function may run as rows load"
+        );
+        assert_eq!(
+            toc.schema_first(&[32]),
+            None,
+            "a child needs its parent's schema"
+        );
+        assert_eq!(toc.schema_first(&[30, 31]), None);
+        assert_eq!(toc.schema_first(&[34]), None, "large objects need theirs");
+        assert_eq!(toc.schema_first(&[35]), None);
+        assert_eq!(toc.schema_first(&[99]), None);
+        assert_eq!(toc.schema_first(&[]), set(&[]));
     }
 
     /// A small archive as pg_dump 15 writes it to a pipe (version 1.14, no compression).

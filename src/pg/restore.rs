@@ -369,20 +369,28 @@ async fn stored_custom<C: Fn(&mut tokio::process::Command) + Sync>(
                         StepError::permanent(format!("{}: the archive's table of contents: {why}", file.name))
                     })?;
                     std::fs::write(&head_file, &head).map_err(|e| spool_error(&head_file, &e))?;
-                    let wanted = loading.prepare().await?;
-                    let batches = batches(&index.blocks, loading.jobs);
+                    let wanted = loading.entries("data").await?;
+                    let (batches, early) = early_first(&toc, batches(&index.blocks, loading.jobs), loading.jobs);
                     tracing::debug!(
                         runs = batches.len(),
                         frames = index.frames.len(),
                         "loading the tables from their parts of the stored file"
                     );
+                    let rest_of_schema = match &early {
+                        Some((first, n)) => Some(loading.schema_first(&toc, first, *n).await?),
+                        None => {
+                            loading.schema().await?;
+                            None
+                        }
+                    };
                     let source = Source::Stored {
                         batches,
+                        early: early.map_or(0, |(_, n)| n),
                         store,
                         manifest,
                         fed: fed.clone(),
                     };
-                    loading.overlap(&toc, &head, &wanted, source).await
+                    loading.overlap(&toc, &head, &wanted, source, rest_of_schema).await
                 } => r.map(Some),
                 // What is loading stops (its processes are killed): the file is bad.
                 _ = damaged.cancelled() => Ok(None),
@@ -429,13 +437,15 @@ async fn read_part(
 }
 
 /// The data blocks of an indexed archive in runs of blocks next to each other, largest
-/// run first: a block of at least a `4 × jobs`-th of all the data (or 64 MiB) is a run of
+/// run first: a block of at least a `4 × jobs`-th of all the data (or 16 MiB) is a run of
 /// its own, so that the largest tables load side by side from the start; smaller ones
 /// are gathered up to that size, so that thousands of small tables do not each cost a
-/// pg_restore and a connection.
+/// pg_restore and a connection. (A run that starts inside a frame decompresses less
+/// than 8 MiB it does not load — a frame ends at the first block that starts once it
+/// holds 8 MiB — so even the smallest run wastes little.)
 fn batches(blocks: &[(i64, u64, u64)], jobs: u32) -> std::collections::VecDeque<Batch> {
     let total: u64 = blocks.iter().map(|b| b.2.saturating_sub(b.1)).sum();
-    let cap = (total / (4 * u64::from(jobs.max(1)))).max(64 << 20);
+    let cap = (total / (4 * u64::from(jobs.max(1)))).max(16 << 20);
     let mut out: Vec<Batch> = Vec::new();
     let mut current: Option<Batch> = None;
     for &(id, start, end) in blocks {
@@ -456,6 +466,36 @@ fn batches(blocks: &[(i64, u64, u64)], jobs: u32) -> std::collections::VecDeque<
     out.extend(current);
     out.sort_by_key(|b| std::cmp::Reverse(b.end.saturating_sub(b.start)));
     out.into()
+}
+
+/// The batches with those that can load before all of the schema is created first
+/// (of the `jobs` largest, those whose tables' part of the schema can be created on its
+/// own: [`Toc::schema_first`]), and, when there are any, that part of the schema and how
+/// many they are.
+#[allow(clippy::type_complexity)]
+fn early_first(
+    toc: &Toc,
+    mut batches: std::collections::VecDeque<Batch>,
+    jobs: u32,
+) -> (
+    std::collections::VecDeque<Batch>,
+    Option<(std::collections::BTreeSet<i64>, usize)>,
+) {
+    let mut first = std::collections::BTreeSet::new();
+    let mut early = std::collections::VecDeque::new();
+    let mut later = std::collections::VecDeque::new();
+    for (n, batch) in batches.drain(..).enumerate() {
+        match toc.schema_first(&batch.ids) {
+            Some(schema) if n < jobs as usize => {
+                first.extend(schema);
+                early.push_back(batch);
+            }
+            _ => later.push_back(batch),
+        }
+    }
+    let n = early.len();
+    early.extend(later);
+    (early, (n > 0).then_some((first, n)))
 }
 
 /// Where blocks are in the archive's original bytes: from, to (exclusive).
@@ -523,6 +563,9 @@ enum Source<'s> {
     /// start at once.
     Stored {
         batches: std::collections::VecDeque<Batch>,
+        /// How many batches at the front may load before all of the schema is created
+        /// (their tables' part of it is: [`Toc::schema_first`]).
+        early: usize,
         store: &'s LocalStore,
         manifest: &'s Manifest,
         /// Original bytes fed to the loads so far, for progress reports.
@@ -531,12 +574,14 @@ enum Source<'s> {
 }
 
 impl Source<'_> {
-    /// The next batch to load when one can start now: its entries (perhaps none that
-    /// are wanted), and for a stored file, where its blocks are.
+    /// The next batch to load when one can start now (`schema`: all of the schema is
+    /// created): its entries (perhaps none that are wanted), and for a stored file,
+    /// where its blocks are.
     fn next(
         &mut self,
         wanted: &std::collections::BTreeSet<i64>,
         loaded: &std::collections::BTreeSet<i64>,
+        schema: bool,
     ) -> Option<(Vec<i64>, Option<Span>)> {
         let keep = |id: &i64| wanted.contains(id) && !loaded.contains(id);
         match self {
@@ -544,7 +589,11 @@ impl Source<'_> {
                 arrived.retain(keep);
                 (!arrived.is_empty()).then(|| (std::mem::take(arrived), None))
             }
-            Source::Stored { batches, .. } => {
+            Source::Stored { batches, early, .. } => {
+                if !schema && *early == 0 {
+                    return None;
+                }
+                *early = early.saturating_sub(1);
                 let mut batch = batches.pop_front()?;
                 batch.ids.retain(keep);
                 Some((batch.ids, Some((batch.start, batch.end))))
@@ -765,16 +814,43 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
         }
     }
 
-    /// Once the table of contents is on disk: the entries of the data section (what may
-    /// be loaded), after the schema was created (step 1).
-    async fn prepare(&self) -> Result<Vec<i64>, StepError> {
-        let data_entries = self.entries("data").await?;
-        tracing::debug!(entries = data_entries.len(), "creating the schema");
+    /// Creates the schema (step 1).
+    async fn schema(&self) -> Result<(), StepError> {
+        tracing::debug!("creating the schema");
         self.run(&["--section=pre-data".into()])?
             .finish(self.ctx)
             .await?;
         tracing::debug!("the schema is created");
-        Ok(data_entries)
+        Ok(())
+    }
+
+    /// Creates the entries `first` of the schema (what the first `runs` loads need), and
+    /// starts creating the rest of it: the run that does, to be waited for.
+    async fn schema_first(
+        &self,
+        toc: &Toc,
+        first: &std::collections::BTreeSet<i64>,
+        runs: usize,
+    ) -> Result<PgProcess, StepError> {
+        // Lists in archive order, which is the order pg_restore follows with -L; each
+        // run takes only what is pre-data of its list.
+        let (now, rest): (Vec<i64>, Vec<i64>) = toc
+            .0
+            .iter()
+            .map(|e| e.id)
+            .partition(|id| first.contains(id));
+        tracing::debug!(
+            entries = now.len(),
+            runs,
+            "creating the schema of the first tables"
+        );
+        let list = self.list(&now, "pre-data-first")?;
+        self.run(&["--section=pre-data".into(), list])?
+            .finish(self.ctx)
+            .await?;
+        tracing::debug!("creating the rest of the schema while the first tables load");
+        let list = self.list(&rest, "pre-data-rest")?;
+        self.run(&["--section=pre-data".into(), list])
     }
 
     /// Steps 1 to 3 while the copy is written; `None` when the archive's table of
@@ -793,22 +869,30 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
                 None => return Ok(None),
             }
         };
-        let data_entries = self.prepare().await?;
-        self.overlap(&toc, &head, &data_entries, source)
+        let data_entries = self.entries("data").await?;
+        self.schema().await?;
+        self.overlap(&toc, &head, &data_entries, source, None)
             .await
             .map(Some)
     }
 
     /// Steps 2 and 3: loads the data of `data_entries` as `source` makes it ready, up to
-    /// `jobs` runs at once, building indexes as their tables are loaded.
+    /// `jobs` runs at once, building indexes as their tables are loaded. With
+    /// `rest_of_schema` (the run creating it), only the source's early batches start
+    /// before it finished.
     async fn overlap(
         &self,
         toc: &Toc,
         head: &std::sync::Arc<[u8]>,
         data_entries: &[i64],
         mut source: Source<'_>,
+        rest_of_schema: Option<PgProcess>,
     ) -> Result<Started, StepError> {
         use futures_util::StreamExt;
+        let mut schema_done = rest_of_schema.is_none();
+        let mut schema = futures_util::future::OptionFuture::from(
+            rest_of_schema.map(|run| Box::pin(run.finish(self.ctx))),
+        );
         let wanted: std::collections::BTreeSet<i64> = data_entries.iter().copied().collect();
         // Data started loading, data loaded (its run finished), post-data entries built.
         let mut loaded = std::collections::BTreeSet::new();
@@ -824,7 +908,7 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
                 // The next tables whose data is there to the next free run; failing that,
                 // the indexes of the tables loaded so far, as pg_restore -j builds them
                 // while other tables still load.
-                if let Some((batch, range)) = source.next(&wanted, &loaded) {
+                if let Some((batch, range)) = source.next(&wanted, &loaded, schema_done) {
                     if batch.is_empty() {
                         continue;
                     }
@@ -885,10 +969,15 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
             if loading_data == 0 && source.drained() && !uncounted.is_empty() {
                 self.count(toc, &std::mem::take(&mut uncounted));
             }
-            if !source.open() && running.is_empty() {
+            if !source.open() && running.is_empty() && schema_done {
                 break;
             }
             tokio::select! {
+                done = &mut schema, if !schema_done => {
+                    done.expect("a run to wait for")?;
+                    tracing::debug!("the schema is created");
+                    schema_done = true;
+                }
                 done = running.next(), if !running.is_empty() => {
                     if let Ran::Data(batch) = done.expect("not empty")? {
                         loading_data -= 1;
