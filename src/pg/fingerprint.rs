@@ -100,9 +100,9 @@ pub async fn take(
     Ok(out)
 }
 
-/// Row counts taken while a restore still runs: each table as soon as its data is loaded,
-/// in a session of its own, so that counting overlaps the loads and index builds still
-/// going on instead of following them. [`count_rows`] counts what is left.
+/// Row counts taken while a restore still runs: each table once its data is loaded, in
+/// up to `sessions` sessions of their own, so that counting overlaps the index builds
+/// still going on instead of following them. [`count_rows`] counts what is left.
 /// Dropped unfinished (the restore failed), it stops counting at once.
 pub struct EarlyCounts {
     queue: Option<tokio::sync::mpsc::UnboundedSender<(String, String)>>,
@@ -120,34 +120,15 @@ impl Drop for EarlyCounts {
 }
 
 impl EarlyCounts {
-    pub fn start(info: super::conn::ConnInfo) -> EarlyCounts {
-        let (queue, mut tables) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
+    pub fn start(info: super::conn::ConnInfo, sessions: u32) -> EarlyCounts {
+        let (queue, tables) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
+        let tables = tokio::sync::Mutex::new(tables);
         let task = tokio::spawn(async move {
-            use sqlx::Connection;
-            let mut out = BTreeMap::new();
-            let mut conn = None;
-            while let Some((schema, table)) = tables.recv().await {
-                let conn = match &mut conn {
-                    Some(conn) => conn,
-                    None => conn.insert(info.connect().await?),
-                };
-                // The name as the catalogue's list spells it (format('%I.%I')), which is
-                // then safe to interpolate.
-                let key: String = sqlx::query_scalar("select format('%I.%I', $1::text, $2::text)")
-                    .bind(&schema)
-                    .bind(&table)
-                    .fetch_one(&mut *conn)
-                    .await?;
-                let rows: i64 =
-                    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("select count(*) from {key}")))
-                        .fetch_one(&mut *conn)
-                        .await?;
-                out.insert(key, TableFingerprint { rows, hash: None });
-            }
-            if let Some(conn) = conn {
-                let _ = conn.close().await;
-            }
-            Ok(out)
+            let counted = futures_util::future::try_join_all(
+                (0..sessions.max(1)).map(|_| count_queued(&info, &tables)),
+            )
+            .await?;
+            Ok(counted.into_iter().flatten().collect())
         });
         EarlyCounts {
             queue: Some(queue),
@@ -171,6 +152,41 @@ impl EarlyCounts {
         task.await
             .map_err(|e| sqlx::Error::Protocol(format!("counting rows failed: {e}")))?
     }
+}
+
+/// One session of [`EarlyCounts`]: counts the tables it takes from the queue until the
+/// queue is closed, connecting when the first one comes.
+async fn count_queued(
+    info: &super::conn::ConnInfo,
+    tables: &tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<(String, String)>>,
+) -> Result<BTreeMap<String, TableFingerprint>, sqlx::Error> {
+    use sqlx::Connection;
+    let mut out = BTreeMap::new();
+    let mut conn = None;
+    loop {
+        let next = tables.lock().await.recv().await;
+        let Some((schema, table)) = next else { break };
+        let conn = match &mut conn {
+            Some(conn) => conn,
+            None => conn.insert(info.connect().await?),
+        };
+        // The name as the catalogue's list spells it (format('%I.%I')), which is then
+        // safe to interpolate.
+        let key: String = sqlx::query_scalar("select format('%I.%I', $1::text, $2::text)")
+            .bind(&schema)
+            .bind(&table)
+            .fetch_one(&mut *conn)
+            .await?;
+        let rows: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("select count(*) from {key}")))
+                .fetch_one(&mut *conn)
+                .await?;
+        out.insert(key, TableFingerprint { rows, hash: None });
+    }
+    if let Some(conn) = conn {
+        let _ = conn.close().await;
+    }
+    Ok(out)
 }
 
 /// The row count of every table, counted over `connections` sessions at once (at least

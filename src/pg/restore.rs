@@ -4,7 +4,7 @@
 //! how it replaces an existing one, is [`super::swap`]'s business.
 
 use super::conn::ConnInfo;
-use super::custom_archive::{MAX_HEAD, NotCounted, RowCounter, Toc, toc_of_head};
+use super::custom_archive::{MAX_HEAD, NotCounted, RowCounter, Toc, TocEntry, toc_of_head};
 use super::fingerprint::EarlyCounts;
 use super::process::PgProcess;
 use super::server::tool;
@@ -601,6 +601,24 @@ impl Source<'_> {
         }
     }
 
+    /// How many bytes of the archive the data block of entry `id` takes (0 when not known).
+    fn size(&self, id: i64) -> u64 {
+        match self {
+            Source::Spool { counter, .. } => counter
+                .lock()
+                .expect("the reader is not poisoned")
+                .block(id)
+                .and_then(|(start, end)| Some(end? - start))
+                .unwrap_or(0),
+            Source::Stored { manifest, .. } => manifest.files[0]
+                .index
+                .iter()
+                .flat_map(|i| &i.blocks)
+                .find(|b| b.0 == id)
+                .map_or(0, |b| b.2.saturating_sub(b.1)),
+        }
+    }
+
     /// Whether every batch has been handed out, and none will come.
     fn drained(&self) -> bool {
         match self {
@@ -803,13 +821,18 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
             .collect())
     }
 
-    /// Hands the tables of `entries` (loaded, `TABLE DATA`) to whoever counts them.
-    fn count(&self, toc: &Toc, entries: &[i64]) {
+    /// Hands the tables of `entries` (loaded, `TABLE DATA`) to whoever counts them,
+    /// largest first, so that the counting sessions finish together.
+    fn count(&self, toc: &Toc, entries: &[i64], source: &Source<'_>) {
         if let Some(counts) = self.counts {
-            for entry in toc.0.iter() {
-                if entry.desc == "TABLE DATA" && entries.contains(&entry.id) {
-                    counts.count(&entry.namespace, &entry.tag);
-                }
+            let mut tables: Vec<&TocEntry> = toc
+                .0
+                .iter()
+                .filter(|e| e.desc == "TABLE DATA" && entries.contains(&e.id))
+                .collect();
+            tables.sort_by_key(|e| std::cmp::Reverse(source.size(e.id)));
+            for entry in tables {
+                counts.count(&entry.namespace, &entry.tag);
             }
         }
     }
@@ -967,7 +990,7 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
             // take their cores, so the counts wait until all data is in, and then run
             // beside the index builds of the end, which leave a core idle.
             if loading_data == 0 && source.drained() && !uncounted.is_empty() {
-                self.count(toc, &std::mem::take(&mut uncounted));
+                self.count(toc, &std::mem::take(&mut uncounted), &source);
             }
             if !source.open() && running.is_empty() && schema_done {
                 break;
@@ -988,7 +1011,7 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
                 () = source.arrive(), if source.open() => {}
             }
         }
-        self.count(toc, &uncounted);
+        self.count(toc, &uncounted, &source);
         Ok(Started {
             data_entries: data_entries.to_vec(),
             loaded,

@@ -448,7 +448,7 @@ async fn restore_and_check(
 ) -> Result<(), StepError> {
     let into = server.info.with_database(staging);
     let wanted = manifest.fingerprint != FingerprintMode::None && !manifest.fingerprints.is_empty();
-    let early = wanted.then(|| fingerprint::EarlyCounts::start(into.clone()));
+    let early = wanted.then(|| fingerprint::EarlyCounts::start(into.clone(), p.jobs.unwrap_or(1)));
     restore::restore(
         ctx,
         store,
