@@ -795,16 +795,20 @@ impl crate::counting::Sees for std::sync::Arc<std::sync::Mutex<RowCounter>> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn an_index_is_ready_once_the_data_of_every_table_it_is_on_is_loaded() {
-        let entry = |id, desc: &str, section, deps: &[i64]| TocEntry {
+    /// A table-of-contents entry in schema `public`, named after its id.
+    fn entry(id: i64, desc: &str, section: i64, deps: &[i64]) -> TocEntry {
+        TocEntry {
             id,
             desc: desc.into(),
             namespace: "public".into(),
             tag: format!("t{id}"),
             section,
             deps: deps.to_vec(),
-        };
+        }
+    }
+
+    #[test]
+    fn an_index_is_ready_once_the_data_of_every_table_it_is_on_is_loaded() {
         // Tables 1 and 2 with data 11 and 12; 3 is partitioned (no data of its own).
         let toc = Toc(vec![
             entry(1, "TABLE", 2, &[]),
@@ -830,14 +834,6 @@ mod tests {
 
     #[test]
     fn a_table_loads_before_the_rest_of_the_schema_only_when_it_runs_no_code_of_its_own() {
-        let entry = |id, desc: &str, section, deps: &[i64]| TocEntry {
-            id,
-            desc: desc.into(),
-            namespace: "public".into(),
-            tag: format!("t{id}"),
-            section,
-            deps: deps.to_vec(),
-        };
         let toc = Toc(vec![
             entry(1, "SCHEMA", 2, &[]),
             entry(2, "TYPE", 2, &[1]),
