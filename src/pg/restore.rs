@@ -318,7 +318,9 @@ async fn parallel_custom<C: Fn(&mut tokio::process::Command) + Sync>(
 /// archive's head and then its tables' part of the stored file, decompressed from the
 /// frame before it — every table can start loading at once, largest first, as with
 /// `pg_restore -j` on an uncompressed file, and each load decompresses its own part on
-/// its own core. The rest is as in [`parallel_custom`]: the schema first, indexes as
+/// its own core. Only the part of the schema the largest tables need is created before
+/// their loads start, the rest beside them ([`Toc::schema_first`]; tables whose schema
+/// runs code wait for all of it). The rest is as in [`parallel_custom`]: indexes as
 /// their tables are loaded, and the other data and post-data entries at the end, from a
 /// file holding only the head (they read no data blocks).
 ///
