@@ -477,7 +477,7 @@ fn batches(blocks: &[(i64, u64, u64)], jobs: u32) -> std::collections::VecDeque<
 #[allow(clippy::type_complexity)]
 fn early_first(
     toc: &Toc,
-    mut batches: std::collections::VecDeque<Batch>,
+    batches: std::collections::VecDeque<Batch>,
     jobs: u32,
 ) -> (
     std::collections::VecDeque<Batch>,
@@ -486,7 +486,7 @@ fn early_first(
     let mut first = std::collections::BTreeSet::new();
     let mut early = std::collections::VecDeque::new();
     let mut later = std::collections::VecDeque::new();
-    for (n, batch) in batches.drain(..).enumerate() {
+    for (n, batch) in batches.into_iter().enumerate() {
         match toc.schema_first(&batch.ids) {
             Some(schema) if n < jobs as usize => {
                 first.extend(schema);
