@@ -19,6 +19,7 @@ use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPa
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 use tokio::sync::mpsc;
@@ -46,6 +47,75 @@ pub struct S3Store {
     parts_in_flight: usize,
     sse: Option<Sse>,
     checksums: bool,
+    parts: Arc<PartPool>,
+}
+
+/// Part buffers kept for the next parts. A fresh 16 MiB buffer per part, freed when its
+/// upload finished, made peak RSS grow with the number of parts: after the first free,
+/// glibc raises its mmap threshold above the part size, and later buffers land in
+/// per-thread heaps whose freed space is kept, not returned (a 5.4 GB backup to S3 peaked
+/// at 96 MiB, 125 MiB age-encrypted, against 65 MiB with every buffer mmapped). Reused
+/// buffers are allocated once, so the peak is the parts alive at once.
+struct PartPool {
+    free: std::sync::Mutex<Vec<Vec<u8>>>,
+    /// Buffers kept at most: those one upload has alive at once (the part being filled,
+    /// one waiting in the channel, the parts in flight).
+    keep: usize,
+}
+
+impl PartPool {
+    fn new(parts_in_flight: usize) -> PartPool {
+        PartPool {
+            free: std::sync::Mutex::new(Vec::new()),
+            keep: parts_in_flight + 2,
+        }
+    }
+
+    /// An empty buffer with room for `size` bytes.
+    fn take(&self, size: usize) -> Vec<u8> {
+        let kept = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        match kept {
+            Some(mut buffer) => {
+                buffer.reserve_exact(size);
+                buffer
+            }
+            None => Vec::with_capacity(size),
+        }
+    }
+
+    fn give(&self, mut buffer: Vec<u8>) {
+        buffer.clear();
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        if free.len() < self.keep {
+            free.push(buffer);
+        }
+    }
+
+    /// The body of a request: the buffer goes back to the pool when the SDK drops the
+    /// last reference to it (after the request and any retry of it).
+    fn body(self: &Arc<PartPool>, bytes: Vec<u8>) -> ByteStream {
+        ByteStream::from(bytes::Bytes::from_owner(PooledPart {
+            bytes,
+            pool: Arc::clone(self),
+        }))
+    }
+}
+
+struct PooledPart {
+    bytes: Vec<u8>,
+    pool: Arc<PartPool>,
+}
+
+impl AsRef<[u8]> for PooledPart {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for PooledPart {
+    fn drop(&mut self) {
+        self.pool.give(std::mem::take(&mut self.bytes));
+    }
 }
 
 /// Server-side encryption of the objects opsrunner writes.
@@ -188,6 +258,7 @@ impl S3Store {
             parts_in_flight: DEFAULT_PARTS_IN_FLIGHT,
             sse: options.sse.clone(),
             checksums,
+            parts: Arc::new(PartPool::new(DEFAULT_PARTS_IN_FLIGHT)),
         })
     }
 
@@ -379,6 +450,7 @@ enum Next {
 /// multipart upload, dropping the sink aborts it.
 struct S3Sink {
     buffer: Vec<u8>,
+    pool: Arc<PartPool>,
     part_size: usize,
     parts_sent: bool,
     tx: Option<PollSender<Msg>>,
@@ -411,7 +483,7 @@ impl S3Sink {
                 let msg = match next {
                     Next::Part => {
                         self.parts_sent = true;
-                        let fresh = Vec::with_capacity(self.part_size);
+                        let fresh = self.pool.take(self.part_size);
                         Msg::Part(std::mem::replace(&mut self.buffer, fresh))
                     }
                     Next::Whole => Msg::Whole(std::mem::take(&mut self.buffer)),
@@ -488,6 +560,7 @@ struct UploadTarget {
     sse: Option<Sse>,
     checksums: bool,
     in_flight: usize,
+    pool: Arc<PartPool>,
 }
 
 impl UploadTarget {
@@ -512,7 +585,8 @@ impl UploadTarget {
 async fn upload(t: UploadTarget, mut rx: mpsc::Receiver<Msg>) -> io::Result<()> {
     let first = match rx.recv().await {
         Some(Msg::Whole(bytes)) => {
-            return put(&t.client, &t.bucket, &t.key, bytes, t.sse.as_ref()).await;
+            let body = t.pool.body(bytes);
+            return put(&t.client, &t.bucket, &t.key, body, t.sse.as_ref()).await;
         }
         Some(Msg::Part(bytes)) => bytes,
         Some(Msg::Finish) | None => {
@@ -590,7 +664,7 @@ async fn upload_parts(
                     .upload_id(upload_id)
                     .part_number(number)
                     .set_checksum_algorithm(t.checksums.then_some(ChecksumAlgorithm::Crc32))
-                    .body(ByteStream::from(bytes));
+                    .body(t.pool.body(bytes));
                 let (n, key) = (number, t.key.clone());
                 running.spawn(async move {
                     let out = request
@@ -671,7 +745,7 @@ async fn put(
     client: &Client,
     bucket: &str,
     key: &str,
-    body: Vec<u8>,
+    body: impl Into<ByteStream>,
     sse: Option<&Sse>,
 ) -> io::Result<()> {
     client
@@ -680,7 +754,7 @@ async fn put(
         .key(key)
         .set_server_side_encryption(sse.map(|s| s.algorithm.clone()))
         .set_ssekms_key_id(sse.and_then(|s| s.kms_key_id.clone()))
-        .body(ByteStream::from(body))
+        .body(body.into())
         .send()
         .await
         .map_err(|e| sdk_error(&format!("putting {key}"), e))?;
@@ -832,11 +906,13 @@ impl BackupStore for S3Store {
                 sse: self.sse.clone(),
                 checksums: self.checksums,
                 in_flight: self.parts_in_flight,
+                pool: Arc::clone(&self.parts),
             },
             rx,
         ));
         Ok(Box::new(S3Sink {
-            buffer: Vec::with_capacity(self.part_size),
+            buffer: self.parts.take(self.part_size),
+            pool: Arc::clone(&self.parts),
             part_size: self.part_size,
             parts_sent: false,
             tx: Some(PollSender::new(tx)),
@@ -932,5 +1008,36 @@ impl BackupStore for S3Store {
             .await?;
         let rest = self.keys_under(&self.backup_prefix(backup_id)).await?;
         self.delete_keys(rest).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_buffers_come_back_when_the_request_body_is_dropped_and_are_reused() {
+        let pool = Arc::new(PartPool::new(1));
+        let mut first = pool.take(1 << 20);
+        first.extend_from_slice(b"part one");
+        let address = first.as_ptr();
+        let body = pool.body(first);
+        // While the SDK holds the body (and any retry's clone of it) the buffer is not free.
+        assert!(pool.free.lock().unwrap().is_empty());
+        drop(body);
+        let again = pool.take(1 << 20);
+        assert_eq!(
+            again.as_ptr(),
+            address,
+            "the freed buffer is handed out again"
+        );
+        assert!(again.is_empty() && again.capacity() >= 1 << 20);
+
+        // At most `keep` (in flight + 2) buffers are kept; the rest are freed.
+        let buffers: Vec<_> = (0..5).map(|_| pool.take(1024)).collect();
+        for b in buffers {
+            pool.give(b);
+        }
+        assert_eq!(pool.free.lock().unwrap().len(), 3);
     }
 }
