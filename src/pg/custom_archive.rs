@@ -217,8 +217,8 @@ fn terminator_newlines(tail: &[u8]) -> i64 {
 const TAIL: usize = 16;
 
 /// The newlines in a piece of COPY data. A row has one, so a search (memchr's SIMD) beats
-/// a count of every byte: measured 0.36 s against 0.10 s for the 774 MB of the benchmark's
-/// standard set.
+/// a count of every byte: the whole counter over the benchmark's 774 MB standard archive
+/// took 0.36 s with a byte count, 0.14 s with memchr.
 fn newlines(bytes: &[u8]) -> i64 {
     memchr::memchr_iter(b'\n', bytes).count() as i64
 }
