@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 /// counting gives up and SQL counts instead.
 pub const MAX_HEAD: usize = 64 << 20;
 
-const BLK_DATA: u8 = 1;
+pub(super) const BLK_DATA: u8 = 1;
 const BLK_BLOBS: u8 = 3;
 
 /// Rows per table, keyed by (schema, table) as the catalogue spells them.
@@ -360,6 +360,7 @@ enum Head {
         tables: BTreeMap<i64, (String, String)>,
         offset_fields: Vec<(i64, u64, u8)>,
         toc: Toc,
+        loading: DataLoading,
     },
     Unsupported(String),
 }
@@ -418,6 +419,10 @@ fn parse_head(bytes: &[u8]) -> Head {
     let mut tables = BTreeMap::new();
     let mut offset_fields = Vec::new();
     let mut toc = Toc::default();
+    let mut loading = DataLoading {
+        int_size,
+        ..DataLoading::default()
+    };
     for _ in 0..entries {
         let id = need!(c.int());
         let _had_dumper = need!(c.int());
@@ -426,9 +431,9 @@ fn parse_head(bytes: &[u8]) -> Head {
         let tag = need!(c.string()).unwrap_or_default();
         let desc = need!(c.string()).unwrap_or_default();
         let section = need!(c.int());
-        let _defn = need!(c.string());
+        let defn = need!(c.string());
         let _drop = need!(c.string());
-        let _copy = need!(c.string());
+        let copy = need!(c.string());
         let namespace = need!(c.string()).unwrap_or_default();
         let _tablespace = need!(c.string());
         if version >= 0x010e {
@@ -456,8 +461,16 @@ fn parse_head(bytes: &[u8]) -> Head {
         let at = c.at as u64;
         let offset = need!(c.take(1 + off_size));
         offset_fields.push((id, at, offset[0]));
-        if desc == "TABLE DATA" {
-            tables.insert(id, (namespace, tag));
+        match desc.as_str() {
+            "TABLE DATA" => {
+                if let Some(copy) = copy.filter(|c| DataLoading::is_copy_from_stdin(c)) {
+                    loading.copy.insert(id, copy);
+                }
+                tables.insert(id, (namespace, tag));
+            }
+            "ENCODING" => loading.encoding = defn.as_deref().and_then(quoted),
+            "STDSTRINGS" => loading.std_strings = defn.as_deref().and_then(quoted),
+            _ => {}
         }
     }
     Head::Parsed {
@@ -467,16 +480,56 @@ fn parse_head(bytes: &[u8]) -> Head {
         tables,
         offset_fields,
         toc,
+        loading,
     }
 }
 
-/// The table of contents of an archive's head (its bytes up to the first data block).
-pub fn toc_of_head(head: &[u8]) -> Result<Toc, String> {
+/// The table of contents of an archive's head (its bytes up to the first data block),
+/// and what loading its tables' data over a connection needs.
+pub fn toc_of_head(head: &[u8]) -> Result<(Toc, DataLoading), String> {
     match parse_head(head) {
-        Head::Parsed { toc, .. } => Ok(toc),
+        Head::Parsed { toc, loading, .. } => Ok((toc, loading)),
         Head::NeedMore => Err("the archive ends inside its table of contents".into()),
         Head::Unsupported(why) => Err(why),
     }
+}
+
+/// What pg_restore takes from an archive's head to load a table's data, for loading it
+/// over our own connection instead ([`super::copy_in`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DataLoading {
+    /// The size of the archive's integers (chunk lengths, dump ids).
+    pub int_size: usize,
+    /// The encoding the data is in (the `ENCODING` entry), e.g. `UTF8`.
+    pub encoding: Option<String>,
+    /// `on` or `off` (the `STDSTRINGS` entry).
+    pub std_strings: Option<String>,
+    /// dump id → the `COPY … FROM stdin;` that loads a `TABLE DATA` entry, for those
+    /// entries whose statement has that shape.
+    pub copy: BTreeMap<i64, String>,
+}
+
+impl DataLoading {
+    /// Whether `statement` has the one shape pg_dump writes (`COPY table (columns) FROM
+    /// stdin;`) and nothing else: no second statement, no comment, no literal. Anything
+    /// else (a hostile archive's, or a table whose name holds such characters) is left to
+    /// pg_restore, which runs whatever the archive says, as it always did.
+    fn is_copy_from_stdin(statement: &str) -> bool {
+        let body = statement.strip_suffix('\n').unwrap_or(statement);
+        body.starts_with("COPY ")
+            && body.ends_with(" FROM stdin;")
+            && body.matches(';').count() == 1
+            && !body.contains(['\'', '\n', '\r', '\\', '\0'])
+            && !body.contains("--")
+            && !body.contains("/*")
+    }
+}
+
+/// The text between the first pair of single quotes (`SET client_encoding = 'UTF8';`).
+fn quoted(defn: &str) -> Option<String> {
+    let (_, rest) = defn.split_once('\'')?;
+    let (value, _) = rest.split_once('\'')?;
+    Some(value.to_string())
 }
 
 impl RowCounter {
@@ -647,6 +700,7 @@ impl RowCounter {
                 tables,
                 offset_fields,
                 toc,
+                ..
             } => {
                 self.toc = toc;
                 self.head = self.pending[..consumed].into();
@@ -867,6 +921,37 @@ impl crate::counting::Sees for std::sync::Arc<std::sync::Mutex<RowCounter>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_plain_copy_from_stdin_is_loaded_over_our_connection() {
+        for good in [
+            "COPY public.t (a, b) FROM stdin;\n",
+            "COPY \"Sales Dept\".\"Order Items\" (id, \"Qty\") FROM stdin;\n",
+            "COPY public.empty  FROM stdin;\n",
+        ] {
+            assert!(DataLoading::is_copy_from_stdin(good), "{good}");
+        }
+        for bad in [
+            "COPY public.t FROM stdin; DROP TABLE x; COPY u FROM stdin;\n",
+            "COPY public.t FROM PROGRAM 'rm -rf /' -- FROM stdin;\n",
+            "COPY public.t /* x */ FROM stdin;\n",
+            "copy public.t FROM stdin;\n",
+            "COPY public.t FROM '/etc/passwd';\n",
+            "COPY public.t FROM stdin;\nSELECT 1 FROM stdin;\n",
+            "COPY \"a\\b\" FROM stdin;\n",
+        ] {
+            assert!(!DataLoading::is_copy_from_stdin(bad), "{bad}");
+        }
+        assert_eq!(
+            quoted("SET client_encoding = 'UTF8';\n").as_deref(),
+            Some("UTF8")
+        );
+        assert_eq!(
+            quoted("SET standard_conforming_strings = 'on';\n").as_deref(),
+            Some("on")
+        );
+        assert_eq!(quoted("SET nothing;"), None);
+    }
 
     /// A table-of-contents entry in schema `public`, named after its id.
     fn entry(id: i64, desc: &str, section: i64, deps: &[i64]) -> TocEntry {

@@ -5,6 +5,7 @@
 pub mod basebackup;
 pub mod cluster;
 pub mod conn;
+pub mod copy_in;
 pub mod custom_archive;
 pub mod data_directory;
 pub mod database;

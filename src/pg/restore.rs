@@ -4,7 +4,10 @@
 //! how it replaces an existing one, is [`super::swap`]'s business.
 
 use super::conn::ConnInfo;
-use super::custom_archive::{MAX_HEAD, NotCounted, RowCounter, Toc, TocEntry, toc_of_head};
+use super::copy_in;
+use super::custom_archive::{
+    DataLoading, MAX_HEAD, NotCounted, RowCounter, Toc, TocEntry, toc_of_head,
+};
 use super::fingerprint::EarlyCounts;
 use super::process::PgProcess;
 use super::server::tool;
@@ -76,6 +79,7 @@ pub async fn restore(
         DumpFormat::Custom => {
             let (pg_restore, _) = tool("pg_restore", major)?;
             let how = Parallel {
+                into,
                 pg_restore: &pg_restore,
                 args: &args,
                 jobs,
@@ -313,21 +317,23 @@ async fn parallel_custom<C: Fn(&mut tokio::process::Command) + Sync>(
 
 /// A parallel restore of a custom archive whose stored file has a [`SeekIndex`] (the
 /// backup started a new compressed frame before each large table): no local copy of the
-/// archive is made (a local repository only: see [`LocalStore::open_at`]). Each
-/// `pg_restore --section=data -L` run reads a pipe fed the
-/// archive's head and then its tables' part of the stored file, decompressed from the
-/// frame before it — every table can start loading at once, largest first, as with
-/// `pg_restore -j` on an uncompressed file, and each load decompresses its own part on
-/// its own core. Only the part of the schema the largest tables need is created before
-/// their loads start, the rest beside them ([`Toc::schema_first`]; tables whose schema
-/// runs code wait for all of it). The rest is as in [`parallel_custom`]: indexes as
-/// their tables are loaded, and the other data and post-data entries at the end, from a
-/// file holding only the head (they read no data blocks).
+/// archive is made (a local repository only: see [`LocalStore::open_at`]). Each load
+/// reads its tables' part of the stored file, decompressed from the frame before it, and
+/// sends each table's rows over a connection of its own with the table's `COPY`
+/// ([`copy_in`]; a part holding anything else goes to a `pg_restore --section=data -L`
+/// reading a pipe fed the archive's head and then the same bytes) — every table can
+/// start loading at once, largest first, as with `pg_restore -j` on an uncompressed
+/// file, and each load decompresses its own part on its own core. Only the part of the
+/// schema the largest tables need is created before their loads start, the rest beside
+/// them ([`Toc::schema_first`]; tables whose schema runs code wait for all of it). The
+/// rest is as in [`parallel_custom`]: indexes as their tables are loaded, and the other
+/// data and post-data entries at the end, from a file holding only the head (they read
+/// no data blocks).
 ///
-/// What the runs read is not checked as they read it: the whole stored file is read
+/// What the loads read is not checked as they read it: the whole stored file is read
 /// beside them and compared with its manifest (size, SHA-256), and nothing is finished
-/// before it matched. A wrong index can only make a run fail: pg_restore finds each
-/// block by its dump id, and refuses bytes that are not one.
+/// before it matched. A wrong index can only make a load fail: each block is read by its
+/// header (its type and dump id), and bytes that are not one are refused.
 async fn stored_custom<C: Fn(&mut tokio::process::Command) + Sync>(
     ctx: &StepContext,
     store: &LocalStore,
@@ -367,9 +373,10 @@ async fn stored_custom<C: Fn(&mut tokio::process::Command) + Sync>(
                     let first = index.blocks.first().map_or(0, |b| b.1);
                     let head: std::sync::Arc<[u8]> =
                         read_part(store, manifest, index, first).await?.into();
-                    let toc = toc_of_head(&head).map_err(|why| {
+                    let (toc, data_loading) = toc_of_head(&head).map_err(|why| {
                         StepError::permanent(format!("{}: the archive's table of contents: {why}", file.name))
                     })?;
+                    let data_loading = std::sync::Arc::new(data_loading);
                     std::fs::write(&head_file, &head).map_err(|e| spool_error(&head_file, &e))?;
                     let wanted = loading.entries("data").await?;
                     let (batches, early) = early_first(&toc, batches(&index.blocks, loading.jobs), loading.jobs);
@@ -391,6 +398,7 @@ async fn stored_custom<C: Fn(&mut tokio::process::Command) + Sync>(
                         store,
                         manifest,
                         fed: fed.clone(),
+                        loading: &data_loading,
                     };
                     loading.overlap(&toc, &head, &wanted, source, rest_of_schema).await
                 } => r.map(Some),
@@ -500,6 +508,15 @@ fn early_first(
     (early, (n > 0).then_some((first, n)))
 }
 
+/// Where a stored batch's bytes come from, and what loading its tables' data over our
+/// own connection needs.
+struct Stored<'s> {
+    store: &'s LocalStore,
+    manifest: &'s Manifest,
+    fed: &'s crate::counting::Counter,
+    loading: &'s std::sync::Arc<DataLoading>,
+}
+
 /// Where blocks are in the archive's original bytes: from, to (exclusive).
 type Span = (u64, u64);
 
@@ -514,6 +531,8 @@ struct Batch {
 /// The pg_restore runs of a parallel restore (see [`parallel_custom`]).
 struct Loading<'a, C> {
     ctx: &'a StepContext,
+    /// The database restored into, for the loads over our own connection.
+    into: &'a ConnInfo,
     pg_restore: &'a Path,
     args: &'a [String],
     /// The archive pg_restore reads (the local copy, or the head of an indexed file).
@@ -526,6 +545,7 @@ struct Loading<'a, C> {
 
 /// How a parallel restore runs pg_restore, and who counts the tables as they are loaded.
 struct Parallel<'a, C> {
+    into: &'a ConnInfo,
     pg_restore: &'a Path,
     args: &'a [String],
     jobs: u32,
@@ -537,6 +557,7 @@ impl<'a, C> Parallel<'a, C> {
     fn loading(self, ctx: &'a StepContext, spool: &'a Path, dir: &'a Path) -> Loading<'a, C> {
         Loading {
             ctx,
+            into: self.into,
             pg_restore: self.pg_restore,
             args: self.args,
             spool,
@@ -572,6 +593,8 @@ enum Source<'s> {
         manifest: &'s Manifest,
         /// Original bytes fed to the loads so far, for progress reports.
         fed: crate::counting::Counter,
+        /// What loading table data over our own connection needs.
+        loading: &'s std::sync::Arc<DataLoading>,
     },
 }
 
@@ -745,56 +768,79 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
         }))
     }
 
-    /// Loads the data of `ids` (of `batch`) with a pg_restore reading a pipe, fed the
-    /// archive's head and then the batch's part of the stored file, decompressed from the
-    /// frame before it — in a task of its own, so that runs decompress on different cores.
-    #[allow(clippy::too_many_arguments)]
+    /// Loads the data of `ids` (of a batch, whose blocks span `start..end` of the
+    /// archive) from the batch's part of the stored file, decompressed from the frame
+    /// before it — in a task of its own, so that runs decompress on different cores.
+    /// Tables whose data [`copy_in`] can load go over a connection of our own; a batch
+    /// with anything else (large objects, an archive not in UTF-8) goes to a pg_restore
+    /// reading a pipe, fed the archive's head and then the same bytes.
     fn load_stored(
         &self,
         head: &std::sync::Arc<[u8]>,
         ids: Vec<i64>,
         (start, end): Span,
         run: usize,
-        store: &LocalStore,
-        manifest: &Manifest,
-        fed: &crate::counting::Counter,
+        from: Stored<'_>,
     ) -> Result<Run<'_>, StepError> {
-        use tokio::io::AsyncWriteExt;
-        let mut process = self.data_run(&ids, run)?;
-        let mut stdin = process.stdin();
-        let (skip, frame) = manifest.files[0]
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (skip, frame) = from.manifest.files[0]
             .index
             .as_ref()
             .map(|i| i.frame_before(start))
             .map(|(raw, stored)| (start - raw, stored))
             .unwrap_or((start, 0));
-        let name = manifest.files[0].name.clone();
-        let (store, manifest, head, fed) =
-            (store.clone(), manifest.clone(), head.clone(), fed.clone());
-        let feeding = tokio::spawn(async move {
-            use tokio::io::AsyncReadExt;
+        let name = from.manifest.files[0].name.clone();
+        let (store, manifest, fed) = (from.store.clone(), from.manifest.clone(), from.fed.clone());
+        // The batch's part of the archive, original bytes, counted as they are read.
+        let part = async move {
             let name = &manifest.files[0].name;
             let mut reader = pipeline::load_from(&store, &manifest, name, frame)?;
-            stdin.write_all(&head).await?;
             tokio::io::copy(&mut (&mut reader).take(skip), &mut tokio::io::sink()).await?;
             let part = crate::counting::Counting::new(reader.take(end - start), fed);
-            let mut part = tokio::io::BufReader::with_capacity(1 << 20, part);
+            std::io::Result::Ok(tokio::io::BufReader::with_capacity(1 << 20, part))
+        };
+        let read_failed = {
+            let name = name.clone();
+            move |e: std::io::Error| {
+                StepError::permanent(format!("{name}: reading the backup failed: {e}"))
+            }
+        };
+        if copy_in::can_load(from.loading, &ids) {
+            let (into, loading, cancel) = (
+                self.into.clone(),
+                from.loading.clone(),
+                self.ctx.cancel.clone(),
+            );
+            let loads = AbortOnDrop(tokio::spawn(async move {
+                let mut conn = copy_in::session(&into, &loading).await?;
+                let part = part.await.map_err(read_failed)?;
+                copy_in::load(&cancel, &mut conn, &loading, &ids, part, end - start, &name).await
+            }));
+            return Ok(Box::pin(async move {
+                loads.join().await.unwrap_or_else(|e| {
+                    Err(StepError::permanent(format!("loading table data: {e}")))
+                })
+            }));
+        }
+        let mut process = self.data_run(&ids, run)?;
+        let mut stdin = process.stdin();
+        let head = head.clone();
+        let feeding = AbortOnDrop(tokio::spawn(async move {
+            let mut part = part.await?;
+            stdin.write_all(&head).await?;
             let fed = tokio::io::copy_buf(&mut part, &mut stdin).await?;
             if fed < end - start {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
-                    format!("{name} ends inside a table's data (damaged)"),
+                    "the file ends inside a table's data (damaged)",
                 ));
             }
             stdin.shutdown().await
-        });
-        let feeding = AbortOnDrop(feeding);
+        }));
         Ok(Box::pin(async move {
             let (fed, finished) = tokio::join!(feeding.wait(), process.finish(self.ctx));
             finished?;
-            fed_as_expected(fed).map_err(|e| {
-                StepError::permanent(format!("{name}: reading the backup failed: {e}"))
-            })
+            fed_as_expected(fed).map_err(read_failed)
         }))
     }
 
@@ -944,6 +990,7 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
                                 store,
                                 manifest,
                                 fed,
+                                loading,
                                 ..
                             },
                             Some(range),
@@ -952,9 +999,12 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
                             batch.clone(),
                             range,
                             runs,
-                            store,
-                            manifest,
-                            fed,
+                            Stored {
+                                store,
+                                manifest,
+                                fed,
+                                loading,
+                            },
                         )?,
                         (
                             Source::Spool {
@@ -1066,17 +1116,23 @@ fn fed_as_expected(fed: std::io::Result<()>) -> std::io::Result<()> {
 
 /// A task that is stopped when whoever waits for it stops waiting (a restore that failed
 /// or was cancelled leaves nothing reading the repository).
-struct AbortOnDrop(tokio::task::JoinHandle<std::io::Result<()>>);
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
-impl AbortOnDrop {
-    async fn wait(mut self) -> std::io::Result<()> {
-        (&mut self.0)
+impl<T> AbortOnDrop<T> {
+    async fn join(mut self) -> Result<T, tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl AbortOnDrop<std::io::Result<()>> {
+    async fn wait(self) -> std::io::Result<()> {
+        self.join()
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)))
     }
 }
 
-impl Drop for AbortOnDrop {
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }

@@ -144,8 +144,9 @@ pub struct SeekIndex {
 
 impl SeekIndex {
     /// Whether the index can be followed: frames and blocks in order, inside the file.
-    /// A wrong index can only make a restore fail (pg_restore finds blocks by their dump
-    /// id and the stored file is checked against its SHA-256), never load other data; it
+    /// A wrong index can only make a restore fail (a load finds blocks by their header
+    /// and dump id, and the stored file is checked against its SHA-256), never load other
+    /// data; it
     /// is refused here so that it fails early and clearly.
     fn check(&self, stored_size: u64) -> Result<(), String> {
         if self.frames.first() != Some(&(0, 0)) {

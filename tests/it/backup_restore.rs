@@ -447,6 +447,20 @@ steps:
         );
     }
 
+    // The large tables' rows went over opsrunner's own connections (the small ones share
+    // their run with the large objects, which COPY cannot load: a pg_restore loads it).
+    for table in ["public.first", "public.second"] {
+        assert_eq!(
+            run.stderr
+                .lines()
+                .filter(|l| l.contains("table data loaded") && l.contains(table))
+                .count(),
+            1,
+            "{table}: {}",
+            run.stderr
+        );
+    }
+
     let source = cluster.content("shop");
     for part in ["after the large ones", "a partition", "200000"] {
         assert!(source.contains(part), "{part}: {source:.300}");
@@ -458,4 +472,59 @@ steps:
             "{copy}: the content differs"
         );
     }
+}
+
+/// A parallel restore loads table data over its own connections only when the archive's
+/// data is UTF-8 (what those connections speak); a database in another encoding is
+/// loaded by pg_restore, which sets the archive's, and comes back the same.
+#[test]
+fn a_database_in_another_encoding_round_trips_through_a_parallel_restore() {
+    let cluster = Cluster::start();
+    cluster.psql(
+        "postgres",
+        "create database latin encoding 'LATIN1' lc_collate 'C' lc_ctype 'C' template template0",
+    );
+    cluster.psql(
+        "latin",
+        // chr() gives the database's own characters: é and ñ in LATIN1, whatever the
+        // encoding psql's session speaks.
+        "create table words (id int primary key, w text);
+         insert into words select g, 'caf' || chr(233) || ' ' || chr(241) || ' ' || g from generate_series(1, 5000) g;",
+    );
+    let ws = Workspace::new();
+    let plan = r#"
+version: 1
+name: latin
+targets:
+  db: { url: "{{ env.DATABASE_URL }}" }
+repositories:
+  repo: { url: "file://./repo" }
+steps:
+  - { id: backup, type: backup, target: db, database: latin, repository: repo }
+  - { id: restore, type: restore, needs: [backup], repository: repo, backup: "{{ steps.backup.outputs.backup_id }}", into: { target: db, database: latin_copy }, jobs: 2 }
+"#;
+    let url = cluster.url("postgres");
+    let run = ws.apply_env(
+        plan,
+        &[],
+        &[("DATABASE_URL", &url), ("OPSRUNNER_LOG", "opsrunner=debug")],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("loading the tables from their parts of the stored file"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("table data loaded"), "{}", run.stderr);
+    assert_eq!(
+        cluster.psql(
+            "latin_copy",
+            "set client_encoding = 'UTF8'; select w from words where id = 4242"
+        ),
+        "café ñ 4242"
+    );
+    // The same text, whatever encoding each database stores it in.
+    let all = "set client_encoding = 'UTF8'; select count(*), md5(convert_to(string_agg(w, ',' order by id), 'UTF8')) from words";
+    assert_eq!(cluster.psql("latin", all), cluster.psql("latin_copy", all));
 }
