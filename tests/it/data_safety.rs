@@ -464,3 +464,42 @@ fn a_full_repository_disk_fails_the_backup_and_publishes_nothing() {
         crate::common::files_under(disk.path())
     );
 }
+
+/// A table whose rows the server refuses on restore — a check calling a function that
+/// names a table without its schema, which fails under the empty search path pg_restore
+/// (and a parallel restore's own loading sessions) use — fails the parallel restore,
+/// naming the table and the server's reason, and leaves the database it was to replace
+/// and no staging database behind.
+#[test]
+fn a_table_the_server_refuses_fails_a_parallel_restore_and_replaces_nothing() {
+    let cluster = clusters_with_precious(2000);
+    cluster.psql(
+        "shop",
+        "create table limits (v int); insert into limits values (0);
+         create function above_limit(int) returns boolean language sql as
+           'select $1 > (select min(v) from limits)';
+         create table guarded (n int check (above_limit(n)));
+         insert into guarded select g from generate_series(1, 100) g;",
+    );
+    let url = cluster.url("postgres");
+    let ws = Workspace::new();
+    let id = backup(&ws, &url, "custom", "zstd");
+    let run = ws.apply_env(
+        &restore_plan(&id, "precious", ", jobs: 2"),
+        &[],
+        &[("DATABASE_URL", &url)],
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let reason = run.step("restore")["reason"].as_str().unwrap();
+    assert!(reason.contains("COPY of public.guarded"), "{reason}");
+    assert!(
+        reason.contains("relation \"limits\" does not exist"),
+        "{reason}"
+    );
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    assert_eq!(
+        cluster.psql("precious", "select string_agg(v, ',') from keep"),
+        "mine"
+    );
+    assert_eq!(cluster.restore_leftovers(), "");
+}
