@@ -58,17 +58,20 @@ pub async fn session(into: &ConnInfo, loading: &DataLoading) -> Result<PgConnect
     Ok(conn)
 }
 
-/// Loads the data blocks `ids` from `reader`, which holds `len` bytes of the archive
-/// starting at a block: each wanted block with its `COPY`, each other one skipped. The
-/// bytes must be whole blocks of table data, each wanted one exactly once; anything else
-/// is a damaged archive. `name` is the stored file's, for messages.
+/// Loads the data blocks `ids` from `reader`, which holds the archive from the start of a
+/// block on: each wanted block with its `COPY`, each other one skipped. With `len`
+/// (`Some`), exactly that many bytes are read, and they must be whole blocks; with `None`,
+/// reading stops once every wanted block is loaded (a copy of the archive still being
+/// written, followed up to its last block), or at the end of the reader, which must be
+/// between blocks. Each wanted block must be there exactly once; anything else is a
+/// damaged archive. `name` is the stored file's, for messages.
 pub async fn load<R: AsyncBufRead + Unpin>(
     cancel: &tokio_util::sync::CancellationToken,
     conn: &mut PgConnection,
     loading: &DataLoading,
     ids: &[i64],
     reader: R,
-    len: u64,
+    len: Option<u64>,
     name: &str,
 ) -> Result<(), StepError> {
     tokio::select! {
@@ -83,7 +86,7 @@ async fn load_blocks<R: AsyncBufRead + Unpin>(
     loading: &DataLoading,
     ids: &[i64],
     reader: R,
-    len: u64,
+    len: Option<u64>,
     name: &str,
 ) -> Result<(), StepError> {
     let mut feed = Feed {
@@ -116,6 +119,9 @@ async fn load_blocks<R: AsyncBufRead + Unpin>(
                             }
                             let rows = copy.finish().await.map_err(fail)?;
                             tracing::debug!(table, rows, "table data loaded");
+                            if len.is_none() && wanted.is_empty() {
+                                return Ok(());
+                            }
                             break;
                         }
                         Next::Event(Event::Start(_)) | Next::Done => {
@@ -142,7 +148,7 @@ enum Next {
     Event(Event),
     /// The data read holds at least [`SEND`] bytes.
     Full,
-    /// All the bytes are read, and they ended between blocks.
+    /// All the bytes are read (or the reader ended), between blocks.
     Done,
 }
 
@@ -150,8 +156,8 @@ enum Next {
 struct Feed<'a, R> {
     reader: R,
     blocks: Blocks,
-    /// How many of the archive's bytes are still to come.
-    left: u64,
+    /// How many of the archive's bytes are still to come (`None`: up to the reader's end).
+    left: Option<u64>,
     /// Table data read and not yet sent.
     data: Vec<u8>,
     name: &'a str,
@@ -169,26 +175,33 @@ impl<R: AsyncBufRead + Unpin> Feed<'_, R> {
             if self.data.len() >= SEND {
                 return Ok(Next::Full);
             }
-            if self.left == 0 {
+            let ends_inside = || "the file ends inside a table's data".to_string();
+            if self.left == Some(0) {
                 return if self.blocks.between_blocks() {
                     Ok(Next::Done)
                 } else {
-                    Err(self.damaged("the file ends inside a table's data".into()))
+                    Err(self.damaged(ends_inside()))
                 };
             }
             let piece = self.reader.fill_buf().await.map_err(|e| {
                 StepError::permanent(format!("{}: reading the backup failed: {e}", self.name))
             })?;
             if piece.is_empty() {
-                return Err(self.damaged("the file ends inside a table's data".into()));
+                return match self.left {
+                    None if self.blocks.between_blocks() => Ok(Next::Done),
+                    _ => Err(self.damaged(ends_inside())),
+                };
             }
-            let piece = &piece[..piece
-                .len()
-                .min(usize::try_from(self.left).unwrap_or(usize::MAX))];
+            let most = self.left.map_or(usize::MAX, |left| {
+                usize::try_from(left).unwrap_or(usize::MAX)
+            });
+            let piece = &piece[..piece.len().min(most)];
             let parsed = self.blocks.parse(piece, &mut self.data);
             let (used, event) = parsed.map_err(|why| self.damaged(why))?;
             self.reader.consume(used);
-            self.left -= used as u64;
+            if let Some(left) = &mut self.left {
+                *left -= used as u64;
+            }
             if let Some(event) = event {
                 return Ok(Next::Event(event));
             }

@@ -266,6 +266,7 @@ async fn parallel_custom<C: Fn(&mut tokio::process::Command) + Sync>(
         open: true,
         counter: counter.clone(),
         on_disk,
+        loading: None,
     };
     let damaged = tokio_util::sync::CancellationToken::new();
     let (unpacked, loaded) = tokio::join!(
@@ -581,6 +582,8 @@ enum Source<'s> {
         counter: std::sync::Arc<std::sync::Mutex<RowCounter>>,
         /// How far the copy on disk reaches; closed once it is complete.
         on_disk: tokio::sync::watch::Receiver<u64>,
+        /// What loading table data over our own connection needs, once the head is read.
+        loading: Option<std::sync::Arc<DataLoading>>,
     },
     /// The stored file, entered at the frame before each run's blocks: every run can
     /// start at once.
@@ -728,11 +731,13 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
     }
 
     /// Loads the data of `batch` (blocks next to each other in the archive, the last
-    /// perhaps still arriving) with a pg_restore reading a pipe: fed the archive's head,
-    /// then the copy's bytes from the first block's start to the last one's end as the
-    /// writer puts them on disk. pg_restore reads a pipe front to back, skipping the
-    /// blocks it was not asked for, so a table starts loading when its data starts to
-    /// arrive, not when all of it has.
+    /// perhaps still arriving) from the copy's bytes, from the first block's start to the
+    /// last one's end, as the writer puts them on disk: a table starts loading when its
+    /// data starts to arrive, not when all of it has. Tables whose data [`copy_in`] can
+    /// load go over a connection of our own, reading a pipe the copy is fed into; a batch
+    /// with anything else goes to a pg_restore reading a pipe fed the archive's head and
+    /// then the same bytes, which reads a pipe front to back, skipping the blocks it was
+    /// not asked for.
     fn load_streaming(
         &self,
         head: &std::sync::Arc<[u8]>,
@@ -740,11 +745,8 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
         run: usize,
         counter: &std::sync::Arc<std::sync::Mutex<RowCounter>>,
         on_disk: &tokio::sync::watch::Receiver<u64>,
+        loading: Option<&std::sync::Arc<DataLoading>>,
     ) -> Result<Run<'_>, StepError> {
-        let mut process = self.data_run(&batch, run)?;
-        let stdin = process
-            .blocking_stdin()
-            .map_err(|e| StepError::permanent(format!("cannot feed pg_restore: {e}")))?;
         let (first, last) = (batch[0], batch[batch.len() - 1]);
         let from = {
             let counter = counter.lock().expect("the reader is not poisoned");
@@ -756,9 +758,41 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
             on_disk: on_disk.clone(),
             last,
         };
+        let runtime = tokio::runtime::Handle::current();
+        if let Some(loading) = loading.filter(|l| copy_in::can_load(l, &batch)) {
+            let (reader, writer) = std::io::pipe().map_err(|e| spool_error(self.spool, &e))?;
+            crate::pipe::enlarge(&writer);
+            let writer = std::fs::File::from(std::os::fd::OwnedFd::from(writer));
+            let reader =
+                tokio::net::unix::pipe::Receiver::from_owned_fd(std::os::fd::OwnedFd::from(reader))
+                    .map_err(|e| spool_error(self.spool, &e))?;
+            let reader =
+                tokio::io::BufReader::with_capacity(1 << 20, crate::pipe::Batched::new(reader));
+            let feeding =
+                tokio::task::spawn_blocking(move || follow.feed(&[], from, writer, &runtime));
+            let (into, loading, cancel) =
+                (self.into.clone(), loading.clone(), self.ctx.cancel.clone());
+            let name = self.spool.display().to_string();
+            let loads = AbortOnDrop(tokio::spawn(async move {
+                let mut conn = copy_in::session(&into, &loading).await?;
+                copy_in::load(&cancel, &mut conn, &loading, &batch, reader, None, &name).await
+            }));
+            return Ok(Box::pin(async move {
+                let loaded = loads.join().await.unwrap_or_else(|e| {
+                    Err(StepError::permanent(format!("loading table data: {e}")))
+                });
+                // The load has stopped reading (its pipe is closed): the feed ends.
+                let fed = feeding.await.map_err(std::io::Error::other).and_then(|r| r);
+                loaded?;
+                fed_as_expected(fed).map_err(|e| spool_error(self.spool, &e))
+            }));
+        }
+        let mut process = self.data_run(&batch, run)?;
+        let stdin = process
+            .blocking_stdin()
+            .map_err(|e| StepError::permanent(format!("cannot feed pg_restore: {e}")))?;
         let head = head.clone();
         Ok(Box::pin(async move {
-            let runtime = tokio::runtime::Handle::current();
             let feeding =
                 tokio::task::spawn_blocking(move || follow.feed(&head, from, stdin, &runtime));
             let (fed, finished) = tokio::join!(feeding, process.finish(self.ctx));
@@ -814,7 +848,16 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
             let loads = AbortOnDrop(tokio::spawn(async move {
                 let mut conn = copy_in::session(&into, &loading).await?;
                 let part = part.await.map_err(read_failed)?;
-                copy_in::load(&cancel, &mut conn, &loading, &ids, part, end - start, &name).await
+                copy_in::load(
+                    &cancel,
+                    &mut conn,
+                    &loading,
+                    &ids,
+                    part,
+                    Some(end - start),
+                    &name,
+                )
+                .await
             }));
             return Ok(Box::pin(async move {
                 loads.join().await.unwrap_or_else(|e| {
@@ -928,7 +971,10 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
     /// contents could not be read as it arrived (then nothing was restored yet).
     async fn while_spooling(&self, mut source: Source<'_>) -> Result<Option<Started>, StepError> {
         let Source::Spool {
-            arrivals, arrived, ..
+            arrivals,
+            arrived,
+            loading,
+            ..
         } = &mut source
         else {
             unreachable!("while_spooling follows the spool");
@@ -940,6 +986,8 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
                 None => return Ok(None),
             }
         };
+        // The reader parsed this head already; what it did not keep is read again here.
+        *loading = toc_of_head(&head).ok().map(|(_, l)| std::sync::Arc::new(l));
         let data_entries = self.entries("data").await?;
         self.schema().await?;
         self.overlap(&toc, &head, &data_entries, source, None)
@@ -1008,10 +1056,20 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
                         )?,
                         (
                             Source::Spool {
-                                counter, on_disk, ..
+                                counter,
+                                on_disk,
+                                loading,
+                                ..
                             },
                             _,
-                        ) => self.load_streaming(head, batch.clone(), runs, counter, on_disk)?,
+                        ) => self.load_streaming(
+                            head,
+                            batch.clone(),
+                            runs,
+                            counter,
+                            on_disk,
+                            loading.as_ref(),
+                        )?,
                         (Source::Stored { .. }, None) => unreachable!("a stored batch has a range"),
                     };
                     loaded.extend(batch.iter().copied());
