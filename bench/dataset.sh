@@ -1,6 +1,7 @@
 # Shared by the benchmark scripts (sourced, from the repository root): starts the kept
 # PostgreSQL cluster holding the data set, building it on first use, and defines WORK (a
-# temporary directory removed on exit), URL, the PG* variables, and time_it.
+# temporary directory removed on exit), OPS (the release build, built first), URL, the PG*
+# variables, and time_it.
 #
 # Data sets, chosen by DATASET (each a database in the kept cluster, built on first use):
 #   standard (default, database `bench`): pgbench scale 50 plus a 3-million-row table of md5
@@ -14,6 +15,9 @@
 # synchronous commits as PostgreSQL's defaults) instead of with fsync off.
 
 BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+# What every benchmark measures: the release build of this checkout.
+cargo build --release --quiet
+OPS=$PWD/target/release/opsrunner
 
 WORK=$(mktemp -d /tmp/opsrunner-bench.XXXXXX)
 chmod 755 "$WORK"
@@ -119,4 +123,28 @@ repositories:
 steps:
   - { id: restore, type: restore, repository: repo, backup: $1, into: { target: db, database: ${2:-r_ops} }${3-, jobs: 2} }
 YAML
+}
+
+# Alternating rounds (throughput.sh, restore_paths.sh): `measure NAME COMMAND…` appends
+# NAME's wall, user and system seconds and peak RSS (KiB) to $WORK/times (after running
+# $PREP, if set); `median NAME FIELD` (2 wall, 3 user, 4 sys) and `peak NAME` (MiB) read
+# them back. `first_backup` dumps the data set uncompressed to $WORK/plain.dump, backs it
+# up with the defaults into $WORK/repo and sets ID to that backup's id.
+: > "$WORK/times"
+measure() {
+  local name=$1; shift
+  ${PREP:-true}
+  /usr/bin/time -f "$name %e %U %S %M" -o "$WORK/t" "$@" >"$WORK/out" 2>&1 || { cat "$WORK/out" >&2; exit 1; }
+  cat "$WORK/t" >> "$WORK/times"
+}
+median() {
+  awk -v n="$1" -v f="$2" '$1 == n { print $f }' "$WORK/times" | sort -g |
+    awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+peak() { awk -v n="$1" '$1 == n && $5 > m { m = $5 } END { printf "%.0f", m / 1024 }' "$WORK/times"; }
+first_backup() {
+  local_plans
+  "$BIN/pg_dump" -Fc -Z0 --no-sync -f "$WORK/plain.dump" "$DB"
+  "$OPS" apply "$WORK/backup.yaml" >/dev/null 2>&1
+  ID=$(basename "$(dirname "$(ls "$WORK"/repo/*/dump.pgdump.zst | head -n 1)")")
 }

@@ -9,8 +9,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RUNS=${RUNS:-1}
-cargo build --release --quiet
-OPS=$PWD/target/release/opsrunner
 # shellcheck source=bench/dataset.sh
 . bench/dataset.sh
 for db in r_base r_jobs r_stream; do "$BIN/psql" -X -q -c "drop database if exists $db" postgres; done

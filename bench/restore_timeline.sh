@@ -7,8 +7,6 @@
 #   N=2 DATASET=standard bench/restore_timeline.sh     # N rounds of each
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet
-OPS=$PWD/target/release/opsrunner
 # shellcheck source=bench/dataset.sh
 . bench/dataset.sh
 local_plans

@@ -10,8 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RUNS=${RUNS:-3}
-cargo build --release --quiet --bin opsrunner --example s3_server
-OPS=$PWD/target/release/opsrunner
+cargo build --release --quiet --example s3_server
 # shellcheck source=bench/dataset.sh
 . bench/dataset.sh
 

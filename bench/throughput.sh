@@ -17,28 +17,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-5}
-cargo build --release --quiet
-OPS=$PWD/target/release/opsrunner
 # shellcheck source=bench/dataset.sh
 . bench/dataset.sh
 
-local_plans
-"$BIN/pg_dump" -Fc -Z0 --no-sync -f "$WORK/plain.dump" "$DB"
-"$OPS" apply "$WORK/backup.yaml" --report "$WORK/first.json" >/dev/null 2>&1
-ID=$(basename "$(dirname "$(ls "$WORK"/repo/*/dump.pgdump.zst | head -n 1)")")
+first_backup
 restore_plan "$ID"
 fresh() {
   for d in r_base r_ops; do "$BIN/psql" -X -q -c "drop database if exists $d" postgres; done
   "$BIN/psql" -X -q -c "create database r_base" postgres
 }
 
-: > "$WORK/times"
 SIZES=()
-measure() { # NAME COMMAND…
-  local name=$1; shift
-  /usr/bin/time -f "$name %e %U %S %M" -o "$WORK/t" "$@" >"$WORK/out" 2>&1 || { cat "$WORK/out" >&2; exit 1; }
-  cat "$WORK/t" >> "$WORK/times"
-}
 for round in $(seq "$ROUNDS"); do
   echo "round $round of $ROUNDS" >&2
   measure pipeline bash -c "set -o pipefail; '$BIN/pg_dump' -Fc -Z0 '$DB' | zstd -q -T0 -3 | tee '$WORK/pipe.zst' | sha256sum > /dev/null"
@@ -53,11 +42,6 @@ for round in $(seq "$ROUNDS"); do
   measure restore "$OPS" apply "$WORK/restore.yaml"
 done
 
-median() { # NAME FIELD(2 wall, 3 user, 4 sys)
-  awk -v n="$1" -v f="$2" '$1 == n { print $f }' "$WORK/times" | sort -g |
-    awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-peak() { awk -v n="$1" '$1 == n && $5 > m { m = $5 } END { printf "%.0f", m / 1024 }' "$WORK/times"; }
 ratio() { awk "BEGIN { printf \"%.2f\", $(median "$1" 2) / $(median "$2" 2) }"; }
 row() { echo "| $2 | $(median "$1" 2) | $(median "$1" 3) | $(median "$1" 4) | $(peak "$1") |"; }
 cat <<REPORT

@@ -74,8 +74,15 @@ pub async fn load<R: AsyncBufRead + Unpin>(
     len: Option<u64>,
     name: &str,
 ) -> Result<(), StepError> {
+    let feed = Feed {
+        reader,
+        blocks: Blocks::new(loading.int_size),
+        left: len,
+        data: Vec::with_capacity(SEND + (SEND >> 2)),
+        name,
+    };
     tokio::select! {
-        r = load_blocks(conn, loading, ids, reader, len, name) => r,
+        r = load_blocks(conn, loading, ids, feed) => r,
         // Dropping the connection ends the COPY: the server rolls it back.
         _ = cancel.cancelled() => Err(StepError::cancelled()),
     }
@@ -85,17 +92,10 @@ async fn load_blocks<R: AsyncBufRead + Unpin>(
     conn: &mut PgConnection,
     loading: &DataLoading,
     ids: &[i64],
-    reader: R,
-    len: Option<u64>,
-    name: &str,
+    mut feed: Feed<'_, R>,
 ) -> Result<(), StepError> {
-    let mut feed = Feed {
-        reader,
-        blocks: Blocks::new(loading.int_size),
-        left: len,
-        data: Vec::with_capacity(SEND + (SEND >> 2)),
-        name,
-    };
+    // Without a length, the reader is a copy still being written: stop at the last block.
+    let until_loaded = feed.left.is_none();
     let mut wanted: std::collections::BTreeSet<i64> = ids.iter().copied().collect();
     loop {
         match feed.next().await? {
@@ -119,7 +119,7 @@ async fn load_blocks<R: AsyncBufRead + Unpin>(
                             }
                             let rows = copy.finish().await.map_err(fail)?;
                             tracing::debug!(table, rows, "table data loaded");
-                            if len.is_none() && wanted.is_empty() {
+                            if until_loaded && wanted.is_empty() {
                                 return Ok(());
                             }
                             break;
