@@ -9,7 +9,7 @@
 //! in pg_backup_archiver.c), and the bytes the server gets are the same.
 
 use super::conn::ConnInfo;
-use super::custom_archive::{BLK_DATA, DataLoading};
+use super::custom_archive::{BLK_DATA, DataLoading, decode_int};
 use crate::exec::StepError;
 use sqlx::PgConnection;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
@@ -23,7 +23,6 @@ const SEND: usize = 1 << 20;
 pub fn can_load(loading: &DataLoading, ids: &[i64]) -> bool {
     loading.encoding.as_deref() == Some("UTF8")
         && matches!(loading.std_strings.as_deref(), Some("on" | "off"))
-        && (1..=8).contains(&loading.int_size)
         && ids.iter().all(|id| loading.copy.contains_key(id))
 }
 
@@ -325,18 +324,6 @@ impl Blocks {
             self.partial.clear();
             value
         })
-    }
-}
-
-fn decode_int(bytes: &[u8]) -> i64 {
-    let mut value: i64 = 0;
-    for (i, b) in bytes[1..].iter().enumerate().take(8) {
-        value |= (*b as i64) << (8 * i);
-    }
-    if bytes[0] != 0 {
-        value.wrapping_neg()
-    } else {
-        value
     }
 }
 

@@ -305,6 +305,21 @@ impl Default for RowCounter {
     }
 }
 
+/// An archive integer: its sign byte, then its digits, least significant first.
+pub(super) fn decode_int(bytes: &[u8]) -> i64 {
+    let mut value: i64 = 0;
+    for (i, b) in bytes[1..].iter().enumerate().take(8) {
+        value |= (*b as i64) << (8 * i);
+    }
+    // Wrapping: a damaged archive may hold the one magnitude that has no negative (found
+    // by the fuzz target); what such a value then means is checked where used.
+    if bytes[0] != 0 {
+        value.wrapping_neg()
+    } else {
+        value
+    }
+}
+
 /// A cursor over bytes that may end too early (`None`: need more).
 struct Cursor<'a> {
     bytes: &'a [u8],
@@ -324,19 +339,7 @@ impl<'a> Cursor<'a> {
     }
 
     fn int(&mut self) -> Option<i64> {
-        let sign = self.byte()?;
-        let digits = self.take(self.int_size)?;
-        let mut value: i64 = 0;
-        for (i, b) in digits.iter().enumerate().take(8) {
-            value |= (*b as i64) << (8 * i);
-        }
-        // Wrapping: a damaged archive may hold the one magnitude that has no negative
-        // (found by the fuzz target); what such a value then means is checked where used.
-        Some(if sign != 0 {
-            value.wrapping_neg()
-        } else {
-            value
-        })
+        self.take(1 + self.int_size).map(decode_int)
     }
 
     /// `Some(None)` for a NULL string.

@@ -146,8 +146,7 @@ impl SeekIndex {
     /// Whether the index can be followed: frames and blocks in order, inside the file.
     /// A wrong index can only make a restore fail (a load finds blocks by their header
     /// and dump id, and the stored file is checked against its SHA-256), never load other
-    /// data; it
-    /// is refused here so that it fails early and clearly.
+    /// data; it is refused here so that it fails early and clearly.
     fn check(&self, stored_size: u64) -> Result<(), String> {
         if self.frames.first() != Some(&(0, 0)) {
             return Err("the first frame does not start at the beginning".into());
