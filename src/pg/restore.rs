@@ -396,10 +396,12 @@ async fn stored_custom<C: Fn(&mut tokio::process::Command) + Sync>(
                     let source = Source::Stored {
                         batches,
                         early: early.map_or(0, |(_, n)| n),
-                        store,
-                        manifest,
-                        fed: fed.clone(),
-                        loading: &data_loading,
+                        from: Stored {
+                            store,
+                            manifest,
+                            fed: fed.clone(),
+                            loading: &data_loading,
+                        },
                     };
                     loading.overlap(&toc, &head, &wanted, source, rest_of_schema).await
                 } => r.map(Some),
@@ -509,12 +511,13 @@ fn early_first(
     (early, (n > 0).then_some((first, n)))
 }
 
-/// Where a stored batch's bytes come from, and what loading its tables' data over our
-/// own connection needs.
+/// Where a stored file's batches come from, and what loading their tables' data over
+/// our own connection needs.
 struct Stored<'s> {
     store: &'s LocalStore,
     manifest: &'s Manifest,
-    fed: &'s crate::counting::Counter,
+    /// Original bytes fed to the loads so far, for progress reports.
+    fed: crate::counting::Counter,
     loading: &'s std::sync::Arc<DataLoading>,
 }
 
@@ -592,12 +595,7 @@ enum Source<'s> {
         /// How many batches at the front may load before all of the schema is created
         /// (their tables' part of it is: [`Toc::schema_first`]).
         early: usize,
-        store: &'s LocalStore,
-        manifest: &'s Manifest,
-        /// Original bytes fed to the loads so far, for progress reports.
-        fed: crate::counting::Counter,
-        /// What loading table data over our own connection needs.
-        loading: &'s std::sync::Arc<DataLoading>,
+        from: Stored<'s>,
     },
 }
 
@@ -638,7 +636,7 @@ impl Source<'_> {
                 .block(id)
                 .and_then(|(start, end)| Some(end? - start))
                 .unwrap_or(0),
-            Source::Stored { manifest, .. } => manifest.files[0]
+            Source::Stored { from, .. } => from.manifest.files[0]
                 .index
                 .iter()
                 .flat_map(|i| &i.blocks)
@@ -814,7 +812,7 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
         ids: Vec<i64>,
         (start, end): Span,
         run: usize,
-        from: Stored<'_>,
+        from: &Stored<'_>,
     ) -> Result<Run<'_>, StepError> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (skip, frame) = from.manifest.files[0]
@@ -1033,27 +1031,9 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
                     }
                     runs += 1;
                     let run = match (&source, range) {
-                        (
-                            Source::Stored {
-                                store,
-                                manifest,
-                                fed,
-                                loading,
-                                ..
-                            },
-                            Some(range),
-                        ) => self.load_stored(
-                            head,
-                            batch.clone(),
-                            range,
-                            runs,
-                            Stored {
-                                store,
-                                manifest,
-                                fed,
-                                loading,
-                            },
-                        )?,
+                        (Source::Stored { from, .. }, Some(range)) => {
+                            self.load_stored(head, batch.clone(), range, runs, from)?
+                        }
                         (
                             Source::Spool {
                                 counter,
