@@ -92,7 +92,8 @@ pub fn prepare(args: &PlanArgs, env: BTreeMap<String, String>) -> Result<Prepare
     }
     for name in &plan.plan.secrets {
         if let Some(value) = env.get(name) {
-            redactor.add(value);
+            // A secret URL (a webhook's) is masked in its parts too: a server may echo them.
+            redactor.add_url_parts(value);
         }
     }
     // A password inside any environment variable the plan uses as a URL is a secret too.
@@ -197,7 +198,7 @@ pub struct PreviewMode<'a> {
     /// `--untrusted`: read nothing.
     pub untrusted: bool,
     /// `--base OLD`: read only what is unchanged against the reviewed plan.
-    pub base: Option<preview::BaseTrust>,
+    pub base: Option<preview::BasePlan>,
     /// Record what a saved plan needs (the JSON preview), with these `--var` values.
     pub saved_with: Option<&'a BTreeMap<String, String>>,
 }
@@ -216,7 +217,7 @@ pub async fn build_preview_with(
             env: &p.env,
             confirmed: confirm,
             untrusted: mode.untrusted,
-            base: mode.base,
+            base: mode.base.as_ref(),
             capture: mode.saved_with.is_some(),
             overrides: mode.saved_with.unwrap_or(&no_overrides),
         },
@@ -269,7 +270,12 @@ pub fn plan(args: &PlanArgs, output: &PlanOutput<'_>) -> Result<String, Failure>
                 .map(|(k, v)| (k.clone(), Value::String(v.clone())))
                 .collect();
             let (_, old) = plan::check_with(old, &overrides).map_err(Failure::Plan)?;
-            Some(preview::BaseTrust::between(&old.plan, &p.plan.plan))
+            let mut vars = old.plan.vars.clone();
+            vars.extend(overrides);
+            Some(preview::BasePlan {
+                plan: old.plan,
+                vars,
+            })
         }
     };
     let overrides: BTreeMap<String, String> = args.vars.iter().cloned().collect();

@@ -97,12 +97,20 @@ pub struct PreviewInput<'a> {
     /// `plan NEW --base OLD`: the targets and repositories defined exactly as in the
     /// reviewed plan. Probes run only for steps that use nothing else; environment values
     /// are shown as placeholders throughout.
-    pub base: Option<BaseTrust>,
+    pub base: Option<&'a BasePlan>,
     /// Read what a saved plan records (each target's identity, each repository's newest
     /// backup) for [`PlanPreview::saved`].
     pub capture: bool,
     /// The `--var` values given, recorded in a saved plan.
     pub overrides: &'a BTreeMap<String, String>,
+}
+
+/// `plan NEW --base OLD`: the reviewed plan, with its own variables (after the same
+/// `--var` values as NEW's).
+#[derive(Debug, Clone)]
+pub struct BasePlan {
+    pub plan: crate::plan::model::Plan,
+    pub vars: BTreeMap<String, Value>,
 }
 
 /// What `--base` found unchanged.
@@ -113,12 +121,55 @@ pub struct BaseTrust {
 }
 
 impl BaseTrust {
-    /// Compares each target and repository definition of `new` with `old`'s, as written
-    /// (templates unrendered: `{{ env.X }}` must name the same variable).
-    pub fn between(old: &crate::plan::model::Plan, new: &crate::plan::model::Plan) -> BaseTrust {
+    /// The targets and repositories of `new` that would contact exactly what `old`'s
+    /// would: each definition rendered in full, with `context` (the probes' own: the real
+    /// environment) and each plan's own variables, then compared field by field. The text
+    /// as written is not enough: `postgres://…@{{ vars.host }}/db` reads the same in both
+    /// plans while a pull request points `vars.host` elsewhere. What cannot be rendered
+    /// in either plan is not provably identical, so it counts as changed.
+    pub fn between(
+        templates: &Templates,
+        old: &BasePlan,
+        new: &crate::plan::model::Plan,
+        context: &Value,
+    ) -> BaseTrust {
+        let mut old_context = context.clone();
+        old_context["vars"] = serde_json::to_value(&old.vars).unwrap_or(Value::Null);
+        let same = |before: Option<Value>, now: Value| {
+            let render = |v: &Value, c: &Value| templates.render_value(v, c).ok();
+            match (
+                before.and_then(|b| render(&b, &old_context)),
+                render(&now, context),
+            ) {
+                (Some(a), Some(b)) => a == b,
+                _ => false,
+            }
+        };
+        let targets = new
+            .targets
+            .iter()
+            .filter(|(name, def)| {
+                same(
+                    old.plan.targets.get(*name).map(target_definition),
+                    target_definition(def),
+                )
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        let repositories = new
+            .repositories
+            .iter()
+            .filter(|(name, def)| {
+                same(
+                    old.plan.repositories.get(*name).map(repository_definition),
+                    repository_definition(def),
+                )
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
         BaseTrust {
-            targets: unchanged(&old.targets, &new.targets),
-            repositories: unchanged(&old.repositories, &new.repositories),
+            targets,
+            repositories,
         }
     }
 
@@ -141,18 +192,22 @@ impl BaseTrust {
     }
 }
 
-/// The names whose definitions are the same in both maps.
-fn unchanged<T: Serialize>(
-    old: &BTreeMap<String, T>,
-    new: &BTreeMap<String, T>,
-) -> std::collections::BTreeSet<String> {
-    new.iter()
-        .filter(|(name, def)| {
-            old.get(*name)
-                .is_some_and(|o| serde_json::to_value(o).ok() == serde_json::to_value(def).ok())
-        })
-        .map(|(name, _)| name.clone())
-        .collect()
+/// A target's whole definition, templates unrendered: as written when the loader kept
+/// that, else as typed.
+fn target_definition(t: &crate::plan::model::Target) -> Value {
+    if t.written.is_empty() {
+        serde_json::to_value(t).unwrap_or(Value::Null)
+    } else {
+        t.written.value()
+    }
+}
+
+fn repository_definition(r: &crate::plan::model::Repository) -> Value {
+    if r.written.is_empty() {
+        serde_json::to_value(r).unwrap_or(Value::Null)
+    } else {
+        r.written.value()
+    }
 }
 
 /// How long one probe (a server's applied migrations, a repository's listing) may take.
@@ -176,6 +231,9 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
         None => context.clone(),
     };
     let templates = Templates::new();
+    let base = input
+        .base
+        .map(|old| BaseTrust::between(&templates, old, plan, &probe_context));
     let started = std::time::Instant::now();
     let base_dir = input.source.base_dir();
     let mut confirmations = Vec::new();
@@ -282,7 +340,7 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
         let skip = if input.untrusted {
             Some("--untrusted".to_string())
         } else {
-            input.base.as_ref().and_then(|b| b.refuses(&kind))
+            base.as_ref().and_then(|b| b.refuses(&kind))
         };
         let mut incomplete = None;
         let findings: Findings = if let Some(why) = skip {

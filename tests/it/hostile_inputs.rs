@@ -814,3 +814,53 @@ fn a_preview_against_a_base_plan_probes_only_what_is_unchanged() {
     std::thread::sleep(std::time::Duration::from_millis(200));
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
+
+#[test]
+fn a_base_preview_compares_what_would_be_contacted_not_the_text() {
+    let ws = Workspace::new();
+    let (addr, hits) = trap();
+    // The definitions are the same text in both plans; only the variables they use change.
+    let plan = |host: &str, endpoint: &str| {
+        format!(
+            "version: 1\nname: nightly\nvars:\n  host: \"{host}\"\n  endpoint: \"{endpoint}\"\ntargets:\n  prod: {{ url: \"postgres://u:{{{{ env.PROD_PASSWORD }}}}@{{{{ vars.host }}}}/db\" }}\nrepositories:\n  offsite: {{ url: \"s3://bucket/x\", endpoint: \"{{{{ vars.endpoint }}}}\", force_path_style: true }}\nsteps:\n  - {{ id: up, type: migrate, target: prod, dir: migrations }}\n  - {{ id: prune, type: prune, repository: offsite, keep: {{ last: 2 }} }}\n"
+        )
+    };
+    let old = ws.path("base.yaml");
+    std::fs::write(&old, plan("db.internal:5432", "http://s3.internal:9000")).unwrap();
+    let new = ws.write_plan(&plan(&addr, &format!("http://{addr}")));
+    let out = opsrunner()
+        .arg("plan")
+        .arg(&new)
+        .arg("--base")
+        .arg(&old)
+        .env("PROD_PASSWORD", "vars-steered-secret-1")
+        .env("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
+        .env("AWS_SECRET_ACCESS_KEY", "vars-steered-secret-2")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("probe skipped (target `prod` is new or changed against the base plan)"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "probe skipped (repository `offsite` is new or changed against the base plan)"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("vars-steered-secret"), "{text}");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the preview contacted the host the pull request's variables chose"
+    );
+}
