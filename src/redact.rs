@@ -39,6 +39,17 @@ impl Redactor {
         }
     }
 
+    /// Registers a URL that is a secret as a whole (a webhook's, one the plan lists under
+    /// `secrets:`) together with its parts, since a server may echo any of them back in
+    /// text we did not write ("Cannot POST /services/T0/B0/xyz"): the user info, the path
+    /// with and without the query, the query, and every path segment and query value that
+    /// may be a token (see [`may_be_token`]), each as written and percent-decoded.
+    pub fn add_url_parts(&self, text: &str) {
+        for part in url_secret_parts(text) {
+            self.add(&part);
+        }
+    }
+
     pub fn redact(&self, text: &str) -> String {
         let secrets = self.secrets.read().unwrap_or_else(|e| e.into_inner());
         let mut out = text.to_string();
@@ -84,6 +95,72 @@ pub fn is_credential_name(name: &str) -> bool {
     ALWAYS.contains(&upper.as_str()) || MARKS.iter().any(|m| upper.contains(m))
 }
 
+/// What [`Redactor::add_url_parts`] registers for a secret URL: the URL, its password,
+/// and those of its parts that may be a token, as written and percent-decoded.
+pub fn url_secret_parts(text: &str) -> Vec<String> {
+    let mut out = vec![text.to_string()];
+    for password in url_passwords(text) {
+        out.push(percent_decode(&password));
+        out.push(password);
+    }
+    let Ok(url) = url::Url::parse(text.trim()) else {
+        return out;
+    };
+    if url.cannot_be_a_base() {
+        return out;
+    }
+    let mut parts: Vec<String> = Vec::new();
+    if !url.username().is_empty() {
+        parts.push(url.username().to_string());
+    }
+    if let Some(password) = url.password() {
+        parts.push(password.to_string());
+    }
+    if url.path() != "/" && !url.path().is_empty() {
+        parts.push(url.path().to_string());
+        if let Some(query) = url.query() {
+            parts.push(format!("{}?{query}", url.path()));
+        }
+    }
+    if let Some(query) = url.query().filter(|q| !q.is_empty()) {
+        parts.push(query.to_string());
+        for pair in query.split('&') {
+            parts.push(pair.split_once('=').map_or(pair, |(_, v)| v).to_string());
+        }
+    }
+    if let Some(fragment) = url.fragment().filter(|f| !f.is_empty()) {
+        parts.push(fragment.to_string());
+    }
+    parts.extend(
+        url.path_segments()
+            .into_iter()
+            .flatten()
+            .map(str::to_string),
+    );
+    for part in parts.iter().filter(|p| may_be_token(p)) {
+        out.push(part.clone());
+        out.push(percent_decode(part));
+        out.push(percent_decode(&part.replace('+', " ")));
+    }
+    out.retain(|p| !p.is_empty());
+    out.dedup();
+    out
+}
+
+/// Whether a part of a secret URL is masked wherever it appears. A token is at least four
+/// characters; a lowercase word (`hooks`, `services`, `api-v`) is the service's own
+/// vocabulary and would mask half of every log, so it is masked only when it is long
+/// enough to be random (20 characters or more). A path (`/a/b`) is always a candidate.
+fn may_be_token(part: &str) -> bool {
+    if part.chars().count() < 4 {
+        return false;
+    }
+    let word = part
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c == '-' || c == '_');
+    part.contains('/') || !word || part.chars().count() >= 20
+}
+
 /// Finds `user:password@` in every `scheme://` URL of a text.
 fn url_passwords(text: &str) -> Vec<String> {
     let mut found = Vec::new();
@@ -124,6 +201,36 @@ mod tests {
             "postgres://app:***@db:5432/app"
         );
         assert_eq!(r.redact("password s@cret failed"), "password *** failed");
+    }
+
+    #[test]
+    fn a_secret_urls_parts_are_masked_wherever_they_appear() {
+        let r = Redactor::new();
+        r.add_url_parts(
+            "https://bot:pa55@hooks.example.com/services/T0KEN-1/XyZ987abc?sig=a%2Fb-c9&mode=full#frag-77",
+        );
+        for echoed in [
+            "Cannot POST /services/T0KEN-1/XyZ987abc?sig=a%2Fb-c9&mode=full",
+            "unknown token XyZ987abc",
+            "bad signature a/b-c9",
+            "bad signature a%2Fb-c9",
+            "user bot / pa55",
+            "anchor frag-77",
+        ] {
+            let shown = r.redact(echoed);
+            for part in [
+                "T0KEN-1",
+                "XyZ987abc",
+                "a/b-c9",
+                "a%2Fb-c9",
+                "pa55",
+                "frag-77",
+            ] {
+                assert!(!shown.contains(part), "{echoed} -> {shown}");
+            }
+        }
+        // The service's own words stay readable.
+        assert_eq!(r.redact("services mode full"), "services mode full");
     }
 
     #[test]

@@ -81,12 +81,18 @@ pub fn describe(p: &WebhookParams) -> String {
     )
 }
 
-/// The values a webhook step holds that must never be shown: its URL and header values.
+/// The values a webhook step holds that must never be shown: its URL with every part of
+/// it that may be a token (a receiver may echo its path back), and the header values.
 pub fn secrets(p: &WebhookParams) -> Vec<String> {
-    std::iter::once(p.url.clone())
+    crate::redact::url_secret_parts(&p.url)
+        .into_iter()
         .chain(p.headers.values().cloned())
         .collect()
 }
+
+/// The most of a receiver's answer read for an error message, and the most shown of it.
+const ANSWER_READ_LIMIT: usize = 64 * 1024;
+const ANSWER_SHOWN_CHARS: usize = 300;
 
 pub async fn run(p: &WebhookParams, ctx: &StepContext) -> Result<Outputs, StepError> {
     for secret in secrets(p) {
@@ -134,13 +140,19 @@ pub async fn run(p: &WebhookParams, ctx: &StepContext) -> Result<Outputs, StepEr
     let exchange = async {
         let response = client.request(request).await?;
         let status = response.status();
-        // Read a little of the answer for the error message; receivers explain there.
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
+        // Read a bounded part of the answer for the error message; receivers explain there.
+        let mut incoming = response.into_body();
+        let mut body = Vec::new();
+        while body.len() < ANSWER_READ_LIMIT {
+            match incoming.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        body.extend_from_slice(&data[..data.len().min(ANSWER_READ_LIMIT)]);
+                    }
+                }
+                _ => break,
+            }
+        }
         Ok::<_, hyper_util::client::legacy::Error>((status, body))
     };
     let (status, answer) = tokio::select! {
@@ -160,9 +172,8 @@ pub async fn run(p: &WebhookParams, ctx: &StepContext) -> Result<Outputs, StepEr
     if status.is_success() {
         return Ok(outputs);
     }
-    let text = String::from_utf8_lossy(&answer[..answer.len().min(300)])
-        .trim()
-        .to_string();
+    // Redacted whole before it is cut: a cut first could leave the first half of a token.
+    let text = shown_answer(&ctx.redactor().redact(&String::from_utf8_lossy(&answer)));
     let message = format!(
         "the webhook answered HTTP {}{}",
         status.as_u16(),
@@ -177,5 +188,14 @@ pub async fn run(p: &WebhookParams, ctx: &StepContext) -> Result<Outputs, StepEr
         Err(StepError::transient(message))
     } else {
         Err(StepError::permanent(message))
+    }
+}
+
+/// A receiver's answer (already redacted) on one line, at most [`ANSWER_SHOWN_CHARS`].
+fn shown_answer(redacted: &str) -> String {
+    let one_line: String = redacted.split_whitespace().collect::<Vec<_>>().join(" ");
+    match one_line.char_indices().nth(ANSWER_SHOWN_CHARS) {
+        Some((cut, _)) => format!("{}…", &one_line[..cut]),
+        None => one_line,
     }
 }

@@ -308,9 +308,23 @@ pub fn receiver(statuses: &[u16]) -> (String, std::sync::Arc<std::sync::Mutex<Ve
                 .unwrap()
                 .push(String::from_utf8_lossy(&data).to_string());
             let status = *statuses.get(n).or(statuses.last()).unwrap();
+            // Like Express's default error page, a refusal echoes the request's path (where
+            // a webhook's token lives), percent-decoded too, then a long page.
+            let head = String::from_utf8_lossy(&data).to_string();
+            let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+            let answer = if status >= 300 {
+                format!(
+                    "<pre>Cannot POST {path} ({})</pre>{}",
+                    percent_encoding::percent_decode_str(&path).decode_utf8_lossy(),
+                    "x".repeat(4000)
+                )
+            } else {
+                "ok".to_string()
+            };
             let _ = write!(
                 stream,
-                "HTTP/1.1 {status} X\r\ncontent-length: 4\r\nconnection: close\r\n\r\nnope"
+                "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                answer.len()
             );
         }
     });

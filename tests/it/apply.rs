@@ -553,7 +553,9 @@ steps:
 fn a_webhook_step_posts_what_failed_and_keeps_its_url_secret() {
     let ws = Workspace::new();
     let (base, seen) = receiver(&[503, 200]);
-    let url = format!("{base}/hooks/T0KEN-abcdef123456");
+    // The receiver echoes the path of the refused first attempt, as Express does; a
+    // percent-encoded query value comes back decoded.
+    let url = format!("{base}/hooks/T0KEN-abcdef123456?sig=q%2Fv4lue-9876");
     let run = ws.apply_env(
         r#"
 version: 1
@@ -579,7 +581,7 @@ steps:
     assert_eq!(requests.len(), 2, "one retry after the 503: {requests:?}");
     let request = &requests[1];
     assert!(
-        request.starts_with("POST /hooks/T0KEN-abcdef123456 "),
+        request.starts_with("POST /hooks/T0KEN-abcdef123456?sig=q%2Fv4lue-9876 "),
         "{request}"
     );
     assert!(
@@ -597,10 +599,19 @@ steps:
         "{text}"
     );
     let all = run.everything();
-    assert!(
-        !all.contains("T0KEN-abcdef123456") && !all.contains("s3cr3t-bearer"),
-        "{all}"
-    );
+    for secret in [
+        "T0KEN-abcdef123456",
+        "s3cr3t-bearer",
+        "q/v4lue-9876",
+        "q%2Fv4lue-9876",
+    ] {
+        assert!(!all.contains(secret), "{secret}: {all}");
+        // Not even a first part of it, cut off where a long answer is truncated.
+        assert!(!all.contains(&secret[..6]), "{secret}: {all}");
+    }
+    // The refused attempt's answer is shown, redacted.
+    assert!(all.contains("HTTP 503"), "{all}");
+    assert!(all.contains("Cannot POST ***"), "{all}");
 
     // The preview does not show them either.
     let plan = ws.path("plan.yaml");
