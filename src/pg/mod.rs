@@ -15,6 +15,7 @@ pub mod process;
 pub mod recovery;
 pub mod restore;
 pub mod server;
+pub mod statements;
 pub mod swap;
 pub mod tools;
 pub mod unpack;

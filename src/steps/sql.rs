@@ -161,34 +161,31 @@ pub async fn run(p: &SqlParams, ctx: &StepContext) -> Result<Outputs, StepError>
             .await
             .map_err(|e| classify(&e, &format!("cannot connect to target `{}`", p.target)))?;
         let read_only = ctx.protected.contains(&p.target) && !p.writes;
-        if read_only {
-            // The server enforces what a keyword scan cannot: no SQL text, however built
-            // (templates, `execute 'dr' || 'op …'`, a file written by an earlier step),
-            // writes through this session.
-            sqlx::raw_sql("set default_transaction_read_only = on")
-                .execute(&mut conn)
-                .await
-                .map_err(|e| classify(&e, "cannot make the session read-only"))?;
-        }
-        let sql = sqlx::raw_sql(sqlx::AssertSqlSafe(text));
-        let rows = if p.transaction {
-            // All statements or none: a failure rolls the transaction back when it is dropped.
-            let mut tx = conn
-                .begin()
-                .await
-                .map_err(|e| classify(&e, "BEGIN failed"))?;
-            let rows = sql
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(|e| classify(&e, "SQL failed (rolled back)"))?;
-            tx.commit()
-                .await
-                .map_err(|e| classify(&e, "COMMIT failed"))?;
-            rows
+        let rows = if read_only {
+            contain(&mut conn, &p.target).await?;
+            run_read_only(&mut conn, &text).await?
         } else {
-            sql.fetch_all(&mut conn)
-                .await
-                .map_err(|e| classify(&e, "SQL failed"))?
+            let sql = sqlx::raw_sql(sqlx::AssertSqlSafe(text));
+            if p.transaction {
+                // All statements or none: a failure rolls the transaction back when it is
+                // dropped.
+                let mut tx = conn
+                    .begin()
+                    .await
+                    .map_err(|e| classify(&e, "BEGIN failed"))?;
+                let rows = sql
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(|e| classify(&e, "SQL failed (rolled back)"))?;
+                tx.commit()
+                    .await
+                    .map_err(|e| classify(&e, "COMMIT failed"))?;
+                rows
+            } else {
+                sql.fetch_all(&mut conn)
+                    .await
+                    .map_err(|e| classify(&e, "SQL failed"))?
+            }
         };
         let _ = conn.close().await;
         let mut outputs = Outputs::new();
@@ -216,9 +213,148 @@ pub async fn run(p: &SqlParams, ctx: &StepContext) -> Result<Outputs, StepError>
     }
 }
 
+/// What a role may do beyond its own tables that a read-only transaction does not stop:
+/// write or read the server's files, run programs as the server's user, or open sessions
+/// of its own (dblink, a foreign server) that are not read-only. One row of
+/// `(what, how it is reached)` for each; none for a role that is contained.
+const REACH: &str = r#"
+select what from (
+  select 'superuser' as what
+   where exists (select 1 from pg_catalog.pg_roles r
+                  where r.rolsuper and pg_catalog.pg_has_role(session_user, r.oid, 'MEMBER'))
+  union all
+  select 'membership in ' || r.rolname || ' (' || case r.rolname
+           when 'pg_write_server_files' then 'COPY … TO a file'
+           when 'pg_execute_server_program' then 'COPY … TO PROGRAM'
+           else 'pg_read_file, COPY … FROM a file' end || ')'
+    from pg_catalog.pg_roles r
+   where r.rolname in ('pg_write_server_files', 'pg_execute_server_program', 'pg_read_server_files')
+     and pg_catalog.pg_has_role(session_user, r.oid, 'MEMBER')
+  union all
+  select 'EXECUTE on ' || p.oid::regprocedure::text || ' (reads or writes a server file)'
+    from pg_catalog.pg_proc p
+   where p.pronamespace = 'pg_catalog'::regnamespace
+     and p.proname in ('lo_export', 'lo_import')
+     and pg_catalog.has_function_privilege(session_user, p.oid, 'EXECUTE')
+  union all
+  select 'the ' || e.extname || ' extension (' || case e.extname
+           when 'adminpack' then 'writes server files'
+           else 'opens sessions that are not read-only' end || ')'
+    from pg_catalog.pg_extension e
+   where e.extname in ('dblink', 'adminpack')
+     and exists (select 1 from pg_catalog.pg_depend d
+                  where d.refclassid = 'pg_catalog.pg_extension'::regclass
+                    and d.refobjid = e.oid and d.deptype = 'e'
+                    and d.classid = 'pg_catalog.pg_proc'::regclass
+                    and pg_catalog.has_function_privilege(session_user, d.objid, 'EXECUTE'))
+  union all
+  select 'USAGE on foreign server ' || pg_catalog.quote_ident(s.srvname)
+         || ' (opens sessions that are not read-only)'
+    from pg_catalog.pg_foreign_server s
+   where pg_catalog.has_server_privilege(session_user, s.oid, 'USAGE')
+) reach
+"#;
+
+/// Refuses, before any of the step's SQL is sent, a session whose role could reach past
+/// the read-only transaction. The role is the session's login role: `SET ROLE` or `SET
+/// SESSION AUTHORIZATION` to a lesser one would not contain anything, since the step's own
+/// SQL could `RESET ROLE` first.
+async fn contain(conn: &mut sqlx::PgConnection, target: &str) -> Result<(), StepError> {
+    let found = sqlx::raw_sql(REACH)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| classify(&e, "cannot read what the session's role may do"))?;
+    let mut reach: Vec<String> = found
+        .iter()
+        .filter_map(|row| row.try_get_raw(0).ok()?.as_str().ok().map(str::to_string))
+        .collect();
+    // A superuser reaches everything else on the list: naming the rest would bury it.
+    if reach.first().is_some_and(|r| r == "superuser") {
+        reach.truncate(1);
+    }
+    if reach.is_empty() {
+        return Ok(());
+    }
+    Err(StepError {
+        kind: ErrorKind::Refused,
+        message: format!(
+            "target `{target}` is protected, so SQL runs read-only, but the role it connects as could reach past a read-only transaction: {}; nothing was run. Point the step at a target that connects as a role without these rights (see README, \"Guards\"), or, if the step is meant to change data, declare `writes: true` (it then needs --confirm {target})",
+            reach.join("; ")
+        ),
+    })
+}
+
+/// The step's SQL inside one read-only transaction that it cannot leave: the transaction
+/// has read a snapshot before the first statement (so `SET TRANSACTION READ WRITE` is
+/// refused), each statement is sent alone after the server has parsed it as exactly one
+/// statement (so text the cutter got wrong fails instead of running), and after each the
+/// transaction is checked to be the same one (so a `COMMIT` ends the step before anything
+/// runs outside it). Rolled back at the end: a read-only transaction has nothing to keep.
+async fn run_read_only(
+    conn: &mut sqlx::PgConnection,
+    text: &str,
+) -> Result<Vec<sqlx::postgres::PgRow>, StepError> {
+    use sqlx::{Executor, SqlSafeStr};
+    sqlx::raw_sql("begin transaction read only")
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| classify(&e, "BEGIN failed"))?;
+    let ours = transaction_start(conn).await?;
+    let mut rows = Vec::new();
+    for (n, statement) in crate::pg::statements::split(text).into_iter().enumerate() {
+        let n = n + 1;
+        if let Err(e) = (&mut *conn)
+            .prepare(sqlx::AssertSqlSafe(statement.to_string()).into_sql_str())
+            .await
+        {
+            let e = classify(&e, &format!("statement {n}"));
+            if e.message.contains("SQLSTATE 42601") && e.message.contains("multiple commands") {
+                return Err(StepError {
+                    kind: ErrorKind::Refused,
+                    message: format!(
+                        "statement {n} is more than one statement as the server reads it, and read-only SQL runs one statement at a time; nothing after statement {} ran",
+                        n - 1
+                    ),
+                });
+            }
+            return Err(e);
+        }
+        let more = sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_string()))
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| classify(&e, &format!("SQL failed at statement {n}")))?;
+        rows.extend(more);
+        if transaction_start(conn).await? != ours {
+            return Err(StepError {
+                kind: ErrorKind::Refused,
+                message: format!(
+                    "statement {n} ended the read-only transaction (COMMIT, ROLLBACK or the like); nothing after it ran"
+                ),
+            });
+        }
+    }
+    let _ = sqlx::raw_sql("rollback").execute(&mut *conn).await;
+    Ok(rows)
+}
+
+/// When the session's transaction started: the same text for as long as it is the same
+/// transaction (microseconds; a later one starts later).
+async fn transaction_start(conn: &mut sqlx::PgConnection) -> Result<String, StepError> {
+    let row = sqlx::raw_sql("select pg_catalog.now()::text")
+        .fetch_one(conn)
+        .await
+        .map_err(|e| classify(&e, "cannot read the transaction's start"))?;
+    Ok(row
+        .try_get_raw(0)
+        .ok()
+        .and_then(|v| v.as_str().ok().map(str::to_string))
+        .unwrap_or_default())
+}
+
 /// A write refused by the read-only session on a protected target, in plain words.
 fn read_only_refusal(e: StepError, target: &str) -> StepError {
-    if e.message.contains("SQLSTATE 25006") {
+    let read_write = e.message.contains("SQLSTATE 25001") && e.message.contains("read-write");
+    if e.message.contains("SQLSTATE 25006") || read_write {
         StepError {
             kind: ErrorKind::Refused,
             message: format!(

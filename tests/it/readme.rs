@@ -153,7 +153,17 @@ fn every_command_in_the_readme_runs() {
     assert!(commands.len() >= 20, "{commands:?}");
 
     let cluster = Cluster::start();
-    cluster.psql("postgres", "create database app");
+    // The plans connect as the application's role, as the README's examples do: read-only
+    // SQL on a protected target refuses a superuser (see README, "Guards").
+    cluster.psql(
+        "postgres",
+        &format!(
+            "create role ops login password '{}'",
+            crate::common::pg::PASSWORD.replace('\'', "''")
+        ),
+    );
+    cluster.psql("postgres", "create database app owner ops");
+    let ops_url = |db: &str| cluster.url(db).replacen("://postgres:", "://ops:", 1);
     let ws = Workspace::new();
     let dir = ws.path("repo");
     for part in ["plans", "examples", "migrations"] {
@@ -166,7 +176,7 @@ fn every_command_in_the_readme_runs() {
     let (webhook, _seen) = receiver(&[200]);
     let mut readme_run = Readme {
         env: vec![
-            ("DATABASE_URL".into(), cluster.url("app")),
+            ("DATABASE_URL".into(), ops_url("app")),
             ("BACKUP_DIR".into(), backups.display().to_string()),
             ("ALERT_WEBHOOK".into(), webhook),
             ("ALERT_TOKEN".into(), "readme-test-token".into()),
@@ -197,7 +207,7 @@ fn every_command_in_the_readme_runs() {
         .env
         .iter()
         .map(|(k, v)| match k.as_str() {
-            "DATABASE_URL" => (k.clone(), cluster.url("no_such_database")),
+            "DATABASE_URL" => (k.clone(), ops_url("no_such_database")),
             _ => (k.clone(), v.clone()),
         })
         .collect();

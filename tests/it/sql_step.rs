@@ -146,13 +146,28 @@ steps:
 /// A step, its command-line arguments and its environment.
 type Attempt<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, &'a str)]);
 
+/// A URL for `role`, which has the harness's password, on the cluster's database `db`.
+fn role_url(cluster: &Cluster, role: &str, db: &str) -> String {
+    cluster
+        .url(db)
+        .replacen("://postgres:", &format!("://{role}:"), 1)
+}
+
+/// An application role that owns a table: it could drop it, were it not read-only.
+fn with_owner(cluster: &Cluster, role: &str) {
+    cluster.psql(
+        "postgres",
+        &format!(
+            "create role {role} login password '{}'; create table gt (id int); insert into gt values (1); alter table gt owner to {role}",
+            PASSWORD.replace('\'', "''")
+        ),
+    );
+}
+
 #[test]
 fn sql_on_a_protected_target_is_read_only_unless_the_step_writes() {
     let cluster = Cluster::start();
-    cluster.psql(
-        "postgres",
-        "create table gt (id int); insert into gt values (1)",
-    );
+    with_owner(&cluster, "app");
     let ws = Workspace::new();
     std::fs::write(ws.path("wipe.sql"), "drop table gt").unwrap();
     let plan = |step: &str| {
@@ -160,8 +175,9 @@ fn sql_on_a_protected_target_is_read_only_unless_the_step_writes() {
             "version: 1\nname: guarded\nvars: {{ q: \"select 1\", f: empty.sql }}\ntargets:\n  prod: {{ url: \"{{{{ env.DATABASE_URL }}}}\", protected: true }}\nsteps:\n  - {step}\n"
         )
     };
-    // Each of these drops the table without a keyword in the plan as written.
-    let attempts: [Attempt; 5] = [
+    // Each of these drops the table without a keyword in the plan as written, or leaves
+    // the read-only transaction first.
+    let attempts: [Attempt; 10] = [
         (
             "{ id: s, type: sql, target: prod, query: \"{{ vars.q }}\" }",
             &["--var", "q=drop table gt"],
@@ -187,16 +203,42 @@ fn sql_on_a_protected_target_is_read_only_unless_the_step_writes() {
             &[],
             &[],
         ),
+        (
+            "{ id: s, type: sql, target: prod, query: \"set default_transaction_read_only = off; commit; do $$ begin execute 'dr' || 'op table gt'; end $$\" }",
+            &[],
+            &[],
+        ),
+        (
+            "{ id: s, type: sql, target: prod, query: \"set transaction read write; do $$ begin execute 'dr' || 'op table gt'; end $$\" }",
+            &[],
+            &[],
+        ),
+        (
+            "{ id: s, type: sql, target: prod, query: \"rollback; set session characteristics as transaction read write; do $$ begin execute 'dr' || 'op table gt'; end $$\" }",
+            &[],
+            &[],
+        ),
+        (
+            "{ id: s, type: sql, target: prod, query: \"do $$ begin set default_transaction_read_only = off; commit; execute 'dr' || 'op table gt'; end $$\" }",
+            &[],
+            &[],
+        ),
+        (
+            "{ id: s, type: sql, target: prod, query: \"select 'a\\\\'; commit; do $$ begin execute 'dr' || 'op table gt'; end $$; select '\\\\'\" }",
+            &[],
+            &[],
+        ),
     ];
+    let url = role_url(&cluster, "app", "postgres");
     for (step, args, env) in attempts {
         let mut env = env.to_vec();
-        let url = cluster.url("postgres");
         env.push(("DATABASE_URL", &url));
         let run = ws.apply_env(&plan(step), args, &env);
-        assert_eq!(run.code, 3, "{step}: {}", run.stderr);
+        assert_ne!(run.code, 0, "{step}: {}", run.stderr);
         assert!(
-            run.stderr.contains("protected") && run.stderr.contains("--confirm prod"),
-            "{step}: {}",
+            run.code == 1 || run.code == 3,
+            "{step}: exit {}: {}",
+            run.code,
             run.stderr
         );
         assert_eq!(
@@ -205,8 +247,14 @@ fn sql_on_a_protected_target_is_read_only_unless_the_step_writes() {
             "{step}"
         );
     }
+    assert_eq!(
+        cluster.psql(
+            "postgres",
+            "select count(*) from pg_tables where tablename = 'other'"
+        ),
+        "0"
+    );
     // Reading works; `writes: true` is destructive and needs --confirm, then writes.
-    let url = cluster.url("postgres");
     let env = [("DATABASE_URL", url.as_str())];
     let read = ws.apply_env(
         &plan("{ id: s, type: sql, target: prod, query: \"select count(*) from gt\" }"),
@@ -221,4 +269,137 @@ fn sql_on_a_protected_target_is_read_only_unless_the_step_writes() {
     let confirmed = ws.apply_env(&writes, &["--confirm", "prod"], &env);
     assert_eq!(confirmed.code, 0, "{}", confirmed.stderr);
     assert_eq!(cluster.psql("postgres", "select count(*) from gt"), "2");
+}
+
+/// Read-only SQL on a protected target runs only as a role that cannot reach past the
+/// read-only transaction: no server file written or read, no program run, no session of
+/// its own opened — whichever channel the SQL tries, and the refusal comes before any of
+/// it is sent.
+#[test]
+fn read_only_sql_on_a_protected_target_cannot_reach_the_servers_files() {
+    let cluster = Cluster::start();
+    with_owner(&cluster, "app");
+    let ws = Workspace::new();
+    // A directory the server's user may write to, so that only the guard stands between.
+    let out = ws.path("server-files");
+    std::fs::create_dir_all(&out).unwrap();
+    std::process::Command::new("chmod")
+        .args(["777"])
+        .arg(&out)
+        .status()
+        .unwrap();
+    std::process::Command::new("chmod")
+        .args(["755"])
+        .arg(ws.path(""))
+        .status()
+        .unwrap();
+    let file = out.join("written");
+    let plan = |query: &str| {
+        format!(
+            "version: 1\nname: guarded\ntargets:\n  prod: {{ url: \"{{{{ env.DATABASE_URL }}}}\", protected: true }}\nsteps:\n  - {{ id: s, type: sql, target: prod, query: {query:?} }}\n"
+        )
+    };
+    let f = file.display();
+    let channels = [
+        format!("copy (select 1) to '{f}'"),
+        format!("copy (select 1) to program 'touch {f}'"),
+        format!("select lo_export(lo_from_bytea(0, 'x'), '{f}')"),
+        format!("select pg_file_write('{f}', 'x', false)"),
+        format!(
+            "select dblink_exec('host=127.0.0.1 port={} user=postgres password=x dbname=postgres', 'create table stolen ()')",
+            cluster.port
+        ),
+    ];
+    let run = |url: &str, query: &str, confirm: bool| {
+        let args: &[&str] = if confirm { &["--confirm", "prod"] } else { &[] };
+        ws.apply_env(&plan(query), args, &[("DATABASE_URL", url)])
+    };
+
+    // As the superuser: refused before anything is sent, whatever the channel.
+    let superuser = cluster.url("postgres");
+    for query in &channels {
+        let refused = run(&superuser, query, false);
+        assert_eq!(refused.code, 3, "{query}: {}", refused.stderr);
+        assert!(
+            refused.stderr.contains("superuser") && refused.stderr.contains("nothing was run"),
+            "{query}: {}",
+            refused.stderr
+        );
+        assert!(!file.exists(), "{query} wrote a server file");
+    }
+
+    // As a role without those rights the server itself refuses each channel.
+    let app = role_url(&cluster, "app", "postgres");
+    for query in &channels[..3] {
+        let failed = run(&app, query, false);
+        assert_ne!(failed.code, 0, "{query}: {}", failed.stderr);
+        assert!(!file.exists(), "{query} wrote a server file");
+    }
+    assert_eq!(run(&app, "select count(*) from gt", false).code, 0);
+
+    // Each right that would reach past the transaction is found and named.
+    let grants = [
+        (
+            "grant pg_write_server_files to app",
+            "pg_write_server_files",
+            "revoke pg_write_server_files from app",
+        ),
+        (
+            "grant pg_execute_server_program to app",
+            "pg_execute_server_program",
+            "revoke pg_execute_server_program from app",
+        ),
+        (
+            "grant pg_read_server_files to app",
+            "pg_read_server_files",
+            "revoke pg_read_server_files from app",
+        ),
+        (
+            "grant execute on function lo_export(oid, text) to app",
+            "lo_export",
+            "revoke execute on function lo_export(oid, text) from app",
+        ),
+        ("create extension dblink", "dblink", "drop extension dblink"),
+        (
+            "create extension adminpack; grant execute on function pg_file_write(text, text, boolean) to app",
+            "adminpack",
+            "drop extension adminpack",
+        ),
+        (
+            "create extension postgres_fdw; create server self foreign data wrapper postgres_fdw options (host '127.0.0.1'); grant usage on foreign server self to app",
+            "foreign server self",
+            "drop extension postgres_fdw cascade",
+        ),
+        (
+            "create role admins superuser; grant admins to app",
+            "superuser",
+            "drop role admins",
+        ),
+    ];
+    for (grant, named, revoke) in grants {
+        cluster.psql("postgres", grant);
+        for query in &channels {
+            let refused = run(&app, query, false);
+            assert_eq!(refused.code, 3, "{grant}: {query}: {}", refused.stderr);
+            assert!(
+                refused.stderr.contains(named),
+                "{grant}: {}",
+                refused.stderr
+            );
+            assert!(!file.exists(), "{grant}: {query} wrote a server file");
+        }
+        cluster.psql("postgres", revoke);
+    }
+    assert_eq!(cluster.psql("postgres", "select count(*) from gt"), "1");
+    assert_eq!(run(&app, "select count(*) from gt", false).code, 0);
+
+    // A step that declares it writes, confirmed, runs as the target's role: the operator
+    // asked for it by name.
+    let confirmed = ws.apply_env(
+        &plan(&channels[0]).replace("query:", "writes: true, query:"),
+        &["--confirm", "prod"],
+        &[("DATABASE_URL", &superuser)],
+    );
+    assert_eq!(confirmed.code, 0, "{}", confirmed.stderr);
+    assert!(file.exists());
 }
