@@ -11,7 +11,7 @@ use crate::pg::server::classify;
 use crate::pg::server::connect;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use sqlx::migrate::{Migrate as _, MigrateError, Migrator};
+use sqlx::migrate::{Migrate as _, MigrateError, Migration, Migrator};
 use sqlx::{Connection, PgConnection};
 use std::future::Future;
 use std::path::Path;
@@ -68,9 +68,11 @@ impl StepType for Migrate {
         p.action != MigrateAction::Status
     }
 
-    /// Migrations change a database, but that is what they are for; a revert may drop data.
+    /// Applying or reverting migrations changes the schema, and a migration may drop or
+    /// rewrite data whatever it is called: on a protected target it needs `--confirm`. The
+    /// preview lists each pending file's statements with the destructive ones marked.
     fn destructive(p: &MigrateParams, _: &Path, _: bool) -> bool {
-        p.action == MigrateAction::Revert
+        p.action != MigrateAction::Status
     }
 
     fn describe(p: &MigrateParams) -> String {
@@ -133,21 +135,23 @@ async fn preview(p: &MigrateParams, scope: Probe<'_>) -> Findings {
                     .into()
             }
         }
-        (Ok(applied), _) => {
-            let pending: Vec<String> = all
-                .into_iter()
-                .filter(|(v, _)| !applied.contains(v))
-                .map(|(_, n)| n)
+        (Ok(applied), action) => {
+            let pending: Vec<&Migration> = migrator
+                .iter()
+                .filter(|m| m.migration_type.is_up_migration() && !applied.contains(&m.version))
                 .collect();
             if pending.is_empty() {
-                vec!["no pending migrations".into()].into()
-            } else {
-                pending
-                    .into_iter()
-                    .map(|n| format!("pending: {n}"))
-                    .collect::<Vec<_>>()
-                    .into()
+                return vec!["no pending migrations".into()].into();
             }
+            let mut lines = Vec::new();
+            for m in pending {
+                lines.push(format!("pending: {}", name(m)));
+                // `status` only reports: what would run is shown where it will run.
+                if action == MigrateAction::Up {
+                    lines.extend(crate::pg::statements::preview_lines(m.sql.as_str()));
+                }
+            }
+            lines.into()
         }
     }
 }
@@ -193,13 +197,13 @@ pub fn names(migrator: &Migrator) -> Vec<(i64, String)> {
     migrator
         .iter()
         .filter(|m| m.migration_type.is_up_migration())
-        .map(|m| {
-            (
-                m.version,
-                format!("{}_{}", m.version, m.description.replace(' ', "_")),
-            )
-        })
+        .map(|m| (m.version, name(m)))
         .collect()
+}
+
+/// A migration as its file is named: `VERSION_description`.
+fn name(m: &Migration) -> String {
+    format!("{}_{}", m.version, m.description.replace(' ', "_"))
 }
 
 /// Versions recorded as applied, without creating anything.

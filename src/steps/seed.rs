@@ -73,6 +73,13 @@ impl StepType for Seed {
         true
     }
 
+    /// A seed set writes rows, and its SQL files may delete or drop anything: on a
+    /// protected target it needs `--confirm`. The preview lists each file's statements
+    /// with the destructive ones marked.
+    fn destructive(_: &SeedParams, _: &Path, _: bool) -> bool {
+        true
+    }
+
     fn describe(p: &SeedParams) -> String {
         describe(p)
     }
@@ -83,9 +90,12 @@ impl StepType for Seed {
 
     async fn probe<'a>(p: &'a SeedParams, scope: Probe<'a>) -> Findings {
         let lines = match files(&scope.base_dir.join(&p.dir), p.environment) {
-            Ok(files) => file_names(&files)
-                .into_iter()
-                .map(|n| format!("seed file: {n}"))
+            Ok(files) => files
+                .iter()
+                .zip(file_names(&files))
+                .flat_map(|(path, n)| {
+                    std::iter::once(format!("seed file: {n}")).chain(seed_file_lines(path))
+                })
                 .collect(),
             Err(e) => vec![e.message],
         };
@@ -97,6 +107,43 @@ impl StepType for Seed {
         ctx: &StepContext,
     ) -> impl Future<Output = Result<Outputs, StepError>> + Send {
         run(p, ctx)
+    }
+}
+
+/// The table a CSV seed file loads: `20-billing.invoices.csv` loads billing.invoices (a
+/// leading number only orders), quoted.
+fn csv_table_of(name: &str) -> String {
+    let stem = name.trim_end_matches(".csv");
+    let stem = stem.trim_start_matches(|c: char| c.is_ascii_digit());
+    let stem = if stem.len() < name.len() - 4 {
+        stem.trim_start_matches(['_', '-'])
+    } else {
+        stem
+    };
+    stem.split('.')
+        .map(quote_ident)
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+fn csv_table(path: &Path) -> String {
+    csv_table_of(&path.file_name().unwrap_or_default().to_string_lossy())
+}
+
+/// What a seed file will do, for the preview: a `.sql` file's statements with the
+/// destructive ones marked; a `.csv` file's table. Only a regular file of at most 16 MiB
+/// is read (a FIFO would block the preview); otherwise the preview says so.
+fn seed_file_lines(path: &Path) -> Vec<String> {
+    if path.extension().is_some_and(|e| e == "csv") {
+        return vec![format!(
+            "  COPY into {} (header names the columns)",
+            csv_table(path)
+        )];
+    }
+    let readable = std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() <= 16 << 20);
+    match readable.then(|| std::fs::read_to_string(path)) {
+        Some(Ok(text)) => crate::pg::statements::preview_lines(&text),
+        _ => vec!["  (not read: not a regular text file of at most 16 MiB)".into()],
     }
 }
 
@@ -198,19 +245,7 @@ pub async fn apply(
     }
     for (name, csv, bytes) in &contents {
         if *csv {
-            // `20-billing.invoices.csv` loads into billing.invoices: a leading number only orders.
-            let stem = name.trim_end_matches(".csv");
-            let stem = stem.trim_start_matches(|c: char| c.is_ascii_digit());
-            let stem = if stem.len() < name.len() - 4 {
-                stem.trim_start_matches(['_', '-'])
-            } else {
-                stem
-            };
-            let table = stem
-                .split('.')
-                .map(quote_ident)
-                .collect::<Vec<_>>()
-                .join(".");
+            let table = csv_table_of(name);
             // The header names the columns, so a file need not list every column (identity
             // and defaulted ones are filled in) nor follow the table's column order.
             let header = String::from_utf8_lossy(bytes)

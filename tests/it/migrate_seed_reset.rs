@@ -262,3 +262,104 @@ steps:
         "16519"
     );
 }
+
+/// `migrate` (up) and `seed` write: on a protected target they need `--confirm`, and the
+/// preview shows each pending file's statements with the destructive ones marked.
+#[test]
+fn migrations_and_seeds_on_a_protected_target_need_confirm_and_show_their_statements() {
+    let cluster = Cluster::start();
+    cluster.psql("postgres", "create database app");
+    cluster.psql(
+        "app",
+        "create table precious (id int); insert into precious values (1)",
+    );
+    let ws = Workspace::new();
+    let migrations = ws.path("migrations");
+    std::fs::create_dir_all(&migrations).unwrap();
+    std::fs::write(
+        migrations.join("20260101000000_cleanup.up.sql"),
+        "create table kept (id int);\n-- old data goes\ndrop table precious;\n",
+    )
+    .unwrap();
+    let seeds = ws.path("seeds/production");
+    std::fs::create_dir_all(&seeds).unwrap();
+    std::fs::write(
+        seeds.join("10-reset.sql"),
+        "insert into kept values (1); delete from kept where id > 1",
+    )
+    .unwrap();
+    std::fs::write(seeds.join("20-kept.csv"), "id\n2\n").unwrap();
+    let url = cluster.url("postgres");
+    let env = [("DATABASE_URL", url.as_str())];
+    let plan = |step: &str| {
+        format!(
+            "version: 1\nname: guarded\ntargets:\n  prod: {{ url: \"{{{{ env.DATABASE_URL }}}}\", protected: true }}\nsteps:\n  - {step}\n"
+        )
+    };
+    let migrate = plan("{ id: up, type: migrate, target: prod, database: app, dir: migrations }");
+    let seed = plan(
+        "{ id: seed, type: seed, target: prod, database: app, environment: production, dir: seeds }",
+    );
+
+    // The preview: each statement, the destructive one marked, and the need to confirm.
+    let path = ws.write_plan(&migrate);
+    let preview = crate::common::opsrunner()
+        .arg("plan")
+        .arg(&path)
+        .env("DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&preview.stdout);
+    assert!(preview.status.success(), "{text}");
+    assert!(text.contains("pending: 20260101000000_cleanup"), "{text}");
+    assert!(text.contains("1. create table kept (id int)"), "{text}");
+    assert!(
+        text.contains("2. DESTRUCTIVE: -- old data goes drop table precious"),
+        "{text}"
+    );
+    assert!(text.contains("--confirm prod"), "{text}");
+
+    for (step, what) in [(&migrate, "migrate"), (&seed, "seed")] {
+        let refused = ws.apply_env(step, &[], &env);
+        assert_eq!(refused.code, 3, "{what}: {}", refused.stderr);
+        assert!(
+            refused.stderr.contains("--confirm prod"),
+            "{what}: {}",
+            refused.stderr
+        );
+        assert_eq!(cluster.psql("app", "select count(*) from precious"), "1");
+    }
+    assert_eq!(
+        cluster.psql("app", "select to_regclass('_sqlx_migrations') is null"),
+        "t"
+    );
+
+    let path = ws.write_plan(&seed);
+    let preview = crate::common::opsrunner()
+        .arg("plan")
+        .arg(&path)
+        .env("DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&preview.stdout);
+    assert!(text.contains("seed file: 10-reset.sql"), "{text}");
+    assert!(text.contains("1. insert into kept values (1)"), "{text}");
+    assert!(
+        text.contains("2. DESTRUCTIVE: delete from kept where id > 1"),
+        "{text}"
+    );
+    assert!(text.contains("COPY into \"kept\""), "{text}");
+
+    // Confirmed, both run.
+    let up = ws.apply_env(&migrate, &["--confirm", "prod"], &env);
+    assert_eq!(up.code, 0, "{}", up.stderr);
+    let seeded = ws.apply_env(&seed, &["--confirm", "prod"], &env);
+    assert_eq!(seeded.code, 0, "{}", seeded.stderr);
+    assert_eq!(
+        cluster.psql(
+            "app",
+            "select string_agg(id::text, ',' order by id) from kept"
+        ),
+        "1,2"
+    );
+}
