@@ -298,6 +298,20 @@ impl S3Store {
         Ok(keys)
     }
 
+    /// Whether any object's key starts with `prefix`: one listing request of one key.
+    pub(super) async fn any_key_under(&self, prefix: &str) -> io::Result<bool> {
+        let page = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .max_keys(1)
+            .send()
+            .await
+            .map_err(|e| sdk_error("listing the bucket", e))?;
+        Ok(!page.contents().is_empty())
+    }
+
     async fn get_bytes(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
         Ok(self.get_with_etag(key).await?.map(|(bytes, _)| bytes))
     }

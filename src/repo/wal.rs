@@ -266,7 +266,8 @@ pub async fn store(store: &AnyStore, name: &str, object: Vec<u8>) -> Result<Push
     }
 }
 
-/// The archived object `name`; [`WalError::NotFound`] only when the store says it is absent.
+/// The archived object `name`; [`WalError::NotFound`] only when the store says it is
+/// absent *and* the archive is proven present (see [`holds_anything`]).
 pub async fn read(store: &AnyStore, name: &str) -> Result<Vec<u8>, WalError> {
     let found = match store {
         AnyStore::Local(l) => local::read(l.root(), name)?,
@@ -275,7 +276,26 @@ pub async fn read(store: &AnyStore, name: &str) -> Result<Vec<u8>, WalError> {
             .await?
             .map(|(bytes, _)| bytes),
     };
-    found.ok_or_else(|| WalError::NotFound(name.to_string()))
+    match found {
+        Some(bytes) => Ok(bytes),
+        None if holds_anything(store).await? => Err(WalError::NotFound(name.to_string())),
+        None => Err(WalError::Unavailable(io::Error::other(format!(
+            "{name} is not there, and neither is any other archived file: the WAL archive in {} was not found (an unmounted volume, a wrong path, bucket or prefix?), so its absence proves nothing",
+            store.location()
+        )))),
+    }
+}
+
+/// Whether the archive holds at least one file. "Absent" is PostgreSQL's signal to end
+/// recovery and open the database, so it may be answered only about an archive that is
+/// there: an empty mount point, a mistyped prefix or a bucket of another repository holds
+/// no archived file at all, while a real archive holds every file its cluster pushed
+/// (retention never empties it: it keeps what the newest base backup needs).
+async fn holds_anything(store: &AnyStore) -> io::Result<bool> {
+    match store {
+        AnyStore::Local(l) => local::holds_anything(l.root()),
+        AnyStore::S3(s) => s.any_key_under(&format!("{}{DIR}/", s.root())).await,
+    }
 }
 
 /// The names of every file in the archive, sorted (which sorts segments by timeline, then
@@ -457,6 +477,20 @@ mod local {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
+    }
+
+    /// Whether the archive directory holds an archived file (by name; a temporary file of
+    /// an unfinished push does not count).
+    pub fn holds_anything(root: &Path) -> io::Result<bool> {
+        let Some(dir) = dir(root, false)? else {
+            return Ok(false);
+        };
+        Ok(std::fs::read_dir(dir)?.flatten().any(|e| {
+            e.file_type().is_ok_and(|t| t.is_file())
+                && e.file_name()
+                    .to_str()
+                    .is_some_and(|n| super::check_name(n).is_ok())
+        }))
     }
 
     pub fn read(root: &Path, name: &str) -> io::Result<Option<Vec<u8>>> {

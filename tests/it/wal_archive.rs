@@ -111,6 +111,28 @@ fn a_cluster_archives_into_a_local_repository_and_fetch_gives_back_the_bytes() {
         &[],
     );
     assert_eq!(code, opsrunner::exit::WAL_UNREADABLE, "{err}");
+    // Nor is an empty mount point, nor an archive directory holding no archived file: the
+    // archive is not proven there, so nothing is proven absent.
+    let mount_point = ws.path("empty-mount-point");
+    std::fs::create_dir_all(&mount_point).unwrap();
+    let empty = format!("file://{}", mount_point.display());
+    for _ in 0..2 {
+        let (code, _, err) = fetch(
+            "0000000100000000000000FF",
+            &ws.path("y"),
+            &["--repository", &empty, "--retry-for", "1s"],
+            &[],
+        );
+        assert_eq!(code, opsrunner::exit::WAL_UNREADABLE, "{err}");
+        assert!(err.contains("was not found"), "{err}");
+        assert!(!ws.path("y").exists());
+        std::fs::create_dir_all(mount_point.join(".wal")).unwrap();
+        std::fs::write(
+            mount_point.join(".wal/.000000010000000000000001.1.tmp"),
+            "x",
+        )
+        .unwrap();
+    }
     // `wal status`: the newest segment and its age; a segment deleted from the middle is a
     // gap recovery cannot pass: exit 6, naming it.
     let mut segments: Vec<String> = in_archive
@@ -285,4 +307,24 @@ steps:
     // Absent on S3 (404 NoSuchKey): exit 1.
     let (code, _, err) = fetch("0000000100000000000000FE", &ws.path("absent"), &args, &env);
     assert_eq!(code, opsrunner::exit::WAL_NOT_FOUND, "{err}");
+    // A prefix that holds no archive (a typo, another repository's) is not "absent": 255.
+    let text = std::fs::read_to_string(&plan).unwrap();
+    let typo = ws.path("typo.yaml");
+    std::fs::write(&typo, text.replace("/pitr\n", "/pirt\n")).unwrap();
+    assert_ne!(std::fs::read_to_string(&typo).unwrap(), text);
+    let (code, _, err) = fetch(
+        "0000000100000000000000FE",
+        &ws.path("absent"),
+        &[
+            "--repository",
+            "offsite",
+            "--plan",
+            typo.to_str().unwrap(),
+            "--retry-for",
+            "1s",
+        ],
+        &env,
+    );
+    assert_eq!(code, opsrunner::exit::WAL_UNREADABLE, "{err}");
+    assert!(err.contains("was not found"), "{err}");
 }
