@@ -86,9 +86,25 @@ pub async fn fetch(
         .await
         .map_err(|e| Failure::WalUnreadable(format!("wal fetch {name}: {e}")))?;
     let started = Instant::now();
+    // `--retry-for` is a deadline: an attempt still waiting when it passes (a store that
+    // accepts connections and never answers, the SDK's own retries) is given up.
+    let deadline = started + options.retry_for;
     let mut delay = Duration::from_millis(250);
     let object = loop {
-        match wal::read(&store, name).await {
+        let attempt = wal::read(&store, name);
+        let result = if options.retry_for.is_zero() {
+            attempt.await
+        } else {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, attempt).await {
+                Ok(result) => result,
+                Err(_) => Err(WalError::Unavailable(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the repository did not answer in time",
+                ))),
+            }
+        };
+        match result {
             Ok(object) => break object,
             Err(WalError::NotFound(_)) => {
                 return Err(Failure::WalNotFound(format!(
@@ -96,15 +112,17 @@ pub async fn fetch(
                     store.location()
                 )));
             }
-            Err(e) if started.elapsed() + delay < options.retry_for => {
+            Err(e @ (WalError::Unavailable(_) | WalError::Damaged(_)))
+                if started.elapsed() + delay < options.retry_for =>
+            {
                 tracing::warn!("wal fetch {name}: {e}; trying again in {delay:?}");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(10));
             }
             Err(e) => {
                 return Err(Failure::WalUnreadable(format!(
-                    "wal fetch {name}: {e} (for {}s); recovery is stopped rather than ended early at the wrong point: run it again when the repository answers",
-                    started.elapsed().as_secs()
+                    "wal fetch {name}: {e} (for {:.1}s); recovery is stopped rather than ended early at the wrong point: run it again when the repository answers",
+                    started.elapsed().as_secs_f64()
                 )));
             }
         }

@@ -5,7 +5,7 @@
 use super::model::{Common, Plan, Repository, StepDef, Target};
 use super::model::{RawParams, SUPPORTED_VERSIONS};
 use super::resolve::{ParamsError, ResolveError};
-use super::template::{Templates, has_template};
+use super::template::{Templates, has_template, scan_references};
 use super::yaml::{self, Node, NodeKind, PathSegment, format_path};
 use crate::diag::{Diagnostic, Span, did_you_mean};
 use crate::steps::registry;
@@ -414,7 +414,30 @@ impl Loader {
             }
         }
         let common = Value::Object(common);
+        // Which steps fail the run is decided as steps finish, from the plan: it must be
+        // known before the run, like the step's place in the graph.
+        if let Some(text) = common.get("continue_on_error").and_then(Value::as_str)
+            && scan_references(text)
+                .iter()
+                .any(|r| r.path.first().is_some_and(|root| root != "vars"))
+        {
+            let at = [
+                prefix[0].clone(),
+                prefix[1].clone(),
+                PathSegment::Key("continue_on_error".into()),
+            ];
+            self.problems.push(
+                Diagnostic::new(format!(
+                    "`continue_on_error` must be known before the run: `{text}` is not (only `vars` are)"
+                ))
+                .at_opt(span_of(node(), &prefix, &at))
+                .with_path(format_path(&at))
+                .with_help("write true or false, or take it from `{{ vars.NAME }}` and set it with --var"),
+            );
+            return None;
+        }
         let rendered = self.templates.render_known(&[], &common, &self.known);
+        let raw_common = RawParams::new(&common);
         let common: Option<Common> = match super::resolve::typed(&common, rendered, false) {
             Ok(c) => Some(c),
             Err(e) => {
@@ -461,6 +484,7 @@ impl Loader {
             common: common?,
             kind,
             raw_params: RawParams::new(&params),
+            raw_common,
             broken: false,
         })
     }
@@ -686,6 +710,7 @@ fn placeholder(step: &Value) -> StepDef {
         },
         kind: registry::stand_in(),
         raw_params: RawParams::default(),
+        raw_common: RawParams::default(),
         broken: true,
     }
 }

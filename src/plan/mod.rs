@@ -166,6 +166,7 @@ pub fn env_references(plan: &model::Plan) -> Vec<String> {
     let mut strings = Vec::new();
     for step in &plan.steps {
         template::strings(&step.raw_params.value(), &mut strings);
+        template::strings(&step.raw_common.value(), &mut strings);
     }
     strings.extend(plan.targets.values().filter_map(|t| t.url.clone()));
     for target in plan.targets.values() {

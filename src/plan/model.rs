@@ -170,6 +170,10 @@ pub struct StepDef {
     /// and deserialized again when the step starts.
     #[serde(skip)]
     pub raw_params: RawParams,
+    /// The common keys exactly as written (`retry`, `timeout`, …): rendered and typed
+    /// again when the step starts, so a value from `{{ env.X }}` is enforced too.
+    #[serde(skip)]
+    pub raw_common: RawParams,
     /// A stand-in for a step that failed to load (see `load::load_partial`); a plan with
     /// one never validates.
     #[serde(skip)]

@@ -35,6 +35,23 @@ pub fn step(
     Ok((rendered, kind))
 }
 
+/// A step's common keys (`retry`, `timeout`, …) rendered with everything in `context` and
+/// typed: what apply enforces, also when a value comes from `{{ env.X }}` or `{{ run.* }}`
+/// (the loader can only set those aside). An error names the key:
+/// "`timeout`: … (rendered from `{{ env.T }}`)".
+pub fn common(
+    templates: &Templates,
+    step: &StepDef,
+    context: &Value,
+) -> Result<super::model::Common, String> {
+    if step.raw_common.is_empty() {
+        return Ok(step.common.clone());
+    }
+    let written = step.raw_common.value();
+    let rendered = templates.render_value(&written, context)?;
+    typed(&written, rendered, true).map_err(|e| e.message())
+}
+
 #[derive(Debug)]
 pub enum ParamsError {
     UnknownType,

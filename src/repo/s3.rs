@@ -21,11 +21,93 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::AsyncReadExt as _;
 use tokio::io::AsyncWrite;
 use tokio::sync::mpsc;
 use tokio_util::sync::PollSender;
 
 pub const DEFAULT_PART_SIZE: usize = 16 * 1024 * 1024;
+/// How long a connection (TCP and TLS) may take to open.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an answer's first byte may take, from when the request starts; an upload's
+/// body is sent in that time too, so uploads get longer (see [`upload_timeouts`]).
+pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a request may take with all its attempts; longer for uploads.
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(120);
+/// The slowest upload before its attempt counts as hung: 256 KiB/s.
+const SLOWEST_UPLOAD_BYTES_PER_SEC: u64 = 256 * 1024;
+/// How long an answer's body may send nothing before the read fails.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Deadlines for every request, so that a store that accepts connections and never
+/// answers fails each request instead of hanging it (the SDK sets no read timeout by
+/// default): the connection, the answer's first byte, and the request with its retries.
+fn timeouts() -> aws_sdk_s3::config::timeout::TimeoutConfig {
+    aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(READ_TIMEOUT)
+        .operation_timeout(OPERATION_TIMEOUT)
+        .build()
+}
+
+/// [`timeouts`] for a request that sends `bytes`: its answer comes after the body is sent.
+fn upload_timeouts(bytes: u64) -> aws_sdk_s3::config::Builder {
+    let read = READ_TIMEOUT.max(Duration::from_secs(bytes / SLOWEST_UPLOAD_BYTES_PER_SEC));
+    aws_sdk_s3::config::Builder::default().timeout_config(
+        aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(read)
+            .operation_timeout(OPERATION_TIMEOUT.max(read * 4))
+            .build(),
+    )
+}
+
+/// A body reader that fails when the store sends nothing for [`STALL_TIMEOUT`]: the
+/// deadlines above end when an answer's first byte arrives, and a store may stop there.
+pub struct StallGuard<R> {
+    inner: R,
+    limit: Duration,
+    idle: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<R> StallGuard<R> {
+    pub fn new(inner: R, limit: Duration) -> StallGuard<R> {
+        StallGuard {
+            inner,
+            limit,
+            idle: Box::pin(tokio::time::sleep(limit)),
+        }
+    }
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for StallGuard<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                let deadline = tokio::time::Instant::now() + this.limit;
+                this.idle.as_mut().reset(deadline);
+                Poll::Ready(result)
+            }
+            Poll::Pending => match this.idle.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the store sent nothing for {}s in the middle of an answer",
+                        this.limit.as_secs()
+                    ),
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
 pub const DEFAULT_PARTS_IN_FLIGHT: usize = 2;
 /// Attempts per S3 request (the SDK retries 5xx, throttling, timeouts and dropped
 /// connections; never 403).
@@ -247,14 +329,16 @@ impl S3Store {
         if let Some(endpoint) = &options.endpoint {
             config = config.endpoint_url(endpoint);
         }
+        let part_size = options
+            .part_size
+            .unwrap_or(DEFAULT_PART_SIZE)
+            .max(5 * 1024 * 1024);
+        config = config.timeout_config(timeouts());
         Ok(S3Store {
             client: Client::from_conf(config.build()),
             bucket: bucket.to_string(),
             prefix: prefix.trim_matches('/').to_string(),
-            part_size: options
-                .part_size
-                .unwrap_or(DEFAULT_PART_SIZE)
-                .max(5 * 1024 * 1024),
+            part_size,
             parts_in_flight: DEFAULT_PARTS_IN_FLIGHT,
             sse: options.sse.clone(),
             checksums,
@@ -670,6 +754,7 @@ async fn upload_parts(
                 }
                 number += 1;
                 total += bytes.len() as u64;
+                let size = bytes.len() as u64;
                 let request = t
                     .client
                     .upload_part()
@@ -678,7 +763,9 @@ async fn upload_parts(
                     .upload_id(upload_id)
                     .part_number(number)
                     .set_checksum_algorithm(t.checksums.then_some(ChecksumAlgorithm::Crc32))
-                    .body(t.pool.body(bytes));
+                    .body(t.pool.body(bytes))
+                    .customize()
+                    .config_override(upload_timeouts(size));
                 let (n, key) = (number, t.key.clone());
                 running.spawn(async move {
                     let out = request
@@ -762,13 +849,17 @@ async fn put(
     body: impl Into<ByteStream>,
     sse: Option<&Sse>,
 ) -> io::Result<()> {
+    let body = body.into();
+    let size = body.size_hint().1.unwrap_or(MAX_SMALL_FILE);
     client
         .put_object()
         .bucket(bucket)
         .key(key)
         .set_server_side_encryption(sse.map(|s| s.algorithm.clone()))
         .set_ssekms_key_id(sse.and_then(|s| s.kms_key_id.clone()))
-        .body(body.into())
+        .body(body)
+        .customize()
+        .config_override(upload_timeouts(size))
         .send()
         .await
         .map_err(|e| sdk_error(&format!("putting {key}"), e))?;
@@ -820,12 +911,15 @@ impl S3Store {
             .bucket(&self.bucket)
             .key(key)
             .set_server_side_encryption(self.sse.as_ref().map(|s| s.algorithm.clone()))
-            .set_ssekms_key_id(self.sse.as_ref().and_then(|s| s.kms_key_id.clone()))
-            .body(ByteStream::from(body));
+            .set_ssekms_key_id(self.sse.as_ref().and_then(|s| s.kms_key_id.clone()));
+        let size = body.len() as u64;
         let request = match condition {
             PutCondition::Absent => request.if_none_match("*"),
             PutCondition::Matches(etag) => request.if_match(etag),
-        };
+        }
+        .body(ByteStream::from(body))
+        .customize()
+        .config_override(upload_timeouts(size));
         match request.send().await {
             Ok(out) => Ok(Some(out.e_tag().unwrap_or_default().to_string())),
             Err(e)
@@ -889,13 +983,19 @@ impl S3Store {
                 format!("{key} is larger than {} MiB", MAX_SMALL_FILE >> 20),
             ));
         }
-        let bytes = out
-            .body
-            .collect()
+        let mut bytes = Vec::new();
+        StallGuard::new(out.body.into_async_read(), STALL_TIMEOUT)
+            .take(MAX_SMALL_FILE + 1)
+            .read_to_end(&mut bytes)
             .await
-            .map_err(|e| s3_error(key, e))?
-            .into_bytes();
-        Ok(Some((bytes.to_vec(), etag)))
+            .map_err(|e| io::Error::new(e.kind(), format!("reading {key}: {e}")))?;
+        if bytes.len() as u64 > MAX_SMALL_FILE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{key} is larger than {} MiB", MAX_SMALL_FILE >> 20),
+            ));
+        }
+        Ok(Some((bytes, etag)))
     }
 }
 
@@ -988,7 +1088,10 @@ impl BackupStore for S3Store {
             .send()
             .await
             .map_err(|e| sdk_error(&format!("reading {key}"), e))?;
-        Ok(Box::pin(out.body.into_async_read()))
+        Ok(Box::pin(StallGuard::new(
+            out.body.into_async_read(),
+            STALL_TIMEOUT,
+        )))
     }
 
     async fn size(&self, backup_id: &str, name: &str) -> io::Result<u64> {

@@ -6,7 +6,7 @@ use super::retry::delay_after;
 use crate::exec::events::{Attempt, Event, Events, Outputs, StepStatus, Verdict};
 use crate::exec::{ErrorKind, StepContext, StepError};
 use crate::plan::ValidPlan;
-use crate::plan::model::{Condition, StepKind};
+use crate::plan::model::{Common, Condition, StepKind};
 use crate::plan::template::Templates;
 use crate::steps::StepRunner;
 use chrono::{DateTime, Utc};
@@ -18,6 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+
+/// How long a cancelled step may take beyond `--kill-grace` to stop before it is dropped.
+const STOP_MARGIN: Duration = Duration::from_secs(5);
 
 /// Identity of one run, available to templates as `run.*`.
 #[derive(Debug, Clone)]
@@ -156,6 +159,8 @@ pub async fn execute(
                 repo_strings.push(r.url.clone());
                 crate::plan::template::strings(&r.written.value(), &mut repo_strings);
             }
+            // The common keys (`timeout: "{{ env.T }}"`) are rendered when the step starts.
+            crate::plan::template::strings(&s.raw_common.value(), &mut repo_strings);
             crate::plan::template::reference_paths(
                 &s.raw_params.value(),
                 target_url
@@ -424,10 +429,26 @@ impl StepTask {
 
         let mut attempts = Vec::new();
         let prepared = match (self.prepare(), &self.opts.locks) {
-            (Ok((kind, ctx)), Some(locks)) => match locks.for_step(&kind, &ctx).await {
-                Ok(()) => Ok((kind, ctx)),
-                Err(e) => Err(e),
-            },
+            (Ok((kind, ctx, common)), Some(locks)) => {
+                // Taking a lock reads the repository (an S3 lease) or the target: the step's
+                // timeout and the run's cancellation bound it like the step's own work.
+                let timeout = common.timeout.map(|t| t.0);
+                let deadline = async {
+                    match timeout {
+                        Some(limit) => tokio::time::sleep(limit).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let taken = tokio::select! {
+                    r = locks.for_step(&kind, &ctx) => r,
+                    _ = deadline => Err(StepError::transient(format!(
+                        "timed out after {} while taking the run's locks",
+                        crate::plan::duration::format(timeout.unwrap_or_default())
+                    ))),
+                    _ = self.cancel.cancelled() => Err(StepError::cancelled()),
+                };
+                taken.map(|()| (kind, ctx, common))
+            }
             (prepared, _) => prepared,
         };
         let (status, outputs, error) = match prepared {
@@ -445,7 +466,7 @@ impl StepTask {
                 });
                 (StepStatus::Failed, Outputs::new(), Some(e.message))
             }
-            Ok((kind, ctx)) => self.attempts(&kind, ctx, &mut attempts).await,
+            Ok((kind, ctx, common)) => self.attempts(&kind, ctx, &common, &mut attempts).await,
         };
         self.events.emit(Event::StepFinished {
             step: id,
@@ -472,10 +493,13 @@ impl StepTask {
     }
 
     /// Renders the step's parameters and the targets it uses with the outputs known now.
-    fn prepare(&self) -> Result<(StepKind, StepContext), StepError> {
+    fn prepare(&self) -> Result<(StepKind, StepContext, Common), StepError> {
         let step = &self.plan.plan.steps[self.index];
         let redactor = self.events.redactor();
         let (rendered, kind) = crate::plan::resolve::step(&self.templates, step, &self.context)
+            .map_err(StepError::permanent)?;
+        // `retry` and `timeout` as they will be enforced: a value from `{{ env.X }}` too.
+        let common = crate::plan::resolve::common(&self.templates, step, &self.context)
             .map_err(StepError::permanent)?;
         let mut rendered_strings = Vec::new();
         crate::plan::template::strings(&rendered, &mut rendered_strings);
@@ -540,23 +564,24 @@ impl StepTask {
             events: self.events.clone(),
             cancel: self.cancel.child_token(),
             kill_grace: self.opts.kill_grace,
-            timeout: step.common.timeout.map(|t| t.0),
+            timeout: common.timeout.map(|t| t.0),
             run_id: self.opts.run.id.clone(),
             identities: self.opts.identities.clone(),
             ephemeral: self.opts.ephemeral.clone(),
         };
-        Ok((kind, ctx))
+        Ok((kind, ctx, common))
     }
 
     async fn attempts(
         &self,
         kind: &StepKind,
         ctx: StepContext,
+        common: &Common,
         attempts: &mut Vec<Attempt>,
     ) -> (StepStatus, Outputs, Option<String>) {
         let step = &self.plan.plan.steps[self.index];
-        let max = step.common.retry.as_ref().map_or(1, |r| r.attempts.max(1));
-        let timeout = step.common.timeout.map(|t| t.0);
+        let max = common.retry.as_ref().map_or(1, |r| r.attempts.max(1));
+        let timeout = common.timeout.map(|t| t.0);
         for number in 1..=max {
             let started_at = Utc::now();
             let clock = Instant::now();
@@ -567,21 +592,45 @@ impl StepTask {
             let result = {
                 let fut = self.runner.run(kind, &attempt_ctx);
                 tokio::pin!(fut);
-                match timeout {
-                    None => fut.await,
-                    Some(limit) => tokio::select! {
-                        r = &mut fut => r,
-                        _ = tokio::time::sleep(limit) => {
-                            // Let the step stop its children, then report the timeout.
-                            attempt_ctx.cancel.cancel();
-                            // The step may know more than "timed out" (what it was waiting for).
-                            let detail = match fut.await {
-                                Err(e) if e.kind != ErrorKind::Cancelled => format!(": {e}"),
-                                _ => String::new(),
-                            };
-                            Err(StepError::transient(format!("timed out after {}{detail}", crate::plan::duration::format(limit))))
+                let deadline = async {
+                    match timeout {
+                        Some(limit) => tokio::time::sleep(limit).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                // A step stops when its token is cancelled; one that does not (an await
+                // nothing cancels) is dropped after the grace its children get, which kills
+                // them, so that neither a timeout nor a signal can be outwaited.
+                let window = self.opts.kill_grace + STOP_MARGIN;
+                let abandoned = || {
+                    format!(
+                        "it did not stop within {} and was abandoned",
+                        crate::plan::duration::format(window)
+                    )
+                };
+                tokio::select! {
+                    r = &mut fut => r,
+                    _ = deadline => {
+                        let limit = timeout.unwrap_or_default();
+                        // Let the step stop its children, then report the timeout.
+                        attempt_ctx.cancel.cancel();
+                        // The step may know more than "timed out" (what it was waiting for).
+                        let detail = match tokio::time::timeout(window, &mut fut).await {
+                            Ok(Err(e)) if e.kind != ErrorKind::Cancelled => format!(": {e}"),
+                            Ok(_) => String::new(),
+                            Err(_) => format!("; {}", abandoned()),
+                        };
+                        Err(StepError::transient(format!("timed out after {}{detail}", crate::plan::duration::format(limit))))
+                    }
+                    _ = self.cancel.cancelled() => {
+                        match tokio::time::timeout(window, &mut fut).await {
+                            Ok(r) => r,
+                            Err(_) => Err(StepError {
+                                kind: ErrorKind::Cancelled,
+                                message: format!("cancelled; {}", abandoned()),
+                            }),
                         }
-                    },
+                    }
                 }
             };
             let duration_ms = clock.elapsed().as_millis() as u64;
@@ -631,8 +680,7 @@ impl StepTask {
                         };
                         return (StepStatus::Failed, Outputs::new(), Some(message));
                     }
-                    let retry = step
-                        .common
+                    let retry = common
                         .retry
                         .as_ref()
                         .expect("more than one attempt means retry is set");

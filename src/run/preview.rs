@@ -400,6 +400,18 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
         }
         let mut params = params;
         redactor.redact_json(&mut params);
+        // `retry` and `timeout` as apply will enforce them (from `{{ env.X }}` too); a
+        // value that will not parse is said now rather than when the step starts.
+        let common = match crate::plan::resolve::common(&templates, step, &context) {
+            Ok(c) => c,
+            Err(e) => {
+                // Under review modes the environment's values are placeholders.
+                if !input.untrusted && input.base.is_none() {
+                    warnings.push(redactor.redact(&format!("step `{}`: {e}", step.id())));
+                }
+                step.common.clone()
+            }
+        };
         steps_out.push(StepPreview {
             position: position + 1,
             id: step.id().to_string(),
@@ -408,7 +420,7 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
             params,
             needs: step.common.needs.clone(),
             condition: step.common.condition.as_str().to_string(),
-            retry: step.common.retry.as_ref().map(|r| {
+            retry: common.retry.as_ref().map(|r| {
                 let mut s = format!(
                     "{} attempts, {} {}",
                     r.attempts,
@@ -426,7 +438,7 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
                 }
                 s
             }),
-            timeout: step.common.timeout.map(|t| t.to_string()),
+            timeout: common.timeout.map(|t| t.to_string()),
             continue_on_error: step.common.continue_on_error,
             destructive,
             writes_target: kind.writes_target(),

@@ -735,3 +735,58 @@ fn the_nightly_alert_is_sent_when_the_backup_fails_and_later_steps_are_skipped()
         "{posted:?}"
     );
 }
+
+/// `timeout` and `retry` from `{{ env.X }}` are enforced like literal ones; a value that
+/// does not parse fails the step, naming the key.
+#[test]
+fn timeout_and_retry_delay_from_the_environment_are_enforced() {
+    let ws = Workspace::new();
+    let plan = r#"
+version: 1
+name: from-env
+steps:
+  - { id: slow, type: shell, command: "sleep 5", timeout: "{{ env.T }}" }
+  - id: flaky
+    type: shell
+    command: "test -f once || { touch once; exit 1; }"
+    retry: { attempts: 2, delay: "{{ env.D }}" }
+"#;
+    let run = ws.apply_env(
+        plan,
+        &["--log-format", "json"],
+        &[("T", "1s"), ("D", "1500ms")],
+    );
+    assert_eq!(run.status("slow"), "failed", "{}", run.stderr);
+    assert!(
+        run.step("slow")["reason"]
+            .as_str()
+            .unwrap()
+            .contains("timed out after 1s"),
+        "{}",
+        run.report
+    );
+    assert_eq!(run.status("flaky"), "succeeded", "{}", run.stderr);
+    let retry_in: Vec<u64> = run
+        .stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "attempt_failed")
+        .filter_map(|e| e["retry_in_ms"].as_u64())
+        .collect();
+    assert_eq!(retry_in, [1500], "{}", run.stderr);
+
+    std::fs::remove_file(ws.path("once")).unwrap();
+    let bad = ws.apply_env(plan, &[], &[("T", "garbage"), ("D", "-1")]);
+    assert_eq!(bad.code, 1, "{}", bad.stderr);
+    let slow = bad.step("slow")["reason"].as_str().unwrap().to_string();
+    assert!(
+        slow.contains("`timeout`") && slow.contains("garbage"),
+        "{slow}"
+    );
+    let flaky = bad.step("flaky")["reason"].as_str().unwrap().to_string();
+    assert!(flaky.contains("`retry.delay`"), "{flaky}");
+    assert!(
+        !ws.path("once").exists(),
+        "a step whose retry does not parse does not run"
+    );
+}

@@ -116,6 +116,11 @@ fn cases() -> Vec<Case> {
         "keep",
     ));
     out.push(case(
+        "continue_on_error from the environment",
+        with_step("{ id: a, type: shell, command: \"true\", continue_on_error: \"{{ env.C }}\" }"),
+        "`continue_on_error` must be known before the run",
+    ));
+    out.push(case(
         "keep.daily = x",
         with_step("{ id: a, type: prune, repository: r, keep: { daily: x } }"),
         "not a whole number",
@@ -863,4 +868,98 @@ fn a_base_preview_compares_what_would_be_contacted_not_the_text() {
         0,
         "the preview contacted the host the pull request's variables chose"
     );
+}
+
+/// Waits for `child` at most `limit`; kills it and fails the test if it is still running
+/// (a hang, which is what these tests are about: not how fast, but whether it ends).
+fn ends_within(mut child: std::process::Child, limit: std::time::Duration) -> std::process::Output {
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "still running after {limit:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// A store that accepts connections and never answers: `wal fetch --retry-for` gives up
+/// at its deadline (255, never "absent"), and in `apply` the step's timeout fires and a
+/// signal stops the run, each with its report written.
+#[test]
+fn a_silent_object_store_hangs_nothing() {
+    let ws = Workspace::new();
+    let (addr, hits) = trap();
+    let plan = |timeout: &str| {
+        ws.write_plan(&format!(
+            "version: 1\nname: silent\ntargets:\n  db: {{ url: \"postgres://u@127.0.0.1:1/db\" }}\nrepositories:\n  offsite: {{ url: \"s3://bucket/x\", endpoint: \"http://{addr}\", force_path_style: true, region: us-east-1 }}\nsteps:\n  - {{ id: backup, type: backup, target: db, repository: offsite{timeout} }}\n"
+        ))
+    };
+    let aws = [
+        ("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE"),
+        ("AWS_SECRET_ACCESS_KEY", "example-secret"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ];
+    let limit = std::time::Duration::from_secs(60);
+
+    let path = plan("");
+    let fetch = opsrunner()
+        .args(["wal", "fetch", "000000010000000000000001"])
+        .arg(ws.path("segment"))
+        .args(["--repository", "offsite", "--plan"])
+        .arg(&path)
+        .args(["--retry-for", "2s"])
+        .envs(aws)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = ends_within(fetch, limit);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(opsrunner::exit::WAL_UNREADABLE),
+        "{err}"
+    );
+    assert!(err.contains("did not answer in time"), "{err}");
+    assert!(hits.load(std::sync::atomic::Ordering::SeqCst) > 0);
+
+    let path = plan(", timeout: 2s");
+    let run = opsrunner()
+        .arg("apply")
+        .arg(&path)
+        .arg("--report")
+        .arg(ws.report_path())
+        .envs(aws)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = ends_within(run, limit);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("timed out after 2s"), "{err}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ws.report_path()).unwrap()).unwrap();
+    assert_eq!(report["status"], "failed", "{report}");
+
+    std::fs::remove_file(ws.report_path()).unwrap();
+    let path = plan("");
+    let env: Vec<(&str, &std::path::Path)> = aws
+        .iter()
+        .map(|(k, v)| (*k, std::path::Path::new(*v)))
+        .collect();
+    let child = ws.spawn_apply(&path, &[], &env);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = ends_within(child, limit);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ws.report_path()).unwrap()).unwrap();
+    assert_eq!(report["status"], "cancelled", "{report}");
 }
