@@ -449,9 +449,15 @@ async fn manifest_damaged(store: &AnyStore, backup: &str) -> bool {
 
 async fn scratch_is_free(ctx: &StepContext, target: &str, database: &str) -> Result<(), StepError> {
     let mut server = connect(ctx.target_url(target)?, None, &format!("target `{target}`")).await?;
-    let exists = db::exists(&mut server.conn, database).await;
+    // One of ours (an interrupted verify's, removed before the test restore) does not count.
+    let taken = match db::exists(&mut server.conn, database).await {
+        Ok(true) => is_scratch(&mut server.conn, database)
+            .await
+            .map(|ours| !ours),
+        other => other,
+    };
     let _ = server.conn.close().await;
-    if exists? {
+    if taken? {
         return Err(StepError::permanent(format!(
             "scratch database `{database}` already exists on target `{target}`; nothing was checked. verify only restores into a new database (e.g. `verify_{{{{ run.id }}}}`)"
         )));
@@ -560,6 +566,95 @@ fn tools_for(manifest: &Manifest) -> Result<(std::path::PathBuf, String), StepEr
     tool("pg_restore", manifest.pg_dump_major())
 }
 
+/// What a scratch database's comment starts with, from its creation until it is dropped:
+/// how a later verify recognises one that a killed run left behind.
+const SCRATCH_MARK: &str = "opsrunner verify scratch database";
+
+fn scratch_lock_key(database: &str) -> i64 {
+    use sha2::{Digest, Sha256};
+    let hash = Sha256::digest(format!("opsrunner verify\0{database}").as_bytes());
+    i64::from_be_bytes(hash[..8].try_into().expect("8 bytes"))
+}
+
+/// Takes the session lock of scratch database `database` if no other session holds it.
+async fn try_lock_scratch(
+    conn: &mut sqlx::PgConnection,
+    database: &str,
+) -> Result<bool, StepError> {
+    sqlx::query_scalar("select pg_try_advisory_lock($1)")
+        .bind(scratch_lock_key(database))
+        .fetch_one(conn)
+        .await
+        .map_err(|e| classify(&e, "cannot take the scratch database's lock"))
+}
+
+async fn unlock_scratch(conn: &mut sqlx::PgConnection, database: &str) {
+    let _ = sqlx::query("select pg_advisory_unlock($1)")
+        .bind(scratch_lock_key(database))
+        .execute(conn)
+        .await;
+}
+
+async fn mark_scratch(
+    conn: &mut sqlx::PgConnection,
+    database: &str,
+    run_id: &str,
+) -> Result<(), StepError> {
+    let comment = format!("{SCRATCH_MARK} (run {run_id}); dropped when the verify ends");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "comment on database {} is {}",
+        db::quote_ident(database),
+        quote_literal(&comment)
+    )))
+    .execute(conn)
+    .await
+    .map(|_| ())
+    .map_err(|e| classify(&e, "cannot mark the scratch database"))
+}
+
+fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// Whether `database` carries the scratch mark.
+async fn is_scratch(conn: &mut sqlx::PgConnection, database: &str) -> Result<bool, StepError> {
+    sqlx::query_scalar(
+        "select coalesce(pg_catalog.shobj_description(oid, 'pg_database') like $2, false)
+           from pg_catalog.pg_database where datname = $1",
+    )
+    .bind(database)
+    .bind(format!("{SCRATCH_MARK}%"))
+    .fetch_optional(conn)
+    .await
+    .map(|found| found.unwrap_or(false))
+    .map_err(|e| classify(&e, "cannot look up databases"))
+}
+
+/// Drops every scratch database on the server that carries the mark and that no running
+/// verify holds (its lock is free): what killed runs left, whatever they were called.
+/// Returns their names, for the log.
+async fn remove_left_scratch(conn: &mut sqlx::PgConnection) -> Result<Vec<String>, StepError> {
+    let marked: Vec<String> = sqlx::query_scalar(
+        "select datname::text from pg_catalog.pg_database
+          where pg_catalog.shobj_description(oid, 'pg_database') like $1 order by 1",
+    )
+    .bind(format!("{SCRATCH_MARK}%"))
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| classify(&e, "cannot look up databases"))?;
+    let mut removed = Vec::new();
+    for name in marked {
+        if !try_lock_scratch(conn, &name).await? {
+            continue;
+        }
+        let dropped = db::drop(conn, &name).await;
+        unlock_scratch(conn, &name).await;
+        dropped?;
+        removed.push(name);
+    }
+    Ok(removed)
+}
+
 /// Restores into a new scratch database, compares fingerprints, and drops it whatever
 /// happened. The outer result is the restore; the inner one the fingerprint comparison.
 async fn test_restore(
@@ -571,12 +666,27 @@ async fn test_restore(
     jobs: Option<u32>,
 ) -> Result<Result<String, String>, StepError> {
     let mut server = connect(ctx.target_url(target)?, None, &format!("target `{target}`")).await?;
+    // Held until the scratch database is dropped (or the connection closes, when the run
+    // is killed): what tells a scratch database in use from one left behind.
+    if !try_lock_scratch(&mut server.conn, database).await? {
+        return Err(StepError::transient(format!(
+            "another verify is using scratch database `{database}` on target `{target}`; nothing was checked"
+        )));
+    }
+    for leftover in remove_left_scratch(&mut server.conn).await? {
+        ctx.events.output(
+            &ctx.step_id,
+            Stream::Stdout,
+            format!("removed scratch database `{leftover}` on target `{target}`, left by an interrupted verify"),
+        );
+    }
     if db::exists(&mut server.conn, database).await? {
         return Err(StepError::permanent(format!(
             "scratch database `{database}` already exists on target `{target}`; verify only restores into a new database (e.g. `verify_{{{{ run.id }}}}`)"
         )));
     }
     db::create(&mut server.conn, database, None).await?;
+    mark_scratch(&mut server.conn, database, &ctx.run_id).await?;
     let into = server.info.with_database(database);
     let outcome = async {
         restore::restore(ctx, store, manifest, &into, server.major, jobs, true, None).await?;
@@ -603,6 +713,7 @@ async fn test_restore(
     if let Err(e) = db::drop(&mut server.conn, database).await {
         tracing::warn!("dropping scratch database {database}: {e}");
     }
+    unlock_scratch(&mut server.conn, database).await;
     let _ = server.conn.close().await;
     outcome
 }

@@ -503,3 +503,113 @@ fn a_table_the_server_refuses_fails_a_parallel_restore_and_replaces_nothing() {
     );
     assert_eq!(cluster.restore_leftovers(), "");
 }
+
+fn verify_plan(backup: &str, database: &str) -> String {
+    format!(
+        r#"
+version: 1
+name: verify
+targets:
+  db: {{ url: "{{{{ env.DATABASE_URL }}}}" }}
+repositories:
+  repo: {{ url: "file://./repo" }}
+steps:
+  - {{ id: verify, type: verify, repository: repo, backup: "{backup}", restore_into: {{ target: db, database: "{database}" }} }}
+"#
+    )
+}
+
+/// Waits until scratch database `name` (the first, when `name` ends in `%`) exists and
+/// holds a table; returns its name.
+fn wait_for_scratch(cluster: &Cluster, name: &str, deadline: Duration) -> String {
+    let started = Instant::now();
+    loop {
+        let found = cluster.psql(
+            "postgres",
+            &format!(
+                "select coalesce(min(datname), '') from pg_database where datname like '{name}'"
+            ),
+        );
+        if !found.is_empty()
+            && cluster.psql(
+                &found,
+                "select count(*) from pg_tables where schemaname = 'public'",
+            ) != "0"
+        {
+            return found;
+        }
+        assert!(
+            started.elapsed() < deadline,
+            "the test restore never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A verify killed mid-restore leaves its scratch database; the next verify recognises it
+/// as an interrupted verify's, removes it first and says so — with a fixed name (which
+/// would otherwise fail every later verify) and with a run-id name (which would pile up).
+/// A database that only happens to have a scratch name is never touched.
+#[test]
+fn a_killed_verify_leaves_a_scratch_database_the_next_one_removes() {
+    let cluster = clusters_with_precious(300_000);
+    let url = cluster.url("postgres");
+    let url_path = std::path::PathBuf::from(&url);
+    let ws = Workspace::new();
+    let id = backup(&ws, &url, "custom", "zstd");
+    for (scratch, like) in [
+        ("verify_scratch", "verify_scratch"),
+        ("verify_{{ run.id }}", "verify_2%"),
+    ] {
+        let plan = ws.write_plan(&verify_plan(&id, scratch));
+        let child = ws.spawn_apply(&plan, &[], &[("DATABASE_URL", url_path.as_path())]);
+        let left = wait_for_scratch(&cluster, like, Duration::from_secs(60));
+        let killed = ws.interrupt(child, libc::SIGKILL);
+        assert_eq!(killed.code, -1);
+        // Nothing is assumed about when the server notices the closed connection.
+        assert_eq!(
+            cluster.psql(
+                "postgres",
+                &format!("select count(*) from pg_database where datname = '{left}'")
+            ),
+            "1"
+        );
+        let next = ws.apply_env(&verify_plan(&id, scratch), &[], &[("DATABASE_URL", &url)]);
+        assert_eq!(next.code, 0, "{scratch}: {}", next.stderr);
+        assert!(
+            next.stderr.contains(&format!(
+                "removed scratch database `{left}` on target `db`, left by an interrupted verify"
+            )),
+            "{scratch}: {}",
+            next.stderr
+        );
+        assert_eq!(
+            cluster.psql(
+                "postgres",
+                "select count(*) from pg_database where datname like 'verify%'"
+            ),
+            "0",
+            "{scratch}"
+        );
+    }
+    // Someone's own database under the scratch name: refused, untouched.
+    cluster.psql("postgres", "create database verify_scratch");
+    let refused = ws.apply_env(
+        &verify_plan(&id, "verify_scratch"),
+        &[],
+        &[("DATABASE_URL", &url)],
+    );
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("already exists"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(
+        cluster.psql(
+            "postgres",
+            "select count(*) from pg_database where datname = 'verify_scratch'"
+        ),
+        "1"
+    );
+}
