@@ -67,6 +67,28 @@ pub async fn open_store(
         .map_err(Failure::from)
 }
 
+/// `opsrunner repo unlock`: removes the repository's lock left by a run that is not
+/// running any more; refused (exit 3) while its holder is alive.
+pub async fn unlock(repository: &str, plan_file: Option<&Path>) -> Result<String, Failure> {
+    use crate::repo::lease::{self, UnlockError, Unlocked};
+    let store = open_store(repository, plan_file).await?;
+    match lease::unlock(&store, crate::run::apply::lease_ttl()).await {
+        Ok(Unlocked::Free) => Ok(format!("{} is not locked\n", store.location())),
+        Ok(Unlocked::Removed(holder)) => Ok(format!(
+            "removed the lock of {} on {}\n",
+            holder.map_or_else(|| "an unreadable holder".to_string(), |h| h.describe()),
+            store.location()
+        )),
+        Err(e @ UnlockError::Alive(_)) => {
+            Err(Failure::Refused(format!("{}: {e}", store.location())))
+        }
+        Err(UnlockError::Io(e)) => Err(Failure::Io(format!(
+            "the lock of {}: {e}",
+            store.location()
+        ))),
+    }
+}
+
 /// One backup for `--json`: the manifest with its verification, or the reason it is damaged.
 #[derive(Serialize)]
 #[serde(untagged)]

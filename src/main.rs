@@ -191,6 +191,11 @@ enum Command {
         #[command(subcommand)]
         command: ScheduleCommand,
     },
+    /// A repository itself: its lock.
+    Repo {
+        #[command(subcommand)]
+        command: RepoCommand,
+    },
     /// PostgreSQL's WAL archive: `archive_command` (push) and `restore_command` (fetch).
     Wal {
         #[command(subcommand)]
@@ -380,6 +385,20 @@ cannot be read."
 }
 
 #[derive(Subcommand)]
+enum RepoCommand {
+    /// Remove the lock (local) or lease (S3) a run holds on the repository, when that run
+    /// is not running any more; refused (exit 3) while its holder is alive.
+    Unlock {
+        /// A repository URL (file:///var/backups) or the name of one declared in --plan.
+        #[arg(long, value_name = "URL|NAME")]
+        repository: String,
+        /// The plan that declares the repository named by --repository.
+        #[arg(long, value_name = "FILE")]
+        plan: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum RunsCommand {
     /// The kept runs, newest first: id, plan, status, start, duration, failed steps.
     List {
@@ -544,6 +563,12 @@ fn main() {
             }
             RunsCommand::Show { id, json } => opsrunner::runs::show(&id, json),
         },
+        Command::Repo {
+            command: RepoCommand::Unlock { repository, plan },
+        } => {
+            let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
+            runtime.block_on(backups::unlock(&repository, plan.as_deref()))
+        }
         Command::Backups { command } => {
             let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
             runtime.block_on(async {

@@ -48,6 +48,9 @@ pub struct Holder {
     /// tell whether the holder's pid is still alive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process_space: Option<String>,
+    /// S3 leases: the time to live the holder renews within, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
 }
 
 impl Holder {
@@ -62,6 +65,7 @@ impl Holder {
             expires_at: None,
             released: false,
             process_space: process_space(),
+            ttl_secs: None,
         }
     }
 
@@ -91,6 +95,14 @@ impl Holder {
         self.released || self.expires_at.is_some_and(|t| t < now) || self.holder_is_gone()
     }
 
+    /// The longest this lease may live after the store last wrote it, whatever its
+    /// `expires_at` says (a clock gone wrong, or a forged 2036): the holder's time to live,
+    /// at most [`MAX_TTL`]; `ttl` (the reader's) when the holder did not record one.
+    fn life(&self, ttl: Duration) -> Duration {
+        self.ttl_secs
+            .map_or(ttl, |s| Duration::from_secs(s).clamp(MIN_TTL, MAX_TTL))
+    }
+
     fn holder_is_gone(&self) -> bool {
         let Some(space) = &self.process_space else {
             return false;
@@ -102,6 +114,53 @@ impl Holder {
         let rc = unsafe { libc::kill(self.pid as i32, 0) };
         rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
     }
+}
+
+/// The shortest and the longest time to live a lease may have.
+pub const MIN_TTL: Duration = Duration::from_secs(3);
+pub const MAX_TTL: Duration = Duration::from_secs(3600);
+/// The most a lease object may hold: a holder's record is a few hundred bytes.
+const MAX_LEASE_BYTES: u64 = 64 * 1024;
+
+/// A lease object as found in the store: its holder (`None`: unreadable — garbage, empty,
+/// too large, a newer opsrunner's format), its ETag and when the store last wrote it.
+struct Found {
+    holder: Option<Holder>,
+    etag: String,
+    written: Option<DateTime<Utc>>,
+}
+
+impl Found {
+    /// When the lease lapses at the latest: the store's time of its last write plus its
+    /// life (see [`Holder::life`]). An unreadable lease lapses the same way, after the
+    /// reader's `ttl`: a holder that is alive rewrites it every third of that.
+    fn lapses_at(&self, ttl: Duration) -> Option<DateTime<Utc>> {
+        let life = self.holder.as_ref().map_or(ttl, |h| h.life(ttl));
+        let written = self.written?;
+        let by_write = written + chrono::Duration::from_std(life).ok()?;
+        Some(match self.holder.as_ref().and_then(|h| h.expires_at) {
+            Some(expires) => expires.min(by_write),
+            None => by_write,
+        })
+    }
+
+    fn lapsed(&self, now: DateTime<Utc>, ttl: Duration) -> bool {
+        self.holder.as_ref().is_some_and(|h| h.lapsed(now))
+            || self.lapses_at(ttl).is_some_and(|t| t < now)
+    }
+}
+
+async fn read_lease(store: &S3Store, key: &str) -> io::Result<Option<Found>> {
+    Ok(store
+        .get_bounded(key, MAX_LEASE_BYTES)
+        .await?
+        .map(|object| Found {
+            holder: object
+                .bytes
+                .and_then(|b| serde_json::from_slice::<Holder>(&b).ok()),
+            etag: object.etag,
+            written: object.written,
+        }))
 }
 
 /// This boot of this machine and this process's pid namespace, when Linux says: two
@@ -245,6 +304,7 @@ async fn s3_try(
         let record = Holder {
             expires_at: Some(now + ttl),
             released: false,
+            ttl_secs: Some(ttl.as_secs()),
             ..me.clone()
         };
         let body = serde_json::to_vec_pretty(&record).map_err(io::Error::other)?;
@@ -256,18 +316,16 @@ async fn s3_try(
                 store, key, record, etag, ttl, on_lost,
             )));
         }
-        let Some((bytes, etag)) = store.get_with_etag(&key).await? else {
+        let Some(found) = read_lease(store, &key).await? else {
             continue;
         };
-        // An unreadable lease is not taken over: it may be a newer opsrunner's.
-        let Ok(holder) = serde_json::from_slice::<Holder>(&bytes) else {
-            return Ok(Attempt::Busy(None));
-        };
-        if !holder.lapsed(now) {
-            return Ok(Attempt::Busy(Some(holder)));
+        // An unreadable lease (it may be a newer opsrunner's) lapses like any other: after
+        // its life since the store last wrote it, which a living holder keeps renewing.
+        if !found.lapsed(now, ttl) {
+            return Ok(Attempt::Busy(found.holder));
         }
         if let Some(etag) = store
-            .put_if(&key, body, PutCondition::Matches(&etag))
+            .put_if(&key, body, PutCondition::Matches(&found.etag))
             .await?
         {
             return Ok(Attempt::Held(s3_lease(
@@ -398,6 +456,93 @@ impl Lease {
                     return Ok(());
                 }
                 store.delete_if(&key, &etag).await.map(|_| ())
+            }
+        }
+    }
+}
+
+/// What `opsrunner repo unlock` did.
+pub enum Unlocked {
+    /// There was no lock to remove.
+    Free,
+    /// The lock of this holder (`None`: unreadable) was removed.
+    Removed(Option<Holder>),
+}
+
+/// Why `opsrunner repo unlock` removed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum UnlockError {
+    #[error(
+        "the repository is locked by {0}, which is alive; nothing was removed. Stop that run, or wait for it"
+    )]
+    Alive(String),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// Breaks a repository's lock by hand, refusing while its holder is alive: for a local
+/// repository while the holder's process holds the file lock (the kernel knows); for S3
+/// while the lease is renewed within its time to live, or its holder's process is known
+/// to be alive on this machine.
+pub async fn unlock(store: &AnyStore, ttl: Duration) -> Result<Unlocked, UnlockError> {
+    match store {
+        AnyStore::Local(l) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let path = l.root().join(LOCAL_LOCK_NAME);
+            let file = match std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)
+            {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Unlocked::Free),
+                Err(e) => return Err(e.into()),
+            };
+            let holder: Option<Holder> = std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            match file.try_lock() {
+                Ok(()) => {
+                    std::fs::remove_file(&path)?;
+                    file.unlock()?;
+                    Ok(Unlocked::Removed(holder))
+                }
+                Err(std::fs::TryLockError::WouldBlock) => Err(UnlockError::Alive(
+                    holder.map_or_else(|| "a running process".to_string(), |h| h.describe()),
+                )),
+                Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
+            }
+        }
+        AnyStore::S3(s) => {
+            let key = s.root_key(S3_LEASE_NAME);
+            let Some(found) = read_lease(s, &key).await? else {
+                return Ok(Unlocked::Free);
+            };
+            let now = Utc::now();
+            if !found.lapsed(now, ttl) {
+                let who = found.holder.as_ref().map_or_else(
+                    || "a lease that cannot be read".to_string(),
+                    |h| h.describe(),
+                );
+                let until = found
+                    .lapses_at(ttl)
+                    .map(|t| {
+                        format!(
+                            " (renewed; it lapses by {} unless renewed again)",
+                            t.format("%Y-%m-%d %H:%M:%S UTC")
+                        )
+                    })
+                    .unwrap_or_default();
+                return Err(UnlockError::Alive(format!("{who}{until}")));
+            }
+            if s.delete_if(&key, &found.etag).await? {
+                Ok(Unlocked::Removed(found.holder))
+            } else {
+                // Replaced or removed since it was read: someone else acted first.
+                Err(UnlockError::Alive(
+                    "a run that renewed or took the lease just now".to_string(),
+                ))
             }
         }
     }

@@ -63,6 +63,15 @@ fn upload_timeouts(bytes: u64) -> aws_sdk_s3::config::Builder {
     )
 }
 
+/// What [`S3Store::get_bounded`] read.
+pub struct Bounded {
+    /// `None`: larger than the limit.
+    pub bytes: Option<Vec<u8>>,
+    pub etag: String,
+    /// When the store last wrote the object, by its clock.
+    pub written: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 /// A body reader that fails when the store sends nothing for [`STALL_TIMEOUT`]: the
 /// deadlines above end when an answer's first byte arrives, and a store may stop there.
 pub struct StallGuard<R> {
@@ -957,6 +966,39 @@ impl S3Store {
             }
             Err(e) => Err(sdk_error(&format!("deleting {key}"), e)),
         }
+    }
+
+    /// An object of at most `limit` bytes with its ETag and when the store last wrote it
+    /// (the store's clock, which a writer cannot choose); the bytes are `None` when the
+    /// object is larger (they are not read). `None` when there is no object.
+    pub async fn get_bounded(&self, key: &str, limit: u64) -> io::Result<Option<Bounded>> {
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(o) => o,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
+            Err(e) => return Err(sdk_error(&format!("reading {key}"), e)),
+        };
+        let etag = out.e_tag().unwrap_or_default().to_string();
+        let written = out
+            .last_modified()
+            .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos()));
+        let mut bytes = Vec::new();
+        StallGuard::new(out.body.into_async_read(), STALL_TIMEOUT)
+            .take(limit + 1)
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|e| io::Error::new(e.kind(), format!("reading {key}: {e}")))?;
+        Ok(Some(Bounded {
+            bytes: (bytes.len() as u64 <= limit).then_some(bytes),
+            etag,
+            written,
+        }))
     }
 
     /// A small object and its ETag, `None` when there is none.

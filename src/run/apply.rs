@@ -315,12 +315,13 @@ async fn write_metrics(
 
 /// How long an S3 lease lasts without renewal: `OPSRUNNER_LEASE_TTL` (a duration such as
 /// `90s`), by default one minute. A dead holder's lease is taken over after this long.
-fn lease_ttl() -> Duration {
+pub fn lease_ttl() -> Duration {
+    use crate::repo::lease::{DEFAULT_TTL, MAX_TTL, MIN_TTL};
     std::env::var("OPSRUNNER_LEASE_TTL")
         .ok()
         .and_then(|v| crate::plan::duration::parse(&v).ok())
-        .filter(|d| *d >= Duration::from_secs(3))
-        .unwrap_or(crate::repo::lease::DEFAULT_TTL)
+        .filter(|d| (MIN_TTL..=MAX_TTL).contains(d))
+        .unwrap_or(DEFAULT_TTL)
 }
 
 /// Starts a cluster for every ephemeral target some step uses, all at once.

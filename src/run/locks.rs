@@ -182,7 +182,7 @@ impl Locks {
                 return Err(StepError {
                     kind: ErrorKind::Refused,
                     message: format!(
-                        "{what} is locked by another run{waited}: {holder}. Nothing was written; run again when it has finished, or pass --wait-lock DURATION to wait for it"
+                        "{what} is locked by another run{waited}: {holder}. Nothing was written; run again when it has finished, or pass --wait-lock DURATION to wait for it; if that run is not running any more, `opsrunner repo unlock` removes its lock (it refuses while the holder is alive)"
                     ),
                 });
             }

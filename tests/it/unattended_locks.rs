@@ -355,11 +355,120 @@ fn plant(root: &Path, key: &str, body: &str) {
         }
         out
     }
-    std::fs::write(root.join(crate::s3::BUCKET).join(key), body).unwrap();
+    let path = root.join(crate::s3::BUCKET).join(key);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, body).unwrap();
     let info = root.join(format!(
         ".bucket-{}.object-{}.internal.json",
         b64(crate::s3::BUCKET),
         b64(key)
     ));
     let _ = std::fs::remove_file(info);
+}
+
+/// An S3 lease nobody can read (garbage, empty, another shape, 50 MB) or whose expiry is
+/// forged (2036) lapses like any other: its time to live after the store last wrote it.
+/// `opsrunner repo unlock` breaks a dead holder's lock by hand and refuses a living one's.
+#[test]
+fn unreadable_and_forged_s3_leases_lapse_and_repo_unlock_refuses_a_living_holder() {
+    let cluster = cluster();
+    let ws = Workspace::new();
+    let root = ws.path("s3");
+    let server = crate::s3::S3Server::start(&root);
+    let repository = format!(
+        "{{ url: \"s3://{}/app\", endpoint: \"{}\", force_path_style: true }}",
+        crate::s3::BUCKET,
+        server.endpoint
+    );
+    ws.write_plan(&backup_plan(&repository, "true"));
+    let mut env: Vec<(&str, String)> = crate::s3::aws_env();
+    env.push(("DATABASE_URL", cluster.url("postgres")));
+    env.push(("OPSRUNNER_LEASE_TTL", "3s".into()));
+    let forged = |ttl: Option<u64>| {
+        let mut v = serde_json::json!({
+            "run_id": "20261125_020000_abcdef",
+            "plan": "nightly",
+            "host": "db-replica-2",
+            "pid": 4242,
+            "started_at": "2026-11-25T02:00:00Z",
+            "expires_at": "2036-01-01T00:00:00Z",
+            "process_space": "another-machine",
+        });
+        if let Some(t) = ttl {
+            v["ttl_secs"] = t.into();
+        }
+        v.to_string()
+    };
+    let bodies = [
+        ("garbage", "not a lease at all".to_string()),
+        ("empty", String::new()),
+        (
+            "another shape",
+            "{\"run_id\": 7, \"expires_at\": \"soon\"}".to_string(),
+        ),
+        ("50 MB", "x".repeat(50 << 20)),
+        ("a forged expiry", forged(None)),
+        ("a forged expiry with a time to live", forged(Some(4))),
+    ];
+    for (what, body) in bodies {
+        plant(&root, "app/.opsrunner.lease", &body);
+        let planted = std::time::Instant::now();
+        let run = finish(&ws, "b", spawn(&ws, "b", &["--wait-lock", "40s"], &env));
+        assert_eq!(run.code, 0, "{what}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("is free; locked it"),
+            "{what}: {}",
+            run.stderr
+        );
+        // Not before it lapsed: it was waited for.
+        assert!(planted.elapsed() >= Duration::from_secs(2), "{what}");
+    }
+
+    // By hand: refused while the lease is being renewed, removed once its holder is gone.
+    let run_unlock = || {
+        crate::common::run(
+            opsrunner()
+                .args(["repo", "unlock", "--repository", "backups", "--plan"])
+                .arg(ws.path("plan.yaml"))
+                .envs(env.iter().map(|(k, v)| (*k, v.as_str()))),
+        )
+    };
+    plant(&root, "app/.opsrunner.lease", &forged(Some(3)));
+    let (code, out, err) = run_unlock();
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(
+        err.contains("db-replica-2 (pid 4242)") && err.contains("alive"),
+        "{err}"
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let (code, out, err) = run_unlock();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("removed the lock of run 20261125_020000_abcdef"),
+        "{out}"
+    );
+    let (code, out, _) = run_unlock();
+    assert_eq!(code, 0);
+    assert!(out.contains("is not locked"), "{out}");
+
+    // A local repository: the kernel knows whether the holder lives.
+    let repo = ws.path("local");
+    ws.write_plan(&backup_plan(
+        &format!("{{ url: \"file://{}\" }}", repo.display()),
+        "sleep 60",
+    ));
+    let a = spawn(&ws, "a", &[], &env);
+    let pid = a.id();
+    wait_until("the run to hold the repository", || {
+        ws.path(&format!("held-{pid}")).exists()
+    });
+    let (code, _, err) = run_unlock();
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains(&format!("(pid {pid})")), "{err}");
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let _ = finish(&ws, "a", a);
+    let (code, out, err) = run_unlock();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("(pid {pid})")), "{out}");
+    assert!(!repo.join(".opsrunner.lock").exists());
 }
