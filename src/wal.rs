@@ -127,15 +127,7 @@ pub async fn fetch(
             }
         }
     };
-    let original = wal::decode(name, &object, options.identities)
-        .await
-        .map_err(|e| Failure::WalUnreadable(format!("wal fetch: {e}")))?;
-    write_new(dest, &original).map_err(|e| {
-        Failure::WalUnreadable(format!(
-            "wal fetch {name}: cannot write {}: {e}",
-            dest.display()
-        ))
-    })?;
+    write_new(name, dest, &object, options.identities).await?;
     Ok(String::new())
 }
 
@@ -161,23 +153,44 @@ fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Writes `DEST` whole or not at all: PostgreSQL must never read half a segment.
-fn write_new(dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let name = dest
+/// Writes the original of archived `object` to `DEST` whole or not at all: decompressed
+/// straight into a temporary file beside it (memory stays that of the stored bytes),
+/// checked, flushed to disk, then renamed into place. PostgreSQL never reads half a
+/// segment, nor one whose hash did not match.
+async fn write_new(
+    name: &str,
+    dest: &Path,
+    object: &[u8],
+    identities: Option<&Identities>,
+) -> Result<(), Failure> {
+    let file_name = dest
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dest.with_file_name(format!(".{name}.opsrunner.{}", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
+    let tmp = dest.with_file_name(format!(".{file_name}.opsrunner.{}", std::process::id()));
+    let cannot_write = |e: std::io::Error| {
+        Failure::WalUnreadable(format!(
+            "wal fetch {name}: cannot write {}: {e}",
+            dest.display()
+        ))
+    };
+    let result = async {
+        let mut file = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, dest)
-    })();
+            .open(&tmp)
+            .await
+            .map_err(cannot_write)?;
+        wal::decode_to(name, object, identities, &mut file)
+            .await
+            .map_err(|e| match e {
+                WalError::Unavailable(io) => cannot_write(io),
+                other => Failure::WalUnreadable(format!("wal fetch: {other}")),
+            })?;
+        file.sync_all().await.map_err(cannot_write)?;
+        tokio::fs::rename(&tmp, dest).await.map_err(cannot_write)
+    }
+    .await;
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

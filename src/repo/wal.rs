@@ -179,12 +179,43 @@ pub fn parse<'a>(name: &str, object: &'a [u8]) -> Result<(Header, &'a [u8]), Wal
     Ok((header, &rest[end + 1..]))
 }
 
-/// The original bytes of an archived object, every size and hash checked.
+/// The most an original of this kind may be: a segment (or its `.partial`) at most 1 GiB
+/// (`--wal-segsize`); a history, `.backup` or `.mark` file is a few lines.
+fn max_original(name: &str) -> u64 {
+    if name.len() == 24 || name.ends_with(".partial") {
+        MAX_FILE
+    } else {
+        MAX_SMALL_ORIGINAL
+    }
+}
+
+/// The most a history, `.backup` or `.mark` file may hold.
+const MAX_SMALL_ORIGINAL: u64 = 16 << 20;
+
+/// The original bytes of an archived object, every size and hash checked; for the small
+/// files (history, marks). A segment is written out with [`decode_to`].
 pub async fn decode(
     name: &str,
     object: &[u8],
     identities: Option<&Identities>,
 ) -> Result<Vec<u8>, WalError> {
+    let mut original = Vec::new();
+    decode_to(name, object, identities, &mut original).await?;
+    Ok(original)
+}
+
+/// Writes the original bytes of an archived object to `out` as they are decompressed, at
+/// most the size its header records (and never more than its kind may be: a hostile
+/// object that decompresses without end — a zstd bomb — is cut off there, and memory
+/// stays that of the stored bytes), then checks size and SHA-256. Whoever reads `out`
+/// must wait for `Ok`: on an error it holds a prefix that is not to be trusted.
+pub async fn decode_to<W: tokio::io::AsyncWrite + Unpin>(
+    name: &str,
+    object: &[u8],
+    identities: Option<&Identities>,
+    mut out: W,
+) -> Result<(), WalError> {
+    use tokio::io::AsyncWriteExt;
     let (header, stored) = parse(name, object)?;
     let damaged =
         |why: String| WalError::Damaged(format!("{name} in the archive is damaged: {why}"));
@@ -197,6 +228,13 @@ pub async fn decode(
             header.stored_size
         )));
     }
+    if header.size > max_original(name) {
+        return Err(damaged(format!(
+            "its header records {} bytes, more than a file of its kind holds ({})",
+            header.size,
+            max_original(name)
+        )));
+    }
     let compression = Compression::parse(&header.compression).map_err(damaged)?;
     let compressed = if header.encrypted {
         let Some(ids) = identities else {
@@ -204,12 +242,15 @@ pub async fn decode(
                 "{name} is encrypted: give the age identity with --identity or OPSRUNNER_AGE_IDENTITY_FILE"
             )));
         };
-        let mut reader = ids
+        let reader = ids
             .decrypt(std::io::Cursor::new(stored.to_vec()), name, &[])
             .await
             .map_err(|e| WalError::Damaged(format!("{name}: {e}")))?;
+        // Bounded: age adds a few bytes per 64 KiB chunk, so the plaintext is smaller than
+        // the stored bytes.
         let mut out = Vec::new();
         reader
+            .take(stored.len() as u64 + 1)
             .read_to_end(&mut out)
             .await
             .map_err(|e| WalError::Damaged(format!("{name}: {e}")))?;
@@ -217,21 +258,36 @@ pub async fn decode(
     } else {
         stored.to_vec()
     };
-    let mut original = Vec::new();
-    compression
-        .decoder(&compressed[..])
-        .take(MAX_FILE + 1)
-        .read_to_end(&mut original)
-        .await
-        .map_err(|e| damaged(format!("cannot decompress: {e}")))?;
-    if original.len() as u64 != header.size || hex(&Sha256::digest(&original)) != header.sha256 {
+    let mut decoder = compression.decoder(&compressed[..]).take(header.size + 1);
+    let mut hasher = Sha256::new();
+    let mut written = 0u64;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = decoder
+            .read(&mut buf)
+            .await
+            .map_err(|e| damaged(format!("cannot decompress: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        written += n as u64;
+        if written > header.size {
+            return Err(damaged(format!(
+                "it decompresses to more than the {} bytes its header records",
+                header.size
+            )));
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n]).await?;
+    }
+    out.flush().await?;
+    if written != header.size || hex(&hasher.finalize()) != header.sha256 {
         return Err(damaged(format!(
-            "the restored {} bytes do not match the {} bytes and SHA-256 its header records",
-            original.len(),
+            "the restored {written} bytes do not match the {} bytes and SHA-256 its header records",
             header.size
         )));
     }
-    Ok(original)
+    Ok(())
 }
 
 /// Stores an encoded object under `name`, unless one is there: then the two originals'
@@ -516,6 +572,80 @@ mod local {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Counts what is written and keeps nothing: the most a decode hands on.
+    #[derive(Default)]
+    struct Counting(u64);
+
+    impl tokio::io::AsyncWrite for Counting {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            self.0 += buf.len() as u64;
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// An object whose header says `size` while its stored bytes decompress to 64 MiB.
+    async fn bomb(name: &str, size: u64) -> Vec<u8> {
+        let zeros = vec![0u8; 64 << 20];
+        let honest = encode(name, &zeros, Compression::parse("zstd").unwrap(), None)
+            .await
+            .unwrap();
+        let (mut header, stored) = parse(name, &honest).unwrap();
+        header.size = size;
+        let mut out = MAGIC.to_vec();
+        out.extend(serde_json::to_vec(&header).unwrap());
+        out.push(b'\n');
+        out.extend(stored);
+        out
+    }
+
+    #[tokio::test]
+    async fn a_decompression_bomb_is_cut_off_at_the_size_its_header_records() {
+        let name = "000000010000000000000001";
+        let object = bomb(name, 4096).await;
+        assert!(object.len() < 1 << 20, "{} stored bytes", object.len());
+        let mut out = Counting::default();
+        let e = decode_to(name, &object, None, &mut out).await.unwrap_err();
+        assert!(e.to_string().contains("decompresses to more than"), "{e}");
+        assert!(out.0 <= 4096, "{} bytes handed on", out.0);
+        // A header that claims more than a file of its kind holds is refused outright.
+        let history = "00000002.history";
+        let e = decode(history, &bomb(history, 64 << 20).await, None)
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("more than a file of its kind"),
+            "{e}"
+        );
+        let e = decode(name, &bomb(name, 2 << 30).await, None)
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("more than a file of its kind"),
+            "{e}"
+        );
+        // The honest object still comes back whole.
+        let honest = bomb(name, 64 << 20).await;
+        let mut out = Counting::default();
+        decode_to(name, &honest, None, &mut out).await.unwrap();
+        assert_eq!(out.0, 64 << 20);
+    }
 
     #[test]
     fn names_are_those_postgresql_archives() {
