@@ -12,9 +12,16 @@ pub fn write(path: &Path, contents: &[u8]) -> io::Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp.{}", std::process::id()));
-    std::fs::write(&tmp, contents)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })
+    // Flushed before the rename: a crash (or a full disk found only at flush time) never
+    // leaves a half-written file under the real name.
+    let written = (|| {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    written.inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
 }

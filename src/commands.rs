@@ -303,6 +303,43 @@ pub fn plan(args: &PlanArgs, output: &PlanOutput<'_>) -> Result<String, Failure>
     Ok(shown)
 }
 
+/// Whether an output file (`--report`, `--junit`, `--metrics`) can be written, checked
+/// before the run: its directory exists and takes a new file (a file is made there and
+/// removed again), and the path is not a directory or another non-file.
+fn check_output(flag: &str, path: &Path) -> Result<(), Failure> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(Failure::Usage(format!(
+            "{flag}: directory {} does not exist",
+            dir.display()
+        )));
+    }
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        return Err(Failure::Usage(format!(
+            "{flag}: {} is a directory (or another non-file); name a file",
+            path.display()
+        )));
+    }
+    let probe = dir.join(format!(".opsrunner-probe.{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => Err(Failure::Usage(format!(
+            "{flag}: cannot write into {}: {e}",
+            dir.display()
+        ))),
+    }
+}
+
 fn write_atomically(path: &Path, text: &str) -> Result<(), Failure> {
     crate::atomic::write(path, text.as_bytes())
         .map_err(|e| Failure::Io(format!("cannot write {}: {e}", path.display())))
@@ -388,32 +425,23 @@ pub async fn apply(mut args: ApplyArgs) -> Result<(), Failure> {
     for secret in identities.iter().flat_map(|i| i.secret_texts()) {
         p.redactor.add(secret);
     }
-    // Finding out after an hour-long run that the report cannot be written helps nobody.
-    if let Some(dir) = args.report.as_deref().and_then(Path::parent)
-        && !dir.as_os_str().is_empty()
-        && !dir.is_dir()
-    {
-        return Err(Failure::Usage(format!(
-            "--report: directory {} does not exist",
-            dir.display()
-        )));
-    }
-    if let Some(path) = args.report.as_deref()
-        && std::fs::metadata(path).is_ok_and(|m| !m.is_file())
-    {
-        return Err(Failure::Usage(format!(
-            "--report: {} is a directory (or another non-file); name a file",
-            path.display()
-        )));
-    }
-    for (flag, path) in [("--metrics", &args.metrics), ("--junit", &args.junit)] {
-        if let Some(dir) = path.as_deref().and_then(Path::parent)
-            && !dir.as_os_str().is_empty()
-            && !dir.is_dir()
+    // Finding out after an hour-long run that an output cannot be written helps nobody:
+    // every output asked for is checked the same way before anything runs.
+    let outputs = [
+        ("--report", args.report.as_deref()),
+        ("--junit", args.junit.as_deref()),
+        ("--metrics", args.metrics.as_deref()),
+    ];
+    for (i, (flag, path)) in outputs.iter().enumerate() {
+        let Some(path) = path else { continue };
+        check_output(flag, path)?;
+        if let Some((other, _)) = outputs[..i]
+            .iter()
+            .find(|(_, p)| p.is_some_and(|p| p == *path))
         {
             return Err(Failure::Usage(format!(
-                "{flag}: directory {} does not exist",
-                dir.display()
+                "{other} and {flag} name the same file {}; give each its own",
+                path.display()
             )));
         }
     }

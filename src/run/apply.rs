@@ -98,7 +98,9 @@ pub async fn run(
     };
     // Every run is kept in the history; a history that cannot be written does not fail a
     // run that did its work, but says so.
-    let write_report = |report: &report::RunReport| -> Result<(), Failure> {
+    // The outputs asked for (--report, --junit, --metrics) follow one rule: each is tried,
+    // and any that could not be written fails the command (see `written`).
+    let write_report = |report: &report::RunReport, metrics: Result<(), String>| {
         if report.mode == Mode::Apply
             && let Some(history) = &history
             && let Err(e) = history.record(report)
@@ -108,24 +110,29 @@ pub async fn run(
                 history.dir().display()
             );
         }
-        if let Some(path) = &o.junit {
-            crate::atomic::write(path, crate::run::junit::render(report).as_bytes()).map_err(
-                |e| Failure::Io(format!("cannot write JUnit report {}: {e}", path.display())),
-            )?;
+        let mut errors: Vec<String> = metrics.err().into_iter().collect();
+        if let Some(path) = &o.junit
+            && let Err(e) = crate::atomic::write(path, crate::run::junit::render(report).as_bytes())
+        {
+            errors.push(format!("cannot write JUnit report {}: {e}", path.display()));
         }
-        match &o.report {
-            Some(path) => report::write(report, path)
-                .map_err(|e| Failure::Io(format!("cannot write report {}: {e}", path.display()))),
-            None => Ok(()),
+        if let Some(path) = &o.report
+            && let Err(e) = report::write(report, path)
+        {
+            errors.push(format!("cannot write report {}: {e}", path.display()));
         }
+        errors
     };
     if let Err(message) = guard(&plan, &source.base_dir(), &o.confirm) {
         let mut builder = new_builder(Mode::Apply);
         builder.not_started(RunStatus::Refused, message.clone());
         let report = builder.finish(RunStatus::Refused);
-        write_metrics(&o, &vars, &env, &source.base_dir(), &plan, &report).await;
-        write_report(&report)?;
-        return Err(Failure::Refused(message));
+        let metrics = write_metrics(&o, &vars, &env, &source.base_dir(), &plan, &report).await;
+        return Err(written(
+            write_report(&report, metrics),
+            Err(Failure::Refused(message)),
+        )
+        .unwrap_err());
     }
 
     let cancel = CancellationToken::new();
@@ -140,13 +147,13 @@ pub async fn run(
             let mut builder = new_builder(Mode::Apply);
             builder.not_started(RunStatus::Failed, message.clone());
             let report = builder.finish(RunStatus::Failed);
-            write_metrics(&o, &vars, &env, &source.base_dir(), &plan, &report).await;
-            write_report(&report)?;
-            return Err(if cancel.is_cancelled() {
+            let metrics = write_metrics(&o, &vars, &env, &source.base_dir(), &plan, &report).await;
+            let failure = if cancel.is_cancelled() {
                 Failure::Interrupted
             } else {
                 Failure::Io(message)
-            });
+            };
+            return Err(written(write_report(&report, metrics), Err(failure)).unwrap_err());
         }
     };
     let fixed_target_urls = clusters
@@ -219,15 +226,34 @@ pub async fn run(
         RunStatus::Succeeded
     };
     let report = builder.finish(status);
-    write_metrics(&o, &vars, &env, &source.base_dir(), &plan, &report).await;
-    write_report(&report)?;
-    match status {
+    let metrics = write_metrics(&o, &vars, &env, &source.base_dir(), &plan, &report).await;
+    let outcome = match status {
         RunStatus::Cancelled => Err(Failure::Interrupted),
         RunStatus::Failed => Err(verdict_failure(&summary.verdicts)),
         RunStatus::Refused => Err(Failure::Refused(
             "a step was refused by a safety rule or a lock held by another run (see its error above)".into(),
         )),
         _ => Ok(()),
+    };
+    written(write_report(&report, metrics), outcome)
+}
+
+/// The command's outcome once its outputs were written: a run that succeeded but whose
+/// report, JUnit file or metrics could not be written fails with exit 1, naming each; a
+/// run that failed keeps its own (more specific) exit code, and the output errors are
+/// printed all the same. Never exit 0 with an output missing.
+fn written(errors: Vec<String>, outcome: Result<(), Failure>) -> Result<(), Failure> {
+    if errors.is_empty() {
+        return outcome;
+    }
+    match outcome {
+        Ok(()) => Err(Failure::Io(errors.join("; "))),
+        Err(failure) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            Err(failure)
+        }
     }
 }
 
@@ -279,7 +305,8 @@ fn guard(plan: &ValidPlan, base_dir: &std::path::Path, confirm: &[String]) -> Re
 }
 
 /// `--metrics FILE`: the run and the state of the plan's repositories, read after the run.
-/// Metrics that cannot be written are a warning: the run itself did its work.
+/// Like every output asked for, one that cannot be written fails the command (see
+/// [`written`]).
 async fn write_metrics(
     args: &Options,
     vars: &BTreeMap<String, Value>,
@@ -287,8 +314,10 @@ async fn write_metrics(
     base_dir: &std::path::Path,
     plan: &ValidPlan,
     report: &report::RunReport,
-) {
-    let Some(path) = &args.metrics else { return };
+) -> Result<(), String> {
+    let Some(path) = &args.metrics else {
+        return Ok(());
+    };
     let templates = crate::plan::template::Templates::new();
     let context = serde_json::json!({
         "vars": vars,
@@ -308,9 +337,8 @@ async fn write_metrics(
         .collect();
     let states = crate::run::metrics::repository_states(plan, &repositories, base_dir).await;
     let text = crate::run::metrics::render(report, plan, &states);
-    if let Err(e) = crate::run::metrics::write(path, &text) {
-        eprintln!("warning: cannot write metrics {}: {e}", path.display());
-    }
+    crate::run::metrics::write(path, &text)
+        .map_err(|e| format!("cannot write metrics {}: {e}", path.display()))
 }
 
 /// How long an S3 lease lasts without renewal: `OPSRUNNER_LEASE_TTL` (a duration such as

@@ -790,3 +790,42 @@ steps:
         "a step whose retry does not parse does not run"
     );
 }
+
+/// Every output asked for follows one rule: checked before the run (above, in the hostile
+/// inputs), and one that cannot be written when the run ends — a full disk — fails the
+/// command: exit 1 after a run that succeeded, the run's own code after one that failed.
+#[test]
+fn an_output_that_cannot_be_written_fails_the_command_whichever_it_is() {
+    let ws = Workspace::new();
+    let plan = |exit: u8| {
+        ws.write_plan(&format!(
+            "version: 1\nname: outputs\nsteps:\n  - {{ id: a, type: shell, command: \"touch ran; exit {exit}\" }}\n"
+        ))
+    };
+    for flag in ["--report", "--junit", "--metrics"] {
+        // A disk with room for the check before the run (an empty file), then full.
+        let disk = crate::common::SmallDisk::new(64 << 10);
+        let _ = std::fs::write(disk.path().join("filler"), vec![0u8; 128 << 10]);
+        let out_path = disk.path().join("out");
+        for (exit, code) in [(0u8, 1), (6, 1)] {
+            let _ = std::fs::remove_file(ws.path("ran"));
+            let out = opsrunner()
+                .arg("apply")
+                .arg(plan(exit))
+                .arg(flag)
+                .arg(&out_path)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(ws.path("ran").exists(), "{flag}: the run ran: {err}");
+            assert_eq!(
+                out.status.code(),
+                Some(code),
+                "{flag}, step exit {exit}: {err}"
+            );
+            assert!(err.contains("cannot write"), "{flag}: {err}");
+            assert!(err.contains("No space left"), "{flag}: {err}");
+            assert!(!out_path.exists(), "{flag}: a half-written output");
+        }
+    }
+}

@@ -450,6 +450,31 @@ fn cases() -> Vec<Case> {
             "does not exist",
         ),
         (
+            "--junit a directory",
+            vec!["--junit", "/"],
+            "is a directory",
+        ),
+        (
+            "--junit in a missing directory",
+            vec!["--junit", "/nonexistent/j.xml"],
+            "does not exist",
+        ),
+        (
+            "--metrics a directory",
+            vec!["--metrics", "/"],
+            "is a directory",
+        ),
+        (
+            "--metrics in a missing directory",
+            vec!["--metrics", "/nonexistent/m.prom"],
+            "does not exist",
+        ),
+        (
+            "--report and --junit the same file",
+            vec!["--report", "out.json", "--junit", "out.json"],
+            "name the same file",
+        ),
+        (
             "--max-plan-nodes 5",
             vec!["--max-plan-nodes", "5"],
             "more than 5 nodes",
