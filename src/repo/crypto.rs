@@ -198,11 +198,19 @@ impl Identities {
         match e {
             age::DecryptError::NoMatchingKeys => io::Error::new(
                 io::ErrorKind::PermissionDenied,
-                format!(
-                    "no identity in {} can decrypt {what}: it was encrypted to {}; use the identity file of one of those recipients",
-                    self.path.display(),
-                    recipients.join(", ")
-                ),
+                if recipients.is_empty() {
+                    // A WAL file records no recipients: the repository's were used then.
+                    format!(
+                        "no identity in {} can decrypt {what}: it was encrypted to other recipients (the repository's `encryption` when it was written); use the identity file that belongs to one of them",
+                        self.path.display()
+                    )
+                } else {
+                    format!(
+                        "no identity in {} can decrypt {what}: it was encrypted to {}; use the identity file of one of those recipients",
+                        self.path.display(),
+                        recipients.join(", ")
+                    )
+                },
             ),
             e => invalid(&e),
         }

@@ -76,21 +76,45 @@ pub struct Keep {
 /// unrendered template (validation time; [`TEMPLATE_COUNT`] stands in until the run
 /// renders it and the rendered value is checked).
 fn count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Number(u32),
-        Text(String),
-    }
-    match Option::<Raw>::deserialize(d)? {
-        None => Ok(None),
-        Some(Raw::Number(n)) => Ok(Some(n)),
-        Some(Raw::Text(t)) if t.contains("{{") => Ok(Some(TEMPLATE_COUNT)),
-        Some(Raw::Text(t)) => t
-            .trim()
-            .parse()
+    use serde_json::Value;
+    // Any value is read first, so that what is wrong can be said in words (an untagged
+    // enum's failure says only that no variant matched).
+    let not_a_count = |shown: &str| {
+        serde::de::Error::custom(format!(
+            "{shown} is not a count: give a whole number from 1 to {}",
+            u32::MAX - 1
+        ))
+    };
+    match Option::<Value>::deserialize(d)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .and_then(|u| u32::try_from(u).ok())
+            .filter(|&u| u != TEMPLATE_COUNT)
             .map(Some)
-            .map_err(|_| serde::de::Error::custom(format!("`{t}` is not a whole number"))),
+            .ok_or_else(|| {
+                // Beyond u64, the YAML reader kept only a float: say what it was.
+                if n.as_f64().is_some_and(|f| f >= 1e19) {
+                    not_a_count(&format!(
+                        "a number of {} digits",
+                        n.as_f64().unwrap_or(0.0).log10().floor() as u32 + 1
+                    ))
+                } else {
+                    not_a_count(&format!("`{n}`"))
+                }
+            }),
+        Some(Value::String(t)) if t.contains("{{") => Ok(Some(TEMPLATE_COUNT)),
+        Some(Value::String(t)) => match t.trim().parse::<i128>() {
+            Ok(n) => u32::try_from(n)
+                .ok()
+                .filter(|&u| u != TEMPLATE_COUNT)
+                .map(Some)
+                .ok_or_else(|| not_a_count(&format!("`{}`", t.trim()))),
+            Err(_) => Err(serde::de::Error::custom(format!(
+                "`{t}` is not a whole number"
+            ))),
+        },
+        Some(other) => Err(not_a_count(&format!("`{other}`"))),
     }
 }
 

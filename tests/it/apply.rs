@@ -829,3 +829,28 @@ fn an_output_that_cannot_be_written_fails_the_command_whichever_it_is() {
         }
     }
 }
+
+/// A retention count from the environment that is not one says so in words.
+#[test]
+fn a_count_from_the_environment_that_is_not_one_is_named() {
+    let ws = Workspace::new();
+    std::fs::create_dir_all(ws.path("repo")).unwrap();
+    let plan = "version: 1\nname: counts\nrepositories:\n  r: { url: \"file://./repo\" }\nsteps:\n  - { id: p, type: prune, repository: r, keep: { last: \"{{ env.K }}\" } }\n";
+    for (value, says) in [
+        ("-1", "`-1` is not a count"),
+        (
+            "12345678901234567890",
+            "a number of 20 digits is not a count",
+        ),
+        ("many", "`many` is not a whole number"),
+    ] {
+        let run = ws.apply_env(plan, &[], &[("K", value)]);
+        assert_eq!(run.code, 1, "{value}: {}", run.stderr);
+        let reason = run.step("p")["reason"].as_str().unwrap().to_string();
+        assert!(
+            reason.contains("`keep.last`") && reason.contains(says),
+            "{value}: {reason}"
+        );
+        assert!(!reason.contains("untagged"), "{reason}");
+    }
+}

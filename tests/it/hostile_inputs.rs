@@ -121,6 +121,11 @@ fn cases() -> Vec<Case> {
         "`continue_on_error` must be known before the run",
     ));
     out.push(case(
+        "keep.last of 20 digits",
+        with_step("{ id: a, type: prune, repository: r, keep: { last: 12345678901234567890 } }"),
+        "a number of 20 digits is not a count",
+    ));
+    out.push(case(
         "keep.daily = x",
         with_step("{ id: a, type: prune, repository: r, keep: { daily: x } }"),
         "not a whole number",

@@ -226,6 +226,22 @@ steps:
     assert_eq!(std::fs::metadata(ws.path("seg")).unwrap().len(), 16 << 20);
     let (code, _, err) = fetch(&segment, &ws.path("nokey"), &args, &env);
     assert_eq!(code, opsrunner::exit::WAL_UNREADABLE, "{err}");
+    // The wrong key: said in words (a WAL file records no recipients to list).
+    std::fs::create_dir_all(ws.path("other")).unwrap();
+    let (wrong, _) = identity_file(&ws.path("other"));
+    let (code, _, err) = fetch(
+        &segment,
+        &ws.path("wrongkey"),
+        &[&args[..], &["--identity", wrong.to_str().unwrap()]].concat(),
+        &env,
+    );
+    assert_eq!(code, opsrunner::exit::WAL_UNREADABLE, "{err}");
+    assert!(
+        err.contains("can decrypt") && err.contains("encrypted to other recipients"),
+        "{err}"
+    );
+    assert!(!err.contains("encrypted to ;"), "{err}");
+    assert!(!ws.path("wrongkey").exists());
     // The stored object is ciphertext: the segment's own bytes are not in it.
     let stored = std::fs::read(objects.iter().find(|p| p.ends_with(&segment)).unwrap()).unwrap();
     let plain = std::fs::read(ws.path("seg")).unwrap();
