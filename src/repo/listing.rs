@@ -181,13 +181,40 @@ pub async fn latest(
     store: &impl BackupStore,
     database: Option<&str>,
 ) -> io::Result<Option<Checked>> {
-    Ok(list(store)
-        .await?
-        .into_iter()
-        .rev()
-        .filter_map(|l| l.backup.ok())
-        .filter(|c| c.manifest.format != super::manifest::DumpFormat::Base)
-        .find(|c| database.is_none_or(|d| c.manifest.database == d)))
+    Ok(latest_and_skipped(store, database).await?.0)
+}
+
+/// [`latest`], with the newer backups it passed over because they are damaged, newest
+/// first, each with why: a restore of `latest` must say that it is not restoring the
+/// newest backup. (A damaged backup's database cannot be read, so every damaged one newer
+/// than the choice is named.)
+pub async fn latest_and_skipped(
+    store: &impl BackupStore,
+    database: Option<&str>,
+) -> io::Result<(Option<Checked>, Vec<(String, String)>)> {
+    let mut skipped = Vec::new();
+    for listed in list(store).await?.into_iter().rev() {
+        match listed.backup {
+            Err(why) => skipped.push((listed.id, why)),
+            Ok(c)
+                if c.manifest.format != super::manifest::DumpFormat::Base
+                    && database.is_none_or(|d| c.manifest.database == d) =>
+            {
+                return Ok((Some(c), skipped));
+            }
+            Ok(_) => {}
+        }
+    }
+    Ok((None, skipped))
+}
+
+/// The newer damaged backups `latest` passed over, in one line: "20261206_…: why; …".
+pub fn skipped_text(skipped: &[(String, String)]) -> String {
+    skipped
+        .iter()
+        .map(|(id, why)| format!("{id}: {why}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The readable base backups, oldest first.

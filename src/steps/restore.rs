@@ -96,6 +96,7 @@ impl StepType for Restore {
         "new_timeline",
         "wal_segments",
         "data_directory",
+        "skipped",
     ];
     const TARGET_PATH: &'static [&'static str] = &["into", "target"];
 
@@ -302,25 +303,48 @@ pub async fn resolve(
     backup: &str,
     database: Option<&str>,
     repository: &str,
-) -> Result<Checked, StepError> {
+) -> Result<(Checked, Vec<(String, String)>), StepError> {
     if backup == "latest" {
-        return listing::latest(store, database)
-            .await
-            .map_err(|e| {
-                crate::exec::io_error(&format!("cannot list repository `{repository}`"), &e)
-            })?
-            .ok_or_else(|| {
-                StepError::permanent(format!(
-                    "repository `{repository}` holds no published backup{}",
-                    database
-                        .map(|d| format!(" of database `{d}`"))
-                        .unwrap_or_default()
-                ))
-            });
+        let (chosen, skipped) =
+            listing::latest_and_skipped(store, database)
+                .await
+                .map_err(|e| {
+                    crate::exec::io_error(&format!("cannot list repository `{repository}`"), &e)
+                })?;
+        let chosen = chosen.ok_or_else(|| {
+            StepError::permanent(format!(
+                "repository `{repository}` holds no published backup{}{}",
+                database
+                    .map(|d| format!(" of database `{d}`"))
+                    .unwrap_or_default(),
+                if skipped.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " that is intact (damaged: {})",
+                        listing::skipped_text(&skipped)
+                    )
+                }
+            ))
+        })?;
+        return Ok((chosen, skipped));
     }
     listing::manifest(store, backup)
         .await
+        .map(|c| (c, Vec::new()))
         .map_err(|e| StepError::permanent(e.to_string()))
+}
+
+/// Says in the log which newer backups `latest` passed over and why, and returns the
+/// `skipped` output (empty when none was).
+pub fn say_skipped(ctx: &StepContext, chosen: &str, skipped: &[(String, String)]) -> String {
+    for (id, why) in skipped {
+        ctx.events.notice(
+            Some(&ctx.step_id),
+            format!("`latest` is not the newest backup: {id} is newer but damaged ({why}); using {chosen}"),
+        );
+    }
+    listing::skipped_text(skipped)
 }
 
 /// Restores beside, checks, then swaps (see [`crate::pg::swap`]): nothing happens to the
@@ -346,13 +370,14 @@ pub async fn run(p: &RestoreParams, ctx: &StepContext) -> Result<Outputs, StepEr
         return super::pitr::run(&request, ctx).await;
     }
     let store = ctx.repository(&p.repository).await?;
-    let checked = resolve(
+    let (checked, skipped) = resolve(
         &store,
         &p.backup,
         p.source_database.as_deref(),
         &p.repository,
     )
     .await?;
+    let skipped = say_skipped(ctx, &checked.manifest.backup_id, &skipped);
     listing::files_present(&store, &checked)
         .await
         .map_err(|e| crate::exec::io_error("before restoring", &e))?;
@@ -408,6 +433,7 @@ pub async fn run(p: &RestoreParams, ctx: &StepContext) -> Result<Outputs, StepEr
     outputs.insert("backup_id".into(), manifest.backup_id.clone());
     outputs.insert("database".into(), database.to_string());
     outputs.insert("replaced".into(), existing.to_string());
+    outputs.insert("skipped".into(), skipped);
     outputs.insert(
         "duration_ms".into(),
         clock.elapsed().as_millis().to_string(),
@@ -511,16 +537,16 @@ pub async fn describe_latest(
         Ok(store) => store,
         Err(unread) => return Findings::unread(unread),
     };
-    match listing::latest(&store, database).await {
+    match listing::latest_and_skipped(&store, database).await {
         Err(e) => Findings::unread(Unread::repository(repository, e.to_string(), UNKNOWN)),
-        Ok(None) => vec![format!(
+        Ok((None, _)) => vec![format!(
             "latest: repository `{repository}` holds no published backup{}; apply will fail unless one is made first",
             database
                 .map(|d| format!(" of database `{d}`"))
                 .unwrap_or_default()
         )]
         .into(),
-        Ok(Some(checked)) => {
+        Ok((Some(checked), skipped)) => {
             let m = &checked.manifest;
             let mut lines = vec![format!(
                 "latest is {} (database {}, created {}, {} bytes)",
@@ -529,6 +555,12 @@ pub async fn describe_latest(
                 m.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
                 m.total_bytes()
             )];
+            if !skipped.is_empty() {
+                lines.push(format!(
+                    "not the newest backup: newer ones are damaged and are passed over ({})",
+                    listing::skipped_text(&skipped)
+                ));
+            }
             if let Some(e) = &m.encryption {
                 lines.push(format!(
                     "encrypted with age to {}: apply needs --identity FILE or {}",

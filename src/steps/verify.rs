@@ -79,6 +79,7 @@ impl StepType for Verify {
         "backup_age_s",
         "reached_time",
         "rpo_s",
+        "skipped",
     ];
     const TARGET_PATH: &'static [&'static str] = &["restore_into", "target"];
 
@@ -269,7 +270,7 @@ pub async fn run(p: &VerifyParams, ctx: &StepContext) -> Result<Outputs, StepErr
         results: Vec::new(),
     };
     // A damaged manifest fails here, before anything reads the files it names.
-    let checked = match resolve(&store, &p.backup, None, &p.repository).await {
+    let (checked, skipped) = match resolve(&store, &p.backup, None, &p.repository).await {
         Ok(c) => c,
         Err(e) => {
             checks.record(ctx, "manifest", Err(e.message.clone()));
@@ -283,6 +284,7 @@ pub async fn run(p: &VerifyParams, ctx: &StepContext) -> Result<Outputs, StepErr
             });
         }
     };
+    let skipped = super::restore::say_skipped(ctx, &checked.manifest.backup_id, &skipped);
     let age_s = (Utc::now() - checked.manifest.created_at)
         .num_seconds()
         .max(0) as u64;
@@ -423,8 +425,21 @@ pub async fn run(p: &VerifyParams, ctx: &StepContext) -> Result<Outputs, StepErr
             ),
         ));
     }
+    // `latest` is asked to prove the newest backup: a newer one that is damaged is a
+    // damaged backup in the repository, whatever the older one's checks say (that one
+    // passed, and is recorded so).
+    if !skipped.is_empty() {
+        return Err(StepError::verdict(
+            Verdict::BackupCorrupt,
+            format!(
+                "verify of `latest`: newer backups are damaged ({skipped}); {}, the newest intact one, passed",
+                manifest.backup_id
+            ),
+        ));
+    }
     let mut outputs = Outputs::new();
     outputs.insert("backup_id".into(), manifest.backup_id.clone());
+    outputs.insert("skipped".into(), skipped);
     outputs.insert("checks".into(), checks.summary());
     outputs.insert(
         "restore_duration_ms".into(),

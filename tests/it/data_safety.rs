@@ -613,3 +613,70 @@ fn a_killed_verify_leaves_a_scratch_database_the_next_one_removes() {
         "1"
     );
 }
+
+/// `backup: latest` with the newest backup damaged restores the newest intact one and
+/// says so: in the log, the report (`skipped`) and the preview; `verify` of `latest`
+/// fails with the damaged backup's verdict (exit 6).
+#[test]
+fn latest_passing_over_a_damaged_newest_backup_says_so() {
+    let cluster = clusters_with_precious(100);
+    let url = cluster.url("postgres");
+    let ws = Workspace::new();
+    let older = backup(&ws, &url, "custom", "zstd");
+    let newer = backup(&ws, &url, "custom", "zstd");
+    assert!(newer > older, "{older} {newer}");
+    std::fs::write(
+        ws.path("repo").join(&newer).join("manifest.json"),
+        "{ truncated",
+    )
+    .unwrap();
+
+    let restore = ws.apply_env(
+        &restore_plan("latest", "copy", ""),
+        &[],
+        &[("DATABASE_URL", &url)],
+    );
+    assert_eq!(restore.code, 0, "{}", restore.stderr);
+    let said = format!("`latest` is not the newest backup: {newer} is newer but damaged");
+    assert!(restore.stderr.contains(&said), "{}", restore.stderr);
+    let outputs = &restore.step("restore")["outputs"];
+    assert_eq!(outputs["backup_id"], older.as_str(), "{}", restore.report);
+    assert!(
+        outputs["skipped"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{newer}: ")),
+        "{}",
+        restore.report
+    );
+    assert_eq!(cluster.psql("copy", "select count(*) from items"), "100");
+
+    let preview = crate::common::opsrunner()
+        .arg("plan")
+        .arg(ws.path("plan.yaml"))
+        .env("DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&preview.stdout);
+    assert!(
+        text.contains(&format!("latest is {older}")) && text.contains("newer ones are damaged"),
+        "{text}"
+    );
+
+    let verify = ws.apply_env(
+        &verify_plan("latest", "verify_check"),
+        &[],
+        &[("DATABASE_URL", &url)],
+    );
+    assert_eq!(verify.code, 6, "{}", verify.stderr);
+    assert!(verify.stderr.contains(&said), "{}", verify.stderr);
+    let reason = verify.step("verify")["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        reason.contains(&newer)
+            && reason.contains(&format!("{older}, the newest intact one, passed")),
+        "{reason}"
+    );
+}
