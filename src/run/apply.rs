@@ -137,7 +137,14 @@ pub async fn run(
 
     let cancel = CancellationToken::new();
     let abort = CancellationToken::new();
-    let signals = tokio::spawn(cancel_on_signal(cancel.clone(), abort.clone()));
+    // The live log exists only once the clusters are up; a signal before that is said
+    // on stderr with the same timestamp.
+    let signal_log: SignalLog = Arc::new(std::sync::Mutex::new(None));
+    let signals = tokio::spawn(cancel_on_signal(
+        cancel.clone(),
+        abort.clone(),
+        signal_log.clone(),
+    ));
     // Ephemeral clusters live exactly as long as this binding: dropping them (at the end of
     // this function, whatever happened) stops the servers and removes their directories.
     let clusters = match start_ephemeral_clusters(&plan, &cancel).await {
@@ -167,6 +174,7 @@ pub async fn run(
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
     let events = Events::new(tx, redactor.clone());
+    *signal_log.lock().unwrap_or_else(|e| e.into_inner()) = Some(events.clone());
     let mut builder = new_builder(Mode::Apply);
     let color = crate::run::log::stderr_wants_color();
     let mut log =
@@ -211,6 +219,8 @@ pub async fn run(
         confirmed: o.confirm.clone(),
     };
     let summary = executor::execute(plan.clone(), opts, Arc::new(Builtin), events, cancel).await;
+    // The live log ends when the last sender goes: the signal handler's too.
+    signal_log.lock().unwrap_or_else(|e| e.into_inner()).take();
     locks.release_all().await;
     drop(locks);
     signals.abort();
@@ -401,22 +411,36 @@ async fn start_ephemeral_clusters(
 
 /// The first SIGINT/SIGTERM cancels the running steps (cleanup and alert steps still run);
 /// a second one stops those too.
-async fn cancel_on_signal(cancel: CancellationToken, abort: CancellationToken) {
+/// Where the signal handler says what it does: the live log once there is one (and no
+/// longer once the run has ended, so that the log can end).
+type SignalLog = Arc<std::sync::Mutex<Option<Events>>>;
+
+async fn cancel_on_signal(cancel: CancellationToken, abort: CancellationToken, log: SignalLog) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    eprintln!(
-        "opsrunner: interrupted; stopping running steps (cleanup steps still run; interrupt again to stop them)"
-    );
+    // Through the live log (its timestamps, its JSON) once there is one.
+    let say = |message: String| match log.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        Some(events) => events.notice(None, format!("opsrunner: {message}")),
+        None => eprintln!(
+            "{} opsrunner: {message}",
+            chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ")
+        ),
+    };
+    let which = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    say(format!(
+        "interrupted ({which}); stopping running steps (cleanup steps still run; interrupt again to stop them)"
+    ));
     cancel.cancel();
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    eprintln!("opsrunner: interrupted again; stopping cleanup steps");
+    let which = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    say(format!(
+        "interrupted again ({which}); stopping cleanup steps"
+    ));
     abort.cancel();
 }

@@ -854,3 +854,44 @@ fn a_count_from_the_environment_that_is_not_one_is_named() {
         assert!(!reason.contains("untagged"), "{reason}");
     }
 }
+
+/// An interruption is said in the live log, with its time and signal, and a step whose
+/// command ignores SIGTERM is killed after `--kill-grace`.
+#[test]
+fn an_interruption_is_logged_with_its_time_and_a_stubborn_child_is_killed() {
+    let ws = Workspace::new();
+    let plan = ws.write_plan(
+        "version: 1\nname: stubborn\nsteps:\n  - { id: s, type: shell, command: \"trap '' TERM INT; echo $$ > pid; sleep 60\" }\n",
+    );
+    let child = ws.spawn_apply(&plan, &["--kill-grace", "1s"], &[]);
+    let started = Instant::now();
+    while !ws.path("pid").exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the step never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let run = ws.interrupt(child, libc::SIGINT);
+    assert_eq!(run.code, 130, "{}", run.stderr);
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("interrupted (SIGINT)"))
+        .unwrap_or_else(|| panic!("{}", run.stderr));
+    let stamp = line.split_whitespace().next().unwrap();
+    assert!(
+        DateTime::parse_from_rfc3339(stamp).is_ok(),
+        "no timestamp: {line}"
+    );
+    assert_eq!(run.report["status"], "cancelled");
+    let pid: i32 = std::fs::read_to_string(ws.path("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: signal 0 only asks whether the process exists.
+    let alive = unsafe { libc::kill(pid, 0) } == 0;
+    assert!(!alive, "the shell that ignored SIGTERM still runs");
+}
