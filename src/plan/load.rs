@@ -397,11 +397,7 @@ impl Loader {
                 super::template::strings(value, &mut texts);
             }
             if texts.iter().any(|t| has_template(t)) {
-                let at = [
-                    prefix[0].clone(),
-                    prefix[1].clone(),
-                    PathSegment::Key(key.into()),
-                ];
+                let at = common_key(&prefix, key);
                 self.problems.push(
                     Diagnostic::new(format!(
                         "`{key}` takes no template: a step's id, needs and condition are fixed in the plan"
@@ -421,11 +417,7 @@ impl Loader {
                 .iter()
                 .any(|r| r.path.first().is_some_and(|root| root != "vars"))
         {
-            let at = [
-                prefix[0].clone(),
-                prefix[1].clone(),
-                PathSegment::Key("continue_on_error".into()),
-            ];
+            let at = common_key(&prefix, "continue_on_error");
             self.problems.push(
                 Diagnostic::new(format!(
                     "`continue_on_error` must be known before the run: `{text}` is not (only `vars` are)"
@@ -682,6 +674,15 @@ fn span_of(node: &Node, prefix: &[PathSegment], path: &[PathSegment]) -> Option<
     (0..=relative.len())
         .rev()
         .find_map(|n| node.lookup(&relative[..n]).map(|(node, _)| node.span))
+}
+
+/// The path of common key `key` of the step at `prefix` (`steps[N]`).
+fn common_key(prefix: &[PathSegment], key: &str) -> [PathSegment; 3] {
+    [
+        prefix[0].clone(),
+        prefix[1].clone(),
+        PathSegment::Key(key.into()),
+    ]
 }
 
 /// A stand-in for a step that did not load: its id and needs as far as they can be read,

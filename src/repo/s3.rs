@@ -1003,41 +1003,16 @@ impl S3Store {
 
     /// A small object and its ETag, `None` when there is none.
     pub async fn get_with_etag(&self, key: &str) -> io::Result<Option<(Vec<u8>, String)>> {
-        let out = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-        {
-            Ok(o) => o,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
-            Err(e) => return Err(sdk_error(&format!("reading {key}"), e)),
+        let Some(object) = self.get_bounded(key, MAX_SMALL_FILE).await? else {
+            return Ok(None);
         };
-        let etag = out.e_tag().unwrap_or_default().to_string();
-        if out
-            .content_length()
-            .is_some_and(|n| n as u64 > MAX_SMALL_FILE)
-        {
-            return Err(io::Error::new(
+        match object.bytes {
+            Some(bytes) => Ok(Some((bytes, object.etag))),
+            None => Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("{key} is larger than {} MiB", MAX_SMALL_FILE >> 20),
-            ));
+            )),
         }
-        let mut bytes = Vec::new();
-        StallGuard::new(out.body.into_async_read(), STALL_TIMEOUT)
-            .take(MAX_SMALL_FILE + 1)
-            .read_to_end(&mut bytes)
-            .await
-            .map_err(|e| io::Error::new(e.kind(), format!("reading {key}: {e}")))?;
-        if bytes.len() as u64 > MAX_SMALL_FILE {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{key} is larger than {} MiB", MAX_SMALL_FILE >> 20),
-            ));
-        }
-        Ok(Some((bytes, etag)))
     }
 }
 

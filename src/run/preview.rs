@@ -145,28 +145,24 @@ impl BaseTrust {
                 _ => false,
             }
         };
-        let targets = new
-            .targets
-            .iter()
-            .filter(|(name, def)| {
-                same(
-                    old.plan.targets.get(*name).map(target_definition),
-                    target_definition(def),
-                )
-            })
-            .map(|(name, _)| name.clone())
-            .collect();
-        let repositories = new
-            .repositories
-            .iter()
-            .filter(|(name, def)| {
-                same(
-                    old.plan.repositories.get(*name).map(repository_definition),
-                    repository_definition(def),
-                )
-            })
-            .map(|(name, _)| name.clone())
-            .collect();
+        fn unchanged_of<T>(
+            old: &BTreeMap<String, T>,
+            new: &BTreeMap<String, T>,
+            definition: impl Fn(&T) -> Value,
+            same: &dyn Fn(Option<Value>, Value) -> bool,
+        ) -> std::collections::BTreeSet<String> {
+            new.iter()
+                .filter(|(name, def)| same(old.get(*name).map(&definition), definition(def)))
+                .map(|(name, _)| name.clone())
+                .collect()
+        }
+        let targets = unchanged_of(&old.plan.targets, &new.targets, target_definition, &same);
+        let repositories = unchanged_of(
+            &old.plan.repositories,
+            &new.repositories,
+            repository_definition,
+            &same,
+        );
         BaseTrust {
             targets,
             repositories,
