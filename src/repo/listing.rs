@@ -186,26 +186,46 @@ pub async fn latest(
 
 /// [`latest`], with the newer backups it passed over because they are damaged, newest
 /// first, each with why: a restore of `latest` must say that it is not restoring the
-/// newest backup. (A damaged backup's database cannot be read, so every damaged one newer
-/// than the choice is named.)
+/// newest backup. A damaged backup's manifest cannot say when it was made, so "newer" is
+/// read from its id, which starts with its creation time (`20261206T020001Z-…`) and sorts
+/// by it; an entry whose id is not of that form (a planted `00-link`) is never newer. A
+/// damaged backup's database cannot be read either, so every damaged one newer than the
+/// choice is named.
 pub async fn latest_and_skipped(
     store: &impl BackupStore,
     database: Option<&str>,
 ) -> io::Result<(Option<Checked>, Vec<(String, String)>)> {
-    let mut skipped = Vec::new();
-    for listed in list(store).await?.into_iter().rev() {
-        match listed.backup {
-            Err(why) => skipped.push((listed.id, why)),
-            Ok(c)
-                if c.manifest.format != super::manifest::DumpFormat::Base
-                    && database.is_none_or(|d| c.manifest.database == d) =>
-            {
-                return Ok((Some(c), skipped));
-            }
-            Ok(_) => {}
-        }
-    }
-    Ok((None, skipped))
+    let listed = list(store).await?;
+    let chosen = listed
+        .iter()
+        .rev()
+        .filter_map(|l| l.backup.as_ref().ok())
+        .filter(|c| c.manifest.format != super::manifest::DumpFormat::Base)
+        .find(|c| database.is_none_or(|d| c.manifest.database == d))
+        .cloned();
+    let mut skipped: Vec<(String, String)> = listed
+        .into_iter()
+        .filter_map(|l| l.backup.err().map(|why| (l.id, why)))
+        .filter(|(id, _)| {
+            chosen.as_ref().is_none_or(|c| {
+                // Made in the same second: which came first is unknown, so it is named.
+                id_time(id).is_some_and(|t| Some(t) >= id_time(&c.manifest.backup_id))
+            })
+        })
+        .collect();
+    skipped.sort_by(|a, b| b.0.cmp(&a.0));
+    Ok((chosen, skipped))
+}
+
+/// The creation time an id starts with (`20261206T020001Z`), if it is one of ours.
+fn id_time(id: &str) -> Option<&str> {
+    let stamp = id.get(..16)?;
+    let ok = stamp.char_indices().all(|(i, c)| match i {
+        8 => c == 'T',
+        15 => c == 'Z',
+        _ => c.is_ascii_digit(),
+    });
+    ok.then_some(stamp)
 }
 
 /// The newer damaged backups `latest` passed over, in one line: "20261206_…: why; …".

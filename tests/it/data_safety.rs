@@ -623,6 +623,8 @@ fn latest_passing_over_a_damaged_newest_backup_says_so() {
     let url = cluster.url("postgres");
     let ws = Workspace::new();
     let older = backup(&ws, &url, "custom", "zstd");
+    // Ids start with their second: the next backup is a second later.
+    std::thread::sleep(Duration::from_millis(1100));
     let newer = backup(&ws, &url, "custom", "zstd");
     assert!(newer > older, "{older} {newer}");
     std::fs::write(
