@@ -74,10 +74,13 @@ pub struct Bounded {
 
 /// A body reader that fails when the store sends nothing for [`STALL_TIMEOUT`]: the
 /// deadlines above end when an answer's first byte arrives, and a store may stop there.
+/// Only time spent waiting for the store counts: a reader that is not asked for bytes (a
+/// busy consumer) is not stalled, so the clock starts when a read finds nothing ready.
 pub struct StallGuard<R> {
     inner: R,
     limit: Duration,
     idle: Pin<Box<tokio::time::Sleep>>,
+    waiting: bool,
 }
 
 impl<R> StallGuard<R> {
@@ -86,6 +89,7 @@ impl<R> StallGuard<R> {
             inner,
             limit,
             idle: Box::pin(tokio::time::sleep(limit)),
+            waiting: false,
         }
     }
 }
@@ -100,23 +104,30 @@ impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for StallGuard<R> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(result) => {
-                let deadline = tokio::time::Instant::now() + this.limit;
-                this.idle.as_mut().reset(deadline);
+                this.waiting = false;
                 Poll::Ready(result)
             }
-            Poll::Pending => match this.idle.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!(
-                        "the store sent nothing for {}s in the middle of an answer",
-                        this.limit.as_secs()
-                    ),
-                ))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                if !this.waiting {
+                    this.waiting = true;
+                    let deadline = tokio::time::Instant::now() + this.limit;
+                    this.idle.as_mut().reset(deadline);
+                }
+                match this.idle.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "the store sent nothing for {}s in the middle of an answer",
+                            this.limit.as_secs()
+                        ),
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 }
+
 pub const DEFAULT_PARTS_IN_FLIGHT: usize = 2;
 /// Attempts per S3 request (the SDK retries 5xx, throttling, timeouts and dropped
 /// connections; never 403).
@@ -1148,6 +1159,33 @@ impl BackupStore for S3Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reader whose consumer pauses longer than the limit is not stalled; one whose
+    /// source sends nothing for the limit is.
+    #[tokio::test]
+    async fn only_time_spent_waiting_for_the_store_counts_as_a_stall() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut tx, rx) = tokio::io::duplex(64);
+        let mut guard = StallGuard::new(rx, Duration::from_millis(200));
+        tx.write_all(b"abc").await.unwrap();
+        let mut buf = [0u8; 3];
+        guard.read_exact(&mut buf).await.unwrap();
+        // The consumer is busy for longer than the limit; then it waits a little for the
+        // store, which answers well within the limit.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            tx.write_all(b"def").await.unwrap();
+            tx
+        });
+        guard.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"def");
+        let tx = writer.await.unwrap();
+        // Nothing comes: after the limit, the read fails.
+        let e = guard.read_exact(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        drop(tx);
+    }
 
     #[test]
     fn part_buffers_come_back_when_the_request_body_is_dropped_and_are_reused() {
