@@ -7,13 +7,14 @@ use crate::common::opsrunner;
 use crate::common::pg::Cluster;
 use serde_json::Value;
 
-/// A database big enough that dumping and restoring it lasts a few seconds.
+/// A database big enough that dumping and restoring it lasts a few seconds, also on a fast
+/// machine with nothing else running (1.5 M rows dumped in 0.9 s once: no second tick).
 fn big() -> Cluster {
     let cluster = Cluster::start();
     cluster.psql("postgres", "create database app");
     cluster.psql(
         "app",
-        "create table t (id int primary key, a text, b text); insert into t select g, md5(g::text), md5((g * 7)::text) from generate_series(1, 1500000) g",
+        "create table t (id int primary key, a text, b text); insert into t select g, md5(g::text), md5((g * 7)::text) from generate_series(1, 4000000) g",
     );
     cluster
 }
