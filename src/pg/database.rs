@@ -122,3 +122,25 @@ pub(super) async fn terminate_sessions(
     .map(|_| ())
     .map_err(|e| classify(&e, &format!("cannot end the sessions on `{name}`")))
 }
+
+/// The session advisory lock key of `purpose` ("restore", "verify") on database `name`:
+/// one key per database and purpose, the same in every opsrunner.
+pub fn advisory_key(purpose: &str, name: &str) -> i64 {
+    use sha2::{Digest, Sha256};
+    let hash = Sha256::digest(format!("opsrunner {purpose}\0{name}").as_bytes());
+    i64::from_be_bytes(hash[..8].try_into().expect("8 bytes"))
+}
+
+/// Takes session advisory lock `key` unless another session holds it; `false` then. It
+/// lasts until unlocked or the connection ends.
+pub async fn try_advisory_lock(
+    conn: &mut PgConnection,
+    key: i64,
+    what: &str,
+) -> Result<bool, StepError> {
+    sqlx::query_scalar("select pg_try_advisory_lock($1)")
+        .bind(key)
+        .fetch_one(conn)
+        .await
+        .map_err(|e| classify(&e, &format!("cannot take the {what}")))
+}

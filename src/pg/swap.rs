@@ -48,20 +48,11 @@ pub fn replaced_name(database: &str) -> String {
     name(database, OLD)
 }
 
-/// The advisory lock key of restores into `database`.
-fn lock_key(database: &str) -> i64 {
-    let hash = Sha256::digest(format!("opsrunner restore\0{database}").as_bytes());
-    i64::from_be_bytes(hash[..8].try_into().expect("8 bytes"))
-}
-
 /// Takes the lock that lets one restore into `database` run at a time. It lasts as long as
 /// the connection.
 pub async fn lock(conn: &mut PgConnection, database: &str, target: &str) -> Result<(), StepError> {
-    let locked: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)")
-        .bind(lock_key(database))
-        .fetch_one(conn)
-        .await
-        .map_err(|e| classify(&e, "cannot take the restore lock"))?;
+    let key = super::database::advisory_key("restore", database);
+    let locked = super::database::try_advisory_lock(conn, key, "restore lock").await?;
     if locked {
         Ok(())
     } else {

@@ -128,11 +128,10 @@ pub async fn run(
         builder.not_started(RunStatus::Refused, message.clone());
         let report = builder.finish(RunStatus::Refused);
         let metrics = write_metrics(&o, &vars, &env, &source.base_dir(), &plan, &report).await;
-        return Err(written(
+        return written(
             write_report(&report, metrics),
             Err(Failure::Refused(message)),
-        )
-        .unwrap_err());
+        );
     }
 
     let cancel = CancellationToken::new();
@@ -160,7 +159,7 @@ pub async fn run(
             } else {
                 Failure::Io(message)
             };
-            return Err(written(write_report(&report, metrics), Err(failure)).unwrap_err());
+            return written(write_report(&report, metrics), Err(failure));
         }
     };
     let fixed_target_urls = clusters
@@ -427,18 +426,21 @@ async fn cancel_on_signal(cancel: CancellationToken, abort: CancellationToken, l
             chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ")
         ),
     };
-    let which = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
+    async fn next(
+        term: &mut tokio::signal::unix::Signal,
+        int: &mut tokio::signal::unix::Signal,
+    ) -> &'static str {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
+    }
+    let which = next(&mut term, &mut int).await;
     say(format!(
         "interrupted ({which}); stopping running steps (cleanup steps still run; interrupt again to stop them)"
     ));
     cancel.cancel();
-    let which = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
+    let which = next(&mut term, &mut int).await;
     say(format!(
         "interrupted again ({which}); stopping cleanup steps"
     ));

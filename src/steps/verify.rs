@@ -585,27 +585,18 @@ fn tools_for(manifest: &Manifest) -> Result<(std::path::PathBuf, String), StepEr
 /// how a later verify recognises one that a killed run left behind.
 const SCRATCH_MARK: &str = "opsrunner verify scratch database";
 
-fn scratch_lock_key(database: &str) -> i64 {
-    use sha2::{Digest, Sha256};
-    let hash = Sha256::digest(format!("opsrunner verify\0{database}").as_bytes());
-    i64::from_be_bytes(hash[..8].try_into().expect("8 bytes"))
-}
-
 /// Takes the session lock of scratch database `database` if no other session holds it.
 async fn try_lock_scratch(
     conn: &mut sqlx::PgConnection,
     database: &str,
 ) -> Result<bool, StepError> {
-    sqlx::query_scalar("select pg_try_advisory_lock($1)")
-        .bind(scratch_lock_key(database))
-        .fetch_one(conn)
-        .await
-        .map_err(|e| classify(&e, "cannot take the scratch database's lock"))
+    let key = db::advisory_key("verify", database);
+    db::try_advisory_lock(conn, key, "scratch database's lock").await
 }
 
 async fn unlock_scratch(conn: &mut sqlx::PgConnection, database: &str) {
     let _ = sqlx::query("select pg_advisory_unlock($1)")
-        .bind(scratch_lock_key(database))
+        .bind(db::advisory_key("verify", database))
         .execute(conn)
         .await;
 }
