@@ -36,6 +36,9 @@ pub struct StepContext {
     /// The throwaway clusters of ephemeral targets, by target name: a point-in-time restore
     /// replaces one's contents with a recovered copy.
     pub ephemeral: BTreeMap<String, EphemeralDir>,
+    /// Directories of PostgreSQL programs the plan names for this step (its target's
+    /// `pg_bin_dir`, then the plan's), searched before `PATH`.
+    pub pg_bin_dirs: Vec<PathBuf>,
 }
 
 /// Where an ephemeral target's throwaway cluster lives and how it runs.

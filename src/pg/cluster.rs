@@ -81,9 +81,15 @@ fn run(
 
 impl EphemeralCluster {
     /// Creates and starts a cluster. Blocking (about a second); call from `spawn_blocking`.
-    pub fn start(run_as: &str) -> Result<EphemeralCluster, ClusterError> {
-        let (initdb, major) = tools::find("initdb", None)?;
-        let bin = initdb.parent().expect("a file has a parent").to_path_buf();
+    /// The newest server found is used: it loads dumps of every older one.
+    pub fn start(run_as: &str, search: &tools::Search) -> Result<EphemeralCluster, ClusterError> {
+        let initdb = search.find("initdb", tools::Want::Any)?;
+        let major = initdb.major;
+        let bin = initdb
+            .path
+            .parent()
+            .expect("a file has a parent")
+            .to_path_buf();
         let dir = tempfile::Builder::new()
             .prefix("opsrunner-cluster-")
             .tempdir()
@@ -103,7 +109,7 @@ impl EphemeralCluster {
             })?;
         }
         let data = dir.path().join("data");
-        let mut cmd = Command::new(&initdb);
+        let mut cmd = Command::new(&initdb.path);
         cmd.arg("-D").arg(&data).args([
             "-U",
             "postgres",

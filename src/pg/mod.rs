@@ -4,6 +4,7 @@
 
 pub mod basebackup;
 pub mod cluster;
+pub mod compat;
 pub mod conn;
 pub mod copy_in;
 pub mod custom_archive;

@@ -10,7 +10,9 @@ use super::custom_archive::{
 };
 use super::fingerprint::EarlyCounts;
 use super::process::PgProcess;
+use super::process::Relay;
 use super::server::tool;
+use super::tools::{Found, Want};
 use crate::exec::progress::Meter;
 use crate::exec::{StepContext, StepError};
 use crate::repo::AnyStore;
@@ -38,7 +40,11 @@ pub async fn restore(
             manifest.backup_id
         )));
     };
-    let major = server_major.max(manifest.pg_dump_major());
+    let archive = manifest.pg_dump_major();
+    let want = Want::Reader {
+        archive,
+        into: server_major,
+    };
     let jobs = jobs.unwrap_or(1).max(1);
     let id = &manifest.backup_id;
     let configure = |c: &mut tokio::process::Command| {
@@ -58,7 +64,9 @@ pub async fn restore(
     }
     match manifest.format {
         DumpFormat::Plain => {
-            let (psql, _) = tool("psql", major)?;
+            let psql = tool(ctx, "psql", want)?;
+            say_reader(ctx, &psql, server_major, None);
+            let psql = psql.path;
             let args = vec![
                 "-X".into(),
                 "-q".into(),
@@ -69,18 +77,22 @@ pub async fn restore(
                 "-".into(),
             ];
             let process = PgProcess::spawn(&psql, &args, ctx, configure, true, false)?;
-            feed(ctx, store, manifest, &first, process, true).await
+            // A plain dump's header is pg_dump's: what it sets, the server must know.
+            let unknown = super::compat::unknown_settings(archive, server_major);
+            feed_fixed(ctx, store, manifest, &first, process, &unknown).await
         }
         DumpFormat::Custom if jobs == 1 => {
-            let (pg_restore, _) = tool("pg_restore", major)?;
-            let process = PgProcess::spawn(&pg_restore, &args, ctx, configure, true, false)?;
+            let (pg_restore, relay) = reader(ctx, want, server_major)?;
+            let process =
+                PgProcess::spawn_restore(&pg_restore, &args, relay.as_ref(), ctx, &configure, true)?;
             feed(ctx, store, manifest, &first, process, true).await
         }
         DumpFormat::Custom => {
-            let (pg_restore, _) = tool("pg_restore", major)?;
+            let (pg_restore, relay) = reader(ctx, want, server_major)?;
             let how = Parallel {
                 into,
                 pg_restore: &pg_restore,
+                relay: relay.as_ref(),
                 args: &args,
                 jobs,
                 configure: &configure,
@@ -101,13 +113,13 @@ pub async fn restore(
             "{id} is a base backup (a copy of a whole cluster): it is restored to a point in time with `to:`, not into a database"
         ))),
         DumpFormat::Directory => {
-            let (pg_restore, _) = tool("pg_restore", major)?;
+            let (pg_restore, relay) = reader(ctx, want, server_major)?;
             let dir = spool_dir()?;
             let out = unpack_directory(ctx, store, manifest, dir.path()).await?;
             args.push("--format=directory".into());
             args.push(format!("--jobs={jobs}"));
             args.push(out.display().to_string());
-            PgProcess::spawn(&pg_restore, &args, ctx, configure, false, false)?
+            PgProcess::spawn_restore(&pg_restore, &args, relay.as_ref(), ctx, &configure, false)?
                 .finish(ctx)
                 .await
         }
@@ -116,6 +128,61 @@ pub async fn restore(
         message: format!("restore of {id}: {}", e.message),
         ..e
     })
+}
+
+/// The pg_restore for `want`, said in the log, and the relay its script needs when the
+/// server is older than it and would refuse what it sends ([`super::compat`]).
+fn reader(
+    ctx: &StepContext,
+    want: Want,
+    server_major: u32,
+) -> Result<(std::path::PathBuf, Option<Relay>), StepError> {
+    let pg_restore = tool(ctx, "pg_restore", want)?;
+    let unknown = super::compat::unknown_settings(pg_restore.major, server_major);
+    let relay = if unknown.is_empty() {
+        None
+    } else {
+        let psql = match pg_restore.sibling("psql") {
+            Some(psql) => psql,
+            None => tool(ctx, "psql", Want::Client(pg_restore.major))?.path,
+        };
+        Some(Relay { psql, unknown })
+    };
+    say_reader(ctx, &pg_restore, server_major, relay.as_ref());
+    Ok((pg_restore.path, relay))
+}
+
+/// Says which program loads the backup into which server, and how.
+fn say_reader(ctx: &StepContext, found: &Found, server_major: u32, relay: Option<&Relay>) {
+    let how = match relay {
+        Some(relay) => format!(
+            "; its script runs through {} without `SET {}`, which PostgreSQL {server_major} does not know",
+            relay.psql.display(),
+            relay.unknown.join("`, `SET ")
+        ),
+        None => String::new(),
+    };
+    ctx.events.output(
+        &ctx.step_id,
+        crate::exec::events::Stream::Stdout,
+        format!(
+            "using {} for server PostgreSQL {server_major}{how}",
+            found.describe()
+        ),
+    );
+}
+
+/// [`feed`] for a plain SQL dump whose header may set what the server does not know:
+/// those lines are taken out on the way ([`super::compat`]).
+async fn feed_fixed(
+    ctx: &StepContext,
+    store: &AnyStore,
+    manifest: &Manifest,
+    name: &str,
+    process: PgProcess,
+    unknown: &[&'static str],
+) -> Result<(), StepError> {
+    feed_with(ctx, store, manifest, name, process, true, unknown).await
 }
 
 /// Streams one stored file, decompressed, into a process's stdin, then waits for it.
@@ -128,8 +195,20 @@ pub async fn feed(
     store: &AnyStore,
     manifest: &Manifest,
     name: &str,
+    process: PgProcess,
+    reads_all: bool,
+) -> Result<(), StepError> {
+    feed_with(ctx, store, manifest, name, process, reads_all, &[]).await
+}
+
+async fn feed_with(
+    ctx: &StepContext,
+    store: &AnyStore,
+    manifest: &Manifest,
+    name: &str,
     mut process: PgProcess,
     reads_all: bool,
+    unknown: &[&'static str],
 ) -> Result<(), StepError> {
     let Loaded {
         mut reader,
@@ -147,8 +226,15 @@ pub async fn feed(
     // further on is read, and the damage is reported by whoever reads all of it.
     let piece = if reads_all { 1 << 20 } else { 8 << 10 };
     let mut pieces = tokio::io::BufReader::with_capacity(piece, &mut reader);
+    let copy = async {
+        if !unknown.is_empty() {
+            let head = super::compat::fixed_header(&mut pieces, unknown).await?;
+            tokio::io::AsyncWriteExt::write_all(&mut stdin, &head).await?;
+        }
+        tokio::io::copy_buf(&mut pieces, &mut stdin).await
+    };
     let copied = tokio::select! {
-        r = tokio::io::copy_buf(&mut pieces, &mut stdin) => r,
+        r = copy => r,
         _ = ctx.cancel.cancelled() => {
             process.stop(ctx).await;
             return Err(StepError::cancelled());
@@ -302,12 +388,12 @@ async fn parallel_custom<C: Fn(&mut tokio::process::Command) + Sync>(
             let mut all = loading.args.to_vec();
             all.push(format!("--jobs={}", loading.jobs));
             all.push(spool.display().to_string());
-            PgProcess::spawn(
+            PgProcess::spawn_restore(
                 loading.pg_restore,
                 &all,
+                loading.relay,
                 ctx,
                 loading.configure,
-                false,
                 false,
             )?
             .finish(ctx)
@@ -538,6 +624,7 @@ struct Loading<'a, C> {
     /// The database restored into, for the loads over our own connection.
     into: &'a ConnInfo,
     pg_restore: &'a Path,
+    relay: Option<&'a Relay>,
     args: &'a [String],
     /// The archive pg_restore reads (the local copy, or the head of an indexed file).
     spool: &'a Path,
@@ -551,6 +638,7 @@ struct Loading<'a, C> {
 struct Parallel<'a, C> {
     into: &'a ConnInfo,
     pg_restore: &'a Path,
+    relay: Option<&'a Relay>,
     args: &'a [String],
     jobs: u32,
     configure: &'a C,
@@ -563,6 +651,7 @@ impl<'a, C> Parallel<'a, C> {
             ctx,
             into: self.into,
             pg_restore: self.pg_restore,
+            relay: self.relay,
             args: self.args,
             spool,
             dir,
@@ -702,12 +791,12 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
         let mut all = self.args.to_vec();
         all.extend_from_slice(extra);
         all.push(self.spool.display().to_string());
-        PgProcess::spawn(
+        PgProcess::spawn_restore(
             self.pg_restore,
             &all,
+            self.relay,
             self.ctx,
             self.configure,
-            false,
             false,
         )
     }
@@ -725,7 +814,14 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
         let list = self.list(batch, &format!("data-{run}"))?;
         let mut all = self.args.to_vec();
         all.extend(["--section=data".to_string(), list]);
-        PgProcess::spawn(self.pg_restore, &all, self.ctx, self.configure, true, false)
+        PgProcess::spawn_restore(
+            self.pg_restore,
+            &all,
+            self.relay,
+            self.ctx,
+            self.configure,
+            true,
+        )
     }
 
     /// Loads the data of `batch` (blocks next to each other in the archive, the last
@@ -1440,5 +1536,78 @@ mod tests {
         // Blocks that are not next to each other are never read as one range.
         let apart = [(1, 0, MIB), (2, 2 * MIB, 3 * MIB)];
         assert_eq!(batches(&apart, 2).len(), 2);
+    }
+}
+
+/// Why a restore failed when the cause lies with the destination or the tools rather
+/// than in the backup: a verify must not call a backup damaged for a missing extension,
+/// role or locale, a server or pg_restore of the wrong version, or a full disk. `None`
+/// when the message names none of these.
+pub fn environment_problem(message: &str) -> Option<&'static str> {
+    let m = message.to_ascii_lowercase();
+    let has = |a: &str| m.contains(a);
+    let named = |a: &str, b: &str| m.split(a).skip(1).any(|after| after.contains(b));
+    Some(if has("unrecognized configuration parameter") {
+        "the destination server does not know a setting the restore sends (client tools newer than the server)"
+    } else if has("unsupported version") && has("file header") {
+        "pg_restore is older than the pg_dump that wrote the backup"
+    } else if has("extension control file") || named("extension \"", "is not available") {
+        "an extension the backup uses is not installed on the destination server"
+    } else if has("could not access file \"$libdir") || has("could not load library") {
+        "a library the backup's functions need is not installed on the destination server"
+    } else if named("role \"", "does not exist") {
+        "a role the backup names does not exist on the destination server"
+    } else if named("tablespace \"", "does not exist") {
+        "a tablespace the backup names does not exist on the destination server"
+    } else if named("collation \"", "does not exist")
+        || has("invalid locale name")
+        || has("could not create locale")
+    {
+        "a collation or locale the backup uses is missing on the destination server"
+    } else if has("permission denied") || has("must be owner") || has("must be superuser") {
+        "the restoring user lacks a privilege on the destination server"
+    } else if has("no space left on device") || has("could not extend file") || has("disk full") {
+        "the destination ran out of disk space"
+    } else if has("out of memory") || has("too many connections") {
+        "the destination server ran out of resources"
+    } else if has("could not connect")
+        || has("connection to server")
+        || has("server closed the connection")
+        || has("terminating connection")
+        || has("the database system is")
+    {
+        "the destination server could not be reached or went away"
+    } else if has("found in pg_bin_dir") {
+        "a PostgreSQL program of a version that fits is not installed"
+    } else {
+        return None;
+    })
+}
+
+#[cfg(test)]
+mod environment_tests {
+    use super::environment_problem;
+
+    #[test]
+    fn tools_and_server_problems_are_told_from_damage() {
+        for message in [
+            "pg_restore failed (exit status: 1): pg_restore: error: could not execute query: ERROR:  unrecognized configuration parameter \"transaction_timeout\"",
+            "pg_restore: error: could not execute query: ERROR:  could not open extension control file \"/usr/share/postgresql/13/extension/hstore.control\": No such file or directory",
+            "ERROR:  extension \"postgis\" is not available",
+            "ERROR:  role \"app_owner\" does not exist",
+            "pg_restore: error: unsupported version (1.16) in file header",
+            "no `pg_restore` of version 18 or newer found in pg_bin_dir, OPSRUNNER_PG_BIN_DIR, PATH or /usr/lib/postgresql/*/bin",
+            "ERROR:  could not extend file \"base/16384/16385\": No space left on device",
+        ] {
+            assert!(environment_problem(message).is_some(), "{message}");
+        }
+        for message in [
+            "pg_restore: error: could not read from input file: end of file",
+            "the backup does not match its manifest: SHA-256 differs",
+            "pg_restore: error: could not execute query: ERROR:  syntax error at or near \"CRATE\"",
+            "ERROR:  duplicate key value violates unique constraint \"t_pkey\"",
+        ] {
+            assert_eq!(environment_problem(message), None, "{message}");
+        }
     }
 }

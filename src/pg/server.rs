@@ -4,7 +4,7 @@
 
 use super::conn::ConnInfo;
 use super::tools;
-use crate::exec::StepError;
+use crate::exec::{StepContext, StepError};
 use sqlx::{PgConnection, Row};
 
 /// Connects to the target (or the database the step names) and learns the server's version.
@@ -48,16 +48,33 @@ pub async fn connect(url: &str, database: Option<&str>, what: &str) -> Result<Se
     })
 }
 
-pub fn tool(name: &str, major: u32) -> Result<(std::path::PathBuf, String), StepError> {
+/// The program `name` that fits `want`, searched where the step's plan says first; its
+/// choice is said in the step's log, since which version ran matters when something fails.
+pub fn tool(ctx: &StepContext, name: &str, want: tools::Want) -> Result<tools::Found, StepError> {
     // A missing program will not appear on a retry.
-    let (path, _) =
-        tools::find(name, Some(major)).map_err(|e| StepError::permanent(e.to_string()))?;
-    let version = std::process::Command::new(&path)
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    Ok((path, version))
+    let found = tools::Search::new(ctx.pg_bin_dirs.clone())
+        .find(name, want)
+        .map_err(|e| StepError::permanent(e.to_string()))?;
+    tracing::debug!(program = %found.describe(), ?want, "chosen");
+    Ok(found)
+}
+
+/// Says in the step's log which program runs against which server: when versions are
+/// mixed, the first thing to know about a failure.
+pub fn say_tool(ctx: &StepContext, found: &tools::Found, server: &Server) {
+    ctx.events.output(
+        &ctx.step_id,
+        crate::exec::events::Stream::Stdout,
+        format!(
+            "using {} for server PostgreSQL {}",
+            found.describe(),
+            server
+                .version
+                .split_whitespace()
+                .next()
+                .unwrap_or(&server.version)
+        ),
+    );
 }
 
 /// Connection trouble, serialization failures, deadlocks and server shutdowns are worth

@@ -1,16 +1,204 @@
-//! Finding PostgreSQL programs: `PATH` first, then `/usr/lib/postgresql/*/bin` (newest
-//! major first). Client tools must be at least the server's major version, or pg_dump
-//! refuses (or worse, silently misses newer features).
+//! Finding PostgreSQL programs of the right version for each operation.
+//!
+//! Where: the directories the plan names (`pg_bin_dir` on the target, then on the plan),
+//! then `OPSRUNNER_PG_BIN_DIR`, then `PATH`, then `/usr/lib/postgresql/*/bin` (newest major
+//! first). `OPSRUNNER_PG_SEARCH` replaces the last two (only those directories are searched).
+//!
+//! Which: a program from a directory the operator named wins whenever its version can do
+//! the job: naming a directory is a decision. Among the others the version decides, not
+//! the order of `PATH`, because the usual installation (PGDG) puts the newest client tools
+//! first in `PATH` next to older servers:
+//! - a client that talks to a server (`pg_dump`, `pg_basebackup`, `psql`) must be at least
+//!   the server's major, or pg_dump refuses (or misses what is newer); the server's own
+//!   major is preferred, then the closest newer one;
+//! - `pg_restore` must be at least the major of the pg_dump that wrote the archive (it
+//!   cannot read newer archives), and its output must be accepted by the destination: the
+//!   destination's own major is preferred, then the closest newer one. What a newer
+//!   pg_restore writes that an older server does not know is taken out on the way
+//!   ([`super::compat`]);
+//! - server programs that start a copy of a cluster's files are of exactly its major.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Mutex, OnceLock};
 
-/// Directories searched after `PATH`. `OPSRUNNER_PG_SEARCH` (colon-separated) replaces the
-/// default `/usr/lib/postgresql/*/bin`.
-fn extra_dirs() -> Vec<PathBuf> {
-    if let Some(custom) = std::env::var_os("OPSRUNNER_PG_SEARCH") {
-        return std::env::split_paths(&custom).collect();
+/// What a program is needed for, which decides the versions that will do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// Any version (the newest found).
+    Any,
+    /// A client of a server of this major: this major or newer, the closest preferred.
+    Client(u32),
+    /// Reading an archive written by pg_dump `archive` into a server of major `into`.
+    Reader { archive: u32, into: u32 },
+    /// Exactly this major: server programs for a cluster's files.
+    Exact(u32),
+}
+
+impl Want {
+    fn accepts(self, major: u32) -> bool {
+        match self {
+            Want::Any => true,
+            Want::Client(m) => major >= m,
+            Want::Reader { archive, .. } => major >= archive,
+            Want::Exact(m) => major == m,
+        }
     }
+
+    /// Lower is better among the versions that [`Want::accepts`].
+    fn rank(self, major: u32) -> (u32, u32) {
+        match self {
+            Want::Any => (0, u32::MAX - major),
+            Want::Client(m) | Want::Exact(m) => (0, major - m),
+            Want::Reader { archive, into } => {
+                if major >= into {
+                    // The destination's own major, then the closest newer one.
+                    (0, major - into)
+                } else {
+                    // Older than the destination but able to read the archive: an older
+                    // client's output loads into a newer server; the newest of them.
+                    debug_assert!(major >= archive);
+                    (1, into - major)
+                }
+            }
+        }
+    }
+
+    /// The smallest major that will do, for the message when none does.
+    fn min_major(self) -> Option<u32> {
+        match self {
+            Want::Any => None,
+            Want::Client(m) | Want::Exact(m) => Some(m),
+            Want::Reader { archive, .. } => Some(archive),
+        }
+    }
+}
+
+/// A program found, with its version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub path: PathBuf,
+    pub major: u32,
+    /// What it says of itself: `pg_dump (PostgreSQL) 18.6`.
+    pub version: String,
+    /// Whether it came from a directory the operator named.
+    pub named: bool,
+}
+
+impl Found {
+    /// `/usr/lib/postgresql/15/bin/pg_dump (PostgreSQL 15.14)`, for previews and logs.
+    pub fn describe(&self) -> String {
+        let number = self
+            .version
+            .split(')')
+            .nth(1)
+            .and_then(|v| v.split_whitespace().next())
+            .unwrap_or("?");
+        format!("{} (PostgreSQL {number})", self.path.display())
+    }
+
+    /// A program of the same installation (`psql` beside `pg_restore`), when there is one.
+    pub fn sibling(&self, name: &str) -> Option<PathBuf> {
+        let path = self.path.with_file_name(name);
+        path.is_file().then_some(path)
+    }
+}
+
+/// Where to look: the directories a plan names for one step (its target's `pg_bin_dir`
+/// first, then the plan's), searched before everything else.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Search {
+    pub named: Vec<PathBuf>,
+}
+
+impl Search {
+    pub fn new(named: Vec<PathBuf>) -> Search {
+        Search { named }
+    }
+
+    /// The directories searched, in order, each with whether the operator named it.
+    fn dirs(&self) -> Vec<(PathBuf, bool)> {
+        let mut dirs: Vec<(PathBuf, bool)> = self.named.iter().map(|d| (d.clone(), true)).collect();
+        if let Some(env) = std::env::var_os("OPSRUNNER_PG_BIN_DIR") {
+            dirs.extend(std::env::split_paths(&env).map(|d| (d, true)));
+        }
+        if let Some(custom) = std::env::var_os("OPSRUNNER_PG_SEARCH") {
+            dirs.extend(std::env::split_paths(&custom).map(|d| (d, false)));
+            return dirs;
+        }
+        if let Some(path) = std::env::var_os("PATH") {
+            dirs.extend(std::env::split_paths(&path).map(|d| (d, false)));
+        }
+        dirs.extend(debian_dirs().into_iter().map(|d| (d, false)));
+        dirs
+    }
+
+    /// Every `name` found, once each, in search order (Debian's wrapper last), with versions.
+    pub fn all(&self, name: &str) -> Vec<Found> {
+        let mut found: Vec<Found> = Vec::new();
+        let mut paths: Vec<(PathBuf, bool)> = Vec::new();
+        for (dir, named) in self.dirs() {
+            let path = dir.join(name);
+            if path.is_file() && !paths.iter().any(|(f, _)| same_file(f, &path)) {
+                paths.push((path, named));
+            }
+        }
+        // Debian's /usr/bin/pg_restore (and the rest) is a Perl script that picks a version
+        // and then runs the real program from /usr/lib/postgresql/N/bin: some 35 ms of CPU
+        // each time, and a parallel restore runs pg_restore a dozen times. The real programs
+        // come first; the wrapper stays as the last resort.
+        paths.sort_by_key(|(path, _)| is_debian_wrapper(path));
+        for (path, named) in paths {
+            if let Some((major, version)) = version_of(&path) {
+                found.push(Found {
+                    path,
+                    major,
+                    version,
+                    named,
+                });
+            }
+        }
+        found
+    }
+
+    /// The program `name` that fits `want` best (see the module's documentation).
+    pub fn find(&self, name: &str, want: Want) -> Result<Found, ToolMissing> {
+        let all = self.all(name);
+        let fitting = |f: &&Found| want.accepts(f.major);
+        // A directory the operator named wins when its program will do.
+        if let Some(named) = all.iter().filter(|f| f.named).find(fitting) {
+            return Ok(named.clone());
+        }
+        if let Some(best) = all
+            .iter()
+            .filter(fitting)
+            .min_by_key(|f| want.rank(f.major))
+        {
+            return Ok(best.clone());
+        }
+        Err(ToolMissing {
+            name: name.to_string(),
+            min_major: want.min_major(),
+            exact: matches!(want, Want::Exact(_)),
+            seen: all
+                .iter()
+                .map(|f| format!("{} (version {})", f.path.display(), f.major))
+                .collect(),
+        })
+    }
+
+    /// The majors of which `name` is installed, ascending.
+    pub fn majors(&self, name: &str) -> Vec<u32> {
+        let mut majors: Vec<u32> = self.all(name).iter().map(|f| f.major).collect();
+        majors.sort_unstable();
+        majors.dedup();
+        majors
+    }
+}
+
+/// `/usr/lib/postgresql/N/bin`, newest major first.
+fn debian_dirs() -> Vec<PathBuf> {
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
         .flatten()
@@ -19,30 +207,6 @@ fn extra_dirs() -> Vec<PathBuf> {
         .collect();
     versions.sort_by_key(|v| std::cmp::Reverse(v.0));
     versions.into_iter().map(|(_, p)| p).collect()
-}
-
-fn candidates(name: &str) -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = if std::env::var_os("OPSRUNNER_PG_SEARCH").is_some() {
-        Vec::new()
-    } else {
-        std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).collect())
-            .unwrap_or_default()
-    };
-    dirs.extend(extra_dirs());
-    let mut found: Vec<PathBuf> = Vec::new();
-    for dir in dirs {
-        let path = dir.join(name);
-        if path.is_file() && !found.iter().any(|f| same_file(f, &path)) {
-            found.push(path);
-        }
-    }
-    // Debian's /usr/bin/pg_restore (and the rest) is a Perl script that picks a version
-    // and then runs the real program from /usr/lib/postgresql/N/bin: some 35 ms of CPU
-    // each time, and a parallel restore runs pg_restore a dozen times. The real programs
-    // come first; the wrapper stays as the last resort.
-    found.sort_by_key(|path| is_debian_wrapper(path));
-    found
 }
 
 /// Whether `path` is postgresql-common's `pg_wrapper` (under whatever name it is linked).
@@ -58,10 +222,31 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// The major version and `--version` line of a program, asked once per path and run.
+fn version_of(program: &Path) -> Option<(u32, String)> {
+    static SEEN: OnceLock<Mutex<HashMap<PathBuf, Option<(u32, String)>>>> = OnceLock::new();
+    let seen = SEEN.get_or_init(Default::default);
+    if let Some(known) = seen.lock().expect("not poisoned").get(program) {
+        return known.clone();
+    }
+    let answer = Command::new(program)
+        .arg("--version")
+        .env("LC_MESSAGES", "C")
+        .output()
+        .ok()
+        .and_then(|out| {
+            let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            Some((parse_major(&line)?, line))
+        });
+    seen.lock()
+        .expect("not poisoned")
+        .insert(program.to_path_buf(), answer.clone());
+    answer
+}
+
 /// The major version a PostgreSQL program reports, e.g. 15 for "pg_dump (PostgreSQL) 15.14".
 pub fn major_version(program: &Path) -> Option<u32> {
-    let out = Command::new(program).arg("--version").output().ok()?;
-    parse_major(&String::from_utf8_lossy(&out.stdout))
+    version_of(program).map(|(major, _)| major)
 }
 
 /// 15 from "pg_dump (PostgreSQL) 15.14 (Debian 15.14-1)".
@@ -70,9 +255,9 @@ pub fn parse_major(version_line: &str) -> Option<u32> {
     version.split('.').next()?.parse().ok()
 }
 
-/// A PostgreSQL program that is not there (or only in versions too old).
+/// A PostgreSQL program that is not there (or only in versions that will not do).
 #[derive(Debug, thiserror::Error)]
-#[error("no `{name}`{} found in PATH or /usr/lib/postgresql/*/bin{}; install {}", wanted(*.min_major, *.exact), found(.seen), package(.name, *.min_major))]
+#[error("no `{name}`{} found in pg_bin_dir, OPSRUNNER_PG_BIN_DIR, PATH or /usr/lib/postgresql/*/bin{}; install {} or name its directory with `pg_bin_dir`", wanted(*.min_major, *.exact), found(.seen), package(.name, *.min_major))]
 pub struct ToolMissing {
     pub name: String,
     pub min_major: Option<u32>,
@@ -115,43 +300,9 @@ fn package(name: &str, min_major: Option<u32>) -> String {
     }
 }
 
-/// Finds `name` with major version at least `min_major` (when given).
-pub fn find(name: &str, min_major: Option<u32>) -> Result<(PathBuf, u32), ToolMissing> {
-    let mut seen = Vec::new();
-    for path in candidates(name) {
-        let Some(major) = major_version(&path) else {
-            continue;
-        };
-        if min_major.is_none_or(|m| major >= m) {
-            return Ok((path, major));
-        }
-        seen.push(format!("{} (version {major})", path.display()));
-    }
-    Err(ToolMissing {
-        name: name.to_string(),
-        min_major,
-        exact: false,
-        seen,
-    })
-}
-
-/// Finds `name` of exactly major version `major`: the server programs that start a copy of a
-/// cluster's files must be of the version that wrote them.
-pub fn find_exact(name: &str, major: u32) -> Result<PathBuf, ToolMissing> {
-    let mut seen = Vec::new();
-    for path in candidates(name) {
-        match major_version(&path) {
-            Some(m) if m == major => return Ok(path),
-            Some(m) => seen.push(format!("{} (version {m})", path.display())),
-            None => {}
-        }
-    }
-    Err(ToolMissing {
-        name: name.to_string(),
-        min_major: Some(major),
-        exact: true,
-        seen,
-    })
+/// Finds `name` for `want` with no plan-named directories (the environment's search only).
+pub fn find(name: &str, want: Want) -> Result<Found, ToolMissing> {
+    Search::default().find(name, want)
 }
 
 #[cfg(test)]
@@ -171,5 +322,84 @@ mod tests {
         assert!(is_debian_wrapper(&wrapper));
         assert!(!is_debian_wrapper(&real));
         assert!(!is_debian_wrapper(&dir.path().join("missing")));
+    }
+
+    /// The choice among installed majors 15, 16 and 18, for each kind of need.
+    #[test]
+    fn versions_are_chosen_by_what_the_operation_needs() {
+        let best = |want: Want| {
+            [15u32, 18, 16]
+                .into_iter()
+                .filter(|m| want.accepts(*m))
+                .min_by_key(|m| want.rank(*m))
+        };
+        // A 13 server: the closest newer client; a 16 server: its own; 17: 18.
+        assert_eq!(best(Want::Client(13)), Some(15));
+        assert_eq!(best(Want::Client(16)), Some(16));
+        assert_eq!(best(Want::Client(17)), Some(18));
+        assert_eq!(best(Want::Client(19)), None);
+        // An 18 archive into a 13 server: only 18 reads it (its output is fixed on the way).
+        assert_eq!(
+            best(Want::Reader {
+                archive: 18,
+                into: 13
+            }),
+            Some(18)
+        );
+        // A 13 archive into a 16 server: the destination's own.
+        assert_eq!(
+            best(Want::Reader {
+                archive: 13,
+                into: 16
+            }),
+            Some(16)
+        );
+        // A 15 archive into a 13 server: the closest that reads it.
+        assert_eq!(
+            best(Want::Reader {
+                archive: 15,
+                into: 13
+            }),
+            Some(15)
+        );
+        // A 15 archive into a 17 server: the closest newer than the destination.
+        assert_eq!(
+            best(Want::Reader {
+                archive: 15,
+                into: 17
+            }),
+            Some(18)
+        );
+        // A 15 archive into a 19 server, nothing that new installed: the newest reader.
+        assert_eq!(
+            best(Want::Reader {
+                archive: 15,
+                into: 19
+            }),
+            Some(18)
+        );
+        assert_eq!(best(Want::Exact(16)), Some(16));
+        assert_eq!(best(Want::Exact(14)), None);
+        assert_eq!(best(Want::Any), Some(18));
+    }
+
+    #[test]
+    fn a_named_directory_wins_when_its_version_will_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("pg_dump");
+        std::fs::write(&fake, "#!/bin/sh\necho 'pg_dump (PostgreSQL) 99.1'\n").unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let search = Search::new(vec![dir.path().to_path_buf()]);
+        let found = search.find("pg_dump", Want::Client(15)).unwrap();
+        assert_eq!(found.path, fake);
+        assert!(found.named);
+        assert_eq!(
+            found.describe(),
+            format!("{} (PostgreSQL 99.1)", fake.display())
+        );
+        // Too old for the server: not taken, and named among what was found.
+        let err = search.find("pg_dump", Want::Client(100)).unwrap_err();
+        assert!(err.to_string().contains("version 99"), "{err}");
     }
 }

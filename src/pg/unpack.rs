@@ -137,7 +137,8 @@ pub async fn verify_files(
     major: u32,
     ignore: &[&str],
 ) -> Result<String, StepError> {
-    let (program, _) = crate::pg::server::tool("pg_verifybackup", major)?;
+    let program =
+        crate::pg::server::tool(ctx, "pg_verifybackup", super::tools::Want::Client(major))?.path;
     let mut args = vec!["--no-parse-wal".to_string(), "--quiet".into()];
     for name in ignore {
         args.push(format!("--ignore={name}"));

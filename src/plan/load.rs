@@ -22,6 +22,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "secrets",
     "targets",
     "repositories",
+    "pg_bin_dir",
     "steps",
 ];
 
@@ -176,6 +177,12 @@ impl Loader {
         let targets: Option<BTreeMap<String, Target>> = self.named_map(root, "targets");
         let repositories: Option<BTreeMap<String, Repository>> =
             self.named_map(root, "repositories");
+        let pg_bin_dir: Option<Option<String>> = self.optional(root, "pg_bin_dir");
+        self.no_templates(
+            root,
+            "pg_bin_dir",
+            "a directory of programs is written out, never rendered",
+        );
         let steps = self.steps(root, steps, tree);
         let vars = match std::mem::take(&mut self.known)["vars"].take() {
             Value::Object(map) => vars_loaded.then(|| map.into_iter().collect::<BTreeMap<_, _>>()),
@@ -192,6 +199,7 @@ impl Loader {
             secrets: secrets?,
             targets: targets?,
             repositories: repositories?,
+            pg_bin_dir: pg_bin_dir?,
             steps: steps?,
         })
     }

@@ -41,6 +41,11 @@ pub struct Plan {
     /// Places backups are kept.
     #[serde(default)]
     pub repositories: BTreeMap<String, Repository>,
+    /// A directory of PostgreSQL programs (pg_dump, pg_restore, psql, initdb, …) searched
+    /// before `PATH`, e.g. `/usr/lib/postgresql/17/bin`; relative to the plan file. A
+    /// target's own `pg_bin_dir` comes first. See the README, "PostgreSQL versions".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pg_bin_dir: Option<String>,
     pub steps: Vec<StepDef>,
 }
 
@@ -63,6 +68,10 @@ pub struct Target {
     /// Destructive steps on a protected target are refused unless `--confirm NAME` is given.
     #[serde(default)]
     pub protected: bool,
+    /// A directory of PostgreSQL programs for this target's steps, searched before the
+    /// plan's `pg_bin_dir` and `PATH`; relative to the plan file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pg_bin_dir: Option<String>,
     /// The definition as written, rendered again when a step starts.
     #[serde(skip)]
     #[schemars(skip)]

@@ -435,6 +435,18 @@ impl Validator<'_> {
                     Some("an ephemeral target is a new local cluster; remove `url`, or remove `ephemeral` to use the server at `url`".into()),
                 );
             }
+            if target
+                .pg_bin_dir
+                .as_deref()
+                .is_some_and(crate::plan::template::has_template)
+            {
+                self.report(
+                    &[key("targets"), key(name), key("pg_bin_dir")],
+                    format!("`pg_bin_dir` of target `{name}` takes no template: a directory of programs is written out, never rendered"),
+                    0,
+                    Some("write the directory as it is".into()),
+                );
+            }
             if target.run_as.is_some() && !target.ephemeral {
                 self.report(
                     &[key("targets"), key(name), key("run_as")],

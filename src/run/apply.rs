@@ -146,7 +146,7 @@ pub async fn run(
     ));
     // Ephemeral clusters live exactly as long as this binding: dropping them (at the end of
     // this function, whatever happened) stops the servers and removes their directories.
-    let clusters = match start_ephemeral_clusters(&plan, &cancel).await {
+    let clusters = match start_ephemeral_clusters(&plan, &source.base_dir(), &cancel).await {
         Ok(clusters) => clusters,
         Err(message) => {
             signals.abort();
@@ -364,6 +364,7 @@ pub fn lease_ttl() -> Duration {
 /// Starts a cluster for every ephemeral target some step uses, all at once.
 async fn start_ephemeral_clusters(
     plan: &ValidPlan,
+    base_dir: &std::path::Path,
     cancel: &CancellationToken,
 ) -> Result<Vec<(String, EphemeralCluster)>, String> {
     let mut names: Vec<&str> = plan
@@ -381,9 +382,14 @@ async fn start_ephemeral_clusters(
             continue;
         }
         let run_as = target.run_as.clone().unwrap_or_else(|| "postgres".into());
+        let search = crate::pg::tools::Search::new(crate::run::executor::pg_bin_dirs(
+            &plan.plan,
+            Some(name),
+            base_dir,
+        ));
         starting.push((
             name.to_string(),
-            tokio::task::spawn_blocking(move || EphemeralCluster::start(&run_as)),
+            tokio::task::spawn_blocking(move || EphemeralCluster::start(&run_as, &search)),
         ));
     }
     let mut clusters = Vec::new();

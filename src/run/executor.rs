@@ -568,6 +568,7 @@ impl StepTask {
             run_id: self.opts.run.id.clone(),
             identities: self.opts.identities.clone(),
             ephemeral: self.opts.ephemeral.clone(),
+            pg_bin_dirs: pg_bin_dirs(&self.plan.plan, kind.target(), &self.opts.base_dir),
         };
         Ok((kind, ctx, common))
     }
@@ -702,4 +703,20 @@ impl StepTask {
         }
         unreachable!("the loop returns on the last attempt")
     }
+}
+
+/// The program directories a step's plan names: its target's `pg_bin_dir`, then the
+/// plan's, relative to the plan file's directory.
+pub fn pg_bin_dirs(
+    plan: &crate::plan::model::Plan,
+    target: Option<&str>,
+    base_dir: &std::path::Path,
+) -> Vec<std::path::PathBuf> {
+    let own = target
+        .and_then(|t| plan.targets.get(t))
+        .and_then(|t| t.pg_bin_dir.as_deref());
+    own.into_iter()
+        .chain(plan.pg_bin_dir.as_deref())
+        .map(|dir| base_dir.join(dir))
+        .collect()
 }

@@ -11,6 +11,7 @@ use crate::pg::custom_archive::{NotCounted, RowCounter};
 use crate::pg::fingerprint;
 use crate::pg::process::PgProcess;
 use crate::pg::server::{Server, classify, connect, tool};
+use crate::pg::tools::Want;
 use crate::plan::step_params::{CheckScope, Problem};
 use crate::repo::compression::Compression;
 use crate::repo::manifest::{
@@ -189,7 +190,10 @@ pub async fn run(p: &BackupParams, ctx: &StepContext) -> Result<Outputs, StepErr
         &format!("target `{}`", p.target),
     )
     .await?;
-    let (pg_dump, pg_dump_version) = tool("pg_dump", server.major)?;
+    let pg_dump = tool(ctx, "pg_dump", Want::Client(server.major))?;
+    crate::pg::server::say_tool(ctx, &pg_dump, &server);
+    let pg_dump_version = pg_dump.version.clone();
+    let pg_dump = pg_dump.path;
     let backup_id = format!(
         "{}-{}-{:04x}",
         created_at.format("%Y%m%dT%H%M%SZ"),

@@ -17,6 +17,7 @@ use crate::exec::{StepContext, StepError};
 use crate::pg::basebackup::{self, Seen};
 use crate::pg::process::PgProcess;
 use crate::pg::server::{Server, classify, connect, tool};
+use crate::pg::tools::Want;
 use crate::plan::step_params::{CheckScope, Problem};
 use crate::repo::compression::Compression;
 use crate::repo::manifest::{
@@ -212,7 +213,10 @@ pub async fn run(p: &BaseBackupParams, ctx: &StepContext) -> Result<Outputs, Ste
     let what = format!("target `{}`", p.target);
     let mut server = connect(ctx.target_url(&p.target)?, None, &what).await?;
     let cluster = inspect(&mut server, &p.target).await?;
-    let (pg_basebackup, version) = tool("pg_basebackup", server.major)?;
+    let pg_basebackup = tool(ctx, "pg_basebackup", Want::Client(server.major))?;
+    crate::pg::server::say_tool(ctx, &pg_basebackup, &server);
+    let version = pg_basebackup.version.clone();
+    let pg_basebackup = pg_basebackup.path;
     let backup_id = format!(
         "{}-cluster-{:04x}",
         created_at.format("%Y%m%dT%H%M%SZ"),

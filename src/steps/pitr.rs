@@ -742,7 +742,7 @@ pub async fn select(
 /// Chooses the backup and checks what can be checked without touching anything but the
 /// missing WAL (which the caller judges: a refusal for a restore, a verdict for a verify).
 pub async fn prepare(p: &Request<'_>, ctx: &StepContext) -> Result<Prepared, StepError> {
-    let cluster = throwaway(ctx, p.target)?;
+    let mut cluster = throwaway(ctx, p.target)?;
     let Selected {
         store,
         choice,
@@ -750,10 +750,32 @@ pub async fn prepare(p: &Request<'_>, ctx: &StepContext) -> Result<Prepared, Ste
         major,
     } = select(ctx, p.repository, p.backup, p.to).await?;
     if cluster.major != major {
-        return Err(StepError::permanent(format!(
-            "base backup {} is of PostgreSQL {}; the throwaway cluster of `{}` runs {}: a copy of a cluster's files starts only under the same major version",
-            manifest.backup_id, manifest.server_version, p.target, cluster.major
-        )));
+        // A copy of a cluster's files starts only under its own major: the throwaway
+        // cluster is replaced anyway, and the copy runs on that major's programs.
+        let search = crate::pg::tools::Search::new(ctx.pg_bin_dirs.clone());
+        let postgres = search
+            .find("postgres", crate::pg::tools::Want::Exact(major))
+            .map_err(|e| {
+                StepError::permanent(format!(
+                    "base backup {} is of PostgreSQL {}; the throwaway cluster of `{}` runs {}, and a copy of a cluster's files starts only under its own major: {e}",
+                    manifest.backup_id, manifest.server_version, p.target, cluster.major
+                ))
+            })?;
+        let real = postgres
+            .path
+            .canonicalize()
+            .unwrap_or(postgres.path.clone());
+        cluster.bin = real.parent().expect("a file has a parent").to_path_buf();
+        cluster.major = major;
+        ctx.events.output(
+            &ctx.step_id,
+            Stream::Stdout,
+            format!(
+                "base backup {} is of PostgreSQL {major}: the recovered copy runs {}",
+                manifest.backup_id,
+                postgres.describe()
+            ),
+        );
     }
     Ok(Prepared {
         cluster,

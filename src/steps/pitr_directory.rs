@@ -47,12 +47,16 @@ pub async fn run(p: &Request<'_>, ctx: &StepContext) -> Result<Outputs, StepErro
     if let Some(missing) = selected.choice.missing_text(p.repository) {
         return Err(untouched(missing));
     }
-    let postgres = crate::pg::tools::find_exact("postgres", selected.major).map_err(|e| {
-        untouched(format!(
-            "base backup {} is of PostgreSQL {}: {e}",
-            selected.manifest.backup_id, selected.manifest.server_version
-        ))
-    })?;
+    let search = crate::pg::tools::Search::new(ctx.pg_bin_dirs.clone());
+    let postgres = search
+        .find("postgres", crate::pg::tools::Want::Exact(selected.major))
+        .map(|f| f.path)
+        .map_err(|e| {
+            untouched(format!(
+                "base backup {} is of PostgreSQL {}: {e}",
+                selected.manifest.backup_id, selected.manifest.server_version
+            ))
+        })?;
     // The real directory of the server programs (a `postgres` found in PATH is often a
     // link into it), where pg_controldata of the same version is.
     let postgres = postgres.canonicalize().unwrap_or(postgres);

@@ -237,7 +237,12 @@ async fn amcheck(
             "skipped: the amcheck extension is not installed with this server".into(),
         ));
     }
-    let Ok((program, _)) = crate::pg::tools::find("pg_amcheck", Some(cluster.major)) else {
+    let Ok(program) = crate::pg::server::tool(
+        ctx,
+        "pg_amcheck",
+        crate::pg::tools::Want::Client(cluster.major),
+    )
+    .map(|f| f.path) else {
         return Ok(Ok("skipped: pg_amcheck is not installed".into()));
     };
     let args = vec![

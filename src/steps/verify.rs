@@ -13,6 +13,7 @@ use crate::pg::database as db;
 use crate::pg::process::PgProcess;
 use crate::pg::server::classify;
 use crate::pg::server::{connect, tool};
+use crate::pg::tools::Want;
 use crate::pg::{fingerprint, restore};
 use crate::plan::step_params::{CheckScope, Problem};
 use crate::repo::AnyStore;
@@ -363,6 +364,17 @@ pub async fn run(p: &VerifyParams, ctx: &StepContext) -> Result<Outputs, StepErr
     if files_ok {
         let toc = archive_contents(ctx, &store, &manifest).await;
         let toc_ok = toc.is_ok();
+        if let Err(e) = &toc
+            && let Some(cause) = restore::environment_problem(e)
+        {
+            checks.record(ctx, "archive", toc.clone());
+            return Err(no_verdict(
+                &manifest.backup_id,
+                "read its archive",
+                cause,
+                e,
+            ));
+        }
         checks.record(ctx, "archive", toc);
         if let (Some(ns), true) = (&p.restore_into, toc_ok) {
             let clock = Instant::now();
@@ -383,6 +395,26 @@ pub async fn run(p: &VerifyParams, ctx: &StepContext) -> Result<Outputs, StepErr
                     checks.record(ctx, "fingerprints", result);
                 }
                 Err(e) if e.kind == crate::exec::ErrorKind::Cancelled => return Err(e),
+                // The stored files matched their checksums: a restore that failed for
+                // the destination's or the tools' sake says nothing about the backup.
+                Err(e)
+                    if e.kind == crate::exec::ErrorKind::Transient
+                        || restore::environment_problem(&e.message).is_some() =>
+                {
+                    checks.record(ctx, "restore", Err(e.message.clone()));
+                    let cause = restore::environment_problem(&e.message)
+                        .unwrap_or("the destination failed in a way that may pass on a retry");
+                    return Err(StepError {
+                        message: no_verdict(
+                            &manifest.backup_id,
+                            "test-restore it",
+                            cause,
+                            &e.message,
+                        )
+                        .message,
+                        ..e
+                    });
+                }
                 Err(e) => checks.record(ctx, "restore", Err(e.message)),
             }
         }
@@ -447,6 +479,14 @@ pub async fn run(p: &VerifyParams, ctx: &StepContext) -> Result<Outputs, StepErr
     );
     outputs.insert("backup_age_s".into(), age_s.to_string());
     Ok(outputs)
+}
+
+/// A verify that could not do its work for a reason outside the backup: the step fails
+/// (exit 1), and no verification is recorded, since nothing was learnt about the backup.
+fn no_verdict(backup_id: &str, what: &str, cause: &str, detail: &str) -> StepError {
+    StepError::permanent(format!(
+        "verify of {backup_id} could not {what}: {cause}. This is not a verdict on the backup (its files match their checksums); nothing was recorded. {detail}"
+    ))
 }
 
 /// Whether `backup` has a manifest that failed to load (rather than none at all).
@@ -527,7 +567,7 @@ async fn archive_contents(
             Ok(format!("SQL script, {total} bytes"))
         }
         DumpFormat::Custom | DumpFormat::Directory => {
-            let (pg_restore, _) = tools_for(manifest).map_err(|e| e.message)?;
+            let pg_restore = tools_for(ctx, manifest).map_err(|e| e.message)?;
             let list = tempfile::NamedTempFile::new().map_err(|e| e.to_string())?;
             let list_arg = format!("--file={}", list.path().display());
             let result = if manifest.format == DumpFormat::Custom {
@@ -577,8 +617,8 @@ async fn archive_contents(
     }
 }
 
-fn tools_for(manifest: &Manifest) -> Result<(std::path::PathBuf, String), StepError> {
-    tool("pg_restore", manifest.pg_dump_major())
+fn tools_for(ctx: &StepContext, manifest: &Manifest) -> Result<std::path::PathBuf, StepError> {
+    tool(ctx, "pg_restore", Want::Client(manifest.pg_dump_major())).map(|f| f.path)
 }
 
 /// What a scratch database's comment starts with, from its creation until it is dropped:
