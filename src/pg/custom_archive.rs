@@ -108,6 +108,16 @@ pub struct TocEntry {
 pub struct Toc(pub Vec<TocEntry>);
 
 impl Toc {
+    /// The `BLOB METADATA` entries of pg_dump 17 and newer: large objects created (with
+    /// their owners and grants) in the data section, before their contents load.
+    pub fn large_object_metadata(&self) -> std::collections::BTreeSet<i64> {
+        self.0
+            .iter()
+            .filter(|e| e.desc == "BLOB METADATA")
+            .map(|e| e.id)
+            .collect()
+    }
+
     /// The indexes and constraints of the post-data section that can be built now that
     /// the `TABLE DATA` entries `loaded` are in, in archive order: those that depend on
     /// nothing but tables whose data is loaded. What `pg_restore -j` starts as each table

@@ -475,7 +475,7 @@ async fn stored_custom<C: Fn(&mut tokio::process::Command) + Sync>(
                     let rest_of_schema = match &early {
                         Some((first, n)) => Some(loading.schema_first(&toc, first, *n).await?),
                         None => {
-                            loading.schema().await?;
+                            loading.schema(&toc).await?;
                             None
                         }
                     };
@@ -1023,13 +1023,30 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
     }
 
     /// Creates the schema (step 1).
-    async fn schema(&self) -> Result<(), StepError> {
+    async fn schema(&self, toc: &Toc) -> Result<(), StepError> {
         tracing::debug!("creating the schema");
         self.run(&["--section=pre-data".into()])?
             .finish(self.ctx)
             .await?;
+        self.large_objects(toc).await?;
         tracing::debug!("the schema is created");
         Ok(())
+    }
+
+    /// Creates the large objects, empty, before any data run may load their contents:
+    /// pg_dump 17 and newer put their metadata (`BLOB METADATA`: lo_create, owner,
+    /// grants) in the data section, ahead of the contents (`BLOBS`), which cannot load
+    /// before it. The metadata holds no data block: the archive's head is all it reads.
+    async fn large_objects(&self, toc: &Toc) -> Result<(), StepError> {
+        let metadata = toc.large_object_metadata();
+        if metadata.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i64> = metadata.into_iter().collect();
+        let list = self.list(&ids, "large-objects")?;
+        self.run(&["--section=data".into(), list])?
+            .finish(self.ctx)
+            .await
     }
 
     /// Creates the entries `first` of the schema (what the first `runs` loads need), and
@@ -1056,6 +1073,7 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
         self.run(&["--section=pre-data".into(), list])?
             .finish(self.ctx)
             .await?;
+        self.large_objects(toc).await?;
         tracing::debug!("creating the rest of the schema while the first tables load");
         let list = self.list(&rest, "pre-data-rest")?;
         self.run(&["--section=pre-data".into(), list])
@@ -1083,7 +1101,7 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
         // The reader parsed this head already; what it did not keep is read again here.
         *loading = toc_of_head(&head).ok().map(|(_, l)| std::sync::Arc::new(l));
         let data_entries = self.entries("data").await?;
-        self.schema().await?;
+        self.schema(&toc).await?;
         self.overlap(&toc, &head, &data_entries, source, None)
             .await
             .map(Some)
@@ -1106,6 +1124,14 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
         let mut schema = futures_util::future::OptionFuture::from(
             rest_of_schema.map(|run| Box::pin(run.finish(self.ctx))),
         );
+        // Large objects' metadata was restored with the schema.
+        let metadata = toc.large_object_metadata();
+        let data_entries: Vec<i64> = data_entries
+            .iter()
+            .copied()
+            .filter(|id| !metadata.contains(id))
+            .collect();
+        let data_entries = &data_entries[..];
         let wanted: std::collections::BTreeSet<i64> = data_entries.iter().copied().collect();
         // Data started loading, data loaded (its run finished), post-data entries built.
         let mut loaded = std::collections::BTreeSet::new();

@@ -34,6 +34,10 @@ pub enum Want {
     Reader { archive: u32, into: u32 },
     /// Exactly this major: server programs for a cluster's files.
     Exact(u32),
+    /// `pg_verifybackup` for a base backup of this major: its own, or a newer one before
+    /// 18 (from 18 on it checks `pg_control` by its own version's layout, and calls every
+    /// older cluster's control file corrupt).
+    Verifier(u32),
 }
 
 impl Want {
@@ -43,6 +47,7 @@ impl Want {
             Want::Client(m) => major >= m,
             Want::Reader { archive, .. } => major >= archive,
             Want::Exact(m) => major == m,
+            Want::Verifier(m) => major == m || (major > m && major < 18),
         }
     }
 
@@ -50,7 +55,7 @@ impl Want {
     fn rank(self, major: u32) -> (u32, u32) {
         match self {
             Want::Any => (0, u32::MAX - major),
-            Want::Client(m) | Want::Exact(m) => (0, major - m),
+            Want::Client(m) | Want::Exact(m) | Want::Verifier(m) => (0, major - m),
             Want::Reader { archive, into } => {
                 if major >= into {
                     // The destination's own major, then the closest newer one.
@@ -69,7 +74,7 @@ impl Want {
     fn min_major(self) -> Option<u32> {
         match self {
             Want::Any => None,
-            Want::Client(m) | Want::Exact(m) => Some(m),
+            Want::Client(m) | Want::Exact(m) | Want::Verifier(m) => Some(m),
             Want::Reader { archive, .. } => Some(archive),
         }
     }
@@ -180,7 +185,7 @@ impl Search {
         Err(ToolMissing {
             name: name.to_string(),
             min_major: want.min_major(),
-            exact: matches!(want, Want::Exact(_)),
+            exact: matches!(want, Want::Exact(_) | Want::Verifier(_)),
             seen: all
                 .iter()
                 .map(|f| format!("{} (version {})", f.path.display(), f.major))
@@ -379,6 +384,10 @@ mod tests {
             Some(18)
         );
         assert_eq!(best(Want::Exact(16)), Some(16));
+        // pg_verifybackup 18 reads only its own major's pg_control.
+        assert_eq!(best(Want::Verifier(13)), Some(15));
+        assert_eq!(best(Want::Verifier(17)), None);
+        assert_eq!(best(Want::Verifier(18)), Some(18));
         assert_eq!(best(Want::Exact(14)), None);
         assert_eq!(best(Want::Any), Some(18));
     }

@@ -482,6 +482,16 @@ impl Manifest {
     pub fn pg_dump_major(&self) -> u32 {
         crate::pg::tools::parse_major(&self.pg_dump_version).unwrap_or(0)
     }
+
+    /// The major version of the server the backup was taken from (`15.18 (Debian …)`:
+    /// its first number); 0 when not recorded.
+    pub fn server_major(&self) -> u32 {
+        self.server_version
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
 }
 
 #[cfg(test)]

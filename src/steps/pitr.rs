@@ -724,13 +724,7 @@ pub async fn select(
     }
     let mut manifest = choice.backup.manifest.clone();
     ctx.unseal(&mut manifest)?;
-    // `server_version` is the server's own (`15.18 (Debian …)`): its first number.
-    let major: u32 = manifest
-        .server_version
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let major = manifest.server_major();
     Ok(Selected {
         store,
         choice,

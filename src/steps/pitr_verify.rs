@@ -226,16 +226,26 @@ async fn amcheck(
         .connect()
         .await
         .map_err(|e| crate::pg::server::classify(&e, "connecting to the recovered cluster"))?;
-    let available: i64 =
-        sqlx::query_scalar("select count(*) from pg_available_extensions where name = 'amcheck'")
-            .fetch_one(&mut conn)
-            .await
-            .map_err(|e| crate::pg::server::classify(&e, "looking for amcheck"))?;
+    let available: Option<String> = sqlx::query_scalar(
+        "select default_version from pg_available_extensions where name = 'amcheck'",
+    )
+    .fetch_optional(&mut conn)
+    .await
+    .map_err(|e| crate::pg::server::classify(&e, "looking for amcheck"))?;
     let _ = conn.close().await;
-    if available == 0 {
+    let Some(version) = available else {
         return Ok(Ok(
             "skipped: the amcheck extension is not installed with this server".into(),
         ));
+    };
+    // pg_amcheck checks tables with verify_heapam, which amcheck has since 1.3
+    // (PostgreSQL 14); PostgreSQL 13's amcheck 1.2 would make it fail on every table.
+    let parts: Vec<u32> = version.split('.').filter_map(|p| p.parse().ok()).collect();
+    if parts < vec![1, 3] {
+        return Ok(Ok(format!(
+            "skipped: amcheck {version} of PostgreSQL {} has no table check (pg_amcheck needs 1.3, PostgreSQL 14)",
+            cluster.major
+        )));
     }
     let Ok(program) = crate::pg::server::tool(
         ctx,
@@ -253,10 +263,38 @@ async fn amcheck(
         format!("--port={}", cluster.port),
         "--username=postgres".into(),
     ];
-    let process = PgProcess::spawn(&program, &args, ctx, |_| {}, false, false)?;
+    // What pg_amcheck found goes to its standard output: the first lines of it are the
+    // check's message.
+    let mut process = PgProcess::spawn(&program, &args, ctx, |_| {}, false, true)?;
+    let mut found = Vec::new();
+    let mut out = process.stdout();
+    let _ = tokio::io::AsyncReadExt::read_to_end(
+        &mut tokio::io::AsyncReadExt::take(&mut out, 64 << 10),
+        &mut found,
+    )
+    .await;
+    // The rest is read and dropped, or pg_amcheck would wait to write it.
+    let _ = tokio::io::copy(&mut out, &mut tokio::io::sink()).await;
+    drop(out);
+    let found = String::from_utf8_lossy(&found);
     Ok(match process.finish(ctx).await {
         Ok(()) => Ok("every table and B-tree index of every database".into()),
         Err(e) if e.kind == ErrorKind::Cancelled => return Err(e),
-        Err(e) => Err(e.message),
+        Err(e) => {
+            let first: Vec<&str> = found
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .take(5)
+                .collect();
+            Err(if first.is_empty() {
+                e.message
+            } else {
+                format!(
+                    "{}: {}",
+                    e.message.trim_end_matches([':', ' ']),
+                    first.join(" | ")
+                )
+            })
+        }
     })
 }

@@ -536,7 +536,7 @@ async fn archive_contents(
             let files = crate::pg::unpack::unpack(ctx, store, manifest, dir.path(), None)
                 .await
                 .map_err(|e| e.message)?;
-            crate::pg::unpack::verify_files(ctx, dir.path(), manifest.pg_dump_major(), &[])
+            crate::pg::unpack::verify_files(ctx, dir.path(), manifest.server_major(), &[])
                 .await
                 .map_err(|e| e.message)?;
             Ok(format!(

@@ -15,7 +15,41 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub port: u16,
     bin: PathBuf,
+    /// Where the harness's own psql and pg_basebackup come from: the server's installation
+    /// when it has them, Debian's otherwise (npm's builds are server programs only).
+    client: PathBuf,
     user: Option<(u32, u32)>,
+}
+
+/// The server programs of PostgreSQL `major`: Debian's when installed, else those
+/// `.ci/install-postgres` puts under `.ci/pg/MAJOR/bin` (run here when they are missing,
+/// so that a fresh clone's `cargo test` gets them as CI does).
+pub fn server_bin_of(major: u32) -> PathBuf {
+    let debian = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"));
+    if debian.join("initdb").exists() {
+        return debian;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci");
+    let bin = root.join(format!("pg/{major}/bin"));
+    if !bin.join("postgres").exists() {
+        let out = Command::new(root.join("install-postgres"))
+            .arg(major.to_string())
+            .output()
+            .expect("running .ci/install-postgres");
+        assert!(
+            out.status.success(),
+            ".ci/install-postgres {major} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    bin
+}
+
+/// The directory of PostgreSQL `major`'s client programs (16, 18: the wheels; 15: Debian).
+pub fn client_bin_of(major: u32) -> Option<PathBuf> {
+    let bin = server_bin_of(major);
+    bin.join("pg_dump").exists().then_some(bin)
 }
 
 /// Finds the newest installed server binaries.
@@ -62,7 +96,35 @@ fn free_port() -> u16 {
 
 impl Cluster {
     pub fn start() -> Cluster {
-        let bin = server_bin();
+        Cluster::start_in(server_bin())
+    }
+
+    /// A cluster of PostgreSQL `major` (13 to 18).
+    pub fn start_major(major: u32) -> Cluster {
+        Cluster::start_in(server_bin_of(major))
+    }
+
+    /// The server's major version, as it says.
+    pub fn major(&self) -> u32 {
+        self.psql(
+            "postgres",
+            "select current_setting('server_version_num')::int / 10000",
+        )
+        .parse()
+        .unwrap()
+    }
+
+    fn client_for(bin: &Path) -> PathBuf {
+        if bin.join("psql").exists() {
+            bin.to_path_buf()
+        } else {
+            // The newest client tools read every older server (pg_dump refuses newer ones).
+            server_bin_of(18)
+        }
+    }
+
+    fn start_in(bin: PathBuf) -> Cluster {
+        let client = Cluster::client_for(&bin);
         let dir = tempfile::tempdir().unwrap();
         let user = postgres_ids();
         if let Some((uid, gid)) = user {
@@ -114,6 +176,7 @@ impl Cluster {
                     dir,
                     port,
                     bin,
+                    client,
                     user,
                 };
             }
@@ -144,7 +207,7 @@ impl Cluster {
 
     /// The psql command [`Cluster::psql`] runs, for running it in the background.
     pub fn psql_command(&self, database: &str, sql: &str) -> Command {
-        let mut cmd = Command::new(self.bin.join("psql"));
+        let mut cmd = Command::new(self.client.join("psql"));
         cmd.args([
             "-X",
             "-q",
@@ -216,6 +279,7 @@ impl Cluster {
             dir,
             port: free_port(),
             bin: self.bin.clone(),
+            client: self.client.clone(),
             user: self.user,
         };
         standby.restart();
@@ -230,10 +294,12 @@ impl Cluster {
 
     /// [`Cluster::adopt`] with `env` in the server's environment.
     pub fn adopt_env(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Cluster {
+        let bin = server_bin();
         let cluster = Cluster {
             dir,
             port: free_port(),
-            bin: server_bin(),
+            client: Cluster::client_for(&bin),
+            bin,
             user: postgres_ids(),
         };
         cluster.restart_env(env);
@@ -288,7 +354,7 @@ impl Cluster {
     }
 
     fn tool(&self, name: &str) -> Command {
-        let mut cmd = Command::new(self.bin.join(name));
+        let mut cmd = Command::new(self.client.join(name));
         cmd.env("PGPASSWORD", PASSWORD);
         cmd
     }

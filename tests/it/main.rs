@@ -30,5 +30,6 @@ mod sql_step;
 mod unattended_history;
 mod unattended_locks;
 mod unattended_progress;
+mod versions;
 mod wal_archive;
 mod where_it_runs;
