@@ -54,6 +54,8 @@ pub struct EphemeralDir {
     pub port: u16,
     /// The uid and gid the server runs as (when opsrunner runs as root).
     pub owner: Option<(u32, u32)>,
+    /// The name of that user (the target's `run_as`), for another cluster of the target's.
+    pub run_as: String,
     /// The server options it is started with (`pg_ctl -o`).
     pub options: String,
 }

@@ -39,6 +39,7 @@ pub struct EphemeralCluster {
     dir: tempfile::TempDir,
     bin: PathBuf,
     owner: Option<(u32, u32)>,
+    run_as: String,
     pub major: u32,
     pub port: u16,
 }
@@ -83,7 +84,19 @@ impl EphemeralCluster {
     /// Creates and starts a cluster. Blocking (about a second); call from `spawn_blocking`.
     /// The newest server found is used: it loads dumps of every older one.
     pub fn start(run_as: &str, search: &tools::Search) -> Result<EphemeralCluster, ClusterError> {
-        let initdb = search.find("initdb", tools::Want::Any)?;
+        EphemeralCluster::start_with(run_as, search.find("initdb", tools::Want::Any)?)
+    }
+
+    /// A cluster of exactly PostgreSQL `major`.
+    pub fn start_major(
+        run_as: &str,
+        search: &tools::Search,
+        major: u32,
+    ) -> Result<EphemeralCluster, ClusterError> {
+        EphemeralCluster::start_with(run_as, search.find("initdb", tools::Want::Exact(major))?)
+    }
+
+    fn start_with(run_as: &str, initdb: tools::Found) -> Result<EphemeralCluster, ClusterError> {
         let major = initdb.major;
         let bin = initdb
             .path
@@ -125,6 +138,7 @@ impl EphemeralCluster {
             dir,
             bin,
             owner,
+            run_as: run_as.to_string(),
             major,
             port: PORT,
         };
@@ -170,6 +184,7 @@ impl EphemeralCluster {
             major: self.major,
             port: self.port,
             owner: self.owner,
+            run_as: self.run_as.clone(),
             options: self.options(),
         }
     }

@@ -9,6 +9,7 @@ use super::restore::{Destination, latest};
 use super::step_type::StepType;
 use crate::exec::events::{Outputs, Stream, Verdict};
 use crate::exec::{StepContext, StepError};
+use crate::pg::cluster::EphemeralCluster;
 use crate::pg::database as db;
 use crate::pg::process::PgProcess;
 use crate::pg::server::classify;
@@ -379,7 +380,13 @@ pub async fn run(p: &VerifyParams, ctx: &StepContext) -> Result<Outputs, StepErr
         if let (Some(ns), true) = (&p.restore_into, toc_ok) {
             let clock = Instant::now();
             let database = ns.database.as_deref().unwrap_or_default();
-            match test_restore(ctx, &store, &manifest, &ns.target, database, p.jobs).await {
+            let (url, own) = scratch_server(ctx, &ns.target, &manifest).await?;
+            let restored =
+                test_restore(ctx, &store, &manifest, (&url, &ns.target), database, p.jobs).await;
+            if let Some(cluster) = own {
+                let _ = tokio::task::spawn_blocking(move || drop(cluster)).await;
+            }
+            match restored {
                 Ok(result) => {
                     restore_ms = Some(clock.elapsed().as_millis());
                     ctx.events.measured(
@@ -701,17 +708,69 @@ async fn remove_left_scratch(conn: &mut sqlx::PgConnection) -> Result<Vec<String
     Ok(removed)
 }
 
+/// Where a test restore goes: the target's server, or — when the target is ephemeral and
+/// its throwaway cluster runs another major than the server the backup was taken from —
+/// a throwaway cluster of the backup's own major, for this step alone, when that server
+/// is installed: a restore is proven where it would be needed, with the same extensions
+/// and behaviour. The cluster (if any) is the caller's to drop.
+async fn scratch_server(
+    ctx: &StepContext,
+    target: &str,
+    manifest: &Manifest,
+) -> Result<(String, Option<EphemeralCluster>), StepError> {
+    let url = ctx.target_url(target)?.to_string();
+    let major = manifest.server_major();
+    let Some(dir) = ctx
+        .ephemeral
+        .get(target)
+        .filter(|d| d.major != major && major > 0)
+    else {
+        return Ok((url, None));
+    };
+    let search = crate::pg::tools::Search::new(ctx.pg_bin_dirs.clone());
+    if search.find("initdb", Want::Exact(major)).is_err() {
+        ctx.events.output(
+            &ctx.step_id,
+            Stream::Stdout,
+            format!(
+                "the backup is of PostgreSQL {major}, whose server is not installed: restoring into the throwaway cluster of `{target}` (PostgreSQL {})",
+                dir.major
+            ),
+        );
+        return Ok((url, None));
+    }
+    let run_as = dir.run_as.clone();
+    let cluster =
+        tokio::task::spawn_blocking(move || EphemeralCluster::start_major(&run_as, &search, major))
+            .await
+            .map_err(|e| {
+                StepError::permanent(format!("starting a PostgreSQL {major} cluster: {e}"))
+            })?
+            .map_err(|e| {
+                StepError::permanent(format!("starting a PostgreSQL {major} cluster: {e}"))
+            })?;
+    ctx.events.output(
+        &ctx.step_id,
+        Stream::Stdout,
+        format!(
+            "the backup is of PostgreSQL {major}: restoring into a throwaway PostgreSQL {major} cluster instead of `{target}`'s PostgreSQL {}",
+            dir.major
+        ),
+    );
+    Ok((cluster.url("postgres"), Some(cluster)))
+}
+
 /// Restores into a new scratch database, compares fingerprints, and drops it whatever
 /// happened. The outer result is the restore; the inner one the fingerprint comparison.
 async fn test_restore(
     ctx: &StepContext,
     store: &AnyStore,
     manifest: &Manifest,
-    target: &str,
+    (url, target): (&str, &str),
     database: &str,
     jobs: Option<u32>,
 ) -> Result<Result<String, String>, StepError> {
-    let mut server = connect(ctx.target_url(target)?, None, &format!("target `{target}`")).await?;
+    let mut server = connect(url, None, &format!("target `{target}`")).await?;
     // Held until the scratch database is dropped (or the connection closes, when the run
     // is killed): what tells a scratch database in use from one left behind.
     if !try_lock_scratch(&mut server.conn, database).await? {

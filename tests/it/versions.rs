@@ -57,7 +57,7 @@ fn source(ws: &Workspace, major: u32) -> (Cluster, String) {
 }
 
 /// Backup → verify → restore of `shop` in every format (custom and directory restored with
-/// two jobs), and a reset + migrate + seed of `app_dev`.
+/// two jobs).
 fn logical_plan(repo_url: &str) -> String {
     let mut plan = format!(
         r#"
@@ -68,16 +68,7 @@ targets:
 repositories:
   repo: {{ url: "{repo_url}" }}
 steps:
-  - id: fresh
-    type: reset
-    target: db
-    database: app_dev
-    migrations: "{}"
-    seeds: "{}"
-    environment: development
-"#,
-        repo_path("migrations"),
-        repo_path("examples/seeds")
+"#
     );
     for format in FORMATS {
         let jobs = if *format == "plain" {
@@ -104,6 +95,42 @@ steps:
         ));
     }
     plan
+}
+
+/// A reset + migrate + seed of `app_dev`.
+fn reset_step() -> String {
+    format!(
+        r#"
+  - id: fresh
+    type: reset
+    target: db
+    database: app_dev
+    migrations: "{}"
+    seeds: "{}"
+    environment: development
+"#,
+        repo_path("migrations"),
+        repo_path("examples/seeds")
+    )
+}
+
+/// `shop` of `restored` has the schema and the content of `shop` of `source`, for every
+/// format's copy.
+fn assert_copies(cluster: &Cluster, what: &str) {
+    let (schema, content) = (cluster.schema("shop"), cluster.content("shop"));
+    for format in FORMATS {
+        let copy = format!("copy_{format}");
+        assert_eq!(
+            cluster.schema(&copy),
+            schema,
+            "{what}, {format}: schema differs"
+        );
+        assert_eq!(
+            cluster.content(&copy),
+            content,
+            "{what}, {format}: content differs"
+        );
+    }
 }
 
 /// A base backup, rows committed around a moment, a mark; then a restore to that moment
@@ -174,7 +201,8 @@ fn matrix(major: u32) {
     let url = cluster.url("postgres");
     let env = [("DATABASE_URL", url.as_str()), ("PATH", path.as_str())];
 
-    let run = ws.apply_env(&logical_plan(&repo_url), &["--concurrency", "2"], &env);
+    let plan = logical_plan(&repo_url) + &reset_step();
+    let run = ws.apply_env(&plan, &["--concurrency", "2"], &env);
     assert_eq!(run.code, 0, "PostgreSQL {major}: {}", run.everything());
     let log = run.everything();
     // The tools were chosen for this server: pg_dump of its own major or the closest newer.
@@ -182,19 +210,8 @@ fn matrix(major: u32) {
         log.contains(&format!("for server PostgreSQL {major}.")),
         "PostgreSQL {major}: {log}"
     );
-    let (schema, content) = (cluster.schema("shop"), cluster.content("shop"));
+    assert_copies(&cluster, &format!("PostgreSQL {major}"));
     for format in FORMATS {
-        let copy = format!("copy_{format}");
-        assert_eq!(
-            cluster.schema(&copy),
-            schema,
-            "PostgreSQL {major}, {format}: schema differs"
-        );
-        assert_eq!(
-            cluster.content(&copy),
-            content,
-            "PostgreSQL {major}, {format}: content differs"
-        );
         let checks = run.step(&format!("verify-{format}"))["outputs"]["checks"]
             .as_str()
             .unwrap()
@@ -267,4 +284,167 @@ fn postgresql_17() {
 #[test]
 fn postgresql_18() {
     matrix(18);
+}
+
+/// The case the issue was filed for: PostgreSQL 18's client tools alone (PGDG's newest,
+/// nothing older installed) against every older server. pg_restore 18 sends
+/// `SET transaction_timeout`, which 13 to 16 reject: its script goes through psql
+/// without it, and every format verifies and restores with no difference.
+#[test]
+fn the_newest_tools_alone_back_up_verify_and_restore_every_older_server() {
+    let newest = client_bin_of(NEWEST).expect("PostgreSQL 18 client tools");
+    let only_newest = newest.display().to_string();
+    for major in 13..NEWEST {
+        let ws = Workspace::new();
+        let cluster = Cluster::start_major(major);
+        cluster.psql("postgres", "create database shop");
+        cluster.psql_file(
+            "shop",
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hostile.sql"),
+        );
+        let url = cluster.url("postgres");
+        let run = ws.apply_env(
+            &logical_plan("file://./repo"),
+            &["--concurrency", "2"],
+            &[
+                ("DATABASE_URL", url.as_str()),
+                ("OPSRUNNER_PG_SEARCH", only_newest.as_str()),
+            ],
+        );
+        assert_eq!(run.code, 0, "PostgreSQL {major}: {}", run.everything());
+        let log = run.everything();
+        assert!(
+            log.contains(&format!(
+                "using {}/pg_dump (PostgreSQL 18.6) for server PostgreSQL {major}.",
+                newest.display()
+            )),
+            "{log}"
+        );
+        assert_eq!(
+            log.contains("without `SET transaction_timeout`"),
+            major < 17,
+            "PostgreSQL {major}: {log}"
+        );
+        assert_copies(&cluster, &format!("PostgreSQL {major} with 18's tools"));
+    }
+}
+
+/// The upgrade path users take: a backup of an old server restored into a new one.
+#[test]
+fn a_backup_of_an_older_server_restores_into_a_newer_one() {
+    let ws = Workspace::new();
+    let old = Cluster::start_major(13);
+    old.psql("postgres", "create database shop");
+    old.psql_file(
+        "shop",
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hostile.sql"),
+    );
+    let new = Cluster::start_major(NEWEST);
+    let plan = format!(
+        r#"
+version: 1
+name: upgrade
+targets:
+  old: {{ url: "{}" }}
+  new: {{ url: "{}" }}
+repositories:
+  repo: {{ url: "file://./repo" }}
+steps:
+  - {{ id: custom, type: backup, target: old, database: shop, repository: repo, format: custom, fingerprint: full }}
+  - {{ id: plain, type: backup, target: old, database: shop, repository: repo, format: plain, fingerprint: full }}
+  - id: restore-custom
+    type: restore
+    needs: [custom]
+    repository: repo
+    backup: "{{{{ steps.custom.outputs.backup_id }}}}"
+    into: {{ target: new, database: shop }}
+    jobs: 2
+  - id: restore-plain
+    type: restore
+    needs: [plain]
+    repository: repo
+    backup: "{{{{ steps.plain.outputs.backup_id }}}}"
+    into: {{ target: new, database: shop_plain }}
+"#,
+        old.url("postgres"),
+        new.url("postgres")
+    );
+    let path = pgdg_path(13);
+    let run = ws.apply_env(&plan, &[], &[("PATH", path.as_str())]);
+    assert_eq!(run.code, 0, "{}", run.everything());
+    // The restores ran the destination's own pg_restore and psql.
+    assert!(
+        run.everything()
+            .contains("/pg_restore (PostgreSQL 18.6) for server PostgreSQL 18"),
+        "{}",
+        run.everything()
+    );
+    let content = old.content("shop");
+    assert_eq!(new.content("shop"), content, "custom: content differs");
+    assert_eq!(new.content("shop_plain"), content, "plain: content differs");
+}
+
+/// A restore that fails because the destination lacks an extension the backup uses is
+/// not a verdict on the backup: exit 1, the extension named, nothing recorded.
+#[test]
+fn a_verify_whose_destination_lacks_an_extension_fails_with_exit_1_naming_it() {
+    let ws = Workspace::new();
+    // Debian's 15 has the contrib modules; the PostgreSQL 18 build here has no hstore.
+    let source = Cluster::start();
+    source.psql("postgres", "create database app");
+    source.psql(
+        "app",
+        "create extension hstore; create table h (id int primary key, attrs hstore); insert into h values (1, 'a=>1')",
+    );
+    let scratch = Cluster::start_major(NEWEST);
+    let plan = format!(
+        r#"
+version: 1
+name: verify
+targets:
+  app: {{ url: "{}" }}
+  scratch: {{ url: "{}" }}
+repositories:
+  repo: {{ url: "file://./repo" }}
+steps:
+  - {{ id: backup, type: backup, target: app, repository: repo }}
+  - id: verify
+    type: verify
+    needs: [backup]
+    repository: repo
+    backup: "{{{{ steps.backup.outputs.backup_id }}}}"
+    restore_into: {{ target: scratch, database: verify_x }}
+"#,
+        source.url("app"),
+        scratch.url("postgres")
+    );
+    let path = pgdg_path(15);
+    let run = ws.apply_env(&plan, &[], &[("PATH", path.as_str())]);
+    assert_eq!(run.code, 1, "{}", run.everything());
+    assert_eq!(run.status("verify"), "failed");
+    let reason = run.step("verify")["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("an extension the backup uses is not installed")
+            && reason.contains("hstore")
+            && reason.contains("not a verdict on the backup"),
+        "{reason}"
+    );
+    assert!(
+        run.step("verify").get("verdict").is_none(),
+        "{}",
+        run.everything()
+    );
+    let id = run.step("backup")["outputs"]["backup_id"].as_str().unwrap();
+    assert!(
+        !ws.path("repo").join(id).join("verification.json").exists(),
+        "a verification was recorded"
+    );
+    // The scratch database is gone.
+    assert_eq!(
+        scratch.psql(
+            "postgres",
+            "select count(*) from pg_database where datname = 'verify_x'"
+        ),
+        "0"
+    );
 }
