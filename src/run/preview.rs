@@ -360,6 +360,7 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
             }
         } else {
             let limit = PROBE_TIMEOUT.min(PREVIEW_DEADLINE - started.elapsed());
+            let pg_bin_dirs = crate::run::executor::pg_bin_dirs(plan, target.as_deref(), &base_dir);
             // Boxed: the probes' futures are deep, and every caller would carry their layout.
             let probe = registry::probe_step(
                 &kind,
@@ -367,6 +368,7 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
                     base_dir: &base_dir,
                     target: &view,
                     repo: repo.as_ref(),
+                    pg_bin_dirs: &pg_bin_dirs,
                 },
             );
             match tokio::time::timeout(limit, probe).await {

@@ -118,10 +118,12 @@ impl StepType for Backup {
     /// Where the backup goes and how it is protected, with the recipients read now: a
     /// reviewer sees which keys will be able to read the backups.
     async fn probe<'a>(_: &'a BackupParams, scope: Probe<'a>) -> Findings {
-        scope
+        let mut lines = scope
             .repo
-            .map_or_else(Vec::new, |r| destination(r, scope.base_dir))
-            .into()
+            .map_or_else(Vec::new, |r| destination(r, scope.base_dir));
+        lines
+            .extend(super::probe::programs(&scope, &["pg_dump"], super::probe::Uses::Client).await);
+        lines.into()
     }
 
     fn run(

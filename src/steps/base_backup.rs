@@ -117,10 +117,13 @@ impl StepType for BaseBackupStep {
     }
 
     async fn probe<'a>(_: &'a BaseBackupParams, scope: Probe<'a>) -> Findings {
-        scope
+        let mut lines = scope
             .repo
-            .map_or_else(Vec::new, |r| super::backup::destination(r, scope.base_dir))
-            .into()
+            .map_or_else(Vec::new, |r| super::backup::destination(r, scope.base_dir));
+        lines.extend(
+            super::probe::programs(&scope, &["pg_basebackup"], super::probe::Uses::Client).await,
+        );
+        lines.into()
     }
 
     fn run(

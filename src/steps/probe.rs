@@ -22,6 +22,19 @@ pub struct Probe<'a> {
     pub base_dir: &'a Path,
     pub target: &'a TargetView<'a>,
     pub repo: Option<&'a crate::plan::model::Repository>,
+    /// The program directories the plan names for the step (`pg_bin_dir`).
+    pub pg_bin_dirs: &'a [std::path::PathBuf],
+}
+
+/// What a step runs PostgreSQL programs for, which decides the versions that will do.
+#[derive(Clone, Copy)]
+pub enum Uses {
+    /// Clients of the target's server (pg_dump, pg_basebackup).
+    Client,
+    /// Loading a backup into the target's server (pg_restore, psql).
+    Loading,
+    /// Server programs for a copy of a cluster's files, of the base backup's major.
+    Cluster,
 }
 
 impl Probe<'_> {
@@ -113,4 +126,90 @@ impl Findings {
             deletes: Vec::new(),
         }
     }
+}
+
+/// Preview lines naming the PostgreSQL programs a step will run, with their paths and
+/// versions, for the version of the step's server (asked over a read-only session;
+/// nothing else is looked at). What depends on the backup is said to be chosen at run
+/// time, with what is installed.
+pub async fn programs(scope: &Probe<'_>, names: &[&str], uses: Uses) -> Vec<String> {
+    use crate::pg::tools::{Search, Want};
+    let search = Search::new(scope.pg_bin_dirs.to_vec());
+    let installed = |name: &str| {
+        let majors = search.majors(name);
+        if majors.is_empty() {
+            "none".to_string()
+        } else {
+            majors
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    if let Uses::Cluster = uses {
+        return vec![format!(
+            "programs: the server programs of the base backup's major (installed: {})",
+            installed("postgres")
+        )];
+    }
+    let server = match scope.target {
+        TargetView::Url(url) => match crate::pg::server::connect(url, None, "the target").await {
+            Ok(server) => {
+                let major = server.major;
+                let version = server.version.clone();
+                let _ = sqlx::Connection::close(server.conn).await;
+                Ok((major, format!("server PostgreSQL {}", first_word(&version))))
+            }
+            Err(e) => Err(e.message),
+        },
+        TargetView::Ephemeral => match search.find("initdb", Want::Any) {
+            Ok(initdb) => Ok((
+                initdb.major,
+                format!("a throwaway PostgreSQL {} cluster", initdb.major),
+            )),
+            Err(e) => Err(e.to_string()),
+        },
+        TargetView::None => Err("the target's URL could not be rendered".to_string()),
+    };
+    let (major, what) = match server {
+        Ok(known) => known,
+        Err(why) => {
+            return vec![format!(
+                "programs: chosen at run time by the server's version, which could not be read ({why}); installed {}: {}",
+                names.join(", "),
+                names
+                    .iter()
+                    .map(|n| installed(n))
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            )];
+        }
+    };
+    let mut lines = Vec::new();
+    for name in names {
+        let want = match uses {
+            Uses::Client => Want::Client(major),
+            // Before the backup is known: one written by the server's own major.
+            _ => Want::Reader {
+                archive: major,
+                into: major,
+            },
+        };
+        lines.push(match search.find(name, want) {
+            Ok(found) => format!("programs: {name} {} for {what}", found.describe()),
+            Err(e) => format!("programs: {name}: {e}"),
+        });
+    }
+    if let Uses::Loading = uses {
+        lines.push(format!(
+            "programs: chosen again at run time by the backup's pg_dump version (a newer pg_restore's output is fixed for an older server); installed pg_restore majors: {}",
+            installed("pg_restore")
+        ));
+    }
+    lines
+}
+
+fn first_word(version: &str) -> &str {
+    version.split_whitespace().next().unwrap_or(version)
 }

@@ -153,18 +153,22 @@ impl StepType for Restore {
     }
 
     async fn probe<'a>(p: &'a RestoreParams, scope: Probe<'a>) -> Findings {
-        if let Some(to) = &p.to {
+        let mut findings = if let Some(to) = &p.to {
             if let Some(dir) = &p.into.data_directory {
                 let dir = std::path::Path::new(dir);
-                return super::pitr_directory::preview(scope, &p.repository, &p.backup, to, dir)
-                    .await;
+                super::pitr_directory::preview(scope, &p.repository, &p.backup, to, dir).await
+            } else {
+                super::pitr::preview(scope, &p.repository, &p.backup, to).await
             }
-            return super::pitr::preview(scope, &p.repository, &p.backup, to).await;
-        }
-        if p.backup != "latest" {
-            return Findings::default();
-        }
-        describe_latest(scope, &p.repository, p.source_database.as_deref()).await
+        } else if p.backup != "latest" {
+            Findings::default()
+        } else {
+            describe_latest(scope, &p.repository, p.source_database.as_deref()).await
+        };
+        findings
+            .lines
+            .extend(loading_programs(&scope, p.to.is_some(), false).await);
+        findings
     }
 
     fn run(
@@ -527,6 +531,30 @@ async fn restore_and_check(
 }
 
 /// Which backup `latest` stands for right now, for the previews of restore and verify.
+/// The preview's lines on the programs a restore (or a verify's test restore) runs.
+/// `verify`: whether its test restore in a throwaway cluster runs under the backup's own
+/// major (a restore stays in the target's cluster, for the steps after it).
+pub async fn loading_programs(scope: &Probe<'_>, pitr: bool, verify: bool) -> Vec<String> {
+    use super::probe::{Uses, programs};
+    if pitr {
+        return programs(scope, &["postgres"], Uses::Cluster).await;
+    }
+    let mut lines = programs(scope, &["pg_restore", "psql"], Uses::Loading).await;
+    if verify && matches!(scope.target, super::probe::TargetView::Ephemeral) {
+        let search = crate::pg::tools::Search::new(scope.pg_bin_dirs.to_vec());
+        lines.push(format!(
+            "programs: the test restore runs in a throwaway cluster of the backup's own major when that server is installed (installed: {})",
+            search
+                .majors("initdb")
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    lines
+}
+
 pub async fn describe_latest(
     scope: Probe<'_>,
     repository: &str,

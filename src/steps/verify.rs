@@ -145,13 +145,19 @@ impl StepType for Verify {
     }
 
     async fn probe<'a>(p: &'a VerifyParams, scope: Probe<'a>) -> Findings {
-        if let Some(to) = &p.to {
-            return super::pitr::preview(scope, &p.repository, &p.backup, to).await;
+        let mut findings = if let Some(to) = &p.to {
+            super::pitr::preview(scope, &p.repository, &p.backup, to).await
+        } else if p.backup != "latest" {
+            Findings::default()
+        } else {
+            super::restore::describe_latest(scope, &p.repository, None).await
+        };
+        if p.restore_into.is_some() {
+            findings
+                .lines
+                .extend(super::restore::loading_programs(&scope, p.to.is_some(), true).await);
         }
-        if p.backup != "latest" {
-            return Findings::default();
-        }
-        super::restore::describe_latest(scope, &p.repository, None).await
+        findings
     }
 
     fn run(
