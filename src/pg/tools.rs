@@ -227,9 +227,12 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// A program's major version and its `--version` line; `None` when it did not answer.
+type Version = Option<(u32, String)>;
+
 /// The major version and `--version` line of a program, asked once per path and run.
-fn version_of(program: &Path) -> Option<(u32, String)> {
-    static SEEN: OnceLock<Mutex<HashMap<PathBuf, Option<(u32, String)>>>> = OnceLock::new();
+fn version_of(program: &Path) -> Version {
+    static SEEN: OnceLock<Mutex<HashMap<PathBuf, Version>>> = OnceLock::new();
     let seen = SEEN.get_or_init(Default::default);
     if let Some(known) = seen.lock().expect("not poisoned").get(program) {
         return known.clone();
