@@ -427,8 +427,17 @@ pub async fn run(p: &RestoreParams, ctx: &StepContext) -> Result<Outputs, StepEr
                 "`{database}` was not touched; the partial restore `{staging}` could not be dropped now and is removed by the next restore into `{database}`"
             ),
         };
+        // A restore failed by the destination (a role, an extension) is the operator's to
+        // mend there: say what is missing before pg_restore's own words.
+        let cause = match restore::environment_problem(&e.message) {
+            Some(cause) if cause.contains("role") => format!(
+                "{cause}: create it there, or set `no_owner: true` to restore without owners and grants; "
+            ),
+            Some(cause) => format!("{cause}; "),
+            None => String::new(),
+        };
         return Err(StepError {
-            message: format!("{}; {cleanup}", e.message),
+            message: format!("{cause}{}; {cleanup}", e.message),
             ..e
         });
     }

@@ -388,7 +388,6 @@ steps:
 /// not a verdict on the backup: exit 1, the extension named, nothing recorded.
 #[test]
 fn a_verify_whose_destination_lacks_an_extension_fails_with_exit_1_naming_it() {
-    let ws = Workspace::new();
     // Debian's 15 has the contrib modules; the PostgreSQL 18 build here has no hstore.
     let source = Cluster::start();
     source.psql("postgres", "create database app");
@@ -396,7 +395,78 @@ fn a_verify_whose_destination_lacks_an_extension_fails_with_exit_1_naming_it() {
         "app",
         "create extension hstore; create table h (id int primary key, attrs hstore); insert into h values (1, 'a=>1')",
     );
-    let scratch = Cluster::start_major(NEWEST);
+    verify_fails_for_the_destination(
+        &source,
+        &Cluster::start_major(NEWEST),
+        &["an extension the backup uses is not installed", "hstore"],
+    );
+}
+
+/// Roles are the cluster's, not the database's: a verify's test restore leaves out owners
+/// and grants (a missing role says nothing about the backup), while a restore that keeps
+/// them fails with exit 1 naming the role, and creates nothing.
+#[test]
+fn a_missing_role_passes_verify_and_fails_a_restore_with_exit_1_naming_it() {
+    let ws = Workspace::new();
+    let source = Cluster::start();
+    source.psql("postgres", "create database app");
+    source.psql("postgres", "create role reporting");
+    source.psql(
+        "app",
+        "create table t (id int primary key); insert into t values (1); grant select on t to reporting",
+    );
+    let other = Cluster::start();
+    let plan = format!(
+        r#"
+version: 1
+name: role
+targets:
+  app: {{ url: "{}" }}
+  other: {{ url: "{}" }}
+repositories:
+  repo: {{ url: "file://./repo" }}
+steps:
+  - {{ id: backup, type: backup, target: app, repository: repo }}
+  - id: verify
+    type: verify
+    needs: [backup]
+    repository: repo
+    backup: "{{{{ steps.backup.outputs.backup_id }}}}"
+    restore_into: {{ target: other, database: verify_x }}
+  - id: restore
+    type: restore
+    needs: [verify]
+    repository: repo
+    backup: "{{{{ steps.backup.outputs.backup_id }}}}"
+    into: {{ target: other, database: copy }}
+"#,
+        source.url("app"),
+        other.url("postgres")
+    );
+    let run = ws.apply(&plan, &[]);
+    assert_eq!(run.code, 1, "{}", run.everything());
+    assert_eq!(run.status("verify"), "succeeded", "{}", run.everything());
+    assert_eq!(run.status("restore"), "failed");
+    let reason = run.step("restore")["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("a role the backup names does not exist on the destination server: create it there, or set `no_owner: true`")
+            && reason.contains("\"reporting\" does not exist"),
+        "{reason}"
+    );
+    assert_eq!(
+        other.psql(
+            "postgres",
+            "select count(*) from pg_database where datname in ('copy', 'verify_x')"
+        ),
+        "0"
+    );
+}
+
+/// Backs up `app` of `source` and verifies it into a scratch database on `scratch`, which
+/// lacks something the backup needs: the step fails with exit 1, says `expected`, records
+/// no verdict and leaves no scratch database.
+fn verify_fails_for_the_destination(source: &Cluster, scratch: &Cluster, expected: &[&str]) {
+    let ws = Workspace::new();
     let plan = format!(
         r#"
 version: 1
@@ -424,8 +494,7 @@ steps:
     assert_eq!(run.status("verify"), "failed");
     let reason = run.step("verify")["reason"].as_str().unwrap();
     assert!(
-        reason.contains("an extension the backup uses is not installed")
-            && reason.contains("hstore")
+        expected.iter().all(|e| reason.contains(e))
             && reason.contains("not a verdict on the backup"),
         "{reason}"
     );
