@@ -16,7 +16,6 @@ use super::tools::{Found, Want};
 use crate::exec::progress::Meter;
 use crate::exec::{StepContext, StepError};
 use crate::repo::AnyStore;
-use crate::repo::local::LocalStore;
 use crate::repo::manifest::{DumpFormat, Manifest, SeekIndex};
 use crate::repo::pipeline::{self, Loaded, Verdict};
 use std::path::Path;
@@ -102,11 +101,10 @@ pub async fn restore(
                 .index
                 .as_ref()
                 .is_some_and(|i| !i.blocks.is_empty());
-            match store {
-                AnyStore::Local(local) if indexed && manifest.encryption.is_none() => {
-                    stored_custom(ctx, local, manifest, how).await
-                }
-                _ => parallel_custom(ctx, store, manifest, how).await,
+            if indexed && manifest.encryption.is_none() {
+                stored_custom(ctx, store, manifest, how).await
+            } else {
+                parallel_custom(ctx, store, manifest, how).await
             }
         }
         DumpFormat::Base => Err(StepError::permanent(format!(
@@ -404,7 +402,8 @@ async fn parallel_custom<C: Fn(&mut tokio::process::Command) + Sync>(
 
 /// A parallel restore of a custom archive whose stored file has a [`SeekIndex`] (the
 /// backup started a new compressed frame before each large table): no local copy of the
-/// archive is made (a local repository only: see [`LocalStore::open_at`]). Each load
+/// archive is made: from any repository by ranged reads (from S3 the file is downloaded
+/// twice, its parts and the whole for the check, in return for loads side by side). Each load
 /// reads its tables' part of the stored file, decompressed from the frame before it, and
 /// sends each table's rows over a connection of its own with the table's `COPY`
 /// ([`copy_in`]; a part holding anything else goes to a `pg_restore --section=data -L`
@@ -423,7 +422,7 @@ async fn parallel_custom<C: Fn(&mut tokio::process::Command) + Sync>(
 /// header (its type and dump id), and bytes that are not one are refused.
 async fn stored_custom<C: Fn(&mut tokio::process::Command) + Sync>(
     ctx: &StepContext,
-    store: &LocalStore,
+    store: &AnyStore,
     manifest: &Manifest,
     how: Parallel<'_, C>,
 ) -> Result<(), StepError> {
@@ -506,7 +505,7 @@ async fn stored_custom<C: Fn(&mut tokio::process::Command) + Sync>(
 
 /// The first `len` original bytes of an indexed file (the archive's head).
 async fn read_part(
-    store: &LocalStore,
+    store: &AnyStore,
     manifest: &Manifest,
     index: &SeekIndex,
     len: u64,
@@ -520,6 +519,7 @@ async fn read_part(
         )));
     }
     let reader = pipeline::load_from(store, manifest, name, index.frames[0].1)
+        .await
         .map_err(|e| StepError::permanent(format!("{name}: {e}")))?;
     let mut head = Vec::new();
     reader
@@ -600,7 +600,7 @@ fn early_first(
 /// Where a stored file's batches come from, and what loading their tables' data over
 /// our own connection needs.
 struct Stored<'s> {
-    store: &'s LocalStore,
+    store: &'s AnyStore,
     manifest: &'s Manifest,
     /// Original bytes fed to the loads so far, for progress reports.
     fed: crate::counting::Counter,
@@ -922,7 +922,7 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
         // The batch's part of the archive, original bytes, counted as they are read.
         let part = async move {
             let name = &manifest.files[0].name;
-            let mut reader = pipeline::load_from(&store, &manifest, name, frame)?;
+            let mut reader = pipeline::load_from(&store, &manifest, name, frame).await?;
             tokio::io::copy(&mut (&mut reader).take(skip), &mut tokio::io::sink()).await?;
             let part = crate::counting::Counting::new(reader.take(end - start), fed);
             std::io::Result::Ok(tokio::io::BufReader::with_capacity(1 << 20, part))

@@ -164,6 +164,7 @@ impl Repository {
                 },
                 kms_key_id: self.sse_kms_key_id.clone(),
             }),
+            static_keys: None,
         }
     }
 }

@@ -5,17 +5,17 @@
 //!   holder's description, removed when the holder lets go. The kernel releases the lock
 //!   when the holder's process ends, however it ends, so a killed run's lock is free at
 //!   once (its file stays, unlocked, and the next run takes it).
-//! - S3: the object `.opsrunner.lease`, created only when absent (`If-None-Match: *`),
-//!   renewed every third of its time to live with `If-Match` on its ETag, and deleted at
-//!   the end (again only if it is still ours: `If-Match`). A lease whose holder died lapses after its time to live and is
-//!   then taken over, again with `If-Match`, so two waiters cannot both take it; on the
+//! - Any other store (S3, memory): the object `.opsrunner.lease`, created only when
+//!   absent (S3's `If-None-Match: *`), renewed every third of its time to live when it is
+//!   still the one written (`If-Match` on its tag), and deleted at the end (again only if
+//!   it is still ours). A lease whose holder died lapses after its time to live and is
+//!   then taken over, again only if unchanged, so two waiters cannot both take it; on the
 //!   holder's own machine (same boot, same pid namespace) a dead holder's lease is taken
 //!   over at once.
 //!
 //! The names start with a dot, which no backup id does: listings never see them.
 
-use super::AnyStore;
-use super::s3::{PutCondition, S3Store};
+use super::{AnyStore, Condition};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::io::{self, Write};
@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub const LOCAL_LOCK_NAME: &str = ".opsrunner.lock";
-pub const S3_LEASE_NAME: &str = ".opsrunner.lease";
+pub const LEASE_NAME: &str = ".opsrunner.lease";
 
 /// How long an S3 lease lasts without renewal.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
@@ -150,16 +150,17 @@ impl Found {
     }
 }
 
-async fn read_lease(store: &S3Store, key: &str) -> io::Result<Option<Found>> {
+async fn read_lease(store: &AnyStore, key: &str) -> io::Result<Option<Found>> {
     Ok(store
-        .get_bounded(key, MAX_LEASE_BYTES)
+        .objects()
+        .read_small(key, MAX_LEASE_BYTES)
         .await?
         .map(|object| Found {
             holder: object
                 .bytes
                 .and_then(|b| serde_json::from_slice::<Holder>(&b).ok()),
-            etag: object.etag,
-            written: object.written,
+            etag: object.stat.tag,
+            written: object.stat.modified,
         }))
 }
 
@@ -205,11 +206,12 @@ enum Inner {
         file: std::fs::File,
         path: std::path::PathBuf,
     },
-    S3(Box<S3Lease>),
+    Kept(Box<KeptLease>),
 }
 
-struct S3Lease {
-    store: S3Store,
+/// A lease kept by conditional writes, renewed in the background.
+struct KeptLease {
+    store: AnyStore,
     key: String,
     etag: Arc<tokio::sync::Mutex<String>>,
     /// Set by the renewer when the lease was lost: then it is not ours to delete.
@@ -226,16 +228,16 @@ pub async fn try_acquire(
     ttl: Duration,
     on_lost: OnLost,
 ) -> io::Result<Attempt> {
-    match store {
-        AnyStore::Local(l) => local_try(l.root(), me).await,
-        AnyStore::S3(s) => s3_try(s, me, ttl, on_lost).await,
+    match store.objects().lock_file(LOCAL_LOCK_NAME) {
+        Some(path) => local_try(&path, me).await,
+        None => kept_try(store, me, ttl, on_lost).await,
     }
 }
 
-async fn local_try(root: &Path, me: &Holder) -> io::Result<Attempt> {
+async fn local_try(path: &Path, me: &Holder) -> io::Result<Attempt> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    std::fs::create_dir_all(root)?;
-    let path = root.join(LOCAL_LOCK_NAME);
+    std::fs::create_dir_all(path.parent().expect("inside the repository"))?;
+    let path = path.to_path_buf();
     // The holder removes the file when it lets go; a lock taken on a file that was removed
     // meanwhile holds nothing, so the file is opened again until the locked one is the
     // one at the path.
@@ -291,13 +293,13 @@ async fn local_try(root: &Path, me: &Holder) -> io::Result<Attempt> {
     Ok(Attempt::Busy(None))
 }
 
-async fn s3_try(
-    store: &S3Store,
+async fn kept_try(
+    store: &AnyStore,
     me: &Holder,
     ttl: Duration,
     on_lost: OnLost,
 ) -> io::Result<Attempt> {
-    let key = store.root_key(S3_LEASE_NAME);
+    let key = LEASE_NAME.to_string();
     // A few rounds: another waiter may take over or release between our reads and writes.
     for _ in 0..4 {
         let now = Utc::now();
@@ -309,10 +311,11 @@ async fn s3_try(
         };
         let body = serde_json::to_vec_pretty(&record).map_err(io::Error::other)?;
         if let Some(etag) = store
-            .put_if(&key, body.clone(), PutCondition::Absent)
+            .objects()
+            .put(&key, body.clone(), Condition::Absent)
             .await?
         {
-            return Ok(Attempt::Held(s3_lease(
+            return Ok(Attempt::Held(kept_lease(
                 store, key, record, etag, ttl, on_lost,
             )));
         }
@@ -325,10 +328,11 @@ async fn s3_try(
             return Ok(Attempt::Busy(found.holder));
         }
         if let Some(etag) = store
-            .put_if(&key, body, PutCondition::Matches(&found.etag))
+            .objects()
+            .put(&key, body, Condition::Matches(&found.etag))
             .await?
         {
-            return Ok(Attempt::Held(s3_lease(
+            return Ok(Attempt::Held(kept_lease(
                 store, key, record, etag, ttl, on_lost,
             )));
         }
@@ -336,8 +340,8 @@ async fn s3_try(
     Ok(Attempt::Busy(None))
 }
 
-fn s3_lease(
-    store: &S3Store,
+fn kept_lease(
+    store: &AnyStore,
     key: String,
     record: Holder,
     etag: String,
@@ -364,7 +368,7 @@ fn s3_lease(
         stop.clone(),
     ));
     Lease {
-        inner: Inner::S3(Box::new(S3Lease {
+        inner: Inner::Kept(Box::new(KeptLease {
             store: store.clone(),
             key,
             etag,
@@ -379,7 +383,7 @@ fn s3_lease(
 /// tried again at the next turn; the lease is lost when someone else's write replaced it,
 /// or when it lapsed before a renewal got through.
 async fn renew(
-    store: S3Store,
+    store: AnyStore,
     key: String,
     mut record: Holder,
     etag: Arc<tokio::sync::Mutex<String>>,
@@ -404,7 +408,8 @@ async fn renew(
             Err(_) => continue,
         };
         match store
-            .put_if(&key, body, PutCondition::Matches(&current))
+            .objects()
+            .put(&key, body, Condition::Matches(&current))
             .await
         {
             Ok(Some(new)) => {
@@ -440,8 +445,8 @@ impl Lease {
                 file.unlock()?;
                 removed
             }
-            Inner::S3(lease) => {
-                let S3Lease {
+            Inner::Kept(lease) => {
+                let KeptLease {
                     store,
                     key,
                     etag,
@@ -455,7 +460,11 @@ impl Lease {
                 if lost.load(std::sync::atomic::Ordering::SeqCst) {
                     return Ok(());
                 }
-                store.delete_if(&key, &etag).await.map(|_| ())
+                store
+                    .objects()
+                    .delete(&key, Condition::Matches(&etag))
+                    .await
+                    .map(|_| ())
             }
         }
     }
@@ -485,10 +494,9 @@ pub enum UnlockError {
 /// while the lease is renewed within its time to live, or its holder's process is known
 /// to be alive on this machine.
 pub async fn unlock(store: &AnyStore, ttl: Duration) -> Result<Unlocked, UnlockError> {
-    match store {
-        AnyStore::Local(l) => {
+    match store.objects().lock_file(LOCAL_LOCK_NAME) {
+        Some(path) => {
             use std::os::unix::fs::OpenOptionsExt;
-            let path = l.root().join(LOCAL_LOCK_NAME);
             let file = match std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -514,9 +522,9 @@ pub async fn unlock(store: &AnyStore, ttl: Duration) -> Result<Unlocked, UnlockE
                 Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
             }
         }
-        AnyStore::S3(s) => {
-            let key = s.root_key(S3_LEASE_NAME);
-            let Some(found) = read_lease(s, &key).await? else {
+        None => {
+            let key = LEASE_NAME;
+            let Some(found) = read_lease(store, key).await? else {
                 return Ok(Unlocked::Free);
             };
             let now = Utc::now();
@@ -536,7 +544,11 @@ pub async fn unlock(store: &AnyStore, ttl: Duration) -> Result<Unlocked, UnlockE
                     .unwrap_or_default();
                 return Err(UnlockError::Alive(format!("{who}{until}")));
             }
-            if s.delete_if(&key, &found.etag).await? {
+            if store
+                .objects()
+                .delete(key, Condition::Matches(&found.etag))
+                .await?
+            {
                 Ok(Unlocked::Removed(found.holder))
             } else {
                 // Replaced or removed since it was read: someone else acted first.

@@ -3,10 +3,13 @@
 //! and last, followed by an fsync of the directory so that a crash cannot publish a
 //! manifest whose files are not on disk.
 
-use super::manifest::{MANIFEST_NAME, Manifest, VERIFICATION_NAME, Verification};
-use super::store::{BackupStore, FileSink, MAX_SMALL_FILE, Reader, Slot, check_id};
+use super::store::{
+    BoxFuture, Condition, FileSink, Listed, Reader, Small, Stat, Store, check_key, check_prefix,
+};
+use chrono::{DateTime, Utc};
 use std::future::Future;
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -26,149 +29,42 @@ impl LocalStore {
         &self.root
     }
 
-    /// The directory of one backup. Ids come from opsrunner or from users (`backup: ID`);
-    /// anything that could leave the repository is refused.
-    pub fn backup_dir(&self, backup_id: &str) -> io::Result<PathBuf> {
-        check_id(backup_id)?;
-        Ok(self.root.join(backup_id))
-    }
-
-    /// The directory of an existing backup; refused when it is a symbolic link (or not a
-    /// directory), so that nothing reads or deletes outside the repository through it.
-    fn real_backup_dir(&self, backup_id: &str) -> io::Result<PathBuf> {
-        let dir = self.backup_dir(backup_id)?;
-        let meta = std::fs::symlink_metadata(&dir)?;
-        if meta.file_type().is_symlink() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{backup_id} is {LINK}"),
-            ));
+    /// The repository's directory must be there for anything but the first write of a
+    /// backup: a missing mount or a mistyped path is not an empty repository.
+    fn root_must_exist(&self) -> io::Result<()> {
+        match std::fs::symlink_metadata(&self.root) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "directory {} does not exist (check the repository's URL; the first backup creates it)",
+                    self.root.display()
+                ),
+            )),
+            Err(e) => Err(e),
         }
-        if !meta.is_dir() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{backup_id} is not a directory"),
-            ));
-        }
-        Ok(dir)
-    }
-
-    /// The path of an existing file inside a backup, with no symbolic link on the way.
-    fn existing_file(&self, backup_id: &str, name: &str) -> io::Result<PathBuf> {
-        check_name(name)?;
-        let mut path = self.real_backup_dir(backup_id)?;
-        let parts: Vec<&str> = name.split('/').collect();
-        for part in &parts[..parts.len() - 1] {
-            path.push(part);
-            if !std::fs::symlink_metadata(&path)?.is_dir() {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{}: not a directory ({LINK}?)", path.display()),
-                ));
-            }
-        }
-        path.push(parts[parts.len() - 1]);
-        Ok(path)
-    }
-
-    /// Leftovers of backups that never published a manifest (a process killed mid-backup),
-    /// with the time anything in them last changed. A backup still being written looks the
-    /// same, so callers only remove those untouched for a while. Symbolic links are neither
-    /// followed nor reported: they are not something a backup leaves behind.
-    pub fn orphans(&self) -> io::Result<Vec<(String, std::time::SystemTime)>> {
-        let mut out = Vec::new();
-        let entries = match std::fs::read_dir(&self.root) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(e),
-        };
-        for entry in entries.flatten() {
-            let Ok(name) = entry.file_name().into_string() else {
-                continue;
-            };
-            if check_id(&name).is_err()
-                || !entry.file_type().is_ok_and(|t| t.is_dir())
-                || exists_no_follow(&entry.path().join(MANIFEST_NAME))
-            {
-                continue;
-            }
-            let mut newest = entry.metadata()?.modified()?;
-            walk(&entry.path(), 0, &mut |meta| {
-                if let Ok(m) = meta.modified() {
-                    newest = newest.max(m);
-                }
-            });
-            out.push((name, newest));
-        }
-        out.sort();
-        Ok(out)
-    }
-
-    /// Removes an orphan (never a published backup, never through a symbolic link).
-    pub fn remove_orphan(&self, backup_id: &str) -> io::Result<()> {
-        let dir = self.real_backup_dir(backup_id)?;
-        if exists_no_follow(&dir.join(MANIFEST_NAME)) {
-            return Err(io::Error::other(format!(
-                "{backup_id} is a published backup, not an orphan"
-            )));
-        }
-        std::fs::remove_dir_all(dir)
-    }
-
-    /// Creates the directories of `name` inside backup `backup_id`, refusing any symbolic
-    /// link on the way; returns the file's path.
-    fn new_file(&self, backup_id: &str, name: &str) -> io::Result<PathBuf> {
-        check_name(name)?;
-        std::fs::create_dir_all(&self.root)?;
-        let mut path = self.backup_dir(backup_id)?;
-        let parts: Vec<&str> = name.split('/').collect();
-        // The backup's directory, then each directory of the name below it.
-        let (dirs, _) = parts.split_at(parts.len() - 1);
-        real_dir(&path)?;
-        for part in dirs {
-            path.push(part);
-            real_dir(&path)?;
-        }
-        path.push(parts[parts.len() - 1]);
-        Ok(path)
     }
 }
 
-/// Makes sure `path` is a real directory (created when missing), never a link.
-fn real_dir(path: &Path) -> io::Result<()> {
+/// Makes sure `path` is a real directory (created when missing), never a link; whether
+/// it was created.
+fn real_dir(path: &Path) -> io::Result<bool> {
     match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => Ok(()),
+        Ok(m) if m.is_dir() => Ok(false),
         Ok(_) => Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("{}: not a directory ({LINK}?)", path.display()),
         )),
         Err(e) if e.kind() == io::ErrorKind::NotFound => match std::fs::create_dir(path) {
-            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
-            _ => Ok(()),
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e),
         },
         Err(e) => Err(e),
     }
 }
 
 const LINK: &str = "a symbolic link (opsrunner never follows links out of the repository)";
-
-fn check_name(name: &str) -> io::Result<()> {
-    if name
-        .split('/')
-        .any(|p| p.is_empty() || p == "." || p == ".." || p.contains(['\\', '\0']))
-    {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("invalid file name `{}`", name.escape_debug()),
-        ));
-    }
-    Ok(())
-}
-
-/// Whether anything (a symbolic link included) is at `path`, without following links.
-fn exists_no_follow(path: &Path) -> bool {
-    std::fs::symlink_metadata(path).is_ok()
-}
 
 /// Opens a regular file for reading, refusing a symbolic link as the last component and
 /// anything that is not a regular file (a FIFO would block forever).
@@ -195,22 +91,6 @@ fn open_regular(path: &Path) -> io::Result<std::fs::File> {
         ));
     }
     Ok(file)
-}
-
-/// Visits everything under `dir` without following symbolic links (a link loop is just a
-/// link), to a bounded depth.
-fn walk(dir: &Path, depth: usize, visit: &mut dyn FnMut(&std::fs::Metadata)) {
-    if depth > 32 {
-        return;
-    }
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        // DirEntry::metadata does not follow symbolic links.
-        let Ok(meta) = entry.metadata() else { continue };
-        visit(&meta);
-        if meta.is_dir() {
-            walk(&entry.path(), depth + 1, visit);
-        }
-    }
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -267,174 +147,440 @@ impl Drop for LocalSink {
     }
 }
 
-impl LocalStore {
-    /// A file from byte `offset` on (to its end): what a reader that starts at a frame of
-    /// the file's [`super::manifest::SeekIndex`] reads. Nothing it reads is checked: the
-    /// whole file is, by whoever reads it with [`BackupStore::open`]. Only a local
-    /// repository is read this way: there, reading the file twice (the parts, and the
-    /// whole to check it) costs page-cache reads; from S3 it would cost a second download.
-    pub fn open_at(&self, backup_id: &str, name: &str, offset: u64) -> io::Result<Reader> {
-        use std::io::Seek;
-        let mut file = open_regular(&self.existing_file(backup_id, name)?)?;
-        file.seek(io::SeekFrom::Start(offset))?;
-        Ok(Box::pin(tokio::fs::File::from_std(file)))
+/// A local object's tag: a rename makes a new inode, a rewrite in place a new time.
+fn local_tag(meta: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!(
+        "{:x}.{:x}.{:x}.{:x}",
+        meta.ino(),
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec()
+    )
+}
+
+fn local_stat(meta: &std::fs::Metadata) -> Stat {
+    Stat {
+        size: meta.len(),
+        modified: meta.modified().ok().map(DateTime::<Utc>::from),
+        tag: local_tag(meta),
     }
 }
 
-impl BackupStore for LocalStore {
-    fn uri(&self, backup_id: &str) -> String {
-        let root = std::path::absolute(&self.root).unwrap_or_else(|_| self.root.clone());
-        format!("file://{}/{backup_id}", root.display())
-    }
+/// Whether a file name is one of ours in progress (a sink's or a small write's), which a
+/// listing must not show.
+fn is_partial(name: &str) -> bool {
+    name.starts_with('.') && (name.ends_with(".partial") || name.contains(".partial-"))
+}
 
-    async fn create(&self, backup_id: &str, name: &str) -> io::Result<Box<dyn FileSink>> {
-        let final_path = self.new_file(backup_id, name)?;
-        let dir = final_path
-            .parent()
-            .expect("inside the backup directory")
-            .to_path_buf();
-        let file_name = final_path
-            .file_name()
-            .expect("has a name")
-            .to_string_lossy()
-            .into_owned();
-        let partial = dir.join(format!(".{file_name}.partial"));
-        // O_NOFOLLOW: a link planted under the partial name must not redirect the write.
-        let file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&partial)
-            .await?;
-        Ok(Box::new(LocalSink {
-            file: Some(file),
-            partial,
-            final_path,
-        }))
-    }
-
-    async fn publish(&self, manifest: &Manifest) -> io::Result<()> {
-        let mut sink = self.create(&manifest.backup_id, MANIFEST_NAME).await?;
-        let json = serde_json::to_vec_pretty(manifest).map_err(io::Error::other)?;
-        tokio::io::AsyncWriteExt::write_all(&mut sink, &json).await?;
-        sink.commit().await?;
-        sync_dir(&self.root)
-    }
-
-    async fn discard(&self, backup_id: &str) -> io::Result<()> {
-        let dir = match self.real_backup_dir(backup_id) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            other => other?,
-        };
-        if exists_no_follow(&dir.join(MANIFEST_NAME)) {
-            // Never delete a published backup by accident.
-            return Err(io::Error::other(format!(
-                "backup {backup_id} is published; not discarding it"
-            )));
-        }
-        match tokio::fs::remove_dir_all(&dir).await {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
-    }
-
-    /// A repository directory that does not exist is an error, not an empty repository:
-    /// an unset variable or a wrong path must not read as "no backups" (and so "nothing to
-    /// prune", "nothing to restore"). The first backup creates the directory.
-    async fn slots(&self) -> io::Result<Vec<Slot>> {
-        let mut out = Vec::new();
-        let entries = match std::fs::read_dir(&self.root) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+impl LocalStore {
+    /// The path of an existing object, with no symbolic link on the way.
+    fn object_path(&self, key: &str) -> io::Result<PathBuf> {
+        check_key(key)?;
+        let mut path = self.root.clone();
+        let parts: Vec<&str> = key.split('/').collect();
+        for part in &parts[..parts.len() - 1] {
+            path.push(part);
+            if !std::fs::symlink_metadata(&path)?.is_dir() {
                 return Err(io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!(
-                        "directory {} does not exist (check the repository's URL; the first backup creates it)",
-                        self.root.display()
-                    ),
+                    io::ErrorKind::InvalidData,
+                    format!("{}: not a directory ({LINK}?)", path.display()),
                 ));
             }
+        }
+        path.push(parts[parts.len() - 1]);
+        Ok(path)
+    }
+
+    /// The path for a new object: its directories created (none of them a link).
+    fn new_object_path(&self, key: &str) -> io::Result<PathBuf> {
+        check_key(key)?;
+        std::fs::create_dir_all(&self.root)?;
+        let mut path = self.root.clone();
+        let parts: Vec<&str> = key.split('/').collect();
+        for part in &parts[..parts.len() - 1] {
+            let parent = path.clone();
+            path.push(part);
+            // A new directory's name is made durable in its parent, so that a crash cannot
+            // lose the place of files fsynced inside it.
+            if real_dir(&path)? {
+                sync_dir(&parent)?;
+            }
+        }
+        path.push(parts[parts.len() - 1]);
+        Ok(path)
+    }
+
+    /// Writes `bytes` under a temporary name beside `path`, fsynced: renamed or linked into
+    /// place by the caller.
+    fn temporary(path: &Path, bytes: &[u8]) -> io::Result<PathBuf> {
+        use std::io::Write;
+        let name = path.file_name().expect("has a name").to_string_lossy();
+        let temp = path.with_file_name(format!(".{name}.partial-{:016x}", fastrand::u64(..)));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&temp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        Ok(temp)
+    }
+
+    /// Runs `f` holding the exclusive lock of `path`'s directory: conditional writes and
+    /// deletes of one directory happen one at a time.
+    fn locked_dir<T>(path: &Path, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+        let dir = std::fs::File::open(path.parent().expect("inside the repository"))?;
+        dir.lock()?;
+        let result = f();
+        let _ = dir.unlock();
+        result
+    }
+
+    fn put_now(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        condition: Condition<'_>,
+    ) -> io::Result<Option<String>> {
+        self.root_must_exist()?;
+        let path = self.new_object_path(key)?;
+        let temp = Self::temporary(&path, bytes)?;
+        let placed = match condition {
+            Condition::Always => std::fs::rename(&temp, &path).map(|()| true),
+            // link(2) fails when the name exists: create-if-absent in one step.
+            Condition::Absent => match std::fs::hard_link(&temp, &path) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(e),
+            },
+            Condition::Matches(tag) => {
+                Self::locked_dir(&path, || match std::fs::symlink_metadata(&path) {
+                    Ok(m) if m.is_file() && local_tag(&m) == tag => {
+                        std::fs::rename(&temp, &path).map(|()| true)
+                    }
+                    Ok(_) => Ok(false),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+                    Err(e) => Err(e),
+                })
+            }
+        };
+        let _ = std::fs::remove_file(&temp);
+        if !placed? {
+            return Ok(None);
+        }
+        sync_dir(path.parent().expect("inside the repository"))?;
+        Ok(Some(local_tag(&std::fs::symlink_metadata(&path)?)))
+    }
+
+    /// Every object under `dir` (whose key starts with `key_prefix`), links included and
+    /// never followed, partial files left out.
+    fn walk_objects(
+        dir: &Path,
+        key_prefix: &str,
+        depth: usize,
+        out: &mut Vec<Listed>,
+    ) -> io::Result<()> {
+        if depth > 32 {
+            return Ok(());
+        }
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e),
         };
         for entry in entries {
             let entry = entry?;
-            let Ok(id) = entry.file_name().into_string() else {
+            let Ok(name) = entry.file_name().into_string() else {
                 continue;
             };
-            if check_id(&id).is_err() {
+            if check_key(&name).is_err() || is_partial(&name) {
                 continue;
             }
-            let kind = entry.file_type()?;
-            if kind.is_symlink() {
-                out.push(Slot {
-                    id,
-                    problem: Some(format!("damaged: {LINK}")),
+            // DirEntry::metadata does not follow symbolic links.
+            let meta = entry.metadata()?;
+            let key = format!("{key_prefix}{name}");
+            if meta.is_dir() {
+                Self::walk_objects(&entry.path(), &format!("{key}/"), depth + 1, out)?;
+            } else if meta.file_type().is_symlink() {
+                out.push(Listed {
+                    key,
+                    stat: local_stat(&meta),
+                    problem: Some(LINK.to_string()),
                 });
-            } else if kind.is_dir() && exists_no_follow(&entry.path().join(MANIFEST_NAME)) {
-                out.push(Slot { id, problem: None });
+            } else if meta.is_file() {
+                out.push(Listed {
+                    key,
+                    stat: local_stat(&meta),
+                    problem: None,
+                });
             }
         }
+        Ok(())
+    }
+
+    /// What [`Store::unfinished`] finds under `dir`: partial files, and directories that
+    /// hold no file at all (their key ends with `/`).
+    fn walk_unfinished(
+        dir: &Path,
+        key_prefix: &str,
+        depth: usize,
+        out: &mut Vec<Listed>,
+    ) -> io::Result<bool> {
+        let mut holds_files = false;
+        if depth > 32 {
+            return Ok(true);
+        }
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let Ok(name) = entry.file_name().into_string() else {
+                holds_files = true;
+                continue;
+            };
+            let meta = entry.metadata()?;
+            let key = format!("{key_prefix}{name}");
+            if meta.is_dir() && check_key(&name).is_ok() {
+                let inner =
+                    Self::walk_unfinished(&entry.path(), &format!("{key}/"), depth + 1, out)?;
+                if !inner {
+                    out.push(Listed {
+                        key: format!("{key}/"),
+                        stat: local_stat(&meta),
+                        problem: None,
+                    });
+                }
+                holds_files |= inner;
+            } else {
+                holds_files = true;
+                if meta.is_file() && is_partial(&name) {
+                    out.push(Listed {
+                        key,
+                        stat: local_stat(&meta),
+                        problem: None,
+                    });
+                }
+            }
+        }
+        Ok(holds_files)
+    }
+
+    fn list_now(&self, prefix: &str) -> io::Result<Vec<Listed>> {
+        check_prefix(prefix)?;
+        self.root_must_exist()?;
+        // Start at the deepest directory the prefix names whole.
+        let dir_key = prefix.rsplit_once('/').map_or("", |(dir, _)| dir);
+        let mut dir = self.root.clone();
+        if !dir_key.is_empty() {
+            for part in dir_key.split('/') {
+                dir.push(part);
+                match std::fs::symlink_metadata(&dir) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) => return Ok(Vec::new()),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let start = if dir_key.is_empty() {
+            String::new()
+        } else {
+            format!("{dir_key}/")
+        };
+        let mut out = Vec::new();
+        Self::walk_objects(&dir, &start, 0, &mut out)?;
+        out.retain(|o| o.key.starts_with(prefix));
+        out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }
 
-    async fn read_small(&self, backup_id: &str, name: &str) -> io::Result<Option<Vec<u8>>> {
-        let path = match self.existing_file(backup_id, name) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+    fn delete_now(&self, key: &str, condition: Condition<'_>) -> io::Result<bool> {
+        let path = match self.object_path(key) {
+            // A directory on the way is missing: so is the object.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(condition == Condition::Always);
+            }
             other => other?,
         };
-        let file = match open_regular(&path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            other => other?,
+        let remove = || match std::fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(condition == Condition::Always),
+            Err(e) => Err(e),
         };
-        read_bounded(file, &path)
-    }
-
-    async fn record_verification(
-        &self,
-        backup_id: &str,
-        verification: &Verification,
-    ) -> io::Result<()> {
-        let mut sink = self.create(backup_id, VERIFICATION_NAME).await?;
-        let json = serde_json::to_vec_pretty(verification).map_err(io::Error::other)?;
-        tokio::io::AsyncWriteExt::write_all(&mut sink, &json).await?;
-        sink.commit().await
-    }
-
-    async fn delete(&self, backup_id: &str) -> io::Result<()> {
-        let dir = self.real_backup_dir(backup_id)?;
-        tokio::fs::remove_file(dir.join(MANIFEST_NAME)).await?;
-        sync_dir(&dir)?;
-        // remove_dir_all removes symbolic links inside, never what they point to.
-        tokio::fs::remove_dir_all(&dir).await?;
-        sync_dir(&self.root)
-    }
-
-    async fn open(&self, backup_id: &str, name: &str) -> io::Result<Reader> {
-        let file = open_regular(&self.existing_file(backup_id, name)?)?;
-        Ok(Box::pin(tokio::fs::File::from_std(file)))
-    }
-
-    async fn size(&self, backup_id: &str, name: &str) -> io::Result<u64> {
-        Ok(open_regular(&self.existing_file(backup_id, name)?)?
-            .metadata()?
-            .len())
+        let removed = match condition {
+            Condition::Always => remove()?,
+            Condition::Absent => false,
+            Condition::Matches(tag) => {
+                Self::locked_dir(&path, || match std::fs::symlink_metadata(&path) {
+                    Ok(m) if local_tag(&m) == tag => remove(),
+                    Ok(_) => Ok(false),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+                    Err(e) => Err(e),
+                })?
+            }
+        };
+        if removed {
+            sync_dir(path.parent().expect("inside the repository"))?;
+        }
+        Ok(removed)
     }
 }
 
-fn read_bounded(file: std::fs::File, path: &Path) -> io::Result<Option<Vec<u8>>> {
-    use std::io::Read;
-    if file.metadata()?.len() > MAX_SMALL_FILE {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "{} is larger than {} MiB",
-                path.display(),
-                MAX_SMALL_FILE >> 20
-            ),
-        ));
+impl Store for LocalStore {
+    fn location(&self, key: &str) -> String {
+        let root = std::path::absolute(&self.root).unwrap_or_else(|_| self.root.clone());
+        format!("file://{}/{key}", root.display())
     }
-    let mut bytes = Vec::new();
-    file.take(MAX_SMALL_FILE).read_to_end(&mut bytes)?;
-    Ok(Some(bytes))
+
+    fn create<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<Box<dyn FileSink>>> {
+        Box::pin(async move {
+            let final_path = self.new_object_path(key)?;
+            let name = final_path
+                .file_name()
+                .expect("has a name")
+                .to_string_lossy();
+            let partial = final_path.with_file_name(format!(".{name}.partial"));
+            // O_NOFOLLOW: a link planted under the partial name must not redirect the write.
+            let file = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&partial)
+                .await?;
+            let sink: Box<dyn FileSink> = Box::new(LocalSink {
+                file: Some(file),
+                partial,
+                final_path,
+            });
+            Ok(sink)
+        })
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        bytes: Vec<u8>,
+        condition: Condition<'a>,
+    ) -> BoxFuture<'a, io::Result<Option<String>>> {
+        Box::pin(async move { self.put_now(key, &bytes, condition) })
+    }
+
+    fn read<'a>(
+        &'a self,
+        key: &'a str,
+        offset: u64,
+        length: Option<u64>,
+    ) -> BoxFuture<'a, io::Result<Reader>> {
+        Box::pin(async move {
+            use std::io::Seek;
+            use tokio::io::AsyncReadExt;
+            let mut file = open_regular(&self.object_path(key)?)?;
+            file.seek(io::SeekFrom::Start(offset))?;
+            let file = tokio::fs::File::from_std(file);
+            let reader: Reader = match length {
+                Some(n) => Box::pin(file.take(n)),
+                None => Box::pin(file),
+            };
+            Ok(reader)
+        })
+    }
+
+    fn read_small<'a>(
+        &'a self,
+        key: &'a str,
+        limit: u64,
+    ) -> BoxFuture<'a, io::Result<Option<Small>>> {
+        Box::pin(async move {
+            use std::io::Read;
+            let file = match self.object_path(key).and_then(|p| open_regular(&p)) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                other => other?,
+            };
+            let meta = file.metadata()?;
+            let stat = local_stat(&meta);
+            if meta.len() > limit {
+                return Ok(Some(Small { bytes: None, stat }));
+            }
+            let mut bytes = Vec::new();
+            file.take(limit + 1).read_to_end(&mut bytes)?;
+            // Grown since it was looked at: larger than the limit all the same.
+            let bytes = (bytes.len() as u64 <= limit).then_some(bytes);
+            Ok(Some(Small { bytes, stat }))
+        })
+    }
+
+    fn stat<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<Option<Stat>>> {
+        Box::pin(async move {
+            match self.object_path(key).and_then(|p| open_regular(&p)) {
+                Ok(file) => Ok(Some(local_stat(&file.metadata()?))),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, io::Result<Vec<Listed>>> {
+        Box::pin(async move { self.list_now(prefix) })
+    }
+
+    fn delete<'a>(
+        &'a self,
+        key: &'a str,
+        condition: Condition<'a>,
+    ) -> BoxFuture<'a, io::Result<bool>> {
+        Box::pin(async move { self.delete_now(key, condition) })
+    }
+
+    /// Partial files (a sink not committed, a small write cut short) and directories with
+    /// nothing in them (a backup killed before its first file).
+    fn unfinished<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, io::Result<Vec<Listed>>> {
+        Box::pin(async move {
+            check_prefix(prefix)?;
+            let mut out = Vec::new();
+            if std::fs::symlink_metadata(&self.root).is_ok() {
+                Self::walk_unfinished(&self.root, "", 0, &mut out)?;
+            }
+            out.retain(|o| o.key.starts_with(prefix));
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(out)
+        })
+    }
+
+    fn lock_file(&self, name: &str) -> Option<PathBuf> {
+        Some(self.root.join(name))
+    }
+
+    /// A directory removed whole (links inside removed, never followed), partial files
+    /// included.
+    fn delete_under<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, io::Result<()>> {
+        Box::pin(async move {
+            check_prefix(prefix)?;
+            let Some(dir_key) = prefix.strip_suffix('/') else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("`{prefix}` does not name a directory"),
+                ));
+            };
+            let dir = match self.object_path(dir_key) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                other => other?,
+            };
+            match std::fs::symlink_metadata(&dir) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{} is not a directory ({LINK}?)", dir.display()),
+                    ));
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(e),
+            }
+            match tokio::fs::remove_dir_all(&dir).await {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            sync_dir(dir.parent().expect("inside the repository"))
+        })
+    }
 }

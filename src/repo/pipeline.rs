@@ -294,13 +294,14 @@ pub async fn load(
 /// The original bytes of a stored file that is not encrypted, decompressed from the frame
 /// that starts at stored offset `frame` (of its [`SeekIndex`]) on. Unchecked: the caller
 /// checks the whole file with [`load`] or [`check`] before it trusts what it read here.
-pub fn load_from(
-    store: &super::local::LocalStore,
+pub async fn load_from(
+    store: &super::AnyStore,
     manifest: &Manifest,
     name: &str,
     frame: u64,
 ) -> io::Result<Reader> {
-    let raw = store.open_at(&manifest.backup_id, name, frame)?;
+    let key = super::layout::key(&manifest.backup_id, name)?;
+    let raw = store.objects().read(&key, frame, None).await?;
     Ok(manifest
         .compression
         .decoder(BufReader::with_capacity(CHUNK, raw)))

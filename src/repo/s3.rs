@@ -11,8 +11,10 @@
 //! Credentials come from the standard AWS chain (environment, profile, web identity,
 //! instance metadata), never from the plan. One TLS stack: rustls on ring, as sqlx uses.
 
-use super::manifest::{MANIFEST_NAME, Manifest, VERIFICATION_NAME, Verification};
-use super::store::{BackupStore, FileSink, MAX_SMALL_FILE, Reader, Slot, check_id};
+use super::store::{
+    BoxFuture, Condition, FileSink, Listed, MAX_SMALL_FILE, Reader, Small, Stat, Store, check_key,
+    check_prefix,
+};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
@@ -61,15 +63,6 @@ fn upload_timeouts(bytes: u64) -> aws_sdk_s3::config::Builder {
             .operation_timeout(OPERATION_TIMEOUT.max(read * 4))
             .build(),
     )
-}
-
-/// What [`S3Store::get_bounded`] read.
-pub struct Bounded {
-    /// `None`: larger than the limit.
-    pub bytes: Option<Vec<u8>>,
-    pub etag: String,
-    /// When the store last wrote the object, by its clock.
-    pub written: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// A body reader that fails when the store sends nothing for [`STALL_TIMEOUT`]: the
@@ -237,6 +230,24 @@ pub struct S3Options {
     pub force_path_style: bool,
     pub part_size: Option<usize>,
     pub sse: Option<Sse>,
+    /// Keys given in code instead of the standard chain, for tests and benchmarks that talk
+    /// to a store from inside their own process (the environment is shared there). Plans
+    /// never set them.
+    #[doc(hidden)]
+    pub static_keys: Option<StaticKeys>,
+}
+
+/// An access key and its secret (see [`S3Options::static_keys`]).
+#[derive(Clone)]
+pub struct StaticKeys {
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+impl std::fmt::Debug for StaticKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StaticKeys(***)")
+    }
 }
 
 fn s3_error(context: &str, e: impl std::fmt::Display) -> io::Error {
@@ -327,6 +338,15 @@ impl S3Store {
         if let Some(region) = &options.region {
             loader = loader.region(aws_config::Region::new(region.clone()));
         }
+        if let Some(keys) = &options.static_keys {
+            loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
+                &keys.access_key,
+                &keys.secret_key,
+                None,
+                None,
+                "static",
+            ));
+        }
         let shared = loader.load().await;
         let mut config =
             aws_sdk_s3::config::Builder::from(&shared).force_path_style(options.force_path_style);
@@ -366,22 +386,6 @@ impl S3Store {
         })
     }
 
-    fn key(&self, backup_id: &str, name: &str) -> String {
-        if self.prefix.is_empty() {
-            format!("{backup_id}/{name}")
-        } else {
-            format!("{}/{backup_id}/{name}", self.prefix)
-        }
-    }
-
-    fn backup_prefix(&self, backup_id: &str) -> String {
-        self.key(backup_id, "")
-    }
-
-    async fn put_small(&self, key: String, body: Vec<u8>) -> io::Result<()> {
-        put(&self.client, &self.bucket, &key, body, self.sse.as_ref()).await
-    }
-
     pub(super) async fn keys_under(&self, prefix: &str) -> io::Result<Vec<String>> {
         let mut keys = Vec::new();
         let mut pages = self
@@ -400,24 +404,6 @@ impl S3Store {
             );
         }
         Ok(keys)
-    }
-
-    /// Whether any object's key starts with `prefix`: one listing request of one key.
-    pub(super) async fn any_key_under(&self, prefix: &str) -> io::Result<bool> {
-        let page = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(prefix)
-            .max_keys(1)
-            .send()
-            .await
-            .map_err(|e| sdk_error("listing the bucket", e))?;
-        Ok(!page.contents().is_empty())
-    }
-
-    async fn get_bytes(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
-        Ok(self.get_with_etag(key).await?.map(|(bytes, _)| bytes))
     }
 
     async fn delete_keys(&self, keys: Vec<String>) -> io::Result<()> {
@@ -478,73 +464,6 @@ impl S3Store {
                 return out;
             }
         }
-    }
-
-    /// Aborts the multipart uploads an unfinished backup left open: those noted in its
-    /// `.uploads/` and, where the store lists them, any others under its prefix.
-    async fn abort_leftover_uploads(&self, backup_id: &str) -> io::Result<()> {
-        let notes = self.key(backup_id, &format!("{UPLOADS_DIR}/"));
-        for note in self.keys_under(&notes).await? {
-            let upload_id = &note[notes.len()..];
-            if let Some(key) = self.get_bytes(&note).await? {
-                let key = String::from_utf8_lossy(&key);
-                abort_upload(&self.client, &self.bucket, &key, upload_id).await;
-            }
-        }
-        for (key, upload_id, _) in self.multipart_uploads(&self.backup_prefix(backup_id)).await {
-            abort_upload(&self.client, &self.bucket, &key, &upload_id).await;
-        }
-        Ok(())
-    }
-}
-
-impl S3Store {
-    /// Backup ids that have objects but no manifest, with their newest object's time.
-    pub async fn orphans(&self) -> io::Result<Vec<(String, std::time::SystemTime)>> {
-        let root = self.root();
-        let mut groups: std::collections::BTreeMap<String, (bool, std::time::SystemTime)> =
-            Default::default();
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(&root)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| sdk_error("listing the bucket", e))?;
-            for object in page.contents() {
-                let Some(key) = object.key() else { continue };
-                let Some((id, name)) = key[root.len()..].split_once('/') else {
-                    continue;
-                };
-                let modified = object
-                    .last_modified()
-                    .and_then(|t| std::time::SystemTime::try_from(*t).ok())
-                    .unwrap_or(std::time::UNIX_EPOCH);
-                let entry = groups
-                    .entry(id.to_string())
-                    .or_insert((false, std::time::UNIX_EPOCH));
-                entry.0 |= name == MANIFEST_NAME;
-                entry.1 = entry.1.max(modified);
-            }
-        }
-        // An upload whose note was never written (killed in between) still shows here.
-        for (key, _, initiated) in self.multipart_uploads(&root).await {
-            if let Some((id, _)) = key[root.len().min(key.len())..].split_once('/') {
-                let entry = groups
-                    .entry(id.to_string())
-                    .or_insert((false, std::time::UNIX_EPOCH));
-                entry.1 = entry.1.max(initiated);
-            }
-        }
-        // Only what could be a backup: the WAL archive (`.wal/`) and the lease beside the
-        // backups start with a dot, which no backup id does.
-        Ok(groups
-            .into_iter()
-            .filter(|(id, (published, _))| !published && check_id(id).is_ok())
-            .map(|(id, (_, t))| (id, t))
-            .collect())
     }
 }
 
@@ -897,262 +816,380 @@ async fn delete(client: &Client, bucket: &str, key: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// When a conditional write goes ahead.
-pub enum PutCondition<'a> {
-    /// Only when no object has the key (`If-None-Match: *`).
-    Absent,
-    /// Only when the object is still the one with this ETag (`If-Match`).
-    Matches(&'a str),
+/// The notes of unfinished multipart uploads live under `.uploads/` beside the object;
+/// they are not objects of the repository.
+fn is_upload_note(key: &str) -> bool {
+    key.split('/').any(|part| part == UPLOADS_DIR)
 }
 
 impl S3Store {
-    /// Deletes one object (deleting what is not there succeeds, as S3 does).
-    pub async fn delete_object(&self, key: &str) -> io::Result<()> {
-        delete(&self.client, &self.bucket, key).await
+    /// The bucket's key of a repository key.
+    fn full_key(&self, key: &str) -> String {
+        format!("{}{key}", self.root())
     }
 
-    /// The key of a small object at the repository's root, beside the backups (whose ids
-    /// never start with a dot).
-    pub fn root_key(&self, name: &str) -> String {
-        format!("{}{name}", self.root())
-    }
-
-    /// Writes `body` to `key` only under `condition`: the new ETag, or `None` when the
-    /// condition did not hold (412, or 409 when another conditional write was in flight).
-    pub async fn put_if(
-        &self,
-        key: &str,
-        body: Vec<u8>,
-        condition: PutCondition<'_>,
-    ) -> io::Result<Option<String>> {
-        let request = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .set_server_side_encryption(self.sse.as_ref().map(|s| s.algorithm.clone()))
-            .set_ssekms_key_id(self.sse.as_ref().and_then(|s| s.kms_key_id.clone()));
-        let size = body.len() as u64;
-        let request = match condition {
-            PutCondition::Absent => request.if_none_match("*"),
-            PutCondition::Matches(etag) => request.if_match(etag),
-        }
-        .body(ByteStream::from(body))
-        .customize()
-        .config_override(upload_timeouts(size));
-        match request.send().await {
-            Ok(out) => Ok(Some(out.e_tag().unwrap_or_default().to_string())),
-            Err(e)
-                if matches!(
-                    e.raw_response().map(|r| r.status().as_u16()),
-                    Some(404 | 409 | 412)
-                ) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(sdk_error(&format!("writing {key}"), e)),
+    /// `<dir of key>/.uploads/`: where the note of `key`'s multipart upload goes.
+    fn notes_for(&self, key: &str) -> String {
+        match key.rsplit_once('/') {
+            Some((dir, _)) => self.full_key(&format!("{dir}/{UPLOADS_DIR}/")),
+            None => self.full_key(&format!("{UPLOADS_DIR}/")),
         }
     }
 
-    /// Deletes `key` only while it is still the object with this ETag; `false` when it was
-    /// not (replaced or gone).
-    pub async fn delete_if(&self, key: &str, etag: &str) -> io::Result<bool> {
-        match self
-            .client
-            .delete_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .if_match(etag)
-            .send()
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(e)
-                if matches!(
-                    e.raw_response().map(|r| r.status().as_u16()),
-                    Some(404 | 409 | 412)
-                ) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(sdk_error(&format!("deleting {key}"), e)),
-        }
-    }
-
-    /// An object of at most `limit` bytes with its ETag and when the store last wrote it
-    /// (the store's clock, which a writer cannot choose); the bytes are `None` when the
-    /// object is larger (they are not read). `None` when there is no object.
-    pub async fn get_bounded(&self, key: &str, limit: u64) -> io::Result<Option<Bounded>> {
-        let out = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-        {
-            Ok(o) => o,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
-            Err(e) => return Err(sdk_error(&format!("reading {key}"), e)),
-        };
-        let etag = out.e_tag().unwrap_or_default().to_string();
-        let written = out
-            .last_modified()
-            .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos()));
-        let mut bytes = Vec::new();
-        StallGuard::new(out.body.into_async_read(), STALL_TIMEOUT)
-            .take(limit + 1)
-            .read_to_end(&mut bytes)
-            .await
-            .map_err(|e| io::Error::new(e.kind(), format!("reading {key}: {e}")))?;
-        Ok(Some(Bounded {
-            bytes: (bytes.len() as u64 <= limit).then_some(bytes),
-            etag,
-            written,
-        }))
-    }
-
-    /// A small object and its ETag, `None` when there is none.
-    pub async fn get_with_etag(&self, key: &str) -> io::Result<Option<(Vec<u8>, String)>> {
-        let Some(object) = self.get_bounded(key, MAX_SMALL_FILE).await? else {
-            return Ok(None);
-        };
-        match object.bytes {
-            Some(bytes) => Ok(Some((bytes, object.etag))),
-            None => Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{key} is larger than {} MiB", MAX_SMALL_FILE >> 20),
-            )),
-        }
-    }
-}
-
-impl BackupStore for S3Store {
-    fn uri(&self, backup_id: &str) -> String {
-        format!(
-            "s3://{}/{}",
-            self.bucket,
-            self.backup_prefix(backup_id).trim_end_matches('/')
-        )
-    }
-
-    async fn create(&self, backup_id: &str, name: &str) -> io::Result<Box<dyn FileSink>> {
-        // Memory: the part being filled, one waiting in the channel, `parts_in_flight` uploading.
-        let (tx, rx) = mpsc::channel(1);
-        let task = tokio::spawn(upload(
-            UploadTarget {
-                client: self.client.clone(),
-                bucket: self.bucket.clone(),
-                key: self.key(backup_id, name),
-                notes: self.key(backup_id, &format!("{UPLOADS_DIR}/")),
-                sse: self.sse.clone(),
-                checksums: self.checksums,
-                in_flight: self.parts_in_flight,
-                pool: Arc::clone(&self.parts),
-            },
-            rx,
-        ));
-        Ok(Box::new(S3Sink {
-            buffer: self.parts.take(self.part_size),
-            pool: Arc::clone(&self.parts),
-            part_size: self.part_size,
-            parts_sent: false,
-            tx: Some(PollSender::new(tx)),
-            task: Some(task),
-        }))
-    }
-
-    async fn publish(&self, manifest: &Manifest) -> io::Result<()> {
-        let json = serde_json::to_vec_pretty(manifest).map_err(io::Error::other)?;
-        self.put_small(self.key(&manifest.backup_id, MANIFEST_NAME), json)
-            .await
-    }
-
-    async fn discard(&self, backup_id: &str) -> io::Result<()> {
-        check_id(backup_id)?;
-        let keys = self.keys_under(&self.backup_prefix(backup_id)).await?;
-        if keys
-            .iter()
-            .any(|k| k.ends_with(&format!("/{MANIFEST_NAME}")))
-        {
-            return Err(io::Error::other(format!(
-                "backup {backup_id} is published; not discarding it"
-            )));
-        }
-        self.abort_leftover_uploads(backup_id).await?;
-        self.delete_keys(keys).await
-    }
-
-    async fn slots(&self) -> io::Result<Vec<Slot>> {
+    async fn list_now(&self, prefix: &str) -> io::Result<Vec<Listed>> {
+        check_prefix(prefix)?;
         let root = self.root();
         let mut out = Vec::new();
-        for key in self.keys_under(&root).await? {
-            // `<root><id>/manifest.json` exactly: deeper keys are files of a backup.
-            if let Some(id) = key[root.len()..].strip_suffix(&format!("/{MANIFEST_NAME}"))
-                && check_id(id).is_ok()
-            {
-                out.push(Slot {
-                    id: id.to_string(),
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(self.full_key(prefix))
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| sdk_error("listing the bucket", e))?;
+            for object in page.contents() {
+                let Some(key) = object.key().and_then(|k| k.strip_prefix(&root)) else {
+                    continue;
+                };
+                if is_upload_note(key) || check_key(key).is_err() {
+                    continue;
+                }
+                out.push(Listed {
+                    key: key.to_string(),
+                    stat: Stat {
+                        size: object.size().unwrap_or(0).max(0) as u64,
+                        modified: object.last_modified().and_then(|t| {
+                            chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())
+                        }),
+                        tag: object.e_tag().unwrap_or_default().to_string(),
+                    },
                     problem: None,
                 });
             }
         }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }
+}
 
-    async fn read_small(&self, backup_id: &str, name: &str) -> io::Result<Option<Vec<u8>>> {
-        check_id(backup_id)?;
-        self.get_bytes(&self.key(backup_id, name)).await
+impl Store for S3Store {
+    fn location(&self, key: &str) -> String {
+        format!("s3://{}/{}", self.bucket, self.full_key(key))
     }
 
-    async fn open(&self, backup_id: &str, name: &str) -> io::Result<Reader> {
-        check_id(backup_id)?;
-        let key = self.key(backup_id, name);
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .send()
-            .await
-            .map_err(|e| sdk_error(&format!("reading {key}"), e))?;
-        Ok(Box::pin(StallGuard::new(
-            out.body.into_async_read(),
-            STALL_TIMEOUT,
-        )))
+    fn create<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<Box<dyn FileSink>>> {
+        Box::pin(async move {
+            check_key(key)?;
+            // Memory: the part being filled, one waiting in the channel, `parts_in_flight`
+            // uploading.
+            let (tx, rx) = mpsc::channel(1);
+            let task = tokio::spawn(upload(
+                UploadTarget {
+                    client: self.client.clone(),
+                    bucket: self.bucket.clone(),
+                    key: self.full_key(key),
+                    notes: self.notes_for(key),
+                    sse: self.sse.clone(),
+                    checksums: self.checksums,
+                    in_flight: self.parts_in_flight,
+                    pool: Arc::clone(&self.parts),
+                },
+                rx,
+            ));
+            let sink: Box<dyn FileSink> = Box::new(S3Sink {
+                buffer: self.parts.take(self.part_size),
+                pool: Arc::clone(&self.parts),
+                part_size: self.part_size,
+                parts_sent: false,
+                tx: Some(PollSender::new(tx)),
+                task: Some(task),
+            });
+            Ok(sink)
+        })
     }
 
-    async fn size(&self, backup_id: &str, name: &str) -> io::Result<u64> {
-        check_id(backup_id)?;
-        let key = self.key(backup_id, name);
-        let head = self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .send()
-            .await
-            .map_err(|e| sdk_error(&format!("looking up {key}"), e))?;
-        Ok(head.content_length().unwrap_or(0).max(0) as u64)
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        bytes: Vec<u8>,
+        condition: Condition<'a>,
+    ) -> BoxFuture<'a, io::Result<Option<String>>> {
+        Box::pin(async move {
+            check_key(key)?;
+            let key = self.full_key(key);
+            let request = self
+                .client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(&key)
+                .set_server_side_encryption(self.sse.as_ref().map(|s| s.algorithm.clone()))
+                .set_ssekms_key_id(self.sse.as_ref().and_then(|s| s.kms_key_id.clone()));
+            let size = bytes.len() as u64;
+            let request = match condition {
+                Condition::Always => request,
+                Condition::Absent => request.if_none_match("*"),
+                Condition::Matches(etag) => request.if_match(etag),
+            }
+            .body(ByteStream::from(bytes))
+            .customize()
+            .config_override(upload_timeouts(size));
+            match request.send().await {
+                Ok(out) => Ok(Some(out.e_tag().unwrap_or_default().to_string())),
+                // 409: another conditional write to the key was in flight.
+                Err(e)
+                    if condition != Condition::Always
+                        && matches!(
+                            e.raw_response().map(|r| r.status().as_u16()),
+                            Some(404 | 409 | 412)
+                        ) =>
+                {
+                    Ok(None)
+                }
+                Err(e) => Err(sdk_error(&format!("writing {key}"), e)),
+            }
+        })
     }
 
-    async fn record_verification(
-        &self,
-        backup_id: &str,
-        verification: &Verification,
-    ) -> io::Result<()> {
-        let json = serde_json::to_vec_pretty(verification).map_err(io::Error::other)?;
-        self.put_small(self.key(backup_id, VERIFICATION_NAME), json)
-            .await
+    fn read<'a>(
+        &'a self,
+        key: &'a str,
+        offset: u64,
+        length: Option<u64>,
+    ) -> BoxFuture<'a, io::Result<Reader>> {
+        Box::pin(async move {
+            check_key(key)?;
+            let full = self.full_key(key);
+            if length == Some(0) {
+                // A range of no bytes cannot be asked for; the object must still exist.
+                return match self.stat(key).await? {
+                    Some(_) => Ok(Box::pin(tokio::io::empty()) as Reader),
+                    None => Err(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("{} does not exist", self.location(key)),
+                    )),
+                };
+            }
+            let range = match (offset, length) {
+                (0, None) => None,
+                (start, None) => Some(format!("bytes={start}-")),
+                (start, Some(n)) => Some(format!("bytes={start}-{}", start + n - 1)),
+            };
+            let out = match self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(&full)
+                .set_range(range)
+                .send()
+                .await
+            {
+                Ok(out) => out,
+                Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("{} does not exist", self.location(key)),
+                    ));
+                }
+                // A range that starts at or past the end: nothing to read.
+                Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 416) => {
+                    return Ok(Box::pin(tokio::io::empty()));
+                }
+                Err(e) => return Err(sdk_error(&format!("reading {full}"), e)),
+            };
+            let reader: Reader =
+                Box::pin(StallGuard::new(out.body.into_async_read(), STALL_TIMEOUT));
+            Ok(reader)
+        })
     }
 
-    async fn delete(&self, backup_id: &str) -> io::Result<()> {
-        check_id(backup_id)?;
-        // The manifest first: from then on the backup does not exist.
-        self.delete_keys(vec![self.key(backup_id, MANIFEST_NAME)])
-            .await?;
-        let rest = self.keys_under(&self.backup_prefix(backup_id)).await?;
-        self.delete_keys(rest).await
+    fn read_small<'a>(
+        &'a self,
+        key: &'a str,
+        limit: u64,
+    ) -> BoxFuture<'a, io::Result<Option<Small>>> {
+        Box::pin(async move {
+            check_key(key)?;
+            let full = self.full_key(key);
+            let out = match self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(&full)
+                .send()
+                .await
+            {
+                Ok(o) => o,
+                Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
+                    return Ok(None);
+                }
+                Err(e) => return Err(sdk_error(&format!("reading {full}"), e)),
+            };
+            let stat = Stat {
+                size: out.content_length().unwrap_or(0).max(0) as u64,
+                modified: out
+                    .last_modified()
+                    .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
+                tag: out.e_tag().unwrap_or_default().to_string(),
+            };
+            if stat.size > limit {
+                return Ok(Some(Small { bytes: None, stat }));
+            }
+            let mut bytes = Vec::new();
+            StallGuard::new(out.body.into_async_read(), STALL_TIMEOUT)
+                .take(limit + 1)
+                .read_to_end(&mut bytes)
+                .await
+                .map_err(|e| io::Error::new(e.kind(), format!("reading {full}: {e}")))?;
+            let bytes = (bytes.len() as u64 <= limit).then_some(bytes);
+            Ok(Some(Small { bytes, stat }))
+        })
+    }
+
+    fn stat<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<Option<Stat>>> {
+        Box::pin(async move {
+            check_key(key)?;
+            let full = self.full_key(key);
+            match self
+                .client
+                .head_object()
+                .bucket(&self.bucket)
+                .key(&full)
+                .send()
+                .await
+            {
+                Ok(head) => Ok(Some(Stat {
+                    size: head.content_length().unwrap_or(0).max(0) as u64,
+                    modified: head
+                        .last_modified()
+                        .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
+                    tag: head.e_tag().unwrap_or_default().to_string(),
+                })),
+                Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+                Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(None),
+                Err(e) => Err(sdk_error(&format!("looking up {full}"), e)),
+            }
+        })
+    }
+
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, io::Result<Vec<Listed>>> {
+        Box::pin(self.list_now(prefix))
+    }
+
+    fn delete<'a>(
+        &'a self,
+        key: &'a str,
+        condition: Condition<'a>,
+    ) -> BoxFuture<'a, io::Result<bool>> {
+        Box::pin(async move {
+            check_key(key)?;
+            let full = self.full_key(key);
+            let request = self.client.delete_object().bucket(&self.bucket).key(&full);
+            let request = match condition {
+                Condition::Always => request,
+                // S3 has no delete-if-absent: an absent object is deleted already.
+                Condition::Absent => return Ok(false),
+                Condition::Matches(etag) => request.if_match(etag),
+            };
+            match request.send().await {
+                Ok(_) => Ok(true),
+                Err(e)
+                    if condition != Condition::Always
+                        && matches!(
+                            e.raw_response().map(|r| r.status().as_u16()),
+                            Some(404 | 409 | 412)
+                        ) =>
+                {
+                    Ok(false)
+                }
+                Err(e) => Err(sdk_error(&format!("deleting {full}"), e)),
+            }
+        })
+    }
+
+    /// Multipart uploads left open under the prefix: those noted in `.uploads/` (the
+    /// note's time) and, where the store lists them, any others (when they started).
+    fn unfinished<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, io::Result<Vec<Listed>>> {
+        Box::pin(async move {
+            check_prefix(prefix)?;
+            let root = self.root();
+            let full = self.full_key(prefix);
+            let mut out = Vec::new();
+            let mut pages = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&full)
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| sdk_error("listing the bucket", e))?;
+                for object in page.contents() {
+                    let Some(key) = object.key().and_then(|k| k.strip_prefix(&root)) else {
+                        continue;
+                    };
+                    if is_upload_note(key) {
+                        out.push(Listed {
+                            key: key.to_string(),
+                            stat: Stat {
+                                size: 0,
+                                modified: object.last_modified().and_then(|t| {
+                                    chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())
+                                }),
+                                tag: object.e_tag().unwrap_or_default().to_string(),
+                            },
+                            problem: None,
+                        });
+                    }
+                }
+            }
+            for (key, upload_id, initiated) in self.multipart_uploads(&full).await {
+                let Some(key) = key.strip_prefix(&root) else {
+                    continue;
+                };
+                out.push(Listed {
+                    key: key.to_string(),
+                    stat: Stat {
+                        size: 0,
+                        modified: Some(initiated.into()),
+                        tag: upload_id,
+                    },
+                    problem: None,
+                });
+            }
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(out)
+        })
+    }
+
+    /// Also aborts the multipart uploads left open under the prefix (noted in `.uploads/`
+    /// or, where the store lists them, found by listing) and deletes their notes.
+    fn delete_under<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, io::Result<()>> {
+        Box::pin(async move {
+            check_prefix(prefix)?;
+            let full = self.full_key(prefix);
+            for note in self
+                .keys_under(&full)
+                .await?
+                .into_iter()
+                .filter(|k| is_upload_note(k))
+            {
+                let upload_id = note.rsplit('/').next().unwrap_or_default();
+                let relative = note.strip_prefix(&self.root()).unwrap_or(&note);
+                if let Some(Small {
+                    bytes: Some(key), ..
+                }) = self.read_small(relative, MAX_SMALL_FILE).await?
+                {
+                    let key = String::from_utf8_lossy(&key);
+                    abort_upload(&self.client, &self.bucket, &key, upload_id).await;
+                }
+            }
+            for (key, upload_id, _) in self.multipart_uploads(&full).await {
+                abort_upload(&self.client, &self.bucket, &key, &upload_id).await;
+            }
+            self.delete_keys(self.keys_under(&full).await?).await
+        })
     }
 }
 

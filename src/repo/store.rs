@@ -2,6 +2,7 @@
 //! [`super::AnyStore`] that chooses between them.
 
 use super::manifest::{Manifest, Verification};
+use chrono::{DateTime, Utc};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -61,6 +62,214 @@ pub trait BackupStore: Send + Sync {
     /// Deletes a published backup: its manifest first, so that it stops existing at once,
     /// then its files.
     fn delete(&self, backup_id: &str) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+/// A future a [`Store`] returns: boxed, so that the trait is object-safe and a repository
+/// of any backend is one `Arc<dyn Store>`.
+pub type BoxFuture<'a, T> = futures_util::future::BoxFuture<'a, T>;
+
+/// What a store knows of an object without reading it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    pub size: u64,
+    /// When the store last wrote it, by the store's clock (which a writer cannot choose).
+    pub modified: Option<DateTime<Utc>>,
+    /// Changes whenever the object is written: S3's and Azure's ETag, a local file's inode,
+    /// size and modification time. What [`Condition::Matches`] compares.
+    pub tag: String,
+}
+
+/// An object as a listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub key: String,
+    pub stat: Stat,
+    /// Why it cannot be read at all (a local symbolic link, which is never followed).
+    pub problem: Option<String>,
+}
+
+/// A small object read whole, with what the store knows of it.
+#[derive(Debug, Clone)]
+pub struct Small {
+    /// `None` when the object is larger than the limit asked for (it was not read).
+    pub bytes: Option<Vec<u8>>,
+    pub stat: Stat,
+}
+
+/// When a write or a delete goes ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition<'a> {
+    Always,
+    /// Only when no object has the key (create-if-absent; S3's `If-None-Match: *`).
+    Absent,
+    /// Only while the object is the one with this tag (replace-if-unchanged; `If-Match`).
+    Matches(&'a str),
+}
+
+/// The one interface every repository backend implements (restic's `Backend`,
+/// pgBackRest's storage drivers): objects under `/`-separated keys, relative to the
+/// repository's root. What lives under which key — backups, manifests, verification
+/// records, WAL, marks, leases — is decided above the backends, once.
+///
+/// Keys are checked by [`check_key`] before a backend sees them: no empty part, no `.` or
+/// `..`, no backslash or NUL.
+pub trait Store: Send + Sync {
+    /// Where an object is, for messages: `file:///srv/backups/KEY`, `s3://bucket/prefix/KEY`.
+    fn location(&self, key: &str) -> String;
+
+    /// Starts writing `key`, streaming: nothing is visible until [`FileSink::commit`], which
+    /// replaces any object of that key at once; dropping the sink discards what was written.
+    fn create<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<Box<dyn FileSink>>>;
+
+    /// Writes a small object whole if `condition` holds: its new tag, or `None` when the
+    /// condition did not hold (nothing was written).
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        bytes: Vec<u8>,
+        condition: Condition<'a>,
+    ) -> BoxFuture<'a, io::Result<Option<String>>>;
+
+    /// Reads `key` from byte `offset`, `length` bytes or to its end. An absent object is an
+    /// error of kind [`io::ErrorKind::NotFound`]; a range past the end reads nothing.
+    fn read<'a>(
+        &'a self,
+        key: &'a str,
+        offset: u64,
+        length: Option<u64>,
+    ) -> BoxFuture<'a, io::Result<Reader>>;
+
+    /// Reads a small object whole, with its [`Stat`]; `None` when there is none. Larger than
+    /// `limit` is not read (`bytes` is `None`): a damaged or hostile object must not
+    /// exhaust memory.
+    fn read_small<'a>(
+        &'a self,
+        key: &'a str,
+        limit: u64,
+    ) -> BoxFuture<'a, io::Result<Option<Small>>>;
+
+    /// What the store knows of `key`; `None` when there is no such object.
+    fn stat<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<Option<Stat>>>;
+
+    /// Every object whose key starts with `prefix` (`""`: all), sorted by key. Unfinished
+    /// writes are not objects and are not listed.
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, io::Result<Vec<Listed>>>;
+
+    /// Deletes `key` if `condition` holds; `false` when it did not. Deleting an absent
+    /// object under [`Condition::Always`] succeeds (`true`), as S3 does.
+    fn delete<'a>(
+        &'a self,
+        key: &'a str,
+        condition: Condition<'a>,
+    ) -> BoxFuture<'a, io::Result<bool>>;
+
+    /// Writes under `prefix` that never finished and are not objects (local partial files
+    /// and empty directories, S3's open multipart uploads), with when they last changed:
+    /// what the orphan sweep finds beside the objects. `key` is where they are.
+    fn unfinished<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, io::Result<Vec<Listed>>> {
+        let _ = prefix;
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// A file the kernel can lock for a holder, released when the holder's process ends
+    /// however it ends (`flock`): offered by backends on a local file system, where it is
+    /// a better lease than one kept by conditional writes and a time to live.
+    fn lock_file(&self, name: &str) -> Option<std::path::PathBuf> {
+        let _ = name;
+        None
+    }
+
+    /// Deletes everything under `prefix` (which ends with `/`), unfinished writes included
+    /// (S3's open multipart uploads): what discarding a backup that never finished needs.
+    fn delete_under<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, io::Result<()>> {
+        Box::pin(async move {
+            for object in self.list(prefix).await? {
+                self.delete(&object.key, Condition::Always).await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A shared store is a store: what wraps one (the fault injector, a repository) can hold
+/// it behind an `Arc`.
+impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
+    fn location(&self, key: &str) -> String {
+        (**self).location(key)
+    }
+    fn create<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<Box<dyn FileSink>>> {
+        (**self).create(key)
+    }
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        bytes: Vec<u8>,
+        condition: Condition<'a>,
+    ) -> BoxFuture<'a, io::Result<Option<String>>> {
+        (**self).put(key, bytes, condition)
+    }
+    fn read<'a>(
+        &'a self,
+        key: &'a str,
+        offset: u64,
+        length: Option<u64>,
+    ) -> BoxFuture<'a, io::Result<Reader>> {
+        (**self).read(key, offset, length)
+    }
+    fn read_small<'a>(
+        &'a self,
+        key: &'a str,
+        limit: u64,
+    ) -> BoxFuture<'a, io::Result<Option<Small>>> {
+        (**self).read_small(key, limit)
+    }
+    fn stat<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<Option<Stat>>> {
+        (**self).stat(key)
+    }
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, io::Result<Vec<Listed>>> {
+        (**self).list(prefix)
+    }
+    fn delete<'a>(
+        &'a self,
+        key: &'a str,
+        condition: Condition<'a>,
+    ) -> BoxFuture<'a, io::Result<bool>> {
+        (**self).delete(key, condition)
+    }
+    fn unfinished<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, io::Result<Vec<Listed>>> {
+        (**self).unfinished(prefix)
+    }
+    fn lock_file(&self, name: &str) -> Option<std::path::PathBuf> {
+        (**self).lock_file(name)
+    }
+    fn delete_under<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, io::Result<()>> {
+        (**self).delete_under(prefix)
+    }
+}
+
+/// Checks a key before any backend sees it (see [`Store`]).
+pub fn check_key(key: &str) -> io::Result<()> {
+    if key.is_empty()
+        || key.len() > 1024
+        || key
+            .split('/')
+            .any(|p| p.is_empty() || p == "." || p == ".." || p.contains(['\\', '\0']))
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("invalid object key `{}`", key.escape_debug()),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a listing prefix: empty, or a key followed by an optional `/`.
+pub fn check_prefix(prefix: &str) -> io::Result<()> {
+    match prefix.strip_suffix('/') {
+        _ if prefix.is_empty() => Ok(()),
+        Some(key) => check_key(key),
+        None => check_key(prefix),
+    }
 }
 
 /// Backup ids come from opsrunner, from users (`backup: ID`) and from the repository's

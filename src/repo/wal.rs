@@ -10,9 +10,9 @@
 //! not at all, and never replaced: a second push of the same name compares the recorded
 //! SHA-256 of the original (which needs no key, even when the archive is encrypted).
 
-use super::AnyStore;
 use super::compression::Compression;
 use super::crypto::{Identities, Recipients};
+use super::{AnyStore, Condition, Small};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::io;
@@ -290,22 +290,21 @@ pub async fn decode_to<W: tokio::io::AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// The key of archived file `name`: `.wal/NAME` at the repository's root.
+fn key(name: &str) -> String {
+    format!("{DIR}/{name}")
+}
+
 /// Stores an encoded object under `name`, unless one is there: then the two originals'
 /// SHA-256 decide between [`Pushed::AlreadyThere`] and [`WalError::Conflict`].
 pub async fn store(store: &AnyStore, name: &str, object: Vec<u8>) -> Result<Pushed, WalError> {
     let (offered, _) = parse(name, &object)?;
     let stored_size = offered.stored_size;
-    let created = match store {
-        AnyStore::Local(l) => local::create(l.root(), name, &object)?,
-        AnyStore::S3(s) => s
-            .put_if(
-                &s.root_key(&format!("{DIR}/{name}")),
-                object,
-                super::s3::PutCondition::Absent,
-            )
-            .await?
-            .is_some(),
-    };
+    let created = store
+        .objects()
+        .put(&key(name), object, Condition::Absent)
+        .await?
+        .is_some();
     if created {
         return Ok(Pushed::Archived { stored_size });
     }
@@ -325,12 +324,19 @@ pub async fn store(store: &AnyStore, name: &str, object: Vec<u8>) -> Result<Push
 /// The archived object `name`; [`WalError::NotFound`] only when the store says it is
 /// absent *and* the archive is proven present (see [`holds_anything`]).
 pub async fn read(store: &AnyStore, name: &str) -> Result<Vec<u8>, WalError> {
-    let found = match store {
-        AnyStore::Local(l) => local::read(l.root(), name)?,
-        AnyStore::S3(s) => s
-            .get_with_etag(&s.root_key(&format!("{DIR}/{name}")))
-            .await?
-            .map(|(bytes, _)| bytes),
+    check_name(name).map_err(io::Error::other)?;
+    let key = key(name);
+    let found = match store.objects().read_small(&key, MAX_FILE * 2).await? {
+        Some(Small {
+            bytes: Some(bytes), ..
+        }) => Some(bytes),
+        Some(Small { bytes: None, .. }) => {
+            return Err(WalError::Damaged(format!(
+                "{} is larger than any archived file can be",
+                store.objects().location(&key)
+            )));
+        }
+        None => None,
     };
     match found {
         Some(bytes) => Ok(bytes),
@@ -348,27 +354,22 @@ pub async fn read(store: &AnyStore, name: &str) -> Result<Vec<u8>, WalError> {
 /// no archived file at all, while a real archive holds every file its cluster pushed
 /// (retention never empties it: it keeps what the newest base backup needs).
 async fn holds_anything(store: &AnyStore) -> io::Result<bool> {
-    match store {
-        AnyStore::Local(l) => local::holds_anything(l.root()),
-        AnyStore::S3(s) => s.any_key_under(&format!("{}{DIR}/", s.root())).await,
-    }
+    Ok(!list(store).await?.is_empty())
 }
 
 /// The names of every file in the archive, sorted (which sorts segments by timeline, then
 /// position). Anything else found there (temporary files, foreign names) is left out.
 pub async fn list(store: &AnyStore) -> io::Result<Vec<String>> {
-    let mut names: Vec<String> = match store {
-        AnyStore::Local(l) => local::names(l.root())?,
-        AnyStore::S3(s) => {
-            let prefix = format!("{}{DIR}/", s.root());
-            s.keys_under(&prefix)
-                .await?
-                .into_iter()
-                .filter_map(|k| k.strip_prefix(&prefix).map(str::to_string))
-                .collect()
-        }
-    };
-    names.retain(|n| check_name(n).is_ok());
+    let prefix = format!("{DIR}/");
+    let mut names: Vec<String> = store
+        .objects()
+        .list(&prefix)
+        .await?
+        .into_iter()
+        .filter(|o| o.problem.is_none())
+        .filter_map(|o| o.key.strip_prefix(&prefix).map(str::to_string))
+        .filter(|n| check_name(n).is_ok())
+        .collect();
     names.sort();
     Ok(names)
 }
@@ -376,10 +377,11 @@ pub async fn list(store: &AnyStore) -> io::Result<Vec<String>> {
 /// Deletes archived file `name` (retention: WAL no kept base backup needs).
 pub async fn delete(store: &AnyStore, name: &str) -> io::Result<()> {
     check_name(name).map_err(io::Error::other)?;
-    match store {
-        AnyStore::Local(l) => local::delete(l.root(), name),
-        AnyStore::S3(s) => s.delete_object(&s.root_key(&format!("{DIR}/{name}"))).await,
-    }
+    store
+        .objects()
+        .delete(&key(name), Condition::Always)
+        .await?;
+    Ok(())
 }
 
 /// The position of the segment a file belongs to: a segment itself, its `.partial`, or a
@@ -442,131 +444,6 @@ pub fn gaps(names: &[String], segment_size: u64) -> Vec<(String, String)> {
 
 fn hex(bytes: &[u8]) -> String {
     crate::digest::hex(bytes)
-}
-
-/// The local archive: `ROOT/.wal/NAME`, never through a symbolic link.
-mod local {
-    use super::DIR;
-    use std::io::{self, Write};
-    use std::os::unix::fs::OpenOptionsExt;
-    use std::path::{Path, PathBuf};
-
-    /// The archive directory, created when missing; a symbolic link there is refused.
-    fn dir(root: &Path, create: bool) -> io::Result<Option<PathBuf>> {
-        let dir = root.join(DIR);
-        match std::fs::symlink_metadata(&dir) {
-            Ok(m) if m.is_dir() => Ok(Some(dir)),
-            Ok(_) => Err(io::Error::other(format!(
-                "{} is not a directory (a symbolic link is not followed)",
-                dir.display()
-            ))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                if !create {
-                    // The repository itself must be there: a missing mount is not "absent".
-                    std::fs::symlink_metadata(root).map_err(|e| {
-                        io::Error::other(format!("repository {}: {e}", root.display()))
-                    })?;
-                    return Ok(None);
-                }
-                if !root.is_dir() {
-                    return Err(io::Error::other(format!(
-                        "repository {} does not exist",
-                        root.display()
-                    )));
-                }
-                match std::fs::create_dir(&dir) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                    Err(e) => return Err(e),
-                }
-                std::fs::File::open(root)?.sync_all()?;
-                Ok(Some(dir))
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Writes `object` as `NAME` unless it exists: a temporary file, flushed to disk, then
-    /// hard-linked into place (a link never replaces), then the directory flushed. `false`
-    /// when `NAME` was already there.
-    pub fn create(root: &Path, name: &str, object: &[u8]) -> io::Result<bool> {
-        let dir = dir(root, true)?.expect("created");
-        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-        let _ = std::fs::remove_file(&tmp);
-        let result = (|| {
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&tmp)?;
-            file.write_all(object)?;
-            file.sync_all()?;
-            match std::fs::hard_link(&tmp, dir.join(name)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
-                Err(e) => return Err(e),
-            }
-            std::fs::File::open(&dir)?.sync_all()?;
-            Ok(true)
-        })();
-        let _ = std::fs::remove_file(&tmp);
-        result
-    }
-
-    pub fn names(root: &Path) -> io::Result<Vec<String>> {
-        let Some(dir) = dir(root, false)? else {
-            return Ok(Vec::new());
-        };
-        Ok(std::fs::read_dir(dir)?
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-            .filter_map(|e| e.file_name().into_string().ok())
-            .collect())
-    }
-
-    pub fn delete(root: &Path, name: &str) -> io::Result<()> {
-        let Some(dir) = dir(root, false)? else {
-            return Ok(());
-        };
-        match std::fs::remove_file(dir.join(name)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
-    }
-
-    /// Whether the archive directory holds an archived file (by name; a temporary file of
-    /// an unfinished push does not count).
-    pub fn holds_anything(root: &Path) -> io::Result<bool> {
-        let Some(dir) = dir(root, false)? else {
-            return Ok(false);
-        };
-        Ok(std::fs::read_dir(dir)?.flatten().any(|e| {
-            e.file_type().is_ok_and(|t| t.is_file())
-                && e.file_name()
-                    .to_str()
-                    .is_some_and(|n| super::check_name(n).is_ok())
-        }))
-    }
-
-    pub fn read(root: &Path, name: &str) -> io::Result<Option<Vec<u8>>> {
-        use std::io::Read;
-        let Some(dir) = dir(root, false)? else {
-            return Ok(None);
-        };
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(dir.join(name));
-        let file = match file {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let mut bytes = Vec::new();
-        file.take(super::MAX_FILE * 2).read_to_end(&mut bytes)?;
-        Ok(Some(bytes))
-    }
 }
 
 #[cfg(test)]

@@ -98,6 +98,7 @@ pub fn serve(root: &Path, stats: Arc<Stats>, port: Option<u16>) -> String {
     let mut builder = s3s::service::S3ServiceBuilder::new(fs);
     builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
     let service = builder.build();
+    let objects = Arc::new(root.to_path_buf());
     let listener = std::net::TcpListener::bind(("127.0.0.1", port.unwrap_or(0))).unwrap();
     let addr = listener.local_addr().unwrap();
     listener.set_nonblocking(true).unwrap();
@@ -115,8 +116,9 @@ pub fn serve(root: &Path, stats: Arc<Stats>, port: Option<u16>) -> String {
                 let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
                 let service = service.clone();
                 let stats = stats.clone();
+                let objects = objects.clone();
                 let handler = hyper::service::service_fn(move |req| {
-                    handle(req, service.clone(), stats.clone(), fd)
+                    handle(req, service.clone(), stats.clone(), fd, objects.clone())
                 });
                 tokio::spawn(async move {
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -181,7 +183,50 @@ async fn handle(
     service: s3s::service::S3Service,
     stats: Arc<Stats>,
     fd: std::os::fd::RawFd,
+    objects: Arc<std::path::PathBuf>,
 ) -> Result<hyper::Response<s3s::Body>, Failure> {
+    // Conditional writes and deletes one at a time, as S3 applies them: s3s-fs checks a
+    // PUT's If-Match / If-None-Match and then writes, which lets racing writers all pass,
+    // and ignores a DELETE's If-Match (checked here, against its MD5 ETag).
+    let conditional = (req.method() == hyper::Method::PUT || req.method() == hyper::Method::DELETE)
+        && (req.headers().contains_key("if-match") || req.headers().contains_key("if-none-match"));
+    let _one_at_a_time = if conditional {
+        static CONDITIONAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        Some(CONDITIONAL.lock().await)
+    } else {
+        None
+    };
+    if req.method() == hyper::Method::DELETE
+        && let Some(wanted) = req.headers().get("if-match").and_then(|v| v.to_str().ok())
+    {
+        let path = percent_encoding::percent_decode_str(req.uri().path()).decode_utf8_lossy();
+        let file = objects.join(path.trim_start_matches('/'));
+        let current = std::fs::read(&file).ok().map(|bytes| {
+            use md5::Digest;
+            let sum = md5::Md5::digest(&bytes);
+            format!(
+                "\"{}\"",
+                sum.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            )
+        });
+        match current {
+            None => {
+                return Ok(error_response(
+                    404,
+                    "NoSuchKey",
+                    "The specified key does not exist.",
+                ));
+            }
+            Some(etag) if etag != wanted.trim() => {
+                return Ok(error_response(
+                    412,
+                    "PreconditionFailed",
+                    "At least one of the pre-conditions you specified did not hold",
+                ));
+            }
+            Some(_) => {}
+        }
+    }
     let header = |name: &str| {
         req.headers()
             .get(name)

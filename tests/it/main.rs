@@ -27,6 +27,7 @@ mod s3_repository;
 mod saved_plans;
 mod schemas;
 mod sql_step;
+mod store_conformance;
 mod unattended_history;
 mod unattended_locks;
 mod unattended_progress;

@@ -306,8 +306,10 @@ fn an_s3_lease_of_a_killed_run_is_taken_over_once_it_lapses() {
     assert!(!lease_file.exists());
 
     // A lease held from another machine, whose holder stopped renewing it, is taken over
-    // only once it has lapsed.
-    let expires = chrono::Utc::now() + chrono::Duration::seconds(4);
+    // only once it has lapsed. It lapses at the earlier of its `expires_at` and the
+    // store's time of its write plus the time to live (4 s); that time has whole seconds
+    // (Last-Modified), so `expires_at` is set 3 s ahead to be the earlier one.
+    let expires = chrono::Utc::now() + chrono::Duration::seconds(3);
     let foreign = serde_json::json!({
         "run_id": "20261125_020000_abcdef",
         "plan": "nightly",
