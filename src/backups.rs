@@ -62,9 +62,7 @@ pub async fn open_store(
     plan_file: Option<&Path>,
 ) -> Result<repo::AnyStore, Failure> {
     let (repo, base_dir) = repository_definition(repository, plan_file)?;
-    repo::open(&repo.url, &base_dir, &repo.s3_options())
-        .await
-        .map_err(Failure::from)
+    repo::open(&repo, &base_dir).await.map_err(Failure::from)
 }
 
 /// `opsrunner repo unlock`: removes the repository's lock left by a run that is not

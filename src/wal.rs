@@ -45,7 +45,7 @@ pub async fn push(
         .map_err(|e| Failure::Usage(format!("repository `{}`: {e}", at.repository)))?;
     let original = read_bounded(path)
         .map_err(|e| Failure::Io(format!("wal push: cannot read {}: {e}", path.display())))?;
-    let store = crate::repo::open(&definition.url, &base_dir, &definition.s3_options()).await?;
+    let store = crate::repo::open(&definition, &base_dir).await?;
     let object = wal::encode(&name, &original, compression, recipients.as_ref())
         .await
         .map_err(|e| Failure::Io(format!("wal push {name}: {e}")))?;
@@ -82,7 +82,7 @@ pub async fn fetch(
         .map_err(|e| {
             Failure::WalUnreadable(format!("wal fetch {name}: {}", e.message(false).trim()))
         })?;
-    let store = crate::repo::open(&definition.url, &base_dir, &definition.s3_options())
+    let store = crate::repo::open(&definition, &base_dir)
         .await
         .map_err(|e| Failure::WalUnreadable(format!("wal fetch {name}: {e}")))?;
     let started = Instant::now();

@@ -77,7 +77,7 @@ impl StepContext {
             .repositories
             .get(name)
             .ok_or_else(|| StepError::permanent(format!("repository `{name}` is not available")))?;
-        Ok(crate::repo::open(&repo.url, &self.base_dir, &repo.s3_options()).await?)
+        Ok(crate::repo::open(repo, &self.base_dir).await?)
     }
 
     /// The recipients backups to repository `name` are encrypted to; `None` when the

@@ -50,13 +50,27 @@ const PORT: u16 = 5432;
 
 pub fn user_ids(name: &str) -> Result<(u32, u32), ClusterError> {
     let cname = CString::new(name).map_err(|_| ClusterError::BadUserName(name.to_string()))?;
-    // SAFETY: getpwnam returns null or a pointer to a static entry, read before any other call.
-    let pw = unsafe { libc::getpwnam(cname.as_ptr()) };
-    if pw.is_null() {
+    // getpwnam_r, not getpwnam: steps start clusters from several threads at once, and
+    // getpwnam's one static entry would be shared between them.
+    let mut buffer = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: a zeroed passwd is a valid value for getpwnam_r to fill in.
+    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call, the buffer for its length; the entry's
+    // strings point into `buffer`, which outlives the reads below.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            cname.as_ptr(),
+            &mut entry,
+            buffer.as_mut_ptr(),
+            buffer.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 || found.is_null() {
         return Err(ClusterError::NoSuchUser(name.to_string()));
     }
-    // SAFETY: pw is non-null and points at a valid passwd entry.
-    Ok(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
+    Ok((entry.pw_uid, entry.pw_gid))
 }
 
 fn run(

@@ -343,34 +343,25 @@ pub async fn recover_to_target(
     if let Some((uid, gid)) = start.owner {
         std::os::unix::fs::chown(&log_path, Some(uid), Some(gid)).map_err(io)?;
     }
-    let mut settings: Vec<(String, String)> = [
-        ("config_file", config.display().to_string()),
-        ("hba_file", hba.display().to_string()),
-        ("ident_file", ident.display().to_string()),
-        ("listen_addresses", String::new()),
-        ("unix_socket_directories", dir.display().to_string()),
-        ("port", "5432".into()),
-        ("archive_mode", "off".into()),
-        ("hot_standby", "on".into()),
-        ("recovery_target_action", "pause".into()),
-        ("restore_command", start.restore_command.clone()),
-        ("recovery_end_command", String::new()),
-        ("archive_cleanup_command", String::new()),
-        ("primary_conninfo", String::new()),
-        ("shared_preload_libraries", String::new()),
-        ("shared_buffers", "256MB".into()),
-        ("huge_pages", "off".into()),
-        ("ssl", "off".into()),
-        ("external_pid_file", String::new()),
-        ("logging_collector", "off".into()),
-        ("log_destination", "stderr".into()),
-        ("log_min_messages", "warning".into()),
-        ("lc_messages", "C".into()),
-        ("log_timezone", "UTC".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let mut settings: Vec<(String, String)> = super::recovery::copy_settings()
+        .into_iter()
+        .chain([
+            ("config_file", config.display().to_string()),
+            ("hba_file", hba.display().to_string()),
+            ("ident_file", ident.display().to_string()),
+            ("listen_addresses", String::new()),
+            ("unix_socket_directories", dir.display().to_string()),
+            ("port", "5432".into()),
+            ("hot_standby", "on".into()),
+            ("recovery_target_action", "pause".into()),
+            ("restore_command", start.restore_command.clone()),
+            ("log_destination", "stderr".into()),
+            ("log_min_messages", "warning".into()),
+            ("lc_messages", "C".into()),
+            ("log_timezone", "UTC".into()),
+        ])
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
     for (setting, field) in STANDBY_MINIMUMS {
         if let Some(value) = control.get(*field) {
             settings.push((setting.to_string(), value.clone()));

@@ -174,8 +174,8 @@ pub fn configure(
     if !data.join("pg_ident.conf").exists() {
         write("pg_ident.conf", "")?;
     }
-    let mut settings: Vec<(&str, String)> = vec![
-        ("archive_mode", "off".into()),
+    let mut settings: Vec<(&str, String)> = copy_settings();
+    settings.extend([
         ("hot_standby", "off".into()),
         ("hba_file", data.join("pg_hba.conf").display().to_string()),
         (
@@ -185,20 +185,7 @@ pub fn configure(
         ("restore_command", recovery.restore_command.clone()),
         ("recovery_target_timeline", recovery.timeline.to_string()),
         ("recovery_target_action", "promote".into()),
-        // Copied from a server with other extensions installed, the list would stop this
-        // one from starting; a restore test needs the data, not the extensions' workers.
-        ("shared_preload_libraries", String::new()),
-        // A drill machine is often smaller than production, and has none of its huge pages,
-        // certificates (the socket is private: no TLS) or log directory; the log must stay
-        // where opsrunner reads why recovery stopped.
-        ("shared_buffers", "256MB".into()),
-        ("huge_pages", "off".into()),
-        ("ssl", "off".into()),
-        ("logging_collector", "off".into()),
-        // Production's hooks must not run on a copy.
-        ("recovery_end_command", String::new()),
-        ("archive_cleanup_command", String::new()),
-    ];
+    ]);
     settings.extend(recovery.targets());
     append_settings(
         data,
@@ -206,6 +193,31 @@ pub fn configure(
         "point-in-time recovery by opsrunner; these lines override the ones above",
         settings,
     )
+}
+
+/// What a copy of a production cluster that opsrunner starts (a recovery to a point, a
+/// mark's verification) must not take from the configuration it was copied with; one
+/// list for every such start.
+pub fn copy_settings() -> Vec<(&'static str, String)> {
+    vec![
+        // It archives nothing into production's archive, follows no primary and runs
+        // none of production's hooks.
+        ("archive_mode", "off".into()),
+        ("primary_conninfo", String::new()),
+        ("recovery_end_command", String::new()),
+        ("archive_cleanup_command", String::new()),
+        // Copied from a server with other extensions installed, the list would stop this
+        // one from starting; a restore test needs the data, not the extensions' workers.
+        ("shared_preload_libraries", String::new()),
+        // A drill machine is often smaller than production, and has none of its huge pages,
+        // certificates (the socket is private: no TLS), pid file place or log directory;
+        // the log must stay where opsrunner reads why recovery stopped.
+        ("shared_buffers", "256MB".into()),
+        ("huge_pages", "off".into()),
+        ("ssl", "off".into()),
+        ("external_pid_file", String::new()),
+        ("logging_collector", "off".into()),
+    ]
 }
 
 /// Prepares an extracted data directory for its first start by the operator: it recovers

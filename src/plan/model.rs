@@ -150,25 +150,6 @@ pub enum SseAlgorithm {
     AwsKms,
 }
 
-impl Repository {
-    pub fn s3_options(&self) -> crate::repo::s3::S3Options {
-        crate::repo::s3::S3Options {
-            region: self.region.clone(),
-            endpoint: self.endpoint.clone(),
-            force_path_style: self.force_path_style,
-            part_size: self.part_size_mib.map(|m| m as usize * 1024 * 1024),
-            sse: self.sse.map(|a| crate::repo::s3::Sse {
-                algorithm: match a {
-                    SseAlgorithm::Aes256 => aws_sdk_s3::types::ServerSideEncryption::Aes256,
-                    SseAlgorithm::AwsKms => aws_sdk_s3::types::ServerSideEncryption::AwsKms,
-                },
-                kms_key_id: self.sse_kms_key_id.clone(),
-            }),
-            static_keys: None,
-        }
-    }
-}
-
 /// One step: the keys every step has, plus its type's parameters.
 #[derive(Debug, Clone, Serialize)]
 pub struct StepDef {

@@ -327,7 +327,10 @@ impl Validator<'_> {
                 let names: Vec<&str> = self.plan.repositories.keys().map(String::as_str).collect();
                 let help = did_you_mean(repo, names.iter().copied()).unwrap_or_else(|| {
                     if names.is_empty() {
-                        "declare it under `repositories:` with a `url` (file://… or s3://…)".into()
+                        format!(
+                            "declare it under `repositories:` with a `url` ({})",
+                            crate::repo::registry::supported()
+                        )
                     } else {
                         format!("declared repositories: {}", names.join(", "))
                     }
@@ -400,21 +403,22 @@ impl Validator<'_> {
                     }
                 }
             }
-            if crate::repo::s3::url_carries_credentials(&repo.url) {
-                self.report_secret(
-                    &[key("repositories"), key(name), key("url")],
-                    format!("repository `{name}`: the S3 URL carries credentials"),
-                    "credentials never go in the plan: remove them from the URL, and treat them as leaked; opsrunner takes them from the standard AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, web identity or the instance role)",
-                );
-            }
             let templated = repo.url.starts_with("{{");
-            if !(templated || repo.url.starts_with("file://") || repo.url.starts_with("s3://")) {
-                self.report(
+            match crate::repo::registry::url_problem(&repo.url) {
+                _ if templated => {}
+                None => {}
+                Some(crate::repo::registry::UrlProblem::Unsupported(examples)) => self.report(
                     &[key("repositories"), key(name), key("url")],
                     format!("repository `{name}` has an unsupported URL `{}`", repo.url),
                     repo.url.chars().count(),
-                    Some("use `file://path/to/dir` or `s3://bucket/prefix`".into()),
-                );
+                    Some(format!("use {examples}")),
+                ),
+                // Not echoed: what is wrong may be a secret in it.
+                Some(crate::repo::registry::UrlProblem::Backend(problem)) => self.report_secret(
+                    &[key("repositories"), key(name), key("url")],
+                    format!("repository `{name}`: {problem}"),
+                    "credentials never go in the plan: remove them from the URL, and treat them as leaked; opsrunner takes them from the standard chain of the store (for S3: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, web identity or the instance role)",
+                ),
             }
         }
     }

@@ -20,6 +20,26 @@ pub struct LocalStore {
     root: PathBuf,
 }
 
+/// `file://path`: a directory, relative to the plan's directory unless absolute.
+pub const BACKEND: super::store::Backend = super::store::Backend {
+    scheme: "file",
+    example: "file://path/to/dir",
+    url_problem: |_| None,
+    open: |definition, base_dir| {
+        Box::pin(async move {
+            let path = Path::new(definition.url.strip_prefix("file://").unwrap_or_default());
+            let root = if path.is_absolute() {
+                path.to_path_buf()
+            } else {
+                base_dir.join(path)
+            };
+            let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(LocalStore::new(root));
+            Ok(store)
+        })
+    },
+    describe: |_| Vec::new(),
+};
+
 impl LocalStore {
     pub fn new(root: PathBuf) -> Self {
         LocalStore { root }

@@ -304,6 +304,55 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// `s3://bucket/prefix`, with the credentials of the standard AWS chain.
+pub const BACKEND: super::store::Backend = super::store::Backend {
+    scheme: "s3",
+    example: "s3://bucket/prefix",
+    url_problem: |url| {
+        url_carries_credentials(url).then(|| "the S3 URL carries credentials".to_string())
+    },
+    open: |definition, _| {
+        Box::pin(async move {
+            let store: std::sync::Arc<dyn Store> =
+                std::sync::Arc::new(S3Store::connect(&definition.url, &options(definition)).await?);
+            Ok(store)
+        })
+    },
+    describe: |definition| {
+        let options = options(definition);
+        let mut s = format!(
+            "S3 multipart upload, {} MiB parts",
+            options.part_size.unwrap_or(DEFAULT_PART_SIZE).max(5 << 20) >> 20
+        );
+        if let Some(sse) = &options.sse {
+            s.push_str(&format!(
+                ", server-side encryption {}",
+                sse.algorithm.as_str()
+            ));
+        }
+        vec![s]
+    },
+};
+
+/// The S3 settings of a repository as the plan defines it.
+pub fn options(definition: &crate::plan::model::Repository) -> S3Options {
+    use crate::plan::model::SseAlgorithm;
+    S3Options {
+        region: definition.region.clone(),
+        endpoint: definition.endpoint.clone(),
+        force_path_style: definition.force_path_style,
+        part_size: definition.part_size_mib.map(|m| m as usize * 1024 * 1024),
+        sse: definition.sse.map(|a| Sse {
+            algorithm: match a {
+                SseAlgorithm::Aes256 => aws_sdk_s3::types::ServerSideEncryption::Aes256,
+                SseAlgorithm::AwsKms => aws_sdk_s3::types::ServerSideEncryption::AwsKms,
+            },
+            kms_key_id: definition.sse_kms_key_id.clone(),
+        }),
+        static_keys: None,
+    }
+}
+
 /// `s3://KEY:SECRET@bucket/…`: credentials where they must never be.
 pub fn url_carries_credentials(url: &str) -> bool {
     url.strip_prefix("s3://")
@@ -816,6 +865,23 @@ async fn delete(client: &Client, bucket: &str, key: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether a conditional request failed because its condition did not hold: 412, 404 (an
+/// `If-Match` on an object that is gone) or 409 (another conditional write to the key was
+/// in flight).
+fn condition_failed<E>(
+    e: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> bool {
+    matches!(
+        e.raw_response().map(|r| r.status().as_u16()),
+        Some(404 | 409 | 412)
+    )
+}
+
+/// A time the store gives (Last-Modified), as opsrunner keeps times.
+fn store_time(t: &aws_sdk_s3::primitives::DateTime) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())
+}
+
 /// The notes of unfinished multipart uploads live under `.uploads/` beside the object;
 /// they are not objects of the repository.
 fn is_upload_note(key: &str) -> bool {
@@ -860,9 +926,7 @@ impl S3Store {
                     key: key.to_string(),
                     stat: Stat {
                         size: object.size().unwrap_or(0).max(0) as u64,
-                        modified: object.last_modified().and_then(|t| {
-                            chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())
-                        }),
+                        modified: object.last_modified().and_then(store_time),
                         tag: object.e_tag().unwrap_or_default().to_string(),
                     },
                     problem: None,
@@ -937,16 +1001,7 @@ impl Store for S3Store {
             .config_override(upload_timeouts(size));
             match request.send().await {
                 Ok(out) => Ok(Some(out.e_tag().unwrap_or_default().to_string())),
-                // 409: another conditional write to the key was in flight.
-                Err(e)
-                    if condition != Condition::Always
-                        && matches!(
-                            e.raw_response().map(|r| r.status().as_u16()),
-                            Some(404 | 409 | 412)
-                        ) =>
-                {
-                    Ok(None)
-                }
+                Err(e) if condition != Condition::Always && condition_failed(&e) => Ok(None),
                 Err(e) => Err(sdk_error(&format!("writing {key}"), e)),
             }
         })
@@ -1028,9 +1083,7 @@ impl Store for S3Store {
             };
             let stat = Stat {
                 size: out.content_length().unwrap_or(0).max(0) as u64,
-                modified: out
-                    .last_modified()
-                    .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
+                modified: out.last_modified().and_then(store_time),
                 tag: out.e_tag().unwrap_or_default().to_string(),
             };
             if stat.size > limit {
@@ -1061,9 +1114,7 @@ impl Store for S3Store {
             {
                 Ok(head) => Ok(Some(Stat {
                     size: head.content_length().unwrap_or(0).max(0) as u64,
-                    modified: head
-                        .last_modified()
-                        .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
+                    modified: head.last_modified().and_then(store_time),
                     tag: head.e_tag().unwrap_or_default().to_string(),
                 })),
                 Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
@@ -1094,15 +1145,7 @@ impl Store for S3Store {
             };
             match request.send().await {
                 Ok(_) => Ok(true),
-                Err(e)
-                    if condition != Condition::Always
-                        && matches!(
-                            e.raw_response().map(|r| r.status().as_u16()),
-                            Some(404 | 409 | 412)
-                        ) =>
-                {
-                    Ok(false)
-                }
+                Err(e) if condition != Condition::Always && condition_failed(&e) => Ok(false),
                 Err(e) => Err(sdk_error(&format!("deleting {full}"), e)),
             }
         })
@@ -1134,9 +1177,7 @@ impl Store for S3Store {
                             key: key.to_string(),
                             stat: Stat {
                                 size: 0,
-                                modified: object.last_modified().and_then(|t| {
-                                    chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())
-                                }),
+                                modified: object.last_modified().and_then(store_time),
                                 tag: object.e_tag().unwrap_or_default().to_string(),
                             },
                             problem: None,

@@ -272,6 +272,27 @@ pub fn check_prefix(prefix: &str) -> io::Result<()> {
     }
 }
 
+/// How a backend opens the repository a plan defines (paths relative to the directory).
+pub type Opener = for<'a> fn(
+    &'a crate::plan::model::Repository,
+    &'a std::path::Path,
+) -> BoxFuture<'a, Result<std::sync::Arc<dyn Store>, OpenError>>;
+
+/// What a backend tells the rest of opsrunner about itself.
+pub struct Backend {
+    /// The URL scheme, without `://`.
+    pub scheme: &'static str,
+    /// An example URL, for messages.
+    pub example: &'static str,
+    /// What is wrong with a URL of this scheme that no connection would mend (credentials
+    /// in it, a malformed name), said without echoing the URL.
+    pub url_problem: fn(&str) -> Option<String>,
+    /// Opens the repository `definition` describes; paths are relative to `base_dir`.
+    pub open: Opener,
+    /// Lines for the preview: how a backup is written there (beside the URL itself).
+    pub describe: fn(&crate::plan::model::Repository) -> Vec<String>,
+}
+
 /// Backup ids come from opsrunner, from users (`backup: ID`) and from the repository's
 /// listing; anything that could name a place outside one backup is refused.
 pub fn check_id(backup_id: &str) -> io::Result<()> {

@@ -111,7 +111,7 @@ impl Locks {
         if held.contains_key(name) {
             return Ok(());
         }
-        let store = crate::repo::open(&repo.url, &ctx.base_dir, &repo.s3_options()).await?;
+        let store = crate::repo::open(repo, &ctx.base_dir).await?;
         let what = format!("repository `{name}`");
         let on_lost: lease::OnLost = {
             let events = self.events.clone();

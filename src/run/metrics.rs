@@ -39,7 +39,7 @@ pub async fn repository_states(
         let Some(repo) = repositories.get(name) else {
             continue;
         };
-        let Ok(store) = crate::repo::open(&repo.url, base_dir, &repo.s3_options()).await else {
+        let Ok(store) = crate::repo::open(repo, base_dir).await else {
             continue;
         };
         let Ok(listed) = crate::repo::listing::list(&store).await else {

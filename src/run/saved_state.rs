@@ -137,7 +137,7 @@ pub async fn repository_state(
     base_dir: &Path,
 ) -> RepositoryState {
     let read = async {
-        let store = crate::repo::open(&repo.url, base_dir, &repo.s3_options())
+        let store = crate::repo::open(repo, base_dir)
             .await
             .map_err(|e| e.to_string())?;
         let listed = crate::repo::listing::list(&store)

@@ -28,8 +28,7 @@ impl Scheduled {
             .repositories
             .iter()
             .filter_map(|(name, repo)| {
-                repo.url
-                    .strip_prefix("file://")
+                crate::repo::registry::local_path(&repo.url)
                     .map(|path| (name.as_str(), repo.url.as_str(), path))
             })
     }

@@ -519,24 +519,7 @@ async fn dump(
 /// up before the night it is needed.
 pub fn destination(repo: &crate::plan::model::Repository, base_dir: &Path) -> Vec<String> {
     let mut lines = vec![format!("destination: {}", repo.url)];
-    if repo.url.starts_with("s3://") {
-        let options = repo.s3_options();
-        let mut s = format!(
-            "S3 multipart upload, {} MiB parts",
-            options
-                .part_size
-                .unwrap_or(crate::repo::s3::DEFAULT_PART_SIZE)
-                .max(5 << 20)
-                >> 20
-        );
-        if let Some(sse) = &options.sse {
-            s.push_str(&format!(
-                ", server-side encryption {}",
-                sse.algorithm.as_str()
-            ));
-        }
-        lines.push(s);
-    }
+    lines.extend(crate::repo::registry::describe(repo));
     match &repo.encryption {
         None => lines.push("client-side encryption: none".into()),
         Some(config) => match config.recipients(base_dir) {

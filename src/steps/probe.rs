@@ -48,7 +48,7 @@ impl Probe<'_> {
                 unknown,
             ));
         };
-        crate::repo::open(&repo.url, self.base_dir, &repo.s3_options())
+        crate::repo::open(repo, self.base_dir)
             .await
             .map_err(|e| Unread::repository(name, e.to_string(), unknown))
     }

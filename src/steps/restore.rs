@@ -96,6 +96,7 @@ impl StepType for Restore {
         "new_timeline",
         "wal_segments",
         "data_directory",
+        "replaced",
         "skipped",
     ];
     const TARGET_PATH: &'static [&'static str] = &["into", "target"];

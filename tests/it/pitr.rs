@@ -979,6 +979,12 @@ fn mark_verify_plan(repo_url: &str, mark: &str) -> String {
     pitr_verify_plan(repo_url, &format!("{{ mark: \"{mark}\" }}"), "")
 }
 
+/// A `file://` repository, opened with the library.
+fn local_repository(url: &str) -> opsrunner::repo::AnyStore {
+    let path = url.strip_prefix("file://").expect("a file:// URL");
+    opsrunner::repo::AnyStore::new(opsrunner::repo::local::LocalStore::new(path.into()))
+}
+
 /// The marks archived in a local repository, read with the library.
 fn marks(url: &str) -> Vec<(opsrunner::repo::mark::Place, opsrunner::repo::mark::Mark)> {
     use opsrunner::repo::{mark, wal};
@@ -987,9 +993,7 @@ fn marks(url: &str) -> Vec<(opsrunner::repo::mark::Place, opsrunner::repo::mark:
         .build()
         .unwrap();
     rt.block_on(async {
-        let store = opsrunner::repo::open(url, Path::new("/"), &Default::default())
-            .await
-            .unwrap();
+        let store = local_repository(url);
         let names = wal::list(&store).await.unwrap();
         let mut out = Vec::new();
         for place in mark::places(&names, 16 << 20) {
@@ -1146,9 +1150,7 @@ fn a_mark_holds_the_content_at_its_restore_point_and_a_verify_proves_it() {
             .build()
             .unwrap();
         rt.block_on(async {
-            let store = opsrunner::repo::open(&url, Path::new("/"), &Default::default())
-                .await
-                .unwrap();
+            let store = local_repository(&url);
             mark::store(&store, &forged, None).await.unwrap();
         });
     }

@@ -416,33 +416,7 @@ fn a_missing_role_passes_verify_and_fails_a_restore_with_exit_1_naming_it() {
         "create table t (id int primary key); insert into t values (1); grant select on t to reporting",
     );
     let other = Cluster::start();
-    let plan = format!(
-        r#"
-version: 1
-name: role
-targets:
-  app: {{ url: "{}" }}
-  other: {{ url: "{}" }}
-repositories:
-  repo: {{ url: "file://./repo" }}
-steps:
-  - {{ id: backup, type: backup, target: app, repository: repo }}
-  - id: verify
-    type: verify
-    needs: [backup]
-    repository: repo
-    backup: "{{{{ steps.backup.outputs.backup_id }}}}"
-    restore_into: {{ target: other, database: verify_x }}
-  - id: restore
-    type: restore
-    needs: [verify]
-    repository: repo
-    backup: "{{{{ steps.backup.outputs.backup_id }}}}"
-    into: {{ target: other, database: copy }}
-"#,
-        source.url("app"),
-        other.url("postgres")
-    );
+    let plan = verify_plan(&source, &other, true);
     let run = ws.apply(&plan, &[]);
     assert_eq!(run.code, 1, "{}", run.everything());
     assert_eq!(run.status("verify"), "succeeded", "{}", run.everything());
@@ -467,27 +441,7 @@ steps:
 /// no verdict and leaves no scratch database.
 fn verify_fails_for_the_destination(source: &Cluster, scratch: &Cluster, expected: &[&str]) {
     let ws = Workspace::new();
-    let plan = format!(
-        r#"
-version: 1
-name: verify
-targets:
-  app: {{ url: "{}" }}
-  scratch: {{ url: "{}" }}
-repositories:
-  repo: {{ url: "file://./repo" }}
-steps:
-  - {{ id: backup, type: backup, target: app, repository: repo }}
-  - id: verify
-    type: verify
-    needs: [backup]
-    repository: repo
-    backup: "{{{{ steps.backup.outputs.backup_id }}}}"
-    restore_into: {{ target: scratch, database: verify_x }}
-"#,
-        source.url("app"),
-        scratch.url("postgres")
-    );
+    let plan = verify_plan(source, scratch, false);
     let path = pgdg_path(15);
     let run = ws.apply_env(&plan, &[], &[("PATH", path.as_str())]);
     assert_eq!(run.code, 1, "{}", run.everything());
@@ -516,4 +470,41 @@ steps:
         ),
         "0"
     );
+}
+
+/// Backs up `app` of `source`, verifies the backup into database `verify_x` of `other`,
+/// and, with `restore`, then restores it into database `copy` there.
+fn verify_plan(source: &Cluster, other: &Cluster, restore: bool) -> String {
+    let restore = if restore {
+        r#"
+  - id: restore
+    type: restore
+    needs: [verify]
+    repository: repo
+    backup: "{{ steps.backup.outputs.backup_id }}"
+    into: { target: other, database: copy }"#
+    } else {
+        ""
+    };
+    format!(
+        r#"
+version: 1
+name: verify
+targets:
+  app: {{ url: "{}" }}
+  other: {{ url: "{}" }}
+repositories:
+  repo: {{ url: "file://./repo" }}
+steps:
+  - {{ id: backup, type: backup, target: app, repository: repo }}
+  - id: verify
+    type: verify
+    needs: [backup]
+    repository: repo
+    backup: "{{{{ steps.backup.outputs.backup_id }}}}"
+    restore_into: {{ target: other, database: verify_x }}{restore}
+"#,
+        source.url("app"),
+        other.url("postgres")
+    )
 }
