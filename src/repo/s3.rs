@@ -902,7 +902,9 @@ impl S3Store {
         }
     }
 
-    async fn list_now(&self, prefix: &str) -> io::Result<Vec<Listed>> {
+    /// Every key under `prefix` (relative to the repository's root, upload notes
+    /// included), sorted, with what the listing says of it.
+    async fn everything_under(&self, prefix: &str) -> io::Result<Vec<Listed>> {
         check_prefix(prefix)?;
         let root = self.root();
         let mut out = Vec::new();
@@ -919,9 +921,6 @@ impl S3Store {
                 let Some(key) = object.key().and_then(|k| k.strip_prefix(&root)) else {
                     continue;
                 };
-                if is_upload_note(key) || check_key(key).is_err() {
-                    continue;
-                }
                 out.push(Listed {
                     key: key.to_string(),
                     stat: Stat {
@@ -934,6 +933,12 @@ impl S3Store {
             }
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn list_now(&self, prefix: &str) -> io::Result<Vec<Listed>> {
+        let mut out = self.everything_under(prefix).await?;
+        out.retain(|o| !is_upload_note(&o.key) && check_key(&o.key).is_ok());
         Ok(out)
     }
 }
@@ -1158,33 +1163,8 @@ impl Store for S3Store {
             check_prefix(prefix)?;
             let root = self.root();
             let full = self.full_key(prefix);
-            let mut out = Vec::new();
-            let mut pages = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.bucket)
-                .prefix(&full)
-                .into_paginator()
-                .send();
-            while let Some(page) = pages.next().await {
-                let page = page.map_err(|e| sdk_error("listing the bucket", e))?;
-                for object in page.contents() {
-                    let Some(key) = object.key().and_then(|k| k.strip_prefix(&root)) else {
-                        continue;
-                    };
-                    if is_upload_note(key) {
-                        out.push(Listed {
-                            key: key.to_string(),
-                            stat: Stat {
-                                size: 0,
-                                modified: object.last_modified().and_then(store_time),
-                                tag: object.e_tag().unwrap_or_default().to_string(),
-                            },
-                            problem: None,
-                        });
-                    }
-                }
-            }
+            let mut out = self.everything_under(prefix).await?;
+            out.retain(|o| is_upload_note(&o.key));
             for (key, upload_id, initiated) in self.multipart_uploads(&full).await {
                 let Some(key) = key.strip_prefix(&root) else {
                     continue;
