@@ -20,6 +20,7 @@ pub mod pipeline;
 pub mod prune;
 pub mod registry;
 pub mod retention;
+#[cfg(feature = "s3")]
 pub mod s3;
 pub mod store;
 pub mod timeline;

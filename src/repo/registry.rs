@@ -10,7 +10,10 @@ use crate::plan::model::Repository;
 use std::path::Path;
 
 /// The backends, one line each.
+#[cfg(feature = "s3")]
 pub const BACKENDS: &[Backend] = &[super::local::BACKEND, super::s3::BACKEND];
+#[cfg(not(feature = "s3"))]
+pub const BACKENDS: &[Backend] = &[super::local::BACKEND];
 
 /// The backend of a URL, by its scheme.
 pub fn backend(url: &str) -> Option<&'static Backend> {
