@@ -16,6 +16,7 @@ pub mod local;
 pub mod manifest;
 pub mod mark;
 pub mod memory;
+pub mod parts;
 pub mod pipeline;
 pub mod prune;
 pub mod registry;

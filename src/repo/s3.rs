@@ -11,6 +11,7 @@
 //! Credentials come from the standard AWS chain (environment, profile, web identity,
 //! instance metadata), never from the plan. One TLS stack: rustls on ring, as sqlx uses.
 
+use super::parts::{Msg, PartPool, PartSink, STALL_TIMEOUT, StallGuard};
 use super::store::{
     BoxFuture, Condition, FileSink, Listed, MAX_SMALL_FILE, Reader, Small, Stat, Store, check_key,
     check_prefix,
@@ -18,16 +19,11 @@ use super::store::{
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
-use std::future::Future;
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::AsyncReadExt as _;
-use tokio::io::AsyncWrite;
 use tokio::sync::mpsc;
-use tokio_util::sync::PollSender;
 
 pub const DEFAULT_PART_SIZE: usize = 16 * 1024 * 1024;
 /// How long a connection (TCP and TLS) may take to open.
@@ -39,8 +35,6 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(120);
 /// The slowest upload before its attempt counts as hung: 256 KiB/s.
 const SLOWEST_UPLOAD_BYTES_PER_SEC: u64 = 256 * 1024;
-/// How long an answer's body may send nothing before the read fails.
-pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Deadlines for every request, so that a store that accepts connections and never
 /// answers fails each request instead of hanging it (the SDK sets no read timeout by
@@ -65,62 +59,6 @@ fn upload_timeouts(bytes: u64) -> aws_sdk_s3::config::Builder {
     )
 }
 
-/// A body reader that fails when the store sends nothing for [`STALL_TIMEOUT`]: the
-/// deadlines above end when an answer's first byte arrives, and a store may stop there.
-/// Only time spent waiting for the store counts: a reader that is not asked for bytes (a
-/// busy consumer) is not stalled, so the clock starts when a read finds nothing ready.
-pub struct StallGuard<R> {
-    inner: R,
-    limit: Duration,
-    idle: Pin<Box<tokio::time::Sleep>>,
-    waiting: bool,
-}
-
-impl<R> StallGuard<R> {
-    pub fn new(inner: R, limit: Duration) -> StallGuard<R> {
-        StallGuard {
-            inner,
-            limit,
-            idle: Box::pin(tokio::time::sleep(limit)),
-            waiting: false,
-        }
-    }
-}
-
-impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for StallGuard<R> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        use std::task::Poll;
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(result) => {
-                this.waiting = false;
-                Poll::Ready(result)
-            }
-            Poll::Pending => {
-                if !this.waiting {
-                    this.waiting = true;
-                    let deadline = tokio::time::Instant::now() + this.limit;
-                    this.idle.as_mut().reset(deadline);
-                }
-                match this.idle.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!(
-                            "the store sent nothing for {}s in the middle of an answer",
-                            this.limit.as_secs()
-                        ),
-                    ))),
-                    Poll::Pending => Poll::Pending,
-                }
-            }
-        }
-    }
-}
-
 pub const DEFAULT_PARTS_IN_FLIGHT: usize = 2;
 /// Attempts per S3 request (the SDK retries 5xx, throttling, timeouts and dropped
 /// connections; never 403).
@@ -143,74 +81,6 @@ pub struct S3Store {
     sse: Option<Sse>,
     checksums: bool,
     parts: Arc<PartPool>,
-}
-
-/// Part buffers kept for the next parts. A fresh 16 MiB buffer per part, freed when its
-/// upload finished, made peak RSS grow with the number of parts: after the first free,
-/// glibc raises its mmap threshold above the part size, and later buffers land in
-/// per-thread heaps whose freed space is kept, not returned (a 5.4 GB backup to S3 peaked
-/// at 96 MiB, 125 MiB age-encrypted, against 65 MiB with every buffer mmapped). Reused
-/// buffers are allocated once, so the peak is the parts alive at once.
-struct PartPool {
-    free: std::sync::Mutex<Vec<Vec<u8>>>,
-    /// Buffers kept at most: those one upload has alive at once (the part being filled,
-    /// one waiting in the channel, the parts in flight).
-    keep: usize,
-}
-
-impl PartPool {
-    fn new(parts_in_flight: usize) -> PartPool {
-        PartPool {
-            free: std::sync::Mutex::new(Vec::new()),
-            keep: parts_in_flight + 2,
-        }
-    }
-
-    /// An empty buffer with room for `size` bytes.
-    fn take(&self, size: usize) -> Vec<u8> {
-        let kept = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        match kept {
-            Some(mut buffer) => {
-                buffer.reserve_exact(size);
-                buffer
-            }
-            None => Vec::with_capacity(size),
-        }
-    }
-
-    fn give(&self, mut buffer: Vec<u8>) {
-        buffer.clear();
-        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        if free.len() < self.keep {
-            free.push(buffer);
-        }
-    }
-
-    /// The body of a request: the buffer goes back to the pool when the SDK drops the
-    /// last reference to it (after the request and any retry of it).
-    fn body(self: &Arc<PartPool>, bytes: Vec<u8>) -> ByteStream {
-        ByteStream::from(bytes::Bytes::from_owner(PooledPart {
-            bytes,
-            pool: Arc::clone(self),
-        }))
-    }
-}
-
-struct PooledPart {
-    bytes: Vec<u8>,
-    pool: Arc<PartPool>,
-}
-
-impl AsRef<[u8]> for PooledPart {
-    fn as_ref(&self) -> &[u8] {
-        &self.bytes
-    }
-}
-
-impl Drop for PooledPart {
-    fn drop(&mut self) {
-        self.pool.give(std::mem::take(&mut self.bytes));
-    }
 }
 
 /// Server-side encryption of the objects opsrunner writes.
@@ -516,126 +386,6 @@ impl S3Store {
     }
 }
 
-enum Msg {
-    /// The next part of a multipart upload.
-    Part(Vec<u8>),
-    /// The whole file, smaller than one part: one PUT instead of a multipart upload (six
-    /// requests), which matters for the many small files of a directory-format backup.
-    Whole(Vec<u8>),
-    Finish,
-}
-
-#[derive(Clone, Copy)]
-enum Next {
-    Part,
-    Whole,
-    Finish,
-}
-
-/// Buffers writes into parts and hands them to the upload task; `commit` completes the
-/// multipart upload, dropping the sink aborts it.
-struct S3Sink {
-    buffer: Vec<u8>,
-    pool: Arc<PartPool>,
-    part_size: usize,
-    parts_sent: bool,
-    tx: Option<PollSender<Msg>>,
-    task: Option<tokio::task::JoinHandle<io::Result<()>>>,
-}
-
-impl S3Sink {
-    fn poll_send(&mut self, cx: &mut Context<'_>, next: Next) -> Poll<io::Result<()>> {
-        let tx = self.tx.as_mut().expect("open");
-        match tx.poll_reserve(cx) {
-            Poll::Pending => Poll::Pending,
-            // The upload task stopped taking parts: it failed, and its error says why.
-            Poll::Ready(Err(_)) => {
-                let Some(task) = self.task.as_mut() else {
-                    return Poll::Ready(Err(io::Error::other("the upload failed")));
-                };
-                match Pin::new(task).poll(cx) {
-                    Poll::Pending => Poll::Pending,
-                    Poll::Ready(joined) => {
-                        self.task = None;
-                        Poll::Ready(Err(match joined {
-                            Ok(Err(e)) => e,
-                            Ok(Ok(())) => io::Error::other("the upload ended early"),
-                            Err(e) => io::Error::other(e),
-                        }))
-                    }
-                }
-            }
-            Poll::Ready(Ok(())) => {
-                let msg = match next {
-                    Next::Part => {
-                        self.parts_sent = true;
-                        let fresh = self.pool.take(self.part_size);
-                        Msg::Part(std::mem::replace(&mut self.buffer, fresh))
-                    }
-                    Next::Whole => Msg::Whole(std::mem::take(&mut self.buffer)),
-                    Next::Finish => Msg::Finish,
-                };
-                let _ = tx.send_item(msg);
-                Poll::Ready(Ok(()))
-            }
-        }
-    }
-}
-
-impl AsyncWrite for S3Sink {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        if self.buffer.len() >= self.part_size {
-            match self.poll_send(cx, Next::Part) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) => {}
-            }
-        }
-        let room = self.part_size - self.buffer.len();
-        let n = room.min(buf.len());
-        self.buffer.extend_from_slice(&buf[..n]);
-        Poll::Ready(Ok(n))
-    }
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl FileSink for S3Sink {
-    fn commit(mut self: Box<Self>) -> Pin<Box<dyn Future<Output = io::Result<()>> + Send>> {
-        Box::pin(async move {
-            if self.parts_sent {
-                if !self.buffer.is_empty() {
-                    std::future::poll_fn(|cx| self.poll_send(cx, Next::Part)).await?;
-                }
-                std::future::poll_fn(|cx| self.poll_send(cx, Next::Finish)).await?;
-            } else {
-                std::future::poll_fn(|cx| self.poll_send(cx, Next::Whole)).await?;
-            }
-            self.tx = None;
-            let task = self
-                .task
-                .take()
-                .ok_or_else(|| io::Error::other("the upload failed"))?;
-            task.await.map_err(io::Error::other)?
-        })
-    }
-}
-
-impl Drop for S3Sink {
-    fn drop(&mut self) {
-        // Closing the channel without `Finish` makes the upload task abort the upload.
-        self.tx = None;
-    }
-}
-
 /// Where one file goes, and how.
 struct UploadTarget {
     client: Client,
@@ -671,7 +421,7 @@ impl UploadTarget {
 async fn upload(t: UploadTarget, mut rx: mpsc::Receiver<Msg>) -> io::Result<()> {
     let first = match rx.recv().await {
         Some(Msg::Whole(bytes)) => {
-            let body = t.pool.body(bytes);
+            let body = ByteStream::from(t.pool.body(bytes));
             return put(&t.client, &t.bucket, &t.key, body, t.sse.as_ref()).await;
         }
         Some(Msg::Part(bytes)) => bytes,
@@ -751,7 +501,7 @@ async fn upload_parts(
                     .upload_id(upload_id)
                     .part_number(number)
                     .set_checksum_algorithm(t.checksums.then_some(ChecksumAlgorithm::Crc32))
-                    .body(t.pool.body(bytes))
+                    .body(ByteStream::from(t.pool.body(bytes)))
                     .customize()
                     .config_override(upload_timeouts(size));
                 let (n, key) = (number, t.key.clone());
@@ -967,14 +717,12 @@ impl Store for S3Store {
                 },
                 rx,
             ));
-            let sink: Box<dyn FileSink> = Box::new(S3Sink {
-                buffer: self.parts.take(self.part_size),
-                pool: Arc::clone(&self.parts),
-                part_size: self.part_size,
-                parts_sent: false,
-                tx: Some(PollSender::new(tx)),
-                task: Some(task),
-            });
+            let sink: Box<dyn FileSink> = Box::new(PartSink::new(
+                Arc::clone(&self.parts),
+                self.part_size,
+                tx,
+                task,
+            ));
             Ok(sink)
         })
     }
@@ -1211,63 +959,5 @@ impl Store for S3Store {
             }
             self.delete_keys(self.keys_under(&full).await?).await
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A reader whose consumer pauses longer than the limit is not stalled; one whose
-    /// source sends nothing for the limit is.
-    #[tokio::test]
-    async fn only_time_spent_waiting_for_the_store_counts_as_a_stall() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (mut tx, rx) = tokio::io::duplex(64);
-        let mut guard = StallGuard::new(rx, Duration::from_millis(200));
-        tx.write_all(b"abc").await.unwrap();
-        let mut buf = [0u8; 3];
-        guard.read_exact(&mut buf).await.unwrap();
-        // The consumer is busy for longer than the limit; then it waits a little for the
-        // store, which answers well within the limit.
-        tokio::time::sleep(Duration::from_millis(600)).await;
-        let writer = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            tx.write_all(b"def").await.unwrap();
-            tx
-        });
-        guard.read_exact(&mut buf).await.unwrap();
-        assert_eq!(&buf, b"def");
-        let tx = writer.await.unwrap();
-        // Nothing comes: after the limit, the read fails.
-        let e = guard.read_exact(&mut buf).await.unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
-        drop(tx);
-    }
-
-    #[test]
-    fn part_buffers_come_back_when_the_request_body_is_dropped_and_are_reused() {
-        let pool = Arc::new(PartPool::new(1));
-        let mut first = pool.take(1 << 20);
-        first.extend_from_slice(b"part one");
-        let address = first.as_ptr();
-        let body = pool.body(first);
-        // While the SDK holds the body (and any retry's clone of it) the buffer is not free.
-        assert!(pool.free.lock().unwrap().is_empty());
-        drop(body);
-        let again = pool.take(1 << 20);
-        assert_eq!(
-            again.as_ptr(),
-            address,
-            "the freed buffer is handed out again"
-        );
-        assert!(again.is_empty() && again.capacity() >= 1 << 20);
-
-        // At most `keep` (in flight + 2) buffers are kept; the rest are freed.
-        let buffers: Vec<_> = (0..5).map(|_| pool.take(1024)).collect();
-        for b in buffers {
-            pool.give(b);
-        }
-        assert_eq!(pool.free.lock().unwrap().len(), 3);
     }
 }
