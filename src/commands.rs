@@ -106,7 +106,9 @@ pub fn prepare(args: &PlanArgs, env: BTreeMap<String, String>) -> Result<Prepare
     // all the same. Values too short to be credentials would mask half of every log.
     for (name, value) in &env {
         if crate::redact::is_credential_name(name) && value.chars().count() >= 4 {
-            redactor.add(value);
+            for secret in crate::redact::credential_values(value) {
+                redactor.add(&secret);
+            }
         }
     }
     Ok(Prepared {

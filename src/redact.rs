@@ -81,6 +81,8 @@ pub fn is_credential_name(name: &str) -> bool {
         "AWS_SECRET_ACCESS_KEY",
         "AWS_SESSION_TOKEN",
         "AWS_SECURITY_TOKEN",
+        "AZURE_STORAGE_KEY",
+        "AZURE_STORAGE_CONNECTION_STRING",
     ];
     const MARKS: &[&str] = &[
         "PASSWORD",
@@ -93,6 +95,24 @@ pub fn is_credential_name(name: &str) -> bool {
     ];
     let upper = name.to_ascii_uppercase();
     ALWAYS.contains(&upper.as_str()) || MARKS.iter().any(|m| upper.contains(m))
+}
+
+/// The values to redact for a credential variable: its value, and in a connection string
+/// (`Name=value;…`, Azure's) the values of its keys and signatures on their own, which a
+/// program may print without the rest.
+pub fn credential_values(value: &str) -> Vec<String> {
+    let mut out = vec![value.to_string()];
+    for part in value.split(';') {
+        if let Some((name, secret)) = part.split_once('=') {
+            let name = name.trim().to_ascii_lowercase();
+            if (name.contains("key") || name.contains("signature") || name.contains("password"))
+                && secret.trim().chars().count() >= 4
+            {
+                out.push(secret.trim().to_string());
+            }
+        }
+    }
+    out
 }
 
 /// What [`Redactor::add_url_parts`] registers for a secret URL: the URL, its password,
@@ -191,6 +211,20 @@ fn percent_decode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_azure_account_key_is_masked_alone_and_within_its_connection_string() {
+        assert!(is_credential_name("AZURE_STORAGE_KEY"));
+        assert!(is_credential_name("AZURE_STORAGE_CONNECTION_STRING"));
+        let text = "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=c2VjcmV0a2V5PT0=;EndpointSuffix=core.windows.net";
+        let r = Redactor::new();
+        for secret in credential_values(text) {
+            r.add(&secret);
+        }
+        assert_eq!(r.redact(text), "***");
+        assert_eq!(r.redact("key c2VjcmV0a2V5PT0= leaked"), "key *** leaked");
+        assert_eq!(r.redact("account acct"), "account acct");
+    }
 
     #[test]
     fn masks_url_passwords_raw_and_decoded() {

@@ -414,10 +414,16 @@ impl Validator<'_> {
                     Some(format!("use {examples}")),
                 ),
                 // Not echoed: what is wrong may be a secret in it.
-                Some(crate::repo::registry::UrlProblem::Backend(problem)) => self.report_secret(
+                Some(crate::repo::registry::UrlProblem::Invalid(problem)) => self.report(
                     &[key("repositories"), key(name), key("url")],
                     format!("repository `{name}`: {problem}"),
-                    "credentials never go in the plan: remove them from the URL, and treat them as leaked; opsrunner takes them from the standard chain of the store (for S3: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, web identity or the instance role)",
+                    repo.url.chars().count(),
+                    None,
+                ),
+                Some(crate::repo::registry::UrlProblem::Credentials(problem)) => self.report_secret(
+                    &[key("repositories"), key(name), key("url")],
+                    format!("repository `{name}`: {problem}"),
+                    "credentials never go in the plan: remove them from the URL, and treat them as leaked; opsrunner takes them from the standard chain of the store (for S3: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, web identity or the instance role; for Azure: AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT and AZURE_STORAGE_KEY)",
                 ),
             }
         }

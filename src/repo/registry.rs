@@ -10,10 +10,11 @@ use crate::plan::model::Repository;
 use std::path::Path;
 
 /// The backends, one line each.
-#[cfg(feature = "s3")]
-pub const BACKENDS: &[Backend] = &[super::local::BACKEND, super::s3::BACKEND];
-#[cfg(not(feature = "s3"))]
-pub const BACKENDS: &[Backend] = &[super::local::BACKEND];
+pub const BACKENDS: &[Backend] = &[
+    super::local::BACKEND,
+    #[cfg(feature = "s3")]
+    super::s3::BACKEND,
+];
 
 /// The backend of a URL, by its scheme.
 pub fn backend(url: &str) -> Option<&'static Backend> {
@@ -26,7 +27,10 @@ pub fn backend(url: &str) -> Option<&'static Backend> {
 pub fn url_problem(url: &str) -> Option<UrlProblem> {
     match backend(url) {
         None => Some(UrlProblem::Unsupported(supported())),
-        Some(b) => (b.url_problem)(url).map(UrlProblem::Backend),
+        Some(b) => (b.url_problem)(url).map(|problem| match problem {
+            super::store::UrlProblem::Credentials(text) => UrlProblem::Credentials(text),
+            super::store::UrlProblem::Invalid(text) => UrlProblem::Invalid(text),
+        }),
     }
 }
 
@@ -34,8 +38,10 @@ pub fn url_problem(url: &str) -> Option<UrlProblem> {
 pub enum UrlProblem {
     /// No backend has the URL's scheme; what to use instead.
     Unsupported(String),
-    /// The backend's own words (never echoing the URL: it may hold a secret).
-    Backend(String),
+    /// Credentials in the URL, in the backend's words (never echoing the URL).
+    Credentials(String),
+    /// A malformed URL, in the backend's words.
+    Invalid(String),
 }
 
 /// "`file://path/to/dir` or `s3://bucket/prefix`".
@@ -55,7 +61,10 @@ pub fn supported() -> String {
 pub async fn open(definition: &Repository, base_dir: &Path) -> Result<AnyStore, OpenError> {
     match backend(&definition.url) {
         Some(b) => Ok(AnyStore::shared((b.open)(definition, base_dir).await?)),
-        None => Err(OpenError::UnsupportedUrl(definition.url.clone())),
+        None => Err(OpenError::UnsupportedUrl {
+            url: definition.url.clone(),
+            supported: supported(),
+        }),
     }
 }
 

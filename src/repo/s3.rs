@@ -179,7 +179,9 @@ pub const BACKEND: super::store::Backend = super::store::Backend {
     scheme: "s3",
     example: "s3://bucket/prefix",
     url_problem: |url| {
-        url_carries_credentials(url).then(|| "the S3 URL carries credentials".to_string())
+        url_carries_credentials(url).then(|| {
+            super::store::UrlProblem::Credentials("the S3 URL carries credentials".to_string())
+        })
     },
     open: |definition, _| {
         Box::pin(async move {
@@ -239,7 +241,7 @@ impl S3Store {
         use super::store::OpenError;
         let rest = url
             .strip_prefix("s3://")
-            .ok_or_else(|| OpenError::UnsupportedUrl(url.to_string()))?;
+            .ok_or_else(|| OpenError::Definition(format!("`{url}` is not an s3:// URL")))?;
         if url_carries_credentials(url) {
             return Err(OpenError::CredentialsInUrl);
         }

@@ -278,6 +278,15 @@ pub type Opener = for<'a> fn(
     &'a std::path::Path,
 ) -> BoxFuture<'a, Result<std::sync::Arc<dyn Store>, OpenError>>;
 
+/// What a backend finds wrong with a URL of its scheme, said without echoing the URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UrlProblem {
+    /// Credentials in the URL: a secret, now leaked.
+    Credentials(String),
+    /// A malformed URL (a container name Azure refuses, …).
+    Invalid(String),
+}
+
 /// What a backend tells the rest of opsrunner about itself.
 pub struct Backend {
     /// The URL scheme, without `://`.
@@ -286,7 +295,7 @@ pub struct Backend {
     pub example: &'static str,
     /// What is wrong with a URL of this scheme that no connection would mend (credentials
     /// in it, a malformed name), said without echoing the URL.
-    pub url_problem: fn(&str) -> Option<String>,
+    pub url_problem: fn(&str) -> Option<UrlProblem>,
     /// Opens the repository `definition` describes; paths are relative to `base_dir`.
     pub open: Opener,
     /// Lines for the preview: how a backup is written there (beside the URL itself).
@@ -313,13 +322,21 @@ pub fn check_id(backup_id: &str) -> io::Result<()> {
 /// mistakes in the repository's definition, which a retry does not mend.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error("unsupported repository URL `{0}`; use file://path or s3://bucket/prefix")]
-    UnsupportedUrl(String),
+    #[error("unsupported repository URL `{url}`; use {supported}")]
+    UnsupportedUrl {
+        url: String,
+        /// The schemes there are (`registry::supported`).
+        supported: String,
+    },
     /// Not echoed: what precedes the @ is a secret.
     #[error(
-        "the S3 URL carries credentials; remove them: they come from the standard AWS chain (environment, profile, web identity, instance role)"
+        "the repository URL carries credentials; remove them: they come from the store's standard variables (S3: the AWS chain — environment, profile, web identity, instance role; Azure: AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT and AZURE_STORAGE_KEY)"
     )]
     CredentialsInUrl,
     #[error("`{0}`: a bucket name has 3 to 63 characters")]
     BadBucket(String),
+    /// What else a backend finds wrong in a definition or its environment, in its own words
+    /// (which never echo a secret).
+    #[error("{0}")]
+    Definition(String),
 }
