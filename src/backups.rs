@@ -18,7 +18,8 @@ pub fn repository_definition(
     plan_file: Option<&Path>,
 ) -> Result<(crate::plan::model::Repository, std::path::PathBuf), Failure> {
     if repository.contains("://") {
-        // Endpoint and region then come from the AWS environment (AWS_ENDPOINT_URL, AWS_REGION).
+        // Endpoint and region then come from the store's environment (AWS_ENDPOINT_URL and
+        // AWS_REGION; Azure's connection string).
         let definition = crate::plan::model::Repository {
             url: repository.to_string(),
             region: None,

@@ -89,18 +89,20 @@ impl Target {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Repository {
-    /// `file://path` or `s3://bucket/prefix`.
+    /// `file://path`, `s3://bucket/prefix` or `azure://container/prefix`.
     pub url: String,
     /// S3: the bucket's region.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
-    /// S3-compatible stores (MinIO, Ceph, R2, …): the service's URL.
+    /// S3-compatible stores (MinIO, Ceph, R2, …) and Azure (Azurite, sovereign clouds):
+    /// the service's URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
     /// S3-compatible stores: address buckets as `endpoint/bucket` rather than by host name.
     #[serde(default)]
     pub force_path_style: bool,
-    /// S3: multipart part size in MiB (default 16, at least 5); memory use is about four parts.
+    /// S3: multipart part size, Azure: block size, in MiB (default 16, at least 5); memory
+    /// use is about four parts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub part_size_mib: Option<u32>,
     /// S3: server-side encryption of the objects written.

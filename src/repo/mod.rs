@@ -6,6 +6,7 @@
 
 mod any;
 pub mod archive;
+pub mod azure;
 pub mod compression;
 pub mod crypto;
 pub mod faults;

@@ -14,6 +14,7 @@ pub const BACKENDS: &[Backend] = &[
     super::local::BACKEND,
     #[cfg(feature = "s3")]
     super::s3::BACKEND,
+    super::azure::BACKEND,
 ];
 
 /// The backend of a URL, by its scheme.

@@ -2,6 +2,8 @@
 //! per file): real PostgreSQL clusters, real S3-compatible servers and the real `opsrunner`
 //! binary, started by the harness in `common/`.
 
+#[path = "../common/azure.rs"]
+mod azure;
 #[path = "../common/mod.rs"]
 mod common;
 #[path = "../common/s3.rs"]
@@ -9,6 +11,7 @@ mod s3;
 
 mod apply;
 mod architecture;
+mod azure_repository;
 mod backup_restore;
 mod closed_repository;
 mod crash_harness;

@@ -583,6 +583,68 @@ repositories:
     assert_eq!(restored.psql("app", ROWS), "1,2");
 }
 
+/// The same from Azure Blob Storage (Azurite): the archive written by `wal push` with the
+/// account in the server's environment, a base backup, a restore to a point whose
+/// `restore_command` fetches from Azure.
+#[test]
+fn an_azure_archive_restores_to_a_point() {
+    let ws = Workspace::new();
+    let azurite = crate::azure::Azurite::start();
+    let cluster = Cluster::start();
+    let repositories = format!(
+        "\nrepositories:\n  offsite: {{ url: \"azure://{}/pitr\", endpoint: \"{}\" }}\n",
+        crate::azure::CONTAINER,
+        azurite.endpoint
+    );
+    let plan = ws.path("archive.yaml");
+    std::fs::write(
+        &plan,
+        format!(
+            "version: 1\nname: archive\n{repositories}steps:\n  - {{ id: noop, type: shell, command: \"true\" }}\n"
+        ),
+    )
+    .unwrap();
+    let (uid, gid) = server_owner(&cluster);
+    std::os::unix::fs::chown(&plan, Some(uid), Some(gid)).unwrap();
+    let env = azurite.env();
+    archive_with(
+        &cluster,
+        &format!("--repository offsite --plan {}", plan.display()),
+        &env,
+    );
+    cluster.psql("postgres", "create database app");
+    cluster.psql("app", "create table t (id int primary key)");
+    insert(&cluster, &[1]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let applied = ws.apply_env(
+        &format!(
+            "version: 1\nname: base\ntargets:\n  app: {{ url: \"{}\" }}\n{repositories}steps:\n  - {{ id: base, type: base_backup, target: app, repository: offsite, compression: zstd }}\n",
+            cluster.url("postgres")
+        ),
+        &[],
+        &env,
+    );
+    assert_eq!(applied.code, 0, "{}", applied.everything());
+    insert(&cluster, &[2]);
+    let lsn_before = cluster
+        .psql("postgres", "select pg_current_wal_lsn()")
+        .trim()
+        .to_string();
+    insert(&cluster, &[3]);
+    archive_everything(&cluster, |segment| {
+        azurite
+            .keys("pitr/.wal/")
+            .iter()
+            .any(|k| k.ends_with(&format!("/{segment}")))
+    });
+    let restore = format!(
+        "version: 1\nname: pitr\ntargets:\n  drill: {{ ephemeral: true }}\n{repositories}steps:\n  - {{ id: restore, type: restore, repository: offsite, to: {{ lsn: \"{lsn_before}\" }}, into: {{ target: drill }} }}\n  - {{ id: check, type: sql, needs: [restore], target: drill, database: app, query: \"{ROWS}\" }}\n"
+    );
+    let applied = ws.apply_env(&restore, &[], &env);
+    assert_eq!(applied.code, 0, "{}", applied.everything());
+    assert_eq!(applied.step("check")["outputs"]["value"], "1,2");
+}
+
 #[test]
 fn after_a_failover_the_restore_follows_the_timeline_it_is_asked_for() {
     let ws = Workspace::new();
