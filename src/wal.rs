@@ -40,7 +40,7 @@ pub async fn push(
     let recipients = definition
         .encryption
         .as_ref()
-        .map(|e| e.recipients(&base_dir))
+        .map(|e| crate::repo::crypto::Recipients::of(e, &base_dir))
         .transpose()
         .map_err(|e| Failure::Usage(format!("repository `{}`: {e}", at.repository)))?;
     let original = read_bounded(path)

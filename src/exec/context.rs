@@ -93,8 +93,7 @@ impl StepContext {
         else {
             return Ok(None);
         };
-        config
-            .recipients(&self.base_dir)
+        crate::repo::crypto::Recipients::of(config, &self.base_dir)
             .map(Some)
             .map_err(|e| StepError::permanent(format!("repository `{name}`: {e}")))
     }

@@ -257,11 +257,9 @@ pub fn major_version(program: &Path) -> Option<u32> {
     version_of(program).map(|(major, _)| major)
 }
 
-/// 15 from "pg_dump (PostgreSQL) 15.14 (Debian 15.14-1)".
-pub fn parse_major(version_line: &str) -> Option<u32> {
-    let version = version_line.split(')').nth(1)?.split_whitespace().next()?;
-    version.split('.').next()?.parse().ok()
-}
+/// 15 from "pg_dump (PostgreSQL) 15.14 (Debian 15.14-1)": one reading for the tools found
+/// here and the versions manifests record.
+pub use crate::repo::manifest::parse_major;
 
 /// A PostgreSQL program that is not there (or only in versions that will not do).
 #[derive(Debug, thiserror::Error)]

@@ -148,8 +148,7 @@ impl Loader {
         }
         let name: Option<String> = self.required(root, "name");
         let description: Option<Option<String>> = self.optional(root, "description");
-        let schedule: Option<Option<crate::schedule::calendar::Schedule>> =
-            self.optional(root, "schedule");
+        let schedule: Option<Option<super::calendar::Schedule>> = self.optional(root, "schedule");
         let vars = self.vars(root);
         self.no_templates(
             root,

@@ -2,6 +2,7 @@
 //! [`validate`]d [`ValidPlan`] with its [`graph::Dag`]. [`template`] renders values later,
 //! as the run reaches each step.
 
+pub mod calendar;
 pub mod duration;
 pub mod graph;
 pub mod identity;

@@ -27,7 +27,7 @@ pub struct Plan {
     /// When the plan runs, for `opsrunner schedule systemd|k8s`: systemd OnCalendar syntax
     /// or a five-field cron expression.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub schedule: Option<crate::schedule::calendar::Schedule>,
+    pub schedule: Option<super::calendar::Schedule>,
     /// Default values for `{{ vars.NAME }}`; `--var NAME=VALUE` overrides them.
     #[serde(default)]
     pub vars: BTreeMap<String, Value>,
@@ -131,17 +131,6 @@ pub struct EncryptionConfig {
     /// A file of age recipients, one per line, `#` comments; relative to the plan file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipients_file: Option<String>,
-}
-
-impl EncryptionConfig {
-    /// The recipients, with the file (relative to `base_dir`) read now.
-    pub fn recipients(
-        &self,
-        base_dir: &std::path::Path,
-    ) -> Result<crate::repo::crypto::Recipients, String> {
-        let file = self.recipients_file.as_deref().map(|f| base_dir.join(f));
-        crate::repo::crypto::Recipients::load(&self.recipients, file.as_deref())
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]

@@ -329,7 +329,7 @@ impl Validator<'_> {
                     if names.is_empty() {
                         format!(
                             "declare it under `repositories:` with a `url` ({})",
-                            crate::repo::registry::supported()
+                            crate::steps::registry::supported_repositories()
                         )
                     } else {
                         format!("declared repositories: {}", names.join(", "))
@@ -381,7 +381,7 @@ impl Validator<'_> {
                     );
                 }
                 for (i, r) in enc.recipients.iter().enumerate() {
-                    if let Err(e) = crate::repo::crypto::parse_recipient(r) {
+                    if let Err(e) = crate::steps::registry::parse_recipient(r) {
                         let path = [
                             key("repositories"),
                             key(name),
@@ -391,7 +391,7 @@ impl Validator<'_> {
                         ];
                         let message = format!("repository `{name}`: recipient {}: {e}", i + 1);
                         // A private key pasted by mistake is refused without being echoed.
-                        if crate::repo::crypto::is_private_key(r) {
+                        if crate::steps::registry::is_private_key(r) {
                             self.report_secret(
                                 &path,
                                 message,
@@ -404,23 +404,23 @@ impl Validator<'_> {
                 }
             }
             let templated = repo.url.starts_with("{{");
-            match crate::repo::registry::url_problem(&repo.url) {
+            match crate::steps::registry::repository_url_problem(&repo.url) {
                 _ if templated => {}
                 None => {}
-                Some(crate::repo::registry::UrlProblem::Unsupported(examples)) => self.report(
+                Some(crate::steps::registry::UrlProblem::Unsupported(examples)) => self.report(
                     &[key("repositories"), key(name), key("url")],
                     format!("repository `{name}` has an unsupported URL `{}`", repo.url),
                     repo.url.chars().count(),
                     Some(format!("use {examples}")),
                 ),
                 // Not echoed: what is wrong may be a secret in it.
-                Some(crate::repo::registry::UrlProblem::Invalid(problem)) => self.report(
+                Some(crate::steps::registry::UrlProblem::Invalid(problem)) => self.report(
                     &[key("repositories"), key(name), key("url")],
                     format!("repository `{name}`: {problem}"),
                     repo.url.chars().count(),
                     None,
                 ),
-                Some(crate::repo::registry::UrlProblem::Credentials(problem)) => self.report_secret(
+                Some(crate::steps::registry::UrlProblem::Credentials(problem)) => self.report_secret(
                     &[key("repositories"), key(name), key("url")],
                     format!("repository `{name}`: {problem}"),
                     "credentials never go in the plan: remove them from the URL, and treat them as leaked; opsrunner takes them from the standard chain of the store (for S3: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, web identity or the instance role; for Azure: AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT and AZURE_STORAGE_KEY)",

@@ -55,6 +55,16 @@ pub fn parse_recipient(text: &str) -> Result<x25519::Recipient, String> {
 }
 
 impl Recipients {
+    /// The recipients of a repository's `encryption:`, with its file (relative to
+    /// `base_dir`) read now.
+    pub fn of(
+        config: &crate::plan::model::EncryptionConfig,
+        base_dir: &Path,
+    ) -> Result<Recipients, String> {
+        let file = config.recipients_file.as_deref().map(|f| base_dir.join(f));
+        Recipients::load(&config.recipients, file.as_deref())
+    }
+
     /// Recipients from the plan's list and a recipients file (one per line, `#` comments).
     pub fn load(inline: &[String], file: Option<&Path>) -> Result<Recipients, String> {
         let mut keys = Vec::new();

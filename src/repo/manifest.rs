@@ -480,7 +480,7 @@ impl Manifest {
     /// The major version of the pg_dump that wrote the backup; restoring needs tools at
     /// least that new.
     pub fn pg_dump_major(&self) -> u32 {
-        crate::pg::tools::parse_major(&self.pg_dump_version).unwrap_or(0)
+        parse_major(&self.pg_dump_version).unwrap_or(0)
     }
 
     /// The major version of the server the backup was taken from (`15.18 (Debian …)`:
@@ -492,6 +492,13 @@ impl Manifest {
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
     }
+}
+
+/// 15 from "pg_dump (PostgreSQL) 15.14 (Debian 15.14-1)", as a program reports its version
+/// and a manifest records it.
+pub fn parse_major(version_line: &str) -> Option<u32> {
+    let version = version_line.split(')').nth(1)?.split_whitespace().next()?;
+    version.split('.').next()?.parse().ok()
 }
 
 #[cfg(test)]

@@ -2,12 +2,12 @@
 //! `schedule:` — a systemd service and timer on one machine, a Kubernetes CronJob per
 //! plan for a fleet. opsrunner does not schedule anything itself; these engines do.
 
-pub mod calendar;
 pub mod k8s;
 pub mod systemd;
 pub mod yaml;
 
 use crate::exit::Failure;
+use crate::plan::calendar;
 use crate::plan::{self, PlanSource, ValidPlan};
 use std::path::Path;
 

@@ -522,7 +522,7 @@ pub fn destination(repo: &crate::plan::model::Repository, base_dir: &Path) -> Ve
     lines.extend(crate::repo::registry::describe(repo));
     match &repo.encryption {
         None => lines.push("client-side encryption: none".into()),
-        Some(config) => match config.recipients(base_dir) {
+        Some(config) => match crate::repo::crypto::Recipients::of(config, base_dir) {
             Ok(r) => lines.push(format!(
                 "client-side encryption: age, to {}",
                 r.texts().join(", ")

@@ -13,6 +13,15 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::path::Path;
 
+// What the plan's checks ask of the layers above `plan/` besides step types: whether a
+// repository URL has a backend and what it finds wrong (`repo::registry`), and whether an
+// age recipient parses. Named here so that the one import from `plan/` upward stays this
+// file (CONTRIBUTING, "The layers").
+pub use crate::repo::crypto::{is_private_key, parse_recipient};
+pub use crate::repo::registry::{
+    UrlProblem, supported as supported_repositories, url_problem as repository_url_problem,
+};
+
 /// A step type's parameters behind [`StepParams`].
 struct Typed<T: StepType>(T::Params, PhantomData<fn() -> T>);
 

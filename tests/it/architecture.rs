@@ -1,6 +1,7 @@
 //! The shape of the code: no file imports, directly or through others, a file that imports
-//! it back, and the low layers (`exec/`, `pg/`, `repo/`, `plan/`) never reach up into the
-//! steps, the executor or the commands (and `pg/` is plumbing that knows nothing of steps). Read from the source text: `crate::…` and `super::…`
+//! it back; imports only go down the layers CONTRIBUTING lists (`plan/` below `repo/` below
+//! `exec/` below `pg/` below the steps, the executor and the commands), with one documented
+//! way up; every step file is a registered step type. Read from the source text: `crate::…` and `super::…`
 //! paths (with `{…}` groups) outside comments, and a module file's references to its own
 //! children.
 
@@ -197,40 +198,131 @@ fn the_import_graph_has_no_cycle() {
     assert!(find_cycle(&looped).is_some());
 }
 
-#[test]
-fn low_layers_never_reach_up() {
-    let modules = modules();
-    let graph = imports(&modules);
-    let upper = ["steps", "run", "commands", "backups", "main"];
-    let rules: [(&str, &[&str]); 4] = [
-        ("exec", &["pg"]),
-        ("pg", &[]),
-        ("repo", &["exec"]),
-        ("plan", &["pg", "exec"]),
-    ];
-    for (layer, also_forbidden) in rules {
-        for (module, targets) in graph
-            .iter()
-            .filter(|(m, _)| m.as_str() == layer || m.starts_with(&format!("{layer}/")))
-        {
-            for target in targets {
-                // The loader and the resolver type a step's parameters by asking the step
-                // registry for its type, and nothing else of the steps.
-                if ASK_THE_REGISTRY.contains(&module.as_str()) && target == "steps/registry" {
-                    continue;
-                }
-                let top = target.split('/').next().unwrap();
-                assert!(
-                    !upper.contains(&top) && !also_forbidden.contains(&top),
-                    "{module} imports {target}: `{layer}/` sits below it"
-                );
+/// The layers, lowest first (CONTRIBUTING, "The layers"): a module imports modules of its
+/// own layer and of the layers below it, never above. Every top-level module has a place.
+const LAYERS: &[&[&str]] = &[
+    // Leaves: they import nothing of opsrunner.
+    &[
+        "atomic", "counting", "diag", "digest", "pipe", "process", "redact",
+    ],
+    &["plan"],
+    &["repo"],
+    &["exec"],
+    &["pg"],
+    &["steps"],
+    &["exit"],
+    &["run"],
+    &["schedule"],
+    // The command line: the verbs.
+    &[
+        "backups", "commands", "diff", "runs", "schema", "wal", "cli", "main", "lib",
+    ],
+];
+
+/// The upward imports there are, each for a reason CONTRIBUTING gives: `plan/`'s loader,
+/// resolver and checks ask the step registry for step types (and, through it, whether a
+/// repository URL has a backend and an age recipient parses), and nothing else above.
+const ALLOWED_UP: &[(&str, &str)] = &[
+    ("plan/load", "steps/registry"),
+    ("plan/resolve", "steps/registry"),
+    ("plan/validate", "steps/registry"),
+];
+
+fn layer_of(module: &str) -> Option<usize> {
+    let top = module.split('/').next().unwrap_or(module);
+    LAYERS.iter().position(|layer| layer.contains(&top))
+}
+
+/// Every import that goes up the layers (and every module that has no layer), said.
+fn upward_imports(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
+    let mut wrong = Vec::new();
+    for (module, targets) in graph {
+        let Some(own) = layer_of(module) else {
+            wrong.push(format!(
+                "{module} has no layer: add it to LAYERS and CONTRIBUTING"
+            ));
+            continue;
+        };
+        for target in targets {
+            let Some(theirs) = layer_of(target) else {
+                continue;
+            };
+            if theirs > own && !ALLOWED_UP.contains(&(module.as_str(), target.as_str())) {
+                wrong.push(format!(
+                    "{module} imports {target}: `{}` sits below `{}`",
+                    LAYERS[own].join("`, `"),
+                    LAYERS[theirs].join("`, `")
+                ));
             }
         }
     }
+    wrong
 }
 
-/// The only files below `steps/` that may name the step registry.
-const ASK_THE_REGISTRY: &[&str] = &["plan/load", "plan/resolve"];
+#[test]
+fn imports_only_go_down_the_layers() {
+    let graph = imports(&modules());
+    let wrong = upward_imports(&graph);
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // The check finds an upward import when there is one: each of these, added, fails it.
+    for (from, to) in [
+        ("plan/model", "repo/crypto"),
+        ("plan/model", "schedule"),
+        ("repo/manifest", "pg/tools"),
+        ("exec/error", "steps/backup"),
+        ("pg/restore", "run/executor"),
+    ] {
+        let mut added = graph.clone();
+        added.get_mut(from).unwrap().insert(to.to_string());
+        assert!(
+            upward_imports(&added)
+                .iter()
+                .any(|w| w.starts_with(&format!("{from} imports {to}:"))),
+            "{from} → {to} was not caught"
+        );
+    }
+}
+
+/// Files under `src/steps/` that are not step types: the module, the registry, the trait,
+/// what a probe may see, and the parts of `restore` and `verify` for point-in-time recovery.
+const STEP_SUPPORT: &[&str] = &[
+    "mod",
+    "registry",
+    "step_type",
+    "probe",
+    "pitr",
+    "pitr_directory",
+    "pitr_verify",
+];
+
+/// The step types: every file under `src/steps/` (read from the disk) that is not support.
+fn step_type_files() -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/steps");
+    let mut out: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .filter(|stem| !STEP_SUPPORT.contains(&stem.as_str()))
+        .collect();
+    out.sort();
+    out
+}
+
+/// A step file that the registry does not list is a step type nobody can use: it fails.
+#[test]
+fn every_step_file_is_a_registered_step_type() {
+    let modules = modules();
+    let registry = &modules["steps/registry"];
+    let types = step_type_files();
+    assert!(types.len() >= 14, "{types:?}");
+    for name in &types {
+        assert!(
+            registry.contains(&format!("register::<super::{name}::")),
+            "src/steps/{name}.rs is not registered in src/steps/registry.rs (or, if it is not a step type, not listed in STEP_SUPPORT)"
+        );
+    }
+}
 
 /// Every place that needs to know about step types asks the registry: no file outside a
 /// step type's own names another step type's file.
@@ -238,28 +330,17 @@ const ASK_THE_REGISTRY: &[&str] = &["plan/load", "plan/resolve"];
 fn step_types_are_reached_only_through_the_registry() {
     let modules = modules();
     let graph = imports(&modules);
-    let registry = &modules["steps/registry"];
-    let types: Vec<&String> = graph["steps/registry"]
-        .iter()
-        .filter(|t| {
-            t.starts_with("steps/") && !["steps/probe", "steps/step_type"].contains(&t.as_str())
-        })
+    let types: Vec<String> = step_type_files()
+        .into_iter()
+        .map(|name| format!("steps/{name}"))
         .collect();
-    assert!(types.len() >= 11, "{types:?}");
-    for t in &types {
-        let name = t.trim_start_matches("steps/");
-        assert!(
-            registry.contains(&format!("register::<super::{name}::")),
-            "{t} is not registered"
-        );
-    }
     for (module, targets) in &graph {
         if module.starts_with("steps/") || module == "steps" {
             continue;
         }
         for target in targets {
             assert!(
-                !types.contains(&target),
+                !types.contains(target),
                 "{module} imports the step type {target}; ask `steps::registry` instead"
             );
         }
