@@ -257,10 +257,9 @@ pub struct PlanOutput<'a> {
 }
 
 /// `opsrunner plan`: the preview, to stdout or `out`.
-pub fn plan(args: &PlanArgs, output: &PlanOutput<'_>) -> Result<String, Failure> {
+pub async fn plan(args: &PlanArgs, output: &PlanOutput<'_>) -> Result<String, Failure> {
     let (format, out) = (output.format, output.out);
     let p = prepare(args, process_env())?;
-    let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
     let base = match &args.base {
         None => None,
         Some(path) => {
@@ -286,7 +285,7 @@ pub fn plan(args: &PlanArgs, output: &PlanOutput<'_>) -> Result<String, Failure>
         base,
         saved_with: (format == PreviewFormat::Json).then_some(&overrides),
     };
-    let preview = runtime.block_on(build_preview_with(&p, &args.confirm, mode));
+    let preview = build_preview_with(&p, &args.confirm, mode).await;
     let text = render_preview_within(&preview, format, output.max_chars);
     let shown = match out {
         Some(path) => {

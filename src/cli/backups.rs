@@ -1,0 +1,158 @@
+//! `opsrunner backups list|show|check|prune`: what a backup repository holds.
+
+use super::args::parse_duration;
+use opsrunner::backups;
+use opsrunner::commands;
+use opsrunner::exit::Failure;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(clap::Args)]
+pub(crate) struct RepositoryArgs {
+    /// A repository URL (file:///var/backups) or the name of one declared in --plan.
+    #[arg(long, value_name = "URL|NAME")]
+    repository: String,
+    /// The plan that declares the repository named by --repository.
+    #[arg(long, value_name = "FILE")]
+    plan: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Subcommand)]
+pub(crate) enum Command {
+    /// The published backups, newest first: id, database, created, age, size, compression,
+    /// last verification.
+    List(RepositoryArgs),
+    /// One backup's manifest and last verification.
+    Show {
+        /// The backup id.
+        id: String,
+        #[command(flatten)]
+        repo: RepositoryArgs,
+        /// age identity file: shows the encrypted part of an encrypted backup's manifest
+        /// (its tables and fingerprints).
+        #[arg(long, value_name = "FILE", env = "OPSRUNNER_AGE_IDENTITY_FILE")]
+        identity: Option<PathBuf>,
+    },
+    /// Health for monitoring and CI: exit 0 when the newest backup (and with
+    /// --require-verified the newest one verified by a test restore) is younger than
+    /// --max-age, else exit 1; one line says why.
+    Check {
+        #[command(flatten)]
+        repo: RepositoryArgs,
+        /// The oldest the newest backup may be, e.g. 26h.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        max_age: Duration,
+        /// The newest backup that passed a test restore must be younger than --max-age too.
+        #[arg(long)]
+        require_verified: bool,
+        /// Only backups of this database.
+        #[arg(long)]
+        database: Option<String>,
+    },
+    /// Delete the backups a retention policy does not keep (restic's semantics; see README).
+    Prune {
+        #[command(flatten)]
+        repo: RepositoryArgs,
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        keep_last: Option<u32>,
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        keep_hourly: Option<u32>,
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        keep_daily: Option<u32>,
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        keep_weekly: Option<u32>,
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        keep_monthly: Option<u32>,
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        keep_yearly: Option<u32>,
+        /// Keep everything within this span before the newest backup, e.g. 14d.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        keep_within: Option<Duration>,
+        /// Never delete backups younger than this.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        min_age: Option<Duration>,
+        /// Only backups of this database.
+        #[arg(long)]
+        database: Option<String>,
+        /// Also remove leftovers of unfinished backups (no manifest) untouched for
+        /// --orphan-age; no --keep-* needed for this alone.
+        #[arg(long)]
+        orphans: bool,
+        /// How long a leftover must be untouched before --orphans removes it (a backup in
+        /// progress looks the same).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1h")]
+        orphan_age: Duration,
+        /// Show what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+pub(crate) async fn run(command: Command) -> Result<String, Failure> {
+    match command {
+        Command::List(r) => {
+            let store = backups::open_store(&r.repository, r.plan.as_deref()).await?;
+            backups::list(&store, r.json).await
+        }
+        Command::Show { id, repo, identity } => {
+            let identities = commands::load_identities(identity.as_deref())?;
+            let store = backups::open_store(&repo.repository, repo.plan.as_deref()).await?;
+            backups::show(&store, &id, repo.json, identities.as_ref()).await
+        }
+        Command::Check {
+            repo,
+            max_age,
+            require_verified,
+            database,
+        } => {
+            let store = backups::open_store(&repo.repository, repo.plan.as_deref()).await?;
+            backups::check(
+                &store,
+                max_age,
+                require_verified,
+                database.as_deref(),
+                repo.json,
+            )
+            .await
+        }
+        Command::Prune {
+            repo,
+            keep_last,
+            keep_hourly,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            keep_yearly,
+            keep_within,
+            min_age,
+            database,
+            orphans,
+            orphan_age,
+            dry_run,
+        } => {
+            let store = backups::open_store(&repo.repository, repo.plan.as_deref()).await?;
+            let keep = opsrunner::repo::retention::Keep {
+                last: keep_last,
+                hourly: keep_hourly,
+                daily: keep_daily,
+                weekly: keep_weekly,
+                monthly: keep_monthly,
+                yearly: keep_yearly,
+                within: keep_within.map(opsrunner::plan::duration::HumanDuration),
+            };
+            let orphans = orphans.then_some(orphan_age);
+            let request = backups::PruneRequest {
+                keep,
+                min_age,
+                database,
+                orphans,
+                dry_run,
+                json: repo.json,
+            };
+            backups::prune(&store, request).await
+        }
+    }
+}
