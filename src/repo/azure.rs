@@ -972,12 +972,7 @@ impl Store for AzureStore {
         Box::pin(async move {
             check_key(key)?;
             let blob = self.blob_name(key);
-            let not_found = || {
-                io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("{} does not exist", self.blob_location(&blob)),
-                )
-            };
+            let not_found = || super::store::not_found(self.blob_location(&blob));
             if length == Some(0) {
                 // A range of no bytes cannot be asked for; the blob must still exist.
                 return match self.head(&blob).await? {

@@ -20,13 +20,6 @@ fn prefix(backup_id: &str) -> io::Result<String> {
     Ok(format!("{backup_id}/"))
 }
 
-fn not_found(store: &dyn Store, key: &str) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::NotFound,
-        format!("{} does not exist", store.location(key)),
-    )
-}
-
 async fn put_json(store: &dyn Store, key: &str, value: &impl serde::Serialize) -> io::Result<()> {
     let json = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
     store.put(key, json, Condition::Always).await?;
@@ -108,7 +101,7 @@ impl BackupStore for AnyStore {
         let key = key(backup_id, name)?;
         match self.objects().stat(&key).await? {
             Some(stat) => Ok(stat.size),
-            None => Err(not_found(self.objects(), &key)),
+            None => Err(super::store::not_found(self.objects().location(&key))),
         }
     }
 

@@ -72,13 +72,6 @@ fn holds(condition: Condition<'_>, current: Option<&Object>) -> bool {
     }
 }
 
-fn not_found(store: &MemoryStore, key: &str) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::NotFound,
-        format!("{} does not exist", store.location(key)),
-    )
-}
-
 impl Store for MemoryStore {
     fn location(&self, key: &str) -> String {
         format!("memory://{}/{key}", self.name)
@@ -131,7 +124,7 @@ impl Store for MemoryStore {
             check_key(key)?;
             let bytes = match self.objects().get(key) {
                 Some(o) => o.bytes.clone(),
-                None => return Err(not_found(self, key)),
+                None => return Err(super::store::not_found(self.location(key))),
             };
             let start = usize::try_from(offset)
                 .unwrap_or(usize::MAX)

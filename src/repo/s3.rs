@@ -14,7 +14,7 @@
 use super::parts::{Msg, PartPool, PartSink, STALL_TIMEOUT, StallGuard};
 use super::store::{
     BoxFuture, Condition, FileSink, Listed, MAX_SMALL_FILE, Reader, Small, Stat, Store, check_key,
-    check_prefix,
+    check_prefix, not_found,
 };
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
@@ -305,33 +305,6 @@ impl S3Store {
             checksums,
             parts: Arc::new(PartPool::new(DEFAULT_PARTS_IN_FLIGHT)),
         })
-    }
-
-    pub(super) async fn keys_under(&self, prefix: &str) -> io::Result<Vec<String>> {
-        let mut keys = Vec::new();
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(prefix)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| sdk_error("listing the bucket", e))?;
-            keys.extend(
-                page.contents()
-                    .iter()
-                    .filter_map(|o| o.key().map(str::to_string)),
-            );
-        }
-        Ok(keys)
-    }
-
-    async fn delete_keys(&self, keys: Vec<String>) -> io::Result<()> {
-        for key in keys {
-            delete(&self.client, &self.bucket, &key).await?;
-        }
-        Ok(())
     }
 
     pub(super) fn root(&self) -> String {
@@ -775,10 +748,7 @@ impl Store for S3Store {
                 // A range of no bytes cannot be asked for; the object must still exist.
                 return match self.stat(key).await? {
                     Some(_) => Ok(Box::pin(tokio::io::empty()) as Reader),
-                    None => Err(io::Error::new(
-                        io::ErrorKind::NotFound,
-                        format!("{} does not exist", self.location(key)),
-                    )),
+                    None => Err(not_found(self.location(key))),
                 };
             }
             let range = match (offset, length) {
@@ -797,10 +767,7 @@ impl Store for S3Store {
             {
                 Ok(out) => out,
                 Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::NotFound,
-                        format!("{} does not exist", self.location(key)),
-                    ));
+                    return Err(not_found(self.location(key)));
                 }
                 // A range that starts at or past the end: nothing to read.
                 Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 416) => {
@@ -940,17 +907,12 @@ impl Store for S3Store {
         Box::pin(async move {
             check_prefix(prefix)?;
             let full = self.full_key(prefix);
-            for note in self
-                .keys_under(&full)
-                .await?
-                .into_iter()
-                .filter(|k| is_upload_note(k))
-            {
-                let upload_id = note.rsplit('/').next().unwrap_or_default();
-                let relative = note.strip_prefix(&self.root()).unwrap_or(&note);
+            let everything = self.everything_under(prefix).await?;
+            for note in everything.iter().filter(|o| is_upload_note(&o.key)) {
+                let upload_id = note.key.rsplit('/').next().unwrap_or_default();
                 if let Some(Small {
                     bytes: Some(key), ..
-                }) = self.read_small(relative, MAX_SMALL_FILE).await?
+                }) = self.read_small(&note.key, MAX_SMALL_FILE).await?
                 {
                     let key = String::from_utf8_lossy(&key);
                     abort_upload(&self.client, &self.bucket, &key, upload_id).await;
@@ -959,7 +921,10 @@ impl Store for S3Store {
             for (key, upload_id, _) in self.multipart_uploads(&full).await {
                 abort_upload(&self.client, &self.bucket, &key, &upload_id).await;
             }
-            self.delete_keys(self.keys_under(&full).await?).await
+            for object in everything {
+                delete(&self.client, &self.bucket, &self.full_key(&object.key)).await?;
+            }
+            Ok(())
         })
     }
 }

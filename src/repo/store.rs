@@ -247,6 +247,15 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
 }
 
+/// The error of reading an object that is not there: [`io::ErrorKind::NotFound`], naming
+/// where it was looked for (`location`, from [`Store::location`]).
+pub fn not_found(location: String) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{location} does not exist"),
+    )
+}
+
 /// Checks a key before any backend sees it (see [`Store`]).
 pub fn check_key(key: &str) -> io::Result<()> {
     if key.is_empty()
