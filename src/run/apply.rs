@@ -70,21 +70,7 @@ pub async fn run(
     let plan = Arc::new(plan);
     crate::run::log::redact_library_messages(&redactor);
     let history = History::open();
-    let reuse = match &o.resume {
-        None => Reuse::default(),
-        Some(id) => {
-            let history = history.as_ref().ok_or_else(|| {
-                Failure::Usage(
-                    "--resume: no state directory (set OPSRUNNER_STATE_DIR or HOME)".into(),
-                )
-            })?;
-            let old = history
-                .load(id)
-                .map_err(|e| Failure::Usage(format!("--resume: {e}")))?;
-            resume::reuse(&old, &plan, &vars)
-                .map_err(|e| Failure::Usage(format!("--resume {id}: {e}")))?
-        }
-    };
+    let reuse = reused_steps(o.resume.as_deref(), history.as_ref(), &plan, &vars)?;
     let run = RunInfo::new(&plan.plan.name);
     let new_builder = |mode: Mode| {
         let mut builder = ReportBuilder::new(&source, &plan, &run.id, mode, run.started_at);
@@ -171,27 +157,8 @@ pub async fn run(
         .map(|(name, c)| (name.clone(), c.handle()))
         .collect();
 
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
-    let events = Events::new(tx, redactor.clone());
+    let (events, consumer) = report_events(&redactor, new_builder(Mode::Apply), live_log(&o));
     *signal_log.lock().unwrap_or_else(|e| e.into_inner()) = Some(events.clone());
-    let mut builder = new_builder(Mode::Apply);
-    let color = crate::run::log::stderr_wants_color();
-    let mut log =
-        LiveLog::new(std::io::stderr(), o.log_format, color).progress_every(o.progress_every);
-    if o.log_format == LogFormat::Text {
-        log = if crate::run::log::stderr_is_terminal() {
-            log.on_terminal()
-        } else {
-            log.with_timestamps()
-        };
-    }
-    let consumer = tokio::spawn(async move {
-        while let Some(event) = rx.recv().await {
-            log.on_event(&event);
-            builder.on_event(&event);
-        }
-        builder
-    });
 
     let locks = Arc::new(Locks::new(
         Holder::this_process(&run.id, &run.plan, run.started_at),
@@ -225,7 +192,65 @@ pub async fn run(
     signals.abort();
     drop(clusters);
     let builder = consumer.await.expect("the reporter task does not panic");
-    let status = if summary.cancelled {
+    let status = run_status(&summary);
+    let report = builder.finish(status);
+    let metrics = write_metrics(&o, &vars, &env, &source.base_dir(), &plan, &report).await;
+    let outcome = outcome_of(status, &summary.verdicts);
+    written(write_report(&report, metrics), outcome)
+}
+
+/// The run's events, and the task that hands each to the live log and the report; the
+/// task ends, with the report's builder, when the last sender is dropped.
+fn report_events(
+    redactor: &Redactor,
+    mut builder: ReportBuilder,
+    mut log: LiveLog<std::io::Stderr>,
+) -> (Events, tokio::task::JoinHandle<ReportBuilder>) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    let consumer = tokio::spawn(async move {
+        while let Some(event) = rx.recv().await {
+            log.on_event(&event);
+            builder.on_event(&event);
+        }
+        builder
+    });
+    (Events::new(tx, redactor.clone()), consumer)
+}
+
+/// With `--resume RUN_ID`: the steps of that run to reuse.
+fn reused_steps(
+    resume: Option<&str>,
+    history: Option<&History>,
+    plan: &ValidPlan,
+    vars: &BTreeMap<String, Value>,
+) -> Result<Reuse, Failure> {
+    let Some(id) = resume else {
+        return Ok(Reuse::default());
+    };
+    let history = history.ok_or_else(|| {
+        Failure::Usage("--resume: no state directory (set OPSRUNNER_STATE_DIR or HOME)".into())
+    })?;
+    let old = history
+        .load(id)
+        .map_err(|e| Failure::Usage(format!("--resume: {e}")))?;
+    resume::reuse(&old, plan, vars).map_err(|e| Failure::Usage(format!("--resume {id}: {e}")))
+}
+
+/// The live log on stderr: bars on a terminal, timestamped lines elsewhere.
+fn live_log(o: &Options) -> LiveLog<std::io::Stderr> {
+    let color = crate::run::log::stderr_wants_color();
+    let log = LiveLog::new(std::io::stderr(), o.log_format, color).progress_every(o.progress_every);
+    if o.log_format != LogFormat::Text {
+        log
+    } else if crate::run::log::stderr_is_terminal() {
+        log.on_terminal()
+    } else {
+        log.with_timestamps()
+    }
+}
+
+fn run_status(summary: &executor::ExecSummary) -> RunStatus {
+    if summary.cancelled {
         RunStatus::Cancelled
     } else if summary.refused {
         RunStatus::Refused
@@ -233,18 +258,19 @@ pub async fn run(
         RunStatus::Failed
     } else {
         RunStatus::Succeeded
-    };
-    let report = builder.finish(status);
-    let metrics = write_metrics(&o, &vars, &env, &source.base_dir(), &plan, &report).await;
-    let outcome = match status {
+    }
+}
+
+/// What a finished run means for the command.
+fn outcome_of(status: RunStatus, verdicts: &[crate::exec::events::Verdict]) -> Result<(), Failure> {
+    match status {
         RunStatus::Cancelled => Err(Failure::Interrupted),
-        RunStatus::Failed => Err(verdict_failure(&summary.verdicts)),
+        RunStatus::Failed => Err(verdict_failure(verdicts)),
         RunStatus::Refused => Err(Failure::Refused(
             "a step was refused by a safety rule or a lock held by another run (see its error above)".into(),
         )),
         _ => Ok(()),
-    };
-    written(write_report(&report, metrics), outcome)
+    }
 }
 
 /// The command's outcome once its outputs were written: a run that succeeded but whose

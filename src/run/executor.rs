@@ -139,36 +139,7 @@ pub async fn execute(
         .filter(|&i| waiting_on[i] == 0)
         .map(Reverse)
         .collect();
-    // What each step's templates refer to: a step is handed only those values, not the
-    // whole (growing) context, so that starting a step costs the same in a large plan.
-    let step_refs: Vec<Vec<Vec<String>>> = steps
-        .iter()
-        .map(|s| {
-            let target_url = s
-                .kind
-                .target()
-                .and_then(|t| plan.plan.targets.get(t))
-                .map(|t| t.url_template());
-            // Every setting of the repository is rendered, the endpoint too.
-            let mut repo_strings = Vec::new();
-            if let Some(r) = s
-                .kind
-                .repository()
-                .and_then(|r| plan.plan.repositories.get(r))
-            {
-                repo_strings.push(r.url.clone());
-                crate::plan::template::strings(&r.written.value(), &mut repo_strings);
-            }
-            // The common keys (`timeout: "{{ env.T }}"`) are rendered when the step starts.
-            crate::plan::template::strings(&s.raw_common.value(), &mut repo_strings);
-            crate::plan::template::reference_paths(
-                &s.raw_params.value(),
-                target_url
-                    .into_iter()
-                    .chain(repo_strings.iter().map(String::as_str)),
-            )
-        })
-        .collect();
+    let step_refs = template_references(&plan);
     let mut running: JoinSet<Finished> = JoinSet::new();
     // Which step each task runs, so that a task that panics still gets its step marked.
     let mut task_steps: HashMap<tokio::task::Id, usize> = HashMap::new();
@@ -188,17 +159,7 @@ pub async fn execute(
             let Some(Reverse(i)) = ready.pop() else { break };
             if let Some(outputs) = opts.reused.get(&i) {
                 state[i] = State::Done(StepStatus::Succeeded);
-                events.emit(Event::StepReused {
-                    step: steps[i].id().to_string(),
-                    from_run: opts.resumed_from.clone().unwrap_or_default(),
-                    outputs: outputs.clone(),
-                    at: Utc::now(),
-                });
-                context["steps"][steps[i].id()] = json!({
-                    "status": StepStatus::Succeeded.as_str(),
-                    "error": "",
-                    "outputs": outputs,
-                });
+                reused(&steps[i], outputs, &opts, &events, &mut context);
                 release(&plan, i, &mut waiting_on, &mut ready);
                 continue;
             }
@@ -233,19 +194,8 @@ pub async fn execute(
                     task_steps.insert(handle.id(), i);
                 }
                 Err(reason) => {
-                    tracing::debug!(step = steps[i].id(), %reason, "skipping");
                     state[i] = State::Done(StepStatus::Skipped);
-                    // An alert names every step's status, and a skipped step's is the one
-                    // that matters most (`verify skipped`): without it the alert would not render.
-                    context["steps"][steps[i].id()] = json!({
-                        "status": StepStatus::Skipped.as_str(),
-                        "error": "",
-                    });
-                    events.emit(Event::StepSkipped {
-                        step: steps[i].id().to_string(),
-                        reason,
-                        at: Utc::now(),
-                    });
+                    skipped(&steps[i], reason, &events, &mut context);
                     release(&plan, i, &mut waiting_on, &mut ready);
                 }
             }
@@ -257,21 +207,7 @@ pub async fn execute(
             Some(joined) = running.join_next_with_id() => {
                 let done = match joined {
                     Ok((_, done)) => done,
-                    Err(e) => {
-                        // A bug in a step must not take the report down with it.
-                        let index = task_steps[&e.id()];
-                        events.emit(Event::StepFinished {
-                            step: steps[index].id().to_string(),
-                            status: StepStatus::Failed,
-                            at: Utc::now(),
-                            duration_ms: 0,
-                            attempts: Vec::new(),
-                            outputs: Outputs::new(),
-                            error: Some(format!("internal error in opsrunner: {e}")),
-                            verdict: None,
-                        });
-                        Finished { index, status: StepStatus::Failed, outputs: Outputs::new(), error: Some("internal error in opsrunner".into()), refused: false, verdict: None }
-                    }
+                    Err(e) => lost(task_steps[&e.id()], &e, steps, &events),
                 };
                 state[done.index] = State::Done(done.status);
                 refused |= done.refused;
@@ -300,23 +236,7 @@ pub async fn execute(
         }
     }
     cancelled |= cancel.is_cancelled();
-    for (i, s) in state.iter_mut().enumerate() {
-        if *s == State::Waiting {
-            *s = State::Done(StepStatus::Skipped);
-            events.emit(Event::StepSkipped {
-                step: steps[i].id().to_string(),
-                reason: "the run was cancelled before this step started".into(),
-                at: Utc::now(),
-            });
-        }
-    }
-    let statuses: Vec<StepStatus> = state
-        .iter()
-        .map(|s| match s {
-            State::Done(st) => *st,
-            _ => StepStatus::Cancelled,
-        })
-        .collect();
+    let statuses = final_statuses(&mut state, steps, &events);
     let failed = statuses
         .iter()
         .zip(steps)
@@ -334,6 +254,136 @@ pub async fn execute(
         refused,
         verdicts,
     }
+}
+
+/// A step whose outputs a resumed run reuses: succeeded, as the earlier run left it.
+fn reused(
+    step: &crate::plan::model::StepDef,
+    outputs: &Outputs,
+    opts: &ExecOptions,
+    events: &Events,
+    context: &mut Value,
+) {
+    events.emit(Event::StepReused {
+        step: step.id().to_string(),
+        from_run: opts.resumed_from.clone().unwrap_or_default(),
+        outputs: outputs.clone(),
+        at: Utc::now(),
+    });
+    context["steps"][step.id()] = json!({
+        "status": StepStatus::Succeeded.as_str(),
+        "error": "",
+        "outputs": outputs,
+    });
+}
+
+/// A step that does not run (its condition, or a cancelled run).
+fn skipped(
+    step: &crate::plan::model::StepDef,
+    reason: String,
+    events: &Events,
+    context: &mut Value,
+) {
+    tracing::debug!(step = step.id(), %reason, "skipping");
+    // An alert names every step's status, and a skipped step's is the one that matters most
+    // (`verify skipped`): without it the alert would not render.
+    context["steps"][step.id()] = json!({
+        "status": StepStatus::Skipped.as_str(),
+        "error": "",
+    });
+    events.emit(Event::StepSkipped {
+        step: step.id().to_string(),
+        reason,
+        at: Utc::now(),
+    });
+}
+
+/// A step whose task panicked: failed, said so. A bug in a step must not take the report
+/// down with it.
+fn lost(
+    index: usize,
+    e: &tokio::task::JoinError,
+    steps: &[crate::plan::model::StepDef],
+    events: &Events,
+) -> Finished {
+    events.emit(Event::StepFinished {
+        step: steps[index].id().to_string(),
+        status: StepStatus::Failed,
+        at: Utc::now(),
+        duration_ms: 0,
+        attempts: Vec::new(),
+        outputs: Outputs::new(),
+        error: Some(format!("internal error in opsrunner: {e}")),
+        verdict: None,
+    });
+    Finished {
+        index,
+        status: StepStatus::Failed,
+        outputs: Outputs::new(),
+        error: Some("internal error in opsrunner".into()),
+        refused: false,
+        verdict: None,
+    }
+}
+
+/// Each step's final status: those still waiting when the run stopped are skipped (and
+/// said so), those that never finished cancelled.
+fn final_statuses(
+    state: &mut [State],
+    steps: &[crate::plan::model::StepDef],
+    events: &Events,
+) -> Vec<StepStatus> {
+    for (i, s) in state.iter_mut().enumerate() {
+        if *s == State::Waiting {
+            *s = State::Done(StepStatus::Skipped);
+            events.emit(Event::StepSkipped {
+                step: steps[i].id().to_string(),
+                reason: "the run was cancelled before this step started".into(),
+                at: Utc::now(),
+            });
+        }
+    }
+    state
+        .iter()
+        .map(|s| match s {
+            State::Done(st) => *st,
+            _ => StepStatus::Cancelled,
+        })
+        .collect()
+}
+
+/// What each step's templates refer to: a step is handed only those values, not the whole
+/// (growing) context, so that starting a step costs the same in a large plan.
+fn template_references(plan: &ValidPlan) -> Vec<Vec<Vec<String>>> {
+    plan.plan
+        .steps
+        .iter()
+        .map(|s| {
+            let target_url = s
+                .kind
+                .target()
+                .and_then(|t| plan.plan.targets.get(t))
+                .map(|t| t.url_template());
+            // Every setting of the repository is rendered, the endpoint too.
+            let mut repo_strings = Vec::new();
+            if let Some(r) = s
+                .kind
+                .repository()
+                .and_then(|r| plan.plan.repositories.get(r))
+            {
+                repo_strings.push(r.url.clone());
+                crate::plan::template::strings(&r.written.value(), &mut repo_strings);
+            }
+            // The common keys (`timeout: "{{ env.T }}"`) are rendered when the step starts.
+            crate::plan::template::strings(&s.raw_common.value(), &mut repo_strings);
+            crate::plan::template::reference_paths(
+                &s.raw_params.value(),
+                target_url
+                    .into_iter()
+                    .chain(repo_strings.iter().map(String::as_str)),
+            )
+        })
+        .collect()
 }
 
 /// The run's outcome so far, as `{{ run.status }}` and the final event say it.
@@ -492,55 +542,36 @@ impl StepTask {
         *self.verdict.lock().expect("not poisoned")
     }
 
-    /// Renders the step's parameters and the targets it uses with the outputs known now.
+    /// Binds the step ([`super::bind`]) with the outputs known now; any part that cannot
+    /// be rendered, or a guard that refuses what will run, fails it.
     fn prepare(&self) -> Result<(StepKind, StepContext, Common), StepError> {
         let step = &self.plan.plan.steps[self.index];
-        let redactor = self.events.redactor();
-        let (rendered, kind) = crate::plan::resolve::step(&self.templates, step, &self.context)
-            .map_err(StepError::permanent)?;
-        // `retry` and `timeout` as they will be enforced: a value from `{{ env.X }}` too.
-        let common = crate::plan::resolve::common(&self.templates, step, &self.context)
-            .map_err(StepError::permanent)?;
-        let mut rendered_strings = Vec::new();
-        crate::plan::template::strings(&rendered, &mut rendered_strings);
-        rendered_strings
-            .iter()
-            .for_each(|s| redactor.add_url_passwords(s));
-        for secret in kind.secrets() {
-            redactor.add(&secret);
-        }
+        let bound = super::bind::bind(
+            step,
+            &super::bind::Scope {
+                plan: &self.plan.plan,
+                templates: &self.templates,
+                context: &self.context,
+                redactor: self.events.redactor(),
+                base_dir: &self.opts.base_dir,
+                confirmed: &self.opts.confirmed,
+                read_files: true,
+                fixed_target_urls: Some(&self.opts.fixed_target_urls),
+            },
+        );
+        let (_, kind) = bound.params.map_err(StepError::permanent)?;
+        let common = bound.common.map_err(StepError::permanent)?;
         let mut targets = BTreeMap::new();
-        if let Some(name) = kind.target() {
-            let target = &self.plan.plan.targets[name];
-            let url = match self.opts.fixed_target_urls.get(name) {
-                Some(url) => Ok(url.clone()),
-                None => self
-                    .templates
-                    .render_str(target.url_template(), &self.context),
-            };
-            let url = url.map_err(|e| StepError::permanent(format!("target `{name}`: {e}")))?;
-            redactor.add_url_passwords(&url);
-            targets.insert(name.to_string(), url);
+        if let Some((name, url)) = bound.target {
+            targets.insert(name, url.map_err(StepError::permanent)?);
         }
         let mut repositories = BTreeMap::new();
-        if let Some((name, repo)) = kind
-            .repository()
-            .and_then(|name| self.plan.plan.repositories.get_key_value(name))
-        {
-            let repo = crate::plan::resolve::repository(&self.templates, name, repo, &self.context)
-                .map_err(StepError::permanent)?;
-            redactor.add_url_passwords(&repo.url);
-            repositories.insert(name.clone(), repo);
+        if let Some((name, repo)) = bound.repository {
+            repositories.insert(name, repo.map_err(StepError::permanent)?);
         }
         // The guard before the run looked at the plan as written; templates may have turned
         // a harmless-looking step into a destructive one. Checked again on what will run.
-        if let Some(name) = crate::steps::unconfirmed(
-            &kind,
-            &self.plan.plan.targets,
-            &self.opts.base_dir,
-            &self.opts.confirmed,
-            true,
-        ) {
+        if let Some(name) = bound.unconfirmed {
             return Err(StepError {
                 kind: ErrorKind::Refused,
                 message: format!(

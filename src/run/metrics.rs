@@ -104,6 +104,14 @@ pub fn render(
 ) -> String {
     let mut out = String::new();
     let mut f = Family { out: &mut out };
+    run_families(&mut f, report);
+    step_families(&mut f, report, plan);
+    repository_families(&mut f, repositories);
+    out
+}
+
+/// The run's own families: success, status, start, duration.
+fn run_families(f: &mut Family<'_>, report: &RunReport) {
     let plan_name = report.plan.name.as_str();
     let p = [("plan", plan_name)];
     f.header(
@@ -153,7 +161,11 @@ pub fn render(
         &p,
         report.duration_ms as f64 / 1000.0,
     );
+}
 
+/// What the run's steps measured: backup sizes and durations, verify restore times.
+fn step_families(f: &mut Family<'_>, report: &RunReport, plan: &ValidPlan) {
+    let plan_name = report.plan.name.as_str();
     let steps: Vec<(usize, &super::report::StepReport)> = report
         .steps
         .iter()
@@ -236,6 +248,13 @@ pub fn render(
             );
         }
     }
+}
+
+/// Per repository and database: backups, the newest, the newest verified restore.
+fn repository_families(
+    f: &mut Family<'_>,
+    repositories: &BTreeMap<String, BTreeMap<String, DatabaseState>>,
+) {
     let rows: Vec<(&String, &String, &DatabaseState)> = repositories
         .iter()
         .flat_map(|(r, dbs)| dbs.iter().map(move |(d, s)| (r, d, s)))
@@ -282,7 +301,6 @@ pub fn render(
             }
         }
     }
-    out
 }
 
 /// Writes `text` to `path` atomically: a collector never reads half a file.

@@ -2,12 +2,12 @@
 //! resolved as far as they can be before anything runs. Values only a run can produce are
 //! shown as `(known after STEP)`, never guessed. Building a preview has no side effects.
 
+use super::bind::{Bound, Scope, bind, definitions};
 use super::saved_state::{self, StepDigest};
 use crate::plan::model::StepKind;
-use crate::plan::template::{self, Templates};
+use crate::plan::template::Templates;
 use crate::plan::{PlanSource, ValidPlan};
 use crate::redact::Redactor;
-use crate::steps;
 use crate::steps::probe::{Findings, Probe, TargetView, Unread};
 use crate::steps::registry;
 use schemars::JsonSchema;
@@ -213,8 +213,8 @@ const PREVIEW_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60)
 
 pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview {
     let plan = &input.plan.plan;
-    let mut warnings = Vec::new();
-    let context = preview_context(input, &mut warnings);
+    let mut gathered = Gathered::default();
+    let context = preview_context(input, &mut gathered.warnings);
     // Probes under --base connect with the real values, only to unchanged definitions.
     let probe_context = match &input.base {
         Some(_) => preview_context(
@@ -230,259 +230,45 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
     let base = input
         .base
         .map(|old| BaseTrust::between(&templates, old, plan, &probe_context));
-    let started = std::time::Instant::now();
-    let base_dir = input.source.base_dir();
-    let mut confirmations = Vec::new();
-    let mut unread_all: Vec<Unread> = Vec::new();
+    let shared = Shared {
+        input,
+        redactor,
+        templates,
+        context,
+        probe_context,
+        base,
+        base_dir: input.source.base_dir(),
+        started: std::time::Instant::now(),
+        capture: input.capture && !input.untrusted && input.base.is_none(),
+    };
     let mut steps_out = Vec::new();
-    // What a saved plan records: each target and repository as the run will reach it.
-    let mut target_states = BTreeMap::new();
-    let mut repository_states = BTreeMap::new();
-    let capture = input.capture && !input.untrusted && input.base.is_none();
-    for (position, &i) in input.plan.dag.order.iter().enumerate() {
-        let step = &plan.steps[i];
-        // The resolver apply uses: the preview shows what apply would run.
-        let (params, kind) = match crate::plan::resolve::step(&templates, step, &context) {
-            Ok((v, kind)) => {
-                let mut strings = Vec::new();
-                template::strings(&v, &mut strings);
-                strings.iter().for_each(|s| redactor.add_url_passwords(s));
-                for secret in kind.secrets() {
-                    redactor.add(&secret);
-                }
-                (v, kind)
-            }
-            Err(e) => {
-                warnings.push(format!("step `{}`: {e}", step.id()));
-                (step.raw_params.value(), step.kind.clone())
-            }
-        };
-        let target = kind.target().map(str::to_string);
-        let protected = target
-            .as_ref()
-            .is_some_and(|t| plan.targets.get(t).is_some_and(|t| t.protected));
-        // Under --untrusted no file is read: SQL from a file counts as destructive.
-        let read_files = !input.untrusted;
-        let destructive = kind.destructive(&base_dir, read_files);
-        // The guard apply asks, on the same rendered parameters.
-        if let Some(t) =
-            steps::unconfirmed(&kind, &plan.targets, &base_dir, input.confirmed, read_files)
-            && !confirmations.iter().any(|c| c == t)
-        {
-            confirmations.push(t.to_string());
-        }
-        let target_url = target.as_ref().and_then(|t| plan.targets.get(t)).map(|t| {
-            if t.ephemeral {
-                return "(an ephemeral local cluster, created at apply)".to_string();
-            }
-            if t.url.is_none() {
-                return "(from the PG* environment variables)".to_string();
-            }
-            let url = templates
-                .render_str(t.url_template(), &context)
-                .unwrap_or_else(|_| t.url_template().to_string());
-            redactor.add_url_passwords(&url);
-            redactor.redact(&url)
-        });
-        let view_url = target
-            .as_ref()
-            .and_then(|t| plan.targets.get(t))
-            .and_then(|t| {
-                if t.ephemeral {
-                    None
-                } else {
-                    templates.render_str(t.url_template(), &probe_context).ok()
-                }
-            });
-        let view = match target.as_ref().and_then(|t| plan.targets.get(t)) {
-            Some(t) if t.ephemeral => TargetView::Ephemeral,
-            Some(_) => view_url
-                .as_deref()
-                .map_or(TargetView::None, TargetView::Url),
-            None => TargetView::None,
-        };
-        let repo = kind
-            .repository()
-            .and_then(|r| plan.repositories.get(r))
-            .map(|r| {
-                let name = kind.repository().unwrap_or_default();
-                crate::plan::resolve::repository(&templates, name, r, &probe_context)
-                    .unwrap_or_else(|_| r.clone())
-            });
-        if capture {
-            if let Some(name) = target.as_ref().filter(|t| !target_states.contains_key(*t)) {
-                let state = match &view {
-                    TargetView::Ephemeral => saved_state::TargetState::Ephemeral,
-                    TargetView::Url(url) => saved_state::target_state(url).await,
-                    TargetView::None => saved_state::TargetState::Unread {
-                        error: "its URL could not be rendered".into(),
-                    },
-                };
-                target_states.insert(name.clone(), state);
-            }
-            if let Some(name) = kind
-                .repository()
-                .filter(|r| !repository_states.contains_key(*r))
-            {
-                let state = match &repo {
-                    Some(r) => saved_state::repository_state(r, &base_dir).await,
-                    None => saved_state::RepositoryState::Unread {
-                        error: "its definition could not be rendered".into(),
-                    },
-                };
-                repository_states.insert(name.to_string(), state);
-            }
-        }
-        let skip = if input.untrusted {
-            Some("--untrusted".to_string())
-        } else {
-            base.as_ref().and_then(|b| b.refuses(&kind))
-        };
-        let mut incomplete = None;
-        let findings: Findings = if let Some(why) = skip {
-            let reads = registry::reads_of(&kind);
-            if let Some(what) = reads {
-                incomplete = Some(format!("probe skipped ({why}): {what} unknown"));
-            }
-            reads
-                .map(|what| format!("probe skipped ({why}): would read {what}"))
-                .into_iter()
-                .collect::<Vec<_>>()
-                .into()
-        } else if started.elapsed() >= PREVIEW_DEADLINE {
-            let line = format!(
-                "probe skipped: the preview's {}s deadline has passed",
-                PREVIEW_DEADLINE.as_secs()
-            );
-            match timed_out(&kind, &line) {
-                Some(u) => Findings::unread(u),
-                None => vec![line].into(),
-            }
-        } else {
-            let limit = PROBE_TIMEOUT.min(PREVIEW_DEADLINE - started.elapsed());
-            let pg_bin_dirs = crate::run::executor::pg_bin_dirs(plan, target.as_deref(), &base_dir);
-            // Boxed: the probes' futures are deep, and every caller would carry their layout.
-            let probe = registry::probe_step(
-                &kind,
-                Probe {
-                    base_dir: &base_dir,
-                    target: &view,
-                    repo: repo.as_ref(),
-                    pg_bin_dirs: &pg_bin_dirs,
-                },
-            );
-            match tokio::time::timeout(limit, probe).await {
-                Ok(findings) => findings,
-                Err(_) => {
-                    let line = format!(
-                        "probe timed out after {}s: nothing could be read{}",
-                        limit.as_secs(),
-                        registry::reads_of(&kind)
-                            .map(|w| format!(" about {w}"))
-                            .unwrap_or_default()
-                    );
-                    match timed_out(&kind, &line) {
-                        Some(u) => Findings::unread(u),
-                        None => vec![line].into(),
-                    }
-                }
-            }
-        };
-        let details: Vec<String> = findings.lines.iter().map(|d| redactor.redact(d)).collect();
-        for mut u in findings.unread {
-            u.error = redactor.redact(&u.error);
-            incomplete.get_or_insert_with(|| u.line());
-            if !unread_all.contains(&u) {
-                unread_all.push(u);
-            }
-        }
-        let mut params = params;
-        redactor.redact_json(&mut params);
-        // `retry` and `timeout` as apply will enforce them (from `{{ env.X }}` too); a
-        // value that will not parse is said now rather than when the step starts.
-        let common = match crate::plan::resolve::common(&templates, step, &context) {
-            Ok(c) => c,
-            Err(e) => {
-                // Under review modes the environment's values are placeholders.
-                if !input.untrusted && input.base.is_none() {
-                    warnings.push(redactor.redact(&format!("step `{}`: {e}", step.id())));
-                }
-                step.common.clone()
-            }
-        };
-        steps_out.push(StepPreview {
-            position: position + 1,
-            id: step.id().to_string(),
-            step_type: step.kind.type_name().to_string(),
-            action: redactor.redact(&kind.describe()),
-            params,
-            needs: step.common.needs.clone(),
-            condition: step.common.condition.as_str().to_string(),
-            retry: common.retry.as_ref().map(|r| {
-                let mut s = format!(
-                    "{} attempts, {} {}",
-                    r.attempts,
-                    serde_json::to_value(r.backoff)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default(),
-                    r.delay
-                );
-                if let Some(max) = r.max_delay {
-                    let _ = write!(s, " up to {max}");
-                }
-                if r.jitter {
-                    s.push_str(" with jitter");
-                }
-                s
-            }),
-            timeout: common.timeout.map(|t| t.to_string()),
-            continue_on_error: step.common.continue_on_error,
-            destructive,
-            writes_target: kind.writes_target(),
-            repository: kind.repository().map(str::to_string),
-            writes_repository: kind.writes_repository(),
-            target,
-            target_url,
-            protected_target: protected,
-            details,
-            deletes: findings.deletes,
-            incomplete,
-        });
+    for &i in &input.plan.dag.order {
+        let position = steps_out.len();
+        let previewed = preview_step(&shared, &mut gathered, position, &plan.steps[i]).await;
+        steps_out.push(previewed);
     }
-    let redact_error = |e: &mut String| *e = redactor.redact(e);
-    for state in target_states.values_mut() {
-        if let saved_state::TargetState::Unread { error } = state {
-            redact_error(error);
-        }
-    }
-    for state in repository_states.values_mut() {
-        if let saved_state::RepositoryState::Unread { error } = state {
-            redact_error(error);
-        }
-    }
+    let Gathered {
+        warnings,
+        confirmations,
+        unread: unread_all,
+        mut states,
+    } = gathered;
+    states.redact(redactor);
     // A saved plan carries its --var values verbatim (apply runs with them): one that holds
     // a secret would put it into a file meant for review, so none is saved.
     let secret_var = input.overrides.values().any(|v| redactor.redact(v) != *v);
-    let capture = capture && !secret_var;
+    let capture = shared.capture && !secret_var;
     let saved = capture.then(|| saved_state::SavedState {
         plan_file: std::path::absolute(&input.source.path).unwrap_or(input.source.path.clone()),
         vars: input.overrides.clone(),
         steps: step_digests(&steps_out),
         deletes: deletes(&steps_out),
-        targets: target_states,
-        repositories: repository_states,
+        targets: states.targets,
+        repositories: states.repositories,
     });
-    let review_only = if input.untrusted {
-        Some("--untrusted".to_string())
-    } else if secret_var && input.capture {
-        Some("a --var value that is a secret".to_string())
-    } else {
-        input.base.as_ref().map(|_| "--base".to_string())
-    };
     PlanPreview {
         opsrunner_saved_plan: saved_state::FORMAT,
-        review_only,
+        review_only: review_only(input, secret_var),
         saved,
         saved_plan_sha256: None,
         plan: plan.name.clone(),
@@ -493,6 +279,329 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
         warnings: warnings.into_iter().map(|w| redactor.redact(&w)).collect(),
         unread: unread_all,
     }
+}
+
+/// What every step's preview reads.
+struct Shared<'a> {
+    input: &'a PreviewInput<'a>,
+    redactor: &'a Redactor,
+    templates: Templates,
+    /// The values shown (placeholders under `--untrusted` and `--base`).
+    context: Value,
+    /// The values probes connect with.
+    probe_context: Value,
+    base: Option<BaseTrust>,
+    base_dir: std::path::PathBuf,
+    started: std::time::Instant,
+    /// Whether a saved plan records the targets' and repositories' states.
+    capture: bool,
+}
+
+/// What the steps' previews gather for the whole preview.
+#[derive(Default)]
+struct Gathered {
+    warnings: Vec<String>,
+    confirmations: Vec<String>,
+    unread: Vec<Unread>,
+    states: States,
+}
+
+/// One step's preview: bound as apply binds it, its probe run (or said skipped).
+async fn preview_step(
+    shared: &Shared<'_>,
+    gathered: &mut Gathered,
+    position: usize,
+    step: &crate::plan::model::StepDef,
+) -> StepPreview {
+    let Shared {
+        input,
+        redactor,
+        templates,
+        context,
+        probe_context,
+        base,
+        base_dir,
+        started,
+        capture,
+    } = shared;
+    let Gathered {
+        warnings,
+        confirmations,
+        unread: unread_all,
+        states,
+    } = gathered;
+    let plan = &input.plan.plan;
+    // Bound as apply binds it: the preview shows what apply would run.
+    let read_files = !input.untrusted;
+    let scope = |context| Scope {
+        plan,
+        templates,
+        context,
+        redactor,
+        base_dir,
+        confirmed: input.confirmed,
+        read_files,
+        fixed_target_urls: None,
+    };
+    let bound = bind(step, &scope(context));
+    let kind = bound.kind(step).clone();
+    let params = match &bound.params {
+        Ok((rendered, _)) => rendered.clone(),
+        Err(e) => {
+            warnings.push(format!("step `{}`: {e}", step.id()));
+            step.raw_params.value()
+        }
+    };
+    let target = kind.target().map(str::to_string);
+    let defined_target = target.as_ref().and_then(|t| plan.targets.get(t));
+    let protected = defined_target.is_some_and(|t| t.protected);
+    // Under --untrusted no file is read: SQL from a file counts as destructive.
+    let destructive = kind.destructive(base_dir, read_files);
+    // The guard apply asks, on the same rendered parameters.
+    if let Some(t) = &bound.unconfirmed
+        && !confirmations.contains(t)
+    {
+        confirmations.push(t.clone());
+    }
+    let target_url = defined_target.map(|t| target_shown(t, &bound, redactor));
+    // What the probes read: under --base the definitions rendered with the real values,
+    // for the very names this step was previewed (and its base checked) with.
+    let probed = input
+        .base
+        .is_some()
+        .then(|| definitions(&kind, &scope(probe_context)));
+    let (probe_target, probe_repository) = match &probed {
+        Some(d) => (&d.target, &d.repository),
+        None => (&bound.target, &bound.repository),
+    };
+    let view = match defined_target {
+        Some(t) if t.ephemeral => TargetView::Ephemeral,
+        Some(_) => match probe_target {
+            Some((_, Ok(url))) => TargetView::Url(url.as_str()),
+            _ => TargetView::None,
+        },
+        None => TargetView::None,
+    };
+    let repo = probe_repository.as_ref().map(|(name, r)| match r {
+        Ok(r) => r.clone(),
+        Err(_) => plan.repositories[name].clone(),
+    });
+    if *capture {
+        if let Some(name) = target.as_ref().filter(|t| !states.targets.contains_key(*t)) {
+            states
+                .targets
+                .insert(name.clone(), target_state(&view).await);
+        }
+        if let Some(name) = kind
+            .repository()
+            .filter(|r| !states.repositories.contains_key(*r))
+        {
+            let state = match &repo {
+                Some(r) => saved_state::repository_state(r, base_dir).await,
+                None => saved_state::RepositoryState::Unread {
+                    error: "its definition could not be rendered".into(),
+                },
+            };
+            states.repositories.insert(name.to_string(), state);
+        }
+    }
+    let skip = if input.untrusted {
+        Some("--untrusted".to_string())
+    } else {
+        base.as_ref().and_then(|b| b.refuses(&kind))
+    };
+    let mut incomplete = None;
+    let findings = match skip {
+        Some(why) => {
+            let (findings, said) = skipped_probe(&kind, &why);
+            incomplete = said;
+            findings
+        }
+        None => {
+            let pg_bin_dirs = crate::run::executor::pg_bin_dirs(plan, target.as_deref(), base_dir);
+            let probe = Probe {
+                base_dir,
+                target: &view,
+                repo: repo.as_ref(),
+                pg_bin_dirs: &pg_bin_dirs,
+            };
+            probe_within_deadline(&kind, probe, *started).await
+        }
+    };
+    let details: Vec<String> = findings.lines.iter().map(|d| redactor.redact(d)).collect();
+    for mut u in findings.unread {
+        u.error = redactor.redact(&u.error);
+        incomplete.get_or_insert_with(|| u.line());
+        if !unread_all.contains(&u) {
+            unread_all.push(u);
+        }
+    }
+    let mut params = params;
+    redactor.redact_json(&mut params);
+    // `retry` and `timeout` as apply will enforce them (from `{{ env.X }}` too); a
+    // value that will not parse is said now rather than when the step starts.
+    let common = match bound.common {
+        Ok(c) => c,
+        Err(e) => {
+            // Under review modes the environment's values are placeholders.
+            if !input.untrusted && input.base.is_none() {
+                warnings.push(redactor.redact(&format!("step `{}`: {e}", step.id())));
+            }
+            step.common.clone()
+        }
+    };
+    StepPreview {
+        position: position + 1,
+        id: step.id().to_string(),
+        step_type: step.kind.type_name().to_string(),
+        action: redactor.redact(&kind.describe()),
+        params,
+        needs: step.common.needs.clone(),
+        condition: step.common.condition.as_str().to_string(),
+        retry: common.retry.as_ref().map(retry_text),
+        timeout: common.timeout.map(|t| t.to_string()),
+        continue_on_error: step.common.continue_on_error,
+        destructive,
+        writes_target: kind.writes_target(),
+        repository: kind.repository().map(str::to_string),
+        writes_repository: kind.writes_repository(),
+        target,
+        target_url,
+        protected_target: protected,
+        details,
+        deletes: findings.deletes,
+        incomplete,
+    }
+}
+
+/// What a saved plan records of the targets and repositories, as the run will reach them.
+#[derive(Default)]
+struct States {
+    targets: BTreeMap<String, saved_state::TargetState>,
+    repositories: BTreeMap<String, saved_state::RepositoryState>,
+}
+
+impl States {
+    /// The errors of what could not be read, redacted (they may quote a URL).
+    fn redact(&mut self, redactor: &Redactor) {
+        for state in self.targets.values_mut() {
+            if let saved_state::TargetState::Unread { error } = state {
+                *error = redactor.redact(error);
+            }
+        }
+        for state in self.repositories.values_mut() {
+            if let saved_state::RepositoryState::Unread { error } = state {
+                *error = redactor.redact(error);
+            }
+        }
+    }
+}
+
+async fn target_state(view: &TargetView<'_>) -> saved_state::TargetState {
+    match view {
+        TargetView::Ephemeral => saved_state::TargetState::Ephemeral,
+        TargetView::Url(url) => saved_state::target_state(url).await,
+        TargetView::None => saved_state::TargetState::Unread {
+            error: "its URL could not be rendered".into(),
+        },
+    }
+}
+
+/// The target's URL as the preview shows it: rendered, with its password masked.
+fn target_shown(t: &crate::plan::model::Target, bound: &Bound, redactor: &Redactor) -> String {
+    if t.ephemeral {
+        return "(an ephemeral local cluster, created at apply)".to_string();
+    }
+    if t.url.is_none() {
+        return "(from the PG* environment variables)".to_string();
+    }
+    let url = match &bound.target {
+        Some((_, Ok(url))) => url.clone(),
+        _ => t.url_template().to_string(),
+    };
+    redactor.add_url_passwords(&url);
+    redactor.redact(&url)
+}
+
+/// A probe not run (`why`: `--untrusted`, `--base`): what it would have read, and what the
+/// preview therefore does not know.
+fn skipped_probe(kind: &StepKind, why: &str) -> (Findings, Option<String>) {
+    let reads = registry::reads_of(kind);
+    let incomplete = reads.map(|what| format!("probe skipped ({why}): {what} unknown"));
+    let findings = reads
+        .map(|what| format!("probe skipped ({why}): would read {what}"))
+        .into_iter()
+        .collect::<Vec<_>>()
+        .into();
+    (findings, incomplete)
+}
+
+/// Why the preview is for review only, if it is.
+fn review_only(input: &PreviewInput<'_>, secret_var: bool) -> Option<String> {
+    if input.untrusted {
+        Some("--untrusted".to_string())
+    } else if secret_var && input.capture {
+        Some("a --var value that is a secret".to_string())
+    } else {
+        input.base.as_ref().map(|_| "--base".to_string())
+    }
+}
+
+/// Runs a step's probe within what is left of the preview's deadline (and at most
+/// [`PROBE_TIMEOUT`]); a probe that runs out of time says what it could not read.
+async fn probe_within_deadline(
+    kind: &StepKind,
+    probe: Probe<'_>,
+    started: std::time::Instant,
+) -> Findings {
+    if started.elapsed() >= PREVIEW_DEADLINE {
+        let line = format!(
+            "probe skipped: the preview's {}s deadline has passed",
+            PREVIEW_DEADLINE.as_secs()
+        );
+        return match timed_out(kind, &line) {
+            Some(u) => Findings::unread(u),
+            None => vec![line].into(),
+        };
+    }
+    let limit = PROBE_TIMEOUT.min(PREVIEW_DEADLINE - started.elapsed());
+    // Boxed: the probes' futures are deep, and every caller would carry their layout.
+    match tokio::time::timeout(limit, registry::probe_step(kind, probe)).await {
+        Ok(findings) => findings,
+        Err(_) => {
+            let line = format!(
+                "probe timed out after {}s: nothing could be read{}",
+                limit.as_secs(),
+                registry::reads_of(kind)
+                    .map(|w| format!(" about {w}"))
+                    .unwrap_or_default()
+            );
+            match timed_out(kind, &line) {
+                Some(u) => Findings::unread(u),
+                None => vec![line].into(),
+            }
+        }
+    }
+}
+
+/// `3 attempts, exponential 1s up to 1m with jitter`.
+fn retry_text(r: &crate::plan::model::Retry) -> String {
+    let mut s = format!(
+        "{} attempts, {} {}",
+        r.attempts,
+        serde_json::to_value(r.backoff)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        r.delay
+    );
+    if let Some(max) = r.max_delay {
+        let _ = write!(s, " up to {max}");
+    }
+    if r.jitter {
+        s.push_str(" with jitter");
+    }
+    s
 }
 
 /// A probe that ran out of time read nothing about the step's repository (or target).

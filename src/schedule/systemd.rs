@@ -131,21 +131,7 @@ pub fn generate(s: &Scheduled, o: &Options) -> Result<Files, Failure> {
     }
     let _ = writeln!(service, "StateDirectory=opsrunner");
     let _ = writeln!(service, "LogsDirectory=opsrunner");
-    let mut exec = vec![
-        o.bin.display().to_string(),
-        "apply".into(),
-        o.plan_path.display().to_string(),
-        "--report".into(),
-        format!("/var/log/opsrunner/{short}.json"),
-    ];
-    if let Some(dir) = &o.metrics_dir {
-        exec.push("--metrics".into());
-        exec.push(dir.join(format!("{name}.prom")).display().to_string());
-    }
-    for t in &o.confirm {
-        exec.push("--confirm".into());
-        exec.push(t.clone());
-    }
+    let exec = exec_start(o, name, short);
     let _ = writeln!(
         service,
         "ExecStart={}",
@@ -185,6 +171,20 @@ pub fn generate(s: &Scheduled, o: &Options) -> Result<Files, Failure> {
         );
     }
 
+    let timer = timer_unit(s, o, name);
+
+    let mut files = vec![
+        (format!("{name}.service"), service),
+        (format!("{name}.timer"), timer),
+    ];
+    if o.on_failure.is_none() {
+        files.push((FAILURE_TEMPLATE.to_string(), failure_template()));
+    }
+    Ok(files)
+}
+
+/// The timer: the plan's calendar, persistent, with a random delay.
+fn timer_unit(s: &Scheduled, o: &Options, name: &str) -> String {
     let mut timer = String::new();
     let _ = writeln!(
         timer,
@@ -212,15 +212,27 @@ pub fn generate(s: &Scheduled, o: &Options) -> Result<Files, Failure> {
     let _ = writeln!(timer);
     let _ = writeln!(timer, "[Install]");
     let _ = writeln!(timer, "WantedBy=timers.target");
+    timer
+}
 
-    let mut files = vec![
-        (format!("{name}.service"), service),
-        (format!("{name}.timer"), timer),
+/// The service's command line: `apply` with its report, metrics and confirmations.
+fn exec_start(o: &Options, name: &str, short: &str) -> Vec<String> {
+    let mut exec = vec![
+        o.bin.display().to_string(),
+        "apply".into(),
+        o.plan_path.display().to_string(),
+        "--report".into(),
+        format!("/var/log/opsrunner/{short}.json"),
     ];
-    if o.on_failure.is_none() {
-        files.push((FAILURE_TEMPLATE.to_string(), failure_template()));
+    if let Some(dir) = &o.metrics_dir {
+        exec.push("--metrics".into());
+        exec.push(dir.join(format!("{name}.prom")).display().to_string());
     }
-    Ok(files)
+    for t in &o.confirm {
+        exec.push("--confirm".into());
+        exec.push(t.clone());
+    }
+    exec
 }
 
 const HARDENING: &[&str] = &[

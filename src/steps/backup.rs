@@ -344,25 +344,7 @@ async fn dump(
         .await
         .map_err(|e| classify(&e, "cannot export a snapshot"))?;
 
-    let mut args = vec![
-        p.format.pg_dump_flag().to_string(),
-        "--compress=0".into(),
-        "--no-sync".into(),
-        format!("--snapshot={snapshot}"),
-        format!("--dbname={}", server.info.public_url()),
-    ];
-    if p.schema_only {
-        args.push("--schema-only".into());
-    }
-    if p.data_only {
-        args.push("--data-only".into());
-    }
-    for t in &p.tables {
-        args.push(format!("--table={t}"));
-    }
-    for t in &p.exclude_tables {
-        args.push(format!("--exclude-table={t}"));
-    }
+    let args = pg_dump_args(p, &snapshot, &server.info.public_url());
     let info = server.info.clone();
     let major = server.major;
     let configure = |c: &mut tokio::process::Command| {
@@ -419,52 +401,15 @@ async fn dump(
                 }
             }
             DumpFormat::Directory => {
-                // pg_dump writes a directory itself; spool it locally, then store each file.
-                let spool = tempfile::Builder::new()
-                    .prefix("opsrunner-dump-")
-                    .tempdir()
-                    .map_err(|e| {
-                        StepError::transient(format!("cannot create a spool directory: {e}"))
-                    })?;
-                let out = spool.path().join("dump");
-                let mut dir_args = args.clone();
-                dir_args.push(format!("--jobs={}", p.jobs.unwrap_or(1)));
-                dir_args.push(format!("--file={}", out.display()));
-                let process = PgProcess::spawn(pg_dump, &dir_args, ctx, configure, false, false)?;
-                process.finish(ctx).await?;
-                let mut names: Vec<String> = std::fs::read_dir(&out)
-                    .map_err(|e| StepError::transient(format!("reading pg_dump's output: {e}")))?
-                    .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-                    .collect();
-                // toc.dat first: it is the file a reader needs before any other.
-                names.sort_by_key(|n| (n != "toc.dat", n.clone()));
-                let mut entries = Vec::new();
-                let total: u64 = names
-                    .iter()
-                    .filter_map(|n| std::fs::metadata(out.join(n)).ok())
-                    .map(|m| m.len())
-                    .sum();
-                let stored = Counter::new();
-                let _progress = Meter::start(
-                    &ctx.events,
-                    &ctx.step_id,
-                    "store",
-                    stored.clone(),
-                    Some(total),
-                );
-                for n in names {
-                    let file = tokio::fs::File::open(out.join(&n))
-                        .await
-                        .map_err(|e| StepError::transient(format!("{n}: {e}")))?;
-                    let file = Counting::new(file, stored.clone());
-                    let name = format!("dump/{n}{ext}");
-                    let entry = tokio::select! {
-                        r = pipeline::store(store, backup_id, &name, file, p.compression, threads, recipients, None) => r.map_err(|e| crate::exec::io_error(&format!("writing {name}"), &e))?,
-                        _ = ctx.cancel.cancelled() => return Err(StepError::cancelled()),
-                    };
-                    entries.push(entry);
-                }
-                Ok(entries)
+                let spooled = Spooled {
+                    pg_dump,
+                    args: &args,
+                    configure: &configure,
+                    ext: &ext,
+                    threads,
+                    recipients,
+                };
+                dump_directory(p, ctx, store, backup_id, spooled).await
             }
             DumpFormat::Base => Err(StepError::permanent(
                 "`format: base` is written by a `base_backup` step",
@@ -512,6 +457,95 @@ async fn dump(
     };
     let _ = sqlx::raw_sql("commit").execute(&mut server.conn).await;
     Ok((files, fingerprints))
+}
+
+/// pg_dump's arguments: the format, uncompressed (opsrunner compresses), in the exported
+/// snapshot, with the step's filters.
+fn pg_dump_args(p: &BackupParams, snapshot: &str, url: &str) -> Vec<String> {
+    let mut args = vec![
+        p.format.pg_dump_flag().to_string(),
+        "--compress=0".into(),
+        "--no-sync".into(),
+        format!("--snapshot={snapshot}"),
+        format!("--dbname={url}"),
+    ];
+    if p.schema_only {
+        args.push("--schema-only".into());
+    }
+    if p.data_only {
+        args.push("--data-only".into());
+    }
+    for t in &p.tables {
+        args.push(format!("--table={t}"));
+    }
+    for t in &p.exclude_tables {
+        args.push(format!("--exclude-table={t}"));
+    }
+    args
+}
+
+/// How a directory-format dump is made and stored.
+struct Spooled<'a> {
+    pg_dump: &'a std::path::Path,
+    args: &'a [String],
+    configure: &'a (dyn Fn(&mut tokio::process::Command) + Sync),
+    ext: &'a str,
+    threads: u32,
+    recipients: Option<&'a crate::repo::crypto::Recipients>,
+}
+
+/// A directory-format dump: pg_dump writes a directory itself (with `jobs` processes), so
+/// it is spooled locally, then each file is stored, `toc.dat` first.
+async fn dump_directory(
+    p: &BackupParams,
+    ctx: &StepContext,
+    store: &crate::repo::AnyStore,
+    backup_id: &str,
+    d: Spooled<'_>,
+) -> Result<Vec<FileEntry>, StepError> {
+    let spool = tempfile::Builder::new()
+        .prefix("opsrunner-dump-")
+        .tempdir()
+        .map_err(|e| StepError::transient(format!("cannot create a spool directory: {e}")))?;
+    let out = spool.path().join("dump");
+    let mut dir_args = d.args.to_vec();
+    dir_args.push(format!("--jobs={}", p.jobs.unwrap_or(1)));
+    dir_args.push(format!("--file={}", out.display()));
+    let process = PgProcess::spawn(d.pg_dump, &dir_args, ctx, d.configure, false, false)?;
+    process.finish(ctx).await?;
+    let mut names: Vec<String> = std::fs::read_dir(&out)
+        .map_err(|e| StepError::transient(format!("reading pg_dump's output: {e}")))?
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    // toc.dat first: it is the file a reader needs before any other.
+    names.sort_by_key(|n| (n != "toc.dat", n.clone()));
+    let total: u64 = names
+        .iter()
+        .filter_map(|n| std::fs::metadata(out.join(n)).ok())
+        .map(|m| m.len())
+        .sum();
+    let stored = Counter::new();
+    let _progress = Meter::start(
+        &ctx.events,
+        &ctx.step_id,
+        "store",
+        stored.clone(),
+        Some(total),
+    );
+    let mut entries = Vec::new();
+    for n in names {
+        let file = tokio::fs::File::open(out.join(&n))
+            .await
+            .map_err(|e| StepError::transient(format!("{n}: {e}")))?;
+        let file = Counting::new(file, stored.clone());
+        let name = format!("dump/{n}{}", d.ext);
+        let entry = tokio::select! {
+            r = pipeline::store(store, backup_id, &name, file, p.compression, d.threads, d.recipients, None) => r.map_err(|e| crate::exec::io_error(&format!("writing {name}"), &e))?,
+            _ = ctx.cancel.cancelled() => return Err(StepError::cancelled()),
+        };
+        entries.push(entry);
+    }
+    Ok(entries)
 }
 
 /// Where a backup goes and how it is protected, with the recipients read now: a reviewer

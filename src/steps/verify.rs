@@ -324,47 +324,10 @@ pub async fn run(p: &VerifyParams, ctx: &StepContext) -> Result<Outputs, StepErr
     );
 
     if let Some(max) = p.max_age {
-        let limit = max.0.as_secs();
-        let shown = crate::plan::duration::format(std::time::Duration::from_secs(age_s));
-        checks.record(
-            ctx,
-            "age",
-            if age_s > limit {
-                Err(format!(
-                    "the backup is {shown} old, older than max_age {max}: are backups still being made?"
-                ))
-            } else {
-                Ok(format!("{shown} old, at most {max}"))
-            },
-        );
+        checks.record(ctx, "age", age_check(age_s, max));
     }
 
-    let mut file_problems = Vec::new();
-    for entry in &manifest.files {
-        match pipeline::check(&store, &manifest.backup_id, entry).await {
-            Ok(()) => {}
-            Err(e) if pipeline::is_damage(&e) => file_problems.push(e.to_string()),
-            // The repository could not be read just now: that says nothing about the
-            // backup, so there is no verdict and nothing is recorded; a retry may read it.
-            Err(e) => {
-                checks.record(ctx, "files", Err(format!("could not be read: {e}")));
-                return Err(StepError::transient(format!(
-                    "verify of {} could not read it from repository `{}` ({e}); no verdict on the backup",
-                    manifest.backup_id, p.repository
-                )));
-            }
-        }
-    }
-    let files_ok = file_problems.is_empty();
-    checks.record(
-        ctx,
-        "files",
-        if files_ok {
-            Ok(String::new())
-        } else {
-            Err(file_problems.join("; "))
-        },
-    );
+    let files_ok = check_files(ctx, &store, &manifest, &p.repository, &mut checks).await?;
 
     // The rest reads the archive; with damaged files that can only fail in confusing ways.
     let mut restore_ms = None;
@@ -384,52 +347,8 @@ pub async fn run(p: &VerifyParams, ctx: &StepContext) -> Result<Outputs, StepErr
         }
         checks.record(ctx, "archive", toc);
         if let (Some(ns), true) = (&p.restore_into, toc_ok) {
-            let clock = Instant::now();
-            let database = ns.database.as_deref().unwrap_or_default();
-            let (url, own) = scratch_server(ctx, &ns.target, &manifest).await?;
-            let restored =
-                test_restore(ctx, &store, &manifest, (&url, &ns.target), database, p.jobs).await;
-            if let Some(cluster) = own {
-                let _ = tokio::task::spawn_blocking(move || drop(cluster)).await;
-            }
-            match restored {
-                Ok(result) => {
-                    restore_ms = Some(clock.elapsed().as_millis());
-                    ctx.events.measured(
-                        &ctx.step_id,
-                        "restore_duration_ms",
-                        clock.elapsed().as_millis() as u64,
-                    );
-                    checks.record(
-                        ctx,
-                        "restore",
-                        Ok(format!("{} ms", clock.elapsed().as_millis())),
-                    );
-                    checks.record(ctx, "fingerprints", result);
-                }
-                Err(e) if e.kind == crate::exec::ErrorKind::Cancelled => return Err(e),
-                // The stored files matched their checksums: a restore that failed for
-                // the destination's or the tools' sake says nothing about the backup.
-                Err(e)
-                    if e.kind == crate::exec::ErrorKind::Transient
-                        || restore::environment_problem(&e.message).is_some() =>
-                {
-                    checks.record(ctx, "restore", Err(e.message.clone()));
-                    let cause = restore::environment_problem(&e.message)
-                        .unwrap_or("the destination failed in a way that may pass on a retry");
-                    return Err(StepError {
-                        message: no_verdict(
-                            &manifest.backup_id,
-                            "test-restore it",
-                            cause,
-                            &e.message,
-                        )
-                        .message,
-                        ..e
-                    });
-                }
-                Err(e) => checks.record(ctx, "restore", Err(e.message)),
-            }
+            restore_ms =
+                restore_and_compare(ctx, &store, &manifest, ns, p.jobs, &mut checks).await?;
         }
     }
 
@@ -492,6 +411,111 @@ pub async fn run(p: &VerifyParams, ctx: &StepContext) -> Result<Outputs, StepErr
     );
     outputs.insert("backup_age_s".into(), age_s.to_string());
     Ok(outputs)
+}
+
+/// The `age` check: how old the backup is against `max_age`. Age says nothing about the
+/// backup itself.
+fn age_check(age_s: u64, max: crate::plan::duration::HumanDuration) -> Result<String, String> {
+    let shown = crate::plan::duration::format(std::time::Duration::from_secs(age_s));
+    if age_s > max.0.as_secs() {
+        Err(format!(
+            "the backup is {shown} old, older than max_age {max}: are backups still being made?"
+        ))
+    } else {
+        Ok(format!("{shown} old, at most {max}"))
+    }
+}
+
+/// The `files` check: every stored file against the manifest's size and SHA-256; whether
+/// all passed. A repository that cannot be read just now says nothing about the backup:
+/// that fails the step without a verdict (a retry may read it), nothing recorded.
+async fn check_files(
+    ctx: &StepContext,
+    store: &crate::repo::AnyStore,
+    manifest: &crate::repo::manifest::Manifest,
+    repository: &str,
+    checks: &mut Checks,
+) -> Result<bool, StepError> {
+    let mut file_problems = Vec::new();
+    for entry in &manifest.files {
+        match pipeline::check(store, &manifest.backup_id, entry).await {
+            Ok(()) => {}
+            Err(e) if pipeline::is_damage(&e) => file_problems.push(e.to_string()),
+            Err(e) => {
+                checks.record(ctx, "files", Err(format!("could not be read: {e}")));
+                return Err(StepError::transient(format!(
+                    "verify of {} could not read it from repository `{repository}` ({e}); no verdict on the backup",
+                    manifest.backup_id
+                )));
+            }
+        }
+    }
+    let files_ok = file_problems.is_empty();
+    checks.record(
+        ctx,
+        "files",
+        if files_ok {
+            Ok(String::new())
+        } else {
+            Err(file_problems.join("; "))
+        },
+    );
+    Ok(files_ok)
+}
+
+/// The `restore` and `fingerprints` checks: a test restore into the scratch database and
+/// the comparison with what the backup recorded; the restore's time when it restored.
+async fn restore_and_compare(
+    ctx: &StepContext,
+    store: &crate::repo::AnyStore,
+    manifest: &crate::repo::manifest::Manifest,
+    ns: &Destination,
+    jobs: Option<u32>,
+    checks: &mut Checks,
+) -> Result<Option<u128>, StepError> {
+    let clock = Instant::now();
+    let database = ns.database.as_deref().unwrap_or_default();
+    let (url, own) = scratch_server(ctx, &ns.target, manifest).await?;
+    let restored = test_restore(ctx, store, manifest, (&url, &ns.target), database, jobs).await;
+    if let Some(cluster) = own {
+        let _ = tokio::task::spawn_blocking(move || drop(cluster)).await;
+    }
+    match restored {
+        Ok(result) => {
+            ctx.events.measured(
+                &ctx.step_id,
+                "restore_duration_ms",
+                clock.elapsed().as_millis() as u64,
+            );
+            checks.record(
+                ctx,
+                "restore",
+                Ok(format!("{} ms", clock.elapsed().as_millis())),
+            );
+            checks.record(ctx, "fingerprints", result);
+            Ok(Some(clock.elapsed().as_millis()))
+        }
+        Err(e) if e.kind == crate::exec::ErrorKind::Cancelled => Err(e),
+        // The stored files matched their checksums: a restore that failed for the
+        // destination's or the tools' sake says nothing about the backup.
+        Err(e)
+            if e.kind == crate::exec::ErrorKind::Transient
+                || restore::environment_problem(&e.message).is_some() =>
+        {
+            checks.record(ctx, "restore", Err(e.message.clone()));
+            let cause = restore::environment_problem(&e.message)
+                .unwrap_or("the destination failed in a way that may pass on a retry");
+            Err(StepError {
+                message: no_verdict(&manifest.backup_id, "test-restore it", cause, &e.message)
+                    .message,
+                ..e
+            })
+        }
+        Err(e) => {
+            checks.record(ctx, "restore", Err(e.message));
+            Ok(None)
+        }
+    }
 }
 
 /// A verify that could not do its work for a reason outside the backup: the step fails
