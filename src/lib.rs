@@ -4,6 +4,8 @@
 //! Pipeline: [`plan`] (YAML → validated DAG) → [`run`] (preview or execute, emitting events
 //! to the live log and the run report) → [`exit`] codes. [`commands`] holds the CLI verbs.
 
+#![warn(unreachable_pub)]
+
 pub mod atomic;
 pub mod backups;
 pub mod commands;

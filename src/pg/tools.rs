@@ -252,11 +252,6 @@ fn version_of(program: &Path) -> Version {
     answer
 }
 
-/// The major version a PostgreSQL program reports, e.g. 15 for "pg_dump (PostgreSQL) 15.14".
-pub fn major_version(program: &Path) -> Option<u32> {
-    version_of(program).map(|(major, _)| major)
-}
-
 /// 15 from "pg_dump (PostgreSQL) 15.14 (Debian 15.14-1)": one reading for the tools found
 /// here and the versions manifests record.
 pub use crate::repo::manifest::parse_major;

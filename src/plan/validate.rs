@@ -21,12 +21,6 @@ pub struct ValidPlan {
     pub index: HashMap<String, usize>,
 }
 
-impl ValidPlan {
-    pub fn step_index(&self, id: &str) -> Option<usize> {
-        self.index.get(id).copied()
-    }
-}
-
 pub fn validate(
     plan: Plan,
     source: &str,

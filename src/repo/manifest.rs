@@ -313,15 +313,6 @@ fn check_file_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The order every listing uses: by creation time, ties by id.
-pub fn sort_oldest_first(list: &mut [Manifest]) {
-    list.sort_by(|a, b| {
-        a.created_at
-            .cmp(&b.created_at)
-            .then_with(|| a.backup_id.cmp(&b.backup_id))
-    });
-}
-
 impl Manifest {
     /// Moves what describes the data into an encrypted part, for an encrypted backup.
     pub fn seal(&mut self, recipients: &super::crypto::Recipients) -> std::io::Result<()> {
