@@ -196,9 +196,19 @@ pub async fn list(store: &repo::AnyStore, json: bool) -> Result<String, Failure>
         .rev()
         .filter_map(|e| {
             let m = &e.backup.as_ref().ok()?.manifest;
+            // An incremental or differential base backup says what it is built on: a
+            // restore needs that one too, and prune keeps it.
+            let database = match m
+                .base
+                .as_ref()
+                .and_then(|b| Some((b.kind, b.parent.as_ref()?)))
+            {
+                Some((kind, parent)) => format!("{} ({} of {parent})", m.database, kind.as_str()),
+                None => m.database.clone(),
+            };
             Some([
                 m.backup_id.clone(),
-                m.database.clone(),
+                database,
                 m.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
                 age((now - m.created_at).num_seconds()),
                 size(m.total_bytes()),

@@ -20,12 +20,17 @@ const MAX_LABEL: usize = 64 << 10;
 /// How much of the end of `backup_manifest` is kept: the WAL ranges and the checksum are
 /// its last lines; the file list before them grows with the cluster and is not kept.
 const MANIFEST_TAIL: usize = 64 << 10;
+/// The most of `backup_manifest` kept whole (stored beside the copy, for the next
+/// incremental backup): about 150 bytes per file of the cluster.
+pub const MAX_MANIFEST: usize = 64 << 20;
 
 /// What the stream showed so far.
 #[derive(Debug, Default)]
 pub struct Seen {
     pub backup_label: Option<Vec<u8>>,
     pub manifest_tail: Option<Vec<u8>>,
+    /// The whole `backup_manifest`, unless it is larger than [`MAX_MANIFEST`].
+    pub manifest: Option<Vec<u8>>,
     pub members: u64,
     /// Why the stream is not a tar as expected, when it is not.
     pub broken: Option<String>,
@@ -45,6 +50,8 @@ struct Scanner {
     padding: u64,
     capture: Capture,
     buffer: Vec<u8>,
+    /// The manifest whole, while it fits in [`MAX_MANIFEST`].
+    whole: Option<Vec<u8>>,
     seen: Seen,
 }
 
@@ -56,6 +63,7 @@ impl Scanner {
             padding: 0,
             capture: Capture::Nothing,
             buffer: Vec::new(),
+            whole: None,
             seen: Seen::default(),
         }
     }
@@ -97,6 +105,13 @@ impl Scanner {
                 }
             }
             Capture::Manifest => {
+                if let Some(whole) = &mut self.whole {
+                    if whole.len() + bytes.len() > MAX_MANIFEST {
+                        self.whole = None;
+                    } else {
+                        whole.extend_from_slice(bytes);
+                    }
+                }
                 self.buffer.extend_from_slice(bytes);
                 if self.buffer.len() > 2 * MANIFEST_TAIL {
                     let cut = self.buffer.len() - MANIFEST_TAIL;
@@ -127,6 +142,7 @@ impl Scanner {
             _ => Capture::Nothing,
         };
         self.buffer.clear();
+        self.whole = (self.capture == Capture::Manifest).then(Vec::new);
         self.remaining = size;
         self.padding = (BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64;
         if size == 0 {
@@ -139,7 +155,10 @@ impl Scanner {
         match std::mem::replace(&mut self.capture, Capture::Nothing) {
             Capture::Nothing => {}
             Capture::Label => self.seen.backup_label = Some(kept),
-            Capture::Manifest => self.seen.manifest_tail = Some(kept),
+            Capture::Manifest => {
+                self.seen.manifest_tail = Some(kept);
+                self.seen.manifest = self.whole.take();
+            }
         }
     }
 }

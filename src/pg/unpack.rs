@@ -16,6 +16,114 @@ use crate::repo::{AnyStore, pipeline};
 use std::io::Read;
 use std::path::{Component, Path};
 
+/// Restores the base backup `chain` (oldest first: a full backup, then the incremental
+/// and differential backups down to the one wanted, as `repo::listing::base_chain` gives
+/// it) into `dest`, an empty directory, and checks the result with `pg_verifybackup`
+/// (`ignore`: files the caller put there itself). A full backup alone is extracted into
+/// `dest`; a chain is extracted part by part beside it and combined by the server's own
+/// `pg_combinebackup` (PostgreSQL 17+). Returns how many files the directory holds.
+pub async fn restore_base(
+    ctx: &StepContext,
+    store: &AnyStore,
+    chain: &[Manifest],
+    dest: &Path,
+    owner: Option<(u32, u32)>,
+    ignore: &[&str],
+) -> Result<u64, StepError> {
+    let Some(wanted) = chain.last() else {
+        return Err(StepError::permanent("no base backup to restore"));
+    };
+    let major = wanted.server_major();
+    if chain.len() == 1 {
+        let files = unpack(ctx, store, wanted, dest, owner).await?;
+        verify_files(ctx, dest, major, ignore).await?;
+        return Ok(files);
+    }
+    let beside = dest.parent().unwrap_or(Path::new("/"));
+    let parts = tempfile::Builder::new()
+        .prefix(".opsrunner-chain-")
+        .tempdir_in(beside)
+        .map_err(|e| {
+            StepError::transient(format!("cannot make room beside {}: {e}", dest.display()))
+        })?;
+    let mut dirs = Vec::new();
+    for (i, manifest) in chain.iter().enumerate() {
+        let dir = parts.path().join(format!("{i:04}"));
+        std::fs::create_dir(&dir)
+            .map_err(|e| StepError::transient(format!("{}: {e}", dir.display())))?;
+        unpack(ctx, store, manifest, &dir, None).await?;
+        dirs.push(dir);
+    }
+    let combiner = super::server::tool(ctx, "pg_combinebackup", super::tools::Want::Exact(major))?;
+    let out = parts.path().join("combined");
+    let mut args: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    args.push(format!("--output={}", out.display()));
+    args.push("--manifest-checksums=SHA256".into());
+    ctx.events.output(
+        &ctx.step_id,
+        Stream::Stdout,
+        format!(
+            "combining {} backups with {}: {}",
+            chain.len(),
+            combiner.describe(),
+            chain
+                .iter()
+                .map(|m| m.backup_id.as_str())
+                .collect::<Vec<_>>()
+                .join(" + ")
+        ),
+    );
+    PgProcess::spawn(&combiner.path, &args, ctx, |_| {}, false, false)?
+        .finish(ctx)
+        .await
+        .map_err(|e| {
+            StepError::permanent(format!(
+                "pg_combinebackup could not combine {}: {}",
+                wanted.backup_id, e.message
+            ))
+        })?;
+    let files = move_into(&out, dest, owner).map_err(|e| {
+        StepError::transient(format!(
+            "moving the combined backup into {}: {e}",
+            dest.display()
+        ))
+    })?;
+    verify_files(ctx, dest, major, ignore).await?;
+    Ok(files)
+}
+
+/// Moves everything in `from` into `dest` (the same file system), handing each file and
+/// directory to `owner` with the modes a data directory wants; how many files it moved.
+fn move_into(from: &Path, dest: &Path, owner: Option<(u32, u32)>) -> std::io::Result<u64> {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        std::fs::rename(entry.path(), dest.join(entry.file_name()))?;
+    }
+    let mut files = 0;
+    let mut pending = vec![dest.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            let path = entry.path();
+            if kind.is_dir() {
+                pending.push(path.clone());
+            } else if kind.is_file() {
+                files += 1;
+            }
+            let mode = if kind.is_dir() { 0o700 } else { 0o600 };
+            if !kind.is_symlink() {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+            }
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::lchown(&path, Some(uid), Some(gid))?;
+            }
+        }
+    }
+    Ok(files)
+}
+
 /// Extracts base backup `manifest` into `dest` (an empty directory), returning how many
 /// files it wrote. With `owner`, everything extracted is handed to that uid/gid (the user
 /// the server will run as).

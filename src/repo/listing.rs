@@ -162,6 +162,7 @@ pub async fn list(store: &impl BackupStore) -> io::Result<Vec<Listed>> {
         (a.manifest.created_at, &a.manifest.backup_id)
             .cmp(&(b.manifest.created_at, &b.manifest.backup_id))
     });
+    let good = without_broken_chains(good, &mut damaged);
     damaged.sort_by(|a, b| a.id.cmp(&b.id));
     let mut out: Vec<Listed> = good
         .into_iter()
@@ -173,6 +174,38 @@ pub async fn list(store: &impl BackupStore) -> io::Result<Vec<Listed>> {
         .collect();
     out.extend(damaged);
     Ok(out)
+}
+
+/// An incremental or differential base backup whose parent is missing or damaged cannot
+/// be restored: it is listed as damaged, saying which parent, and so are its own children.
+/// `good` is oldest first, so a parent is judged before its children.
+fn without_broken_chains(
+    good: Vec<(Checked, Trust)>,
+    damaged: &mut Vec<Listed>,
+) -> Vec<(Checked, Trust)> {
+    let mut usable = std::collections::BTreeSet::new();
+    let mut kept = Vec::new();
+    for (checked, trust) in good {
+        let parent = checked
+            .manifest
+            .base
+            .as_ref()
+            .and_then(|b| b.parent.clone());
+        match parent {
+            Some(parent) if !usable.contains(&parent) => damaged.push(Listed {
+                id: checked.manifest.backup_id.clone(),
+                backup: Err(format!(
+                    "its parent {parent} is missing or damaged: it cannot be restored"
+                )),
+                trust: Trust::Never,
+            }),
+            _ => {
+                usable.insert(checked.manifest.backup_id.clone());
+                kept.push((checked, trust));
+            }
+        }
+    }
+    kept
 }
 
 /// The newest readable logical backup (a dump), optionally of one database. Base backups
@@ -235,6 +268,48 @@ pub fn skipped_text(skipped: &[(String, String)]) -> String {
         .map(|(id, why)| format!("{id}: {why}"))
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// The base backups a restore of `manifest` needs, oldest first: the full one, then each
+/// incremental or differential down to `manifest` itself. A missing or damaged parent, or
+/// one of another cluster, is an error naming it: the chain cannot be restored.
+pub async fn base_chain(
+    store: &impl BackupStore,
+    manifest: &Manifest,
+) -> Result<Vec<Manifest>, String> {
+    let mut chain = vec![manifest.clone()];
+    loop {
+        let newest = chain.last().expect("not empty");
+        let Some(base) = &newest.base else {
+            return Err(format!("{} is not a base backup", newest.backup_id));
+        };
+        let Some(parent) = base.parent.clone() else {
+            break;
+        };
+        if chain.len() > 10_000 || chain.iter().any(|m| m.backup_id == parent) {
+            return Err(format!("the parents of {} form a loop", manifest.backup_id));
+        }
+        let found = self::manifest(store, &parent).await.map_err(|e| {
+            format!(
+                "{} needs its parent {parent}, which cannot be used: {e}",
+                newest.backup_id
+            )
+        })?;
+        let same_cluster = found
+            .manifest
+            .base
+            .as_ref()
+            .is_some_and(|b| b.system_identifier == base.system_identifier);
+        if !same_cluster {
+            return Err(format!(
+                "{}'s parent {parent} is not a base backup of the same cluster",
+                newest.backup_id
+            ));
+        }
+        chain.push(found.manifest);
+    }
+    chain.reverse();
+    Ok(chain)
 }
 
 /// The readable base backups, oldest first.

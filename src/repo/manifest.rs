@@ -75,6 +75,42 @@ pub struct BaseBackup {
     /// The stored file that holds the cluster's files; the server's own `backup_manifest`
     /// is its last member (checked with `pg_verifybackup` when it is extracted).
     pub server_manifest: String,
+    /// Full, or relative to another base backup (`parent`). Older manifests: full.
+    #[serde(default)]
+    pub kind: BaseKind,
+    /// The base backup this one is relative to: restoring it needs that one (and its own
+    /// parent, down to a full).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// The stored copy of the server's `backup_manifest` on its own, which the next
+    /// incremental backup is taken against (PostgreSQL 17+ `pg_basebackup --incremental`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_manifest: Option<String>,
+}
+
+/// What a base backup holds: every file, or what changed since a parent.
+#[derive(
+    Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq, PartialOrd, Ord,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum BaseKind {
+    /// Every file of the cluster.
+    #[default]
+    Full,
+    /// What changed since the newest full backup.
+    Differential,
+    /// What changed since the newest base backup of any kind.
+    Incremental,
+}
+
+impl BaseKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BaseKind::Full => "full",
+            BaseKind::Differential => "differential",
+            BaseKind::Incremental => "incremental",
+        }
+    }
 }
 
 impl BaseBackup {
@@ -426,6 +462,28 @@ impl Manifest {
                         base.server_manifest
                     ));
                 }
+                if let Some(name) = &base.backup_manifest
+                    && !self.files.iter().any(|f| &f.name == name)
+                {
+                    return Err(format!(
+                        "`base`: backup_manifest names `{name}`, which the manifest does not list"
+                    ));
+                }
+                match (&base.parent, base.kind) {
+                    (None, BaseKind::Full) => {}
+                    (Some(parent), BaseKind::Differential | BaseKind::Incremental) => {
+                        check_id(parent).map_err(|e| format!("`base`: parent: {e}"))?;
+                    }
+                    (None, kind) => {
+                        return Err(format!(
+                            "`base`: an {} backup names no parent",
+                            kind.as_str()
+                        ));
+                    }
+                    (Some(_), BaseKind::Full) => {
+                        return Err("`base`: a full backup has no parent".into());
+                    }
+                }
             }
             (_, Some(_)) => {
                 return Err("only a base backup's manifest has a `base` section".into());
@@ -433,9 +491,14 @@ impl Manifest {
             _ => {}
         }
         match self.format {
-            DumpFormat::Custom | DumpFormat::Plain | DumpFormat::Base if self.files.len() != 1 => Err(format!(
+            DumpFormat::Custom | DumpFormat::Plain if self.files.len() != 1 => Err(format!(
                 "a {:?} backup has exactly one file; the manifest lists {}",
                 self.format,
+                self.files.len()
+            )),
+            // The copy, and since incremental backups the server's backup_manifest beside it.
+            DumpFormat::Base if !(1..=2).contains(&self.files.len()) => Err(format!(
+                "a base backup has its copy and at most its backup_manifest; the manifest lists {} files",
                 self.files.len()
             )),
             DumpFormat::Directory
@@ -483,6 +546,22 @@ impl Manifest {
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
     }
+}
+
+/// Backup ids come from opsrunner, from users (`backup: ID`) and from the repository's
+/// listing; anything that could name a place outside one backup is refused.
+pub fn check_id(backup_id: &str) -> std::io::Result<()> {
+    if backup_id.is_empty()
+        || backup_id.len() > 255
+        || backup_id.contains(['/', '\\', '\0'])
+        || backup_id.starts_with('.')
+    {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("invalid backup id `{}`", backup_id.escape_debug()),
+        ));
+    }
+    Ok(())
 }
 
 /// 15 from "pg_dump (PostgreSQL) 15.14 (Debian 15.14-1)", as a program reports its version

@@ -37,6 +37,7 @@ pub async fn decide(store: &AnyStore, p: &Policy) -> Result<Vec<Decision>, Strin
                     continue;
                 }
                 candidates.push(Candidate {
+                    parent: m.base.as_ref().and_then(|b| b.parent.clone()),
                     id: entry.id,
                     database: m.database,
                     created_at: m.created_at,

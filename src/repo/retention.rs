@@ -175,6 +175,8 @@ pub struct Candidate {
     pub database: String,
     pub created_at: DateTime<Utc>,
     pub verification: Option<Verification>,
+    /// The backup this one needs to be restored (an incremental base backup's parent).
+    pub parent: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
@@ -213,7 +215,45 @@ pub fn select(
         });
         out.extend(select_group(&group, keep, min_age, now));
     }
+    keep_parents(candidates, &mut out);
     Ok(out)
+}
+
+/// A kept incremental or differential base backup is of no use without its parents, down
+/// to the full one: they are kept with it, whatever the rules said of them.
+fn keep_parents(candidates: &[Candidate], decisions: &mut [Decision]) {
+    let parent_of: BTreeMap<&str, &str> = candidates
+        .iter()
+        .filter_map(|c| c.parent.as_deref().map(|p| (c.id.as_str(), p)))
+        .collect();
+    loop {
+        let needed: Vec<(String, String)> = decisions
+            .iter()
+            .filter(|d| d.keep)
+            .filter_map(|d| {
+                let parent = parent_of.get(d.id.as_str())?;
+                Some((d.id.clone(), parent.to_string()))
+            })
+            .collect();
+        let mut changed = false;
+        for (child, parent) in needed {
+            let Some(d) = decisions.iter_mut().find(|d| d.id == parent) else {
+                continue;
+            };
+            let reason = format!("parent of {child}, which is kept");
+            if !d.keep {
+                d.keep = true;
+                d.reasons.clear();
+                changed = true;
+            }
+            if !d.reasons.contains(&reason) {
+                d.reasons.push(reason);
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
 }
 
 type Bucket = fn(&DateTime<Utc>) -> String;
@@ -336,6 +376,7 @@ mod tests {
     fn daily_series(n: i64) -> Vec<Candidate> {
         (0..n)
             .map(|d| Candidate {
+                parent: None,
                 id: format!("b{d:03}"),
                 database: "app".into(),
                 created_at: at("2026-01-01 02:00") + chrono::Duration::days(d),
@@ -348,6 +389,7 @@ mod tests {
     fn with_billing(n: i64) -> Vec<Candidate> {
         let mut cands = daily_series(n);
         cands.push(Candidate {
+            parent: None,
             id: "other".into(),
             database: "billing".into(),
             created_at: at("2025-01-01 00:00"),
@@ -387,11 +429,36 @@ mod tests {
         c
     }
 
+    /// An incremental chain: keeping the newest keeps every backup it is built on, and says
+    /// why; a backup of the chain nothing kept still goes.
+    #[test]
+    fn a_kept_incremental_keeps_its_parents_down_to_the_full() {
+        let mut cands = daily_series(5); // b000 full, b001 incr, b002 full, b003 diff, b004 incr
+        cands[1].parent = Some("b000".into());
+        cands[3].parent = Some("b002".into());
+        cands[4].parent = Some("b003".into());
+        let keep = Keep {
+            last: Some(1),
+            ..Default::default()
+        };
+        let decisions = select(&cands, &keep, None, at("2026-06-01 00:00")).unwrap();
+        let kept: Vec<&str> = decisions
+            .iter()
+            .filter(|d| d.keep)
+            .map(|d| d.id.as_str())
+            .collect();
+        assert_eq!(kept, ["b004", "b003", "b002"]);
+        let b002 = decisions.iter().find(|d| d.id == "b002").unwrap();
+        assert_eq!(b002.reasons, ["parent of b003, which is kept"]);
+        assert!(!decisions.iter().find(|d| d.id == "b001").unwrap().keep);
+    }
+
     #[test]
     fn table_of_policies() {
         let days = daily_series(70); // 2026-01-01 … 2026-03-11
         let hours: Vec<Candidate> = (0..10)
             .map(|h| Candidate {
+                parent: None,
                 id: format!("h{h}"),
                 database: "app".into(),
                 created_at: at("2026-05-01 00:30") + chrono::Duration::minutes(20 * h),

@@ -311,21 +311,7 @@ pub struct Backend {
     pub describe: fn(&crate::plan::model::Repository) -> Vec<String>,
 }
 
-/// Backup ids come from opsrunner, from users (`backup: ID`) and from the repository's
-/// listing; anything that could name a place outside one backup is refused.
-pub fn check_id(backup_id: &str) -> io::Result<()> {
-    if backup_id.is_empty()
-        || backup_id.len() > 255
-        || backup_id.contains(['/', '\\', '\0'])
-        || backup_id.starts_with('.')
-    {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("invalid backup id `{}`", backup_id.escape_debug()),
-        ));
-    }
-    Ok(())
-}
+pub use super::manifest::check_id;
 
 /// Why a repository could not be opened. Nothing is contacted when opening: these are all
 /// mistakes in the repository's definition, which a retry does not mend.

@@ -21,8 +21,8 @@ use crate::pg::tools::Want;
 use crate::plan::step_params::{CheckScope, Problem};
 use crate::repo::compression::Compression;
 use crate::repo::manifest::{
-    BaseBackup, DumpFormat, DumpOptions, FingerprintMode, MANIFEST_VERSION_PLAIN, Manifest,
-    format_lsn, parse_lsn,
+    BaseBackup, BaseKind, DumpFormat, DumpOptions, FingerprintMode, MANIFEST_VERSION_PLAIN,
+    Manifest, format_lsn, parse_lsn,
 };
 use crate::repo::{AnyStore, BackupStore, pipeline, wal};
 use chrono::{DateTime, Utc};
@@ -56,6 +56,13 @@ pub struct BaseBackupParams {
     pub compression: Compression,
     #[serde(default)]
     pub checkpoint: Checkpoint,
+    /// `full` (default), `differential` (what changed since the newest full backup) or
+    /// `incremental` (since the newest base backup of any kind): PostgreSQL 17+ with
+    /// `summarize_wal = on`, by the server's own `pg_basebackup --incremental`. Without a
+    /// usable parent (none yet, an older server, summaries off) a full backup is taken and
+    /// the step says why.
+    #[serde(default)]
+    pub kind: BaseKind,
     /// How long to wait, after the copy, for the archive to hold the WAL it needs.
     #[serde(default = "default_wal_wait")]
     pub wal_wait: String,
@@ -72,6 +79,8 @@ impl StepType for BaseBackupStep {
     type Params = BaseBackupParams;
     const OUTPUTS: &'static [&'static str] = &[
         "backup_id",
+        "kind",
+        "parent",
         "uri",
         "bytes",
         "sha256",
@@ -101,7 +110,14 @@ impl StepType for BaseBackupStep {
 
     fn describe(p: &BaseBackupParams) -> String {
         format!(
-            "base backup of the whole cluster of target `{}` (pg_basebackup, tar, {} checkpoint, no WAL in the copy) to repository `{}` ({} compression); published only when the repository's WAL archive holds the WAL from its start to its end",
+            "{} base backup of the whole cluster of target `{}` (pg_basebackup, tar, {} checkpoint, no WAL in the copy) to repository `{}` ({} compression); published only when the repository's WAL archive holds the WAL from its start to its end",
+            match p.kind {
+                BaseKind::Full => "full",
+                BaseKind::Differential =>
+                    "differential (what changed since the newest full; a full when there is none, or the server is older than 17 or has summarize_wal off)",
+                BaseKind::Incremental =>
+                    "incremental (what changed since the newest base backup; a full when there is none, or the server is older than 17 or has summarize_wal off)",
+            },
             p.target,
             match p.checkpoint {
                 Checkpoint::Fast => "fast",
@@ -225,6 +241,28 @@ pub async fn run(p: &BaseBackupParams, ctx: &StepContext) -> Result<Outputs, Ste
         created_at.format("%Y%m%dT%H%M%SZ"),
         fastrand::u16(..)
     );
+    let parent = match p.kind {
+        BaseKind::Full => None,
+        kind => {
+            let major = server
+                .major
+                .min(crate::pg::tools::parse_major(&version).unwrap_or(0));
+            match parent_for(ctx, &store, &mut server, &cluster, kind, major).await? {
+                Ok(parent) => Some(parent),
+                Err(why) => {
+                    ctx.events.output(
+                        &ctx.step_id,
+                        Stream::Stdout,
+                        format!(
+                            "taking a full base backup instead of {}: {why}",
+                            kind.as_str()
+                        ),
+                    );
+                    None
+                }
+            }
+        }
+    };
     let start_time = server_clock(&mut server).await?;
     let copied = copy(
         p,
@@ -234,15 +272,24 @@ pub async fn run(p: &BaseBackupParams, ctx: &StepContext) -> Result<Outputs, Ste
         &pg_basebackup,
         &backup_id,
         &recipients,
+        parent.as_ref().map(|p| p.manifest_file.path()),
     )
     .await;
     let result = match copied {
-        Ok((file, seen)) => {
-            finish(p, ctx, &store, &mut server, &cluster, file, seen, wal_wait).await
+        Ok((file, mut seen)) => {
+            let whole = seen.manifest.take();
+            match finish(p, ctx, &store, &mut server, &cluster, file, seen, wal_wait).await {
+                Ok((file, base)) => {
+                    store_backup_manifest(p, &store, &backup_id, whole, &recipients)
+                        .await
+                        .map(|entry| (file, base, entry))
+                }
+                Err(e) => Err(e),
+            }
         }
         Err(e) => Err(e),
     };
-    let (file, base) = match result {
+    let (file, base, manifest_file) = match result {
         Ok(r) => r,
         Err(e) => {
             if let Err(d) = store.discard(&backup_id).await {
@@ -252,7 +299,17 @@ pub async fn run(p: &BaseBackupParams, ctx: &StepContext) -> Result<Outputs, Ste
         }
     };
     let _ = server.conn.close().await;
-    let base = BaseBackup { start_time, ..base };
+    let (kind, parent_id) = match &parent {
+        Some(parent) => (p.kind, Some(parent.manifest.backup_id.clone())),
+        None => (BaseKind::Full, None),
+    };
+    let base = BaseBackup {
+        start_time,
+        kind,
+        parent: parent_id.clone(),
+        backup_manifest: Some(manifest_file.name.clone()),
+        ..base
+    };
     let mut manifest = Manifest {
         manifest_version: MANIFEST_VERSION_PLAIN,
         backup_id: backup_id.clone(),
@@ -265,7 +322,7 @@ pub async fn run(p: &BaseBackupParams, ctx: &StepContext) -> Result<Outputs, Ste
         format: DumpFormat::Base,
         compression: p.compression,
         options: DumpOptions::default(),
-        files: vec![file],
+        files: vec![file, manifest_file],
         fingerprint: FingerprintMode::None,
         fingerprints: Default::default(),
         opsrunner_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -278,7 +335,12 @@ pub async fn run(p: &BaseBackupParams, ctx: &StepContext) -> Result<Outputs, Ste
         &ctx.step_id,
         Stream::Stdout,
         format!(
-            "base backup {backup_id}: WAL {} to {} on timeline {}, {} bytes stored",
+            "{} base backup {backup_id}{}: WAL {} to {} on timeline {}, {} bytes stored",
+            kind.as_str(),
+            parent_id
+                .as_ref()
+                .map(|p| format!(" (relative to {p})"))
+                .unwrap_or_default(),
             base.start_lsn,
             base.stop_lsn,
             base.timeline,
@@ -287,6 +349,8 @@ pub async fn run(p: &BaseBackupParams, ctx: &StepContext) -> Result<Outputs, Ste
     );
     let mut outputs = Outputs::new();
     outputs.insert("backup_id".into(), backup_id.clone());
+    outputs.insert("kind".into(), kind.as_str().into());
+    outputs.insert("parent".into(), parent_id.unwrap_or_default());
     outputs.insert("uri".into(), store.uri(&backup_id));
     outputs.insert("bytes".into(), manifest.total_bytes().to_string());
     outputs.insert("sha256".into(), manifest.files[0].sha256.clone());
@@ -297,7 +361,8 @@ pub async fn run(p: &BaseBackupParams, ctx: &StepContext) -> Result<Outputs, Ste
 }
 
 /// Streams `pg_basebackup`'s tar into the repository, watching it for the label and the
-/// server's manifest.
+/// server's manifest; with `incremental`, only what changed since that parent manifest.
+#[allow(clippy::too_many_arguments)]
 async fn copy(
     p: &BaseBackupParams,
     ctx: &StepContext,
@@ -306,8 +371,9 @@ async fn copy(
     pg_basebackup: &std::path::Path,
     backup_id: &str,
     recipients: &Option<crate::repo::crypto::Recipients>,
+    incremental: Option<&std::path::Path>,
 ) -> Result<(crate::repo::manifest::FileEntry, Seen), StepError> {
-    let args = vec![
+    let mut args = vec![
         "--pgdata=-".to_string(),
         "--format=tar".into(),
         "--wal-method=none".into(),
@@ -322,6 +388,9 @@ async fn copy(
         format!("--label=opsrunner {backup_id}"),
         format!("--dbname={}", server.info.public_url()),
     ];
+    if let Some(parent) = incremental {
+        args.push(format!("--incremental={}", parent.display()));
+    }
     let info = server.info.clone();
     let mut process =
         PgProcess::spawn(pg_basebackup, &args, ctx, |c| info.apply_to(c), false, true)?;
@@ -349,6 +418,130 @@ async fn copy(
         (Ok(entry), Ok(())) => entry,
     };
     Ok((entry, watched.take()))
+}
+
+/// The parent an incremental or differential backup is taken against, with its
+/// `backup_manifest` in a local file for `pg_basebackup --incremental`.
+struct Parent {
+    manifest: Manifest,
+    manifest_file: tempfile::NamedTempFile,
+}
+
+/// The parent for a backup of `kind`, or why there is none (then a full is taken).
+async fn parent_for(
+    ctx: &StepContext,
+    store: &AnyStore,
+    server: &mut Server,
+    cluster: &Cluster,
+    kind: BaseKind,
+    major: u32,
+) -> Result<Result<Parent, String>, StepError> {
+    if major < 17 {
+        return Ok(Err(format!(
+            "incremental base backups need PostgreSQL 17 or later on the server and pg_basebackup (here {major})"
+        )));
+    }
+    let summarize: String = sqlx::query_scalar("select current_setting('summarize_wal')")
+        .fetch_one(&mut server.conn)
+        .await
+        .map_err(|e| classify(&e, "cannot read summarize_wal"))?;
+    if summarize != "on" {
+        return Ok(Err(
+            "the server does not summarize its WAL (set summarize_wal = on, then take a full backup to start from)".into(),
+        ));
+    }
+    let backups = crate::repo::listing::base_backups(store)
+        .await
+        .map_err(|e| crate::exec::io_error("listing the repository", &e))?;
+    let found = backups.into_iter().rev().map(|c| c.manifest).find(|m| {
+        m.base.as_ref().is_some_and(|b| {
+            b.system_identifier == cluster.system_identifier
+                && b.backup_manifest.is_some()
+                && (kind == BaseKind::Incremental || b.kind == BaseKind::Full)
+        })
+    });
+    let Some(manifest) = found else {
+        return Ok(Err(format!(
+            "the repository holds no {} of this cluster with its backup_manifest stored beside it",
+            if kind == BaseKind::Differential {
+                "full base backup"
+            } else {
+                "base backup"
+            }
+        )));
+    };
+    if manifest.encryption.is_some() && ctx.identities.is_none() {
+        return Ok(Err(format!(
+            "the parent {} is encrypted, and reading its backup_manifest needs the identity (--identity)",
+            manifest.backup_id
+        )));
+    }
+    let name = manifest
+        .base
+        .as_ref()
+        .and_then(|b| b.backup_manifest.clone())
+        .expect("chosen for having one");
+    let pipeline::Loaded {
+        mut reader,
+        verdict,
+        ..
+    } = pipeline::load(store, &manifest, &name, ctx.identities.as_ref())
+        .await
+        .map_err(|e| {
+            crate::exec::io_error(&format!("opening {name} of {}", manifest.backup_id), &e)
+        })?;
+    let mut bytes = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(
+        &mut tokio::io::AsyncReadExt::take(&mut reader, basebackup::MAX_MANIFEST as u64 + 1),
+        &mut bytes,
+    )
+    .await
+    .map_err(|e| crate::exec::io_error(&format!("reading {name} of {}", manifest.backup_id), &e))?;
+    drop(reader);
+    verdict.wait().await.map_err(|e| {
+        StepError::permanent(format!(
+            "the parent {}'s {name} does not match its manifest: {e}",
+            manifest.backup_id
+        ))
+    })?;
+    let mut manifest_file = tempfile::NamedTempFile::new()
+        .map_err(|e| StepError::transient(format!("cannot write the parent's manifest: {e}")))?;
+    std::io::Write::write_all(&mut manifest_file, &bytes)
+        .map_err(|e| StepError::transient(format!("cannot write the parent's manifest: {e}")))?;
+    Ok(Ok(Parent {
+        manifest,
+        manifest_file,
+    }))
+}
+
+/// Stores the server's `backup_manifest` beside the copy, for the next incremental.
+async fn store_backup_manifest(
+    p: &BaseBackupParams,
+    store: &AnyStore,
+    backup_id: &str,
+    whole: Option<Vec<u8>>,
+    recipients: &Option<crate::repo::crypto::Recipients>,
+) -> Result<crate::repo::manifest::FileEntry, StepError> {
+    let bytes = whole.ok_or_else(|| {
+        StepError::permanent(format!(
+            "the server's backup_manifest is larger than {} MiB; opsrunner cannot keep it",
+            basebackup::MAX_MANIFEST >> 20
+        ))
+    })?;
+    let ext = super::backup::stored_extension(p.compression, recipients.is_some());
+    let name = format!("backup_manifest{ext}");
+    pipeline::store(
+        store,
+        backup_id,
+        &name,
+        std::io::Cursor::new(bytes),
+        p.compression,
+        1,
+        recipients.as_ref(),
+        None,
+    )
+    .await
+    .map_err(|e| crate::exec::io_error(&format!("writing {name}"), &e))
 }
 
 /// Reads where the copy starts and ends from what the stream showed, and waits for the
@@ -413,6 +606,9 @@ async fn finish(
         stop_time,
         wal_segment_size: segment,
         server_manifest: file.name.clone(),
+        kind: BaseKind::Full,
+        parent: None,
+        backup_manifest: None,
     };
     Ok((file, base))
 }

@@ -855,10 +855,13 @@ pub async fn recover(
     let manifest = &prepared.manifest;
     let store = &prepared.store;
     let choice = &prepared.choice;
+    let chain = crate::repo::listing::base_chain(store, manifest)
+        .await
+        .map_err(StepError::permanent)?;
     // From here on the throwaway cluster is replaced.
     let data = recovery::empty(cluster).await?;
-    let files = crate::pg::unpack::unpack(ctx, store, manifest, &data, cluster.owner).await?;
-    crate::pg::unpack::verify_files(ctx, &data, cluster.major, &[]).await?;
+    let files =
+        crate::pg::unpack::restore_base(ctx, store, &chain, &data, cluster.owner, &[]).await?;
     let repo = ctx
         .repositories
         .get(p.repository)

@@ -105,8 +105,18 @@ async fn fill(
     let data = p.data_directory;
     let manifest = &selected.manifest;
     let choice = &selected.choice;
-    let files = crate::pg::unpack::unpack(ctx, &selected.store, manifest, data, owner).await?;
-    crate::pg::unpack::verify_files(ctx, data, selected.major, &[dd::INCOMPLETE]).await?;
+    let chain = crate::repo::listing::base_chain(&selected.store, manifest)
+        .await
+        .map_err(StepError::permanent)?;
+    let files = crate::pg::unpack::restore_base(
+        ctx,
+        &selected.store,
+        &chain,
+        data,
+        owner,
+        &[dd::INCOMPLETE],
+    )
+    .await?;
     let io = |e: std::io::Error| StepError::transient(format!("preparing recovery: {e}"));
     let config = data.join(FETCH_PLAN);
     crate::pg::recovery::write_owned(&config, &pitr::fetch_plan(repo), owner).map_err(io)?;

@@ -570,10 +570,8 @@ async fn archive_contents(
                 .prefix("opsrunner-verify-")
                 .tempdir()
                 .map_err(|e| format!("cannot create a directory to extract into: {e}"))?;
-            let files = crate::pg::unpack::unpack(ctx, store, manifest, dir.path(), None)
-                .await
-                .map_err(|e| e.message)?;
-            crate::pg::unpack::verify_files(ctx, dir.path(), manifest.server_major(), &[])
+            let chain = crate::repo::listing::base_chain(store, manifest).await?;
+            let files = crate::pg::unpack::restore_base(ctx, store, &chain, dir.path(), None, &[])
                 .await
                 .map_err(|e| e.message)?;
             Ok(format!(

@@ -18,6 +18,7 @@ mod crash_harness;
 mod data_safety;
 mod encryption;
 mod hostile_inputs;
+mod incremental;
 mod migrate_seed_reset;
 mod pg_targets;
 mod pitr;
