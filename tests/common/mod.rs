@@ -83,6 +83,33 @@ impl Workspace {
     }
 
     /// Like [`Workspace::apply`], with extra environment variables.
+    /// [`Workspace::apply_env`] with an environment of owned values.
+    pub fn apply_owned(
+        &self,
+        yaml: &str,
+        args: &[&str],
+        env: &[(&'static str, String)],
+    ) -> Applied {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.apply_env(yaml, args, &env)
+    }
+
+    /// `opsrunner backups ARGS --repository NAME --plan plan.yaml`: (exit code, stdout,
+    /// stderr).
+    pub fn backups_of(
+        &self,
+        repository: &str,
+        args: &[&str],
+        env: &[(&'static str, String)],
+    ) -> (i32, String, String) {
+        run(opsrunner()
+            .arg("backups")
+            .args(args)
+            .args(["--repository", repository, "--plan"])
+            .arg(self.path("plan.yaml"))
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str()))))
+    }
+
     pub fn apply_env(&self, yaml: &str, args: &[&str], env: &[(&str, &str)]) -> Applied {
         let plan = self.write_plan(yaml);
         let output = opsrunner()

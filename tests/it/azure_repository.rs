@@ -56,33 +56,6 @@ fn env(
     env
 }
 
-fn apply(
-    ws: &Workspace,
-    plan: &str,
-    args: &[&str],
-    env: &[(&'static str, String)],
-) -> crate::common::Applied {
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    ws.apply_env(plan, args, &env)
-}
-
-/// `opsrunner backups ARGS --repository offsite --plan plan.yaml`; (exit code, stdout, stderr).
-fn backups(ws: &Workspace, args: &[&str], env: &[(&'static str, String)]) -> (i32, String, String) {
-    let out = opsrunner()
-        .arg("backups")
-        .args(args)
-        .args(["--repository", "offsite", "--plan"])
-        .arg(ws.path("plan.yaml"))
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn backups_go_to_azure_in_blocks_verify_restore_and_are_listed_and_pruned() {
     let ws = Workspace::new();
@@ -90,7 +63,7 @@ fn backups_go_to_azure_in_blocks_verify_restore_and_are_listed_and_pruned() {
     let cluster = source();
     let env = env(&azurite, &cluster, &[]);
     let plan = plan(&azurite, "", BACKUP_VERIFY_RESTORE);
-    let run = apply(&ws, &plan, &[], &env);
+    let run = ws.apply_owned(&plan, &[], &env);
     assert_eq!(run.code, 0, "{}", run.everything());
     assert_eq!(run.step("verify")["outputs"]["checks"], ALL_PASS);
     let id = run.step("backup")["outputs"]["backup_id"]
@@ -143,14 +116,13 @@ fn backups_go_to_azure_in_blocks_verify_restore_and_are_listed_and_pruned() {
         .take(2)
         .map(|l| format!("{l}\n"))
         .collect();
-    let again = apply(
-        &ws,
+    let again = ws.apply_owned(
         &plan.replace(BACKUP_VERIFY_RESTORE, &backup_and_verify),
         &[],
         &env,
     );
     assert_eq!(again.code, 0, "{}", again.everything());
-    let (code, stdout, stderr) = backups(&ws, &["list", "--json"], &env);
+    let (code, stdout, stderr) = ws.backups_of("offsite", &["list", "--json"], &env);
     assert_eq!(code, 0, "{stderr}");
     let listed: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
     assert_eq!(listed.len(), 2, "{stdout}");
@@ -160,8 +132,7 @@ fn backups_go_to_azure_in_blocks_verify_restore_and_are_listed_and_pruned() {
             .any(|b| b["backup_id"] == id.as_str() && b["verification"]["passed"] == true),
         "{stdout}"
     );
-    let prune = apply(
-        &ws,
+    let prune = ws.apply_owned(
         &plan.replace(
             BACKUP_VERIFY_RESTORE,
             "  - { id: prune, type: prune, repository: offsite, keep: { last: 1 } }\n",
@@ -170,7 +141,7 @@ fn backups_go_to_azure_in_blocks_verify_restore_and_are_listed_and_pruned() {
         &env,
     );
     assert_eq!(prune.code, 0, "{}", prune.everything());
-    let (code, stdout, stderr) = backups(&ws, &["list", "--json"], &env);
+    let (code, stdout, stderr) = ws.backups_of("offsite", &["list", "--json"], &env);
     assert_eq!(code, 0, "{stderr}");
     let listed: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
     assert_eq!(listed.len(), 1, "{stdout}");
@@ -204,12 +175,7 @@ fn encrypted_backups_round_trip_through_azure_as_ciphertext() {
             key_file.display().to_string(),
         )],
     );
-    let run = apply(
-        &ws,
-        &plan(&azurite, &extra, BACKUP_VERIFY_RESTORE),
-        &[],
-        &env,
-    );
+    let run = ws.apply_owned(&plan(&azurite, &extra, BACKUP_VERIFY_RESTORE), &[], &env);
     assert_eq!(run.code, 0, "{}", run.everything());
     assert_eq!(run.step("verify")["outputs"]["checks"], ALL_PASS);
     assert_eq!(
@@ -244,7 +210,7 @@ fn a_wrong_account_key_is_a_clear_error_that_prints_no_key() {
         ("AZURE_STORAGE_ACCOUNT", crate::azure::ACCOUNT.to_string()),
         ("AZURE_STORAGE_KEY", wrong.to_string()),
     ];
-    let run = apply(&ws, &plan, &[], &env);
+    let run = ws.apply_owned(&plan, &[], &env);
     assert_eq!(run.code, 1, "{}", run.everything());
     let reason = run.step("verify")["reason"].as_str().unwrap();
     assert!(
@@ -255,7 +221,7 @@ fn a_wrong_account_key_is_a_clear_error_that_prints_no_key() {
     assert!(!run.everything().contains(wrong));
 
     // No account at all: said before anything is contacted, naming the variables.
-    let run = apply(&ws, &plan, &[], &[]);
+    let run = ws.apply_owned(&plan, &[], &[]);
     assert_eq!(run.code, 1, "{}", run.everything());
     let reason = run.step("verify")["reason"].as_str().unwrap();
     assert!(
@@ -295,7 +261,7 @@ fn a_run_holding_an_azure_repository_keeps_the_next_out_until_it_ends() {
     let lease: serde_json::Value =
         serde_json::from_slice(&azurite.read("app/.opsrunner.lease").expect("a lease")).unwrap();
     assert_eq!(lease["pid"], a.id(), "{lease}");
-    let b = apply(&ws, &plan, &[], &env);
+    let b = ws.apply_owned(&plan, &[], &env);
     assert_eq!(b.code, 3, "{}", b.everything());
     assert!(
         b.stderr.contains(&format!("(pid {})", a.id())),
@@ -307,10 +273,10 @@ fn a_run_holding_an_azure_repository_keeps_the_next_out_until_it_ends() {
     a.kill().unwrap();
     a.wait().unwrap();
     let quick = plan.replace("touch held; sleep 60", "true");
-    let c = apply(&ws, &quick, &[], &env);
+    let c = ws.apply_owned(&quick, &[], &env);
     assert_eq!(c.code, 0, "{}", c.everything());
     assert!(azurite.read("app/.opsrunner.lease").is_none());
-    let (code, stdout, stderr) = backups(&ws, &["list", "--json"], &env);
+    let (code, stdout, stderr) = ws.backups_of("offsite", &["list", "--json"], &env);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(
         serde_json::from_str::<Vec<serde_json::Value>>(&stdout)

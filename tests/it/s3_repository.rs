@@ -52,33 +52,6 @@ fn env_with(database_url: &str, extra: &[(&'static str, String)]) -> Vec<(&'stat
     env
 }
 
-fn apply(
-    ws: &Workspace,
-    plan: &str,
-    args: &[&str],
-    env: &[(&'static str, String)],
-) -> crate::common::Applied {
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    ws.apply_env(plan, args, &env)
-}
-
-/// `opsrunner backups ARGS --repository offsite --plan plan.yaml`; (exit code, stdout, stderr).
-fn backups(ws: &Workspace, args: &[&str], env: &[(&'static str, String)]) -> (i32, String, String) {
-    let out = opsrunner()
-        .arg("backups")
-        .args(args)
-        .args(["--repository", "offsite", "--plan"])
-        .arg(ws.path("plan.yaml"))
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// Multipart uploads s3s-fs holds open: its `.upload-<id>.json` records in the server's
 /// root (parts are `.upload_id-<id>.part-N` beside them).
 fn open_uploads(root: &Path) -> Vec<String> {
@@ -137,7 +110,7 @@ fn backups_go_to_s3_in_parts_and_come_back() {
     let (_cluster, url) = source();
     let plan = plan(&server.endpoint, "\n    sse: AES256", BACKUP_AND_VERIFY);
     let env = env_with(&url, &[]);
-    let run = apply(&ws, &plan, &[], &env);
+    let run = ws.apply_owned(&plan, &[], &env);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let bytes: u64 = run.step("backup")["outputs"]["bytes"]
         .as_str()
@@ -176,7 +149,7 @@ fn backups_go_to_s3_in_parts_and_come_back() {
     );
     assert!(files_under(&object.join(".uploads")).is_empty());
     assert!(open_uploads(&ws.path("s3")).is_empty());
-    let (code, stdout, stderr) = backups(&ws, &["list", "--json"], &env);
+    let (code, stdout, stderr) = ws.backups_of("offsite", &["list", "--json"], &env);
     assert_eq!(code, 0, "{stderr}");
     let listed: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
     assert_eq!(listed.len(), 1);
@@ -194,7 +167,7 @@ fn wrong_credentials_are_a_clear_error() {
     let mut env = crate::s3::aws_env();
     env.retain(|(k, _)| *k != "AWS_SECRET_ACCESS_KEY");
     env.push(("AWS_SECRET_ACCESS_KEY", "wrong".to_string()));
-    let run = apply(&ws, &plan, &[], &env);
+    let run = ws.apply_owned(&plan, &[], &env);
     assert_eq!(run.code, 1);
     let reason = run.step("verify")["reason"].as_str().unwrap();
     assert!(
@@ -218,7 +191,7 @@ fn throttling_errors_resets_and_cut_off_parts_are_retried_and_the_backup_is_inta
     let server = S3Server::with_faults(&ws.path("s3"), &faults);
     let (_cluster, url) = source();
     let plan = plan(&server.endpoint, "", BACKUP_AND_VERIFY);
-    let run = apply(&ws, &plan, &[], &env_with(&url, &[]));
+    let run = ws.apply_owned(&plan, &[], &env_with(&url, &[]));
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(server.stats.faults_left(), 0, "every fault was served");
     assert_eq!(
@@ -243,7 +216,7 @@ fn a_403_on_a_part_fails_at_once_and_publishes_nothing() {
     let steps = "  - { id: backup, type: backup, target: db, database: app, repository: offsite, compression: none, retry: { attempts: 3, delay: 10ms } }\n";
     let plan = plan(&server.endpoint, "", steps);
     let env = env_with(&url, &[]);
-    let run = apply(&ws, &plan, &[], &env);
+    let run = ws.apply_owned(&plan, &[], &env);
     assert_eq!(run.code, 1, "{}", run.stderr);
     let reason = run.step("backup")["reason"].as_str().unwrap();
     assert!(
@@ -253,7 +226,7 @@ fn a_403_on_a_part_fails_at_once_and_publishes_nothing() {
     assert_eq!(run.attempts("backup"), 1, "a 403 is not retried");
     assert_eq!(run.step("backup")["attempts"][0]["transient"], false);
     // Nothing published, nothing left: no objects, no open upload.
-    let (_, stdout, _) = backups(&ws, &["list", "--json"], &env);
+    let (_, stdout, _) = ws.backups_of("offsite", &["list", "--json"], &env);
     assert_eq!(stdout.trim(), "[]");
     assert!(files_under(&ws.path("s3").join(BUCKET)).is_empty());
     assert!(open_uploads(&ws.path("s3")).is_empty());
@@ -272,7 +245,7 @@ fn a_backup_killed_mid_upload_never_appears_and_prune_orphans_aborts_its_upload(
     child.wait().unwrap();
 
     // No backup appears, but the upload is open and noted.
-    let (code, stdout, stderr) = backups(&ws, &["list", "--json"], &env);
+    let (code, stdout, stderr) = ws.backups_of("offsite", &["list", "--json"], &env);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(stdout.trim(), "[]");
     assert_eq!(open_uploads(&ws.path("s3")).len(), 1, "one upload open");
@@ -287,7 +260,8 @@ fn a_backup_killed_mid_upload_never_appears_and_prune_orphans_aborts_its_upload(
 
     // The preview names it and changes nothing; then it is removed and the upload aborted.
     let prune = ["prune", "--orphans", "--orphan-age", "0s"];
-    let (code, stdout, stderr) = backups(&ws, &[&prune[..], &["--dry-run"]].concat(), &env);
+    let (code, stdout, stderr) =
+        ws.backups_of("offsite", &[&prune[..], &["--dry-run"]].concat(), &env);
     assert_eq!(code, 0, "{stderr}");
     assert!(
         stdout.contains("would delete") && stdout.contains("unfinished backup"),
@@ -297,7 +271,7 @@ fn a_backup_killed_mid_upload_never_appears_and_prune_orphans_aborts_its_upload(
     unchanged.retain(|f| !f.ends_with(".opsrunner.lease"));
     assert_eq!(unchanged, leftovers);
     assert!(!open_uploads(&ws.path("s3")).is_empty());
-    let (code, stdout, stderr) = backups(&ws, &prune, &env);
+    let (code, stdout, stderr) = ws.backups_of("offsite", &prune, &env);
     assert_eq!(code, 0, "{stderr}");
     assert!(
         stdout.contains("delete ") && stdout.contains("unfinished backup"),
@@ -308,7 +282,7 @@ fn a_backup_killed_mid_upload_never_appears_and_prune_orphans_aborts_its_upload(
         "the upload was aborted"
     );
     assert!(files_under(&ws.path("s3").join(BUCKET)).is_empty());
-    let (_, stdout, _) = backups(&ws, &prune, &env);
+    let (_, stdout, _) = ws.backups_of("offsite", &prune, &env);
     assert_eq!(stdout.trim(), "no unfinished backups");
 }
 
@@ -335,7 +309,7 @@ fn encrypted_backups_round_trip_through_s3() {
             key_file.display().to_string(),
         )],
     );
-    let run = apply(&ws, &plan, &[], &env);
+    let run = ws.apply_owned(&plan, &[], &env);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(run.step("verify")["outputs"]["checks"], ALL_PASS);
     for file in files_under(&ws.path("s3").join(BUCKET)) {
@@ -347,7 +321,7 @@ fn encrypted_backups_round_trip_through_s3() {
             file.display()
         );
     }
-    let (code, stdout, stderr) = backups(&ws, &["list"], &env);
+    let (code, stdout, stderr) = ws.backups_of("offsite", &["list"], &env);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains(" age "), "{stdout}");
 }
@@ -391,7 +365,7 @@ fn small_files_go_up_in_one_request_each() {
     cluster.psql("app", "create table empty (id int); create table small (id int primary key, v text); insert into small select g, md5(g::text) from generate_series(1, 1000) g");
     let steps = "  - { id: backup, type: backup, target: db, database: app, repository: offsite, format: directory, compression: none, fingerprint: full }\n  - { id: verify, type: verify, needs: [backup], repository: offsite, backup: \"{{ steps.backup.outputs.backup_id }}\", restore_into: { target: scratch, database: check } }\n";
     let plan = plan(&server.endpoint, "", steps);
-    let run = apply(&ws, &plan, &[], &env_with(&cluster.url("postgres"), &[]));
+    let run = ws.apply_owned(&plan, &[], &env_with(&cluster.url("postgres"), &[]));
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(run.step("verify")["outputs"]["checks"], ALL_PASS);
     assert_eq!(
@@ -418,7 +392,7 @@ fn a_backup_interrupted_mid_upload_aborts_its_upload_and_leaves_nothing() {
     let run = ws.interrupt(child, libc::SIGTERM);
     assert_eq!(run.code, 130, "{}", run.stderr);
     assert_eq!(run.status("backup"), "cancelled");
-    let (_, stdout, _) = backups(&ws, &["list", "--json"], &env);
+    let (_, stdout, _) = ws.backups_of("offsite", &["list", "--json"], &env);
     assert_eq!(stdout.trim(), "[]");
     assert!(
         open_uploads(&ws.path("s3")).is_empty(),
@@ -501,10 +475,10 @@ steps:
 
     // Two runs: the second's prune keeps one backup, as `keep=1` says.
     for _ in 0..2 {
-        let run = apply(&ws, &plan, &matrix, &env);
+        let run = ws.apply_owned(&plan, &matrix, &env);
         assert_eq!(run.code, 0, "{}", run.stderr);
     }
-    let (code, stdout, stderr) = backups(&ws, &["list", "--json"], &env);
+    let (code, stdout, stderr) = ws.backups_of("offsite", &["list", "--json"], &env);
     assert_eq!(code, 0, "{stderr}");
     let listed: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
     assert_eq!(listed.len(), 1, "{stdout}");
@@ -598,7 +572,7 @@ fn a_verify_that_cannot_read_the_store_is_not_a_verdict_of_corruption() {
         &cluster.url("postgres"),
         &[("AWS_MAX_ATTEMPTS", "2".to_string())],
     );
-    let made = apply(&ws, &plan(&server.endpoint, "", BACKUP), &[], &env);
+    let made = ws.apply_owned(&plan(&server.endpoint, "", BACKUP), &[], &env);
     assert_eq!(made.code, 0, "{}", made.stderr);
     let id = made.step("backup")["outputs"]["backup_id"]
         .as_str()
@@ -613,7 +587,7 @@ fn a_verify_that_cannot_read_the_store_is_not_a_verdict_of_corruption() {
         .take(8)
         .collect();
     server.fail_gets("/dump", &faults);
-    let unreadable = apply(&ws, &plan(&server.endpoint, "", &verify), &[], &env);
+    let unreadable = ws.apply_owned(&plan(&server.endpoint, "", &verify), &[], &env);
     assert!(server.stats.faulted_gets.load(Ordering::SeqCst) > 0);
     assert_eq!(unreadable.code, 1, "{}", unreadable.stderr);
     let step = unreadable.step("verify");
@@ -631,7 +605,7 @@ fn a_verify_that_cannot_read_the_store_is_not_a_verdict_of_corruption() {
     assert!(!recorded, "a verification was recorded");
 
     server.fail_gets("/dump", &[]);
-    let verified = apply(&ws, &plan(&server.endpoint, "", &verify), &[], &env);
+    let verified = ws.apply_owned(&plan(&server.endpoint, "", &verify), &[], &env);
     assert_eq!(verified.code, 0, "{}", verified.stderr);
     assert_eq!(verified.step("verify")["outputs"]["checks"], ALL_PASS);
 }
