@@ -18,7 +18,7 @@
 //! brings a second HTTP stack. The REST calls used here are few and stable; they go through
 //! the HTTP client the webhook step already uses, signed with HMAC-SHA256.
 
-use super::parts::{Msg, PartPool, PartSink, STALL_TIMEOUT, StallGuard};
+use super::parts::{Msg, PartPool, PartSink, SMALL_READ_ATTEMPTS, STALL_TIMEOUT, StallGuard};
 use super::store::{
     BoxFuture, Condition, FileSink, Listed, OpenError, Reader, Small, Stat, Store, UrlProblem,
     check_key, check_prefix,
@@ -1014,31 +1014,43 @@ impl Store for AzureStore {
         Box::pin(async move {
             check_key(key)?;
             let blob = self.blob_name(key);
-            let response = self.send(&Call::new(Method::GET, Some(&blob))).await?;
-            match response.status() {
-                StatusCode::OK => {}
-                StatusCode::NOT_FOUND => return Ok(None),
-                _ => return Err(self.failure("reading", Some(&blob), response).await),
+            let mut attempt = 1;
+            loop {
+                let response = self.send(&Call::new(Method::GET, Some(&blob))).await?;
+                match response.status() {
+                    StatusCode::OK => {}
+                    StatusCode::NOT_FOUND => return Ok(None),
+                    _ => return Err(self.failure("reading", Some(&blob), response).await),
+                }
+                let stat = stat_of(&response);
+                if stat.size > limit {
+                    return Ok(Some(Small { bytes: None, stat }));
+                }
+                let stream = http_body_util::BodyDataStream::new(response.into_body())
+                    .map_err(|e| io::Error::other(format!("reading from Azure: {e}")));
+                let mut bytes = Vec::new();
+                match StallGuard::new(tokio_util::io::StreamReader::new(stream), STALL_TIMEOUT)
+                    .take(limit + 1)
+                    .read_to_end(&mut bytes)
+                    .await
+                {
+                    Ok(_) => {
+                        let bytes = (bytes.len() as u64 <= limit).then_some(bytes);
+                        return Ok(Some(Small { bytes, stat }));
+                    }
+                    // An answer that breaks off midway: a small blob is read again.
+                    Err(_) if attempt < SMALL_READ_ATTEMPTS => {
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Err(e) => {
+                        return Err(io::Error::new(
+                            e.kind(),
+                            format!("reading {}: {e}", self.blob_location(&blob)),
+                        ));
+                    }
+                }
             }
-            let stat = stat_of(&response);
-            if stat.size > limit {
-                return Ok(Some(Small { bytes: None, stat }));
-            }
-            let stream = http_body_util::BodyDataStream::new(response.into_body())
-                .map_err(|e| io::Error::other(format!("reading from Azure: {e}")));
-            let mut bytes = Vec::new();
-            StallGuard::new(tokio_util::io::StreamReader::new(stream), STALL_TIMEOUT)
-                .take(limit + 1)
-                .read_to_end(&mut bytes)
-                .await
-                .map_err(|e| {
-                    io::Error::new(
-                        e.kind(),
-                        format!("reading {}: {e}", self.blob_location(&blob)),
-                    )
-                })?;
-            let bytes = (bytes.len() as u64 <= limit).then_some(bytes);
-            Ok(Some(Small { bytes, stat }))
         })
     }
 

@@ -14,6 +14,10 @@ use tokio::io::AsyncWrite;
 use tokio::sync::mpsc;
 use tokio_util::sync::PollSender;
 
+/// How many times a small object (a manifest, a lease) is read when its answer breaks off
+/// midway: requests are retried by the clients, bodies are not.
+pub const SMALL_READ_ATTEMPTS: u32 = 3;
+
 /// How long an answer's body may send nothing before the read fails.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 

@@ -11,7 +11,7 @@
 //! Credentials come from the standard AWS chain (environment, profile, web identity,
 //! instance metadata), never from the plan. One TLS stack: rustls on ring, as sqlx uses.
 
-use super::parts::{Msg, PartPool, PartSink, STALL_TIMEOUT, StallGuard};
+use super::parts::{Msg, PartPool, PartSink, SMALL_READ_ATTEMPTS, STALL_TIMEOUT, StallGuard};
 use super::store::{
     BoxFuture, Condition, FileSink, Listed, MAX_SMALL_FILE, Reader, Small, Stat, Store, check_key,
     check_prefix, not_found,
@@ -789,36 +789,52 @@ impl Store for S3Store {
         Box::pin(async move {
             check_key(key)?;
             let full = self.full_key(key);
-            let out = match self
-                .client
-                .get_object()
-                .bucket(&self.bucket)
-                .key(&full)
-                .send()
-                .await
-            {
-                Ok(o) => o,
-                Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
-                    return Ok(None);
+            let mut attempt = 1;
+            loop {
+                let out = match self
+                    .client
+                    .get_object()
+                    .bucket(&self.bucket)
+                    .key(&full)
+                    .send()
+                    .await
+                {
+                    Ok(o) => o,
+                    Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
+                        return Ok(None);
+                    }
+                    Err(e) => return Err(sdk_error(&format!("reading {full}"), e)),
+                };
+                let stat = Stat {
+                    size: out.content_length().unwrap_or(0).max(0) as u64,
+                    modified: out.last_modified().and_then(store_time),
+                    tag: out.e_tag().unwrap_or_default().to_string(),
+                };
+                if stat.size > limit {
+                    return Ok(Some(Small { bytes: None, stat }));
                 }
-                Err(e) => return Err(sdk_error(&format!("reading {full}"), e)),
-            };
-            let stat = Stat {
-                size: out.content_length().unwrap_or(0).max(0) as u64,
-                modified: out.last_modified().and_then(store_time),
-                tag: out.e_tag().unwrap_or_default().to_string(),
-            };
-            if stat.size > limit {
-                return Ok(Some(Small { bytes: None, stat }));
+                let mut bytes = Vec::new();
+                match StallGuard::new(out.body.into_async_read(), STALL_TIMEOUT)
+                    .take(limit + 1)
+                    .read_to_end(&mut bytes)
+                    .await
+                {
+                    Ok(_) => {
+                        let bytes = (bytes.len() as u64 <= limit).then_some(bytes);
+                        return Ok(Some(Small { bytes, stat }));
+                    }
+                    // The SDK retries requests, not an answer that breaks off midway (a
+                    // dropped connection, an object replaced while it was sent): a small
+                    // object is simply read again.
+                    Err(_) if attempt < SMALL_READ_ATTEMPTS => {
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Err(e) => {
+                        return Err(io::Error::new(e.kind(), format!("reading {full}: {e}")));
+                    }
+                }
             }
-            let mut bytes = Vec::new();
-            StallGuard::new(out.body.into_async_read(), STALL_TIMEOUT)
-                .take(limit + 1)
-                .read_to_end(&mut bytes)
-                .await
-                .map_err(|e| io::Error::new(e.kind(), format!("reading {full}: {e}")))?;
-            let bytes = (bytes.len() as u64 <= limit).then_some(bytes);
-            Ok(Some(Small { bytes, stat }))
         })
     }
 
