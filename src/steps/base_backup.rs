@@ -132,10 +132,13 @@ impl StepType for BaseBackupStep {
         Some("the repository's settings and recipients")
     }
 
-    async fn probe<'a>(_: &'a BaseBackupParams, scope: Probe<'a>) -> Findings {
+    async fn probe<'a>(p: &'a BaseBackupParams, scope: Probe<'a>) -> Findings {
         let mut lines = scope
             .repo
             .map_or_else(Vec::new, |r| super::backup::destination(r, scope.base_dir));
+        if p.kind != BaseKind::Full {
+            lines.push(parent_preview(p, &scope).await);
+        }
         lines.extend(
             super::probe::programs(&scope, &["pg_basebackup"], super::probe::Uses::Client).await,
         );
@@ -147,6 +150,36 @@ impl StepType for BaseBackupStep {
         ctx: &StepContext,
     ) -> impl Future<Output = Result<Outputs, StepError>> + Send {
         run(p, ctx)
+    }
+}
+
+/// What a differential or incremental would be taken against, as the repository holds it
+/// now (the server's side — 17+, `summarize_wal` — is checked when the step runs).
+async fn parent_preview(p: &BaseBackupParams, scope: &Probe<'_>) -> String {
+    let store = match scope.open(&p.repository, "the parent unknown").await {
+        Ok(store) => store,
+        Err(unread) => {
+            return format!(
+                "{}: cannot tell the parent: {}",
+                p.kind.as_str(),
+                unread.error
+            );
+        }
+    };
+    match crate::repo::listing::base_backups(&store).await {
+        Ok(backups) => match newest_parent(backups, p.kind, None) {
+            Some(parent) => format!(
+                "{} against {} (taken {}), if the server is PostgreSQL 17+ with summarize_wal = on; otherwise a full backup",
+                p.kind.as_str(),
+                parent.backup_id,
+                parent.created_at.format("%Y-%m-%d %H:%M:%S UTC")
+            ),
+            None => format!(
+                "{}: the repository holds no base backup to build on yet: a full backup will be taken",
+                p.kind.as_str()
+            ),
+        },
+        Err(e) => format!("{}: cannot tell the parent: {e}", p.kind.as_str()),
     }
 }
 
@@ -427,6 +460,23 @@ struct Parent {
     manifest_file: tempfile::NamedTempFile,
 }
 
+/// The newest base backup a backup of `kind` can be taken against (of the cluster
+/// `system_identifier`, when known): the newest full one for a differential, the newest
+/// of any kind for an incremental; one with its `backup_manifest` stored.
+fn newest_parent(
+    backups: Vec<crate::repo::listing::Checked>,
+    kind: BaseKind,
+    system_identifier: Option<&str>,
+) -> Option<Manifest> {
+    backups.into_iter().rev().map(|c| c.manifest).find(|m| {
+        m.base.as_ref().is_some_and(|b| {
+            system_identifier.is_none_or(|id| b.system_identifier == id)
+                && b.backup_manifest.is_some()
+                && (kind == BaseKind::Incremental || b.kind == BaseKind::Full)
+        })
+    })
+}
+
 /// The parent for a backup of `kind`, or why there is none (then a full is taken).
 async fn parent_for(
     ctx: &StepContext,
@@ -453,14 +503,7 @@ async fn parent_for(
     let backups = crate::repo::listing::base_backups(store)
         .await
         .map_err(|e| crate::exec::io_error("listing the repository", &e))?;
-    let found = backups.into_iter().rev().map(|c| c.manifest).find(|m| {
-        m.base.as_ref().is_some_and(|b| {
-            b.system_identifier == cluster.system_identifier
-                && b.backup_manifest.is_some()
-                && (kind == BaseKind::Incremental || b.kind == BaseKind::Full)
-        })
-    });
-    let Some(manifest) = found else {
+    let Some(manifest) = newest_parent(backups, kind, Some(&cluster.system_identifier)) else {
         return Ok(Err(format!(
             "the repository holds no {} of this cluster with its backup_manifest stored beside it",
             if kind == BaseKind::Differential {

@@ -96,6 +96,18 @@ fn a_chain_of_incremental_and_differential_backups_restores_to_a_moment_after_ea
         moments.push((server_now(&cluster), rows));
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The preview says what the next one would be taken against.
+    let (code, out, err) = crate::common::run(
+        crate::common::opsrunner()
+            .arg("plan")
+            .arg(ws.write_plan(&base_plan(&repo_url, &app_url, "differential")))
+            .env("PATH", &path),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("differential against {} (taken ", taken[0].0)),
+        "{out}"
+    );
     let kinds: Vec<&str> = taken.iter().map(|t| t.1.as_str()).collect();
     assert_eq!(
         kinds,
