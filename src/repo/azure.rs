@@ -690,16 +690,29 @@ impl AzureStore {
             .await?
             .into_iter()
             .filter(|(name, _)| !committed.contains(name))
-            .filter_map(|(name, stat)| {
-                let key = name.strip_prefix(&self.shared.prefix)?.to_string();
-                Some(Listed {
-                    key,
-                    stat,
-                    problem: None,
-                })
-            })
+            .filter_map(|(name, stat)| self.listed(&name, stat))
             .collect())
     }
+
+    /// A listed blob as the repository's object: its key below the prefix.
+    fn listed(&self, name: &str, stat: Stat) -> Option<Listed> {
+        let key = name.strip_prefix(&self.shared.prefix)?.to_string();
+        Some(Listed {
+            key,
+            stat,
+            problem: None,
+        })
+    }
+}
+
+/// An answer's body as a reader that fails when the service stops sending midway.
+fn body(response: Response<Incoming>) -> impl tokio::io::AsyncRead + Send + Unpin {
+    fn broken(e: hyper::Error) -> io::Error {
+        io::Error::other(format!("reading from Azure: {e}"))
+    }
+    let stream = http_body_util::BodyDataStream::new(response.into_body())
+        .map_err(broken as fn(hyper::Error) -> io::Error);
+    StallGuard::new(tokio_util::io::StreamReader::new(stream), STALL_TIMEOUT)
 }
 
 /// The blob's ETag, as `If-Match` wants it (quoted).
@@ -996,12 +1009,7 @@ impl Store for AzureStore {
                 StatusCode::RANGE_NOT_SATISFIABLE => return Ok(Box::pin(tokio::io::empty())),
                 _ => return Err(self.failure("reading", Some(&blob), response).await),
             }
-            let stream = http_body_util::BodyDataStream::new(response.into_body())
-                .map_err(|e| io::Error::other(format!("reading from Azure: {e}")));
-            let reader: Reader = Box::pin(StallGuard::new(
-                tokio_util::io::StreamReader::new(stream),
-                STALL_TIMEOUT,
-            ));
+            let reader: Reader = Box::pin(body(response));
             Ok(reader)
         })
     }
@@ -1026,14 +1034,8 @@ impl Store for AzureStore {
                 if stat.size > limit {
                     return Ok(Some(Small { bytes: None, stat }));
                 }
-                let stream = http_body_util::BodyDataStream::new(response.into_body())
-                    .map_err(|e| io::Error::other(format!("reading from Azure: {e}")));
                 let mut bytes = Vec::new();
-                match StallGuard::new(tokio_util::io::StreamReader::new(stream), STALL_TIMEOUT)
-                    .take(limit + 1)
-                    .read_to_end(&mut bytes)
-                    .await
-                {
+                match body(response).take(limit + 1).read_to_end(&mut bytes).await {
                     Ok(_) => {
                         let bytes = (bytes.len() as u64 <= limit).then_some(bytes);
                         return Ok(Some(Small { bytes, stat }));
@@ -1068,14 +1070,8 @@ impl Store for AzureStore {
                 .list_blobs(&self.blob_name(prefix), false)
                 .await?
                 .into_iter()
-                .filter_map(|(name, stat)| {
-                    let key = name.strip_prefix(&self.shared.prefix)?.to_string();
-                    check_key(&key).is_ok().then_some(Listed {
-                        key,
-                        stat,
-                        problem: None,
-                    })
-                })
+                .filter_map(|(name, stat)| self.listed(&name, stat))
+                .filter(|o| check_key(&o.key).is_ok())
                 .collect())
         })
     }
