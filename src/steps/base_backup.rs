@@ -313,7 +313,7 @@ pub async fn run(p: &BaseBackupParams, ctx: &StepContext) -> Result<Outputs, Ste
             let whole = seen.manifest.take();
             match finish(p, ctx, &store, &mut server, &cluster, file, seen, wal_wait).await {
                 Ok((file, base)) => {
-                    store_backup_manifest(p, &store, &backup_id, whole, &recipients)
+                    store_backup_manifest(p, ctx, &store, &backup_id, whole, &recipients)
                         .await
                         .map(|entry| (file, base, entry))
                 }
@@ -340,7 +340,7 @@ pub async fn run(p: &BaseBackupParams, ctx: &StepContext) -> Result<Outputs, Ste
         start_time,
         kind,
         parent: parent_id.clone(),
-        backup_manifest: Some(manifest_file.name.clone()),
+        backup_manifest: manifest_file.as_ref().map(|f| f.name.clone()),
         ..base
     };
     let mut manifest = Manifest {
@@ -355,7 +355,7 @@ pub async fn run(p: &BaseBackupParams, ctx: &StepContext) -> Result<Outputs, Ste
         format: DumpFormat::Base,
         compression: p.compression,
         options: DumpOptions::default(),
-        files: vec![file, manifest_file],
+        files: std::iter::once(file).chain(manifest_file).collect(),
         fingerprint: FingerprintMode::None,
         fingerprints: Default::default(),
         opsrunner_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -557,20 +557,28 @@ async fn parent_for(
     }))
 }
 
-/// Stores the server's `backup_manifest` beside the copy, for the next incremental.
+/// Stores the server's `backup_manifest` beside the copy, for the next incremental. One
+/// too large to keep (a cluster of some hundred thousand files) is left out, and said:
+/// the backup is whole without it, only no incremental can be taken against it.
 async fn store_backup_manifest(
     p: &BaseBackupParams,
+    ctx: &StepContext,
     store: &AnyStore,
     backup_id: &str,
     whole: Option<Vec<u8>>,
     recipients: &Option<crate::repo::crypto::Recipients>,
-) -> Result<crate::repo::manifest::FileEntry, StepError> {
-    let bytes = whole.ok_or_else(|| {
-        StepError::permanent(format!(
-            "the server's backup_manifest is larger than {} MiB; opsrunner cannot keep it",
-            basebackup::MAX_MANIFEST >> 20
-        ))
-    })?;
+) -> Result<Option<crate::repo::manifest::FileEntry>, StepError> {
+    let Some(bytes) = whole else {
+        ctx.events.output(
+            &ctx.step_id,
+            Stream::Stdout,
+            format!(
+                "the server's backup_manifest is larger than {} MiB: not kept beside the copy (it stays inside it), so no incremental backup can be taken against this one",
+                basebackup::MAX_MANIFEST >> 20
+            ),
+        );
+        return Ok(None);
+    };
     let ext = super::backup::stored_extension(p.compression, recipients.is_some());
     let name = format!("backup_manifest{ext}");
     pipeline::store(
@@ -584,6 +592,7 @@ async fn store_backup_manifest(
         None,
     )
     .await
+    .map(Some)
     .map_err(|e| crate::exec::io_error(&format!("writing {name}"), &e))
 }
 
