@@ -39,6 +39,8 @@ pub struct StepContext {
     /// Directories of PostgreSQL programs the plan names for this step (its target's
     /// `pg_bin_dir`, then the plan's), searched before `PATH`.
     pub pg_bin_dirs: Vec<PathBuf>,
+    /// The step's target's data directory, when the plan names one (`data_directory`).
+    pub data_directory: Option<PathBuf>,
 }
 
 /// Where an ephemeral target's throwaway cluster lives and how it runs.

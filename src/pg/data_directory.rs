@@ -107,6 +107,55 @@ pub fn owner(run_as: &str) -> Result<Option<(u32, u32)>, StepError> {
 pub struct Claim {
     pub path: PathBuf,
     created: bool,
+    /// A delta restore: the directory held a cluster, which is being rewritten in place.
+    delta: bool,
+}
+
+/// Why a delta restore of a backup of cluster `system_identifier` cannot write into
+/// `path`, or `None` when it can: the directory must hold a stopped cluster — of the same
+/// system identifier, unless `force`.
+pub fn delta_refusal(path: &Path, system_identifier: &str, force: bool) -> Option<String> {
+    let at = path.display();
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Some(format!("{at} exists and is not a directory")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Some(format!(
+                "{at} does not exist: a delta restore rewrites an existing data directory (leave out `delta` to restore into a new one)"
+            ));
+        }
+        Err(e) => return Some(format!("{at} cannot be examined: {e}")),
+    }
+    if let Some(pid) = live_postmaster(path) {
+        return Some(format!(
+            "a server is running on {at} (postmaster.pid names process {pid}, which is alive): stop it first; a delta restore never writes under a running server"
+        ));
+    }
+    if force {
+        return None;
+    }
+    match super::files::restore::system_identifier(path) {
+        Some(id) if id.to_string() == system_identifier => None,
+        Some(id) => Some(format!(
+            "{at} holds cluster {id}, and the backup is of cluster {system_identifier}: a delta restore keeps what is equal, and another cluster's files are not (`force: true` to rewrite it anyway)"
+        )),
+        None => Some(format!(
+            "{at} holds no global/pg_control: it is not a data directory (`force: true` to restore into it anyway, or leave out `delta` for an empty directory)"
+        )),
+    }
+}
+
+/// The process `postmaster.pid` in `dir` names, when it is alive.
+fn live_postmaster(dir: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(dir.join("postmaster.pid")).ok()?;
+    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+    if pid <= 0 {
+        return None;
+    }
+    // SAFETY: kill with signal 0 only asks whether the process exists.
+    let alive = unsafe { libc::kill(pid, 0) } == 0
+        || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    alive.then_some(pid as u32)
 }
 
 impl Claim {
@@ -131,6 +180,7 @@ impl Claim {
         let claim = Claim {
             path: path.to_path_buf(),
             created,
+            delta: false,
         };
         // The marker is created exclusively: of two restores racing for one empty
         // directory, one wins and the other finds it not empty.
@@ -158,6 +208,29 @@ impl Claim {
         Ok(claim)
     }
 
+    /// A directory holding a stopped cluster ([`delta_refusal`] said yes), to rewrite in
+    /// place: marked until the restore is complete, so that a half-rewritten cluster says
+    /// what it is (and the next delta restore finishes it).
+    pub fn take_delta(path: &Path, owner: Option<(u32, u32)>) -> Result<Claim, StepError> {
+        let marker = path.join(INCOMPLETE);
+        std::fs::write(&marker, b"")
+            .and_then(|()| match owner {
+                Some((uid, gid)) => std::os::unix::fs::chown(&marker, Some(uid), Some(gid)),
+                None => Ok(()),
+            })
+            .map_err(|e| {
+                StepError::permanent(format!(
+                    "cannot mark {}: {e}; nothing was touched",
+                    path.display()
+                ))
+            })?;
+        Ok(Claim {
+            path: path.to_path_buf(),
+            created: false,
+            delta: true,
+        })
+    }
+
     /// The restore is complete: the marker goes.
     pub fn complete(self) -> std::io::Result<()> {
         std::fs::remove_file(self.path.join(INCOMPLETE))
@@ -166,6 +239,12 @@ impl Claim {
     /// The restore failed: everything it wrote goes, and the directory is as it was (absent
     /// or empty). Returns what the message should say about it.
     pub fn abandon(self) -> String {
+        if self.delta {
+            return format!(
+                "{} is partly rewritten and marked {INCOMPLETE}: do not start it; run the delta restore again to finish it",
+                self.path.display()
+            );
+        }
         let removed = if self.created {
             std::fs::remove_dir_all(&self.path)
         } else {

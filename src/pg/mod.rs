@@ -10,6 +10,7 @@ pub mod copy_in;
 pub mod custom_archive;
 pub mod data_directory;
 pub mod database;
+pub mod files;
 pub mod fingerprint;
 pub mod lock;
 pub mod process;

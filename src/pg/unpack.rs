@@ -11,7 +11,7 @@ use crate::exec::events::Stream;
 use crate::exec::progress::Meter;
 use crate::exec::{StepContext, StepError};
 use crate::pg::process::PgProcess;
-use crate::repo::manifest::{DumpFormat, Manifest};
+use crate::repo::manifest::{BaseMethod, DumpFormat, Manifest};
 use crate::repo::{AnyStore, pipeline};
 use std::io::Read;
 use std::path::{Component, Path};
@@ -34,6 +34,19 @@ pub async fn restore_base(
         return Err(StepError::permanent("no base backup to restore"));
     };
     let major = wanted.server_major();
+    if wanted
+        .base
+        .as_ref()
+        .is_some_and(|b| b.method == BaseMethod::Files)
+    {
+        // A throwaway copy's tablespaces stay inside it: where they were is production's.
+        let into = Into {
+            tablespaces_within: Some(dest.join(TABLESPACES_WITHIN)),
+            ..Into::default()
+        };
+        let restored = restore_files(ctx, store, chain, dest, owner, into).await?;
+        return Ok(restored.files);
+    }
     if chain.len() == 1 {
         let files = unpack(ctx, store, wanted, dest, owner).await?;
         verify_files(ctx, dest, major, ignore).await?;
@@ -90,6 +103,86 @@ pub async fn restore_base(
     })?;
     verify_files(ctx, dest, major, ignore).await?;
     Ok(files)
+}
+
+/// Where, inside a throwaway cluster's data directory, its tablespaces are put.
+pub const TABLESPACES_WITHIN: &str = "opsrunner_tablespaces";
+
+/// How a file-level backup is written into its directory.
+#[derive(Debug, Default, Clone)]
+pub struct Into {
+    /// Into a directory that holds a stopped copy of the cluster: only what differs.
+    pub delta: bool,
+    /// Tablespace directories to put elsewhere: the backed-up path → the new one.
+    pub tablespaces: std::collections::BTreeMap<String, String>,
+    /// Where the tablespaces `tablespaces` does not name go instead of where they were.
+    pub tablespaces_within: Option<std::path::PathBuf>,
+}
+
+/// Writes the file-level base backup `chain` (oldest first, the wanted one last) into
+/// `dest`: an empty directory, or with `into.delta` one that holds a stopped copy of the
+/// same cluster. Every file is checked against its SHA-256 as written.
+pub async fn restore_files(
+    ctx: &StepContext,
+    store: &AnyStore,
+    chain: &[Manifest],
+    dest: &Path,
+    owner: Option<(u32, u32)>,
+    into: Into,
+) -> Result<crate::pg::files::restore::Restored, StepError> {
+    let written = crate::counting::Counter::new();
+    let total = None;
+    let _progress = Meter::start(&ctx.events, &ctx.step_id, "write", written.clone(), total);
+    let restore = crate::pg::files::restore::Restore {
+        store: store.clone(),
+        chain: chain.to_vec(),
+        identities: ctx.identities.clone(),
+        dest: dest.to_path_buf(),
+        owner,
+        delta: into.delta,
+        tablespaces: into.tablespaces,
+        tablespaces_within: into.tablespaces_within,
+        jobs: 2,
+        written,
+    };
+    let restored = tokio::select! {
+        r = crate::pg::files::restore::restore(restore) => r,
+        _ = ctx.cancel.cancelled() => return Err(StepError::cancelled()),
+    }
+    .map_err(|e| match e.kind() {
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::InvalidData => {
+            StepError::permanent(format!(
+                "restoring {}: {e}",
+                chain.last().map(|m| m.backup_id.as_str()).unwrap_or("")
+            ))
+        }
+        _ => crate::exec::io_error("writing the data directory", &e),
+    })?;
+    ctx.events.output(
+        &ctx.step_id,
+        Stream::Stdout,
+        format!(
+            "{} files of {}{}: {} written ({} bytes){}, every one checked against its SHA-256",
+            restored.files,
+            chain
+                .iter()
+                .map(|m| m.backup_id.as_str())
+                .collect::<Vec<_>>()
+                .join(" + "),
+            if into.delta { " (delta)" } else { "" },
+            restored.written,
+            restored.bytes,
+            if into.delta {
+                format!(
+                    ", {} already as in the backup, {} block(s) rewritten in place, {} removed",
+                    restored.unchanged, restored.blocks, restored.removed
+                )
+            } else {
+                String::new()
+            }
+        ),
+    );
+    Ok(restored)
 }
 
 /// Moves everything in `from` into `dest` (the same file system), handing each file and

@@ -72,6 +72,11 @@ pub struct Target {
     /// plan's `pg_bin_dir` and `PATH`; relative to the plan file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pg_bin_dir: Option<String>,
+    /// The cluster's data directory, when opsrunner runs on the database host and may
+    /// read it: `base_backup` then copies the files itself (in parallel, incremental by
+    /// file and by block, on any supported version). Relative to the plan file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_directory: Option<String>,
     /// The definition as written, rendered again when a step starts.
     #[serde(skip)]
     #[schemars(skip)]

@@ -451,6 +451,18 @@ impl Validator<'_> {
                     Some("write the directory as it is".into()),
                 );
             }
+            if target
+                .data_directory
+                .as_deref()
+                .is_some_and(crate::plan::template::has_template)
+            {
+                self.report(
+                    &[key("targets"), key(name), key("data_directory")],
+                    format!("`data_directory` of target `{name}` takes no template: the directory a backup reads is written out, never rendered"),
+                    0,
+                    Some("write the directory as it is".into()),
+                );
+            }
             if target.run_as.is_some() && !target.ephemeral {
                 self.report(
                     &[key("targets"), key(name), key("run_as")],

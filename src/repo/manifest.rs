@@ -11,8 +11,13 @@ use std::collections::{BTreeMap, BTreeSet};
 /// The newest manifest version this opsrunner reads. A backup is written with the lowest
 /// version that describes it: 2 only when a file holds several compressed frames (it has
 /// a [`SeekIndex`]), which an opsrunner that knows only version 1 would read as ending
-/// after the first — it says it cannot read the backup instead.
-pub const MANIFEST_VERSION: u32 = 2;
+/// after the first — it says it cannot read the backup instead; 3 for file-level base
+/// backups ([`BaseMethod::Files`]), which an older opsrunner would take for a tar.
+pub const MANIFEST_VERSION: u32 = 3;
+/// The version of a manifest with a [`SeekIndex`].
+pub const MANIFEST_VERSION_INDEXED: u32 = 2;
+/// The version of a file-level base backup's manifest.
+pub const MANIFEST_VERSION_FILES: u32 = 3;
 /// The version of a manifest none of whose files has a [`SeekIndex`].
 pub const MANIFEST_VERSION_PLAIN: u32 = 1;
 pub const MANIFEST_NAME: &str = "manifest.json";
@@ -86,6 +91,38 @@ pub struct BaseBackup {
     /// incremental backup is taken against (PostgreSQL 17+ `pg_basebackup --incremental`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_manifest: Option<String>,
+    /// How the copy was made: by `pg_basebackup` (a tar) or file by file from the data
+    /// directory. Older manifests: `pg_basebackup`.
+    #[serde(default, skip_serializing_if = "BaseMethod::is_tar")]
+    pub method: BaseMethod,
+    /// File-level backups: the stored list of every file and where its bytes are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contents: Option<String>,
+}
+
+/// How a base backup was taken.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BaseMethod {
+    /// `pg_basebackup`'s tar stream (with PostgreSQL 17+, its own incremental backups).
+    #[default]
+    Tar,
+    /// File by file from the data directory, between `pg_backup_start` and
+    /// `pg_backup_stop`, into bundles ([`crate::repo::bundle`]).
+    Files,
+}
+
+impl BaseMethod {
+    fn is_tar(&self) -> bool {
+        *self == BaseMethod::Tar
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BaseMethod::Tar => "pg_basebackup",
+            BaseMethod::Files => "file-level",
+        }
+    }
 }
 
 /// What a base backup holds: every file, or what changed since a parent.
@@ -462,6 +499,31 @@ impl Manifest {
                         base.server_manifest
                     ));
                 }
+                match (base.method, &base.contents) {
+                    (BaseMethod::Tar, None) => {}
+                    (BaseMethod::Files, Some(name)) => {
+                        if !self.files.iter().any(|f| &f.name == name) {
+                            return Err(format!(
+                                "`base`: contents names `{name}`, which the manifest does not list"
+                            ));
+                        }
+                        if self.manifest_version < MANIFEST_VERSION_FILES {
+                            return Err(format!(
+                                "a file-level base backup's manifest is of version {MANIFEST_VERSION_FILES} or later"
+                            ));
+                        }
+                    }
+                    (BaseMethod::Tar, Some(_)) => {
+                        return Err(
+                            "`base`: a pg_basebackup copy has no list of files (`contents`)".into(),
+                        );
+                    }
+                    (BaseMethod::Files, None) => {
+                        return Err(
+                            "`base`: a file-level copy needs its list of files (`contents`)".into(),
+                        );
+                    }
+                }
                 if let Some(name) = &base.backup_manifest
                     && !self.files.iter().any(|f| &f.name == name)
                 {
@@ -497,6 +559,12 @@ impl Manifest {
                 self.files.len()
             )),
             // The copy, and since incremental backups the server's backup_manifest beside it.
+            // A file-level copy: its bundles and its list of files, as many as it takes.
+            DumpFormat::Base
+                if self.base.as_ref().is_some_and(|b| b.method == BaseMethod::Files) =>
+            {
+                Ok(())
+            }
             DumpFormat::Base if !(1..=2).contains(&self.files.len()) => Err(format!(
                 "a base backup has its copy and at most its backup_manifest; the manifest lists {} files",
                 self.files.len()

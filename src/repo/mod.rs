@@ -7,6 +7,7 @@
 mod any;
 pub mod archive;
 pub mod azure;
+pub mod bundle;
 pub mod compression;
 pub mod crypto;
 pub mod faults;

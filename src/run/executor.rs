@@ -600,6 +600,7 @@ impl StepTask {
             identities: self.opts.identities.clone(),
             ephemeral: self.opts.ephemeral.clone(),
             pg_bin_dirs: pg_bin_dirs(&self.plan.plan, kind.target(), &self.opts.base_dir),
+            data_directory: data_directory(&self.plan.plan, kind.target(), &self.opts.base_dir),
         };
         Ok((kind, ctx, common))
     }
@@ -734,6 +735,19 @@ impl StepTask {
         }
         unreachable!("the loop returns on the last attempt")
     }
+}
+
+/// The data directory of a step's target, when the plan names one, relative to the plan
+/// file's directory.
+pub fn data_directory(
+    plan: &crate::plan::model::Plan,
+    target: Option<&str>,
+    base_dir: &std::path::Path,
+) -> Option<std::path::PathBuf> {
+    target
+        .and_then(|t| plan.targets.get(t))
+        .and_then(|t| t.data_directory.as_deref())
+        .map(|dir| base_dir.join(dir))
 }
 
 /// The program directories a step's plan names: its target's `pg_bin_dir`, then the

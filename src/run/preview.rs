@@ -419,11 +419,14 @@ async fn preview_step(
         }
         None => {
             let pg_bin_dirs = crate::run::executor::pg_bin_dirs(plan, target.as_deref(), base_dir);
+            let data_directory =
+                crate::run::executor::data_directory(plan, target.as_deref(), base_dir);
             let probe = Probe {
                 base_dir,
                 target: &view,
                 repo: repo.as_ref(),
                 pg_bin_dirs: &pg_bin_dirs,
+                data_directory: data_directory.as_deref(),
             };
             probe_within_deadline(&kind, probe, *started).await
         }

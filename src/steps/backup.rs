@@ -15,8 +15,8 @@ use crate::pg::tools::Want;
 use crate::plan::step_params::{CheckScope, Problem};
 use crate::repo::compression::Compression;
 use crate::repo::manifest::{
-    DumpFormat, DumpOptions, FileEntry, FingerprintMode, MANIFEST_VERSION, MANIFEST_VERSION_PLAIN,
-    Manifest,
+    DumpFormat, DumpOptions, FileEntry, FingerprintMode, MANIFEST_VERSION_INDEXED,
+    MANIFEST_VERSION_PLAIN, Manifest,
 };
 use crate::repo::{BackupStore, pipeline};
 use chrono::Utc;
@@ -225,7 +225,7 @@ pub async fn run(p: &BackupParams, ctx: &StepContext) -> Result<Outputs, StepErr
     let _ = server.conn.close().await;
     let mut manifest = Manifest {
         manifest_version: if files.iter().any(|f| f.index.is_some()) {
-            MANIFEST_VERSION
+            MANIFEST_VERSION_INDEXED
         } else {
             MANIFEST_VERSION_PLAIN
         },

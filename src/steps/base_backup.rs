@@ -9,6 +9,8 @@
 //! holds every segment from its start to its end — a backup that could never be restored
 //! is not published.
 
+pub use super::base_parts::{BaseBackupParams, Checkpoint};
+use super::base_parts::{Cluster, inspect, method, newest_parent, server_clock, wait_for_wal};
 use super::probe::{Findings, Probe};
 use super::step_type::StepType;
 use crate::exec::events::{Outputs, Stream};
@@ -19,58 +21,15 @@ use crate::pg::process::PgProcess;
 use crate::pg::server::{Server, classify, connect, tool};
 use crate::pg::tools::Want;
 use crate::plan::step_params::{CheckScope, Problem};
-use crate::repo::compression::Compression;
 use crate::repo::manifest::{
-    BaseBackup, BaseKind, DumpFormat, DumpOptions, FingerprintMode, MANIFEST_VERSION_PLAIN,
-    Manifest, format_lsn, parse_lsn,
+    BaseBackup, BaseKind, BaseMethod, DumpFormat, DumpOptions, FingerprintMode,
+    MANIFEST_VERSION_PLAIN, Manifest, format_lsn, parse_lsn,
 };
-use crate::repo::{AnyStore, BackupStore, pipeline, wal};
-use chrono::{DateTime, Utc};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-use sqlx::{Connection, Row};
+use crate::repo::{AnyStore, BackupStore, pipeline};
+use chrono::Utc;
+use sqlx::Connection;
 use std::future::Future;
 use std::time::{Duration, Instant};
-
-/// How the server's checkpoint at the start of the copy is taken.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Checkpoint {
-    /// At once, as fast as the disks allow (the copy starts sooner).
-    #[default]
-    Fast,
-    /// Spread over `checkpoint_completion_target` (gentler on a busy server).
-    Spread,
-}
-
-/// `base_backup`: the whole cluster of a target, for point-in-time recovery.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct BaseBackupParams {
-    /// Name of a target declared under `targets` (its user needs the REPLICATION attribute).
-    pub target: String,
-    /// Name of a repository declared under `repositories`; the server must archive its WAL
-    /// into the same repository (`opsrunner wal push %p --repository NAME`).
-    pub repository: String,
-    #[serde(default)]
-    pub compression: Compression,
-    #[serde(default)]
-    pub checkpoint: Checkpoint,
-    /// `full` (default), `differential` (what changed since the newest full backup) or
-    /// `incremental` (since the newest base backup of any kind): PostgreSQL 17+ with
-    /// `summarize_wal = on`, by the server's own `pg_basebackup --incremental`. Without a
-    /// usable parent (none yet, an older server, summaries off) a full backup is taken and
-    /// the step says why.
-    #[serde(default)]
-    pub kind: BaseKind,
-    /// How long to wait, after the copy, for the archive to hold the WAL it needs.
-    #[serde(default = "default_wal_wait")]
-    pub wal_wait: String,
-}
-
-fn default_wal_wait() -> String {
-    "2m".into()
-}
 
 pub struct BaseBackupStep;
 
@@ -80,6 +39,7 @@ impl StepType for BaseBackupStep {
     const OUTPUTS: &'static [&'static str] = &[
         "backup_id",
         "kind",
+        "method",
         "parent",
         "uri",
         "bytes",
@@ -102,10 +62,20 @@ impl StepType for BaseBackupStep {
     }
 
     fn check(p: &BaseBackupParams, _: &CheckScope<'_>) -> Vec<Problem> {
-        match crate::plan::duration::parse(&p.wal_wait) {
-            Ok(_) => Vec::new(),
-            Err(e) => vec![Problem::new(&["wal_wait"], format!("`wal_wait`: {e}"))],
+        let mut problems = Vec::new();
+        if let Err(e) = crate::plan::duration::parse(&p.wal_wait) {
+            problems.push(Problem::new(&["wal_wait"], format!("`wal_wait`: {e}")));
         }
+        if !(1..=64).contains(&p.jobs) {
+            problems.push(Problem::new(
+                &["jobs"],
+                format!(
+                    "`jobs` is {}; between 1 and 64 files are copied at once",
+                    p.jobs
+                ),
+            ));
+        }
+        problems
     }
 
     fn describe(p: &BaseBackupParams) -> String {
@@ -136,12 +106,29 @@ impl StepType for BaseBackupStep {
         let mut lines = scope
             .repo
             .map_or_else(Vec::new, |r| super::backup::destination(r, scope.base_dir));
+        match scope.data_directory {
+            Some(dir) => lines.push(format!(
+                "file-level copy of {} ({}), {} job(s), between pg_backup_start and pg_backup_stop; unchanged files and blocks are not stored again",
+                dir.display(),
+                match crate::pg::files::restore::system_identifier(dir) {
+                    Some(id) => format!("cluster {id}"),
+                    None => "no readable global/pg_control there now".into(),
+                },
+                p.jobs
+            )),
+            None => lines.push(
+                "pg_basebackup (the target names no data_directory)".into(),
+            ),
+        }
         if p.kind != BaseKind::Full {
             lines.push(parent_preview(p, &scope).await);
         }
-        lines.extend(
-            super::probe::programs(&scope, &["pg_basebackup"], super::probe::Uses::Client).await,
-        );
+        if scope.data_directory.is_none() {
+            lines.extend(
+                super::probe::programs(&scope, &["pg_basebackup"], super::probe::Uses::Client)
+                    .await,
+            );
+        }
         lines.into()
     }
 
@@ -167,12 +154,17 @@ async fn parent_preview(p: &BaseBackupParams, scope: &Probe<'_>) -> String {
         }
     };
     match crate::repo::listing::base_backups(&store).await {
-        Ok(backups) => match newest_parent(backups, p.kind, None) {
+        Ok(backups) => match newest_parent(backups, p.kind, None, method(scope.data_directory)) {
             Some(parent) => format!(
-                "{} against {} (taken {}), if the server is PostgreSQL 17+ with summarize_wal = on; otherwise a full backup",
+                "{} against {} (taken {}){}",
                 p.kind.as_str(),
                 parent.backup_id,
-                parent.created_at.format("%Y-%m-%d %H:%M:%S UTC")
+                parent.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                if scope.data_directory.is_some() {
+                    ""
+                } else {
+                    ", if the server is PostgreSQL 17+ with summarize_wal = on; otherwise a full backup"
+                }
             ),
             None => format!(
                 "{}: the repository holds no base backup to build on yet: a full backup will be taken",
@@ -181,78 +173,6 @@ async fn parent_preview(p: &BaseBackupParams, scope: &Probe<'_>) -> String {
         },
         Err(e) => format!("{}: cannot tell the parent: {e}", p.kind.as_str()),
     }
-}
-
-/// What the server says about itself before the copy.
-struct Cluster {
-    system_identifier: String,
-    wal_segment_size: u64,
-    archive_command: String,
-}
-
-async fn inspect(server: &mut Server, target: &str) -> Result<Cluster, StepError> {
-    let row = sqlx::query(
-        "select (select system_identifier::text from pg_control_system()),
-                (select setting::bigint from pg_settings where name = 'wal_segment_size'),
-                current_setting('archive_mode'),
-                current_setting('archive_command'),
-                coalesce(current_setting('archive_library', true), ''),
-                pg_is_in_recovery(),
-                (select coalesce(last_failed_wal, '') from pg_stat_archiver
-                  where last_failed_time is not null
-                    and (last_archived_time is null or last_failed_time > last_archived_time))",
-    )
-    .fetch_one(&mut server.conn)
-    .await
-    .map_err(|e| classify(&e, "cannot read the server's settings"))?;
-    let archive_mode: String = row.get(2);
-    let archive_command: String = row.get(3);
-    let archive_library: String = row.get(4);
-    let in_recovery: bool = row.get(5);
-    let archives = match archive_mode.as_str() {
-        "off" => false,
-        "on" => !in_recovery,
-        _ => true,
-    } && (!archive_command.trim().is_empty() && archive_command != "(disabled)"
-        || !archive_library.is_empty());
-    if !archives {
-        return Err(StepError::permanent(format!(
-            "target `{target}` does not archive its WAL (archive_mode = {archive_mode}{}, archive_command = '{archive_command}'): a base backup without its WAL cannot be restored. Set archive_mode = on and archive_command = 'opsrunner wal push %p --repository …' (README, \"Point-in-time recovery\")",
-            if in_recovery {
-                ", and the server is a standby"
-            } else {
-                ""
-            }
-        )));
-    }
-    // pg_basebackup waits for the WAL it needs to be archived, forever: with archiving
-    // failing, it would hang until the step's timeout.
-    let failing: Option<String> = row.get(6);
-    if let Some(wal) = failing.filter(|w| !w.is_empty()) {
-        return Err(StepError::transient(format!(
-            "target `{target}` is failing to archive its WAL (the last attempt, for {wal}, failed; see pg_stat_archiver and the server log): a base backup would wait for it forever. Fix archiving first"
-        )));
-    }
-    let wal_segment_size: i64 = row.get(1);
-    Ok(Cluster {
-        system_identifier: row.get(0),
-        wal_segment_size: wal_segment_size as u64,
-        archive_command: if archive_command.is_empty() {
-            format!("archive_library = {archive_library}")
-        } else {
-            format!("archive_command = '{archive_command}'")
-        },
-    })
-}
-
-async fn server_clock(server: &mut Server) -> Result<DateTime<Utc>, StepError> {
-    let micros: i64 =
-        sqlx::query_scalar("select (extract(epoch from clock_timestamp()) * 1000000)::bigint")
-            .fetch_one(&mut server.conn)
-            .await
-            .map_err(|e| classify(&e, "cannot read the server's clock"))?;
-    DateTime::from_timestamp_micros(micros)
-        .ok_or_else(|| StepError::permanent("the server's clock reads an impossible time"))
 }
 
 pub async fn run(p: &BaseBackupParams, ctx: &StepContext) -> Result<Outputs, StepError> {
@@ -265,6 +185,19 @@ pub async fn run(p: &BaseBackupParams, ctx: &StepContext) -> Result<Outputs, Ste
     let what = format!("target `{}`", p.target);
     let mut server = connect(ctx.target_url(&p.target)?, None, &what).await?;
     let cluster = inspect(&mut server, &p.target).await?;
+    if let Some(dir) = &ctx.data_directory {
+        return super::base_files::run(super::base_files::Start {
+            p,
+            ctx,
+            store,
+            recipients,
+            server,
+            cluster,
+            data_directory: dir,
+            wal_wait,
+        })
+        .await;
+    }
     let pg_basebackup = tool(ctx, "pg_basebackup", Want::Client(server.major))?;
     crate::pg::server::say_tool(ctx, &pg_basebackup, &server);
     let version = pg_basebackup.version.clone();
@@ -383,6 +316,7 @@ pub async fn run(p: &BaseBackupParams, ctx: &StepContext) -> Result<Outputs, Ste
     let mut outputs = Outputs::new();
     outputs.insert("backup_id".into(), backup_id.clone());
     outputs.insert("kind".into(), kind.as_str().into());
+    outputs.insert("method".into(), BaseMethod::Tar.as_str().into());
     outputs.insert("parent".into(), parent_id.unwrap_or_default());
     outputs.insert("uri".into(), store.uri(&backup_id));
     outputs.insert("bytes".into(), manifest.total_bytes().to_string());
@@ -460,23 +394,6 @@ struct Parent {
     manifest_file: tempfile::NamedTempFile,
 }
 
-/// The newest base backup a backup of `kind` can be taken against (of the cluster
-/// `system_identifier`, when known): the newest full one for a differential, the newest
-/// of any kind for an incremental; one with its `backup_manifest` stored.
-fn newest_parent(
-    backups: Vec<crate::repo::listing::Checked>,
-    kind: BaseKind,
-    system_identifier: Option<&str>,
-) -> Option<Manifest> {
-    backups.into_iter().rev().map(|c| c.manifest).find(|m| {
-        m.base.as_ref().is_some_and(|b| {
-            system_identifier.is_none_or(|id| b.system_identifier == id)
-                && b.backup_manifest.is_some()
-                && (kind == BaseKind::Incremental || b.kind == BaseKind::Full)
-        })
-    })
-}
-
 /// The parent for a backup of `kind`, or why there is none (then a full is taken).
 async fn parent_for(
     ctx: &StepContext,
@@ -503,7 +420,12 @@ async fn parent_for(
     let backups = crate::repo::listing::base_backups(store)
         .await
         .map_err(|e| crate::exec::io_error("listing the repository", &e))?;
-    let Some(manifest) = newest_parent(backups, kind, Some(&cluster.system_identifier)) else {
+    let Some(manifest) = newest_parent(
+        backups,
+        kind,
+        Some(&cluster.system_identifier),
+        BaseMethod::Tar,
+    ) else {
         return Ok(Err(format!(
             "the repository holds no {} of this cluster with its backup_manifest stored beside it",
             if kind == BaseKind::Differential {
@@ -633,22 +555,17 @@ async fn finish(
     let start = parse_lsn(&label.start_lsn).expect("the label was checked");
     let stop_time = server_clock(server).await?;
     let segment = cluster.wal_segment_size;
-    // The segments from the one holding the start to the one holding the last byte before
-    // the end: recovery reads all of them before the copy is consistent.
-    let first = start / segment;
-    let last = stop.saturating_sub(1).max(start) / segment;
-    let needed: Vec<String> = (first..=last)
-        .map(|pos| wal::segment_name(label.timeline, pos, segment))
-        .collect();
-    if let Some((missing, first_missing)) = await_archived(store, &needed, wal_wait, ctx).await? {
-        return Err(StepError::permanent(format!(
-            "the copy is complete, but after {} the WAL archive of repository `{}` still lacks {missing} of the {} segment(s) it needs, the first {first_missing}: the server's {} does not archive into this repository, or archiving fails (see pg_stat_archiver). The copy was not published.",
-            crate::plan::duration::format(wal_wait),
-            p.repository,
-            needed.len(),
-            cluster.archive_command
-        )));
-    }
+    wait_for_wal(
+        p,
+        ctx,
+        store,
+        cluster,
+        label.timeline,
+        start,
+        stop,
+        wal_wait,
+    )
+    .await?;
     let base = BaseBackup {
         system_identifier: cluster.system_identifier.clone(),
         timeline: label.timeline,
@@ -661,36 +578,8 @@ async fn finish(
         kind: BaseKind::Full,
         parent: None,
         backup_manifest: None,
+        method: crate::repo::manifest::BaseMethod::Tar,
+        contents: None,
     };
     Ok((file, base))
-}
-
-/// Waits up to `wait` for the WAL archive to hold every one of `needed`: `None` once it
-/// does, or how many are still missing and the first of them.
-pub async fn await_archived(
-    store: &AnyStore,
-    needed: &[String],
-    wait: Duration,
-    ctx: &StepContext,
-) -> Result<Option<(usize, String)>, StepError> {
-    let deadline = Instant::now() + wait;
-    loop {
-        let names = wal::list(store)
-            .await
-            .map_err(|e| crate::exec::io_error("listing the WAL archive", &e))?;
-        let missing: Vec<&String> = needed
-            .iter()
-            .filter(|n| names.binary_search(n).is_err())
-            .collect();
-        let Some(first_missing) = missing.first() else {
-            return Ok(None);
-        };
-        if Instant::now() >= deadline {
-            return Ok(Some((missing.len(), first_missing.to_string())));
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = ctx.cancel.cancelled() => return Err(StepError::cancelled()),
-        }
-    }
 }

@@ -34,16 +34,36 @@ pub struct Request<'a> {
     /// The owner of the files and the server's user, when opsrunner runs as root.
     pub run_as: &'a str,
     pub to: &'a PointInTime,
+    /// Rewrite an existing, stopped data directory in place (file-level backups).
+    pub delta: bool,
+    /// With `delta`: even a directory of another cluster.
+    pub force: bool,
+    pub tablespaces: &'a std::collections::BTreeMap<String, String>,
 }
 
 pub async fn run(p: &Request<'_>, ctx: &StepContext) -> Result<Outputs, StepError> {
     let clock = Instant::now();
     let untouched = |why: String| StepError::permanent(format!("{why}; nothing was touched"));
-    if let Some(why) = State::of(p.data_directory).refusal(p.data_directory) {
+    if !p.delta
+        && let Some(why) = State::of(p.data_directory).refusal(p.data_directory)
+    {
         return Err(untouched(why));
     }
     let owner = dd::owner(p.run_as)?;
     let selected = pitr::select(ctx, p.repository, p.backup, p.to).await?;
+    if p.delta {
+        let base = selected.manifest.base.as_ref();
+        if !base.is_some_and(|b| b.method == crate::repo::manifest::BaseMethod::Files) {
+            return Err(untouched(format!(
+                "base backup {} was taken by pg_basebackup: a delta restore needs a file-level one (a target with `data_directory`); leave out `delta` to restore into an empty directory",
+                selected.manifest.backup_id
+            )));
+        }
+        let id = base.map(|b| b.system_identifier.as_str()).unwrap_or("");
+        if let Some(why) = dd::delta_refusal(p.data_directory, id, p.force) {
+            return Err(untouched(why));
+        }
+    }
     if let Some(missing) = selected.choice.missing_text(p.repository) {
         return Err(untouched(missing));
     }
@@ -68,7 +88,11 @@ pub async fn run(p: &Request<'_>, ctx: &StepContext) -> Result<Outputs, StepErro
         .repositories
         .get(p.repository)
         .ok_or_else(|| StepError::permanent("the repository is not available"))?;
-    let claim = Claim::take(p.data_directory, owner)?;
+    let claim = if p.delta {
+        Claim::take_delta(p.data_directory, owner)?
+    } else {
+        Claim::take(p.data_directory, owner)?
+    };
     let filled = fill(p, ctx, &selected, &bin, owner, repo).await;
     let mut outputs = match filled {
         Ok(outputs) => outputs,
@@ -108,15 +132,30 @@ async fn fill(
     let chain = crate::repo::listing::base_chain(&selected.store, manifest)
         .await
         .map_err(StepError::permanent)?;
-    let files = crate::pg::unpack::restore_base(
-        ctx,
-        &selected.store,
-        &chain,
-        data,
-        owner,
-        &[dd::INCOMPLETE],
-    )
-    .await?;
+    let files = if manifest
+        .base
+        .as_ref()
+        .is_some_and(|b| b.method == crate::repo::manifest::BaseMethod::Files)
+    {
+        let into = crate::pg::unpack::Into {
+            delta: p.delta,
+            tablespaces: p.tablespaces.clone(),
+            tablespaces_within: None,
+        };
+        crate::pg::unpack::restore_files(ctx, &selected.store, &chain, data, owner, into)
+            .await?
+            .files
+    } else {
+        crate::pg::unpack::restore_base(
+            ctx,
+            &selected.store,
+            &chain,
+            data,
+            owner,
+            &[dd::INCOMPLETE],
+        )
+        .await?
+    };
     let io = |e: std::io::Error| StepError::transient(format!("preparing recovery: {e}"));
     let config = data.join(FETCH_PLAN);
     crate::pg::recovery::write_owned(&config, &pitr::fetch_plan(repo), owner).map_err(io)?;

@@ -12,7 +12,7 @@
 //! only for the lock, the snapshot and the restore point (milliseconds); the counting runs
 //! afterwards in the snapshot, while they write again.
 
-use super::base_backup::await_archived;
+use super::base_parts::await_archived;
 use super::step_type::StepType;
 use crate::exec::events::{Outputs, Stream};
 use crate::exec::{StepContext, StepError};

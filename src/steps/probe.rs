@@ -24,6 +24,8 @@ pub struct Probe<'a> {
     pub repo: Option<&'a crate::plan::model::Repository>,
     /// The program directories the plan names for the step (`pg_bin_dir`).
     pub pg_bin_dirs: &'a [std::path::PathBuf],
+    /// The target's data directory, when the plan names one.
+    pub data_directory: Option<&'a Path>,
 }
 
 /// What a step runs PostgreSQL programs for, which decides the versions that will do.

@@ -50,6 +50,20 @@ pub struct RestoreInto {
     /// runs the server (default `postgres`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_as: Option<String>,
+    /// With `data_directory` and a file-level base backup: rewrite an existing data
+    /// directory of a stopped copy of the cluster in place — only files and blocks that
+    /// differ from the backup are written, files it does not hold are removed. Refused
+    /// while a server runs on it, and for another cluster's directory unless `force`.
+    #[serde(default)]
+    pub delta: bool,
+    /// With `delta`: rewrite a directory that holds another cluster, or none.
+    #[serde(default)]
+    pub force: bool,
+    /// Tablespaces to put elsewhere than they were: `{OLD: NEW}`, absolute paths. Without
+    /// it a file-level backup's tablespaces go back where they were (which must be absent
+    /// or empty); a throwaway cluster's go inside its own directory.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub tablespaces: std::collections::BTreeMap<String, String>,
 }
 
 /// `restore`: a backup from a repository into a database; with `to:`, a base backup and
@@ -198,6 +212,26 @@ impl RestoreInto {
                 "`into` takes a `target` or a `data_directory`, not both",
             )),
             _ => {}
+        }
+        if (self.delta || self.force) && (self.data_directory.is_none() || !pitr) {
+            problems.push(Problem::new(
+                &["into", if self.delta { "delta" } else { "force" }],
+                "`delta` and `force` rewrite an existing data directory: they go with `to:` and `into: { data_directory: … }`",
+            ));
+        }
+        if self.force && !self.delta {
+            problems.push(Problem::new(
+                &["into", "force"],
+                "`force` lets a delta restore rewrite another cluster's directory: it goes with `delta: true`",
+            ));
+        }
+        for (old, new) in &self.tablespaces {
+            if !old.starts_with('/') || !new.starts_with('/') {
+                problems.push(Problem::new(
+                    &["into", "tablespaces"],
+                    format!("tablespace `{old}` → `{new}`: both must be absolute paths"),
+                ));
+            }
         }
         if let Some(dir) = &self.data_directory {
             if !pitr {
@@ -363,6 +397,9 @@ pub async fn run(p: &RestoreParams, ctx: &StepContext) -> Result<Outputs, StepEr
                 data_directory: std::path::Path::new(dir),
                 run_as: p.into.run_as.as_deref().unwrap_or("postgres"),
                 to,
+                delta: p.into.delta,
+                force: p.into.force,
+                tablespaces: &p.into.tablespaces,
             };
             return super::pitr_directory::run(&request, ctx).await;
         }

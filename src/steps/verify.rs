@@ -574,9 +574,15 @@ async fn archive_contents(
             let files = crate::pg::unpack::restore_base(ctx, store, &chain, dir.path(), None, &[])
                 .await
                 .map_err(|e| e.message)?;
-            Ok(format!(
-                "{files} files extracted, each as the server's backup_manifest records it"
-            ))
+            let file_level = manifest
+                .base
+                .as_ref()
+                .is_some_and(|b| b.method == crate::repo::manifest::BaseMethod::Files);
+            Ok(if file_level {
+                format!("{files} files written, each checked against its SHA-256")
+            } else {
+                format!("{files} files extracted, each as the server's backup_manifest records it")
+            })
         }
         DumpFormat::Plain => {
             // The files were checked already; the verdict is not waited for.

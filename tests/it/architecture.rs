@@ -284,7 +284,8 @@ fn imports_only_go_down_the_layers() {
 }
 
 /// Files under `src/steps/` that are not step types: the module, the registry, the trait,
-/// what a probe may see, and the parts of `restore` and `verify` for point-in-time recovery.
+/// what a probe may see, the parts of `restore` and `verify` for point-in-time recovery, and
+/// `base_backup`'s file-level copy.
 const STEP_SUPPORT: &[&str] = &[
     "mod",
     "registry",
@@ -293,6 +294,8 @@ const STEP_SUPPORT: &[&str] = &[
     "pitr",
     "pitr_directory",
     "pitr_verify",
+    "base_files",
+    "base_parts",
 ];
 
 /// The step types: every file under `src/steps/` (read from the disk) that is not support.

@@ -17,6 +17,7 @@ mod closed_repository;
 mod crash_harness;
 mod data_safety;
 mod encryption;
+mod file_backup;
 mod hostile_inputs;
 mod incremental;
 mod migrate_seed_reset;

@@ -1,0 +1,599 @@
+//! A file-level base backup (or a chain of them) back into a data directory: the list of
+//! the wanted backup says where every file's bytes are — in it or in a backup it is
+//! relative to — so a chain is restored in one pass, each file written once. Every file
+//! is checked against its SHA-256 as written; a block-mapped file is assembled from the
+//! runs its map names and then read back whole to check it.
+//!
+//! A *delta* restore writes into a data directory that already holds a version of the
+//! cluster (a stopped one): a file whose bytes already are the backup's is left alone, a
+//! block-mapped file gets only the blocks that differ, and what the backup does not hold is
+//! removed. The caller refuses a directory with a server running on it.
+
+use super::contents::{BLOCK, BlockMap, Contents, Data, Entry, File, Kind, Stored, block_hash};
+use crate::counting::Counter;
+use crate::repo::bundle::{self, Decoding};
+use crate::repo::crypto::Identities;
+use crate::repo::manifest::Manifest;
+use crate::repo::{AnyStore, pipeline};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::io;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+/// The most a stored list of files may decompress to.
+const MAX_CONTENTS: u64 = 4 << 30;
+
+/// What a restore works with.
+pub struct Restore {
+    pub store: AnyStore,
+    /// Oldest first, the wanted backup last.
+    pub chain: Vec<Manifest>,
+    pub identities: Option<Identities>,
+    pub dest: PathBuf,
+    pub owner: Option<(u32, u32)>,
+    pub delta: bool,
+    /// Tablespace directories to put elsewhere: the backed-up path → the new one.
+    pub tablespaces: BTreeMap<String, String>,
+    /// Where the tablespaces `tablespaces` does not name go (each in a directory named by
+    /// its OID), instead of where they were: a throwaway cluster's must not land in
+    /// production's tablespace directories.
+    pub tablespaces_within: Option<PathBuf>,
+    pub jobs: usize,
+    /// Bytes written so far (for progress).
+    pub written: Counter,
+}
+
+/// What a restore did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Restored {
+    /// Files the backup holds.
+    pub files: u64,
+    /// Files written (whole or some of their blocks).
+    pub written: u64,
+    /// Files already as the backup has them (delta).
+    pub unchanged: u64,
+    /// Blocks written into block-mapped files that were there (delta).
+    pub blocks: u64,
+    /// Files and directories removed because the backup does not hold them (delta).
+    pub removed: u64,
+    pub bytes: u64,
+}
+
+/// Reads the list of files of a file-level base backup.
+pub async fn contents(
+    store: &AnyStore,
+    manifest: &Manifest,
+    identities: Option<&Identities>,
+) -> io::Result<Contents> {
+    let name = manifest
+        .base
+        .as_ref()
+        .and_then(|b| b.contents.clone())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "backup {} is not a file-level base backup",
+                    manifest.backup_id
+                ),
+            )
+        })?;
+    let pipeline::Loaded {
+        reader, verdict, ..
+    } = pipeline::load(store, manifest, &name, identities).await?;
+    let mut bytes = Vec::new();
+    reader.take(MAX_CONTENTS).read_to_end(&mut bytes).await?;
+    verdict.wait().await?;
+    let contents: Contents = serde_json::from_slice(&bytes).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{name} of backup {}: {e}", manifest.backup_id),
+        )
+    })?;
+    if contents.version != super::contents::CONTENTS_VERSION {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "backup {} lists its files in version {} of the format; this opsrunner reads version {}: restore with a newer opsrunner",
+                manifest.backup_id,
+                contents.version,
+                super::contents::CONTENTS_VERSION
+            ),
+        ));
+    }
+    for entry in &contents.entries {
+        relative(&entry.path)?;
+    }
+    Ok(contents)
+}
+
+/// How to read the segments of each backup of `chain`, by id.
+pub fn decodings(
+    chain: &[Manifest],
+    identities: Option<&Identities>,
+) -> io::Result<HashMap<String, Decoding>> {
+    chain
+        .iter()
+        .map(|m| {
+            let encryption = match &m.encryption {
+                None => None,
+                Some(e) => Some((
+                    identities
+                        .cloned()
+                        .ok_or_else(|| pipeline::needs_identity(m))?,
+                    e.recipients.clone(),
+                )),
+            };
+            Ok((
+                m.backup_id.clone(),
+                Decoding {
+                    backup_id: m.backup_id.clone(),
+                    compression: m.compression,
+                    encryption,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// A path from a backup's list as a relative path that stays inside the directory.
+fn relative(path: &str) -> io::Result<&Path> {
+    let p = Path::new(path);
+    if path.is_empty() || !p.components().all(|c| matches!(c, Component::Normal(_))) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "the backup lists `{path}`, which is not a path inside a data directory (damaged or not written by opsrunner)"
+            ),
+        ));
+    }
+    Ok(p)
+}
+
+pub async fn restore(r: Restore) -> io::Result<Restored> {
+    let wanted = r
+        .chain
+        .last()
+        .ok_or_else(|| io::Error::other("no base backup to restore"))?;
+    let contents = contents(&r.store, wanted, r.identities.as_ref()).await?;
+    let decodings = decodings(&r.chain, r.identities.as_ref())?;
+    let mut restored = Restored::default();
+    let mut files = Vec::new();
+    let mut kept: BTreeSet<PathBuf> = BTreeSet::new();
+    for entry in contents.entries {
+        let path = r.dest.join(relative(&entry.path)?);
+        kept.insert(path.clone());
+        match entry.kind {
+            Kind::Directory => make_dir(&path, r.owner)?,
+            Kind::Link { target } => {
+                let target = match (r.tablespaces.get(&target), &r.tablespaces_within) {
+                    (Some(new), _) => PathBuf::from(new),
+                    (None, Some(within)) => {
+                        within.join(path.file_name().expect("a relative path has a name"))
+                    }
+                    (None, None) => PathBuf::from(target),
+                };
+                link(&path, &target, r.owner, r.delta)?;
+            }
+            Kind::File(file) => files.push((path, file)),
+        }
+    }
+    restored.files = files.len() as u64;
+    if r.delta {
+        restored.removed = remove_others(&r.dest, &kept)?;
+    }
+    let shared = Arc::new((r, decodings));
+    let queue = Arc::new(Mutex::new(VecDeque::from(files)));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..shared.0.jobs.max(1) {
+        let shared = shared.clone();
+        let queue = queue.clone();
+        workers.spawn(async move {
+            let mut tally = Restored::default();
+            loop {
+                let Some((path, file)) = queue.lock().expect("not poisoned").pop_front() else {
+                    return Ok(tally);
+                };
+                let (r, decodings) = &*shared;
+                write_file(r, decodings, &path, &file, &mut tally)
+                    .await
+                    .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+            }
+        });
+    }
+    let mut failure = None;
+    while let Some(joined) = workers.join_next().await {
+        match joined.map_err(|e| io::Error::other(format!("a restore worker failed: {e}"))) {
+            Ok(Ok(tally)) => {
+                restored.written += tally.written;
+                restored.unchanged += tally.unchanged;
+                restored.blocks += tally.blocks;
+                restored.bytes += tally.bytes;
+            }
+            Ok(Err(e)) | Err(e) => {
+                if failure.is_none() {
+                    queue.lock().expect("not poisoned").clear();
+                    failure = Some(e);
+                }
+            }
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(restored),
+    }
+}
+
+fn make_dir(path: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            std::fs::remove_file(path).map_err(|e| at(path, e))?;
+            std::fs::create_dir(path).map_err(|e| at(path, e))?;
+        }
+        Err(_) => std::fs::create_dir_all(path).map_err(|e| at(path, e))?,
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| at(path, e))?;
+    chown(path, owner)
+}
+
+/// A tablespace: its directory (made, or in a delta restore kept) and the link to it.
+fn link(path: &Path, target: &Path, owner: Option<(u32, u32)>, delta: bool) -> io::Result<()> {
+    if !target.is_absolute() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "the tablespace at {} is to go to `{}`, which is not an absolute path",
+                path.display(),
+                target.display()
+            ),
+        ));
+    }
+    if let Ok(existing) = std::fs::read_link(path) {
+        if existing == target && delta {
+            return Ok(());
+        }
+        std::fs::remove_file(path).map_err(|e| at(path, e))?;
+    }
+    match std::fs::read_dir(target) {
+        Ok(mut entries) => {
+            if !delta && entries.next().is_some() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!(
+                        "the tablespace directory {} is not empty: restore it elsewhere (`tablespaces: {{OLD: NEW}}`) or empty it",
+                        target.display()
+                    ),
+                ));
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(target).map_err(|e| at(target, e))?;
+        }
+        Err(e) => return Err(at(target, e)),
+    }
+    make_dir(target, owner)?;
+    std::os::unix::fs::symlink(target, path).map_err(|e| at(path, e))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(|e| at(path, e))?;
+    }
+    Ok(())
+}
+
+/// Removes what is under `dest` (through tablespace links) and not in `kept`; how many.
+fn remove_others(dest: &Path, kept: &BTreeSet<PathBuf>) -> io::Result<u64> {
+    let mut removed = 0;
+    let mut pending = vec![dest.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).map_err(|e| at(&dir, e))? {
+            let entry = entry.map_err(|e| at(&dir, e))?;
+            let path = entry.path();
+            let kind = entry.file_type().map_err(|e| at(&path, e))?;
+            if kept.contains(&path) {
+                if kind.is_dir() || (kind.is_symlink() && path.is_dir()) {
+                    pending.push(path);
+                }
+                continue;
+            }
+            if path.file_name()
+                == Some(std::ffi::OsStr::new(
+                    super::super::data_directory::INCOMPLETE,
+                ))
+                && dir == dest
+            {
+                continue;
+            }
+            if kind.is_dir() {
+                std::fs::remove_dir_all(&path).map_err(|e| at(&path, e))?;
+            } else {
+                std::fs::remove_file(&path).map_err(|e| at(&path, e))?;
+            }
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+async fn write_file(
+    r: &Restore,
+    decodings: &HashMap<String, Decoding>,
+    path: &Path,
+    file: &File,
+    tally: &mut Restored,
+) -> io::Result<()> {
+    let present = r.delta
+        && tokio::fs::symlink_metadata(path)
+            .await
+            .is_ok_and(|m| m.is_file());
+    match &file.data {
+        Data::Empty | Data::Whole(_) => {
+            if present && same_file(path, file).await? {
+                tally.unchanged += 1;
+            } else {
+                write_whole(r, decodings, path, file, tally).await?;
+            }
+        }
+        Data::Blocks(stored) => {
+            let map = super::copy::read_map(&r.store, decoding(decodings, stored)?, stored).await?;
+            if map.blocks.len() as u64 != file.size.div_ceil(BLOCK) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "its block map has {} blocks for {} bytes (damaged)",
+                        map.blocks.len(),
+                        file.size
+                    ),
+                ));
+            }
+            let written = write_blocks(r, decodings, path, file, &map, present).await?;
+            if present && written == 0 {
+                tally.unchanged += 1;
+            } else {
+                tally.written += 1;
+                tally.blocks += written;
+                tally.bytes += written * BLOCK;
+                r.written.add(written * BLOCK);
+            }
+        }
+    }
+    finish_file(path, r.owner)
+}
+
+fn decoding<'a>(
+    decodings: &'a HashMap<String, Decoding>,
+    stored: &Stored,
+) -> io::Result<&'a Decoding> {
+    decodings.get(&stored.backup).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "its bytes are in backup {}, which is not in the chain being restored",
+                stored.backup
+            ),
+        )
+    })
+}
+
+/// Whether the file at `path` already holds exactly the backup's bytes.
+async fn same_file(path: &Path, file: &File) -> io::Result<bool> {
+    let meta = tokio::fs::metadata(path).await.map_err(|e| at(path, e))?;
+    if meta.len() != file.size {
+        return Ok(false);
+    }
+    Ok(hash_file(path).await? == file.sha256)
+}
+
+async fn hash_file(path: &Path) -> io::Result<String> {
+    let mut f = tokio::fs::File::open(path).await.map_err(|e| at(path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(crate::digest::hex(&hasher.finalize()))
+}
+
+async fn write_whole(
+    r: &Restore,
+    decodings: &HashMap<String, Decoding>,
+    path: &Path,
+    file: &File,
+    tally: &mut Restored,
+) -> io::Result<()> {
+    let mut out = tokio::fs::File::create(path)
+        .await
+        .map_err(|e| at(path, e))?;
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    if let Data::Whole(stored) = &file.data {
+        let mut input = bundle::read(
+            &r.store,
+            decoding(decodings, stored)?,
+            &stored.bundle,
+            &stored.segment(),
+        )
+        .await?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = input.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n]).await?;
+            size += n as u64;
+            r.written.add(n as u64);
+        }
+    }
+    out.sync_data().await?;
+    let sha256 = crate::digest::hex(&hasher.finalize());
+    if size != file.size || sha256 != file.sha256 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "restored {size} bytes of SHA-256 {sha256}; the backup recorded {} bytes of {} (damaged)",
+                file.size, file.sha256
+            ),
+        ));
+    }
+    tally.written += 1;
+    tally.bytes += size;
+    Ok(())
+}
+
+/// Writes a block-mapped file: every block into a new file, or in a delta restore only
+/// the blocks whose bytes differ from the backup's. Then reads the file back whole and
+/// checks it. How many blocks it wrote.
+async fn write_blocks(
+    r: &Restore,
+    decodings: &HashMap<String, Decoding>,
+    path: &Path,
+    file: &File,
+    map: &BlockMap,
+    present: bool,
+) -> io::Result<u64> {
+    let mut out = tokio::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(!present)
+        .open(path)
+        .await
+        .map_err(|e| at(path, e))?;
+    let mut wanted: Vec<usize> = (0..map.blocks.len()).collect();
+    if present {
+        wanted = differing(&mut out, map, file.size).await?;
+    }
+    out.set_len(file.size).await?;
+    // By run: each run's segment is read once, in order, for the blocks taken from it.
+    let mut by_source: BTreeMap<u32, Vec<(u32, usize)>> = BTreeMap::new();
+    for &i in &wanted {
+        let b = map.blocks[i];
+        by_source.entry(b.source).or_default().push((b.ordinal, i));
+    }
+    let mut block = vec![0u8; BLOCK as usize];
+    for (source, mut blocks) in by_source {
+        blocks.sort_unstable();
+        let stored = &map.sources[source as usize];
+        let mut input = bundle::read(
+            &r.store,
+            decoding(decodings, stored)?,
+            &stored.bundle,
+            &stored.segment(),
+        )
+        .await?;
+        let mut at_ordinal = 0u32;
+        for (ordinal, i) in blocks {
+            let len = (file.size - i as u64 * BLOCK).min(BLOCK) as usize;
+            while at_ordinal < ordinal {
+                input.read_exact(&mut block).await?;
+                at_ordinal += 1;
+            }
+            input.read_exact(&mut block[..len]).await?;
+            at_ordinal += 1;
+            if block_hash(&block[..len]) != map.blocks[i].hash {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "block {i} from {} of backup {} is not the block the map names (damaged)",
+                        stored.bundle, stored.backup
+                    ),
+                ));
+            }
+            out.seek(io::SeekFrom::Start(i as u64 * BLOCK)).await?;
+            out.write_all(&block[..len]).await?;
+        }
+    }
+    out.sync_data().await?;
+    drop(out);
+    let sha256 = hash_file(path).await?;
+    if sha256 != file.sha256 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "assembled from its block map, its SHA-256 is {sha256}; the backup recorded {} (damaged)",
+                file.sha256
+            ),
+        ));
+    }
+    Ok(wanted.len() as u64)
+}
+
+/// The blocks of an existing file that differ from the map's.
+async fn differing(out: &mut tokio::fs::File, map: &BlockMap, size: u64) -> io::Result<Vec<usize>> {
+    let mut differ = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut i = 0usize;
+    out.seek(io::SeekFrom::Start(0)).await?;
+    loop {
+        let mut n = 0;
+        while n < buf.len() {
+            let got = out.read(&mut buf[n..]).await?;
+            if got == 0 {
+                break;
+            }
+            n += got;
+        }
+        for block in buf[..n].chunks(BLOCK as usize) {
+            let want = (size.saturating_sub(i as u64 * BLOCK)).min(BLOCK) as usize;
+            if i >= map.blocks.len() {
+                break;
+            }
+            if block.len() != want || block_hash(block) != map.blocks[i].hash {
+                differ.push(i);
+            }
+            i += 1;
+        }
+        if n < buf.len() {
+            break;
+        }
+    }
+    differ.extend(i..map.blocks.len());
+    Ok(differ)
+}
+
+fn finish_file(path: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| at(path, e))?;
+    chown(path, owner)
+}
+
+fn chown(path: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(|e| at(path, e))?;
+    }
+    Ok(())
+}
+
+fn at(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+/// The system identifier a data directory's `global/pg_control` records (its first eight
+/// bytes, in the machine's byte order), `None` without one.
+pub fn system_identifier(dir: &Path) -> Option<u64> {
+    let mut bytes = [0u8; 8];
+    let mut f = std::fs::File::open(dir.join("global/pg_control")).ok()?;
+    std::io::Read::read_exact(&mut f, &mut bytes).ok()?;
+    Some(u64::from_ne_bytes(bytes))
+}
+
+/// Entries by path, for the next backup taken against this one.
+pub fn files_by_path(entries: Vec<Entry>) -> HashMap<String, File> {
+    entries
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            Kind::File(f) => Some((e.path, f)),
+            _ => None,
+        })
+        .collect()
+}
