@@ -185,6 +185,16 @@ pub async fn run(p: &BaseBackupParams, ctx: &StepContext) -> Result<Outputs, Ste
     let what = format!("target `{}`", p.target);
     let mut server = connect(ctx.target_url(&p.target)?, None, &what).await?;
     let cluster = inspect(&mut server, &p.target).await?;
+    if cluster.standby {
+        ctx.events.output(
+            &ctx.step_id,
+            Stream::Stdout,
+            format!(
+                "target `{}` is a standby: the copy is taken from it, and the WAL it needs comes from the primary's archive (published once repository `{}` holds it)",
+                p.target, p.repository
+            ),
+        );
+    }
     if let Some(dir) = &ctx.data_directory {
         return super::base_files::run(super::base_files::Start {
             p,

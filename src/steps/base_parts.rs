@@ -73,6 +73,8 @@ pub fn method(data_directory: Option<&std::path::Path>) -> BaseMethod {
 
 /// What the server says about itself before the copy.
 pub struct Cluster {
+    /// A standby: its WAL reaches the archive from its primary, at the primary's pace.
+    pub standby: bool,
     pub system_identifier: String,
     pub wal_segment_size: u64,
     pub archive_command: String,
@@ -97,20 +99,14 @@ pub async fn inspect(server: &mut Server, target: &str) -> Result<Cluster, StepE
     let archive_command: String = row.get(3);
     let archive_library: String = row.get(4);
     let in_recovery: bool = row.get(5);
-    let archives = match archive_mode.as_str() {
-        "off" => false,
-        "on" => !in_recovery,
-        _ => true,
-    } && (!archive_command.trim().is_empty() && archive_command != "(disabled)"
-        || !archive_library.is_empty());
-    if !archives {
+    let archives = archive_mode != "off"
+        && (!archive_command.trim().is_empty() && archive_command != "(disabled)"
+            || !archive_library.is_empty());
+    // A standby's WAL is archived by its primary (or by itself with archive_mode =
+    // always), which it cannot see: the wait for the archive after the copy is the check.
+    if !archives && !in_recovery {
         return Err(StepError::permanent(format!(
-            "target `{target}` does not archive its WAL (archive_mode = {archive_mode}{}, archive_command = '{archive_command}'): a base backup without its WAL cannot be restored. Set archive_mode = on and archive_command = 'opsrunner wal push %p --repository …' (README, \"Point-in-time recovery\")",
-            if in_recovery {
-                ", and the server is a standby"
-            } else {
-                ""
-            }
+            "target `{target}` does not archive its WAL (archive_mode = {archive_mode}, archive_command = '{archive_command}'): a base backup without its WAL cannot be restored. Set archive_mode = on and archive_command = 'opsrunner wal push %p --repository …' (README, \"Point-in-time recovery\")"
         )));
     }
     // pg_basebackup waits for the WAL it needs to be archived, forever: with archiving
@@ -123,9 +119,12 @@ pub async fn inspect(server: &mut Server, target: &str) -> Result<Cluster, StepE
     }
     let wal_segment_size: i64 = row.get(1);
     Ok(Cluster {
+        standby: in_recovery,
         system_identifier: row.get(0),
         wal_segment_size: wal_segment_size as u64,
-        archive_command: if archive_command.is_empty() {
+        archive_command: if in_recovery {
+            "primary's archiving (this target is a standby; its primary must archive into this repository, and with archive_timeout set a backup ends promptly)".to_string()
+        } else if archive_command.is_empty() {
             format!("archive_library = {archive_library}")
         } else {
             format!("archive_command = '{archive_command}'")

@@ -282,3 +282,271 @@ fn directory_plan(repo_url: &str, id: &str, dir: &Path, extra: &str) -> String {
         dir.display()
     )
 }
+
+/// A cluster archiving into a new local repository: (cluster, repository, its URL).
+fn archiving(ws: &Workspace, cluster: &Cluster) -> (std::path::PathBuf, String) {
+    let repo = ws.path("repo");
+    std::fs::create_dir(&repo).unwrap();
+    let (uid, gid) = server_owner(cluster);
+    std::os::unix::fs::chown(&repo, Some(uid), Some(gid)).unwrap();
+    let repo_url = format!("file://{}", repo.display());
+    archive_with(cluster, &format!("--repository {repo_url}"), &[]);
+    (repo, repo_url)
+}
+
+/// A restore of backup `id` to the end of the archive into a throwaway cluster, and the
+/// query's answer there.
+fn restored_value(ws: &Workspace, repo_url: &str, id: &str, query: &str) -> String {
+    let run = ws.apply(
+        &format!(
+            "version: 1\nname: drill\ntargets:\n  drill: {{ ephemeral: true }}\nrepositories:\n  local: {{ url: \"{repo_url}\" }}\nsteps:\n  - {{ id: restore, type: restore, repository: local, backup: \"{id}\", to: {{ latest: true }}, into: {{ target: drill }} }}\n  - {{ id: q, type: sql, needs: [restore], target: drill, database: app, query: \"{query}\" }}\n"
+        ),
+        &[],
+    );
+    assert_eq!(run.code, 0, "{}", run.everything());
+    run.step("q")["outputs"]["value"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_standby_is_backed_up_file_by_file_and_by_pg_basebackup_and_both_recover() {
+    let ws = Workspace::new();
+    let primary = Cluster::start();
+    primary.psql("postgres", "create database app");
+    primary.psql(
+        "app",
+        "create table t (id int primary key); create table tick (at timestamptz default now()); insert into t values (1)",
+    );
+    let (repo, repo_url) = archiving(&ws, &primary);
+    let standby = primary.standby();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while standby.psql("app", "select count(*) from t") != "1" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the standby did not catch up"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A standby cannot switch WAL segments: the primary does, as archive_timeout would.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let ids = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                primary.psql(
+                    "app",
+                    "insert into tick default values; select pg_switch_wal()",
+                );
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        });
+        let mut ids = Vec::new();
+        for data_directory in [true, false] {
+            let target = if data_directory {
+                format!(
+                    "{{ url: \"{}\", data_directory: \"{}\" }}",
+                    standby.url("app"),
+                    standby.dir.path().join("data").display()
+                )
+            } else {
+                format!("{{ url: \"{}\" }}", standby.url("app"))
+            };
+            let run = ws.apply(
+                &format!(
+                    "version: 1\nname: base\ntargets:\n  replica: {target}\nrepositories:\n  local: {{ url: \"{repo_url}\" }}\nsteps:\n  - {{ id: base, type: base_backup, target: replica, repository: local, wal_wait: 60s }}\n"
+                ),
+                &[],
+            );
+            assert_eq!(run.code, 0, "{}", run.everything());
+            assert!(
+                run.everything()
+                    .contains("is a standby: the copy is taken from it"),
+                "{}",
+                run.everything()
+            );
+            let out = &run.step("base")["outputs"];
+            assert_eq!(
+                out["method"],
+                if data_directory {
+                    "file-level"
+                } else {
+                    "pg_basebackup"
+                }
+            );
+            ids.push(out["backup_id"].as_str().unwrap().to_string());
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        ids
+    });
+    primary.psql("app", "insert into t values (2)");
+    archive_everything(&primary, &repo);
+    for id in &ids {
+        assert_eq!(
+            restored_value(
+                &ws,
+                &repo_url,
+                id,
+                "select string_agg(id::text, ',' order by id) from t"
+            ),
+            "1,2",
+            "{id}"
+        );
+    }
+}
+
+#[test]
+fn a_tablespace_is_backed_up_and_restored_inside_a_drill_or_where_it_is_told() {
+    let ws = Workspace::new();
+    let cluster = Cluster::start();
+    let (uid, gid) = server_owner(&cluster);
+    let space = ws.path("space");
+    std::fs::create_dir(&space).unwrap();
+    std::os::unix::fs::chown(&space, Some(uid), Some(gid)).unwrap();
+    cluster.psql("postgres", "create database app");
+    cluster.psql(
+        "app",
+        &format!("create tablespace extra location '{}'", space.display()),
+    );
+    cluster.psql(
+        "app",
+        "create table t (id int primary key) tablespace extra; insert into t select generate_series(1, 5000)",
+    );
+    let (repo, repo_url) = archiving(&ws, &cluster);
+    let mut ids = Vec::new();
+    for (kind, rows) in [("full", "5001, 5100"), ("incremental", "5101, 5200")] {
+        let run = ws.apply(&base_plan(&repo_url, &cluster, kind), &[]);
+        assert_eq!(run.code, 0, "{}", run.everything());
+        ids.push(
+            run.step("base")["outputs"]["backup_id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+        cluster.psql(
+            "app",
+            &format!("insert into t select generate_series({rows})"),
+        );
+    }
+    archive_everything(&cluster, &repo);
+    // A drill: the tablespace goes inside the throwaway cluster, not over the live one.
+    let live_before = crate::common::files_under(&space).len();
+    assert_eq!(
+        restored_value(&ws, &repo_url, &ids[1], "select count(*) from t"),
+        "5200"
+    );
+    assert_eq!(crate::common::files_under(&space).len(), live_before);
+
+    // Into a data directory: where it was is in use, so the restore says so and stops …
+    let dir = ws.path("restored");
+    let refused = ws.apply(&directory_plan(&repo_url, &ids[1], &dir, ""), &[]);
+    assert_eq!(refused.code, 1, "{}", refused.everything());
+    assert!(
+        refused.everything().contains(&format!(
+            "the tablespace directory {} is not empty",
+            space.display()
+        )),
+        "{}",
+        refused.everything()
+    );
+    assert!(!dir.exists());
+    // … and with `tablespaces: {OLD: NEW}` it goes where it is told.
+    let moved = ws.path("moved");
+    let run = ws.apply(
+        &directory_plan(
+            &repo_url,
+            &ids[1],
+            &dir,
+            &format!(
+                "tablespaces: {{ \"{}\": \"{}\" }}",
+                space.display(),
+                moved.display()
+            ),
+        ),
+        &[],
+    );
+    assert_eq!(run.code, 0, "{}", run.everything());
+    let links: Vec<std::path::PathBuf> = std::fs::read_dir(dir.join("pg_tblspc"))
+        .unwrap()
+        .map(|e| std::fs::read_link(e.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(links, std::slice::from_ref(&moved));
+    // The table's file, under the server's version directory.
+    let files = crate::common::files_under(&moved);
+    assert!(
+        !files.is_empty()
+            && files.iter().all(|f| f
+                .strip_prefix(&moved)
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("PG_15_")),
+        "{files:?}"
+    );
+}
+
+#[test]
+fn a_killed_incremental_publishes_nothing_and_the_next_one_is_right() {
+    let ws = Workspace::new();
+    let cluster = Cluster::start();
+    cluster.psql("postgres", "create database app");
+    cluster.psql(
+        "app",
+        "create table t (id int primary key); insert into t values (1); create table big (v text); insert into big select repeat(md5(g::text), 30) from generate_series(1, 150000) g",
+    );
+    let (repo, repo_url) = archiving(&ws, &cluster);
+    let full = ws.apply(&base_plan(&repo_url, &cluster, "full"), &[]);
+    assert_eq!(full.code, 0, "{}", full.everything());
+    let full_id = full.step("base")["outputs"]["backup_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Much changes: the incremental has much to store, and is killed while it does.
+    cluster.psql(
+        "app",
+        "insert into t values (2); update big set v = v || 'x'",
+    );
+    let plan = ws.write_plan(&base_plan(&repo_url, &cluster, "incremental"));
+    let child = ws.spawn_apply(&plan, &[], &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let started = std::fs::read_dir(&repo)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .any(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                !name.starts_with('.') && name != full_id
+            });
+        if started {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the incremental never started"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let killed = ws.interrupt(child, libc::SIGKILL);
+    assert_ne!(killed.code, 0);
+    let listed = ws.backups(&["list"]);
+    assert_eq!(listed.matches("-cluster-").count(), 1, "{listed}");
+    // The server forgot the backup with the session: the next one starts at once.
+    let next = ws.apply(&base_plan(&repo_url, &cluster, "incremental"), &[]);
+    assert_eq!(next.code, 0, "{}", next.everything());
+    let next_id = next.step("base")["outputs"]["backup_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(next.step("base")["outputs"]["parent"], full_id.as_str());
+    cluster.psql("app", "insert into t values (3)");
+    archive_everything(&cluster, &repo);
+    assert_eq!(
+        restored_value(
+            &ws,
+            &repo_url,
+            &next_id,
+            "select string_agg(id::text, ',' order by id) || ' ' || (select count(*) from big where v like '%x') from t"
+        ),
+        "1,2,3 150000"
+    );
+}
