@@ -170,12 +170,21 @@ async fn copy_between_start_and_stop(
     } else {
         "select pg_start_backup($1, $2, false)::text"
     };
-    sqlx::query_scalar::<_, String>(start_sql)
+    let checksums: String = sqlx::query_scalar("select current_setting('data_checksums')")
+        .fetch_one(&mut server.conn)
+        .await
+        .map_err(|e| classify(&e, "cannot read data_checksums"))?;
+    let started = sqlx::query_scalar::<_, String>(start_sql)
         .bind(&label)
         .bind(fast)
         .fetch_one(&mut server.conn)
         .await
         .map_err(|e| classify(&e, "the server refused to start a backup"))?;
+    let start_lsn = parse_lsn(&started).ok_or_else(|| {
+        StepError::permanent(format!(
+            "the server started the backup at `{started}`, not a WAL position"
+        ))
+    })?;
     let root = dir.to_path_buf();
     let items = tokio::task::spawn_blocking(move || crate::pg::files::walk::walk(&root))
         .await
@@ -198,6 +207,7 @@ async fn copy_between_start_and_stop(
         jobs: p.jobs.max(1) as usize,
         parent,
         read,
+        checksums: (checksums == "on").then_some(start_lsn),
     };
     let copied = tokio::select! {
         r = copy::copy(settings, items) => r.map_err(|e| crate::exec::io_error("copying the data directory", &e))?,
@@ -367,6 +377,26 @@ async fn publish(
         base: Some(base.clone()),
     };
     super::backup::seal_and_publish(store, &mut manifest, recipients.as_ref()).await?;
+    if !tally.damaged.is_empty() {
+        // As pg_basebackup does: the copy is kept (it is what the server holds), and the
+        // step fails, for someone to look at the server's disk.
+        let shown: Vec<String> = tally
+            .damaged
+            .iter()
+            .take(10)
+            .map(|(file, block)| format!("{file} block {block}"))
+            .collect();
+        return Err(StepError::permanent(format!(
+            "base backup {backup_id} was published, but {} page(s) of the cluster failed their checksum when read twice: {}{} — the server's files are damaged there (see the server log; pg_checksums and amcheck tell more)",
+            tally.damaged.len(),
+            shown.join(", "),
+            if tally.damaged.len() > shown.len() {
+                ", …"
+            } else {
+                ""
+            }
+        )));
+    }
     say(
         ctx,
         format!(

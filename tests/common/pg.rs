@@ -235,6 +235,15 @@ impl Cluster {
         run(ctl, self.user);
     }
 
+    /// Stops the server cleanly (a shutdown checkpoint: every page is on disk).
+    pub fn stop_clean(&self) {
+        let mut ctl = Command::new(self.bin.join("pg_ctl"));
+        ctl.arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "fast", "-w", "stop"]);
+        run(ctl, self.user);
+    }
+
     /// Starts a stopped server again on the same port.
     pub fn restart(&self) {
         self.restart_env(&[]);
@@ -351,6 +360,18 @@ impl Cluster {
             "postgres",
             "select coalesce(string_agg(datname, ',' order by datname), '') from pg_database where datname like '%\\_opsrunner\\_%'",
         )
+    }
+
+    /// Turns page checksums on (`pg_checksums --enable`, the server stopped meanwhile).
+    pub fn enable_checksums(&self) {
+        self.stop_clean();
+        let mut enable = Command::new(self.bin.join("pg_checksums"));
+        enable
+            .arg("--enable")
+            .arg("-D")
+            .arg(self.dir.path().join("data"));
+        run(enable, self.user);
+        self.restart();
     }
 
     fn tool(&self, name: &str) -> Command {

@@ -550,3 +550,35 @@ fn a_killed_incremental_publishes_nothing_and_the_next_one_is_right() {
         "1,2,3 150000"
     );
 }
+
+#[test]
+fn a_damaged_page_on_the_server_is_found_by_its_checksum_and_named() {
+    let ws = Workspace::new();
+    let cluster = Cluster::start();
+    cluster.enable_checksums();
+    cluster.psql("postgres", "create database app");
+    cluster.psql(
+        "app",
+        "create table t (id int primary key, pad text); insert into t select g, repeat('y', 100) from generate_series(1, 20000) g; checkpoint",
+    );
+    let (_repo, repo_url) = archiving(&ws, &cluster);
+    // Whole and checked: every page of every relation is read and matches.
+    let clean = ws.apply(&base_plan(&repo_url, &cluster, "full"), &[]);
+    assert_eq!(clean.code, 0, "{}", clean.everything());
+    // A byte changed on disk behind the server's back, in block 5 of the table.
+    let file = cluster.psql("app", "select pg_relation_filepath('t')");
+    cluster.stop_clean();
+    let path = cluster.dir.path().join("data").join(&file);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[5 * 8192 + 4000] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    cluster.restart();
+    let damaged = ws.apply(&base_plan(&repo_url, &cluster, "full"), &[]);
+    assert_eq!(damaged.code, 1, "{}", damaged.everything());
+    let reason = damaged.step("base")["reason"].as_str().unwrap().to_string();
+    assert!(
+        reason.contains("was published, but 1 page(s) of the cluster failed their checksum")
+            && reason.contains(&format!("{file} block 5")),
+        "{reason}"
+    );
+}

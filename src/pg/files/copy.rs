@@ -53,6 +53,32 @@ pub struct Settings {
     pub parent: Option<Parent>,
     /// Bytes read from the data directory so far (for progress).
     pub read: Counter,
+    /// With page checksums on the cluster: the WAL position the backup started at (pages
+    /// written since are not judged).
+    pub checksums: Option<u64>,
+}
+
+/// Checks the pages of `bytes`, read from file `item` at `offset`, against their
+/// checksums; a page that fails is read again, and one that fails twice is recorded.
+fn check_pages(settings: &Settings, item: &Item, bytes: &[u8], offset: u64, tally: &mut Tally) {
+    let (Some(start_lsn), Some(first)) =
+        (settings.checksums, super::checksum::first_block(&item.path))
+    else {
+        return;
+    };
+    for (i, page) in bytes.chunks_exact(BLOCK as usize).enumerate() {
+        let at = offset / BLOCK + i as u64;
+        let blkno = first.saturating_add(at as u32);
+        if !super::checksum::fails(page, blkno, start_lsn) {
+            continue;
+        }
+        let mut again = vec![0u8; BLOCK as usize];
+        let reread = std::fs::File::open(&item.disk)
+            .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut again, at * BLOCK));
+        if reread.is_err() || super::checksum::fails(&again, blkno, start_lsn) {
+            tally.damaged.push((item.path.clone(), blkno));
+        }
+    }
 }
 
 /// What the copy made.
@@ -64,8 +90,10 @@ pub struct Copied {
 }
 
 /// How each file was kept, for the step's report.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Tally {
+    /// Pages that failed their checksum, read twice: (file, block number).
+    pub damaged: Vec<(String, u32)>,
     /// Files stored whole, in this backup.
     pub stored: u64,
     /// Files named by reference to the parent's copy, unread.
@@ -81,6 +109,7 @@ pub struct Tally {
 
 impl Tally {
     fn add(&mut self, other: Tally) {
+        self.damaged.extend(other.damaged);
         self.stored += other.stored;
         self.unread += other.unread;
         self.same += other.same;
@@ -275,7 +304,9 @@ async fn one(slot: &mut Slot<'_>, item: &Item, tally: &mut Tally) -> io::Result<
         Err(e) => return Err(e),
     };
     if size >= BLOCK_MAP_MIN && size % BLOCK == 0 {
-        return blocks(slot, file, mtime_ns, before, tally).await.map(Some);
+        return blocks(slot, item, file, mtime_ns, before, tally)
+            .await
+            .map(Some);
     }
     if size < BLOCK_MAP_MIN {
         let mut bytes = Vec::with_capacity(size as usize);
@@ -284,6 +315,7 @@ async fn one(slot: &mut Slot<'_>, item: &Item, tally: &mut Tally) -> io::Result<
             .await?;
         slot.settings.read.add(bytes.len() as u64);
         tally.bytes_read += bytes.len() as u64;
+        check_pages(slot.settings, item, &bytes, 0, tally);
         let sha256 = crate::digest::hex(&Sha256::digest(&bytes));
         let size = bytes.len() as u64;
         if let Some(before) = before.filter(|b| b.sha256 == sha256 && b.size == size) {
@@ -374,6 +406,7 @@ async fn whole(
 /// (all of them, without one) stored in one segment, the map in another.
 async fn blocks(
     slot: &mut Slot<'_>,
+    item: &Item,
     mut file: tokio::fs::File,
     mtime_ns: i64,
     before: Option<&File>,
@@ -403,6 +436,7 @@ async fn blocks(
         }
         hasher.update(&buf[..n]);
         read.add(n as u64);
+        check_pages(settings, item, &buf[..n], size, tally);
         for block in buf[..n].chunks(BLOCK as usize) {
             let i = refs.len();
             let hash = block_hash(block);

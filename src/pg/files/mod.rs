@@ -9,6 +9,7 @@
 //! [`walk`] says what is copied, [`copy`] copies it, [`contents`] is what the backup
 //! records, [`restore`] writes it back.
 
+pub mod checksum;
 pub mod contents;
 pub mod copy;
 pub mod restore;
