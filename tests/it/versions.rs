@@ -254,6 +254,41 @@ fn matrix(major: u32) {
         "{}",
         drilled.everything()
     );
+
+    // The file-level way (the target's data directory read here) on the same server: the
+    // drill to a moment after it restores from it.
+    let data = cluster.dir.path().join("data");
+    let files = base.replace(
+        &format!("app: {{ url: \"{}\" }}", cluster.url("app")),
+        &format!(
+            "app: {{ url: \"{}\", data_directory: \"{}\" }}",
+            cluster.url("app"),
+            data.display()
+        ),
+    );
+    assert_ne!(files, base);
+    let based = ws.apply_env(&files, &[], &env);
+    assert_eq!(based.code, 0, "PostgreSQL {major}: {}", based.everything());
+    assert_eq!(based.step("base")["outputs"]["method"], "file-level");
+    cluster.psql("app", "insert into t values (4)");
+    let at = server_now(&cluster);
+    std::thread::sleep(Duration::from_millis(50));
+    cluster.psql("app", "insert into t values (5)");
+    let drilled = ws.apply_env(&drill, &["--var", &format!("at={at}")], &env);
+    assert_eq!(
+        drilled.code,
+        0,
+        "PostgreSQL {major}: {}",
+        drilled.everything()
+    );
+    assert_eq!(drilled.step("rows")["outputs"]["value"], "1,2,3,4");
+    assert!(
+        drilled
+            .everything()
+            .contains("every one checked against its SHA-256"),
+        "PostgreSQL {major}: {}",
+        drilled.everything()
+    );
 }
 
 #[test]
