@@ -549,6 +549,22 @@ pub async fn show(
         "made by      {}, opsrunner {}",
         m.pg_dump_version, m.opsrunner_version
     );
+    if let Some(b) = &m.base {
+        let _ = writeln!(
+            out,
+            "base         {} {} copy{}, WAL {} to {} on timeline {}; these files add {} to the repository",
+            b.kind.as_str(),
+            b.method.as_str(),
+            b.parent
+                .as_ref()
+                .map(|p| format!(" of {p} (a restore needs it, and its own parents)"))
+                .unwrap_or_default(),
+            b.start_lsn,
+            b.stop_lsn,
+            b.timeline,
+            size(m.total_bytes())
+        );
+    }
     match &m.encryption {
         Some(e) => {
             let _ = writeln!(

@@ -10,7 +10,9 @@
 //! is not published.
 
 pub use super::base_parts::{BaseBackupParams, Checkpoint};
-use super::base_parts::{Cluster, inspect, method, newest_parent, server_clock, wait_for_wal};
+use super::base_parts::{
+    Cluster, find_parent, inspect, method, newest_parent, server_clock, wait_for_wal,
+};
 use super::probe::{Findings, Probe};
 use super::step_type::StepType;
 use crate::exec::events::{Outputs, Stream};
@@ -323,18 +325,12 @@ pub async fn run(p: &BaseBackupParams, ctx: &StepContext) -> Result<Outputs, Ste
             manifest.total_bytes()
         ),
     );
-    let mut outputs = Outputs::new();
-    outputs.insert("backup_id".into(), backup_id.clone());
-    outputs.insert("kind".into(), kind.as_str().into());
-    outputs.insert("method".into(), BaseMethod::Tar.as_str().into());
-    outputs.insert("parent".into(), parent_id.unwrap_or_default());
-    outputs.insert("uri".into(), store.uri(&backup_id));
-    outputs.insert("bytes".into(), manifest.total_bytes().to_string());
-    outputs.insert("sha256".into(), manifest.files[0].sha256.clone());
-    outputs.insert("start_lsn".into(), base.start_lsn.clone());
-    outputs.insert("stop_lsn".into(), base.stop_lsn.clone());
-    outputs.insert("timeline".into(), base.timeline.to_string());
-    Ok(outputs)
+    Ok(super::base_parts::outputs(
+        &store,
+        &manifest,
+        &base,
+        &manifest.files[0].sha256,
+    ))
 }
 
 /// Streams `pg_basebackup`'s tar into the repository, watching it for the label and the
@@ -427,30 +423,19 @@ async fn parent_for(
             "the server does not summarize its WAL (set summarize_wal = on, then take a full backup to start from)".into(),
         ));
     }
-    let backups = crate::repo::listing::base_backups(store)
-        .await
-        .map_err(|e| crate::exec::io_error("listing the repository", &e))?;
-    let Some(manifest) = newest_parent(
-        backups,
+    let manifest = match find_parent(
+        ctx,
+        store,
+        cluster,
         kind,
-        Some(&cluster.system_identifier),
         BaseMethod::Tar,
-    ) else {
-        return Ok(Err(format!(
-            "the repository holds no {} of this cluster with its backup_manifest stored beside it",
-            if kind == BaseKind::Differential {
-                "full base backup"
-            } else {
-                "base backup"
-            }
-        )));
+        "backup_manifest",
+    )
+    .await?
+    {
+        Ok(manifest) => manifest,
+        Err(why) => return Ok(Err(why)),
     };
-    if manifest.encryption.is_some() && ctx.identities.is_none() {
-        return Ok(Err(format!(
-            "the parent {} is encrypted, and reading its backup_manifest needs the identity (--identity)",
-            manifest.backup_id
-        )));
-    }
     let name = manifest
         .base
         .as_ref()

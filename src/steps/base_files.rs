@@ -5,7 +5,7 @@
 //! (`pg_backup_stop`), and its `backup_label` is stored with the files. The WAL in between
 //! comes from the archive, as for `pg_basebackup`'s copies.
 
-use super::base_parts::{BaseBackupParams, Checkpoint, Cluster, newest_parent, server_clock};
+use super::base_parts::{BaseBackupParams, Checkpoint, Cluster, server_clock};
 use crate::exec::events::{Outputs, Stream};
 use crate::exec::progress::{Counter, Meter};
 use crate::exec::{StepContext, StepError};
@@ -418,25 +418,12 @@ async fn publish(
             manifest.total_bytes()
         ),
     );
-    let mut outputs = Outputs::new();
-    outputs.insert("backup_id".into(), backup_id.to_string());
-    outputs.insert("kind".into(), kind.as_str().into());
-    outputs.insert("method".into(), BaseMethod::Files.as_str().into());
-    outputs.insert("parent".into(), parent_id.unwrap_or_default());
-    outputs.insert("uri".into(), store.uri(backup_id));
-    outputs.insert("bytes".into(), manifest.total_bytes().to_string());
-    outputs.insert(
-        "sha256".into(),
-        manifest
-            .files
-            .last()
-            .map(|f| f.sha256.clone())
-            .unwrap_or_default(),
-    );
-    outputs.insert("start_lsn".into(), base.start_lsn.clone());
-    outputs.insert("stop_lsn".into(), base.stop_lsn.clone());
-    outputs.insert("timeline".into(), base.timeline.to_string());
-    Ok(outputs)
+    let sha256 = manifest
+        .files
+        .last()
+        .map(|f| f.sha256.clone())
+        .unwrap_or_default();
+    Ok(super::base_parts::outputs(store, &manifest, &base, &sha256))
 }
 
 /// The parent a file-level incremental or differential is taken against, or why there is
@@ -447,30 +434,19 @@ async fn parent_for(
     cluster: &Cluster,
     kind: BaseKind,
 ) -> Result<Result<(Manifest, Parent), String>, StepError> {
-    let backups = crate::repo::listing::base_backups(store)
-        .await
-        .map_err(|e| crate::exec::io_error("listing the repository", &e))?;
-    let Some(manifest) = newest_parent(
-        backups,
+    let manifest = match super::base_parts::find_parent(
+        ctx,
+        store,
+        cluster,
         kind,
-        Some(&cluster.system_identifier),
         BaseMethod::Files,
-    ) else {
-        return Ok(Err(format!(
-            "the repository holds no file-level {} of this cluster",
-            if kind == BaseKind::Differential {
-                "full base backup"
-            } else {
-                "base backup"
-            }
-        )));
+        "list of files",
+    )
+    .await?
+    {
+        Ok(manifest) => manifest,
+        Err(why) => return Ok(Err(why)),
     };
-    if manifest.encryption.is_some() && ctx.identities.is_none() {
-        return Ok(Err(format!(
-            "the parent {} is encrypted, and reading its list of files needs the identity (--identity)",
-            manifest.backup_id
-        )));
-    }
     let chain = crate::repo::listing::base_chain(store, &manifest)
         .await
         .map_err(|e| StepError::permanent(format!("the parent {}: {e}", manifest.backup_id)))?;

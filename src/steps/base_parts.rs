@@ -225,3 +225,65 @@ pub async fn await_archived(
         }
     }
 }
+
+/// The newest backup of this cluster in the repository that a backup of `kind`, taken
+/// by `method`, can be relative to — or why there is none (then a full is taken).
+/// `needs` says what of the parent the copy reads (for the message when it is encrypted
+/// and no identity was given).
+pub async fn find_parent(
+    ctx: &StepContext,
+    store: &AnyStore,
+    cluster: &Cluster,
+    kind: BaseKind,
+    method: BaseMethod,
+    needs: &str,
+) -> Result<Result<Manifest, String>, StepError> {
+    let backups = crate::repo::listing::base_backups(store)
+        .await
+        .map_err(|e| crate::exec::io_error("listing the repository", &e))?;
+    let Some(manifest) = newest_parent(backups, kind, Some(&cluster.system_identifier), method)
+    else {
+        let which = if kind == BaseKind::Differential {
+            "full base backup"
+        } else {
+            "base backup"
+        };
+        return Ok(Err(match method {
+            BaseMethod::Tar => format!(
+                "the repository holds no {which} of this cluster with its backup_manifest stored beside it"
+            ),
+            BaseMethod::Files => {
+                format!("the repository holds no file-level {which} of this cluster")
+            }
+        }));
+    };
+    if manifest.encryption.is_some() && ctx.identities.is_none() {
+        return Ok(Err(format!(
+            "the parent {} is encrypted, and reading its {needs} needs the identity (--identity)",
+            manifest.backup_id
+        )));
+    }
+    Ok(Ok(manifest))
+}
+
+/// The step's outputs for a published base backup.
+pub fn outputs(
+    store: &AnyStore,
+    manifest: &Manifest,
+    base: &crate::repo::manifest::BaseBackup,
+    sha256: &str,
+) -> crate::exec::events::Outputs {
+    let id = &manifest.backup_id;
+    let mut outputs = crate::exec::events::Outputs::new();
+    outputs.insert("backup_id".into(), id.clone());
+    outputs.insert("kind".into(), base.kind.as_str().into());
+    outputs.insert("method".into(), base.method.as_str().into());
+    outputs.insert("parent".into(), base.parent.clone().unwrap_or_default());
+    outputs.insert("uri".into(), crate::repo::BackupStore::uri(store, id));
+    outputs.insert("bytes".into(), manifest.total_bytes().to_string());
+    outputs.insert("sha256".into(), sha256.to_string());
+    outputs.insert("start_lsn".into(), base.start_lsn.clone());
+    outputs.insert("stop_lsn".into(), base.stop_lsn.clone());
+    outputs.insert("timeline".into(), base.timeline.to_string());
+    outputs
+}

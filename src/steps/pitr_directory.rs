@@ -263,10 +263,32 @@ pub async fn preview(
     backup: &str,
     to: &PointInTime,
     data_directory: &Path,
+    delta: bool,
 ) -> super::probe::Findings {
     let mut findings = pitr::preview(scope, repository, backup, to).await;
+    let state = if delta {
+        delta_state(data_directory)
+    } else {
+        State::of(data_directory).describe(data_directory)
+    };
+    findings.lines.insert(0, state);
     findings
-        .lines
-        .insert(0, State::of(data_directory).describe(data_directory));
-    findings
+}
+
+/// What a delta restore would find in the directory, for the preview (the backup's own
+/// cluster is checked when the step runs, once the backup is chosen).
+fn delta_state(dir: &Path) -> String {
+    match dd::delta_refusal(dir, "", true) {
+        Some(why) => format!("apply would stop here: {why}"),
+        None => match crate::pg::files::restore::system_identifier(dir) {
+            Some(id) => format!(
+                "data directory {} (delta): holds a stopped cluster {id}; only the files and blocks that differ from the backup are rewritten, files the backup does not hold are removed",
+                dir.display()
+            ),
+            None => format!(
+                "data directory {} (delta): holds no cluster; the step refuses it unless `force: true`",
+                dir.display()
+            ),
+        },
+    }
 }

@@ -171,7 +171,15 @@ impl StepType for Restore {
         let mut findings = if let Some(to) = &p.to {
             if let Some(dir) = &p.into.data_directory {
                 let dir = std::path::Path::new(dir);
-                super::pitr_directory::preview(scope, &p.repository, &p.backup, to, dir).await
+                super::pitr_directory::preview(
+                    scope,
+                    &p.repository,
+                    &p.backup,
+                    to,
+                    dir,
+                    p.into.delta,
+                )
+                .await
             } else {
                 super::pitr::preview(scope, &p.repository, &p.backup, to).await
             }
@@ -297,10 +305,33 @@ pub fn describe(p: &RestoreParams) -> String {
             } else {
                 "the archived WAL replayed to the target and stopped there; the server's first start promotes it"
             };
+            let into = if p.into.delta {
+                format!(
+                    "rewriting the stopped data directory {dir} in place (delta: only files and blocks that differ{})",
+                    if p.into.force {
+                        "; even another cluster's directory"
+                    } else {
+                        ""
+                    }
+                )
+            } else {
+                format!("into the new data directory {dir}")
+            };
+            let moved: Vec<String> = p
+                .into
+                .tablespaces
+                .iter()
+                .map(|(old, new)| format!("tablespace {old} → {new}"))
+                .collect();
             return format!(
-                "point-in-time restore from repository `{}` into the new data directory {dir}: {which}, {end} ({})",
+                "point-in-time restore from repository `{}` {into}: {which}, {end} ({}){}",
                 p.repository,
-                to.describe()
+                to.describe(),
+                if moved.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {}", moved.join(", "))
+                }
             );
         }
         return format!(
