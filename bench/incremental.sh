@@ -102,14 +102,14 @@ change_a() {
   sql app -c "create table chunk_a as select g as id, md5(g::text) as a, md5((g * 3)::text) as b from generate_series(1, $rows) g" -c "checkpoint"
 }
 
-# Change (b): random updates touching about 1 % of the largest table's pages.
+# Change (b): random updates touching about 1 % of the largest table's pages (the
+# table of change (a) left out), one row on each of pages chosen at random.
 change_b() {
-  local table pages rows key
-  table=$(sql -At app -c "select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace where n.nspname = 'public' and c.relkind = 'r' order by pg_relation_size(c.oid) desc limit 1")
+  local table pages column
+  table=$(sql -At app -c "select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace where n.nspname = 'public' and c.relkind = 'r' and c.relname <> 'chunk_a' order by pg_relation_size(c.oid) desc limit 1")
   pages=$(sql -At app -c "select pg_relation_size('$table') / 8192")
-  rows=$(sql -At app -c "select count(*) from $table")
-  key=$(sql -At app -c "select a.attname from pg_index i join pg_attribute a on a.attrelid = i.indrelid and a.attnum = i.indkey[0] where i.indrelid = '$table'::regclass and i.indisprimary")
-  sql app -c "update $table set $key = $key where $key in (select 1 + (random() * ($rows - 1))::int from generate_series(1, greatest($pages / 100, 1)))" -c "checkpoint"
+  column=$(sql -At app -c "select attname from pg_attribute where attrelid = '$table'::regclass and attnum = 1")
+  sql app -c "update $table set $column = $column where ctid = any (array(select format('(%s,1)', (random() * ($pages - 1))::int)::tid from generate_series(1, greatest($pages / 100, 1))))" -c "checkpoint"
 }
 
 newest_ops() { ls -t "$DIR/ops" | grep -v '^\.' | head -n 1; }

@@ -162,6 +162,7 @@ pub async fn restore(r: Restore) -> io::Result<Restored> {
     let mut restored = Restored::default();
     let mut files = Vec::new();
     let mut kept: BTreeSet<PathBuf> = BTreeSet::new();
+    let mut tablespace_dirs = Vec::new();
     for entry in contents.entries {
         let path = r.dest.join(relative(&entry.path)?);
         kept.insert(path.clone());
@@ -176,6 +177,7 @@ pub async fn restore(r: Restore) -> io::Result<Restored> {
                     (None, None) => PathBuf::from(target),
                 };
                 link(&path, &target, r.owner, r.delta)?;
+                tablespace_dirs.push(target);
             }
             Kind::File(file) => files.push((path, file)),
         }
@@ -220,10 +222,27 @@ pub async fn restore(r: Restore) -> io::Result<Restored> {
             }
         }
     }
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(restored),
+    if let Some(e) = failure {
+        return Err(e);
     }
+    // Everything written reaches the disk before the directory is called restored: one
+    // sync of each file system written to, not one per file (thousands of them).
+    let (r, _) = &*shared;
+    for dir in std::iter::once(r.dest.clone()).chain(tablespace_dirs.iter().cloned()) {
+        sync_file_system(&dir)?;
+    }
+    Ok(restored)
+}
+
+/// Flushes the file system that holds `dir` (`syncfs`).
+fn sync_file_system(dir: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let handle = std::fs::File::open(dir).map_err(|e| at(dir, e))?;
+    // SAFETY: syncfs takes a descriptor this function holds open.
+    if unsafe { libc::syncfs(handle.as_raw_fd()) } != 0 {
+        return Err(at(dir, io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 fn make_dir(path: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
@@ -433,7 +452,6 @@ async fn write_whole(
             r.written.add(n as u64);
         }
     }
-    out.sync_data().await?;
     let sha256 = crate::digest::hex(&hasher.finalize());
     if size != file.size || sha256 != file.sha256 {
         return Err(io::Error::new(
@@ -512,7 +530,6 @@ async fn write_blocks(
             out.write_all(&block[..len]).await?;
         }
     }
-    out.sync_data().await?;
     drop(out);
     let sha256 = hash_file(path).await?;
     if sha256 != file.sha256 {
