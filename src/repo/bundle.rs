@@ -250,9 +250,10 @@ pub async fn read(
         decoding.backup_id, segment.offset
     );
     Ok(Box::pin(Named {
-        inner: decoding
-            .compression
-            .decoder(BufReader::with_capacity(1 << 16, plain)),
+        inner: decoding.compression.decoder(BufReader::with_capacity(
+            segment.length.clamp(512, 1 << 16) as usize,
+            plain,
+        )),
         what,
         pending: None,
     }))

@@ -436,6 +436,23 @@ fn a_tablespace_is_backed_up_and_restored_inside_a_drill_or_where_it_is_told() {
         "5200"
     );
     assert_eq!(crate::common::files_under(&space).len(), live_before);
+    // And verified: recovered in a drill, every table and index checked.
+    let verify = ws.apply(
+        &format!(
+            "version: 1\nname: proof\ntargets:\n  drill: {{ ephemeral: true }}\nrepositories:\n  local: {{ url: \"{repo_url}\" }}\nsteps:\n  - {{ id: recovered, type: verify, repository: local, to: {{ latest: true }}, restore_into: {{ target: drill }} }}\n"
+        ),
+        &[],
+    );
+    assert_eq!(verify.code, 0, "{}", verify.everything());
+    assert!(
+        verify.step("recovered")["outputs"]["checks"]
+            .as_str()
+            .unwrap()
+            .contains("recovery=pass"),
+        "{}",
+        verify.everything()
+    );
+    assert_eq!(crate::common::files_under(&space).len(), live_before);
 
     // Into a data directory: where it was is in use, so the restore says so and stops …
     let dir = ws.path("restored");
@@ -581,4 +598,122 @@ fn a_damaged_page_on_the_server_is_found_by_its_checksum_and_named() {
             && reason.contains(&format!("{file} block 5")),
         "{reason}"
     );
+}
+
+#[test]
+fn an_encrypted_file_level_chain_on_s3_restores_with_the_key() {
+    use crate::s3::{BUCKET, S3Server, aws_env};
+    let ws = Workspace::new();
+    let server = S3Server::start(&ws.path("s3"));
+    let cluster = Cluster::start();
+    let (identity, recipient) = crate::common::identity_file(ws.dir.path());
+    let repositories = format!(
+        "repositories:\n  offsite:\n    url: s3://{BUCKET}/files\n    endpoint: \"{}\"\n    force_path_style: true\n    encryption: {{ recipients: [\"{recipient}\"] }}\n",
+        server.endpoint
+    );
+    let plan = ws.path("archive.yaml");
+    std::fs::write(
+        &plan,
+        format!("version: 1\nname: archive\n{repositories}steps:\n  - {{ id: noop, type: shell, command: \"true\" }}\n"),
+    )
+    .unwrap();
+    let (uid, gid) = server_owner(&cluster);
+    std::os::unix::fs::chown(&plan, Some(uid), Some(gid)).unwrap();
+    let env = aws_env();
+    archive_with(
+        &cluster,
+        &format!("--repository offsite --plan {}", plan.display()),
+        &env,
+    );
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    cluster.psql("postgres", "create database app");
+    cluster.psql(
+        "app",
+        "create table t (id int primary key); insert into t values (1); create table big (id int, pad text); insert into big select g, repeat('z', 300) from generate_series(1, 30000) g",
+    );
+    cluster.psql("app", "vacuum (freeze) big");
+    cluster.psql("app", "checkpoint");
+    let base = |kind: &str| {
+        format!(
+            "version: 1\nname: base\ntargets:\n  app: {{ url: \"{}\", data_directory: \"{}\" }}\n{repositories}steps:\n  - {{ id: base, type: base_backup, target: app, repository: offsite, kind: {kind} }}\n",
+            cluster.url("app"),
+            cluster.dir.path().join("data").display()
+        )
+    };
+    let identity_args = ["--identity", identity.to_str().unwrap()];
+    let full = ws.apply_env(&base("full"), &[], &env);
+    assert_eq!(full.code, 0, "{}", full.everything());
+    let full_id = full.step("base")["outputs"]["backup_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Every stored byte is ciphertext: the bundles and the list of files.
+    let stored: Vec<std::path::PathBuf> = crate::common::files_under(&ws.path("s3"))
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(&full_id))
+        .collect();
+    assert!(
+        stored
+            .iter()
+            .any(|p| p.to_string_lossy().ends_with("contents.json.zst.age")),
+        "{stored:?}"
+    );
+    let cleartext = "zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz";
+    for p in &stored {
+        let bytes = std::fs::read(p).unwrap();
+        assert!(
+            !bytes
+                .windows(cleartext.len())
+                .any(|w| w == cleartext.as_bytes()),
+            "{p:?} holds the table's text in the clear"
+        );
+    }
+    cluster.psql(
+        "app",
+        "insert into t values (2); update big set id = -id where id % 1000 = 0; checkpoint",
+    );
+    // The list of the parent's files is encrypted: without the key, a full, said so.
+    let keyless = ws.apply_env(&base("incremental"), &[], &env);
+    assert_eq!(keyless.code, 0, "{}", keyless.everything());
+    assert_eq!(keyless.step("base")["outputs"]["kind"], "full");
+    assert!(
+        keyless
+            .everything()
+            .contains("is encrypted, and reading its list of files needs the identity"),
+        "{}",
+        keyless.everything()
+    );
+    cluster.psql(
+        "app",
+        "insert into t values (3); update big set id = -id where id % 1000 = 1; checkpoint",
+    );
+    let incremental = ws.apply_env(&base("incremental"), &identity_args, &env);
+    assert_eq!(incremental.code, 0, "{}", incremental.everything());
+    let out = &incremental.step("base")["outputs"];
+    assert_eq!(out["kind"], "incremental");
+    let id = out["backup_id"].as_str().unwrap().to_string();
+    cluster.psql("app", "insert into t values (4)");
+    let s3_root = ws.path("s3");
+    let segment = cluster.psql("postgres", "select pg_walfile_name(pg_current_wal_lsn())");
+    cluster.psql("postgres", "select pg_switch_wal()");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !crate::common::files_under(&s3_root)
+        .iter()
+        .any(|p| p.file_name().and_then(|n| n.to_str()) == Some(segment.as_str()))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{segment} was not archived"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let drill = ws.apply_env(
+        &format!(
+            "version: 1\nname: drill\ntargets:\n  drill: {{ ephemeral: true }}\n{repositories}steps:\n  - {{ id: restore, type: restore, repository: offsite, backup: \"{id}\", to: {{ latest: true }}, into: {{ target: drill }} }}\n  - {{ id: q, type: sql, needs: [restore], target: drill, database: app, query: \"select string_agg(id::text, ',' order by id) || ' ' || (select count(*) from big where id < 0) from t\" }}\n"
+        ),
+        &identity_args,
+        &env,
+    );
+    assert_eq!(drill.code, 0, "{}", drill.everything());
+    assert_eq!(drill.step("q")["outputs"]["value"], "1,2,3,4 60");
 }

@@ -373,9 +373,10 @@ async fn write_file(
                 tally.unchanged += 1;
             } else {
                 tally.written += 1;
-                tally.blocks += written;
+                if present {
+                    tally.blocks += written;
+                }
                 tally.bytes += written * BLOCK;
-                r.written.add(written * BLOCK);
             }
         }
     }
@@ -403,13 +404,19 @@ async fn same_file(path: &Path, file: &File) -> io::Result<bool> {
     if meta.len() != file.size {
         return Ok(false);
     }
-    Ok(hash_file(path).await? == file.sha256)
+    Ok(hash_file(path, file.size).await? == file.sha256)
 }
 
-async fn hash_file(path: &Path) -> io::Result<String> {
+/// A buffer for a file of `size` bytes: a restore handles thousands of small files, and a
+/// megabyte zeroed for each is most of its time.
+fn buffer_for(size: u64) -> Vec<u8> {
+    vec![0u8; size.clamp(1, 1 << 20) as usize]
+}
+
+async fn hash_file(path: &Path, size: u64) -> io::Result<String> {
     let mut f = tokio::fs::File::open(path).await.map_err(|e| at(path, e))?;
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = buffer_for(size);
     loop {
         let n = f.read(&mut buf).await?;
         if n == 0 {
@@ -440,7 +447,7 @@ async fn write_whole(
             &stored.segment(),
         )
         .await?;
-        let mut buf = vec![0u8; 1 << 20];
+        let mut buf = buffer_for(file.size);
         loop {
             let n = input.read(&mut buf).await?;
             if n == 0 {
@@ -467,9 +474,11 @@ async fn write_whole(
     Ok(())
 }
 
-/// Writes a block-mapped file: every block into a new file, or in a delta restore only
-/// the blocks whose bytes differ from the backup's. Then reads the file back whole and
-/// checks it. How many blocks it wrote.
+/// Writes a block-mapped file block after block: into a new file every block, into an
+/// existing one (a delta restore) only the blocks whose bytes differ from the backup's.
+/// Each run the map names is read once, forward (a backup stored its blocks of the file
+/// in order, so the places a map takes from one run grow with the block number), and the
+/// file is hashed, as it ends up, on the way. How many blocks it wrote.
 async fn write_blocks(
     r: &Restore,
     decodings: &HashMap<String, Decoding>,
@@ -478,60 +487,92 @@ async fn write_blocks(
     map: &BlockMap,
     present: bool,
 ) -> io::Result<u64> {
+    const BATCH: usize = 1 << 20;
     let mut out = tokio::fs::OpenOptions::new()
-        .read(true)
         .write(true)
         .create(true)
         .truncate(!present)
         .open(path)
         .await
         .map_err(|e| at(path, e))?;
-    let mut wanted: Vec<usize> = (0..map.blocks.len()).collect();
-    if present {
-        wanted = differing(&mut out, map, file.size).await?;
-    }
-    out.set_len(file.size).await?;
-    // By run: each run's segment is read once, in order, for the blocks taken from it.
-    let mut by_source: BTreeMap<u32, Vec<(u32, usize)>> = BTreeMap::new();
-    for &i in &wanted {
-        let b = map.blocks[i];
-        by_source.entry(b.source).or_default().push((b.ordinal, i));
-    }
+    let mut existing = if present {
+        Some(tokio::io::BufReader::with_capacity(
+            BATCH,
+            tokio::fs::File::open(path).await.map_err(|e| at(path, e))?,
+        ))
+    } else {
+        None
+    };
+    let mut runs: Vec<Option<(crate::repo::Reader, u32)>> =
+        (0..map.sources.len()).map(|_| None).collect();
+    let mut hasher = Sha256::new();
+    // Blocks to write, from block `pending_at` on, one after the other.
+    let mut pending: Vec<u8> = Vec::with_capacity(BATCH);
+    let mut pending_at = 0usize;
     let mut block = vec![0u8; BLOCK as usize];
-    for (source, mut blocks) in by_source {
-        blocks.sort_unstable();
-        let stored = &map.sources[source as usize];
-        let mut input = bundle::read(
-            &r.store,
-            decoding(decodings, stored)?,
-            &stored.bundle,
-            &stored.segment(),
-        )
-        .await?;
-        let mut at_ordinal = 0u32;
-        for (ordinal, i) in blocks {
-            let len = (file.size - i as u64 * BLOCK).min(BLOCK) as usize;
-            while at_ordinal < ordinal {
-                input.read_exact(&mut block).await?;
-                at_ordinal += 1;
-            }
-            input.read_exact(&mut block[..len]).await?;
-            at_ordinal += 1;
-            if block_hash(&block[..len]) != map.blocks[i].hash {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "block {i} from {} of backup {} is not the block the map names (damaged)",
-                        stored.bundle, stored.backup
-                    ),
-                ));
-            }
-            out.seek(io::SeekFrom::Start(i as u64 * BLOCK)).await?;
-            out.write_all(&block[..len]).await?;
+    let mut written = 0u64;
+    for (i, b) in map.blocks.iter().enumerate() {
+        let len = (file.size - i as u64 * BLOCK).min(BLOCK) as usize;
+        if let Some(existing) = &mut existing
+            && read_up_to(existing, &mut block[..len]).await? == len
+            && block_hash(&block[..len]) == b.hash
+        {
+            hasher.update(&block[..len]);
+            continue;
         }
+        if !pending.is_empty()
+            && (pending_at + pending.len() / BLOCK as usize != i || pending.len() >= BATCH)
+        {
+            flush(&mut out, pending_at, &mut pending, &r.written).await?;
+        }
+        if pending.is_empty() {
+            pending_at = i;
+        }
+        let stored = &map.sources[b.source as usize];
+        let run = &mut runs[b.source as usize];
+        if run.is_none() {
+            let reader = bundle::read(
+                &r.store,
+                decoding(decodings, stored)?,
+                &stored.bundle,
+                &stored.segment(),
+            )
+            .await?;
+            *run = Some((reader, 0));
+        }
+        let (reader, next) = run.as_mut().expect("opened");
+        if b.ordinal < *next {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "its block map takes block {} of a run out of order (damaged)",
+                    b.ordinal
+                ),
+            ));
+        }
+        while *next < b.ordinal {
+            reader.read_exact(&mut block).await?;
+            *next += 1;
+        }
+        reader.read_exact(&mut block[..len]).await?;
+        *next += 1;
+        if block_hash(&block[..len]) != b.hash {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "block {i} from {} of backup {} is not the block the map names (damaged)",
+                    stored.bundle, stored.backup
+                ),
+            ));
+        }
+        hasher.update(&block[..len]);
+        pending.extend_from_slice(&block[..len]);
+        written += 1;
     }
-    drop(out);
-    let sha256 = hash_file(path).await?;
+    flush(&mut out, pending_at, &mut pending, &r.written).await?;
+    out.set_len(file.size).await?;
+    out.flush().await?;
+    let sha256 = crate::digest::hex(&hasher.finalize());
     if sha256 != file.sha256 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -541,40 +582,40 @@ async fn write_blocks(
             ),
         ));
     }
-    Ok(wanted.len() as u64)
+    Ok(written)
 }
 
-/// The blocks of an existing file that differ from the map's.
-async fn differing(out: &mut tokio::fs::File, map: &BlockMap, size: u64) -> io::Result<Vec<usize>> {
-    let mut differ = Vec::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut i = 0usize;
-    out.seek(io::SeekFrom::Start(0)).await?;
-    loop {
-        let mut n = 0;
-        while n < buf.len() {
-            let got = out.read(&mut buf[n..]).await?;
-            if got == 0 {
-                break;
-            }
-            n += got;
-        }
-        for block in buf[..n].chunks(BLOCK as usize) {
-            let want = (size.saturating_sub(i as u64 * BLOCK)).min(BLOCK) as usize;
-            if i >= map.blocks.len() {
-                break;
-            }
-            if block.len() != want || block_hash(block) != map.blocks[i].hash {
-                differ.push(i);
-            }
-            i += 1;
-        }
-        if n < buf.len() {
+/// Writes the blocks gathered in `pending` at block `at`.
+async fn flush(
+    out: &mut tokio::fs::File,
+    at: usize,
+    pending: &mut Vec<u8>,
+    written: &Counter,
+) -> io::Result<()> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    out.seek(io::SeekFrom::Start(at as u64 * BLOCK)).await?;
+    out.write_all(pending).await?;
+    written.add(pending.len() as u64);
+    pending.clear();
+    Ok(())
+}
+
+/// Reads into `buf` until it is full or the input ends; how much it holds.
+async fn read_up_to(
+    input: &mut (impl tokio::io::AsyncRead + Unpin),
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        let got = input.read(&mut buf[n..]).await?;
+        if got == 0 {
             break;
         }
+        n += got;
     }
-    differ.extend(i..map.blocks.len());
-    Ok(differ)
+    Ok(n)
 }
 
 fn finish_file(path: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
