@@ -191,6 +191,13 @@ pub async fn list(store: &repo::AnyStore, json: bool) -> Result<String, Failure>
     let now = Utc::now();
     let (good, damaged): (Vec<&Listed>, Vec<&Listed>) =
         entries.iter().partition(|e| e.backup.is_ok());
+    // A parent whose last verification failed may leave its children unrestorable: each
+    // child says so (the chain's own restore or verify tells for sure).
+    let failed: std::collections::BTreeSet<&str> = good
+        .iter()
+        .filter(|e| e.trust.verification().is_some_and(|v| !v.passed))
+        .map(|e| e.id.as_str())
+        .collect();
     let rows: Vec<[String; 8]> = good
         .iter()
         .rev()
@@ -203,6 +210,11 @@ pub async fn list(store: &repo::AnyStore, json: bool) -> Result<String, Failure>
                 .as_ref()
                 .and_then(|b| Some((b.kind, b.parent.as_ref()?)))
             {
+                Some((kind, parent)) if failed.contains(parent.as_str()) => format!(
+                    "{} ({} of {parent}, which failed its last verification: this one may not restore)",
+                    m.database,
+                    kind.as_str()
+                ),
                 Some((kind, parent)) => format!("{} ({} of {parent})", m.database, kind.as_str()),
                 None => m.database.clone(),
             };

@@ -254,7 +254,28 @@ fn a_file_level_chain_restores_to_a_moment_after_each_and_stores_only_changed_bl
         "{reason}"
     );
     assert!(!broken_dir.exists(), "{reason}");
+    // A verify of the full finds it too, and the listing says its children may not restore.
+    let verify_full = |expect: i32| {
+        let run = ws.apply(
+            &format!(
+                "version: 1\nname: proof\nrepositories:\n  local: {{ url: \"{repo_url}\" }}\nsteps:\n  - {{ id: files, type: verify, repository: local, backup: \"{}\" }}\n",
+                taken[0].0
+            ),
+            &[],
+        );
+        assert_eq!(run.code, expect, "{}", run.everything());
+    };
+    verify_full(6);
+    let listed = ws.backups(&["list"]);
+    assert!(
+        listed.contains(&format!(
+            "(differential of {}, which failed its last verification",
+            taken[0].0
+        )),
+        "{listed}"
+    );
     crate::common::damage(&bundle, 100);
+    verify_full(0);
 
     // Keeping only the newest keeps the differential and the full it is built on.
     let prune = ws.apply(
