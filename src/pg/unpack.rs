@@ -113,6 +113,8 @@ pub const TABLESPACES_WITHIN: &str = "opsrunner_tablespaces";
 pub struct Into {
     /// Into a directory that holds a stopped copy of the cluster: only what differs.
     pub delta: bool,
+    /// With `delta`: files of the backup's size and modification time are not read.
+    pub trust_timestamps: bool,
     /// Tablespace directories to put elsewhere: the backed-up path → the new one.
     pub tablespaces: std::collections::BTreeMap<String, String>,
     /// Where the tablespaces `tablespaces` does not name go instead of where they were.
@@ -140,6 +142,7 @@ pub async fn restore_files(
         dest: dest.to_path_buf(),
         owner,
         delta: into.delta,
+        trust_timestamps: into.trust_timestamps,
         tablespaces: into.tablespaces,
         tablespaces_within: into.tablespaces_within,
         jobs: 2,

@@ -38,6 +38,8 @@ pub struct Request<'a> {
     pub delta: bool,
     /// With `delta`: even a directory of another cluster.
     pub force: bool,
+    /// With `delta`: a file of the backup's size and modification time is not read.
+    pub trust_timestamps: bool,
     pub tablespaces: &'a std::collections::BTreeMap<String, String>,
 }
 
@@ -139,6 +141,7 @@ async fn fill(
     {
         let into = crate::pg::unpack::Into {
             delta: p.delta,
+            trust_timestamps: p.trust_timestamps,
             tablespaces: p.tablespaces.clone(),
             tablespaces_within: None,
         };

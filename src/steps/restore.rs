@@ -59,11 +59,26 @@ pub struct RestoreInto {
     /// With `delta`: rewrite a directory that holds another cluster, or none.
     #[serde(default)]
     pub force: bool,
+    /// With `delta`: how a file is judged equal to the backup's — `checksum` (default:
+    /// every file is read and its SHA-256 compared) or `timestamp` (a file of the backup's
+    /// size and modification time, as a restore leaves it, is not read; faster, but blind
+    /// to a change that kept both).
+    #[serde(default)]
+    pub delta_compare: DeltaCompare,
     /// Tablespaces to put elsewhere than they were: `{OLD: NEW}`, absolute paths. Without
     /// it a file-level backup's tablespaces go back where they were (which must be absent
     /// or empty); a throwaway cluster's go inside its own directory.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub tablespaces: std::collections::BTreeMap<String, String>,
+}
+
+/// How a delta restore tells a file unchanged.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DeltaCompare {
+    #[default]
+    Checksum,
+    Timestamp,
 }
 
 /// `restore`: a backup from a repository into a database; with `to:`, a base backup and
@@ -227,6 +242,12 @@ impl RestoreInto {
                 "`delta` and `force` rewrite an existing data directory: they go with `to:` and `into: { data_directory: … }`",
             ));
         }
+        if self.delta_compare != DeltaCompare::Checksum && !self.delta {
+            problems.push(Problem::new(
+                &["into", "delta_compare"],
+                "`delta_compare` says how a delta restore compares files: it goes with `delta: true`",
+            ));
+        }
         if self.force && !self.delta {
             problems.push(Problem::new(
                 &["into", "force"],
@@ -307,7 +328,12 @@ pub fn describe(p: &RestoreParams) -> String {
             };
             let into = if p.into.delta {
                 format!(
-                    "rewriting the stopped data directory {dir} in place (delta: only files and blocks that differ{})",
+                    "rewriting the stopped data directory {dir} in place (delta: only files and blocks that differ, {}{})",
+                    match p.into.delta_compare {
+                        DeltaCompare::Checksum => "every file compared by SHA-256",
+                        DeltaCompare::Timestamp =>
+                            "files of the backup's size and modification time taken as they are",
+                    },
                     if p.into.force {
                         "; even another cluster's directory"
                     } else {
@@ -429,6 +455,7 @@ pub async fn run(p: &RestoreParams, ctx: &StepContext) -> Result<Outputs, StepEr
                 run_as: p.into.run_as.as_deref().unwrap_or("postgres"),
                 to,
                 delta: p.into.delta,
+                trust_timestamps: p.into.delta_compare == DeltaCompare::Timestamp,
                 force: p.into.force,
                 tablespaces: &p.into.tablespaces,
             };
