@@ -17,6 +17,7 @@
 # the maximum resident size (`/usr/bin/time`) of opsrunner's full backups, per shape.
 #
 #   RUNS=3 bench/incremental.sh     # needs: cargo, PostgreSQL 15 server binaries, pgbench
+#   SHAPES=wide RUNS=3 bench/incremental.sh   # one shape only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -161,7 +162,7 @@ fresh_dir() { rm -rf "$1"; mkdir -p "$1"; chmod 700 "$1"; [ "$(id -u)" = 0 ] && 
 echo "pgBackRest $(pgbackrest version | awk '{print $2}'), PostgreSQL $("$BIN/postgres" --version | awk '{print $3}'), RUNS=$RUNS"
 printf '\n| data | database | step | pgBackRest | opsrunner | time ÷ pgBackRest | stored: pgBackRest / opsrunner | bytes ÷ pgBackRest |\n|---|---|---|---|---|---|---|---|\n'
 port=5591
-for shape in narrow wide; do
+for shape in ${SHAPES:-narrow wide}; do
   port=$((port + 1))
   start_cluster "$shape" "$port"
   DIR=$WORK/$shape SOCK=$WORK/$shape/sock PORT=$port

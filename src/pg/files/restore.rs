@@ -164,12 +164,17 @@ pub async fn restore(r: Restore) -> io::Result<Restored> {
     let mut restored = Restored::default();
     let mut files = Vec::new();
     let mut kept: BTreeSet<PathBuf> = BTreeSet::new();
-    let mut tablespace_dirs = Vec::new();
+    // Every directory written into: synced at the end, so that the files' names are on
+    // the disk with their bytes.
+    let mut directories = vec![r.dest.clone()];
     for entry in contents.entries {
         let path = r.dest.join(relative(&entry.path)?);
         kept.insert(path.clone());
         match entry.kind {
-            Kind::Directory => make_dir(&path, r.owner)?,
+            Kind::Directory => {
+                make_dir(&path, r.owner)?;
+                directories.push(path);
+            }
             Kind::Link { target } => {
                 let target = match (r.tablespaces.get(&target), &r.tablespaces_within) {
                     (Some(new), _) => PathBuf::from(new),
@@ -179,7 +184,7 @@ pub async fn restore(r: Restore) -> io::Result<Restored> {
                     (None, None) => PathBuf::from(target),
                 };
                 link(&path, &target, r.owner, r.delta)?;
-                tablespace_dirs.push(target);
+                directories.push(target);
             }
             Kind::File(file) => files.push((path, file)),
         }
@@ -227,24 +232,20 @@ pub async fn restore(r: Restore) -> io::Result<Restored> {
     if let Some(e) = failure {
         return Err(e);
     }
-    // Everything written reaches the disk before the directory is called restored: one
-    // sync of each file system written to, not one per file (thousands of them).
-    let (r, _) = &*shared;
-    for dir in std::iter::once(r.dest.clone()).chain(tablespace_dirs.iter().cloned()) {
-        sync_file_system(&dir)?;
-    }
+    // Each file was synced as it was written (as PostgreSQL syncs its own files: a sync
+    // of the whole file system would also wait for everything else on it, a live
+    // database's writes included); the directories that name them follow.
+    tokio::task::spawn_blocking(move || {
+        for dir in &directories {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| at(dir, e))?;
+        }
+        Ok::<(), io::Error>(())
+    })
+    .await
+    .map_err(|e| io::Error::other(format!("syncing the directories: {e}")))??;
     Ok(restored)
-}
-
-/// Flushes the file system that holds `dir` (`syncfs`).
-fn sync_file_system(dir: &Path) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let handle = std::fs::File::open(dir).map_err(|e| at(dir, e))?;
-    // SAFETY: syncfs takes a descriptor this function holds open.
-    if unsafe { libc::syncfs(handle.as_raw_fd()) } != 0 {
-        return Err(at(dir, io::Error::last_os_error()));
-    }
-    Ok(())
 }
 
 fn make_dir(path: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
@@ -486,9 +487,9 @@ async fn write_whole(
             r.written.add(n as u64);
         }
     }
-    // A file of tokio's finishes its last write in the background unless flushed: the
-    // times set next, and the sync at the end, must come after it.
-    out.flush().await?;
+    // On the disk before the restore says it is done (this also waits for the write tokio
+    // finishes in the background, which the times set next must follow).
+    out.sync_data().await?;
     let sha256 = crate::digest::hex(&hasher.finalize());
     if size != file.size || sha256 != file.sha256 {
         return Err(io::Error::new(
@@ -603,7 +604,7 @@ async fn write_blocks(
     }
     flush(&mut out, pending_at, &mut pending, &r.written).await?;
     out.set_len(file.size).await?;
-    out.flush().await?;
+    out.sync_data().await?;
     let sha256 = crate::digest::hex(&hasher.finalize());
     if sha256 != file.sha256 {
         return Err(io::Error::new(
