@@ -168,16 +168,8 @@ fn a_file_level_chain_restores_to_a_moment_after_each_and_stores_only_changed_bl
         &[],
     );
     assert_eq!(delta.code, 0, "{}", delta.everything());
-    let (got, want) = (hashes(&behind), hashes(&fresh));
-    let differ: Vec<&String> = got
-        .keys()
-        .chain(want.keys())
-        .filter(|k| got.get(*k) != want.get(*k))
-        .collect();
-    assert!(
-        differ.is_empty(),
-        "differ after the delta restore: {differ:?}"
-    );
+    let want = hashes(&fresh);
+    assert_same_files(&behind, &want);
     let said = delta.everything();
     let unchanged: u64 = said
         .split(" already as in the backup")
@@ -201,16 +193,7 @@ fn a_file_level_chain_restores_to_a_moment_after_each_and_stores_only_changed_bl
         &[],
     );
     assert_eq!(delta.code, 0, "{}", delta.everything());
-    let got = hashes(&behind);
-    let differ: Vec<&String> = got
-        .keys()
-        .chain(want.keys())
-        .filter(|k| got.get(*k) != want.get(*k))
-        .collect();
-    assert!(
-        differ.is_empty(),
-        "differ after the delta restore by timestamps: {differ:?}"
-    );
+    assert_same_files(&behind, &want);
 
     // Delta is refused on a running server, and on another cluster's directory.
     let live = cluster.dir.path().join("data");
@@ -243,21 +226,13 @@ fn a_file_level_chain_restores_to_a_moment_after_each_and_stores_only_changed_bl
     assert!(other.join("keep-me").exists());
 
     // A verify of the newest proves the chain by recovering it.
-    let verify = ws.apply(
+    assert_recovers(
+        &ws,
+        &repo_url,
         &format!(
-            "version: 1\nname: proof\ntargets:\n  drill: {{ ephemeral: true }}\nrepositories:\n  local: {{ url: \"{repo_url}\" }}\nsteps:\n  - {{ id: recovered, type: verify, repository: local, to: {{ latest: true }}, restore_into: {{ target: drill }} }}\n  - {{ id: files, type: verify, repository: local, backup: \"{}\" }}\n",
+            "  - {{ id: files, type: verify, repository: local, backup: \"{}\" }}\n",
             taken[3].0
         ),
-        &[],
-    );
-    assert_eq!(verify.code, 0, "{}", verify.everything());
-    assert!(
-        verify.step("recovered")["outputs"]["checks"]
-            .as_str()
-            .unwrap()
-            .contains("recovery=pass"),
-        "{}",
-        verify.everything()
     );
 
     // A flipped byte in the full: the restore of the newest, which reads files from it,
@@ -313,6 +288,37 @@ fn a_file_level_chain_restores_to_a_moment_after_each_and_stores_only_changed_bl
     for (i, (id, kind, _, _)) in taken.iter().enumerate() {
         assert_eq!(repo.join(id).exists(), i != 1, "{kind} {id}");
     }
+}
+
+/// A verify of the newest backup, recovered in a drill to the end of the archive, passes;
+/// `more` adds steps to the plan.
+fn assert_recovers(ws: &Workspace, repo_url: &str, more: &str) {
+    let verify = ws.apply(
+        &format!(
+            "version: 1\nname: proof\ntargets:\n  drill: {{ ephemeral: true }}\nrepositories:\n  local: {{ url: \"{repo_url}\" }}\nsteps:\n  - {{ id: recovered, type: verify, repository: local, to: {{ latest: true }}, restore_into: {{ target: drill }} }}\n{more}"
+        ),
+        &[],
+    );
+    assert_eq!(verify.code, 0, "{}", verify.everything());
+    assert!(
+        verify.step("recovered")["outputs"]["checks"]
+            .as_str()
+            .unwrap()
+            .contains("recovery=pass"),
+        "{}",
+        verify.everything()
+    );
+}
+
+/// The data directory `dir` holds exactly the files `want` lists, with their contents.
+fn assert_same_files(dir: &Path, want: &BTreeMap<String, String>) {
+    let got = hashes(dir);
+    let differ: Vec<&String> = got
+        .keys()
+        .chain(want.keys())
+        .filter(|k| got.get(*k) != want.get(*k))
+        .collect();
+    assert!(differ.is_empty(), "{} differs in {differ:?}", dir.display());
 }
 
 /// A restore of backup `id` to the end of the archive into data directory `dir`
@@ -483,21 +489,7 @@ fn a_tablespace_is_backed_up_and_restored_inside_a_drill_or_where_it_is_told() {
     );
     assert_eq!(crate::common::files_under(&space).len(), live_before);
     // And verified: recovered in a drill, every table and index checked.
-    let verify = ws.apply(
-        &format!(
-            "version: 1\nname: proof\ntargets:\n  drill: {{ ephemeral: true }}\nrepositories:\n  local: {{ url: \"{repo_url}\" }}\nsteps:\n  - {{ id: recovered, type: verify, repository: local, to: {{ latest: true }}, restore_into: {{ target: drill }} }}\n"
-        ),
-        &[],
-    );
-    assert_eq!(verify.code, 0, "{}", verify.everything());
-    assert!(
-        verify.step("recovered")["outputs"]["checks"]
-            .as_str()
-            .unwrap()
-            .contains("recovery=pass"),
-        "{}",
-        verify.everything()
-    );
+    assert_recovers(&ws, &repo_url, "");
     assert_eq!(crate::common::files_under(&space).len(), live_before);
 
     // Into a data directory: where it was is in use, so the restore says so and stops …

@@ -256,7 +256,11 @@ fn matrix(major: u32) {
     );
 
     // The file-level way (the target's data directory read here) on the same server: the
-    // drill to a moment after it restores from it.
+    // drill to a moment after it restores from it. On the oldest server (pg_start_backup),
+    // Debian's (pg_backup_start) and the newest: the way is the same on the others.
+    if ![13, 15, NEWEST].contains(&major) {
+        return;
+    }
     let data = cluster.dir.path().join("data");
     let files = base.replace(
         &format!("app: {{ url: \"{}\" }}", cluster.url("app")),
