@@ -570,3 +570,38 @@ pub fn archived_at_least(cluster: &Cluster, count: u64) {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Switches to a new WAL segment and waits until the one holding everything written so far
+/// is in the archive (found by `archived`).
+pub fn archive_everything(cluster: &Cluster, archived: impl Fn(&str) -> bool) {
+    let segment = cluster
+        .psql("postgres", "select pg_walfile_name(pg_current_wal_lsn())")
+        .trim()
+        .to_string();
+    cluster.psql("postgres", "select pg_switch_wal()");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !archived(&segment) {
+        assert!(
+            Instant::now() < deadline,
+            "{segment} was not archived: {}",
+            cluster.psql(
+                "postgres",
+                "select failed_count || ' ' || coalesce(last_failed_wal, '') from pg_stat_archiver"
+            )
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The archive of a local repository at `repo` holds `segment`.
+pub fn in_local(repo: &Path) -> impl Fn(&str) -> bool + '_ {
+    move |segment| repo.join(".wal").join(segment).exists()
+}
+
+/// The server's clock now, as an RFC 3339 time a restore can aim at.
+pub fn server_now(cluster: &Cluster) -> String {
+    cluster.psql(
+        "postgres",
+        "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    )
+}

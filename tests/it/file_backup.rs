@@ -6,7 +6,9 @@
 //! a directory one change behind equals a fresh restore.
 
 use crate::common::Workspace;
-use crate::common::pg::{Cluster, archive_with, server_owner};
+use crate::common::pg::{
+    Cluster, archive_everything, archive_with, in_local, server_now, server_owner,
+};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
@@ -23,27 +25,6 @@ fn restore_plan(repo_url: &str, at: &str) -> String {
     format!(
         "version: 1\nname: drill\ntargets:\n  drill: {{ ephemeral: true }}\nrepositories:\n  local: {{ url: \"{repo_url}\" }}\nsteps:\n  - {{ id: restore, type: restore, repository: local, to: {{ time: \"{at}\" }}, into: {{ target: drill }} }}\n  - {{ id: rows, type: sql, needs: [restore], target: drill, database: app, query: \"select string_agg(id::text, ',' order by id) || ' ' || (select sum(v) from big) from t\" }}\n"
     )
-}
-
-fn server_now(cluster: &Cluster) -> String {
-    cluster.psql(
-        "postgres",
-        "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
-    )
-}
-
-/// Waits until everything the cluster wrote so far is in the archive.
-fn archive_everything(cluster: &Cluster, repo: &Path) {
-    let segment = cluster.psql("postgres", "select pg_walfile_name(pg_current_wal_lsn())");
-    cluster.psql("postgres", "select pg_switch_wal()");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !repo.join(".wal").join(&segment).exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{segment} was not archived"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Every file of a data directory with its SHA-256 (the recovery settings with the
@@ -142,7 +123,7 @@ fn a_file_level_chain_restores_to_a_moment_after_each_and_stores_only_changed_bl
     );
 
     cluster.psql("app", "insert into t values (99)");
-    archive_everything(&cluster, &repo);
+    archive_everything(&cluster, in_local(&repo));
     for (i, (at, rows)) in moments.iter().enumerate() {
         let run = ws.apply(&restore_plan(&repo_url, at), &[]);
         assert_eq!(run.code, 0, "restore {i}: {}", run.everything());
@@ -432,7 +413,7 @@ fn a_standby_is_backed_up_file_by_file_and_by_pg_basebackup_and_both_recover() {
         ids
     });
     primary.psql("app", "insert into t values (2)");
-    archive_everything(&primary, &repo);
+    archive_everything(&primary, in_local(&repo));
     for id in &ids {
         assert_eq!(
             restored_value(
@@ -480,7 +461,7 @@ fn a_tablespace_is_backed_up_and_restored_inside_a_drill_or_where_it_is_told() {
             &format!("insert into t select generate_series({rows})"),
         );
     }
-    archive_everything(&cluster, &repo);
+    archive_everything(&cluster, in_local(&repo));
     // A drill: the tablespace goes inside the throwaway cluster, not over the live one.
     let live_before = crate::common::files_under(&space).len();
     assert_eq!(
@@ -594,7 +575,7 @@ fn a_killed_incremental_publishes_nothing_and_the_next_one_is_right() {
         .to_string();
     assert_eq!(next.step("base")["outputs"]["parent"], full_id.as_str());
     cluster.psql("app", "insert into t values (3)");
-    archive_everything(&cluster, &repo);
+    archive_everything(&cluster, in_local(&repo));
     assert_eq!(
         restored_value(
             &ws,
@@ -732,19 +713,11 @@ fn an_encrypted_file_level_chain_on_s3_restores_with_the_key() {
     let id = out["backup_id"].as_str().unwrap().to_string();
     cluster.psql("app", "insert into t values (4)");
     let s3_root = ws.path("s3");
-    let segment = cluster.psql("postgres", "select pg_walfile_name(pg_current_wal_lsn())");
-    cluster.psql("postgres", "select pg_switch_wal()");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !crate::common::files_under(&s3_root)
-        .iter()
-        .any(|p| p.file_name().and_then(|n| n.to_str()) == Some(segment.as_str()))
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{segment} was not archived"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    archive_everything(&cluster, |segment| {
+        crate::common::files_under(&s3_root)
+            .iter()
+            .any(|p| p.file_name().and_then(|n| n.to_str()) == Some(segment))
+    });
     let drill = ws.apply_env(
         &format!(
             "version: 1\nname: drill\ntargets:\n  drill: {{ ephemeral: true }}\n{repositories}steps:\n  - {{ id: restore, type: restore, repository: offsite, backup: \"{id}\", to: {{ latest: true }}, into: {{ target: drill }} }}\n  - {{ id: q, type: sql, needs: [restore], target: drill, database: app, query: \"select string_agg(id::text, ',' order by id) || ' ' || (select count(*) from big where id < 0) from t\" }}\n"

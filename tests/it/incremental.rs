@@ -6,7 +6,10 @@
 //! backup; a full taken (and said) where no incremental can be.
 
 use crate::common::Workspace;
-use crate::common::pg::{Cluster, archive_with, client_bin_of, server_bin_of, server_owner};
+use crate::common::pg::{
+    Cluster, archive_everything, archive_with, client_bin_of, in_local, server_bin_of, server_now,
+    server_owner,
+};
 use std::time::Duration;
 
 /// PostgreSQL 18's tools first in `PATH`: the client tools and the server programs the
@@ -29,13 +32,6 @@ fn base_plan(repo_url: &str, app_url: &str, kind: &str) -> String {
 fn restore_plan(repo_url: &str, at: &str) -> String {
     format!(
         "version: 1\nname: drill\ntargets:\n  drill: {{ ephemeral: true }}\nrepositories:\n  local: {{ url: \"{repo_url}\" }}\nsteps:\n  - {{ id: restore, type: restore, repository: local, to: {{ time: \"{at}\" }}, into: {{ target: drill }} }}\n  - {{ id: rows, type: sql, needs: [restore], target: drill, database: app, query: \"select string_agg(id::text, ',' order by id) from t\" }}\n"
-    )
-}
-
-fn server_now(cluster: &Cluster) -> String {
-    cluster.psql(
-        "postgres",
-        "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
     )
 }
 
@@ -128,16 +124,7 @@ fn a_chain_of_incremental_and_differential_backups_restores_to_a_moment_after_ea
     // A commit after the last moment (recovery to a time stops at the first commit past
     // it), and everything written so far archived.
     cluster.psql("app", "insert into t values (99)");
-    let segment = cluster.psql("postgres", "select pg_walfile_name(pg_current_wal_lsn())");
-    cluster.psql("postgres", "select pg_switch_wal()");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !repo.join(".wal").join(&segment).exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{segment} was not archived"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    archive_everything(&cluster, in_local(&repo));
 
     // A restore to a moment after each: the chain is combined, the WAL replayed on top.
     let mut last_log = String::new();

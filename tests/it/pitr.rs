@@ -4,7 +4,9 @@
 //! backup makes the restore refuse before anything is touched; a damaged segment stops
 //! recovery instead of ending it early; an encrypted S3 archive works the same way.
 
-use crate::common::pg::{Cluster, archive_with, archived_at_least, server_owner};
+use crate::common::pg::{
+    Cluster, archive_everything, archive_with, archived_at_least, in_local, server_owner,
+};
 use crate::common::{Workspace, files_under, identity_file, opsrunner, run};
 use crate::s3::{BUCKET, S3Server, aws_env};
 use std::path::{Path, PathBuf};
@@ -29,32 +31,6 @@ fn archiving(ws: &Workspace) -> (Cluster, PathBuf, String) {
     cluster.psql("app", "create table t (id int primary key)");
     archive_with(&cluster, &format!("--repository {url}"), &[]);
     (cluster, repo, url)
-}
-
-/// Switches to a new WAL segment and waits until the one holding everything written so far
-/// is in the archive (found by `archived`).
-fn archive_everything(cluster: &Cluster, archived: impl Fn(&str) -> bool) {
-    let segment = cluster
-        .psql("postgres", "select pg_walfile_name(pg_current_wal_lsn())")
-        .trim()
-        .to_string();
-    cluster.psql("postgres", "select pg_switch_wal()");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !archived(&segment) {
-        assert!(
-            Instant::now() < deadline,
-            "{segment} was not archived: {}",
-            cluster.psql(
-                "postgres",
-                "select failed_count || ' ' || coalesce(last_failed_wal, '') from pg_stat_archiver"
-            )
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn in_local(repo: &Path) -> impl Fn(&str) -> bool + '_ {
-    move |segment| repo.join(".wal").join(segment).exists()
 }
 
 /// Rows committed one transaction each; returns the server's clock after the last.

@@ -7,7 +7,9 @@
 //! Server binaries come from `.ci/install-postgres` (run by `.ci/run`, or by the harness).
 
 use crate::common::Workspace;
-use crate::common::pg::{Cluster, archive_with, client_bin_of, server_bin_of, server_owner};
+use crate::common::pg::{
+    Cluster, archive_with, client_bin_of, server_bin_of, server_now, server_owner,
+};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -183,14 +185,6 @@ vars:
 "#
     );
     (base, drill)
-}
-
-/// The server's clock now, as an RFC 3339 time a restore can aim at.
-fn server_now(cluster: &Cluster) -> String {
-    cluster.psql(
-        "postgres",
-        "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
-    )
 }
 
 /// The whole matrix row of PostgreSQL `major`.
