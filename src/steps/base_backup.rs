@@ -496,21 +496,16 @@ async fn store_backup_manifest(
         );
         return Ok(None);
     };
-    let ext = super::backup::stored_extension(p.compression, recipients.is_some());
-    let name = format!("backup_manifest{ext}");
-    pipeline::store(
+    super::base_parts::store_small(
+        p,
         store,
         backup_id,
-        &name,
-        std::io::Cursor::new(bytes),
-        p.compression,
-        1,
+        "backup_manifest",
+        bytes,
         recipients.as_ref(),
-        None,
     )
     .await
     .map(Some)
-    .map_err(|e| crate::exec::io_error(&format!("writing {name}"), &e))
 }
 
 /// Reads where the copy starts and ends from what the stream showed, and waits for the

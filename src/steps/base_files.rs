@@ -18,7 +18,7 @@ use crate::repo::manifest::{
     BaseBackup, BaseKind, BaseMethod, DumpFormat, DumpOptions, FingerprintMode,
     MANIFEST_VERSION_FILES, Manifest, format_lsn, parse_lsn,
 };
-use crate::repo::{AnyStore, BackupStore, pipeline};
+use crate::repo::{AnyStore, BackupStore};
 use chrono::{DateTime, Utc};
 use sha2::Digest;
 use sqlx::{Connection, Row};
@@ -319,21 +319,17 @@ async fn publish(
         version: CONTENTS_VERSION,
         entries,
     };
-    let ext = super::backup::stored_extension(p.compression, recipients.is_some());
-    let name = format!("contents.json{ext}");
     let json = serde_json::to_vec(&contents).expect("serializable");
-    let contents_file = pipeline::store(
+    let contents_file = super::base_parts::store_small(
+        p,
         store,
         backup_id,
-        &name,
-        std::io::Cursor::new(json),
-        p.compression,
-        1,
+        "contents.json",
+        json,
         recipients.as_ref(),
-        None,
     )
-    .await
-    .map_err(|e| crate::exec::io_error(&format!("writing {name}"), &e))?;
+    .await?;
+    let name = contents_file.name.clone();
     let (kind, parent_id) = match parent {
         Some(m) => (p.kind, Some(m.backup_id.clone())),
         None => (BaseKind::Full, None),

@@ -287,3 +287,29 @@ pub fn outputs(
     outputs.insert("timeline".into(), base.timeline.to_string());
     outputs
 }
+
+/// Stores `bytes` as file `stem` (plus the compression's and encryption's extensions) of
+/// backup `backup_id`: the small files a base backup keeps beside its copy.
+pub async fn store_small(
+    p: &BaseBackupParams,
+    store: &AnyStore,
+    backup_id: &str,
+    stem: &str,
+    bytes: Vec<u8>,
+    recipients: Option<&crate::repo::crypto::Recipients>,
+) -> Result<crate::repo::manifest::FileEntry, StepError> {
+    let ext = super::backup::stored_extension(p.compression, recipients.is_some());
+    let name = format!("{stem}{ext}");
+    crate::repo::pipeline::store(
+        store,
+        backup_id,
+        &name,
+        std::io::Cursor::new(bytes),
+        p.compression,
+        1,
+        recipients,
+        None,
+    )
+    .await
+    .map_err(|e| crate::exec::io_error(&format!("writing {name}"), &e))
+}

@@ -6,6 +6,7 @@
 //! the server's disk — reported the way `pg_basebackup` reports it.
 
 use super::contents::BLOCK;
+use super::walk::is_number;
 
 /// Blocks per 1 GiB relation segment: a block's number counts from the relation's first.
 const RELSEG_SIZE: u32 = 131_072;
@@ -91,10 +92,6 @@ pub fn first_block(path: &str) -> Option<u32> {
         .or_else(|| stem.strip_suffix("_init"))
         .unwrap_or(stem);
     is_number(relation).then(|| segment.saturating_mul(RELSEG_SIZE))
-}
-
-fn is_number(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
 }
 
 #[cfg(test)]

@@ -342,7 +342,10 @@ async fn one(slot: &mut Slot<'_>, item: &Item, tally: &mut Tally) -> io::Result<
 }
 
 /// Reads into `buf` until it is full or the file ends; how much it holds.
-async fn fill(file: &mut tokio::fs::File, buf: &mut [u8]) -> io::Result<usize> {
+pub(super) async fn fill(
+    file: &mut (impl tokio::io::AsyncRead + Unpin),
+    buf: &mut [u8],
+) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         let got = file.read(&mut buf[n..]).await?;

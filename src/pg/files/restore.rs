@@ -545,7 +545,7 @@ async fn write_blocks(
     for (i, b) in map.blocks.iter().enumerate() {
         let len = (file.size - i as u64 * BLOCK).min(BLOCK) as usize;
         if let Some(existing) = &mut existing
-            && read_up_to(existing, &mut block[..len]).await? == len
+            && super::copy::fill(existing, &mut block[..len]).await? == len
             && block_hash(&block[..len]) == b.hash
         {
             hasher.update(&block[..len]);
@@ -633,22 +633,6 @@ async fn flush(
     written.add(pending.len() as u64);
     pending.clear();
     Ok(())
-}
-
-/// Reads into `buf` until it is full or the input ends; how much it holds.
-async fn read_up_to(
-    input: &mut (impl tokio::io::AsyncRead + Unpin),
-    buf: &mut [u8],
-) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        let got = input.read(&mut buf[n..]).await?;
-        if got == 0 {
-            break;
-        }
-        n += got;
-    }
-    Ok(n)
 }
 
 /// Makes a written file private to the server's user and gives it the modification

@@ -212,7 +212,7 @@ fn in_database(prefix: &str) -> bool {
         || matches!(parts.as_slice(), ["pg_tblspc", _, _, db] if is_number(db))
 }
 
-fn is_number(s: &str) -> bool {
+pub(super) fn is_number(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
 }
 
