@@ -107,6 +107,7 @@ pub async fn contents(
     }
     for entry in &contents.entries {
         relative(&entry.path)?;
+        in_place(entry)?;
     }
     Ok(contents)
 }
@@ -138,6 +139,32 @@ pub fn decodings(
             ))
         })
         .collect()
+}
+
+/// A list from a repository is not trusted to be friendly: a link is only a tablespace's
+/// (`pg_tblspc/OID`, to an absolute path), and what is written through one is only inside
+/// the server's version directory there (`PG_…`) — never a link elsewhere in the data
+/// directory, or files straight into whatever directory a hand-edited link names.
+fn in_place(entry: &Entry) -> io::Result<()> {
+    let parts: Vec<&str> = entry.path.split('/').collect();
+    let is_oid = |s: &str| super::walk::is_number(s);
+    let fine = match (&entry.kind, parts.as_slice()) {
+        (Kind::Link { target }, ["pg_tblspc", oid]) => is_oid(oid) && target.starts_with('/'),
+        (Kind::Link { .. }, _) => false,
+        (_, ["pg_tblspc", oid, version, ..]) if is_oid(oid) => version.starts_with("PG_"),
+        _ => true,
+    };
+    if fine {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "the backup lists `{}` where a data directory has no such link or tablespace file (damaged or not written by opsrunner); nothing of it is used",
+                entry.path
+            ),
+        ))
+    }
 }
 
 /// A path from a backup's list as a relative path that stays inside the directory.
@@ -691,4 +718,34 @@ pub fn files_by_path(entries: Vec<Entry>) -> HashMap<String, File> {
             _ => None,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str, kind: Kind) -> Entry {
+        Entry {
+            path: path.into(),
+            kind,
+        }
+    }
+
+    #[test]
+    fn links_and_tablespace_files_only_where_postgresql_puts_them() {
+        let link = |t: &str| Kind::Link { target: t.into() };
+        assert!(in_place(&entry("pg_tblspc/16390", link("/srv/space"))).is_ok());
+        assert!(in_place(&entry("pg_tblspc/16390/PG_15_202209061/5", Kind::Directory)).is_ok());
+        assert!(in_place(&entry("base/5", Kind::Directory)).is_ok());
+        for hostile in [
+            entry("base", link("/etc")),
+            entry("pg_tblspc/16390", link("relative")),
+            entry("pg_tblspc/x", link("/srv")),
+            entry("pg_tblspc/16390/authorized_keys", Kind::Directory),
+        ] {
+            let e = in_place(&hostile).unwrap_err();
+            assert!(e.to_string().contains("nothing of it is used"), "{e}");
+        }
+        assert!(relative("../x").is_err() && relative("/etc/x").is_err());
+    }
 }
