@@ -56,14 +56,22 @@ pub struct PlanArgs {
     pub untrusted: bool,
     /// `plan --base OLD`: probe only what is unchanged against the reviewed plan.
     pub base: Option<PathBuf>,
+    /// A one-shot command's plan, used instead of `file` (see [`crate::oneshot`]).
+    pub generated: Option<crate::oneshot::Generated>,
 }
 
 pub use crate::run::apply::Prepared;
 
 /// Loads, validates and checks the command-line overrides against the plan.
 pub fn prepare(args: &PlanArgs, env: BTreeMap<String, String>) -> Result<Prepared, Failure> {
-    let (env, credentials) = with_credentials(env)?;
-    let source = PlanSource::read_within(&args.file, args.limits).map_err(Failure::Plan)?;
+    let (mut env, credentials) = with_credentials(env)?;
+    let source = match &args.generated {
+        Some(generated) => {
+            env.extend(generated.env.clone());
+            generated.source.clone()
+        }
+        None => PlanSource::read_within(&args.file, args.limits).map_err(Failure::Plan)?,
+    };
     let overrides: BTreeMap<String, String> = args.vars.iter().cloned().collect();
     let as_values = overrides
         .iter()
@@ -382,11 +390,16 @@ pub struct ApplyArgs {
     pub progress_every: Duration,
     /// The age identity file for encrypted backups.
     pub identity: Option<PathBuf>,
+    /// Print each step's outputs on stdout at the end (one-shot commands).
+    pub print_outputs: bool,
 }
 
 /// `opsrunner apply`: runs the plan (or previews it with `--dry-run`) and writes the report.
 pub async fn apply(mut args: ApplyArgs) -> Result<(), Failure> {
-    let saved = crate::run::saved::detect(&args.plan.file)?;
+    let saved = match args.plan.generated {
+        Some(_) => None,
+        None => crate::run::saved::detect(&args.plan.file)?,
+    };
     let saved_file = args.plan.file.display().to_string();
     if let Some(saved) = &saved {
         if !args.plan.vars.is_empty() {
@@ -472,6 +485,7 @@ pub async fn apply(mut args: ApplyArgs) -> Result<(), Failure> {
         metrics: args.metrics,
         confirm: args.plan.confirm,
         progress_every: args.progress_every,
+        print_outputs: args.print_outputs,
     };
     crate::run::apply::run(p, identities, options).await
 }

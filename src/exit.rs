@@ -57,6 +57,8 @@ pub enum Failure {
     WalNotFound(String),
     /// `wal fetch`: nothing is known (see [`WAL_UNREADABLE`]).
     WalUnreadable(String),
+    /// `psql`: the interactive program's own exit code, passed on.
+    Passed(i32),
 }
 
 /// A repository that cannot be opened is a mistake in its definition or the command line.
@@ -87,6 +89,7 @@ impl Failure {
             Failure::Found { verdict, .. } => Failure::Verdict(*verdict).exit_code(),
             Failure::WalNotFound(_) => WAL_NOT_FOUND,
             Failure::WalUnreadable(_) => WAL_UNREADABLE,
+            Failure::Passed(code) => *code,
         }
     }
 
@@ -101,7 +104,10 @@ impl Failure {
             Failure::WalNotFound(m) => format!("{m}\n"),
             Failure::Found { message, .. } => format!("error: {message}\n"),
             Failure::WalUnreadable(m) => format!("error: {m}\n"),
-            Failure::StepsFailed | Failure::Verdict(_) | Failure::Interrupted => String::new(),
+            Failure::StepsFailed
+            | Failure::Verdict(_)
+            | Failure::Interrupted
+            | Failure::Passed(_) => String::new(),
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod diff;
 pub mod digest;
 pub mod exec;
 pub mod exit;
+pub mod oneshot;
 pub mod pg;
 pub mod pipe;
 pub mod plan;

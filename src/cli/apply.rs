@@ -81,6 +81,7 @@ pub(crate) async fn run(args: Args, log_format: LogFormat, color: bool) -> Resul
         metrics: args.metrics,
         progress_every: args.progress_every,
         identity: args.identity,
+        print_outputs: false,
     };
     commands::apply(apply).await.map(|()| String::new())
 }

@@ -35,11 +35,12 @@ impl PlanFileArgs {
             color,
             untrusted: false,
             base: None,
+            generated: None,
         }
     }
 }
 
-fn parse_var(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_var(s: &str) -> Result<(String, String), String> {
     let (k, v) = s
         .split_once('=')
         .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))?;

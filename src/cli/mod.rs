@@ -27,6 +27,7 @@ mod args;
 mod backups;
 mod diff;
 mod graph;
+mod oneshot;
 mod plan;
 mod repo;
 mod runs;
@@ -94,6 +95,33 @@ enum Command {
     },
     /// Print the JSON Schema of the plan file or of the run report.
     Schema(schema::Args),
+    /// One-shot: back up a database (or, with --base, the whole cluster) into a repository.
+    #[command(after_help = oneshot::BACKUP_HELP)]
+    Backup(oneshot::BackupArgs),
+    /// One-shot: restore a backup into a database, or to a point in time into a data directory.
+    #[command(after_help = oneshot::RESTORE_HELP)]
+    Restore(oneshot::RestoreArgs),
+    /// One-shot: prove a backup intact and restorable (a test restore into a throwaway cluster).
+    #[command(after_help = oneshot::VERIFY_HELP)]
+    Verify(oneshot::VerifyArgs),
+    /// One-shot: delete the backups a retention policy does not keep.
+    #[command(after_help = oneshot::PRUNE_HELP)]
+    Prune(oneshot::PruneArgs),
+    /// One-shot: run SQL on a target (-c or -f).
+    #[command(after_help = oneshot::SQL_HELP)]
+    Sql(oneshot::SqlArgs),
+    /// An interactive psql on a target; its password never on a command line.
+    #[command(after_help = oneshot::PSQL_HELP)]
+    Psql(oneshot::PsqlArgs),
+    /// One-shot: apply, list or revert migrations (sqlx-cli's bookkeeping).
+    #[command(after_help = oneshot::MIGRATE_HELP)]
+    Migrate(oneshot::MigrateArgs),
+    /// One-shot: load a seed set into a database.
+    #[command(after_help = oneshot::SEED_HELP)]
+    Seed(oneshot::SeedArgs),
+    /// One-shot: drop and recreate a database, then migrate and seed it.
+    #[command(after_help = oneshot::RESET_HELP)]
+    Reset(oneshot::ResetArgs),
 }
 
 /// Runs the command line; the process's exit code.
@@ -115,6 +143,15 @@ pub(crate) fn main() -> i32 {
             Command::Repo { command } => repo::run(command).await,
             Command::Wal { command } => wal::run(command).await,
             Command::Schema(args) => schema::run(args),
+            Command::Backup(args) => oneshot::backup(args, cli.log_format, color).await,
+            Command::Restore(args) => oneshot::restore(args, cli.log_format, color).await,
+            Command::Verify(args) => oneshot::verify(args, cli.log_format, color).await,
+            Command::Prune(args) => oneshot::prune(args, cli.log_format, color).await,
+            Command::Sql(args) => oneshot::sql(args, cli.log_format, color).await,
+            Command::Psql(args) => oneshot::psql(args, color).await,
+            Command::Migrate(args) => oneshot::migrate(args, cli.log_format, color).await,
+            Command::Seed(args) => oneshot::seed(args, cli.log_format, color).await,
+            Command::Reset(args) => oneshot::reset(args, cli.log_format, color).await,
         }
     });
     // What a verb left running (a child's output forwarder, a stalled request) must not

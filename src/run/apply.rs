@@ -51,6 +51,10 @@ pub struct Options {
     pub confirm: Vec<String>,
     /// How often a log that is not a terminal reports a long transfer's progress.
     pub progress_every: Duration,
+    /// One-shot commands: print each step's outputs on stdout when the run ends (the
+    /// backup id a backup made, the value a query returned), for the operator at the
+    /// terminal and for scripts.
+    pub print_outputs: bool,
 }
 
 /// Runs a prepared plan: the guard, ephemeral clusters, signals, locks, the executor with
@@ -195,8 +199,28 @@ pub async fn run(
     let status = run_status(&summary);
     let report = builder.finish(status);
     let metrics = write_metrics(&o, &vars, &env, &source.base_dir(), &plan, &report).await;
+    if o.print_outputs {
+        print!("{}", outputs_text(&report));
+    }
     let outcome = outcome_of(status, &summary.verdicts);
     written(write_report(&report, metrics), outcome)
+}
+
+/// Each step's outputs that are not empty, one `name: value` line each (a step's id first
+/// when there are several), as the report holds them (redacted).
+fn outputs_text(report: &report::RunReport) -> String {
+    let mut text = String::new();
+    let several = report.steps.len() > 1;
+    for step in &report.steps {
+        for (name, value) in step.outputs.iter().filter(|(_, v)| !v.is_empty()) {
+            if several {
+                text.push_str(&format!("{}.{name}: {value}\n", step.id));
+            } else {
+                text.push_str(&format!("{name}: {value}\n"));
+            }
+        }
+    }
+    text
 }
 
 /// The run's events, and the task that hands each to the live log and the report; the

@@ -21,6 +21,7 @@ mod file_backup;
 mod hostile_inputs;
 mod incremental;
 mod migrate_seed_reset;
+mod oneshot;
 mod pg_targets;
 mod pitr;
 mod plan_errors;

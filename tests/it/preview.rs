@@ -26,6 +26,7 @@ async fn preview(format: PreviewFormat, confirm: Vec<String>) -> String {
         limits: Default::default(),
         untrusted: false,
         base: None,
+        generated: None,
     };
     let prepared = commands::prepare(&args, fixture_env()).expect("fixture plan is valid");
     let preview = commands::build_preview(&prepared, &confirm).await;

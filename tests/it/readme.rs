@@ -158,7 +158,7 @@ fn every_command_in_the_readme_runs() {
     cluster.psql(
         "postgres",
         &format!(
-            "create role ops login password '{}'",
+            "create role ops login createdb password '{}'",
             crate::common::pg::PASSWORD.replace('\'', "''")
         ),
     );
