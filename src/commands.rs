@@ -57,7 +57,15 @@ pub struct PlanArgs {
     /// `plan --base OLD`: probe only what is unchanged against the reviewed plan.
     pub base: Option<PathBuf>,
     /// A one-shot command's plan, used instead of `file` (see [`crate::oneshot`]).
-    pub generated: Option<crate::oneshot::Generated>,
+    pub generated: Option<Generated>,
+}
+
+/// A plan written from a command line (a one-shot command's), and the environment
+/// variables it reads its values from (added to the process's own).
+#[derive(Debug, Clone)]
+pub struct Generated {
+    pub source: PlanSource,
+    pub env: BTreeMap<String, String>,
 }
 
 pub use crate::run::apply::Prepared;
@@ -95,6 +103,22 @@ pub fn prepare(args: &PlanArgs, env: BTreeMap<String, String>) -> Result<Prepare
         vars.insert(k, Value::String(v));
     }
     let redactor = Redactor::new();
+    // What the plan names openly is no secret's text to hunt for (see `redact`): its
+    // targets, repositories and steps, the roles, hosts and databases of the PostgreSQL
+    // URLs it uses, and PostgreSQL's default role. Not the variables' values: a `--var`
+    // may carry a secret.
+    redactor.add_open("postgres");
+    let names = plan
+        .plan
+        .targets
+        .keys()
+        .chain(plan.plan.repositories.keys());
+    for name in names.chain(plan.plan.steps.iter().map(|s| &s.common.id)) {
+        redactor.add_open(name);
+    }
+    for value in env.values().filter(|v| v.contains("://")) {
+        redactor.add_url_names(value);
+    }
     for value in &credentials {
         redactor.add(value);
     }
@@ -126,6 +150,38 @@ pub fn prepare(args: &PlanArgs, env: BTreeMap<String, String>) -> Result<Prepare
         env,
         redactor,
     })
+}
+
+/// The secrets of the environment that are masked only by position (see
+/// [`crate::redact`]), one sentence each, naming the variable and never the value.
+pub fn weak_secrets(p: &Prepared) -> Vec<String> {
+    let advice = "it is masked where its place is known (a URL's password), not wherever its text appears; use a longer, random value";
+    let mut out = Vec::new();
+    let used = crate::plan::env_references(&p.plan.plan);
+    for (name, value) in &p.env {
+        let used =
+            used.contains(name) || p.plan.plan.secrets.contains(name) || name == "PGPASSWORD";
+        let secret = p.plan.plan.secrets.contains(name) || crate::redact::is_credential_name(name);
+        if !used {
+            continue;
+        }
+        if secret
+            && !value.is_empty()
+            && !value.contains("://")
+            && let Some(why) = p.redactor.weakness(value)
+        {
+            out.push(format!("secret {name} is weak: {why}; {advice}"));
+        }
+        if value.contains("://")
+            && let Some(password) = url::Url::parse(value.trim())
+                .ok()
+                .and_then(|u| u.password().map(str::to_string))
+            && let Some(why) = p.redactor.weakness(&password)
+        {
+            out.push(format!("the password in {name} is weak: {why}; {advice}"));
+        }
+    }
+    out
 }
 
 /// The most a credential file may hold.
@@ -185,6 +241,9 @@ pub fn process_env() -> BTreeMap<String, String> {
 
 pub fn validate(args: &PlanArgs) -> Result<String, Failure> {
     let p = prepare(args, process_env())?;
+    for warning in weak_secrets(&p) {
+        eprintln!("warning: {warning}");
+    }
     Ok(format!(
         "{}: valid plan `{}` with {} step{}\n",
         p.source.display,
@@ -435,9 +494,18 @@ pub async fn apply(mut args: ApplyArgs) -> Result<(), Failure> {
             )));
         }
     }
+    if !args.dry_run {
+        check_env(&p)?;
+    }
+    for warning in weak_secrets(&p) {
+        eprintln!("warning: {warning}");
+    }
     let identities = load_identities(args.identity.as_deref())?;
     for secret in identities.iter().flat_map(|i| i.secret_texts()) {
         p.redactor.add(secret);
+    }
+    if !args.dry_run {
+        check_identity(&p, identities.as_ref())?;
     }
     // Finding out after an hour-long run that an output cannot be written helps nobody:
     // every output asked for is checked the same way before anything runs.
@@ -488,6 +556,88 @@ pub async fn apply(mut args: ApplyArgs) -> Result<(), Failure> {
         print_outputs: args.print_outputs,
     };
     crate::run::apply::run(p, identities, options).await
+}
+
+/// Every environment variable the plan needs is set, or the run does not start: all the
+/// missing ones in one message, each with the places that need it (exit 2).
+fn check_env(p: &Prepared) -> Result<(), Failure> {
+    let missing = crate::plan::missing_env(&p.plan.plan, &p.env);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = missing
+        .iter()
+        .map(|(name, places)| format!("  {name}  (used by {})", places.join(", ")))
+        .collect();
+    Err(Failure::Usage(format!(
+        "{}: {} environment variable{} the plan needs {} not set, nothing was run:\n{}\nset {} (for systemd: Environment= or LoadCredential=, see `opsrunner schedule systemd`)",
+        p.source.display,
+        missing.len(),
+        if missing.len() == 1 { "" } else { "s" },
+        if missing.len() == 1 { "is" } else { "are" },
+        lines.join("\n"),
+        if missing.len() == 1 { "it" } else { "them" },
+    )))
+}
+
+/// A plan that writes encrypted backups and then restores or verifies them needs the
+/// identity that reads them, and finding out after the backup (at 3 a.m., from the
+/// verify) helps nobody: it is checked before the first step — given, and holding a key
+/// the repository encrypts to.
+fn check_identity(
+    p: &Prepared,
+    identities: Option<&crate::repo::crypto::Identities>,
+) -> Result<(), Failure> {
+    let plan = &p.plan.plan;
+    let written: Vec<&str> = plan
+        .steps
+        .iter()
+        .filter(|s| matches!(s.kind.type_name(), "backup" | "base_backup"))
+        .filter_map(|s| s.kind.repository())
+        .collect();
+    for step in &plan.steps {
+        if !matches!(step.kind.type_name(), "verify" | "restore") {
+            continue;
+        }
+        let Some(name) = step.kind.repository() else {
+            continue;
+        };
+        let Some(config) = plan
+            .repositories
+            .get(name)
+            .and_then(|r| r.encryption.as_ref())
+        else {
+            continue;
+        };
+        if !written.contains(&name) {
+            continue;
+        }
+        let Some(identities) = identities else {
+            return Err(Failure::Usage(format!(
+                "step `{}` reads the backups this plan encrypts into repository `{name}`: give the identity that decrypts them, --identity FILE (or {}); nothing was run",
+                step.id(),
+                crate::repo::crypto::IDENTITY_ENV
+            )));
+        };
+        let Ok(recipients) = crate::repo::crypto::Recipients::of(config, &p.source.base_dir())
+        else {
+            continue;
+        };
+        let recipients = recipients.texts();
+        if !identities
+            .public_keys()
+            .iter()
+            .any(|k| recipients.contains(k))
+        {
+            return Err(Failure::Usage(format!(
+                "step `{}` reads the backups this plan encrypts into repository `{name}`, but identity file {} holds none of the keys they are encrypted to ({}); nothing was run",
+                step.id(),
+                identities.path().display(),
+                recipients.join(", ")
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Reads `--identity` up front: a wrong path should stop the run before an hour of work,

@@ -15,13 +15,7 @@ use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// A plan written from a command line, and the environment variables it reads its values
-/// from (added to the process's own).
-#[derive(Debug, Clone)]
-pub struct Generated {
-    pub source: PlanSource,
-    pub env: BTreeMap<String, String>,
-}
+pub use crate::commands::Generated;
 
 /// Writes the one-step plan of a one-shot command.
 pub struct Builder {

@@ -1,20 +1,90 @@
 //! Secret tracking. Every value that came from a secret source (environment variables the
 //! plan lists under `secrets`, passwords inside URLs) is registered here, and everything
 //! opsrunner writes — logs, previews, reports, errors — passes through [`Redactor::redact`].
+//!
+//! Two ways of masking, because a secret's text alone can be ambiguous. By position: the
+//! password of every `scheme://user:password@host` in any text is masked wherever it
+//! stands, whatever it is — so a password that is also the user's and the database's name
+//! (`postgres://postgres:postgres@db/postgres`) hides the password and nothing else. By
+//! text: every occurrence of a registered secret is masked anywhere, but only a secret long
+//! enough to be unambiguous and not a word the plan uses openly (a target's, a database's
+//! or a role's name); masking such a word would turn every `postgres` in every line into
+//! `***` and refuse commands that merely name the database. Those weak secrets are
+//! reported by `validate` (see [`Redactor::weak`]) instead of silently doing harm.
 
 use std::sync::{Arc, RwLock};
 
 pub const MASK: &str = "***";
 
+/// The fewest characters a secret needs to be masked wherever its text appears.
+pub const MIN_FREE_TEXT: usize = 4;
+
 /// A shared, growing set of secret strings. Cloning shares the set.
 #[derive(Clone, Default, Debug)]
 pub struct Redactor {
     secrets: Arc<RwLock<Vec<String>>>,
+    /// Words the plan uses openly: names of targets, roles, databases, hosts.
+    open: Arc<RwLock<Vec<String>>>,
 }
 
 impl Redactor {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Registers a word the plan uses openly (a role's, a database's, a host's name): a
+    /// secret equal to it is masked by position only (see the module's documentation).
+    pub fn add_open(&self, word: &str) {
+        if word.is_empty() {
+            return;
+        }
+        let mut open = self.open.write().unwrap_or_else(|e| e.into_inner());
+        if !open.iter().any(|w| w.eq_ignore_ascii_case(word)) {
+            open.push(word.to_string());
+        }
+    }
+
+    /// Registers the role, host and database of every PostgreSQL URL in `text` as open
+    /// words: previews show them (only the password is masked). Other URLs add nothing —
+    /// a webhook's user name may well be its token.
+    pub fn add_url_names(&self, text: &str) {
+        for word in text.split_whitespace() {
+            let Ok(url) = url::Url::parse(word) else {
+                continue;
+            };
+            if !matches!(url.scheme(), "postgres" | "postgresql") {
+                continue;
+            }
+            self.add_open(&percent_decode(url.username()));
+            if let Some(host) = url.host_str() {
+                self.add_open(host);
+            }
+            if let Some(segment) = url.path_segments().and_then(|mut s| s.next()) {
+                self.add_open(&percent_decode(segment));
+            }
+        }
+    }
+
+    /// Why `secret` is not masked wherever its text appears, if it is not.
+    pub fn weakness(&self, secret: &str) -> Option<String> {
+        let n = secret.chars().count();
+        if n < MIN_FREE_TEXT {
+            return Some(format!(
+                "it is {n} character{} long (fewer than {MIN_FREE_TEXT})",
+                if n == 1 { "" } else { "s" }
+            ));
+        }
+        let open = self.open.read().unwrap_or_else(|e| e.into_inner());
+        open.iter()
+            .find(|w| w.eq_ignore_ascii_case(secret))
+            .map(|w| format!("it is also a name the plan uses openly (`{w}`)"))
+    }
+
+    /// The registered secrets that are masked only by position, each with why; for
+    /// `validate`, which reports them once, the values themselves never shown.
+    pub fn weak(&self) -> Vec<String> {
+        let secrets = self.secrets.read().unwrap_or_else(|e| e.into_inner());
+        secrets.iter().filter_map(|s| self.weakness(s)).collect()
     }
 
     /// Registers a secret value. Empty strings are ignored: they would match everywhere.
@@ -51,10 +121,10 @@ impl Redactor {
     }
 
     pub fn redact(&self, text: &str) -> String {
+        let mut out = mask_url_passwords(text);
         let secrets = self.secrets.read().unwrap_or_else(|e| e.into_inner());
-        let mut out = text.to_string();
         for secret in secrets.iter() {
-            if out.contains(secret.as_str()) {
+            if out.contains(secret.as_str()) && self.weakness(secret).is_none() {
                 out = out.replace(secret.as_str(), MASK);
             }
         }
@@ -181,6 +251,37 @@ fn may_be_token(part: &str) -> bool {
     part.contains('/') || !word || part.chars().count() >= 20
 }
 
+/// Masks the password of every `scheme://user:password@` in a text, by its position.
+pub fn mask_url_passwords(text: &str) -> String {
+    if !text.contains("://") {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find("://") {
+        let (head, after) = rest.split_at(pos + 3);
+        out.push_str(head);
+        let authority_end = after
+            .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace())
+            .unwrap_or(after.len());
+        let authority = &after[..authority_end];
+        match authority.rfind('@').and_then(|at| {
+            let userinfo = &authority[..at];
+            userinfo.find(':').map(|colon| (colon, at))
+        }) {
+            Some((colon, at)) if at > colon + 1 => {
+                out.push_str(&authority[..colon + 1]);
+                out.push_str(MASK);
+                out.push_str(&authority[at..]);
+                rest = &after[authority_end..];
+            }
+            _ => rest = after,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Finds `user:password@` in every `scheme://` URL of a text.
 fn url_passwords(text: &str) -> Vec<String> {
     let mut found = Vec::new();
@@ -265,6 +366,50 @@ mod tests {
         }
         // The service's own words stay readable.
         assert_eq!(r.redact("services mode full"), "services mode full");
+    }
+
+    #[test]
+    fn a_password_equal_to_the_user_and_database_masks_only_the_password() {
+        let r = Redactor::new();
+        let url = "postgres://postgres:postgres@db.internal:5432/postgres";
+        r.add_url_passwords(url);
+        r.add_url_names(url);
+        assert_eq!(
+            r.redact(&format!("target app: {url}")),
+            "target app: postgres://postgres:***@db.internal:5432/postgres"
+        );
+        assert_eq!(
+            r.redact("using /usr/lib/postgresql/15/bin/pg_dump"),
+            "using /usr/lib/postgresql/15/bin/pg_dump"
+        );
+        assert_eq!(r.weak().len(), 1, "{:?}", r.weak());
+        assert!(r.weak()[0].contains("`postgres`"), "{:?}", r.weak());
+    }
+
+    #[test]
+    fn a_one_character_secret_masks_nothing_by_text_and_is_reported() {
+        let r = Redactor::new();
+        r.add("7");
+        assert_eq!(
+            r.redact("restored 17 tables in 7 s"),
+            "restored 17 tables in 7 s"
+        );
+        assert_eq!(
+            r.weak(),
+            vec!["it is 1 character long (fewer than 4)".to_string()]
+        );
+        // In a URL's password it is masked all the same, by position.
+        assert_eq!(r.redact("postgres://u:7@h/db"), "postgres://u:***@h/db");
+    }
+
+    #[test]
+    fn any_url_password_is_masked_by_position() {
+        assert_eq!(
+            mask_url_passwords("a s3://k:v@b/x and postgres://u:p%40ss@h:1/d?x=1 end"),
+            "a s3://k:***@b/x and postgres://u:***@h:1/d?x=1 end"
+        );
+        assert_eq!(mask_url_passwords("postgres://u@h/d"), "postgres://u@h/d");
+        assert_eq!(mask_url_passwords("no url"), "no url");
     }
 
     #[test]

@@ -104,6 +104,66 @@ impl ConnInfo {
         options.connect().await
     }
 
+    /// Where this connects, for messages: `host:port, database D, user U` as libpq would
+    /// choose them (the URL, then the PG* variables, then the defaults). Never the password.
+    pub fn place(&self) -> String {
+        let query = |key: &str| {
+            self.url
+                .query_pairs()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.into_owned())
+        };
+        let env = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
+        let host = self
+            .url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .map(percent_encoding_decode)
+            .or_else(|| query("host"))
+            .or_else(|| env("PGHOST"))
+            .unwrap_or_else(|| "the local socket".into());
+        let port = self
+            .url
+            .port()
+            .map(|p| p.to_string())
+            .or_else(|| query("port"))
+            .or_else(|| env("PGPORT"))
+            .unwrap_or_else(|| "5432".into());
+        let user = Some(self.url.username())
+            .filter(|u| !u.is_empty())
+            .map(percent_encoding_decode)
+            .or_else(|| query("user"))
+            .or_else(|| env("PGUSER"));
+        let database = self
+            .database()
+            .or_else(|| query("dbname"))
+            .or_else(|| env("PGDATABASE"))
+            .or_else(|| user.clone());
+        let at = if host.starts_with('/') || host == "the local socket" {
+            format!("{host} (port {port})")
+        } else if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let mut place = at;
+        if let Some(db) = database {
+            place.push_str(&format!(", database `{db}`"));
+        }
+        if let Some(user) = user {
+            place.push_str(&format!(", user `{user}`"));
+        }
+        place
+    }
+
+    /// Connects, or says why not and where: `{what}` at [`ConnInfo::place`], the server's
+    /// own message (transient or permanent as [`crate::pg::server::classify`] judges).
+    pub async fn connect_to(&self, what: &str) -> Result<PgConnection, crate::exec::StepError> {
+        self.connect()
+            .await
+            .map_err(|e| classify(&e, &format!("cannot connect to {what} at {}", self.place())))
+    }
+
     /// Sets up a child process (pg_dump, psql, …) to connect here: the URL without password
     /// as `--dbname`, the password in its environment.
     pub fn apply_to(&self, command: &mut tokio::process::Command) {
@@ -124,6 +184,44 @@ pub fn add_session_settings(command: &mut tokio::process::Command, settings: &st
     }
     options.push(settings);
     command.env("PGOPTIONS", options);
+}
+
+/// Connection trouble, serialization failures, deadlocks and server shutdowns are worth
+/// another try; everything else (syntax, permissions, constraint violations) is not.
+pub fn classify(error: &sqlx::Error, context: &str) -> crate::exec::StepError {
+    let message = format!("{context}: {}", error_text(error));
+    match error {
+        sqlx::Error::Database(db) => {
+            let code = db.code().map(|c| c.to_string()).unwrap_or_default();
+            let transient = code.starts_with("08")
+                || code.starts_with("40")
+                || code.starts_with("53")
+                || code.starts_with("57P");
+            let message = format!("{context}: {} (SQLSTATE {code})", db.message());
+            if transient {
+                crate::exec::StepError::transient(message)
+            } else {
+                crate::exec::StepError::permanent(message)
+            }
+        }
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::Protocol(_) => crate::exec::StepError::transient(message),
+        _ => crate::exec::StepError::permanent(message),
+    }
+}
+
+/// A sqlx error as a sentence for people: the server's message and SQLSTATE, without the
+/// line of PostgreSQL's C source sqlx appends ("at line 948") or sqlx's own wording.
+pub fn error_text(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Database(db) => match db.code() {
+            Some(code) => format!("{} (SQLSTATE {code})", db.message()),
+            None => db.message().to_string(),
+        },
+        other => other.to_string(),
+    }
 }
 
 fn percent_encoding_decode(s: &str) -> String {
@@ -157,6 +255,23 @@ mod tests {
             _ => "-c synchronous_commit=off".to_string(),
         };
         assert_eq!(set, vec![Some(expected)]);
+    }
+
+    #[test]
+    fn the_place_names_host_port_database_and_user_but_no_password() {
+        let c = ConnInfo::parse("postgres://app:s3cret@db.internal:5433/shop").unwrap();
+        assert_eq!(c.place(), "db.internal:5433, database `shop`, user `app`");
+        let c = ConnInfo::parse("postgres:///shop?host=/run/postgresql&user=ops").unwrap();
+        assert!(
+            c.place().starts_with("/run/postgresql (port "),
+            "{}",
+            c.place()
+        );
+        assert!(
+            c.place().ends_with("database `shop`, user `ops`"),
+            "{}",
+            c.place()
+        );
     }
 
     #[test]

@@ -31,9 +31,8 @@ pub fn can_load(loading: &DataLoading, ids: &[i64]) -> bool {
 pub async fn session(into: &ConnInfo, loading: &DataLoading) -> Result<PgConnection, StepError> {
     use sqlx::Executor;
     let mut conn = into
-        .connect()
-        .await
-        .map_err(|e| super::server::classify(&e, "connecting to load table data"))?;
+        .connect_to("the database to load table data into")
+        .await?;
     // `can_load` admitted only `on` or `off`: nothing from the archive is pasted here
     // but one of those two words.
     let std_strings = match loading.std_strings.as_deref() {

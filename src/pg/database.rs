@@ -89,10 +89,7 @@ pub async fn create(
 /// Whether a database holds anything of its own: relations, functions or types outside the
 /// system schemas, or schemas besides `public`.
 pub async fn is_empty(info: &ConnInfo) -> Result<bool, StepError> {
-    let mut conn = info
-        .connect()
-        .await
-        .map_err(|e| classify(&e, "cannot connect to the existing database"))?;
+    let mut conn = info.connect_to("the existing database").await?;
     let objects: i64 = sqlx::query_scalar(
         "select (select count(*) from pg_class c join pg_namespace n on n.oid = c.relnamespace
                  where n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_%')

@@ -3,6 +3,7 @@
 //! touches PostgreSQL.
 
 use super::conn::ConnInfo;
+pub use super::conn::{classify, error_text};
 use super::tools;
 use crate::exec::{StepContext, StepError};
 use sqlx::{PgConnection, Row};
@@ -22,10 +23,7 @@ pub async fn connect(url: &str, database: Option<&str>, what: &str) -> Result<Se
         Some(db) => info.with_database(db),
         None => info,
     };
-    let mut conn = info
-        .connect()
-        .await
-        .map_err(|e| classify(&e, &format!("cannot connect to {what}")))?;
+    let mut conn = info.connect_to(what).await?;
     let row = sqlx::query("select current_setting('server_version_num')::int, current_setting('server_version'), current_database()")
         .fetch_one(&mut conn)
         .await
@@ -75,30 +73,4 @@ pub fn say_tool(ctx: &StepContext, found: &tools::Found, server: &Server) {
                 .unwrap_or(&server.version)
         ),
     );
-}
-
-/// Connection trouble, serialization failures, deadlocks and server shutdowns are worth
-/// another try; everything else (syntax, permissions, constraint violations) is not.
-pub fn classify(error: &sqlx::Error, context: &str) -> StepError {
-    let message = format!("{context}: {error}");
-    match error {
-        sqlx::Error::Database(db) => {
-            let code = db.code().map(|c| c.to_string()).unwrap_or_default();
-            let transient = code.starts_with("08")
-                || code.starts_with("40")
-                || code.starts_with("53")
-                || code.starts_with("57P");
-            let message = format!("{context}: {} (SQLSTATE {code})", db.message());
-            if transient {
-                StepError::transient(message)
-            } else {
-                StepError::permanent(message)
-            }
-        }
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::Protocol(_) => StepError::transient(message),
-        _ => StepError::permanent(message),
-    }
 }

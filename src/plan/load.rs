@@ -441,7 +441,7 @@ impl Loader {
             Ok(c) => Some(c),
             Err(e) => {
                 let d = self.resolve_diagnostic(&prefix, node(), e, &[]);
-                self.problems.push(d);
+                self.problems.extend(d);
                 None
             }
         };
@@ -455,7 +455,7 @@ impl Loader {
                 let mut extra: Vec<&str> = COMMON_STEP_KEYS.to_vec();
                 extra.push("type");
                 let d = self.resolve_diagnostic(&prefix, node(), e, &extra);
-                self.problems.push(d);
+                self.problems.extend(d);
                 None
             }
             Err(ParamsError::UnknownType) => None,
@@ -504,7 +504,7 @@ impl Loader {
             }
             Err(e) => {
                 let d = self.resolve_diagnostic(prefix, node, e, &[]);
-                self.problems.push(d);
+                self.problems.extend(d);
                 None
             }
         }
@@ -516,25 +516,27 @@ impl Loader {
         node: &Node,
         error: ResolveError,
         extra_keys: &[&str],
-    ) -> Diagnostic {
+    ) -> Vec<Diagnostic> {
         match error {
             ResolveError::Invalid { error, from } => {
-                let d = self.serde_diagnostic(prefix, node, error, extra_keys);
-                match from {
-                    Some(t) => {
-                        let help = d.help.clone().map(|h| format!("; {h}")).unwrap_or_default();
-                        d.with_help(format!("the value was rendered from `{t}`{help}"))
-                    }
-                    None => d,
+                let mut all = self.serde_diagnostic(prefix, node, error, extra_keys);
+                if let Some(t) = from {
+                    let d = all.remove(0);
+                    let help = d.help.clone().map(|h| format!("; {h}")).unwrap_or_default();
+                    all.insert(
+                        0,
+                        d.with_help(format!("the value was rendered from `{t}`{help}")),
+                    );
                 }
+                all
             }
             ResolveError::TooLate { path, template } => {
                 let mut full = prefix.to_vec();
                 full.extend(path.iter().cloned());
-                Diagnostic::new(super::resolve::too_late(&path, &template))
+                vec![Diagnostic::new(super::resolve::too_late(&path, &template))
                     .at_opt(span_of(node, prefix, &full))
                     .with_path(format_path(&full))
-                    .with_help("take the value from `{{ vars.NAME }}` (set with --var), or move it into a field that is rendered when the step starts, such as a command or a query")
+                    .with_help("take the value from `{{ vars.NAME }}` (set with --var), or move it into a field that is rendered when the step starts, such as a command or a query")]
             }
         }
     }
@@ -571,7 +573,7 @@ impl Loader {
             Ok(v) => Some(v),
             Err(e) => {
                 let d = self.serde_diagnostic(prefix, node, e, extra_keys);
-                self.problems.push(d);
+                self.problems.extend(d);
                 None
             }
         }
@@ -591,14 +593,16 @@ impl Loader {
         );
     }
 
-    /// Turns a serde error into a diagnostic that points at the offending key or value.
+    /// Turns a serde error into diagnostics that point at the offending key or value: one,
+    /// or for an unknown key every unknown key of the same mapping (serde stops at the
+    /// first; three misspellings in a step are three problems to fix, not one a run).
     fn serde_diagnostic(
         &self,
         prefix: &[PathSegment],
         node: &Node,
         err: serde_path_to_error::Error<serde_json::Error>,
         extra_keys: &[&str],
-    ) -> Diagnostic {
+    ) -> Vec<Diagnostic> {
         let mut path = prefix.to_vec();
         for seg in err.path().iter() {
             match seg {
@@ -630,11 +634,36 @@ impl Loader {
             let span = node
                 .lookup(&path[prefix.len()..])
                 .and_then(|(_, k)| k.map(|k| k.span));
-            return Diagnostic::new(format!("unknown key `{name}`"))
-                .at_opt(span.or_else(|| span_of(node, prefix, &path)))
-                .with_len(name.chars().count())
-                .with_path(format_path(&path))
-                .with_help(help);
+            let mut all = vec![
+                Diagnostic::new(format!("unknown key `{name}`"))
+                    .at_opt(span.or_else(|| span_of(node, prefix, &path)))
+                    .with_len(name.chars().count())
+                    .with_path(format_path(&path))
+                    .with_help(help),
+            ];
+            let parent = &path[..path.len() - 1];
+            let siblings = parent
+                .get(prefix.len()..)
+                .and_then(|relative| node.lookup(relative))
+                .and_then(|(n, _)| n.as_map());
+            for (key, _) in siblings.unwrap_or_default() {
+                if key.name == name || candidates.contains(&key.name.as_str()) {
+                    continue;
+                }
+                let mut at = parent.to_vec();
+                at.push(PathSegment::Key(key.name.clone()));
+                let help = did_you_mean(&key.name, candidates.iter().copied())
+                    .unwrap_or_else(|| format!("expected one of: {}", candidates.join(", ")));
+                all.push(
+                    Diagnostic::new(format!("unknown key `{}`", key.name))
+                        .at(key.span)
+                        .with_len(key.name.chars().count())
+                        .with_path(format_path(&at))
+                        .with_help(help),
+                );
+            }
+            all.sort_by_key(|d| d.span.map(|s| (s.line, s.col)));
+            return all;
         }
         if let Some(name) = message
             .strip_prefix("unknown variant `")
@@ -642,20 +671,24 @@ impl Loader {
         {
             let help = did_you_mean(name, expected.iter().map(String::as_str))
                 .unwrap_or_else(|| format!("expected one of: {}", expected.join(", ")));
-            return Diagnostic::new(format!("unknown value `{name}`"))
-                .at_opt(span_of(node, prefix, &path))
-                .with_len(name.chars().count())
-                .with_path(format_path(&path))
-                .with_help(help);
+            return vec![
+                Diagnostic::new(format!("unknown value `{name}`"))
+                    .at_opt(span_of(node, prefix, &path))
+                    .with_len(name.chars().count())
+                    .with_path(format_path(&path))
+                    .with_help(help),
+            ];
         }
         if let Some(name) = message
             .strip_prefix("missing field `")
             .and_then(|rest| rest.split('`').next())
         {
-            return Diagnostic::new(format!("missing key `{name}`"))
-                .at_opt(span_of(node, prefix, &path))
-                .with_path(format_path(&path))
-                .with_help(format!("add `{name}:` here"));
+            return vec![
+                Diagnostic::new(format!("missing key `{name}`"))
+                    .at_opt(span_of(node, prefix, &path))
+                    .with_path(format_path(&path))
+                    .with_help(format!("add `{name}:` here")),
+            ];
         }
         let help = if message.starts_with("invalid duration") {
             Some(super::duration::DURATION_HELP.to_string())
@@ -667,10 +700,12 @@ impl Loader {
             .replace("map, expected", "mapping, expected")
             .replace("expected u32", "expected a whole number")
             .replace("expected a boolean", "expected `true` or `false`");
-        Diagnostic::new(message)
-            .at_opt(span_of(node, prefix, &path))
-            .with_path(format_path(&path))
-            .with_help_opt(help)
+        vec![
+            Diagnostic::new(message)
+                .at_opt(span_of(node, prefix, &path))
+                .with_path(format_path(&path))
+                .with_help_opt(help),
+        ]
     }
 }
 

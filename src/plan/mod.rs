@@ -160,6 +160,53 @@ pub fn check_with(
     }
 }
 
+/// The environment variables a plan needs that `env` does not set: each name once, in
+/// the order it first appears, with the places that need it (`step \`alert\``, `target
+/// \`app\``, `repository \`local\``). A reference with a fallback (`{{ default env.X "…" }}`)
+/// needs nothing. Checked before a run starts: a missing `ALERT_TOKEN` found when the
+/// failure alert itself runs is found too late.
+pub fn missing_env(
+    plan: &model::Plan,
+    env: &std::collections::BTreeMap<String, String>,
+) -> Vec<(String, Vec<String>)> {
+    let mut places: Vec<(String, Vec<String>)> = Vec::new();
+    let mut note = |texts: Vec<String>, place: String| {
+        for text in &texts {
+            for r in template::references(text).unwrap_or_default() {
+                if r.optional || r.path.len() != 2 || r.path[0] != "env" {
+                    continue;
+                }
+                let name = &r.path[1];
+                if env.contains_key(name) {
+                    continue;
+                }
+                match places.iter_mut().find(|(n, _)| n == name) {
+                    Some((_, at)) if at.contains(&place) => {}
+                    Some((_, at)) => at.push(place.clone()),
+                    None => places.push((name.clone(), vec![place.clone()])),
+                }
+            }
+        }
+    };
+    for step in &plan.steps {
+        let mut strings = Vec::new();
+        template::strings(&step.raw_params.value(), &mut strings);
+        template::strings(&step.raw_common.value(), &mut strings);
+        note(strings, format!("step `{}`", step.id()));
+    }
+    for (name, target) in &plan.targets {
+        let mut strings: Vec<String> = target.url.clone().into_iter().collect();
+        template::strings(&target.written.value(), &mut strings);
+        note(strings, format!("target `{name}`"));
+    }
+    for (name, repo) in &plan.repositories {
+        let mut strings = vec![repo.url.clone()];
+        template::strings(&repo.written.value(), &mut strings);
+        note(strings, format!("repository `{name}`"));
+    }
+    places
+}
+
 /// The environment variables a plan's templates name (`{{ env.NAME }}`), each once, in
 /// the order they first appear: steps, then targets, then repositories. What a scheduler
 /// must provide, and what a preview shows as placeholders.

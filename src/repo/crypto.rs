@@ -199,6 +199,16 @@ impl Identities {
         &self.secrets
     }
 
+    /// The public keys (`age1…`) of the identities: what a repository must encrypt to for
+    /// them to read it.
+    pub fn public_keys(&self) -> Vec<String> {
+        self.secrets
+            .iter()
+            .filter_map(|s| s.parse::<age::x25519::Identity>().ok())
+            .map(|i| i.to_public().to_string())
+            .collect()
+    }
+
     fn iter(&self) -> impl Iterator<Item = &dyn age::Identity> {
         self.keys.iter().map(|k| k.as_ref() as &dyn age::Identity)
     }

@@ -108,6 +108,7 @@ pub fn definitions(kind: &StepKind, scope: &Scope<'_>) -> Definitions {
             };
             if let Ok(url) = &url {
                 redactor.add_url_passwords(url);
+                redactor.add_url_names(url);
             }
             (name.clone(), url)
         });

@@ -252,6 +252,7 @@ pub async fn build(input: &PreviewInput<'_>, redactor: &Redactor) -> PlanPreview
         confirmations,
         unread: unread_all,
         mut states,
+        created: _,
     } = gathered;
     states.redact(redactor);
     // A saved plan carries its --var values verbatim (apply runs with them): one that holds
@@ -304,6 +305,22 @@ struct Gathered {
     confirmations: Vec<String>,
     unread: Vec<Unread>,
     states: States,
+    /// Databases earlier steps create: (target, database, step id).
+    created: Vec<(String, String, String)>,
+}
+
+/// The database a step creates (target, database), from its rendered parameters: a
+/// `reset`'s, a `restore`'s `into`.
+fn creates(step_type: &str, params: &Value) -> Option<(String, String)> {
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
+    match step_type {
+        "reset" => Some((text(params.get("target"))?, text(params.get("database"))?)),
+        "restore" => {
+            let into = params.get("into")?;
+            Some((text(into.get("target"))?, text(into.get("database"))?))
+        }
+        _ => None,
+    }
 }
 
 /// One step's preview: bound as apply binds it, its probe run (or said skipped).
@@ -329,6 +346,7 @@ async fn preview_step(
         confirmations,
         unread: unread_all,
         states,
+        created,
     } = gathered;
     let plan = &input.plan.plan;
     // Bound as apply binds it: the preview shows what apply would run.
@@ -421,16 +439,27 @@ async fn preview_step(
             let pg_bin_dirs = crate::run::executor::pg_bin_dirs(plan, target.as_deref(), base_dir);
             let data_directory =
                 crate::run::executor::data_directory(plan, target.as_deref(), base_dir);
+            let database = params.get("database").and_then(Value::as_str);
+            let created_by = created
+                .iter()
+                .find(|(t, d, _)| {
+                    Some(t.as_str()) == target.as_deref() && Some(d.as_str()) == database
+                })
+                .map(|(_, _, step)| step.as_str());
             let probe = Probe {
                 base_dir,
                 target: &view,
                 repo: repo.as_ref(),
                 pg_bin_dirs: &pg_bin_dirs,
                 data_directory: data_directory.as_deref(),
+                created_by,
             };
             probe_within_deadline(&kind, probe, *started).await
         }
     };
+    if let Some((target, database)) = creates(step.kind.type_name(), &params) {
+        created.push((target, database, step.id().to_string()));
+    }
     let details: Vec<String> = findings.lines.iter().map(|d| redactor.redact(d)).collect();
     for mut u in findings.unread {
         u.error = redactor.redact(&u.error);

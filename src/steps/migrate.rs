@@ -102,11 +102,39 @@ async fn preview(p: &MigrateParams, scope: Probe<'_>) -> Findings {
         Err(e) => return vec![format!("migrations: {e}")].into(),
     };
     let all = names(&migrator);
+    let mut created = None;
     let applied = match scope.target {
         TargetView::Ephemeral => Ok(Vec::new()),
-        TargetView::Url(url) => read_applied(url, p.database.as_deref()).await,
+        TargetView::Url(url) => match read_applied(url, p.database.as_deref()).await {
+            // The plan creates the database before this step: nothing is applied there yet.
+            Err(e) if e.contains("SQLSTATE 3D000") && scope.created_by.is_some() => {
+                created = scope.created_by;
+                Ok(Vec::new())
+            }
+            other => other,
+        },
         TargetView::None => Err("the target is unknown".to_string()),
     };
+    let mut findings = preview_of(p, applied, all, &migrator);
+    if let Some(step) = created {
+        findings.lines.insert(
+            0,
+            format!(
+                "database `{}` does not exist yet: step `{step}` creates it, so every migration will be pending",
+                p.database.as_deref().unwrap_or_default()
+            ),
+        );
+    }
+    findings
+}
+
+/// What the preview says given the migrations applied (or why they could not be read).
+fn preview_of(
+    p: &MigrateParams,
+    applied: Result<Vec<i64>, String>,
+    all: Vec<(i64, String)>,
+    migrator: &Migrator,
+) -> Findings {
     match (applied, p.action) {
         (Err(e), _) => {
             let unread = Unread::target(&p.target, e, "which migrations are pending is unknown");
@@ -366,9 +394,9 @@ async fn read_applied(url: &str, database: Option<&str>) -> Result<Vec<i64>, Str
     };
     let work = async {
         let mut conn = info
-            .connect()
+            .connect_to("the database")
             .await
-            .map_err(|e| format!("cannot connect: {e}"))?;
+            .map_err(|e| e.message)?;
         sqlx::raw_sql("set default_transaction_read_only = on")
             .execute(&mut conn)
             .await

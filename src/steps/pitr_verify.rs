@@ -222,10 +222,7 @@ async fn amcheck(
     use sqlx::Connection;
     let url = ctx.target_url(target)?;
     let info = crate::pg::conn::ConnInfo::parse(url)?;
-    let mut conn = info
-        .connect()
-        .await
-        .map_err(|e| crate::pg::server::classify(&e, "connecting to the recovered cluster"))?;
+    let mut conn = info.connect_to("the recovered cluster").await?;
     let available: Option<String> = sqlx::query_scalar(
         "select default_version from pg_available_extensions where name = 'amcheck'",
     )

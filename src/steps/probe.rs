@@ -26,6 +26,9 @@ pub struct Probe<'a> {
     pub pg_bin_dirs: &'a [std::path::PathBuf],
     /// The target's data directory, when the plan names one.
     pub data_directory: Option<&'a Path>,
+    /// The earlier step that creates the database this step works on (a `reset`, a
+    /// `restore`), when there is one: the database missing now is then expected.
+    pub created_by: Option<&'a str>,
 }
 
 /// What a step runs PostgreSQL programs for, which decides the versions that will do.

@@ -167,9 +167,8 @@ pub async fn run(p: &ResetParams, ctx: &StepContext) -> Result<Outputs, StepErro
     let mut db = server
         .info
         .with_database(&p.database)
-        .connect()
-        .await
-        .map_err(|e| classify(&e, "cannot connect to the new database"))?;
+        .connect_to("the new database")
+        .await?;
     if let Some(migrator) = &migrator {
         let applied = migrate::up(&mut db, migrator).await?;
         applied.iter().for_each(|n| say(format!("applied {n}")));

@@ -156,10 +156,7 @@ pub async fn run(p: &SqlParams, ctx: &StepContext) -> Result<Outputs, StepError>
         (None, None) => return Err(StepError::permanent("no `query` or `file` given")),
     };
     let work = async {
-        let mut conn = conn
-            .connect()
-            .await
-            .map_err(|e| classify(&e, &format!("cannot connect to target `{}`", p.target)))?;
+        let mut conn = conn.connect_to(&format!("target `{}`", p.target)).await?;
         let read_only = ctx.protected.contains(&p.target) && !p.writes;
         let rows = if read_only {
             contain(&mut conn, &p.target).await?;

@@ -832,10 +832,7 @@ async fn test_restore(
         if manifest.fingerprint == FingerprintMode::None {
             return Ok(Ok("not recorded in this backup".to_string()));
         }
-        let mut conn = into
-            .connect()
-            .await
-            .map_err(|e| classify(&e, "cannot connect to the scratch database"))?;
+        let mut conn = into.connect_to("the scratch database").await?;
         let actual = fingerprint::take(&mut conn, manifest.fingerprint, None)
             .await
             .map_err(|e| classify(&e, "fingerprinting the restore failed"))?;

@@ -82,7 +82,7 @@ pub async fn run(p: &WaitReadyParams, ctx: &StepContext) -> Result<Outputs, Step
                     outputs.insert("server_version".into(), version);
                     return Ok(outputs);
                 }
-                Err(e) => last_error = e.to_string(),
+                Err(e) => last_error = format!("{}: {}", conn.place(), crate::pg::server::error_text(&e)),
             },
             _ = ctx.cancel.cancelled() => return Err(StepError::transient(format!("last attempt: {last_error}"))),
         }

@@ -215,7 +215,7 @@ const LAYERS: &[&[&str]] = &[
     &["schedule"],
     // The command line: the verbs.
     &[
-        "backups", "commands", "diff", "runs", "schema", "wal", "cli", "main", "lib",
+        "backups", "commands", "diff", "oneshot", "runs", "schema", "wal", "cli", "main", "lib",
     ],
 ];
 

@@ -13,6 +13,7 @@ mod apply;
 mod architecture;
 mod azure_repository;
 mod backup_restore;
+mod before_the_run;
 mod closed_repository;
 mod crash_harness;
 mod data_safety;

@@ -46,13 +46,18 @@ fn nightly_then_drill_then_reset_seed() {
     );
 
     // ...backed up and verified by the nightly plan...
+    // Every variable its header lists: the alert's hook too (it runs only on failure,
+    // but a run does not start without what any of its steps needs).
+    let (hook, posted) = crate::common::receiver(&[200]);
     let env = [
         ("DATABASE_URL", app_url.as_str()),
         ("BACKUP_DIR", backups.to_str().unwrap()),
+        ("ALERT_WEBHOOK", hook.as_str()),
     ];
     let nightly = run(&shipped("plans/nightly.yaml"), &ws, &[], &env);
     assert_eq!(nightly.code, 0, "{}", nightly.stderr);
     assert_eq!(nightly.status("notify-on-failure"), "skipped");
+    assert!(posted.lock().unwrap().is_empty());
     assert!(!nightly.everything().contains(PASSWORD));
 
     // The drill's preview says which backup `latest` is, without touching anything.
