@@ -29,6 +29,7 @@ pub fn repository_definition(
             sse: None,
             sse_kms_key_id: None,
             encryption: None,
+            create: false,
             written: Default::default(),
         };
         return Ok((definition, std::path::PathBuf::from(".")));
@@ -64,6 +65,44 @@ pub async fn open_store(
 ) -> Result<repo::AnyStore, Failure> {
     let (repo, base_dir) = repository_definition(repository, plan_file)?;
     repo::open(&repo, &base_dir).await.map_err(Failure::from)
+}
+
+/// `opsrunner repo init`: makes the location a repository (see [`repo::record`]).
+pub async fn init(
+    repository: &str,
+    plan_file: Option<&Path>,
+    force: bool,
+) -> Result<String, Failure> {
+    use repo::record::{self, Checked, RecordError};
+    let (definition, base_dir) = repository_definition(repository, plan_file)?;
+    let store = repo::open(&definition, &base_dir)
+        .await
+        .map_err(Failure::from)?;
+    let recipients = record::recipients_of(&store, &definition, &base_dir)
+        .map_err(|e| Failure::Usage(e.to_string()))?;
+    let location = store.location();
+    match record::init(&store, recipients.as_deref(), force).await {
+        Ok(Checked::Created(r)) if force => Ok(format!(
+            "recorded repository {location} as {} (--force)\n",
+            r.describe_encryption()
+        )),
+        Ok(Checked::Created(r)) => Ok(format!(
+            "created repository {location} ({})\n",
+            r.describe_encryption()
+        )),
+        Ok(Checked::Adopted(r)) => Ok(format!(
+            "adopted repository {location}, which already held backups ({})\n",
+            r.describe_encryption()
+        )),
+        Ok(Checked::Present(r)) => Ok(format!(
+            "{location} is already a repository (created {}, {})\n",
+            r.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            r.describe_encryption()
+        )),
+        Err(e @ RecordError::Mismatch { .. }) => Err(Failure::Refused(e.to_string())),
+        Err(e @ RecordError::Damaged { .. }) => Err(Failure::Usage(e.to_string())),
+        Err(e) => Err(Failure::Io(e.to_string())),
+    }
 }
 
 /// `opsrunner repo unlock`: removes the repository's lock left by a run that is not
@@ -156,11 +195,9 @@ fn verification_text(trust: &Trust) -> String {
     }
 }
 
+/// An age as precise as the JSON's seconds: `13s`, `2h5m13s`.
 fn age(seconds: i64) -> String {
-    crate::plan::duration::format(
-        std::time::Duration::from_secs(seconds.max(0) as u64 / 60 * 60)
-            .max(std::time::Duration::from_secs(60)),
-    )
+    crate::plan::duration::format(std::time::Duration::from_secs(seconds.max(0) as u64))
 }
 
 fn size(bytes: u64) -> String {
@@ -262,7 +299,7 @@ pub async fn list(store: &repo::AnyStore, json: bool) -> Result<String, Failure>
     for r in &rows {
         line(r.iter().map(String::as_str).collect(), &mut out);
     }
-    let _ = writeln!(out, "\n{} backups", rows.len());
+    let _ = writeln!(out, "\n{}", crate::diag::count(rows.len(), "backup"));
     if !damaged.is_empty() {
         let _ = writeln!(
             out,
@@ -294,6 +331,13 @@ pub struct PruneRequest {
 pub async fn prune(store: &repo::AnyStore, request: PruneRequest) -> Result<String, Failure> {
     if request.dry_run {
         return prune_held(store, request).await;
+    }
+    // Deleting is writing: only in a repository (adopting one made before records).
+    let checked = repo::record::require_repository(store)
+        .await
+        .map_err(|e| Failure::Usage(e.to_string()))?;
+    if let Some(said) = repo::record::said(&checked, &store.location()) {
+        eprintln!("{said}");
     }
     // Deleting beside a run that writes to the repository (a backup being published, the
     // plan's own prune) is what the repository's lease exists to prevent.

@@ -46,6 +46,12 @@ pub async fn push(
     let original = read_bounded(path)
         .map_err(|e| Failure::Io(format!("wal push: cannot read {}: {e}", path.display())))?;
     let store = crate::repo::open(&definition, &base_dir).await?;
+    let checked = crate::repo::record::require_for(&store, &definition, &base_dir)
+        .await
+        .map_err(|e| Failure::Io(format!("wal push {name}: {e}")))?;
+    if let Some(said) = crate::repo::record::said(&checked, &store.location()) {
+        tracing::warn!("{said}");
+    }
     let object = wal::encode(&name, &original, compression, recipients.as_ref())
         .await
         .map_err(|e| Failure::Io(format!("wal push {name}: {e}")))?;

@@ -83,7 +83,7 @@ enum Command {
         #[command(subcommand)]
         command: schedule::Command,
     },
-    /// A repository itself: its lock.
+    /// A repository itself: `init` (make a location a repository), `unlock` (its lock).
     Repo {
         #[command(subcommand)]
         command: repo::Command,

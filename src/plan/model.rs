@@ -120,6 +120,12 @@ pub struct Repository {
     /// are stored; restore and verify need an identity (`--identity`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<EncryptionConfig>,
+    /// Create the repository on first use when the location holds nothing: for throwaway
+    /// and CI repositories. Without it a location that is not a repository yet (no
+    /// `opsrunner repo init`) is refused, so a mistyped path or bucket fails instead of
+    /// becoming a new, empty repository.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub create: bool,
     /// The definition as written, rendered again when a step starts.
     #[serde(skip)]
     #[schemars(skip)]

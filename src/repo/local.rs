@@ -57,7 +57,7 @@ impl LocalStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Err(io::Error::new(
                 io::ErrorKind::NotFound,
                 format!(
-                    "directory {} does not exist (check the repository's URL; the first backup creates it)",
+                    "directory {} does not exist (check the repository's URL; `opsrunner repo init` creates a repository)",
                     self.root.display()
                 ),
             )),
@@ -263,7 +263,11 @@ impl LocalStore {
         bytes: &[u8],
         condition: Condition<'_>,
     ) -> io::Result<Option<String>> {
-        self.root_must_exist()?;
+        // The repository record is what makes a directory a repository (`repo init`):
+        // writing it may create the directory; nothing else may.
+        if key != super::store::RECORD_KEY {
+            self.root_must_exist()?;
+        }
         let path = self.new_object_path(key)?;
         let temp = Self::temporary(&path, bytes)?;
         let placed = match condition {

@@ -21,6 +21,7 @@ pub mod memory;
 pub mod parts;
 pub mod pipeline;
 pub mod prune;
+pub mod record;
 pub mod registry;
 pub mod retention;
 #[cfg(feature = "s3")]

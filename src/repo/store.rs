@@ -96,6 +96,10 @@ pub struct Small {
     pub stat: Stat,
 }
 
+/// Where a repository's record lives, relative to its root (see `repo::record`): the one
+/// object whose writing may create a local repository's directory.
+pub const RECORD_KEY: &str = "opsrunner-repository.json";
+
 /// When a write or a delete goes ahead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Condition<'a> {

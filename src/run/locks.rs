@@ -113,6 +113,21 @@ impl Locks {
         }
         let store = crate::repo::open(repo, &ctx.base_dir).await?;
         let what = format!("repository `{name}`");
+        // Before anything is written there, the lease included: a location that is no
+        // repository (a mistyped path) or whose encryption disagrees is refused.
+        let checked = crate::repo::record::require_for(&store, repo, &ctx.base_dir)
+            .await
+            .map_err(|e| {
+                let message = format!("{what}: {e}");
+                if e.is_transient() {
+                    StepError::transient(message)
+                } else {
+                    StepError::permanent(message)
+                }
+            })?;
+        if let Some(said) = crate::repo::record::said(&checked, &store.location()) {
+            self.events.notice(None, said);
+        }
         let on_lost: lease::OnLost = {
             let events = self.events.clone();
             let cancel = self.cancel.clone();

@@ -50,6 +50,25 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// A progress bar's rate and ETA: measured from `started` (when and where the bar began),
+/// nothing until a second has passed.
+fn rate_text(started: (Instant, u64), pos: u64, len: Option<u64>) -> String {
+    let seconds = started.0.elapsed().as_secs_f64();
+    if seconds < 1.0 {
+        return String::new();
+    }
+    let rate = pos.saturating_sub(started.1) as f64 / seconds;
+    let mut text = format!("{}/s", bytes(rate as u64));
+    if let Some(len) = len
+        && rate >= 1.0
+        && len > pos
+    {
+        let eta = Duration::from_secs(((len - pos) as f64 / rate) as u64);
+        text.push_str(&format!(" ETA {}", duration::format(eta)));
+    }
+    text
+}
+
 /// Stderr is a terminal that can draw progress bars.
 pub fn stderr_is_terminal() -> bool {
     use std::io::IsTerminal;
@@ -99,8 +118,14 @@ impl<W: Write> LiveLog<W> {
 
     fn write_line(&mut self, line: &str) {
         if let Some(bars) = &self.bars {
-            // Above the bars, which are drawn again below it.
-            let _ = bars.println(line);
+            // Above the bars, which are cleared, and drawn again below it: the line itself
+            // is written as any other, ending in a newline, so that a log copied from the
+            // terminal keeps its lines.
+            let out = &mut self.out;
+            bars.suspend(|| {
+                let _ = writeln!(out, "{line}");
+                let _ = out.flush();
+            });
             return;
         }
         if self.timestamps {
@@ -136,21 +161,31 @@ impl<W: Write> LiveLog<W> {
                 return None;
             }
             let bar = self.active.entry(step.clone()).or_insert_with(|| {
+                // The rate and the ETA are measured from this first report on, over at
+                // least a second: a bar that starts at a transfer's current position would
+                // otherwise show everything done so far as done in no time (34 GiB/s).
+                let started = (Instant::now(), *done_bytes);
+                let rate = move |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = w.write_str(&rate_text(started, state.pos(), state.len()));
+                };
                 let bar = match total {
                     Some(t) => indicatif::ProgressBar::new(*t).with_style(
                         indicatif::ProgressStyle::with_template(
-                            "  {prefix} {msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
+                            "  {prefix} {msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {rate}",
                         )
                         .expect("the template is valid")
+                        .with_key("rate", rate)
                         .progress_chars("=> "),
                     ),
                     None => indicatif::ProgressBar::new_spinner().with_style(
                         indicatif::ProgressStyle::with_template(
-                            "  {prefix} {msg} {spinner} {binary_bytes} {binary_bytes_per_sec}",
+                            "  {prefix} {msg} {spinner} {binary_bytes} {rate}",
                         )
-                        .expect("the template is valid"),
+                        .expect("the template is valid")
+                        .with_key("rate", rate),
                     ),
                 };
+                bar.set_position(*done_bytes);
                 bar.set_prefix(step.clone());
                 bar.set_message(what.clone());
                 bars.add(bar)

@@ -65,8 +65,8 @@ pub async fn run(
             note(
                 "wal",
                 Ok(format!(
-                    "{} segments archived",
-                    prepared.choice.needed.len()
+                    "{} archived",
+                    crate::diag::count(prepared.choice.needed.len(), "segment")
                 )),
             );
             let clock = Instant::now();

@@ -624,7 +624,10 @@ async fn restore_and_check(
         ctx.events.output(
             &ctx.step_id,
             Stream::Stdout,
-            format!("row counts of {} tables match the backup", actual.len()),
+            format!(
+                "row counts of {} match the backup",
+                crate::diag::count(actual.len(), "table")
+            ),
         );
         Ok(())
     } else {

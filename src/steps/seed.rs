@@ -234,9 +234,9 @@ pub async fn apply(
     .map_err(|e| classify(&e, "cannot read _opsrunner_seeds"))?;
     if done && !force {
         say(format!(
-            "seed set `{}` ({} files) was already applied; skipping",
+            "seed set `{}` ({}) was already applied; skipping",
             environment.as_str(),
-            files.len()
+            crate::diag::count(files.len(), "file")
         ));
         tx.commit()
             .await

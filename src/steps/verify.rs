@@ -317,8 +317,8 @@ pub async fn run(p: &VerifyParams, ctx: &StepContext) -> Result<Outputs, StepErr
         ctx,
         "manifest",
         Ok(format!(
-            "{} files, {} bytes",
-            manifest.files.len(),
+            "{}, {} bytes",
+            crate::diag::count(manifest.files.len(), "file"),
             manifest.total_bytes()
         )),
     );
@@ -839,7 +839,15 @@ async fn test_restore(
         let _ = conn.close().await;
         let problems = fingerprint::compare(&manifest.fingerprints, &actual);
         Ok(if problems.is_empty() {
-            Ok(format!("{} tables match", actual.len()))
+            Ok(format!(
+                "{} {}",
+                crate::diag::count(actual.len(), "table"),
+                if actual.len() == 1 {
+                    "matches"
+                } else {
+                    "match"
+                }
+            ))
         } else {
             Err(problems.join("; "))
         })

@@ -515,6 +515,31 @@ pub fn server_owner(cluster: &Cluster) -> (u32, u32) {
 /// Makes `cluster` archive with `opsrunner wal push %p ARGS`, through a script that sets
 /// `env` (the server's own environment is the test's, set when it started).
 pub fn archive_with(cluster: &Cluster, args: &str, env: &[(&str, String)]) {
+    // A repository is made on purpose before anything archives into it, as an operator
+    // would: `opsrunner repo init` with the same repository (and plan).
+    let words: Vec<&str> = args.split_whitespace().collect();
+    let value = |flag: &str| {
+        words
+            .iter()
+            .position(|w| *w == flag)
+            .and_then(|i| words.get(i + 1))
+            .copied()
+    };
+    let mut init = std::process::Command::new(env!("CARGO_BIN_EXE_opsrunner"));
+    init.args([
+        "repo",
+        "init",
+        value("--repository").expect("archive_with names --repository"),
+    ]);
+    if let Some(plan) = value("--plan") {
+        init.args(["--plan", plan]);
+    }
+    let out = init.envs(env.iter().map(|(k, v)| (k, v))).output().unwrap();
+    assert!(
+        out.status.success(),
+        "repo init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let script = cluster.dir.path().join("archive.sh");
     let exports: String = env
         .iter()

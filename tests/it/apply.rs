@@ -827,7 +827,7 @@ fn an_output_that_cannot_be_written_fails_the_command_whichever_it_is() {
 fn a_count_from_the_environment_that_is_not_one_is_named() {
     let ws = Workspace::new();
     std::fs::create_dir_all(ws.path("repo")).unwrap();
-    let plan = "version: 1\nname: counts\nrepositories:\n  r: { url: \"file://./repo\" }\nsteps:\n  - { id: p, type: prune, repository: r, keep: { last: \"{{ env.K }}\" } }\n";
+    let plan = "version: 1\nname: counts\nrepositories:\n  r: { url: \"file://./repo\", create: true }\nsteps:\n  - { id: p, type: prune, repository: r, keep: { last: \"{{ env.K }}\" } }\n";
     for (value, says) in [
         ("-1", "`-1` is not a count"),
         (

@@ -30,6 +30,7 @@ targets:
 repositories:
   offsite:
     url: azure://{CONTAINER}/app
+    create: true
     endpoint: "{}"
     part_size_mib: 5{repository_extra}
 steps:
@@ -203,7 +204,7 @@ fn a_wrong_account_key_is_a_clear_error_that_prints_no_key() {
     let azurite = Azurite::start();
     let wrong = "d3JvbmcgYnV0IHZhbGlkIGJhc2U2NCBrZXk=";
     let plan = format!(
-        "version: 1\nname: denied\nrepositories:\n  offsite: {{ url: \"azure://{CONTAINER}/x\", endpoint: \"{}\" }}\nsteps:\n  - {{ id: verify, type: verify, repository: offsite, backup: latest, retry: {{ attempts: 3, delay: 10ms }} }}\n",
+        "version: 1\nname: denied\nrepositories:\n  offsite: {{ url: \"azure://{CONTAINER}/x\", endpoint: \"{}\", create: true }}\nsteps:\n  - {{ id: verify, type: verify, repository: offsite, backup: latest, retry: {{ attempts: 3, delay: 10ms }} }}\n",
         azurite.endpoint
     );
     let env = [
@@ -291,7 +292,7 @@ fn bad_azure_urls_are_plan_errors_and_credentials_in_them_are_not_echoed() {
     let ws = Workspace::new();
     let check = |url: &str| {
         let plan = ws.write_plan(&format!(
-            "version: 1\nname: urls\nrepositories:\n  offsite: {{ url: \"{url}\" }}\nsteps:\n  - {{ id: prune, type: prune, repository: offsite, keep: {{ last: 3 }} }}\n"
+            "version: 1\nname: urls\nrepositories:\n  offsite: {{ url: \"{url}\", create: true }}\nsteps:\n  - {{ id: prune, type: prune, repository: offsite, keep: {{ last: 3 }} }}\n"
         ));
         crate::common::run(opsrunner().arg("plan").arg(&plan))
     };

@@ -46,7 +46,7 @@ name: backup-shop
 targets:
   db: { url: "{{ env.DATABASE_URL }}" }
 repositories:
-  repo: { url: "file://./repo" }
+  repo: { url: "file://./repo", create: true }
 steps:
   - { id: backup, type: backup, target: db, database: shop, repository: repo }
 "#;
@@ -65,7 +65,7 @@ name: round-trip
 targets:
   db: { url: "{{ env.DATABASE_URL }}" }
 repositories:
-  repo: { url: "file://./repo" }
+  repo: { url: "file://./repo", create: true }
 steps:
 "#,
     );
@@ -176,7 +176,7 @@ fn a_flipped_byte_makes_verify_fail_naming_the_file() {
     std::fs::write(&file, bytes).unwrap();
 
     let verify = format!(
-        "version: 1\nname: v\nrepositories:\n  repo: {{ url: \"file://./repo\" }}\nsteps:\n  - {{ id: verify, type: verify, repository: repo, backup: {id} }}\n"
+        "version: 1\nname: v\nrepositories:\n  repo: {{ url: \"file://./repo\", create: true }}\nsteps:\n  - {{ id: verify, type: verify, repository: repo, backup: {id} }}\n"
     );
     let run = ws.apply(&verify, &[]);
     assert_eq!(run.code, opsrunner::exit::BACKUP_CORRUPT);
@@ -211,7 +211,7 @@ name: r
 targets:
   db: {{ url: "{{{{ env.DATABASE_URL }}}}", protected: {protected} }}
 repositories:
-  repo: {{ url: "file://./repo" }}
+  repo: {{ url: "file://./repo", create: true }}
 steps:
   - {{ id: restore, type: restore, repository: repo, backup: latest, into: {{ target: db, database: precious }}, overwrite: {overwrite} }}
 "#
@@ -280,7 +280,7 @@ name: slow
 targets:
   db: { url: "{{ env.DATABASE_URL }}" }
 repositories:
-  repo: { url: "file://./repo" }
+  repo: { url: "file://./repo", create: true }
 steps:
   - { id: backup, type: backup, target: db, database: shop, repository: repo, timeout: 2s }
 "#,
@@ -320,8 +320,14 @@ steps:
     }
     assert_eq!(pg_dump_processes(), 0, "pg_dump survived the timeout");
     assert_eq!(sessions(), "0", "a pg_dump session outlived the timeout: {}", cluster.psql("postgres", "select application_name, state, wait_event_type, query from pg_stat_activity where application_name like 'opsrunner%'"));
+    // Besides the repository's record, made before the backup started.
     let leftovers: Vec<_> = std::fs::read_dir(ws.path("repo"))
-        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| !p.ends_with("opsrunner-repository.json"))
+                .collect()
+        })
         .unwrap_or_default();
     assert!(
         leftovers.iter().all(|p| !p.join("manifest.json").exists()),
@@ -381,8 +387,8 @@ name: frames
 targets:
   db: {{ url: "{{{{ env.DATABASE_URL }}}}" }}
 repositories:
-  local: {{ url: "file://./repo" }}
-  offsite: {{ url: "s3://{BUCKET}/shop", endpoint: "{}", force_path_style: true }}
+  local: {{ url: "file://./repo", create: true }}
+  offsite: {{ url: "s3://{BUCKET}/shop", endpoint: "{}", force_path_style: true, create: true }}
 steps:
 {steps}"#,
         server.endpoint
@@ -500,7 +506,7 @@ name: latin
 targets:
   db: { url: "{{ env.DATABASE_URL }}" }
 repositories:
-  repo: { url: "file://./repo" }
+  repo: { url: "file://./repo", create: true }
 steps:
   - { id: backup, type: backup, target: db, database: latin, repository: repo }
   - { id: restore, type: restore, needs: [backup], repository: repo, backup: "{{ steps.backup.outputs.backup_id }}", into: { target: db, database: latin_copy }, jobs: 2 }

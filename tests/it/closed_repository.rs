@@ -16,7 +16,7 @@ name: backup
 targets:
   db: { url: "{{ env.DATABASE_URL }}" }
 repositories:
-  repo: { url: "file://./repo" }
+  repo: { url: "file://./repo", create: true }
 steps:
   - { id: backup, type: backup, target: db, database: app, repository: repo }
 "#;
@@ -68,6 +68,8 @@ fn ids_in(dir: &Path) -> Vec<String> {
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
+        // The repository's record is no backup.
+        .filter(|name| name != "opsrunner-repository.json")
         .collect();
     ids.sort();
     ids
@@ -81,7 +83,7 @@ fn a_count_of_zero_is_refused_in_plans_on_the_command_line_and_from_variables() 
     let ids = backups(&ws, &url, 3);
 
     let zero = ws.write_plan(
-        "version: 1\nname: p\nrepositories:\n  repo: { url: \"file://./repo\" }\nsteps:\n  - { id: prune, type: prune, repository: repo, keep: { weekly: 4, last: 0 } }\n",
+        "version: 1\nname: p\nrepositories:\n  repo: { url: \"file://./repo\", create: true }\nsteps:\n  - { id: prune, type: prune, repository: repo, keep: { weekly: 4, last: 0 } }\n",
     );
     let out = opsrunner().arg("validate").arg(&zero).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
@@ -96,7 +98,7 @@ fn a_count_of_zero_is_refused_in_plans_on_the_command_line_and_from_variables() 
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 
     // From a variable: known before anything runs, so a usage error like the others.
-    let templated = "version: 1\nname: p\nvars: { k: 7 }\nrepositories:\n  repo: { url: \"file://./repo\" }\nsteps:\n  - { id: prune, type: prune, repository: repo, keep: { daily: \"{{ vars.k }}\" } }\n";
+    let templated = "version: 1\nname: p\nvars: { k: 7 }\nrepositories:\n  repo: { url: \"file://./repo\", create: true }\nsteps:\n  - { id: prune, type: prune, repository: repo, keep: { daily: \"{{ vars.k }}\" } }\n";
     for command in ["validate", "plan", "apply"] {
         let out = opsrunner()
             .arg(command)
@@ -108,7 +110,7 @@ fn a_count_of_zero_is_refused_in_plans_on_the_command_line_and_from_variables() 
         assert!(text(&out).contains("steps[0].keep.daily"), "{}", text(&out));
     }
     // From the environment: known only when the step starts, where it fails the step.
-    let from_env = "version: 1\nname: p\nrepositories:\n  repo: { url: \"file://./repo\" }\nsteps:\n  - { id: prune, type: prune, repository: repo, keep: { daily: \"{{ env.KEEP }}\" } }\n";
+    let from_env = "version: 1\nname: p\nrepositories:\n  repo: { url: \"file://./repo\", create: true }\nsteps:\n  - { id: prune, type: prune, repository: repo, keep: { daily: \"{{ env.KEEP }}\" } }\n";
     let run = ws.apply_env(from_env, &[], &[("KEEP", "0")]);
     assert_eq!(run.code, 1, "{}", run.stderr);
     let reason = run.step("prune")["reason"].as_str().unwrap();
@@ -272,7 +274,7 @@ fn symbolic_links_never_lead_out_of_the_repository() {
 
     // Restoring the linked backup by id is refused before any database is touched.
     let restore = ws.apply_env(
-        "version: 1\nname: r\ntargets:\n  db: { url: \"{{ env.DATABASE_URL }}\" }\nrepositories:\n  repo: { url: \"file://./repo\" }\nsteps:\n  - { id: restore, type: restore, repository: repo, backup: 19990101T000000Z-app-0000, into: { target: db, database: copy } }\n",
+        "version: 1\nname: r\ntargets:\n  db: { url: \"{{ env.DATABASE_URL }}\" }\nrepositories:\n  repo: { url: \"file://./repo\", create: true }\nsteps:\n  - { id: restore, type: restore, repository: repo, backup: 19990101T000000Z-app-0000, into: { target: db, database: copy } }\n",
         &[],
         &[("DATABASE_URL", &url)],
     );
@@ -303,7 +305,7 @@ fn verification_records_count_only_for_the_manifest_they_verified() {
     let ids = backups(&ws, &url, 3);
     let verify = ws.apply(
         &format!(
-            "version: 1\nname: v\nrepositories:\n  repo: {{ url: \"file://./repo\" }}\nsteps:\n  - {{ id: verify, type: verify, repository: repo, backup: {} }}\n",
+            "version: 1\nname: v\nrepositories:\n  repo: {{ url: \"file://./repo\", create: true }}\nsteps:\n  - {{ id: verify, type: verify, repository: repo, backup: {} }}\n",
             ids[0]
         ),
         &[],
@@ -357,7 +359,7 @@ fn verification_records_count_only_for_the_manifest_they_verified() {
 fn numbers_that_would_overflow_are_usage_errors() {
     let ws = Workspace::new();
     let plan = ws.write_plan(
-        "version: 1\nname: h\nsteps:\n  - { id: a, type: shell, command: \"true\", retry: { attempts: 2, delay: 99999999999999999999h } }\n  - { id: c, type: shell, command: \"true\", timeout: 36501d }\n  - { id: b, type: restore, repository: r, backup: latest, into: { target: t, database: d }, jobs: 100000 }\nrepositories:\n  r: { url: \"file://./repo\", part_size_mib: 4294967295 }\ntargets:\n  t: { url: \"postgres://localhost/x\" }\n",
+        "version: 1\nname: h\nsteps:\n  - { id: a, type: shell, command: \"true\", retry: { attempts: 2, delay: 99999999999999999999h } }\n  - { id: c, type: shell, command: \"true\", timeout: 36501d }\n  - { id: b, type: restore, repository: r, backup: latest, into: { target: t, database: d }, jobs: 100000 }\nrepositories:\n  r: { url: \"file://./repo\", part_size_mib: 4294967295, create: true }\ntargets:\n  t: { url: \"postgres://localhost/x\" }\n",
     );
     let out = opsrunner().arg("validate").arg(&plan).output().unwrap();
     let all = text(&out);
@@ -398,7 +400,7 @@ fn damaged_entries_in_an_s3_repository_are_listed_and_kept() {
     let ws = Workspace::new();
     let server = crate::s3::S3Server::start(&ws.path("s3"));
     let plan = format!(
-        "version: 1\nname: s3\ntargets:\n  db: {{ url: \"{{{{ env.DATABASE_URL }}}}\" }}\nrepositories:\n  repo: {{ url: \"s3://{}/app\", endpoint: \"{}\", force_path_style: true }}\nsteps:\n  - {{ id: backup, type: backup, target: db, database: app, repository: repo }}\n",
+        "version: 1\nname: s3\ntargets:\n  db: {{ url: \"{{{{ env.DATABASE_URL }}}}\" }}\nrepositories:\n  repo: {{ url: \"s3://{}/app\", endpoint: \"{}\", force_path_style: true, create: true }}\nsteps:\n  - {{ id: backup, type: backup, target: db, database: app, repository: repo }}\n",
         crate::s3::BUCKET,
         server.endpoint
     );

@@ -104,9 +104,9 @@ impl Harness {
 
     fn plan(&self, store: Store, repo_dir: &str, steps: &str) -> PathBuf {
         let repository = match store {
-            Store::Local => format!("{{ url: \"file://{repo_dir}\" }}"),
+            Store::Local => format!("{{ url: \"file://{repo_dir}\", create: true }}"),
             Store::S3 => format!(
-                "{{ url: \"s3://{BUCKET}/app\", endpoint: \"{}\", force_path_style: true, part_size_mib: 5 }}",
+                "{{ url: \"s3://{BUCKET}/app\", endpoint: \"{}\", force_path_style: true, part_size_mib: 5, create: true }}",
                 self.s3.endpoint
             ),
         };

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 fn base_plan(repo_url: &str, cluster: &Cluster, kind: &str) -> String {
     format!(
-        "version: 1\nname: base\ntargets:\n  app: {{ url: \"{}\", data_directory: \"{}\" }}\nrepositories:\n  local: {{ url: \"{repo_url}\" }}\nsteps:\n  - {{ id: base, type: base_backup, target: app, repository: local, kind: {kind}, wal_wait: 30s }}\n",
+        "version: 1\nname: base\ntargets:\n  app: {{ url: \"{}\", data_directory: \"{}\" }}\nrepositories:\n  local: {{ url: \"{repo_url}\", create: true }}\nsteps:\n  - {{ id: base, type: base_backup, target: app, repository: local, kind: {kind}, wal_wait: 30s }}\n",
         cluster.url("app"),
         cluster.dir.path().join("data").display()
     )
@@ -23,7 +23,7 @@ fn base_plan(repo_url: &str, cluster: &Cluster, kind: &str) -> String {
 
 fn restore_plan(repo_url: &str, at: &str) -> String {
     format!(
-        "version: 1\nname: drill\ntargets:\n  drill: {{ ephemeral: true }}\nrepositories:\n  local: {{ url: \"{repo_url}\" }}\nsteps:\n  - {{ id: restore, type: restore, repository: local, to: {{ time: \"{at}\" }}, into: {{ target: drill }} }}\n  - {{ id: rows, type: sql, needs: [restore], target: drill, database: app, query: \"select string_agg(id::text, ',' order by id) || ' ' || (select sum(v) from big) from t\" }}\n"
+        "version: 1\nname: drill\ntargets:\n  drill: {{ ephemeral: true }}\nrepositories:\n  local: {{ url: \"{repo_url}\", create: true }}\nsteps:\n  - {{ id: restore, type: restore, repository: local, to: {{ time: \"{at}\" }}, into: {{ target: drill }} }}\n  - {{ id: rows, type: sql, needs: [restore], target: drill, database: app, query: \"select string_agg(id::text, ',' order by id) || ' ' || (select sum(v) from big) from t\" }}\n"
     )
 }
 
@@ -239,7 +239,7 @@ fn a_file_level_chain_restores_to_a_moment_after_each_and_stores_only_changed_bl
     let verify_full = |expect: i32| {
         let run = ws.apply(
             &format!(
-                "version: 1\nname: proof\nrepositories:\n  local: {{ url: \"{repo_url}\" }}\nsteps:\n  - {{ id: files, type: verify, repository: local, backup: \"{}\" }}\n",
+                "version: 1\nname: proof\nrepositories:\n  local: {{ url: \"{repo_url}\", create: true }}\nsteps:\n  - {{ id: files, type: verify, repository: local, backup: \"{}\" }}\n",
                 taken[0].0
             ),
             &[],
@@ -261,7 +261,7 @@ fn a_file_level_chain_restores_to_a_moment_after_each_and_stores_only_changed_bl
     // Keeping only the newest keeps the differential and the full it is built on.
     let prune = ws.apply(
         &format!(
-            "version: 1\nname: prune\nrepositories:\n  local: {{ url: \"{repo_url}\" }}\nsteps:\n  - {{ id: prune, type: prune, repository: local, keep: {{ last: 1 }} }}\n"
+            "version: 1\nname: prune\nrepositories:\n  local: {{ url: \"{repo_url}\", create: true }}\nsteps:\n  - {{ id: prune, type: prune, repository: local, keep: {{ last: 1 }} }}\n"
         ),
         &[],
     );
@@ -276,7 +276,7 @@ fn a_file_level_chain_restores_to_a_moment_after_each_and_stores_only_changed_bl
 fn assert_recovers(ws: &Workspace, repo_url: &str, more: &str) {
     let verify = ws.apply(
         &format!(
-            "version: 1\nname: proof\ntargets:\n  drill: {{ ephemeral: true }}\nrepositories:\n  local: {{ url: \"{repo_url}\" }}\nsteps:\n  - {{ id: recovered, type: verify, repository: local, to: {{ latest: true }}, restore_into: {{ target: drill }} }}\n{more}"
+            "version: 1\nname: proof\ntargets:\n  drill: {{ ephemeral: true }}\nrepositories:\n  local: {{ url: \"{repo_url}\", create: true }}\nsteps:\n  - {{ id: recovered, type: verify, repository: local, to: {{ latest: true }}, restore_into: {{ target: drill }} }}\n{more}"
         ),
         &[],
     );
@@ -311,7 +311,7 @@ fn directory_plan(repo_url: &str, id: &str, dir: &Path, extra: &str) -> String {
         format!(", {extra}")
     };
     format!(
-        "version: 1\nname: dir\nrepositories:\n  local: {{ url: \"{repo_url}\" }}\nsteps:\n  - {{ id: restore, type: restore, repository: local, backup: \"{id}\", to: {{ latest: true }}, into: {{ data_directory: \"{}\"{extra} }} }}\n",
+        "version: 1\nname: dir\nrepositories:\n  local: {{ url: \"{repo_url}\", create: true }}\nsteps:\n  - {{ id: restore, type: restore, repository: local, backup: \"{id}\", to: {{ latest: true }}, into: {{ data_directory: \"{}\"{extra} }} }}\n",
         dir.display()
     )
 }
@@ -332,7 +332,7 @@ fn archiving(ws: &Workspace, cluster: &Cluster) -> (std::path::PathBuf, String) 
 fn restored_value(ws: &Workspace, repo_url: &str, id: &str, query: &str) -> String {
     let run = ws.apply(
         &format!(
-            "version: 1\nname: drill\ntargets:\n  drill: {{ ephemeral: true }}\nrepositories:\n  local: {{ url: \"{repo_url}\" }}\nsteps:\n  - {{ id: restore, type: restore, repository: local, backup: \"{id}\", to: {{ latest: true }}, into: {{ target: drill }} }}\n  - {{ id: q, type: sql, needs: [restore], target: drill, database: app, query: \"{query}\" }}\n"
+            "version: 1\nname: drill\ntargets:\n  drill: {{ ephemeral: true }}\nrepositories:\n  local: {{ url: \"{repo_url}\", create: true }}\nsteps:\n  - {{ id: restore, type: restore, repository: local, backup: \"{id}\", to: {{ latest: true }}, into: {{ target: drill }} }}\n  - {{ id: q, type: sql, needs: [restore], target: drill, database: app, query: \"{query}\" }}\n"
         ),
         &[],
     );
@@ -387,7 +387,7 @@ fn a_standby_is_backed_up_file_by_file_and_by_pg_basebackup_and_both_recover() {
             };
             let run = ws.apply(
                 &format!(
-                    "version: 1\nname: base\ntargets:\n  replica: {target}\nrepositories:\n  local: {{ url: \"{repo_url}\" }}\nsteps:\n  - {{ id: base, type: base_backup, target: replica, repository: local, wal_wait: 60s }}\n"
+                    "version: 1\nname: base\ntargets:\n  replica: {target}\nrepositories:\n  local: {{ url: \"{repo_url}\", create: true }}\nsteps:\n  - {{ id: base, type: base_backup, target: replica, repository: local, wal_wait: 60s }}\n"
                 ),
                 &[],
             );

@@ -10,7 +10,7 @@ use crate::common::{Workspace, opsrunner};
 /// target, so that a case only has to break one thing.
 fn with_step(step: &str) -> String {
     format!(
-        "version: 1\nname: hostile\ntargets:\n  t: {{ url: \"postgres://u@localhost/db\" }}\nrepositories:\n  r: {{ url: \"file://./repo\" }}\nsteps:\n  - {step}\n"
+        "version: 1\nname: hostile\ntargets:\n  t: {{ url: \"postgres://u@localhost/db\" }}\nrepositories:\n  r: {{ url: \"file://./repo\", create: true }}\nsteps:\n  - {step}\n"
     )
 }
 
@@ -138,7 +138,7 @@ fn cases() -> Vec<Case> {
     for size in ["0", "4", "5121", "4294967295"] {
         out.push(case(
             format!("part_size_mib = {size}"),
-            format!("version: 1\nname: p\nrepositories:\n  r: {{ url: \"s3://bucket/x\", part_size_mib: {size} }}\nsteps:\n  - {{ id: a, type: shell, command: \"true\" }}\n"),
+            format!("version: 1\nname: p\nrepositories:\n  r: {{ url: \"s3://bucket/x\", part_size_mib: {size}, create: true }}\nsteps:\n  - {{ id: a, type: shell, command: \"true\" }}\n"),
             "part_size_mib",
         ));
     }
@@ -409,12 +409,12 @@ fn cases() -> Vec<Case> {
     // Repository URLs.
     out.push(case(
         "credentials in an S3 URL",
-        "version: 1\nname: p\nrepositories:\n  r: { url: \"s3://AKIAEXAMPLE:secret@bucket/x\" }\nsteps:\n  - { id: a, type: shell, command: \"true\" }\n",
+        "version: 1\nname: p\nrepositories:\n  r: { url: \"s3://AKIAEXAMPLE:secret@bucket/x\", create: true }\nsteps:\n  - { id: a, type: shell, command: \"true\" }\n",
         "credentials",
     ));
     out.push(case(
         "an unsupported repository URL",
-        "version: 1\nname: p\nrepositories:\n  r: { url: \"ftp://host/x\" }\nsteps:\n  - { id: a, type: shell, command: \"true\" }\n",
+        "version: 1\nname: p\nrepositories:\n  r: { url: \"ftp://host/x\", create: true }\nsteps:\n  - { id: a, type: shell, command: \"true\" }\n",
         "file://",
     ));
 
@@ -621,7 +621,7 @@ fn errors_about_a_file_never_quote_its_content() {
     let ws = Workspace::new();
     std::fs::write(ws.path("pgpass"), "db:5432:*:app:hunter2-not-a-key\n").unwrap();
     let plan = ws.write_plan(
-        "version: 1\nname: e\nrepositories:\n  r: { url: \"file://./repo\", encryption: { recipients_file: pgpass } }\nsteps:\n  - { id: b, type: backup, target: t, repository: r }\ntargets:\n  t: { url: \"postgres://u@localhost/db\" }\n",
+        "version: 1\nname: e\nrepositories:\n  r: { url: \"file://./repo\", encryption: { recipients_file: pgpass }, create: true }\nsteps:\n  - { id: b, type: backup, target: t, repository: r }\ntargets:\n  t: { url: \"postgres://u@localhost/db\" }\n",
     );
     // `plan` reads the recipients file to show who can read the backups; `apply` to encrypt.
     for command in ["plan", "apply"] {
@@ -641,7 +641,7 @@ fn store_errors_are_one_plain_line_without_the_sdks_debug_dump() {
     let ws = Workspace::new();
     // Port 9 (discard) refuses connections here; nothing has to run.
     let plan = ws.write_plan(
-        "version: 1\nname: s\nrepositories:\n  r: { url: \"s3://bucket/p\", endpoint: \"http://127.0.0.1:9\", region: us-east-1, force_path_style: true }\nsteps:\n  - { id: p, type: prune, repository: r, keep: { last: 2 } }\n",
+        "version: 1\nname: s\nrepositories:\n  r: { url: \"s3://bucket/p\", endpoint: \"http://127.0.0.1:9\", region: us-east-1, force_path_style: true, create: true }\nsteps:\n  - { id: p, type: prune, repository: r, keep: { last: 2 } }\n",
     );
     let refused = ("AKIAEXAMPLE", "refused", "Connection refused");
     // No credentials at all, and no instance metadata service to ask.
@@ -732,7 +732,7 @@ name: pr
 targets:
   prod: {{ url: "postgres://u:{{{{ env.SOME_SECRET }}}}@{addr}/db" }}
 repositories:
-  offsite: {{ url: "s3://bucket-{{{{ env.AWS_SECRET_ACCESS_KEY }}}}/x", endpoint: "http://{addr}", force_path_style: true, encryption: {{ recipients_file: ../../../etc/hostname }} }}
+  offsite: {{ url: "s3://bucket-{{{{ env.AWS_SECRET_ACCESS_KEY }}}}/x", endpoint: "http://{addr}", force_path_style: true, encryption: {{ recipients_file: ../../../etc/hostname }}, create: true }}
 steps:
   - {{ id: up, type: migrate, target: prod, dir: migrations }}
   - {{ id: prune, type: prune, repository: offsite, keep: {{ last: 2 }} }}
@@ -785,7 +785,7 @@ fn a_probe_that_never_answers_times_out_and_says_so() {
     let ws = Workspace::new();
     let (addr, hits) = trap();
     let plan = ws.write_plan(&format!(
-        "version: 1\nname: slow\nrepositories:\n  offsite: {{ url: \"s3://bucket/x\", endpoint: \"http://{addr}\", force_path_style: true }}\nsteps:\n  - {{ id: prune, type: prune, repository: offsite, keep: {{ last: 2 }} }}\n"
+        "version: 1\nname: slow\nrepositories:\n  offsite: {{ url: \"s3://bucket/x\", endpoint: \"http://{addr}\", force_path_style: true, create: true }}\nsteps:\n  - {{ id: prune, type: prune, repository: offsite, keep: {{ last: 2 }} }}\n"
     ));
     let out = opsrunner()
         .args(["plan"])
@@ -808,7 +808,7 @@ fn a_preview_against_a_base_plan_probes_only_what_is_unchanged() {
     let (addr, hits) = trap();
     // An empty repository (its directory exists): the unchanged prune may read it.
     std::fs::create_dir_all(ws.path("repo")).unwrap();
-    let base = "version: 1\nname: nightly\ntargets:\n  prod: { url: \"{{ env.PROD_URL }}\" }\nrepositories:\n  local: { url: \"file://./repo\" }\nsteps:\n  - { id: up, type: migrate, target: prod, dir: migrations }\n  - { id: prune, type: prune, repository: local, keep: { last: 2 } }\n";
+    let base = "version: 1\nname: nightly\ntargets:\n  prod: { url: \"{{ env.PROD_URL }}\" }\nrepositories:\n  local: { url: \"file://./repo\", create: true }\nsteps:\n  - { id: up, type: migrate, target: prod, dir: migrations }\n  - { id: prune, type: prune, repository: local, keep: { last: 2 } }\n";
     let old = ws.path("base.yaml");
     std::fs::write(&old, base).unwrap();
     // The pull request points `prod` at its own host and adds a step printing a secret.
@@ -857,7 +857,7 @@ fn a_base_preview_compares_what_would_be_contacted_not_the_text() {
     // The definitions are the same text in both plans; only the variables they use change.
     let plan = |host: &str, endpoint: &str| {
         format!(
-            "version: 1\nname: nightly\nvars:\n  host: \"{host}\"\n  endpoint: \"{endpoint}\"\ntargets:\n  prod: {{ url: \"postgres://u:{{{{ env.PROD_PASSWORD }}}}@{{{{ vars.host }}}}/db\" }}\nrepositories:\n  offsite: {{ url: \"s3://bucket/x\", endpoint: \"{{{{ vars.endpoint }}}}\", force_path_style: true }}\nsteps:\n  - {{ id: up, type: migrate, target: prod, dir: migrations }}\n  - {{ id: prune, type: prune, repository: offsite, keep: {{ last: 2 }} }}\n"
+            "version: 1\nname: nightly\nvars:\n  host: \"{host}\"\n  endpoint: \"{endpoint}\"\ntargets:\n  prod: {{ url: \"postgres://u:{{{{ env.PROD_PASSWORD }}}}@{{{{ vars.host }}}}/db\" }}\nrepositories:\n  offsite: {{ url: \"s3://bucket/x\", endpoint: \"{{{{ vars.endpoint }}}}\", force_path_style: true, create: true }}\nsteps:\n  - {{ id: up, type: migrate, target: prod, dir: migrations }}\n  - {{ id: prune, type: prune, repository: offsite, keep: {{ last: 2 }} }}\n"
         )
     };
     let old = ws.path("base.yaml");
@@ -927,7 +927,7 @@ fn a_silent_object_store_hangs_nothing() {
     let (addr, hits) = trap();
     let plan = |timeout: &str| {
         ws.write_plan(&format!(
-            "version: 1\nname: silent\ntargets:\n  db: {{ url: \"postgres://u@127.0.0.1:1/db\" }}\nrepositories:\n  offsite: {{ url: \"s3://bucket/x\", endpoint: \"http://{addr}\", force_path_style: true, region: us-east-1 }}\nsteps:\n  - {{ id: backup, type: backup, target: db, repository: offsite{timeout} }}\n"
+            "version: 1\nname: silent\ntargets:\n  db: {{ url: \"postgres://u@127.0.0.1:1/db\" }}\nrepositories:\n  offsite: {{ url: \"s3://bucket/x\", endpoint: \"http://{addr}\", force_path_style: true, region: us-east-1, create: true }}\nsteps:\n  - {{ id: backup, type: backup, target: db, repository: offsite{timeout} }}\n"
         ))
     };
     let aws = [

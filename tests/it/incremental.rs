@@ -25,13 +25,13 @@ fn path_18() -> String {
 
 fn base_plan(repo_url: &str, app_url: &str, kind: &str) -> String {
     format!(
-        "version: 1\nname: base\ntargets:\n  app: {{ url: \"{app_url}\" }}\nrepositories:\n  local: {{ url: \"{repo_url}\" }}\nsteps:\n  - {{ id: base, type: base_backup, target: app, repository: local, kind: {kind}, wal_wait: 30s }}\n"
+        "version: 1\nname: base\ntargets:\n  app: {{ url: \"{app_url}\" }}\nrepositories:\n  local: {{ url: \"{repo_url}\", create: true }}\nsteps:\n  - {{ id: base, type: base_backup, target: app, repository: local, kind: {kind}, wal_wait: 30s }}\n"
     )
 }
 
 fn restore_plan(repo_url: &str, at: &str) -> String {
     format!(
-        "version: 1\nname: drill\ntargets:\n  drill: {{ ephemeral: true }}\nrepositories:\n  local: {{ url: \"{repo_url}\" }}\nsteps:\n  - {{ id: restore, type: restore, repository: local, to: {{ time: \"{at}\" }}, into: {{ target: drill }} }}\n  - {{ id: rows, type: sql, needs: [restore], target: drill, database: app, query: \"select string_agg(id::text, ',' order by id) from t\" }}\n"
+        "version: 1\nname: drill\ntargets:\n  drill: {{ ephemeral: true }}\nrepositories:\n  local: {{ url: \"{repo_url}\", create: true }}\nsteps:\n  - {{ id: restore, type: restore, repository: local, to: {{ time: \"{at}\" }}, into: {{ target: drill }} }}\n  - {{ id: rows, type: sql, needs: [restore], target: drill, database: app, query: \"select string_agg(id::text, ',' order by id) from t\" }}\n"
     )
 }
 
@@ -148,7 +148,7 @@ fn a_chain_of_incremental_and_differential_backups_restores_to_a_moment_after_ea
     // end of the archive, every table and index checked; and its files by extraction.
     let verify = ws.apply_env(
         &format!(
-            "version: 1\nname: proof\ntargets:\n  drill: {{ ephemeral: true }}\nrepositories:\n  local: {{ url: \"{repo_url}\" }}\nsteps:\n  - {{ id: recovered, type: verify, repository: local, to: {{ latest: true }}, restore_into: {{ target: drill }} }}\n  - {{ id: files, type: verify, repository: local, backup: \"{}\" }}\n",
+            "version: 1\nname: proof\ntargets:\n  drill: {{ ephemeral: true }}\nrepositories:\n  local: {{ url: \"{repo_url}\", create: true }}\nsteps:\n  - {{ id: recovered, type: verify, repository: local, to: {{ latest: true }}, restore_into: {{ target: drill }} }}\n  - {{ id: files, type: verify, repository: local, backup: \"{}\" }}\n",
             taken[3].0
         ),
         &[],
@@ -231,7 +231,7 @@ fn a_chain_of_incremental_and_differential_backups_restores_to_a_moment_after_ea
     // Keeping only the newest keeps the differential and the full it is built on.
     let prune = ws.apply_env(
         &format!(
-            "version: 1\nname: prune\nrepositories:\n  local: {{ url: \"{repo_url}\" }}\nsteps:\n  - {{ id: prune, type: prune, repository: local, keep: {{ last: 1 }} }}\n"
+            "version: 1\nname: prune\nrepositories:\n  local: {{ url: \"{repo_url}\", create: true }}\nsteps:\n  - {{ id: prune, type: prune, repository: local, keep: {{ last: 1 }} }}\n"
         ),
         &[],
         &env,

@@ -30,6 +30,7 @@ mod plans;
 mod preview;
 mod prune_catalog;
 mod readme;
+mod repository_record;
 mod s3_repository;
 mod saved_plans;
 mod schemas;

@@ -36,6 +36,20 @@ fn a_backup_restored_by_its_id_with_one_command_each_and_the_guards_hold() {
     let env = [("APP_URL", url.as_str())];
     let repo = format!("file://{}", ws.path("repo").display());
 
+    // A location that is no repository is refused, with the command that makes one.
+    let (code, out, err) = oneshot(
+        &["backup", "--target", "env:APP_URL", "--repository", &repo],
+        &env,
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(&format!("opsrunner repo init {repo}")),
+        "{err}"
+    );
+    assert!(!ws.path("repo").exists());
+    let (code, out, err) = oneshot(&["repo", "init", &repo], &env);
+    assert_eq!(code, 0, "{out}{err}");
+
     // The preview writes nothing.
     let (code, out, err) = oneshot(
         &[
@@ -51,7 +65,7 @@ fn a_backup_restored_by_its_id_with_one_command_each_and_the_guards_hold() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("will back up the database of target"), "{out}");
     assert!(!out.contains(super::common::pg::PASSWORD), "{out}");
-    assert!(!ws.path("repo").exists() || crate::common::files_under(&ws.path("repo")).is_empty());
+    assert_eq!(crate::common::files_under(&ws.path("repo")).len(), 1);
 
     let report = ws.path("backup.json");
     let (code, out, err) = oneshot(

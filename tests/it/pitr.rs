@@ -55,7 +55,7 @@ name: base
 targets:
   app: {{ url: "{}" }}
 repositories:
-  local: {{ url: "{repo_url}" }}
+  local: {{ url: "{repo_url}", create: true }}
 steps:
   - {{ id: base, type: base_backup, target: app, repository: local, wal_wait: 20s }}
   - id: verify
@@ -76,7 +76,7 @@ name: pitr
 targets:
   drill: {{ ephemeral: true }}
 repositories:
-  local: {{ url: "{repo_url}" }}
+  local: {{ url: "{repo_url}", create: true }}
 steps:
   - id: restore
     type: restore
@@ -99,7 +99,7 @@ fn directory_plan(repo_url: &str, to: &str, data: &Path) -> String {
 version: 1
 name: pitr-directory
 repositories:
-  local: {{ url: "{repo_url}" }}
+  local: {{ url: "{repo_url}", create: true }}
 steps:
   - id: restore
     type: restore
@@ -128,7 +128,7 @@ name: pitr-verify
 targets:
   drill: {{ ephemeral: true }}
 repositories:
-  local: {{ url: "{repo_url}" }}
+  local: {{ url: "{repo_url}", create: true }}
 steps:
   - id: verify
     type: verify
@@ -168,7 +168,10 @@ fn a_restore_to_the_moment_before_a_drop_shows_exactly_the_rows_committed_by_the
         applied.everything()
     );
     assert!(
-        std::fs::read_dir(&repo).unwrap().next().is_none(),
+        std::fs::read_dir(&repo)
+            .unwrap()
+            .flatten()
+            .all(|e| e.file_name() == "opsrunner-repository.json"),
         "something was published"
     );
 
@@ -302,7 +305,7 @@ fn a_restore_to_the_moment_before_a_drop_shows_exactly_the_rows_committed_by_the
 
     // The archive's check: recent, no gap.
     let status = format!(
-        "version: 1\nname: status\nrepositories:\n  local: {{ url: \"{url}\" }}\nsteps:\n  - {{ id: archive, type: wal_status, repository: local, max_age: 1h }}\n"
+        "version: 1\nname: status\nrepositories:\n  local: {{ url: \"{url}\", create: true }}\nsteps:\n  - {{ id: archive, type: wal_status, repository: local, max_age: 1h }}\n"
     );
     let applied = ws.apply(&status, &[]);
     assert_eq!(applied.code, 0, "{}", applied.everything());
@@ -412,6 +415,7 @@ fn an_encrypted_s3_archive_restores_to_a_point_with_the_key() {
 repositories:
   offsite:
     url: s3://{BUCKET}/pitr
+    create: true
     endpoint: "{}"
     force_path_style: true
     encryption: {{ recipients: ["{recipient}"] }}
@@ -568,7 +572,7 @@ fn an_azure_archive_restores_to_a_point() {
     let azurite = crate::azure::Azurite::start();
     let cluster = Cluster::start();
     let repositories = format!(
-        "\nrepositories:\n  offsite: {{ url: \"azure://{}/pitr\", endpoint: \"{}\" }}\n",
+        "\nrepositories:\n  offsite: {{ url: \"azure://{}/pitr\", endpoint: \"{}\", create: true }}\n",
         crate::azure::CONTAINER,
         azurite.endpoint
     );
@@ -792,7 +796,7 @@ fn pruning_a_base_backup_prunes_the_wal_only_it_needed() {
     assert!(older.iter().any(|n| n.ends_with(".mark")), "{before:?}");
 
     let prune = format!(
-        "version: 1\nname: prune\nrepositories:\n  local: {{ url: \"{url}\" }}\nsteps:\n  - {{ id: prune, type: prune, repository: local, keep: {{ last: 1 }} }}\n"
+        "version: 1\nname: prune\nrepositories:\n  local: {{ url: \"{url}\", create: true }}\nsteps:\n  - {{ id: prune, type: prune, repository: local, keep: {{ last: 1 }} }}\n"
     );
     // The preview names both: the backup and the WAL only it needed.
     let plan = ws.write_plan(&prune);
@@ -1005,7 +1009,7 @@ name: mark
 targets:
   app: {{ url: "{}" }}
 repositories:
-  local: {{ url: "{repo_url}" }}
+  local: {{ url: "{repo_url}", create: true }}
 steps:
   - {{ id: mark, type: pitr_mark, target: app, repository: local, fingerprint: full, wal_wait: 30s, lock_wait: {lock_wait} }}
 "#,

@@ -54,10 +54,35 @@ fn nightly_then_drill_then_reset_seed() {
         ("BACKUP_DIR", backups.to_str().unwrap()),
         ("ALERT_WEBHOOK", hook.as_str()),
     ];
+    // A mistyped BACKUP_DIR is refused, and nothing appears there.
+    let typo = ws.path("backup");
+    let mistyped = [env[0], ("BACKUP_DIR", typo.to_str().unwrap()), env[2]];
+    let refused = run(&shipped("plans/nightly.yaml"), &ws, &[], &mistyped);
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(
+        refused
+            .everything()
+            .contains("is not an opsrunner repository"),
+        "{}",
+        refused.everything()
+    );
+    assert!(refused.everything().contains("opsrunner repo init"));
+    assert!(!typo.exists());
+    // ...and the failure alert, whose variable was checked before the run, went out.
+    assert_eq!(posted.lock().unwrap().len(), 1);
+    // The repository is made once, on purpose, as the README says.
+    let (code, out, err) = crate::common::run(
+        opsrunner()
+            .args(["repo", "init", "local", "--plan"])
+            .arg(shipped("plans/nightly.yaml"))
+            .envs(env.iter().copied()),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("created repository"), "{out}");
     let nightly = run(&shipped("plans/nightly.yaml"), &ws, &[], &env);
     assert_eq!(nightly.code, 0, "{}", nightly.stderr);
     assert_eq!(nightly.status("notify-on-failure"), "skipped");
-    assert!(posted.lock().unwrap().is_empty());
+    assert_eq!(posted.lock().unwrap().len(), 1);
     assert!(!nightly.everything().contains(PASSWORD));
 
     // The drill's preview says which backup `latest` is, without touching anything.

@@ -11,7 +11,7 @@ targets:
   db: { url: "{{ env.DATABASE_URL }}" }
   scratch: { ephemeral: true }
 repositories:
-  repo: { url: "file://./repo" }
+  repo: { url: "file://./repo", create: true }
 steps:
   - { id: backup, type: backup, target: db, database: app, repository: repo }
 "#;
@@ -28,13 +28,13 @@ fn backup(ws: &Workspace, url: &str) -> String {
 fn verify(ws: &Workspace, id: &str) -> crate::common::Applied {
     ws.apply(
         &format!(
-            "version: 1\nname: v\ntargets:\n  scratch: {{ ephemeral: true }}\nrepositories:\n  repo: {{ url: \"file://./repo\" }}\nsteps:\n  - {{ id: verify, type: verify, repository: repo, backup: {id}, restore_into: {{ target: scratch, database: check }} }}\n"
+            "version: 1\nname: v\ntargets:\n  scratch: {{ ephemeral: true }}\nrepositories:\n  repo: {{ url: \"file://./repo\", create: true }}\nsteps:\n  - {{ id: verify, type: verify, repository: repo, backup: {id}, restore_into: {{ target: scratch, database: check }} }}\n"
         ),
         &[],
     )
 }
 
-const PRUNE: &str = "version: 1\nname: p\nrepositories:\n  repo: { url: \"file://./repo\" }\nsteps:\n  - { id: prune, type: prune, repository: repo, keep: { last: \"{{ vars.last }}\" } }\nvars: { last: 1 }\n";
+const PRUNE: &str = "version: 1\nname: p\nrepositories:\n  repo: { url: \"file://./repo\", create: true }\nsteps:\n  - { id: prune, type: prune, repository: repo, keep: { last: \"{{ vars.last }}\" } }\nvars: { last: 1 }\n";
 
 fn prune(ws: &Workspace, args: &[&str]) -> crate::common::Applied {
     ws.apply(PRUNE, args)
@@ -198,6 +198,7 @@ fn a_backup_killed_midway_never_appears_and_prune_orphans_removes_it() {
             .unwrap()
             .flatten()
             .filter(|e| e.file_name() != ".opsrunner.lock")
+            .filter(|e| e.file_name() != "opsrunner-repository.json")
             .count(),
         1,
         "the unfinished backup left a directory"
@@ -210,9 +211,18 @@ fn a_backup_killed_midway_never_appears_and_prune_orphans_removes_it() {
     // Fresh leftovers might be a backup still running: kept by default.
     assert!(prune(&[]).contains("may still be running"));
     assert!(prune(&["--orphan-age", "0s", "--dry-run"]).contains("would delete"));
-    assert_eq!(std::fs::read_dir(&repo).unwrap().count(), 1);
+    // Besides the repository's record, which stays.
+    let entries = || {
+        std::fs::read_dir(&repo)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name() != "opsrunner-repository.json")
+            .count()
+    };
+    assert_eq!(entries(), 1);
     assert!(prune(&["--orphan-age", "0s"]).contains("unfinished backup (no manifest)"));
-    assert_eq!(std::fs::read_dir(&repo).unwrap().count(), 0);
+    assert_eq!(entries(), 0);
+    assert!(repo.join("opsrunner-repository.json").exists());
 }
 
 /// `backups check` for monitoring: exit 0 with a one-line "ok" when the newest backup (and,

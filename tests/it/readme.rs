@@ -201,6 +201,8 @@ fn every_command_in_the_readme_runs() {
     // `backups list/show/check`), a failed night (for `--resume RUN_ID`), two versions of
     // a plan (for `diff old.yaml new.yaml`).
     let words = |s: &str| -> Vec<String> { s.split_whitespace().map(str::to_string).collect() };
+    let (code, _, err) = readme_run.opsrunner(&words("repo init local --plan plans/nightly.yaml"));
+    assert_eq!(code, 0, "{err}");
     let (code, _, err) = readme_run.opsrunner(&words("apply plans/nightly.yaml"));
     assert_eq!(code, 0, "{err}");
     let failing: Vec<(String, String)> = readme_run

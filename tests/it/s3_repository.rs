@@ -34,6 +34,7 @@ targets:
 repositories:
   offsite:
     url: s3://{BUCKET}/app
+    create: true
     endpoint: "{endpoint}"
     force_path_style: true
     part_size_mib: 5{repository_extra}
@@ -161,7 +162,7 @@ fn wrong_credentials_are_a_clear_error() {
     let ws = Workspace::new();
     let server = S3Server::start(&ws.path("s3"));
     let plan = format!(
-        "version: 1\nname: denied\nrepositories:\n  offsite: {{ url: s3://{BUCKET}/x, endpoint: \"{}\", force_path_style: true }}\nsteps:\n  - {{ id: verify, type: verify, repository: offsite, backup: latest, retry: {{ attempts: 3, delay: 10ms }} }}\n",
+        "version: 1\nname: denied\nrepositories:\n  offsite: {{ url: s3://{BUCKET}/x, endpoint: \"{}\", force_path_style: true, create: true }}\nsteps:\n  - {{ id: verify, type: verify, repository: offsite, backup: latest, retry: {{ attempts: 3, delay: 10ms }} }}\n",
         server.endpoint
     );
     let mut env = crate::s3::aws_env();
@@ -228,7 +229,7 @@ fn a_403_on_a_part_fails_at_once_and_publishes_nothing() {
     // Nothing published, nothing left: no objects, no open upload.
     let (_, stdout, _) = ws.backups_of("offsite", &["list", "--json"], &env);
     assert_eq!(stdout.trim(), "[]");
-    assert!(files_under(&ws.path("s3").join(BUCKET)).is_empty());
+    assert!(no_objects_but_the_record(&ws.path("s3").join(BUCKET)));
     assert!(open_uploads(&ws.path("s3")).is_empty());
 }
 
@@ -251,7 +252,8 @@ fn a_backup_killed_mid_upload_never_appears_and_prune_orphans_aborts_its_upload(
     assert_eq!(open_uploads(&ws.path("s3")).len(), 1, "one upload open");
     // Besides the lease the killed run held (its holder is gone: the next run takes it).
     let mut leftovers = files_under(&ws.path("s3").join(BUCKET));
-    leftovers.retain(|f| !f.ends_with(".opsrunner.lease"));
+    leftovers
+        .retain(|f| !f.ends_with(".opsrunner.lease") && !f.ends_with("opsrunner-repository.json"));
     assert_eq!(leftovers.len(), 1, "{leftovers:?}");
     assert!(
         leftovers[0].parent().unwrap().ends_with(".uploads"),
@@ -268,7 +270,8 @@ fn a_backup_killed_mid_upload_never_appears_and_prune_orphans_aborts_its_upload(
         "{stdout}"
     );
     let mut unchanged = files_under(&ws.path("s3").join(BUCKET));
-    unchanged.retain(|f| !f.ends_with(".opsrunner.lease"));
+    unchanged
+        .retain(|f| !f.ends_with(".opsrunner.lease") && !f.ends_with("opsrunner-repository.json"));
     assert_eq!(unchanged, leftovers);
     assert!(!open_uploads(&ws.path("s3")).is_empty());
     let (code, stdout, stderr) = ws.backups_of("offsite", &prune, &env);
@@ -281,7 +284,7 @@ fn a_backup_killed_mid_upload_never_appears_and_prune_orphans_aborts_its_upload(
         open_uploads(&ws.path("s3")).is_empty(),
         "the upload was aborted"
     );
-    assert!(files_under(&ws.path("s3").join(BUCKET)).is_empty());
+    assert!(no_objects_but_the_record(&ws.path("s3").join(BUCKET)));
     let (_, stdout, _) = ws.backups_of("offsite", &prune, &env);
     assert_eq!(stdout.trim(), "no unfinished backups");
 }
@@ -331,7 +334,7 @@ fn credentials_in_an_s3_url_are_refused_without_being_printed() {
     let ws = Workspace::new();
     let secret = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY";
     let path = ws.write_plan(&format!(
-        "version: 1\nname: leaky\nrepositories:\n  offsite: {{ url: \"s3://AKIAEXAMPLE:{secret}@{BUCKET}/app\" }}\nsteps:\n  - {{ id: prune, type: prune, repository: offsite, keep: {{ last: 3 }} }}\n"
+        "version: 1\nname: leaky\nrepositories:\n  offsite: {{ url: \"s3://AKIAEXAMPLE:{secret}@{BUCKET}/app\", create: true }}\nsteps:\n  - {{ id: prune, type: prune, repository: offsite, keep: {{ last: 3 }} }}\n"
     ));
     let out = opsrunner().arg("validate").arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -398,7 +401,7 @@ fn a_backup_interrupted_mid_upload_aborts_its_upload_and_leaves_nothing() {
         open_uploads(&ws.path("s3")).is_empty(),
         "the upload was aborted before the process exited"
     );
-    assert!(files_under(&ws.path("s3").join(BUCKET)).is_empty());
+    assert!(no_objects_but_the_record(&ws.path("s3").join(BUCKET)));
 }
 
 /// Variables reach every field, typed or not, and a bad value is refused like a literal,
@@ -418,6 +421,7 @@ targets:
 repositories:
   offsite:
     url: s3://{BUCKET}/matrix
+    create: true
     endpoint: "{{{{ env.S3_ENDPOINT }}}}"
     force_path_style: "{{{{ vars.path_style }}}}"
 steps:
@@ -531,12 +535,12 @@ fn templates_where_they_cannot_be_rendered_are_refused() {
             "takes no template",
         ),
         (
-            "version: 1\nname: t\nrepositories:\n  r: { url: \"file://./r\" }\ntargets:\n  db: { url: \"postgres://h/db\" }\nsteps:\n  - { id: a, type: shell, command: \"echo 2\" }\n  - { id: b, type: backup, needs: [a], target: db, repository: r, jobs: \"{{ steps.a.outputs.stdout }}\" }\n",
+            "version: 1\nname: t\nrepositories:\n  r: { url: \"file://./r\", create: true }\ntargets:\n  db: { url: \"postgres://h/db\" }\nsteps:\n  - { id: a, type: shell, command: \"echo 2\" }\n  - { id: b, type: backup, needs: [a], target: db, repository: r, jobs: \"{{ steps.a.outputs.stdout }}\" }\n",
             "steps[1].jobs",
             "known only when that step has run",
         ),
         (
-            "version: 1\nname: t\nrepositories:\n  r: { url: \"file://./r\" }\ntargets:\n  db: { url: \"postgres://h/db\" }\nsteps:\n  - { id: a, type: shell, command: \"echo db\" }\n  - { id: b, type: backup, needs: [a], target: \"{{ steps.a.outputs.stdout }}\", repository: r }\n",
+            "version: 1\nname: t\nrepositories:\n  r: { url: \"file://./r\", create: true }\ntargets:\n  db: { url: \"postgres://h/db\" }\nsteps:\n  - { id: a, type: shell, command: \"echo db\" }\n  - { id: b, type: backup, needs: [a], target: \"{{ steps.a.outputs.stdout }}\", repository: r }\n",
             "steps[1].target",
             "must be known before the run",
         ),
@@ -608,4 +612,11 @@ fn a_verify_that_cannot_read_the_store_is_not_a_verdict_of_corruption() {
     let verified = ws.apply_owned(&plan(&server.endpoint, "", &verify), &[], &env);
     assert_eq!(verified.code, 0, "{}", verified.stderr);
     assert_eq!(verified.step("verify")["outputs"]["checks"], ALL_PASS);
+}
+
+/// Nothing under `dir` but the repository's record (made before the backup started).
+fn no_objects_but_the_record(dir: &std::path::Path) -> bool {
+    files_under(dir)
+        .iter()
+        .all(|f| f.ends_with("opsrunner-repository.json"))
 }

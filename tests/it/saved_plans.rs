@@ -15,7 +15,7 @@ name: nightly
 targets:
   app: { url: "{{ env.DATABASE_URL }}" }
 repositories:
-  local: { url: "file://repo" }
+  local: { url: "file://repo", create: true }
 steps:
   - { id: backup, type: backup, target: app, repository: local, format: custom }
   - id: prune
@@ -232,9 +232,9 @@ fn a_saved_plan_notices_backups_that_appeared_in_an_empty_s3_repository() {
     let cluster = Cluster::start();
     cluster.psql("postgres", "create database app");
     let yaml = PLAN.replace(
-        "local: { url: \"file://repo\" }",
+        "local: { url: \"file://repo\", create: true }",
         &format!(
-            "local: {{ url: \"s3://{BUCKET}/app\", endpoint: \"{}\", force_path_style: true }}",
+            "local: {{ url: \"s3://{BUCKET}/app\", endpoint: \"{}\", force_path_style: true, create: true }}",
             server.endpoint
         ),
     );

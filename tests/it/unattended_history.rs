@@ -33,7 +33,7 @@ name: nightly
 targets:
   db: {{ url: "{url}" }}
 repositories:
-  backups: {{ url: "file://{repo}" }}
+  backups: {{ url: "file://{repo}", create: true }}
 steps:
   - {{ id: backup, type: backup, target: db, database: app, repository: backups, compression: {compression} }}
   - id: verify

@@ -92,7 +92,7 @@ fn two_simultaneous_runs_on_one_repository_make_one_backup() {
     let ws = Workspace::new();
     let repo = ws.path("repo");
     ws.write_plan(&backup_plan(
-        &format!("{{ url: \"file://{}\" }}", repo.display()),
+        &format!("{{ url: \"file://{}\", create: true }}", repo.display()),
         "sleep 2",
     ));
     let env = [("DATABASE_URL", cluster.url("postgres"))];
@@ -148,7 +148,7 @@ fn a_killed_holder_frees_a_local_repository_at_once() {
     let ws = Workspace::new();
     let repo = ws.path("repo");
     ws.write_plan(&backup_plan(
-        &format!("{{ url: \"file://{}\" }}", repo.display()),
+        &format!("{{ url: \"file://{}\", create: true }}", repo.display()),
         "sleep 60",
     ));
     let env = [("DATABASE_URL", cluster.url("postgres"))];
@@ -178,7 +178,7 @@ fn a_killed_holder_frees_a_local_repository_at_once() {
     let _ = finish(&ws, "a", a);
     // The kernel let go of its lock with the process: the next run goes ahead at once.
     ws.write_plan(&backup_plan(
-        &format!("{{ url: \"file://{}\" }}", repo.display()),
+        &format!("{{ url: \"file://{}\", create: true }}", repo.display()),
         "true",
     ));
     let b = finish(&ws, "b", spawn(&ws, "b", &[], &env));
@@ -258,7 +258,7 @@ fn an_s3_lease_of_a_killed_run_is_taken_over_once_it_lapses() {
     let server = crate::s3::S3Server::start(&root);
     ws.write_plan(&backup_plan(
         &format!(
-            "{{ url: \"s3://{}/app\", endpoint: \"{}\", force_path_style: true }}",
+            "{{ url: \"s3://{}/app\", endpoint: \"{}\", force_path_style: true, create: true }}",
             crate::s3::BUCKET,
             server.endpoint
         ),
@@ -294,7 +294,7 @@ fn an_s3_lease_of_a_killed_run_is_taken_over_once_it_lapses() {
     // On the machine it ran on, a dead holder's lease is taken over at once.
     ws.write_plan(&backup_plan(
         &format!(
-            "{{ url: \"s3://{}/app\", endpoint: \"{}\", force_path_style: true }}",
+            "{{ url: \"s3://{}/app\", endpoint: \"{}\", force_path_style: true, create: true }}",
             crate::s3::BUCKET,
             server.endpoint
         ),
@@ -378,7 +378,7 @@ fn unreadable_and_forged_s3_leases_lapse_and_repo_unlock_refuses_a_living_holder
     let root = ws.path("s3");
     let server = crate::s3::S3Server::start(&root);
     let repository = format!(
-        "{{ url: \"s3://{}/app\", endpoint: \"{}\", force_path_style: true }}",
+        "{{ url: \"s3://{}/app\", endpoint: \"{}\", force_path_style: true, create: true }}",
         crate::s3::BUCKET,
         server.endpoint
     );
@@ -456,7 +456,7 @@ fn unreadable_and_forged_s3_leases_lapse_and_repo_unlock_refuses_a_living_holder
     // A local repository: the kernel knows whether the holder lives.
     let repo = ws.path("local");
     ws.write_plan(&backup_plan(
-        &format!("{{ url: \"file://{}\" }}", repo.display()),
+        &format!("{{ url: \"file://{}\", create: true }}", repo.display()),
         "sleep 60",
     ));
     let a = spawn(&ws, "a", &[], &env);

@@ -31,7 +31,7 @@ name: progress
 targets:
   db: {{ url: "{}" }}
 repositories:
-  backups: {{ url: "file://{}" }}
+  backups: {{ url: "file://{}", create: true }}
 steps:
   - {{ id: backup, type: backup, target: db, database: app, repository: backups, compression: {compression} }}
   - {{ id: restore, type: restore, needs: [backup], repository: backups, into: {{ target: db, database: copy }} }}
@@ -173,7 +173,7 @@ name: nightly
 targets:
   db: {{ url: "{}" }}
 repositories:
-  backups: {{ url: "file://{}" }}
+  backups: {{ url: "file://{}", create: true }}
 steps:
   - {{ id: backup, type: backup, target: db, database: app, repository: backups, compression: gzip }}
   - id: alert

@@ -68,7 +68,7 @@ name: matrix
 targets:
   db: {{ url: "{{{{ env.DATABASE_URL }}}}" }}
 repositories:
-  repo: {{ url: "{repo_url}" }}
+  repo: {{ url: "{repo_url}", create: true }}
 steps:
 "#
     );
@@ -145,7 +145,7 @@ name: base
 targets:
   app: {{ url: "{app_url}" }}
 repositories:
-  local: {{ url: "{repo_url}" }}
+  local: {{ url: "{repo_url}", create: true }}
 steps:
   - {{ id: base, type: base_backup, target: app, repository: local, wal_wait: 30s }}
 "#
@@ -159,7 +159,7 @@ targets:
   drill: {{ ephemeral: true }}
   proof: {{ ephemeral: true }}
 repositories:
-  local: {{ url: "{repo_url}" }}
+  local: {{ url: "{repo_url}", create: true }}
 steps:
   - {{ id: mark, type: pitr_mark, target: app, repository: local, fingerprint: full, wal_wait: 30s }}
   - id: restore
@@ -381,7 +381,7 @@ targets:
   old: {{ url: "{}" }}
   new: {{ url: "{}" }}
 repositories:
-  repo: {{ url: "file://./repo" }}
+  repo: {{ url: "file://./repo", create: true }}
 steps:
   - {{ id: custom, type: backup, target: old, database: shop, repository: repo, format: custom, fingerprint: full }}
   - {{ id: plain, type: backup, target: old, database: shop, repository: repo, format: plain, fingerprint: full }}
@@ -527,7 +527,7 @@ targets:
   app: {{ url: "{}" }}
   other: {{ url: "{}" }}
 repositories:
-  repo: {{ url: "file://./repo" }}
+  repo: {{ url: "file://./repo", create: true }}
 steps:
   - {{ id: backup, type: backup, target: app, repository: repo }}
   - id: verify

@@ -189,6 +189,7 @@ name: pitr
 repositories:
   offsite:
     url: s3://{BUCKET}/pitr
+    create: true
     endpoint: "{}"
     force_path_style: true
     encryption: {{ recipients: ["{recipient}"] }}

@@ -132,7 +132,7 @@ schedule: "Mon..Fri *-*-* 03:15 UTC"
 targets:
   app: { url: "{{ env.DATABASE_URL }}" }
 repositories:
-  offsite: { url: "s3://acme-backups/app", region: eu-west-1 }
+  offsite: { url: "s3://acme-backups/app", region: eu-west-1, create: true }
 steps:
   - { id: backup, type: backup, target: app, repository: offsite }
   - { id: prune, type: prune, needs: [backup], repository: offsite, keep: { daily: 14 } }
@@ -202,7 +202,7 @@ fn kubernetes_cronjobs_validate_against_the_kubernetes_schemas() {
 /// A realistic large plan: 200 steps, commands with pipes, a prune on a missing repository.
 fn big_plan(dir: &Path) -> String {
     let mut plan = format!(
-        "version: 1\nname: big\nrepositories:\n  local: {{ url: \"file://{}\" }}\nsteps:\n  - {{ id: prune, type: prune, repository: local, keep: {{ last: 3 }} }}\n",
+        "version: 1\nname: big\nrepositories:\n  local: {{ url: \"file://{}\", create: true }}\nsteps:\n  - {{ id: prune, type: prune, repository: local, keep: {{ last: 3 }} }}\n",
         dir.join("missing").display()
     );
     for i in 0..200 {
@@ -292,7 +292,7 @@ name: b
 targets:
   db: { url: "{{ env.DATABASE_URL }}" }
 repositories:
-  repo: { url: "file://./repo" }
+  repo: { url: "file://./repo", create: true }
 steps:
   - { id: backup, type: backup, target: db, database: app, repository: repo }
 "#;
@@ -303,7 +303,7 @@ name: drill
 targets:
   scratch: { ephemeral: true }
 repositories:
-  repo: { url: "file://./repo" }
+  repo: { url: "file://./repo", create: true }
 steps:
   - id: verify
     type: verify
