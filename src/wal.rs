@@ -126,8 +126,17 @@ pub async fn fetch(
                 delay = (delay * 2).min(Duration::from_secs(10));
             }
             Err(e) => {
+                // `damaged` or `unreachable` first: the restore that reads the server's log
+                // says which (pg::recovery::wal_problem).
+                let (kind, then) = match e {
+                    WalError::Damaged(_) => (
+                        "damaged",
+                        "restore from another copy of the archive, or to a point before this segment",
+                    ),
+                    _ => ("unreachable", "run it again when the repository answers"),
+                };
                 return Err(Failure::WalUnreadable(format!(
-                    "wal fetch {name}: {e} (for {:.1}s); recovery is stopped rather than ended early at the wrong point: run it again when the repository answers",
+                    "wal fetch {name}: {kind}: {e} (for {:.1}s); recovery is stopped rather than ended early at the wrong point: {then}",
                     started.elapsed().as_secs_f64()
                 )));
             }
@@ -191,7 +200,7 @@ async fn write_new(
             .await
             .map_err(|e| match e {
                 WalError::Unavailable(io) => cannot_write(io),
-                other => Failure::WalUnreadable(format!("wal fetch: {other}")),
+                other => Failure::WalUnreadable(format!("wal fetch {name}: damaged: {other}")),
             })?;
         file.sync_all().await.map_err(cannot_write)?;
         tokio::fs::rename(&tmp, dest).await.map_err(cannot_write)

@@ -98,6 +98,15 @@ pub(crate) struct PointInTimeArgs {
 }
 
 impl PointInTimeArgs {
+    /// Whether a point in time was asked for.
+    fn given(&self) -> bool {
+        self.to_time.is_some()
+            || self.to_lsn.is_some()
+            || self.to_xid.is_some()
+            || self.to_name.is_some()
+            || self.latest
+    }
+
     /// The step's `to:`, when one was asked for.
     fn to(&self, b: &mut Builder, timeline: Option<&str>, exclusive: bool) -> Option<Value> {
         let mut to = json!({});
@@ -130,9 +139,9 @@ pub(crate) struct RestoreArgs {
     from_database: Option<String>,
     #[arg(long, value_name = "URL|env:NAME|NAME", help = TARGET_HELP)]
     target: Option<String>,
-    /// The database to restore into (default: the backup's). A database that exists and
-    /// is not empty needs --overwrite; the old one is swapped out only after the new one
-    /// restored and checked.
+    /// With --target: the database to restore into — a new name restores beside the live
+    /// one. A database that exists and is not empty needs --overwrite; the old one is
+    /// swapped out only after the new one restored and checked.
     #[arg(long)]
     database: Option<String>,
     /// Replace the database when it exists and holds data.
@@ -454,6 +463,11 @@ pub(crate) async fn restore(
             into
         }
         (None, Some(target)) => {
+            if a.database.is_none() && !a.to.given() {
+                return Err(Failure::Usage(
+                    "--target needs --database: the database to restore into (a new name restores beside the live one; an existing one needs --overwrite)".into(),
+                ));
+            }
             let target = b.target(target)?;
             let mut into = json!({ "target": target });
             set(

@@ -189,7 +189,7 @@ pub fn add_session_settings(command: &mut tokio::process::Command, settings: &st
 /// Connection trouble, serialization failures, deadlocks and server shutdowns are worth
 /// another try; everything else (syntax, permissions, constraint violations) is not.
 pub fn classify(error: &sqlx::Error, context: &str) -> crate::exec::StepError {
-    let message = format!("{context}: {}", error_text(error));
+    let message = format!("{context}: {}{}", error_text(error), hint(error));
     match error {
         sqlx::Error::Database(db) => {
             let code = db.code().map(|c| c.to_string()).unwrap_or_default();
@@ -197,7 +197,11 @@ pub fn classify(error: &sqlx::Error, context: &str) -> crate::exec::StepError {
                 || code.starts_with("40")
                 || code.starts_with("53")
                 || code.starts_with("57P");
-            let message = format!("{context}: {} (SQLSTATE {code})", db.message());
+            let message = format!(
+                "{context}: {} (SQLSTATE {code}){}",
+                db.message(),
+                hint(error)
+            );
             if transient {
                 crate::exec::StepError::transient(message)
             } else {
@@ -209,6 +213,29 @@ pub fn classify(error: &sqlx::Error, context: &str) -> crate::exec::StepError {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::Protocol(_) => crate::exec::StepError::transient(message),
         _ => crate::exec::StepError::permanent(message),
+    }
+}
+
+/// What to do about the usual reasons a connection fails, for the end of its message.
+fn hint(error: &sqlx::Error) -> &'static str {
+    match error {
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            Some("28P01" | "28000") => {
+                "; check the user and password (in the URL, PGPASSWORD or ~/.pgpass) and the server's pg_hba.conf"
+            }
+            Some("3D000") => "; check the database's name, or create it",
+            Some("42501") => {
+                "; the role lacks a privilege the step needs: grant it, or connect as a role that has it"
+            }
+            _ => "",
+        },
+        sqlx::Error::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            "; is PostgreSQL running there, listening on that address and port (listen_addresses, port)?"
+        }
+        sqlx::Error::Io(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            "; no server socket there: is PostgreSQL running, and is this its socket directory?"
+        }
+        _ => "",
     }
 }
 

@@ -272,12 +272,55 @@ fn log_since(log: &Path, from: u64) -> String {
 /// reason.
 pub fn last_words(log: &Path, from: u64) -> String {
     let text = log_since(log, from);
-    let hint = if text.contains("recovery ended before configured recovery target was reached") {
+    let ended = text.contains("recovery ended before configured recovery target was reached");
+    let hint = if ended {
         " — the archive ends before the target: the WAL that reaches it is not archived yet (the server archives a segment when it is full, or after archive_timeout), or the target is on another timeline"
     } else {
         ""
     };
-    last_lines(&text) + hint
+    // What `wal fetch` (the restore_command) said of the segment recovery stopped at comes
+    // first: "child process exited with exit code 255" names no segment and no reason.
+    match wal_problem(&text, ended) {
+        Some(problem) => format!("{problem}; the server said: {}{hint}", last_lines(&text)),
+        None => last_lines(&text) + hint,
+    }
+}
+
+/// The segment `wal fetch` could not give the server, and why — damaged, unreachable, or
+/// (when recovery ended early) absent — from its lines in the server's log.
+pub fn wal_problem(text: &str, ended_early: bool) -> Option<String> {
+    for line in text.lines().rev() {
+        let Some(at) = line.find("wal fetch ") else {
+            continue;
+        };
+        let rest = &line[at + "wal fetch ".len()..];
+        let Some((name, what)) = rest.split_once(": ") else {
+            continue;
+        };
+        if let Some(detail) = what.strip_prefix("damaged: ") {
+            return Some(format!(
+                "WAL segment {name} is damaged in the archive ({detail})"
+            ));
+        }
+        if let Some(detail) = what.strip_prefix("unreachable: ") {
+            return Some(format!(
+                "WAL segment {name} could not be read: the archive is unreachable ({detail})"
+            ));
+        }
+    }
+    if ended_early {
+        let line = text
+            .lines()
+            .rev()
+            .find(|l| l.contains("wal fetch: ") && l.contains(" is not in "))?;
+        let rest = &line[line.find("wal fetch: ")? + "wal fetch: ".len()..];
+        let (name, place) = rest.split_once(" is not in ")?;
+        return Some(format!(
+            "WAL segment {name} is absent from the archive ({})",
+            place.trim()
+        ));
+    }
+    None
 }
 
 pub fn last_lines(text: &str) -> String {
@@ -410,6 +453,22 @@ async fn reached(url: &str) -> Result<Reached, StepError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_segment_wal_fetch_could_not_give_is_named_with_why() {
+        let log = "LOG:  starting point-in-time recovery\nerror: wal fetch 00000001000000000000000A: damaged: its SHA-256 differs (for 0.3s); recovery is stopped\nLOG:  restore_command \"…\" failed: child process exited with exit code 255\nFATAL:  could not restore file";
+        let problem = wal_problem(log, false).unwrap();
+        assert!(
+            problem.starts_with("WAL segment 00000001000000000000000A is damaged"),
+            "{problem}"
+        );
+        let log = "wal fetch: 00000001000000000000000B is not in file:///r\nLOG:  recovery ended before configured recovery target was reached";
+        assert_eq!(
+            wal_problem(log, true).unwrap(),
+            "WAL segment 00000001000000000000000B is absent from the archive (file:///r)"
+        );
+        assert_eq!(wal_problem(log, false), None);
+    }
 
     #[test]
     fn settings_are_quoted_as_postgresql_conf_reads_them() {

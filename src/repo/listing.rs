@@ -56,8 +56,8 @@ pub async fn manifest(store: &impl BackupStore, backup_id: &str) -> io::Result<C
             io::Error::new(
                 io::ErrorKind::NotFound,
                 format!(
-                    "no backup `{backup_id}` in {} (no manifest)",
-                    store.uri("").trim_end_matches('/')
+                    "no backup `{backup_id}` in {location} (no manifest); `opsrunner backups list --repository {location}` lists the backups there",
+                    location = store.uri("").trim_end_matches('/')
                 ),
             )
         })?;

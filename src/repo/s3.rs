@@ -74,6 +74,8 @@ const NOTE_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
 #[derive(Clone)]
 pub struct S3Store {
     client: Client,
+    /// `bucket `B` at ENDPOINT`, for errors: which store did not answer.
+    place: Arc<str>,
     bucket: String,
     prefix: String,
     part_size: usize,
@@ -128,6 +130,7 @@ fn s3_error(context: &str, e: impl std::fmt::Display) -> io::Error {
 /// `PermissionDenied` (wrong credentials or policy: permanent); the SDK has already retried
 /// what it considers transient.
 fn sdk_error<E>(
+    place: &str,
     context: &str,
     e: aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
 ) -> io::Error
@@ -159,7 +162,7 @@ where
         }
         _ => error_chain(&e),
     };
-    io::Error::new(kind, format!("{context}: {text}"))
+    io::Error::new(kind, format!("{context} in {place}: {text}"))
 }
 
 /// An SDK error and its sources in their own words, joined like `anyhow`'s chain: "dispatch
@@ -295,8 +298,19 @@ impl S3Store {
             .unwrap_or(DEFAULT_PART_SIZE)
             .max(5 * 1024 * 1024);
         config = config.timeout_config(timeouts());
+        let at = match (&options.endpoint, &options.region) {
+            (Some(endpoint), _) => endpoint.clone(),
+            (None, Some(region)) => format!("AWS S3 ({region})"),
+            (None, None) => match std::env::var("AWS_ENDPOINT_URL_S3")
+                .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
+            {
+                Ok(endpoint) => endpoint,
+                Err(_) => "AWS S3".into(),
+            },
+        };
         Ok(S3Store {
             client: Client::from_conf(config.build()),
+            place: Arc::from(format!("bucket `{bucket}` at {at}")),
             bucket: bucket.to_string(),
             prefix: prefix.trim_matches('/').to_string(),
             part_size,
@@ -364,6 +378,7 @@ impl S3Store {
 /// Where one file goes, and how.
 struct UploadTarget {
     client: Client,
+    place: Arc<str>,
     bucket: String,
     key: String,
     /// `<backup>/.uploads/`: the upload's note goes here.
@@ -380,6 +395,7 @@ impl UploadTarget {
     /// unencrypted writes does not fail the backup.
     async fn put_note(&self, note: &str) -> io::Result<()> {
         put(
+            &self.place,
             &self.client,
             &self.bucket,
             note,
@@ -397,7 +413,7 @@ async fn upload(t: UploadTarget, mut rx: mpsc::Receiver<Msg>) -> io::Result<()> 
     let first = match rx.recv().await {
         Some(Msg::Whole(bytes)) => {
             let body = ByteStream::from(t.pool.body(bytes));
-            return put(&t.client, &t.bucket, &t.key, body, t.sse.as_ref()).await;
+            return put(&t.place, &t.client, &t.bucket, &t.key, body, t.sse.as_ref()).await;
         }
         Some(Msg::Part(bytes)) => bytes,
         Some(Msg::Finish) | None => {
@@ -414,7 +430,7 @@ async fn upload(t: UploadTarget, mut rx: mpsc::Receiver<Msg>) -> io::Result<()> 
         .set_checksum_algorithm(t.checksums.then_some(ChecksumAlgorithm::Crc32))
         .send()
         .await
-        .map_err(|e| sdk_error(&format!("starting the upload of {}", t.key), e))?;
+        .map_err(|e| sdk_error(&t.place, &format!("starting the upload of {}", t.key), e))?;
     let upload_id = created
         .upload_id()
         .ok_or_else(|| s3_error(&t.key, "the store returned no upload id"))?
@@ -429,7 +445,7 @@ async fn upload(t: UploadTarget, mut rx: mpsc::Receiver<Msg>) -> io::Result<()> 
     }
     // Once completed or aborted, the note has served; a note that cannot be deleted only
     // makes `prune --orphans` try an abort that is no longer needed.
-    if let Err(e) = delete(&t.client, &t.bucket, &note).await {
+    if let Err(e) = delete(&t.place, &t.client, &t.bucket, &note).await {
         tracing::warn!("{e}");
     }
     result
@@ -479,12 +495,11 @@ async fn upload_parts(
                     .body(ByteStream::from(t.pool.body(bytes)))
                     .customize()
                     .config_override(upload_timeouts(size));
-                let (n, key) = (number, t.key.clone());
+                let (n, key, place) = (number, t.key.clone(), t.place.clone());
                 running.spawn(async move {
-                    let out = request
-                        .send()
-                        .await
-                        .map_err(|e| sdk_error(&format!("uploading part {n} of {key}"), e))?;
+                    let out = request.send().await.map_err(|e| {
+                        sdk_error(&place, &format!("uploading part {n} of {key}"), e)
+                    })?;
                     Ok::<_, io::Error>(
                         CompletedPart::builder()
                             .part_number(n)
@@ -517,7 +532,7 @@ async fn upload_parts(
         )
         .send()
         .await
-        .map_err(|e| sdk_error(&format!("completing the upload of {}", t.key), e))?;
+        .map_err(|e| sdk_error(&t.place, &format!("completing the upload of {}", t.key), e))?;
     // The store's own account of what it assembled must match what was sent; a store
     // that dropped bytes of a part is caught here, not at restore time.
     let head = t
@@ -527,10 +542,10 @@ async fn upload_parts(
         .key(&t.key)
         .send()
         .await
-        .map_err(|e| sdk_error(&format!("checking {}", t.key), e))?;
+        .map_err(|e| sdk_error(&t.place, &format!("checking {}", t.key), e))?;
     let stored = head.content_length().unwrap_or(-1);
     if stored != total as i64 {
-        let _ = delete(&t.client, &t.bucket, &t.key).await;
+        let _ = delete(&t.place, &t.client, &t.bucket, &t.key).await;
         return Err(s3_error(
             &t.key,
             format!("the store holds {stored} bytes, {total} were uploaded; deleted"),
@@ -556,6 +571,7 @@ async fn abort_upload(client: &Client, bucket: &str, key: &str, upload_id: &str)
 }
 
 async fn put(
+    place: &str,
     client: &Client,
     bucket: &str,
     key: &str,
@@ -575,18 +591,18 @@ async fn put(
         .config_override(upload_timeouts(size))
         .send()
         .await
-        .map_err(|e| sdk_error(&format!("putting {key}"), e))?;
+        .map_err(|e| sdk_error(place, &format!("putting {key}"), e))?;
     Ok(())
 }
 
-async fn delete(client: &Client, bucket: &str, key: &str) -> io::Result<()> {
+async fn delete(place: &str, client: &Client, bucket: &str, key: &str) -> io::Result<()> {
     client
         .delete_object()
         .bucket(bucket)
         .key(key)
         .send()
         .await
-        .map_err(|e| sdk_error(&format!("deleting {key}"), e))?;
+        .map_err(|e| sdk_error(place, &format!("deleting {key}"), e))?;
     Ok(())
 }
 
@@ -641,7 +657,7 @@ impl S3Store {
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| sdk_error("listing the bucket", e))?;
+            let page = page.map_err(|e| sdk_error(&self.place, "listing the repository", e))?;
             for object in page.contents() {
                 let Some(key) = object.key().and_then(|k| k.strip_prefix(&root)) else {
                     continue;
@@ -682,6 +698,7 @@ impl Store for S3Store {
             let task = tokio::spawn(upload(
                 UploadTarget {
                     client: self.client.clone(),
+                    place: Arc::clone(&self.place),
                     bucket: self.bucket.clone(),
                     key: self.full_key(key),
                     notes: self.notes_for(key),
@@ -730,7 +747,7 @@ impl Store for S3Store {
             match request.send().await {
                 Ok(out) => Ok(Some(out.e_tag().unwrap_or_default().to_string())),
                 Err(e) if condition != Condition::Always && condition_failed(&e) => Ok(None),
-                Err(e) => Err(sdk_error(&format!("writing {key}"), e)),
+                Err(e) => Err(sdk_error(&self.place, &format!("writing {key}"), e)),
             }
         })
     }
@@ -773,7 +790,7 @@ impl Store for S3Store {
                 Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 416) => {
                     return Ok(Box::pin(tokio::io::empty()));
                 }
-                Err(e) => return Err(sdk_error(&format!("reading {full}"), e)),
+                Err(e) => return Err(sdk_error(&self.place, &format!("reading {full}"), e)),
             };
             let reader: Reader =
                 Box::pin(StallGuard::new(out.body.into_async_read(), STALL_TIMEOUT));
@@ -803,7 +820,7 @@ impl Store for S3Store {
                     Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
                         return Ok(None);
                     }
-                    Err(e) => return Err(sdk_error(&format!("reading {full}"), e)),
+                    Err(e) => return Err(sdk_error(&self.place, &format!("reading {full}"), e)),
                 };
                 let stat = Stat {
                     size: out.content_length().unwrap_or(0).max(0) as u64,
@@ -857,7 +874,7 @@ impl Store for S3Store {
                 })),
                 Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
                 Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(None),
-                Err(e) => Err(sdk_error(&format!("looking up {full}"), e)),
+                Err(e) => Err(sdk_error(&self.place, &format!("looking up {full}"), e)),
             }
         })
     }
@@ -884,7 +901,7 @@ impl Store for S3Store {
             match request.send().await {
                 Ok(_) => Ok(true),
                 Err(e) if condition != Condition::Always && condition_failed(&e) => Ok(false),
-                Err(e) => Err(sdk_error(&format!("deleting {full}"), e)),
+                Err(e) => Err(sdk_error(&self.place, &format!("deleting {full}"), e)),
             }
         })
     }
@@ -938,7 +955,13 @@ impl Store for S3Store {
                 abort_upload(&self.client, &self.bucket, &key, &upload_id).await;
             }
             for object in everything {
-                delete(&self.client, &self.bucket, &self.full_key(&object.key)).await?;
+                delete(
+                    &self.place,
+                    &self.client,
+                    &self.bucket,
+                    &self.full_key(&object.key),
+                )
+                .await?;
             }
             Ok(())
         })

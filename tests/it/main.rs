@@ -22,6 +22,7 @@ mod file_backup;
 mod hostile_inputs;
 mod incremental;
 mod migrate_seed_reset;
+mod mistakes;
 mod oneshot;
 mod pg_targets;
 mod pitr;

@@ -388,6 +388,15 @@ fn a_restore_to_the_moment_before_a_drop_shows_exactly_the_rows_committed_by_the
         "{}",
         applied.everything()
     );
+    // The step names the segment and says it is damaged, not only "exit code 255".
+    let reason = applied.step("restore")["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        reason.contains(&format!("WAL segment {next} is damaged in the archive")),
+        "{reason}"
+    );
     // And a point-in-time verify says the backup cannot be recovered: exit 6, recorded.
     let applied = ws.apply(&verify_plan(&url), &[]);
     assert_eq!(
