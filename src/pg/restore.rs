@@ -216,7 +216,7 @@ async fn feed_with(
     } = pipeline::load(store, manifest, name, ctx.identities.as_ref())
         .await
         .map_err(|e| StepError::permanent(format!("{name}: {e}")))?;
-    let _progress = Meter::start(&ctx.events, &ctx.step_id, "restore", read, Some(size));
+    let progress = Meter::start(&ctx.events, &ctx.step_id, "restore", read, Some(size));
     let mut stdin = process.stdin();
     // A whole restore goes in pieces of up to 1 MiB, not tokio::io::copy's 8 KiB: fewer,
     // fuller writes into the enlarged pipe (see crate::pipe). A reader that stops early
@@ -241,7 +241,30 @@ async fn feed_with(
     drop(stdin);
     drop(pieces);
     drop(reader);
+    // Every byte is read; pg_restore still builds the indexes and constraints, which can
+    // take as long again. The transfer's bar ends here instead of sitting at 100 %, and
+    // the phase is said, with how long it took.
+    drop(progress);
+    let post_data = std::time::Instant::now();
+    if reads_all && copied.is_ok() {
+        ctx.events.notice(
+            Some(&ctx.step_id),
+            format!(
+                "all {} read; pg_restore is building the indexes and constraints",
+                crate::diag::bytes(size)
+            ),
+        );
+    }
     let finished = process.finish(ctx).await;
+    if reads_all && copied.is_ok() && finished.is_ok() {
+        ctx.events.notice(
+            Some(&ctx.step_id),
+            format!(
+                "indexes and constraints built in {}",
+                crate::plan::duration::format(post_data.elapsed())
+            ),
+        );
+    }
     if reads_all {
         // A damaged file explains a failed pg_restore better than pg_restore does.
         checked(verdict, ctx).await?;
@@ -437,7 +460,7 @@ async fn stored_custom<C: Fn(&mut tokio::process::Command) + Sync>(
     // Progress is the original bytes fed to the loads, of all the tables' data.
     let fed = crate::counting::Counter::new();
     let total = index.blocks.iter().map(|b| b.2.saturating_sub(b.1)).sum();
-    let _progress = Meter::start(
+    let progress = Meter::start(
         &ctx.events,
         &ctx.step_id,
         "restore",
@@ -497,6 +520,8 @@ async fn stored_custom<C: Fn(&mut tokio::process::Command) + Sync>(
     );
     // A damaged file is what to report, not what pg_restore made of it.
     checked?;
+    // The data is fed: its bar ends, and what follows says what it does (`finish`).
+    drop(progress);
     match loaded? {
         Some(started) => loading.finish(&started).await,
         None => unreachable!("the loads stop only when the check failed"),
@@ -1261,7 +1286,23 @@ impl<C: Fn(&mut tokio::process::Command) + Sync> Loading<'_, C> {
             }
             post_data.push(self.list(&rest, "post-data-rest")?);
         }
-        self.run(&post_data)?.finish(self.ctx).await
+        // The data is in; what is left (foreign keys, triggers, the indexes not built yet)
+        // can take a while, and is said rather than shown as a bar stuck at 100 %.
+        let step = Some(self.ctx.step_id.as_str());
+        self.ctx.events.notice(
+            step,
+            "all table data is loaded; building the remaining indexes and constraints".into(),
+        );
+        let began = std::time::Instant::now();
+        self.run(&post_data)?.finish(self.ctx).await?;
+        self.ctx.events.notice(
+            step,
+            format!(
+                "indexes and constraints built in {}",
+                crate::plan::duration::format(began.elapsed())
+            ),
+        );
+        Ok(())
     }
 }
 

@@ -123,6 +123,17 @@ struct LocalSink {
     final_path: PathBuf,
 }
 
+impl LocalSink {
+    /// A write error with the file it was for: "No space left on device" alone does not
+    /// say which disk.
+    fn placed(&self, e: io::Error) -> io::Error {
+        io::Error::new(
+            e.kind(),
+            format!("writing {}: {e}", self.final_path.display()),
+        )
+    }
+}
+
 impl AsyncWrite for LocalSink {
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -130,15 +141,24 @@ impl AsyncWrite for LocalSink {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let file = self.file.as_mut().expect("sink is open");
-        Pin::new(file).poll_write(cx, buf)
+        match Pin::new(file).poll_write(cx, buf) {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(self.placed(e))),
+            other => other,
+        }
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let file = self.file.as_mut().expect("sink is open");
-        Pin::new(file).poll_flush(cx)
+        match Pin::new(file).poll_flush(cx) {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(self.placed(e))),
+            other => other,
+        }
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let file = self.file.as_mut().expect("sink is open");
-        Pin::new(file).poll_shutdown(cx)
+        match Pin::new(file).poll_shutdown(cx) {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(self.placed(e))),
+            other => other,
+        }
     }
 }
 
@@ -146,12 +166,22 @@ impl FileSink for LocalSink {
     fn commit(mut self: Box<Self>) -> Pin<Box<dyn Future<Output = io::Result<()>> + Send>> {
         Box::pin(async move {
             let mut file = self.file.take().expect("sink is open");
-            tokio::io::AsyncWriteExt::flush(&mut file).await?;
-            file.sync_all().await?;
+            let placed = |e: io::Error| {
+                io::Error::new(
+                    e.kind(),
+                    format!("writing {}: {e}", self.final_path.display()),
+                )
+            };
+            tokio::io::AsyncWriteExt::flush(&mut file)
+                .await
+                .map_err(placed)?;
+            file.sync_all().await.map_err(placed)?;
             drop(file);
-            tokio::fs::rename(&self.partial, &self.final_path).await?;
+            tokio::fs::rename(&self.partial, &self.final_path)
+                .await
+                .map_err(placed)?;
             if let Some(dir) = self.final_path.parent() {
-                sync_dir(dir)?;
+                sync_dir(dir).map_err(placed)?;
             }
             Ok(())
         })

@@ -272,8 +272,23 @@ impl S3Store {
             ));
         }
         let shared = loader.load().await;
-        let mut config =
-            aws_sdk_s3::config::Builder::from(&shared).force_path_style(options.force_path_style);
+        // An endpoint that is an IP address or `localhost` (a MinIO or test server on this
+        // machine) cannot be addressed by bucket host names: path style there, as other
+        // S3 clients do, whether the endpoint came from the plan or the environment.
+        let endpoint = options.endpoint.clone().or_else(|| {
+            std::env::var("AWS_ENDPOINT_URL_S3")
+                .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
+                .ok()
+        });
+        let by_path = endpoint.as_deref().is_some_and(|e| {
+            url::Url::parse(e).ok().is_some_and(|u| match u.host() {
+                Some(url::Host::Ipv4(_) | url::Host::Ipv6(_)) => true,
+                Some(url::Host::Domain(d)) => d == "localhost",
+                None => false,
+            })
+        });
+        let mut config = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(options.force_path_style || by_path);
         // A backup of hours is thousands of parts; the SDK's default of three attempts per
         // request lets one short network outage fail all of it. AWS_MAX_ATTEMPTS still rules.
         if std::env::var_os("AWS_MAX_ATTEMPTS").is_none() {

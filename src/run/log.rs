@@ -34,21 +34,7 @@ pub struct LiveLog<W: Write> {
 /// The default pace of progress lines in a log that is not a terminal.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(30);
 
-/// `1.5 GiB`.
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
+pub use crate::diag::bytes;
 
 /// A progress bar's rate and ETA: measured from `started` (when and where the bar began),
 /// nothing until a second has passed.

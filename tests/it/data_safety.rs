@@ -458,6 +458,11 @@ fn a_full_repository_disk_fails_the_backup_and_publishes_nothing() {
     assert_eq!(run.code, 1, "{}", run.stderr);
     let reason = run.step("backup")["reason"].as_str().unwrap();
     assert!(reason.contains("No space left on device"), "{reason}");
+    // Which disk: the file being written is named.
+    assert!(
+        reason.contains(&format!("writing {}", disk.path().display())),
+        "{reason}"
+    );
     // Only the repository's record, made before the backup started.
     assert!(
         crate::common::files_under(disk.path())
