@@ -53,3 +53,40 @@ pub(crate) fn parse_var(s: &str) -> Result<(String, String), String> {
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     opsrunner::plan::duration::parse(s)
 }
+
+/// A retention policy on the command line (`backups prune`, `prune`): restic's `forget`
+/// rules, each count at least 1.
+#[derive(clap::Args)]
+pub(crate) struct KeepArgs {
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    keep_last: Option<u32>,
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    keep_hourly: Option<u32>,
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    keep_daily: Option<u32>,
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    keep_weekly: Option<u32>,
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    keep_monthly: Option<u32>,
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    keep_yearly: Option<u32>,
+    /// Keep everything within this span before the newest backup, e.g. 14d.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    keep_within: Option<Duration>,
+}
+
+impl KeepArgs {
+    pub(crate) fn keep(&self) -> opsrunner::repo::retention::Keep {
+        opsrunner::repo::retention::Keep {
+            last: self.keep_last,
+            hourly: self.keep_hourly,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+            yearly: self.keep_yearly,
+            within: self
+                .keep_within
+                .map(opsrunner::plan::duration::HumanDuration),
+        }
+    }
+}

@@ -56,21 +56,8 @@ pub(crate) enum Command {
     Prune {
         #[command(flatten)]
         repo: RepositoryArgs,
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-        keep_last: Option<u32>,
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-        keep_hourly: Option<u32>,
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-        keep_daily: Option<u32>,
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-        keep_weekly: Option<u32>,
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-        keep_monthly: Option<u32>,
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-        keep_yearly: Option<u32>,
-        /// Keep everything within this span before the newest backup, e.g. 14d.
-        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-        keep_within: Option<Duration>,
+        #[command(flatten)]
+        keep: super::args::KeepArgs,
         /// Never delete backups younger than this.
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         min_age: Option<Duration>,
@@ -120,13 +107,7 @@ pub(crate) async fn run(command: Command) -> Result<String, Failure> {
         }
         Command::Prune {
             repo,
-            keep_last,
-            keep_hourly,
-            keep_daily,
-            keep_weekly,
-            keep_monthly,
-            keep_yearly,
-            keep_within,
+            keep,
             min_age,
             database,
             orphans,
@@ -134,15 +115,7 @@ pub(crate) async fn run(command: Command) -> Result<String, Failure> {
             dry_run,
         } => {
             let store = backups::open_store(&repo.repository, repo.plan.as_deref()).await?;
-            let keep = opsrunner::repo::retention::Keep {
-                last: keep_last,
-                hourly: keep_hourly,
-                daily: keep_daily,
-                weekly: keep_weekly,
-                monthly: keep_monthly,
-                yearly: keep_yearly,
-                within: keep_within.map(opsrunner::plan::duration::HumanDuration),
-            };
+            let keep = keep.keep();
             let orphans = orphans.then_some(orphan_age);
             let request = backups::PruneRequest {
                 keep,

@@ -208,21 +208,8 @@ pub(crate) struct PruneArgs {
     /// A repository URL or the name of one in --plan.
     #[arg(long, value_name = "URL|NAME")]
     repository: String,
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    keep_last: Option<u32>,
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    keep_hourly: Option<u32>,
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    keep_daily: Option<u32>,
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    keep_weekly: Option<u32>,
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    keep_monthly: Option<u32>,
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    keep_yearly: Option<u32>,
-    /// Keep everything within this span before the newest backup, e.g. 14d.
-    #[arg(long, value_name = "DURATION", value_parser = duration_text)]
-    keep_within: Option<String>,
+    #[command(flatten)]
+    keep: super::args::KeepArgs,
     /// Never delete backups younger than this.
     #[arg(long, value_name = "DURATION", value_parser = duration_text)]
     min_age: Option<String>,
@@ -527,14 +514,7 @@ pub(crate) async fn verify(a: VerifyArgs, log: LogFormat, color: bool) -> Result
 pub(crate) async fn prune(a: PruneArgs, log: LogFormat, color: bool) -> Result<String, Failure> {
     let mut b = Builder::new("prune", a.run.plan.as_deref())?;
     let repository = b.repository(&a.repository)?;
-    let mut keep = json!({});
-    set(&mut keep, "last", a.keep_last.map(|n| json!(n)));
-    set(&mut keep, "hourly", a.keep_hourly.map(|n| json!(n)));
-    set(&mut keep, "daily", a.keep_daily.map(|n| json!(n)));
-    set(&mut keep, "weekly", a.keep_weekly.map(|n| json!(n)));
-    set(&mut keep, "monthly", a.keep_monthly.map(|n| json!(n)));
-    set(&mut keep, "yearly", a.keep_yearly.map(|n| json!(n)));
-    set(&mut keep, "within", a.keep_within.map(Value::String));
+    let keep = serde_json::to_value(a.keep.keep()).expect("a retention policy serializes");
     if keep.as_object().is_some_and(|k| k.is_empty()) {
         return Err(Failure::Usage(
             "prune needs a retention policy: --keep-last, --keep-daily, --keep-weekly, --keep-monthly, --keep-yearly, --keep-hourly or --keep-within (an empty policy would delete everything)".into(),
