@@ -24,14 +24,20 @@ steps:
     )
 }
 
-#[test]
-fn a_location_is_a_repository_only_once_made_and_its_encryption_is_kept() {
+/// A workspace, a cluster with database `app`, and where its repository goes.
+fn setup() -> (Workspace, Cluster, std::path::PathBuf) {
     let ws = Workspace::new();
     let cluster = Cluster::start();
     cluster.psql("postgres", "create database app");
+    let repo = ws.path("repo");
+    (ws, cluster, repo)
+}
+
+#[test]
+fn a_location_is_a_repository_only_once_made_and_its_encryption_is_kept() {
+    let (ws, cluster, repo) = setup();
     let url = cluster.url("app");
     let env = [("DATABASE_URL", url.as_str())];
-    let repo = ws.path("repo");
 
     // Not a repository: refused, nothing written, the command to make one named.
     let refused = ws.apply_env(&plan(&repo, ""), &[], &env);
@@ -118,12 +124,9 @@ fn a_location_is_a_repository_only_once_made_and_its_encryption_is_kept() {
 
 #[test]
 fn a_repository_made_before_records_is_adopted_and_the_run_says_so() {
-    let ws = Workspace::new();
-    let cluster = Cluster::start();
-    cluster.psql("postgres", "create database app");
+    let (ws, cluster, repo) = setup();
     let url = cluster.url("app");
     let env = [("DATABASE_URL", url.as_str())];
-    let repo = ws.path("repo");
     let (code, out, err) = run(opsrunner()
         .args(["repo", "init"])
         .arg(format!("file://{}", repo.display())));
