@@ -227,6 +227,41 @@ pub fn recipients_of(
         })
 }
 
+/// What a write into `store` will meet, for a preview (which reads and writes nothing
+/// else): `None` when its record is there and agrees; else what the run will do or why it
+/// will refuse. Trouble reading the store is the preview's to report elsewhere.
+pub async fn assess(
+    store: &AnyStore,
+    definition: &crate::plan::model::Repository,
+    base_dir: &std::path::Path,
+) -> Option<String> {
+    let recipients = recipients_of(store, definition, base_dir).ok()?;
+    match read(store).await {
+        Ok(Some(record)) => agrees(store, &record, recipients.as_deref())
+            .err()
+            .map(|e| format!("apply will refuse to write: {e}")),
+        Ok(None) => match holds_anything(store).await {
+            Ok(true) => Some(format!(
+                "{} holds backups but no repository record yet: the run adopts it and writes {RECORD_KEY}",
+                store.location()
+            )),
+            Ok(false) if definition.create => Some(format!(
+                "{} is not a repository yet: the run creates it (`create: true`)",
+                store.location()
+            )),
+            Ok(false) => Some(format!(
+                "apply will refuse to write: {}",
+                RecordError::Missing {
+                    location: store.location()
+                }
+            )),
+            Err(_) => None,
+        },
+        Err(e @ RecordError::Damaged { .. }) => Some(format!("apply will refuse to write: {e}")),
+        Err(_) => None,
+    }
+}
+
 /// What a run says when it adopted a repository or created one (`create: true`).
 pub fn said(checked: &Checked, location: &str) -> Option<String> {
     match checked {

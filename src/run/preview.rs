@@ -460,6 +460,20 @@ async fn preview_step(
     if let Some((target, database)) = creates(step.kind.type_name(), &params) {
         created.push((target, database, step.id().to_string()));
     }
+    // A repository the run writes to must be one (`opsrunner repo init`): said here, once,
+    // rather than found when the step starts. Read only; never under review modes.
+    if !input.untrusted
+        && input.base.is_none()
+        && kind.writes_repository()
+        && let (Some(name), Some(definition)) = (kind.repository(), repo.as_ref())
+        && let Ok(store) = crate::repo::open(definition, base_dir).await
+        && let Some(said) = crate::repo::record::assess(&store, definition, base_dir).await
+    {
+        let warning = redactor.redact(&format!("repository `{name}`: {said}"));
+        if !warnings.contains(&warning) {
+            warnings.push(warning);
+        }
+    }
     let details: Vec<String> = findings.lines.iter().map(|d| redactor.redact(d)).collect();
     for mut u in findings.unread {
         u.error = redactor.redact(&u.error);

@@ -54,9 +54,22 @@ fn nightly_then_drill_then_reset_seed() {
         ("BACKUP_DIR", backups.to_str().unwrap()),
         ("ALERT_WEBHOOK", hook.as_str()),
     ];
-    // A mistyped BACKUP_DIR is refused, and nothing appears there.
+    // A mistyped BACKUP_DIR: the preview says the run will refuse it...
     let typo = ws.path("backup");
     let mistyped = [env[0], ("BACKUP_DIR", typo.to_str().unwrap()), env[2]];
+    let (code, out, err) = crate::common::run(
+        opsrunner()
+            .arg("plan")
+            .arg(shipped("plans/nightly.yaml"))
+            .envs(mistyped.iter().copied()),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("warning: repository `local`: apply will refuse to write")
+            && out.contains("opsrunner repo init"),
+        "{out}"
+    );
+    // ...the run refuses it, and nothing appears there.
     let refused = run(&shipped("plans/nightly.yaml"), &ws, &[], &mistyped);
     assert_eq!(refused.code, 1, "{}", refused.stderr);
     assert!(
