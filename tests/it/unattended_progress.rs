@@ -111,6 +111,35 @@ fn on_a_terminal_progress_is_a_bar() {
     // The lines of the log are there too, without timestamps.
     assert!(shown.contains("backup succeeded in"), "{shown}");
     assert!(!shown.contains("Z ▶"), "{shown}");
+    // Each ends in a newline of its own: copied from the terminal, the log keeps its lines
+    // (no two of them, nor a line and a bar, run together).
+    for line in [
+        "backup started",
+        "backup succeeded in",
+        "restore started",
+        "restore succeeded in",
+        "run succeeded in",
+    ] {
+        let at = shown
+            .find(line)
+            .unwrap_or_else(|| panic!("no `{line}` in {shown}"));
+        let rest = &shown[at..];
+        let end = rest
+            .find('\n')
+            .unwrap_or_else(|| panic!("`{line}` ends no line: {shown:?}"));
+        let own = &rest[..end];
+        for other in ["▶", "✓", "opsrunner:", "ETA", "MiB/s"] {
+            assert!(
+                !own[line.len()..].contains(other),
+                "`{line}` runs into `{other}`: {own:?}"
+            );
+        }
+    }
+    // After the data, the restore says what it does instead of a bar stuck at 100 %.
+    assert!(
+        shown.contains("indexes and constraints built in"),
+        "{shown}"
+    );
 }
 
 #[test]
