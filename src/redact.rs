@@ -253,52 +253,43 @@ fn may_be_token(part: &str) -> bool {
 
 /// Masks the password of every `scheme://user:password@` in a text, by its position.
 pub fn mask_url_passwords(text: &str) -> String {
-    if !text.contains("://") {
-        return text.to_string();
-    }
     let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(pos) = rest.find("://") {
-        let (head, after) = rest.split_at(pos + 3);
-        out.push_str(head);
-        let authority_end = after
-            .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace())
-            .unwrap_or(after.len());
-        let authority = &after[..authority_end];
-        match authority.rfind('@').and_then(|at| {
-            let userinfo = &authority[..at];
-            userinfo.find(':').map(|colon| (colon, at))
-        }) {
-            Some((colon, at)) if at > colon + 1 => {
-                out.push_str(&authority[..colon + 1]);
-                out.push_str(MASK);
-                out.push_str(&authority[at..]);
-                rest = &after[authority_end..];
-            }
-            _ => rest = after,
-        }
+    let mut from = 0;
+    for range in password_ranges(text).into_iter().filter(|r| !r.is_empty()) {
+        out.push_str(&text[from..range.start]);
+        out.push_str(MASK);
+        from = range.end;
     }
-    out.push_str(rest);
+    out.push_str(&text[from..]);
     out
 }
 
 /// Finds `user:password@` in every `scheme://` URL of a text.
 fn url_passwords(text: &str) -> Vec<String> {
+    password_ranges(text)
+        .into_iter()
+        .map(|r| text[r].to_string())
+        .collect()
+}
+
+/// Where the password of every `scheme://user:password@` URL in a text is (possibly
+/// empty), in order: what masking and registering passwords both read.
+fn password_ranges(text: &str) -> Vec<std::ops::Range<usize>> {
     let mut found = Vec::new();
-    let mut rest = text;
-    while let Some(pos) = rest.find("://") {
-        let after = &rest[pos + 3..];
-        let authority_end = after
+    let mut start = 0;
+    while let Some(pos) = text[start..].find("://") {
+        let after = start + pos + 3;
+        let rest = &text[after..];
+        let authority_end = rest
             .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace())
-            .unwrap_or(after.len());
-        let authority = &after[..authority_end];
-        if let Some(at) = authority.rfind('@') {
-            let userinfo = &authority[..at];
-            if let Some(colon) = userinfo.find(':') {
-                found.push(userinfo[colon + 1..].to_string());
-            }
+            .unwrap_or(rest.len());
+        let authority = &rest[..authority_end];
+        if let Some(at) = authority.rfind('@')
+            && let Some(colon) = authority[..at].find(':')
+        {
+            found.push(after + colon + 1..after + at);
         }
-        rest = after;
+        start = after;
     }
     found
 }

@@ -187,15 +187,8 @@ pub async fn require(
 pub async fn require_repository(store: &AnyStore) -> Result<Checked, RecordError> {
     match read(store).await? {
         Some(record) => Ok(Checked::Present(record)),
-        None if holds_anything(store).await? => {
-            // Adopted as it is: what it was encrypted to is the next plan's to record.
-            let record = Record::new(None, true);
-            put(store, &record, Condition::Absent).await?;
-            Ok(Checked::Adopted(record))
-        }
-        None => Err(RecordError::Missing {
-            location: store.location(),
-        }),
+        // Adopted as it is: what it was encrypted to is the next plan's to record.
+        None => require(store, None, false).await,
     }
 }
 

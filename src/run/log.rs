@@ -40,19 +40,29 @@ pub use crate::diag::bytes;
 /// nothing until a second has passed.
 fn rate_text(started: (Instant, u64), pos: u64, len: Option<u64>) -> String {
     let seconds = started.0.elapsed().as_secs_f64();
+    match rate_and_eta(pos.saturating_sub(started.1), seconds, pos, len) {
+        Some((rate, Some(eta))) => format!("{rate} ETA {eta}"),
+        Some((rate, None)) => rate,
+        None => String::new(),
+    }
+}
+
+/// `12.0 MiB/s` for `moved` bytes in `seconds`, and the time left to `total` at that rate
+/// from `done`: nothing before a second has passed, when a rate means little.
+fn rate_and_eta(
+    moved: u64,
+    seconds: f64,
+    done: u64,
+    total: Option<u64>,
+) -> Option<(String, Option<String>)> {
     if seconds < 1.0 {
-        return String::new();
+        return None;
     }
-    let rate = pos.saturating_sub(started.1) as f64 / seconds;
-    let mut text = format!("{}/s", bytes(rate as u64));
-    if let Some(len) = len
-        && rate >= 1.0
-        && len > pos
-    {
-        let eta = Duration::from_secs(((len - pos) as f64 / rate) as u64);
-        text.push_str(&format!(" ETA {}", duration::format(eta)));
-    }
-    text
+    let rate = moved as f64 / seconds;
+    let eta = total
+        .filter(|t| rate >= 1.0 && *t > done)
+        .map(|t| duration::format(Duration::from_secs(((t - done) as f64 / rate) as u64)));
+    Some((format!("{}/s", bytes(rate as u64)), eta))
 }
 
 /// Stderr is a terminal that can draw progress bars.
@@ -202,7 +212,7 @@ impl<W: Write> LiveLog<W> {
             return Some(String::new());
         }
         let seconds = (*at - entry.1).num_milliseconds().max(1) as f64 / 1000.0;
-        let rate = done_bytes.saturating_sub(entry.2) as f64 / seconds;
+        let moved = done_bytes.saturating_sub(entry.2);
         let mut line = format!("  {step} … {what} {}", bytes(*done_bytes));
         if let Some(t) = total.filter(|t| *t > 0) {
             line.push_str(&format!(
@@ -211,14 +221,10 @@ impl<W: Write> LiveLog<W> {
                 (done_bytes.saturating_mul(100) / t).min(100)
             ));
         }
-        if seconds >= 1.0 {
-            line.push_str(&format!(", {}/s", bytes(rate as u64)));
-            if let Some(t) = *total
-                && rate >= 1.0
-                && t > *done_bytes
-            {
-                let eta = Duration::from_secs(((t - done_bytes) as f64 / rate) as u64);
-                line.push_str(&format!(", ETA {}", duration::format(eta)));
+        if let Some((rate, eta)) = rate_and_eta(moved, seconds, *done_bytes, *total) {
+            line.push_str(&format!(", {rate}"));
+            if let Some(eta) = eta {
+                line.push_str(&format!(", ETA {eta}"));
             }
         }
         Some(line)
