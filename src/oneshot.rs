@@ -113,13 +113,24 @@ impl Builder {
     /// `azure://container/prefix`; endpoint and region from the store's environment) or
     /// the name of a repository of `--plan`. Returns the name the step uses.
     pub fn repository(&mut self, spec: &str) -> Result<String, Failure> {
+        self.repository_as("--repository", spec, REPOSITORY)
+    }
+
+    /// A repository given by `flag` (as [`Builder::repository`]); a URL is named
+    /// `url_name` in the plan (a copy has two).
+    pub fn repository_as(
+        &mut self,
+        flag: &str,
+        spec: &str,
+        url_name: &str,
+    ) -> Result<String, Failure> {
         if spec.contains("://") {
             let url = self.text(spec);
             self.repositories
-                .insert(REPOSITORY.into(), json!({ "url": url }));
-            return Ok(REPOSITORY.into());
+                .insert(url_name.into(), json!({ "url": url }));
+            return Ok(url_name.into());
         }
-        let definition = self.declared("--repository", "repository", spec, |p| {
+        let definition = self.declared(flag, "repository", spec, |p| {
             p.repositories
                 .iter()
                 .map(|(k, r)| (k.clone(), r.written.value()))

@@ -1,4 +1,5 @@
-//! `opsrunner backups list|show|check|prune`: what a backup repository holds.
+//! `opsrunner backups list|show|check|prune|copy`: what a backup repository holds, and
+//! copies of it elsewhere.
 
 use super::args::parse_duration;
 use opsrunner::backups;
@@ -20,8 +21,23 @@ pub(crate) struct RepositoryArgs {
     json: bool,
 }
 
+const COPY_HELP: &str = "Examples:
+  opsrunner backups copy --from file:///srv/backup --to s3://offsite/db latest
+  opsrunner backups copy --plan plans/offsite.yaml --from local --to offsite --keep-daily 7
+  opsrunner backups copy --from local --to offsite --plan plans/offsite.yaml 20261207T020000Z-1a2b --dry-run
+
+Each file is checked against its SHA-256 on the way and the manifest written last: a copy
+that stops publishes nothing, and the next one resumes it. Backups the destination holds
+already are skipped. Base backups bring their parents and the archived WAL from their start
+on. A destination that encrypts to other recipients gets the backups encrypted again (give
+--identity). Verify the copies there: verification records are not copied.";
+
 #[derive(clap::Subcommand)]
 pub(crate) enum Command {
+    /// Copy backups to another repository (of any backend): checked, resumable, encrypted
+    /// again for the destination when it encrypts to other recipients.
+    #[command(after_help = COPY_HELP)]
+    Copy(super::oneshot::CopyArgs),
     /// The published backups, newest first: id, database, created, age, size, compression,
     /// last verification.
     List(RepositoryArgs),
@@ -78,8 +94,13 @@ pub(crate) enum Command {
     },
 }
 
-pub(crate) async fn run(command: Command) -> Result<String, Failure> {
+pub(crate) async fn run(
+    command: Command,
+    log: opsrunner::run::log::LogFormat,
+    color: bool,
+) -> Result<String, Failure> {
     match command {
+        Command::Copy(args) => super::oneshot::copy(args, log, color).await,
         Command::List(r) => {
             let store = backups::open_store(&r.repository, r.plan.as_deref()).await?;
             backups::list(&store, r.json).await

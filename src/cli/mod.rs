@@ -137,7 +137,7 @@ pub(crate) fn main() -> i32 {
             Command::Apply(args) => apply::run(args, cli.log_format, color).await,
             Command::Diff(args) => diff::run(args),
             Command::Graph(args) => graph::run(args, color),
-            Command::Backups { command } => backups::run(command).await,
+            Command::Backups { command } => backups::run(command, cli.log_format, color).await,
             Command::Runs { command } => runs::run(command),
             Command::Schedule { command } => schedule::run(command),
             Command::Repo { command } => repo::run(command).await,

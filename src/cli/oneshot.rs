@@ -219,6 +219,29 @@ pub(crate) struct PruneArgs {
 }
 
 #[derive(clap::Args)]
+pub(crate) struct CopyArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// The repository to copy from: a URL or the name of one in --plan.
+    #[arg(long, value_name = "URL|NAME")]
+    from: String,
+    /// The repository to copy to: a URL or the name of one in --plan (with its
+    /// `encryption`: backups are encrypted again to its recipients). It must exist
+    /// (`opsrunner repo init`).
+    #[arg(long, value_name = "URL|NAME")]
+    to: String,
+    /// Backup ids, `latest` (the newest of each database; the default) or `all`.
+    #[arg(value_name = "ID")]
+    backups: Vec<String>,
+    /// Instead of ids: the backups this retention policy keeps in --from.
+    #[command(flatten)]
+    keep: super::args::KeepArgs,
+    /// Only backups of this database.
+    #[arg(long)]
+    database: Option<String>,
+}
+
+#[derive(clap::Args)]
 #[group(id = "statements", required = true, multiple = false, args = ["command", "file"])]
 pub(crate) struct SqlArgs {
     #[command(flatten)]
@@ -528,6 +551,38 @@ pub(crate) async fn prune(a: PruneArgs, log: LogFormat, color: bool) -> Result<S
         a.database.as_deref().map(|d| b.text(d)),
     );
     run(b, "prune", step, a.run, log, color).await
+}
+
+pub(crate) async fn copy(a: CopyArgs, log: LogFormat, color: bool) -> Result<String, Failure> {
+    let mut b = Builder::new("backups copy", a.run.plan.as_deref())?;
+    let from = b.repository_as("--from", &a.from, "from")?;
+    let to = b.repository_as("--to", &a.to, "to")?;
+    let mut step = json!({ "type": "copy", "from": from, "to": to });
+    let keep = serde_json::to_value(a.keep.keep()).expect("a retention policy serializes");
+    if keep.as_object().is_some_and(|k| !k.is_empty()) {
+        if !a.backups.is_empty() {
+            return Err(Failure::Usage(
+                "give backup ids or a retention policy (--keep-…), not both".into(),
+            ));
+        }
+        set(&mut step, "keep", Some(keep));
+    }
+    let ids: Vec<Value> = a.backups.iter().map(|id| b.text(id)).collect();
+    set(
+        &mut step,
+        "backups",
+        match ids.len() {
+            0 => None,
+            1 => ids.into_iter().next(),
+            _ => Some(Value::Array(ids)),
+        },
+    );
+    set(
+        &mut step,
+        "database",
+        a.database.as_deref().map(|d| b.text(d)),
+    );
+    run(b, "copy", step, a.run, log, color).await
 }
 
 pub(crate) async fn sql(a: SqlArgs, log: LogFormat, color: bool) -> Result<String, Failure> {

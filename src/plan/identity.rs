@@ -25,10 +25,20 @@ pub fn step_sha256(plan: &Plan, i: usize, vars: &BTreeMap<String, Value>) -> Str
         .repository()
         .and_then(|r| plan.repositories.get(r))
         .map(|r| r.written.value());
+    let source = step
+        .kind
+        .source_repository()
+        .and_then(|r| plan.repositories.get(r))
+        .map(|r| r.written.value());
     let mut strings = Vec::new();
-    for value in [Some(&params), target.as_ref(), repository.as_ref()]
-        .into_iter()
-        .flatten()
+    for value in [
+        Some(&params),
+        target.as_ref(),
+        repository.as_ref(),
+        source.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
     {
         super::template::strings(value, &mut strings);
     }

@@ -463,7 +463,11 @@ impl Loader {
         let kind = kind?;
         // Which target and repository a step uses decides what validate checks, which
         // guard applies and what the preview probes: known before the run, or refused.
-        for (field, name) in [("target", kind.target()), ("repository", kind.repository())] {
+        for (field, name) in [
+            ("target", kind.target()),
+            ("repository", kind.repository()),
+            ("source", kind.source_repository()),
+        ] {
             if let Some(name) = name.filter(|n| has_template(n)) {
                 let at = kind.reference_path(field);
                 let mut full = prefix.to_vec();

@@ -22,6 +22,8 @@ pub trait StepParams: Any + fmt::Debug + Send + Sync {
     fn reference_path(&self, field: &str) -> &'static [&'static str];
     /// The repository the step reads or writes, if any.
     fn repository(&self) -> Option<&str>;
+    /// A second repository the step only reads (a copy's source).
+    fn source_repository(&self) -> Option<&str>;
     /// Whether the step writes to its target (a restore, a migration, SQL that says it
     /// writes) or its repository (a backup, a verification record, a prune): a run holds
     /// an exclusive lock on what it writes to.

@@ -315,8 +315,13 @@ impl Validator<'_> {
                     Some(help),
                 );
             }
-            if let Some(repo) = step.kind.repository()
-                && !self.plan.repositories.contains_key(repo)
+            for (repo, field) in [
+                (step.kind.repository(), "repository"),
+                (step.kind.source_repository(), "source"),
+            ]
+            .into_iter()
+            .filter_map(|(r, f)| Some((r?, f)))
+            .filter(|(r, _)| !self.plan.repositories.contains_key(*r))
             {
                 let names: Vec<&str> = self.plan.repositories.keys().map(String::as_str).collect();
                 let help = did_you_mean(repo, names.iter().copied()).unwrap_or_else(|| {
@@ -329,8 +334,14 @@ impl Validator<'_> {
                         format!("declared repositories: {}", names.join(", "))
                     }
                 });
+                let at: Vec<PathSegment> = step
+                    .kind
+                    .reference_path(field)
+                    .iter()
+                    .map(|k| key(k))
+                    .collect();
                 self.report(
-                    &step_path(i, &[key("repository")]),
+                    &step_path(i, &at),
                     format!("unknown repository `{repo}`"),
                     0,
                     Some(help),

@@ -376,7 +376,7 @@ fn check_file_name(name: &str) -> Result<(), String> {
         || name
             .split('/')
             .any(|part| part.is_empty() || part.starts_with('.') || part.len() > 255)
-        || [MANIFEST_NAME, VERIFICATION_NAME].contains(&name);
+        || [MANIFEST_NAME, VERIFICATION_NAME, super::copy::JOURNAL_NAME].contains(&name);
     if bad {
         return Err(format!(
             "file name `{}` is not one a backup can hold",

@@ -9,6 +9,7 @@ pub mod archive;
 pub mod azure;
 pub mod bundle;
 pub mod compression;
+pub mod copy;
 pub mod crypto;
 pub mod faults;
 pub mod layout;

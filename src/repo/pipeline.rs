@@ -132,6 +132,113 @@ pub async fn store(
     })
 }
 
+/// How a copy changes a stored file on its way between repositories. Compression is never
+/// touched, and the plaintext never reaches a disk: it exists only in memory, a chunk at a
+/// time, between decryption and encryption.
+pub enum Recode<'a> {
+    /// Byte for byte.
+    Unchanged,
+    /// Encrypted to the recipients (it was not).
+    Encrypt(&'a Recipients),
+    /// Decrypted with `identities` (it is encrypted to `from`), encrypted to `to`.
+    Reencrypt {
+        identities: &'a Identities,
+        from: &'a [String],
+        to: &'a Recipients,
+    },
+}
+
+/// Writes `input`, the stored bytes of a file, as file `name` of backup `backup_id`,
+/// recoded. Nothing is committed unless `input` ends cleanly and, when `expect` is given,
+/// what was read has its size and SHA-256 (a recoded file's own are in the entry
+/// returned).
+pub async fn store_recoded(
+    store: &impl BackupStore,
+    backup_id: &str,
+    name: &str,
+    input: Reader,
+    recode: &Recode<'_>,
+    expect: Option<&FileEntry>,
+) -> io::Result<FileEntry> {
+    let mut sink = HashingWriter {
+        inner: store.create(backup_id, name).await?,
+        hasher: Sha256::new(),
+        size: 0,
+    };
+    let seen = Arc::new(std::sync::Mutex::new((Sha256::new(), 0u64)));
+    let input = crate::counting::Tap::new(input, SeenBytes(seen.clone()));
+    let plain: Reader = match recode {
+        Recode::Unchanged | Recode::Encrypt(_) => Box::pin(input),
+        Recode::Reencrypt {
+            identities, from, ..
+        } => {
+            identities
+                .decrypt(input, &format!("backup {backup_id}"), from)
+                .await?
+        }
+    };
+    let mut plain = BufReader::with_capacity(CHUNK, plain);
+    match recode {
+        Recode::Unchanged => {
+            tokio::io::copy_buf(&mut plain, &mut sink).await?;
+        }
+        Recode::Encrypt(to) | Recode::Reencrypt { to, .. } => {
+            let mut writer = EncryptingWriter::new(to, &mut sink).await?;
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                let n = plain.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                writer.write_all(&buf[..n]).await?;
+            }
+            writer.finish().await?;
+        }
+    }
+    if let Some(expect) = expect {
+        let (hasher, size) = std::mem::take(&mut *seen.lock().expect("not poisoned"));
+        let sha = crate::digest::hex(&hasher.finalize());
+        if size != expect.size || sha != expect.sha256 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{name}: {size} bytes with SHA-256 {sha}, the manifest says {} bytes with {} (truncated or damaged)",
+                    expect.size, expect.sha256
+                ),
+            ));
+        }
+    }
+    let HashingWriter {
+        inner,
+        hasher,
+        size,
+    } = sink;
+    inner.commit().await?;
+    let index = match recode {
+        // Where frames start is where they start in the stored bytes, which encryption
+        // changes: an encrypted file has no index.
+        Recode::Unchanged => expect.and_then(|e| e.index.clone()),
+        _ => None,
+    };
+    Ok(FileEntry {
+        name: name.to_string(),
+        size,
+        sha256: crate::digest::hex(&hasher.finalize()),
+        index,
+    })
+}
+
+/// Hashes and counts what a [`crate::counting::Tap`] sees.
+struct SeenBytes(Arc<std::sync::Mutex<(Sha256, u64)>>);
+
+impl crate::counting::Sees for SeenBytes {
+    fn see(&mut self, bytes: &[u8]) {
+        let mut seen = self.0.lock().expect("not poisoned");
+        seen.0.update(bytes);
+        seen.1 += bytes.len() as u64;
+    }
+}
+
 /// Hashes and counts the bytes on their way into a repository file: the manifest records
 /// what is stored, so that `verify` can check files without decrypting them.
 struct HashingWriter {
@@ -247,34 +354,14 @@ pub async fn load(
             )
         })?
         .clone();
-    let raw = store.open(&manifest.backup_id, name).await?;
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let wanted = Arc::new(AtomicBool::new(true));
-    let read = crate::counting::Counter::new();
-    let size = entry.size;
-    let task = tokio::spawn(hash_on_the_way(
-        raw,
-        entry,
-        tx,
-        wanted.clone(),
-        read.clone(),
-    ));
-    let checked: Reader = Box::pin(ChannelReader {
-        rx,
-        chunk: Vec::new(),
-        pos: 0,
-    });
-    let verdict = Verdict {
-        task: Some(task),
-        wanted,
-    };
+    let stored = load_stored(store, &manifest.backup_id, entry, Default::default()).await?;
     let plain = match &manifest.encryption {
-        None => checked,
+        None => stored.reader,
         Some(encryption) => {
             let identities = identities.ok_or_else(|| needs_identity(manifest))?;
             identities
                 .decrypt(
-                    checked,
+                    stored.reader,
                     &format!("backup {}", manifest.backup_id),
                     &encryption.recipients,
                 )
@@ -285,7 +372,40 @@ pub async fn load(
         reader: manifest
             .compression
             .decoder(BufReader::with_capacity(CHUNK, plain)),
-        verdict,
+        ..stored
+    })
+}
+
+/// Opens a stored file as it is stored (still compressed, still encrypted), checked
+/// against `entry` on the way: what [`load`] decodes, and what a copy moves unchanged.
+/// `read` counts the stored bytes read.
+pub async fn load_stored(
+    store: &impl BackupStore,
+    backup_id: &str,
+    entry: FileEntry,
+    read: crate::counting::Counter,
+) -> io::Result<Loaded> {
+    let raw = store.open(backup_id, &entry.name).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let wanted = Arc::new(AtomicBool::new(true));
+    let size = entry.size;
+    let task = tokio::spawn(hash_on_the_way(
+        raw,
+        entry,
+        tx,
+        wanted.clone(),
+        read.clone(),
+    ));
+    Ok(Loaded {
+        reader: Box::pin(ChannelReader {
+            rx,
+            chunk: Vec::new(),
+            pos: 0,
+        }),
+        verdict: Verdict {
+            task: Some(task),
+            wanted,
+        },
         read,
         size,
     })

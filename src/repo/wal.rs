@@ -179,6 +179,22 @@ pub fn parse<'a>(name: &str, object: &'a [u8]) -> Result<(Header, &'a [u8]), Wal
     Ok((header, &rest[end + 1..]))
 }
 
+/// Splits an archived object into its header and stored bytes and checks the stored bytes
+/// against the header's size and SHA-256: what can be checked without a key.
+pub fn check_stored<'a>(name: &str, object: &'a [u8]) -> Result<(Header, &'a [u8]), WalError> {
+    let (header, stored) = parse(name, object)?;
+    if stored.len() as u64 != header.stored_size
+        || hex(&Sha256::digest(stored)) != header.stored_sha256
+    {
+        return Err(WalError::Damaged(format!(
+            "{name} in the archive is damaged: {} stored bytes do not match the {} its header records (truncated or changed)",
+            stored.len(),
+            header.stored_size
+        )));
+    }
+    Ok((header, stored))
+}
+
 /// The most an original of this kind may be: a segment (or its `.partial`) at most 1 GiB
 /// (`--wal-segsize`); a history, `.backup` or `.mark` file is a few lines.
 fn max_original(name: &str) -> u64 {
@@ -216,18 +232,9 @@ pub async fn decode_to<W: tokio::io::AsyncWrite + Unpin>(
     mut out: W,
 ) -> Result<(), WalError> {
     use tokio::io::AsyncWriteExt;
-    let (header, stored) = parse(name, object)?;
+    let (header, stored) = check_stored(name, object)?;
     let damaged =
         |why: String| WalError::Damaged(format!("{name} in the archive is damaged: {why}"));
-    if stored.len() as u64 != header.stored_size
-        || hex(&Sha256::digest(stored)) != header.stored_sha256
-    {
-        return Err(damaged(format!(
-            "{} stored bytes do not match the {} its header records (truncated or changed)",
-            stored.len(),
-            header.stored_size
-        )));
-    }
     if header.size > max_original(name) {
         return Err(damaged(format!(
             "its header records {} bytes, more than a file of its kind holds ({})",

@@ -40,6 +40,8 @@ pub struct Bound {
     pub target: Option<(String, Result<String, String>)>,
     /// The step's repository and its definition as rendered.
     pub repository: Option<(String, Result<Repository, String>)>,
+    /// The repository the step only reads (a copy's source), as rendered.
+    pub source: Option<(String, Result<Repository, String>)>,
     /// The protected target the step may destroy data on without `--confirm`, judged on
     /// the rendered parameters (templates may make a harmless-looking step destructive).
     pub unconfirmed: Option<String>,
@@ -66,7 +68,11 @@ pub fn bind(step: &StepDef, scope: &Scope<'_>) -> Bound {
     );
     let common = crate::plan::resolve::common(scope.templates, step, scope.context);
     let kind = params.as_ref().map_or(&step.kind, |(_, kind)| kind);
-    let Definitions { target, repository } = definitions(kind, scope);
+    let Definitions {
+        target,
+        repository,
+        source,
+    } = definitions(kind, scope);
     let unconfirmed = crate::steps::unconfirmed(
         kind,
         &scope.plan.targets,
@@ -80,6 +86,7 @@ pub fn bind(step: &StepDef, scope: &Scope<'_>) -> Bound {
         common,
         target,
         repository,
+        source,
         unconfirmed,
     }
 }
@@ -88,6 +95,8 @@ pub fn bind(step: &StepDef, scope: &Scope<'_>) -> Bound {
 pub struct Definitions {
     pub target: Option<(String, Result<String, String>)>,
     pub repository: Option<(String, Result<Repository, String>)>,
+    /// The repository a step only reads (a copy's source) and its definition as rendered.
+    pub source: Option<(String, Result<Repository, String>)>,
 }
 
 /// Renders the target and the repository `kind` names under `scope`. Part of [`bind`]; the
@@ -112,16 +121,24 @@ pub fn definitions(kind: &StepKind, scope: &Scope<'_>) -> Definitions {
             }
             (name.clone(), url)
         });
-    let repository = kind
-        .repository()
-        .and_then(|name| scope.plan.repositories.get_key_value(name))
-        .map(|(name, definition)| {
-            let rendered =
-                crate::plan::resolve::repository(scope.templates, name, definition, scope.context);
-            if let Ok(r) = &rendered {
-                redactor.add_url_passwords(&r.url);
-            }
-            (name.clone(), rendered)
-        });
-    Definitions { target, repository }
+    let repository = |name: Option<&str>| {
+        name.and_then(|name| scope.plan.repositories.get_key_value(name))
+            .map(|(name, definition)| {
+                let rendered = crate::plan::resolve::repository(
+                    scope.templates,
+                    name,
+                    definition,
+                    scope.context,
+                );
+                if let Ok(r) = &rendered {
+                    redactor.add_url_passwords(&r.url);
+                }
+                (name.clone(), rendered)
+            })
+    };
+    Definitions {
+        target,
+        repository: repository(kind.repository()),
+        source: repository(kind.source_repository()),
+    }
 }

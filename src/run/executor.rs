@@ -366,10 +366,10 @@ fn template_references(plan: &ValidPlan) -> Vec<Vec<Vec<String>>> {
                 .map(|t| t.url_template());
             // Every setting of the repository is rendered, the endpoint too.
             let mut repo_strings = Vec::new();
-            if let Some(r) = s
-                .kind
-                .repository()
-                .and_then(|r| plan.plan.repositories.get(r))
+            for r in [s.kind.repository(), s.kind.source_repository()]
+                .into_iter()
+                .flatten()
+                .filter_map(|r| plan.plan.repositories.get(r))
             {
                 repo_strings.push(r.url.clone());
                 crate::plan::template::strings(&r.written.value(), &mut repo_strings);
@@ -566,7 +566,7 @@ impl StepTask {
             targets.insert(name, url.map_err(StepError::permanent)?);
         }
         let mut repositories = BTreeMap::new();
-        if let Some((name, repo)) = bound.repository {
+        for (name, repo) in bound.repository.into_iter().chain(bound.source) {
             repositories.insert(name, repo.map_err(StepError::permanent)?);
         }
         // The guard before the run looked at the plan as written; templates may have turned

@@ -4,7 +4,7 @@
 
 use super::bind::{Bound, Scope, bind, definitions};
 use super::saved_state::{self, StepDigest};
-use crate::plan::model::StepKind;
+use crate::plan::model::{Repository, StepKind};
 use crate::plan::template::Templates;
 use crate::plan::{PlanSource, ValidPlan};
 use crate::redact::Redactor;
@@ -388,9 +388,9 @@ async fn preview_step(
         .base
         .is_some()
         .then(|| definitions(&kind, &scope(probe_context)));
-    let (probe_target, probe_repository) = match &probed {
-        Some(d) => (&d.target, &d.repository),
-        None => (&bound.target, &bound.repository),
+    let (probe_target, probe_repository, probe_source) = match &probed {
+        Some(d) => (&d.target, &d.repository, &d.source),
+        None => (&bound.target, &bound.repository, &bound.source),
     };
     let view = match defined_target {
         Some(t) if t.ephemeral => TargetView::Ephemeral,
@@ -400,10 +400,14 @@ async fn preview_step(
         },
         None => TargetView::None,
     };
-    let repo = probe_repository.as_ref().map(|(name, r)| match r {
-        Ok(r) => r.clone(),
-        Err(_) => plan.repositories[name].clone(),
-    });
+    let rendered = |definition: &Option<(String, Result<Repository, String>)>| {
+        definition.as_ref().map(|(name, r)| match r {
+            Ok(r) => r.clone(),
+            Err(_) => plan.repositories[name].clone(),
+        })
+    };
+    let repo = rendered(probe_repository);
+    let source = rendered(probe_source);
     if *capture {
         if let Some(name) = target.as_ref().filter(|t| !states.targets.contains_key(*t)) {
             states
@@ -450,6 +454,7 @@ async fn preview_step(
                 base_dir,
                 target: &view,
                 repo: repo.as_ref(),
+                source: source.as_ref(),
                 pg_bin_dirs: &pg_bin_dirs,
                 data_directory: data_directory.as_deref(),
                 created_by,

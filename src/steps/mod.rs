@@ -6,6 +6,7 @@ pub mod backup;
 pub mod base_backup;
 pub mod base_files;
 pub mod base_parts;
+pub mod copy;
 pub mod migrate;
 pub mod pitr;
 pub mod pitr_directory;

@@ -22,6 +22,8 @@ pub struct Probe<'a> {
     pub base_dir: &'a Path,
     pub target: &'a TargetView<'a>,
     pub repo: Option<&'a crate::plan::model::Repository>,
+    /// The repository the step only reads (a copy's source), rendered.
+    pub source: Option<&'a crate::plan::model::Repository>,
     /// The program directories the plan names for the step (`pg_bin_dir`).
     pub pg_bin_dirs: &'a [std::path::PathBuf],
     /// The target's data directory, when the plan names one.
@@ -46,7 +48,25 @@ impl Probe<'_> {
     /// The step's repository (named `name` in the plan) opened for reading; what the
     /// preview cannot know without it is `unknown`.
     pub async fn open(&self, name: &str, unknown: &str) -> Result<crate::repo::AnyStore, Unread> {
-        let Some(repo) = self.repo else {
+        self.open_definition(self.repo, name, unknown).await
+    }
+
+    /// The step's source repository (a copy's), opened for reading.
+    pub async fn open_source(
+        &self,
+        name: &str,
+        unknown: &str,
+    ) -> Result<crate::repo::AnyStore, Unread> {
+        self.open_definition(self.source, name, unknown).await
+    }
+
+    async fn open_definition(
+        &self,
+        repo: Option<&crate::plan::model::Repository>,
+        name: &str,
+        unknown: &str,
+    ) -> Result<crate::repo::AnyStore, Unread> {
+        let Some(repo) = repo else {
             return Err(Unread::repository(
                 name,
                 "its definition could not be rendered",

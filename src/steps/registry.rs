@@ -42,14 +42,17 @@ impl<T: StepType> StepParams for Typed<T> {
         T::target(&self.0)
     }
     fn reference_path(&self, field: &str) -> &'static [&'static str] {
-        if field == "target" {
-            T::TARGET_PATH
-        } else {
-            &["repository"]
+        match field {
+            "target" => T::TARGET_PATH,
+            "source" => T::SOURCE_PATH,
+            _ => T::REPOSITORY_PATH,
         }
     }
     fn repository(&self) -> Option<&str> {
         T::repository(&self.0)
+    }
+    fn source_repository(&self) -> Option<&str> {
+        T::source_repository(&self.0)
     }
     fn jobs(&self) -> Option<u32> {
         T::jobs(&self.0)
@@ -155,6 +158,7 @@ pub static TYPES: &[Registration] = &[
     register::<super::seed::Seed>(),
     register::<super::reset::Reset>(),
     register::<super::prune::Prune>(),
+    register::<super::copy::Copy>(),
     register::<super::wal_status::WalStatus>(),
     register::<super::pitr_mark::PitrMark>(),
     register::<super::webhook::Webhook>(),

@@ -38,6 +38,15 @@ pub trait StepType: Send + Sync + 'static {
     fn repository(_: &Self::Params) -> Option<&str> {
         None
     }
+    /// Where in the parameters the repository is named.
+    const REPOSITORY_PATH: &'static [&'static str] = &["repository"];
+    /// A second repository the step only reads (a copy's source): bound, rendered, checked
+    /// and probed like the repository, never locked.
+    fn source_repository(_: &Self::Params) -> Option<&str> {
+        None
+    }
+    /// Where in the parameters the source repository is named.
+    const SOURCE_PATH: &'static [&'static str] = &["from"];
     /// Whether the step writes to its target or repository (see
     /// [`crate::plan::step_params::StepParams::writes_target`]); a run locks what it writes to.
     fn writes_target(_: &Self::Params) -> bool {

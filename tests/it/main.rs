@@ -15,6 +15,7 @@ mod azure_repository;
 mod backup_restore;
 mod before_the_run;
 mod closed_repository;
+mod copy;
 mod crash_harness;
 mod data_safety;
 mod encryption;

@@ -411,20 +411,47 @@ fn the_offsite_plan_backs_up_encrypted_into_s3_as_shipped() {
     env.push(("AWS_ENDPOINT_URL", server.endpoint.clone()));
     env.push(("DATABASE_URL", url.clone()));
     env.push(("BACKUP_RECIPIENTS_FILE", recipients.display().to_string()));
+    let local = ws.path("local");
+    env.push(("BACKUP_DIR", local.display().to_string()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let plan = shipped("plans/offsite.yaml");
-    // As its header says: the repository is made once, with the plan's encryption.
-    let (code, out, err) = crate::common::run(
-        opsrunner()
-            .args(["repo", "init", "offsite", "--plan"])
-            .arg(&plan)
-            .envs(env.iter().copied()),
-    );
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("encrypted to 1 recipient"), "{out}");
+    // As its header says: the repositories are made once, with the plan's encryption.
+    for (name, said) in [
+        ("local", "not encrypted"),
+        ("offsite", "encrypted to 1 recipient"),
+    ] {
+        let (code, out, err) = crate::common::run(
+            opsrunner()
+                .args(["repo", "init", name, "--plan"])
+                .arg(&plan)
+                .envs(env.iter().copied()),
+        );
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains(said), "{out}");
+    }
     let applied = run(&plan, &ws, &[], &env);
     assert_eq!(applied.code, 0, "{}", applied.everything());
-    assert_eq!(applied.status("prune"), "succeeded");
+    let id = applied.step("backup")["outputs"]["backup_id"]
+        .as_str()
+        .unwrap();
+    assert_eq!(applied.step("copy")["outputs"]["copied"], id);
+    assert_eq!(applied.step("copy")["outputs"]["reencrypted"], id);
+    assert!(
+        applied.step("verify")["outputs"]["checks"]
+            .as_str()
+            .unwrap()
+            .contains("restore=pass"),
+        "the local backup is proven by a test restore"
+    );
+    assert!(
+        applied.step("verify-copy")["outputs"]["checks"]
+            .as_str()
+            .unwrap()
+            .contains("files=pass"),
+        "the copy is checked where it is, without the key"
+    );
+    assert_eq!(applied.status("prune-local"), "succeeded");
+    assert_eq!(applied.status("prune-offsite"), "succeeded");
     let stored = crate::common::files_under(&ws.path("s3").join("acme-backups"));
     let dumps: Vec<_> = stored
         .iter()
