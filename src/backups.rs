@@ -341,13 +341,28 @@ pub async fn prune(store: &repo::AnyStore, request: PruneRequest) -> Result<Stri
     }
     // Deleting beside a run that writes to the repository (a backup being published, the
     // plan's own prune) is what the repository's lease exists to prevent.
+    let lease = hold_lease(store, "prune", "nothing was deleted").await?;
+    let result = prune_held(store, request).await;
+    if let Err(e) = lease.release().await {
+        tracing::warn!("could not release the repository's lease ({e}); it lapses on its own");
+    }
+    result
+}
+
+/// Takes the repository's lease for a command that writes to it (`what`), or says who
+/// holds it and that `nothing` happened.
+async fn hold_lease(
+    store: &repo::AnyStore,
+    what: &str,
+    nothing: &str,
+) -> Result<repo::lease::Lease, Failure> {
     let now = chrono::Utc::now();
     let me = repo::lease::Holder::this_process(
-        &format!("prune_{}", now.format("%Y%m%d_%H%M%S")),
-        "(opsrunner backups prune)",
+        &format!("{what}_{}", now.format("%Y%m%d_%H%M%S")),
+        &format!("(opsrunner backups {what})"),
         now,
     );
-    let lease = match repo::lease::try_acquire(
+    match repo::lease::try_acquire(
         store,
         &me,
         repo::lease::DEFAULT_TTL,
@@ -356,19 +371,82 @@ pub async fn prune(store: &repo::AnyStore, request: PruneRequest) -> Result<Stri
     .await
     .map_err(|e| Failure::Io(format!("cannot take the repository's lease: {e}")))?
     {
-        repo::lease::Attempt::Held(lease) => lease,
-        repo::lease::Attempt::Busy(holder) => {
-            return Err(Failure::Refused(format!(
-                "the repository is locked by {}; nothing was deleted. Run again when it has finished",
-                holder.map_or_else(|| "another run".to_string(), |h| h.describe())
-            )));
+        repo::lease::Attempt::Held(lease) => Ok(lease),
+        repo::lease::Attempt::Busy(holder) => Err(Failure::Refused(format!(
+            "the repository is locked by {}; {nothing}. Run again when it has finished",
+            holder.map_or_else(|| "another run".to_string(), |h| h.describe())
+        ))),
+    }
+}
+
+/// The newest readable backup's id, for `latest` on the command line.
+pub async fn latest_id(store: &repo::AnyStore) -> Result<String, Failure> {
+    let (latest, _) = listing::latest_and_skipped(store, None)
+        .await
+        .map_err(|e| Failure::Io(e.to_string()))?;
+    latest
+        .map(|c| c.manifest.backup_id)
+        .ok_or_else(|| Failure::Usage(format!("{} holds no backup", store.location())))
+}
+
+/// `opsrunner backups export ID FILE`: the backup (with its parents and WAL) as one file.
+pub async fn export(store: &repo::AnyStore, id: &str, file: &Path) -> Result<String, Failure> {
+    let summary = repo::export::export(store, id, file)
+        .await
+        .map_err(Failure::Io)?;
+    Ok(format!(
+        "exported {} to {} ({}{})\n",
+        summary.backups.join(", "),
+        file.display(),
+        crate::diag::bytes(summary.bytes),
+        if summary.wal > 0 {
+            format!(
+                ", with {}",
+                crate::diag::count(summary.wal, "archived WAL file")
+            )
+        } else {
+            String::new()
         }
-    };
-    let result = prune_held(store, request).await;
+    ))
+}
+
+/// `opsrunner backups import FILE`: an export checked whole and published into a
+/// repository, under its lease.
+pub async fn import(
+    repository: &str,
+    plan_file: Option<&Path>,
+    file: &Path,
+) -> Result<String, Failure> {
+    let (definition, base_dir) = repository_definition(repository, plan_file)?;
+    let store = repo::open(&definition, &base_dir)
+        .await
+        .map_err(Failure::from)?;
+    let checked = repo::record::require_for(&store, &definition, &base_dir)
+        .await
+        .map_err(|e| Failure::Usage(e.to_string()))?;
+    if let Some(said) = repo::record::said(&checked, &store.location()) {
+        eprintln!("{said}");
+    }
+    let lease = hold_lease(&store, "import", "nothing was imported").await?;
+    let result = repo::export::import(file, &store, definition.encryption.is_some()).await;
     if let Err(e) = lease.release().await {
         tracing::warn!("could not release the repository's lease ({e}); it lapses on its own");
     }
-    result
+    let summary = result.map_err(Failure::Io)?;
+    let mut out = String::new();
+    for id in &summary.backups {
+        out.push_str(&format!("imported {id} into {}\n", store.location()));
+    }
+    for id in &summary.present {
+        out.push_str(&format!("{id} is already in {}\n", store.location()));
+    }
+    if summary.wal > 0 {
+        out.push_str(&format!(
+            "{} archived WAL\n",
+            crate::diag::count(summary.wal, "file")
+        ));
+    }
+    Ok(out)
 }
 
 async fn prune_held(store: &repo::AnyStore, request: PruneRequest) -> Result<String, Failure> {

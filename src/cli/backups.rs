@@ -1,5 +1,5 @@
-//! `opsrunner backups list|show|check|prune|copy`: what a backup repository holds, and
-//! copies of it elsewhere.
+//! `opsrunner backups list|show|check|prune|copy|export|import`: what a backup repository
+//! holds, and copies of it elsewhere.
 
 use super::args::parse_duration;
 use opsrunner::backups;
@@ -34,6 +34,27 @@ on. A destination that encrypts to other recipients gets the backups encrypted a
 
 #[derive(clap::Subcommand)]
 pub(crate) enum Command {
+    /// Write one backup as one file (a tar of its manifest and stored files, unchanged and
+    /// still encrypted when they are; with the parents and WAL a base backup needs).
+    #[command(after_help = "Examples:
+  opsrunner backups export 20261207T020000Z-app-1a2b /mnt/usb/app.opsrunner.tar --repository file:///srv/backup
+  opsrunner backups import /mnt/usb/app.opsrunner.tar --repository s3://restore-bucket/app")]
+    Export {
+        /// The backup id, or `latest`.
+        id: String,
+        /// The file to write (written beside as FILE.partial, renamed when complete).
+        file: PathBuf,
+        #[command(flatten)]
+        repo: RepositoryArgs,
+    },
+    /// Bring an exported backup into a repository: every file checked against its
+    /// manifest before the backup is published; a damaged or truncated export is refused.
+    Import {
+        /// The file `backups export` wrote.
+        file: PathBuf,
+        #[command(flatten)]
+        repo: RepositoryArgs,
+    },
     /// Copy backups to another repository (of any backend): checked, resumable, encrypted
     /// again for the destination when it encrypts to other recipients.
     #[command(after_help = COPY_HELP)]
@@ -101,6 +122,17 @@ pub(crate) async fn run(
 ) -> Result<String, Failure> {
     match command {
         Command::Copy(args) => super::oneshot::copy(args, log, color).await,
+        Command::Export { id, file, repo } => {
+            let store = backups::open_store(&repo.repository, repo.plan.as_deref()).await?;
+            let id = match id.as_str() {
+                "latest" => backups::latest_id(&store).await?,
+                _ => id,
+            };
+            backups::export(&store, &id, &file).await
+        }
+        Command::Import { file, repo } => {
+            backups::import(&repo.repository, repo.plan.as_deref(), &file).await
+        }
         Command::List(r) => {
             let store = backups::open_store(&r.repository, r.plan.as_deref()).await?;
             backups::list(&store, r.json).await

@@ -11,6 +11,7 @@ pub mod bundle;
 pub mod compression;
 pub mod copy;
 pub mod crypto;
+pub mod export;
 pub mod faults;
 pub mod layout;
 pub mod lease;

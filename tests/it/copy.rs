@@ -220,7 +220,7 @@ steps:
     assert_ne!(code, 0, "{out}{err}");
     assert!(err.contains(&second), "{err}");
     assert!(
-        err.contains("SHA-256") || err.contains("damaged"),
+        err.contains("SHA-256") && err.contains("nothing of it was published"),
         "says the source is damaged: {err}"
     );
     let listed = cmd(
@@ -441,4 +441,243 @@ steps:
         &env,
     );
     assert_eq!(code, 0, "{out}{err}");
+}
+
+#[test]
+fn an_export_round_trips_through_local_s3_and_encrypted_repositories_and_damage_is_refused() {
+    let ws = Workspace::new();
+    let server = S3Server::start(&ws.path("s3"));
+    let cluster = Cluster::start();
+    cluster.psql("postgres", "create database app");
+    cluster.psql(
+        "app",
+        "create table items (id int primary key, note text); insert into items select g, md5(g::text) from generate_series(1, 20000) g",
+    );
+    let key_dir = ws.path("key");
+    std::fs::create_dir_all(&key_dir).unwrap();
+    let (identity, public) = identity_file(&key_dir);
+    let plan = ws.write_plan(&format!(
+        r#"
+version: 1
+name: export
+targets:
+  db: {{ url: "{{{{ env.DATABASE_URL }}}}" }}
+repositories:
+  local: {{ url: "file://{root}/local", create: true }}
+  fresh: {{ url: "file://{root}/fresh", create: true }}
+  sealed: {{ url: "file://{root}/sealed", create: true, encryption: {{ recipients: ["{public}"] }} }}
+  sealed2: {{ url: "file://{root}/sealed2", create: true, encryption: {{ recipients: ["{public}"] }} }}
+  offsite:
+    url: s3://{BUCKET}/app
+    create: true
+    endpoint: "{endpoint}"
+    force_path_style: true
+steps:
+  - {{ id: a, type: backup, target: db, database: app, repository: local, compression: none }}
+  - {{ id: b, type: backup, target: db, database: app, repository: sealed }}
+  - {{ id: c, type: wait_ready, target: db }}
+"#,
+        root = ws.dir.path().display(),
+        endpoint = server.endpoint,
+    ));
+    let mut env = crate::s3::aws_env();
+    env.push(("DATABASE_URL", cluster.url("postgres")));
+    let p = plan.to_str().unwrap();
+    // Every repository made, and one backup in `local` and one in `sealed`.
+    let applied = cmd(
+        &["apply", p, "--report", ws.report_path().to_str().unwrap()],
+        &env,
+    );
+    assert_eq!(applied.0, 0, "{applied:?}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ws.report_path()).unwrap()).unwrap();
+    let id_of = |step: &str| {
+        report["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == step)
+            .unwrap()["outputs"]["backup_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (plain, secret) = (id_of("a"), id_of("b"));
+    for name in ["fresh", "sealed2", "offsite"] {
+        let (code, out, err) = cmd(&["repo", "init", name, "--plan", p], &env);
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    let exported = ws.path("plain.tar");
+    let e = exported.to_str().unwrap();
+
+    // local → file → S3, and the copy restores there.
+    let (code, out, err) = cmd(
+        &[
+            "backups",
+            "export",
+            "latest",
+            e,
+            "--repository",
+            "local",
+            "--plan",
+            p,
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&plain), "{out}");
+    assert!(!ws.path("plain.tar.partial").exists());
+    let (code, out, err) = cmd(
+        &[
+            "backups",
+            "import",
+            e,
+            "--repository",
+            "offsite",
+            "--plan",
+            p,
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("imported {plain}")), "{out}");
+    let (code, out, err) = cmd(
+        &[
+            "verify",
+            "--plan",
+            p,
+            "--repository",
+            "offsite",
+            "--backup",
+            &plain,
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        output(&out, "checks").contains("fingerprints=pass"),
+        "{out}"
+    );
+    let (code, out, err) = cmd(
+        &[
+            "backups",
+            "import",
+            e,
+            "--repository",
+            "offsite",
+            "--plan",
+            p,
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("is already in"), "{out}");
+
+    // Encrypted: exported as stored (still encrypted), imported into another encrypted
+    // repository, restorable there with the key.
+    let sealed_file = ws.path("sealed.tar");
+    let s = sealed_file.to_str().unwrap();
+    let (code, out, err) = cmd(
+        &[
+            "backups",
+            "export",
+            &secret,
+            s,
+            "--repository",
+            "sealed",
+            "--plan",
+            p,
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let bytes = std::fs::read(&sealed_file).unwrap();
+    assert!(
+        !bytes.windows(5).any(|w| w == b"items"),
+        "the export holds the backup as stored, encrypted"
+    );
+    let (code, out, err) = cmd(
+        &[
+            "backups",
+            "import",
+            s,
+            "--repository",
+            "sealed2",
+            "--plan",
+            p,
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = cmd(
+        &[
+            "verify",
+            "--plan",
+            p,
+            "--repository",
+            "sealed2",
+            "--identity",
+            identity.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        output(&out, "checks").contains("fingerprints=pass"),
+        "{out}"
+    );
+    // A backup that is not encrypted does not go into an encrypted repository.
+    let (code, out, err) = cmd(
+        &[
+            "backups",
+            "import",
+            e,
+            "--repository",
+            "sealed2",
+            "--plan",
+            p,
+        ],
+        &env,
+    );
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(err.contains("plaintext"), "{err}");
+
+    // A damaged export and a truncated one are refused, naming the file; nothing is published.
+    let whole = std::fs::read(&exported).unwrap();
+    let damaged = ws.path("damaged.tar");
+    let mut flipped = whole.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x5a;
+    std::fs::write(&damaged, flipped).unwrap();
+    let truncated = ws.path("truncated.tar");
+    std::fs::write(&truncated, &whole[..whole.len() * 2 / 3]).unwrap();
+    for (file, said) in [(&damaged, "damaged"), (&truncated, "truncated")] {
+        let f = file.to_str().unwrap();
+        let (code, out, err) = cmd(
+            &["backups", "import", f, "--repository", "fresh", "--plan", p],
+            &env,
+        );
+        assert_ne!(code, 0, "{out}{err}");
+        assert!(err.contains(f), "names the file: {err}");
+        assert!(err.contains(said), "{err}");
+        let (code, listed, err) = cmd(
+            &[
+                "backups",
+                "list",
+                "--repository",
+                "fresh",
+                "--plan",
+                p,
+                "--json",
+            ],
+            &env,
+        );
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(listed.trim(), "[]", "nothing published");
+    }
+    let leftovers: Vec<PathBuf> = files_under(&ws.path("fresh"))
+        .into_iter()
+        .filter(|f| !f.ends_with("opsrunner-repository.json"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }
