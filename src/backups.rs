@@ -554,7 +554,10 @@ pub async fn check(
     let now = Utc::now();
     let usable = entries.iter().filter_map(|e| {
         let m = &e.backup.as_ref().ok()?.manifest;
-        database.is_none_or(|d| d == m.database).then_some((e, m))
+        // An export of rows is not a backup of the database.
+        (m.format != crate::repo::manifest::DumpFormat::Rows
+            && database.is_none_or(|d| d == m.database))
+        .then_some((e, m))
     });
     let newest = usable.clone().max_by_key(|(_, m)| m.created_at);
     let newest_verified = usable

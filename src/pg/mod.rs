@@ -16,6 +16,7 @@ pub mod lock;
 pub mod process;
 pub mod recovery;
 pub mod restore;
+pub mod rows;
 pub mod server;
 pub mod statements;
 pub mod swap;

@@ -110,6 +110,9 @@ pub async fn restore(
         DumpFormat::Base => Err(StepError::permanent(format!(
             "{id} is a base backup (a copy of a whole cluster): it is restored to a point in time with `to:`, not into a database"
         ))),
+        DumpFormat::Rows => Err(StepError::permanent(format!(
+            "{id} is an export of table rows (CSV or JSON Lines), not a dump: load it into a table with an `import` step"
+        ))),
         DumpFormat::Directory => {
             let (pg_restore, relay) = reader(ctx, want, server_major)?;
             let dir = spool_dir()?;

@@ -565,9 +565,9 @@ pub async fn select(
         .filter(|m| database.is_none_or(|d| d == m.database))
         .collect();
     let latest = || {
-        let mut newest: BTreeMap<&str, &Manifest> = BTreeMap::new();
+        let mut newest: BTreeMap<String, &Manifest> = BTreeMap::new();
         for m in &readable {
-            let slot = newest.entry(m.database.as_str()).or_insert(m);
+            let slot = newest.entry(m.series()).or_insert(m);
             if (m.created_at, &m.backup_id) > (slot.created_at, &slot.backup_id) {
                 *slot = m;
             }

@@ -233,7 +233,12 @@ pub async fn latest_and_skipped(
         .iter()
         .rev()
         .filter_map(|l| l.backup.as_ref().ok())
-        .filter(|c| c.manifest.format != super::manifest::DumpFormat::Base)
+        .filter(|c| {
+            !matches!(
+                c.manifest.format,
+                super::manifest::DumpFormat::Base | super::manifest::DumpFormat::Rows
+            )
+        })
         .find(|c| database.is_none_or(|d| c.manifest.database == d))
         .cloned();
     let mut skipped: Vec<(String, String)> = listed

@@ -12,8 +12,11 @@ use std::collections::{BTreeMap, BTreeSet};
 /// version that describes it: 2 only when a file holds several compressed frames (it has
 /// a [`SeekIndex`]), which an opsrunner that knows only version 1 would read as ending
 /// after the first — it says it cannot read the backup instead; 3 for file-level base
-/// backups ([`BaseMethod::Files`]), which an older opsrunner would take for a tar.
-pub const MANIFEST_VERSION: u32 = 3;
+/// backups ([`BaseMethod::Files`]), which an older opsrunner would take for a tar; 4 for
+/// exported table rows ([`DumpFormat::Rows`]), which it would take for a dump.
+pub const MANIFEST_VERSION: u32 = 4;
+/// The version of an `export` step's manifest (rows as CSV or JSON Lines).
+pub const MANIFEST_VERSION_ROWS: u32 = 4;
 /// The version of a manifest with a [`SeekIndex`].
 pub const MANIFEST_VERSION_INDEXED: u32 = 2;
 /// The version of a file-level base backup's manifest.
@@ -54,6 +57,42 @@ pub struct Manifest {
     /// which point-in-time recovery needs to choose it and to find its WAL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<BaseBackup>,
+    /// Exported rows (`format: rows`, an `export` step): what they are and how written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<RowsExport>,
+}
+
+/// What an `export` step wrote: the rows of one table or query, as CSV or JSON Lines.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub struct RowsExport {
+    pub format: RowsFormat,
+    /// `table "public"."orders"`, or `query`.
+    pub source: String,
+    /// The columns, in order (the CSV header's).
+    pub columns: Vec<String>,
+    /// How many rows were written.
+    pub rows: u64,
+}
+
+/// How exported rows are written.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RowsFormat {
+    /// RFC 4180 CSV with a header line, as PostgreSQL's `COPY … (FORMAT csv, HEADER)`
+    /// writes it: NULL is an empty field, an empty string `""`.
+    #[default]
+    Csv,
+    /// One JSON object per line (`row_to_json`): NULL is `null`.
+    Jsonl,
+}
+
+impl RowsFormat {
+    pub fn extension(self) -> &'static str {
+        match self {
+            RowsFormat::Csv => ".csv",
+            RowsFormat::Jsonl => ".jsonl",
+        }
+    }
 }
 
 /// What a base backup (a copy of a whole cluster's files by `pg_basebackup`) records
@@ -188,6 +227,9 @@ struct SealedPart {
     tables: Vec<String>,
     exclude_tables: Vec<String>,
     fingerprints: BTreeMap<String, TableFingerprint>,
+    /// An export's source and columns (which name tables), when it is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rows: Option<RowsExport>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
@@ -283,6 +325,10 @@ pub enum DumpFormat {
     /// point-in-time recovery. Not a `backup` step's format (so not in the plan schema).
     #[schemars(skip)]
     Base,
+    /// Rows of a table or query as CSV or JSON Lines (an `export` step): loaded by an
+    /// `import` step, never restored. Not a `backup` step's format.
+    #[schemars(skip)]
+    Rows,
 }
 
 impl DumpFormat {
@@ -292,6 +338,7 @@ impl DumpFormat {
             DumpFormat::Directory => "--format=directory",
             DumpFormat::Plain => "--format=plain",
             DumpFormat::Base => "--format=tar",
+            DumpFormat::Rows => "",
         }
     }
 }
@@ -393,6 +440,7 @@ impl Manifest {
             tables: std::mem::take(&mut self.options.tables),
             exclude_tables: std::mem::take(&mut self.options.exclude_tables),
             fingerprints: std::mem::take(&mut self.fingerprints),
+            rows: self.rows.take(),
         };
         let json = serde_json::to_vec(&part).map_err(std::io::Error::other)?;
         self.sealed = Some(recipients.seal(&json)?);
@@ -423,6 +471,9 @@ impl Manifest {
         self.options.tables = part.tables;
         self.options.exclude_tables = part.exclude_tables;
         self.fingerprints = part.fingerprints;
+        if part.rows.is_some() {
+            self.rows = part.rows;
+        }
         Ok(())
     }
 
@@ -597,6 +648,15 @@ impl Manifest {
         self.files
             .iter()
             .fold(0u64, |sum, f| sum.saturating_add(f.size))
+    }
+
+    /// What retention and `latest` count this backup among: its database, or for exported
+    /// rows the database's exports (an export never takes a backup's place).
+    pub fn series(&self) -> String {
+        match self.format {
+            DumpFormat::Rows => format!("{} (exports)", self.database),
+            _ => self.database.clone(),
+        }
     }
 
     /// The major version of the pg_dump that wrote the backup; restoring needs tools at

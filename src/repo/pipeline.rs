@@ -51,10 +51,25 @@ pub async fn store(
     recipients: Option<&Recipients>,
     seams: Option<&mut dyn Seams>,
 ) -> io::Result<FileEntry> {
+    let sink = store.create(backup_id, name).await?;
+    store_into(sink, name, input, compression, threads, recipients, seams).await
+}
+
+/// [`store`] into a sink of any store: a file of a backup, or a file of its own (an
+/// `export` step's). Committed when complete; dropped (discarded) on any error.
+pub async fn store_into(
+    sink: Box<dyn super::FileSink>,
+    name: &str,
+    input: impl AsyncRead + Send + Unpin,
+    compression: Compression,
+    threads: u32,
+    recipients: Option<&Recipients>,
+    seams: Option<&mut dyn Seams>,
+) -> io::Result<FileEntry> {
     let mut input = BufReader::with_capacity(CHUNK, input);
     let mut compressor = compression.compressor(threads);
     let mut sink = HashingWriter {
-        inner: store.create(backup_id, name).await?,
+        inner: sink,
         hasher: Sha256::new(),
         size: 0,
     };

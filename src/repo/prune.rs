@@ -39,7 +39,7 @@ pub async fn decide(store: &AnyStore, p: &Policy) -> Result<Vec<Decision>, Strin
                 candidates.push(Candidate {
                     parent: m.base.as_ref().and_then(|b| b.parent.clone()),
                     id: entry.id,
-                    database: m.database,
+                    database: m.series(),
                     created_at: m.created_at,
                     verification: entry.trust.verification().cloned(),
                 });

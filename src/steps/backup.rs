@@ -86,10 +86,10 @@ impl StepType for Backup {
 
     fn check(p: &BackupParams, _: &CheckScope<'_>) -> Vec<Problem> {
         let mut problems = Vec::new();
-        if p.format == DumpFormat::Base {
+        if matches!(p.format, DumpFormat::Base | DumpFormat::Rows) {
             problems.push(Problem::new(
                 &["format"],
-                "`format: base` is what a `base_backup` step writes; a `backup` step dumps `custom`, `directory` or `plain`",
+                "`format: base` is what a `base_backup` step writes, `format: rows` an `export` step; a `backup` step dumps `custom`, `directory` or `plain`",
             ));
         }
         if p.jobs.is_some() && p.format != DumpFormat::Directory {
@@ -167,7 +167,7 @@ pub fn describe(p: &BackupParams) -> String {
     s
 }
 
-fn id_safe(s: &str) -> String {
+pub(crate) fn id_safe(s: &str) -> String {
     s.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
@@ -251,6 +251,7 @@ pub async fn run(p: &BackupParams, ctx: &StepContext) -> Result<Outputs, StepErr
         encryption: None,
         sealed: None,
         base: None,
+        rows: None,
     };
     seal_and_publish(&store, &mut manifest, recipients.as_ref()).await?;
     let mut outputs = Outputs::new();
@@ -413,6 +414,9 @@ async fn dump(
             }
             DumpFormat::Base => Err(StepError::permanent(
                 "`format: base` is written by a `base_backup` step",
+            )),
+            DumpFormat::Rows => Err(StepError::permanent(
+                "`format: rows` is written by an `export` step",
             )),
         }
     };

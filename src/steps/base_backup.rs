@@ -307,6 +307,7 @@ pub async fn run(p: &BaseBackupParams, ctx: &StepContext) -> Result<Outputs, Ste
         encryption: None,
         sealed: None,
         base: Some(base.clone()),
+        rows: None,
     };
     super::backup::seal_and_publish(&store, &mut manifest, recipients.as_ref()).await?;
     ctx.events.output(

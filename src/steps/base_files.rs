@@ -371,6 +371,7 @@ async fn publish(
         encryption: None,
         sealed: None,
         base: Some(base.clone()),
+        rows: None,
     };
     super::backup::seal_and_publish(store, &mut manifest, recipients.as_ref()).await?;
     if !tally.damaged.is_empty() {

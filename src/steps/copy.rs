@@ -134,6 +134,23 @@ impl StepType for Copy {
     /// Which backups would be copied and which the destination holds already.
     async fn probe<'a>(p: &'a CopyParams, scope: Probe<'a>) -> Findings {
         const UNKNOWN: &str = "what would be copied is unknown";
+        let later: Vec<&str> = match &p.backups {
+            Some(Backups::One(id)) => vec![id.as_str()],
+            Some(Backups::Many(ids)) => ids.iter().map(String::as_str).collect(),
+            None => Vec::new(),
+        }
+        .into_iter()
+        .filter(|id| id.starts_with("(known after "))
+        .collect();
+        if !later.is_empty() {
+            return vec![format!(
+                "copies the backup {} to `{}`, with the parents and the WAL it needs that `{}` lacks",
+                later.join(", "),
+                p.to,
+                p.to
+            )]
+            .into();
+        }
         let from = match scope.open_source(&p.from, UNKNOWN).await {
             Ok(store) => store,
             Err(unread) => return Findings::unread(unread),

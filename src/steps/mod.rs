@@ -7,6 +7,8 @@ pub mod base_backup;
 pub mod base_files;
 pub mod base_parts;
 pub mod copy;
+pub mod export;
+pub mod import;
 pub mod migrate;
 pub mod pitr;
 pub mod pitr_directory;

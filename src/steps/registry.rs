@@ -159,6 +159,8 @@ pub static TYPES: &[Registration] = &[
     register::<super::reset::Reset>(),
     register::<super::prune::Prune>(),
     register::<super::copy::Copy>(),
+    register::<super::export::Export>(),
+    register::<super::import::Import>(),
     register::<super::wal_status::WalStatus>(),
     register::<super::pitr_mark::PitrMark>(),
     register::<super::webhook::Webhook>(),

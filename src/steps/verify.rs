@@ -363,7 +363,9 @@ pub async fn run(p: &VerifyParams, ctx: &StepContext) -> Result<Outputs, StepErr
             ));
         }
         checks.record(ctx, "archive", toc);
-        if let (Some(ns), true) = (&p.restore_into, toc_ok) {
+        if let (Some(ns), true, false) =
+            (&p.restore_into, toc_ok, manifest.format == DumpFormat::Rows)
+        {
             restore_ms =
                 restore_and_compare(ctx, &store, &manifest, ns, p.jobs, &mut checks).await?;
         }
@@ -582,6 +584,7 @@ async fn archive_contents(
     manifest: &Manifest,
 ) -> Result<String, String> {
     match manifest.format {
+        DumpFormat::Rows => crate::pg::rows::count_stored(ctx, store, manifest).await,
         DumpFormat::Base => {
             let dir = tempfile::Builder::new()
                 .prefix("opsrunner-verify-")

@@ -33,6 +33,7 @@ mod preview;
 mod prune_catalog;
 mod readme;
 mod repository_record;
+mod rows;
 mod s3_repository;
 mod saved_plans;
 mod schemas;
