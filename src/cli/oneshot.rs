@@ -172,6 +172,18 @@ pub(crate) struct RestoreArgs {
     /// directory in place, only what differs.
     #[arg(long)]
     delta: bool,
+    /// Only this table (repeatable; `orders`, `sales.orders`) with its sequences, indexes,
+    /// constraints, triggers and grants, into the existing --database beside the live one,
+    /// in the new schema --as. With --overwrite, its rows replace the live table's.
+    #[arg(long = "table", value_name = "TABLE")]
+    tables: Vec<String>,
+    /// Every table of this schema, as --table (repeatable).
+    #[arg(long = "schema", value_name = "SCHEMA")]
+    schemas: Vec<String>,
+    /// With --table or --schema: the new schema the tables land in (default
+    /// restored_ and the backup's date).
+    #[arg(long = "as", value_name = "SCHEMA")]
+    as_schema: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -362,6 +374,10 @@ pub(crate) const RESTORE_HELP: &str = "Examples:
   opsrunner restore --plan plans/nightly.yaml --repository local --target app --overwrite --confirm app
   opsrunner restore --repository pitr --plan plans/pitr.yaml --to-time 2026-12-07T14:01:00Z \\
       --data-directory /var/lib/postgresql/15/restored
+  opsrunner restore --plan plans/nightly.yaml --repository local --target app --database app \\
+      --table orders --as orders_back          # one table, beside the live one
+  opsrunner restore --plan plans/nightly.yaml --repository local --target app --database app \\
+      --table orders --overwrite --confirm app # its rows replace the live table's
 
 A restore never destroys what it replaces: it restores beside, checks, then swaps in.";
 
@@ -494,7 +510,39 @@ pub(crate) async fn restore(
         }
     };
     set(&mut step, "into", Some(into));
-    set(&mut step, "overwrite", a.overwrite.then_some(json!(true)));
+    if a.tables.is_empty() && a.schemas.is_empty() {
+        if a.as_schema.is_some() {
+            return Err(Failure::Usage(
+                "--as names the schema restored tables land in: give --table or --schema".into(),
+            ));
+        }
+        set(&mut step, "overwrite", a.overwrite.then_some(json!(true)));
+    } else {
+        let tables: Vec<Value> = a
+            .tables
+            .iter()
+            .map(|t| {
+                let name = b.text(t);
+                if a.overwrite {
+                    json!({ "name": name, "overwrite": true })
+                } else {
+                    name
+                }
+            })
+            .collect();
+        set(
+            &mut step,
+            "tables",
+            (!tables.is_empty()).then_some(Value::Array(tables)),
+        );
+        let schemas: Vec<Value> = a.schemas.iter().map(|s| b.text(s)).collect();
+        set(
+            &mut step,
+            "schemas",
+            (!schemas.is_empty()).then_some(Value::Array(schemas)),
+        );
+        set(&mut step, "as", a.as_schema.as_deref().map(|s| b.text(s)));
+    }
     set(&mut step, "jobs", a.jobs.map(|j| json!(j)));
     set(&mut step, "no_owner", a.no_owner.then_some(json!(true)));
     run(b, "restore", step, a.run, log, color).await

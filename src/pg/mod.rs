@@ -20,5 +20,6 @@ pub mod rows;
 pub mod server;
 pub mod statements;
 pub mod swap;
+pub mod tables;
 pub mod tools;
 pub mod unpack;

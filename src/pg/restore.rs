@@ -1411,6 +1411,17 @@ fn spool_error(path: &Path, e: &std::io::Error) -> StepError {
     ))
 }
 
+/// Decompresses one stored file of a backup to a local file (an archive for pg_restore).
+pub async fn unpack_file(
+    ctx: &StepContext,
+    store: &AnyStore,
+    manifest: &Manifest,
+    name: &str,
+    to: &Path,
+) -> Result<(), StepError> {
+    unpack(ctx, store, manifest, name, to, None).await
+}
+
 /// Decompresses one stored file to a local path.
 async fn unpack(
     ctx: &StepContext,

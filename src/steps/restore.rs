@@ -108,6 +108,59 @@ pub struct RestoreParams {
     /// Do not restore object owners and privileges (when the roles do not exist there).
     #[serde(default)]
     pub no_owner: bool,
+    /// Only these tables (`orders`, `sales.orders`, or `{ name: sales.orders, overwrite:
+    /// true }`), with what hangs on them (sequences, defaults, indexes, constraints,
+    /// triggers, grants), into the existing database `into` names — beside the live ones,
+    /// in the schema `as`. `overwrite` on a table replaces the live table's rows instead.
+    /// From a custom-format backup.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<TableSpec>,
+    /// Every table of these schemas, as `tables`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schemas: Vec<String>,
+    /// The new schema restored tables land in (default `restored_` and the backup's date,
+    /// e.g. `restored_20261207`; with tables of several schemas, `AS_SCHEMA` each).
+    #[serde(default, rename = "as", skip_serializing_if = "Option::is_none")]
+    pub as_schema: Option<String>,
+}
+
+/// A table to restore: its name, or its name and whether its rows replace the live ones.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum TableSpec {
+    Name(String),
+    Spec {
+        name: String,
+        /// Replace the live table's rows with the backup's (in one transaction; the live
+        /// definition stays). Destructive: `--confirm` on a protected target.
+        #[serde(default)]
+        overwrite: bool,
+    },
+}
+
+impl TableSpec {
+    pub fn name(&self) -> &str {
+        match self {
+            TableSpec::Name(n) | TableSpec::Spec { name: n, .. } => n,
+        }
+    }
+
+    pub fn overwrite(&self) -> bool {
+        matches!(
+            self,
+            TableSpec::Spec {
+                overwrite: true,
+                ..
+            }
+        )
+    }
+}
+
+impl RestoreParams {
+    /// A restore of some tables rather than of a whole database.
+    pub fn by_table(&self) -> bool {
+        !self.tables.is_empty() || !self.schemas.is_empty()
+    }
 }
 
 pub struct Restore;
@@ -127,6 +180,8 @@ impl StepType for Restore {
         "data_directory",
         "replaced",
         "skipped",
+        "tables",
+        "schema",
     ];
     const TARGET_PATH: &'static [&'static str] = &["into", "target"];
 
@@ -147,18 +202,51 @@ impl StepType for Restore {
     }
 
     fn destructive(p: &RestoreParams, _: &std::path::Path, _: bool) -> bool {
-        p.overwrite
+        p.overwrite || p.tables.iter().any(TableSpec::overwrite)
     }
 
     fn check(p: &RestoreParams, _: &CheckScope<'_>) -> Vec<Problem> {
-        let mut problems = p.into.problems(p.to.is_some());
+        let mut problems = p.into.problems(p.to.is_some() && !p.by_table());
+        for (i, t) in p.tables.iter().enumerate() {
+            if let Err(e) = crate::pg::tables::parse_name(t.name()) {
+                let index = i.to_string();
+                problems.push(Problem::new(&["tables", &index], e));
+            }
+        }
+        if p.by_table() {
+            if p.overwrite {
+                problems.push(
+                    Problem::new(&["overwrite"], "with `tables`, `overwrite` is said per table")
+                        .help("write `{ name: TABLE, overwrite: true }` for a table whose rows are replaced"),
+                );
+            }
+            if p.to.is_some() && p.into.data_directory.is_some() {
+                problems.push(Problem::new(
+                    &["into", "data_directory"],
+                    "tables recovered to a point in time go into a database (`into: { target, database }`), not a data directory",
+                ));
+            }
+            if p.into.database.is_none() {
+                problems.push(Problem::new(
+                    &["into", "database"],
+                    "tables are restored into a database: name it",
+                ));
+            }
+        } else if p.as_schema.is_some() {
+            problems.push(
+                Problem::new(&["as"], "`as` names the schema restored `tables` land in")
+                    .help("add `tables:` or `schemas:`, or remove `as`"),
+            );
+        }
         if let Some(to) = &p.to {
             problems.extend(to.problems("to"));
+            // With `tables`, the recovered copy is a source of tables for a database.
+            let by_table = p.by_table();
             for (set, key) in [
                 (p.overwrite, "overwrite"),
                 (p.jobs.is_some(), "jobs"),
-                (p.no_owner, "no_owner"),
-                (p.source_database.is_some(), "source_database"),
+                (p.no_owner && !by_table, "no_owner"),
+                (p.source_database.is_some() && !by_table, "source_database"),
             ] {
                 if set {
                     problems.push(Problem::new(
@@ -314,6 +402,39 @@ pub fn latest() -> String {
 }
 
 pub fn describe(p: &RestoreParams) -> String {
+    if p.by_table() {
+        let mut what: Vec<String> = p.tables.iter().map(|t| t.name().to_string()).collect();
+        what.extend(
+            p.schemas
+                .iter()
+                .map(|s| format!("every table of schema {s}")),
+        );
+        let overwritten: Vec<&str> = p
+            .tables
+            .iter()
+            .filter(|t| t.overwrite())
+            .map(TableSpec::name)
+            .collect();
+        return format!(
+            "restore {} of backup {} from repository `{}` into database `{}` on target `{}`, with their sequences, indexes, constraints, triggers and grants, beside the live tables in the new schema {}{}",
+            what.join(", "),
+            p.backup,
+            p.repository,
+            p.into.database.as_deref().unwrap_or("?"),
+            p.into.target.as_deref().unwrap_or("?"),
+            p.as_schema
+                .clone()
+                .unwrap_or_else(|| "restored_<the backup's date>".into()),
+            if overwritten.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; then the rows of {} replace the live rows (the restored copies are dropped)",
+                    overwritten.join(", ")
+                )
+            }
+        );
+    }
     if let Some(to) = &p.to {
         let which = if p.backup == "latest" {
             "the newest base backup that ends before the target".to_string()
@@ -446,6 +567,9 @@ pub fn say_skipped(ctx: &StepContext, chosen: &str, skipped: &[(String, String)]
 /// Restores beside, checks, then swaps (see [`crate::pg::swap`]): nothing happens to the
 /// database being replaced until a complete restore has passed its checks.
 pub async fn run(p: &RestoreParams, ctx: &StepContext) -> Result<Outputs, StepError> {
+    if let (Some(to), true) = (&p.to, p.by_table()) {
+        return tables_at(p, ctx, to).await;
+    }
     if let Some(to) = &p.to {
         if let Some(dir) = &p.into.data_directory {
             let request = super::pitr_directory::Request {
@@ -468,6 +592,9 @@ pub async fn run(p: &RestoreParams, ctx: &StepContext) -> Result<Outputs, StepEr
             to,
         };
         return super::pitr::run(&request, ctx).await;
+    }
+    if p.by_table() {
+        return run_tables(p, ctx).await;
     }
     let store = ctx.repository(&p.repository).await?;
     let (checked, skipped) = resolve(
@@ -543,6 +670,274 @@ pub async fn run(p: &RestoreParams, ctx: &StepContext) -> Result<Outputs, StepEr
     outputs.insert("database".into(), database.to_string());
     outputs.insert("replaced".into(), existing.to_string());
     outputs.insert("skipped".into(), skipped);
+    outputs.insert(
+        "duration_ms".into(),
+        clock.elapsed().as_millis().to_string(),
+    );
+    Ok(outputs)
+}
+
+/// `tables:`: some tables of a custom-format backup into an existing database, beside
+/// the live ones (see [`crate::pg::tables`]).
+async fn run_tables(p: &RestoreParams, ctx: &StepContext) -> Result<Outputs, StepError> {
+    let clock = Instant::now();
+    let store = ctx.repository(&p.repository).await?;
+    let (checked, skipped) = resolve(
+        &store,
+        &p.backup,
+        p.source_database.as_deref(),
+        &p.repository,
+    )
+    .await?;
+    let skipped = say_skipped(ctx, &checked.manifest.backup_id, &skipped);
+    listing::files_present(&store, &checked)
+        .await
+        .map_err(|e| crate::exec::io_error("before restoring", &e))?;
+    let mut manifest = checked.manifest;
+    ctx.unseal(&mut manifest)?;
+    if manifest.format != crate::repo::manifest::DumpFormat::Custom {
+        return Err(StepError::permanent(format!(
+            "backup {} is in the {:?} format: single tables are restored from a custom-format backup (the `backup` step's default)",
+            manifest.backup_id, manifest.format
+        )));
+    }
+    let database = p
+        .into
+        .database
+        .as_deref()
+        .ok_or_else(|| StepError::permanent("`into` names no database"))?;
+    let target = p.into.target_name()?;
+    let mut server = maintenance(ctx.target_url(target)?, database, target).await?;
+    into_exists(&mut server.conn, database, target).await?;
+    let as_schema = p
+        .as_schema
+        .clone()
+        .unwrap_or_else(|| format!("restored_{}", manifest.created_at.format("%Y%m%d")));
+    let spool = tempfile::Builder::new()
+        .prefix("opsrunner-restore-")
+        .tempdir()
+        .map_err(|e| StepError::permanent(format!("cannot make a temporary directory: {e}")))?;
+    let archive = spool.path().join("archive.pgdump");
+    restore::unpack_file(ctx, &store, &manifest, &manifest.files[0].name, &archive).await?;
+    let mut outputs = tables_into(
+        p,
+        ctx,
+        &mut server,
+        &archive,
+        manifest.pg_dump_major(),
+        &as_schema,
+    )
+    .await?;
+    outputs.insert("backup_id".into(), manifest.backup_id.clone());
+    outputs.insert("skipped".into(), skipped);
+    outputs.insert(
+        "duration_ms".into(),
+        clock.elapsed().as_millis().to_string(),
+    );
+    Ok(outputs)
+}
+
+/// Tables are restored into a database that exists.
+async fn into_exists(
+    conn: &mut sqlx::PgConnection,
+    database: &str,
+    target: &str,
+) -> Result<(), StepError> {
+    if db::exists(conn, database).await? {
+        return Ok(());
+    }
+    Err(StepError::permanent(format!(
+        "database `{database}` does not exist on target `{target}`: tables are restored into an existing database (restore the whole backup to make one)"
+    )))
+}
+
+/// The tables of the custom archive `archive` (written by a pg_dump of `archive_major`)
+/// into the database `into` names, through [`crate::pg::tables::restore`].
+async fn tables_into(
+    p: &RestoreParams,
+    ctx: &StepContext,
+    server: &mut Server,
+    archive: &std::path::Path,
+    archive_major: u32,
+    as_schema: &str,
+) -> Result<Outputs, StepError> {
+    let database = p
+        .into
+        .database
+        .as_deref()
+        .ok_or_else(|| StepError::permanent("`into` names no database"))?;
+    let target = p.into.target_name()?;
+    into_exists(&mut server.conn, database, target).await?;
+    let wanted = p
+        .tables
+        .iter()
+        .map(|t| {
+            let (schema, name) =
+                crate::pg::tables::parse_name(t.name()).map_err(StepError::permanent)?;
+            Ok(crate::pg::tables::Wanted {
+                schema,
+                name,
+                overwrite: t.overwrite(),
+            })
+        })
+        .collect::<Result<Vec<_>, StepError>>()?;
+    let into = server.info.with_database(database);
+    let request = crate::pg::tables::Request {
+        into: &into,
+        database,
+        tables: &wanted,
+        schemas: &p.schemas,
+        as_schema,
+        no_owner: p.no_owner,
+        archive_major,
+        server_major: server.major,
+    };
+    let restored = crate::pg::tables::restore(ctx, archive, &request).await?;
+    for note in &restored.left_out {
+        ctx.events
+            .output(&ctx.step_id, Stream::Stdout, note.clone());
+    }
+    for (table, rows) in &restored.tables {
+        ctx.events.output(
+            &ctx.step_id,
+            Stream::Stdout,
+            format!("{table}: {}", crate::diag::count(*rows as usize, "row")),
+        );
+    }
+    let mut outputs = Outputs::new();
+    outputs.insert("database".into(), database.to_string());
+    outputs.insert(
+        "tables".into(),
+        restored
+            .tables
+            .iter()
+            .map(|(t, _)| t.clone())
+            .collect::<Vec<_>>()
+            .join(" "),
+    );
+    outputs.insert("schema".into(), restored.schemas.join(" "));
+    Ok(outputs)
+}
+
+/// `tables:` with `to:`: the base backup recovered to the moment in a throwaway cluster
+/// of its major, the database dumped from it, its tables restored from that dump as from
+/// a logical backup (the "someone deleted rows at 14:02" case, in one step).
+async fn tables_at(
+    p: &RestoreParams,
+    ctx: &StepContext,
+    to: &super::pitr::PointInTime,
+) -> Result<Outputs, StepError> {
+    const RECOVERY: &str = "(the recovered copy)";
+    let clock = Instant::now();
+    // Where the tables go is checked before anything is recovered.
+    let target = p.into.target_name()?;
+    let into_db = p
+        .into
+        .database
+        .as_deref()
+        .ok_or_else(|| StepError::permanent("`into` names no database"))?;
+    let mut server = maintenance(ctx.target_url(target)?, into_db, target).await?;
+    into_exists(&mut server.conn, into_db, target).await?;
+    let store = ctx.repository(&p.repository).await?;
+    let bases = listing::base_backups(&store)
+        .await
+        .map_err(|e| crate::exec::io_error("listing the base backups", &e))?;
+    let chosen = match p.backup.as_str() {
+        "latest" => bases.last(),
+        id => bases.iter().find(|c| c.manifest.backup_id == id),
+    }
+    .ok_or_else(|| {
+        StepError::permanent(format!(
+            "repository `{}` holds no base backup {}",
+            p.repository,
+            if p.backup == "latest" { "" } else { &p.backup }
+        ))
+    })?;
+    let major = chosen.manifest.server_major();
+    let search = crate::pg::tools::Search::new(ctx.pg_bin_dirs.clone());
+    let run_as = p.into.run_as.clone().unwrap_or_else(|| "postgres".into());
+    let cluster = tokio::task::spawn_blocking(move || {
+        crate::pg::cluster::EphemeralCluster::start_major(&run_as, &search, major)
+    })
+    .await
+    .map_err(|e| StepError::permanent(format!("starting a throwaway cluster: {e}")))?
+    .map_err(|e| {
+        StepError::permanent(format!(
+            "cannot start a throwaway PostgreSQL {major} cluster to recover into: {e}"
+        ))
+    })?;
+    let mut inner = ctx.clone();
+    inner.ephemeral.insert(RECOVERY.into(), cluster.handle());
+    inner
+        .targets
+        .insert(RECOVERY.into(), cluster.url("postgres"));
+    let request = super::pitr::Request {
+        repository: &p.repository,
+        backup: &p.backup,
+        target: RECOVERY,
+        to,
+    };
+    let recovered = super::pitr::run(&request, &inner).await?;
+    let database = p
+        .source_database
+        .as_deref()
+        .or(p.into.database.as_deref())
+        .ok_or_else(|| StepError::permanent("`into` names no database"))?;
+    let spool = tempfile::Builder::new()
+        .prefix("opsrunner-restore-")
+        .tempdir()
+        .map_err(|e| StepError::permanent(format!("cannot make a temporary directory: {e}")))?;
+    let archive = spool.path().join("recovered.pgdump");
+    let pg_dump = crate::pg::server::tool(ctx, "pg_dump", crate::pg::tools::Want::Client(major))?;
+    let source = crate::pg::conn::ConnInfo::parse(&cluster.url(database))?;
+    crate::pg::process::PgProcess::spawn(
+        &pg_dump.path,
+        &[
+            "--format=custom".into(),
+            // Its table of contents is read by opsrunner, which reads uncompressed ones.
+            "--compress=0".into(),
+            "--no-sync".into(),
+            format!("--file={}", archive.display()),
+            format!("--dbname={}", source.public_url()),
+        ],
+        ctx,
+        |c| source.apply_to(c),
+        false,
+        false,
+    )?
+    .finish(ctx)
+    .await
+    .map_err(|e| StepError {
+        message: format!(
+            "dumping database `{database}` of the recovered copy: {} (`source_database` names the database the tables are in)",
+            e.message
+        ),
+        ..e
+    })?;
+    let reached = recovered.get("reached_time").cloned().unwrap_or_default();
+    let as_schema = p.as_schema.clone().unwrap_or_else(|| {
+        let at = chrono::DateTime::parse_from_rfc3339(&reached)
+            .map(|t| {
+                t.with_timezone(&chrono::Utc)
+                    .format("%Y%m%d_%H%M%S")
+                    .to_string()
+            })
+            .unwrap_or_else(|_| chrono::Utc::now().format("%Y%m%d_%H%M%S").to_string());
+        format!("restored_{at}")
+    });
+    let mut outputs = tables_into(p, ctx, &mut server, &archive, major, &as_schema).await?;
+    drop(cluster);
+    for key in [
+        "backup_id",
+        "reached_lsn",
+        "reached_time",
+        "timeline",
+        "wal_segments",
+    ] {
+        if let Some(v) = recovered.get(key) {
+            outputs.insert(key.into(), v.clone());
+        }
+    }
     outputs.insert(
         "duration_ms".into(),
         clock.elapsed().as_millis().to_string(),

@@ -24,6 +24,7 @@ mod hostile_inputs;
 mod incremental;
 mod migrate_seed_reset;
 mod mistakes;
+mod one_table_back;
 mod oneshot;
 mod pg_targets;
 mod pitr;
