@@ -107,7 +107,7 @@ name: bench-backup
 targets:
   db: { url: "$URL" }
 repositories:
-  repo: { url: "file://$WORK/repo" }
+  repo: { url: "file://$WORK/repo", create: true }
 steps:
   - { id: backup, type: backup, target: db, repository: repo${1:-} }
 YAML
@@ -119,7 +119,7 @@ name: bench-restore
 targets:
   db: { url: "$URL" }
 repositories:
-  repo: { url: "file://$WORK/repo" }
+  repo: { url: "file://$WORK/repo", create: true }
 steps:
   - { id: restore, type: restore, repository: repo, backup: $1, into: { target: db, database: ${2:-r_ops} }${3-, jobs: 2} }
 YAML

@@ -25,7 +25,7 @@ use std::io;
 /// Where an unfinished copy records the files it has written: their SHA-256 as stored at
 /// the destination, which a re-encrypted file does not share with its source. Deleted once
 /// the manifest is published.
-pub const JOURNAL_NAME: &str = "copy-journal.json";
+pub use super::manifest::COPY_JOURNAL_NAME as JOURNAL_NAME;
 
 /// A file an unfinished copy wrote: the source file it came from and what it is now.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -191,7 +191,7 @@ impl Copy<'_> {
         let source = &checked.manifest;
         let id = &source.backup_id;
         let how = How::of(source, self.recipients);
-        if let Some(there) = self.published(source).await? {
+        if let Some(there) = self.published(source, how).await? {
             listing::files_present(self.to, &there).await.map_err(|e| {
                 format!(
                     "backup {id} is already in {} but {e}; remove it there (`opsrunner backups delete`) and copy again",
@@ -296,16 +296,23 @@ impl Copy<'_> {
 
     /// The destination's manifest of the backup when it is published there: the same
     /// backup (the same id, database and start), or an error when another one has its id.
-    async fn published(&self, source: &Manifest) -> Result<Option<Checked>, String> {
+    async fn published(&self, source: &Manifest, how: How) -> Result<Option<Checked>, String> {
         let id = &source.backup_id;
         match listing::manifest(self.to, id).await {
             Ok(there) => {
                 let m = &there.manifest;
-                let names =
-                    |m: &Manifest| m.files.iter().map(|f| f.name.clone()).collect::<Vec<_>>();
+                let names: Vec<String> = m.files.iter().map(|f| f.name.clone()).collect();
+                // As a copy names them (an encrypted copy's end in `.age`), or as they are
+                // (a copy made while the destination encrypted otherwise).
+                let copied: Vec<String> = source
+                    .files
+                    .iter()
+                    .map(|f| stored_name(&f.name, how))
+                    .collect();
+                let same: Vec<String> = source.files.iter().map(|f| f.name.clone()).collect();
                 if m.database != source.database
                     || m.created_at != source.created_at
-                    || names(m) != names(source)
+                    || (names != copied && names != same)
                 {
                     return Err(format!(
                         "{} already holds another backup with id {id} (of database `{}`, taken {}); not replacing it",

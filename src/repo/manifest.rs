@@ -413,6 +413,8 @@ impl Verification {
 }
 
 pub const VERIFICATION_NAME: &str = "verification.json";
+/// Where an unfinished copy between repositories records the files it has written.
+pub const COPY_JOURNAL_NAME: &str = "copy-journal.json";
 
 /// A file name in a manifest: `/`-separated, relative, inside the backup, and none of the
 /// repository's own files.
@@ -423,7 +425,7 @@ fn check_file_name(name: &str) -> Result<(), String> {
         || name
             .split('/')
             .any(|part| part.is_empty() || part.starts_with('.') || part.len() > 255)
-        || [MANIFEST_NAME, VERIFICATION_NAME, super::copy::JOURNAL_NAME].contains(&name);
+        || [MANIFEST_NAME, VERIFICATION_NAME, COPY_JOURNAL_NAME].contains(&name);
     if bad {
         return Err(format!(
             "file name `{}` is not one a backup can hold",

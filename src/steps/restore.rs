@@ -596,19 +596,7 @@ pub async fn run(p: &RestoreParams, ctx: &StepContext) -> Result<Outputs, StepEr
     if p.by_table() {
         return run_tables(p, ctx).await;
     }
-    let store = ctx.repository(&p.repository).await?;
-    let (checked, skipped) = resolve(
-        &store,
-        &p.backup,
-        p.source_database.as_deref(),
-        &p.repository,
-    )
-    .await?;
-    let skipped = say_skipped(ctx, &checked.manifest.backup_id, &skipped);
-    listing::files_present(&store, &checked)
-        .await
-        .map_err(|e| crate::exec::io_error("before restoring", &e))?;
-    let mut manifest = checked.manifest;
+    let (store, mut manifest, skipped) = chosen(p, ctx).await?;
     // Before the target is touched: without the right key there is nothing to restore.
     ctx.unseal(&mut manifest)?;
     let database = p
@@ -677,10 +665,19 @@ pub async fn run(p: &RestoreParams, ctx: &StepContext) -> Result<Outputs, StepEr
     Ok(outputs)
 }
 
-/// `tables:`: some tables of a custom-format backup into an existing database, beside
-/// the live ones (see [`crate::pg::tables`]).
-async fn run_tables(p: &RestoreParams, ctx: &StepContext) -> Result<Outputs, StepError> {
-    let clock = Instant::now();
+/// The backup a logical restore uses, its files there and said, and the newer damaged
+/// backups `latest` passed over.
+async fn chosen(
+    p: &RestoreParams,
+    ctx: &StepContext,
+) -> Result<
+    (
+        crate::repo::AnyStore,
+        crate::repo::manifest::Manifest,
+        String,
+    ),
+    StepError,
+> {
     let store = ctx.repository(&p.repository).await?;
     let (checked, skipped) = resolve(
         &store,
@@ -693,7 +690,14 @@ async fn run_tables(p: &RestoreParams, ctx: &StepContext) -> Result<Outputs, Ste
     listing::files_present(&store, &checked)
         .await
         .map_err(|e| crate::exec::io_error("before restoring", &e))?;
-    let mut manifest = checked.manifest;
+    Ok((store, checked.manifest, skipped))
+}
+
+/// `tables:`: some tables of a custom-format backup into an existing database, beside
+/// the live ones (see [`crate::pg::tables`]).
+async fn run_tables(p: &RestoreParams, ctx: &StepContext) -> Result<Outputs, StepError> {
+    let clock = Instant::now();
+    let (store, mut manifest, skipped) = chosen(p, ctx).await?;
     ctx.unseal(&mut manifest)?;
     if manifest.format != crate::repo::manifest::DumpFormat::Custom {
         return Err(StepError::permanent(format!(

@@ -681,3 +681,93 @@ steps:
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[test]
+fn a_copy_goes_from_one_object_store_to_the_other_and_back_out_as_a_file() {
+    use crate::azure::{Azurite, CONTAINER};
+    let ws = Workspace::new();
+    let server = S3Server::start(&ws.path("s3"));
+    let azurite = Azurite::start();
+    let cluster = Cluster::start();
+    cluster.psql("postgres", "create database app");
+    cluster.psql(
+        "app",
+        "create table t (id int primary key, note text); insert into t select g, md5(g::text) from generate_series(1, 5000) g",
+    );
+    let plan = ws.write_plan(&format!(
+        r#"
+version: 1
+name: stores
+targets:
+  db: {{ url: "{{{{ env.DATABASE_URL }}}}" }}
+repositories:
+  s3: {{ url: "s3://{BUCKET}/app", create: true, endpoint: "{s3}", force_path_style: true }}
+  azure: {{ url: "azure://{CONTAINER}/app", create: true, endpoint: "{azure}" }}
+  local: {{ url: "file://{local}", create: true }}
+steps:
+  - {{ id: backup, type: backup, target: db, database: app, repository: s3 }}
+"#,
+        s3 = server.endpoint,
+        azure = azurite.endpoint,
+        local = ws.path("local").display(),
+    ));
+    let mut env = crate::s3::aws_env();
+    env.extend(azurite.env());
+    env.push(("DATABASE_URL", cluster.url("postgres")));
+    let p = plan.to_str().unwrap();
+    let (code, out, err) = cmd(&["apply", p], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    for name in ["azure", "local"] {
+        let (code, out, err) = cmd(&["repo", "init", name, "--plan", p], &env);
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    let (code, out, err) = cmd(
+        &[
+            "backups", "copy", "--plan", p, "--from", "s3", "--to", "azure", "all",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let id = output(&out, "copied").to_string();
+    let (code, out, err) = cmd(&["verify", "--plan", p, "--repository", "azure"], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        output(&out, "checks").contains("fingerprints=pass"),
+        "{out}"
+    );
+
+    let file = ws.path("app.tar");
+    let f = file.to_str().unwrap();
+    let (code, out, err) = cmd(
+        &[
+            "backups",
+            "export",
+            &id,
+            f,
+            "--plan",
+            p,
+            "--repository",
+            "azure",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = cmd(
+        &["backups", "import", f, "--plan", p, "--repository", "local"],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("imported {id}")), "{out}");
+    let (code, out, err) = cmd(
+        &[
+            "verify",
+            "--plan",
+            p,
+            "--repository",
+            "local",
+            "--no-restore",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+}

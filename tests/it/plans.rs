@@ -411,10 +411,19 @@ fn the_offsite_plan_backs_up_encrypted_into_s3_as_shipped() {
     env.push(("AWS_ENDPOINT_URL", server.endpoint.clone()));
     env.push(("DATABASE_URL", url.clone()));
     env.push(("BACKUP_RECIPIENTS_FILE", recipients.display().to_string()));
-    let local = ws.path("local");
-    env.push(("BACKUP_DIR", local.display().to_string()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let plan = shipped("plans/offsite.yaml");
+    // As shipped, but with its local repository in the workspace, not /var/backups.
+    let text = std::fs::read_to_string(shipped("plans/offsite.yaml")).unwrap();
+    assert!(text.contains("file:///var/backups/app\n"), "{text}");
+    let plan = ws.path("offsite.yaml");
+    std::fs::write(
+        &plan,
+        text.replace(
+            "file:///var/backups/app\n",
+            &format!("file://{}\n", ws.path("local").display()),
+        ),
+    )
+    .unwrap();
     // As its header says: the repositories are made once, with the plan's encryption.
     for (name, said) in [
         ("local", "not encrypted"),
@@ -452,6 +461,17 @@ fn the_offsite_plan_backs_up_encrypted_into_s3_as_shipped() {
     );
     assert_eq!(applied.status("prune-local"), "succeeded");
     assert_eq!(applied.status("prune-offsite"), "succeeded");
+    // Copied again: there already, by its encrypted copy's names.
+    let (code, out, err) = crate::common::run(
+        opsrunner()
+            .args([
+                "backups", "copy", "--from", "local", "--to", "offsite", "--plan",
+            ])
+            .arg(&plan)
+            .envs(env.iter().copied()),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("present: {id}")), "{out}");
     let stored = crate::common::files_under(&ws.path("s3").join("acme-backups"));
     let dumps: Vec<_> = stored
         .iter()

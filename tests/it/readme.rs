@@ -201,6 +201,11 @@ fn every_command_in_the_readme_runs() {
     // `backups list/show/check`), a failed night (for `--resume RUN_ID`), two versions of
     // a plan (for `diff old.yaml new.yaml`).
     let words = |s: &str| -> Vec<String> { s.split_whitespace().map(str::to_string).collect() };
+    // A table for "one table back" to bring back.
+    cluster.psql(
+        "app",
+        "set role ops; create table orders (id int primary key, note text); insert into orders select g, 'order ' || g from generate_series(1, 10) g",
+    );
     let (code, _, err) = readme_run.opsrunner(&words("repo init local --plan plans/nightly.yaml"));
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = readme_run.opsrunner(&words("apply plans/nightly.yaml"));
