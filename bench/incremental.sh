@@ -125,7 +125,7 @@ name: bench-base
 targets:
   db: { url: "postgres://postgres@localhost:$PORT/postgres?host=$SOCK", data_directory: "$DIR/data" }
 repositories:
-  repo: { url: "file://$DIR/ops" }
+  repo: { url: "file://$DIR/ops", create: true }
 steps:
   - { id: base, type: base_backup, target: db, repository: repo, kind: $1, jobs: 2 }
 YAML
@@ -145,7 +145,7 @@ ops_restore() { # ID DIR [delta | timestamps]
 version: 1
 name: bench-restore
 repositories:
-  repo: { url: "file://$DIR/ops" }
+  repo: { url: "file://$DIR/ops", create: true }
 steps:
   - { id: restore, type: restore, repository: repo, backup: "$1", to: { latest: true }, into: { data_directory: "$2"$extra } }
 YAML

@@ -73,7 +73,7 @@ name: bench-base
 targets:
   db: { url: "postgres://postgres@localhost:$port/postgres?host=$dir/sock" }
 repositories:
-  repo: { url: "file://$dir/repo" }
+  repo: { url: "file://$dir/repo", create: true }
 steps:
   - { id: base, type: base_backup, target: db, repository: repo }
 YAML
@@ -83,7 +83,7 @@ name: bench-pitr
 targets:
   drill: { ephemeral: true }
 repositories:
-  repo: { url: "file://$dir/repo" }
+  repo: { url: "file://$dir/repo", create: true }
 steps:
   - { id: restore, type: restore, repository: repo, to: { latest: true }, into: { target: drill } }
 YAML

@@ -38,9 +38,9 @@ steps:
   - { id: backup, type: backup, target: db, repository: repo }
 YAML
 }
-plan local "{ url: \"file://$WORK/repo\" }"
-plan s3 "{ url: \"s3://backups-bucket/bench\", endpoint: \"http://127.0.0.1:$S3PORT\", force_path_style: true }"
-plan s3_age "{ url: \"s3://backups-bucket/bench-age\", endpoint: \"http://127.0.0.1:$S3PORT\", force_path_style: true, encryption: { recipients: [\"$RECIPIENT\"] } }"
+plan local "{ url: \"file://$WORK/repo\", create: true }"
+plan s3 "{ url: \"s3://backups-bucket/bench\", endpoint: \"http://127.0.0.1:$S3PORT\", force_path_style: true, create: true }"
+plan s3_age "{ url: \"s3://backups-bucket/bench-age\", endpoint: \"http://127.0.0.1:$S3PORT\", force_path_style: true, encryption: { recipients: [\"$RECIPIENT\"] }, create: true }"
 
 declare -A BEST BEST_RSS BYTES
 VARIANTS="local s3 s3_age"
@@ -66,7 +66,7 @@ cat >"$WORK/verify.yaml" <<YAML
 version: 1
 name: bench-verify
 repositories:
-  repo: { url: "s3://backups-bucket/bench", endpoint: "http://127.0.0.1:$S3PORT", force_path_style: true }
+  repo: { url: "s3://backups-bucket/bench", endpoint: "http://127.0.0.1:$S3PORT", force_path_style: true, create: true }
 steps:
   - { id: verify, type: verify, repository: repo, backup: latest }
 YAML

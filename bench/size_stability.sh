@@ -37,7 +37,7 @@ name: size
 targets:
   db: { url: "postgres://postgres@localhost:5487/app?host=$WORK/sock" }
 repositories:
-  repo: { url: "file://$WORK/repo" }
+  repo: { url: "file://$WORK/repo", create: true }
 steps:
   - { id: backup, type: backup, target: db, repository: repo }
 YAML

@@ -60,7 +60,7 @@ cat >"$WORK/s3.yaml" <<YAML
 version: 1
 name: walbench
 repositories:
-  s3: { url: "s3://backups-bucket/wal", endpoint: "http://127.0.0.1:$S3PORT", force_path_style: true }
+  s3: { url: "s3://backups-bucket/wal", endpoint: "http://127.0.0.1:$S3PORT", force_path_style: true, create: true }
 steps:
   - { id: noop, type: shell, command: "true" }
 YAML

@@ -46,12 +46,17 @@ impl RecordCounter {
     }
 
     pub fn feed(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            match b {
-                b'"' if self.csv => self.in_quotes = !self.in_quotes,
-                b'\n' if !self.in_quotes => self.records += 1,
-                _ => {}
+        if self.csv {
+            // Only quotes and line breaks matter: found by memchr, not byte by byte.
+            for at in memchr::memchr2_iter(b'"', b'\n', bytes) {
+                match bytes[at] {
+                    b'"' => self.in_quotes = !self.in_quotes,
+                    _ if !self.in_quotes => self.records += 1,
+                    _ => {}
+                }
             }
+        } else {
+            self.records += memchr::memchr_iter(b'\n', bytes).count() as u64;
         }
         if let Some(&b) = bytes.last() {
             self.last = Some(b);
@@ -193,18 +198,30 @@ pub async fn copy_out<'c>(
     let counter = Arc::new(Mutex::new(RecordCounter::new(format)));
     let seen = counter.clone();
     let mut unescape = (format == RowsFormat::Jsonl).then(Unescape::default);
+    // The server sends a message per row: rows that have arrived are taken together, so
+    // that what follows (counting, compression) works on large pieces, not 100 bytes.
     let stream = conn
         .copy_out_raw(&statement)
         .await
         .map_err(|e| classify(&e, &format!("exporting {described}")))?
-        .map(move |chunk| {
-            let chunk = chunk.map_err(|e| std::io::Error::other(super::conn::error_text(&e)))?;
-            let chunk = match &mut unescape {
-                Some(u) => bytes::Bytes::from(u.apply(&chunk)),
-                None => chunk,
-            };
-            seen.lock().expect("not poisoned").feed(&chunk);
-            Ok::<_, std::io::Error>(chunk)
+        .ready_chunks(4096)
+        .map(move |chunks| {
+            let mut piece = Vec::with_capacity(
+                chunks
+                    .iter()
+                    .map(|c| c.as_ref().map_or(0, |c| c.len()))
+                    .sum(),
+            );
+            for chunk in chunks {
+                let chunk =
+                    chunk.map_err(|e| std::io::Error::other(super::conn::error_text(&e)))?;
+                match &mut unescape {
+                    Some(u) => piece.extend(u.apply(&chunk)),
+                    None => piece.extend_from_slice(&chunk),
+                }
+            }
+            seen.lock().expect("not poisoned").feed(&piece);
+            Ok::<_, std::io::Error>(bytes::Bytes::from(piece))
         });
     Ok((
         Box::pin(tokio_util::io::StreamReader::new(stream)),

@@ -236,7 +236,7 @@ impl Copy<'_> {
                 .map_err(|e| format!("{}: {e}", self.from.uri(id)))?;
             let name = stored_name(&f.name, how);
             let entry =
-                pipeline::store_recoded(self.to, id, &name, stored.reader, &recode, Some(f)).await;
+                pipeline::store_recoded(self.to, id, &name, stored.reader, &recode, f).await;
             let verdict = stored.verdict.wait().await;
             let entry = match (entry, verdict) {
                 (_, Err(e)) => {

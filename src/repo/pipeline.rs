@@ -82,7 +82,7 @@ pub async fn store_into(
             let mut raw_at = 0u64;
             let mut seams = seams;
             loop {
-                let n = input.read(&mut buf).await?;
+                let n = fill(&mut input, &mut buf).await?;
                 if n == 0 {
                     break;
                 }
@@ -123,7 +123,7 @@ pub async fn store_into(
         Some(recipients) => {
             let mut writer = EncryptingWriter::new(recipients, &mut sink).await?;
             loop {
-                let n = input.read(&mut buf).await?;
+                let n = fill(&mut input, &mut buf).await?;
                 if n == 0 {
                     break;
                 }
@@ -133,18 +133,21 @@ pub async fn store_into(
             writer.finish().await?;
         }
     }
-    let HashingWriter {
-        inner,
-        hasher,
-        size,
-    } = sink;
-    inner.commit().await?;
-    Ok(FileEntry {
-        name: name.to_string(),
-        size,
-        sha256: crate::digest::hex(&hasher.finalize()),
-        index,
-    })
+    sink.commit(name, index).await
+}
+
+/// Reads until `buf` is full or the input ends: a source that hands over small pieces (a
+/// row at a time) still reaches the compressor in large ones.
+async fn fill(input: &mut (impl AsyncRead + Unpin), buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = input.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    Ok(filled)
 }
 
 /// How a copy changes a stored file on its way between repositories. Compression is never
@@ -163,27 +166,44 @@ pub enum Recode<'a> {
     },
 }
 
-/// Writes `input`, the stored bytes of a file, as file `name` of backup `backup_id`,
-/// recoded. Nothing is committed unless `input` ends cleanly and, when `expect` is given,
-/// what was read has its size and SHA-256 (a recoded file's own are in the entry
-/// returned).
+/// Writes `input`, the stored bytes of a file described by `source`, as file `name` of
+/// backup `backup_id`, recoded; the entry of what was written. `input` must be checked
+/// against `source` on the way by whoever made it (a [`load_stored`] reader is: it fails
+/// before its end when the bytes differ) — nothing is committed unless it ends cleanly.
+/// Bytes copied unchanged are hashed once, there, not again here: they are `source`'s.
 pub async fn store_recoded(
     store: &impl BackupStore,
     backup_id: &str,
     name: &str,
     input: Reader,
     recode: &Recode<'_>,
-    expect: Option<&FileEntry>,
+    source: &FileEntry,
 ) -> io::Result<FileEntry> {
+    let mut sink = store.create(backup_id, name).await?;
+    if let Recode::Unchanged = recode {
+        let mut input = BufReader::with_capacity(CHUNK, input);
+        let copied = tokio::io::copy_buf(&mut input, &mut sink).await?;
+        if copied != source.size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{name}: {copied} bytes read, the manifest says {}",
+                    source.size
+                ),
+            ));
+        }
+        sink.commit().await?;
+        return Ok(FileEntry {
+            name: name.to_string(),
+            ..source.clone()
+        });
+    }
     let mut sink = HashingWriter {
-        inner: store.create(backup_id, name).await?,
+        inner: sink,
         hasher: Sha256::new(),
         size: 0,
     };
-    let seen = Arc::new(std::sync::Mutex::new((Sha256::new(), 0u64)));
-    let input = crate::counting::Tap::new(input, SeenBytes(seen.clone()));
     let plain: Reader = match recode {
-        Recode::Unchanged | Recode::Encrypt(_) => Box::pin(input),
         Recode::Reencrypt {
             identities, from, ..
         } => {
@@ -191,67 +211,24 @@ pub async fn store_recoded(
                 .decrypt(input, &format!("backup {backup_id}"), from)
                 .await?
         }
+        _ => input,
     };
     let mut plain = BufReader::with_capacity(CHUNK, plain);
-    match recode {
-        Recode::Unchanged => {
-            tokio::io::copy_buf(&mut plain, &mut sink).await?;
-        }
-        Recode::Encrypt(to) | Recode::Reencrypt { to, .. } => {
-            let mut writer = EncryptingWriter::new(to, &mut sink).await?;
-            let mut buf = vec![0u8; CHUNK];
-            loop {
-                let n = plain.read(&mut buf).await?;
-                if n == 0 {
-                    break;
-                }
-                writer.write_all(&buf[..n]).await?;
+    if let Recode::Encrypt(to) | Recode::Reencrypt { to, .. } = recode {
+        let mut writer = EncryptingWriter::new(to, &mut sink).await?;
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = plain.read(&mut buf).await?;
+            if n == 0 {
+                break;
             }
-            writer.finish().await?;
+            writer.write_all(&buf[..n]).await?;
         }
+        writer.finish().await?;
     }
-    if let Some(expect) = expect {
-        let (hasher, size) = std::mem::take(&mut *seen.lock().expect("not poisoned"));
-        let sha = crate::digest::hex(&hasher.finalize());
-        if size != expect.size || sha != expect.sha256 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "{name}: {size} bytes with SHA-256 {sha}, the manifest says {} bytes with {} (truncated or damaged)",
-                    expect.size, expect.sha256
-                ),
-            ));
-        }
-    }
-    let HashingWriter {
-        inner,
-        hasher,
-        size,
-    } = sink;
-    inner.commit().await?;
-    let index = match recode {
-        // Where frames start is where they start in the stored bytes, which encryption
-        // changes: an encrypted file has no index.
-        Recode::Unchanged => expect.and_then(|e| e.index.clone()),
-        _ => None,
-    };
-    Ok(FileEntry {
-        name: name.to_string(),
-        size,
-        sha256: crate::digest::hex(&hasher.finalize()),
-        index,
-    })
-}
-
-/// Hashes and counts what a [`crate::counting::Tap`] sees.
-struct SeenBytes(Arc<std::sync::Mutex<(Sha256, u64)>>);
-
-impl crate::counting::Sees for SeenBytes {
-    fn see(&mut self, bytes: &[u8]) {
-        let mut seen = self.0.lock().expect("not poisoned");
-        seen.0.update(bytes);
-        seen.1 += bytes.len() as u64;
-    }
+    // Where frames start is where they start in the stored bytes, which encryption
+    // changes: an encrypted file has no index.
+    sink.commit(name, None).await
 }
 
 /// Hashes and counts the bytes on their way into a repository file: the manifest records
@@ -260,6 +237,19 @@ struct HashingWriter {
     inner: Box<dyn super::FileSink>,
     hasher: Sha256,
     size: u64,
+}
+
+impl HashingWriter {
+    /// Publishes the file written; its entry in a manifest.
+    async fn commit(self, name: &str, index: Option<SeekIndex>) -> io::Result<FileEntry> {
+        self.inner.commit().await?;
+        Ok(FileEntry {
+            name: name.to_string(),
+            size: self.size,
+            sha256: crate::digest::hex(&self.hasher.finalize()),
+            index,
+        })
+    }
 }
 
 impl AsyncWrite for HashingWriter {

@@ -508,8 +508,18 @@ async fn upload_parts(
                     .part_number(number)
                     .set_checksum_algorithm(t.checksums.then_some(ChecksumAlgorithm::Crc32))
                     .body(ByteStream::from(t.pool.body(bytes)))
-                    .customize()
-                    .config_override(upload_timeouts(size));
+                    .customize();
+                // A part with a CRC32 the store checks is not also hashed with SHA-256 for
+                // the signature (`UNSIGNED-PAYLOAD`, as the AWS CLI sends over TLS): that
+                // was a third pass over every byte on a machine with two cores, and the
+                // file's own SHA-256 is in the manifest for `verify`. Without checksums the
+                // signature stays the part's only check.
+                let request = if t.checksums {
+                    request.disable_payload_signing()
+                } else {
+                    request
+                };
+                let request = request.config_override(upload_timeouts(size));
                 let (n, key, place) = (number, t.key.clone(), t.place.clone());
                 running.spawn(async move {
                     let out = request.send().await.map_err(|e| {

@@ -770,4 +770,27 @@ steps:
         &env,
     );
     assert_eq!(code, 0, "{out}{err}");
+
+    // By a retention rule: of two backups, the one `--keep-last 1` keeps.
+    let (code, out, err) = cmd(&["apply", p], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    let keep = [
+        "backups",
+        "copy",
+        "--plan",
+        p,
+        "--from",
+        "s3",
+        "--to",
+        "azure",
+        "--keep-last",
+        "1",
+    ];
+    let (code, out, err) = cmd(&[&keep[..], &["--dry-run"]].concat(), &env);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!out.contains(&id), "only the newest: {out}");
+    let (code, out, err) = cmd(&keep, &env);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_ne!(output(&out, "copied"), id, "{out}");
+    assert!(!out.contains("present: "), "{out}");
 }
