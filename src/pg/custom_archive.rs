@@ -378,7 +378,11 @@ enum Head {
     Unsupported(String),
 }
 
-fn parse_head(bytes: &[u8]) -> Head {
+/// The head of an archive: a custom archive's (format 1), or with `toc_only` also a
+/// directory archive's `toc.dat` (format 3, whose entries name their data files instead
+/// of giving offsets) and archives whose data pg_dump compressed — what only the table
+/// of contents is read of.
+fn parse_head(bytes: &[u8], toc_only: bool) -> Head {
     macro_rules! need {
         ($e:expr) => {
             match $e {
@@ -408,7 +412,8 @@ fn parse_head(bytes: &[u8]) -> Head {
         return Head::Unsupported(format!("integer size {int_size}, offset size {off_size}"));
     }
     c.int_size = int_size;
-    if need!(c.byte()) != 1 {
+    let format = need!(c.byte());
+    if format != 1 && !(toc_only && format == 3) {
         return Head::Unsupported("not the custom format".into());
     }
     let compressed = if version >= 0x010f {
@@ -416,7 +421,7 @@ fn parse_head(bytes: &[u8]) -> Head {
     } else {
         need!(c.int()) != 0
     };
-    if compressed {
+    if compressed && !toc_only {
         return Head::Unsupported("the archive's data is compressed by pg_dump".into());
     }
     for _ in 0..7 {
@@ -471,9 +476,13 @@ fn parse_head(bytes: &[u8]) -> Head {
             section,
             deps,
         });
-        let at = c.at as u64;
-        let offset = need!(c.take(1 + off_size));
-        offset_fields.push((id, at, offset[0]));
+        if format == 3 {
+            let _file = need!(c.string());
+        } else {
+            let at = c.at as u64;
+            let offset = need!(c.take(1 + off_size));
+            offset_fields.push((id, at, offset[0]));
+        }
         match desc.as_str() {
             "TABLE DATA" => {
                 if let Some(copy) = copy.filter(|c| DataLoading::is_copy_from_stdin(c)) {
@@ -500,7 +509,16 @@ fn parse_head(bytes: &[u8]) -> Head {
 /// The table of contents of an archive's head (its bytes up to the first data block),
 /// and what loading its tables' data over a connection needs.
 pub fn toc_of_head(head: &[u8]) -> Result<(Toc, DataLoading), String> {
-    match parse_head(head) {
+    toc_of(head, false)
+}
+
+/// [`toc_of_head`] of a custom archive or of a directory archive's `toc.dat`.
+pub fn toc_of_any(head: &[u8]) -> Result<Toc, String> {
+    toc_of(head, true).map(|(toc, _)| toc)
+}
+
+fn toc_of(head: &[u8], toc_only: bool) -> Result<(Toc, DataLoading), String> {
+    match parse_head(head, toc_only) {
         Head::Parsed { toc, loading, .. } => Ok((toc, loading)),
         Head::NeedMore => Err("the archive ends inside its table of contents".into()),
         Head::Unsupported(why) => Err(why),
@@ -700,7 +718,7 @@ impl RowCounter {
     }
 
     fn parse_pending_head(&mut self) {
-        match parse_head(&self.pending) {
+        match parse_head(&self.pending, false) {
             Head::NeedMore if self.pending.len() > MAX_HEAD => {
                 self.state = State::Failed("its table of contents is over 64 MiB".into());
             }

@@ -11,7 +11,7 @@
 //! stays), and the restored copy is dropped.
 
 use super::conn::ConnInfo;
-use super::custom_archive::{Toc, TocEntry, toc_of_head};
+use super::custom_archive::{Toc, TocEntry, toc_of_any};
 use super::database::quote_ident;
 use super::process::PgProcess;
 use super::server::classify;
@@ -139,7 +139,10 @@ pub fn select(toc: &Toc, tables: &[Wanted], schemas: &[String]) -> Result<Select
                 let hint = crate::diag::did_you_mean(&wanted, names.iter().map(String::as_str))
                     .unwrap_or_else(|| {
                         if names.is_empty() {
-                            "it holds no table".into()
+                            format!(
+                                "it holds no table at all (of database `{}`?)",
+                                toc_database(toc)
+                            )
                         } else {
                             format!("it holds {}", names.join(", "))
                         }
@@ -156,10 +159,17 @@ pub fn select(toc: &Toc, tables: &[Wanted], schemas: &[String]) -> Result<Select
             .collect();
         if of_schema.is_empty() {
             let names: BTreeSet<&str> = all_tables.iter().map(|e| e.namespace.as_str()).collect();
-            return Err(format!(
-                "schema {s} holds no table in the backup; its tables are in {}",
-                names.into_iter().collect::<Vec<_>>().join(", ")
-            ));
+            return Err(if names.is_empty() {
+                format!(
+                    "schema {s} holds no table in the backup: the backup holds no table at all (of database `{}`?)",
+                    toc_database(toc)
+                )
+            } else {
+                format!(
+                    "schema {s} holds no table in the backup; its tables are in {}",
+                    names.into_iter().collect::<Vec<_>>().join(", ")
+                )
+            });
         }
         chosen.extend(of_schema);
     }
@@ -248,9 +258,24 @@ pub fn select(toc: &Toc, tables: &[Wanted], schemas: &[String]) -> Result<Select
     })
 }
 
-/// The table of contents of the custom archive at `path`, read from its head.
+/// The database an archive is a dump of, from its `DATABASE` entry.
+fn toc_database(toc: &Toc) -> &str {
+    toc.0
+        .iter()
+        .find(|e| e.desc == "DATABASE")
+        .map_or("?", |e| e.tag.as_str())
+}
+
+/// The table of contents of the custom archive at `path` (read from its head), or of the
+/// directory archive there (its `toc.dat`).
 pub fn toc_of_file(path: &Path) -> Result<Toc, String> {
     use std::io::Read;
+    let path = if path.is_dir() {
+        path.join("toc.dat")
+    } else {
+        path.to_path_buf()
+    };
+    let path = path.as_path();
     let mut file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut head = Vec::new();
     let mut want = 1 << 20;
@@ -261,8 +286,8 @@ pub fn toc_of_file(path: &Path) -> Result<Toc, String> {
             .read_to_end(&mut chunk)
             .map_err(|e| format!("{}: {e}", path.display()))?;
         head.extend(chunk);
-        match toc_of_head(&head) {
-            Ok((toc, _)) => return Ok(toc),
+        match toc_of_any(&head) {
+            Ok(toc) => return Ok(toc),
             Err(e) if n == 0 || head.len() < want => return Err(e),
             Err(_) => want *= 2,
         }
@@ -294,7 +319,8 @@ pub struct Restored {
     pub left_out: Vec<String>,
 }
 
-/// Restores the tables `request` asks for from the custom archive `archive`.
+/// Restores the tables `request` asks for from the archive `archive`: a custom archive's
+/// file, or a directory archive's directory.
 pub async fn restore(
     ctx: &StepContext,
     archive: &Path,

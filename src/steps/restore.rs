@@ -112,7 +112,7 @@ pub struct RestoreParams {
     /// true }`), with what hangs on them (sequences, defaults, indexes, constraints,
     /// triggers, grants), into the existing database `into` names — beside the live ones,
     /// in the schema `as`. `overwrite` on a table replaces the live table's rows instead.
-    /// From a custom-format backup.
+    /// From a custom- or directory-format backup (or with `to:`, a base backup).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tables: Vec<TableSpec>,
     /// Every table of these schemas, as `tables`.
@@ -693,16 +693,27 @@ async fn chosen(
     Ok((store, checked.manifest, skipped))
 }
 
-/// `tables:`: some tables of a custom-format backup into an existing database, beside
+/// `tables:`: some tables of a custom- or directory-format backup into an existing database, beside
 /// the live ones (see [`crate::pg::tables`]).
 async fn run_tables(p: &RestoreParams, ctx: &StepContext) -> Result<Outputs, StepError> {
     let clock = Instant::now();
     let (store, mut manifest, skipped) = chosen(p, ctx).await?;
     ctx.unseal(&mut manifest)?;
-    if manifest.format != crate::repo::manifest::DumpFormat::Custom {
+    use crate::repo::manifest::DumpFormat;
+    let why = match manifest.format {
+        DumpFormat::Custom | DumpFormat::Directory => None,
+        DumpFormat::Plain => Some(
+            "a plain SQL script, which has no table of contents to choose tables from: tables are restored from a custom-format (the `backup` step's default) or directory-format backup",
+        ),
+        DumpFormat::Base => {
+            Some("a base backup: its tables are restored to a point in time, with `to:`")
+        }
+        DumpFormat::Rows => Some("an export of rows: load it into a table with an `import` step"),
+    };
+    if let Some(why) = why {
         return Err(StepError::permanent(format!(
-            "backup {} is in the {:?} format: single tables are restored from a custom-format backup (the `backup` step's default)",
-            manifest.backup_id, manifest.format
+            "backup {} is {why}",
+            manifest.backup_id
         )));
     }
     let database = p
@@ -721,8 +732,13 @@ async fn run_tables(p: &RestoreParams, ctx: &StepContext) -> Result<Outputs, Ste
         .prefix("opsrunner-restore-")
         .tempdir()
         .map_err(|e| StepError::permanent(format!("cannot make a temporary directory: {e}")))?;
-    let archive = spool.path().join("archive.pgdump");
-    restore::unpack_file(ctx, &store, &manifest, &manifest.files[0].name, &archive).await?;
+    let archive = if manifest.format == DumpFormat::Directory {
+        restore::unpack_directory(ctx, &store, &manifest, spool.path()).await?
+    } else {
+        let archive = spool.path().join("archive.pgdump");
+        restore::unpack_file(ctx, &store, &manifest, &manifest.files[0].name, &archive).await?;
+        archive
+    };
     let mut outputs = tables_into(
         p,
         ctx,
@@ -898,7 +914,7 @@ async fn tables_at(
         &pg_dump.path,
         &[
             "--format=custom".into(),
-            // Its table of contents is read by opsrunner, which reads uncompressed ones.
+            // Read once, from a local disk: compressing it would only cost CPU.
             "--compress=0".into(),
             "--no-sync".into(),
             format!("--file={}", archive.display()),

@@ -70,6 +70,10 @@ steps:
     let env = [("DATABASE_URL", url.as_str())];
     let applied = ws.apply_env(&yaml, &[], &env);
     assert_eq!(applied.code, 0, "{}", applied.everything());
+    let first = applied.step("backup")["outputs"]["backup_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     // Someone deleted rows.
     cluster.psql("app", "delete from orders where id > 50");
@@ -134,8 +138,39 @@ steps:
     assert_ne!(code, 0, "{out}{err}");
     assert!(err.contains("schema `back` already exists"), "{err}");
 
-    // A whole schema.
-    let (code, out, err) = restore(&plan, &["--schema", "sales", "--as", "sales_back"], &env);
+    // A whole schema, from a directory-format backup.
+    let (code, out, err) = run(opsrunner()
+        .args(["backup", "--plan"])
+        .arg(&plan)
+        .args([
+            "--target",
+            "app",
+            "--database",
+            "app",
+            "--repository",
+            "local",
+            "--format",
+            "directory",
+        ])
+        .envs(env));
+    assert_eq!(code, 0, "{out}{err}");
+    let directory = out
+        .lines()
+        .find_map(|l| l.strip_prefix("backup_id: "))
+        .unwrap()
+        .to_string();
+    let (code, out, err) = restore(
+        &plan,
+        &[
+            "--backup",
+            &directory,
+            "--schema",
+            "sales",
+            "--as",
+            "sales_back",
+        ],
+        &env,
+    );
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(
         cluster.psql("app", "select count(*) from sales_back.items"),
@@ -143,14 +178,26 @@ steps:
     );
 
     // Over the live table: destructive, so refused on a protected target without --confirm …
-    let (code, out, err) = restore(&plan, &["--table", "orders", "--overwrite"], &env);
+    let (code, out, err) = restore(
+        &plan,
+        &["--backup", &first, "--table", "orders", "--overwrite"],
+        &env,
+    );
     assert_eq!(code, 3, "{out}{err}");
     assert!(err.contains("--confirm app"), "{err}");
     assert_eq!(cluster.psql("app", "select count(*) from orders"), "50");
     // … and with it, the rows come back into the live table, whose definition stays.
     let (code, out, err) = restore(
         &plan,
-        &["--table", "orders", "--overwrite", "--confirm", "app"],
+        &[
+            "--backup",
+            &first,
+            "--table",
+            "orders",
+            "--overwrite",
+            "--confirm",
+            "app",
+        ],
         &env,
     );
     assert_eq!(code, 0, "{out}{err}");
