@@ -21,24 +21,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RUNS=${RUNS:-3}
-cargo build --release --quiet --example s3_server
 # shellcheck source=bench/dataset.sh
 . bench/dataset.sh
-
 S3PORT=${S3PORT:-9322}
+# shellcheck source=bench/s3.sh
+. bench/s3.sh
 mkdir -p "$WORK/s3/backups-bucket" "$WORK/repo"
-target/release/examples/s3_server "$WORK/s3" "$S3PORT" >"$WORK/s3.log" 2>&1 &
-S3PID=$!
-trap 'kill $S3PID 2>/dev/null || true; cleanup' EXIT
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$S3PORT") 2>/dev/null && break; sleep 0.1; done
-export AWS_ACCESS_KEY_ID=AKIAOPSRUNNERTEST AWS_SECRET_ACCESS_KEY=opsrunner-test-secret-key-0123456789
-export AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
-export AWS_CONFIG_FILE=/nonexistent AWS_SHARED_CREDENTIALS_FILE=/nonexistent
 
 # A table of about 1 GB that is not blank padding (pgbench_accounts is, and compresses a
 # hundredfold): 9 million rows of md5 text, bigint and timestamps, made once and kept.
-TABLE=export_1g
-"$BIN/psql" -X -q "$DB" -c "create table if not exists $TABLE as select g as id, md5(g::text) as a, md5((g * 7)::text) as b, g::bigint * 7919 as n, now() - g * interval '1 second' as at from generate_series(1, 9000000) g"
+# TABLE=wide (with DATASET=wide) exports the wide data set's 300,000 rows of long text and
+# jsonb instead.
+TABLE=${TABLE:-export_1g}
+"$BIN/psql" -X -q "$DB" -c "create table if not exists export_1g as select g as id, md5(g::text) as a, md5((g * 7)::text) as b, g::bigint * 7919 as n, now() - g * interval '1 second' as at from generate_series(1, 9000000) g"
 TABLE_BYTES=$("$BIN/psql" -X -At "$DB" -c "select pg_table_size('$TABLE')")
 
 cat >"$WORK/plan.yaml" <<YAML

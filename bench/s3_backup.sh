@@ -10,19 +10,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RUNS=${RUNS:-3}
-cargo build --release --quiet --example s3_server
 # shellcheck source=bench/dataset.sh
 . bench/dataset.sh
-
 S3PORT=${S3PORT:-9321}
-mkdir -p "$WORK/s3" "$WORK/repo"
-target/release/examples/s3_server "$WORK/s3" "$S3PORT" >"$WORK/s3.log" 2>&1 &
-S3PID=$!
-trap 'kill $S3PID 2>/dev/null || true; cleanup' EXIT
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$S3PORT") 2>/dev/null && break; sleep 0.1; done
-export AWS_ACCESS_KEY_ID=AKIAOPSRUNNERTEST AWS_SECRET_ACCESS_KEY=opsrunner-test-secret-key-0123456789
-export AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
-export AWS_CONFIG_FILE=/nonexistent AWS_SHARED_CREDENTIALS_FILE=/nonexistent
+# shellcheck source=bench/s3.sh
+. bench/s3.sh
+mkdir -p "$WORK/repo"
 
 # A recipient whose identity nobody here holds: the benchmark only encrypts.
 RECIPIENT=age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p
