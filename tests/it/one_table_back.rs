@@ -78,9 +78,27 @@ steps:
     // Someone deleted rows.
     cluster.psql("app", "delete from orders where id > 50");
 
+    // What a killed restore left (its scratch database, marked as such) goes first.
+    cluster.psql("postgres", "create database opsrunner_tables_0dead0ff");
+    cluster.psql(
+        "postgres",
+        "comment on database opsrunner_tables_0dead0ff is 'opsrunner restore scratch database (run r); dropped when the restore ends'",
+    );
     // Beside the live table, in a new schema, with what hangs on it.
     let (code, out, err) = restore(&plan, &["--table", "orders", "--as", "back"], &env);
     assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("removed scratch database `opsrunner_tables_0dead0ff`"),
+        "{err}"
+    );
+    assert_eq!(
+        cluster.psql(
+            "postgres",
+            "select count(*) from pg_database where datname like 'opsrunner_tables_%'"
+        ),
+        "0",
+        "the leftover and the restore's own scratch database are gone"
+    );
     assert!(out.contains("tables: back.orders"), "{out}");
     assert!(
         err.contains("foreign key orders_customer_fkey not restored"),

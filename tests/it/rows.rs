@@ -127,19 +127,27 @@ steps:
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("archive=pass"), "{out}");
 
-    // All or nothing: a bad row in the middle loads none.
+    // All or nothing: a bad row in the middle loads none. And loading rows changes a
+    // table: on a protected target only with --confirm.
     std::fs::write(ws.path("bad.csv"), "id,n\n1,1\n2,not a number\n3,3\n").unwrap();
     let bad = ws.write_plan(
         r#"
 version: 1
 name: bad
 targets:
-  db: { url: "{{ env.DATABASE_URL }}" }
+  db: { url: "{{ env.DATABASE_URL }}", protected: true }
 steps:
   - { id: load, type: import, target: db, database: app, table: strict, file: bad.csv }
 "#,
     );
     let (code, out, err) = run(opsrunner().arg("apply").arg(&bad).envs(env));
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(err.contains("--confirm db"), "{err}");
+    let (code, out, err) = run(opsrunner()
+        .arg("apply")
+        .arg(&bad)
+        .args(["--confirm", "db"])
+        .envs(env));
     assert_ne!(code, 0, "{out}{err}");
     assert!(err.contains("not a number"), "says which value: {err}");
     assert_eq!(cluster.psql("app", "select count(*) from strict"), "0");
