@@ -141,3 +141,94 @@ pub async fn try_advisory_lock(
         .await
         .map_err(|e| classify(&e, &format!("cannot take the {what}")))
 }
+
+/// A kind of scratch database a step makes and drops (a verify's test restore, a table
+/// restore's way through): from its creation until it is dropped its comment starts with
+/// `mark` and a session lock of `purpose` is held on its name, so that a later run
+/// recognises one a killed run left behind — and never takes one a running step holds.
+pub struct Scratch {
+    pub mark: &'static str,
+    pub purpose: &'static str,
+    /// What the comment says ends it: "the verify", "the restore".
+    pub ended_by: &'static str,
+}
+
+impl Scratch {
+    /// Takes the lock of scratch database `name` if no other session holds it.
+    pub async fn try_lock(&self, conn: &mut PgConnection, name: &str) -> Result<bool, StepError> {
+        try_advisory_lock(
+            conn,
+            advisory_key(self.purpose, name),
+            "scratch database's lock",
+        )
+        .await
+    }
+
+    pub async fn unlock(&self, conn: &mut PgConnection, name: &str) {
+        let _ = sqlx::query("select pg_advisory_unlock($1)")
+            .bind(advisory_key(self.purpose, name))
+            .execute(conn)
+            .await;
+    }
+
+    /// Marks scratch database `name`, made by run `run_id`.
+    pub async fn mark(
+        &self,
+        conn: &mut PgConnection,
+        name: &str,
+        run_id: &str,
+    ) -> Result<(), StepError> {
+        let comment = format!(
+            "{} (run {run_id}); dropped when {} ends",
+            self.mark, self.ended_by
+        );
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "comment on database {} is '{}'",
+            quote_ident(name),
+            comment.replace('\'', "''")
+        )))
+        .execute(conn)
+        .await
+        .map(|_| ())
+        .map_err(|e| classify(&e, "cannot mark the scratch database"))
+    }
+
+    /// Whether database `name` carries the mark.
+    pub async fn is_marked(&self, conn: &mut PgConnection, name: &str) -> Result<bool, StepError> {
+        sqlx::query_scalar(
+            "select coalesce(pg_catalog.shobj_description(oid, 'pg_database') like $2, false)
+               from pg_catalog.pg_database where datname = $1",
+        )
+        .bind(name)
+        .bind(format!("{}%", self.mark))
+        .fetch_optional(conn)
+        .await
+        .map(|found| found.unwrap_or(false))
+        .map_err(|e| classify(&e, "cannot look up databases"))
+    }
+
+    /// Drops every database on the server that carries the mark and whose lock no running
+    /// step holds: what killed runs left, whatever they were called. Their names, for the
+    /// log.
+    pub async fn remove_left(&self, conn: &mut PgConnection) -> Result<Vec<String>, StepError> {
+        let marked: Vec<String> = sqlx::query_scalar(
+            "select datname::text from pg_catalog.pg_database
+              where pg_catalog.shobj_description(oid, 'pg_database') like $1 order by 1",
+        )
+        .bind(format!("{}%", self.mark))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| classify(&e, "cannot look up databases"))?;
+        let mut removed = Vec::new();
+        for name in marked {
+            if !self.try_lock(conn, &name).await? {
+                continue;
+            }
+            let dropped = drop(conn, &name).await;
+            self.unlock(conn, &name).await;
+            dropped?;
+            removed.push(name);
+        }
+        Ok(removed)
+    }
+}

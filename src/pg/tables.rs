@@ -364,31 +364,25 @@ pub async fn restore(
         .with_database("postgres")
         .connect_to("the server, to make a scratch database")
         .await?;
-    remove_leftovers(ctx, &mut admin).await?;
+    for name in SCRATCH.remove_left(&mut admin).await? {
+        ctx.events.output(
+            &ctx.step_id,
+            crate::exec::events::Stream::Stdout,
+            format!("removed scratch database `{name}`, left by an interrupted restore"),
+        );
+    }
     // Held while the scratch database exists: a later restore removes only those no
     // running restore holds (what a killed run left).
-    let key = super::database::advisory_key("tables", &scratch);
-    super::database::try_advisory_lock(&mut admin, key, "scratch database's lock").await?;
+    SCRATCH.try_lock(&mut admin, &scratch).await?;
     super::database::create(&mut admin, &scratch, None).await?;
-    let marked = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "comment on database {} is '{SCRATCH_MARK} (run {}); dropped when the restore ends'",
-        quote_ident(&scratch),
-        ctx.run_id.replace('\'', "''")
-    )))
-    .execute(&mut admin)
-    .await
-    .map_err(|e| classify(&e, "cannot mark the scratch database"));
-    let result = match marked {
-        Ok(_) => through_scratch(ctx, archive, request, &selection, &renamed, &scratch).await,
+    let result = match SCRATCH.mark(&mut admin, &scratch, &ctx.run_id).await {
+        Ok(()) => through_scratch(ctx, archive, request, &selection, &renamed, &scratch).await,
         Err(e) => Err(e),
     };
     if let Err(e) = super::database::drop(&mut admin, &scratch).await {
         tracing::warn!("could not drop scratch database {scratch}: {}", e.message);
     }
-    let _ = sqlx::query("select pg_advisory_unlock($1)")
-        .bind(key)
-        .execute(&mut admin)
-        .await;
+    SCRATCH.unlock(&mut admin, &scratch).await;
     result?;
     // Rows of overwritten tables replace the live ones; the restored copies go.
     let mut restored = Restored {
@@ -441,44 +435,14 @@ pub async fn restore(
     Ok(restored)
 }
 
-/// What a scratch database's name starts with, and its comment while it exists.
+/// What a scratch database's name starts with.
 const SCRATCH_PREFIX: &str = "opsrunner_tables_";
-const SCRATCH_MARK: &str = "opsrunner restore scratch database";
-
-/// Drops the scratch databases that restores killed before they could drop their own:
-/// those named and marked as such whose lock no running restore holds.
-async fn remove_leftovers(
-    ctx: &StepContext,
-    admin: &mut sqlx::PgConnection,
-) -> Result<(), StepError> {
-    let found: Vec<String> = sqlx::query_scalar(
-        "select datname::text from pg_database d
-         where starts_with(datname::text, $1) and shobj_description(d.oid, 'pg_database') like $2",
-    )
-    .bind(SCRATCH_PREFIX)
-    .bind(format!("{SCRATCH_MARK}%"))
-    .fetch_all(&mut *admin)
-    .await
-    .map_err(|e| classify(&e, "cannot look up databases"))?;
-    for name in found {
-        let key = super::database::advisory_key("tables", &name);
-        if !super::database::try_advisory_lock(admin, key, "scratch database's lock").await? {
-            continue;
-        }
-        let dropped = super::database::drop(admin, &name).await;
-        let _ = sqlx::query("select pg_advisory_unlock($1)")
-            .bind(key)
-            .execute(&mut *admin)
-            .await;
-        dropped?;
-        ctx.events.output(
-            &ctx.step_id,
-            crate::exec::events::Stream::Stdout,
-            format!("removed scratch database `{name}`, left by an interrupted restore"),
-        );
-    }
-    Ok(())
-}
+/// A table restore's scratch database (see [`super::database::Scratch`]).
+const SCRATCH: super::database::Scratch = super::database::Scratch {
+    mark: "opsrunner restore scratch database",
+    purpose: "tables",
+    ended_by: "the restore",
+};
 
 /// The archive's entries into the scratch database, its schemas renamed there, then
 /// moved into the database.

@@ -562,7 +562,8 @@ async fn scratch_is_free(ctx: &StepContext, target: &str, database: &str) -> Res
     let mut server = connect(ctx.target_url(target)?, None, &format!("target `{target}`")).await?;
     // One of ours (an interrupted verify's, removed before the test restore) does not count.
     let taken = match db::exists(&mut server.conn, database).await {
-        Ok(true) => is_scratch(&mut server.conn, database)
+        Ok(true) => SCRATCH
+            .is_marked(&mut server.conn, database)
             .await
             .map(|ours| !ours),
         other => other,
@@ -682,85 +683,13 @@ fn tools_for(ctx: &StepContext, manifest: &Manifest) -> Result<std::path::PathBu
     tool(ctx, "pg_restore", Want::Client(manifest.pg_dump_major())).map(|f| f.path)
 }
 
-/// What a scratch database's comment starts with, from its creation until it is dropped:
-/// how a later verify recognises one that a killed run left behind.
-const SCRATCH_MARK: &str = "opsrunner verify scratch database";
-
-/// Takes the session lock of scratch database `database` if no other session holds it.
-async fn try_lock_scratch(
-    conn: &mut sqlx::PgConnection,
-    database: &str,
-) -> Result<bool, StepError> {
-    let key = db::advisory_key("verify", database);
-    db::try_advisory_lock(conn, key, "scratch database's lock").await
-}
-
-async fn unlock_scratch(conn: &mut sqlx::PgConnection, database: &str) {
-    let _ = sqlx::query("select pg_advisory_unlock($1)")
-        .bind(db::advisory_key("verify", database))
-        .execute(conn)
-        .await;
-}
-
-async fn mark_scratch(
-    conn: &mut sqlx::PgConnection,
-    database: &str,
-    run_id: &str,
-) -> Result<(), StepError> {
-    let comment = format!("{SCRATCH_MARK} (run {run_id}); dropped when the verify ends");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "comment on database {} is {}",
-        db::quote_ident(database),
-        quote_literal(&comment)
-    )))
-    .execute(conn)
-    .await
-    .map(|_| ())
-    .map_err(|e| classify(&e, "cannot mark the scratch database"))
-}
-
-fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}
-
-/// Whether `database` carries the scratch mark.
-async fn is_scratch(conn: &mut sqlx::PgConnection, database: &str) -> Result<bool, StepError> {
-    sqlx::query_scalar(
-        "select coalesce(pg_catalog.shobj_description(oid, 'pg_database') like $2, false)
-           from pg_catalog.pg_database where datname = $1",
-    )
-    .bind(database)
-    .bind(format!("{SCRATCH_MARK}%"))
-    .fetch_optional(conn)
-    .await
-    .map(|found| found.unwrap_or(false))
-    .map_err(|e| classify(&e, "cannot look up databases"))
-}
-
-/// Drops every scratch database on the server that carries the mark and that no running
-/// verify holds (its lock is free): what killed runs left, whatever they were called.
-/// Returns their names, for the log.
-async fn remove_left_scratch(conn: &mut sqlx::PgConnection) -> Result<Vec<String>, StepError> {
-    let marked: Vec<String> = sqlx::query_scalar(
-        "select datname::text from pg_catalog.pg_database
-          where pg_catalog.shobj_description(oid, 'pg_database') like $1 order by 1",
-    )
-    .bind(format!("{SCRATCH_MARK}%"))
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(|e| classify(&e, "cannot look up databases"))?;
-    let mut removed = Vec::new();
-    for name in marked {
-        if !try_lock_scratch(conn, &name).await? {
-            continue;
-        }
-        let dropped = db::drop(conn, &name).await;
-        unlock_scratch(conn, &name).await;
-        dropped?;
-        removed.push(name);
-    }
-    Ok(removed)
-}
+/// A verify's scratch database: what its comment starts with, from its creation until it
+/// is dropped, is how a later verify recognises one that a killed run left behind.
+const SCRATCH: db::Scratch = db::Scratch {
+    mark: "opsrunner verify scratch database",
+    purpose: "verify",
+    ended_by: "the verify",
+};
 
 /// Where a test restore goes: the target's server, or — when the target is ephemeral and
 /// its throwaway cluster runs another major than the server the backup was taken from —
@@ -827,12 +756,12 @@ async fn test_restore(
     let mut server = connect(url, None, &format!("target `{target}`")).await?;
     // Held until the scratch database is dropped (or the connection closes, when the run
     // is killed): what tells a scratch database in use from one left behind.
-    if !try_lock_scratch(&mut server.conn, database).await? {
+    if !SCRATCH.try_lock(&mut server.conn, database).await? {
         return Err(StepError::transient(format!(
             "another verify is using scratch database `{database}` on target `{target}`; nothing was checked"
         )));
     }
-    for leftover in remove_left_scratch(&mut server.conn).await? {
+    for leftover in SCRATCH.remove_left(&mut server.conn).await? {
         ctx.events.output(
             &ctx.step_id,
             Stream::Stdout,
@@ -845,7 +774,9 @@ async fn test_restore(
         )));
     }
     db::create(&mut server.conn, database, None).await?;
-    mark_scratch(&mut server.conn, database, &ctx.run_id).await?;
+    SCRATCH
+        .mark(&mut server.conn, database, &ctx.run_id)
+        .await?;
     let into = server.info.with_database(database);
     let outcome = async {
         restore::restore(ctx, store, manifest, &into, server.major, jobs, true, None).await?;
@@ -877,7 +808,7 @@ async fn test_restore(
     if let Err(e) = db::drop(&mut server.conn, database).await {
         tracing::warn!("dropping scratch database {database}: {e}");
     }
-    unlock_scratch(&mut server.conn, database).await;
+    SCRATCH.unlock(&mut server.conn, database).await;
     let _ = server.conn.close().await;
     outcome
 }
