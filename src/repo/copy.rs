@@ -78,17 +78,9 @@ impl How {
     /// backup encrypted to others than a destination that does not encrypt stays
     /// encrypted: a copy never decrypts a backup into a repository of plaintext.
     fn of(manifest: &Manifest, to: Option<&Recipients>) -> How {
-        let sorted = |mut v: Vec<String>| {
-            v.sort();
-            v
-        };
-        let from = manifest
-            .encryption
-            .as_ref()
-            .map(|e| sorted(e.recipients.clone()));
-        match (from, to.map(|r| sorted(r.texts()))) {
-            (None, None) | (Some(_), None) => How::Unchanged,
-            (Some(a), Some(b)) if a == b => How::Unchanged,
+        match (&manifest.encryption, to) {
+            (_, None) => How::Unchanged,
+            (Some(e), Some(to)) if same(&e.recipients, to) => How::Unchanged,
             (None, Some(_)) => How::Encrypt,
             (Some(_), Some(_)) => How::Reencrypt,
         }
@@ -194,8 +186,9 @@ impl Copy<'_> {
         if let Some(there) = self.published(source, how).await? {
             listing::files_present(self.to, &there).await.map_err(|e| {
                 format!(
-                    "backup {id} is already in {} but {e}; remove it there (`opsrunner backups delete`) and copy again",
-                    self.to.location()
+                    "backup {id} is already in {} but {e}; remove {} by hand (its manifest first) and copy again",
+                    self.to.location(),
+                    self.to.uri(id)
                 )
             })?;
             say(format!("{id}: already in {}", self.to.location()));
