@@ -357,6 +357,13 @@ impl Copy<'_> {
         if written.source_sha256 != f.sha256 || written.entry.name != stored_name(&f.name, how) {
             return None;
         }
+        // A file copied unchanged is the source's bytes: a journal (edited, or of another
+        // copy) that says otherwise is not believed.
+        if how == How::Unchanged
+            && (written.entry.sha256 != f.sha256 || written.entry.size != f.size)
+        {
+            return None;
+        }
         pipeline::check(self.to, id, &written.entry).await.ok()?;
         Some(written.entry.clone())
     }

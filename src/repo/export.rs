@@ -330,7 +330,8 @@ impl Reader {
                     name.escape_debug()
                 ));
             }
-            self.entry(&name, &mut entry)
+            let size = entry.header().size().unwrap_or(u64::MAX);
+            self.entry(&name, size, &mut entry)
                 .map_err(|e| format!("{}: {e}", name.escape_debug()))?;
         }
         self.finish_backup()?;
@@ -359,7 +360,7 @@ impl Reader {
         Ok(())
     }
 
-    fn entry(&mut self, name: &str, entry: &mut dyn Read) -> Result<(), String> {
+    fn entry(&mut self, name: &str, size: u64, entry: &mut dyn Read) -> Result<(), String> {
         let Some(index) = &self.index else {
             if name != INDEX_NAME {
                 return Err(format!(
@@ -424,6 +425,13 @@ impl Reader {
             .ok_or("not listed in its backup's manifest")?;
         if !open.received.insert(file.to_string()) {
             return Err("twice in the export".into());
+        }
+        // Said before a byte is written: a hostile member of any size fills no disk.
+        if size != expected.size {
+            return Err(format!(
+                "{size} bytes in the export, its manifest says {} (damaged); nothing of backup {id} was published",
+                expected.size
+            ));
         }
         let mut sink = match open.present {
             true => None,
